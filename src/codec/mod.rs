@@ -1,0 +1,282 @@
+//! Byte encoding, in one place.
+//!
+//! - [`Writer`] and [`Reader`]: the hand-written little-endian primitives that
+//!   every on-disk layout (segment headers, frames, records) is built from.
+//!   The layouts themselves are documented in `docs/FORMAT.md`. `Reader`
+//!   never panics: every read is bounds-checked and returns [`DecodeError`].
+//! - [`encode_typed`] / [`decode_typed`]: serde + bincode, for application
+//!   values stored *inside* values (typed puts, auth records). bincode never
+//!   defines a file or frame layout, so the on-disk format does not depend on
+//!   it.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, Result};
+
+/// Why bytes did not decode.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DecodeError {
+    /// The input ended `needed` bytes short of a field.
+    Truncated {
+        /// Offset of the field in the input.
+        offset: usize,
+        /// Bytes that were missing.
+        needed: usize,
+    },
+    /// A field holds a value that is not allowed.
+    Invalid {
+        /// Offset of the field in the input.
+        offset: usize,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DecodeError::Truncated { offset, needed } => {
+                write!(
+                    f,
+                    "truncated at offset {offset} ({needed} more bytes needed)"
+                )
+            }
+            DecodeError::Invalid { offset, reason } => write!(f, "at offset {offset}: {reason}"),
+        }
+    }
+}
+
+/// Appends little-endian fields to a byte vector.
+#[derive(Debug, Default)]
+pub struct Writer {
+    buf: Vec<u8>,
+}
+
+impl Writer {
+    /// An empty writer with room for `capacity_bytes`.
+    pub fn with_capacity(capacity_bytes: usize) -> Self {
+        Self {
+            buf: Vec::with_capacity(capacity_bytes),
+        }
+    }
+
+    /// Wraps an existing buffer, appending after its contents.
+    pub fn from_vec(buf: Vec<u8>) -> Self {
+        Self { buf }
+    }
+
+    /// Appends a byte.
+    pub fn u8(&mut self, v: u8) {
+        self.buf.push(v);
+    }
+    /// Appends a little-endian `u16`.
+    pub fn u16(&mut self, v: u16) {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+    }
+    /// Appends a little-endian `u32`.
+    pub fn u32(&mut self, v: u32) {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+    }
+    /// Appends a little-endian `u64`.
+    pub fn u64(&mut self, v: u64) {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+    }
+    /// Appends raw bytes.
+    pub fn bytes(&mut self, v: &[u8]) {
+        self.buf.extend_from_slice(v);
+    }
+    /// Appends a `u32` length followed by the bytes.
+    ///
+    /// Callers enforce key and value limits far below 4 GiB before encoding.
+    pub fn len_prefixed(&mut self, v: &[u8]) {
+        self.u32(v.len() as u32);
+        self.bytes(v);
+    }
+    /// Bytes written so far.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+    /// True if nothing was written.
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+    /// Overwrites four bytes at `offset` with a little-endian `u32`.
+    pub fn patch_u32(&mut self, offset: usize, v: u32) {
+        self.buf[offset..offset + 4].copy_from_slice(&v.to_le_bytes());
+    }
+    /// The bytes written so far.
+    pub fn as_slice(&self) -> &[u8] {
+        &self.buf
+    }
+    /// The finished buffer.
+    pub fn into_vec(self) -> Vec<u8> {
+        self.buf
+    }
+}
+
+/// Reads little-endian fields from a byte slice, never panicking.
+#[derive(Debug, Clone)]
+pub struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    /// A reader at the start of `buf`.
+    pub fn new(buf: &'a [u8]) -> Self {
+        Self { buf, pos: 0 }
+    }
+
+    /// The current offset.
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+
+    /// Bytes left to read.
+    pub fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    /// Takes the next `n` bytes.
+    pub fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        if self.remaining() < n {
+            return Err(DecodeError::Truncated {
+                offset: self.pos,
+                needed: n - self.remaining(),
+            });
+        }
+        let out = &self.buf[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(out)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        let mut out = [0u8; N];
+        out.copy_from_slice(self.take(N)?);
+        Ok(out)
+    }
+
+    /// Reads a byte.
+    pub fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.array::<1>()?[0])
+    }
+    /// Reads a little-endian `u16`.
+    pub fn u16(&mut self) -> Result<u16, DecodeError> {
+        Ok(u16::from_le_bytes(self.array()?))
+    }
+    /// Reads a little-endian `u32`.
+    pub fn u32(&mut self) -> Result<u32, DecodeError> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+    /// Reads a little-endian `u64`.
+    pub fn u64(&mut self) -> Result<u64, DecodeError> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+
+    /// Reads a `u32` length and that many bytes, refusing lengths above `max_len`.
+    pub fn len_prefixed(&mut self, max_len: usize, what: &str) -> Result<&'a [u8], DecodeError> {
+        let at = self.pos;
+        let len = self.u32()? as usize;
+        if len > max_len {
+            return Err(DecodeError::Invalid {
+                offset: at,
+                reason: format!("{what} length {len} exceeds limit {max_len}"),
+            });
+        }
+        self.take(len)
+    }
+
+    /// An error for an invalid field that started at `offset`.
+    pub fn invalid(offset: usize, reason: impl Into<String>) -> DecodeError {
+        DecodeError::Invalid {
+            offset,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Upper bound on a typed value's encoded size, so a hostile value cannot make
+/// the decoder allocate without limit.
+pub const TYPED_VALUE_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+fn bincode_config() -> impl bincode::config::Config {
+    bincode::config::standard()
+        .with_little_endian()
+        .with_limit::<TYPED_VALUE_BYTES_MAX>()
+}
+
+/// Encodes an application value with serde + bincode.
+pub fn encode_typed<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+    bincode::serde::encode_to_vec(value, bincode_config()).map_err(|e| Error::Decode {
+        what: std::any::type_name::<T>(),
+        reason: e.to_string(),
+    })
+}
+
+/// Decodes an application value encoded by [`encode_typed`]; trailing bytes
+/// are an error.
+pub fn decode_typed<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    let what = std::any::type_name::<T>();
+    let (value, used) =
+        bincode::serde::decode_from_slice(bytes, bincode_config()).map_err(|e| Error::Decode {
+            what,
+            reason: e.to_string(),
+        })?;
+    if used != bytes.len() {
+        return Err(Error::Decode {
+            what,
+            reason: format!("{} trailing bytes", bytes.len() - used),
+        });
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reader_reports_truncation_without_panicking() {
+        let mut r = Reader::new(&[1, 2, 3]);
+        assert_eq!(r.u16().unwrap(), 0x0201);
+        assert_eq!(
+            r.u32(),
+            Err(DecodeError::Truncated {
+                offset: 2,
+                needed: 3
+            })
+        );
+    }
+
+    #[test]
+    fn len_prefixed_respects_limit() {
+        let mut w = Writer::default();
+        w.len_prefixed(b"hello");
+        let bytes = w.into_vec();
+        assert_eq!(Reader::new(&bytes).len_prefixed(5, "x").unwrap(), b"hello");
+        assert!(matches!(
+            Reader::new(&bytes).len_prefixed(4, "x"),
+            Err(DecodeError::Invalid { .. })
+        ));
+    }
+
+    #[test]
+    fn typed_round_trip_and_garbage() {
+        #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+        struct User {
+            name: String,
+            age: u32,
+        }
+        let u = User {
+            name: "ada".into(),
+            age: 36,
+        };
+        let bytes = encode_typed(&u).unwrap();
+        assert_eq!(decode_typed::<User>(&bytes).unwrap(), u);
+        assert!(decode_typed::<User>(&bytes[..2]).is_err());
+        let mut long = bytes.clone();
+        long.push(0);
+        assert!(decode_typed::<User>(&long).is_err());
+    }
+}

@@ -1,0 +1,351 @@
+//! The write path: validate → stamp → resolve → encode → append → durable →
+//! apply → outcome.
+//!
+//! [`Engine::execute`] runs it for a group of batches, on a worker thread or
+//! inline on the caller; the group shares one wait for durability, which is
+//! how a worker's queued commands ride one group commit.
+//!
+//! Counters are logged as new per-node totals, not deltas, so replay and
+//! re-delivery are idempotent. To compute a new total a writer needs the
+//! latest one, including increments still on their way to the state map:
+//! those are tracked in `pending_counters` until applied.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::clock::{Hlc, NodeId, Stamp};
+use crate::command::{Batch, OpKind, Outcome, OutcomeKind};
+use crate::crdt::{Counter, KeyState, NodeTotals, Register, Visible};
+use crate::error::{Error, Result};
+use crate::options::Options;
+use crate::state::State;
+use crate::wal::format::{Record, encode_payload};
+use crate::wal::{AppendRequest, Appended, Wal};
+
+/// The shared core of an open database.
+pub(crate) struct Engine {
+    pub options: Options,
+    pub node: NodeId,
+    pub hlc: Mutex<Hlc>,
+    pub wal: Wal,
+    pub state: State,
+    pending_counters: Mutex<HashMap<Arc<[u8]>, PendingCounter>>,
+}
+
+/// This node's latest totals for a counter with increments in flight.
+struct PendingCounter {
+    totals: NodeTotals,
+    in_flight: u32,
+}
+
+/// A batch that has been stamped, resolved and handed to the WAL.
+struct Prepared {
+    stamp: Stamp,
+    records: Vec<Record>,
+    appended: Appended,
+    counter_keys: Vec<Arc<[u8]>>,
+}
+
+impl Engine {
+    pub fn new(options: Options, node: NodeId, hlc: Hlc, wal: Wal, state: State) -> Self {
+        Self {
+            options,
+            node,
+            hlc: Mutex::new(hlc),
+            wal,
+            state,
+            pending_counters: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Runs a group of batches through the write path; one result per batch.
+    pub fn execute(&self, batches: Vec<Batch>) -> Vec<Result<Vec<Outcome>>> {
+        let prepared: Vec<Result<Prepared>> =
+            batches.into_iter().map(|b| self.prepare(b)).collect();
+        let wait_seq = prepared
+            .iter()
+            .filter_map(|p| p.as_ref().ok())
+            .map(|p| match p.appended {
+                Appended::Queued { last_seq, .. } => last_seq,
+                Appended::Duplicate(e) => e.first_seq + u64::from(e.op_count) - 1,
+            })
+            .max();
+        let durable = wait_seq.map_or(Ok(()), |seq| self.wal.wait_durable(seq));
+        let results = match durable {
+            Ok(()) => self.apply_all(&prepared),
+            Err(e) => prepared
+                .iter()
+                .map(|p| match p {
+                    Ok(_) => Err(e.clone()),
+                    Err(own) => Err(own.clone()),
+                })
+                .collect(),
+        };
+        for p in prepared.iter().flatten() {
+            self.release_counters(&p.counter_keys);
+        }
+        results
+    }
+
+    fn prepare(&self, batch: Batch) -> Result<Prepared> {
+        self.wal.check_usable()?;
+        batch.validate(&self.options)?;
+        let now_ms = self.options.wall_clock.now_ms();
+        let stamp = self.stamp(batch.stamp, now_ms)?;
+        let dedup_id = batch
+            .idempotency_key
+            .as_ref()
+            .map(|k| *blake3::hash(k).as_bytes());
+        let has_increment = batch
+            .ops
+            .iter()
+            .any(|op| matches!(op.kind, OpKind::Increment(_)));
+        let mut pending = self.pending_counters.lock();
+        let (records, counter_keys) = self.resolve(&batch, stamp, &mut pending)?;
+        let request = |records: &[Record]| AppendRequest {
+            payload: encode_payload(dedup_id.as_ref(), records),
+            op_count: records.len() as u32,
+            dedup_id: dedup_id.as_ref(),
+            stamp,
+            now_ms,
+        };
+        let appended = if dedup_id.is_some() && has_increment {
+            // Keep the counter lock until the WAL has decided whether this is
+            // a duplicate, so no other writer builds on totals that a
+            // duplicate (never written) would have produced.
+            let appended = self.wal.append(request(&records));
+            if !matches!(appended, Ok(Appended::Queued { .. })) {
+                release_locked(&mut pending, &counter_keys);
+            }
+            drop(pending);
+            appended?
+        } else {
+            drop(pending);
+            let appended = self.wal.append(request(&records));
+            if appended.is_err() {
+                self.release_counters(&counter_keys);
+            }
+            appended?
+        };
+        let counter_keys = match appended {
+            Appended::Queued { .. } => counter_keys,
+            Appended::Duplicate(_) => Vec::new(),
+        };
+        Ok(Prepared {
+            stamp,
+            records,
+            appended,
+            counter_keys,
+        })
+    }
+
+    fn stamp(&self, explicit: Option<Stamp>, now_ms: u64) -> Result<Stamp> {
+        let mut hlc = self.hlc.lock();
+        match explicit {
+            Some(stamp) => {
+                hlc.receive(stamp, now_ms)?;
+                Ok(stamp)
+            }
+            None => Ok(hlc.tick(now_ms)),
+        }
+    }
+
+    /// Turns each operation into the record the WAL stores.
+    fn resolve(
+        &self,
+        batch: &Batch,
+        stamp: Stamp,
+        pending: &mut HashMap<Arc<[u8]>, PendingCounter>,
+    ) -> Result<(Vec<Record>, Vec<Arc<[u8]>>)> {
+        let mut records = Vec::with_capacity(batch.ops.len());
+        let mut counter_keys = Vec::new();
+        for op in &batch.ops {
+            let delta = match &op.kind {
+                OpKind::Put(value) => {
+                    self.register_delta(&op.store_key, stamp, Some(value.clone()), pending)
+                }
+                OpKind::Delete => self.register_delta(&op.store_key, stamp, None, pending),
+                OpKind::Increment(delta) => {
+                    match self.counter_delta(&op.store_key, stamp, *delta, pending) {
+                        Ok(d) => {
+                            counter_keys.push(op.store_key.clone());
+                            d
+                        }
+                        Err(e) => {
+                            release_locked(pending, &counter_keys);
+                            return Err(e);
+                        }
+                    }
+                }
+            };
+            records.push(Record {
+                store_key: op.store_key.clone(),
+                delta,
+            });
+        }
+        Ok((records, counter_keys))
+    }
+
+    /// A put or delete, carrying the counter totals it observed as the floor.
+    fn register_delta(
+        &self,
+        key: &Arc<[u8]>,
+        stamp: Stamp,
+        value: Option<Arc<[u8]>>,
+        pending: &HashMap<Arc<[u8]>, PendingCounter>,
+    ) -> KeyState {
+        let mut floor = self
+            .state
+            .read(key, |s| s.map(KeyState::observed_floor).unwrap_or_default());
+        if let Some(p) = pending.get(key) {
+            match floor.binary_search_by_key(&p.totals.node, |f| f.0) {
+                Ok(i) => floor[i] = (p.totals.node, p.totals.p, p.totals.n),
+                Err(i) => floor.insert(i, (p.totals.node, p.totals.p, p.totals.n)),
+            }
+        }
+        let counter = (!floor.is_empty()).then(|| {
+            Box::new(Counter {
+                totals: Vec::new(),
+                floor,
+            })
+        });
+        KeyState {
+            register: Some(Register { stamp, value }),
+            counter,
+        }
+    }
+
+    /// An increment, as this node's new totals.
+    fn counter_delta(
+        &self,
+        key: &Arc<[u8]>,
+        stamp: Stamp,
+        delta: i64,
+        pending: &mut HashMap<Arc<[u8]>, PendingCounter>,
+    ) -> Result<KeyState> {
+        let node = self.node;
+        let base = match pending.get(key) {
+            Some(p) => Some(p.totals),
+            None => self.state.read(key, |s| {
+                s.and_then(|s| s.counter.as_ref())
+                    .and_then(|c| c.totals_of(node))
+            }),
+        };
+        let base = base.unwrap_or(NodeTotals {
+            node,
+            p: 0,
+            n: 0,
+            stamp: Stamp::ZERO,
+        });
+        let overflow = || Error::CounterOverflow {
+            key: crate::command::split_store_key(key)
+                .map_or_else(|| key.to_vec(), |(_, k)| k.to_vec()),
+        };
+        let magnitude = delta.unsigned_abs();
+        let (p, n) = if delta >= 0 {
+            (base.p.checked_add(magnitude).ok_or_else(overflow)?, base.n)
+        } else {
+            (base.p, base.n.checked_add(magnitude).ok_or_else(overflow)?)
+        };
+        let totals = NodeTotals {
+            node,
+            p,
+            n,
+            stamp: stamp.max(base.stamp),
+        };
+        let entry = pending.entry(key.clone()).or_insert(PendingCounter {
+            totals,
+            in_flight: 0,
+        });
+        entry.totals = totals;
+        entry.in_flight += 1;
+        Ok(KeyState {
+            register: None,
+            counter: Some(Box::new(Counter {
+                totals: vec![totals],
+                floor: Vec::new(),
+            })),
+        })
+    }
+
+    fn release_counters(&self, keys: &[Arc<[u8]>]) {
+        if keys.is_empty() {
+            return;
+        }
+        release_locked(&mut self.pending_counters.lock(), keys);
+    }
+
+    /// Applies every queued batch (one write lock) and builds the outcomes.
+    fn apply_all(&self, prepared: &[Result<Prepared>]) -> Vec<Result<Vec<Outcome>>> {
+        let queued: Vec<&[Record]> = prepared
+            .iter()
+            .filter_map(|p| p.as_ref().ok())
+            .filter(|p| matches!(p.appended, Appended::Queued { .. }))
+            .map(|p| p.records.as_slice())
+            .collect();
+        let mut applied = self.state.apply_many(&queued).into_iter();
+        prepared
+            .iter()
+            .map(|p| {
+                let p = p.as_ref().map_err(Clone::clone)?;
+                Ok(match p.appended {
+                    Appended::Queued { first_seq, .. } => {
+                        let results = applied.next().unwrap_or_default();
+                        results
+                            .into_iter()
+                            .enumerate()
+                            .map(|(i, a)| Outcome {
+                                kind: a.kind,
+                                stamp: p.stamp,
+                                seq: first_seq + i as u64,
+                                counter: a.counter,
+                            })
+                            .collect()
+                    }
+                    Appended::Duplicate(original) => self.duplicate_outcomes(p, original),
+                })
+            })
+            .collect()
+    }
+
+    fn duplicate_outcomes(
+        &self,
+        p: &Prepared,
+        original: crate::wal::dedup::DedupEntry,
+    ) -> Vec<Outcome> {
+        p.records
+            .iter()
+            .enumerate()
+            .map(|(i, r)| Outcome {
+                kind: OutcomeKind::Duplicate,
+                stamp: original.stamp,
+                seq: original.first_seq + (i as u64).min(u64::from(original.op_count) - 1),
+                counter: r
+                    .delta
+                    .counter
+                    .as_ref()
+                    .filter(|c| !c.totals.is_empty())
+                    .map(|_| {
+                        self.state
+                            .read(&r.store_key, |s| match s.map(KeyState::visible) {
+                                Some(Visible::Counter(v)) => v,
+                                _ => 0,
+                            })
+                    }),
+            })
+            .collect()
+    }
+}
+
+fn release_locked(pending: &mut HashMap<Arc<[u8]>, PendingCounter>, keys: &[Arc<[u8]>]) {
+    for key in keys {
+        if let Some(entry) = pending.get_mut(key) {
+            entry.in_flight -= 1;
+            if entry.in_flight == 0 {
+                pending.remove(key);
+            }
+        }
+    }
+}

@@ -1,0 +1,456 @@
+//! [`Db`]: open a directory, recover, start the threads; the handle
+//! applications hold.
+
+pub(crate) mod engine;
+pub(crate) mod read;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{RecvTimeoutError, Sender, bounded};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::clock::{DriftStats, Hlc, NodeId, Stamp};
+use crate::command::{Batch, DEFAULT_KEYSPACE, Outcome, keyspace_prefix, validate_keyspace_name};
+use crate::crdt::{KeyState, Visible};
+use crate::error::{Error, Result};
+use crate::io::Io;
+use crate::meta::{self, DirLock};
+use crate::options::{Options, SyncMode};
+use crate::state::State;
+use crate::wal::dedup::{DedupEntry, DedupWindow};
+use crate::wal::format::FramePayload;
+use crate::wal::recovery::{self, RecoveryReport};
+use crate::wal::{WAL_DIR, Wal, WalStart, WalStats};
+use crate::worker::Pool;
+use engine::Engine;
+use read::{ReadView, Scan, ScanOptions, Value};
+
+/// An open database. Cheap to clone; every clone is the same database. The
+/// database closes when the last clone is dropped (or on [`Db::close`]).
+#[derive(Clone)]
+pub struct Db {
+    inner: Arc<DbInner>,
+}
+
+struct DbInner {
+    engine: Arc<Engine>,
+    pool: Pool,
+    dir: PathBuf,
+    recovery: RecoveryReport,
+    flusher: Option<(Sender<()>, JoinHandle<()>)>,
+    _lock: DirLock,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db")
+            .field("dir", &self.inner.dir)
+            .field("node", &self.inner.engine.node)
+            .finish()
+    }
+}
+
+impl Db {
+    /// Opens (creating if needed) the database in `dir` with default options.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Db> {
+        Self::open_with(dir, Options::default())
+    }
+
+    /// Opens (creating if needed) the database in `dir`.
+    ///
+    /// Fails with [`Error::Locked`] if the directory is already open, and
+    /// with [`Error::Corruption`] if the WAL is damaged (unless
+    /// `options.recovery_mode` is `Repair`).
+    pub fn open_with(dir: impl AsRef<Path>, options: Options) -> Result<Db> {
+        let dir = dir.as_ref().to_path_buf();
+        let io = Io::new(options.faults.clone());
+        io.create_dir_all(&dir)?;
+        let lock = meta::lock_dir(&io, &dir)?;
+        let wal_dir = dir.join(WAL_DIR);
+        let meta = match meta::read_meta(&io, &dir)? {
+            Some(meta) => meta,
+            None => {
+                refuse_orphan_wal(&io, &wal_dir)?;
+                meta::create_meta(&io, &dir, options.wall_clock.now_ms())?
+            }
+        };
+        io.create_dir_all(&wal_dir)?;
+        let recovered = recover(&io, &wal_dir, meta.node, &options)?;
+        let mut hlc = Hlc::new(meta.node, options.max_drift_ms, options.drift_policy);
+        if let Some(stamp) = recovered.max_stamp {
+            hlc.observe_recovered(stamp);
+        }
+        let wal = Wal::open(&wal_dir, io, meta.node, &options, recovered.wal_start)?;
+        let engine = Arc::new(Engine::new(options, meta.node, hlc, wal, recovered.state));
+        let pool = Pool::start(&engine)?;
+        let flusher = start_flusher(&engine)?;
+        Ok(Db {
+            inner: Arc::new(DbInner {
+                engine,
+                pool,
+                dir,
+                recovery: recovered.report,
+                flusher,
+                _lock: lock,
+            }),
+        })
+    }
+
+    /// The directory this database lives in.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// This copy's node id.
+    pub fn node_id(&self) -> NodeId {
+        self.inner.engine.node
+    }
+
+    /// What opening found in the WAL (torn tail cut, repair done, counts).
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.inner.recovery
+    }
+
+    /// A handle on the keyspace `name` (validated; names starting with `_`
+    /// are reserved).
+    pub fn keyspace(&self, name: &str) -> Result<Keyspace> {
+        validate_keyspace_name(name, false)?;
+        Ok(self.keyspace_unchecked(name))
+    }
+
+    /// A handle on a reserved keyspace, for mergekv's own services.
+    #[doc(hidden)]
+    pub fn reserved_keyspace(&self, name: &str) -> Result<Keyspace> {
+        validate_keyspace_name(name, true)?;
+        Ok(self.keyspace_unchecked(name))
+    }
+
+    fn keyspace_unchecked(&self, name: &str) -> Keyspace {
+        Keyspace {
+            db: self.clone(),
+            name: Arc::from(name),
+            prefix: Arc::from(keyspace_prefix(name)),
+        }
+    }
+
+    /// The default keyspace (what the methods on `Db` itself use).
+    pub fn default_keyspace(&self) -> Keyspace {
+        self.keyspace_unchecked(DEFAULT_KEYSPACE)
+    }
+
+    /// Commits a batch atomically; one outcome per operation, in order.
+    pub fn write(&self, batch: Batch) -> Result<Vec<Outcome>> {
+        self.inner.pool.submit(&self.inner.engine, batch)
+    }
+
+    /// Puts `value` at `key` in the default keyspace.
+    pub fn put(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<Outcome> {
+        self.default_keyspace().put(key, value)
+    }
+
+    /// Deletes `key` in the default keyspace.
+    pub fn delete(&self, key: impl AsRef<[u8]>) -> Result<Outcome> {
+        self.default_keyspace().delete(key)
+    }
+
+    /// Adds `delta` to the counter at `key` in the default keyspace.
+    pub fn increment(&self, key: impl AsRef<[u8]>, delta: i64) -> Result<Outcome> {
+        self.default_keyspace().increment(key, delta)
+    }
+
+    /// The bytes at `key` in the default keyspace.
+    pub fn get(&self, key: impl AsRef<[u8]>) -> Option<Arc<[u8]>> {
+        self.default_keyspace().get(key)
+    }
+
+    /// The counter at `key` in the default keyspace (0 if absent).
+    pub fn counter(&self, key: impl AsRef<[u8]>) -> i64 {
+        self.default_keyspace().counter(key)
+    }
+
+    /// Scans the default keyspace.
+    pub fn scan(&self, opts: &ScanOptions) -> Scan {
+        self.default_keyspace().scan(opts)
+    }
+
+    /// A consistent snapshot for multi-key reads.
+    pub fn view(&self) -> ReadView {
+        ReadView::new(self.inner.engine.state.snapshot())
+    }
+
+    /// Figures about the database.
+    pub fn stats(&self) -> Stats {
+        let engine = &self.inner.engine;
+        let snapshot = engine.state.snapshot();
+        let (hlc, drift) = {
+            let clock = engine.hlc.lock();
+            (clock.high_water(), clock.drift_stats())
+        };
+        let mut stats = Stats {
+            dir: self.inner.dir.clone(),
+            node_id: engine.node.to_string(),
+            hlc: hlc.to_string(),
+            drift,
+            sync_mode: format!("{:?}", engine.options.sync_mode),
+            worker_threads: engine.options.worker_threads,
+            wal: engine.wal.stats(),
+            poisoned: engine.wal.check_usable().err().map(|e| e.to_string()),
+            ..Stats::default()
+        };
+        for (_, state) in snapshot.iter() {
+            count_key(&mut stats, state);
+        }
+        stats
+    }
+
+    /// Writes and syncs everything acknowledged, stops the threads, and
+    /// reports any failure doing so. Other clones of this handle can no
+    /// longer write afterwards.
+    pub fn close(self) -> Result<()> {
+        self.inner.engine.wal.close()
+    }
+}
+
+fn count_key(stats: &mut Stats, state: &KeyState) {
+    match state.visible() {
+        Visible::Bytes(_) => stats.keys += 1,
+        Visible::Counter(_) => {
+            stats.keys += 1;
+            stats.counters += 1;
+        }
+        Visible::Absent if state.is_tombstone() => stats.tombstones += 1,
+        Visible::Absent => {}
+    }
+}
+
+impl Drop for DbInner {
+    fn drop(&mut self) {
+        self.pool.shutdown();
+        if let Some((stop, handle)) = self.flusher.take() {
+            drop(stop);
+            let _ = handle.join();
+        }
+        // Errors here have nowhere to go; `Db::close` reports them.
+        let _ = self.engine.wal.close();
+    }
+}
+
+/// Figures about a database, from [`Db::stats`].
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Stats {
+    /// The database directory.
+    pub dir: PathBuf,
+    /// This copy's node id, in hex.
+    pub node_id: String,
+    /// Keys that read as a value or counter, in all keyspaces.
+    pub keys: u64,
+    /// Of those, counters.
+    pub counters: u64,
+    /// Deleted keys whose tombstones are kept.
+    pub tombstones: u64,
+    /// The HLC high-water mark.
+    pub hlc: String,
+    /// Drift seen in remote stamps.
+    pub drift: DriftStats,
+    /// The sync mode.
+    pub sync_mode: String,
+    /// Worker threads.
+    pub worker_threads: usize,
+    /// WAL figures.
+    pub wal: WalStats,
+    /// The failure that poisoned the database, if any.
+    pub poisoned: Option<String>,
+}
+
+/// A named keyspace: the same operations as [`Db`], confined to one
+/// namespace. Cheap to clone.
+#[derive(Clone)]
+pub struct Keyspace {
+    db: Db,
+    name: Arc<str>,
+    prefix: Arc<[u8]>,
+}
+
+impl std::fmt::Debug for Keyspace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keyspace")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl Keyspace {
+    /// The keyspace's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn single(&self, batch: Batch) -> Result<Outcome> {
+        let mut outcomes = self.db.write(batch)?;
+        outcomes.pop().ok_or_else(|| Error::InvalidCommand {
+            reason: "no outcome for a single operation".into(),
+        })
+    }
+
+    /// Puts `value` at `key`.
+    pub fn put(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<Outcome> {
+        let mut batch = Batch::new();
+        batch.put_in(&self.name, key, value);
+        self.single(batch)
+    }
+
+    /// Deletes `key` (writes a tombstone).
+    pub fn delete(&self, key: impl AsRef<[u8]>) -> Result<Outcome> {
+        let mut batch = Batch::new();
+        batch.delete_in(&self.name, key);
+        self.single(batch)
+    }
+
+    /// Adds `delta` to the counter at `key`; the outcome carries the new value.
+    pub fn increment(&self, key: impl AsRef<[u8]>, delta: i64) -> Result<Outcome> {
+        let mut batch = Batch::new();
+        batch.increment_in(&self.name, key, delta);
+        self.single(batch)
+    }
+
+    /// Stores a serde value (encoded with the crate's codec) at `key`.
+    pub fn put_typed<T: Serialize>(&self, key: impl AsRef<[u8]>, value: &T) -> Result<Outcome> {
+        self.put(key, crate::codec::encode_typed(value)?)
+    }
+
+    /// Reads a value stored with [`Keyspace::put_typed`].
+    pub fn get_typed<T: DeserializeOwned>(&self, key: impl AsRef<[u8]>) -> Result<Option<T>> {
+        self.get(key)
+            .map(|b| crate::codec::decode_typed(&b))
+            .transpose()
+    }
+
+    /// What `key` reads as: bytes, a counter, or nothing.
+    pub fn get_value(&self, key: impl AsRef<[u8]>) -> Option<Value> {
+        let state = &self.db.inner.engine.state;
+        state.with_map(|map| read::get_value(map, &self.prefix, key.as_ref()))
+    }
+
+    /// The bytes at `key`, if it reads as a register value.
+    pub fn get(&self, key: impl AsRef<[u8]>) -> Option<Arc<[u8]>> {
+        match self.get_value(key) {
+            Some(Value::Bytes(b)) => Some(b),
+            _ => None,
+        }
+    }
+
+    /// The counter at `key` (0 if absent or not a counter).
+    pub fn counter(&self, key: impl AsRef<[u8]>) -> i64 {
+        self.get_value(key)
+            .and_then(|v| v.as_counter())
+            .unwrap_or(0)
+    }
+
+    /// Scans this keyspace; the iterator reads a consistent snapshot.
+    pub fn scan(&self, opts: &ScanOptions) -> Scan {
+        Scan::new(self.db.inner.engine.state.snapshot(), &self.prefix, opts)
+    }
+
+    /// The stamp a register write to `key` carries, if any (for tests and
+    /// tools that need to reason about last-writer-wins).
+    pub fn stamp_of(&self, key: impl AsRef<[u8]>) -> Option<Stamp> {
+        let store_key = [&self.prefix[..], key.as_ref()].concat();
+        self.db
+            .inner
+            .engine
+            .state
+            .read(&store_key, |s| s.and_then(KeyState::newest_stamp))
+    }
+}
+
+/// Refuses to create a new identity over a WAL that has lost its `META`:
+/// the segments name the old node, and mixing ids would break LWW.
+fn refuse_orphan_wal(io: &Io, wal_dir: &Path) -> Result<()> {
+    // A missing (or unreadable) WAL directory has no segments to protect;
+    // an unreadable one fails loudly a moment later, when replay reads it.
+    let Ok(segments) = recovery::list_segments(io, wal_dir) else {
+        return Ok(());
+    };
+    match segments.first() {
+        Some((_, path)) => Err(Error::corruption(
+            &wal_dir.parent().unwrap_or(wal_dir).join(meta::META_FILE),
+            0,
+            format!(
+                "META is missing but WAL segments exist (first: {})",
+                path.display()
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+struct Recovered {
+    state: State,
+    wal_start: WalStart,
+    max_stamp: Option<Stamp>,
+    report: RecoveryReport,
+}
+
+/// Replays the WAL into a fresh state and dedup window.
+fn recover(io: &Io, wal_dir: &Path, node: NodeId, options: &Options) -> Result<Recovered> {
+    let state = State::new();
+    let mut dedup = DedupWindow::new(options.dedup_window_ms, options.dedup_window_entries_max);
+    let mut max_stamp: Option<Stamp> = None;
+    let now_ms = options.wall_clock.now_ms();
+    let mut apply = |first_seq: u64, payload: FramePayload| {
+        let batch_stamp = payload
+            .records
+            .iter()
+            .filter_map(|r| r.delta.newest_stamp())
+            .max();
+        max_stamp = max_stamp.max(batch_stamp);
+        if let (Some(id), Some(stamp)) = (payload.dedup_id, batch_stamp) {
+            let entry = DedupEntry {
+                first_seq,
+                op_count: payload.records.len() as u32,
+                stamp,
+            };
+            dedup.insert(id, entry, now_ms);
+        }
+        state.replay(payload.records);
+    };
+    let replayed = recovery::replay(io, wal_dir, node, options.recovery_mode, true, &mut apply)?;
+    Ok(Recovered {
+        state,
+        wal_start: WalStart {
+            next_seq: replayed.next_seq,
+            segments: replayed.segments,
+            dedup,
+        },
+        max_stamp,
+        report: replayed.report,
+    })
+}
+
+/// In `Interval` mode, a thread that fsyncs the WAL every interval.
+fn start_flusher(engine: &Arc<Engine>) -> Result<Option<(Sender<()>, JoinHandle<()>)>> {
+    let SyncMode::Interval(interval_ms) = engine.options.sync_mode else {
+        return Ok(None);
+    };
+    let (stop, stopped) = bounded::<()>(1);
+    let engine = engine.clone();
+    let interval = Duration::from_millis(interval_ms.max(1));
+    let handle = std::thread::Builder::new()
+        .name("mergekv-flusher".into())
+        .spawn(move || {
+            while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
+                if engine.wal.sync_written().is_err() {
+                    // The WAL is poisoned now; writers will say so.
+                    return;
+                }
+            }
+        })
+        .map_err(|e| Error::Poisoned {
+            cause: Arc::from(format!("cannot start flusher thread: {e}")),
+        })?;
+    Ok(Some((stop, handle)))
+}

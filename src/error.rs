@@ -1,0 +1,187 @@
+//! Public error types.
+//!
+//! Every variant says what went wrong and where (the file, the offset, the
+//! limit), so the one-line message is enough to act on. The library never
+//! panics on bad input or damaged files; it returns one of these.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::clock::NodeId;
+use crate::io::IoOp;
+
+/// A `Result` whose error is [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in mergekv.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Error {
+    /// A file operation failed.
+    Io {
+        /// The operation that failed.
+        op: IoOp,
+        /// The file or directory it was applied to.
+        path: PathBuf,
+        /// The operating system's error.
+        source: Arc<std::io::Error>,
+    },
+    /// The directory is already open, by this process or another one.
+    Locked {
+        /// The database directory.
+        dir: PathBuf,
+    },
+    /// A file is damaged in a way recovery must not guess about.
+    Corruption {
+        /// The damaged file.
+        path: PathBuf,
+        /// The byte offset where the damage starts.
+        offset_bytes: u64,
+        /// What is wrong there.
+        reason: String,
+    },
+    /// An earlier write or fsync failed; the database refuses further writes
+    /// until it is reopened (fail-stop).
+    Poisoned {
+        /// The failure that poisoned the database.
+        cause: Arc<str>,
+    },
+    /// The database has been closed.
+    Closed,
+    /// A key, value, batch or name broke a configured limit.
+    LimitExceeded {
+        /// Which limit (for example `key_size_bytes_max`).
+        limit: &'static str,
+        /// The size that was asked for.
+        actual: u64,
+        /// The configured maximum.
+        max: u64,
+    },
+    /// A keyspace name is not valid.
+    InvalidKeyspace {
+        /// The name given.
+        name: String,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+    /// A command is malformed (for example an empty batch).
+    InvalidCommand {
+        /// Why it was refused.
+        reason: String,
+    },
+    /// A remote stamp is further ahead of the local clock than `max_drift_ms`.
+    ClockDrift {
+        /// The node that produced the stamp.
+        peer: NodeId,
+        /// How far ahead of the local physical clock it is, in milliseconds.
+        ahead_ms: u64,
+        /// The configured bound.
+        max_drift_ms: u64,
+    },
+    /// A counter would leave the range of an `i64`.
+    CounterOverflow {
+        /// The key of the counter.
+        key: Vec<u8>,
+    },
+    /// A stored typed value did not decode as the requested type.
+    Decode {
+        /// What was being decoded.
+        what: &'static str,
+        /// Why decoding failed.
+        reason: String,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(op: IoOp, path: &Path, source: std::io::Error) -> Self {
+        Error::Io {
+            op,
+            path: path.to_path_buf(),
+            source: Arc::new(source),
+        }
+    }
+
+    pub(crate) fn corruption(path: &Path, offset_bytes: u64, reason: impl Into<String>) -> Self {
+        Error::Corruption {
+            path: path.to_path_buf(),
+            offset_bytes,
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn limit(limit: &'static str, actual: usize, max: usize) -> Self {
+        Error::LimitExceeded {
+            limit,
+            actual: actual as u64,
+            max: max as u64,
+        }
+    }
+
+    /// True for errors caused by the data or the disk (exit code 3 in the CLI),
+    /// as opposed to a bad request from the caller.
+    pub fn is_data_or_io(&self) -> bool {
+        matches!(
+            self,
+            Error::Io { .. } | Error::Corruption { .. } | Error::Poisoned { .. }
+        )
+    }
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::Io { op, path, source } => {
+                write!(f, "{} failed on {}: {source}", op.name(), path.display())
+            }
+            Error::Locked { dir } => write!(
+                f,
+                "database directory {} is already open (by this or another process)",
+                dir.display()
+            ),
+            Error::Corruption {
+                path,
+                offset_bytes,
+                reason,
+            } => write!(
+                f,
+                "{} is damaged at byte {offset_bytes}: {reason}",
+                path.display()
+            ),
+            Error::Poisoned { cause } => write!(
+                f,
+                "database is poisoned after an earlier failure ({cause}); reopen it to recover"
+            ),
+            Error::Closed => write!(f, "database is closed"),
+            Error::LimitExceeded { limit, actual, max } => {
+                write!(f, "{limit} exceeded: {actual} > {max}")
+            }
+            Error::InvalidKeyspace { name, reason } => {
+                write!(f, "invalid keyspace name {name:?}: {reason}")
+            }
+            Error::InvalidCommand { reason } => write!(f, "invalid command: {reason}"),
+            Error::ClockDrift {
+                peer,
+                ahead_ms,
+                max_drift_ms,
+            } => write!(
+                f,
+                "stamp from node {peer} is {ahead_ms} ms ahead of the local clock (max drift {max_drift_ms} ms)"
+            ),
+            Error::CounterOverflow { key } => write!(
+                f,
+                "counter {} would overflow an i64",
+                String::from_utf8_lossy(key)
+            ),
+            Error::Decode { what, reason } => write!(f, "cannot decode {what}: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Io { source, .. } => Some(source.as_ref()),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! # mergekv
+//!
+//! An embedded key-value database for applications whose copies must keep
+//! working offline and merge later without losing anything.
+//!
+//! Every write is a command stamped with a hybrid logical clock, routed to a
+//! worker thread, appended to a checksummed, group-committed write-ahead log,
+//! and then applied to a concurrent in-memory map. Every value is a CRDT (a
+//! last-writer-wins register or a PN-counter), so copies of a database can
+//! exchange changes in any order and converge.
+//!
+//! ```
+//! use mergekv::{Batch, Db, OutcomeKind, ScanOptions};
+//!
+//! # fn main() -> mergekv::Result<()> {
+//! let dir = tempfile::tempdir().unwrap();
+//! let db = Db::open(dir.path())?;
+//!
+//! // Registers: last writer wins.
+//! db.put("greeting", "hello")?;
+//! assert_eq!(db.get("greeting").as_deref(), Some(&b"hello"[..]));
+//!
+//! // Counters: increments from any thread (or any copy) add up.
+//! db.increment("visits", 2)?;
+//! let outcome = db.increment("visits", 3)?;
+//! assert_eq!(outcome.counter, Some(5));
+//!
+//! // Keyspaces and atomic, idempotent batches.
+//! let users = db.keyspace("users")?;
+//! let mut batch = Batch::new();
+//! batch
+//!     .put_in("users", "ada", "Ada Lovelace")
+//!     .put_in("users", "alan", "Alan Turing")
+//!     .idempotency_key("import-42");
+//! db.write(batch.clone())?;
+//! let retry = db.write(batch)?;
+//! assert_eq!(retry[0].kind, OutcomeKind::Duplicate);
+//!
+//! // Ordered scans.
+//! let names: Vec<_> = users.scan(&ScanOptions::prefix("a")).map(|e| e.key().to_vec()).collect();
+//! assert_eq!(names, vec![b"ada".to_vec(), b"alan".to_vec()]);
+//!
+//! // Reopen: everything acknowledged is still there.
+//! drop(users);
+//! db.close()?;
+//! let db = Db::open(dir.path())?;
+//! assert_eq!(db.counter("visits"), 5);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! See `docs/ARCHITECTURE.md` for the code map and `docs/FORMAT.md` for the
+//! byte layouts.
+
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod clock;
+pub mod codec;
+pub mod command;
+pub mod crdt;
+mod db;
+pub mod error;
+pub mod io;
+mod meta;
+pub mod options;
+mod state;
+pub mod verify;
+mod wal;
+mod worker;
+
+pub use clock::{DriftPolicy, ManualClock, NodeId, Stamp, SystemClock, WallClock};
+pub use command::{Batch, DEFAULT_KEYSPACE, Op, OpKind, Outcome, OutcomeKind};
+pub use db::read::{Entry, ReadView, Scan, ScanOptions, Value, ViewKeyspace};
+pub use db::{Db, Keyspace, Stats};
+pub use error::{Error, Result};
+pub use io::{FaultInjector, IoOp};
+pub use options::{Options, RecoveryMode, SyncMode};
+pub use verify::{VerifyReport, verify};
+pub use wal::WalStats;
+pub use wal::recovery::{RecoveryReport, RepairReport, TornTail};

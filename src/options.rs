@@ -1,0 +1,117 @@
+//! Options for opening a database. Every limit is named, with its unit.
+
+use std::sync::Arc;
+
+use crate::clock::{DriftPolicy, SystemClock, WallClock};
+use crate::io::FaultInjector;
+
+/// When a write counts as durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum SyncMode {
+    /// The default. A write returns only after its batch has been written and
+    /// `fdatasync`ed: an acknowledged write survives a crash or power loss.
+    #[default]
+    Always,
+    /// A write returns once it is written to the operating system; a
+    /// background thread `fdatasync`s at least every `n` milliseconds. A
+    /// process crash loses nothing; a power loss can lose up to the last `n`
+    /// milliseconds of acknowledged writes.
+    Interval(u64),
+    /// A write returns once it is written to the operating system; mergekv
+    /// syncs only on rotation and clean close. A process crash loses nothing;
+    /// a power loss can lose any acknowledged write not yet flushed by the OS.
+    Never,
+}
+
+/// What to do when a WAL segment is damaged with valid data after the damage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum RecoveryMode {
+    /// Refuse to open with [`crate::Error::Corruption`] naming segment and
+    /// offset (the default). A torn tail, where nothing valid follows, is
+    /// always cut back silently: it can only hold unacknowledged writes.
+    #[default]
+    Strict,
+    /// Cut the WAL at the damage, move what was dropped to
+    /// `<dir>/quarantine/`, and report it in [`crate::RecoveryReport`].
+    Repair,
+}
+
+/// Options for [`crate::Db::open_with`]. Start from `Options::default()`.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// When a write counts as durable.
+    pub sync_mode: SyncMode,
+    /// Worker threads that stamp and apply commands; `0` runs commands inline
+    /// on the calling thread.
+    pub worker_threads: usize,
+    /// Commands that may wait in one worker's queue before callers block
+    /// (backpressure).
+    pub worker_queue_depth_max: usize,
+    /// Commands a worker takes from its queue at once and commits together.
+    pub worker_batch_commands_max: usize,
+    /// A group commit closes when it holds this many frames...
+    pub group_commit_frames_max: usize,
+    /// ...or this many bytes...
+    pub group_commit_bytes_max: usize,
+    /// ...or after the leader has waited this long for company (0: never wait).
+    pub group_commit_delay_us: u64,
+    /// Bytes of frames waiting to be written before writers block.
+    pub wal_pending_bytes_max: usize,
+    /// A segment is sealed and a new one started past this size.
+    pub segment_size_bytes_max: u64,
+    /// Longest key, in bytes.
+    pub key_size_bytes_max: usize,
+    /// Longest value, in bytes.
+    pub value_size_bytes_max: usize,
+    /// Most operations in one atomic batch.
+    pub batch_ops_max: usize,
+    /// Largest encoded batch, in bytes.
+    pub batch_bytes_max: usize,
+    /// How long an idempotency key is remembered, in milliseconds.
+    pub dedup_window_ms: u64,
+    /// How many idempotency keys are remembered at most.
+    pub dedup_window_entries_max: usize,
+    /// How far ahead of local time a remote stamp may be, in milliseconds.
+    pub max_drift_ms: u64,
+    /// What to do with a stamp beyond `max_drift_ms`.
+    pub drift_policy: DriftPolicy,
+    /// What to do with a damaged WAL on open.
+    pub recovery_mode: RecoveryMode,
+    /// The wall clock the HLC reads.
+    pub wall_clock: Arc<dyn WallClock>,
+    /// Injected file-system failures, for tests.
+    pub faults: Option<FaultInjector>,
+}
+
+/// Longest keyspace name, in bytes.
+pub const KEYSPACE_NAME_BYTES_MAX: usize = 64;
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            sync_mode: SyncMode::Always,
+            worker_threads: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+                .clamp(1, 8),
+            worker_queue_depth_max: 1024,
+            worker_batch_commands_max: 256,
+            group_commit_frames_max: 4096,
+            group_commit_bytes_max: 8 * 1024 * 1024,
+            group_commit_delay_us: 0,
+            wal_pending_bytes_max: 64 * 1024 * 1024,
+            segment_size_bytes_max: 64 * 1024 * 1024,
+            key_size_bytes_max: 16 * 1024,
+            value_size_bytes_max: 16 * 1024 * 1024,
+            batch_ops_max: 100_000,
+            batch_bytes_max: 64 * 1024 * 1024,
+            dedup_window_ms: 10 * 60 * 1000,
+            dedup_window_entries_max: 100_000,
+            max_drift_ms: 500,
+            drift_policy: DriftPolicy::Reject,
+            recovery_mode: RecoveryMode::Strict,
+            wall_clock: Arc::new(SystemClock),
+            faults: None,
+        }
+    }
+}

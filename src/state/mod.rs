@@ -1,0 +1,186 @@
+//! The concurrent in-memory state map, and the one apply path.
+//!
+//! An ordered persistent map (`imbl::OrdMap`) from store key to
+//! [`KeyState`] behind a `parking_lot::RwLock`. Reads take the read lock for
+//! one lookup; a [`crate::ReadView`] clones the map, which is O(1) because
+//! the map shares structure, so a view is a consistent snapshot that never
+//! blocks writers. Writers apply whole batches under one write lock, so a
+//! batch becomes visible all at once.
+
+use std::ops::Bound;
+use std::sync::Arc;
+
+use imbl::OrdMap;
+use parking_lot::RwLock;
+
+use crate::command::OutcomeKind;
+use crate::crdt::{KeyState, Visible};
+use crate::wal::format::Record;
+
+/// The map type: store key to CRDT state.
+pub type StateMap = OrdMap<Arc<[u8]>, KeyState>;
+
+/// The shared state of a database.
+#[derive(Debug, Default)]
+pub struct State {
+    map: RwLock<StateMap>,
+}
+
+/// What applying one record did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Applied {
+    /// Applied, Removed or IgnoredStale.
+    pub kind: OutcomeKind,
+    /// The counter's value afterwards, for counter records.
+    pub counter: Option<i64>,
+}
+
+impl State {
+    /// An empty state.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Calls `f` with the state of `store_key` under the read lock.
+    pub fn read<R>(&self, store_key: &[u8], f: impl FnOnce(Option<&KeyState>) -> R) -> R {
+        f(self.map.read().get(store_key))
+    }
+
+    /// Calls `f` with the whole map under the read lock.
+    pub fn with_map<R>(&self, f: impl FnOnce(&StateMap) -> R) -> R {
+        f(&self.map.read())
+    }
+
+    /// A consistent snapshot of the whole map, O(1).
+    pub fn snapshot(&self) -> StateMap {
+        self.map.read().clone()
+    }
+
+    /// Merges several batches of records into the map under one write lock
+    /// (so each batch becomes visible at once), reporting what each record did.
+    pub fn apply_many(&self, batches: &[&[Record]]) -> Vec<Vec<Applied>> {
+        if batches.is_empty() {
+            return Vec::new();
+        }
+        let mut map = self.map.write();
+        batches
+            .iter()
+            .map(|records| records.iter().map(|r| apply_one(&mut map, r)).collect())
+            .collect()
+    }
+
+    /// Merges records without reporting outcomes (replay on open).
+    pub fn replay(&self, records: Vec<Record>) {
+        let mut map = self.map.write();
+        for record in records {
+            match map.get_mut(&record.store_key) {
+                Some(existing) => existing.merge_from(&record.delta),
+                None => {
+                    map.insert(record.store_key, record.delta);
+                }
+            }
+        }
+    }
+}
+
+fn apply_one(map: &mut StateMap, record: &Record) -> Applied {
+    let delta = &record.delta;
+    let kind = match map.get_mut(&record.store_key) {
+        Some(existing) => {
+            let kind = classify(existing, delta);
+            if kind != OutcomeKind::IgnoredStale {
+                existing.merge_from(delta);
+            }
+            kind
+        }
+        None => {
+            map.insert(record.store_key.clone(), delta.clone());
+            fresh_kind(delta)
+        }
+    };
+    let counter = delta
+        .counter
+        .as_ref()
+        .filter(|c| !c.totals.is_empty())
+        .map(
+            |_| match map.get(&record.store_key).map(KeyState::visible) {
+                Some(Visible::Counter(v)) => v,
+                _ => 0,
+            },
+        );
+    Applied { kind, counter }
+}
+
+/// What merging `delta` into `existing` will do, from the caller's view.
+fn classify(existing: &KeyState, delta: &KeyState) -> OutcomeKind {
+    if let Some(reg) = &delta.register {
+        let stale = existing
+            .register
+            .as_ref()
+            .is_some_and(|cur| cur.stamp >= reg.stamp);
+        return if stale {
+            OutcomeKind::IgnoredStale
+        } else {
+            fresh_kind(delta)
+        };
+    }
+    let Some(counter) = &delta.counter else {
+        return OutcomeKind::IgnoredStale;
+    };
+    let advances = counter.totals.iter().any(|t| {
+        existing
+            .counter
+            .as_ref()
+            .and_then(|c| c.totals_of(t.node))
+            .is_none_or(|cur| t.p > cur.p || t.n > cur.n)
+    });
+    if advances {
+        OutcomeKind::Applied
+    } else {
+        OutcomeKind::IgnoredStale
+    }
+}
+
+fn fresh_kind(delta: &KeyState) -> OutcomeKind {
+    match &delta.register {
+        Some(reg) if reg.value.is_none() => OutcomeKind::Removed,
+        _ => OutcomeKind::Applied,
+    }
+}
+
+/// Bounds of a scan over store keys.
+#[derive(Clone, Debug)]
+pub struct KeyBounds {
+    /// Inclusive lower bound.
+    pub start: Bound<Vec<u8>>,
+    /// Upper bound.
+    pub end: Bound<Vec<u8>>,
+}
+
+/// Collects up to `limit` entries in `bounds` from `map`, forwards or
+/// backwards, skipping keys that read as absent (tombstones).
+pub fn collect_range(
+    map: &StateMap,
+    bounds: &KeyBounds,
+    reverse: bool,
+    limit: usize,
+    out: &mut Vec<(Arc<[u8]>, crate::Value)>,
+) {
+    let range = map.range::<_, [u8]>((as_slice_bound(&bounds.start), as_slice_bound(&bounds.end)));
+    let visible = |(k, s): (&Arc<[u8]>, &KeyState)| {
+        crate::Value::from_visible(s.visible()).map(|v| (k.clone(), v))
+    };
+    if reverse {
+        out.extend(range.rev().filter_map(visible).take(limit));
+    } else {
+        out.extend(range.filter_map(visible).take(limit));
+    }
+}
+
+fn as_slice_bound(b: &Bound<Vec<u8>>) -> Bound<&[u8]> {
+    match b {
+        Bound::Included(v) => Bound::Included(v.as_slice()),
+        Bound::Excluded(v) => Bound::Excluded(v.as_slice()),
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}

@@ -1,0 +1,535 @@
+//! The write-ahead log: segments, group commit, dedup, recovery.
+//!
+//! Writers [`Wal::append`] an encoded batch (a frame payload): the WAL
+//! assigns its sequence numbers and queues it. They then
+//! [`Wal::wait_durable`]: the first waiter to find no leader becomes the
+//! leader, takes every queued frame up to the group limits, writes them with
+//! one `write` and (in `SyncMode::Always`) one `fdatasync`, and wakes the
+//! others. This is group commit: many concurrent writers share one fsync.
+//!
+//! Fail-stop: if a write or fsync fails, the WAL is poisoned. No frame of the
+//! failed group, nor any later one, is ever acknowledged.
+
+pub mod dedup;
+pub mod format;
+pub mod recovery;
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::{Condvar, Mutex, MutexGuard};
+
+use crate::clock::{NodeId, Stamp};
+use crate::error::{Error, Result};
+use crate::io::{Io, IoFile};
+use crate::options::{Options, SyncMode};
+use dedup::{DedupEntry, DedupWindow};
+use format::{FRAME_HEADER_BYTES, SEGMENT_HEADER_BYTES};
+
+/// Name of the WAL directory inside a database directory.
+pub const WAL_DIR: &str = "wal";
+
+/// The file name of the segment whose first sequence number is `first_seq`.
+pub fn segment_file_name(first_seq: u64) -> String {
+    format!("wal-{first_seq:020}.seg")
+}
+
+/// The first sequence number encoded in a segment file name.
+pub fn parse_segment_file_name(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix("wal-")?.strip_suffix(".seg")?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// A sealed or active segment, as the WAL tracks it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SegmentInfo {
+    /// Sequence number of its first operation.
+    pub first_seq: u64,
+    /// Its path.
+    pub path: PathBuf,
+    /// Its size in bytes.
+    pub size_bytes: u64,
+}
+
+/// What [`Wal::append`] did with a batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Appended {
+    /// Queued with these sequence numbers: `first_seq ..= last_seq`.
+    Queued {
+        /// Sequence number of the batch's first operation.
+        first_seq: u64,
+        /// Sequence number of its last operation.
+        last_seq: u64,
+    },
+    /// The idempotency key was seen already: the original batch.
+    Duplicate(DedupEntry),
+}
+
+/// A batch handed to [`Wal::append`].
+pub struct AppendRequest<'a> {
+    /// The encoded frame payload.
+    pub payload: Vec<u8>,
+    /// Operations in the batch (sequence numbers it takes).
+    pub op_count: u32,
+    /// Content id of the idempotency key, if any.
+    pub dedup_id: Option<&'a [u8; 32]>,
+    /// The batch's stamp (for the dedup window).
+    pub stamp: Stamp,
+    /// The wall time now, for dedup window expiry.
+    pub now_ms: u64,
+}
+
+/// The limits the WAL works within, taken from [`Options`].
+#[derive(Clone, Copy, Debug)]
+struct WalLimits {
+    sync_mode: SyncMode,
+    group_frames_max: usize,
+    group_bytes_max: usize,
+    group_delay_us: u64,
+    pending_bytes_max: usize,
+    segment_bytes_max: u64,
+}
+
+struct PendingFrame {
+    first_seq: u64,
+    op_count: u32,
+    payload: Vec<u8>,
+}
+
+/// WAL counters for stats.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct WalStats {
+    /// Highest sequence number assigned so far (0 if none).
+    pub last_seq: u64,
+    /// Highest sequence number written to the OS.
+    pub written_seq: u64,
+    /// Highest sequence number known to be fsynced.
+    pub synced_seq: u64,
+    /// Frames (batches) written since open.
+    pub frames_written: u64,
+    /// Group commits (writes) since open.
+    pub groups_written: u64,
+    /// fdatasync calls on segments since open.
+    pub syncs: u64,
+    /// Number of segment files.
+    pub segments: usize,
+    /// Total bytes in segment files.
+    pub wal_bytes: u64,
+    /// Idempotency keys remembered.
+    pub dedup_entries: usize,
+}
+
+struct Shared {
+    next_seq: u64,
+    pending: VecDeque<PendingFrame>,
+    pending_bytes: usize,
+    leader_active: bool,
+    written_seq: u64,
+    synced_seq: u64,
+    poisoned: Option<Arc<str>>,
+    closed: bool,
+    dedup: DedupWindow,
+    writer: Option<SegmentWriter>,
+    sealed: Vec<SegmentInfo>,
+    stats: WalStats,
+}
+
+/// The segment being appended to.
+struct SegmentWriter {
+    file: IoFile,
+    first_seq: u64,
+    size_bytes: u64,
+}
+
+/// The write-ahead log of one database.
+pub struct Wal {
+    shared: Mutex<Shared>,
+    cond: Condvar,
+    dir: PathBuf,
+    io: Io,
+    node: NodeId,
+    limits: WalLimits,
+}
+
+/// Where a recovered WAL continues.
+pub struct WalStart {
+    /// The next sequence number to assign.
+    pub next_seq: u64,
+    /// Segments that recovery kept, oldest first; the last one is appended to.
+    pub segments: Vec<SegmentInfo>,
+    /// The rebuilt dedup window.
+    pub dedup: DedupWindow,
+}
+
+impl Wal {
+    /// Opens the WAL for appending after recovery.
+    pub fn open(
+        dir: &Path,
+        io: Io,
+        node: NodeId,
+        options: &Options,
+        start: WalStart,
+    ) -> Result<Wal> {
+        let limits = WalLimits {
+            sync_mode: options.sync_mode,
+            group_frames_max: options.group_commit_frames_max.max(1),
+            group_bytes_max: options.group_commit_bytes_max.max(1),
+            group_delay_us: options.group_commit_delay_us,
+            pending_bytes_max: options.wal_pending_bytes_max.max(1),
+            segment_bytes_max: options
+                .segment_size_bytes_max
+                .max(SEGMENT_HEADER_BYTES as u64 + 1),
+        };
+        let mut sealed = start.segments;
+        let writer = match sealed.pop() {
+            Some(last) => SegmentWriter {
+                file: io.open_append(&last.path)?,
+                first_seq: last.first_seq,
+                size_bytes: last.size_bytes,
+            },
+            None => create_segment(&io, dir, node, start.next_seq)?,
+        };
+        let last_seq = start.next_seq.saturating_sub(1);
+        let shared = Shared {
+            next_seq: start.next_seq,
+            pending: VecDeque::new(),
+            pending_bytes: 0,
+            leader_active: false,
+            written_seq: last_seq,
+            synced_seq: last_seq,
+            poisoned: None,
+            closed: false,
+            dedup: start.dedup,
+            writer: Some(writer),
+            sealed,
+            stats: WalStats::default(),
+        };
+        Ok(Wal {
+            shared: Mutex::new(shared),
+            cond: Condvar::new(),
+            dir: dir.to_path_buf(),
+            io,
+            node,
+            limits,
+        })
+    }
+
+    /// Queues a batch, or reports the original if its idempotency key was
+    /// seen. Blocks while `wal_pending_bytes_max` bytes are already queued.
+    pub fn append(&self, req: AppendRequest<'_>) -> Result<Appended> {
+        let mut st = self.shared.lock();
+        loop {
+            check_usable(&st)?;
+            if st.pending_bytes < self.limits.pending_bytes_max || st.pending.is_empty() {
+                break;
+            }
+            // Write the backlog ourselves rather than wait for a writer that
+            // may itself be waiting on us.
+            if st.leader_active {
+                self.cond.wait(&mut st);
+            } else {
+                self.lead(&mut st);
+            }
+        }
+        if let Some(id) = req.dedup_id
+            && let Some(original) = st.dedup.get(id, req.now_ms)
+        {
+            return Ok(Appended::Duplicate(original));
+        }
+        let first_seq = st.next_seq;
+        let op_count = req.op_count.max(1);
+        st.next_seq += u64::from(op_count);
+        st.pending_bytes += req.payload.len() + FRAME_HEADER_BYTES;
+        st.pending.push_back(PendingFrame {
+            first_seq,
+            op_count,
+            payload: req.payload,
+        });
+        if let Some(id) = req.dedup_id {
+            let entry = DedupEntry {
+                first_seq,
+                op_count,
+                stamp: req.stamp,
+            };
+            st.dedup.insert(*id, entry, req.now_ms);
+        }
+        Ok(Appended::Queued {
+            first_seq,
+            last_seq: first_seq + u64::from(op_count) - 1,
+        })
+    }
+
+    /// Returns once `seq` is durable under the sync mode (written and, in
+    /// `Always` mode, fsynced), leading a group commit if no one else is.
+    pub fn wait_durable(&self, seq: u64) -> Result<()> {
+        let mut st = self.shared.lock();
+        if seq >= st.next_seq {
+            // Only sequence numbers handed out by `append` can become durable.
+            return Err(Error::InvalidCommand {
+                reason: format!("sequence number {seq} was never assigned"),
+            });
+        }
+        loop {
+            if self.acknowledged_seq(&st) >= seq {
+                return Ok(());
+            }
+            if let Some(cause) = &st.poisoned {
+                return Err(Error::Poisoned {
+                    cause: cause.clone(),
+                });
+            }
+            if st.leader_active {
+                self.cond.wait(&mut st);
+            } else {
+                self.lead(&mut st);
+            }
+        }
+    }
+
+    fn acknowledged_seq(&self, st: &Shared) -> u64 {
+        match self.limits.sync_mode {
+            SyncMode::Always => st.synced_seq,
+            SyncMode::Interval(_) | SyncMode::Never => st.written_seq,
+        }
+    }
+
+    /// One round as group-commit leader: write (and maybe sync) one group.
+    fn lead(&self, st: &mut MutexGuard<'_, Shared>) {
+        st.leader_active = true;
+        if self.limits.group_delay_us > 0 && st.pending.len() < self.limits.group_frames_max {
+            // Give concurrent writers a moment to join this group.
+            let delay = Duration::from_micros(self.limits.group_delay_us);
+            MutexGuard::unlocked(st, || std::thread::sleep(delay));
+        }
+        let group = self.take_group(st);
+        self.cond.notify_all(); // queue space was freed
+        let Some(mut writer) = st.writer.take() else {
+            st.leader_active = false;
+            return;
+        };
+        let sync = self.limits.sync_mode == SyncMode::Always;
+        let result = MutexGuard::unlocked(st, || self.write_group(&mut writer, &group, sync));
+        st.writer = Some(writer);
+        match result {
+            Ok(outcome) => record_group(st, &group, outcome, sync),
+            Err(e) => st.poisoned = Some(Arc::from(e.to_string())),
+        }
+        st.leader_active = false;
+        self.cond.notify_all();
+    }
+
+    fn take_group(&self, st: &mut Shared) -> Vec<PendingFrame> {
+        let mut group = Vec::new();
+        let mut bytes = 0usize;
+        while let Some(frame) = st.pending.front() {
+            let size = frame.payload.len() + FRAME_HEADER_BYTES;
+            let full = group.len() >= self.limits.group_frames_max
+                || (bytes + size > self.limits.group_bytes_max && !group.is_empty());
+            if full {
+                break;
+            }
+            bytes += size;
+            st.pending_bytes -= size;
+            group.extend(st.pending.pop_front());
+        }
+        group
+    }
+
+    /// Writes a group, rotating segments as they fill. Runs without the lock.
+    fn write_group(
+        &self,
+        writer: &mut SegmentWriter,
+        group: &[PendingFrame],
+        sync: bool,
+    ) -> Result<GroupWritten> {
+        let mut out = GroupWritten::default();
+        let mut buf = Vec::with_capacity(
+            group
+                .iter()
+                .map(|f| f.payload.len() + FRAME_HEADER_BYTES)
+                .sum(),
+        );
+        for frame in group {
+            let size = (frame.payload.len() + FRAME_HEADER_BYTES) as u64;
+            let would_overflow =
+                writer.size_bytes + buf.len() as u64 + size > self.limits.segment_bytes_max;
+            if would_overflow && writer.size_bytes + buf.len() as u64 > SEGMENT_HEADER_BYTES as u64
+            {
+                self.flush_buf(writer, &mut buf)?;
+                out.sealed.push(self.rotate(writer, frame.first_seq)?);
+                out.syncs += 1;
+            }
+            format::encode_frame(&mut buf, frame.first_seq, frame.op_count, &frame.payload);
+        }
+        self.flush_buf(writer, &mut buf)?;
+        if sync && !group.is_empty() {
+            writer.file.sync_data()?;
+            out.syncs += 1;
+        }
+        Ok(out)
+    }
+
+    fn flush_buf(&self, writer: &mut SegmentWriter, buf: &mut Vec<u8>) -> Result<()> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        writer.file.write_all(buf)?;
+        writer.size_bytes += buf.len() as u64;
+        buf.clear();
+        Ok(())
+    }
+
+    /// Seals the current segment (fsynced, so sealed segments are always
+    /// durable) and starts a new one at `first_seq`.
+    fn rotate(&self, writer: &mut SegmentWriter, first_seq: u64) -> Result<SegmentInfo> {
+        writer.file.sync_data()?;
+        let next = create_segment(&self.io, &self.dir, self.node, first_seq)?;
+        let old = std::mem::replace(writer, next);
+        Ok(SegmentInfo {
+            first_seq: old.first_seq,
+            path: old.file.path().to_path_buf(),
+            size_bytes: old.size_bytes,
+        })
+    }
+
+    /// Fsyncs whatever has been written but not synced (for `Interval` mode
+    /// and clean close). Poisons the WAL if the fsync fails.
+    pub fn sync_written(&self) -> Result<()> {
+        let mut st = self.shared.lock();
+        while st.leader_active {
+            self.cond.wait(&mut st);
+        }
+        if let Some(cause) = &st.poisoned {
+            return Err(Error::Poisoned {
+                cause: cause.clone(),
+            });
+        }
+        if st.synced_seq >= st.written_seq {
+            return Ok(());
+        }
+        let Some(writer) = st.writer.take() else {
+            return Ok(());
+        };
+        st.leader_active = true;
+        let target = st.written_seq;
+        let result = MutexGuard::unlocked(&mut st, || writer.file.sync_data());
+        st.writer = Some(writer);
+        st.leader_active = false;
+        match &result {
+            Ok(()) => {
+                st.synced_seq = st.synced_seq.max(target);
+                st.stats.syncs += 1;
+            }
+            Err(e) => st.poisoned = Some(Arc::from(e.to_string())),
+        }
+        self.cond.notify_all();
+        result
+    }
+
+    /// Writes everything queued, syncs it, and refuses later appends.
+    pub fn close(&self) -> Result<()> {
+        let last = self.shared.lock().next_seq.saturating_sub(1);
+        let flushed = self.wait_durable(last);
+        let synced = self.sync_written();
+        let mut st = self.shared.lock();
+        st.closed = true;
+        self.cond.notify_all();
+        flushed.and(synced)
+    }
+
+    /// Marks the WAL poisoned (for failures found outside it, such as a
+    /// panicking worker).
+    pub fn poison(&self, cause: &str) {
+        let mut st = self.shared.lock();
+        if st.poisoned.is_none() {
+            st.poisoned = Some(Arc::from(cause));
+        }
+        self.cond.notify_all();
+    }
+
+    /// The error every write returns from now on, if the WAL is poisoned or closed.
+    pub fn check_usable(&self) -> Result<()> {
+        check_usable(&self.shared.lock())
+    }
+
+    /// Counters and sizes, for stats.
+    pub fn stats(&self) -> WalStats {
+        let st = self.shared.lock();
+        let mut stats = st.stats;
+        stats.last_seq = st.next_seq.saturating_sub(1);
+        stats.written_seq = st.written_seq;
+        stats.synced_seq = st.synced_seq;
+        let active = st.writer.as_ref().map_or(0, |w| w.size_bytes);
+        stats.segments = st.sealed.len() + usize::from(st.writer.is_some());
+        stats.wal_bytes = st.sealed.iter().map(|s| s.size_bytes).sum::<u64>() + active;
+        stats.dedup_entries = st.dedup.len();
+        stats
+    }
+}
+
+#[derive(Default)]
+struct GroupWritten {
+    sealed: Vec<SegmentInfo>,
+    syncs: u64,
+}
+
+fn record_group(st: &mut Shared, group: &[PendingFrame], written: GroupWritten, synced: bool) {
+    if let Some(last) = group.last() {
+        let last_seq = last.first_seq + u64::from(last.op_count) - 1;
+        st.written_seq = st.written_seq.max(last_seq);
+        if synced {
+            st.synced_seq = st.synced_seq.max(last_seq);
+        }
+        st.stats.groups_written += 1;
+    }
+    st.stats.frames_written += group.len() as u64;
+    st.stats.syncs += written.syncs;
+    st.sealed.extend(written.sealed);
+}
+
+fn check_usable(st: &Shared) -> Result<()> {
+    if let Some(cause) = &st.poisoned {
+        return Err(Error::Poisoned {
+            cause: cause.clone(),
+        });
+    }
+    if st.closed {
+        return Err(Error::Closed);
+    }
+    Ok(())
+}
+
+/// Creates a segment: header written and fsynced, directory entry fsynced.
+fn create_segment(io: &Io, dir: &Path, node: NodeId, first_seq: u64) -> Result<SegmentWriter> {
+    let path = dir.join(segment_file_name(first_seq));
+    let mut file = io.create_new(&path)?;
+    file.write_all(&format::encode_segment_header(node, first_seq))?;
+    file.sync_data()?;
+    io.sync_dir(dir)?;
+    Ok(SegmentWriter {
+        file,
+        first_seq,
+        size_bytes: SEGMENT_HEADER_BYTES as u64,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_names_round_trip() {
+        assert_eq!(segment_file_name(42), "wal-00000000000000000042.seg");
+        assert_eq!(parse_segment_file_name(&segment_file_name(42)), Some(42));
+        assert_eq!(parse_segment_file_name("wal-42.seg"), None);
+        assert_eq!(
+            parse_segment_file_name("wal-0000000000000000004x.seg"),
+            None
+        );
+    }
+}

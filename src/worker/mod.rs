@@ -1,0 +1,146 @@
+//! The worker pool.
+//!
+//! Each worker owns a bounded crossbeam channel. A batch is routed by a hash
+//! of its first key, so every command on a key goes through the same worker
+//! and is stamped, logged and applied in submission order. A worker takes
+//! what is waiting in its queue (up to `worker_batch_commands_max`) and runs
+//! it through [`Engine::execute`] as one group, sharing one wait for
+//! durability. With `worker_threads = 0` there is no pool: callers run
+//! `execute` themselves.
+//!
+//! A panic inside a worker poisons the database with the panic message; the
+//! callers of the lost jobs get [`Error::Poisoned`].
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender, bounded};
+
+use crate::command::{Batch, Outcome};
+use crate::db::engine::Engine;
+use crate::error::{Error, Result};
+
+/// The reply to one submitted batch.
+pub(crate) type Reply = Result<Vec<Outcome>>;
+
+struct Job {
+    batch: Batch,
+    reply: Sender<Reply>,
+}
+
+/// Routes batches to workers, or runs them inline.
+pub(crate) struct Pool {
+    senders: Vec<Sender<Job>>,
+    handles: Vec<JoinHandle<()>>,
+}
+
+impl Pool {
+    /// Starts `options.worker_threads` workers over `engine`.
+    pub fn start(engine: &Arc<Engine>) -> Result<Pool> {
+        let threads = engine.options.worker_threads;
+        let depth = engine.options.worker_queue_depth_max.max(1);
+        let mut senders = Vec::with_capacity(threads);
+        let mut handles = Vec::with_capacity(threads);
+        for index in 0..threads {
+            let (tx, rx) = bounded(depth);
+            let engine = engine.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("mergekv-worker-{index}"))
+                .spawn(move || worker_loop(&engine, &rx))
+                .map_err(|e| Error::Poisoned {
+                    cause: Arc::from(format!("cannot start worker thread: {e}")),
+                })?;
+            senders.push(tx);
+            handles.push(handle);
+        }
+        Ok(Pool { senders, handles })
+    }
+
+    /// Runs a batch to completion: through a worker, or inline.
+    pub fn submit(&self, engine: &Engine, batch: Batch) -> Reply {
+        if self.senders.is_empty() {
+            return engine
+                .execute(vec![batch])
+                .pop()
+                .unwrap_or(Err(Error::Closed));
+        }
+        let worker = route(&batch, self.senders.len());
+        let (reply, receive) = bounded(1);
+        self.senders[worker]
+            .send(Job { batch, reply })
+            .map_err(|_| Error::Closed)?;
+        receive.recv().unwrap_or_else(|_| {
+            // The worker dropped the job without replying: it panicked, and
+            // has poisoned the database.
+            engine.wal.check_usable().and(Err(Error::Closed))
+        })
+    }
+
+    /// Stops the workers after they finish what is queued.
+    pub fn shutdown(&mut self) {
+        self.senders.clear();
+        for handle in self.handles.drain(..) {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// The worker for a batch: a hash of its first key, so one key always goes
+/// to one worker.
+fn route(batch: &Batch, workers: usize) -> usize {
+    let key: &[u8] = batch.ops.first().map_or(&[], |op| &op.store_key);
+    // FNV-1a: fast, and stable within a process.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in key {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    (hash % workers as u64) as usize
+}
+
+fn worker_loop(engine: &Engine, jobs: &Receiver<Job>) {
+    let group_max = engine.options.worker_batch_commands_max.max(1);
+    while let Ok(first) = jobs.recv() {
+        let mut group = vec![first];
+        while group.len() < group_max {
+            match jobs.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
+            }
+        }
+        let (batches, replies): (Vec<Batch>, Vec<Sender<Reply>>) =
+            group.into_iter().map(|j| (j.batch, j.reply)).unzip();
+        match catch_unwind(AssertUnwindSafe(|| engine.execute(batches))) {
+            Ok(results) => {
+                for (reply, result) in replies.into_iter().zip(results) {
+                    // A caller that went away no longer needs the answer.
+                    let _ = reply.send(result);
+                }
+            }
+            Err(panic) => {
+                let message = panic_message(&panic);
+                engine
+                    .wal
+                    .poison(&format!("worker thread panicked: {message}"));
+                // Dropping the replies tells the callers.
+            }
+        }
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".to_string()
+    }
+}
