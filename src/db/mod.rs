@@ -22,7 +22,7 @@ use crate::meta::{self, DirLock};
 use crate::options::{Options, SyncMode};
 use crate::state::State;
 use crate::wal::dedup::{DedupEntry, DedupWindow};
-use crate::wal::format::FramePayload;
+use crate::wal::format::{FramePayload, SEGMENT_FLAG_AFTER_REPAIR};
 use crate::wal::recovery::{self, RecoveryReport};
 use crate::wal::{WAL_DIR, Wal, WalStart, WalStats};
 use crate::worker::Pool;
@@ -419,12 +419,14 @@ fn recover(io: &Io, wal_dir: &Path, node: NodeId, options: &Options) -> Result<R
         state.replay(payload.records);
     };
     let replayed = recovery::replay(io, wal_dir, node, options.recovery_mode, true, &mut apply)?;
+    let repaired = replayed.report.repair.is_some();
     Ok(Recovered {
         state,
         wal_start: WalStart {
             next_seq: replayed.next_seq,
             segments: replayed.segments,
             dedup,
+            fresh_segment_flags: repaired.then_some(SEGMENT_FLAG_AFTER_REPAIR),
         },
         max_stamp,
         report: replayed.report,

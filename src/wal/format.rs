@@ -46,6 +46,22 @@ pub const FRAME_HEADER_CRC_OFFSET: usize = FRAME_PAYLOAD_CRC_OFFSET + 4;
 /// Length of a frame header in bytes.
 pub const FRAME_HEADER_BYTES: usize = FRAME_HEADER_CRC_OFFSET + 4;
 
+/// Segment flag: this segment was started by a repair, so its first
+/// sequence number may lie beyond the end of the previous segment (the
+/// numbers of the dropped frames are never reused).
+pub const SEGMENT_FLAG_AFTER_REPAIR: u16 = 1;
+
+/// A segment header's fields.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegmentHeader {
+    /// The node that wrote the segment.
+    pub node: NodeId,
+    /// Sequence number of its first operation.
+    pub first_seq: u64,
+    /// Segment flags.
+    pub flags: u16,
+}
+
 /// Frame flag bit reserved for encryption at rest; no frame sets it yet.
 pub const FRAME_FLAG_ENCRYPTED: u16 = 1;
 /// Largest frame payload a reader accepts; a length above it is damage.
@@ -93,13 +109,13 @@ pub struct FrameHeader {
 }
 
 /// Encodes a segment header.
-pub fn encode_segment_header(node: NodeId, first_seq: u64) -> [u8; SEGMENT_HEADER_BYTES] {
+pub fn encode_segment_header(header: SegmentHeader) -> [u8; SEGMENT_HEADER_BYTES] {
     let mut w = Writer::with_capacity(SEGMENT_HEADER_BYTES);
     w.bytes(&SEGMENT_MAGIC);
     w.u16(SEGMENT_FORMAT_VERSION);
-    w.u16(0);
-    w.u64(node.0);
-    w.u64(first_seq);
+    w.u16(header.flags);
+    w.u64(header.node.0);
+    w.u64(header.first_seq);
     let crc = crc32c::crc32c(w.as_slice());
     w.u32(crc);
     let mut out = [0u8; SEGMENT_HEADER_BYTES];
@@ -107,8 +123,8 @@ pub fn encode_segment_header(node: NodeId, first_seq: u64) -> [u8; SEGMENT_HEADE
     out
 }
 
-/// Decodes a segment header: `(node, first_seq)`.
-pub fn decode_segment_header(bytes: &[u8]) -> Result<(NodeId, u64), DecodeError> {
+/// Decodes a segment header.
+pub fn decode_segment_header(bytes: &[u8]) -> Result<SegmentHeader, DecodeError> {
     let mut r = Reader::new(bytes);
     let header = r.take(SEGMENT_HEADER_BYTES)?;
     let mut r = Reader::new(header);
@@ -119,7 +135,7 @@ pub fn decode_segment_header(bytes: &[u8]) -> Result<(NodeId, u64), DecodeError>
         ));
     }
     let version = r.u16()?;
-    let _flags = r.u16()?;
+    let flags = r.u16()?;
     let node = NodeId(r.u64()?);
     let first_seq = r.u64()?;
     let stored_crc = r.u32()?;
@@ -135,7 +151,10 @@ pub fn decode_segment_header(bytes: &[u8]) -> Result<(NodeId, u64), DecodeError>
             format!("unsupported segment format version {version}"),
         ));
     }
-    Ok((node, first_seq))
+    if flags & !SEGMENT_FLAG_AFTER_REPAIR != 0 {
+        return Err(Reader::invalid(SEGMENT_FLAGS_OFFSET, format!("unknown segment flags {flags:#x}")));
+    }
+    Ok(SegmentHeader { node, first_seq, flags })
 }
 
 /// Appends one frame (header + payload) to `out`.
@@ -496,8 +515,13 @@ mod tests {
 
     #[test]
     fn segment_header_round_trip() {
-        let h = encode_segment_header(NodeId(5), 100);
-        assert_eq!(decode_segment_header(&h).unwrap(), (NodeId(5), 100));
+        let header = SegmentHeader {
+            node: NodeId(5),
+            first_seq: 100,
+            flags: SEGMENT_FLAG_AFTER_REPAIR,
+        };
+        let h = encode_segment_header(header);
+        assert_eq!(decode_segment_header(&h).unwrap(), header);
         let mut bad = h;
         bad[20] ^= 1;
         assert!(decode_segment_header(&bad).is_err());

@@ -164,6 +164,9 @@ pub struct WalStart {
     pub segments: Vec<SegmentInfo>,
     /// The rebuilt dedup window.
     pub dedup: DedupWindow,
+    /// Start a fresh segment with these flags instead of appending to the
+    /// last one (after a repair, whose sequence gap the new segment declares).
+    pub fresh_segment_flags: Option<u16>,
 }
 
 impl Wal {
@@ -186,13 +189,16 @@ impl Wal {
                 .max(SEGMENT_HEADER_BYTES as u64 + 1),
         };
         let mut sealed = start.segments;
-        let writer = match sealed.pop() {
-            Some(last) => SegmentWriter {
+        let writer = match (start.fresh_segment_flags, sealed.pop()) {
+            (None, Some(last)) => SegmentWriter {
                 file: io.open_append(&last.path)?,
                 first_seq: last.first_seq,
                 size_bytes: last.size_bytes,
             },
-            None => create_segment(&io, dir, node, start.next_seq)?,
+            (flags, last) => {
+                sealed.extend(last);
+                create_segment(&io, dir, node, start.next_seq, flags.unwrap_or(0))?
+            }
         };
         let last_seq = start.next_seq.saturating_sub(1);
         let shared = Shared {
@@ -388,7 +394,7 @@ impl Wal {
     /// durable) and starts a new one at `first_seq`.
     fn rotate(&self, writer: &mut SegmentWriter, first_seq: u64) -> Result<SegmentInfo> {
         writer.file.sync_data()?;
-        let next = create_segment(&self.io, &self.dir, self.node, first_seq)?;
+        let next = create_segment(&self.io, &self.dir, self.node, first_seq, 0)?;
         let old = std::mem::replace(writer, next);
         Ok(SegmentInfo {
             first_seq: old.first_seq,
@@ -505,10 +511,11 @@ fn check_usable(st: &Shared) -> Result<()> {
 }
 
 /// Creates a segment: header written and fsynced, directory entry fsynced.
-fn create_segment(io: &Io, dir: &Path, node: NodeId, first_seq: u64) -> Result<SegmentWriter> {
+fn create_segment(io: &Io, dir: &Path, node: NodeId, first_seq: u64, flags: u16) -> Result<SegmentWriter> {
     let path = dir.join(segment_file_name(first_seq));
     let mut file = io.create_new(&path)?;
-    file.write_all(&format::encode_segment_header(node, first_seq))?;
+    let header = format::SegmentHeader { node, first_seq, flags };
+    file.write_all(&format::encode_segment_header(header))?;
     file.sync_data()?;
     io.sync_dir(dir)?;
     Ok(SegmentWriter {

@@ -119,7 +119,7 @@ pub fn replay(
             index += 1;
             continue;
         };
-        let torn = is_last && !bad.valid_data_after;
+        let torn = is_last && !bad.not_torn;
         if torn && !scan.header_ok {
             // A segment whose creation was cut short: nothing in it was ever
             // acknowledged (the header is fsynced before any frame).
@@ -198,8 +198,10 @@ pub fn list_segments(io: &Io, wal_dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
 struct BadSpot {
     offset: u64,
     reason: String,
-    /// A checksum-valid frame (with a plausible sequence number) follows it.
-    valid_data_after: bool,
+    /// The damage cannot be a torn write: a checksum-valid frame (with a
+    /// plausible sequence number) follows it, or the bad frame was written
+    /// in full and a bit of it changed since.
+    not_torn: bool,
 }
 
 struct SegmentScan {
@@ -220,12 +222,14 @@ fn scan_segment(bytes: &[u8], name_seq: u64, node: NodeId, expected: Option<u64>
     };
     let header_problem = match format::decode_segment_header(bytes) {
         Err(e) => Some(format!("bad segment header: {e}")),
-        Ok((n, _)) if n != node => Some(format!("segment belongs to node {n}, not {node}")),
-        Ok((_, seq)) if seq != name_seq => {
-            Some(format!("header says first seq {seq}, name says {name_seq}"))
-        }
-        Ok((_, seq)) if expected.is_some_and(|e| e != seq) => Some(format!(
-            "sequence gap: segment starts at {seq}, expected {}",
+        Ok(h) if h.node != node => Some(format!("segment belongs to node {}, not {node}", h.node)),
+        Ok(h) if h.first_seq != name_seq => Some(format!(
+            "header says first seq {}, name says {name_seq}",
+            h.first_seq
+        )),
+        Ok(h) if expected.is_some_and(|e| !continues(e, &h)) => Some(format!(
+            "sequence gap: segment starts at {}, expected {}",
+            h.first_seq,
             expected.unwrap_or(0)
         )),
         Ok(_) => None,
@@ -234,13 +238,13 @@ fn scan_segment(bytes: &[u8], name_seq: u64, node: NodeId, expected: Option<u64>
         scan.bad = Some(BadSpot {
             offset: 0,
             reason,
-            valid_data_after: valid_frame_after(bytes, SEGMENT_HEADER_BYTES.min(bytes.len()), 0),
+            not_torn: valid_frame_after(bytes, SEGMENT_HEADER_BYTES.min(bytes.len()), 0),
         });
         return scan;
     }
     scan.header_ok = true;
     let mut offset = SEGMENT_HEADER_BYTES;
-    let mut next = expected.unwrap_or(name_seq);
+    let mut next = name_seq;
     while offset < bytes.len() {
         match read_valid_frame(&bytes[offset..], next) {
             Ok((len, seq, payload)) => {
@@ -253,7 +257,8 @@ fn scan_segment(bytes: &[u8], name_seq: u64, node: NodeId, expected: Option<u64>
                 scan.bad = Some(BadSpot {
                     offset: offset as u64,
                     reason,
-                    valid_data_after: valid_frame_after(bytes, offset + 1, next),
+                    not_torn: valid_frame_after(bytes, offset + 1, next)
+                        || frame_was_complete(bytes, offset),
                 });
                 break;
             }
@@ -263,6 +268,12 @@ fn scan_segment(bytes: &[u8], name_seq: u64, node: NodeId, expected: Option<u64>
         scan.next_seq = Some(next);
     }
     scan
+}
+
+/// True if a segment with `header` may follow one that ended before `expected`.
+fn continues(expected: u64, header: &format::SegmentHeader) -> bool {
+    let after_repair = header.flags & format::SEGMENT_FLAG_AFTER_REPAIR != 0;
+    header.first_seq == expected || (after_repair && header.first_seq > expected)
 }
 
 /// Reads and decodes the frame at the start of `bytes`, which must begin at
@@ -294,6 +305,63 @@ fn valid_frame_after(bytes: &[u8], from: usize, min_seq: u64) -> bool {
     (from..bytes.len()).any(|pos| {
         matches!(format::read_frame(&bytes[pos..]), Ok((h, _)) if h.first_seq >= min_seq && h.op_count > 0)
     })
+}
+
+/// True if the damaged frame at `offset` had been written in full, so its
+/// damage is a changed bit rather than a write cut short.
+///
+/// A torn write leaves the frame short, or (on some file systems) ends in
+/// zeros that run to the end of the file from a sector boundary. A flipped
+/// bit leaves the frame whole, and then one of these holds: the header is
+/// valid and the whole payload is present (the damage is in the payload);
+/// the payload still matches the stored payload checksum (the damage is in
+/// the header); it matches when the frame is taken to run to the end of the
+/// file (the damage is in the length); or correcting the stored payload
+/// checksum makes the header checksum valid (the damage is in that field).
+fn frame_was_complete(file: &[u8], offset: usize) -> bool {
+    use format::{FRAME_HEADER_BYTES, FRAME_HEADER_CRC_OFFSET, FRAME_PAYLOAD_CRC_OFFSET};
+    let bytes = &file[offset..];
+    if bytes.len() < FRAME_HEADER_BYTES || zero_tail_from_sector(file, offset) {
+        return false;
+    }
+    let field = |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+    let stored_len = field(format::FRAME_PAYLOAD_LEN_OFFSET) as usize;
+    let stored_payload_crc = field(FRAME_PAYLOAD_CRC_OFFSET);
+    let body = &bytes[FRAME_HEADER_BYTES..];
+    let header_valid = crc32c::crc32c(&bytes[..FRAME_HEADER_CRC_OFFSET]) == field(FRAME_HEADER_CRC_OFFSET);
+    if header_valid {
+        return stored_len <= body.len();
+    }
+    let payload_matches = |len: usize| len <= body.len() && crc32c::crc32c(&body[..len]) == stored_payload_crc;
+    if payload_matches(stored_len) || payload_matches(body.len()) {
+        return true;
+    }
+    if stored_len > body.len() {
+        return false;
+    }
+    let mut header = [0u8; FRAME_HEADER_CRC_OFFSET];
+    header.copy_from_slice(&bytes[..FRAME_HEADER_CRC_OFFSET]);
+    let actual_payload_crc = crc32c::crc32c(&body[..stored_len]);
+    header[FRAME_PAYLOAD_CRC_OFFSET..].copy_from_slice(&actual_payload_crc.to_le_bytes());
+    crc32c::crc32c(&header) == field(FRAME_HEADER_CRC_OFFSET)
+}
+
+/// Sector size used to recognise zero-filled tails.
+const SECTOR_BYTES: usize = 512;
+
+/// True if, from the frame at `offset` or from some sector boundary after it,
+/// the file holds nothing but zeros up to its end.
+fn zero_tail_from_sector(file: &[u8], offset: usize) -> bool {
+    let last_nonzero = file.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    if last_nonzero == file.len() {
+        return false;
+    }
+    let zero_from = if last_nonzero <= offset {
+        offset
+    } else {
+        last_nonzero.div_ceil(SECTOR_BYTES) * SECTOR_BYTES
+    };
+    zero_from < file.len()
 }
 
 fn truncate(io: &Io, path: &Path, len_bytes: u64) -> Result<()> {

@@ -1,0 +1,72 @@
+//! The CLI's error: an exit code and a one-line message.
+
+use std::fmt::Display;
+use std::io;
+
+/// Exit code: the key is absent.
+pub const EXIT_NOT_FOUND: u8 = 1;
+/// Exit code: bad usage (clap's own usage errors exit 2 as well).
+pub const EXIT_USAGE: u8 = 2;
+/// Exit code: damaged data, or an I/O failure.
+pub const EXIT_DATA: u8 = 3;
+
+/// Why a command did not succeed.
+#[derive(Debug)]
+pub struct CliError {
+    /// The process exit code.
+    pub code: u8,
+    /// One line, printed as `mergekv: error: <message>`; empty for a silent
+    /// exit (stdout closed by the reader).
+    pub message: String,
+}
+
+impl CliError {
+    /// An error with exit code `code`; newlines in `message` become spaces.
+    pub fn new(code: u8, message: impl Display) -> Self {
+        let message = message.to_string().replace(['\r', '\n'], " ");
+        CliError { code, message }
+    }
+
+    /// Exit 1: the key is absent.
+    pub fn not_found(message: impl Display) -> Self {
+        Self::new(EXIT_NOT_FOUND, message)
+    }
+
+    /// Exit 2: the request is malformed.
+    pub fn usage(message: impl Display) -> Self {
+        Self::new(EXIT_USAGE, message)
+    }
+
+    /// Exit 3: the data or the disk is at fault.
+    pub fn data(message: impl Display) -> Self {
+        Self::new(EXIT_DATA, message)
+    }
+
+    /// A failed write to stdout. A closed pipe (`mergekv scan | head`) ends
+    /// the program quietly and successfully.
+    pub fn stdout(error: io::Error) -> Self {
+        if error.kind() == io::ErrorKind::BrokenPipe {
+            return CliError {
+                code: 0,
+                message: String::new(),
+            };
+        }
+        Self::data(format_args!("cannot write to stdout: {error}"))
+    }
+}
+
+impl From<mergekv::Error> for CliError {
+    fn from(error: mergekv::Error) -> Self {
+        use mergekv::Error as E;
+        let code = match &error {
+            E::InvalidKeyspace { .. }
+            | E::InvalidCommand { .. }
+            | E::LimitExceeded { .. }
+            | E::CounterOverflow { .. } => EXIT_USAGE,
+            // `is_data_or_io()` (Io, Corruption, Poisoned), Locked, Closed,
+            // ClockDrift, Decode, and anything added later.
+            _ => EXIT_DATA,
+        };
+        Self::new(code, error)
+    }
+}

@@ -1,0 +1,163 @@
+//! Writing results: text lines or one JSON object, on a buffered stdout.
+
+use std::fmt::Display;
+use std::io::{BufWriter, StdoutLock, Write};
+
+use mergekv::{Outcome, OutcomeKind, RepairReport, Stats, Value, VerifyReport};
+use serde::Serialize;
+use serde_json::{Value as Json, json};
+
+use crate::error::CliError;
+
+/// Buffered stdout, in text or JSON mode. Flush before exiting.
+pub struct Out {
+    /// True with `--json`.
+    pub json: bool,
+    w: BufWriter<StdoutLock<'static>>,
+}
+
+impl Out {
+    /// Stdout, in JSON mode if `json`.
+    pub fn new(json: bool) -> Self {
+        Out {
+            json,
+            w: BufWriter::new(std::io::stdout().lock()),
+        }
+    }
+
+    /// Writes one line of text.
+    pub fn line(&mut self, text: impl Display) -> Result<(), CliError> {
+        writeln!(self.w, "{text}").map_err(CliError::stdout)
+    }
+
+    /// Writes `value` as one line of JSON.
+    pub fn json(&mut self, value: &impl Serialize) -> Result<(), CliError> {
+        serde_json::to_writer(&mut self.w, value)
+            .map_err(|e| CliError::stdout(e.into()))?;
+        self.line("")
+    }
+
+    /// Pushes what is buffered to stdout.
+    pub fn flush(&mut self) -> Result<(), CliError> {
+        self.w.flush().map_err(CliError::stdout)
+    }
+}
+
+/// Lossy UTF-8 text of some bytes.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The JSON name of an outcome kind.
+pub fn outcome_name(kind: OutcomeKind) -> &'static str {
+    match kind {
+        OutcomeKind::Applied => "applied",
+        OutcomeKind::Removed => "removed",
+        OutcomeKind::IgnoredStale => "ignored_stale",
+        OutcomeKind::Duplicate => "duplicate",
+    }
+}
+
+/// `{"outcome":..,"seq":..,"stamp":..}`, plus `"counter"` for an increment.
+pub fn outcome_json(outcome: &Outcome) -> Json {
+    let mut value = json!({
+        "outcome": outcome_name(outcome.kind),
+        "seq": outcome.seq,
+        "stamp": outcome.stamp.to_string(),
+    });
+    if let Some(counter) = outcome.counter {
+        value["counter"] = json!(counter);
+    }
+    value
+}
+
+/// `"kind"` and `"value"` fields for a value: a string for bytes, a number
+/// for a counter.
+pub fn value_fields(value: &Value, into: &mut Json) {
+    match value {
+        Value::Bytes(b) => {
+            into["kind"] = json!("bytes");
+            into["value"] = json!(text(b));
+        }
+        Value::Counter(c) => {
+            into["kind"] = json!("counter");
+            into["value"] = json!(c);
+        }
+    }
+}
+
+/// `name: value` lines for `stats`.
+pub fn stats_lines(s: &Stats) -> Vec<(&'static str, String)> {
+    let w = &s.wal;
+    vec![
+        ("dir", s.dir.display().to_string()),
+        ("node_id", s.node_id.clone()),
+        ("keys", s.keys.to_string()),
+        ("counters", s.counters.to_string()),
+        ("tombstones", s.tombstones.to_string()),
+        ("segments", w.segments.to_string()),
+        ("wal_bytes", w.wal_bytes.to_string()),
+        ("last_seq", w.last_seq.to_string()),
+        ("written_seq", w.written_seq.to_string()),
+        ("synced_seq", w.synced_seq.to_string()),
+        ("hlc", s.hlc.clone()),
+        ("sync_mode", s.sync_mode.clone()),
+        ("worker_threads", s.worker_threads.to_string()),
+        ("frames_written", w.frames_written.to_string()),
+        ("groups_written", w.groups_written.to_string()),
+        ("syncs", w.syncs.to_string()),
+        ("dedup_entries", w.dedup_entries.to_string()),
+        ("drift_max_ahead_ms", s.drift.max_ahead_ms.to_string()),
+        ("drift_rejected", s.drift.rejected.to_string()),
+        ("drift_accepted_beyond_bound", s.drift.accepted_beyond_bound.to_string()),
+        ("poisoned", s.poisoned.clone().unwrap_or_else(|| "no".into())),
+    ]
+}
+
+/// The text summary of a verify report.
+pub fn verify_lines(r: &VerifyReport) -> Vec<String> {
+    let mut lines = vec![format!(
+        "checked {}: {} files, {} frames, {} ops",
+        r.dir.display(),
+        r.files_checked,
+        r.frames,
+        r.ops
+    )];
+    if let Some(t) = &r.torn_tail {
+        lines.push(format!(
+            "torn tail: {} at byte {} ({} bytes of an unacknowledged write; cut on next open)",
+            t.segment.display(),
+            t.offset_bytes,
+            t.bytes_dropped
+        ));
+    }
+    lines.extend(r.problems.iter().map(|p| format!("problem: {p}")));
+    lines.push(match r.problems.len() {
+        0 => "result: ok".to_string(),
+        n => format!("result: {n} problem(s)"),
+    });
+    lines
+}
+
+/// The text account of what a repair dropped.
+pub fn repair_lines(r: &RepairReport) -> Vec<String> {
+    let later = if r.segments_dropped.is_empty() {
+        String::new()
+    } else {
+        let names: Vec<String> = r.segments_dropped.iter().map(|p| p.display().to_string()).collect();
+        format!(", later segments dropped: {}", names.join(", "))
+    };
+    vec![
+        format!(
+            "repair: {} damaged at byte {}: {}",
+            r.segment.display(),
+            r.offset_bytes,
+            r.reason
+        ),
+        format!(
+            "repair: dropped {} bytes ({} checksum-valid frames after the damage){later}",
+            r.bytes_dropped, r.valid_frames_dropped
+        ),
+        format!("repair: dropped bytes saved in {}", r.quarantine.display()),
+    ]
+}

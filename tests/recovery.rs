@@ -1,0 +1,232 @@
+//! Recovery from torn writes and damaged segments.
+
+mod common;
+
+use std::path::Path;
+
+use common::{copy_db, flip_byte, rebase, segments, truncate};
+use mergekv::{Batch, Db, Error, Options, RecoveryMode, SyncMode};
+
+/// Three batches, one frame each: [a], [b, c], [d, e, f]. Returns the
+/// segment size after each batch.
+fn three_batches(dir: &Path) -> Vec<u64> {
+    let db = Db::open(dir).unwrap();
+    let mut sizes = vec![db.stats().wal.wal_bytes];
+    let batches: [&[&str]; 3] = [&["a"], &["b", "c"], &["d", "e", "f"]];
+    for keys in batches {
+        let mut batch = Batch::new();
+        for k in keys {
+            batch.put(k, format!("value-of-{k}"));
+        }
+        db.write(batch).unwrap();
+        sizes.push(db.stats().wal.wal_bytes);
+    }
+    sizes
+}
+
+fn present(db: &Db, keys: &[&str]) -> Vec<bool> {
+    keys.iter()
+        .map(|k| match db.get(k) {
+            Some(v) => {
+                assert_eq!(&*v, format!("value-of-{k}").as_bytes(), "wrong value for {k}");
+                true
+            }
+            None => false,
+        })
+        .collect()
+}
+
+#[test]
+fn torn_last_batch_at_every_offset_recovers_exactly_the_earlier_batches() {
+    let src = tempfile::tempdir().unwrap();
+    let sizes = three_batches(src.path());
+    let seg = segments(src.path()).pop().unwrap();
+    assert_eq!(std::fs::metadata(&seg).unwrap().len(), sizes[3]);
+    for cut in sizes[2]..sizes[3] {
+        let copy = copy_db(src.path());
+        let seg_copy = rebase(&seg, src.path(), copy.path());
+        truncate(&seg_copy, cut);
+        let db = Db::open(copy.path()).unwrap_or_else(|e| panic!("cut at {cut}: {e}"));
+        assert_eq!(present(&db, &["a", "b", "c"]), [true; 3], "cut at {cut}");
+        assert_eq!(present(&db, &["d", "e", "f"]), [false; 3], "cut at {cut}");
+        let torn = db.recovery_report().torn_tail.clone();
+        assert_eq!(torn.is_some(), cut > sizes[2], "cut at {cut}");
+        // The WAL continues cleanly after the cut.
+        db.put("after", "cut").unwrap();
+        drop(db);
+        let db = Db::open(copy.path()).unwrap();
+        assert_eq!(db.get("after").as_deref(), Some(&b"cut"[..]));
+        assert_eq!(present(&db, &["d"]), [false]);
+        assert!(db.recovery_report().torn_tail.is_none());
+    }
+}
+
+#[test]
+fn zero_filled_tail_is_a_torn_write() {
+    let src = tempfile::tempdir().unwrap();
+    let sizes = three_batches(src.path());
+    let seg = segments(src.path()).pop().unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes.truncate(sizes[2] as usize);
+    bytes.extend(std::iter::repeat_n(0u8, 4096));
+    std::fs::write(&seg, bytes).unwrap();
+    let db = Db::open(src.path()).unwrap();
+    assert_eq!(present(&db, &["a", "b", "c", "d"]), [true, true, true, false]);
+    assert_eq!(db.recovery_report().torn_tail.as_ref().unwrap().offset_bytes, sizes[2]);
+}
+
+#[test]
+fn every_flipped_byte_is_a_typed_error_never_a_wrong_value() {
+    let src = tempfile::tempdir().unwrap();
+    let sizes = three_batches(src.path());
+    let seg = segments(src.path()).pop().unwrap();
+    for offset in 0..sizes[3] as usize {
+        let copy = copy_db(src.path());
+        let seg_copy = rebase(&seg, src.path(), copy.path());
+        flip_byte(&seg_copy, offset);
+        match Db::open(copy.path()) {
+            Err(Error::Corruption { path, offset_bytes, .. }) => {
+                assert_eq!(path, seg_copy);
+                assert!(offset_bytes <= offset as u64, "damage at {offset} reported at {offset_bytes}");
+            }
+            Err(other) => panic!("flip at {offset}: unexpected error {other}"),
+            Ok(_) => panic!("flip at {offset} went unnoticed: an acknowledged batch would be lost or wrong"),
+        }
+    }
+}
+
+#[test]
+fn damage_before_valid_frames_is_corruption_naming_segment_and_offset() {
+    let src = tempfile::tempdir().unwrap();
+    let sizes = three_batches(src.path());
+    let seg = segments(src.path()).pop().unwrap();
+    flip_byte(&seg, sizes[0] as usize + 40);
+    let err = Db::open(src.path()).unwrap_err();
+    match &err {
+        Error::Corruption { path, offset_bytes, .. } => {
+            assert_eq!(path, &seg);
+            assert_eq!(*offset_bytes, sizes[0]);
+        }
+        other => panic!("expected corruption, got {other}"),
+    }
+    let message = err.to_string();
+    assert!(message.contains("wal-00000000000000000001.seg") && message.contains(&sizes[0].to_string()));
+}
+
+#[test]
+fn repair_cuts_at_the_damage_and_reports_what_was_dropped() {
+    let src = tempfile::tempdir().unwrap();
+    let sizes = three_batches(src.path());
+    let seg = segments(src.path()).pop().unwrap();
+    flip_byte(&seg, sizes[1] as usize + 35); // inside batch 2 ([b, c])
+    let repair = Options {
+        recovery_mode: RecoveryMode::Repair,
+        ..Options::default()
+    };
+    let last_seq_before = 6;
+    {
+        let db = Db::open_with(src.path(), repair.clone()).unwrap();
+        let report = db.recovery_report().repair.clone().expect("a repair report");
+        assert_eq!(report.segment, seg);
+        assert_eq!(report.offset_bytes, sizes[1]);
+        assert_eq!(report.bytes_dropped, sizes[3] - sizes[1]);
+        assert_eq!(report.valid_frames_dropped, 1, "batch 3 was valid but after the damage");
+        let saved = std::fs::read_dir(&report.quarantine).unwrap().count();
+        assert_eq!(saved, 1, "the dropped bytes are kept in quarantine");
+        assert_eq!(present(&db, &["a", "b", "d"]), [true, false, false]);
+        let seq = db.put("new", "write").unwrap().seq;
+        assert!(seq > last_seq_before, "sequence numbers of dropped frames are not reused");
+    }
+    let db = Db::open(src.path()).expect("a repaired WAL opens in strict mode");
+    assert_eq!(db.get("new").as_deref(), Some(&b"write"[..]));
+}
+
+#[test]
+fn damage_in_an_earlier_segment_is_corruption_and_repair_moves_later_segments_aside() {
+    let src = tempfile::tempdir().unwrap();
+    let options = Options {
+        segment_size_bytes_max: 256,
+        sync_mode: SyncMode::Never,
+        ..Options::default()
+    };
+    {
+        let db = Db::open_with(src.path(), options.clone()).unwrap();
+        for i in 0..40 {
+            db.put(format!("k{i:02}"), "some value bytes").unwrap();
+        }
+    }
+    let segs = segments(src.path());
+    assert!(segs.len() > 4);
+    // Truncating an earlier segment is damage, not a torn tail: later
+    // segments hold acknowledged data.
+    let len = std::fs::metadata(&segs[1]).unwrap().len();
+    truncate(&segs[1], len - 3);
+    assert!(matches!(Db::open_with(src.path(), options.clone()), Err(Error::Corruption { path, .. }) if path == segs[1]));
+    let repair = Options {
+        recovery_mode: RecoveryMode::Repair,
+        ..options
+    };
+    let db = Db::open_with(src.path(), repair).unwrap();
+    let report = db.recovery_report().repair.clone().unwrap();
+    assert_eq!(report.segments_dropped.len(), segs.len() - 2);
+    assert!(db.get("k00").is_some());
+    assert!(db.get("k39").is_none());
+    assert_eq!(segments(src.path()).len(), 3, "two kept, one started by the repair");
+}
+
+#[test]
+fn a_segment_cut_off_during_creation_is_removed() {
+    let src = tempfile::tempdir().unwrap();
+    three_batches(src.path());
+    let partial = src.path().join("wal").join("wal-00000000000000000007.seg");
+    std::fs::write(&partial, b"MKVWAL").unwrap();
+    let db = Db::open(src.path()).unwrap();
+    assert_eq!(present(&db, &["a", "f"]), [true, true]);
+    assert_eq!(db.recovery_report().torn_tail.as_ref().unwrap().segment, partial);
+    assert!(!partial.exists());
+    assert_eq!(db.put("g", "1").unwrap().seq, 7);
+}
+
+#[test]
+fn sequence_gap_between_segments_is_corruption() {
+    let src = tempfile::tempdir().unwrap();
+    let options = Options {
+        segment_size_bytes_max: 200,
+        sync_mode: SyncMode::Never,
+        ..Options::default()
+    };
+    {
+        let db = Db::open_with(src.path(), options.clone()).unwrap();
+        for i in 0..20 {
+            db.put(format!("k{i}"), "v").unwrap();
+        }
+    }
+    let segs = segments(src.path());
+    assert!(segs.len() >= 3);
+    std::fs::remove_file(&segs[1]).unwrap();
+    assert!(matches!(Db::open_with(src.path(), options), Err(Error::Corruption { .. })));
+}
+
+#[test]
+fn missing_meta_with_segments_is_refused() {
+    let src = tempfile::tempdir().unwrap();
+    three_batches(src.path());
+    std::fs::remove_file(src.path().join("META")).unwrap();
+    assert!(matches!(Db::open(src.path()), Err(Error::Corruption { .. })));
+}
+
+#[test]
+fn verify_reports_damage_without_changing_anything() {
+    let src = tempfile::tempdir().unwrap();
+    let sizes = three_batches(src.path());
+    let ok = mergekv::verify(src.path()).unwrap();
+    assert!(ok.is_ok());
+    assert_eq!((ok.frames, ok.ops), (3, 6));
+    let seg = segments(src.path()).pop().unwrap();
+    flip_byte(&seg, sizes[0] as usize + 2);
+    let before = std::fs::read(&seg).unwrap();
+    let bad = mergekv::verify(src.path()).unwrap();
+    assert!(!bad.is_ok());
+    assert!(bad.problems[0].contains("wal-00000000000000000001.seg"));
+    assert_eq!(std::fs::read(&seg).unwrap(), before);
+}
