@@ -8,7 +8,9 @@
 //! Counters are logged as new per-node totals, not deltas, so replay and
 //! re-delivery are idempotent. To compute a new total a writer needs the
 //! latest one, including increments still on their way to the state map:
-//! those are tracked in `pending_counters` until applied.
+//! those are tracked in `pending_counters` until applied. A batch with an
+//! increment holds that lock from computing its totals until the WAL has
+//! assigned its place, so totals grow in log order.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -111,10 +113,12 @@ impl Engine {
             stamp,
             now_ms,
         };
-        let appended = if dedup_id.is_some() && has_increment {
-            // Keep the counter lock until the WAL has decided whether this is
-            // a duplicate, so no other writer builds on totals that a
-            // duplicate (never written) would have produced.
+        let appended = if has_increment {
+            // Keep the counter lock until the WAL has placed this batch, so
+            // that the order in which totals are computed is the order of
+            // the log: a crash that loses this frame loses every later frame
+            // built on its totals too, and no writer builds on totals of a
+            // duplicate, which is never written.
             let appended = self.wal.append(request(&records));
             if !matches!(appended, Ok(Appended::Queued { .. })) {
                 release_locked(&mut pending, &counter_keys);
@@ -123,11 +127,7 @@ impl Engine {
             appended?
         } else {
             drop(pending);
-            let appended = self.wal.append(request(&records));
-            if appended.is_err() {
-                self.release_counters(&counter_keys);
-            }
-            appended?
+            self.wal.append(request(&records))?
         };
         let counter_keys = match appended {
             Appended::Queued { .. } => counter_keys,
