@@ -88,9 +88,9 @@ fn apply_one(map: &mut StateMap, record: &Record) -> Applied {
     let kind = match map.get_mut(&record.store_key) {
         Some(existing) => {
             let kind = classify(existing, delta);
-            if kind != OutcomeKind::IgnoredStale {
-                existing.merge_from(delta);
-            }
+            // Merge even a stale delta: the parts of it that are not stale
+            // (a floor, say) must count, exactly as replay counts them.
+            existing.merge_from(delta);
             kind
         }
         None => {
@@ -132,7 +132,7 @@ fn classify(existing: &KeyState, delta: &KeyState) -> OutcomeKind {
             .counter
             .as_ref()
             .and_then(|c| c.totals_of(t.node))
-            .is_none_or(|cur| t.p > cur.p || t.n > cur.n)
+            .is_none_or(|cur| t.p > cur.p || t.n > cur.n || t.stamp > cur.stamp)
     });
     if advances {
         OutcomeKind::Applied

@@ -32,11 +32,6 @@ impl CliError {
         Self::new(EXIT_NOT_FOUND, message)
     }
 
-    /// Exit 2: the request is malformed.
-    pub fn usage(message: impl Display) -> Self {
-        Self::new(EXIT_USAGE, message)
-    }
-
     /// Exit 3: the data or the disk is at fault.
     pub fn data(message: impl Display) -> Self {
         Self::new(EXIT_DATA, message)

@@ -5,7 +5,6 @@ use std::io::{BufWriter, StdoutLock, Write};
 
 use mergekv::{Outcome, OutcomeKind, RepairReport, Stats, Value, VerifyReport};
 use serde::Serialize;
-use serde_json::{Value as Json, json};
 
 use crate::error::CliError;
 
@@ -59,31 +58,92 @@ pub fn outcome_name(kind: OutcomeKind) -> &'static str {
 }
 
 /// `{"outcome":..,"seq":..,"stamp":..}`, plus `"counter"` for an increment.
-pub fn outcome_json(outcome: &Outcome) -> Json {
-    let mut value = json!({
-        "outcome": outcome_name(outcome.kind),
-        "seq": outcome.seq,
-        "stamp": outcome.stamp.to_string(),
-    });
-    if let Some(counter) = outcome.counter {
-        value["counter"] = json!(counter);
-    }
-    value
+#[derive(Serialize)]
+pub struct OutcomeJson {
+    outcome: &'static str,
+    seq: u64,
+    stamp: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    counter: Option<i64>,
 }
 
-/// `"kind"` and `"value"` fields for a value: a string for bytes, a number
-/// for a counter.
-pub fn value_fields(value: &Value, into: &mut Json) {
-    match value {
-        Value::Bytes(b) => {
-            into["kind"] = json!("bytes");
-            into["value"] = json!(text(b));
-        }
-        Value::Counter(c) => {
-            into["kind"] = json!("counter");
-            into["value"] = json!(c);
+impl From<&Outcome> for OutcomeJson {
+    fn from(o: &Outcome) -> Self {
+        OutcomeJson {
+            outcome: outcome_name(o.kind),
+            seq: o.seq,
+            stamp: o.stamp.to_string(),
+            counter: o.counter,
         }
     }
+}
+
+/// `"kind"` and `"value"`: a string for bytes, a number for a counter.
+#[derive(Serialize)]
+#[serde(tag = "kind", content = "value", rename_all = "lowercase")]
+pub enum ValueJson {
+    /// A register's bytes, as lossy UTF-8.
+    Bytes(String),
+    /// A counter.
+    Counter(i64),
+}
+
+impl From<&Value> for ValueJson {
+    fn from(v: &Value) -> Self {
+        match v {
+            Value::Bytes(b) => ValueJson::Bytes(text(b)),
+            Value::Counter(c) => ValueJson::Counter(*c),
+        }
+    }
+}
+
+/// `get`'s object.
+#[derive(Serialize)]
+pub struct GetJson<'a> {
+    /// The keyspace.
+    pub keyspace: &'a str,
+    /// The key.
+    pub key: &'a str,
+    /// False if the key is absent (and the exit code is 1).
+    pub found: bool,
+    /// The value, if found.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub value: Option<ValueJson>,
+}
+
+/// One entry of `scan`.
+#[derive(Serialize)]
+pub struct EntryJson {
+    /// The key, as lossy UTF-8.
+    pub key: String,
+    /// Its value.
+    #[serde(flatten)]
+    pub value: ValueJson,
+}
+
+/// `scan`'s object.
+#[derive(Serialize)]
+pub struct ScanJson<'a> {
+    /// The keyspace.
+    pub keyspace: &'a str,
+    /// Entries returned.
+    pub count: usize,
+    /// The entries, in scan order.
+    pub entries: Vec<EntryJson>,
+}
+
+/// `verify`'s object: the report, `"ok"`, and with `--repair` what repair
+/// dropped (`null` if nothing needed repair).
+#[derive(Serialize)]
+pub struct VerifyJson<'a> {
+    /// True if every file checks out.
+    pub ok: bool,
+    /// The report.
+    #[serde(flatten)]
+    pub report: &'a VerifyReport,
+    /// With `--repair` only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repair: Option<Option<RepairReport>>,
 }
 
 /// `name: value` lines for `stats`.

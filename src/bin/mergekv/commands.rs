@@ -1,0 +1,220 @@
+//! The subcommands other than `load` and `demo`.
+
+use std::path::Path;
+
+use mergekv::command::validate_keyspace_name;
+use mergekv::{Db, Keyspace, Options, RecoveryMode, ScanOptions, VerifyReport};
+use serde_json::{Value as Json, json};
+
+use crate::args::{Cli, Command, IncrArgs, KeyArgs, PutArgs, ScanArgs, VerifyArgs};
+use crate::error::CliError;
+use crate::output::{self, Out};
+use crate::{demo, load};
+
+/// Runs the command line; the error carries the exit code.
+pub fn run(cli: &Cli) -> Result<(), CliError> {
+    let mut out = Out::new(cli.json);
+    let result = dispatch(cli, &mut out);
+    let flushed = out.flush();
+    result.and(flushed)
+}
+
+fn dispatch(cli: &Cli, out: &mut Out) -> Result<(), CliError> {
+    let data = cli.data.as_path();
+    match &cli.command {
+        Command::Put(a) => put(data, a, out),
+        Command::Get(a) => get(data, a, out),
+        Command::Del(a) => del(data, a, out),
+        Command::Incr(a) => incr(data, a, out),
+        Command::Scan(a) => scan(data, a, out),
+        Command::Stats => stats(data, out),
+        Command::Verify(a) => verify(data, a, out),
+        Command::Load(a) => load::load(data, a, out),
+        Command::Demo(a) => demo::demo(a.dir.as_deref(), out),
+    }
+}
+
+/// Opens the database after checking the keyspace name (so that a bad name
+/// creates nothing).
+fn open_keyspace(data: &Path, name: &str) -> Result<(Db, Keyspace), CliError> {
+    validate_keyspace_name(name, false)?;
+    let db = Db::open(data)?;
+    let keyspace = db.keyspace(name)?;
+    Ok((db, keyspace))
+}
+
+/// Closes after a write, so that a failure to flush is reported.
+fn close(db: Db, keyspace: Keyspace) -> Result<(), CliError> {
+    drop(keyspace);
+    Ok(db.close()?)
+}
+
+fn put(data: &Path, a: &PutArgs, out: &mut Out) -> Result<(), CliError> {
+    let (db, ks) = open_keyspace(data, &a.ks.keyspace)?;
+    let outcome = ks.put(&a.key, &a.value)?;
+    close(db, ks)?;
+    if out.json {
+        out.json(&output::outcome_json(&outcome))?;
+    }
+    Ok(())
+}
+
+fn del(data: &Path, a: &KeyArgs, out: &mut Out) -> Result<(), CliError> {
+    let (db, ks) = open_keyspace(data, &a.ks.keyspace)?;
+    let outcome = ks.delete(&a.key)?;
+    close(db, ks)?;
+    if out.json {
+        out.json(&output::outcome_json(&outcome))?;
+    }
+    Ok(())
+}
+
+fn incr(data: &Path, a: &IncrArgs, out: &mut Out) -> Result<(), CliError> {
+    let (db, ks) = open_keyspace(data, &a.ks.keyspace)?;
+    let outcome = ks.increment(&a.key, a.delta)?;
+    close(db, ks)?;
+    if out.json {
+        return out.json(&output::outcome_json(&outcome));
+    }
+    let value = outcome.counter.unwrap_or_default();
+    out.line(value)
+}
+
+fn get(data: &Path, a: &KeyArgs, out: &mut Out) -> Result<(), CliError> {
+    let (_db, ks) = open_keyspace(data, &a.ks.keyspace)?;
+    let value = ks.get_value(&a.key);
+    let mut obj = json!({"keyspace": ks.name(), "key": a.key, "found": value.is_some()});
+    match (&value, out.json) {
+        (Some(v), true) => {
+            output::value_fields(v, &mut obj);
+            out.json(&obj)
+        }
+        (Some(v), false) => out.line(v.to_text()),
+        (None, json) => {
+            if json {
+                out.json(&obj)?;
+            }
+            Err(CliError::not_found(format_args!(
+                "key {:?} not found in keyspace {:?}",
+                a.key,
+                ks.name()
+            )))
+        }
+    }
+}
+
+fn scan_options(a: &ScanArgs) -> ScanOptions {
+    let bytes = |s: &Option<String>| s.as_ref().map(|s| s.as_bytes().to_vec());
+    ScanOptions {
+        prefix: bytes(&a.prefix),
+        start: bytes(&a.start),
+        end: bytes(&a.end),
+        reverse: a.reverse,
+        limit: a.limit,
+    }
+}
+
+fn scan(data: &Path, a: &ScanArgs, out: &mut Out) -> Result<(), CliError> {
+    let (_db, ks) = open_keyspace(data, &a.ks.keyspace)?;
+    let entries = ks.scan(&scan_options(a));
+    if !out.json {
+        for e in entries {
+            out.line(format_args!("{}\t{}", output::text(e.key()), e.value().to_text()))?;
+        }
+        return Ok(());
+    }
+    let list: Vec<Json> = entries
+        .map(|e| {
+            let mut obj = json!({"key": output::text(e.key())});
+            output::value_fields(e.value(), &mut obj);
+            obj
+        })
+        .collect();
+    out.json(&json!({"keyspace": ks.name(), "count": list.len(), "entries": list}))
+}
+
+fn stats(data: &Path, out: &mut Out) -> Result<(), CliError> {
+    let stats = Db::open(data)?.stats();
+    if out.json {
+        return out.json(&stats);
+    }
+    for (name, value) in output::stats_lines(&stats) {
+        out.line(format_args!("{name}: {value}"))?;
+    }
+    Ok(())
+}
+
+/// The verify report as JSON, with `"ok"` added.
+fn verify_json(report: &VerifyReport) -> Result<Json, CliError> {
+    let mut value = serde_json::to_value(report).map_err(CliError::data)?;
+    value["ok"] = json!(report.is_ok());
+    Ok(value)
+}
+
+/// Prints a verify report; exit 3 if it found damage.
+fn finish_verify(report: &VerifyReport, repaired: Option<Json>, out: &mut Out) -> Result<(), CliError> {
+    if out.json {
+        let mut value = verify_json(report)?;
+        if let Some(repair) = repaired {
+            value["repair"] = repair;
+        }
+        out.json(&value)?;
+    } else {
+        for line in output::verify_lines(report) {
+            out.line(line)?;
+        }
+    }
+    match report.problems.first() {
+        None => Ok(()),
+        Some(first) => Err(CliError::data(format_args!(
+            "{} failed verification ({} problem(s)); first: {first}",
+            report.dir.display(),
+            report.problems.len()
+        ))),
+    }
+}
+
+fn verify(data: &Path, a: &VerifyArgs, out: &mut Out) -> Result<(), CliError> {
+    let report = mergekv::verify(data)?;
+    if !a.repair {
+        return finish_verify(&report, None, out);
+    }
+    if report.is_ok() {
+        if !out.json {
+            out.line("repair: nothing to repair")?;
+        }
+        return finish_verify(&report, Some(Json::Null), out);
+    }
+    let repaired = repair(data, out)?;
+    finish_verify(&mergekv::verify(data)?, Some(repaired), out)
+}
+
+/// Opens in repair mode and reports what was dropped (as JSON, for the
+/// final object; as text lines, right away).
+fn repair(data: &Path, out: &mut Out) -> Result<Json, CliError> {
+    // Opening a directory without an identity file would create a new,
+    // empty database there rather than repair anything.
+    if !data.join("META").is_file() {
+        return Err(CliError::data(format_args!(
+            "cannot repair {}: it has no META identity file (not a mergekv database?)",
+            data.display()
+        )));
+    }
+    let options = Options {
+        recovery_mode: RecoveryMode::Repair,
+        ..Options::default()
+    };
+    let db = Db::open_with(data, options)?;
+    let recovery = db.recovery_report().clone();
+    db.close()?;
+    if !out.json {
+        let lines = match &recovery.repair {
+            Some(r) => output::repair_lines(r),
+            None => vec!["repair: nothing was dropped".to_string()],
+        };
+        for line in lines {
+            out.line(line)?;
+        }
+    }
+    serde_json::to_value(&recovery.repair).map_err(CliError::data)
+}

@@ -1,0 +1,372 @@
+//! `demo`: the story so far, in numbered steps, each checked.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use mergekv::{Batch, Db, OutcomeKind, ScanOptions, Value};
+use serde_json::json;
+
+use crate::args::LOAD_BATCH_OPS_DEFAULT;
+use crate::error::CliError;
+use crate::load::Loader;
+use crate::output::{Out, text};
+use crate::progress::{Progress, per_second};
+
+/// Steps, counting the summary.
+const STEPS: usize = 9;
+/// Concurrent incrementing threads in step 3.
+const THREADS: usize = 8;
+/// Increments per thread in step 3.
+const INCREMENTS_PER_THREAD: usize = 250;
+/// Keys written in step 4.
+const LOAD_KEYS: usize = 100_000;
+/// Bytes of garbage appended to the WAL in step 7.
+const GARBAGE_BYTES: usize = 100;
+/// The keyspaces the demo writes; snapshots cover them all.
+const KEYSPACES: [&str; 5] = ["users", "orders", "metrics", "bulk", "shop"];
+
+/// Everything the demo can see: (keyspace, key, value), in order.
+type Snapshot = Vec<(&'static str, Vec<u8>, Value)>;
+
+/// A step's function: returns its one-line result.
+type StepFn<'o> = fn(&mut Demo<'o>) -> Result<String, CliError>;
+
+struct Row {
+    step: usize,
+    what: &'static str,
+    result: String,
+    seconds: f64,
+}
+
+struct Demo<'o> {
+    dir: PathBuf,
+    out: &'o mut Out,
+    db: Option<Db>,
+    rows: Vec<Row>,
+}
+
+/// `mergekv demo [--dir DIR]`.
+pub fn demo(dir: Option<&Path>, out: &mut Out) -> Result<(), CliError> {
+    let keep = dir.is_some();
+    let dir = dir.map_or_else(fresh_temp_dir, Path::to_path_buf);
+    let started = Instant::now();
+    let mut demo = Demo {
+        dir: dir.clone(),
+        out,
+        db: None,
+        rows: Vec::new(),
+    };
+    if let Err(e) = demo.run() {
+        drop(demo.db.take());
+        return Err(kept_for_inspection(e, &dir));
+    }
+    demo.finish(keep, started)
+}
+
+/// `<pid>-<millis>`: unique enough for one run of the demo.
+fn run_id() -> String {
+    let millis = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    format!("{}-{millis}", std::process::id())
+}
+
+/// `<temp>/mergekv-demo-<pid>-<millis>`.
+fn fresh_temp_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("mergekv-demo-{}", run_id()))
+}
+
+fn kept_for_inspection(e: CliError, dir: &Path) -> CliError {
+    if e.message.is_empty() {
+        return e;
+    }
+    CliError::new(
+        e.code,
+        format_args!("demo: {} (directory kept: {})", e.message, dir.display()),
+    )
+}
+
+/// Fails the demo unless `ok`.
+fn ensure(ok: bool, what: impl FnOnce() -> String) -> Result<(), CliError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(CliError::data(format_args!("check failed: {}", what())))
+    }
+}
+
+impl<'o> Demo<'o> {
+    fn run(&mut self) -> Result<(), CliError> {
+        let steps: [(&'static str, StepFn<'o>); STEPS - 1] = [
+            ("open a database", Demo::open_step),
+            ("put, get, delete and scan in two keyspaces", Demo::basics_step),
+            ("increment one counter from 8 threads", Demo::counters_step),
+            ("write 100k keys in load-style batches", Demo::load_step),
+            ("retry an idempotent batch", Demo::idempotent_step),
+            ("close and reopen", Demo::reopen_step),
+            ("simulate a crash: garbage at the end of the WAL", Demo::crash_step),
+            ("verify the directory", Demo::verify_step),
+        ];
+        for (i, (what, f)) in steps.into_iter().enumerate() {
+            self.step(i + 1, what, f)?;
+        }
+        Ok(())
+    }
+
+    fn step(&mut self, step: usize, what: &'static str, f: StepFn<'o>) -> Result<(), CliError> {
+        self.say(format_args!("[{step}/{STEPS}] {what}"))?;
+        let started = Instant::now();
+        let result = f(self).map_err(|e| CliError::new(e.code, format_args!("step {step} ({what}): {}", e.message)))?;
+        let seconds = started.elapsed().as_secs_f64();
+        self.say(format_args!("      => {result} [{seconds:.2} s]"))?;
+        self.rows.push(Row {
+            step,
+            what,
+            result,
+            seconds,
+        });
+        Ok(())
+    }
+
+    /// Narration: stdout in text mode, stderr under `--json`.
+    fn say(&mut self, line: impl std::fmt::Display) -> Result<(), CliError> {
+        if self.out.json {
+            let _ = writeln!(std::io::stderr(), "{line}");
+            return Ok(());
+        }
+        self.out.line(line)?;
+        self.out.flush()
+    }
+
+    fn db(&self) -> Result<&Db, CliError> {
+        self.db
+            .as_ref()
+            .ok_or_else(|| CliError::data("the demo database is not open"))
+    }
+
+    fn reopen(&mut self) -> Result<&Db, CliError> {
+        self.close()?;
+        Ok(self.db.insert(Db::open(&self.dir)?))
+    }
+
+    fn close(&mut self) -> Result<(), CliError> {
+        match self.db.take() {
+            Some(db) => Ok(db.close()?),
+            None => Ok(()),
+        }
+    }
+
+    fn snapshot(&self) -> Result<Snapshot, CliError> {
+        let db = self.db()?;
+        let mut all = Vec::new();
+        for name in KEYSPACES {
+            let ks = db.keyspace(name)?;
+            all.extend(ks.scan(&ScanOptions::all()).map(|e| (name, e.key().to_vec(), e.into_value())));
+        }
+        Ok(all)
+    }
+
+    fn open_step(&mut self) -> Result<String, CliError> {
+        let db = self.reopen()?;
+        let (node, frames) = (db.node_id(), db.recovery_report().frames_replayed);
+        let dir = self.dir.display().to_string();
+        self.say(format_args!("      directory {dir} ({frames} frames already there)"))?;
+        Ok(format!("node id {node}"))
+    }
+
+    fn basics_step(&mut self) -> Result<String, CliError> {
+        let db = self.db()?.clone();
+        let (users, orders) = (db.keyspace("users")?, db.keyspace("orders")?);
+        for (key, value) in [("ada", "Ada Lovelace"), ("alan", "Alan Turing"), ("grace", "Grace Hopper")] {
+            users.put(key, value)?;
+            self.say(format_args!("      put users/{key} = {value}"))?;
+        }
+        orders.put("ada", "3 analytical engines")?;
+        self.say("      put orders/ada = 3 analytical engines")?;
+        let ada = users.get("ada").map(|v| text(&v)).unwrap_or_default();
+        self.say(format_args!("      get users/ada -> {ada}"))?;
+        ensure(ada == "Ada Lovelace", || format!("users/ada reads {ada:?}"))?;
+        users.delete("grace")?;
+        self.say("      del users/grace")?;
+        ensure(users.get("grace").is_none(), || "users/grace survived its delete".into())?;
+        ensure(orders.get("alan").is_none(), || "keyspaces are not isolated".into())?;
+        let names: Vec<String> = users.scan(&ScanOptions::prefix("a")).map(|e| text(e.key())).collect();
+        self.say(format_args!("      scan users --prefix a -> {}", names.join(", ")))?;
+        ensure(names == ["ada", "alan"], || format!("prefix scan gave {names:?}"))?;
+        Ok(format!("scan users/a* = [{}]; grace deleted; orders kept apart", names.join(", ")))
+    }
+
+    fn counters_step(&mut self) -> Result<String, CliError> {
+        let metrics = self.db()?.keyspace("metrics")?;
+        let before = metrics.counter("hits");
+        let started = Instant::now();
+        let work = || (0..INCREMENTS_PER_THREAD).try_for_each(|_| metrics.increment("hits", 1).map(drop));
+        std::thread::scope(|s| {
+            let workers: Vec<_> = (0..THREADS).map(|_| s.spawn(work)).collect();
+            workers.into_iter().try_for_each(|w| match w.join() {
+                Ok(result) => Ok(result?),
+                Err(_) => Err(CliError::data("an incrementing thread panicked")),
+            })
+        })?;
+        let rate = per_second((THREADS * INCREMENTS_PER_THREAD) as u64, started.elapsed());
+        let after = metrics.counter("hits");
+        let expected = before + (THREADS * INCREMENTS_PER_THREAD) as i64;
+        self.say(format_args!("      metrics/hits: {before} -> {after} ({rate:.0} increments/s)"))?;
+        ensure(after == expected, || format!("hits is {after}, expected {expected}"))?;
+        Ok(format!("{THREADS} threads x {INCREMENTS_PER_THREAD} increments: +{} exactly", after - before))
+    }
+
+    fn load_step(&mut self) -> Result<String, CliError> {
+        let db = self.db()?.clone();
+        let started = Instant::now();
+        let mut progress = Progress::new(Some(LOAD_KEYS as u64));
+        let mut loader = Loader::new(&db, "bulk", LOAD_BATCH_OPS_DEFAULT);
+        for i in 0..LOAD_KEYS {
+            loader.put(format!("key-{i:06}").as_bytes(), format!("value-{i}").as_bytes())?;
+            progress.update(loader.loaded, i as u64);
+        }
+        loader.flush()?;
+        progress.finish(loader.loaded, LOAD_KEYS as u64);
+        let elapsed = started.elapsed();
+        let count = db.keyspace("bulk")?.scan(&ScanOptions::prefix("key-")).count();
+        ensure(count == LOAD_KEYS, || format!("bulk holds {count} keys"))?;
+        Ok(format!(
+            "{} keys in {} batches, {:.2} s ({:.0} keys/s)",
+            loader.loaded,
+            loader.batches,
+            elapsed.as_secs_f64(),
+            per_second(loader.loaded, elapsed)
+        ))
+    }
+
+    fn idempotent_step(&mut self) -> Result<String, CliError> {
+        let db = self.db()?.clone();
+        let shop = db.keyspace("shop")?;
+        let before = shop.counter("orders");
+        let id = format!("order-{}", run_id());
+        let mut batch = Batch::new();
+        batch
+            .increment_in("shop", "orders", 1)
+            .put_in("shop", "last-order", &id)
+            .idempotency_key(&id);
+        let first = db.write(batch.clone())?;
+        let retry = db.write(batch)?;
+        let (first, retry) = (first[0], retry[0]);
+        self.say(format_args!("      write  {id}: {:?} at seq {}", first.kind, first.seq))?;
+        self.say(format_args!("      retry  {id}: {:?} (seq {}, the original's)", retry.kind, retry.seq))?;
+        ensure(first.kind == OutcomeKind::Applied, || format!("first write was {:?}", first.kind))?;
+        ensure(retry.kind == OutcomeKind::Duplicate && retry.seq == first.seq, || format!("retry was {:?}", retry.kind))?;
+        let after = shop.counter("orders");
+        ensure(after == before + 1, || format!("orders went {before} -> {after}"))?;
+        Ok(format!("retry -> Duplicate; shop/orders counted once ({before} -> {after})"))
+    }
+
+    fn reopen_step(&mut self) -> Result<String, CliError> {
+        let before = self.snapshot()?;
+        let report = self.reopen()?.recovery_report().clone();
+        self.say(format_args!(
+            "      replayed {} segment(s), {} frames, {} ops",
+            report.segments_replayed, report.frames_replayed, report.ops_replayed
+        ))?;
+        let after = self.snapshot()?;
+        ensure(after == before, || "the state changed across a reopen".into())?;
+        Ok(format!(
+            "{} frames / {} ops replayed; all {} keys and counters intact",
+            report.frames_replayed,
+            report.ops_replayed,
+            after.len()
+        ))
+    }
+
+    fn crash_step(&mut self) -> Result<String, CliError> {
+        let before = self.snapshot()?;
+        self.close()?;
+        let segment = last_segment(&self.dir)?;
+        append_garbage(&segment)?;
+        self.say(format_args!("      appended {GARBAGE_BYTES} garbage bytes to {}", segment.display()))?;
+        let torn = self.reopen()?.recovery_report().torn_tail.clone();
+        let torn = torn.ok_or_else(|| CliError::data("check failed: no torn tail was reported"))?;
+        self.say(format_args!("      reopen cut {} bytes at byte {}", torn.bytes_dropped, torn.offset_bytes))?;
+        ensure(torn.bytes_dropped == GARBAGE_BYTES as u64, || format!("{} bytes were cut", torn.bytes_dropped))?;
+        let after = self.snapshot()?;
+        ensure(after == before, || "acknowledged data was lost".into())?;
+        let name = segment.file_name().map(|n| text(n.as_encoded_bytes())).unwrap_or_default();
+        Ok(format!(
+            "torn tail of {} bytes cut from {name}; all {} entries intact",
+            torn.bytes_dropped,
+            after.len()
+        ))
+    }
+
+    fn verify_step(&mut self) -> Result<String, CliError> {
+        self.close()?;
+        let report = mergekv::verify(&self.dir)?;
+        let summary = format!("{} files, {} frames, {} ops", report.files_checked, report.frames, report.ops);
+        self.say(format_args!("      {summary}"))?;
+        ensure(report.is_ok(), || report.problems.join("; "))?;
+        Ok(format!("{summary}: ok"))
+    }
+
+    fn finish(&mut self, keep: bool, started: Instant) -> Result<(), CliError> {
+        self.say(format_args!("[{STEPS}/{STEPS}] summary"))?;
+        for line in self.table() {
+            self.say(line)?;
+        }
+        let cleanup = if keep {
+            format!("kept {}", self.dir.display())
+        } else {
+            std::fs::remove_dir_all(&self.dir)
+                .map_err(|e| CliError::data(format_args!("cannot remove {}: {e}", self.dir.display())))?;
+            format!("removed {}", self.dir.display())
+        };
+        let seconds = started.elapsed().as_secs_f64();
+        self.say(format_args!("demo finished in {seconds:.2} s; {cleanup}"))?;
+        if self.out.json {
+            return self.out.json(&self.json(keep, seconds));
+        }
+        Ok(())
+    }
+
+    fn table(&self) -> Vec<String> {
+        let width = self.rows.iter().map(|r| r.what.len()).max().unwrap_or(4);
+        let mut lines = vec![format!("  step  {:<width$}  result", "what")];
+        for r in &self.rows {
+            lines.push(format!("  {:<4}  {:<width$}  {}", r.step, r.what, r.result));
+        }
+        lines
+    }
+
+    fn json(&self, kept: bool, seconds: f64) -> serde_json::Value {
+        let steps: Vec<_> = self
+            .rows
+            .iter()
+            .map(|r| json!({"step": r.step, "what": r.what, "result": r.result, "seconds": r.seconds}))
+            .collect();
+        json!({"ok": true, "dir": self.dir, "kept": kept, "seconds": seconds, "steps": steps})
+    }
+}
+
+/// The highest-numbered `wal-*.seg` file under `dir/wal/`.
+fn last_segment(dir: &Path) -> Result<PathBuf, CliError> {
+    let wal = dir.join("wal");
+    let entries = std::fs::read_dir(&wal).map_err(|e| CliError::data(format_args!("cannot list {}: {e}", wal.display())))?;
+    entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let name = p.file_name().map(|n| text(n.as_encoded_bytes())).unwrap_or_default();
+            name.starts_with("wal-") && name.ends_with(".seg")
+        })
+        .max()
+        .ok_or_else(|| CliError::data(format_args!("no wal-*.seg file in {}", wal.display())))
+}
+
+/// What a crash in the middle of a write leaves: bytes that are no frame.
+fn append_garbage(segment: &Path) -> Result<(), CliError> {
+    let fail = |e: std::io::Error| CliError::data(format_args!("cannot append to {}: {e}", segment.display()));
+    let mut file = OpenOptions::new().append(true).open(segment).map_err(fail)?;
+    let garbage: Vec<u8> = (0..GARBAGE_BYTES).map(|i| 0xA5 ^ (i as u8).wrapping_mul(31)).collect();
+    file.write_all(&garbage).map_err(fail)?;
+    file.sync_all().map_err(fail)
+}
