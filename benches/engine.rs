@@ -1,1 +1,245 @@
-fn main() {}
+//! The engine benchmark (SPEC §12 workloads W1, W2, W3, W4, W6), for mergekv
+//! alone. Peers are measured by the separate benchmark package in a later
+//! issue; the raw fdatasync rate is measured here, in the same run, because
+//! W1 and W2 are judged against it.
+//!
+//! Run: `cargo bench --bench engine`. Knobs (environment):
+//! - `MERGEKV_BENCH_KEYS`   keys for W3/W4/W6 (default 1,000,000)
+//! - `MERGEKV_BENCH_SECS`   seconds per timed durable workload (default 3)
+//! - `MERGEKV_BENCH_RUNS`   runs per workload; the median is reported (default 3)
+//! - `MERGEKV_BENCH_DIR`    where to write (default `target/bench-data`, on the
+//!   same disk as the project)
+//!
+//! Keys are 24 bytes and values 150 bytes, as in SPEC §12.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use mergekv::{Batch, Db, Options, SyncMode};
+
+const KEY_BYTES: usize = 24;
+const VALUE_BYTES: usize = 150;
+const BULK_BATCH_KEYS: usize = 10_000;
+const W2_THREADS: usize = 64;
+
+struct Config {
+    keys: usize,
+    secs: f64,
+    runs: usize,
+    dir: PathBuf,
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|s| s.parse().ok()).unwrap_or(default)
+}
+
+fn config() -> Config {
+    let default_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target").join("bench-data");
+    Config {
+        keys: env_or("MERGEKV_BENCH_KEYS", 1_000_000),
+        secs: env_or("MERGEKV_BENCH_SECS", 3.0),
+        runs: env_or("MERGEKV_BENCH_RUNS", 3),
+        dir: std::env::var("MERGEKV_BENCH_DIR").map(PathBuf::from).unwrap_or(default_dir),
+    }
+}
+
+/// Key number `i`, scattered so consecutive numbers are not adjacent keys.
+fn key(i: u64) -> [u8; KEY_BYTES] {
+    let scattered = i.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17);
+    let mut out = [0u8; KEY_BYTES];
+    let text = format!("k{scattered:023}");
+    out.copy_from_slice(&text.as_bytes()[..KEY_BYTES]);
+    out
+}
+
+fn value(i: u64) -> [u8; VALUE_BYTES] {
+    let mut out = [b'v'; VALUE_BYTES];
+    out[..8].copy_from_slice(&i.to_le_bytes());
+    out
+}
+
+fn fresh_dir(cfg: &Config, name: &str) -> PathBuf {
+    let dir = cfg.dir.join(name);
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(|a, b| a.total_cmp(b));
+    xs[xs.len() / 2]
+}
+
+fn durable() -> Options {
+    Options {
+        sync_mode: SyncMode::Always,
+        ..Options::default()
+    }
+}
+
+/// Raw disk: append 200 bytes + fdatasync, as often as possible.
+fn raw_fdatasync_per_sec(cfg: &Config) -> f64 {
+    let path = fresh_dir(cfg, "raw").join("raw.bin");
+    let mut file: File = OpenOptions::new().create(true).append(true).open(&path).unwrap();
+    let record = [7u8; KEY_BYTES + VALUE_BYTES];
+    let start = Instant::now();
+    let mut ops = 0u64;
+    while start.elapsed().as_secs_f64() < cfg.secs {
+        file.write_all(&record).unwrap();
+        file.sync_data().unwrap();
+        ops += 1;
+    }
+    ops as f64 / start.elapsed().as_secs_f64()
+}
+
+/// W1: one writer, each put durable before the next.
+fn w1_one_writer(cfg: &Config) -> f64 {
+    let db = Db::open_with(fresh_dir(cfg, "w1"), durable()).unwrap();
+    let start = Instant::now();
+    let mut i = 0u64;
+    while start.elapsed().as_secs_f64() < cfg.secs {
+        db.put(key(i), value(i)).unwrap();
+        i += 1;
+    }
+    i as f64 / start.elapsed().as_secs_f64()
+}
+
+/// W2: 64 writer threads, each put durable.
+fn w2_many_writers(cfg: &Config) -> (f64, f64) {
+    let db = Db::open_with(fresh_dir(cfg, "w2"), durable()).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let threads: Vec<_> = (0..W2_THREADS as u64)
+        .map(|t| {
+            let (db, stop, done) = (db.clone(), stop.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut i = t << 40;
+                while !stop.load(Ordering::Relaxed) {
+                    db.put(key(i), value(i)).unwrap();
+                    done.fetch_add(1, Ordering::Relaxed);
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    let start = Instant::now();
+    std::thread::sleep(Duration::from_secs_f64(cfg.secs));
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let stats = db.stats().wal;
+    let ops = done.load(Ordering::Relaxed) as f64;
+    (ops / elapsed, stats.frames_written as f64 / stats.groups_written.max(1) as f64)
+}
+
+/// W3: bulk load `keys` keys in batches of 10k, each batch durable.
+fn w3_bulk_load(cfg: &Config, dir: &Path) -> f64 {
+    let db = Db::open_with(dir, durable()).unwrap();
+    let start = Instant::now();
+    let mut i = 0u64;
+    while (i as usize) < cfg.keys {
+        let mut batch = Batch::new();
+        for _ in 0..BULK_BATCH_KEYS.min(cfg.keys - i as usize) {
+            batch.put(key(i), value(i));
+            i += 1;
+        }
+        db.write(batch).unwrap();
+    }
+    let rate = cfg.keys as f64 / start.elapsed().as_secs_f64();
+    db.close().unwrap();
+    rate
+}
+
+/// W4: random point reads from every core.
+fn w4_point_reads(cfg: &Config, db: &Db) -> f64 {
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let reads_per_thread = 2_000_000u64;
+    let keys = cfg.keys as u64;
+    let start = Instant::now();
+    let handles: Vec<_> = (0..threads as u64)
+        .map(|t| {
+            let db = db.clone();
+            std::thread::spawn(move || {
+                let mut x = t.wrapping_mul(0x2545_F491_4F6C_DD1D) | 1;
+                let mut found = 0u64;
+                for _ in 0..reads_per_thread {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    found += u64::from(db.get(key(x % keys)).is_some());
+                }
+                found
+            })
+        })
+        .collect();
+    let found: u64 = handles.into_iter().map(|h| h.join().unwrap()).sum();
+    let total = reads_per_thread * threads as u64;
+    assert_eq!(found, total, "every key read must exist");
+    total as f64 / start.elapsed().as_secs_f64()
+}
+
+/// W6: reopen after W3 (WAL only: there are no snapshots yet).
+fn w6_reopen(dir: &Path) -> (f64, Db) {
+    let start = Instant::now();
+    let db = Db::open_with(dir, durable()).unwrap();
+    (start.elapsed().as_secs_f64() * 1000.0, db)
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return; // `cargo bench -- --list` / test harness probing
+    }
+    let cfg = config();
+    println!("mergekv engine benchmark: {} keys, {} s per timed workload, median of {} runs", cfg.keys, cfg.secs, cfg.runs);
+    println!("data in {}", cfg.dir.display());
+    let runs = cfg.runs.max(1);
+
+    let raw = median((0..runs).map(|_| raw_fdatasync_per_sec(&cfg)).collect());
+    let w1 = median((0..runs).map(|_| w1_one_writer(&cfg)).collect());
+    let w2_runs: Vec<(f64, f64)> = (0..runs).map(|_| w2_many_writers(&cfg)).collect();
+    let w2 = median(w2_runs.iter().map(|r| r.0).collect());
+    let w2_group = median(w2_runs.iter().map(|r| r.1).collect());
+    let load_dir = cfg.dir.join("w3");
+    let mut w3s = Vec::new();
+    for _ in 0..runs {
+        let _ = fs::remove_dir_all(&load_dir);
+        w3s.push(w3_bulk_load(&cfg, &load_dir));
+    }
+    let w3 = median(w3s);
+    let mut reopen_ms = Vec::new();
+    let mut db = None;
+    for _ in 0..runs {
+        drop(db.take());
+        let (ms, opened) = w6_reopen(&load_dir);
+        reopen_ms.push(ms);
+        db = Some(opened);
+    }
+    let w6_ms = median(reopen_ms);
+    let db = db.unwrap();
+    let records = db.recovery_report().ops_replayed as f64;
+    let w4 = median((0..runs).map(|_| w4_point_reads(&cfg, &db)).collect());
+
+    println!();
+    println!("| workload | mergekv | reference | ratio |");
+    println!("|---|---|---|---|");
+    println!("| raw append 174 B + fdatasync | {raw:.0} /s | | |");
+    println!("| W1 one writer, durable per put | {w1:.0} /s | raw fdatasync {raw:.0} /s | {:.2} × raw |", w1 / raw);
+    println!(
+        "| W2 {W2_THREADS} writers, durable per put | {w2:.0} /s ({w2_group:.1} batches per group commit) | {W2_THREADS} × raw = {:.0} /s | {:.1}% of threads × raw |",
+        raw * W2_THREADS as f64,
+        100.0 * w2 / (raw * W2_THREADS as f64)
+    );
+    println!("| W3 bulk load, batches of 10k, durable per batch | {w3:.0} keys/s | | |");
+    println!("| W4 random point reads, all cores | {w4:.0} /s | | |");
+    println!(
+        "| W6 reopen after W3 (WAL only) | {w6_ms:.0} ms | {records:.0} records | {:.2} M records/s |",
+        records / (w6_ms / 1000.0) / 1e6
+    );
+    let _ = fs::remove_dir_all(&cfg.dir);
+}
