@@ -34,16 +34,23 @@ struct Config {
 }
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name).ok().and_then(|s| s.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
 }
 
 fn config() -> Config {
-    let default_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target").join("bench-data");
+    let default_dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target")
+        .join("bench-data");
     Config {
         keys: env_or("MERGEKV_BENCH_KEYS", 1_000_000),
         secs: env_or("MERGEKV_BENCH_SECS", 3.0),
         runs: env_or("MERGEKV_BENCH_RUNS", 3),
-        dir: std::env::var("MERGEKV_BENCH_DIR").map(PathBuf::from).unwrap_or(default_dir),
+        dir: std::env::var("MERGEKV_BENCH_DIR")
+            .map(PathBuf::from)
+            .unwrap_or(default_dir),
     }
 }
 
@@ -84,7 +91,11 @@ fn durable() -> Options {
 /// Raw disk: append 200 bytes + fdatasync, as often as possible.
 fn raw_fdatasync_per_sec(cfg: &Config) -> f64 {
     let path = fresh_dir(cfg, "raw").join("raw.bin");
-    let mut file: File = OpenOptions::new().create(true).append(true).open(&path).unwrap();
+    let mut file: File = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .unwrap();
     let record = [7u8; KEY_BYTES + VALUE_BYTES];
     let start = Instant::now();
     let mut ops = 0u64;
@@ -135,7 +146,10 @@ fn w2_many_writers(cfg: &Config) -> (f64, f64) {
     let elapsed = start.elapsed().as_secs_f64();
     let stats = db.stats().wal;
     let ops = done.load(Ordering::Relaxed) as f64;
-    (ops / elapsed, stats.frames_written as f64 / stats.groups_written.max(1) as f64)
+    (
+        ops / elapsed,
+        stats.frames_written as f64 / stats.groups_written.max(1) as f64,
+    )
 }
 
 /// W3: bulk load `keys` keys in batches of 10k, each batch durable.
@@ -196,7 +210,10 @@ fn main() {
         return; // `cargo bench -- --list` / test harness probing
     }
     let cfg = config();
-    println!("mergekv engine benchmark: {} keys, {} s per timed workload, median of {} runs", cfg.keys, cfg.secs, cfg.runs);
+    println!(
+        "mergekv engine benchmark: {} keys, {} s per timed workload, median of {} runs",
+        cfg.keys, cfg.secs, cfg.runs
+    );
     println!("data in {}", cfg.dir.display());
     let runs = cfg.runs.max(1);
 
@@ -229,7 +246,10 @@ fn main() {
     println!("| workload | mergekv | reference | ratio |");
     println!("|---|---|---|---|");
     println!("| raw append 174 B + fdatasync | {raw:.0} /s | | |");
-    println!("| W1 one writer, durable per put | {w1:.0} /s | raw fdatasync {raw:.0} /s | {:.2} × raw |", w1 / raw);
+    println!(
+        "| W1 one writer, durable per put | {w1:.0} /s | raw fdatasync {raw:.0} /s | {:.2} × raw |",
+        w1 / raw
+    );
     println!(
         "| W2 {W2_THREADS} writers, durable per put | {w2:.0} /s ({w2_group:.1} batches per group commit) | {W2_THREADS} × raw = {:.0} /s | {:.1}% of threads × raw |",
         raw * W2_THREADS as f64,

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use crate::clock::Stamp;
 use crate::error::{Error, Result};
 use crate::options::{KEYSPACE_NAME_BYTES_MAX, Options};
+use crate::state::StoreKey;
 
 /// The keyspace used by the methods on [`crate::Db`] itself.
 pub const DEFAULT_KEYSPACE: &str = "default";
@@ -32,7 +33,7 @@ pub enum OpKind {
 /// An operation on one key of one keyspace.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Op {
-    pub(crate) store_key: Arc<[u8]>,
+    pub(crate) store_key: StoreKey,
     pub(crate) kind: OpKind,
 }
 
@@ -240,17 +241,16 @@ pub fn validate_keyspace_name(name: &str, allow_reserved: bool) -> Result<()> {
 
 /// The key under which the state map stores `key` of `keyspace`:
 /// `[name_len: u8][name][key]`, so each keyspace is one contiguous range.
-pub(crate) fn store_key(keyspace: &str, key: &[u8]) -> Arc<[u8]> {
+pub(crate) fn store_key(keyspace: &str, key: &[u8]) -> StoreKey {
     let name = keyspace.as_bytes();
     // Names longer than 255 bytes are encoded with a zero length so that
     // validation (which runs before anything is stored) can refuse them.
     let name_len = u8::try_from(name.len()).unwrap_or(0);
     let name = if name_len == 0 { &[][..] } else { name };
-    let mut out = Vec::with_capacity(1 + name.len() + key.len());
-    out.push(name_len);
-    out.extend_from_slice(name);
-    out.extend_from_slice(key);
-    Arc::from(out)
+    let mut prefix = Vec::with_capacity(1 + name.len());
+    prefix.push(name_len);
+    prefix.extend_from_slice(name);
+    StoreKey::concat(&prefix, key)
 }
 
 /// The prefix shared by every store key of `keyspace`.

@@ -24,7 +24,10 @@ fn crash_child() {
     let Ok(dir) = std::env::var(CHILD_ENV) else {
         return; // not running as the child
     };
-    let round: u64 = std::env::var("MERGEKV_CRASH_ROUND").unwrap().parse().unwrap();
+    let round: u64 = std::env::var("MERGEKV_CRASH_ROUND")
+        .unwrap()
+        .parse()
+        .unwrap();
     let options = Options {
         sync_mode: SyncMode::Always,
         segment_size_bytes_max: 64 * 1024,
@@ -87,8 +90,14 @@ fn run_and_kill(dir: &std::path::Path, round: u64, delay: Duration) -> Vec<(Stri
 
 #[test]
 fn sigkill_under_concurrent_durable_writes_loses_nothing_acknowledged() {
-    let rounds: u64 = std::env::var("MERGEKV_CRASH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
-    let (mut rng, seed) = match std::env::var("MERGEKV_CRASH_SEED").ok().and_then(|s| s.parse().ok()) {
+    let rounds: u64 = std::env::var("MERGEKV_CRASH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    let (mut rng, seed) = match std::env::var("MERGEKV_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
         Some(seed) => (Rng::new(seed), seed),
         None => Rng::from_time(),
     };
@@ -98,7 +107,8 @@ fn sigkill_under_concurrent_durable_writes_loses_nothing_acknowledged() {
     for round in 0..rounds {
         let delay = Duration::from_millis(150 + rng.below(400));
         let acked = run_and_kill(dir.path(), round, delay);
-        let db = Db::open(dir.path()).unwrap_or_else(|e| panic!("seed {seed} round {round}: reopen failed: {e}"));
+        let db = Db::open(dir.path())
+            .unwrap_or_else(|e| panic!("seed {seed} round {round}: reopen failed: {e}"));
         for (key, counter) in &acked {
             max_counter_acked = max_counter_acked.max(*counter);
             for half in ["a", "b"] {
@@ -112,11 +122,20 @@ fn sigkill_under_concurrent_durable_writes_loses_nothing_acknowledged() {
         all_acked.extend(acked.into_iter().map(|(k, _)| k));
         let batches = assert_batches_atomic(&db, seed, round);
         let counter = db.counter("acked-batches");
-        assert_eq!(counter, batches, "seed {seed}: counter disagrees with visible batches");
-        assert!(counter >= max_counter_acked, "seed {seed}: counter {counter} < acknowledged {max_counter_acked}");
+        assert_eq!(
+            counter, batches,
+            "seed {seed}: counter disagrees with visible batches"
+        );
+        assert!(
+            counter >= max_counter_acked,
+            "seed {seed}: counter {counter} < acknowledged {max_counter_acked}"
+        );
         assert!(all_acked.len() as i64 <= counter);
     }
-    assert!(!all_acked.is_empty(), "the child never acknowledged a write (seed {seed})");
+    assert!(
+        !all_acked.is_empty(),
+        "the child never acknowledged a write (seed {seed})"
+    );
 }
 
 /// Every batch is either fully visible or not at all; returns how many are.
@@ -128,7 +147,10 @@ fn assert_batches_atomic(db: &Db, seed: u64, round: u64) -> i64 {
         *halves.entry(batch.to_string()).or_default() += 1;
     }
     for (batch, count) in &halves {
-        assert_eq!(*count, 2, "seed {seed} round {round}: batch {batch} partly visible");
+        assert_eq!(
+            *count, 2,
+            "seed {seed} round {round}: batch {batch} partly visible"
+        );
     }
     halves.len() as i64
 }

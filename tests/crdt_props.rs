@@ -11,7 +11,10 @@ use mergekv::{NodeId, Stamp};
 use proptest::prelude::*;
 
 fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(512)
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(512)
 }
 
 /// Small ranges, so that equal stamps, equal nodes and ties actually occur.
@@ -24,33 +27,44 @@ fn stamp() -> impl Strategy<Value = Stamp> {
 }
 
 fn register() -> impl Strategy<Value = Register> {
-    (stamp(), prop::option::of(prop::collection::vec(any::<u8>(), 0..3))).prop_map(|(stamp, value)| Register {
-        stamp,
-        value: value.map(Arc::from),
-    })
+    (
+        stamp(),
+        prop::option::of(prop::collection::vec(any::<u8>(), 0..3)),
+    )
+        .prop_map(|(stamp, value)| Register {
+            stamp,
+            value: value.map(Arc::from),
+        })
 }
 
 fn counter() -> impl Strategy<Value = Counter> {
     let totals = prop::collection::btree_map(1u64..5, (0u64..20, 0u64..20, stamp()), 0..4);
     let floor = prop::collection::btree_map(1u64..5, (0u64..20, 0u64..20), 0..3);
-    (totals, floor).prop_map(|(totals, floor): (BTreeMap<_, _>, BTreeMap<_, _>)| Counter {
-        totals: totals
-            .into_iter()
-            .map(|(node, (p, n, stamp))| NodeTotals {
-                node: NodeId(node),
-                p,
-                n,
-                stamp,
-            })
-            .collect(),
-        floor: floor.into_iter().map(|(node, (p, n))| (NodeId(node), p, n)).collect(),
-    })
+    (totals, floor).prop_map(
+        |(totals, floor): (BTreeMap<_, _>, BTreeMap<_, _>)| Counter {
+            totals: totals
+                .into_iter()
+                .map(|(node, (p, n, stamp))| NodeTotals {
+                    node: NodeId(node),
+                    p,
+                    n,
+                    stamp,
+                })
+                .collect(),
+            floor: floor
+                .into_iter()
+                .map(|(node, (p, n))| (NodeId(node), p, n))
+                .collect(),
+        },
+    )
 }
 
 fn key_state() -> impl Strategy<Value = KeyState> {
-    (prop::option::of(register()), prop::option::of(counter())).prop_map(|(register, counter)| KeyState {
-        register,
-        counter: counter.map(Box::new),
+    (prop::option::of(register()), prop::option::of(counter())).prop_map(|(register, counter)| {
+        KeyState {
+            register,
+            counter: counter.map(Box::new),
+        }
     })
 }
 

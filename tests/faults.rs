@@ -34,7 +34,10 @@ fn failing_fsync_poisons_and_reopen_recovers_every_acknowledged_write() {
     faults.fail_nth(IoOp::Sync, 1);
     let err = db.put("doomed", "x").unwrap_err();
     assert!(matches!(err, Error::Poisoned { .. }), "{err}");
-    assert!(err.to_string().contains("fsync"), "the cause names the failed operation: {err}");
+    assert!(
+        err.to_string().contains("fsync"),
+        "the cause names the failed operation: {err}"
+    );
     // Poisoned: later writes fail even though the disk "recovered".
     for _ in 0..3 {
         assert!(matches!(db.put("later", "x"), Err(Error::Poisoned { .. })));
@@ -46,7 +49,10 @@ fn failing_fsync_poisons_and_reopen_recovers_every_acknowledged_write() {
     drop(db);
     let db = Db::open(dir.path()).unwrap();
     for i in 0..20 {
-        assert_eq!(db.get(format!("before-{i}")).as_deref(), Some(format!("v{i}").as_bytes()));
+        assert_eq!(
+            db.get(format!("before-{i}")).as_deref(),
+            Some(format!("v{i}").as_bytes())
+        );
     }
     assert!(db.get("later").is_none());
     db.put("healthy", "again").unwrap();
@@ -78,12 +84,18 @@ fn failing_segment_creation_during_rotation_poisons() {
     let db = Db::open_with(dir.path(), options).unwrap();
     faults.fail_from_nth(IoOp::Open, 1);
     let (acked, err) = write_until_error(&db, "k", 100);
-    assert!(acked > 0 && acked < 100, "rotation must have been attempted (acked {acked})");
+    assert!(
+        acked > 0 && acked < 100,
+        "rotation must have been attempted (acked {acked})"
+    );
     assert!(matches!(err, Some(Error::Poisoned { .. })));
     drop(db);
     let db = Db::open(dir.path()).unwrap();
     for i in 0..acked {
-        assert!(db.get(format!("k-{i}")).is_some(), "acknowledged k-{i} lost");
+        assert!(
+            db.get(format!("k-{i}")).is_some(),
+            "acknowledged k-{i} lost"
+        );
     }
 }
 
@@ -104,7 +116,10 @@ fn failing_directory_fsync_during_rotation_poisons() {
     drop(db);
     let db = Db::open(dir.path()).unwrap();
     for i in 0..acked {
-        assert!(db.get(format!("k-{i}")).is_some(), "acknowledged k-{i} lost");
+        assert!(
+            db.get(format!("k-{i}")).is_some(),
+            "acknowledged k-{i} lost"
+        );
     }
 }
 
@@ -168,7 +183,10 @@ fn concurrent_writers_see_fail_stop_and_nothing_acknowledged_is_lost() {
     }
     failing.store(true, Ordering::SeqCst);
     faults.fail_nth(IoOp::Sync, 1);
-    let acked: Vec<String> = writers.into_iter().flat_map(|w| w.join().unwrap()).collect();
+    let acked: Vec<String> = writers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
     drop(db);
     let db = Db::open(dir.path()).unwrap();
     for key in &acked {
@@ -190,5 +208,8 @@ fn failing_read_during_open_is_a_typed_error() {
         other => panic!("expected a read error, got {other:?}"),
     }
     // Nothing was damaged by the failed open.
-    assert_eq!(Db::open(dir.path()).unwrap().get("a").as_deref(), Some(&b"1"[..]));
+    assert_eq!(
+        Db::open(dir.path()).unwrap().get("a").as_deref(),
+        Some(&b"1"[..])
+    );
 }

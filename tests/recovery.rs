@@ -28,7 +28,11 @@ fn present(db: &Db, keys: &[&str]) -> Vec<bool> {
     keys.iter()
         .map(|k| match db.get(k) {
             Some(v) => {
-                assert_eq!(&*v, format!("value-of-{k}").as_bytes(), "wrong value for {k}");
+                assert_eq!(
+                    &*v,
+                    format!("value-of-{k}").as_bytes(),
+                    "wrong value for {k}"
+                );
                 true
             }
             None => false,
@@ -71,8 +75,18 @@ fn zero_filled_tail_is_a_torn_write() {
     bytes.extend(std::iter::repeat_n(0u8, 4096));
     std::fs::write(&seg, bytes).unwrap();
     let db = Db::open(src.path()).unwrap();
-    assert_eq!(present(&db, &["a", "b", "c", "d"]), [true, true, true, false]);
-    assert_eq!(db.recovery_report().torn_tail.as_ref().unwrap().offset_bytes, sizes[2]);
+    assert_eq!(
+        present(&db, &["a", "b", "c", "d"]),
+        [true, true, true, false]
+    );
+    assert_eq!(
+        db.recovery_report()
+            .torn_tail
+            .as_ref()
+            .unwrap()
+            .offset_bytes,
+        sizes[2]
+    );
 }
 
 #[test]
@@ -85,12 +99,19 @@ fn every_flipped_byte_is_a_typed_error_never_a_wrong_value() {
         let seg_copy = rebase(&seg, src.path(), copy.path());
         flip_byte(&seg_copy, offset);
         match Db::open(copy.path()) {
-            Err(Error::Corruption { path, offset_bytes, .. }) => {
+            Err(Error::Corruption {
+                path, offset_bytes, ..
+            }) => {
                 assert_eq!(path, seg_copy);
-                assert!(offset_bytes <= offset as u64, "damage at {offset} reported at {offset_bytes}");
+                assert!(
+                    offset_bytes <= offset as u64,
+                    "damage at {offset} reported at {offset_bytes}"
+                );
             }
             Err(other) => panic!("flip at {offset}: unexpected error {other}"),
-            Ok(_) => panic!("flip at {offset} went unnoticed: an acknowledged batch would be lost or wrong"),
+            Ok(_) => panic!(
+                "flip at {offset} went unnoticed: an acknowledged batch would be lost or wrong"
+            ),
         }
     }
 }
@@ -103,14 +124,18 @@ fn damage_before_valid_frames_is_corruption_naming_segment_and_offset() {
     flip_byte(&seg, sizes[0] as usize + 40);
     let err = Db::open(src.path()).unwrap_err();
     match &err {
-        Error::Corruption { path, offset_bytes, .. } => {
+        Error::Corruption {
+            path, offset_bytes, ..
+        } => {
             assert_eq!(path, &seg);
             assert_eq!(*offset_bytes, sizes[0]);
         }
         other => panic!("expected corruption, got {other}"),
     }
     let message = err.to_string();
-    assert!(message.contains("wal-00000000000000000001.seg") && message.contains(&sizes[0].to_string()));
+    assert!(
+        message.contains("wal-00000000000000000001.seg") && message.contains(&sizes[0].to_string())
+    );
 }
 
 #[test]
@@ -126,16 +151,26 @@ fn repair_cuts_at_the_damage_and_reports_what_was_dropped() {
     let last_seq_before = 6;
     {
         let db = Db::open_with(src.path(), repair.clone()).unwrap();
-        let report = db.recovery_report().repair.clone().expect("a repair report");
+        let report = db
+            .recovery_report()
+            .repair
+            .clone()
+            .expect("a repair report");
         assert_eq!(report.segment, seg);
         assert_eq!(report.offset_bytes, sizes[1]);
         assert_eq!(report.bytes_dropped, sizes[3] - sizes[1]);
-        assert_eq!(report.valid_frames_dropped, 1, "batch 3 was valid but after the damage");
+        assert_eq!(
+            report.valid_frames_dropped, 1,
+            "batch 3 was valid but after the damage"
+        );
         let saved = std::fs::read_dir(&report.quarantine).unwrap().count();
         assert_eq!(saved, 1, "the dropped bytes are kept in quarantine");
         assert_eq!(present(&db, &["a", "b", "d"]), [true, false, false]);
         let seq = db.put("new", "write").unwrap().seq;
-        assert!(seq > last_seq_before, "sequence numbers of dropped frames are not reused");
+        assert!(
+            seq > last_seq_before,
+            "sequence numbers of dropped frames are not reused"
+        );
     }
     let db = Db::open(src.path()).expect("a repaired WAL opens in strict mode");
     assert_eq!(db.get("new").as_deref(), Some(&b"write"[..]));
@@ -161,7 +196,9 @@ fn damage_in_an_earlier_segment_is_corruption_and_repair_moves_later_segments_as
     // segments hold acknowledged data.
     let len = std::fs::metadata(&segs[1]).unwrap().len();
     truncate(&segs[1], len - 3);
-    assert!(matches!(Db::open_with(src.path(), options.clone()), Err(Error::Corruption { path, .. }) if path == segs[1]));
+    assert!(
+        matches!(Db::open_with(src.path(), options.clone()), Err(Error::Corruption { path, .. }) if path == segs[1])
+    );
     let repair = Options {
         recovery_mode: RecoveryMode::Repair,
         ..options
@@ -171,7 +208,11 @@ fn damage_in_an_earlier_segment_is_corruption_and_repair_moves_later_segments_as
     assert_eq!(report.segments_dropped.len(), segs.len() - 2);
     assert!(db.get("k00").is_some());
     assert!(db.get("k39").is_none());
-    assert_eq!(segments(src.path()).len(), 3, "two kept, one started by the repair");
+    assert_eq!(
+        segments(src.path()).len(),
+        3,
+        "two kept, one started by the repair"
+    );
 }
 
 #[test]
@@ -182,7 +223,10 @@ fn a_segment_cut_off_during_creation_is_removed() {
     std::fs::write(&partial, b"MKVWAL").unwrap();
     let db = Db::open(src.path()).unwrap();
     assert_eq!(present(&db, &["a", "f"]), [true, true]);
-    assert_eq!(db.recovery_report().torn_tail.as_ref().unwrap().segment, partial);
+    assert_eq!(
+        db.recovery_report().torn_tail.as_ref().unwrap().segment,
+        partial
+    );
     assert!(!partial.exists());
     assert_eq!(db.put("g", "1").unwrap().seq, 7);
 }
@@ -204,7 +248,10 @@ fn sequence_gap_between_segments_is_corruption() {
     let segs = segments(src.path());
     assert!(segs.len() >= 3);
     std::fs::remove_file(&segs[1]).unwrap();
-    assert!(matches!(Db::open_with(src.path(), options), Err(Error::Corruption { .. })));
+    assert!(matches!(
+        Db::open_with(src.path(), options),
+        Err(Error::Corruption { .. })
+    ));
 }
 
 #[test]
@@ -212,7 +259,10 @@ fn missing_meta_with_segments_is_refused() {
     let src = tempfile::tempdir().unwrap();
     three_batches(src.path());
     std::fs::remove_file(src.path().join("META")).unwrap();
-    assert!(matches!(Db::open(src.path()), Err(Error::Corruption { .. })));
+    assert!(matches!(
+        Db::open(src.path()),
+        Err(Error::Corruption { .. })
+    ));
 }
 
 #[test]

@@ -22,7 +22,7 @@ use crate::command::{Batch, OpKind, Outcome, OutcomeKind};
 use crate::crdt::{Counter, KeyState, NodeTotals, Register, Visible};
 use crate::error::{Error, Result};
 use crate::options::Options;
-use crate::state::State;
+use crate::state::{State, StoreKey};
 use crate::wal::format::{Record, encode_payload};
 use crate::wal::{AppendRequest, Appended, Wal};
 
@@ -33,7 +33,7 @@ pub(crate) struct Engine {
     pub hlc: Mutex<Hlc>,
     pub wal: Wal,
     pub state: State,
-    pending_counters: Mutex<HashMap<Arc<[u8]>, PendingCounter>>,
+    pending_counters: Mutex<HashMap<StoreKey, PendingCounter>>,
 }
 
 /// This node's latest totals for a counter with increments in flight.
@@ -47,7 +47,7 @@ struct Prepared {
     stamp: Stamp,
     records: Vec<Record>,
     appended: Appended,
-    counter_keys: Vec<Arc<[u8]>>,
+    counter_keys: Vec<StoreKey>,
 }
 
 impl Engine {
@@ -157,8 +157,8 @@ impl Engine {
         &self,
         batch: &Batch,
         stamp: Stamp,
-        pending: &mut HashMap<Arc<[u8]>, PendingCounter>,
-    ) -> Result<(Vec<Record>, Vec<Arc<[u8]>>)> {
+        pending: &mut HashMap<StoreKey, PendingCounter>,
+    ) -> Result<(Vec<Record>, Vec<StoreKey>)> {
         let mut records = Vec::with_capacity(batch.ops.len());
         let mut counter_keys = Vec::new();
         for op in &batch.ops {
@@ -191,10 +191,10 @@ impl Engine {
     /// A put or delete, carrying the counter totals it observed as the floor.
     fn register_delta(
         &self,
-        key: &Arc<[u8]>,
+        key: &StoreKey,
         stamp: Stamp,
         value: Option<Arc<[u8]>>,
-        pending: &HashMap<Arc<[u8]>, PendingCounter>,
+        pending: &HashMap<StoreKey, PendingCounter>,
     ) -> KeyState {
         let mut floor = self
             .state
@@ -220,10 +220,10 @@ impl Engine {
     /// An increment, as this node's new totals.
     fn counter_delta(
         &self,
-        key: &Arc<[u8]>,
+        key: &StoreKey,
         stamp: Stamp,
         delta: i64,
-        pending: &mut HashMap<Arc<[u8]>, PendingCounter>,
+        pending: &mut HashMap<StoreKey, PendingCounter>,
     ) -> Result<KeyState> {
         let node = self.node;
         let base = match pending.get(key) {
@@ -270,7 +270,7 @@ impl Engine {
         })
     }
 
-    fn release_counters(&self, keys: &[Arc<[u8]>]) {
+    fn release_counters(&self, keys: &[StoreKey]) {
         if keys.is_empty() {
             return;
         }
@@ -339,7 +339,7 @@ impl Engine {
     }
 }
 
-fn release_locked(pending: &mut HashMap<Arc<[u8]>, PendingCounter>, keys: &[Arc<[u8]>]) {
+fn release_locked(pending: &mut HashMap<StoreKey, PendingCounter>, keys: &[StoreKey]) {
     for key in keys {
         if let Some(entry) = pending.get_mut(key) {
             entry.in_flight -= 1;

@@ -41,6 +41,7 @@ struct DbInner {
     pool: Pool,
     dir: PathBuf,
     recovery: RecoveryReport,
+    default_prefix: Vec<u8>,
     flusher: Option<(Sender<()>, JoinHandle<()>)>,
     _lock: DirLock,
 }
@@ -94,6 +95,7 @@ impl Db {
                 pool,
                 dir,
                 recovery: recovered.report,
+                default_prefix: keyspace_prefix(DEFAULT_KEYSPACE),
                 flusher,
                 _lock: lock,
             }),
@@ -162,14 +164,26 @@ impl Db {
         self.default_keyspace().increment(key, delta)
     }
 
+    /// What `key` in the default keyspace reads as.
+    pub fn get_value(&self, key: impl AsRef<[u8]>) -> Option<Value> {
+        let prefix = &self.inner.default_prefix;
+        let state = &self.inner.engine.state;
+        state.with_map(|map| read::get_value(map, prefix, key.as_ref()))
+    }
+
     /// The bytes at `key` in the default keyspace.
     pub fn get(&self, key: impl AsRef<[u8]>) -> Option<Arc<[u8]>> {
-        self.default_keyspace().get(key)
+        match self.get_value(key) {
+            Some(Value::Bytes(b)) => Some(b),
+            _ => None,
+        }
     }
 
     /// The counter at `key` in the default keyspace (0 if absent).
     pub fn counter(&self, key: impl AsRef<[u8]>) -> i64 {
-        self.default_keyspace().counter(key)
+        self.get_value(key)
+            .and_then(|v| v.as_counter())
+            .unwrap_or(0)
     }
 
     /// Scans the default keyspace.
@@ -388,6 +402,10 @@ fn refuse_orphan_wal(io: &Io, wal_dir: &Path) -> Result<()> {
     }
 }
 
+/// Records replayed into the state map at a time: large enough that sorting
+/// them pays off, small enough to bound the memory replay needs.
+const REPLAY_CHUNK_RECORDS: usize = 1 << 20;
+
 struct Recovered {
     state: State,
     wal_start: WalStart,
@@ -401,6 +419,7 @@ fn recover(io: &Io, wal_dir: &Path, node: NodeId, options: &Options) -> Result<R
     let mut dedup = DedupWindow::new(options.dedup_window_ms, options.dedup_window_entries_max);
     let mut max_stamp: Option<Stamp> = None;
     let now_ms = options.wall_clock.now_ms();
+    let mut pending = Vec::new();
     let mut apply = |first_seq: u64, payload: FramePayload| {
         let batch_stamp = payload
             .records
@@ -416,9 +435,13 @@ fn recover(io: &Io, wal_dir: &Path, node: NodeId, options: &Options) -> Result<R
             };
             dedup.insert(id, entry, now_ms);
         }
-        state.replay(payload.records);
+        pending.extend(payload.records);
+        if pending.len() >= REPLAY_CHUNK_RECORDS {
+            state.replay(std::mem::take(&mut pending));
+        }
     };
     let replayed = recovery::replay(io, wal_dir, node, options.recovery_mode, true, &mut apply)?;
+    state.replay(pending);
     let repaired = replayed.report.repair.is_some();
     Ok(Recovered {
         state,

@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use crate::command::{keyspace_prefix, validate_keyspace_name};
 use crate::crdt::Visible;
 use crate::error::Result;
-use crate::state::{KeyBounds, StateMap, collect_range};
+use crate::state::{KeyBounds, StateMap, StoreKey, collect_range};
 
 /// What a key reads as.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -58,7 +58,7 @@ impl Value {
 /// One entry of a scan.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
-    store_key: Arc<[u8]>,
+    store_key: StoreKey,
     prefix_len: usize,
     value: Value,
 }
@@ -192,7 +192,7 @@ pub struct Scan {
     reverse: bool,
     remaining: usize,
     prefix_len: usize,
-    buf: VecDeque<(Arc<[u8]>, Value)>,
+    buf: VecDeque<(StoreKey, Value)>,
     exhausted: bool,
 }
 
@@ -251,7 +251,8 @@ impl Iterator for Scan {
 /// Reads of one keyspace against one map; shared by [`crate::Keyspace`]
 /// (live map) and [`ReadView`] (snapshot).
 pub(crate) fn get_value(map: &StateMap, ks_prefix: &[u8], key: &[u8]) -> Option<Value> {
-    let store_key = join(ks_prefix, key);
+    // Short keys are built on the stack: no allocation on the read path.
+    let store_key = StoreKey::concat(ks_prefix, key);
     map.get(store_key.as_slice())
         .and_then(|s| Value::from_visible(s.visible()))
 }

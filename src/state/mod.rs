@@ -8,7 +8,10 @@
 //! batch becomes visible all at once.
 
 use std::ops::Bound;
-use std::sync::Arc;
+
+mod key;
+
+pub use key::StoreKey;
 
 use imbl::OrdMap;
 use parking_lot::RwLock;
@@ -18,7 +21,7 @@ use crate::crdt::{KeyState, Visible};
 use crate::wal::format::Record;
 
 /// The map type: store key to CRDT state.
-pub type StateMap = OrdMap<Arc<[u8]>, KeyState>;
+pub type StateMap = OrdMap<StoreKey, KeyState>;
 
 /// The shared state of a database.
 #[derive(Debug, Default)]
@@ -70,9 +73,19 @@ impl State {
     }
 
     /// Merges records without reporting outcomes (replay on open).
-    pub fn replay(&self, records: Vec<Record>) {
+    ///
+    /// The records are sorted by key first: merging is order-independent,
+    /// and visiting the map in key order keeps the path being changed in
+    /// cache, which makes replay several times faster than log order.
+    pub fn replay(&self, mut records: Vec<Record>) {
+        records.sort_unstable_by(|a, b| a.store_key.cmp(&b.store_key));
         let mut map = self.map.write();
-        for record in records {
+        let mut records = records.into_iter().peekable();
+        while let Some(mut record) = records.next() {
+            // Fold every record of this key before touching the map.
+            while let Some(next) = records.next_if(|r| r.store_key == record.store_key) {
+                record.delta.merge_from(&next.delta);
+            }
             match map.get_mut(&record.store_key) {
                 Some(existing) => existing.merge_from(&record.delta),
                 None => {
@@ -164,10 +177,10 @@ pub fn collect_range(
     bounds: &KeyBounds,
     reverse: bool,
     limit: usize,
-    out: &mut Vec<(Arc<[u8]>, crate::Value)>,
+    out: &mut Vec<(StoreKey, crate::Value)>,
 ) {
     let range = map.range::<_, [u8]>((as_slice_bound(&bounds.start), as_slice_bound(&bounds.end)));
-    let visible = |(k, s): (&Arc<[u8]>, &KeyState)| {
+    let visible = |(k, s): (&StoreKey, &KeyState)| {
         crate::Value::from_visible(s.visible()).map(|v| (k.clone(), v))
     };
     if reverse {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use crate::clock::{NodeId, Stamp};
 use crate::codec::{DecodeError, Reader, Writer};
 use crate::crdt::{Counter, KeyState, NodeTotals, Register};
+use crate::state::StoreKey;
 
 /// First eight bytes of every segment.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"MKVWAL\0\x01";
@@ -79,7 +80,7 @@ const STAMP_BYTES: usize = 20;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {
     /// The store key (keyspace prefix + key).
-    pub store_key: Arc<[u8]>,
+    pub store_key: StoreKey,
     /// What to merge.
     pub delta: KeyState,
 }
@@ -152,9 +153,16 @@ pub fn decode_segment_header(bytes: &[u8]) -> Result<SegmentHeader, DecodeError>
         ));
     }
     if flags & !SEGMENT_FLAG_AFTER_REPAIR != 0 {
-        return Err(Reader::invalid(SEGMENT_FLAGS_OFFSET, format!("unknown segment flags {flags:#x}")));
+        return Err(Reader::invalid(
+            SEGMENT_FLAGS_OFFSET,
+            format!("unknown segment flags {flags:#x}"),
+        ));
     }
-    Ok(SegmentHeader { node, first_seq, flags })
+    Ok(SegmentHeader {
+        node,
+        first_seq,
+        flags,
+    })
 }
 
 /// Appends one frame (header + payload) to `out`.
@@ -378,7 +386,7 @@ pub fn decode_record(r: &mut Reader<'_>) -> Result<Record, DecodeError> {
             format!("invalid record flags {flags:#x}"),
         ));
     }
-    let store_key: Arc<[u8]> = Arc::from(r.len_prefixed(RECORD_KEY_BYTES_MAX, "key")?);
+    let store_key = StoreKey::from(r.len_prefixed(RECORD_KEY_BYTES_MAX, "key")?);
     if crate::command::split_store_key(&store_key).is_none() {
         return Err(Reader::invalid(
             at,

@@ -511,10 +511,20 @@ fn check_usable(st: &Shared) -> Result<()> {
 }
 
 /// Creates a segment: header written and fsynced, directory entry fsynced.
-fn create_segment(io: &Io, dir: &Path, node: NodeId, first_seq: u64, flags: u16) -> Result<SegmentWriter> {
+fn create_segment(
+    io: &Io,
+    dir: &Path,
+    node: NodeId,
+    first_seq: u64,
+    flags: u16,
+) -> Result<SegmentWriter> {
     let path = dir.join(segment_file_name(first_seq));
     let mut file = io.create_new(&path)?;
-    let header = format::SegmentHeader { node, first_seq, flags };
+    let header = format::SegmentHeader {
+        node,
+        first_seq,
+        flags,
+    };
     file.write_all(&format::encode_segment_header(header))?;
     file.sync_data()?;
     io.sync_dir(dir)?;

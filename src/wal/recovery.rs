@@ -324,15 +324,18 @@ fn frame_was_complete(file: &[u8], offset: usize) -> bool {
     if bytes.len() < FRAME_HEADER_BYTES || zero_tail_from_sector(file, offset) {
         return false;
     }
-    let field = |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+    let field =
+        |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
     let stored_len = field(format::FRAME_PAYLOAD_LEN_OFFSET) as usize;
     let stored_payload_crc = field(FRAME_PAYLOAD_CRC_OFFSET);
     let body = &bytes[FRAME_HEADER_BYTES..];
-    let header_valid = crc32c::crc32c(&bytes[..FRAME_HEADER_CRC_OFFSET]) == field(FRAME_HEADER_CRC_OFFSET);
+    let header_valid =
+        crc32c::crc32c(&bytes[..FRAME_HEADER_CRC_OFFSET]) == field(FRAME_HEADER_CRC_OFFSET);
     if header_valid {
         return stored_len <= body.len();
     }
-    let payload_matches = |len: usize| len <= body.len() && crc32c::crc32c(&body[..len]) == stored_payload_crc;
+    let payload_matches =
+        |len: usize| len <= body.len() && crc32c::crc32c(&body[..len]) == stored_payload_crc;
     if payload_matches(stored_len) || payload_matches(body.len()) {
         return true;
     }

@@ -42,7 +42,12 @@ pub fn rebase(path: &Path, from: &Path, to: &Path) -> PathBuf {
 
 /// Truncates a file to `len` bytes.
 pub fn truncate(path: &Path, len: u64) {
-    fs::OpenOptions::new().write(true).open(path).unwrap().set_len(len).unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_len(len)
+        .unwrap();
 }
 
 /// Flips the bits of one byte.

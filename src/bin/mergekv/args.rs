@@ -14,7 +14,12 @@ pub const LOAD_BATCH_OPS_DEFAULT: usize = 10_000;
 #[command(name = "mergekv", version, about, long_about = None)]
 pub struct Cli {
     /// The database directory.
-    #[arg(long, global = true, value_name = "DIR", default_value = "./mergekv-data")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "DIR",
+        default_value = "./mergekv-data"
+    )]
     pub data: PathBuf,
 
     /// Machine output: one JSON object per command on stdout.

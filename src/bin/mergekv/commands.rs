@@ -3,12 +3,11 @@
 use std::path::Path;
 
 use mergekv::command::validate_keyspace_name;
-use mergekv::{Db, Keyspace, Options, RecoveryMode, ScanOptions, VerifyReport};
-use serde_json::{Value as Json, json};
+use mergekv::{Db, Keyspace, Options, RecoveryMode, RepairReport, ScanOptions, VerifyReport};
 
 use crate::args::{Cli, Command, IncrArgs, KeyArgs, PutArgs, ScanArgs, VerifyArgs};
 use crate::error::CliError;
-use crate::output::{self, Out};
+use crate::output::{self, EntryJson, GetJson, Out, OutcomeJson, ScanJson, VerifyJson};
 use crate::{demo, load};
 
 /// Runs the command line; the error carries the exit code.
@@ -54,7 +53,7 @@ fn put(data: &Path, a: &PutArgs, out: &mut Out) -> Result<(), CliError> {
     let outcome = ks.put(&a.key, &a.value)?;
     close(db, ks)?;
     if out.json {
-        out.json(&output::outcome_json(&outcome))?;
+        out.json(&OutcomeJson::from(&outcome))?;
     }
     Ok(())
 }
@@ -64,7 +63,7 @@ fn del(data: &Path, a: &KeyArgs, out: &mut Out) -> Result<(), CliError> {
     let outcome = ks.delete(&a.key)?;
     close(db, ks)?;
     if out.json {
-        out.json(&output::outcome_json(&outcome))?;
+        out.json(&OutcomeJson::from(&outcome))?;
     }
     Ok(())
 }
@@ -74,7 +73,7 @@ fn incr(data: &Path, a: &IncrArgs, out: &mut Out) -> Result<(), CliError> {
     let outcome = ks.increment(&a.key, a.delta)?;
     close(db, ks)?;
     if out.json {
-        return out.json(&output::outcome_json(&outcome));
+        return out.json(&OutcomeJson::from(&outcome));
     }
     let value = outcome.counter.unwrap_or_default();
     out.line(value)
@@ -83,23 +82,22 @@ fn incr(data: &Path, a: &IncrArgs, out: &mut Out) -> Result<(), CliError> {
 fn get(data: &Path, a: &KeyArgs, out: &mut Out) -> Result<(), CliError> {
     let (_db, ks) = open_keyspace(data, &a.ks.keyspace)?;
     let value = ks.get_value(&a.key);
-    let mut obj = json!({"keyspace": ks.name(), "key": a.key, "found": value.is_some()});
-    match (&value, out.json) {
-        (Some(v), true) => {
-            output::value_fields(v, &mut obj);
-            out.json(&obj)
-        }
-        (Some(v), false) => out.line(v.to_text()),
-        (None, json) => {
-            if json {
-                out.json(&obj)?;
-            }
-            Err(CliError::not_found(format_args!(
-                "key {:?} not found in keyspace {:?}",
-                a.key,
-                ks.name()
-            )))
-        }
+    if out.json {
+        out.json(&GetJson {
+            keyspace: ks.name(),
+            key: &a.key,
+            found: value.is_some(),
+            value: value.as_ref().map(Into::into),
+        })?;
+    }
+    match value {
+        Some(_) if out.json => Ok(()),
+        Some(v) => out.line(v.to_text()),
+        None => Err(CliError::not_found(format_args!(
+            "key {:?} not found in keyspace {:?}",
+            a.key,
+            ks.name()
+        ))),
     }
 }
 
@@ -119,18 +117,25 @@ fn scan(data: &Path, a: &ScanArgs, out: &mut Out) -> Result<(), CliError> {
     let entries = ks.scan(&scan_options(a));
     if !out.json {
         for e in entries {
-            out.line(format_args!("{}\t{}", output::text(e.key()), e.value().to_text()))?;
+            out.line(format_args!(
+                "{}\t{}",
+                output::text(e.key()),
+                e.value().to_text()
+            ))?;
         }
         return Ok(());
     }
-    let list: Vec<Json> = entries
-        .map(|e| {
-            let mut obj = json!({"key": output::text(e.key())});
-            output::value_fields(e.value(), &mut obj);
-            obj
+    let entries: Vec<EntryJson> = entries
+        .map(|e| EntryJson {
+            key: output::text(e.key()),
+            value: e.value().into(),
         })
         .collect();
-    out.json(&json!({"keyspace": ks.name(), "count": list.len(), "entries": list}))
+    out.json(&ScanJson {
+        keyspace: ks.name(),
+        count: entries.len(),
+        entries,
+    })
 }
 
 fn stats(data: &Path, out: &mut Out) -> Result<(), CliError> {
@@ -144,21 +149,19 @@ fn stats(data: &Path, out: &mut Out) -> Result<(), CliError> {
     Ok(())
 }
 
-/// The verify report as JSON, with `"ok"` added.
-fn verify_json(report: &VerifyReport) -> Result<Json, CliError> {
-    let mut value = serde_json::to_value(report).map_err(CliError::data)?;
-    value["ok"] = json!(report.is_ok());
-    Ok(value)
-}
-
-/// Prints a verify report; exit 3 if it found damage.
-fn finish_verify(report: &VerifyReport, repaired: Option<Json>, out: &mut Out) -> Result<(), CliError> {
+/// Prints a verify report; exit 3 if it found damage. `repair` is what
+/// `--repair` dropped (`Some(None)`: nothing needed repair).
+fn finish_verify(
+    report: &VerifyReport,
+    repair: Option<Option<RepairReport>>,
+    out: &mut Out,
+) -> Result<(), CliError> {
     if out.json {
-        let mut value = verify_json(report)?;
-        if let Some(repair) = repaired {
-            value["repair"] = repair;
-        }
-        out.json(&value)?;
+        out.json(&VerifyJson {
+            ok: report.is_ok(),
+            report,
+            repair,
+        })?;
     } else {
         for line in output::verify_lines(report) {
             out.line(line)?;
@@ -183,15 +186,15 @@ fn verify(data: &Path, a: &VerifyArgs, out: &mut Out) -> Result<(), CliError> {
         if !out.json {
             out.line("repair: nothing to repair")?;
         }
-        return finish_verify(&report, Some(Json::Null), out);
+        return finish_verify(&report, Some(None), out);
     }
     let repaired = repair(data, out)?;
     finish_verify(&mergekv::verify(data)?, Some(repaired), out)
 }
 
-/// Opens in repair mode and reports what was dropped (as JSON, for the
-/// final object; as text lines, right away).
-fn repair(data: &Path, out: &mut Out) -> Result<Json, CliError> {
+/// Opens in repair mode and reports what was dropped (as text lines right
+/// away; returned for the JSON object).
+fn repair(data: &Path, out: &mut Out) -> Result<Option<RepairReport>, CliError> {
     // Opening a directory without an identity file would create a new,
     // empty database there rather than repair anything.
     if !data.join("META").is_file() {
@@ -216,5 +219,5 @@ fn repair(data: &Path, out: &mut Out) -> Result<Json, CliError> {
             out.line(line)?;
         }
     }
-    serde_json::to_value(&recovery.repair).map_err(CliError::data)
+    Ok(recovery.repair)
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use mergekv::{Batch, Db, OutcomeKind, ScanOptions, Value};
-use serde_json::json;
+use serde::Serialize;
 
 use crate::args::LOAD_BATCH_OPS_DEFAULT;
 use crate::error::CliError;
@@ -33,11 +33,22 @@ type Snapshot = Vec<(&'static str, Vec<u8>, Value)>;
 /// A step's function: returns its one-line result.
 type StepFn<'o> = fn(&mut Demo<'o>) -> Result<String, CliError>;
 
+#[derive(Serialize)]
 struct Row {
     step: usize,
     what: &'static str,
     result: String,
     seconds: f64,
+}
+
+/// `demo`'s object under `--json`.
+#[derive(Serialize)]
+struct DemoJson<'a> {
+    ok: bool,
+    dir: &'a Path,
+    kept: bool,
+    seconds: f64,
+    steps: &'a [Row],
 }
 
 struct Demo<'o> {
@@ -101,12 +112,18 @@ impl<'o> Demo<'o> {
     fn run(&mut self) -> Result<(), CliError> {
         let steps: [(&'static str, StepFn<'o>); STEPS - 1] = [
             ("open a database", Demo::open_step),
-            ("put, get, delete and scan in two keyspaces", Demo::basics_step),
+            (
+                "put, get, delete and scan in two keyspaces",
+                Demo::basics_step,
+            ),
             ("increment one counter from 8 threads", Demo::counters_step),
             ("write 100k keys in load-style batches", Demo::load_step),
             ("retry an idempotent batch", Demo::idempotent_step),
             ("close and reopen", Demo::reopen_step),
-            ("simulate a crash: garbage at the end of the WAL", Demo::crash_step),
+            (
+                "simulate a crash: garbage at the end of the WAL",
+                Demo::crash_step,
+            ),
             ("verify the directory", Demo::verify_step),
         ];
         for (i, (what, f)) in steps.into_iter().enumerate() {
@@ -118,7 +135,9 @@ impl<'o> Demo<'o> {
     fn step(&mut self, step: usize, what: &'static str, f: StepFn<'o>) -> Result<(), CliError> {
         self.say(format_args!("[{step}/{STEPS}] {what}"))?;
         let started = Instant::now();
-        let result = f(self).map_err(|e| CliError::new(e.code, format_args!("step {step} ({what}): {}", e.message)))?;
+        let result = f(self).map_err(|e| {
+            CliError::new(e.code, format_args!("step {step} ({what}): {}", e.message))
+        })?;
         let seconds = started.elapsed().as_secs_f64();
         self.say(format_args!("      => {result} [{seconds:.2} s]"))?;
         self.rows.push(Row {
@@ -163,7 +182,10 @@ impl<'o> Demo<'o> {
         let mut all = Vec::new();
         for name in KEYSPACES {
             let ks = db.keyspace(name)?;
-            all.extend(ks.scan(&ScanOptions::all()).map(|e| (name, e.key().to_vec(), e.into_value())));
+            all.extend(
+                ks.scan(&ScanOptions::all())
+                    .map(|e| (name, e.key().to_vec(), e.into_value())),
+            );
         }
         Ok(all)
     }
@@ -172,37 +194,50 @@ impl<'o> Demo<'o> {
         let db = self.reopen()?;
         let (node, frames) = (db.node_id(), db.recovery_report().frames_replayed);
         let dir = self.dir.display().to_string();
-        self.say(format_args!("      directory {dir} ({frames} frames already there)"))?;
+        self.say(format_args!(
+            "      directory {dir} ({frames} frames already there)"
+        ))?;
         Ok(format!("node id {node}"))
     }
 
     fn basics_step(&mut self) -> Result<String, CliError> {
         let db = self.db()?.clone();
         let (users, orders) = (db.keyspace("users")?, db.keyspace("orders")?);
-        for (key, value) in [("ada", "Ada Lovelace"), ("alan", "Alan Turing"), ("grace", "Grace Hopper")] {
-            users.put(key, value)?;
-            self.say(format_args!("      put users/{key} = {value}"))?;
+        let puts = [
+            (&users, "ada", "Ada Lovelace"),
+            (&users, "alan", "Alan Turing"),
+            (&users, "grace", "Grace Hopper"),
+            (&orders, "ada", "3 analytical engines"),
+        ];
+        for (ks, key, value) in puts {
+            ks.put(key, value)?;
+            self.say(format_args!("      put {}/{key} = {value}", ks.name()))?;
         }
-        orders.put("ada", "3 analytical engines")?;
-        self.say("      put orders/ada = 3 analytical engines")?;
         let ada = users.get("ada").map(|v| text(&v)).unwrap_or_default();
         self.say(format_args!("      get users/ada -> {ada}"))?;
         ensure(ada == "Ada Lovelace", || format!("users/ada reads {ada:?}"))?;
         users.delete("grace")?;
         self.say("      del users/grace")?;
-        ensure(users.get("grace").is_none(), || "users/grace survived its delete".into())?;
-        ensure(orders.get("alan").is_none(), || "keyspaces are not isolated".into())?;
-        let names: Vec<String> = users.scan(&ScanOptions::prefix("a")).map(|e| text(e.key())).collect();
-        self.say(format_args!("      scan users --prefix a -> {}", names.join(", ")))?;
-        ensure(names == ["ada", "alan"], || format!("prefix scan gave {names:?}"))?;
-        Ok(format!("scan users/a* = [{}]; grace deleted; orders kept apart", names.join(", ")))
+        ensure(users.get("grace").is_none(), || "grace survived".into())?;
+        ensure(orders.get("alan").is_none(), || "keyspaces leak".into())?;
+        let names: Vec<String> = users
+            .scan(&ScanOptions::prefix("a"))
+            .map(|e| text(e.key()))
+            .collect();
+        let names = names.join(", ");
+        self.say(format_args!("      scan users --prefix a -> {names}"))?;
+        ensure(names == "ada, alan", || format!("prefix scan gave {names}"))?;
+        Ok(format!(
+            "scan users/a* = [{names}]; grace deleted; orders kept apart"
+        ))
     }
 
     fn counters_step(&mut self) -> Result<String, CliError> {
         let metrics = self.db()?.keyspace("metrics")?;
         let before = metrics.counter("hits");
         let started = Instant::now();
-        let work = || (0..INCREMENTS_PER_THREAD).try_for_each(|_| metrics.increment("hits", 1).map(drop));
+        let work =
+            || (0..INCREMENTS_PER_THREAD).try_for_each(|_| metrics.increment("hits", 1).map(drop));
         std::thread::scope(|s| {
             let workers: Vec<_> = (0..THREADS).map(|_| s.spawn(work)).collect();
             workers.into_iter().try_for_each(|w| match w.join() {
@@ -213,9 +248,16 @@ impl<'o> Demo<'o> {
         let rate = per_second((THREADS * INCREMENTS_PER_THREAD) as u64, started.elapsed());
         let after = metrics.counter("hits");
         let expected = before + (THREADS * INCREMENTS_PER_THREAD) as i64;
-        self.say(format_args!("      metrics/hits: {before} -> {after} ({rate:.0} increments/s)"))?;
-        ensure(after == expected, || format!("hits is {after}, expected {expected}"))?;
-        Ok(format!("{THREADS} threads x {INCREMENTS_PER_THREAD} increments: +{} exactly", after - before))
+        self.say(format_args!(
+            "      metrics/hits: {before} -> {after} ({rate:.0} increments/s)"
+        ))?;
+        ensure(after == expected, || {
+            format!("hits is {after}, expected {expected}")
+        })?;
+        Ok(format!(
+            "{THREADS} threads x {INCREMENTS_PER_THREAD} increments: +{} exactly",
+            after - before
+        ))
     }
 
     fn load_step(&mut self) -> Result<String, CliError> {
@@ -224,13 +266,19 @@ impl<'o> Demo<'o> {
         let mut progress = Progress::new(Some(LOAD_KEYS as u64));
         let mut loader = Loader::new(&db, "bulk", LOAD_BATCH_OPS_DEFAULT);
         for i in 0..LOAD_KEYS {
-            loader.put(format!("key-{i:06}").as_bytes(), format!("value-{i}").as_bytes())?;
+            loader.put(
+                format!("key-{i:06}").as_bytes(),
+                format!("value-{i}").as_bytes(),
+            )?;
             progress.update(loader.loaded, i as u64);
         }
         loader.flush()?;
         progress.finish(loader.loaded, LOAD_KEYS as u64);
         let elapsed = started.elapsed();
-        let count = db.keyspace("bulk")?.scan(&ScanOptions::prefix("key-")).count();
+        let count = db
+            .keyspace("bulk")?
+            .scan(&ScanOptions::prefix("key-"))
+            .count();
         ensure(count == LOAD_KEYS, || format!("bulk holds {count} keys"))?;
         Ok(format!(
             "{} keys in {} batches, {:.2} s ({:.0} keys/s)",
@@ -254,13 +302,28 @@ impl<'o> Demo<'o> {
         let first = db.write(batch.clone())?;
         let retry = db.write(batch)?;
         let (first, retry) = (first[0], retry[0]);
-        self.say(format_args!("      write  {id}: {:?} at seq {}", first.kind, first.seq))?;
-        self.say(format_args!("      retry  {id}: {:?} (seq {}, the original's)", retry.kind, retry.seq))?;
-        ensure(first.kind == OutcomeKind::Applied, || format!("first write was {:?}", first.kind))?;
-        ensure(retry.kind == OutcomeKind::Duplicate && retry.seq == first.seq, || format!("retry was {:?}", retry.kind))?;
+        self.say(format_args!(
+            "      write  {id}: {:?} at seq {}",
+            first.kind, first.seq
+        ))?;
+        self.say(format_args!(
+            "      retry  {id}: {:?} (seq {}, the original's)",
+            retry.kind, retry.seq
+        ))?;
+        ensure(first.kind == OutcomeKind::Applied, || {
+            format!("first write was {:?}", first.kind)
+        })?;
+        ensure(
+            retry.kind == OutcomeKind::Duplicate && retry.seq == first.seq,
+            || format!("retry was {:?}", retry.kind),
+        )?;
         let after = shop.counter("orders");
-        ensure(after == before + 1, || format!("orders went {before} -> {after}"))?;
-        Ok(format!("retry -> Duplicate; shop/orders counted once ({before} -> {after})"))
+        ensure(after == before + 1, || {
+            format!("orders went {before} -> {after}")
+        })?;
+        Ok(format!(
+            "retry -> Duplicate; shop/orders counted once ({before} -> {after})"
+        ))
     }
 
     fn reopen_step(&mut self) -> Result<String, CliError> {
@@ -271,7 +334,9 @@ impl<'o> Demo<'o> {
             report.segments_replayed, report.frames_replayed, report.ops_replayed
         ))?;
         let after = self.snapshot()?;
-        ensure(after == before, || "the state changed across a reopen".into())?;
+        ensure(after == before, || {
+            "the state changed across a reopen".into()
+        })?;
         Ok(format!(
             "{} frames / {} ops replayed; all {} keys and counters intact",
             report.frames_replayed,
@@ -285,14 +350,25 @@ impl<'o> Demo<'o> {
         self.close()?;
         let segment = last_segment(&self.dir)?;
         append_garbage(&segment)?;
-        self.say(format_args!("      appended {GARBAGE_BYTES} garbage bytes to {}", segment.display()))?;
+        self.say(format_args!(
+            "      appended {GARBAGE_BYTES} garbage bytes to {}",
+            segment.display()
+        ))?;
         let torn = self.reopen()?.recovery_report().torn_tail.clone();
         let torn = torn.ok_or_else(|| CliError::data("check failed: no torn tail was reported"))?;
-        self.say(format_args!("      reopen cut {} bytes at byte {}", torn.bytes_dropped, torn.offset_bytes))?;
-        ensure(torn.bytes_dropped == GARBAGE_BYTES as u64, || format!("{} bytes were cut", torn.bytes_dropped))?;
+        self.say(format_args!(
+            "      reopen cut {} bytes at byte {}",
+            torn.bytes_dropped, torn.offset_bytes
+        ))?;
+        ensure(torn.bytes_dropped == GARBAGE_BYTES as u64, || {
+            format!("{} bytes were cut", torn.bytes_dropped)
+        })?;
         let after = self.snapshot()?;
         ensure(after == before, || "acknowledged data was lost".into())?;
-        let name = segment.file_name().map(|n| text(n.as_encoded_bytes())).unwrap_or_default();
+        let name = segment
+            .file_name()
+            .map(|n| text(n.as_encoded_bytes()))
+            .unwrap_or_default();
         Ok(format!(
             "torn tail of {} bytes cut from {name}; all {} entries intact",
             torn.bytes_dropped,
@@ -303,7 +379,10 @@ impl<'o> Demo<'o> {
     fn verify_step(&mut self) -> Result<String, CliError> {
         self.close()?;
         let report = mergekv::verify(&self.dir)?;
-        let summary = format!("{} files, {} frames, {} ops", report.files_checked, report.frames, report.ops);
+        let summary = format!(
+            "{} files, {} frames, {} ops",
+            report.files_checked, report.frames, report.ops
+        );
         self.say(format_args!("      {summary}"))?;
         ensure(report.is_ok(), || report.problems.join("; "))?;
         Ok(format!("{summary}: ok"))
@@ -317,14 +396,22 @@ impl<'o> Demo<'o> {
         let cleanup = if keep {
             format!("kept {}", self.dir.display())
         } else {
-            std::fs::remove_dir_all(&self.dir)
-                .map_err(|e| CliError::data(format_args!("cannot remove {}: {e}", self.dir.display())))?;
+            std::fs::remove_dir_all(&self.dir).map_err(|e| {
+                CliError::data(format_args!("cannot remove {}: {e}", self.dir.display()))
+            })?;
             format!("removed {}", self.dir.display())
         };
         let seconds = started.elapsed().as_secs_f64();
         self.say(format_args!("demo finished in {seconds:.2} s; {cleanup}"))?;
         if self.out.json {
-            return self.out.json(&self.json(keep, seconds));
+            let json = DemoJson {
+                ok: true,
+                dir: &self.dir,
+                kept: keep,
+                seconds,
+                steps: &self.rows,
+            };
+            return self.out.json(&json);
         }
         Ok(())
     }
@@ -337,25 +424,20 @@ impl<'o> Demo<'o> {
         }
         lines
     }
-
-    fn json(&self, kept: bool, seconds: f64) -> serde_json::Value {
-        let steps: Vec<_> = self
-            .rows
-            .iter()
-            .map(|r| json!({"step": r.step, "what": r.what, "result": r.result, "seconds": r.seconds}))
-            .collect();
-        json!({"ok": true, "dir": self.dir, "kept": kept, "seconds": seconds, "steps": steps})
-    }
 }
 
 /// The highest-numbered `wal-*.seg` file under `dir/wal/`.
 fn last_segment(dir: &Path) -> Result<PathBuf, CliError> {
     let wal = dir.join("wal");
-    let entries = std::fs::read_dir(&wal).map_err(|e| CliError::data(format_args!("cannot list {}: {e}", wal.display())))?;
+    let entries = std::fs::read_dir(&wal)
+        .map_err(|e| CliError::data(format_args!("cannot list {}: {e}", wal.display())))?;
     entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
-            let name = p.file_name().map(|n| text(n.as_encoded_bytes())).unwrap_or_default();
+            let name = p
+                .file_name()
+                .map(|n| text(n.as_encoded_bytes()))
+                .unwrap_or_default();
             name.starts_with("wal-") && name.ends_with(".seg")
         })
         .max()
@@ -364,9 +446,16 @@ fn last_segment(dir: &Path) -> Result<PathBuf, CliError> {
 
 /// What a crash in the middle of a write leaves: bytes that are no frame.
 fn append_garbage(segment: &Path) -> Result<(), CliError> {
-    let fail = |e: std::io::Error| CliError::data(format_args!("cannot append to {}: {e}", segment.display()));
-    let mut file = OpenOptions::new().append(true).open(segment).map_err(fail)?;
-    let garbage: Vec<u8> = (0..GARBAGE_BYTES).map(|i| 0xA5 ^ (i as u8).wrapping_mul(31)).collect();
+    let fail = |e: std::io::Error| {
+        CliError::data(format_args!("cannot append to {}: {e}", segment.display()))
+    };
+    let mut file = OpenOptions::new()
+        .append(true)
+        .open(segment)
+        .map_err(fail)?;
+    let garbage: Vec<u8> = (0..GARBAGE_BYTES)
+        .map(|i| 0xA5 ^ (i as u8).wrapping_mul(31))
+        .collect();
     file.write_all(&garbage).map_err(fail)?;
     file.sync_all().map_err(fail)
 }

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use mergekv::command::validate_keyspace_name;
 use mergekv::{Batch, Db, Options};
-use serde_json::json;
+use serde::Serialize;
 
 use crate::args::LoadArgs;
 use crate::error::CliError;
@@ -96,7 +96,8 @@ fn open_input(file: &str) -> Result<Input, CliError> {
             size_bytes: None,
         });
     }
-    let f = File::open(file).map_err(|e| CliError::data(format_args!("cannot open {file}: {e}")))?;
+    let f =
+        File::open(file).map_err(|e| CliError::data(format_args!("cannot open {file}: {e}")))?;
     let size_bytes = f.metadata().ok().map(|m| m.len());
     Ok(Input {
         reader: Box::new(BufReader::with_capacity(1 << 20, f)),
@@ -105,9 +106,12 @@ fn open_input(file: &str) -> Result<Input, CliError> {
     })
 }
 
-/// Splits a line (without its line ending) into key and value; `Ok(None)`
+/// A line's key and value.
+type KeyValue<'l> = (&'l [u8], &'l [u8]);
+
+/// Splits a line (its line ending, LF or CRLF, dropped) into key and value; `Ok(None)`
 /// for a blank line.
-fn parse_line(line: &[u8]) -> Result<Option<(&[u8], &[u8])>, &'static str> {
+fn parse_line(line: &[u8]) -> Result<Option<KeyValue<'_>>, &'static str> {
     let line = line.strip_suffix(b"\n").unwrap_or(line);
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     if line.is_empty() {
@@ -144,7 +148,7 @@ fn check_sizes(key: &[u8], value: &[u8], options: &Options) -> Result<(), String
 }
 
 /// A line's key and value, checked; `Ok(None)` for a blank line.
-fn entry<'l>(line: &'l [u8], options: &Options) -> Result<Option<(&'l [u8], &'l [u8])>, String> {
+fn entry<'l>(line: &'l [u8], options: &Options) -> Result<Option<KeyValue<'l>>, String> {
     let Some((key, value)) = parse_line(line)? else {
         return Ok(None);
     };
@@ -188,7 +192,7 @@ fn bad_line(loader: &mut Loader, name: &str, number: u64, why: &str) -> CliError
         return e.into();
     }
     CliError::data(format_args!(
-        "{name}:{number}: malformed line: {why} (expected KEY<TAB>VALUE); the {} entries before it were loaded",
+        "{name}:{number}: malformed line: {why} (expected KEY<TAB>VALUE); {} entries from the lines before it were loaded",
         loader.loaded
     ))
 }
@@ -200,6 +204,15 @@ fn load_options(batch_ops: usize) -> Options {
         batch_ops_max: defaults.batch_ops_max.max(batch_ops),
         ..defaults
     }
+}
+
+/// `load`'s object under `--json`.
+#[derive(Serialize)]
+struct LoadJson {
+    loaded: u64,
+    batches: u64,
+    seconds: f64,
+    entries_per_second: f64,
 }
 
 /// `mergekv load FILE`.
@@ -220,10 +233,16 @@ pub fn load(data: &Path, args: &LoadArgs, out: &mut Out) -> Result<(), CliError>
     let rate = per_second(loaded, elapsed);
     let secs = elapsed.as_secs_f64();
     if out.json {
-        let value = json!({"loaded": loaded, "batches": batches, "seconds": secs, "entries_per_second": rate});
-        return out.json(&value);
+        return out.json(&LoadJson {
+            loaded,
+            batches,
+            seconds: secs,
+            entries_per_second: rate,
+        });
     }
-    out.line(format_args!("loaded {loaded} entries in {secs:.2} s ({rate:.0} entries/s)"))
+    out.line(format_args!(
+        "loaded {loaded} entries in {secs:.2} s ({rate:.0} entries/s)"
+    ))
 }
 
 #[cfg(test)]
@@ -232,7 +251,10 @@ mod tests {
 
     #[test]
     fn lines_split_at_the_first_tab() {
-        assert_eq!(parse_line(b"k\tv\tw\r\n"), Ok(Some((&b"k"[..], &b"v\tw"[..]))));
+        assert_eq!(
+            parse_line(b"k\tv\tw\r\n"),
+            Ok(Some((&b"k"[..], &b"v\tw"[..])))
+        );
         assert_eq!(parse_line(b"k\t\n"), Ok(Some((&b"k"[..], &b""[..]))));
         assert_eq!(parse_line(b"\n"), Ok(None));
         assert!(parse_line(b"novalue\n").is_err());

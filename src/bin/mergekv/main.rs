@@ -25,7 +25,10 @@ fn one_line_panics() {
             .map(|s| s.to_string())
             .or_else(|| info.payload().downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "unknown panic".into());
-        let place = info.location().map(|l| format!(" at {l}")).unwrap_or_default();
+        let place = info
+            .location()
+            .map(|l| format!(" at {l}"))
+            .unwrap_or_default();
         let line = format!("internal error (a bug): {what}{place}").replace('\n', " ");
         let _ = writeln!(std::io::stderr(), "mergekv: error: {line}");
     }));

@@ -31,8 +31,7 @@ impl Out {
 
     /// Writes `value` as one line of JSON.
     pub fn json(&mut self, value: &impl Serialize) -> Result<(), CliError> {
-        serde_json::to_writer(&mut self.w, value)
-            .map_err(|e| CliError::stdout(e.into()))?;
+        serde_json::to_writer(&mut self.w, value).map_err(|e| CliError::stdout(e.into()))?;
         self.line("")
     }
 
@@ -169,8 +168,14 @@ pub fn stats_lines(s: &Stats) -> Vec<(&'static str, String)> {
         ("dedup_entries", w.dedup_entries.to_string()),
         ("drift_max_ahead_ms", s.drift.max_ahead_ms.to_string()),
         ("drift_rejected", s.drift.rejected.to_string()),
-        ("drift_accepted_beyond_bound", s.drift.accepted_beyond_bound.to_string()),
-        ("poisoned", s.poisoned.clone().unwrap_or_else(|| "no".into())),
+        (
+            "drift_accepted_beyond_bound",
+            s.drift.accepted_beyond_bound.to_string(),
+        ),
+        (
+            "poisoned",
+            s.poisoned.clone().unwrap_or_else(|| "no".into()),
+        ),
     ]
 }
 
@@ -204,7 +209,11 @@ pub fn repair_lines(r: &RepairReport) -> Vec<String> {
     let later = if r.segments_dropped.is_empty() {
         String::new()
     } else {
-        let names: Vec<String> = r.segments_dropped.iter().map(|p| p.display().to_string()).collect();
+        let names: Vec<String> = r
+            .segments_dropped
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
         format!(", later segments dropped: {}", names.join(", "))
     };
     vec![

@@ -8,27 +8,32 @@ const REDRAW_INTERVAL: Duration = Duration::from_millis(100);
 /// Width of the bar, in characters.
 const BAR_WIDTH: usize = 30;
 
-/// Progress of a load: entries done, and bytes read out of a known total.
+/// Progress of a long write: entries written, and work done out of a known
+/// total (bytes of input for `load`, keys for `demo`).
 pub struct Progress {
     enabled: bool,
     started: Instant,
     last_draw: Option<Instant>,
-    total_bytes: Option<u64>,
+    total: Option<u64>,
+    /// A bar is on screen without its line ended.
+    open: bool,
 }
 
 impl Progress {
-    /// A progress bar; `total_bytes` (if known) gives the percentage.
-    pub fn new(total_bytes: Option<u64>) -> Self {
+    /// A progress bar; `total` (if known) gives the percentage. Without
+    /// it, `done` is shown as bytes read.
+    pub fn new(total: Option<u64>) -> Self {
         Progress {
             enabled: std::io::stderr().is_terminal(),
             started: Instant::now(),
             last_draw: None,
-            total_bytes: total_bytes.filter(|&t| t > 0),
+            total: total.filter(|&t| t > 0),
+            open: false,
         }
     }
 
     /// Redraws, unless the last redraw was less than 100 ms ago.
-    pub fn update(&mut self, entries: u64, bytes: u64) {
+    pub fn update(&mut self, entries: u64, done: u64) {
         if !self.enabled {
             return;
         }
@@ -37,28 +42,42 @@ impl Progress {
             return;
         }
         self.last_draw = Some(now);
-        self.draw(entries, bytes);
+        self.draw(entries, done);
     }
 
     /// Draws the final state and ends the line.
-    pub fn finish(&mut self, entries: u64, bytes: u64) {
+    pub fn finish(&mut self, entries: u64, done: u64) {
         if self.enabled {
-            self.draw(entries, bytes);
-            eprintln!();
+            self.draw(entries, done);
+            self.end_line();
         }
     }
 
-    fn draw(&self, entries: u64, bytes: u64) {
+    fn end_line(&mut self) {
+        if std::mem::take(&mut self.open) {
+            let _ = writeln!(std::io::stderr());
+        }
+    }
+
+    fn draw(&mut self, entries: u64, done: u64) {
+        self.open = true;
         let rate = per_second(entries, self.started.elapsed());
-        let bar = match self.total_bytes {
-            Some(total) => bar(bytes, total),
-            None => format!("{:.1} MiB read", bytes as f64 / (1024.0 * 1024.0)),
+        let bar = match self.total {
+            Some(total) => bar(done, total),
+            None => format!("{:.1} MiB read", done as f64 / (1024.0 * 1024.0)),
         };
-        let line = format!("\r{bar}  {entries} entries  {rate:.0} entries/s   ");
+        let line = format!("\r{bar}  {entries} entries  {rate:.0} entries/s\x1b[K");
         // Progress is a courtesy: a failed write to stderr changes nothing.
         let mut err = std::io::stderr().lock();
         let _ = err.write_all(line.as_bytes());
         let _ = err.flush();
+    }
+}
+
+impl Drop for Progress {
+    /// An error message after an unfinished bar starts on a line of its own.
+    fn drop(&mut self) {
+        self.end_line();
     }
 }
 

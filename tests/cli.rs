@@ -1,0 +1,506 @@
+//! The `mergekv` command-line program, through the built binary: output
+//! formats, exit codes (0 ok, 1 not found, 2 usage, 3 data or I/O), load,
+//! verify and repair, locking, and the demo.
+
+#![cfg(feature = "cli")]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value as Json;
+
+/// The outcome of one run of the binary.
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn from(output: Output) -> Run {
+        Run {
+            code: output.status.code().expect("killed by a signal"),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// Asserts the exit code, showing both streams otherwise.
+    fn expect(self, code: i32) -> Run {
+        assert_eq!(
+            self.code, code,
+            "exit code\n--- stdout:\n{}\n--- stderr:\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+
+    fn json(&self) -> Json {
+        serde_json::from_str(self.stdout.trim())
+            .unwrap_or_else(|e| panic!("not one JSON object ({e}): {:?}", self.stdout))
+    }
+
+    fn lines(&self) -> Vec<&str> {
+        self.stdout.lines().collect()
+    }
+
+    /// The error message is one `mergekv: error:` line, with no panic.
+    fn assert_one_line_error(&self) {
+        let lines: Vec<&str> = self.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "stderr: {:?}", self.stderr);
+        assert!(lines[0].starts_with("mergekv: error: "), "{}", lines[0]);
+        assert!(!self.stderr.contains("panicked"), "{}", self.stderr);
+    }
+}
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_mergekv"))
+}
+
+/// Runs `mergekv --data DIR ARGS...`.
+fn mkv(dir: &Path, args: &[&str]) -> Run {
+    Run::from(bin().arg("--data").arg(dir).args(args).output().unwrap())
+}
+
+/// Runs `mergekv --data DIR ARGS...` with `input` on stdin.
+fn mkv_stdin(dir: &Path, args: &[&str], input: &[u8]) -> Run {
+    let mut child = bin()
+        .arg("--data")
+        .arg(dir)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    Run::from(child.wait_with_output().unwrap())
+}
+
+fn db_dir() -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("db");
+    (tmp, dir)
+}
+
+/// The highest-numbered WAL segment of a database.
+fn last_segment(dir: &Path) -> PathBuf {
+    let mut segments: Vec<PathBuf> = std::fs::read_dir(dir.join("wal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy();
+            name.starts_with("wal-") && name.ends_with(".seg")
+        })
+        .collect();
+    segments.sort();
+    segments.pop().expect("no segment")
+}
+
+#[test]
+fn put_get_round_trip() {
+    let (_tmp, dir) = db_dir();
+    let put = mkv(&dir, &["put", "greeting", "hello world"]).expect(0);
+    assert_eq!(put.stdout, "", "put is silent in text mode");
+    assert_eq!(
+        mkv(&dir, &["get", "greeting"]).expect(0).stdout,
+        "hello world\n"
+    );
+    // Values may start with '-'; the latest put wins.
+    mkv(&dir, &["put", "greeting", "-1"]).expect(0);
+    assert_eq!(mkv(&dir, &["get", "greeting"]).expect(0).stdout, "-1\n");
+}
+
+#[test]
+fn default_data_dir_is_under_the_working_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| Run::from(bin().current_dir(tmp.path()).args(args).output().unwrap());
+    run(&["put", "k", "v"]).expect(0);
+    assert!(tmp.path().join("mergekv-data").join("wal").is_dir());
+    assert_eq!(run(&["get", "k"]).expect(0).stdout, "v\n");
+}
+
+#[test]
+fn get_of_a_missing_key_exits_1() {
+    let (_tmp, dir) = db_dir();
+    let run = mkv(&dir, &["get", "nothing"]).expect(1);
+    assert_eq!(run.stdout, "");
+    assert!(run.stderr.contains("not found"), "{}", run.stderr);
+}
+
+#[test]
+fn del_then_get_exits_1() {
+    let (_tmp, dir) = db_dir();
+    mkv(&dir, &["put", "k", "v"]).expect(0);
+    assert_eq!(mkv(&dir, &["del", "k"]).expect(0).stdout, "");
+    mkv(&dir, &["get", "k"]).expect(1);
+}
+
+#[test]
+fn incr_prints_the_new_value() {
+    let (_tmp, dir) = db_dir();
+    assert_eq!(mkv(&dir, &["incr", "hits"]).expect(0).stdout, "1\n");
+    assert_eq!(mkv(&dir, &["incr", "hits", "10"]).expect(0).stdout, "11\n");
+    assert_eq!(mkv(&dir, &["incr", "hits", "-15"]).expect(0).stdout, "-4\n");
+    // `get` on a counter prints the counter.
+    assert_eq!(mkv(&dir, &["get", "hits"]).expect(0).stdout, "-4\n");
+}
+
+#[test]
+fn keyspaces_are_isolated() {
+    let (_tmp, dir) = db_dir();
+    mkv(&dir, &["put", "--keyspace", "users", "ada", "Ada"]).expect(0);
+    mkv(&dir, &["put", "-k", "orders", "ada", "3 engines"]).expect(0);
+    mkv(&dir, &["get", "ada"]).expect(1);
+    let users = mkv(&dir, &["get", "--keyspace", "users", "ada"]).expect(0);
+    assert_eq!(users.stdout, "Ada\n");
+    let orders = mkv(&dir, &["get", "--keyspace", "orders", "ada"]).expect(0);
+    assert_eq!(orders.stdout, "3 engines\n");
+    mkv(&dir, &["del", "-k", "users", "ada"]).expect(0);
+    mkv(&dir, &["get", "-k", "users", "ada"]).expect(1);
+    mkv(&dir, &["get", "-k", "orders", "ada"]).expect(0);
+}
+
+#[test]
+fn scan_bounds_order_and_limit() {
+    let (_tmp, dir) = db_dir();
+    let input = b"apple\t1\napricot\t2\navocado\t3\nbanana\t4\nblueberry\t5\ncherry\t6\n";
+    mkv_stdin(&dir, &["load", "-"], input).expect(0);
+    mkv(&dir, &["del", "avocado"]).expect(0);
+    mkv(&dir, &["incr", "counter", "7"]).expect(0);
+    mkv(&dir, &["put", "-k", "other", "apple", "x"]).expect(0);
+    let scan = |args: &[&str]| {
+        let mut all = vec!["scan"];
+        all.extend_from_slice(args);
+        mkv(&dir, &all).expect(0).stdout
+    };
+    assert_eq!(
+        scan(&[]),
+        "apple\t1\napricot\t2\nbanana\t4\nblueberry\t5\ncherry\t6\ncounter\t7\n"
+    );
+    assert_eq!(scan(&["--prefix", "a"]), "apple\t1\napricot\t2\n");
+    assert_eq!(
+        scan(&["--start", "b", "--end", "c"]),
+        "banana\t4\nblueberry\t5\n"
+    );
+    assert_eq!(
+        scan(&["--start", "banana"]).lines().next(),
+        Some("banana\t4")
+    );
+    assert_eq!(scan(&["--end", "apricot"]), "apple\t1\n");
+    assert_eq!(
+        scan(&["--reverse", "--limit", "3"]),
+        "counter\t7\ncherry\t6\nblueberry\t5\n"
+    );
+    assert_eq!(
+        scan(&["--prefix", "b", "--reverse"]),
+        "blueberry\t5\nbanana\t4\n"
+    );
+    assert_eq!(scan(&["--limit", "0"]), "");
+    assert_eq!(scan(&["-k", "other"]), "apple\tx\n");
+}
+
+#[test]
+fn stats_prints_keys_and_node_id() {
+    let (_tmp, dir) = db_dir();
+    mkv(&dir, &["put", "a", "1"]).expect(0);
+    mkv(&dir, &["put", "b", "2"]).expect(0);
+    mkv(&dir, &["incr", "c"]).expect(0);
+    mkv(&dir, &["del", "b"]).expect(0);
+    let stats = mkv(&dir, &["stats"]).expect(0);
+    let field = |name: &str| {
+        let prefix = format!("{name}: ");
+        stats
+            .lines()
+            .iter()
+            .find_map(|l| l.strip_prefix(&prefix).map(str::to_string))
+            .unwrap_or_else(|| panic!("no {name} in {}", stats.stdout))
+    };
+    assert_eq!(field("keys"), "2");
+    assert_eq!(field("counters"), "1");
+    assert_eq!(field("tombstones"), "1");
+    assert_eq!(field("last_seq"), "4");
+    assert_eq!(field("node_id").len(), 16);
+    for name in [
+        "segments",
+        "wal_bytes",
+        "synced_seq",
+        "hlc",
+        "sync_mode",
+        "dedup_entries",
+        "poisoned",
+    ] {
+        field(name);
+    }
+    let json = mkv(&dir, &["--json", "stats"]).expect(0).json();
+    assert_eq!(json["keys"], 2);
+    assert_eq!(json["node_id"].as_str(), Some(field("node_id").as_str()));
+    assert_eq!(json["wal"]["last_seq"], 4);
+}
+
+#[test]
+fn json_output_is_one_object_per_command() {
+    let (_tmp, dir) = db_dir();
+    let put = mkv(&dir, &["--json", "put", "k", "v"]).expect(0).json();
+    assert_eq!(put["outcome"], "applied");
+    assert_eq!(put["seq"], 1);
+    assert!(
+        put["stamp"].as_str().is_some_and(|s| s.contains('@')),
+        "{put}"
+    );
+    // --json is global: it may come after the subcommand too.
+    let incr = mkv(&dir, &["incr", "n", "-3", "--json"]).expect(0).json();
+    assert_eq!(
+        (incr["outcome"].as_str(), incr["counter"].as_i64()),
+        (Some("applied"), Some(-3))
+    );
+    let get = mkv(&dir, &["--json", "get", "k"]).expect(0).json();
+    assert_eq!(
+        (
+            get["found"].as_bool(),
+            get["kind"].as_str(),
+            get["value"].as_str()
+        ),
+        (Some(true), Some("bytes"), Some("v"))
+    );
+    let counter = mkv(&dir, &["--json", "get", "n"]).expect(0).json();
+    assert_eq!(
+        (counter["kind"].as_str(), counter["value"].as_i64()),
+        (Some("counter"), Some(-3))
+    );
+    let missing = mkv(&dir, &["--json", "get", "zz"]).expect(1).json();
+    assert_eq!(missing["found"], false);
+    let scan = mkv(&dir, &["--json", "scan"]).expect(0).json();
+    assert_eq!(scan["count"], 2);
+    assert_eq!(scan["entries"][0]["key"], "k");
+    assert_eq!(scan["entries"][1]["value"], -3);
+    let del = mkv(&dir, &["--json", "del", "k"]).expect(0).json();
+    assert_eq!(del["outcome"], "removed");
+    let verify = mkv(&dir, &["--json", "verify"]).expect(0).json();
+    assert_eq!(
+        (verify["ok"].as_bool(), verify["frames"].as_u64()),
+        (Some(true), Some(3))
+    );
+    let load = mkv_stdin(&dir, &["--json", "load", "-"], b"x\t1\n")
+        .expect(0)
+        .json();
+    assert_eq!(load["loaded"], 1);
+}
+
+#[test]
+fn load_from_a_file_and_from_stdin() {
+    let (tmp, dir) = db_dir();
+    let file = tmp.path().join("data.tsv");
+    let mut text = String::new();
+    for i in 0..2500 {
+        text.push_str(&format!("key-{i:05}\tvalue {i}\n"));
+    }
+    std::fs::write(&file, text).unwrap();
+    let load = mkv(&dir, &["load", file.to_str().unwrap(), "--batch", "1000"]).expect(0);
+    assert!(
+        load.stdout.starts_with("loaded 2500 entries in "),
+        "{}",
+        load.stdout
+    );
+    assert!(
+        load.stdout.trim_end().ends_with("entries/s)"),
+        "{}",
+        load.stdout
+    );
+    assert_eq!(
+        load.stderr, "",
+        "no progress bar when stderr is not a terminal"
+    );
+    assert_eq!(mkv(&dir, &["scan"]).expect(0).lines().len(), 2500);
+    assert_eq!(
+        mkv(&dir, &["get", "key-01234"]).expect(0).stdout,
+        "value 1234\n"
+    );
+    // Stdin: CRLF endings, blank lines, tabs inside values, a key repeated
+    // within one batch (the later line wins).
+    let input = b"s1\tone\r\n\ns2\ttwo\tparts\ns1\tuno\n";
+    let json = mkv_stdin(&dir, &["--json", "load", "-"], input)
+        .expect(0)
+        .json();
+    assert_eq!(json["loaded"], 3);
+    assert_eq!(
+        mkv(&dir, &["scan", "--prefix", "s"]).expect(0).stdout,
+        "s1\tuno\ns2\ttwo\tparts\n"
+    );
+    assert_eq!(mkv(&dir, &["scan"]).expect(0).lines().len(), 2502);
+}
+
+#[test]
+fn a_malformed_load_line_exits_3_naming_file_and_line() {
+    let (tmp, dir) = db_dir();
+    let file = tmp.path().join("bad.tsv");
+    std::fs::write(&file, "a\t1\nb\t2\nno tab here\nc\t3\n").unwrap();
+    let run = mkv(&dir, &["load", file.to_str().unwrap()]).expect(3);
+    run.assert_one_line_error();
+    assert!(run.stderr.contains("bad.tsv:3"), "{}", run.stderr);
+    // The lines before the bad one were loaded; the ones after were not.
+    mkv(&dir, &["get", "b"]).expect(0);
+    mkv(&dir, &["get", "c"]).expect(1);
+    let stdin = mkv_stdin(&dir, &["load", "-"], b"d\t4\n\tempty key\n").expect(3);
+    assert!(stdin.stderr.contains("<stdin>:2"), "{}", stdin.stderr);
+    let missing = mkv(
+        &dir,
+        &["load", tmp.path().join("nope.tsv").to_str().unwrap()],
+    )
+    .expect(3);
+    assert!(missing.stderr.contains("nope.tsv"), "{}", missing.stderr);
+}
+
+#[test]
+fn bad_usage_exits_2() {
+    let (_tmp, dir) = db_dir();
+    mkv(&dir, &["frobnicate"]).expect(2);
+    mkv(&dir, &["put", "only-a-key"]).expect(2);
+    mkv(&dir, &["get"]).expect(2);
+    mkv(&dir, &[]).expect(2);
+    mkv(&dir, &["incr", "k", "not-a-number"]).expect(2);
+    mkv(&dir, &["scan", "--limit", "many"]).expect(2);
+    mkv(&dir, &["load", "x", "--batch", "0"]).expect(2);
+    assert!(!dir.exists(), "a usage error must not create the database");
+}
+
+#[test]
+fn invalid_keyspace_name_exits_2() {
+    let (_tmp, dir) = db_dir();
+    for name in ["has space", "_reserved", ""] {
+        let run = mkv(&dir, &["put", "--keyspace", name, "k", "v"]).expect(2);
+        run.assert_one_line_error();
+        assert!(run.stderr.contains("keyspace"), "{}", run.stderr);
+    }
+    mkv(&dir, &["get", "-k", "a/b", "k"]).expect(2);
+    mkv(&dir, &["scan", "-k", "a/b"]).expect(2);
+}
+
+#[test]
+fn verify_a_healthy_directory_exits_0() {
+    let (_tmp, dir) = db_dir();
+    for i in 0..3 {
+        mkv(&dir, &["put", &format!("k{i}"), "v"]).expect(0);
+    }
+    let run = mkv(&dir, &["verify"]).expect(0);
+    assert!(run.stdout.contains("3 frames, 3 ops"), "{}", run.stdout);
+    assert!(run.stdout.contains("result: ok"), "{}", run.stdout);
+    // Verify never creates anything: an empty directory is not a database.
+    let (_tmp2, empty) = db_dir();
+    mkv(&empty, &["verify"]).expect(3).assert_one_line_error();
+}
+
+#[test]
+fn a_damaged_segment_is_reported_refused_and_repaired() {
+    let (_tmp, dir) = db_dir();
+    for i in 0..5 {
+        mkv(&dir, &["put", &format!("k{i}"), &format!("v{i}")]).expect(0);
+    }
+    // Flip a byte inside the first frame's header (the segment header is
+    // 32 bytes): valid frames follow, so this is damage, not a torn tail.
+    let segment = last_segment(&dir);
+    let name = segment.file_name().unwrap().to_string_lossy().into_owned();
+    let mut bytes = std::fs::read(&segment).unwrap();
+    bytes[40] ^= 0xFF;
+    std::fs::write(&segment, bytes).unwrap();
+
+    let verify = mkv(&dir, &["verify"]).expect(3);
+    assert!(verify.stdout.contains(&name), "{}", verify.stdout);
+    verify.assert_one_line_error();
+    assert!(verify.stderr.contains(&name), "{}", verify.stderr);
+
+    let get = mkv(&dir, &["get", "k4"]).expect(3);
+    get.assert_one_line_error();
+    assert!(
+        get.stderr.contains(&name) && get.stderr.contains("damaged at byte 32"),
+        "{}",
+        get.stderr
+    );
+
+    let repair = mkv(&dir, &["verify", "--repair"]).expect(0);
+    assert!(repair.stdout.contains(&name), "{}", repair.stdout);
+    assert!(repair.stdout.contains("dropped"), "{}", repair.stdout);
+    assert!(dir.join("quarantine").is_dir());
+    mkv(&dir, &["verify"]).expect(0);
+    mkv(&dir, &["put", "after", "repair"]).expect(0);
+    mkv(&dir, &["get", "after"]).expect(0);
+}
+
+#[test]
+fn a_locked_directory_exits_3_naming_it() {
+    let (_tmp, dir) = db_dir();
+    let db = mergekv::Db::open(&dir).unwrap();
+    let run = mkv(&dir, &["put", "k", "v"]).expect(3);
+    run.assert_one_line_error();
+    assert!(
+        run.stderr.contains(&dir.display().to_string()),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("already open"), "{}", run.stderr);
+    drop(db);
+    mkv(&dir, &["put", "k", "v"]).expect(0);
+}
+
+#[test]
+fn demo_runs_to_completion_in_a_given_dir() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("demo");
+    let run = Run::from(bin().args(["demo", "--dir"]).arg(&dir).output().unwrap()).expect(0);
+    for step in 1..=9 {
+        assert!(
+            run.stdout.contains(&format!("[{step}/9]")),
+            "step {step}: {}",
+            run.stdout
+        );
+    }
+    for needle in [
+        "summary",
+        "Duplicate",
+        "torn tail",
+        "2000",
+        "100000 keys",
+        ": ok",
+    ] {
+        assert!(run.stdout.contains(needle), "{needle}: {}", run.stdout);
+    }
+    assert!(dir.join("wal").is_dir(), "--dir is kept");
+    mkv(&dir, &["verify"]).expect(0);
+    assert_eq!(
+        mkv(&dir, &["get", "-k", "metrics", "hits"])
+            .expect(0)
+            .stdout,
+        "2000\n"
+    );
+}
+
+#[test]
+fn demo_without_dir_cleans_up_its_temp_dir() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = Run::from(
+        bin()
+            .arg("--json")
+            .arg("demo")
+            .env("TMPDIR", tmp.path())
+            .output()
+            .unwrap(),
+    )
+    .expect(0);
+    let json = run.json();
+    assert_eq!(
+        (json["ok"].as_bool(), json["kept"].as_bool()),
+        (Some(true), Some(false))
+    );
+    assert_eq!(json["steps"].as_array().map(Vec::len), Some(8));
+    assert!(
+        json["dir"]
+            .as_str()
+            .is_some_and(|d| d.contains("mergekv-demo-"))
+    );
+    assert_eq!(
+        std::fs::read_dir(tmp.path()).unwrap().count(),
+        0,
+        "temp dir removed"
+    );
+}
