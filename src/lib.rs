@@ -53,6 +53,7 @@
 //! byte layouts.
 
 #![deny(unsafe_code)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 #![warn(missing_docs)]
 
 pub mod clock;
@@ -68,6 +69,11 @@ mod state;
 pub mod verify;
 mod wal;
 mod worker;
+
+/// The README's examples, compiled as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 pub use clock::{DriftPolicy, ManualClock, NodeId, Stamp, SystemClock, WallClock};
 pub use command::{Batch, DEFAULT_KEYSPACE, Op, OpKind, Outcome, OutcomeKind};
