@@ -31,6 +31,11 @@ pub enum Error {
         /// The database directory.
         dir: PathBuf,
     },
+    /// The directory holds no database and `create_if_missing` is false.
+    NotADatabase {
+        /// The directory.
+        dir: PathBuf,
+    },
     /// A file is damaged in a way recovery must not guess about.
     Corruption {
         /// The damaged file.
@@ -136,6 +141,11 @@ impl std::fmt::Display for Error {
             Error::Locked { dir } => write!(
                 f,
                 "database directory {} is already open (by this or another process)",
+                dir.display()
+            ),
+            Error::NotADatabase { dir } => write!(
+                f,
+                "{} holds no mergekv database (no META file)",
                 dir.display()
             ),
             Error::Corruption {

@@ -77,6 +77,9 @@ pub struct Options {
     pub drift_policy: DriftPolicy,
     /// What to do with a damaged WAL on open.
     pub recovery_mode: RecoveryMode,
+    /// Create the database if the directory holds none; if false, opening a
+    /// directory without one fails with [`crate::Error::NotADatabase`].
+    pub create_if_missing: bool,
     /// The wall clock the HLC reads.
     pub wall_clock: Arc<dyn WallClock>,
     /// Injected file-system failures, for tests.
@@ -110,6 +113,7 @@ impl Default for Options {
             max_drift_ms: 500,
             drift_policy: DriftPolicy::Reject,
             recovery_mode: RecoveryMode::Strict,
+            create_if_missing: true,
             wall_clock: Arc::new(SystemClock),
             faults: None,
         }

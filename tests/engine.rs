@@ -430,14 +430,32 @@ fn limits_and_bad_names_are_typed_errors() {
         db.write(Batch::new()),
         Err(Error::InvalidCommand { .. })
     ));
-    let mut overflow = Batch::new();
-    overflow.increment("c", i64::MAX);
-    db.write(overflow.clone()).unwrap();
-    db.write(overflow.clone()).unwrap();
+    db.increment("c", i64::MAX).unwrap();
     assert!(matches!(
-        db.write(overflow.clone()).and(db.write(overflow)),
+        db.increment("c", 1),
         Err(Error::CounterOverflow { .. })
     ));
+    assert_eq!(
+        db.counter("c"),
+        i64::MAX,
+        "a refused increment changes nothing"
+    );
+    assert_eq!(db.increment("c", -1).unwrap().counter, Some(i64::MAX - 1));
+    db.increment("low", i64::MIN + 1).unwrap();
+    assert!(matches!(
+        db.increment("low", -2),
+        Err(Error::CounterOverflow { .. })
+    ));
+    let absent = dir.path().join("absent");
+    let no_create = Options {
+        create_if_missing: false,
+        ..opts()
+    };
+    assert!(matches!(
+        Db::open_with(&absent, no_create),
+        Err(Error::NotADatabase { .. })
+    ));
+    assert!(!absent.exists(), "nothing was created");
 }
 
 #[test]

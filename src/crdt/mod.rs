@@ -113,13 +113,28 @@ impl Counter {
     /// Saturates at the `i64` range (only reachable by merging copies whose
     /// combined increments overflow).
     pub fn value(&self) -> i64 {
+        let exact = self.exact_value();
+        exact.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
+    }
+
+    /// The counter's value without saturation (it can leave the `i64` range
+    /// only by merging copies whose combined increments overflow).
+    pub fn exact_value(&self) -> i128 {
         let mut sum: i128 = 0;
         for t in &self.totals {
             let (fp, fn_) = self.floor_of(t.node);
             sum += i128::from(t.p.saturating_sub(fp));
             sum -= i128::from(t.n.saturating_sub(fn_));
         }
-        sum.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
+        sum
+    }
+
+    /// Replaces (or adds) one node's totals, keeping the order by node.
+    pub fn set_totals(&mut self, totals: NodeTotals) {
+        match self.totals.binary_search_by_key(&totals.node, |t| t.node) {
+            Ok(i) => self.totals[i] = totals,
+            Err(i) => self.totals.insert(i, totals),
+        }
     }
 
     /// The floor recorded for `node`, `(0, 0)` if none.

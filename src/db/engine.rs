@@ -255,6 +255,14 @@ impl Engine {
             n,
             stamp: stamp.max(base.stamp),
         };
+        let mut after = self
+            .state
+            .read(key, |s| s.and_then(|s| s.counter.as_deref().cloned()))
+            .unwrap_or_default();
+        after.set_totals(totals);
+        if i64::try_from(after.exact_value()).is_err() {
+            return Err(overflow());
+        }
         let entry = pending.entry(key.clone()).or_insert(PendingCounter {
             totals,
             in_flight: 0,

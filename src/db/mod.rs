@@ -69,6 +69,9 @@ impl Db {
     pub fn open_with(dir: impl AsRef<Path>, options: Options) -> Result<Db> {
         let dir = dir.as_ref().to_path_buf();
         let io = Io::new(options.faults.clone());
+        if !options.create_if_missing && io.read_if_exists(&meta::meta_path(&dir))?.is_none() {
+            return Err(Error::NotADatabase { dir });
+        }
         io.create_dir_all(&dir)?;
         let lock = meta::lock_dir(&io, &dir)?;
         let wal_dir = dir.join(WAL_DIR);

@@ -195,16 +195,10 @@ fn verify(data: &Path, a: &VerifyArgs, out: &mut Out) -> Result<(), CliError> {
 /// Opens in repair mode and reports what was dropped (as text lines right
 /// away; returned for the JSON object).
 fn repair(data: &Path, out: &mut Out) -> Result<Option<RepairReport>, CliError> {
-    // Opening a directory without an identity file would create a new,
-    // empty database there rather than repair anything.
-    if !data.join("META").is_file() {
-        return Err(CliError::data(format_args!(
-            "cannot repair {}: it has no META identity file (not a mergekv database?)",
-            data.display()
-        )));
-    }
+    // Repairing must never create a new, empty database instead.
     let options = Options {
         recovery_mode: RecoveryMode::Repair,
+        create_if_missing: false,
         ..Options::default()
     };
     let db = Db::open_with(data, options)?;
