@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use crate::clock::{DriftPolicy, SystemClock, WallClock};
+use crate::error::{Error, Result};
 use crate::io::FaultInjector;
 
 /// When a write counts as durable.
@@ -88,6 +89,40 @@ pub struct Options {
 
 /// Longest keyspace name, in bytes.
 pub const KEYSPACE_NAME_BYTES_MAX: usize = 64;
+
+/// Room a store key needs beyond the key itself (keyspace name and length).
+const STORE_KEY_OVERHEAD_BYTES: usize = 1 + KEYSPACE_NAME_BYTES_MAX;
+
+impl Options {
+    /// Checks that the limits are ones the WAL reader accepts, so nothing
+    /// can be acknowledged that a reopen would then refuse as damage.
+    pub fn validate(&self) -> Result<()> {
+        use crate::wal::format::{FRAME_OPS_MAX, FRAME_PAYLOAD_BYTES_MAX, RECORD_KEY_BYTES_MAX};
+        let check = |limit: &'static str, actual: usize, max: usize| {
+            if actual > max {
+                Err(Error::limit(limit, actual, max))
+            } else {
+                Ok(())
+            }
+        };
+        check(
+            "key_size_bytes_max",
+            self.key_size_bytes_max,
+            RECORD_KEY_BYTES_MAX - STORE_KEY_OVERHEAD_BYTES,
+        )?;
+        check(
+            "batch_bytes_max",
+            self.batch_bytes_max,
+            FRAME_PAYLOAD_BYTES_MAX / 2,
+        )?;
+        check(
+            "value_size_bytes_max",
+            self.value_size_bytes_max,
+            self.batch_bytes_max,
+        )?;
+        check("batch_ops_max", self.batch_ops_max, FRAME_OPS_MAX as usize)
+    }
+}
 
 impl Default for Options {
     fn default() -> Self {

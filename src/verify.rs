@@ -67,14 +67,11 @@ pub fn verify(dir: impl AsRef<Path>) -> Result<VerifyReport> {
         report.frames += 1;
         report.ops += payload.records.len() as u64;
     };
-    let result = recovery::replay(
-        &io,
-        &wal_dir,
-        meta.node,
-        RecoveryMode::Strict,
-        false,
-        &mut count,
-    );
+    let mode = recovery::ReplayMode {
+        recovery: RecoveryMode::Strict,
+        modify: false,
+    };
+    let result = recovery::replay(&io, &wal_dir, meta.node, mode, &mut count);
     let segments = recovery::list_segments(&io, &wal_dir).map_or(0, |s| s.len());
     report.files_checked += segments;
     match result {

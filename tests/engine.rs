@@ -497,3 +497,110 @@ fn typed_values_round_trip() {
         Err(Error::Decode { .. })
     ));
 }
+
+#[test]
+fn a_duplicate_increment_does_not_raise_the_base_of_one_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open_with(
+        dir.path(),
+        Options {
+            worker_threads: 0,
+            // Keeps the next increment in flight while the retry arrives.
+            group_commit_delay_us: 300_000,
+            ..opts()
+        },
+    )
+    .unwrap();
+    let mut idempotent = Batch::new();
+    idempotent.increment("k", 5).idempotency_key("retry-me");
+    db.write(idempotent.clone()).unwrap();
+    let in_flight = {
+        let db = db.clone();
+        std::thread::spawn(move || db.increment("k", 1).unwrap())
+    };
+    // Wait (on a condition, not a clock) until that increment is queued.
+    while db.stats().wal.last_seq < 2 {
+        std::thread::yield_now();
+    }
+    assert_eq!(
+        db.write(idempotent).unwrap()[0].kind,
+        OutcomeKind::Duplicate
+    );
+    db.increment("k", 1).unwrap();
+    in_flight.join().unwrap();
+    assert_eq!(
+        db.counter("k"),
+        7,
+        "5 + 1 + 1: the duplicate counts nothing"
+    );
+    drop(db);
+    assert_eq!(Db::open(dir.path()).unwrap().counter("k"), 7);
+}
+
+#[test]
+fn idempotency_holds_for_batches_with_old_explicit_stamps() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path()).unwrap();
+    let now = db.put("x", "1").unwrap().stamp.physical_ms;
+    let mut batch = Batch::new();
+    batch
+        .increment("hits", 1)
+        .idempotency_key("import-7")
+        .with_stamp(Stamp {
+            physical_ms: now - 60 * 60 * 1000, // an hour old: older than the window
+            logical: 0,
+            node: NodeId(42),
+        });
+    assert_eq!(
+        db.write(batch.clone()).unwrap()[0].kind,
+        OutcomeKind::Applied
+    );
+    assert_eq!(
+        db.write(batch.clone()).unwrap()[0].kind,
+        OutcomeKind::Duplicate
+    );
+    drop(db);
+    let db = Db::open(dir.path()).unwrap();
+    assert_eq!(db.write(batch).unwrap()[0].kind, OutcomeKind::Duplicate);
+    assert_eq!(db.counter("hits"), 1);
+}
+
+#[test]
+fn limits_the_wal_reader_would_refuse_are_refused_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let too_big = Options {
+        key_size_bytes_max: 4 * 1024 * 1024,
+        ..opts()
+    };
+    assert!(matches!(
+        Db::open_with(dir.path(), too_big),
+        Err(Error::LimitExceeded {
+            limit: "key_size_bytes_max",
+            ..
+        })
+    ));
+    // The largest key the options allow survives a reopen.
+    let largest = Options {
+        key_size_bytes_max: 1024 * 1024 - 65,
+        ..opts()
+    };
+    let key = vec![b'k'; largest.key_size_bytes_max];
+    {
+        let db = Db::open_with(dir.path(), largest.clone()).unwrap();
+        db.put(&key, "v").unwrap();
+    }
+    let db = Db::open_with(dir.path(), largest).unwrap();
+    assert_eq!(db.get(&key).as_deref(), Some(&b"v"[..]));
+}
+
+#[test]
+fn inverted_ranges_scan_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path()).unwrap();
+    db.put("m", "1").unwrap();
+    assert_eq!(db.scan(&ScanOptions::range("z", "a")).count(), 0);
+    assert_eq!(db.scan(&ScanOptions::range("z", "a").reversed()).count(), 0);
+    let mut prefix_past_end = ScanOptions::prefix("b");
+    prefix_past_end.end = Some(b"a".to_vec());
+    assert_eq!(db.scan(&prefix_past_end).count(), 0);
+}

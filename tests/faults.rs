@@ -213,3 +213,38 @@ fn failing_read_during_open_is_a_typed_error() {
         Some(&b"1"[..])
     );
 }
+
+#[test]
+fn after_a_failed_write_interval_mode_still_syncs_what_it_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = FaultInjector::new();
+    let db = Db::open_with(dir.path(), with_faults(&faults, SyncMode::Interval(60_000))).unwrap();
+    for i in 0..10 {
+        db.put(format!("k{i}"), "v").unwrap(); // acknowledged, not yet synced
+    }
+    let syncs_before = faults.count(IoOp::Sync);
+    faults.fail_nth(IoOp::Write, 1);
+    assert!(matches!(db.put("bad", "v"), Err(Error::Poisoned { .. })));
+    assert!(db.close().is_err(), "close reports the poison");
+    assert!(
+        faults.count(IoOp::Sync) > syncs_before,
+        "acknowledged writes were never fsynced"
+    );
+}
+
+#[test]
+fn after_a_failed_fsync_nothing_is_fsynced_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = FaultInjector::new();
+    let db = Db::open_with(dir.path(), with_faults(&faults, SyncMode::Always)).unwrap();
+    db.put("a", "1").unwrap();
+    faults.fail_nth(IoOp::Sync, 1);
+    assert!(db.put("b", "2").is_err());
+    let syncs_after_failure = faults.count(IoOp::Sync);
+    assert!(db.close().is_err());
+    assert_eq!(
+        faults.count(IoOp::Sync),
+        syncs_after_failure,
+        "a failed fsync must not be retried"
+    );
+}

@@ -280,3 +280,131 @@ fn verify_reports_damage_without_changing_anything() {
     assert!(bad.problems[0].contains("wal-00000000000000000001.seg"));
     assert_eq!(std::fs::read(&seg).unwrap(), before);
 }
+
+#[test]
+fn a_flipped_bit_in_a_last_frame_of_zeros_is_corruption_not_a_torn_tail() {
+    let src = tempfile::tempdir().unwrap();
+    let frame_start;
+    {
+        let db = Db::open(src.path()).unwrap();
+        db.put("a", "1").unwrap();
+        frame_start = db.stats().wal.wal_bytes as usize;
+        db.put("zeros", vec![0u8; 4096]).unwrap();
+    }
+    let seg = segments(src.path()).pop().unwrap();
+    for at in [
+        frame_start + 8,
+        frame_start + 100,
+        frame_start + 2000,
+        frame_start + 4000,
+    ] {
+        let copy = copy_db(src.path());
+        let seg_copy = rebase(&seg, src.path(), copy.path());
+        flip_byte(&seg_copy, at);
+        match Db::open(copy.path()) {
+            Err(Error::Corruption { offset_bytes, .. }) => {
+                assert_eq!(offset_bytes, frame_start as u64)
+            }
+            other => panic!(
+                "flip at {at}: expected corruption, got {:?}",
+                other.map(|_| ())
+            ),
+        }
+    }
+}
+
+fn repair_options() -> Options {
+    Options {
+        recovery_mode: RecoveryMode::Repair,
+        ..Options::default()
+    }
+}
+
+#[test]
+fn repair_never_reuses_the_sequence_numbers_of_a_damaged_frame() {
+    // The damaged frame is the last one, and then the only one of its segment.
+    for keys in [&["a", "b", "c"][..], &["a"][..]] {
+        let src = tempfile::tempdir().unwrap();
+        let mut last_seq = 0;
+        {
+            let db = Db::open(src.path()).unwrap();
+            for k in keys {
+                last_seq = db.put(k, "some value").unwrap().seq;
+            }
+        }
+        let seg = segments(src.path()).pop().unwrap();
+        let len = std::fs::metadata(&seg).unwrap().len() as usize;
+        flip_byte(&seg, len - 3);
+        let db = Db::open_with(src.path(), repair_options()).expect("repair opens in one go");
+        assert!(db.recovery_report().repair.is_some());
+        let seq = db.put("after", "repair").unwrap().seq;
+        assert!(
+            seq > last_seq,
+            "seq {seq} reuses a quarantined one (last was {last_seq})"
+        );
+        drop(db);
+        let db = Db::open(src.path()).unwrap();
+        assert_eq!(db.get("after").as_deref(), Some(&b"repair"[..]));
+        assert_eq!(db.get(keys[keys.len() - 1]), None);
+    }
+}
+
+#[test]
+fn a_crash_during_repair_leaves_the_damage_found_again_and_the_gap_declared() {
+    use mergekv::{FaultInjector, IoOp};
+    let src = tempfile::tempdir().unwrap();
+    let sizes = three_batches(src.path());
+    let seg = segments(src.path()).pop().unwrap();
+    flip_byte(&seg, sizes[1] as usize + 35);
+    // Fail the truncation of the damaged segment: the new segment already exists.
+    let faults = FaultInjector::new();
+    faults.fail_nth(IoOp::Truncate, 1);
+    let failing = Options {
+        faults: Some(faults),
+        ..repair_options()
+    };
+    assert!(matches!(
+        Db::open_with(src.path(), failing),
+        Err(Error::Io {
+            op: IoOp::Truncate,
+            ..
+        })
+    ));
+    assert!(
+        matches!(Db::open(src.path()), Err(Error::Corruption { .. })),
+        "still damaged"
+    );
+    let db = Db::open_with(src.path(), repair_options()).unwrap();
+    assert!(db.put("g", "1").unwrap().seq > 6);
+    assert_eq!(present(&db, &["a", "b"]), [true, false]);
+}
+
+#[test]
+fn sequence_numbers_at_the_top_of_the_range_are_an_error_not_a_panic() {
+    let src = tempfile::tempdir().unwrap();
+    {
+        let db = Db::open(src.path()).unwrap();
+        db.put("a", "1").unwrap();
+    }
+    let seg = segments(src.path()).pop().unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let max = u64::MAX;
+    // Segment header: first seq at 20, crc at 28; frame header at 32: first
+    // seq at +8, header crc at +24 (docs/FORMAT.md).
+    bytes[20..28].copy_from_slice(&max.to_le_bytes());
+    let crc = crc32c::crc32c(&bytes[..28]);
+    bytes[28..32].copy_from_slice(&crc.to_le_bytes());
+    bytes[40..48].copy_from_slice(&max.to_le_bytes());
+    let crc = crc32c::crc32c(&bytes[32..56]);
+    bytes[56..60].copy_from_slice(&crc.to_le_bytes());
+    std::fs::remove_file(&seg).unwrap();
+    std::fs::write(
+        src.path().join("wal").join(format!("wal-{max:020}.seg")),
+        &bytes,
+    )
+    .unwrap();
+    match Db::open(src.path()) {
+        Err(Error::Corruption { reason, .. }) => assert!(reason.contains("overflow"), "{reason}"),
+        other => panic!("expected corruption, got {:?}", other.map(|_| ())),
+    }
+}

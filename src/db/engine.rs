@@ -12,10 +12,10 @@
 //! increment holds that lock from computing its totals until the WAL has
 //! assigned its place, so totals grow in log order.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 
 use crate::clock::{Hlc, NodeId, Stamp};
 use crate::command::{Batch, OpKind, Outcome, OutcomeKind};
@@ -34,7 +34,14 @@ pub(crate) struct Engine {
     pub wal: Wal,
     pub state: State,
     pending_counters: Mutex<HashMap<StoreKey, PendingCounter>>,
+    /// First sequence numbers of idempotent batches that are queued but not
+    /// yet applied; `applied` is signalled when one leaves.
+    unapplied: Mutex<HashSet<u64>>,
+    applied: Condvar,
 }
+
+/// The node totals a batch's increments produce, by key.
+type NewTotals = Vec<(StoreKey, NodeTotals)>;
 
 /// This node's latest totals for a counter with increments in flight.
 struct PendingCounter {
@@ -48,6 +55,9 @@ struct Prepared {
     records: Vec<Record>,
     appended: Appended,
     counter_keys: Vec<StoreKey>,
+    /// Queued with an idempotency key: listed in `unapplied` until applied,
+    /// so a duplicate can wait for it (read-your-writes after a retry).
+    tracked: bool,
 }
 
 impl Engine {
@@ -59,6 +69,8 @@ impl Engine {
             wal,
             state,
             pending_counters: Mutex::new(HashMap::new()),
+            unapplied: Mutex::new(HashSet::new()),
+            applied: Condvar::new(),
         }
     }
 
@@ -77,13 +89,16 @@ impl Engine {
         let durable = wait_seq.map_or(Ok(()), |seq| self.wal.wait_durable(seq));
         let results = match durable {
             Ok(()) => self.apply_all(&prepared),
-            Err(e) => prepared
-                .iter()
-                .map(|p| match p {
-                    Ok(_) => Err(e.clone()),
-                    Err(own) => Err(own.clone()),
-                })
-                .collect(),
+            Err(e) => {
+                self.mark_applied(&prepared);
+                prepared
+                    .iter()
+                    .map(|p| match p {
+                        Ok(_) => Err(e.clone()),
+                        Err(own) => Err(own.clone()),
+                    })
+                    .collect()
+            }
         };
         for p in prepared.iter().flatten() {
             self.release_counters(&p.counter_keys);
@@ -104,40 +119,36 @@ impl Engine {
             .ops
             .iter()
             .any(|op| matches!(op.kind, OpKind::Increment(_)));
-        let mut pending = self.pending_counters.lock();
-        let (records, counter_keys) = self.resolve(&batch, stamp, &mut pending)?;
-        let request = |records: &[Record]| AppendRequest {
-            payload: encode_payload(dedup_id.as_ref(), records),
+        // A batch with an increment keeps the counter lock until the WAL has
+        // placed it, so totals are computed in log order: a crash that loses
+        // this frame loses every later frame built on its totals too. Its new
+        // totals become visible to other writers only once it is queued, so
+        // a duplicate or a refused batch leaves no trace.
+        let guard = self.pending_counters.lock();
+        let (records, new_totals) = self.resolve(&batch, stamp, &guard)?;
+        let mut pending = has_increment.then_some(guard);
+        let dedup = dedup_id.as_ref().map(|id| (id, now_ms));
+        let appended = self.wal.append(AppendRequest {
+            payload: encode_payload(dedup, &records)?,
             op_count: records.len() as u32,
             dedup_id: dedup_id.as_ref(),
             stamp,
             now_ms,
-        };
-        let appended = if has_increment {
-            // Keep the counter lock until the WAL has placed this batch, so
-            // that the order in which totals are computed is the order of
-            // the log: a crash that loses this frame loses every later frame
-            // built on its totals too, and no writer builds on totals of a
-            // duplicate, which is never written.
-            let appended = self.wal.append(request(&records));
-            if !matches!(appended, Ok(Appended::Queued { .. })) {
-                release_locked(&mut pending, &counter_keys);
-            }
-            drop(pending);
-            appended?
-        } else {
-            drop(pending);
-            self.wal.append(request(&records))?
-        };
-        let counter_keys = match appended {
-            Appended::Queued { .. } => counter_keys,
-            Appended::Duplicate(_) => Vec::new(),
-        };
+        })?;
+        let mut counter_keys = Vec::new();
+        if let (Appended::Queued { .. }, Some(guard)) = (appended, pending.as_mut()) {
+            counter_keys = register_totals(guard, new_totals);
+        }
+        drop(pending);
+        if let (Appended::Queued { first_seq, .. }, Some(_)) = (appended, dedup_id) {
+            self.unapplied.lock().insert(first_seq);
+        }
         Ok(Prepared {
             stamp,
             records,
             appended,
             counter_keys,
+            tracked: dedup_id.is_some(),
         })
     }
 
@@ -152,40 +163,39 @@ impl Engine {
         }
     }
 
-    /// Turns each operation into the record the WAL stores.
+    /// Turns each operation into the record the WAL stores, and lists the
+    /// node totals its increments produce.
     fn resolve(
         &self,
         batch: &Batch,
         stamp: Stamp,
-        pending: &mut HashMap<StoreKey, PendingCounter>,
-    ) -> Result<(Vec<Record>, Vec<StoreKey>)> {
+        pending: &HashMap<StoreKey, PendingCounter>,
+    ) -> Result<(Vec<Record>, NewTotals)> {
         let mut records = Vec::with_capacity(batch.ops.len());
-        let mut counter_keys = Vec::new();
+        let mut new_totals = Vec::new();
         for op in &batch.ops {
+            let key = &op.store_key;
             let delta = match &op.kind {
-                OpKind::Put(value) => {
-                    self.register_delta(&op.store_key, stamp, Some(value.clone()), pending)
-                }
-                OpKind::Delete => self.register_delta(&op.store_key, stamp, None, pending),
+                OpKind::Put(value) => self.register_delta(key, stamp, Some(value.clone()), pending),
+                OpKind::Delete => self.register_delta(key, stamp, None, pending),
                 OpKind::Increment(delta) => {
-                    match self.counter_delta(&op.store_key, stamp, *delta, pending) {
-                        Ok(d) => {
-                            counter_keys.push(op.store_key.clone());
-                            d
-                        }
-                        Err(e) => {
-                            release_locked(pending, &counter_keys);
-                            return Err(e);
-                        }
+                    let totals = self.counter_totals(key, stamp, *delta, pending)?;
+                    new_totals.push((key.clone(), totals));
+                    KeyState {
+                        register: None,
+                        counter: Some(Box::new(Counter {
+                            totals: vec![totals],
+                            floor: Vec::new(),
+                        })),
                     }
                 }
             };
             records.push(Record {
-                store_key: op.store_key.clone(),
+                store_key: key.clone(),
                 delta,
             });
         }
-        Ok((records, counter_keys))
+        Ok((records, new_totals))
     }
 
     /// A put or delete, carrying the counter totals it observed as the floor.
@@ -217,28 +227,30 @@ impl Engine {
         }
     }
 
-    /// An increment, as this node's new totals.
-    fn counter_delta(
+    /// An increment, as this node's new totals; refused if the counter
+    /// would leave the `i64` range.
+    fn counter_totals(
         &self,
         key: &StoreKey,
         stamp: Stamp,
         delta: i64,
-        pending: &mut HashMap<StoreKey, PendingCounter>,
-    ) -> Result<KeyState> {
+        pending: &HashMap<StoreKey, PendingCounter>,
+    ) -> Result<NodeTotals> {
         let node = self.node;
-        let base = match pending.get(key) {
-            Some(p) => Some(p.totals),
-            None => self.state.read(key, |s| {
-                s.and_then(|s| s.counter.as_ref())
-                    .and_then(|c| c.totals_of(node))
-            }),
-        };
-        let base = base.unwrap_or(NodeTotals {
-            node,
-            p: 0,
-            n: 0,
-            stamp: Stamp::ZERO,
-        });
+        let current = self
+            .state
+            .read(key, |s| s.and_then(|s| s.counter.as_deref().cloned()))
+            .unwrap_or_default();
+        let base = pending
+            .get(key)
+            .map(|p| p.totals)
+            .or_else(|| current.totals_of(node))
+            .unwrap_or(NodeTotals {
+                node,
+                p: 0,
+                n: 0,
+                stamp: Stamp::ZERO,
+            });
         let overflow = || Error::CounterOverflow {
             key: crate::command::split_store_key(key)
                 .map_or_else(|| key.to_vec(), |(_, k)| k.to_vec()),
@@ -255,27 +267,12 @@ impl Engine {
             n,
             stamp: stamp.max(base.stamp),
         };
-        let mut after = self
-            .state
-            .read(key, |s| s.and_then(|s| s.counter.as_deref().cloned()))
-            .unwrap_or_default();
+        let mut after = current;
         after.set_totals(totals);
         if i64::try_from(after.exact_value()).is_err() {
             return Err(overflow());
         }
-        let entry = pending.entry(key.clone()).or_insert(PendingCounter {
-            totals,
-            in_flight: 0,
-        });
-        entry.totals = totals;
-        entry.in_flight += 1;
-        Ok(KeyState {
-            register: None,
-            counter: Some(Box::new(Counter {
-                totals: vec![totals],
-                floor: Vec::new(),
-            })),
-        })
+        Ok(totals)
     }
 
     fn release_counters(&self, keys: &[StoreKey]) {
@@ -294,6 +291,9 @@ impl Engine {
             .map(|p| p.records.as_slice())
             .collect();
         let mut applied = self.state.apply_many(&queued).into_iter();
+        // Our own batches are applied before we wait for anyone else's, so
+        // two workers holding each other's duplicates cannot wait in a cycle.
+        self.mark_applied(prepared);
         prepared
             .iter()
             .map(|p| {
@@ -318,11 +318,35 @@ impl Engine {
             .collect()
     }
 
+    /// Takes queued idempotent batches off the unapplied list.
+    fn mark_applied(&self, prepared: &[Result<Prepared>]) {
+        let mut unapplied = self.unapplied.lock();
+        for p in prepared.iter().flatten().filter(|p| p.tracked) {
+            if let Appended::Queued { first_seq, .. } = p.appended {
+                unapplied.remove(&first_seq);
+            }
+        }
+        self.applied.notify_all();
+    }
+
+    /// Waits until the batch starting at `first_seq` has been applied (or
+    /// the database is poisoned), so a duplicate reply never precedes the
+    /// visibility of the original.
+    fn wait_applied(&self, first_seq: u64) {
+        let mut unapplied = self.unapplied.lock();
+        while unapplied.contains(&first_seq) && self.wal.check_usable().is_ok() {
+            // The timeout re-checks for poison, which does not signal here.
+            self.applied
+                .wait_for(&mut unapplied, std::time::Duration::from_millis(50));
+        }
+    }
+
     fn duplicate_outcomes(
         &self,
         p: &Prepared,
         original: crate::wal::dedup::DedupEntry,
     ) -> Vec<Outcome> {
+        self.wait_applied(original.first_seq);
         p.records
             .iter()
             .enumerate()
@@ -345,6 +369,24 @@ impl Engine {
             })
             .collect()
     }
+}
+
+/// Makes a queued batch's new totals the base for later increments.
+fn register_totals(
+    pending: &mut HashMap<StoreKey, PendingCounter>,
+    new_totals: NewTotals,
+) -> Vec<StoreKey> {
+    let mut keys = Vec::with_capacity(new_totals.len());
+    for (key, totals) in new_totals {
+        let entry = pending.entry(key.clone()).or_insert(PendingCounter {
+            totals,
+            in_flight: 0,
+        });
+        entry.totals = totals;
+        entry.in_flight += 1;
+        keys.push(key);
+    }
+    keys
 }
 
 fn release_locked(pending: &mut HashMap<StoreKey, PendingCounter>, keys: &[StoreKey]) {

@@ -22,7 +22,7 @@ use crate::meta::{self, DirLock};
 use crate::options::{Options, SyncMode};
 use crate::state::State;
 use crate::wal::dedup::{DedupEntry, DedupWindow};
-use crate::wal::format::{FramePayload, SEGMENT_FLAG_AFTER_REPAIR};
+use crate::wal::format::FramePayload;
 use crate::wal::recovery::{self, RecoveryReport};
 use crate::wal::{WAL_DIR, Wal, WalStart, WalStats};
 use crate::worker::Pool;
@@ -68,6 +68,7 @@ impl Db {
     /// `options.recovery_mode` is `Repair`).
     pub fn open_with(dir: impl AsRef<Path>, options: Options) -> Result<Db> {
         let dir = dir.as_ref().to_path_buf();
+        options.validate()?;
         let io = Io::new(options.faults.clone());
         if !options.create_if_missing && io.read_if_exists(&meta::meta_path(&dir))?.is_none() {
             return Err(Error::NotADatabase { dir });
@@ -430,29 +431,32 @@ fn recover(io: &Io, wal_dir: &Path, node: NodeId, options: &Options) -> Result<R
             .filter_map(|r| r.delta.newest_stamp())
             .max();
         max_stamp = max_stamp.max(batch_stamp);
-        if let (Some(id), Some(stamp)) = (payload.dedup_id, batch_stamp) {
+        if let (Some(mark), Some(stamp)) = (payload.dedup, batch_stamp) {
             let entry = DedupEntry {
                 first_seq,
                 op_count: payload.records.len() as u32,
                 stamp,
+                seen_ms: mark.seen_ms,
             };
-            dedup.insert(id, entry, now_ms);
+            dedup.insert(mark.id, entry, now_ms);
         }
         pending.extend(payload.records);
         if pending.len() >= REPLAY_CHUNK_RECORDS {
             state.replay(std::mem::take(&mut pending));
         }
     };
-    let replayed = recovery::replay(io, wal_dir, node, options.recovery_mode, true, &mut apply)?;
+    let mode = recovery::ReplayMode {
+        recovery: options.recovery_mode,
+        modify: true,
+    };
+    let replayed = recovery::replay(io, wal_dir, node, mode, &mut apply)?;
     state.replay(pending);
-    let repaired = replayed.report.repair.is_some();
     Ok(Recovered {
         state,
         wal_start: WalStart {
             next_seq: replayed.next_seq,
             segments: replayed.segments,
             dedup,
-            fresh_segment_flags: repaired.then_some(SEGMENT_FLAG_AFTER_REPAIR),
         },
         max_stamp,
         report: replayed.report,

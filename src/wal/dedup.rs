@@ -1,8 +1,9 @@
 //! The dedup window: which idempotency keys were committed recently.
 //!
 //! Keyed by the blake3 content id of a batch's idempotency key, bounded both
-//! by age (`dedup_window_ms`, measured on the batch's HLC stamp) and by entry
-//! count. Rebuilt on open from the WAL, so a retry after a restart is still
+//! by age (`dedup_window_ms`, measured from the local time the batch was
+//! received, which is logged with it: not from its stamp, which may be old
+//! if it came from another node) and by entry count. Rebuilt on open from the WAL, so a retry after a restart is still
 //! caught. Pure: the caller passes the time in.
 
 use std::collections::{HashMap, VecDeque};
@@ -18,6 +19,8 @@ pub struct DedupEntry {
     pub op_count: u32,
     /// The batch's stamp.
     pub stamp: Stamp,
+    /// Local wall time when the batch was received, in ms since the epoch.
+    pub seen_ms: u64,
 }
 
 /// A bounded map from content id to the batch that carried it.
@@ -71,7 +74,7 @@ impl DedupWindow {
                 continue;
             }
             let too_many = self.entries.len() > self.entries_max;
-            let too_old = entry.stamp.physical_ms.saturating_add(self.window_ms) < now_ms;
+            let too_old = entry.seen_ms.saturating_add(self.window_ms) < now_ms;
             if !(too_many || too_old) {
                 break;
             }
@@ -91,10 +94,11 @@ mod tests {
             first_seq: seq,
             op_count: 1,
             stamp: Stamp {
-                physical_ms: ms,
+                physical_ms: 0,
                 logical: 0,
                 node: NodeId(1),
             },
+            seen_ms: ms,
         }
     }
 

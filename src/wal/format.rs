@@ -8,6 +8,7 @@ use std::sync::Arc;
 use crate::clock::{NodeId, Stamp};
 use crate::codec::{DecodeError, Reader, Writer};
 use crate::crdt::{Counter, KeyState, NodeTotals, Register};
+use crate::error::{Error, Result};
 use crate::state::StoreKey;
 
 /// First eight bytes of every segment.
@@ -67,6 +68,11 @@ pub struct SegmentHeader {
 pub const FRAME_FLAG_ENCRYPTED: u16 = 1;
 /// Largest frame payload a reader accepts; a length above it is damage.
 pub const FRAME_PAYLOAD_BYTES_MAX: usize = 256 * 1024 * 1024;
+/// The fewest bytes a record can take (flags, key length, a one-byte store
+/// key), which bounds how many operations a frame can hold.
+pub const RECORD_BYTES_MIN: usize = 1 + 4 + 1;
+/// Most operations one frame can hold.
+pub const FRAME_OPS_MAX: u64 = (FRAME_PAYLOAD_BYTES_MAX / RECORD_BYTES_MIN) as u64;
 /// Longest key a reader accepts, whatever the writer's configured limit.
 pub const RECORD_KEY_BYTES_MAX: usize = 1024 * 1024;
 
@@ -85,11 +91,20 @@ pub struct Record {
     pub delta: KeyState,
 }
 
+/// A batch's idempotency mark, as logged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DedupMark {
+    /// blake3 of the batch's idempotency key.
+    pub id: [u8; 32],
+    /// Local wall time when the batch was received, in ms since the epoch.
+    pub seen_ms: u64,
+}
+
 /// The decoded payload of one frame: one atomic batch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FramePayload {
-    /// blake3 of the batch's idempotency key, if it had one.
-    pub dedup_id: Option<[u8; 32]>,
+    /// The batch's idempotency mark, if it had a key.
+    pub dedup: Option<DedupMark>,
     /// The batch's records, one per operation.
     pub records: Vec<Record>,
 }
@@ -250,20 +265,32 @@ fn parse_frame_header(bytes: &[u8]) -> Result<FrameHeader, DecodeError> {
 }
 
 /// Encodes a frame payload.
-pub fn encode_payload(dedup_id: Option<&[u8; 32]>, records: &[Record]) -> Vec<u8> {
+///
+/// `dedup` is the batch's dedup id and the local time it was received,
+/// from which the dedup window measures its age. Fails if the payload would
+/// exceed [`FRAME_PAYLOAD_BYTES_MAX`].
+pub fn encode_payload(dedup: Option<(&[u8; 32], u64)>, records: &[Record]) -> Result<Vec<u8>> {
     let estimate: usize = records.iter().map(record_size_estimate).sum();
-    let mut w = Writer::with_capacity(1 + 32 + estimate);
-    match dedup_id {
-        Some(id) => {
+    let mut w = Writer::with_capacity(1 + 40 + estimate);
+    match dedup {
+        Some((id, seen_ms)) => {
             w.u8(PAYLOAD_HAS_DEDUP_ID);
             w.bytes(id);
+            w.u64(seen_ms);
         }
         None => w.u8(0),
     }
     for record in records {
         encode_record(&mut w, record);
     }
-    w.into_vec()
+    if w.len() > FRAME_PAYLOAD_BYTES_MAX {
+        return Err(Error::limit(
+            "frame_payload_bytes_max",
+            w.len(),
+            FRAME_PAYLOAD_BYTES_MAX,
+        ));
+    }
+    Ok(w.into_vec())
 }
 
 fn record_size_estimate(record: &Record) -> usize {
@@ -286,16 +313,19 @@ pub fn decode_payload(bytes: &[u8], op_count: u32) -> Result<FramePayload, Decod
             format!("unknown payload flags {flags:#x}"),
         ));
     }
-    let dedup_id = if flags & PAYLOAD_HAS_DEDUP_ID != 0 {
+    let dedup = if flags & PAYLOAD_HAS_DEDUP_ID != 0 {
         let mut id = [0u8; 32];
         id.copy_from_slice(r.take(32)?);
-        Some(id)
+        Some(DedupMark {
+            id,
+            seen_ms: r.u64()?,
+        })
     } else {
         None
     };
-    // Each record takes at least 5 bytes, so a count beyond that is damage,
-    // and refusing it first keeps the allocation below bounded.
-    if op_count as usize > r.remaining() / 5 {
+    // A count that cannot fit the payload is damage; refusing it first keeps
+    // the allocation below bounded.
+    if op_count as usize > r.remaining() / RECORD_BYTES_MIN {
         return Err(Reader::invalid(
             0,
             format!("op count {op_count} does not fit the payload"),
@@ -311,7 +341,7 @@ pub fn decode_payload(bytes: &[u8], op_count: u32) -> Result<FramePayload, Decod
             "trailing bytes after the last record",
         ));
     }
-    Ok(FramePayload { dedup_id, records })
+    Ok(FramePayload { dedup, records })
 }
 
 /// Encodes a stamp (20 bytes).
@@ -496,15 +526,15 @@ mod tests {
     fn payload_round_trip() {
         let records = sample_records();
         let id = [9u8; 32];
-        let bytes = encode_payload(Some(&id), &records);
+        let bytes = encode_payload(Some((&id, 77)), &records).unwrap();
         let decoded = decode_payload(&bytes, 3).unwrap();
-        assert_eq!(decoded.dedup_id, Some(id));
+        assert_eq!(decoded.dedup, Some(DedupMark { id, seen_ms: 77 }));
         assert_eq!(decoded.records, records);
     }
 
     #[test]
     fn frame_round_trip_and_damage() {
-        let payload = encode_payload(None, &sample_records());
+        let payload = encode_payload(None, &sample_records()).unwrap();
         let mut out = Vec::new();
         encode_frame(&mut out, 42, 3, &payload);
         let (header, body) = read_frame(&out).unwrap();
@@ -537,7 +567,7 @@ mod tests {
 
     #[test]
     fn payload_decoder_survives_every_truncation() {
-        let bytes = encode_payload(None, &sample_records());
+        let bytes = encode_payload(None, &sample_records()).unwrap();
         for len in 0..bytes.len() {
             assert!(decode_payload(&bytes[..len], 3).is_err());
         }

@@ -15,6 +15,7 @@ pub mod format;
 pub mod recovery;
 
 use std::collections::VecDeque;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +24,7 @@ use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use crate::clock::{NodeId, Stamp};
 use crate::error::{Error, Result};
-use crate::io::{Io, IoFile};
+use crate::io::{Io, IoFile, IoOp};
 use crate::options::{Options, SyncMode};
 use dedup::{DedupEntry, DedupWindow};
 use format::{FRAME_HEADER_BYTES, SEGMENT_HEADER_BYTES};
@@ -132,6 +133,8 @@ struct Shared {
     written_seq: u64,
     synced_seq: u64,
     poisoned: Option<Arc<str>>,
+    /// An fsync failed: never fsync again (see `sync_written`).
+    sync_failed: bool,
     closed: bool,
     dedup: DedupWindow,
     writer: Option<SegmentWriter>,
@@ -164,9 +167,6 @@ pub struct WalStart {
     pub segments: Vec<SegmentInfo>,
     /// The rebuilt dedup window.
     pub dedup: DedupWindow,
-    /// Start a fresh segment with these flags instead of appending to the
-    /// last one (after a repair, whose sequence gap the new segment declares).
-    pub fresh_segment_flags: Option<u16>,
 }
 
 impl Wal {
@@ -189,16 +189,13 @@ impl Wal {
                 .max(SEGMENT_HEADER_BYTES as u64 + 1),
         };
         let mut sealed = start.segments;
-        let writer = match (start.fresh_segment_flags, sealed.pop()) {
-            (None, Some(last)) => SegmentWriter {
+        let writer = match sealed.pop() {
+            Some(last) => SegmentWriter {
                 file: io.open_append(&last.path)?,
                 first_seq: last.first_seq,
                 size_bytes: last.size_bytes,
             },
-            (flags, last) => {
-                sealed.extend(last);
-                create_segment(&io, dir, node, start.next_seq, flags.unwrap_or(0))?
-            }
+            None => create_segment(&io, dir, node, start.next_seq, 0)?,
         };
         let last_seq = start.next_seq.saturating_sub(1);
         let shared = Shared {
@@ -209,6 +206,7 @@ impl Wal {
             written_seq: last_seq,
             synced_seq: last_seq,
             poisoned: None,
+            sync_failed: false,
             closed: false,
             dedup: start.dedup,
             writer: Some(writer),
@@ -249,7 +247,13 @@ impl Wal {
         }
         let first_seq = st.next_seq;
         let op_count = req.op_count.max(1);
-        st.next_seq += u64::from(op_count);
+        st.next_seq = first_seq
+            .checked_add(u64::from(op_count))
+            .ok_or(Error::LimitExceeded {
+                limit: "sequence numbers",
+                actual: first_seq,
+                max: u64::MAX - u64::from(op_count),
+            })?;
         st.pending_bytes += req.payload.len() + FRAME_HEADER_BYTES;
         st.pending.push_back(PendingFrame {
             first_seq,
@@ -261,6 +265,7 @@ impl Wal {
                 first_seq,
                 op_count,
                 stamp: req.stamp,
+                seen_ms: req.now_ms,
             };
             st.dedup.insert(*id, entry, req.now_ms);
         }
@@ -306,6 +311,12 @@ impl Wal {
 
     /// One round as group-commit leader: write (and maybe sync) one group.
     fn lead(&self, st: &mut MutexGuard<'_, Shared>) {
+        let Some(mut writer) = st.writer.take() else {
+            // Only a leader takes the writer, and it always puts it back.
+            poison(st, "WAL segment writer missing", false);
+            self.cond.notify_all();
+            return;
+        };
         st.leader_active = true;
         if self.limits.group_delay_us > 0 && st.pending.len() < self.limits.group_frames_max {
             // Give concurrent writers a moment to join this group.
@@ -314,16 +325,23 @@ impl Wal {
         }
         let group = self.take_group(st);
         self.cond.notify_all(); // queue space was freed
-        let Some(mut writer) = st.writer.take() else {
-            st.leader_active = false;
-            return;
-        };
         let sync = self.limits.sync_mode == SyncMode::Always;
-        let result = MutexGuard::unlocked(st, || self.write_group(&mut writer, &group, sync));
+        // A panic while writing must not leave `leader_active` set, or every
+        // waiter (and close) would wait forever: it becomes a poison instead.
+        let result = MutexGuard::unlocked(st, || {
+            catch_unwind(AssertUnwindSafe(|| {
+                self.write_group(&mut writer, &group, sync)
+            }))
+            .unwrap_or_else(|_| {
+                Err(Error::Poisoned {
+                    cause: Arc::from("panic while writing the WAL"),
+                })
+            })
+        });
         st.writer = Some(writer);
         match result {
             Ok(outcome) => record_group(st, &group, outcome, sync),
-            Err(e) => st.poisoned = Some(Arc::from(e.to_string())),
+            Err(e) => poison(st, &e.to_string(), is_sync_failure(&e)),
         }
         st.leader_active = false;
         self.cond.notify_all();
@@ -405,36 +423,39 @@ impl Wal {
 
     /// Fsyncs whatever has been written but not synced (for `Interval` mode
     /// and clean close). Poisons the WAL if the fsync fails.
+    ///
+    /// Writes acknowledged in `Interval` or `Never` mode are synced even
+    /// after a failed *write* poisoned the WAL, to keep the mode's promise
+    /// for them; never after a failed fsync, whose retry could falsely
+    /// report success for pages the kernel already dropped.
     pub fn sync_written(&self) -> Result<()> {
         let mut st = self.shared.lock();
         while st.leader_active {
             self.cond.wait(&mut st);
         }
-        if let Some(cause) = &st.poisoned {
-            return Err(Error::Poisoned {
-                cause: cause.clone(),
-            });
-        }
-        if st.synced_seq >= st.written_seq {
-            return Ok(());
+        if st.synced_seq >= st.written_seq || st.sync_failed {
+            return poisoned_result(&st);
         }
         let Some(writer) = st.writer.take() else {
-            return Ok(());
+            return poisoned_result(&st);
         };
         st.leader_active = true;
         let target = st.written_seq;
         let result = MutexGuard::unlocked(&mut st, || writer.file.sync_data());
         st.writer = Some(writer);
         st.leader_active = false;
-        match &result {
+        self.cond.notify_all();
+        match result {
             Ok(()) => {
                 st.synced_seq = st.synced_seq.max(target);
                 st.stats.syncs += 1;
+                poisoned_result(&st)
             }
-            Err(e) => st.poisoned = Some(Arc::from(e.to_string())),
+            Err(e) => {
+                poison(&mut st, &e.to_string(), true);
+                Err(e)
+            }
         }
-        self.cond.notify_all();
-        result
     }
 
     /// Writes everything queued, syncs it, and refuses later appends.
@@ -451,10 +472,7 @@ impl Wal {
     /// Marks the WAL poisoned (for failures found outside it, such as a
     /// panicking worker).
     pub fn poison(&self, cause: &str) {
-        let mut st = self.shared.lock();
-        if st.poisoned.is_none() {
-            st.poisoned = Some(Arc::from(cause));
-        }
+        poison(&mut self.shared.lock(), cause, false);
         self.cond.notify_all();
     }
 
@@ -498,12 +516,30 @@ fn record_group(st: &mut Shared, group: &[PendingFrame], written: GroupWritten, 
     st.sealed.extend(written.sealed);
 }
 
-fn check_usable(st: &Shared) -> Result<()> {
-    if let Some(cause) = &st.poisoned {
-        return Err(Error::Poisoned {
-            cause: cause.clone(),
-        });
+/// Records the first failure; later ones do not replace its cause.
+fn poison(st: &mut Shared, cause: &str, sync_failed: bool) {
+    if st.poisoned.is_none() {
+        st.poisoned = Some(Arc::from(cause));
     }
+    st.sync_failed |= sync_failed;
+}
+
+/// `Err(Poisoned)` if the WAL is poisoned, else `Ok`.
+fn poisoned_result(st: &Shared) -> Result<()> {
+    match &st.poisoned {
+        Some(cause) => Err(Error::Poisoned {
+            cause: cause.clone(),
+        }),
+        None => Ok(()),
+    }
+}
+
+fn is_sync_failure(e: &Error) -> bool {
+    matches!(e, Error::Io { op: IoOp::Sync, .. })
+}
+
+fn check_usable(st: &Shared) -> Result<()> {
+    poisoned_result(st)?;
     if st.closed {
         return Err(Error::Closed);
     }

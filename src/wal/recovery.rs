@@ -74,104 +74,113 @@ pub struct RepairReport {
 pub struct Replayed {
     /// The next sequence number to assign.
     pub next_seq: u64,
-    /// Segments kept, oldest first.
+    /// Segments kept, oldest first; the last one is appended to next.
     pub segments: Vec<SegmentInfo>,
     /// What was found.
     pub report: RecoveryReport,
 }
 
+/// How to treat what replay finds.
+#[derive(Clone, Copy, Debug)]
+pub struct ReplayMode {
+    /// Strict or repair.
+    pub recovery: RecoveryMode,
+    /// False for `verify`: change nothing on disk, report torn tails, and
+    /// treat damage as an error.
+    pub modify: bool,
+}
+
 /// Reads every segment in `wal_dir`, calling `apply(first_seq, payload)` for
 /// each valid frame in order, and cuts torn tails (or repairs) as the rules
-/// say. With `modify = false` nothing on disk is changed (for `verify`):
-/// torn tails are reported but not cut, and damage is always an error.
+/// in the module docs say.
 pub fn replay(
     io: &Io,
     wal_dir: &Path,
     node: NodeId,
-    mode: RecoveryMode,
-    modify: bool,
+    mode: ReplayMode,
     apply: &mut dyn FnMut(u64, FramePayload),
 ) -> Result<Replayed> {
-    let mut segments = list_segments(io, wal_dir)?;
+    let segments = list_segments(io, wal_dir)?;
     let mut report = RecoveryReport::default();
     let mut kept: Vec<SegmentInfo> = Vec::new();
     let mut expected_seq: Option<u64> = None;
-    let mut seq_high_water = 0u64;
-    let mut index = 0;
-    while index < segments.len() {
-        let (first_seq, path) = segments[index].clone();
+    for (index, (first_seq, path)) in segments.iter().enumerate() {
         let is_last = index + 1 == segments.len();
-        let bytes = io.read(&path)?;
-        let scan = scan_segment(&bytes, first_seq, node, expected_seq);
+        let bytes = io.read(path)?;
+        let scan = scan_segment(&bytes, *first_seq, node, expected_seq);
         report.segments_replayed += 1;
         for (seq, payload) in scan.frames {
             report.frames_replayed += 1;
             report.ops_replayed += payload.records.len() as u64;
             apply(seq, payload);
         }
-        if let Some(next) = scan.next_seq {
-            expected_seq = Some(next);
-        } else if expected_seq.is_none() && scan.header_ok {
-            expected_seq = Some(first_seq);
+        if scan.header_ok {
+            expected_seq = Some(scan.next_seq);
         }
         let Some(bad) = scan.bad else {
-            kept.push(info(first_seq, &path, bytes.len() as u64));
-            index += 1;
+            kept.push(info(*first_seq, path, bytes.len() as u64));
             continue;
         };
-        let torn = is_last && !bad.not_torn;
-        if torn && !scan.header_ok {
-            // A segment whose creation was cut short: nothing in it was ever
-            // acknowledged (the header is fsynced before any frame).
-            if modify {
-                io.remove_file(&path)?;
-                io.sync_dir(wal_dir)?;
+        if is_last && !bad.not_torn {
+            let torn = cut_torn_tail(io, wal_dir, path, &bytes, &bad, scan.header_ok, mode.modify)?;
+            if scan.header_ok {
+                kept.push(info(*first_seq, path, bad.offset));
             }
-            report.torn_tail = Some(TornTail {
-                segment: path.clone(),
-                offset_bytes: 0,
-                bytes_dropped: bytes.len() as u64,
-            });
-            index += 1;
+            report.torn_tail = Some(torn);
             continue;
         }
-        if torn {
-            if modify {
-                truncate(io, &path, bad.offset)?;
-            }
-            report.torn_tail = Some(TornTail {
-                segment: path.clone(),
-                offset_bytes: bad.offset,
-                bytes_dropped: bytes.len() as u64 - bad.offset,
-            });
-            kept.push(info(first_seq, &path, bad.offset));
-            index += 1;
-            continue;
+        if mode.recovery == RecoveryMode::Strict || !mode.modify {
+            return Err(Error::corruption(path, bad.offset, bad.reason));
         }
-        if mode == RecoveryMode::Strict || !modify {
-            return Err(Error::corruption(&path, bad.offset, bad.reason));
+        let damaged = Damaged {
+            path,
+            bytes: &bytes,
+            bad: &bad,
+            header_ok: scan.header_ok,
+            expected_seq: expected_seq.unwrap_or(*first_seq),
+        };
+        let (repair, fresh) = repair(io, wal_dir, node, &damaged, &segments[index + 1..])?;
+        if scan.header_ok {
+            kept.push(info(*first_seq, path, bad.offset));
         }
-        let later: Vec<(u64, PathBuf)> = segments.split_off(index + 1);
-        let repair = repair(
-            io,
-            wal_dir,
-            &path,
-            &bytes,
-            &bad,
-            &later,
-            &mut seq_high_water,
-        )?;
-        if bad.offset >= SEGMENT_HEADER_BYTES as u64 && scan.header_ok {
-            kept.push(info(first_seq, &path, bad.offset));
-        }
+        kept.push(fresh);
         report.repair = Some(repair);
         break;
     }
-    let next_seq = expected_seq.unwrap_or(1).max(seq_high_water + 1).max(1);
+    let next_seq = match kept.last() {
+        Some(fresh) if report.repair.is_some() => fresh.first_seq,
+        _ => expected_seq.unwrap_or(1).max(1),
+    };
     Ok(Replayed {
         next_seq,
         segments: kept,
         report,
+    })
+}
+
+/// Cuts a torn tail: truncates the segment at the bad spot, or removes a
+/// segment whose creation was cut short (its header is fsynced before any
+/// frame, so nothing in it was ever acknowledged).
+fn cut_torn_tail(
+    io: &Io,
+    wal_dir: &Path,
+    path: &Path,
+    bytes: &[u8],
+    bad: &BadSpot,
+    header_ok: bool,
+    modify: bool,
+) -> Result<TornTail> {
+    let offset_bytes = if header_ok { bad.offset } else { 0 };
+    if modify && header_ok {
+        truncate(io, path, offset_bytes)?;
+    } else if modify {
+        io.remove_file(path)?;
+        io.sync_dir(wal_dir)?;
+    }
+    Ok(TornTail {
+        segment: path.to_path_buf(),
+        offset_bytes,
+        bytes_dropped: bytes.len() as u64 - offset_bytes,
     })
 }
 
@@ -207,8 +216,9 @@ struct BadSpot {
 struct SegmentScan {
     header_ok: bool,
     frames: Vec<(u64, FramePayload)>,
-    /// The sequence number after the last valid frame, if any frame was read.
-    next_seq: Option<u64>,
+    /// The sequence number after the last valid frame (the segment's first
+    /// sequence number if it has none); meaningful only if `header_ok`.
+    next_seq: u64,
     bad: Option<BadSpot>,
 }
 
@@ -217,7 +227,7 @@ fn scan_segment(bytes: &[u8], name_seq: u64, node: NodeId, expected: Option<u64>
     let mut scan = SegmentScan {
         header_ok: false,
         frames: Vec::new(),
-        next_seq: None,
+        next_seq: name_seq,
         bad: None,
     };
     let header_problem = match format::decode_segment_header(bytes) {
@@ -244,28 +254,23 @@ fn scan_segment(bytes: &[u8], name_seq: u64, node: NodeId, expected: Option<u64>
     }
     scan.header_ok = true;
     let mut offset = SEGMENT_HEADER_BYTES;
-    let mut next = name_seq;
     while offset < bytes.len() {
-        match read_valid_frame(&bytes[offset..], next) {
+        match read_valid_frame(&bytes[offset..], scan.next_seq) {
             Ok((len, seq, payload)) => {
-                next = seq + payload.records.len() as u64;
+                scan.next_seq = seq + payload.records.len() as u64;
                 scan.frames.push((seq, payload));
-                scan.next_seq = Some(next);
                 offset += len;
             }
             Err(reason) => {
                 scan.bad = Some(BadSpot {
                     offset: offset as u64,
                     reason,
-                    not_torn: valid_frame_after(bytes, offset + 1, next)
-                        || frame_was_complete(bytes, offset),
+                    not_torn: valid_frame_after(bytes, offset + 1, scan.next_seq)
+                        || frame_was_complete(&bytes[offset..]),
                 });
                 break;
             }
         }
-    }
-    if scan.next_seq.is_none() {
-        scan.next_seq = Some(next);
     }
     scan
 }
@@ -289,6 +294,16 @@ fn read_valid_frame(bytes: &[u8], expected: u64) -> Result<(usize, u64, FramePay
             header.first_seq
         ));
     }
+    if header
+        .first_seq
+        .checked_add(u64::from(header.op_count))
+        .is_none()
+    {
+        return Err(format!(
+            "frame sequence numbers overflow at seq {}",
+            header.first_seq
+        ));
+    }
     let payload = format::decode_payload(body, header.op_count)
         .map_err(|e| format!("bad frame payload: {e}"))?;
     Ok((
@@ -307,31 +322,30 @@ fn valid_frame_after(bytes: &[u8], from: usize, min_seq: u64) -> bool {
     })
 }
 
-/// True if the damaged frame at `offset` had been written in full, so its
-/// damage is a changed bit rather than a write cut short.
+/// True if the damaged frame at the start of `bytes` had been written in
+/// full, so its damage is a changed bit rather than a write cut short.
 ///
-/// A torn write leaves the frame short, or (on some file systems) ends in
-/// zeros that run to the end of the file from a sector boundary. A flipped
-/// bit leaves the frame whole, and then one of these holds: the header is
-/// valid and the whole payload is present (the damage is in the payload);
-/// the payload still matches the stored payload checksum (the damage is in
-/// the header); it matches when the frame is taken to run to the end of the
-/// file (the damage is in the length); or correcting the stored payload
-/// checksum makes the header checksum valid (the damage is in that field).
-fn frame_was_complete(file: &[u8], offset: usize) -> bool {
+/// A torn write leaves the frame short, or leaves zeros where its header
+/// should be (a file system that extended the file but never wrote the
+/// block). A frame written in full and damaged since shows one of these:
+/// its header is valid and its whole payload is present (the damage is in
+/// the payload); the payload still matches the stored payload checksum (the
+/// damage is in the header); it matches when the frame is taken to run to
+/// the end of the file (the damage is in the length field); or correcting
+/// the stored payload checksum makes the header checksum valid (the damage
+/// is in that field).
+fn frame_was_complete(bytes: &[u8]) -> bool {
     use format::{FRAME_HEADER_BYTES, FRAME_HEADER_CRC_OFFSET, FRAME_PAYLOAD_CRC_OFFSET};
-    let bytes = &file[offset..];
-    if bytes.len() < FRAME_HEADER_BYTES || zero_tail_from_sector(file, offset) {
+    if bytes.len() < FRAME_HEADER_BYTES || bytes[..FRAME_HEADER_BYTES].iter().all(|&b| b == 0) {
         return false;
     }
     let field =
         |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
     let stored_len = field(format::FRAME_PAYLOAD_LEN_OFFSET) as usize;
     let stored_payload_crc = field(FRAME_PAYLOAD_CRC_OFFSET);
+    let stored_header_crc = field(FRAME_HEADER_CRC_OFFSET);
     let body = &bytes[FRAME_HEADER_BYTES..];
-    let header_valid =
-        crc32c::crc32c(&bytes[..FRAME_HEADER_CRC_OFFSET]) == field(FRAME_HEADER_CRC_OFFSET);
-    if header_valid {
+    if crc32c::crc32c(&bytes[..FRAME_HEADER_CRC_OFFSET]) == stored_header_crc {
         return stored_len <= body.len();
     }
     let payload_matches =
@@ -346,25 +360,7 @@ fn frame_was_complete(file: &[u8], offset: usize) -> bool {
     header.copy_from_slice(&bytes[..FRAME_HEADER_CRC_OFFSET]);
     let actual_payload_crc = crc32c::crc32c(&body[..stored_len]);
     header[FRAME_PAYLOAD_CRC_OFFSET..].copy_from_slice(&actual_payload_crc.to_le_bytes());
-    crc32c::crc32c(&header) == field(FRAME_HEADER_CRC_OFFSET)
-}
-
-/// Sector size used to recognise zero-filled tails.
-const SECTOR_BYTES: usize = 512;
-
-/// True if, from the frame at `offset` or from some sector boundary after it,
-/// the file holds nothing but zeros up to its end.
-fn zero_tail_from_sector(file: &[u8], offset: usize) -> bool {
-    let last_nonzero = file.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
-    if last_nonzero == file.len() {
-        return false;
-    }
-    let zero_from = if last_nonzero <= offset {
-        offset
-    } else {
-        last_nonzero.div_ceil(SECTOR_BYTES) * SECTOR_BYTES
-    };
-    zero_from < file.len()
+    crc32c::crc32c(&header) == stored_header_crc
 }
 
 fn truncate(io: &Io, path: &Path, len_bytes: u64) -> Result<()> {
@@ -373,67 +369,114 @@ fn truncate(io: &Io, path: &Path, len_bytes: u64) -> Result<()> {
     file.sync_all()
 }
 
-/// Cuts the WAL at a damaged spot: saves the dropped bytes in quarantine,
-/// truncates the damaged segment and moves later segments aside.
+/// The damaged segment handed to [`repair`].
+struct Damaged<'a> {
+    path: &'a Path,
+    bytes: &'a [u8],
+    bad: &'a BadSpot,
+    header_ok: bool,
+    /// The sequence number the damaged frame was to start at.
+    expected_seq: u64,
+}
+
+/// Cuts the WAL at a damaged spot. Order matters for a crash halfway:
+///
+/// 1. create the next segment, flagged `AFTER_REPAIR`, at a sequence number
+///    above anything the dropped bytes can hold (so a crash after this step
+///    still leaves the gap declared and nothing is reused);
+/// 2. save the dropped bytes in quarantine;
+/// 3. truncate (or remove) the damaged segment and move later segments into
+///    quarantine.
+///
+/// A crash before step 3 leaves the damage in place, so the next open finds
+/// it again and repairs again.
 fn repair(
     io: &Io,
     wal_dir: &Path,
-    path: &Path,
-    bytes: &[u8],
-    bad: &BadSpot,
+    node: NodeId,
+    damaged: &Damaged<'_>,
     later: &[(u64, PathBuf)],
-    seq_high_water: &mut u64,
-) -> Result<RepairReport> {
-    let db_dir = wal_dir.parent().unwrap_or(wal_dir);
-    let quarantine = db_dir.join(QUARANTINE_DIR);
+) -> Result<(RepairReport, SegmentInfo)> {
+    let offset = damaged.bad.offset as usize;
+    let tail = &damaged.bytes[offset.min(damaged.bytes.len())..];
+    let later_bytes: Vec<Vec<u8>> = later
+        .iter()
+        .map(|(_, p)| io.read(p))
+        .collect::<Result<_>>()?;
+    // The damaged frame held at most FRAME_OPS_MAX operations; valid frames
+    // and segments after it may hold more.
+    let mut next_seq = damaged.expected_seq.saturating_add(format::FRAME_OPS_MAX);
+    let mut valid_frames_dropped = count_valid_frames(tail, &mut next_seq);
+    for ((first_seq, _), bytes) in later.iter().zip(&later_bytes) {
+        next_seq = next_seq.max(first_seq.saturating_add(1));
+        valid_frames_dropped += count_valid_frames(bytes, &mut next_seq);
+    }
+    let fresh = create_segment(
+        io,
+        wal_dir,
+        node,
+        next_seq,
+        format::SEGMENT_FLAG_AFTER_REPAIR,
+    )?;
+    let quarantine = wal_dir.parent().unwrap_or(wal_dir).join(QUARANTINE_DIR);
     io.create_dir_all(&quarantine)?;
-    let offset = bad.offset as usize;
-    let tail = &bytes[offset.min(bytes.len())..];
-    let name = path
+    let name = damaged
+        .path
         .file_name()
         .map_or_else(|| "segment".into(), |n| n.to_string_lossy().into_owned());
-    let saved = quarantine.join(format!("{name}.from-{offset}"));
-    io.write_atomic(&saved, tail)?;
-    let mut valid_frames_dropped = count_valid_frames(tail, seq_high_water);
-    let mut bytes_dropped = tail.len() as u64;
-    if offset < SEGMENT_HEADER_BYTES {
-        io.remove_file(path)?;
+    io.write_atomic(&quarantine.join(format!("{name}.from-{offset}")), tail)?;
+    if damaged.header_ok {
+        truncate(io, damaged.path, damaged.bad.offset)?;
     } else {
-        truncate(io, path, bad.offset)?;
+        io.remove_file(damaged.path)?;
     }
     let mut segments_dropped = Vec::new();
     for (_, later_path) in later {
-        let later_bytes = io.read(later_path)?;
-        bytes_dropped += later_bytes.len() as u64;
-        valid_frames_dropped += count_valid_frames(&later_bytes, seq_high_water);
         let target = quarantine.join(later_path.file_name().unwrap_or_default());
         io.rename(later_path, &target)?;
         segments_dropped.push(later_path.clone());
     }
     io.sync_dir(wal_dir)?;
     io.sync_dir(&quarantine)?;
-    Ok(RepairReport {
-        segment: path.to_path_buf(),
-        offset_bytes: bad.offset,
-        reason: bad.reason.clone(),
-        bytes_dropped,
+    let report = RepairReport {
+        segment: damaged.path.to_path_buf(),
+        offset_bytes: damaged.bad.offset,
+        reason: damaged.bad.reason.clone(),
+        bytes_dropped: tail.len() as u64 + later_bytes.iter().map(|b| b.len() as u64).sum::<u64>(),
         valid_frames_dropped,
         segments_dropped,
         quarantine,
-    })
+    };
+    Ok((report, fresh))
 }
 
-/// Counts checksum-valid frames in damaged bytes, raising `seq_high_water`
-/// past their sequence numbers so they are never reused.
-fn count_valid_frames(bytes: &[u8], seq_high_water: &mut u64) -> u64 {
+/// Creates the segment a repair continues in; see [`super::create_segment`].
+fn create_segment(
+    io: &Io,
+    wal_dir: &Path,
+    node: NodeId,
+    first_seq: u64,
+    flags: u16,
+) -> Result<SegmentInfo> {
+    let writer = super::create_segment(io, wal_dir, node, first_seq, flags)?;
+    Ok(info(
+        first_seq,
+        &wal_dir.join(super::segment_file_name(first_seq)),
+        writer.size_bytes,
+    ))
+}
+
+/// Counts checksum-valid frames in dropped bytes, raising `next_seq` past
+/// their sequence numbers so they are never reused.
+fn count_valid_frames(bytes: &[u8], next_seq: &mut u64) -> u64 {
     let mut count = 0;
     let mut pos = 0;
     while pos < bytes.len() {
         match format::read_frame(&bytes[pos..]) {
             Ok((h, body)) if h.op_count > 0 => {
                 count += 1;
-                let last = h.first_seq.saturating_add(u64::from(h.op_count) - 1);
-                *seq_high_water = (*seq_high_water).max(last);
+                let after = h.first_seq.saturating_add(u64::from(h.op_count));
+                *next_seq = (*next_seq).max(after);
                 pos += format::FRAME_HEADER_BYTES + body.len();
             }
             _ => pos += 1,
