@@ -7,6 +7,7 @@
 //! - `MERGEKV_BENCH_KEYS`   keys for W3/W4/W6 (default 1,000,000)
 //! - `MERGEKV_BENCH_SECS`   seconds per timed durable workload (default 3)
 //! - `MERGEKV_BENCH_RUNS`   runs per workload; the median is reported (default 3)
+//! - `MERGEKV_BENCH_DURABLE_RUNS` runs of raw/W1/W2 (default: `MERGEKV_BENCH_RUNS`; 0 skips them)
 //! - `MERGEKV_BENCH_WORKERS` worker threads (default: `Options::default()`)
 //! - `MERGEKV_BENCH_DIR`    where to write (default `target/bench-data`, on the
 //!   same disk as the project)
@@ -77,9 +78,10 @@ fn fresh_dir(cfg: &Config, name: &str) -> PathBuf {
     dir
 }
 
+/// The median, or NaN for no samples (a skipped workload).
 fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(|a, b| a.total_cmp(b));
-    xs[xs.len() / 2]
+    xs.get(xs.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 fn durable() -> Options {
@@ -226,7 +228,7 @@ fn main() {
     let mut raws = Vec::new();
     let (mut w1s, mut w1_ratios) = (Vec::new(), Vec::new());
     let (mut w2s, mut w2_ratios, mut w2_groups) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..runs {
+    for _ in 0..env_or("MERGEKV_BENCH_DURABLE_RUNS", runs) {
         let before = raw_fdatasync_per_sec(&cfg);
         let w1 = w1_one_writer(&cfg);
         let middle = raw_fdatasync_per_sec(&cfg);

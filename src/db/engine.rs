@@ -179,6 +179,7 @@ impl Engine {
                 OpKind::Put(value) => self.register_delta(key, stamp, Some(value.clone()), pending),
                 OpKind::Delete => self.register_delta(key, stamp, None, pending),
                 OpKind::Increment(delta) => {
+                    self.state.note_counter();
                     let totals = self.counter_totals(key, stamp, *delta, pending)?;
                     new_totals.push((key.clone(), totals));
                     KeyState {
@@ -206,9 +207,12 @@ impl Engine {
         value: Option<Arc<[u8]>>,
         pending: &HashMap<StoreKey, PendingCounter>,
     ) -> KeyState {
-        let mut floor = self
-            .state
-            .read(key, |s| s.map(KeyState::observed_floor).unwrap_or_default());
+        let mut floor = if self.state.may_have_counters() {
+            self.state
+                .read(key, |s| s.map(KeyState::observed_floor).unwrap_or_default())
+        } else {
+            Vec::new()
+        };
         if let Some(p) = pending.get(key) {
             match floor.binary_search_by_key(&p.totals.node, |f| f.0) {
                 Ok(i) => floor[i] = (p.totals.node, p.totals.p, p.totals.n),

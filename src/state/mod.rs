@@ -15,6 +15,7 @@ pub use key::StoreKey;
 
 use imbl::OrdMap;
 use parking_lot::RwLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::command::OutcomeKind;
 use crate::crdt::{KeyState, Visible};
@@ -27,7 +28,14 @@ pub type StateMap = OrdMap<StoreKey, KeyState>;
 #[derive(Debug, Default)]
 pub struct State {
     map: RwLock<StateMap>,
+    /// Set once any counter exists or is on its way in. Until then a put or
+    /// delete has no counter totals to observe, and skips looking for them.
+    counters_seen: AtomicBool,
 }
+
+/// Batches with at least this many records are applied in key order, which
+/// keeps the map's changed paths in cache; smaller ones are not worth sorting.
+const APPLY_SORTED_RECORDS_MIN: usize = 64;
 
 /// What applying one record did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,6 +50,17 @@ impl State {
     /// An empty state.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Notes that a counter exists (or is about to).
+    pub fn note_counter(&self) {
+        self.counters_seen.store(true, Ordering::Release);
+    }
+
+    /// False only if no counter has ever been seen: register writes then
+    /// have no counter totals to record.
+    pub fn may_have_counters(&self) -> bool {
+        self.counters_seen.load(Ordering::Acquire)
     }
 
     /// Calls `f` with the state of `store_key` under the read lock.
@@ -65,11 +84,11 @@ impl State {
         if batches.is_empty() {
             return Vec::new();
         }
+        if batches.iter().flat_map(|b| b.iter()).any(|r| r.delta.counter.is_some()) {
+            self.note_counter();
+        }
         let mut map = self.map.write();
-        batches
-            .iter()
-            .map(|records| records.iter().map(|r| apply_one(&mut map, r)).collect())
-            .collect()
+        batches.iter().map(|records| apply_batch(&mut map, records)).collect()
     }
 
     /// Merges records without reporting outcomes (replay on open).
@@ -78,13 +97,22 @@ impl State {
     /// and visiting the map in key order keeps the path being changed in
     /// cache, which makes replay several times faster than log order.
     pub fn replay(&self, mut records: Vec<Record>) {
+        if records.iter().any(|r| r.delta.counter.is_some()) {
+            self.note_counter();
+        }
         records.sort_unstable_by(|a, b| a.store_key.cmp(&b.store_key));
         let mut map = self.map.write();
+        // Into an empty map every (folded) key is new: insert without looking.
+        let all_new = map.is_empty();
         let mut records = records.into_iter().peekable();
         while let Some(mut record) = records.next() {
             // Fold every record of this key before touching the map.
             while let Some(next) = records.next_if(|r| r.store_key == record.store_key) {
                 record.delta.merge_from(&next.delta);
+            }
+            if all_new {
+                map.insert(record.store_key, record.delta);
+                continue;
             }
             match map.get_mut(&record.store_key) {
                 Some(existing) => existing.merge_from(&record.delta),
@@ -94,6 +122,27 @@ impl State {
             }
         }
     }
+}
+
+/// Applies one batch's records, in key order if the batch is large;
+/// outcomes are returned in the batch's order.
+fn apply_batch(map: &mut StateMap, records: &[Record]) -> Vec<Applied> {
+    if records.len() < APPLY_SORTED_RECORDS_MIN {
+        return records.iter().map(|r| apply_one(map, r)).collect();
+    }
+    let mut order: Vec<usize> = (0..records.len()).collect();
+    order.sort_unstable_by(|&a, &b| records[a].store_key.cmp(&records[b].store_key));
+    let mut out = vec![
+        Applied {
+            kind: OutcomeKind::IgnoredStale,
+            counter: None,
+        };
+        records.len()
+    ];
+    for i in order {
+        out[i] = apply_one(map, &records[i]);
+    }
+    out
 }
 
 fn apply_one(map: &mut StateMap, record: &Record) -> Applied {
