@@ -84,11 +84,18 @@ impl State {
         if batches.is_empty() {
             return Vec::new();
         }
-        if batches.iter().flat_map(|b| b.iter()).any(|r| r.delta.counter.is_some()) {
+        if batches
+            .iter()
+            .flat_map(|b| b.iter())
+            .any(|r| r.delta.counter.is_some())
+        {
             self.note_counter();
         }
         let mut map = self.map.write();
-        batches.iter().map(|records| apply_batch(&mut map, records)).collect()
+        batches
+            .iter()
+            .map(|records| apply_batch(&mut map, records))
+            .collect()
     }
 
     /// Merges records without reporting outcomes (replay on open).

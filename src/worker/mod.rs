@@ -163,7 +163,9 @@ fn run_group(engine: &Engine, batches: Vec<Batch>) -> Option<Vec<Reply>> {
         Ok(results) => Some(results),
         Err(panic) => {
             let message = panic_message(&panic);
-            engine.wal.poison(&format!("write path panicked: {message}"));
+            engine
+                .wal
+                .poison(&format!("write path panicked: {message}"));
             None
         }
     }
