@@ -81,6 +81,24 @@ pub struct Options {
     /// Create the database if the directory holds none; if false, opening a
     /// directory without one fails with [`crate::Error::NotADatabase`].
     pub create_if_missing: bool,
+    /// The compactor writes a snapshot once this many WAL bytes have been
+    /// written since the last one (`u64::MAX`: never for this reason).
+    pub compaction_wal_bytes_min: u64,
+    /// ...or once this long has passed since the last one, if anything was
+    /// written (0: never for this reason).
+    pub compaction_interval_ms: u64,
+    /// How often the compactor checks its triggers.
+    pub compactor_tick_ms: u64,
+    /// Snapshots kept; the WAL is kept back to the oldest of them, so a
+    /// damaged newest snapshot can fall back to an older one plus the WAL.
+    pub snapshots_retained: usize,
+    /// Tombstones older than this (by their stamp) are dropped at compaction
+    /// once every registered cursor has passed them. A copy that stays
+    /// offline longer than this can bring a deleted key back.
+    pub tombstone_grace_ms: u64,
+    /// Most WAL bytes kept for registered cursors; a cursor further behind
+    /// is marked as needing a full resync and no longer holds segments back.
+    pub wal_retention_bytes_max: u64,
     /// The wall clock the HLC reads.
     pub wall_clock: Arc<dyn WallClock>,
     /// Injected file-system failures, for tests.
@@ -149,6 +167,12 @@ impl Default for Options {
             drift_policy: DriftPolicy::Reject,
             recovery_mode: RecoveryMode::Strict,
             create_if_missing: true,
+            compaction_wal_bytes_min: 64 * 1024 * 1024,
+            compaction_interval_ms: 10 * 60 * 1000,
+            compactor_tick_ms: 1000,
+            snapshots_retained: 2,
+            tombstone_grace_ms: 7 * 24 * 60 * 60 * 1000,
+            wal_retention_bytes_max: 1024 * 1024 * 1024,
             wall_clock: Arc::new(SystemClock),
             faults: None,
         }

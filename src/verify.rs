@@ -70,6 +70,7 @@ pub fn verify(dir: impl AsRef<Path>) -> Result<VerifyReport> {
     let mode = recovery::ReplayMode {
         recovery: RecoveryMode::Strict,
         modify: false,
+        covered_seq: None,
     };
     let result = recovery::replay(&io, &wal_dir, meta.node, mode, &mut count);
     let segments = recovery::list_segments(&io, &wal_dir).map_or(0, |s| s.len());

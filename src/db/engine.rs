@@ -12,10 +12,10 @@
 //! increment holds that lock from computing its totals until the WAL has
 //! assigned its place, so totals grow in log order.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use parking_lot::{Condvar, Mutex};
+use parking_lot::Mutex;
 
 use crate::clock::{Hlc, NodeId, Stamp};
 use crate::command::{Batch, OpKind, Outcome, OutcomeKind};
@@ -34,10 +34,6 @@ pub(crate) struct Engine {
     pub wal: Wal,
     pub state: State,
     pending_counters: Mutex<HashMap<StoreKey, PendingCounter>>,
-    /// First sequence numbers of idempotent batches that are queued but not
-    /// yet applied; `applied` is signalled when one leaves.
-    unapplied: Mutex<HashSet<u64>>,
-    applied: Condvar,
 }
 
 /// The node totals a batch's increments produce, by key.
@@ -55,9 +51,6 @@ struct Prepared {
     records: Vec<Record>,
     appended: Appended,
     counter_keys: Vec<StoreKey>,
-    /// Queued with an idempotency key: listed in `unapplied` until applied,
-    /// so a duplicate can wait for it (read-your-writes after a retry).
-    tracked: bool,
 }
 
 impl Engine {
@@ -69,8 +62,6 @@ impl Engine {
             wal,
             state,
             pending_counters: Mutex::new(HashMap::new()),
-            unapplied: Mutex::new(HashSet::new()),
-            applied: Condvar::new(),
         }
     }
 
@@ -140,15 +131,11 @@ impl Engine {
             counter_keys = register_totals(guard, new_totals);
         }
         drop(pending);
-        if let (Appended::Queued { first_seq, .. }, Some(_)) = (appended, dedup_id) {
-            self.unapplied.lock().insert(first_seq);
-        }
         Ok(Prepared {
             stamp,
             records,
             appended,
             counter_keys,
-            tracked: dedup_id.is_some(),
         })
     }
 
@@ -322,27 +309,18 @@ impl Engine {
             .collect()
     }
 
-    /// Takes queued idempotent batches off the unapplied list.
+    /// Tells the WAL which queued batches are now applied (or never will be,
+    /// after a failure), which moves the applied watermark.
     fn mark_applied(&self, prepared: &[Result<Prepared>]) {
-        let mut unapplied = self.unapplied.lock();
-        for p in prepared.iter().flatten().filter(|p| p.tracked) {
-            if let Appended::Queued { first_seq, .. } = p.appended {
-                unapplied.remove(&first_seq);
-            }
-        }
-        self.applied.notify_all();
-    }
-
-    /// Waits until the batch starting at `first_seq` has been applied (or
-    /// the database is poisoned), so a duplicate reply never precedes the
-    /// visibility of the original.
-    fn wait_applied(&self, first_seq: u64) {
-        let mut unapplied = self.unapplied.lock();
-        while unapplied.contains(&first_seq) && self.wal.check_usable().is_ok() {
-            // The timeout re-checks for poison, which does not signal here.
-            self.applied
-                .wait_for(&mut unapplied, std::time::Duration::from_millis(50));
-        }
+        let first_seqs: Vec<u64> = prepared
+            .iter()
+            .flatten()
+            .filter_map(|p| match p.appended {
+                Appended::Queued { first_seq, .. } => Some(first_seq),
+                Appended::Duplicate(_) => None,
+            })
+            .collect();
+        self.wal.mark_applied(&first_seqs);
     }
 
     fn duplicate_outcomes(
@@ -350,7 +328,8 @@ impl Engine {
         p: &Prepared,
         original: crate::wal::dedup::DedupEntry,
     ) -> Vec<Outcome> {
-        self.wait_applied(original.first_seq);
+        // A duplicate reply never precedes the visibility of the original.
+        self.wal.wait_applied(original.first_seq);
         p.records
             .iter()
             .enumerate()

@@ -3,6 +3,7 @@
 
 pub(crate) mod engine;
 pub(crate) mod read;
+mod recover;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,11 +21,9 @@ use crate::error::{Error, Result};
 use crate::io::Io;
 use crate::meta::{self, DirLock};
 use crate::options::{Options, SyncMode};
-use crate::state::State;
-use crate::wal::dedup::{DedupEntry, DedupWindow};
-use crate::wal::format::FramePayload;
 use crate::wal::recovery::{self, RecoveryReport};
-use crate::wal::{WAL_DIR, Wal, WalStart, WalStats};
+use crate::wal::{WAL_DIR, Wal, WalStats};
+use crate::compactor::{CompactionReport, Compactor, CompactorStats, CursorInfo, Maintenance};
 use crate::worker::Pool;
 use engine::Engine;
 use read::{ReadView, Scan, ScanOptions, Value};
@@ -39,6 +38,8 @@ pub struct Db {
 struct DbInner {
     engine: Arc<Engine>,
     pool: Pool,
+    maintenance: Arc<Maintenance>,
+    compactor: Compactor,
     dir: PathBuf,
     recovery: RecoveryReport,
     default_prefix: Vec<u8>,
@@ -84,19 +85,23 @@ impl Db {
             }
         };
         io.create_dir_all(&wal_dir)?;
-        let recovered = recover(&io, &wal_dir, meta.node, &options)?;
+        let recovered = recover::recover(&io, &dir, meta.node, &options)?;
         let mut hlc = Hlc::new(meta.node, options.max_drift_ms, options.drift_policy);
         if let Some(stamp) = recovered.max_stamp {
             hlc.observe_recovered(stamp);
         }
-        let wal = Wal::open(&wal_dir, io, meta.node, &options, recovered.wal_start)?;
+        let wal = Wal::open(&wal_dir, io.clone(), meta.node, &options, recovered.wal_start)?;
         let engine = Arc::new(Engine::new(options, meta.node, hlc, wal, recovered.state));
+        let maintenance = Arc::new(Maintenance::new(engine.clone(), io, &dir, recovered.snapshot));
+        let compactor = Compactor::start(maintenance.clone())?;
         let pool = Pool::start(&engine)?;
         let flusher = start_flusher(&engine)?;
         Ok(Db {
             inner: Arc::new(DbInner {
                 engine,
                 pool,
+                maintenance,
+                compactor,
                 dir,
                 recovery: recovered.report,
                 default_prefix: keyspace_prefix(DEFAULT_KEYSPACE),
@@ -216,6 +221,7 @@ impl Db {
             sync_mode: format!("{:?}", engine.options.sync_mode),
             worker_threads: engine.options.worker_threads,
             wal: engine.wal.stats(),
+            compactor: self.inner.maintenance.stats(),
             poisoned: engine.wal.check_usable().err().map(|e| e.to_string()),
             ..Stats::default()
         };
@@ -223,6 +229,30 @@ impl Db {
             count_key(&mut stats, state);
         }
         stats
+    }
+
+    /// Runs a compaction now (on the compactor thread) and reports what it
+    /// did: a snapshot, then truncation of the WAL it covers.
+    pub fn compact_now(&self) -> Result<CompactionReport> {
+        self.inner.compactor.compact_now()
+    }
+
+    /// Registers (or moves) a cursor: a reader of this database's changes
+    /// that has everything up to sequence number `seq`. Registered cursors
+    /// hold back WAL truncation (up to `wal_retention_bytes_max`) and
+    /// tombstone GC. At most [`crate::compactor::CURSORS_MAX`].
+    pub fn set_cursor(&self, name: &str, seq: u64) -> Result<()> {
+        self.inner.maintenance.set_cursor(name, seq)
+    }
+
+    /// A registered cursor.
+    pub fn cursor(&self, name: &str) -> Option<CursorInfo> {
+        self.inner.maintenance.cursor(name)
+    }
+
+    /// Forgets a cursor; true if it was registered.
+    pub fn remove_cursor(&self, name: &str) -> bool {
+        self.inner.maintenance.remove_cursor(name)
     }
 
     /// Writes and syncs everything acknowledged, stops the threads, and
@@ -247,6 +277,7 @@ fn count_key(stats: &mut Stats, state: &KeyState) {
 
 impl Drop for DbInner {
     fn drop(&mut self) {
+        self.compactor.stop();
         self.pool.shutdown();
         if let Some((stop, handle)) = self.flusher.take() {
             drop(stop);
@@ -280,6 +311,8 @@ pub struct Stats {
     pub worker_threads: usize,
     /// WAL figures.
     pub wal: WalStats,
+    /// Snapshot and compaction figures.
+    pub compactor: CompactorStats,
     /// The failure that poisoned the database, if any.
     pub poisoned: Option<String>,
 }
@@ -404,63 +437,6 @@ fn refuse_orphan_wal(io: &Io, wal_dir: &Path) -> Result<()> {
         )),
         None => Ok(()),
     }
-}
-
-/// Records replayed into the state map at a time: large enough that sorting
-/// them pays off, small enough to bound the memory replay needs.
-const REPLAY_CHUNK_RECORDS: usize = 1 << 20;
-
-struct Recovered {
-    state: State,
-    wal_start: WalStart,
-    max_stamp: Option<Stamp>,
-    report: RecoveryReport,
-}
-
-/// Replays the WAL into a fresh state and dedup window.
-fn recover(io: &Io, wal_dir: &Path, node: NodeId, options: &Options) -> Result<Recovered> {
-    let state = State::new();
-    let mut dedup = DedupWindow::new(options.dedup_window_ms, options.dedup_window_entries_max);
-    let mut max_stamp: Option<Stamp> = None;
-    let now_ms = options.wall_clock.now_ms();
-    let mut pending = Vec::new();
-    let mut apply = |first_seq: u64, payload: FramePayload| {
-        let batch_stamp = payload
-            .records
-            .iter()
-            .filter_map(|r| r.delta.newest_stamp())
-            .max();
-        max_stamp = max_stamp.max(batch_stamp);
-        if let (Some(mark), Some(stamp)) = (payload.dedup, batch_stamp) {
-            let entry = DedupEntry {
-                first_seq,
-                op_count: payload.records.len() as u32,
-                stamp,
-                seen_ms: mark.seen_ms,
-            };
-            dedup.insert(mark.id, entry, now_ms);
-        }
-        pending.extend(payload.records);
-        if pending.len() >= REPLAY_CHUNK_RECORDS {
-            state.replay(std::mem::take(&mut pending));
-        }
-    };
-    let mode = recovery::ReplayMode {
-        recovery: options.recovery_mode,
-        modify: true,
-    };
-    let replayed = recovery::replay(io, wal_dir, node, mode, &mut apply)?;
-    state.replay(pending);
-    Ok(Recovered {
-        state,
-        wal_start: WalStart {
-            next_seq: replayed.next_seq,
-            segments: replayed.segments,
-            dedup,
-        },
-        max_stamp,
-        report: replayed.report,
-    })
 }
 
 /// In `Interval` mode, a thread that fsyncs the WAL every interval.

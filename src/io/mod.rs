@@ -251,6 +251,12 @@ impl Io {
         }
     }
 
+    /// The length of a file in bytes.
+    pub fn len_bytes(&self, path: &Path) -> Result<u64> {
+        self.check(IoOp::Read, path)?;
+        self.wrap(IoOp::Read, path, fs::metadata(path).map(|m| m.len()))
+    }
+
     /// Lists the file names in a directory (names that are not UTF-8 are skipped).
     pub fn list_dir(&self, dir: &Path) -> Result<Vec<String>> {
         self.check(IoOp::Read, dir)?;

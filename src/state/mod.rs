@@ -98,6 +98,21 @@ impl State {
             .collect()
     }
 
+    /// Removes each key whose state is still exactly the one given (a
+    /// garbage-collected tombstone that nothing has overwritten since);
+    /// returns how many were removed.
+    pub fn remove_unchanged(&self, keys: &[(StoreKey, KeyState)]) -> u64 {
+        let mut map = self.map.write();
+        let mut removed = 0;
+        for (key, expected) in keys {
+            if map.get(key) == Some(expected) {
+                map.remove(key);
+                removed += 1;
+            }
+        }
+        removed
+    }
+
     /// Merges records without reporting outcomes (replay on open).
     ///
     /// The records are sorted by key first: merging is order-independent,

@@ -56,6 +56,18 @@ impl DedupWindow {
         self.evict(now_ms);
     }
 
+    /// The remembered entries for batches starting at or below `seq`, in
+    /// insertion order (what a snapshot covering `seq` must carry).
+    pub fn entries_through(&self, seq: u64) -> Vec<([u8; 32], DedupEntry)> {
+        self.order
+            .iter()
+            .filter_map(|(id, first_seq)| {
+                let entry = self.entries.get(id)?;
+                (entry.first_seq == *first_seq && *first_seq <= seq).then_some((*id, *entry))
+            })
+            .collect()
+    }
+
     /// Number of remembered ids.
     pub fn len(&self) -> usize {
         self.entries.len()

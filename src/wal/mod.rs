@@ -14,7 +14,7 @@ pub mod dedup;
 pub mod format;
 pub mod recovery;
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -54,6 +54,17 @@ pub struct SegmentInfo {
     /// Its path.
     pub path: PathBuf,
     /// Its size in bytes.
+    pub size_bytes: u64,
+}
+
+/// The sequence numbers a segment holds, for retention decisions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegmentRange {
+    /// Its first sequence number.
+    pub first_seq: u64,
+    /// Its last one (for the active segment: the last assigned).
+    pub last_seq: u64,
+    /// Its size.
     pub size_bytes: u64,
 }
 
@@ -121,6 +132,8 @@ pub struct WalStats {
     pub segments: usize,
     /// Total bytes in segment files.
     pub wal_bytes: u64,
+    /// Bytes written to segments since open (for compaction triggers).
+    pub bytes_written: u64,
     /// Idempotency keys remembered.
     pub dedup_entries: usize,
 }
@@ -137,6 +150,9 @@ struct Shared {
     sync_failed: bool,
     closed: bool,
     dedup: DedupWindow,
+    /// First sequence numbers of queued batches not yet applied to the state
+    /// map: the applied watermark is just below the smallest.
+    unapplied: BTreeSet<u64>,
     writer: Option<SegmentWriter>,
     sealed: Vec<SegmentInfo>,
     stats: WalStats,
@@ -147,12 +163,16 @@ struct SegmentWriter {
     file: IoFile,
     first_seq: u64,
     size_bytes: u64,
+    /// Bytes written through this writer (and those it replaced) since open.
+    bytes_written: u64,
 }
 
 /// The write-ahead log of one database.
 pub struct Wal {
     shared: Mutex<Shared>,
     cond: Condvar,
+    /// Signalled when batches are marked applied.
+    applied: Condvar,
     dir: PathBuf,
     io: Io,
     node: NodeId,
@@ -194,6 +214,7 @@ impl Wal {
                 file: io.open_append(&last.path)?,
                 first_seq: last.first_seq,
                 size_bytes: last.size_bytes,
+                bytes_written: 0,
             },
             None => create_segment(&io, dir, node, start.next_seq, 0)?,
         };
@@ -209,6 +230,7 @@ impl Wal {
             sync_failed: false,
             closed: false,
             dedup: start.dedup,
+            unapplied: BTreeSet::new(),
             writer: Some(writer),
             sealed,
             stats: WalStats::default(),
@@ -216,6 +238,7 @@ impl Wal {
         Ok(Wal {
             shared: Mutex::new(shared),
             cond: Condvar::new(),
+            applied: Condvar::new(),
             dir: dir.to_path_buf(),
             io,
             node,
@@ -255,6 +278,7 @@ impl Wal {
                 max: u64::MAX - u64::from(op_count),
             })?;
         st.pending_bytes += req.payload.len() + FRAME_HEADER_BYTES;
+        st.unapplied.insert(first_seq);
         st.pending.push_back(PendingFrame {
             first_seq,
             op_count,
@@ -404,6 +428,7 @@ impl Wal {
         }
         writer.file.write_all(buf)?;
         writer.size_bytes += buf.len() as u64;
+        writer.bytes_written += buf.len() as u64;
         buf.clear();
         Ok(())
     }
@@ -412,7 +437,8 @@ impl Wal {
     /// durable) and starts a new one at `first_seq`.
     fn rotate(&self, writer: &mut SegmentWriter, first_seq: u64) -> Result<SegmentInfo> {
         writer.file.sync_data()?;
-        let next = create_segment(&self.io, &self.dir, self.node, first_seq, 0)?;
+        let mut next = create_segment(&self.io, &self.dir, self.node, first_seq, 0)?;
+        next.bytes_written = writer.bytes_written;
         let old = std::mem::replace(writer, next);
         Ok(SegmentInfo {
             first_seq: old.first_seq,
@@ -458,6 +484,149 @@ impl Wal {
         }
     }
 
+    /// Marks queued batches (by first sequence number) as applied to the
+    /// state map, or as never to be applied after a failure.
+    pub fn mark_applied(&self, first_seqs: &[u64]) {
+        if first_seqs.is_empty() {
+            return;
+        }
+        let mut st = self.shared.lock();
+        for seq in first_seqs {
+            st.unapplied.remove(seq);
+        }
+        self.applied.notify_all();
+    }
+
+    /// Waits until the batch starting at `first_seq` is applied, or the WAL
+    /// is poisoned or closed.
+    pub fn wait_applied(&self, first_seq: u64) {
+        let mut st = self.shared.lock();
+        while st.unapplied.contains(&first_seq) && check_usable(&st).is_ok() {
+            // The timeout re-checks for poison, which signals the other condvar.
+            self.applied.wait_for(&mut st, Duration::from_millis(50));
+        }
+    }
+
+    /// Every segment's sequence-number range and size, oldest first.
+    pub fn segment_ranges(&self) -> Vec<SegmentRange> {
+        let st = self.shared.lock();
+        let last_assigned = st.next_seq - 1;
+        let active = st.writer.as_ref().map(|w| (w.first_seq, w.size_bytes));
+        let firsts: Vec<(u64, u64)> = st
+            .sealed
+            .iter()
+            .map(|s| (s.first_seq, s.size_bytes))
+            .chain(active)
+            .collect();
+        firsts
+            .iter()
+            .enumerate()
+            .map(|(i, &(first_seq, size_bytes))| SegmentRange {
+                first_seq,
+                last_seq: firsts.get(i + 1).map_or(last_assigned, |next| next.0 - 1),
+                size_bytes,
+            })
+            .collect()
+    }
+
+    /// Dedup entries for batches starting at or below `seq`.
+    pub fn dedup_entries_through(&self, seq: u64) -> Vec<([u8; 32], DedupEntry)> {
+        self.shared.lock().dedup.entries_through(seq)
+    }
+
+    /// Waits until the applied watermark reaches `seq` (or the WAL fails).
+    pub fn wait_watermark(&self, seq: u64) -> Result<()> {
+        let mut st = self.shared.lock();
+        loop {
+            check_usable(&st)?;
+            let watermark = st.unapplied.first().map_or(st.next_seq - 1, |first| first - 1);
+            if watermark >= seq {
+                return Ok(());
+            }
+            self.applied.wait_for(&mut st, Duration::from_millis(50));
+        }
+    }
+
+    /// The applied watermark: every batch with sequence numbers up to this
+    /// one is in the state map (later ones may be too).
+    pub fn applied_watermark(&self) -> u64 {
+        let st = self.shared.lock();
+        match st.unapplied.first() {
+            Some(first) => first - 1,
+            None => st.next_seq - 1,
+        }
+    }
+
+    /// Seals the active segment (after writing everything queued) if it holds
+    /// any frame, so that all of it can be dropped once a snapshot covers it.
+    /// Writers wait only while the new segment is created.
+    pub fn seal_active(&self) -> Result<()> {
+        let mut st = self.shared.lock();
+        loop {
+            check_usable(&st)?;
+            if st.leader_active {
+                self.cond.wait(&mut st);
+            } else if !st.pending.is_empty() {
+                self.lead(&mut st);
+            } else {
+                break;
+            }
+        }
+        let Some(mut writer) = st.writer.take() else {
+            return Err(Error::Poisoned {
+                cause: Arc::from("WAL segment writer missing"),
+            });
+        };
+        if writer.size_bytes <= SEGMENT_HEADER_BYTES as u64 {
+            st.writer = Some(writer);
+            return Ok(());
+        }
+        st.leader_active = true;
+        let first_seq = st.next_seq;
+        let result = MutexGuard::unlocked(&mut st, || self.rotate(&mut writer, first_seq));
+        st.writer = Some(writer);
+        st.leader_active = false;
+        self.cond.notify_all();
+        match result {
+            Ok(sealed) => {
+                st.sealed.push(sealed);
+                st.stats.syncs += 1;
+                Ok(())
+            }
+            Err(e) => {
+                poison(&mut st, &e.to_string(), is_sync_failure(&e));
+                Err(e)
+            }
+        }
+    }
+
+    /// Deletes sealed segments all of whose sequence numbers are below
+    /// `seq`; returns how many were deleted and their bytes. The active
+    /// segment is never deleted.
+    pub fn truncate_before(&self, seq: u64) -> Result<(usize, u64)> {
+        let doomed: Vec<SegmentInfo> = {
+            let st = self.shared.lock();
+            let active_first = st.writer.as_ref().map_or(u64::MAX, |w| w.first_seq);
+            let next_firsts = st.sealed.iter().skip(1).map(|s| s.first_seq).chain([active_first]);
+            st.sealed
+                .iter()
+                .zip(next_firsts)
+                .filter(|(_, next_first)| *next_first <= seq)
+                .map(|(s, _)| s.clone())
+                .collect()
+        };
+        if doomed.is_empty() {
+            return Ok((0, 0));
+        }
+        for segment in &doomed {
+            self.io.remove_file(&segment.path)?;
+            let mut st = self.shared.lock();
+            st.sealed.retain(|s| s.first_seq != segment.first_seq);
+        }
+        self.io.sync_dir(&self.dir)?;
+        Ok((doomed.len(), doomed.iter().map(|s| s.size_bytes).sum()))
+    }
+
     /// Writes everything queued, syncs it, and refuses later appends.
     pub fn close(&self) -> Result<()> {
         let last = self.shared.lock().next_seq.saturating_sub(1);
@@ -489,6 +658,7 @@ impl Wal {
         stats.written_seq = st.written_seq;
         stats.synced_seq = st.synced_seq;
         let active = st.writer.as_ref().map_or(0, |w| w.size_bytes);
+        stats.bytes_written = st.writer.as_ref().map_or(0, |w| w.bytes_written);
         stats.segments = st.sealed.len() + usize::from(st.writer.is_some());
         stats.wal_bytes = st.sealed.iter().map(|s| s.size_bytes).sum::<u64>() + active;
         stats.dedup_entries = st.dedup.len();
@@ -568,6 +738,7 @@ fn create_segment(
         file,
         first_seq,
         size_bytes: SEGMENT_HEADER_BYTES as u64,
+        bytes_written: 0,
     })
 }
 

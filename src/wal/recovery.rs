@@ -30,6 +30,12 @@ pub const QUARANTINE_DIR: &str = "quarantine";
 pub struct RecoveryReport {
     /// Segments read.
     pub segments_replayed: usize,
+    /// Segments not read because the snapshot covers them.
+    pub segments_skipped: usize,
+    /// The snapshot loaded, if any.
+    pub snapshot: Option<SnapshotUsed>,
+    /// Snapshots that were damaged and skipped (moved to `quarantine/`).
+    pub snapshots_skipped: Vec<String>,
     /// Frames (batches) replayed.
     pub frames_replayed: u64,
     /// Operations replayed.
@@ -38,6 +44,17 @@ pub struct RecoveryReport {
     pub torn_tail: Option<TornTail>,
     /// What repair dropped, if repair was needed and asked for.
     pub repair: Option<RepairReport>,
+}
+
+/// The snapshot recovery started from.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct SnapshotUsed {
+    /// Its file.
+    pub path: PathBuf,
+    /// The sequence number it covers.
+    pub covered_seq: u64,
+    /// Keys (entries) in it.
+    pub entries: u64,
 }
 
 /// A cut-off partial write at the end of the WAL.
@@ -88,6 +105,10 @@ pub struct ReplayMode {
     /// False for `verify`: change nothing on disk, report torn tails, and
     /// treat damage as an error.
     pub modify: bool,
+    /// The sequence number a loaded snapshot covers: segments wholly at or
+    /// below it are not read, and frames at or below it are checked but not
+    /// applied.
+    pub covered_seq: Option<u64>,
 }
 
 /// Reads every segment in `wal_dir`, calling `apply(first_seq, payload)` for
@@ -103,13 +124,35 @@ pub fn replay(
     let segments = list_segments(io, wal_dir)?;
     let mut report = RecoveryReport::default();
     let mut kept: Vec<SegmentInfo> = Vec::new();
-    let mut expected_seq: Option<u64> = None;
+    // Without a snapshot the log must start at the beginning (or right after
+    // a repair, which its segment declares); with one, where it says.
+    let mut expected_seq: Option<u64> = mode.covered_seq.is_none().then_some(1);
     for (index, (first_seq, path)) in segments.iter().enumerate() {
         let is_last = index + 1 == segments.len();
+        if let Some(covered) = mode.covered_seq {
+            if index == 0 && *first_seq > covered.saturating_add(1) {
+                return Err(Error::corruption(
+                    path,
+                    0,
+                    format!("the WAL starts at seq {first_seq} but the snapshot covers only up to {covered}"),
+                ));
+            }
+            if let Some((next_first, _)) = segments.get(index + 1)
+                && *next_first <= covered.saturating_add(1)
+            {
+                kept.push(info(*first_seq, path, io.len_bytes(path)?));
+                report.segments_skipped += 1;
+                expected_seq = Some(*next_first);
+                continue;
+            }
+        }
         let bytes = io.read(path)?;
         let scan = scan_segment(&bytes, *first_seq, node, expected_seq);
         report.segments_replayed += 1;
         for (seq, payload) in scan.frames {
+            if mode.covered_seq.is_some_and(|covered| seq <= covered) {
+                continue;
+            }
             report.frames_replayed += 1;
             report.ops_replayed += payload.records.len() as u64;
             apply(seq, payload);

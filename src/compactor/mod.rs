@@ -1,0 +1,435 @@
+//! The compactor: snapshots, WAL truncation, tombstone GC, in a background
+//! thread.
+//!
+//! A compaction:
+//! 1. seals the active WAL segment (writers wait only while a new segment
+//!    file is created);
+//! 2. waits until every batch written so far is applied, reads the applied
+//!    watermark `S`, then takes an O(1) snapshot of the state map (writers
+//!    are not blocked: the map is persistent);
+//! 3. writes the snapshot covering `S` atomically, leaving out tombstones past
+//!    their grace period that every registered cursor has passed;
+//! 4. deletes snapshots beyond `snapshots_retained`, and WAL segments wholly
+//!    covered by the oldest retained snapshot, except those a registered
+//!    cursor still needs (within `wal_retention_bytes_max`);
+//! 5. drops the collected tombstones from the live map, if still unchanged.
+//!
+//! A crash at any step leaves a state that opens correctly: a snapshot
+//! becomes visible only by its rename, and no segment is deleted before the
+//! snapshot covering it is durable.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded};
+use parking_lot::Mutex;
+use serde::Serialize;
+
+use crate::crdt::KeyState;
+use crate::db::engine::Engine;
+use crate::error::{Error, Result};
+use crate::io::Io;
+use crate::snapshot::{self, SNAPSHOT_DIR, SnapshotMeta};
+use crate::state::StoreKey;
+use crate::wal::WAL_DIR;
+
+/// Most cursors that can be registered at once.
+pub const CURSORS_MAX: usize = 1024;
+
+/// What a compaction did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CompactionReport {
+    /// The sequence number the new snapshot covers.
+    pub snapshot_seq: u64,
+    /// The new snapshot file.
+    pub snapshot_path: PathBuf,
+    /// Its size.
+    pub snapshot_bytes: u64,
+    /// Keys in it.
+    pub entries: u64,
+    /// WAL plus snapshot bytes on disk before.
+    pub bytes_before: u64,
+    /// ...and after.
+    pub bytes_after: u64,
+    /// WAL segments deleted.
+    pub segments_removed: usize,
+    /// Older snapshots deleted.
+    pub snapshots_removed: usize,
+    /// Tombstones garbage-collected.
+    pub tombstones_dropped: u64,
+    /// Cursors found beyond the retention limit (they must resync).
+    pub cursors_behind: Vec<String>,
+    /// How long it took, in milliseconds.
+    pub duration_ms: u64,
+}
+
+/// A registered cursor: a reader of the WAL (a follower, a peer) whose
+/// position holds back WAL truncation and tombstone GC.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CursorInfo {
+    /// The highest sequence number the reader has.
+    pub seq: u64,
+    /// The reader fell further behind than `wal_retention_bytes_max`; the
+    /// WAL it needs may be gone, so it must resync from a snapshot.
+    pub needs_resync: bool,
+}
+
+/// Compaction figures, for stats.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct CompactorStats {
+    /// The newest snapshot's covered sequence number, if any.
+    pub snapshot_seq: Option<u64>,
+    /// The newest snapshot's size.
+    pub snapshot_bytes: u64,
+    /// WAL bytes written since the newest snapshot (this session).
+    pub wal_bytes_since_snapshot: u64,
+    /// Compactions run since open.
+    pub compactions: u64,
+    /// The last background compaction's error, if it failed.
+    pub last_error: Option<String>,
+}
+
+#[derive(Default)]
+struct Progress {
+    snapshot_seq: Option<u64>,
+    snapshot_bytes: u64,
+    bytes_written_at_snapshot: u64,
+    compacted_at: Option<Instant>,
+    compactions: u64,
+    last_error: Option<String>,
+}
+
+/// The compactor's shared state: what it needs to compact, the cursors, and
+/// its progress.
+pub(crate) struct Maintenance {
+    engine: Arc<Engine>,
+    io: Io,
+    dir: PathBuf,
+    cursors: Mutex<BTreeMap<String, CursorInfo>>,
+    progress: Mutex<Progress>,
+    /// One compaction at a time (background or `compact_now`).
+    running: Mutex<()>,
+}
+
+enum Request {
+    Compact(Sender<Result<CompactionReport>>),
+}
+
+/// The background thread; stops when dropped.
+pub(crate) struct Compactor {
+    requests: Option<Sender<Request>>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Maintenance {
+    pub fn new(engine: Arc<Engine>, io: Io, dir: &Path, snapshot: Option<(u64, u64)>) -> Self {
+        let progress = Progress {
+            snapshot_seq: snapshot.map(|s| s.0),
+            snapshot_bytes: snapshot.map_or(0, |s| s.1),
+            ..Progress::default()
+        };
+        Self {
+            engine,
+            io,
+            dir: dir.to_path_buf(),
+            cursors: Mutex::new(BTreeMap::new()),
+            progress: Mutex::new(progress),
+            running: Mutex::new(()),
+        }
+    }
+
+    /// Registers or moves a cursor.
+    pub fn set_cursor(&self, name: &str, seq: u64) -> Result<()> {
+        let mut cursors = self.cursors.lock();
+        if !cursors.contains_key(name) && cursors.len() >= CURSORS_MAX {
+            return Err(Error::limit("cursors", cursors.len() + 1, CURSORS_MAX));
+        }
+        let needs_resync = cursors.get(name).is_some_and(|c| c.needs_resync && c.seq >= seq);
+        cursors.insert(name.to_string(), CursorInfo { seq, needs_resync });
+        Ok(())
+    }
+
+    /// A cursor's position.
+    pub fn cursor(&self, name: &str) -> Option<CursorInfo> {
+        self.cursors.lock().get(name).cloned()
+    }
+
+    /// Forgets a cursor.
+    pub fn remove_cursor(&self, name: &str) -> bool {
+        self.cursors.lock().remove(name).is_some()
+    }
+
+    /// Figures for stats.
+    pub fn stats(&self) -> CompactorStats {
+        let written = self.engine.wal.stats().bytes_written;
+        let p = self.progress.lock();
+        CompactorStats {
+            snapshot_seq: p.snapshot_seq,
+            snapshot_bytes: p.snapshot_bytes,
+            wal_bytes_since_snapshot: written.saturating_sub(p.bytes_written_at_snapshot),
+            compactions: p.compactions,
+            last_error: p.last_error.clone(),
+        }
+    }
+
+    fn due(&self) -> bool {
+        let options = &self.engine.options;
+        let written = self.engine.wal.stats().bytes_written;
+        let p = self.progress.lock();
+        let since = written.saturating_sub(p.bytes_written_at_snapshot);
+        if since >= options.compaction_wal_bytes_min {
+            return true;
+        }
+        let interval = Duration::from_millis(options.compaction_interval_ms);
+        let elapsed = p.compacted_at.map_or(Duration::MAX, |t| t.elapsed());
+        options.compaction_interval_ms > 0 && since > 0 && elapsed >= interval
+    }
+
+    /// Runs one compaction now.
+    pub fn compact(&self) -> Result<CompactionReport> {
+        let _running = self.running.lock();
+        let started = Instant::now();
+        let result = self.compact_inner();
+        let mut p = self.progress.lock();
+        match &result {
+            Ok(report) => {
+                p.compactions += 1;
+                p.compacted_at = Some(Instant::now());
+                p.snapshot_seq = Some(report.snapshot_seq);
+                p.snapshot_bytes = report.snapshot_bytes;
+                p.last_error = None;
+            }
+            Err(e) => p.last_error = Some(e.to_string()),
+        }
+        result.map(|mut r| {
+            r.duration_ms = started.elapsed().as_millis() as u64;
+            r
+        })
+    }
+
+    fn compact_inner(&self) -> Result<CompactionReport> {
+        let engine = &self.engine;
+        engine.wal.check_usable()?;
+        let bytes_before = self.disk_bytes()?;
+        engine.wal.seal_active()?;
+        let written_at_seal = engine.wal.stats().bytes_written;
+        let target = engine.wal.stats().last_seq;
+        engine.wal.wait_watermark(target)?;
+        // The watermark first, then the map: every batch up to it is in the map.
+        let covered_seq = engine.wal.applied_watermark();
+        let map = engine.state.snapshot();
+        let meta = SnapshotMeta {
+            node: engine.node,
+            covered_seq,
+            hlc: engine.hlc.lock().high_water(),
+            created_ms: engine.options.wall_clock.now_ms(),
+        };
+        let gc = self.tombstone_rule(covered_seq);
+        let mut dropped: Vec<(StoreKey, KeyState)> = Vec::new();
+        let keep = |key: &StoreKey, state: &KeyState| {
+            let collect = gc.collects(state);
+            if collect {
+                dropped.push((key.clone(), state.clone()));
+            }
+            !collect
+        };
+        let dedup = engine.wal.dedup_entries_through(covered_seq);
+        let snap_dir = self.dir.join(SNAPSHOT_DIR);
+        let written = snapshot::write_snapshot(&self.io, &snap_dir, &meta, &map, &dedup, keep)?;
+        drop(map);
+        self.progress.lock().bytes_written_at_snapshot = written_at_seal;
+        let (snapshots_removed, oldest_retained) = self.prune_snapshots(&snap_dir)?;
+        let (keep_from, cursors_behind) = self.retention_start(oldest_retained);
+        let (segments_removed, _) = engine.wal.truncate_before(keep_from)?;
+        let tombstones_dropped = engine.state.remove_unchanged(&dropped);
+        Ok(CompactionReport {
+            snapshot_seq: covered_seq,
+            snapshot_path: written.path,
+            snapshot_bytes: written.size_bytes,
+            entries: written.entries,
+            bytes_before,
+            bytes_after: self.disk_bytes()?,
+            segments_removed,
+            snapshots_removed,
+            tombstones_dropped,
+            cursors_behind,
+            duration_ms: 0,
+        })
+    }
+
+    /// Which tombstones this compaction may drop.
+    fn tombstone_rule(&self, covered_seq: u64) -> TombstoneGc {
+        let cursors_passed = self.cursors.lock().values().all(|c| c.needs_resync || c.seq >= covered_seq);
+        let now_ms = self.engine.options.wall_clock.now_ms();
+        TombstoneGc {
+            enabled: cursors_passed,
+            older_than_ms: now_ms.saturating_sub(self.engine.options.tombstone_grace_ms),
+        }
+    }
+
+    /// Deletes snapshots beyond the retained number; returns how many, and
+    /// the covered sequence number of the oldest one kept.
+    fn prune_snapshots(&self, snap_dir: &Path) -> Result<(usize, u64)> {
+        let retained = self.engine.options.snapshots_retained.max(1);
+        let snapshots = snapshot::list_snapshots(&self.io, snap_dir)?;
+        let oldest_retained = snapshots
+            .iter()
+            .take(retained)
+            .map(|s| s.0)
+            .min()
+            .unwrap_or(0);
+        let doomed = snapshots.iter().skip(retained).collect::<Vec<_>>();
+        for (_, path) in &doomed {
+            self.io.remove_file(path)?;
+        }
+        if !doomed.is_empty() {
+            self.io.sync_dir(snap_dir)?;
+        }
+        Ok((doomed.len(), oldest_retained))
+    }
+
+    /// The first sequence number the WAL must keep: just after the oldest
+    /// retained snapshot, or earlier for cursors within the retention
+    /// limit. Cursors beyond it are marked and named.
+    fn retention_start(&self, oldest_retained: u64) -> (u64, Vec<String>) {
+        let snapshot_start = oldest_retained.saturating_add(1);
+        let segments = self.engine.wal.segment_ranges();
+        let bytes_from = |seq: u64| -> u64 {
+            segments
+                .iter()
+                .filter(|s| s.last_seq >= seq)
+                .map(|s| s.size_bytes)
+                .sum()
+        };
+        let limit = self.engine.options.wal_retention_bytes_max;
+        let mut start = snapshot_start;
+        let mut behind = Vec::new();
+        for (name, cursor) in self.cursors.lock().iter_mut() {
+            let wanted = cursor.seq.saturating_add(1);
+            if wanted >= start || cursor.needs_resync {
+                continue;
+            }
+            if bytes_from(wanted) > limit {
+                cursor.needs_resync = true;
+                behind.push(name.clone());
+            } else {
+                start = wanted;
+            }
+        }
+        (start, behind)
+    }
+
+    /// Bytes of WAL segments and snapshots on disk.
+    fn disk_bytes(&self) -> Result<u64> {
+        let mut total = 0;
+        for sub in [WAL_DIR, SNAPSHOT_DIR] {
+            let dir = self.dir.join(sub);
+            let names = match self.io.list_dir(&dir) {
+                Ok(names) => names,
+                Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            for name in names {
+                total += self.io.len_bytes(&dir.join(name)).unwrap_or(0);
+            }
+        }
+        Ok(total)
+    }
+}
+
+/// The tombstone GC rule of one compaction.
+struct TombstoneGc {
+    /// False while a registered cursor has not passed the snapshot.
+    enabled: bool,
+    /// Tombstones stamped before this (ms since the epoch) are past grace.
+    older_than_ms: u64,
+}
+
+impl TombstoneGc {
+    /// A key can be dropped if it is a tombstone past its grace period with
+    /// no counter totals left to merge.
+    fn collects(&self, state: &KeyState) -> bool {
+        let Some(register) = &state.register else {
+            return false;
+        };
+        self.enabled
+            && register.value.is_none()
+            && register.stamp.physical_ms < self.older_than_ms
+            && state.counter.as_ref().is_none_or(|c| c.totals.is_empty())
+    }
+}
+
+impl Compactor {
+    /// Starts the background thread.
+    pub fn start(maintenance: Arc<Maintenance>) -> Result<Compactor> {
+        let (requests, receive) = bounded::<Request>(16);
+        let handle = std::thread::Builder::new()
+            .name("mergekv-compactor".into())
+            .spawn(move || run(&maintenance, &receive))
+            .map_err(|e| Error::Poisoned {
+                cause: Arc::from(format!("cannot start the compactor thread: {e}")),
+            })?;
+        Ok(Compactor {
+            requests: Some(requests),
+            handle: Some(handle),
+        })
+    }
+
+    /// Runs a compaction on the compactor thread and waits for it.
+    pub fn compact_now(&self) -> Result<CompactionReport> {
+        let (reply, answer) = bounded(1);
+        let requests = self.requests.as_ref().ok_or(Error::Closed)?;
+        requests.send(Request::Compact(reply)).map_err(|_| Error::Closed)?;
+        answer.recv().unwrap_or_else(|_| {
+            Err(Error::Poisoned {
+                cause: Arc::from("the compactor thread stopped"),
+            })
+        })
+    }
+
+    /// Stops the thread after the compaction in progress, if any.
+    pub fn stop(&mut self) {
+        self.requests.take();
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for Compactor {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn run(maintenance: &Maintenance, requests: &Receiver<Request>) {
+    let tick = Duration::from_millis(maintenance.engine.options.compactor_tick_ms.max(1));
+    loop {
+        let reply = match requests.recv_timeout(tick) {
+            Ok(Request::Compact(reply)) => Some(reply),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        if reply.is_none() && (!maintenance.due() || maintenance.engine.wal.check_usable().is_err()) {
+            continue;
+        }
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| maintenance.compact()));
+        let result = outcome.unwrap_or_else(|_| {
+            let cause = "the compactor thread panicked";
+            maintenance.engine.wal.poison(cause);
+            Err(Error::Poisoned {
+                cause: Arc::from(cause),
+            })
+        });
+        let poisoned = matches!(result, Err(Error::Poisoned { .. }));
+        if let Some(reply) = reply {
+            let _ = reply.send(result);
+        }
+        if poisoned {
+            return;
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! Opening: load the newest valid snapshot, then replay the WAL after it.
+
+use std::path::Path;
+
+use crate::clock::{NodeId, Stamp};
+use crate::error::{Error, Result};
+use crate::io::Io;
+use crate::options::Options;
+use crate::snapshot::{self, LoadedSnapshot, SNAPSHOT_DIR};
+use crate::state::State;
+use crate::wal::dedup::{DedupEntry, DedupWindow};
+use crate::wal::format::FramePayload;
+use crate::wal::recovery::{self, QUARANTINE_DIR, RecoveryReport, SnapshotUsed};
+use crate::wal::{WAL_DIR, WalStart};
+
+/// Records replayed into the state map at a time: large enough that sorting
+/// them pays off, small enough to bound the memory replay needs.
+const REPLAY_CHUNK_RECORDS: usize = 1 << 20;
+
+/// What opening rebuilt.
+pub(crate) struct Recovered {
+    pub state: State,
+    pub wal_start: WalStart,
+    pub max_stamp: Option<Stamp>,
+    pub report: RecoveryReport,
+    /// The loaded snapshot's covered sequence number and size.
+    pub snapshot: Option<(u64, u64)>,
+}
+
+/// Loads the newest valid snapshot (moving damaged ones to quarantine) and
+/// replays the WAL after it into a fresh state and dedup window.
+pub(crate) fn recover(io: &Io, dir: &Path, node: NodeId, options: &Options) -> Result<Recovered> {
+    let state = State::new();
+    let mut dedup = DedupWindow::new(options.dedup_window_ms, options.dedup_window_entries_max);
+    let now_ms = options.wall_clock.now_ms();
+    let mut report = RecoveryReport::default();
+    let loaded = load_snapshot(io, dir, node, &mut report)?;
+    let mut max_stamp = None;
+    let covered_seq = loaded.as_ref().map(|s| s.meta.covered_seq);
+    let snapshot_size = loaded.as_ref().map(|s| (s.meta.covered_seq, s.size_bytes));
+    if let Some(snapshot) = loaded {
+        report.snapshot = Some(SnapshotUsed {
+            path: snapshot.path.clone(),
+            covered_seq: snapshot.meta.covered_seq,
+            entries: snapshot.records.len() as u64,
+        });
+        max_stamp = Some(snapshot.meta.hlc);
+        for (id, entry) in snapshot.dedup {
+            dedup.insert(id, entry, now_ms);
+        }
+        state.replay(snapshot.records);
+    }
+    let mut pending = Vec::new();
+    let mut apply = |first_seq: u64, payload: FramePayload| {
+        let batch_stamp = payload.records.iter().filter_map(|r| r.delta.newest_stamp()).max();
+        max_stamp = max_stamp.max(batch_stamp);
+        if let (Some(mark), Some(stamp)) = (payload.dedup, batch_stamp) {
+            let entry = DedupEntry {
+                first_seq,
+                op_count: payload.records.len() as u32,
+                stamp,
+                seen_ms: mark.seen_ms,
+            };
+            dedup.insert(mark.id, entry, now_ms);
+        }
+        pending.extend(payload.records);
+        if pending.len() >= REPLAY_CHUNK_RECORDS {
+            state.replay(std::mem::take(&mut pending));
+        }
+    };
+    let mode = recovery::ReplayMode {
+        recovery: options.recovery_mode,
+        modify: true,
+        covered_seq,
+    };
+    let replayed = recovery::replay(io, &dir.join(WAL_DIR), node, mode, &mut apply)?;
+    state.replay(pending);
+    let wal_report = replayed.report;
+    report.segments_replayed = wal_report.segments_replayed;
+    report.segments_skipped = wal_report.segments_skipped;
+    report.frames_replayed = wal_report.frames_replayed;
+    report.ops_replayed = wal_report.ops_replayed;
+    report.torn_tail = wal_report.torn_tail;
+    report.repair = wal_report.repair;
+    let next_seq = replayed.next_seq.max(covered_seq.map_or(1, |s| s.saturating_add(1)));
+    Ok(Recovered {
+        state,
+        wal_start: WalStart {
+            next_seq,
+            segments: replayed.segments,
+            dedup,
+        },
+        max_stamp,
+        report,
+        snapshot: snapshot_size,
+    })
+}
+
+/// The newest snapshot that reads back whole. Damaged ones are moved to
+/// `quarantine/` and named in the report; leftover temp files (a crash
+/// during a snapshot write) are removed.
+fn load_snapshot(
+    io: &Io,
+    dir: &Path,
+    node: NodeId,
+    report: &mut RecoveryReport,
+) -> Result<Option<LoadedSnapshot>> {
+    let snap_dir = dir.join(SNAPSHOT_DIR);
+    remove_temp_files(io, &snap_dir)?;
+    for (_, path) in snapshot::list_snapshots(io, &snap_dir)? {
+        match snapshot::read_snapshot(io, &path) {
+            Ok(loaded) if loaded.meta.node == node => return Ok(Some(loaded)),
+            Ok(loaded) => {
+                return Err(Error::corruption(
+                    &path,
+                    0,
+                    format!("snapshot belongs to node {}, not {node}", loaded.meta.node),
+                ));
+            }
+            Err(Error::Corruption { reason, offset_bytes, .. }) => {
+                report.snapshots_skipped.push(format!(
+                    "{} is damaged at byte {offset_bytes}: {reason}",
+                    path.display()
+                ));
+                quarantine(io, dir, &path)?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
+}
+
+fn remove_temp_files(io: &Io, snap_dir: &Path) -> Result<()> {
+    let names = match io.list_dir(snap_dir) {
+        Ok(names) => names,
+        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for name in names.iter().filter(|n| n.ends_with(".tmp")) {
+        io.remove_file(&snap_dir.join(name))?;
+    }
+    Ok(())
+}
+
+fn quarantine(io: &Io, dir: &Path, path: &Path) -> Result<()> {
+    let target_dir = dir.join(QUARANTINE_DIR);
+    io.create_dir_all(&target_dir)?;
+    let name = path.file_name().unwrap_or_default();
+    io.rename(path, &target_dir.join(name))?;
+    io.sync_dir(&target_dir)?;
+    io.sync_dir(path.parent().unwrap_or(dir))
+}

@@ -1,0 +1,416 @@
+//! Snapshots: the whole state at a WAL sequence number, in one versioned,
+//! checksummed file, written atomically.
+//!
+//! A snapshot *covers* sequence number `S`: every frame with sequence numbers
+//! up to `S` is merged into it (frames after `S` may be too: merging is
+//! idempotent, so replaying them again on open is harmless). Layout in
+//! `docs/FORMAT.md`; files are `<dir>/snapshots/snap-<S:020>.snap`.
+
+use std::path::{Path, PathBuf};
+
+use crate::clock::{NodeId, Stamp};
+use crate::codec::{DecodeError, Reader, Writer};
+use crate::error::{Error, Result};
+use crate::io::Io;
+use crate::crdt::KeyState;
+use crate::state::{StateMap, StoreKey};
+use crate::wal::dedup::DedupEntry;
+use crate::wal::format::{Record, decode_record, decode_stamp, encode_record, encode_stamp};
+
+/// Name of the snapshot directory inside a database directory.
+pub const SNAPSHOT_DIR: &str = "snapshots";
+/// First eight bytes of every snapshot.
+pub const SNAPSHOT_MAGIC: [u8; 8] = *b"MKVSNAP\x01";
+/// Version of the layout described here.
+pub const SNAPSHOT_FORMAT_VERSION: u16 = 1;
+
+/// Byte offset of the version in the header.
+pub const SNAPSHOT_VERSION_OFFSET: usize = 8;
+/// Byte offset of the flags.
+pub const SNAPSHOT_FLAGS_OFFSET: usize = SNAPSHOT_VERSION_OFFSET + 2;
+/// Byte offset of the node id.
+pub const SNAPSHOT_NODE_OFFSET: usize = SNAPSHOT_FLAGS_OFFSET + 2;
+/// Byte offset of the covered sequence number.
+pub const SNAPSHOT_SEQ_OFFSET: usize = SNAPSHOT_NODE_OFFSET + 8;
+/// Byte offset of the HLC high-water stamp.
+pub const SNAPSHOT_HLC_OFFSET: usize = SNAPSHOT_SEQ_OFFSET + 8;
+/// Byte offset of the creation time.
+pub const SNAPSHOT_CREATED_OFFSET: usize = SNAPSHOT_HLC_OFFSET + 20;
+/// Byte offset of the header checksum.
+pub const SNAPSHOT_HEADER_CRC_OFFSET: usize = SNAPSHOT_CREATED_OFFSET + 8;
+/// Length of the header.
+pub const SNAPSHOT_HEADER_BYTES: usize = SNAPSHOT_HEADER_CRC_OFFSET + 4;
+/// Length of a chunk header.
+pub const CHUNK_HEADER_BYTES: usize = 16;
+/// A chunk is closed once its payload reaches this size.
+pub const CHUNK_PAYLOAD_BYTES_TARGET: usize = 1024 * 1024;
+/// Largest chunk payload a reader accepts.
+pub const CHUNK_PAYLOAD_BYTES_MAX: usize = 256 * 1024 * 1024;
+
+const CHUNK_ENTRIES: u8 = 1;
+const CHUNK_DEDUP: u8 = 2;
+const CHUNK_END: u8 = 0xFF;
+const DEDUP_ENTRY_BYTES: usize = 32 + 8 + 4 + 20 + 8;
+
+/// What a snapshot holds besides the entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapshotMeta {
+    /// The node that wrote it.
+    pub node: NodeId,
+    /// Every frame up to this sequence number is in it.
+    pub covered_seq: u64,
+    /// The HLC high-water mark when it was taken.
+    pub hlc: Stamp,
+    /// When it was written, ms since the epoch.
+    pub created_ms: u64,
+}
+
+/// A snapshot read back from disk.
+pub struct LoadedSnapshot {
+    /// Its file.
+    pub path: PathBuf,
+    /// Its header fields.
+    pub meta: SnapshotMeta,
+    /// Every key's state.
+    pub records: Vec<Record>,
+    /// Dedup window entries for frames it covers.
+    pub dedup: Vec<([u8; 32], DedupEntry)>,
+    /// Its size in bytes.
+    pub size_bytes: u64,
+}
+
+/// The file name of the snapshot covering `seq`.
+pub fn snapshot_file_name(seq: u64) -> String {
+    format!("snap-{seq:020}.snap")
+}
+
+/// The covered sequence number in a snapshot file name.
+pub fn parse_snapshot_file_name(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix("snap-")?.strip_suffix(".snap")?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// The snapshots in `dir` (the snapshot directory), newest first.
+pub fn list_snapshots(io: &Io, dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let names = match io.list_dir(dir) {
+        Ok(names) => names,
+        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    let mut out: Vec<(u64, PathBuf)> = names
+        .into_iter()
+        .filter_map(|n| parse_snapshot_file_name(&n).map(|seq| (seq, dir.join(n))))
+        .collect();
+    out.sort_by(|a, b| b.0.cmp(&a.0));
+    Ok(out)
+}
+
+/// A snapshot just written.
+pub struct Written {
+    /// Its file.
+    pub path: PathBuf,
+    /// Its size.
+    pub size_bytes: u64,
+    /// Keys in it.
+    pub entries: u64,
+}
+
+/// Appends to the temp file, hashing everything for the end chunk.
+struct HashingFile {
+    file: crate::io::IoFile,
+    hasher: blake3::Hasher,
+    written: u64,
+}
+
+impl HashingFile {
+    fn emit(&mut self, bytes: &[u8]) -> Result<()> {
+        self.hasher.update(bytes);
+        self.written += bytes.len() as u64;
+        self.file.write_all(bytes)
+    }
+}
+
+/// Writes a snapshot of the keys of `map` for which `keep` says so,
+/// atomically: temp file, fsync, rename, directory fsync.
+pub fn write_snapshot(
+    io: &Io,
+    dir: &Path,
+    meta: &SnapshotMeta,
+    map: &StateMap,
+    dedup: &[([u8; 32], DedupEntry)],
+    mut keep: impl FnMut(&StoreKey, &KeyState) -> bool,
+) -> Result<Written> {
+    io.create_dir_all(dir)?;
+    let path = dir.join(snapshot_file_name(meta.covered_seq));
+    let tmp = path.with_extension("tmp");
+    let mut out = HashingFile {
+        file: io.create_truncate(&tmp)?,
+        hasher: blake3::Hasher::new(),
+        written: 0,
+    };
+    out.emit(&encode_header(meta))?;
+    let mut entries = 0u64;
+    let mut chunk = ChunkBuilder::new(CHUNK_ENTRIES);
+    for (key, state) in map.iter().filter(|(k, s)| keep(k, s)) {
+        let record = Record {
+            store_key: key.clone(),
+            delta: state.clone(),
+        };
+        encode_record(&mut chunk.payload, &record);
+        chunk.count += 1;
+        entries += 1;
+        if chunk.payload.len() >= CHUNK_PAYLOAD_BYTES_TARGET {
+            out.emit(&chunk.take())?;
+        }
+    }
+    if chunk.count > 0 {
+        out.emit(&chunk.take())?;
+    }
+    let mut dedup_chunk = ChunkBuilder::new(CHUNK_DEDUP);
+    for (id, entry) in dedup {
+        encode_dedup_entry(&mut dedup_chunk.payload, id, entry);
+        dedup_chunk.count += 1;
+    }
+    if dedup_chunk.count > 0 {
+        out.emit(&dedup_chunk.take())?;
+    }
+    let mut end = ChunkBuilder::new(CHUNK_END);
+    end.count = u32::try_from(entries).unwrap_or(u32::MAX);
+    end.payload.bytes(out.hasher.finalize().as_bytes());
+    let end = end.take();
+    out.file.write_all(&end)?;
+    out.file.sync_all()?;
+    let size_bytes = out.written + end.len() as u64;
+    drop(out);
+    io.rename(&tmp, &path)?;
+    io.sync_dir(dir)?;
+    Ok(Written {
+        path,
+        size_bytes,
+        entries,
+    })
+}
+
+struct ChunkBuilder {
+    kind: u8,
+    count: u32,
+    payload: Writer,
+}
+
+impl ChunkBuilder {
+    fn new(kind: u8) -> Self {
+        Self {
+            kind,
+            count: 0,
+            payload: Writer::with_capacity(CHUNK_PAYLOAD_BYTES_TARGET + 4096),
+        }
+    }
+
+    /// The encoded chunk (header + payload); the builder starts over.
+    fn take(&mut self) -> Vec<u8> {
+        let payload = std::mem::take(&mut self.payload).into_vec();
+        let mut w = Writer::with_capacity(CHUNK_HEADER_BYTES + payload.len());
+        w.u8(self.kind);
+        w.bytes(&[0, 0, 0]);
+        w.u32(self.count);
+        w.u32(payload.len() as u32);
+        w.u32(crc32c::crc32c(&payload));
+        w.bytes(&payload);
+        self.count = 0;
+        w.into_vec()
+    }
+}
+
+fn encode_header(meta: &SnapshotMeta) -> Vec<u8> {
+    let mut w = Writer::with_capacity(SNAPSHOT_HEADER_BYTES);
+    w.bytes(&SNAPSHOT_MAGIC);
+    w.u16(SNAPSHOT_FORMAT_VERSION);
+    w.u16(0);
+    w.u64(meta.node.0);
+    w.u64(meta.covered_seq);
+    encode_stamp(&mut w, meta.hlc);
+    w.u64(meta.created_ms);
+    let crc = crc32c::crc32c(w.as_slice());
+    w.u32(crc);
+    w.into_vec()
+}
+
+fn encode_dedup_entry(w: &mut Writer, id: &[u8; 32], entry: &DedupEntry) {
+    w.bytes(id);
+    w.u64(entry.first_seq);
+    w.u32(entry.op_count);
+    encode_stamp(w, entry.stamp);
+    w.u64(entry.seen_ms);
+}
+
+/// Reads and fully verifies a snapshot. Any damage is
+/// [`Error::Corruption`] naming the file and offset; never a panic.
+pub fn read_snapshot(io: &Io, path: &Path) -> Result<LoadedSnapshot> {
+    let bytes = io.read(path)?;
+    decode_snapshot(&bytes, path).map_err(|(offset, reason)| Error::corruption(path, offset as u64, reason))
+}
+
+type DecodeFailure = (usize, String);
+
+fn at(base: usize) -> impl Fn(DecodeError) -> DecodeFailure {
+    move |e| match e {
+        DecodeError::Truncated { offset, .. } => (base + offset, e.to_string()),
+        DecodeError::Invalid { offset, .. } => (base + offset, e.to_string()),
+    }
+}
+
+fn decode_snapshot(bytes: &[u8], path: &Path) -> std::result::Result<LoadedSnapshot, DecodeFailure> {
+    let meta = decode_header(bytes)?;
+    let mut snapshot = LoadedSnapshot {
+        path: path.to_path_buf(),
+        meta,
+        records: Vec::new(),
+        dedup: Vec::new(),
+        size_bytes: bytes.len() as u64,
+    };
+    let mut offset = SNAPSHOT_HEADER_BYTES;
+    loop {
+        let (kind, count, payload) = read_chunk(bytes, offset)?;
+        let payload_offset = offset + CHUNK_HEADER_BYTES;
+        match kind {
+            CHUNK_ENTRIES => decode_entries(payload, count, payload_offset, &mut snapshot.records)?,
+            CHUNK_DEDUP => decode_dedup(payload, count, payload_offset, &mut snapshot.dedup)?,
+            CHUNK_END => {
+                check_end(bytes, offset, payload, count, snapshot.records.len())?;
+                return Ok(snapshot);
+            }
+            other => return Err((offset, format!("unknown chunk kind {other:#x}"))),
+        }
+        offset = payload_offset + payload.len();
+    }
+}
+
+fn decode_header(bytes: &[u8]) -> std::result::Result<SnapshotMeta, DecodeFailure> {
+    let mut r = Reader::new(bytes);
+    let header = r.take(SNAPSHOT_HEADER_BYTES).map_err(at(0))?;
+    let mut r = Reader::new(header);
+    if r.take(8).map_err(at(0))? != SNAPSHOT_MAGIC {
+        return Err((0, "not a mergekv snapshot (bad magic)".into()));
+    }
+    let stored_crc = u32::from_le_bytes([
+        header[SNAPSHOT_HEADER_CRC_OFFSET],
+        header[SNAPSHOT_HEADER_CRC_OFFSET + 1],
+        header[SNAPSHOT_HEADER_CRC_OFFSET + 2],
+        header[SNAPSHOT_HEADER_CRC_OFFSET + 3],
+    ]);
+    if crc32c::crc32c(&header[..SNAPSHOT_HEADER_CRC_OFFSET]) != stored_crc {
+        return Err((SNAPSHOT_HEADER_CRC_OFFSET, "snapshot header checksum mismatch".into()));
+    }
+    let version = r.u16().map_err(at(0))?;
+    if version != SNAPSHOT_FORMAT_VERSION {
+        return Err((SNAPSHOT_VERSION_OFFSET, format!("unsupported snapshot version {version}")));
+    }
+    let _flags = r.u16().map_err(at(0))?;
+    let node = NodeId(r.u64().map_err(at(0))?);
+    let covered_seq = r.u64().map_err(at(0))?;
+    let hlc = decode_stamp(&mut r).map_err(at(0))?;
+    let created_ms = r.u64().map_err(at(0))?;
+    Ok(SnapshotMeta {
+        node,
+        covered_seq,
+        hlc,
+        created_ms,
+    })
+}
+
+/// Reads the chunk at `offset`, checking its payload checksum.
+fn read_chunk(bytes: &[u8], offset: usize) -> std::result::Result<(u8, u32, &[u8]), DecodeFailure> {
+    let mut r = Reader::new(bytes.get(offset..).unwrap_or(&[]));
+    let kind = r.u8().map_err(at(offset))?;
+    r.take(3).map_err(at(offset))?;
+    let count = r.u32().map_err(at(offset))?;
+    let len = r.u32().map_err(at(offset))? as usize;
+    let crc = r.u32().map_err(at(offset))?;
+    if len > CHUNK_PAYLOAD_BYTES_MAX {
+        return Err((offset, format!("chunk length {len} exceeds limit")));
+    }
+    let payload = r.take(len).map_err(at(offset))?;
+    if crc32c::crc32c(payload) != crc {
+        return Err((offset, "chunk checksum mismatch".into()));
+    }
+    Ok((kind, count, payload))
+}
+
+fn decode_entries(
+    payload: &[u8],
+    count: u32,
+    base: usize,
+    out: &mut Vec<Record>,
+) -> std::result::Result<(), DecodeFailure> {
+    let mut r = Reader::new(payload);
+    for _ in 0..count {
+        out.push(decode_record(&mut r).map_err(at(base))?);
+    }
+    if r.remaining() != 0 {
+        return Err((base + r.position(), "trailing bytes in an entries chunk".into()));
+    }
+    Ok(())
+}
+
+fn decode_dedup(
+    payload: &[u8],
+    count: u32,
+    base: usize,
+    out: &mut Vec<([u8; 32], DedupEntry)>,
+) -> std::result::Result<(), DecodeFailure> {
+    if payload.len() != count as usize * DEDUP_ENTRY_BYTES {
+        return Err((base, "dedup chunk length does not match its count".into()));
+    }
+    let mut r = Reader::new(payload);
+    for _ in 0..count {
+        let mut id = [0u8; 32];
+        id.copy_from_slice(r.take(32).map_err(at(base))?);
+        let entry = DedupEntry {
+            first_seq: r.u64().map_err(at(base))?,
+            op_count: r.u32().map_err(at(base))?,
+            stamp: decode_stamp(&mut r).map_err(at(base))?,
+            seen_ms: r.u64().map_err(at(base))?,
+        };
+        out.push((id, entry));
+    }
+    Ok(())
+}
+
+/// Checks the end chunk: the entry count, the digest of everything before
+/// it, and that nothing follows it.
+fn check_end(
+    bytes: &[u8],
+    offset: usize,
+    payload: &[u8],
+    count: u32,
+    entries: usize,
+) -> std::result::Result<(), DecodeFailure> {
+    if payload.len() != 32 {
+        return Err((offset, "end chunk has no digest".into()));
+    }
+    if count as usize != entries {
+        return Err((offset, format!("end chunk says {count} entries, found {entries}")));
+    }
+    if blake3::hash(&bytes[..offset]).as_bytes() != payload {
+        return Err((offset, "snapshot digest mismatch".into()));
+    }
+    let end = offset + CHUNK_HEADER_BYTES + payload.len();
+    if end != bytes.len() {
+        return Err((end, "bytes after the end chunk".into()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        assert_eq!(parse_snapshot_file_name(&snapshot_file_name(9)), Some(9));
+        assert_eq!(parse_snapshot_file_name("snap-9.snap"), None);
+    }
+}
