@@ -66,7 +66,13 @@ fn child_writer(db: &Db, round: u64, thread: usize) {
 fn run_and_kill(dir: &std::path::Path, round: u64, delay: Duration) -> Vec<(String, i64)> {
     let exe = std::env::current_exe().unwrap();
     let mut child = Command::new(exe)
-        .args(["--exact", "crash_child", "--ignored", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "crash_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CHILD_ENV, dir)
         .env("MERGEKV_CRASH_ROUND", round.to_string())
         .stdout(Stdio::piped())

@@ -84,7 +84,8 @@ pub struct CompactorStats {
     pub snapshot_seq: Option<u64>,
     /// The newest snapshot's size.
     pub snapshot_bytes: u64,
-    /// WAL bytes written since the newest snapshot (this session).
+    /// Bytes of WAL segments holding anything after the newest snapshot
+    /// (all of the WAL if there is none).
     pub wal_bytes_since_snapshot: u64,
     /// Compactions run since open.
     pub compactions: u64,
@@ -147,7 +148,9 @@ impl Maintenance {
         if !cursors.contains_key(name) && cursors.len() >= CURSORS_MAX {
             return Err(Error::limit("cursors", cursors.len() + 1, CURSORS_MAX));
         }
-        let needs_resync = cursors.get(name).is_some_and(|c| c.needs_resync && c.seq >= seq);
+        let needs_resync = cursors
+            .get(name)
+            .is_some_and(|c| c.needs_resync && c.seq >= seq);
         cursors.insert(name.to_string(), CursorInfo { seq, needs_resync });
         Ok(())
     }
@@ -164,12 +167,20 @@ impl Maintenance {
 
     /// Figures for stats.
     pub fn stats(&self) -> CompactorStats {
-        let written = self.engine.wal.stats().bytes_written;
         let p = self.progress.lock();
+        let covered = p.snapshot_seq.unwrap_or(0);
+        let since: u64 = self
+            .engine
+            .wal
+            .segment_ranges()
+            .iter()
+            .filter(|s| s.last_seq > covered || s.last_seq < s.first_seq)
+            .map(|s| s.size_bytes)
+            .sum();
         CompactorStats {
             snapshot_seq: p.snapshot_seq,
             snapshot_bytes: p.snapshot_bytes,
-            wal_bytes_since_snapshot: written.saturating_sub(p.bytes_written_at_snapshot),
+            wal_bytes_since_snapshot: since,
             compactions: p.compactions,
             last_error: p.last_error.clone(),
         }
@@ -262,7 +273,11 @@ impl Maintenance {
 
     /// Which tombstones this compaction may drop.
     fn tombstone_rule(&self, covered_seq: u64) -> TombstoneGc {
-        let cursors_passed = self.cursors.lock().values().all(|c| c.needs_resync || c.seq >= covered_seq);
+        let cursors_passed = self
+            .cursors
+            .lock()
+            .values()
+            .all(|c| c.needs_resync || c.seq >= covered_seq);
         let now_ms = self.engine.options.wall_clock.now_ms();
         TombstoneGc {
             enabled: cursors_passed,
@@ -329,7 +344,9 @@ impl Maintenance {
             let dir = self.dir.join(sub);
             let names = match self.io.list_dir(&dir) {
                 Ok(names) => names,
-                Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                    continue;
+                }
                 Err(e) => return Err(e),
             };
             for name in names {
@@ -382,7 +399,9 @@ impl Compactor {
     pub fn compact_now(&self) -> Result<CompactionReport> {
         let (reply, answer) = bounded(1);
         let requests = self.requests.as_ref().ok_or(Error::Closed)?;
-        requests.send(Request::Compact(reply)).map_err(|_| Error::Closed)?;
+        requests
+            .send(Request::Compact(reply))
+            .map_err(|_| Error::Closed)?;
         answer.recv().unwrap_or_else(|_| {
             Err(Error::Poisoned {
                 cause: Arc::from("the compactor thread stopped"),
@@ -413,10 +432,12 @@ fn run(maintenance: &Maintenance, requests: &Receiver<Request>) {
             Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => return,
         };
-        if reply.is_none() && (!maintenance.due() || maintenance.engine.wal.check_usable().is_err()) {
+        if reply.is_none() && (!maintenance.due() || maintenance.engine.wal.check_usable().is_err())
+        {
             continue;
         }
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| maintenance.compact()));
+        let outcome =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| maintenance.compact()));
         let result = outcome.unwrap_or_else(|_| {
             let cause = "the compactor thread panicked";
             maintenance.engine.wal.poison(cause);

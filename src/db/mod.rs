@@ -16,6 +16,7 @@ use serde::de::DeserializeOwned;
 
 use crate::clock::{DriftStats, Hlc, NodeId, Stamp};
 use crate::command::{Batch, DEFAULT_KEYSPACE, Outcome, keyspace_prefix, validate_keyspace_name};
+use crate::compactor::{CompactionReport, Compactor, CompactorStats, CursorInfo, Maintenance};
 use crate::crdt::{KeyState, Visible};
 use crate::error::{Error, Result};
 use crate::io::Io;
@@ -23,7 +24,6 @@ use crate::meta::{self, DirLock};
 use crate::options::{Options, SyncMode};
 use crate::wal::recovery::{self, RecoveryReport};
 use crate::wal::{WAL_DIR, Wal, WalStats};
-use crate::compactor::{CompactionReport, Compactor, CompactorStats, CursorInfo, Maintenance};
 use crate::worker::Pool;
 use engine::Engine;
 use read::{ReadView, Scan, ScanOptions, Value};
@@ -90,9 +90,20 @@ impl Db {
         if let Some(stamp) = recovered.max_stamp {
             hlc.observe_recovered(stamp);
         }
-        let wal = Wal::open(&wal_dir, io.clone(), meta.node, &options, recovered.wal_start)?;
+        let wal = Wal::open(
+            &wal_dir,
+            io.clone(),
+            meta.node,
+            &options,
+            recovered.wal_start,
+        )?;
         let engine = Arc::new(Engine::new(options, meta.node, hlc, wal, recovered.state));
-        let maintenance = Arc::new(Maintenance::new(engine.clone(), io, &dir, recovered.snapshot));
+        let maintenance = Arc::new(Maintenance::new(
+            engine.clone(),
+            io,
+            &dir,
+            recovered.snapshot,
+        ));
         let compactor = Compactor::start(maintenance.clone())?;
         let pool = Pool::start(&engine)?;
         let flusher = start_flusher(&engine)?;

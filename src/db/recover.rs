@@ -52,7 +52,11 @@ pub(crate) fn recover(io: &Io, dir: &Path, node: NodeId, options: &Options) -> R
     }
     let mut pending = Vec::new();
     let mut apply = |first_seq: u64, payload: FramePayload| {
-        let batch_stamp = payload.records.iter().filter_map(|r| r.delta.newest_stamp()).max();
+        let batch_stamp = payload
+            .records
+            .iter()
+            .filter_map(|r| r.delta.newest_stamp())
+            .max();
         max_stamp = max_stamp.max(batch_stamp);
         if let (Some(mark), Some(stamp)) = (payload.dedup, batch_stamp) {
             let entry = DedupEntry {
@@ -72,6 +76,7 @@ pub(crate) fn recover(io: &Io, dir: &Path, node: NodeId, options: &Options) -> R
         recovery: options.recovery_mode,
         modify: true,
         covered_seq,
+        read_covered: false,
     };
     let replayed = recovery::replay(io, &dir.join(WAL_DIR), node, mode, &mut apply)?;
     state.replay(pending);
@@ -82,7 +87,9 @@ pub(crate) fn recover(io: &Io, dir: &Path, node: NodeId, options: &Options) -> R
     report.ops_replayed = wal_report.ops_replayed;
     report.torn_tail = wal_report.torn_tail;
     report.repair = wal_report.repair;
-    let next_seq = replayed.next_seq.max(covered_seq.map_or(1, |s| s.saturating_add(1)));
+    let next_seq = replayed
+        .next_seq
+        .max(covered_seq.map_or(1, |s| s.saturating_add(1)));
     Ok(Recovered {
         state,
         wal_start: WalStart {
@@ -117,7 +124,11 @@ fn load_snapshot(
                     format!("snapshot belongs to node {}, not {node}", loaded.meta.node),
                 ));
             }
-            Err(Error::Corruption { reason, offset_bytes, .. }) => {
+            Err(Error::Corruption {
+                reason,
+                offset_bytes,
+                ..
+            }) => {
                 report.snapshots_skipped.push(format!(
                     "{} is damaged at byte {offset_bytes}: {reason}",
                     path.display()
@@ -133,7 +144,9 @@ fn load_snapshot(
 fn remove_temp_files(io: &Io, snap_dir: &Path) -> Result<()> {
     let names = match io.list_dir(snap_dir) {
         Ok(names) => names,
-        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(());
+        }
         Err(e) => return Err(e),
     };
     for name in names.iter().filter(|n| n.ends_with(".tmp")) {

@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 
 use crate::clock::{NodeId, Stamp};
 use crate::codec::{DecodeError, Reader, Writer};
+use crate::crdt::KeyState;
 use crate::error::{Error, Result};
 use crate::io::Io;
-use crate::crdt::KeyState;
 use crate::state::{StateMap, StoreKey};
 use crate::wal::dedup::DedupEntry;
 use crate::wal::format::{Record, decode_record, decode_stamp, encode_record, encode_stamp};
@@ -97,7 +97,9 @@ pub fn parse_snapshot_file_name(name: &str) -> Option<u64> {
 pub fn list_snapshots(io: &Io, dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     let names = match io.list_dir(dir) {
         Ok(names) => names,
-        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Vec::new()
+        }
         Err(e) => return Err(e),
     };
     let mut out: Vec<(u64, PathBuf)> = names
@@ -250,7 +252,8 @@ fn encode_dedup_entry(w: &mut Writer, id: &[u8; 32], entry: &DedupEntry) {
 /// [`Error::Corruption`] naming the file and offset; never a panic.
 pub fn read_snapshot(io: &Io, path: &Path) -> Result<LoadedSnapshot> {
     let bytes = io.read(path)?;
-    decode_snapshot(&bytes, path).map_err(|(offset, reason)| Error::corruption(path, offset as u64, reason))
+    decode_snapshot(&bytes, path)
+        .map_err(|(offset, reason)| Error::corruption(path, offset as u64, reason))
 }
 
 type DecodeFailure = (usize, String);
@@ -262,7 +265,10 @@ fn at(base: usize) -> impl Fn(DecodeError) -> DecodeFailure {
     }
 }
 
-fn decode_snapshot(bytes: &[u8], path: &Path) -> std::result::Result<LoadedSnapshot, DecodeFailure> {
+fn decode_snapshot(
+    bytes: &[u8],
+    path: &Path,
+) -> std::result::Result<LoadedSnapshot, DecodeFailure> {
     let meta = decode_header(bytes)?;
     let mut snapshot = LoadedSnapshot {
         path: path.to_path_buf(),
@@ -302,11 +308,17 @@ fn decode_header(bytes: &[u8]) -> std::result::Result<SnapshotMeta, DecodeFailur
         header[SNAPSHOT_HEADER_CRC_OFFSET + 3],
     ]);
     if crc32c::crc32c(&header[..SNAPSHOT_HEADER_CRC_OFFSET]) != stored_crc {
-        return Err((SNAPSHOT_HEADER_CRC_OFFSET, "snapshot header checksum mismatch".into()));
+        return Err((
+            SNAPSHOT_HEADER_CRC_OFFSET,
+            "snapshot header checksum mismatch".into(),
+        ));
     }
     let version = r.u16().map_err(at(0))?;
     if version != SNAPSHOT_FORMAT_VERSION {
-        return Err((SNAPSHOT_VERSION_OFFSET, format!("unsupported snapshot version {version}")));
+        return Err((
+            SNAPSHOT_VERSION_OFFSET,
+            format!("unsupported snapshot version {version}"),
+        ));
     }
     let _flags = r.u16().map_err(at(0))?;
     let node = NodeId(r.u64().map_err(at(0))?);
@@ -350,7 +362,10 @@ fn decode_entries(
         out.push(decode_record(&mut r).map_err(at(base))?);
     }
     if r.remaining() != 0 {
-        return Err((base + r.position(), "trailing bytes in an entries chunk".into()));
+        return Err((
+            base + r.position(),
+            "trailing bytes in an entries chunk".into(),
+        ));
     }
     Ok(())
 }
@@ -392,7 +407,10 @@ fn check_end(
         return Err((offset, "end chunk has no digest".into()));
     }
     if count as usize != entries {
-        return Err((offset, format!("end chunk says {count} entries, found {entries}")));
+        return Err((
+            offset,
+            format!("end chunk says {count} entries, found {entries}"),
+        ));
     }
     if blake3::hash(&bytes[..offset]).as_bytes() != payload {
         return Err((offset, "snapshot digest mismatch".into()));

@@ -539,7 +539,10 @@ impl Wal {
         let mut st = self.shared.lock();
         loop {
             check_usable(&st)?;
-            let watermark = st.unapplied.first().map_or(st.next_seq - 1, |first| first - 1);
+            let watermark = st
+                .unapplied
+                .first()
+                .map_or(st.next_seq - 1, |first| first - 1);
             if watermark >= seq {
                 return Ok(());
             }
@@ -607,7 +610,12 @@ impl Wal {
         let doomed: Vec<SegmentInfo> = {
             let st = self.shared.lock();
             let active_first = st.writer.as_ref().map_or(u64::MAX, |w| w.first_seq);
-            let next_firsts = st.sealed.iter().skip(1).map(|s| s.first_seq).chain([active_first]);
+            let next_firsts = st
+                .sealed
+                .iter()
+                .skip(1)
+                .map(|s| s.first_seq)
+                .chain([active_first]);
             st.sealed
                 .iter()
                 .zip(next_firsts)

@@ -109,6 +109,8 @@ pub struct ReplayMode {
     /// below it are not read, and frames at or below it are checked but not
     /// applied.
     pub covered_seq: Option<u64>,
+    /// Read and check segments the snapshot covers too (for `verify`).
+    pub read_covered: bool,
 }
 
 /// Reads every segment in `wal_dir`, calling `apply(first_seq, payload)` for
@@ -134,11 +136,14 @@ pub fn replay(
                 return Err(Error::corruption(
                     path,
                     0,
-                    format!("the WAL starts at seq {first_seq} but the snapshot covers only up to {covered}"),
+                    format!(
+                        "the WAL starts at seq {first_seq} but the snapshot covers only up to {covered}"
+                    ),
                 ));
             }
             if let Some((next_first, _)) = segments.get(index + 1)
                 && *next_first <= covered.saturating_add(1)
+                && !mode.read_covered
             {
                 kept.push(info(*first_seq, path, io.len_bytes(path)?));
                 report.segments_skipped += 1;

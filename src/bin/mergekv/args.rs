@@ -45,6 +45,8 @@ pub enum Command {
     Scan(ScanArgs),
     /// Print figures about the database.
     Stats,
+    /// Write a snapshot now and drop the WAL it covers; print what it did.
+    Compact,
     /// Check every file of the database; exit 3 if any is damaged.
     Verify(VerifyArgs),
     /// Load KEY<TAB>VALUE lines from FILE ('-' for stdin) in large batches.

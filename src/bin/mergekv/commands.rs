@@ -27,6 +27,7 @@ fn dispatch(cli: &Cli, out: &mut Out) -> Result<(), CliError> {
         Command::Incr(a) => incr(data, a, out),
         Command::Scan(a) => scan(data, a, out),
         Command::Stats => stats(data, out),
+        Command::Compact => compact(data, out),
         Command::Verify(a) => verify(data, a, out),
         Command::Load(a) => load::load(data, a, out),
         Command::Demo(a) => demo::demo(a.dir.as_deref(), out),
@@ -144,6 +145,19 @@ fn stats(data: &Path, out: &mut Out) -> Result<(), CliError> {
         return out.json(&stats);
     }
     for (name, value) in output::stats_lines(&stats) {
+        out.line(format_args!("{name}: {value}"))?;
+    }
+    Ok(())
+}
+
+fn compact(data: &Path, out: &mut Out) -> Result<(), CliError> {
+    let db = Db::open(data)?;
+    let report = db.compact_now()?;
+    db.close()?;
+    if out.json {
+        return out.json(&report);
+    }
+    for (name, value) in output::compaction_lines(&report) {
         out.line(format_args!("{name}: {value}"))?;
     }
     Ok(())

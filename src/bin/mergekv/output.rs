@@ -166,6 +166,17 @@ pub fn stats_lines(s: &Stats) -> Vec<(&'static str, String)> {
         ("groups_written", w.groups_written.to_string()),
         ("syncs", w.syncs.to_string()),
         ("dedup_entries", w.dedup_entries.to_string()),
+        (
+            "snapshot_seq",
+            s.compactor
+                .snapshot_seq
+                .map_or_else(|| "none".into(), |q| q.to_string()),
+        ),
+        ("snapshot_bytes", s.compactor.snapshot_bytes.to_string()),
+        (
+            "wal_bytes_since_snapshot",
+            s.compactor.wal_bytes_since_snapshot.to_string(),
+        ),
         ("drift_max_ahead_ms", s.drift.max_ahead_ms.to_string()),
         ("drift_rejected", s.drift.rejected.to_string()),
         (
@@ -179,6 +190,22 @@ pub fn stats_lines(s: &Stats) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// The text lines of a compaction report.
+pub fn compaction_lines(r: &mergekv::CompactionReport) -> Vec<(&'static str, String)> {
+    vec![
+        ("snapshot_seq", r.snapshot_seq.to_string()),
+        ("snapshot", r.snapshot_path.display().to_string()),
+        ("snapshot_bytes", r.snapshot_bytes.to_string()),
+        ("entries", r.entries.to_string()),
+        ("bytes_before", r.bytes_before.to_string()),
+        ("bytes_after", r.bytes_after.to_string()),
+        ("segments_removed", r.segments_removed.to_string()),
+        ("snapshots_removed", r.snapshots_removed.to_string()),
+        ("tombstones_dropped", r.tombstones_dropped.to_string()),
+        ("duration_ms", r.duration_ms.to_string()),
+    ]
+}
+
 /// The text summary of a verify report.
 pub fn verify_lines(r: &VerifyReport) -> Vec<String> {
     let mut lines = vec![format!(
@@ -188,6 +215,9 @@ pub fn verify_lines(r: &VerifyReport) -> Vec<String> {
         r.frames,
         r.ops
     )];
+    if r.snapshots_ok > 0 {
+        lines.push(format!("snapshots: {} read back whole", r.snapshots_ok));
+    }
     if let Some(t) = &r.torn_tail {
         lines.push(format!(
             "torn tail: {} at byte {} ({} bytes of an unacknowledged write; cut on next open)",
