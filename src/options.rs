@@ -89,8 +89,12 @@ pub struct Options {
     pub compaction_interval_ms: u64,
     /// How often the compactor checks its triggers.
     pub compactor_tick_ms: u64,
-    /// Snapshots kept; the WAL is kept back to the oldest of them, so a
-    /// damaged newest snapshot can fall back to an older one plus the WAL.
+    /// Snapshots kept (at least 1). The WAL is kept back to the oldest of
+    /// them, so with 2 or more a newest snapshot damaged after it was
+    /// written falls back to an older one plus the WAL, at the cost of the
+    /// disk that WAL takes. With 1 (the default) disk stays smallest, and a
+    /// snapshot that is later damaged makes open fail with a typed error.
+    /// Every snapshot is read back and verified before any WAL is dropped.
     pub snapshots_retained: usize,
     /// Tombstones older than this (by their stamp) are dropped at compaction
     /// once every registered cursor has passed them. A copy that stays
@@ -170,7 +174,7 @@ impl Default for Options {
             compaction_wal_bytes_min: 64 * 1024 * 1024,
             compaction_interval_ms: 10 * 60 * 1000,
             compactor_tick_ms: 1000,
-            snapshots_retained: 2,
+            snapshots_retained: 1,
             tombstone_grace_ms: 7 * 24 * 60 * 60 * 1000,
             wal_retention_bytes_max: 1024 * 1024 * 1024,
             wall_clock: Arc::new(SystemClock),

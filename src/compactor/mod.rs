@@ -8,7 +8,8 @@
 //!    watermark `S`, then takes an O(1) snapshot of the state map (writers
 //!    are not blocked: the map is persistent);
 //! 3. writes the snapshot covering `S` atomically, leaving out tombstones past
-//!    their grace period that every registered cursor has passed;
+//!    their grace period that every registered cursor has passed, and reads
+//!    it back to verify it;
 //! 4. deletes snapshots beyond `snapshots_retained`, and WAL segments wholly
 //!    covered by the oldest retained snapshot, except those a registered
 //!    cursor still needs (within `wal_retention_bytes_max`);
@@ -251,6 +252,8 @@ impl Maintenance {
         let snap_dir = self.dir.join(SNAPSHOT_DIR);
         let written = snapshot::write_snapshot(&self.io, &snap_dir, &meta, &map, &dedup, keep)?;
         drop(map);
+        // Read it back before anything it covers is dropped.
+        snapshot::read_snapshot(&self.io, &written.path)?;
         self.progress.lock().bytes_written_at_snapshot = written_at_seal;
         let (snapshots_removed, oldest_retained) = self.prune_snapshots(&snap_dir)?;
         let (keep_from, cursors_behind) = self.retention_start(oldest_retained);

@@ -34,7 +34,7 @@ pub(crate) fn recover(io: &Io, dir: &Path, node: NodeId, options: &Options) -> R
     let mut dedup = DedupWindow::new(options.dedup_window_ms, options.dedup_window_entries_max);
     let now_ms = options.wall_clock.now_ms();
     let mut report = RecoveryReport::default();
-    let loaded = load_snapshot(io, dir, node, &mut report)?;
+    let (loaded, damaged) = load_snapshot(io, dir, node)?;
     let mut max_stamp = None;
     let covered_seq = loaded.as_ref().map(|s| s.meta.covered_seq);
     let snapshot_size = loaded.as_ref().map(|s| (s.meta.covered_seq, s.size_bytes));
@@ -78,8 +78,18 @@ pub(crate) fn recover(io: &Io, dir: &Path, node: NodeId, options: &Options) -> R
         covered_seq,
         read_covered: false,
     };
-    let replayed = recovery::replay(io, &dir.join(WAL_DIR), node, mode, &mut apply)?;
+    let replayed = match recovery::replay(io, &dir.join(WAL_DIR), node, mode, &mut apply) {
+        Ok(replayed) => replayed,
+        // Without the damaged snapshot the WAL cannot rebuild the state: the
+        // snapshot is the thing to report (and is left where it is).
+        Err(Error::Corruption { .. }) if !damaged.is_empty() => return Err(damaged[0].1.clone()),
+        Err(e) => return Err(e),
+    };
     state.replay(pending);
+    for (path, error) in &damaged {
+        report.snapshots_skipped.push(error.to_string());
+        quarantine(io, dir, path)?;
+    }
     let wal_report = replayed.report;
     report.segments_replayed = wal_report.segments_replayed;
     report.segments_skipped = wal_report.segments_skipped;
@@ -103,20 +113,18 @@ pub(crate) fn recover(io: &Io, dir: &Path, node: NodeId, options: &Options) -> R
     })
 }
 
-/// The newest snapshot that reads back whole. Damaged ones are moved to
-/// `quarantine/` and named in the report; leftover temp files (a crash
-/// during a snapshot write) are removed.
-fn load_snapshot(
-    io: &Io,
-    dir: &Path,
-    node: NodeId,
-    report: &mut RecoveryReport,
-) -> Result<Option<LoadedSnapshot>> {
+/// A snapshot that did not read back whole, and why.
+type Damaged = Vec<(std::path::PathBuf, Error)>;
+
+/// The newest snapshot that reads back whole, and the newer ones that did
+/// not. Leftover temp files (a crash during a snapshot write) are removed.
+fn load_snapshot(io: &Io, dir: &Path, node: NodeId) -> Result<(Option<LoadedSnapshot>, Damaged)> {
     let snap_dir = dir.join(SNAPSHOT_DIR);
     remove_temp_files(io, &snap_dir)?;
+    let mut damaged = Vec::new();
     for (_, path) in snapshot::list_snapshots(io, &snap_dir)? {
         match snapshot::read_snapshot(io, &path) {
-            Ok(loaded) if loaded.meta.node == node => return Ok(Some(loaded)),
+            Ok(loaded) if loaded.meta.node == node => return Ok((Some(loaded), damaged)),
             Ok(loaded) => {
                 return Err(Error::corruption(
                     &path,
@@ -124,21 +132,11 @@ fn load_snapshot(
                     format!("snapshot belongs to node {}, not {node}", loaded.meta.node),
                 ));
             }
-            Err(Error::Corruption {
-                reason,
-                offset_bytes,
-                ..
-            }) => {
-                report.snapshots_skipped.push(format!(
-                    "{} is damaged at byte {offset_bytes}: {reason}",
-                    path.display()
-                ));
-                quarantine(io, dir, &path)?;
-            }
+            Err(e @ Error::Corruption { .. }) => damaged.push((path, e)),
             Err(e) => return Err(e),
         }
     }
-    Ok(None)
+    Ok((None, damaged))
 }
 
 fn remove_temp_files(io: &Io, snap_dir: &Path) -> Result<()> {

@@ -337,7 +337,9 @@ fn decode_header(bytes: &[u8]) -> std::result::Result<SnapshotMeta, DecodeFailur
 fn read_chunk(bytes: &[u8], offset: usize) -> std::result::Result<(u8, u32, &[u8]), DecodeFailure> {
     let mut r = Reader::new(bytes.get(offset..).unwrap_or(&[]));
     let kind = r.u8().map_err(at(offset))?;
-    r.take(3).map_err(at(offset))?;
+    if r.take(3).map_err(at(offset))? != [0, 0, 0] {
+        return Err((offset + 1, "chunk reserved bytes are not zero".into()));
+    }
     let count = r.u32().map_err(at(offset))?;
     let len = r.u32().map_err(at(offset))? as usize;
     let crc = r.u32().map_err(at(offset))?;

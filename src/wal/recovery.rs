@@ -278,6 +278,9 @@ fn scan_segment(bytes: &[u8], name_seq: u64, node: NodeId, expected: Option<u64>
         next_seq: name_seq,
         bad: None,
     };
+    // Only an unreadable header can be a creation cut short; a readable one
+    // in the wrong place (gap, node) is damage whatever follows it.
+    let header_readable = format::decode_segment_header(bytes).is_ok();
     let header_problem = match format::decode_segment_header(bytes) {
         Err(e) => Some(format!("bad segment header: {e}")),
         Ok(h) if h.node != node => Some(format!("segment belongs to node {}, not {node}", h.node)),
@@ -296,7 +299,8 @@ fn scan_segment(bytes: &[u8], name_seq: u64, node: NodeId, expected: Option<u64>
         scan.bad = Some(BadSpot {
             offset: 0,
             reason,
-            not_torn: valid_frame_after(bytes, SEGMENT_HEADER_BYTES.min(bytes.len()), 0),
+            not_torn: header_readable
+                || valid_frame_after(bytes, SEGMENT_HEADER_BYTES.min(bytes.len()), 0),
         });
         return scan;
     }

@@ -1,0 +1,340 @@
+//! Snapshots and the compactor: checkpoints, reopen equivalence, crashes at
+//! every step, damaged snapshots, bounded disk, tombstone GC.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use common::{Rng, copy_db, flip_byte, rebase, segments, truncate};
+use mergekv::{Batch, Db, Error, FaultInjector, IoOp, ManualClock, Options, OutcomeKind, ScanOptions, SyncMode, Value};
+
+/// Options with no background compaction, small segments, fast writes.
+fn quiet() -> Options {
+    Options {
+        sync_mode: SyncMode::Never,
+        segment_size_bytes_max: 4096,
+        compaction_wal_bytes_min: u64::MAX,
+        compaction_interval_ms: 0,
+        ..Options::default()
+    }
+}
+
+fn snapshots(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out: Vec<_> = std::fs::read_dir(dir.join("snapshots"))
+        .map(|d| d.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+fn contents(db: &Db) -> BTreeMap<String, Value> {
+    db.scan(&ScanOptions::all())
+        .map(|e| (String::from_utf8(e.key().to_vec()).unwrap(), e.into_value()))
+        .collect()
+}
+
+/// Random puts, deletes and increments over 200 keys; returns what the
+/// database should read as.
+fn random_writes(db: &Db, rng: &mut Rng, ops: usize) -> BTreeMap<String, Value> {
+    for _ in 0..ops {
+        let key = format!("k{:03}", rng.below(200));
+        match rng.below(10) {
+            0..=5 => drop(db.put(&key, format!("v{}", rng.next_u64())).unwrap()),
+            6..=7 => drop(db.delete(&key).unwrap()),
+            _ => drop(db.increment(&key, rng.below(7) as i64 - 3).unwrap()),
+        }
+    }
+    contents(db)
+}
+
+#[test]
+fn checkpoint_then_reopen_replays_only_segments_after_the_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options {
+        snapshots_retained: 2, // keeps WAL back to the older snapshot: skipped on open
+        ..quiet()
+    };
+    let (mut rng, seed) = Rng::from_time();
+    let (expected, covered, after_ops) = {
+        let db = Db::open_with(dir.path(), options.clone()).unwrap();
+        random_writes(&db, &mut rng, 400);
+        db.compact_now().unwrap();
+        random_writes(&db, &mut rng, 400);
+        let report = db.compact_now().unwrap();
+        assert_eq!(report.snapshots_removed, 0);
+        let before = db.stats().wal.last_seq;
+        let expected = random_writes(&db, &mut rng, 300);
+        (expected, report.snapshot_seq, db.stats().wal.last_seq - before)
+    };
+    let on_disk = segments(dir.path());
+    let db = Db::open_with(dir.path(), options).unwrap();
+    let report = db.recovery_report();
+    assert_eq!(report.snapshot.as_ref().unwrap().covered_seq, covered, "seed {seed}");
+    assert!(report.segments_skipped > 0, "the segments the snapshot covers are not read");
+    assert_eq!(report.segments_replayed + report.segments_skipped, on_disk.len());
+    assert_eq!(report.ops_replayed, after_ops, "only operations after the snapshot are replayed");
+    assert_eq!(contents(&db), expected, "seed {seed}");
+}
+
+#[test]
+fn reopen_after_compaction_gives_exactly_the_same_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut rng, seed) = Rng::from_time();
+    let (expected, tombstones) = {
+        let db = Db::open_with(dir.path(), quiet()).unwrap();
+        let expected = random_writes(&db, &mut rng, 2000);
+        let mut retry = Batch::new();
+        retry.increment("paid", 10).idempotency_key("invoice-1");
+        db.write(retry.clone()).unwrap();
+        let tombstones = db.stats().tombstones;
+        assert!(tombstones > 0);
+        let report = db.compact_now().unwrap();
+        assert!(report.segments_removed > 0);
+        assert_eq!(report.tombstones_dropped, 0, "tombstones are inside their grace period");
+        assert_eq!(contents(&db).len(), expected.len() + 1);
+        (expected, tombstones)
+    };
+    let db = Db::open_with(dir.path(), quiet()).unwrap();
+    let mut got = contents(&db);
+    assert_eq!(got.remove("paid"), Some(Value::Counter(10)));
+    assert_eq!(got, expected, "seed {seed}");
+    assert_eq!(db.stats().tombstones, tombstones, "tombstones survive compaction");
+    // The dedup window travelled in the snapshot: a retry is still caught.
+    let mut retry = Batch::new();
+    retry.increment("paid", 10).idempotency_key("invoice-1");
+    assert_eq!(db.write(retry).unwrap()[0].kind, OutcomeKind::Duplicate);
+    assert_eq!(db.counter("paid"), 10);
+}
+
+#[test]
+fn a_failure_at_every_step_of_a_compaction_recovers_a_correct_state() {
+    for op in [IoOp::Open, IoOp::Write, IoOp::Sync, IoOp::Rename, IoOp::Remove, IoOp::Read] {
+        for nth in 1.. {
+            let dir = tempfile::tempdir().unwrap();
+            let faults = FaultInjector::new();
+            let options = Options {
+                faults: Some(faults.clone()),
+                ..quiet()
+            };
+            let mut rng = Rng::new(nth + 1);
+            let expected = {
+                let db = Db::open_with(dir.path(), options).unwrap();
+                let expected = random_writes(&db, &mut rng, 300);
+                db.compact_now().unwrap(); // an older snapshot to delete
+                let expected2 = random_writes(&db, &mut rng, 300);
+                let _ = expected;
+                faults.fail_nth(op, nth);
+                let result = db.compact_now();
+                if faults.injected() == 0 {
+                    result.unwrap();
+                    break; // this step count got past every operation of this kind
+                }
+                expected2
+            };
+            let db = Db::open_with(dir.path(), quiet())
+                .unwrap_or_else(|e| panic!("{op:?} #{nth}: reopen failed: {e}"));
+            assert_eq!(contents(&db), expected, "{op:?} #{nth}");
+            db.compact_now().unwrap_or_else(|e| panic!("{op:?} #{nth}: next compaction: {e}"));
+            drop(db);
+            let db = Db::open_with(dir.path(), quiet()).unwrap();
+            assert_eq!(contents(&db), expected, "{op:?} #{nth} after a second compaction");
+        }
+    }
+}
+
+fn compacted_db(dir: &Path, options: &Options) -> BTreeMap<String, Value> {
+    let db = Db::open_with(dir, options.clone()).unwrap();
+    let mut rng = Rng::new(7);
+    random_writes(&db, &mut rng, 60);
+    db.compact_now().unwrap();
+    let expected = random_writes(&db, &mut rng, 40);
+    db.compact_now().unwrap();
+    expected
+}
+
+#[test]
+fn every_flipped_byte_of_a_snapshot_is_a_typed_error_or_a_correct_fallback() {
+    for retained in [1, 2] {
+        let src = tempfile::tempdir().unwrap();
+        let options = Options {
+            snapshots_retained: retained,
+            ..quiet()
+        };
+        let expected = compacted_db(src.path(), &options);
+        let newest = snapshots(src.path()).pop().unwrap();
+        let len = std::fs::metadata(&newest).unwrap().len() as usize;
+        let mut fell_back = 0;
+        for offset in 0..len {
+            let copy = copy_db(src.path());
+            flip_byte(&rebase(&newest, src.path(), copy.path()), offset);
+            match Db::open_with(copy.path(), options.clone()) {
+                Ok(db) => {
+                    assert_eq!(contents(&db), expected, "flip at {offset}: wrong state");
+                    assert_eq!(db.recovery_report().snapshots_skipped.len(), 1, "flip at {offset}");
+                    fell_back += 1;
+                }
+                Err(Error::Corruption { .. }) => assert_eq!(retained, 1, "flip at {offset}: no fallback"),
+                Err(other) => panic!("flip at {offset}: unexpected {other}"),
+            }
+        }
+        if retained == 2 {
+            assert_eq!(fell_back, len, "with two snapshots every flip falls back");
+        }
+    }
+}
+
+#[test]
+fn a_truncated_snapshot_is_a_typed_error_or_a_correct_fallback() {
+    let src = tempfile::tempdir().unwrap();
+    let options = Options {
+        snapshots_retained: 2,
+        ..quiet()
+    };
+    let expected = compacted_db(src.path(), &options);
+    let newest = snapshots(src.path()).pop().unwrap();
+    let len = std::fs::metadata(&newest).unwrap().len();
+    for cut in [0, 1, 10, 60, 100, len / 2, len - 1] {
+        let copy = copy_db(src.path());
+        truncate(&rebase(&newest, src.path(), copy.path()), cut);
+        let db = Db::open_with(copy.path(), options.clone()).unwrap_or_else(|e| panic!("cut {cut}: {e}"));
+        assert_eq!(contents(&db), expected, "cut at {cut}");
+    }
+    // With one snapshot and its WAL gone, there is nothing to fall back to.
+    let single = tempfile::tempdir().unwrap();
+    compacted_db(single.path(), &quiet());
+    truncate(&snapshots(single.path()).pop().unwrap(), 100);
+    assert!(matches!(Db::open_with(single.path(), quiet()), Err(Error::Corruption { .. })));
+}
+
+#[test]
+fn overwrite_heavy_load_keeps_disk_within_a_small_multiple_of_live_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options {
+        sync_mode: SyncMode::Never,
+        segment_size_bytes_max: 8 * 1024 * 1024,
+        // Let the compactor run by itself during the load, too.
+        compaction_wal_bytes_min: 32 * 1024 * 1024,
+        compactor_tick_ms: 10,
+        ..Options::default()
+    };
+    let db = Db::open_with(dir.path(), options).unwrap();
+    let value = [b'v'; 150];
+    for round in 0..100u32 {
+        for chunk in 0..10 {
+            let mut batch = Batch::new();
+            for i in 0..1000 {
+                let mut v = value;
+                v[..4].copy_from_slice(&round.to_le_bytes());
+                batch.put(format!("key-{:05}", chunk * 1000 + i), v);
+            }
+            db.write(batch).unwrap();
+        }
+    }
+    let wal_written = db.stats().wal.bytes_written;
+    let report = db.compact_now().unwrap();
+    let live_bytes = 10_000 * (9 + 150) as u64;
+    assert!(wal_written > 100 * live_bytes, "the load wrote {wal_written} bytes");
+    assert!(
+        report.bytes_after <= 3 * live_bytes,
+        "{} bytes on disk for {live_bytes} bytes of live data",
+        report.bytes_after
+    );
+    assert!(db.stats().compactor.compactions >= 2, "the byte trigger ran compactions during the load");
+    drop(db);
+    let db = Db::open(dir.path()).unwrap();
+    assert_eq!(db.stats().keys, 10_000);
+    assert_eq!(&db.get("key-00042").unwrap()[..4], &99u32.to_le_bytes());
+}
+
+#[test]
+fn tombstones_are_kept_inside_the_grace_period_and_dropped_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let options = Options {
+        tombstone_grace_ms: 60_000,
+        wall_clock: clock.clone(),
+        ..quiet()
+    };
+    let db = Db::open_with(dir.path(), options.clone()).unwrap();
+    db.put("gone", "x").unwrap();
+    db.put("kept", "y").unwrap();
+    db.delete("gone").unwrap();
+    clock.advance_ms(59_000);
+    assert_eq!(db.compact_now().unwrap().tombstones_dropped, 0);
+    assert_eq!(db.stats().tombstones, 1);
+    // A registered cursor that has not passed the snapshot holds GC back.
+    db.set_cursor("follower-1", 1).unwrap();
+    clock.advance_ms(2_000);
+    assert_eq!(db.compact_now().unwrap().tombstones_dropped, 0);
+    db.set_cursor("follower-1", db.stats().wal.last_seq).unwrap();
+    let report = db.compact_now().unwrap();
+    assert_eq!(report.tombstones_dropped, 1);
+    assert_eq!(db.stats().tombstones, 0);
+    assert_eq!(db.get("gone"), None);
+    drop(db);
+    let db = Db::open_with(dir.path(), options).unwrap();
+    assert_eq!(db.stats().tombstones, 0);
+    assert_eq!(db.get("gone"), None);
+    assert_eq!(db.get("kept").as_deref(), Some(&b"y"[..]));
+}
+
+#[test]
+fn a_cursor_holds_back_truncation_until_it_falls_beyond_the_retention_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options {
+        wal_retention_bytes_max: 64 * 1024,
+        ..quiet()
+    };
+    let db = Db::open_with(dir.path(), options).unwrap();
+    db.set_cursor("peer", 0).unwrap();
+    let mut rng = Rng::new(3);
+    random_writes(&db, &mut rng, 100);
+    let report = db.compact_now().unwrap();
+    assert_eq!(report.segments_removed, 0, "the cursor still needs every segment");
+    assert!(!db.cursor("peer").unwrap().needs_resync);
+    random_writes(&db, &mut rng, 2000);
+    let report = db.compact_now().unwrap();
+    assert_eq!(report.cursors_behind, vec!["peer".to_string()]);
+    assert!(report.segments_removed > 0);
+    assert!(db.cursor("peer").unwrap().needs_resync);
+}
+
+#[test]
+fn background_compaction_runs_on_the_interval_and_a_clean_drop_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options {
+        compaction_interval_ms: 1,
+        compactor_tick_ms: 1,
+        ..quiet()
+    };
+    let mut rng = Rng::new(11);
+    let expected = {
+        let db = Db::open_with(dir.path(), options.clone()).unwrap();
+        let expected = random_writes(&db, &mut rng, 500);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while db.stats().compactor.compactions == 0 {
+            assert!(std::time::Instant::now() < deadline, "the interval trigger never fired");
+            std::thread::yield_now();
+        }
+        random_writes(&db, &mut rng, 500)
+    };
+    let db = Db::open_with(dir.path(), options).unwrap();
+    assert!(db.recovery_report().snapshot.is_some());
+    assert_eq!(contents(&db), expected);
+    let _ = expected;
+}
+
+#[test]
+fn verify_checks_snapshots() {
+    let dir = tempfile::tempdir().unwrap();
+    compacted_db(dir.path(), &quiet());
+    let report = mergekv::verify(dir.path()).unwrap();
+    assert!(report.is_ok(), "{:?}", report.problems);
+    assert_eq!(report.snapshots_ok, 1);
+    flip_byte(&snapshots(dir.path()).pop().unwrap(), 70);
+    let report = mergekv::verify(dir.path()).unwrap();
+    assert!(!report.is_ok());
+    assert!(report.problems[0].contains("snap-"), "{:?}", report.problems);
+}
