@@ -8,7 +8,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use common::{Rng, copy_db, flip_byte, rebase, segments, truncate};
-use mergekv::{Batch, Db, Error, FaultInjector, IoOp, ManualClock, Options, OutcomeKind, ScanOptions, SyncMode, Value};
+use mergekv::{
+    Batch, Db, Error, FaultInjector, IoOp, ManualClock, Options, OutcomeKind, ScanOptions,
+    SyncMode, Value,
+};
 
 /// Options with no background compaction, small segments, fast writes.
 fn quiet() -> Options {
@@ -66,15 +69,32 @@ fn checkpoint_then_reopen_replays_only_segments_after_the_snapshot() {
         assert_eq!(report.snapshots_removed, 0);
         let before = db.stats().wal.last_seq;
         let expected = random_writes(&db, &mut rng, 300);
-        (expected, report.snapshot_seq, db.stats().wal.last_seq - before)
+        (
+            expected,
+            report.snapshot_seq,
+            db.stats().wal.last_seq - before,
+        )
     };
     let on_disk = segments(dir.path());
     let db = Db::open_with(dir.path(), options).unwrap();
     let report = db.recovery_report();
-    assert_eq!(report.snapshot.as_ref().unwrap().covered_seq, covered, "seed {seed}");
-    assert!(report.segments_skipped > 0, "the segments the snapshot covers are not read");
-    assert_eq!(report.segments_replayed + report.segments_skipped, on_disk.len());
-    assert_eq!(report.ops_replayed, after_ops, "only operations after the snapshot are replayed");
+    assert_eq!(
+        report.snapshot.as_ref().unwrap().covered_seq,
+        covered,
+        "seed {seed}"
+    );
+    assert!(
+        report.segments_skipped > 0,
+        "the segments the snapshot covers are not read"
+    );
+    assert_eq!(
+        report.segments_replayed + report.segments_skipped,
+        on_disk.len()
+    );
+    assert_eq!(
+        report.ops_replayed, after_ops,
+        "only operations after the snapshot are replayed"
+    );
     assert_eq!(contents(&db), expected, "seed {seed}");
 }
 
@@ -92,7 +112,10 @@ fn reopen_after_compaction_gives_exactly_the_same_state() {
         assert!(tombstones > 0);
         let report = db.compact_now().unwrap();
         assert!(report.segments_removed > 0);
-        assert_eq!(report.tombstones_dropped, 0, "tombstones are inside their grace period");
+        assert_eq!(
+            report.tombstones_dropped, 0,
+            "tombstones are inside their grace period"
+        );
         assert_eq!(contents(&db).len(), expected.len() + 1);
         (expected, tombstones)
     };
@@ -100,7 +123,11 @@ fn reopen_after_compaction_gives_exactly_the_same_state() {
     let mut got = contents(&db);
     assert_eq!(got.remove("paid"), Some(Value::Counter(10)));
     assert_eq!(got, expected, "seed {seed}");
-    assert_eq!(db.stats().tombstones, tombstones, "tombstones survive compaction");
+    assert_eq!(
+        db.stats().tombstones,
+        tombstones,
+        "tombstones survive compaction"
+    );
     // The dedup window travelled in the snapshot: a retry is still caught.
     let mut retry = Batch::new();
     retry.increment("paid", 10).idempotency_key("invoice-1");
@@ -110,7 +137,14 @@ fn reopen_after_compaction_gives_exactly_the_same_state() {
 
 #[test]
 fn a_failure_at_every_step_of_a_compaction_recovers_a_correct_state() {
-    for op in [IoOp::Open, IoOp::Write, IoOp::Sync, IoOp::Rename, IoOp::Remove, IoOp::Read] {
+    for op in [
+        IoOp::Open,
+        IoOp::Write,
+        IoOp::Sync,
+        IoOp::Rename,
+        IoOp::Remove,
+        IoOp::Read,
+    ] {
         for nth in 1.. {
             let dir = tempfile::tempdir().unwrap();
             let faults = FaultInjector::new();
@@ -136,20 +170,27 @@ fn a_failure_at_every_step_of_a_compaction_recovers_a_correct_state() {
             let db = Db::open_with(dir.path(), quiet())
                 .unwrap_or_else(|e| panic!("{op:?} #{nth}: reopen failed: {e}"));
             assert_eq!(contents(&db), expected, "{op:?} #{nth}");
-            db.compact_now().unwrap_or_else(|e| panic!("{op:?} #{nth}: next compaction: {e}"));
+            db.compact_now()
+                .unwrap_or_else(|e| panic!("{op:?} #{nth}: next compaction: {e}"));
             drop(db);
             let db = Db::open_with(dir.path(), quiet()).unwrap();
-            assert_eq!(contents(&db), expected, "{op:?} #{nth} after a second compaction");
+            assert_eq!(
+                contents(&db),
+                expected,
+                "{op:?} #{nth} after a second compaction"
+            );
         }
     }
 }
 
+/// A small database compacted twice (small, so that flipping every byte of
+/// its snapshot stays quick).
 fn compacted_db(dir: &Path, options: &Options) -> BTreeMap<String, Value> {
     let db = Db::open_with(dir, options.clone()).unwrap();
     let mut rng = Rng::new(7);
-    random_writes(&db, &mut rng, 60);
+    random_writes(&db, &mut rng, 20);
     db.compact_now().unwrap();
-    let expected = random_writes(&db, &mut rng, 40);
+    let expected = random_writes(&db, &mut rng, 12);
     db.compact_now().unwrap();
     expected
 }
@@ -160,6 +201,7 @@ fn every_flipped_byte_of_a_snapshot_is_a_typed_error_or_a_correct_fallback() {
         let src = tempfile::tempdir().unwrap();
         let options = Options {
             snapshots_retained: retained,
+            worker_threads: 0,
             ..quiet()
         };
         let expected = compacted_db(src.path(), &options);
@@ -172,10 +214,16 @@ fn every_flipped_byte_of_a_snapshot_is_a_typed_error_or_a_correct_fallback() {
             match Db::open_with(copy.path(), options.clone()) {
                 Ok(db) => {
                     assert_eq!(contents(&db), expected, "flip at {offset}: wrong state");
-                    assert_eq!(db.recovery_report().snapshots_skipped.len(), 1, "flip at {offset}");
+                    assert_eq!(
+                        db.recovery_report().snapshots_skipped.len(),
+                        1,
+                        "flip at {offset}"
+                    );
                     fell_back += 1;
                 }
-                Err(Error::Corruption { .. }) => assert_eq!(retained, 1, "flip at {offset}: no fallback"),
+                Err(Error::Corruption { .. }) => {
+                    assert_eq!(retained, 1, "flip at {offset}: no fallback")
+                }
                 Err(other) => panic!("flip at {offset}: unexpected {other}"),
             }
         }
@@ -198,14 +246,18 @@ fn a_truncated_snapshot_is_a_typed_error_or_a_correct_fallback() {
     for cut in [0, 1, 10, 60, 100, len / 2, len - 1] {
         let copy = copy_db(src.path());
         truncate(&rebase(&newest, src.path(), copy.path()), cut);
-        let db = Db::open_with(copy.path(), options.clone()).unwrap_or_else(|e| panic!("cut {cut}: {e}"));
+        let db = Db::open_with(copy.path(), options.clone())
+            .unwrap_or_else(|e| panic!("cut {cut}: {e}"));
         assert_eq!(contents(&db), expected, "cut at {cut}");
     }
     // With one snapshot and its WAL gone, there is nothing to fall back to.
     let single = tempfile::tempdir().unwrap();
     compacted_db(single.path(), &quiet());
     truncate(&snapshots(single.path()).pop().unwrap(), 100);
-    assert!(matches!(Db::open_with(single.path(), quiet()), Err(Error::Corruption { .. })));
+    assert!(matches!(
+        Db::open_with(single.path(), quiet()),
+        Err(Error::Corruption { .. })
+    ));
 }
 
 #[test]
@@ -235,13 +287,19 @@ fn overwrite_heavy_load_keeps_disk_within_a_small_multiple_of_live_data() {
     let wal_written = db.stats().wal.bytes_written;
     let report = db.compact_now().unwrap();
     let live_bytes = 10_000 * (9 + 150) as u64;
-    assert!(wal_written > 100 * live_bytes, "the load wrote {wal_written} bytes");
+    assert!(
+        wal_written > 100 * live_bytes,
+        "the load wrote {wal_written} bytes"
+    );
     assert!(
         report.bytes_after <= 3 * live_bytes,
         "{} bytes on disk for {live_bytes} bytes of live data",
         report.bytes_after
     );
-    assert!(db.stats().compactor.compactions >= 2, "the byte trigger ran compactions during the load");
+    assert!(
+        db.stats().compactor.compactions >= 2,
+        "the byte trigger ran compactions during the load"
+    );
     drop(db);
     let db = Db::open(dir.path()).unwrap();
     assert_eq!(db.stats().keys, 10_000);
@@ -268,7 +326,8 @@ fn tombstones_are_kept_inside_the_grace_period_and_dropped_after() {
     db.set_cursor("follower-1", 1).unwrap();
     clock.advance_ms(2_000);
     assert_eq!(db.compact_now().unwrap().tombstones_dropped, 0);
-    db.set_cursor("follower-1", db.stats().wal.last_seq).unwrap();
+    db.set_cursor("follower-1", db.stats().wal.last_seq)
+        .unwrap();
     let report = db.compact_now().unwrap();
     assert_eq!(report.tombstones_dropped, 1);
     assert_eq!(db.stats().tombstones, 0);
@@ -292,7 +351,10 @@ fn a_cursor_holds_back_truncation_until_it_falls_beyond_the_retention_limit() {
     let mut rng = Rng::new(3);
     random_writes(&db, &mut rng, 100);
     let report = db.compact_now().unwrap();
-    assert_eq!(report.segments_removed, 0, "the cursor still needs every segment");
+    assert_eq!(
+        report.segments_removed, 0,
+        "the cursor still needs every segment"
+    );
     assert!(!db.cursor("peer").unwrap().needs_resync);
     random_writes(&db, &mut rng, 2000);
     let report = db.compact_now().unwrap();
@@ -315,7 +377,10 @@ fn background_compaction_runs_on_the_interval_and_a_clean_drop_loses_nothing() {
         let expected = random_writes(&db, &mut rng, 500);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         while db.stats().compactor.compactions == 0 {
-            assert!(std::time::Instant::now() < deadline, "the interval trigger never fired");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the interval trigger never fired"
+            );
             std::thread::yield_now();
         }
         random_writes(&db, &mut rng, 500)
@@ -336,5 +401,9 @@ fn verify_checks_snapshots() {
     flip_byte(&snapshots(dir.path()).pop().unwrap(), 70);
     let report = mergekv::verify(dir.path()).unwrap();
     assert!(!report.is_ok());
-    assert!(report.problems[0].contains("snap-"), "{:?}", report.problems);
+    assert!(
+        report.problems[0].contains("snap-"),
+        "{:?}",
+        report.problems
+    );
 }

@@ -16,6 +16,7 @@ use common::Rng;
 use mergekv::{Batch, Db, Options, SyncMode};
 
 const CHILD_ENV: &str = "MERGEKV_CRASH_CHILD";
+const COMPACT_ENV: &str = "MERGEKV_CRASH_COMPACT";
 const WRITER_THREADS: usize = 4;
 
 /// The child: writes until killed, printing one line per acknowledged batch.
@@ -63,9 +64,18 @@ fn child_writer(db: &Db, round: u64, thread: usize) {
 }
 
 /// Runs the child against `dir`, kills it after `delay`, returns its acks.
-fn run_and_kill(dir: &std::path::Path, round: u64, delay: Duration) -> Vec<(String, i64)> {
+fn run_and_kill(
+    dir: &std::path::Path,
+    round: u64,
+    delay: Duration,
+    compacting: bool,
+) -> Vec<(String, i64)> {
     let exe = std::env::current_exe().unwrap();
-    let mut child = Command::new(exe)
+    let mut command = Command::new(exe);
+    if compacting {
+        command.env(COMPACT_ENV, "1");
+    }
+    let mut child = command
         .args([
             "--exact",
             "crash_child",
@@ -98,6 +108,15 @@ fn run_and_kill(dir: &std::path::Path, round: u64, delay: Duration) -> Vec<(Stri
 
 #[test]
 fn sigkill_under_concurrent_durable_writes_loses_nothing_acknowledged() {
+    crash_rounds(false);
+}
+
+#[test]
+fn sigkill_while_the_compactor_runs_under_load_loses_nothing_acknowledged() {
+    crash_rounds(true);
+}
+
+fn crash_rounds(compacting: bool) {
     let rounds: u64 = std::env::var("MERGEKV_CRASH_ROUNDS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -114,7 +133,7 @@ fn sigkill_under_concurrent_durable_writes_loses_nothing_acknowledged() {
     let mut max_counter_acked = 0;
     for round in 0..rounds {
         let delay = Duration::from_millis(150 + rng.below(400));
-        let acked = run_and_kill(dir.path(), round, delay);
+        let acked = run_and_kill(dir.path(), round, delay, compacting);
         let db = Db::open(dir.path())
             .unwrap_or_else(|e| panic!("seed {seed} round {round}: reopen failed: {e}"));
         for (key, counter) in &acked {
