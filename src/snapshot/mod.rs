@@ -106,7 +106,7 @@ pub fn list_snapshots(io: &Io, dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
         .into_iter()
         .filter_map(|n| parse_snapshot_file_name(&n).map(|seq| (seq, dir.join(n))))
         .collect();
-    out.sort_by(|a, b| b.0.cmp(&a.0));
+    out.sort_by_key(|s| std::cmp::Reverse(s.0));
     Ok(out)
 }
 
