@@ -155,17 +155,16 @@ fn a_failure_at_every_step_of_a_compaction_recovers_a_correct_state() {
             let mut rng = Rng::new(nth + 1);
             let expected = {
                 let db = Db::open_with(dir.path(), options).unwrap();
-                let expected = random_writes(&db, &mut rng, 300);
+                random_writes(&db, &mut rng, 300);
                 db.compact_now().unwrap(); // an older snapshot to delete
-                let expected2 = random_writes(&db, &mut rng, 300);
-                let _ = expected;
+                let expected = random_writes(&db, &mut rng, 300);
                 faults.fail_nth(op, nth);
                 let result = db.compact_now();
                 if faults.injected() == 0 {
                     result.unwrap();
                     break; // this step count got past every operation of this kind
                 }
-                expected2
+                expected
             };
             let db = Db::open_with(dir.path(), quiet())
                 .unwrap_or_else(|e| panic!("{op:?} #{nth}: reopen failed: {e}"));
@@ -374,7 +373,7 @@ fn background_compaction_runs_on_the_interval_and_a_clean_drop_loses_nothing() {
     let mut rng = Rng::new(11);
     let expected = {
         let db = Db::open_with(dir.path(), options.clone()).unwrap();
-        let expected = random_writes(&db, &mut rng, 500);
+        random_writes(&db, &mut rng, 500);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         while db.stats().compactor.compactions == 0 {
             assert!(
@@ -388,7 +387,6 @@ fn background_compaction_runs_on_the_interval_and_a_clean_drop_loses_nothing() {
     let db = Db::open_with(dir.path(), options).unwrap();
     assert!(db.recovery_report().snapshot.is_some());
     assert_eq!(contents(&db), expected);
-    let _ = expected;
 }
 
 #[test]
