@@ -448,9 +448,9 @@ fn demo_runs_to_completion_in_a_given_dir() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("demo");
     let run = Run::from(bin().args(["demo", "--dir"]).arg(&dir).output().unwrap()).expect(0);
-    for step in 1..=9 {
+    for step in 1..=10 {
         assert!(
-            run.stdout.contains(&format!("[{step}/9]")),
+            run.stdout.contains(&format!("[{step}/10]")),
             "step {step}: {}",
             run.stdout
         );
@@ -461,6 +461,7 @@ fn demo_runs_to_completion_in_a_given_dir() {
         "torn tail",
         "2000",
         "100000 keys",
+        "snapshot at seq",
         ": ok",
     ] {
         assert!(run.stdout.contains(needle), "{needle}: {}", run.stdout);
@@ -492,7 +493,7 @@ fn demo_without_dir_cleans_up_its_temp_dir() {
         (json["ok"].as_bool(), json["kept"].as_bool()),
         (Some(true), Some(false))
     );
-    assert_eq!(json["steps"].as_array().map(Vec::len), Some(8));
+    assert_eq!(json["steps"].as_array().map(Vec::len), Some(9));
     assert!(
         json["dir"]
             .as_str()
@@ -502,5 +503,41 @@ fn demo_without_dir_cleans_up_its_temp_dir() {
         std::fs::read_dir(tmp.path()).unwrap().count(),
         0,
         "temp dir removed"
+    );
+}
+
+#[test]
+fn compact_prints_what_it_did_and_stats_show_the_snapshot() {
+    let (_tmp, dir) = db_dir();
+    for i in 0..20 {
+        mkv(&dir, &["put", &format!("k{i:02}"), "some value"]).expect(0);
+    }
+    mkv(&dir, &["del", "k03"]).expect(0);
+    let compact = mkv(&dir, &["compact"]).expect(0);
+    let field = |run: &Run, name: &str| {
+        let prefix = format!("{name}: ");
+        run.lines()
+            .iter()
+            .find_map(|l| l.strip_prefix(&prefix).map(str::to_string))
+            .unwrap_or_else(|| panic!("no {name} in {}", run.stdout))
+    };
+    assert_eq!(field(&compact, "snapshot_seq"), "21");
+    assert_eq!(field(&compact, "tombstones_dropped"), "0");
+    let before: u64 = field(&compact, "bytes_before").parse().unwrap();
+    let after: u64 = field(&compact, "bytes_after").parse().unwrap();
+    assert!(before > 0 && after > 0);
+    field(&compact, "segments_removed").parse::<u64>().unwrap();
+    let stats = mkv(&dir, &["stats"]).expect(0);
+    assert_eq!(field(&stats, "snapshot_seq"), "21");
+    assert!(field(&stats, "snapshot_bytes").parse::<u64>().unwrap() > 0);
+    let json = mkv(&dir, &["--json", "compact"]).expect(0).json();
+    assert_eq!(json["snapshot_seq"], 21);
+    assert_eq!(mkv(&dir, &["get", "k07"]).expect(0).stdout, "some value\n");
+    mkv(&dir, &["get", "k03"]).expect(1);
+    let verify = mkv(&dir, &["verify"]).expect(0);
+    assert!(
+        verify.stdout.contains("snapshots: 1 read back whole"),
+        "{}",
+        verify.stdout
     );
 }
