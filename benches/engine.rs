@@ -84,13 +84,55 @@ fn median(mut xs: Vec<f64>) -> f64 {
     xs.get(xs.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
+/// Default options, durable, with background compaction off so that each
+/// workload measures one thing (compaction is measured in W6 and W9).
 fn durable() -> Options {
     let defaults = Options::default();
     Options {
         sync_mode: SyncMode::Always,
         worker_threads: env_or("MERGEKV_BENCH_WORKERS", defaults.worker_threads),
+        compaction_wal_bytes_min: u64::MAX,
+        compaction_interval_ms: 0,
         ..defaults
     }
+}
+
+/// Resident memory of this process, in bytes (Linux), or 0 if unknown.
+fn rss_bytes() -> u64 {
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// W9 memory: opens `dir` in a fresh process (this binary, re-run) and
+/// reports how much resident memory the open database adds.
+fn memory_of_open_db(dir: &Path) -> u64 {
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new(exe).arg("--rss-of").arg(dir).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
+}
+
+/// The child side of [`memory_of_open_db`].
+fn print_rss_of(dir: &Path) {
+    let before = rss_bytes();
+    let db = Db::open_with(dir, durable()).unwrap();
+    let after = rss_bytes();
+    println!("{}", after.saturating_sub(before));
+    drop(db);
+}
+
+/// Bytes of WAL segments and snapshots under a database directory.
+fn disk_bytes(dir: &Path) -> u64 {
+    ["wal", "snapshots"]
+        .iter()
+        .filter_map(|sub| fs::read_dir(dir.join(sub)).ok())
+        .flatten()
+        .filter_map(|e| e.ok()?.metadata().ok())
+        .map(|m| m.len())
+        .sum()
 }
 
 /// Raw disk: append 200 bytes + fdatasync, as often as possible.
@@ -211,8 +253,13 @@ fn w6_reopen(dir: &Path) -> (f64, Db) {
 }
 
 fn main() {
-    if std::env::args().any(|a| a == "--list") {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--list") {
         return; // `cargo bench -- --list` / test harness probing
+    }
+    if let Some(i) = args.iter().position(|a| a == "--rss-of") {
+        print_rss_of(Path::new(&args[i + 1]));
+        return;
     }
     let cfg = config();
     println!(
@@ -263,6 +310,20 @@ fn main() {
     let db = db.unwrap();
     let records = db.recovery_report().ops_replayed as f64;
     let w4 = median((0..runs).map(|_| w4_point_reads(&cfg, &db)).collect());
+    let wal_disk = disk_bytes(&load_dir);
+    let compaction = db.compact_now().unwrap();
+    drop(db);
+    let mut snapshot_ms = Vec::new();
+    let mut entries = 0.0;
+    for _ in 0..runs {
+        let (ms, opened) = w6_reopen(&load_dir);
+        entries = opened.recovery_report().snapshot.as_ref().map_or(0, |s| s.entries) as f64;
+        snapshot_ms.push(ms);
+    }
+    let w6_snapshot_ms = median(snapshot_ms);
+    let keys = cfg.keys as f64;
+    let disk_per_key = disk_bytes(&load_dir) as f64 / keys;
+    let memory_per_key = median((0..runs).map(|_| memory_of_open_db(&load_dir) as f64).collect()) / keys;
 
     println!();
     println!("| workload | mergekv | reference | ratio |");
@@ -280,6 +341,23 @@ fn main() {
     println!(
         "| W6 reopen after W3 (WAL only) | {w6_ms:.0} ms | {records:.0} records | {:.2} M records/s |",
         records / (w6_ms / 1000.0) / 1e6
+    );
+    println!(
+        "| W6 reopen after W3, from a snapshot | {w6_snapshot_ms:.0} ms | {entries:.0} entries | {:.2} M entries/s; {:.2} × the WAL-only reopen |",
+        entries / (w6_snapshot_ms / 1000.0) / 1e6,
+        w6_snapshot_ms / w6_ms
+    );
+    println!(
+        "| W9 disk after compaction | {disk_per_key:.0} B/key | WAL only: {:.0} B/key; raw key+value {} B | snapshot {} B, compaction {} ms |",
+        wal_disk as f64 / keys,
+        KEY_BYTES + VALUE_BYTES,
+        compaction.snapshot_bytes,
+        compaction.duration_ms
+    );
+    println!(
+        "| W9 resident memory of the open database | {memory_per_key:.0} B/key | raw key+value {} B | {:.2} × raw |",
+        KEY_BYTES + VALUE_BYTES,
+        memory_per_key / (KEY_BYTES + VALUE_BYTES) as f64
     );
     let _ = fs::remove_dir_all(&cfg.dir);
 }
