@@ -111,8 +111,15 @@ fn rss_bytes() -> u64 {
 /// reports how much resident memory the open database adds.
 fn memory_of_open_db(dir: &Path) -> u64 {
     let exe = std::env::current_exe().unwrap();
-    let out = std::process::Command::new(exe).arg("--rss-of").arg(dir).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
+    let out = std::process::Command::new(exe)
+        .arg("--rss-of")
+        .arg(dir)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
 }
 
 /// The child side of [`memory_of_open_db`].
@@ -317,13 +324,21 @@ fn main() {
     let mut entries = 0.0;
     for _ in 0..runs {
         let (ms, opened) = w6_reopen(&load_dir);
-        entries = opened.recovery_report().snapshot.as_ref().map_or(0, |s| s.entries) as f64;
+        entries = opened
+            .recovery_report()
+            .snapshot
+            .as_ref()
+            .map_or(0, |s| s.entries) as f64;
         snapshot_ms.push(ms);
     }
     let w6_snapshot_ms = median(snapshot_ms);
     let keys = cfg.keys as f64;
     let disk_per_key = disk_bytes(&load_dir) as f64 / keys;
-    let memory_per_key = median((0..runs).map(|_| memory_of_open_db(&load_dir) as f64).collect()) / keys;
+    let memory_per_key = median(
+        (0..runs)
+            .map(|_| memory_of_open_db(&load_dir) as f64)
+            .collect(),
+    ) / keys;
 
     println!();
     println!("| workload | mergekv | reference | ratio |");
