@@ -142,7 +142,13 @@ impl Options {
             self.value_size_bytes_max,
             self.batch_bytes_max,
         )?;
-        check("batch_ops_max", self.batch_ops_max, FRAME_OPS_MAX as usize)
+        check("batch_ops_max", self.batch_ops_max, FRAME_OPS_MAX as usize)?;
+        // Snapshots carry the dedup window in one chunk.
+        check(
+            "dedup_window_entries_max",
+            self.dedup_window_entries_max,
+            crate::snapshot::DEDUP_ENTRIES_MAX,
+        )
     }
 }
 

@@ -405,3 +405,102 @@ fn verify_checks_snapshots() {
         report.problems
     );
 }
+
+fn repair_options() -> Options {
+    Options {
+        recovery_mode: mergekv::RecoveryMode::Repair,
+        ..quiet()
+    }
+}
+
+/// 10 keys `a*`, a compaction, then 10 keys `b*`.
+fn compacted_then_written(dir: &Path) {
+    let db = Db::open_with(dir, quiet()).unwrap();
+    for i in 0..10 {
+        db.put(format!("a{i}"), "x").unwrap();
+    }
+    db.compact_now().unwrap();
+    for i in 0..10 {
+        db.put(format!("b{i}"), "y").unwrap();
+    }
+}
+
+#[test]
+fn repair_mode_does_not_discard_an_intact_wal_because_a_snapshot_is_damaged() {
+    let dir = tempfile::tempdir().unwrap();
+    compacted_then_written(dir.path());
+    flip_byte(&snapshots(dir.path()).pop().unwrap(), 100);
+    for options in [quiet(), repair_options()] {
+        match Db::open_with(dir.path(), options) {
+            Err(Error::Corruption { path, .. }) => {
+                assert!(path.to_string_lossy().contains("snap-"))
+            }
+            other => panic!(
+                "expected the snapshot's corruption, got {:?}",
+                other.map(|_| ())
+            ),
+        }
+    }
+    assert!(!dir.path().join("quarantine").exists(), "nothing was moved");
+    assert_eq!(segments(dir.path()).len(), 1, "the WAL is where it was");
+}
+
+#[test]
+fn a_repaired_segment_header_after_a_snapshot_leaves_an_openable_database() {
+    let dir = tempfile::tempdir().unwrap();
+    compacted_then_written(dir.path());
+    let first = segments(dir.path()).remove(0);
+    flip_byte(&first, 20); // the header's first sequence number
+    assert!(matches!(
+        Db::open_with(dir.path(), quiet()),
+        Err(Error::Corruption { .. })
+    ));
+    {
+        let db = Db::open_with(dir.path(), repair_options()).unwrap();
+        assert!(db.recovery_report().repair.is_some());
+        assert!(db.get("a0").is_some(), "the snapshot's keys are kept");
+        db.put("after", "repair").unwrap();
+    }
+    for options in [quiet(), repair_options()] {
+        let db = Db::open_with(dir.path(), options).expect("opens again after the repair");
+        assert_eq!(db.get("after").as_deref(), Some(&b"repair"[..]));
+        assert!(db.recovery_report().repair.is_none());
+    }
+}
+
+#[test]
+fn a_wal_ending_before_the_snapshot_continues_in_a_new_segment() {
+    // What a power loss would leave if the WAL after the snapshot had not
+    // been synced: a snapshot covering S, and a WAL that ends before S + 1.
+    let dir = tempfile::tempdir().unwrap();
+    compacted_then_written(dir.path());
+    let active = segments(dir.path()).pop().unwrap();
+    truncate(&active, 32);
+    let expected = {
+        let db = Db::open_with(dir.path(), quiet()).unwrap();
+        assert!(db.get("a9").is_some());
+        let seq = db.put("next", "write").unwrap().seq;
+        assert!(
+            seq > 10,
+            "numbering continues after the snapshot (seq {seq})"
+        );
+        contents(&db)
+    };
+    let db = Db::open_with(dir.path(), quiet()).expect("opens again");
+    assert_eq!(contents(&db), expected);
+}
+
+#[test]
+fn a_cursor_behind_the_start_of_the_wal_needs_a_resync() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open_with(dir.path(), quiet()).unwrap();
+    for i in 0..500 {
+        db.put(format!("a{i}"), "x").unwrap();
+    }
+    assert!(db.compact_now().unwrap().segments_removed > 0);
+    db.set_cursor("peer", 0).unwrap();
+    db.put("b", "x").unwrap();
+    let report = db.compact_now().unwrap();
+    assert_eq!(report.cursors_behind, vec!["peer".to_string()]);
+    assert!(db.cursor("peer").unwrap().needs_resync);
+}

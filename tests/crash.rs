@@ -31,9 +31,14 @@ fn crash_child() {
         .unwrap()
         .parse()
         .unwrap();
+    let compacting = std::env::var(COMPACT_ENV).is_ok();
     let options = Options {
         sync_mode: SyncMode::Always,
         segment_size_bytes_max: 64 * 1024,
+        // With compaction on, the compactor snapshots and truncates all the
+        // time, so the kill lands inside compactions too.
+        compaction_wal_bytes_min: if compacting { 32 * 1024 } else { u64::MAX },
+        compactor_tick_ms: 1,
         ..Options::default()
     };
     let db = Db::open_with(&dir, options).unwrap();
@@ -163,6 +168,10 @@ fn crash_rounds(compacting: bool) {
         !all_acked.is_empty(),
         "the child never acknowledged a write (seed {seed})"
     );
+    if compacting {
+        let snapshots = std::fs::read_dir(dir.path().join("snapshots")).map_or(0, |d| d.count());
+        assert!(snapshots > 0, "the child never compacted (seed {seed})");
+    }
 }
 
 /// Every batch is either fully visible or not at all; returns how many are.

@@ -98,7 +98,6 @@ pub struct CompactorStats {
 struct Progress {
     snapshot_seq: Option<u64>,
     snapshot_bytes: u64,
-    bytes_written_at_snapshot: u64,
     compacted_at: Option<Instant>,
     compactions: u64,
     last_error: Option<String>,
@@ -131,6 +130,8 @@ impl Maintenance {
         let progress = Progress {
             snapshot_seq: snapshot.map(|s| s.0),
             snapshot_bytes: snapshot.map_or(0, |s| s.1),
+            // The interval counts from open.
+            compacted_at: Some(Instant::now()),
             ..Progress::default()
         };
         Self {
@@ -189,15 +190,20 @@ impl Maintenance {
 
     fn due(&self) -> bool {
         let options = &self.engine.options;
-        let written = self.engine.wal.stats().bytes_written;
+        // Measured on disk, so a database reopened often (by the CLI, say)
+        // still compacts once its WAL has grown.
+        let since = self.stats().wal_bytes_since_snapshot;
+        let last_seq = self.engine.wal.stats().last_seq;
         let p = self.progress.lock();
-        let since = written.saturating_sub(p.bytes_written_at_snapshot);
+        if last_seq <= p.snapshot_seq.unwrap_or(0) {
+            return false; // nothing written since the snapshot
+        }
         if since >= options.compaction_wal_bytes_min {
             return true;
         }
         let interval = Duration::from_millis(options.compaction_interval_ms);
-        let elapsed = p.compacted_at.map_or(Duration::MAX, |t| t.elapsed());
-        options.compaction_interval_ms > 0 && since > 0 && elapsed >= interval
+        let elapsed = p.compacted_at.map_or(Duration::ZERO, |t| t.elapsed());
+        options.compaction_interval_ms > 0 && elapsed >= interval
     }
 
     /// Runs one compaction now.
@@ -227,17 +233,21 @@ impl Maintenance {
         engine.wal.check_usable()?;
         let bytes_before = self.disk_bytes()?;
         engine.wal.seal_active()?;
-        let written_at_seal = engine.wal.stats().bytes_written;
         let target = engine.wal.stats().last_seq;
         engine.wal.wait_watermark(target)?;
         // The watermark first, then the map: every batch up to it is in the map.
-        let covered_seq = engine.wal.applied_watermark();
+        let covered_seq = engine.wal.applied_watermark()?;
         let map = engine.state.snapshot();
+        // Applied is not yet durable in `Interval`/`Never` mode: make sure the
+        // WAL holds everything the snapshot will claim to cover, or a power
+        // loss could leave a gap between the snapshot and the WAL.
+        engine.wal.sync_written()?;
+        let created_ms = engine.options.wall_clock.now_ms();
         let meta = SnapshotMeta {
             node: engine.node,
             covered_seq,
             hlc: engine.hlc.lock().high_water(),
-            created_ms: engine.options.wall_clock.now_ms(),
+            created_ms,
         };
         let gc = self.tombstone_rule(covered_seq);
         let mut dropped: Vec<(StoreKey, KeyState)> = Vec::new();
@@ -252,9 +262,10 @@ impl Maintenance {
         let snap_dir = self.dir.join(SNAPSHOT_DIR);
         let written = snapshot::write_snapshot(&self.io, &snap_dir, &meta, &map, &dedup, keep)?;
         drop(map);
-        // Read it back before anything it covers is dropped.
+        // Read it back before anything it covers is dropped, and drop nothing
+        // if the WAL failed meanwhile.
         snapshot::read_snapshot(&self.io, &written.path)?;
-        self.progress.lock().bytes_written_at_snapshot = written_at_seal;
+        engine.wal.check_usable()?;
         let (snapshots_removed, oldest_retained) = self.prune_snapshots(&snap_dir)?;
         let (keep_from, cursors_behind) = self.retention_start(oldest_retained);
         let (segments_removed, _) = engine.wal.truncate_before(keep_from)?;
@@ -315,6 +326,7 @@ impl Maintenance {
     fn retention_start(&self, oldest_retained: u64) -> (u64, Vec<String>) {
         let snapshot_start = oldest_retained.saturating_add(1);
         let segments = self.engine.wal.segment_ranges();
+        let wal_start = segments.first().map_or(snapshot_start, |s| s.first_seq);
         let bytes_from = |seq: u64| -> u64 {
             segments
                 .iter()
@@ -330,7 +342,8 @@ impl Maintenance {
             if wanted >= start || cursor.needs_resync {
                 continue;
             }
-            if bytes_from(wanted) > limit {
+            // Behind the start of the WAL, or too far behind to keep for.
+            if wanted < wal_start || bytes_from(wanted) > limit {
                 cursor.needs_resync = true;
                 behind.push(name.clone());
             } else {
@@ -410,6 +423,14 @@ impl Compactor {
                 cause: Arc::from("the compactor thread stopped"),
             })
         })
+    }
+
+    /// Like [`Compactor::compact_now`], but says why the database cannot
+    /// compact (poisoned, closed) rather than that the thread is gone.
+    pub fn compact_now_on(&self, engine: &Engine) -> Result<CompactionReport> {
+        engine.wal.check_usable()?;
+        self.compact_now()
+            .map_err(|e| engine.wal.check_usable().err().unwrap_or(e))
     }
 
     /// Stops the thread after the compaction in progress, if any.

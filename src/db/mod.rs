@@ -245,7 +245,7 @@ impl Db {
     /// Runs a compaction now (on the compactor thread) and reports what it
     /// did: a snapshot, then truncation of the WAL it covers.
     pub fn compact_now(&self) -> Result<CompactionReport> {
-        self.inner.compactor.compact_now()
+        self.inner.compactor.compact_now_on(&self.inner.engine)
     }
 
     /// Registers (or moves) a cursor: a reader of this database's changes

@@ -72,8 +72,15 @@ pub(crate) fn recover(io: &Io, dir: &Path, node: NodeId, options: &Options) -> R
             state.replay(std::mem::take(&mut pending));
         }
     };
+    // A damaged snapshot is the problem to report, not a reason to repair
+    // (and so discard) an intact WAL that no longer reaches back far enough.
+    let recovery_mode = if damaged.is_empty() {
+        options.recovery_mode
+    } else {
+        crate::options::RecoveryMode::Strict
+    };
     let mode = recovery::ReplayMode {
-        recovery: options.recovery_mode,
+        recovery: recovery_mode,
         modify: true,
         covered_seq,
         read_covered: false,
@@ -97,15 +104,16 @@ pub(crate) fn recover(io: &Io, dir: &Path, node: NodeId, options: &Options) -> R
     report.ops_replayed = wal_report.ops_replayed;
     report.torn_tail = wal_report.torn_tail;
     report.repair = wal_report.repair;
-    let next_seq = replayed
-        .next_seq
-        .max(covered_seq.map_or(1, |s| s.saturating_add(1)));
+    let after_snapshot = covered_seq.map_or(1, |s| s.saturating_add(1));
     Ok(Recovered {
         state,
         wal_start: WalStart {
-            next_seq,
+            next_seq: replayed.next_seq.max(after_snapshot),
             segments: replayed.segments,
             dedup,
+            // Appending at S + 1 to a segment that ends earlier would leave a
+            // gap inside it; a new segment starting there is read correctly.
+            start_fresh: replayed.next_seq < after_snapshot,
         },
         max_stamp,
         report,

@@ -51,6 +51,8 @@ const CHUNK_ENTRIES: u8 = 1;
 const CHUNK_DEDUP: u8 = 2;
 const CHUNK_END: u8 = 0xFF;
 const DEDUP_ENTRY_BYTES: usize = 32 + 8 + 4 + 20 + 8;
+/// Most dedup entries a snapshot can carry (one chunk).
+pub const DEDUP_ENTRIES_MAX: usize = CHUNK_PAYLOAD_BYTES_MAX / DEDUP_ENTRY_BYTES;
 
 /// What a snapshot holds besides the entries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

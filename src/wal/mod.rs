@@ -187,6 +187,9 @@ pub struct WalStart {
     pub segments: Vec<SegmentInfo>,
     /// The rebuilt dedup window.
     pub dedup: DedupWindow,
+    /// Start a new segment at `next_seq` instead of appending to the last
+    /// one (the WAL ends before where a snapshot says writing continues).
+    pub start_fresh: bool,
 }
 
 impl Wal {
@@ -210,13 +213,16 @@ impl Wal {
         };
         let mut sealed = start.segments;
         let writer = match sealed.pop() {
-            Some(last) => SegmentWriter {
+            Some(last) if !start.start_fresh => SegmentWriter {
                 file: io.open_append(&last.path)?,
                 first_seq: last.first_seq,
                 size_bytes: last.size_bytes,
                 bytes_written: 0,
             },
-            None => create_segment(&io, dir, node, start.next_seq, 0)?,
+            last => {
+                sealed.extend(last);
+                create_segment(&io, dir, node, start.next_seq, 0)?
+            }
         };
         let last_seq = start.next_seq.saturating_sub(1);
         let shared = Shared {
@@ -552,12 +558,17 @@ impl Wal {
 
     /// The applied watermark: every batch with sequence numbers up to this
     /// one is in the state map (later ones may be too).
-    pub fn applied_watermark(&self) -> u64 {
+    ///
+    /// Fails if the WAL is poisoned: a failed batch is taken off the
+    /// unapplied list without ever being written, so the watermark of a
+    /// poisoned WAL can pass batches that are not in it.
+    pub fn applied_watermark(&self) -> Result<u64> {
         let st = self.shared.lock();
-        match st.unapplied.first() {
+        check_usable(&st)?;
+        Ok(match st.unapplied.first() {
             Some(first) => first - 1,
             None => st.next_seq - 1,
-        }
+        })
     }
 
     /// Seals the active segment (after writing everything queued) if it holds

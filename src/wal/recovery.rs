@@ -128,19 +128,17 @@ pub fn replay(
     let mut kept: Vec<SegmentInfo> = Vec::new();
     // Without a snapshot the log must start at the beginning (or right after
     // a repair, which its segment declares); with one, where it says.
-    let mut expected_seq: Option<u64> = mode.covered_seq.is_none().then_some(1);
+    // With a snapshot covering S, the first segment must start at or before
+    // S + 1, unless a repair declared a gap there.
+    let mut expected_seq = match mode.covered_seq {
+        None => Some(1),
+        Some(covered) => segments
+            .first()
+            .map(|(first, _)| (*first).min(covered.saturating_add(1))),
+    };
     for (index, (first_seq, path)) in segments.iter().enumerate() {
         let is_last = index + 1 == segments.len();
         if let Some(covered) = mode.covered_seq {
-            if index == 0 && *first_seq > covered.saturating_add(1) {
-                return Err(Error::corruption(
-                    path,
-                    0,
-                    format!(
-                        "the WAL starts at seq {first_seq} but the snapshot covers only up to {covered}"
-                    ),
-                ));
-            }
             if let Some((next_first, _)) = segments.get(index + 1)
                 && *next_first <= covered.saturating_add(1)
                 && !mode.read_covered
