@@ -138,16 +138,15 @@ pub fn replay(
     };
     for (index, (first_seq, path)) in segments.iter().enumerate() {
         let is_last = index + 1 == segments.len();
-        if let Some(covered) = mode.covered_seq {
-            if let Some((next_first, _)) = segments.get(index + 1)
-                && *next_first <= covered.saturating_add(1)
-                && !mode.read_covered
-            {
-                kept.push(info(*first_seq, path, io.len_bytes(path)?));
-                report.segments_skipped += 1;
-                expected_seq = Some(*next_first);
-                continue;
-            }
+        // A segment the snapshot wholly covers is not read.
+        if let (Some(covered), Some((next_first, _))) = (mode.covered_seq, segments.get(index + 1))
+            && *next_first <= covered.saturating_add(1)
+            && !mode.read_covered
+        {
+            kept.push(info(*first_seq, path, io.len_bytes(path)?));
+            report.segments_skipped += 1;
+            expected_seq = Some(*next_first);
+            continue;
         }
         let bytes = io.read(path)?;
         let scan = scan_segment(&bytes, *first_seq, node, expected_seq);
