@@ -81,8 +81,9 @@ pub struct Options {
     /// Create the database if the directory holds none; if false, opening a
     /// directory without one fails with [`crate::Error::NotADatabase`].
     pub create_if_missing: bool,
-    /// The compactor writes a snapshot once this many WAL bytes have been
-    /// written since the last one (`u64::MAX`: never for this reason).
+    /// The compactor writes a snapshot once the WAL segments holding changes
+    /// after the last one reach this many bytes on disk (`u64::MAX`: never
+    /// for this reason).
     pub compaction_wal_bytes_min: u64,
     /// ...or once this long has passed since the last one, if anything was
     /// written (0: never for this reason).
