@@ -3,8 +3,9 @@
 //! An embedded key-value database for applications whose copies must keep
 //! working offline and merge later without losing anything.
 //!
-//! Every write is a command stamped with a hybrid logical clock, routed to a
-//! worker thread, appended to a checksummed, group-committed write-ahead log,
+//! Every write is a command stamped with a hybrid logical clock, run by a
+//! worker (a pool thread, or the caller when its worker is idle), appended
+//! to a checksummed, group-committed write-ahead log,
 //! and then applied to a concurrent in-memory map. Every value is a CRDT (a
 //! last-writer-wins register or a PN-counter), so copies of a database can
 //! exchange changes in any order and converge.

@@ -19,7 +19,7 @@ pub enum SyncMode {
     /// milliseconds of acknowledged writes.
     Interval(u64),
     /// A write returns once it is written to the operating system; mergekv
-    /// syncs only on rotation and clean close. A process crash loses nothing;
+    /// syncs only on rotation, compaction and clean close. A process crash loses nothing;
     /// a power loss can lose any acknowledged write not yet flushed by the OS.
     Never,
 }
@@ -28,8 +28,9 @@ pub enum SyncMode {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum RecoveryMode {
     /// Refuse to open with [`crate::Error::Corruption`] naming segment and
-    /// offset (the default). A torn tail, where nothing valid follows, is
-    /// always cut back silently: it can only hold unacknowledged writes.
+    /// offset (the default). A torn tail (a last frame cut short, nothing
+    /// valid after it) is always cut back and reported in the
+    /// [`crate::RecoveryReport`]: it can only hold unacknowledged writes.
     #[default]
     Strict,
     /// Cut the WAL at the damage, move what was dropped to
@@ -66,7 +67,8 @@ pub struct Options {
     pub value_size_bytes_max: usize,
     /// Most operations in one atomic batch.
     pub batch_ops_max: usize,
-    /// Largest encoded batch, in bytes.
+    /// Largest batch, counted as the sum of its keys (with keyspace prefix)
+    /// and values, in bytes.
     pub batch_bytes_max: usize,
     /// How long an idempotency key is remembered, in milliseconds.
     pub dedup_window_ms: u64,

@@ -5,7 +5,7 @@
 //!   The layouts themselves are documented in `docs/FORMAT.md`. `Reader`
 //!   never panics: every read is bounds-checked and returns [`DecodeError`].
 //! - [`encode_typed`] / [`decode_typed`]: serde + bincode, for application
-//!   values stored *inside* values (typed puts, auth records). bincode never
+//!   values stored *inside* values (typed puts). bincode never
 //!   defines a file or frame layout, so the on-disk format does not depend on
 //!   it.
 

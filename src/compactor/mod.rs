@@ -2,8 +2,8 @@
 //! thread.
 //!
 //! A compaction:
-//! 1. seals the active WAL segment (writers wait only while a new segment
-//!    file is created);
+//! 1. seals the active WAL segment (writers wait only for this rotation:
+//!    the old segment's fdatasync and the new segment's creation);
 //! 2. waits until every batch written so far is applied, reads the applied
 //!    watermark `S`, then takes an O(1) snapshot of the state map (writers
 //!    are not blocked: the map is persistent);

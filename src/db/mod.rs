@@ -62,7 +62,8 @@ impl Db {
         Self::open_with(dir, Options::default())
     }
 
-    /// Opens (creating if needed) the database in `dir`.
+    /// Opens the database in `dir`, creating it if needed and
+    /// `options.create_if_missing` allows.
     ///
     /// Fails with [`Error::Locked`] if the directory is already open, and
     /// with [`Error::Corruption`] if the WAL is damaged (unless
@@ -165,11 +166,14 @@ impl Db {
     }
 
     /// Commits a batch atomically; one outcome per operation, in order.
+    /// Returns once the batch is durable as the sync mode promises (in
+    /// `SyncMode::Always`: written and fdatasync'ed) and visible to reads.
     pub fn write(&self, batch: Batch) -> Result<Vec<Outcome>> {
         self.inner.pool.submit(&self.inner.engine, batch)
     }
 
-    /// Puts `value` at `key` in the default keyspace.
+    /// Puts `value` at `key` in the default keyspace; durable on return as
+    /// [`Db::write`] says.
     pub fn put(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<Outcome> {
         self.default_keyspace().put(key, value)
     }
@@ -266,9 +270,10 @@ impl Db {
         self.inner.maintenance.remove_cursor(name)
     }
 
-    /// Writes and syncs everything acknowledged, stops the threads, and
-    /// reports any failure doing so. Other clones of this handle can no
-    /// longer write afterwards.
+    /// Writes and syncs everything acknowledged and reports any failure
+    /// doing so; other clones of this handle can no longer write afterwards.
+    /// The threads stop and the directory lock is released when the last
+    /// clone is dropped.
     pub fn close(self) -> Result<()> {
         self.inner.engine.wal.close()
     }

@@ -69,9 +69,9 @@ impl IoOp {
 
 /// Makes chosen file operations fail, for tests.
 ///
-/// Counting starts when the injector is created; `fail_nth(IoOp::Sync, 3)`
-/// makes the third fsync from then on fail, and every later one too if
-/// `sticky` is set (a disk that has gone bad stays bad). Clones share state.
+/// `fail_nth(IoOp::Sync, 3)` makes the third fsync counted from that call
+/// fail; `fail_from_nth` makes that one and every later one fail (a disk
+/// that has gone bad stays bad). Clones share state.
 #[derive(Clone, Debug, Default)]
 pub struct FaultInjector {
     inner: Arc<FaultState>,

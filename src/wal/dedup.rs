@@ -3,7 +3,8 @@
 //! Keyed by the blake3 content id of a batch's idempotency key, bounded both
 //! by age (`dedup_window_ms`, measured from the local time the batch was
 //! received, which is logged with it: not from its stamp, which may be old
-//! if it came from another node) and by entry count. Rebuilt on open from the WAL, so a retry after a restart is still
+//! if it came from another node) and by entry count. Rebuilt on open from
+//! the snapshot and the WAL, so a retry after a restart is still
 //! caught. Pure: the caller passes the time in.
 
 use std::collections::{HashMap, VecDeque};

@@ -4,9 +4,12 @@
 //!
 //! - Frames are read in sequence order; each must start at the sequence
 //!   number the previous one ended at.
-//! - A bad frame in the *last* segment with no valid frame after it is a torn
-//!   tail: a write that was cut short by a crash and so never acknowledged.
-//!   It is cut off (the file is truncated to the last complete frame).
+//! - A bad frame in the *last* segment with no valid frame after it, that
+//!   was never written in full, is a torn tail: a write that was cut short
+//!   by a crash and so never acknowledged. It is cut off (the file is
+//!   truncated to the last complete frame) and reported in the
+//!   `RecoveryReport`. A frame that was written in full and changed since is
+//!   corruption, wherever it is.
 //! - A bad frame followed by a valid one, or anywhere in an earlier segment,
 //!   is corruption: in `RecoveryMode::Strict` open fails naming the segment
 //!   and offset; in `RecoveryMode::Repair` the WAL is cut there, and what is

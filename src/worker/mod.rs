@@ -1,16 +1,18 @@
 //! The worker pool.
 //!
 //! Each worker owns a bounded crossbeam channel. A batch is routed by a hash
-//! of its first key, so every command on a key goes through the same worker
-//! and is stamped, logged and applied in submission order. A worker takes
+//! of its first key, so every single-key command on a key goes through the
+//! same worker and is stamped, logged and applied in submission order
+//! (batches are ordered by their first key; their other keys merge by CRDT
+//! rules, which do not depend on order). A worker takes
 //! what is waiting in its queue (up to `worker_batch_commands_max`) and runs
 //! it through [`Engine::execute`] as one group, sharing one wait for
 //! durability. With `worker_threads = 0` there is no pool: callers run
 //! `execute` themselves.
 //!
 //! A worker is an execution *slot* (a mutex) plus a queue and a thread.
-//! Whoever holds the slot runs that worker's commands, so commands on one
-//! key never run concurrently. A caller that finds its worker idle (queue
+//! Whoever holds the slot runs that worker's commands, so commands routed to
+//! one worker never run concurrently. A caller that finds its worker idle (queue
 //! empty, slot free) runs its batch itself, sparing two thread hand-offs
 //! (a single writer then pays only for its fsync); otherwise it queues the
 //! batch and the worker thread runs it, with whatever else is queued, as one
