@@ -178,12 +178,14 @@ impl Db {
         self.default_keyspace().put(key, value)
     }
 
-    /// Deletes `key` in the default keyspace.
+    /// Deletes `key` in the default keyspace; durable on return as
+    /// [`Db::write`] says.
     pub fn delete(&self, key: impl AsRef<[u8]>) -> Result<Outcome> {
         self.default_keyspace().delete(key)
     }
 
-    /// Adds `delta` to the counter at `key` in the default keyspace.
+    /// Adds `delta` to the counter at `key` in the default keyspace; durable
+    /// on return as [`Db::write`] says.
     pub fn increment(&self, key: impl AsRef<[u8]>, delta: i64) -> Result<Outcome> {
         self.default_keyspace().increment(key, delta)
     }
@@ -363,21 +365,23 @@ impl Keyspace {
         })
     }
 
-    /// Puts `value` at `key`.
+    /// Puts `value` at `key`; durable on return as [`Db::write`] says.
     pub fn put(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<Outcome> {
         let mut batch = Batch::new();
         batch.put_in(&self.name, key, value);
         self.single(batch)
     }
 
-    /// Deletes `key` (writes a tombstone).
+    /// Deletes `key` (writes a tombstone); durable on return as
+    /// [`Db::write`] says.
     pub fn delete(&self, key: impl AsRef<[u8]>) -> Result<Outcome> {
         let mut batch = Batch::new();
         batch.delete_in(&self.name, key);
         self.single(batch)
     }
 
-    /// Adds `delta` to the counter at `key`; the outcome carries the new value.
+    /// Adds `delta` to the counter at `key`; the outcome carries the new
+    /// value. Durable on return as [`Db::write`] says.
     pub fn increment(&self, key: impl AsRef<[u8]>, delta: i64) -> Result<Outcome> {
         let mut batch = Batch::new();
         batch.increment_in(&self.name, key, delta);
