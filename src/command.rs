@@ -154,12 +154,17 @@ impl Batch {
                 options.batch_ops_max,
             ));
         }
-        let mut seen = HashSet::with_capacity(self.ops.len());
+        // A single operation cannot repeat a key: skip the set on the hot path.
+        let mut seen = HashSet::with_capacity(if self.ops.len() > 1 {
+            self.ops.len()
+        } else {
+            0
+        });
         let mut bytes = 0usize;
         for op in &self.ops {
             validate_op(op, options)?;
             bytes += op.store_key.len() + op.value_len();
-            if !seen.insert(&op.store_key) {
+            if self.ops.len() > 1 && !seen.insert(&op.store_key) {
                 return Err(Error::InvalidCommand {
                     reason: format!(
                         "batch touches key {:?} in keyspace {:?} twice",

@@ -358,14 +358,7 @@ impl Maintenance {
         let mut total = 0;
         for sub in [WAL_DIR, SNAPSHOT_DIR] {
             let dir = self.dir.join(sub);
-            let names = match self.io.list_dir(&dir) {
-                Ok(names) => names,
-                Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
-            for name in names {
+            for name in self.io.list_dir_if_exists(&dir)? {
                 total += self.io.len_bytes(&dir.join(name)).unwrap_or(0);
             }
         }

@@ -148,13 +148,7 @@ fn load_snapshot(io: &Io, dir: &Path, node: NodeId) -> Result<(Option<LoadedSnap
 }
 
 fn remove_temp_files(io: &Io, snap_dir: &Path) -> Result<()> {
-    let names = match io.list_dir(snap_dir) {
-        Ok(names) => names,
-        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(());
-        }
-        Err(e) => return Err(e),
-    };
+    let names = io.list_dir_if_exists(snap_dir)?;
     for name in names.iter().filter(|n| n.ends_with(".tmp")) {
         io.remove_file(&snap_dir.join(name))?;
     }

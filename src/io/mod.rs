@@ -272,6 +272,17 @@ impl Io {
         Ok(names)
     }
 
+    /// Lists the file names in a directory; a directory that does not exist
+    /// lists as empty.
+    pub fn list_dir_if_exists(&self, dir: &Path) -> Result<Vec<String>> {
+        match self.list_dir(dir) {
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                Ok(Vec::new())
+            }
+            other => other,
+        }
+    }
+
     /// Creates a directory and its parents.
     pub fn create_dir_all(&self, dir: &Path) -> Result<()> {
         self.check(IoOp::Open, dir)?;

@@ -97,13 +97,7 @@ pub fn parse_snapshot_file_name(name: &str) -> Option<u64> {
 
 /// The snapshots in `dir` (the snapshot directory), newest first.
 pub fn list_snapshots(io: &Io, dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
-    let names = match io.list_dir(dir) {
-        Ok(names) => names,
-        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-            Vec::new()
-        }
-        Err(e) => return Err(e),
-    };
+    let names = io.list_dir_if_exists(dir)?;
     let mut out: Vec<(u64, PathBuf)> = names
         .into_iter()
         .filter_map(|n| parse_snapshot_file_name(&n).map(|seq| (seq, dir.join(n))))
