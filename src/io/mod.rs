@@ -19,6 +19,22 @@ use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
 
+/// The name `<prefix><seq as 20 digits><suffix>`: zero-padded so that names
+/// sort in sequence order.
+pub fn numbered_file_name(prefix: &str, seq: u64, suffix: &str) -> String {
+    format!("{prefix}{seq:020}{suffix}")
+}
+
+/// The sequence number in a name made by [`numbered_file_name`], if `name`
+/// is exactly such a name.
+pub fn parse_numbered_file_name(name: &str, prefix: &str, suffix: &str) -> Option<u64> {
+    let digits = name.strip_prefix(prefix)?.strip_suffix(suffix)?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
 /// The kinds of file operation that can be made to fail.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum IoOp {

@@ -83,16 +83,12 @@ pub struct LoadedSnapshot {
 
 /// The file name of the snapshot covering `seq`.
 pub fn snapshot_file_name(seq: u64) -> String {
-    format!("snap-{seq:020}.snap")
+    crate::io::numbered_file_name("snap-", seq, ".snap")
 }
 
 /// The covered sequence number in a snapshot file name.
 pub fn parse_snapshot_file_name(name: &str) -> Option<u64> {
-    let digits = name.strip_prefix("snap-")?.strip_suffix(".snap")?;
-    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    digits.parse().ok()
+    crate::io::parse_numbered_file_name(name, "snap-", ".snap")
 }
 
 /// The snapshots in `dir` (the snapshot directory), newest first.

@@ -34,16 +34,12 @@ pub const WAL_DIR: &str = "wal";
 
 /// The file name of the segment whose first sequence number is `first_seq`.
 pub fn segment_file_name(first_seq: u64) -> String {
-    format!("wal-{first_seq:020}.seg")
+    crate::io::numbered_file_name("wal-", first_seq, ".seg")
 }
 
 /// The first sequence number encoded in a segment file name.
 pub fn parse_segment_file_name(name: &str) -> Option<u64> {
-    let digits = name.strip_prefix("wal-")?.strip_suffix(".seg")?;
-    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    digits.parse().ok()
+    crate::io::parse_numbered_file_name(name, "wal-", ".seg")
 }
 
 /// A sealed or active segment, as the WAL tracks it.
