@@ -309,6 +309,74 @@ impl Engine {
             .collect()
     }
 
+    /// Runs every stamp of imported records through the HLC receive rule
+    /// and drift check; on an error nothing has been applied.
+    pub fn receive_stamps(&self, records: &[Record]) -> Result<()> {
+        let now_ms = self.options.wall_clock.now_ms();
+        let mut hlc = self.hlc.lock();
+        for record in records {
+            for stamp in record_stamps(record) {
+                hlc.receive(stamp, now_ms)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies imported records (already drift-checked) as one durable,
+    /// idempotent batch: through the WAL, the dedup window and the apply
+    /// path, like any write.
+    pub fn import_chunk(
+        &self,
+        records: &[Record],
+        dedup_id: &[u8; 32],
+    ) -> Result<crate::sync::ImportReport> {
+        self.wal.check_usable()?;
+        let now_ms = self.options.wall_clock.now_ms();
+        if records.iter().any(|r| r.delta.counter.is_some()) {
+            self.state.note_counter();
+        }
+        let stamp = records
+            .iter()
+            .flat_map(record_stamps)
+            .max()
+            .unwrap_or(Stamp::ZERO);
+        let appended = self.wal.append(AppendRequest {
+            payload: encode_payload(Some((dedup_id, now_ms)), records)?,
+            op_count: records.len() as u32,
+            dedup_id: Some(dedup_id),
+            stamp,
+            now_ms,
+        })?;
+        let mut report = crate::sync::ImportReport::default();
+        match appended {
+            Appended::Duplicate(original) => {
+                self.wal
+                    .wait_durable(original.first_seq + u64::from(original.op_count) - 1)?;
+                self.wal.wait_applied(original.first_seq);
+                report.duplicates = records.len() as u64;
+            }
+            Appended::Queued {
+                first_seq,
+                last_seq,
+            } => {
+                let durable = self.wal.wait_durable(last_seq);
+                let applied = durable
+                    .as_ref()
+                    .ok()
+                    .map(|_| self.state.apply_many(&[records]));
+                self.wal.mark_applied(&[first_seq]);
+                durable?;
+                for a in applied.into_iter().flatten().flatten() {
+                    match a.kind {
+                        OutcomeKind::IgnoredStale => report.stale += 1,
+                        _ => report.applied += 1,
+                    }
+                }
+            }
+        }
+        Ok(report)
+    }
+
     /// Tells the WAL which queued batches are now applied (or never will be,
     /// after a failure), which moves the applied watermark.
     fn mark_applied(&self, prepared: &[Result<Prepared>]) {
@@ -352,6 +420,17 @@ impl Engine {
             })
             .collect()
     }
+}
+
+/// Every stamp in a record: the register's and each counter total's.
+fn record_stamps(record: &Record) -> impl Iterator<Item = Stamp> + '_ {
+    let register = record.delta.register.as_ref().map(|r| r.stamp);
+    let totals = record
+        .delta
+        .counter
+        .iter()
+        .flat_map(|c| c.totals.iter().map(|t| t.stamp));
+    register.into_iter().chain(totals)
 }
 
 /// Makes a queued batch's new totals the base for later increments.

@@ -22,9 +22,13 @@ use crate::error::{Error, Result};
 use crate::io::Io;
 use crate::meta::{self, DirLock};
 use crate::options::{Options, SyncMode};
+use crate::sync::{ImportReport, SyncCursor};
 use crate::wal::recovery::{self, RecoveryReport};
 use crate::wal::{WAL_DIR, Wal, WalStats};
 use crate::worker::Pool;
+
+/// Records imported per WAL frame: one idempotent, atomic chunk.
+const IMPORT_CHUNK_RECORDS: usize = 10_000;
 use engine::Engine;
 use read::{ReadView, Scan, ScanOptions, Value};
 
@@ -252,6 +256,40 @@ impl Db {
     /// did: a snapshot, then truncation of the WAL it covers.
     pub fn compact_now(&self) -> Result<CompactionReport> {
         self.inner.compactor.compact_now_on(&self.inner.engine)
+    }
+
+    /// A change set of every change newer than `cursor` (a version vector of
+    /// what the receiver has), and the cursor to use next time. The bytes
+    /// are self-verifying; see `docs/FORMAT.md`.
+    pub fn export_since(&self, cursor: &SyncCursor) -> Result<(Vec<u8>, SyncCursor)> {
+        let map = self.inner.engine.state.snapshot();
+        let (records, after) = crate::sync::collect_changes(&map, cursor);
+        Ok((
+            crate::sync::changeset::encode(self.node_id(), &after, &records),
+            after,
+        ))
+    }
+
+    /// Verifies a change set, checks every stamp against the drift bound,
+    /// and applies it durably with the CRDT rules. Importing the same
+    /// change set again changes nothing (its chunks come back as
+    /// duplicates); a damaged one, or one with a stamp too far ahead,
+    /// applies nothing.
+    pub fn import(&self, bytes: &[u8]) -> Result<ImportReport> {
+        let changes = crate::sync::changeset::decode(bytes)?;
+        let engine = &self.inner.engine;
+        engine.receive_stamps(&changes.records)?;
+        let mut report = ImportReport::default();
+        for (index, chunk) in changes.records.chunks(IMPORT_CHUNK_RECORDS).enumerate() {
+            let mut id = blake3::Hasher::new();
+            id.update(&changes.digest);
+            id.update(&(index as u64).to_le_bytes());
+            let part = engine.import_chunk(chunk, id.finalize().as_bytes())?;
+            report.applied += part.applied;
+            report.stale += part.stale;
+            report.duplicates += part.duplicates;
+        }
+        Ok(report)
     }
 
     /// Registers (or moves) a cursor: a reader of this database's changes

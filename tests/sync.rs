@@ -1,0 +1,221 @@
+//! Change sets between copies: export, import, convergence basics.
+
+use std::sync::Arc;
+
+use mergekv::{Db, Error, ManualClock, Options, ScanOptions, SyncCursor, SyncMode};
+
+struct Copy {
+    _dir: tempfile::TempDir,
+    db: Db,
+    clock: Arc<ManualClock>,
+}
+
+fn copy(start_ms: u64) -> Copy {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(start_ms));
+    let db = Db::open_with(
+        dir.path(),
+        Options {
+            sync_mode: SyncMode::Never,
+            wall_clock: clock.clone(),
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    Copy {
+        _dir: dir,
+        db,
+        clock,
+    }
+}
+
+/// Sends everything `from` has that `to` lacks.
+fn sync(from: &Db, to: &Db) -> mergekv::ImportReport {
+    let (bytes, _) = from.export_since(&SyncCursor::new()).unwrap();
+    to.import(&bytes).unwrap()
+}
+
+fn everything(db: &Db) -> Vec<(Vec<u8>, mergekv::Value)> {
+    db.scan(&ScanOptions::all())
+        .map(|e| (e.key().to_vec(), e.into_value()))
+        .collect()
+}
+
+#[test]
+fn the_higher_stamp_wins_in_both_directions() {
+    let (a, b) = (copy(1_000), copy(1_000));
+    a.db.put("k", "from a").unwrap();
+    b.clock.advance_ms(10);
+    b.db.put("k", "from b").unwrap(); // later physical time
+    sync(&a.db, &b.db);
+    sync(&b.db, &a.db);
+    assert_eq!(a.db.get("k").as_deref(), Some(&b"from b"[..]));
+    assert_eq!(everything(&a.db), everything(&b.db));
+}
+
+#[test]
+fn equal_physical_time_is_decided_by_logical_counter_then_node_the_same_way() {
+    let (a, b) = (copy(5_000), copy(5_000));
+    a.db.put("x", "a0").unwrap();
+    a.db.put("k", "a").unwrap(); // logical 1 on a
+    b.db.put("k", "b").unwrap(); // logical 0 on b: a wins
+    b.db.put("t", "b").unwrap(); // logical 1 on b
+    a.db.put("t", "a").unwrap(); // logical 2 on a: a wins
+    b.db.put("u", "b").unwrap(); // logical 2 on b
+    a.db.put("u", "a").unwrap(); // logical 3 on a: a wins
+    sync(&a.db, &b.db);
+    sync(&b.db, &a.db);
+    assert_eq!(everything(&a.db), everything(&b.db));
+    assert_eq!(a.db.get("k").as_deref(), Some(&b"a"[..]));
+    // Same physical and logical time: the node id decides, identically.
+    let (c, d) = (copy(9_000), copy(9_000));
+    c.db.put("n", "c").unwrap();
+    d.db.put("n", "d").unwrap();
+    sync(&c.db, &d.db);
+    sync(&d.db, &c.db);
+    let winner = if c.db.node_id() > d.db.node_id() {
+        "c"
+    } else {
+        "d"
+    };
+    assert_eq!(c.db.get("n").as_deref(), Some(winner.as_bytes()));
+    assert_eq!(everything(&c.db), everything(&d.db));
+}
+
+#[test]
+fn a_delete_travels_and_a_later_put_brings_the_key_back_on_both() {
+    let (a, b) = (copy(1_000), copy(1_000));
+    a.db.put("k", "v").unwrap();
+    sync(&a.db, &b.db);
+    a.clock.advance_ms(5);
+    a.db.delete("k").unwrap();
+    sync(&a.db, &b.db);
+    assert_eq!(b.db.get("k"), None);
+    b.clock.advance_ms(10);
+    b.db.put("k", "again").unwrap();
+    sync(&b.db, &a.db);
+    assert_eq!(a.db.get("k").as_deref(), Some(&b"again"[..]));
+    assert_eq!(everything(&a.db), everything(&b.db));
+}
+
+#[test]
+fn counters_on_three_copies_merged_in_every_order_agree() {
+    let orders: [[usize; 3]; 6] = [
+        [0, 1, 2],
+        [0, 2, 1],
+        [1, 0, 2],
+        [1, 2, 0],
+        [2, 0, 1],
+        [2, 1, 0],
+    ];
+    for order in orders {
+        let copies = [copy(1_000), copy(1_000), copy(1_000)];
+        for (i, c) in copies.iter().enumerate() {
+            for _ in 0..=i {
+                c.db.increment("hits", 10).unwrap();
+            }
+            c.db.increment("hits", -1).unwrap();
+        }
+        for &from in &order {
+            for &to in &order {
+                if from != to {
+                    sync(&copies[from].db, &copies[to].db);
+                }
+            }
+        }
+        for &from in &order {
+            for to in 0..3 {
+                if from != to {
+                    sync(&copies[from].db, &copies[to].db);
+                }
+            }
+        }
+        for c in &copies {
+            assert_eq!(c.db.counter("hits"), 60 - 3, "order {order:?}");
+        }
+    }
+}
+
+#[test]
+fn importing_the_same_change_set_twice_changes_nothing() {
+    let (a, b) = (copy(1_000), copy(1_000));
+    for i in 0..25 {
+        a.db.put(format!("k{i}"), "v").unwrap();
+    }
+    a.db.increment("n", 3).unwrap();
+    let (bytes, cursor) = a.db.export_since(&SyncCursor::new()).unwrap();
+    let first = b.db.import(&bytes).unwrap();
+    assert_eq!((first.applied, first.duplicates), (26, 0));
+    let last_seq = b.db.stats().wal.last_seq;
+    let again = b.db.import(&bytes).unwrap();
+    assert_eq!((again.applied, again.duplicates), (0, 26));
+    assert_eq!(b.db.stats().wal.last_seq, last_seq, "nothing was written");
+    assert_eq!(b.db.counter("n"), 3);
+    // Nothing new since the cursor: an empty change set.
+    let (empty, _) = a.db.export_since(&cursor).unwrap();
+    assert_eq!(
+        b.db.import(&empty).unwrap(),
+        mergekv::ImportReport::default()
+    );
+}
+
+#[test]
+fn damaged_or_drifting_change_sets_apply_nothing() {
+    let (a, b) = (copy(1_000), copy(1_000));
+    for i in 0..5 {
+        a.db.put(format!("k{i}"), "v").unwrap();
+    }
+    let (bytes, _) = a.db.export_since(&SyncCursor::new()).unwrap();
+    for i in 0..bytes.len() {
+        let mut bad = bytes.clone();
+        bad[i] ^= 0x01;
+        assert!(
+            matches!(b.db.import(&bad), Err(Error::Decode { .. })),
+            "flip at {i}"
+        );
+    }
+    for len in [0, 10, bytes.len() - 1] {
+        assert!(matches!(
+            b.db.import(&bytes[..len]),
+            Err(Error::Decode { .. })
+        ));
+    }
+    assert_eq!(everything(&b.db), vec![]);
+    // a's clock an hour ahead of b's: refused by the drift bound.
+    a.clock.advance_ms(3_600_000);
+    a.db.put("future", "v").unwrap();
+    let (ahead, _) = a.db.export_since(&SyncCursor::new()).unwrap();
+    match b.db.import(&ahead) {
+        Err(Error::ClockDrift { peer, .. }) => assert_eq!(peer, a.db.node_id()),
+        other => panic!("expected drift, got {other:?}"),
+    }
+    assert_eq!(everything(&b.db), vec![]);
+}
+
+#[test]
+fn imported_data_is_readable_after_reopen() {
+    let a = copy(1_000);
+    for k in ["apple", "apricot", "banana", "cherry"] {
+        a.db.put(k, k).unwrap();
+    }
+    let users = a.db.keyspace("users").unwrap();
+    users.put("ada", "x").unwrap();
+    let (bytes, _) = a.db.export_since(&SyncCursor::new()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let b = Db::open(dir.path()).unwrap();
+        b.import(&bytes).unwrap();
+    }
+    let b = Db::open(dir.path()).unwrap();
+    assert_eq!(b.get("banana").as_deref(), Some(&b"banana"[..]));
+    let prefix: Vec<_> = b
+        .scan(&ScanOptions::prefix("ap"))
+        .map(|e| e.key().to_vec())
+        .collect();
+    assert_eq!(prefix, vec![b"apple".to_vec(), b"apricot".to_vec()]);
+    assert_eq!(b.scan(&ScanOptions::range("b", "d")).count(), 2);
+    assert_eq!(
+        b.keyspace("users").unwrap().get("ada").as_deref(),
+        Some(&b"x"[..])
+    );
+}
