@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use mergekv::crdt::{Counter, KeyState, NodeTotals, Register};
+use mergekv::crdt::{Counter, Floor, KeyState, NodeTotals, Register, floor_of};
 use mergekv::{NodeId, Stamp};
 use proptest::prelude::*;
 
@@ -26,37 +26,42 @@ fn stamp() -> impl Strategy<Value = Stamp> {
     })
 }
 
+fn floor() -> impl Strategy<Value = Floor> {
+    prop::collection::btree_map(1u64..5, (0u64..20, 0u64..20), 0..3).prop_map(
+        |m: BTreeMap<_, _>| {
+            m.into_iter()
+                .map(|(node, (p, n))| (NodeId(node), p, n))
+                .collect()
+        },
+    )
+}
+
 fn register() -> impl Strategy<Value = Register> {
     (
         stamp(),
         prop::option::of(prop::collection::vec(any::<u8>(), 0..3)),
+        floor(),
     )
-        .prop_map(|(stamp, value)| Register {
+        .prop_map(|(stamp, value, floor)| Register {
             stamp,
             value: value.map(Arc::from),
+            floor,
         })
 }
 
 fn counter() -> impl Strategy<Value = Counter> {
     let totals = prop::collection::btree_map(1u64..5, (0u64..20, 0u64..20, stamp()), 0..4);
-    let floor = prop::collection::btree_map(1u64..5, (0u64..20, 0u64..20), 0..3);
-    (totals, floor).prop_map(
-        |(totals, floor): (BTreeMap<_, _>, BTreeMap<_, _>)| Counter {
-            totals: totals
-                .into_iter()
-                .map(|(node, (p, n, stamp))| NodeTotals {
-                    node: NodeId(node),
-                    p,
-                    n,
-                    stamp,
-                })
-                .collect(),
-            floor: floor
-                .into_iter()
-                .map(|(node, (p, n))| (NodeId(node), p, n))
-                .collect(),
-        },
-    )
+    totals.prop_map(|totals: BTreeMap<_, _>| Counter {
+        totals: totals
+            .into_iter()
+            .map(|(node, (p, n, stamp))| NodeTotals {
+                node: NodeId(node),
+                p,
+                n,
+                stamp,
+            })
+            .collect(),
+    })
 }
 
 fn key_state() -> impl Strategy<Value = KeyState> {
@@ -116,10 +121,10 @@ proptest! {
     }
 
     #[test]
-    fn counter_value_counts_only_above_the_floor(c in counter()) {
-        let value = c.value();
+    fn counter_value_counts_only_above_the_floor(c in counter(), f in floor()) {
+        let value = c.value(&f);
         let above: i128 = c.totals.iter().map(|t| {
-            let (fp, fn_) = c.floor_of(t.node);
+            let (fp, fn_) = floor_of(&f, t.node);
             i128::from(t.p.saturating_sub(fp)) - i128::from(t.n.saturating_sub(fn_))
         }).sum();
         prop_assert_eq!(i128::from(value), above);

@@ -249,7 +249,7 @@ impl Maintenance {
             hlc: engine.hlc.lock().high_water(),
             created_ms,
         };
-        let gc = self.tombstone_rule(covered_seq);
+        let gc = self.tombstone_rule(covered_seq, crate::sync::peer_cursors(&map));
         let mut dropped: Vec<(StoreKey, KeyState)> = Vec::new();
         let keep = |key: &StoreKey, state: &KeyState| {
             let collect = gc.collects(state);
@@ -286,7 +286,7 @@ impl Maintenance {
     }
 
     /// Which tombstones this compaction may drop.
-    fn tombstone_rule(&self, covered_seq: u64) -> TombstoneGc {
+    fn tombstone_rule(&self, covered_seq: u64, peers: Vec<crate::sync::SyncCursor>) -> TombstoneGc {
         let cursors_passed = self
             .cursors
             .lock()
@@ -294,6 +294,7 @@ impl Maintenance {
             .all(|c| c.needs_resync || c.seq >= covered_seq);
         let now_ms = self.engine.options.wall_clock.now_ms();
         TombstoneGc {
+            peers,
             enabled: cursors_passed,
             older_than_ms: now_ms.saturating_sub(self.engine.options.tombstone_grace_ms),
         }
@@ -368,6 +369,9 @@ impl Maintenance {
 
 /// The tombstone GC rule of one compaction.
 struct TombstoneGc {
+    /// What each sync peer has reported seeing: a tombstone is kept until
+    /// every one of them has seen it.
+    peers: Vec<crate::sync::SyncCursor>,
     /// False while a registered cursor has not passed the snapshot.
     enabled: bool,
     /// Tombstones stamped before this (ms since the epoch) are past grace.
@@ -385,6 +389,7 @@ impl TombstoneGc {
             && register.value.is_none()
             && register.stamp.physical_ms < self.older_than_ms
             && state.counter.as_ref().is_none_or(|c| c.totals.is_empty())
+            && self.peers.iter().all(|p| p.has_seen(register.stamp))
     }
 }
 

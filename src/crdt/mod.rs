@@ -15,17 +15,22 @@
 //!
 //! # Deleting a counter
 //!
-//! Every register write (a put or a delete) records the counter totals its
-//! writer had observed as the counter's *floor*. A counter's value counts only
-//! what lies above the floor, per node. So deleting a counter and incrementing
-//! it again restarts it from zero, while increments the deleting copy had not
-//! seen survive the delete (add-wins). The floor merges by per-node maximum,
-//! like the totals, so this stays convergent.
+//! Every register write (a put or a delete) records, in the register, the
+//! counter totals its writer had observed: its *floor*. A counter's value
+//! counts only what lies above the floor of the winning register, per node.
+//! So deleting a counter and incrementing it again restarts it from zero,
+//! while increments the deleting copy had not seen survive the delete
+//! (add-wins). The floor belongs to its register and wins or loses with it,
+//! so it carries the register's stamp: a sync by version vector never has
+//! to guess whether a peer has it.
 
 use std::cmp::Ordering;
 use std::sync::Arc;
 
 use crate::clock::{NodeId, Stamp};
+
+/// A counter floor: per-node `(node, p, n)` totals, sorted by node.
+pub type Floor = Vec<(NodeId, u64, u64)>;
 
 /// A last-writer-wins register: a value, or a tombstone (`value: None`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,6 +39,9 @@ pub struct Register {
     pub stamp: Stamp,
     /// The value, or `None` for a tombstone.
     pub value: Option<Arc<[u8]>>,
+    /// The counter totals the writer had observed (empty if none): only
+    /// what lies above them counts.
+    pub floor: Floor,
 }
 
 /// One node's contribution to a PN-counter.
@@ -49,14 +57,11 @@ pub struct NodeTotals {
     pub stamp: Stamp,
 }
 
-/// A PN-counter: per-node totals and the floor left by register writes.
+/// A PN-counter: per-node totals.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Counter {
     /// Per-node totals, sorted by node, one entry per node.
     pub totals: Vec<NodeTotals>,
-    /// Per-node `(node, p, n)` totals observed by the latest register writes,
-    /// sorted by node. Only what lies above the floor counts.
-    pub floor: Vec<(NodeId, u64, u64)>,
 }
 
 /// The full CRDT state of one key.
@@ -88,41 +93,32 @@ impl Register {
         let a_wins = match a.stamp.cmp(&b.stamp) {
             Ordering::Greater => true,
             Ordering::Less => false,
-            Ordering::Equal => a.value >= b.value,
+            Ordering::Equal => (&a.value, &a.floor) >= (&b.value, &b.floor),
         };
         if a_wins { a.clone() } else { b.clone() }
     }
 }
 
 impl Counter {
-    /// Merges two counters: per-node maximum of totals and of floors.
+    /// Merges two counters: per-node maximum of the totals.
     pub fn merge(a: &Counter, b: &Counter) -> Counter {
         Counter {
             totals: merge_sorted(&a.totals, &b.totals, |t| t.node, merge_totals),
-            floor: merge_sorted(
-                &a.floor,
-                &b.floor,
-                |f| f.0,
-                |x, y| (x.0, x.1.max(y.1), x.2.max(y.2)),
-            ),
         }
     }
 
-    /// The counter's value: per node, what lies above the floor.
-    ///
-    /// Saturates at the `i64` range (only reachable by merging copies whose
-    /// combined increments overflow).
-    pub fn value(&self) -> i64 {
-        let exact = self.exact_value();
+    /// The counter's value above `floor`, saturating at the `i64` range
+    /// (only reachable by merging copies whose combined increments overflow).
+    pub fn value(&self, floor: &[(NodeId, u64, u64)]) -> i64 {
+        let exact = self.exact_value(floor);
         exact.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
     }
 
-    /// The counter's value without saturation (it can leave the `i64` range
-    /// only by merging copies whose combined increments overflow).
-    pub fn exact_value(&self) -> i128 {
+    /// The counter's value above `floor`, without saturation.
+    pub fn exact_value(&self, floor: &[(NodeId, u64, u64)]) -> i128 {
         let mut sum: i128 = 0;
         for t in &self.totals {
-            let (fp, fn_) = self.floor_of(t.node);
+            let (fp, fn_) = floor_of(floor, t.node);
             sum += i128::from(t.p.saturating_sub(fp));
             sum -= i128::from(t.n.saturating_sub(fn_));
         }
@@ -134,14 +130,6 @@ impl Counter {
         match self.totals.binary_search_by_key(&totals.node, |t| t.node) {
             Ok(i) => self.totals[i] = totals,
             Err(i) => self.totals.insert(i, totals),
-        }
-    }
-
-    /// The floor recorded for `node`, `(0, 0)` if none.
-    pub fn floor_of(&self, node: NodeId) -> (u64, u64) {
-        match self.floor.binary_search_by_key(&node, |f| f.0) {
-            Ok(i) => (self.floor[i].1, self.floor[i].2),
-            Err(_) => (0, 0),
         }
     }
 
@@ -161,6 +149,14 @@ impl Counter {
     /// The totals as a floor: what a register write records as observed.
     pub fn totals_as_floor(&self) -> Vec<(NodeId, u64, u64)> {
         self.totals.iter().map(|t| (t.node, t.p, t.n)).collect()
+    }
+}
+
+/// The floor of `node` in `floor`, `(0, 0)` if none.
+pub fn floor_of(floor: &[(NodeId, u64, u64)], node: NodeId) -> (u64, u64) {
+    match floor.binary_search_by_key(&node, |f| f.0) {
+        Ok(i) => (floor[i].1, floor[i].2),
+        Err(_) => (0, 0),
     }
 }
 
@@ -239,7 +235,21 @@ impl KeyState {
     }
 
     fn counter_visible(&self) -> Visible<'_> {
-        Visible::Counter(self.counter.as_ref().map_or(0, |c| c.value()))
+        Visible::Counter(self.counter.as_ref().map_or(0, |c| c.value(self.floor())))
+    }
+
+    /// The floor of the winning register (empty without one).
+    pub fn floor(&self) -> &[(NodeId, u64, u64)] {
+        self.register
+            .as_ref()
+            .map_or(&[][..], |r| r.floor.as_slice())
+    }
+
+    /// The counter's value without saturation (0 without a counter).
+    pub fn exact_counter_value(&self) -> i128 {
+        self.counter
+            .as_ref()
+            .map_or(0, |c| c.exact_value(self.floor()))
     }
 
     /// True if the key reads as absent because of a delete (a tombstone that
@@ -277,14 +287,19 @@ mod tests {
         }
     }
 
-    fn put(ms: u64, node: u64, v: &[u8]) -> KeyState {
+    fn register(ms: u64, node: u64, value: Option<&[u8]>, floor: Floor) -> KeyState {
         KeyState {
             register: Some(Register {
                 stamp: stamp(ms, node),
-                value: Some(Arc::from(v)),
+                value: value.map(Arc::from),
+                floor,
             }),
             counter: None,
         }
+    }
+
+    fn put(ms: u64, node: u64, v: &[u8]) -> KeyState {
+        register(ms, node, Some(v), Vec::new())
     }
 
     fn incr(ms: u64, node: u64, p: u64, n: u64) -> KeyState {
@@ -297,7 +312,6 @@ mod tests {
                     n,
                     stamp: stamp(ms, node),
                 }],
-                floor: vec![],
             })),
         }
     }
@@ -324,16 +338,7 @@ mod tests {
     fn delete_resets_counter_but_unseen_increments_survive() {
         let counted = KeyState::merge(&incr(1, 1, 5, 0), &incr(1, 2, 2, 0));
         // Node 1 deletes having seen only its own 5.
-        let delete = KeyState {
-            register: Some(Register {
-                stamp: stamp(3, 1),
-                value: None,
-            }),
-            counter: Some(Box::new(Counter {
-                totals: vec![],
-                floor: vec![(NodeId(1), 5, 0)],
-            })),
-        };
+        let delete = register(3, 1, None, vec![(NodeId(1), 5, 0)]);
         let s = KeyState::merge(&counted, &delete);
         assert_eq!(s.visible(), Visible::Absent);
         let s = KeyState::merge(&s, &incr(4, 1, 6, 0));
@@ -342,16 +347,19 @@ mod tests {
     }
 
     #[test]
-    fn floor_ahead_of_totals_counts_nothing() {
-        let delete_first = KeyState {
-            register: None,
-            counter: Some(Box::new(Counter {
-                totals: vec![],
-                floor: vec![(NodeId(1), 5, 0)],
-            })),
-        };
-        let s = KeyState::merge(&delete_first, &incr(1, 1, 3, 0));
+    fn a_floor_ahead_of_the_totals_counts_nothing() {
+        let delete_first = register(2, 2, None, vec![(NodeId(1), 5, 0)]);
+        let s = KeyState::merge(&delete_first, &incr(3, 1, 3, 0));
         assert_eq!(s.visible(), Visible::Counter(0));
+    }
+
+    #[test]
+    fn the_floor_is_the_winning_registers() {
+        let old_delete = register(2, 1, None, vec![(NodeId(1), 9, 0)]);
+        let newer_put = register(3, 2, Some(b"x"), vec![(NodeId(1), 4, 0)]);
+        let s = KeyState::merge(&old_delete, &newer_put);
+        let s = KeyState::merge(&s, &incr(5, 1, 10, 0));
+        assert_eq!(s.visible(), Visible::Counter(6), "10 above the winner's 4");
     }
 
     #[test]

@@ -173,7 +173,6 @@ impl Engine {
                         register: None,
                         counter: Some(Box::new(Counter {
                             totals: vec![totals],
-                            floor: Vec::new(),
                         })),
                     }
                 }
@@ -206,15 +205,13 @@ impl Engine {
                 Err(i) => floor.insert(i, (p.totals.node, p.totals.p, p.totals.n)),
             }
         }
-        let counter = (!floor.is_empty()).then(|| {
-            Box::new(Counter {
-                totals: Vec::new(),
-                floor,
-            })
-        });
         KeyState {
-            register: Some(Register { stamp, value }),
-            counter,
+            register: Some(Register {
+                stamp,
+                value,
+                floor,
+            }),
+            counter: None,
         }
     }
 
@@ -228,14 +225,12 @@ impl Engine {
         pending: &HashMap<StoreKey, PendingCounter>,
     ) -> Result<NodeTotals> {
         let node = self.node;
-        let current = self
-            .state
-            .read(key, |s| s.and_then(|s| s.counter.as_deref().cloned()))
-            .unwrap_or_default();
+        let current = self.state.read(key, |s| s.cloned()).unwrap_or_default();
+        let current_totals = current.counter.as_ref().and_then(|c| c.totals_of(node));
         let base = pending
             .get(key)
             .map(|p| p.totals)
-            .or_else(|| current.totals_of(node))
+            .or(current_totals)
             .unwrap_or(NodeTotals {
                 node,
                 p: 0,
@@ -259,8 +254,8 @@ impl Engine {
             stamp: stamp.max(base.stamp),
         };
         let mut after = current;
-        after.set_totals(totals);
-        if i64::try_from(after.exact_value()).is_err() {
+        after.counter.get_or_insert_default().set_totals(totals);
+        if i64::try_from(after.exact_counter_value()).is_err() {
             return Err(overflow());
         }
         Ok(totals)

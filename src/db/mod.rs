@@ -22,6 +22,7 @@ use crate::error::{Error, Result};
 use crate::io::Io;
 use crate::meta::{self, DirLock};
 use crate::options::{Options, SyncMode};
+use crate::sync::digest::Digest;
 use crate::sync::{ImportReport, SyncCursor};
 use crate::wal::recovery::{self, RecoveryReport};
 use crate::wal::{WAL_DIR, Wal, WalStats};
@@ -262,12 +263,71 @@ impl Db {
     /// what the receiver has), and the cursor to use next time. The bytes
     /// are self-verifying; see `docs/FORMAT.md`.
     pub fn export_since(&self, cursor: &SyncCursor) -> Result<(Vec<u8>, SyncCursor)> {
+        self.export_changes(cursor, None)
+    }
+
+    /// Like [`Db::export_since`], limited to keys in `buckets` of the state
+    /// digest (those [`Digest::differing_buckets`] named), so a sync sends
+    /// only what differs.
+    pub fn export_buckets(
+        &self,
+        cursor: &SyncCursor,
+        buckets: &[usize],
+    ) -> Result<(Vec<u8>, SyncCursor)> {
+        let mut sorted = buckets.to_vec();
+        sorted.sort_unstable();
+        self.export_changes(cursor, Some(&sorted))
+    }
+
+    fn export_changes(
+        &self,
+        cursor: &SyncCursor,
+        buckets: Option<&[usize]>,
+    ) -> Result<(Vec<u8>, SyncCursor)> {
         let map = self.inner.engine.state.snapshot();
-        let (records, after) = crate::sync::collect_changes(&map, cursor);
+        let (records, after) = crate::sync::collect_changes(&map, cursor, buckets);
         Ok((
             crate::sync::changeset::encode(self.node_id(), &after, &records),
             after,
         ))
+    }
+
+    /// A change set of everything `peer` has not seen, by the cursor stored
+    /// for it (everything, for a peer never heard from).
+    pub fn export_for(&self, peer: &str) -> Result<(Vec<u8>, SyncCursor)> {
+        self.export_since(&self.peer_cursor(peer)?)
+    }
+
+    /// Imports a change set from `peer`, then stores durably what the peer
+    /// has seen (the cursor it exported with), so the next export to it
+    /// sends only what it lacks, and tombstone GC waits for it. The cursor is
+    /// written after the data it covers: an interrupted import is resumed by
+    /// importing the same change set again.
+    pub fn import_from(&self, peer: &str, bytes: &[u8]) -> Result<ImportReport> {
+        let report = self.import(bytes)?;
+        let changes = crate::sync::changeset::decode(bytes)?;
+        let mut cursor = self.peer_cursor(peer)?;
+        cursor.merge(&changes.cursor);
+        self.local_keyspace()?
+            .put_typed(crate::sync::peer_cursor_key(peer), &cursor)?;
+        Ok(report)
+    }
+
+    /// What `peer` has reported seeing (empty if never heard from).
+    pub fn peer_cursor(&self, peer: &str) -> Result<SyncCursor> {
+        Ok(self
+            .local_keyspace()?
+            .get_typed(crate::sync::peer_cursor_key(peer))?
+            .unwrap_or_default())
+    }
+
+    fn local_keyspace(&self) -> Result<Keyspace> {
+        self.reserved_keyspace(crate::sync::LOCAL_KEYSPACE)
+    }
+
+    /// The state digest: equal on two copies exactly when their states are.
+    pub fn digest(&self) -> Digest {
+        crate::sync::digest::digest(&self.inner.engine.state.snapshot())
     }
 
     /// Verifies a change set, checks every stamp against the drift bound,

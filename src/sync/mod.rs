@@ -15,10 +15,11 @@
 //! change set twice changes nothing, and an interrupted import resumes.
 
 pub mod changeset;
+pub mod digest;
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::clock::{NodeId, Stamp};
 use crate::crdt::{Counter, KeyState};
@@ -26,7 +27,7 @@ use crate::state::StateMap;
 use crate::wal::format::Record;
 
 /// What one copy has seen of each origin: the newest stamp per node.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncCursor {
     /// Newest stamp seen, by the node that issued it.
     pub seen: BTreeMap<NodeId, Stamp>,
@@ -41,6 +42,18 @@ impl SyncCursor {
     /// True if `stamp` is newer than what the cursor has from its node.
     fn is_new(&self, stamp: Stamp) -> bool {
         self.seen.get(&stamp.node).is_none_or(|seen| stamp > *seen)
+    }
+
+    /// True if the cursor has seen `stamp` (or something newer from its node).
+    pub fn has_seen(&self, stamp: Stamp) -> bool {
+        !self.is_new(stamp)
+    }
+
+    /// Merges another cursor in: per node, the newer stamp.
+    pub fn merge(&mut self, other: &SyncCursor) {
+        for stamp in other.seen.values() {
+            self.observe(*stamp);
+        }
     }
 
     fn observe(&mut self, stamp: Stamp) {
@@ -63,7 +76,9 @@ pub struct ImportReport {
 }
 
 /// The parts of `state` newer than `cursor`, or `None` if there are none;
-/// `after` observes every stamp of the state.
+/// `after` observes every stamp of the state. Every part carries its own
+/// stamp (a register its floor too), which is what makes a version vector
+/// enough to know what a peer lacks.
 fn newer_parts(state: &KeyState, cursor: &SyncCursor, after: &mut SyncCursor) -> Option<KeyState> {
     let register = state.register.as_ref().filter(|r| {
         after.observe(r.stamp);
@@ -84,26 +99,54 @@ fn newer_parts(state: &KeyState, cursor: &SyncCursor, after: &mut SyncCursor) ->
     if register.is_none() && totals.is_empty() {
         return None;
     }
-    // The floor travels with anything sent: merging it again is harmless.
-    let floor = state
-        .counter
-        .as_ref()
-        .map(|c| c.floor.clone())
-        .unwrap_or_default();
-    let counter =
-        (!totals.is_empty() || !floor.is_empty()).then(|| Box::new(Counter { totals, floor }));
+    let counter = (!totals.is_empty()).then(|| Box::new(Counter { totals }));
     Some(KeyState {
         register: register.cloned(),
         counter,
     })
 }
 
-/// Every record of `map` newer than `cursor`, in key order, and the cursor
-/// after them.
-pub(crate) fn collect_changes(map: &StateMap, cursor: &SyncCursor) -> (Vec<Record>, SyncCursor) {
+/// The keyspace for this copy's own bookkeeping (peer cursors): never
+/// exported, never digested.
+pub const LOCAL_KEYSPACE: &str = "_local";
+
+/// True for keys of [`LOCAL_KEYSPACE`].
+pub(crate) fn is_local(store_key: &[u8]) -> bool {
+    crate::command::split_store_key(store_key).is_some_and(|(ks, _)| ks == LOCAL_KEYSPACE)
+}
+
+/// The local key under which the cursor of `peer` is kept.
+pub(crate) fn peer_cursor_key(peer: &str) -> String {
+    format!("peer/{peer}")
+}
+
+/// The cursors of every peer this copy has heard from, as stored in `map`.
+pub(crate) fn peer_cursors(map: &StateMap) -> Vec<SyncCursor> {
+    let prefix = crate::command::store_key(LOCAL_KEYSPACE, b"peer/");
+    map.range::<_, [u8]>((
+        std::ops::Bound::Included(&prefix[..]),
+        std::ops::Bound::Unbounded,
+    ))
+    .take_while(|(k, _)| k.starts_with(&prefix))
+    .filter_map(|(_, state)| match state.visible() {
+        crate::crdt::Visible::Bytes(bytes) => crate::codec::decode_typed(bytes).ok(),
+        _ => None,
+    })
+    .collect()
+}
+
+/// Every record of `map` newer than `cursor` (and, if given, in one of
+/// `buckets` of the digest), in key order, and the cursor after them.
+pub(crate) fn collect_changes(
+    map: &StateMap,
+    cursor: &SyncCursor,
+    buckets: Option<&[usize]>,
+) -> (Vec<Record>, SyncCursor) {
     let mut after = cursor.clone();
     let records = map
         .iter()
+        .filter(|(key, _)| !is_local(key))
+        .filter(|(key, _)| buckets.is_none_or(|b| digest::Digest::in_buckets(key, b)))
         .filter_map(|(key, state)| {
             newer_parts(state, cursor, &mut after).map(|delta| Record {
                 store_key: key.clone(),

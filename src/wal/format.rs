@@ -380,26 +380,30 @@ pub fn encode_record(w: &mut Writer, record: &Record) {
         if let Some(value) = &reg.value {
             w.len_prefixed(value);
         }
+        encode_floor(w, &reg.floor);
     }
     if let Some(counter) = &delta.counter {
         encode_counter(w, counter);
     }
 }
 
+fn encode_floor(w: &mut Writer, floor: &[(NodeId, u64, u64)]) {
+    // Floors and counters never reach 65,535 nodes: each node is a copy.
+    w.u16(floor.len() as u16);
+    for &(node, p, n) in floor {
+        w.u64(node.0);
+        w.u64(p);
+        w.u64(n);
+    }
+}
+
 fn encode_counter(w: &mut Writer, counter: &Counter) {
-    // Counters never reach 65,535 nodes: each node is a database copy.
     w.u16(counter.totals.len() as u16);
     for t in &counter.totals {
         w.u64(t.node.0);
         w.u64(t.p);
         w.u64(t.n);
         encode_stamp(w, t.stamp);
-    }
-    w.u16(counter.floor.len() as u16);
-    for &(node, p, n) in &counter.floor {
-        w.u64(node.0);
-        w.u64(p);
-        w.u64(n);
     }
 }
 
@@ -430,7 +434,11 @@ pub fn decode_record(r: &mut Reader<'_>) -> Result<Record, DecodeError> {
         } else {
             None
         };
-        Some(Register { stamp, value })
+        Some(Register {
+            stamp,
+            value,
+            floor: decode_floor(r)?,
+        })
     } else {
         None
     };
@@ -445,6 +453,22 @@ pub fn decode_record(r: &mut Reader<'_>) -> Result<Record, DecodeError> {
     })
 }
 
+fn decode_floor(r: &mut Reader<'_>) -> Result<Vec<(NodeId, u64, u64)>, DecodeError> {
+    let at = r.position();
+    let count = usize::from(r.u16()?);
+    let mut floor = Vec::with_capacity(count.min(r.remaining() / 24));
+    for _ in 0..count {
+        floor.push((NodeId(r.u64()?), r.u64()?, r.u64()?));
+    }
+    if !floor.windows(2).all(|w| w[0].0 < w[1].0) {
+        return Err(Reader::invalid(
+            at,
+            "floor nodes are not strictly increasing",
+        ));
+    }
+    Ok(floor)
+}
+
 fn decode_counter(r: &mut Reader<'_>) -> Result<Counter, DecodeError> {
     let at = r.position();
     let count = usize::from(r.u16()?);
@@ -456,20 +480,13 @@ fn decode_counter(r: &mut Reader<'_>) -> Result<Counter, DecodeError> {
         let stamp = decode_stamp(r)?;
         totals.push(NodeTotals { node, p, n, stamp });
     }
-    let floor_count = usize::from(r.u16()?);
-    let mut floor = Vec::with_capacity(floor_count.min(r.remaining() / 24));
-    for _ in 0..floor_count {
-        floor.push((NodeId(r.u64()?), r.u64()?, r.u64()?));
-    }
-    let sorted = totals.windows(2).all(|w| w[0].node < w[1].node)
-        && floor.windows(2).all(|w| w[0].0 < w[1].0);
-    if !sorted {
+    if !totals.windows(2).all(|w| w[0].node < w[1].node) {
         return Err(Reader::invalid(
             at,
             "counter nodes are not strictly increasing",
         ));
     }
-    Ok(Counter { totals, floor })
+    Ok(Counter { totals })
 }
 
 #[cfg(test)]
@@ -490,11 +507,9 @@ mod tests {
                     register: Some(Register {
                         stamp,
                         value: Some(Arc::from(&b"value"[..])),
-                    }),
-                    counter: Some(Box::new(Counter {
-                        totals: vec![],
                         floor: vec![(NodeId(1), 2, 3)],
-                    })),
+                    }),
+                    counter: None,
                 },
             },
             Record {
@@ -508,14 +523,17 @@ mod tests {
                             n: 4,
                             stamp,
                         }],
-                        floor: vec![],
                     })),
                 },
             },
             Record {
                 store_key: store_key("ks", b"c"),
                 delta: KeyState {
-                    register: Some(Register { stamp, value: None }),
+                    register: Some(Register {
+                        stamp,
+                        value: None,
+                        floor: Vec::new(),
+                    }),
                     counter: None,
                 },
             },
