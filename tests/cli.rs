@@ -541,3 +541,68 @@ fn compact_prints_what_it_did_and_stats_show_the_snapshot() {
         verify.stdout
     );
 }
+
+#[test]
+fn export_import_and_digest_make_two_copies_converge() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let (to_b, to_a) = (
+        tmp.path().join("a-to-b.mkvc"),
+        tmp.path().join("b-to-a.mkvc"),
+    );
+    mkv(&a, &["put", "k", "from a"]).expect(0);
+    mkv(&a, &["incr", "n", "5"]).expect(0);
+    mkv(&b, &["put", "other", "from b"]).expect(0);
+    mkv(&b, &["incr", "n", "2"]).expect(0);
+    let cursor = mkv(&a, &["export", to_b.to_str().unwrap()]).expect(0);
+    assert!(
+        cursor.stdout.trim().contains('@'),
+        "prints the new cursor: {}",
+        cursor.stdout
+    );
+    let imported = mkv(&b, &["import", to_b.to_str().unwrap()]).expect(0);
+    assert!(
+        imported.stdout.contains("applied: 2"),
+        "{}",
+        imported.stdout
+    );
+    mkv(&b, &["export", to_a.to_str().unwrap()]).expect(0);
+    mkv(&a, &["import", to_a.to_str().unwrap()]).expect(0);
+    let (da, db) = (
+        mkv(&a, &["digest"]).expect(0),
+        mkv(&b, &["digest"]).expect(0),
+    );
+    assert_eq!(da.stdout, db.stdout);
+    assert_eq!(da.stdout.trim().len(), 64);
+    assert_eq!(mkv(&a, &["get", "n"]).expect(0).stdout, "7\n");
+    let again = mkv(&b, &["import", to_b.to_str().unwrap()]).expect(0);
+    assert!(
+        again.stdout.contains("applied: 0") && again.stdout.contains("duplicates: 2"),
+        "{}",
+        again.stdout
+    );
+    // Nothing new since the printed cursor.
+    let empty = tmp.path().join("empty.mkvc");
+    mkv(
+        &a,
+        &[
+            "export",
+            "--since",
+            cursor.stdout.trim(),
+            empty.to_str().unwrap(),
+        ],
+    )
+    .expect(0);
+    let json = mkv(&b, &["--json", "import", empty.to_str().unwrap()])
+        .expect(0)
+        .json();
+    assert_eq!(json["applied"], 0);
+    // A damaged change set is refused, naming the file; a bad cursor is usage.
+    let mut bytes = std::fs::read(&to_b).unwrap();
+    bytes[20] ^= 1;
+    std::fs::write(&to_b, bytes).unwrap();
+    let refused = mkv(&b, &["import", to_b.to_str().unwrap()]).expect(3);
+    refused.assert_one_line_error();
+    assert!(refused.stderr.contains("a-to-b.mkvc"));
+    mkv(&a, &["export", "--since", "bogus", empty.to_str().unwrap()]).expect(2);
+}

@@ -44,6 +44,35 @@ impl SyncCursor {
         self.seen.get(&stamp.node).is_none_or(|seen| stamp > *seen)
     }
 
+    /// The cursor as text: `physical.logical@node` per origin, joined by
+    /// commas (empty for the empty cursor). [`SyncCursor::parse`] reads it.
+    pub fn to_text(&self) -> String {
+        self.seen
+            .values()
+            .map(Stamp::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Reads the text form of [`SyncCursor::to_text`].
+    pub fn parse(text: &str) -> crate::Result<SyncCursor> {
+        let bad = |part: &str| crate::Error::InvalidCommand {
+            reason: format!("bad cursor entry {part:?}: expected physical.logical@node"),
+        };
+        let mut cursor = SyncCursor::new();
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (time, node) = part.split_once('@').ok_or_else(|| bad(part))?;
+            let (physical, logical) = time.split_once('.').ok_or_else(|| bad(part))?;
+            let stamp = Stamp {
+                physical_ms: physical.parse().map_err(|_| bad(part))?,
+                logical: logical.parse().map_err(|_| bad(part))?,
+                node: NodeId(u64::from_str_radix(node, 16).map_err(|_| bad(part))?),
+            };
+            cursor.observe(stamp);
+        }
+        Ok(cursor)
+    }
+
     /// True if the cursor has seen `stamp` (or something newer from its node).
     pub fn has_seen(&self, stamp: Stamp) -> bool {
         !self.is_new(stamp)
@@ -61,6 +90,30 @@ impl SyncCursor {
         if stamp > *entry {
             *entry = stamp;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursor_text_round_trips_and_bad_text_is_an_error() {
+        let mut c = SyncCursor::new();
+        c.observe(Stamp {
+            physical_ms: 12,
+            logical: 3,
+            node: NodeId(0xab),
+        });
+        c.observe(Stamp {
+            physical_ms: 9,
+            logical: 0,
+            node: NodeId(7),
+        });
+        assert_eq!(SyncCursor::parse(&c.to_text()).unwrap(), c);
+        assert_eq!(SyncCursor::parse("").unwrap(), SyncCursor::new());
+        assert!(SyncCursor::parse("12@ab").is_err());
+        assert!(SyncCursor::parse("x.1@ab").is_err());
     }
 }
 

@@ -47,6 +47,12 @@ pub enum Command {
     Stats,
     /// Write a snapshot now and drop the WAL it covers; print what it did.
     Compact,
+    /// Write a change set of everything after CURSOR to FILE; print the new cursor.
+    Export(ExportArgs),
+    /// Import a change set from FILE; print applied / stale / duplicate counts.
+    Import(ImportArgs),
+    /// Print the state digest (equal on two copies exactly when their states are).
+    Digest,
     /// Check every file of the database; exit 3 if any is damaged.
     Verify(VerifyArgs),
     /// Load KEY<TAB>VALUE lines from FILE ('-' for stdin) in large batches.
@@ -125,6 +131,24 @@ pub struct VerifyArgs {
     /// report what was dropped, and verify again.
     #[arg(long)]
     pub repair: bool,
+}
+
+/// `export`.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// What the receiver already has, as printed by a previous export
+    /// (`physical.logical@node,...`); everything if absent.
+    #[arg(long, value_name = "CURSOR")]
+    pub since: Option<String>,
+    /// Where to write the change set.
+    pub file: std::path::PathBuf,
+}
+
+/// `import`.
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The change set file.
+    pub file: std::path::PathBuf,
 }
 
 /// `load`.

@@ -3,9 +3,13 @@
 use std::path::Path;
 
 use mergekv::command::validate_keyspace_name;
-use mergekv::{Db, Keyspace, Options, RecoveryMode, RepairReport, ScanOptions, VerifyReport};
+use mergekv::{
+    Db, Keyspace, Options, RecoveryMode, RepairReport, ScanOptions, SyncCursor, VerifyReport,
+};
 
-use crate::args::{Cli, Command, IncrArgs, KeyArgs, PutArgs, ScanArgs, VerifyArgs};
+use crate::args::{
+    Cli, Command, ExportArgs, ImportArgs, IncrArgs, KeyArgs, PutArgs, ScanArgs, VerifyArgs,
+};
 use crate::error::CliError;
 use crate::output::{self, EntryJson, GetJson, Out, OutcomeJson, ScanJson, VerifyJson};
 use crate::{demo, load};
@@ -28,6 +32,9 @@ fn dispatch(cli: &Cli, out: &mut Out) -> Result<(), CliError> {
         Command::Scan(a) => scan(data, a, out),
         Command::Stats => stats(data, out),
         Command::Compact => compact(data, out),
+        Command::Export(a) => export(data, a, out),
+        Command::Import(a) => import(data, a, out),
+        Command::Digest => digest(data, out),
         Command::Verify(a) => verify(data, a, out),
         Command::Load(a) => load::load(data, a, out),
         Command::Demo(a) => demo::demo(a.dir.as_deref(), out),
@@ -161,6 +168,43 @@ fn compact(data: &Path, out: &mut Out) -> Result<(), CliError> {
         out.line(format_args!("{name}: {value}"))?;
     }
     Ok(())
+}
+
+fn export(data: &Path, a: &ExportArgs, out: &mut Out) -> Result<(), CliError> {
+    let since = SyncCursor::parse(a.since.as_deref().unwrap_or(""))?;
+    let db = Db::open(data)?;
+    let (bytes, cursor) = db.export_since(&since)?;
+    db.close()?;
+    std::fs::write(&a.file, &bytes)
+        .map_err(|e| CliError::data(format_args!("cannot write {}: {e}", a.file.display())))?;
+    if out.json {
+        return out.json(&serde_json::json!({"cursor": cursor.to_text(), "bytes": bytes.len()}));
+    }
+    out.line(cursor.to_text())
+}
+
+fn import(data: &Path, a: &ImportArgs, out: &mut Out) -> Result<(), CliError> {
+    let bytes = std::fs::read(&a.file)
+        .map_err(|e| CliError::data(format_args!("cannot read {}: {e}", a.file.display())))?;
+    let db = Db::open(data)?;
+    let report = db
+        .import(&bytes)
+        .map_err(|e| CliError::data(format_args!("{}: {e}", a.file.display())))?;
+    db.close()?;
+    if out.json {
+        return out.json(&report);
+    }
+    out.line(format_args!("applied: {}", report.applied))?;
+    out.line(format_args!("stale: {}", report.stale))?;
+    out.line(format_args!("duplicates: {}", report.duplicates))
+}
+
+fn digest(data: &Path, out: &mut Out) -> Result<(), CliError> {
+    let digest = Db::open(data)?.digest();
+    if out.json {
+        return out.json(&serde_json::json!({"root": digest.root_hex(), "keys": digest.keys}));
+    }
+    out.line(digest.root_hex())
 }
 
 /// Prints a verify report; exit 3 if it found damage. `repair` is what
