@@ -448,9 +448,9 @@ fn demo_runs_to_completion_in_a_given_dir() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("demo");
     let run = Run::from(bin().args(["demo", "--dir"]).arg(&dir).output().unwrap()).expect(0);
-    for step in 1..=10 {
+    for step in 1..=11 {
         assert!(
-            run.stdout.contains(&format!("[{step}/10]")),
+            run.stdout.contains(&format!("[{step}/11]")),
             "step {step}: {}",
             run.stdout
         );
@@ -462,6 +462,7 @@ fn demo_runs_to_completion_in_a_given_dir() {
         "2000",
         "100000 keys",
         "snapshot at seq",
+        "equal digests",
         ": ok",
     ] {
         assert!(run.stdout.contains(needle), "{needle}: {}", run.stdout);
@@ -493,7 +494,7 @@ fn demo_without_dir_cleans_up_its_temp_dir() {
         (json["ok"].as_bool(), json["kept"].as_bool()),
         (Some(true), Some(false))
     );
-    assert_eq!(json["steps"].as_array().map(Vec::len), Some(9));
+    assert_eq!(json["steps"].as_array().map(Vec::len), Some(10));
     assert!(
         json["dir"]
             .as_str()
