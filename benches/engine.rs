@@ -1,4 +1,4 @@
-//! The engine benchmark (SPEC §12 workloads W1, W2, W3, W4, W6, W9), for mergekv
+//! The engine benchmark (SPEC §12 workloads W1, W2, W3, W4, W6, W7, W9), for mergekv
 //! alone. Peers are measured by the separate benchmark package in a later
 //! issue; the raw fdatasync rate is measured here, in the same run, because
 //! W1 and W2 are judged against it.
@@ -129,6 +129,39 @@ fn print_rss_of(dir: &Path) {
     let after = rss_bytes();
     println!("{}", after.saturating_sub(before));
     drop(db);
+}
+
+/// W7: import `keys` changes into a copy that already holds 20 % of the
+/// keys (written there too, so they conflict), then import the same change
+/// set again. Returns (changes/s, re-import changes/s, stale share).
+fn w7_import(cfg: &Config) -> (f64, f64, f64) {
+    let source = Db::open_with(fresh_dir(cfg, "w7-source"), durable()).unwrap();
+    let target = Db::open_with(fresh_dir(cfg, "w7-target"), durable()).unwrap();
+    let conflicting = cfg.keys / 5;
+    load_keys(&target, 0..conflicting as u64, 1);
+    load_keys(&source, 0..cfg.keys as u64, 2);
+    load_keys(&target, 0..conflicting as u64 / 2, 3); // half the conflicts newer on the target
+    let (bytes, _) = source.export_since(&mergekv::SyncCursor::new()).unwrap();
+    let start = Instant::now();
+    let first = target.import(&bytes).unwrap();
+    let rate = cfg.keys as f64 / start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    let again = target.import(&bytes).unwrap();
+    let rerate = cfg.keys as f64 / start.elapsed().as_secs_f64();
+    assert_eq!(again.duplicates, cfg.keys as u64);
+    (rate, rerate, first.stale as f64 / cfg.keys as f64)
+}
+
+/// Puts keys `range` in batches of 10k, values tagged with `round`.
+fn load_keys(db: &Db, range: std::ops::Range<u64>, round: u64) {
+    let keys: Vec<u64> = range.collect();
+    for chunk in keys.chunks(BULK_BATCH_KEYS) {
+        let mut batch = Batch::new();
+        for &i in chunk {
+            batch.put(key(i), value(i ^ (round << 40)));
+        }
+        db.write(batch).unwrap();
+    }
 }
 
 /// Bytes of WAL segments and snapshots under a database directory.
@@ -373,6 +406,17 @@ fn main() {
         "| W9 resident memory of the open database | {memory_per_key:.0} B/key | raw key+value {} B | {:.2} × raw |",
         KEY_BYTES + VALUE_BYTES,
         memory_per_key / (KEY_BYTES + VALUE_BYTES) as f64
+    );
+    let w7 = (0..runs).map(|_| w7_import(&cfg)).collect::<Vec<_>>();
+    let (w7_rate, w7_rerate) = (
+        median(w7.iter().map(|r| r.0).collect()),
+        median(w7.iter().map(|r| r.1).collect()),
+    );
+    println!(
+        "| W7 import {} changes, 20% conflicting | {w7_rate:.0} changes/s ({:.0}% stale) | re-import {w7_rerate:.0} changes/s | re-import {:.2} × first |",
+        cfg.keys,
+        100.0 * w7[0].2,
+        w7_rerate / w7_rate
     );
     let _ = fs::remove_dir_all(&cfg.dir);
 }
