@@ -90,7 +90,7 @@ pub use db::{Db, Keyspace, Stats};
 pub use error::{Error, Result};
 pub use io::{FaultInjector, IoOp};
 pub use options::{Options, RecoveryMode, SyncMode};
-pub use sync::{ImportReport, SyncCursor};
+pub use sync::{ImportReport, SegmentEntry, SegmentImport, SyncCursor};
 pub use verify::{VerifyReport, verify};
 pub use wal::WalStats;
 pub use wal::recovery::{RecoveryReport, RepairReport, SnapshotUsed, TornTail};

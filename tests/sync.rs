@@ -331,3 +331,54 @@ fn digests_are_equal_exactly_when_states_are_and_name_the_ranges_that_differ() {
     a.db.delete("new").unwrap();
     assert_ne!(a.db.digest().root, b.db.digest().root);
 }
+
+#[test]
+fn sealed_segments_are_exchanged_by_content_hash() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Db::open_with(
+        dir.path(),
+        Options {
+            sync_mode: SyncMode::Never,
+            segment_size_bytes_max: 2048,
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    for i in 0..100 {
+        a.put(format!("k{i:03}"), "some value").unwrap();
+    }
+    let manifest = a.segment_manifest().unwrap();
+    assert!(manifest.len() > 3, "rotation sealed several segments");
+    let b_dir = tempfile::tempdir().unwrap();
+    let b = Copy {
+        db: Db::open(b_dir.path()).unwrap(), // a real clock, like a's
+        clock: Arc::new(ManualClock::new(0)),
+        _dir: b_dir,
+    };
+    let missing = b.db.missing_segments(&manifest).unwrap();
+    assert_eq!(missing, manifest, "b has none of them");
+    // A wrong hash applies nothing.
+    let first = a.segment_bytes(&manifest[0].hash).unwrap().unwrap();
+    assert_eq!(
+        b.db.import_segment(&first, &manifest[1].hash).unwrap(),
+        mergekv::SegmentImport::HashMismatch
+    );
+    assert_eq!(b.db.scan(&ScanOptions::all()).count(), 0);
+    let mut written = 0;
+    for entry in &missing {
+        let bytes = a.segment_bytes(&entry.hash).unwrap().unwrap();
+        match b.db.import_segment(&bytes, &entry.hash).unwrap() {
+            mergekv::SegmentImport::Applied { keys_written, .. } => written += keys_written,
+            other => panic!("expected applied, got {other:?}"),
+        }
+        assert_eq!(
+            b.db.import_segment(&bytes, &entry.hash).unwrap(),
+            mergekv::SegmentImport::Skipped
+        );
+    }
+    assert!(written > 0);
+    assert!(b.db.missing_segments(&manifest).unwrap().is_empty());
+    // Every key in a sealed segment is now on b with a's value.
+    assert_eq!(b.db.get("k000").as_deref(), Some(&b"some value"[..]));
+    assert_eq!(b.db.scan(&ScanOptions::all()).count() as u64, written);
+}

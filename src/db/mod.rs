@@ -23,7 +23,7 @@ use crate::io::Io;
 use crate::meta::{self, DirLock};
 use crate::options::{Options, SyncMode};
 use crate::sync::digest::Digest;
-use crate::sync::{ImportReport, SyncCursor};
+use crate::sync::{ImportReport, SegmentEntry, SegmentImport, SyncCursor};
 use crate::wal::recovery::{self, RecoveryReport};
 use crate::wal::{WAL_DIR, Wal, WalStats};
 use crate::worker::Pool;
@@ -319,6 +319,97 @@ impl Db {
             .local_keyspace()?
             .get_typed(crate::sync::peer_cursor_key(peer))?
             .unwrap_or_default())
+    }
+
+    /// The sealed WAL segments this copy can offer, by content hash.
+    pub fn segment_manifest(&self) -> Result<Vec<SegmentEntry>> {
+        let io = Io::new(self.inner.engine.options.faults.clone());
+        self.inner
+            .engine
+            .wal
+            .sealed_segments()
+            .iter()
+            .map(|s| {
+                let bytes = io.read(&s.path)?;
+                Ok(SegmentEntry {
+                    hash: *blake3::hash(&bytes).as_bytes(),
+                    size_bytes: bytes.len() as u64,
+                })
+            })
+            .collect()
+    }
+
+    /// The bytes of one of this copy's sealed segments, by its hash (to
+    /// send to a peer that lacks it).
+    pub fn segment_bytes(&self, hash: &[u8; 32]) -> Result<Option<Vec<u8>>> {
+        let io = Io::new(self.inner.engine.options.faults.clone());
+        for s in self.inner.engine.wal.sealed_segments() {
+            let bytes = io.read(&s.path)?;
+            if blake3::hash(&bytes).as_bytes() == hash {
+                return Ok(Some(bytes));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The entries of `peer_manifest` this copy has neither written nor
+    /// imported.
+    pub fn missing_segments(&self, peer_manifest: &[SegmentEntry]) -> Result<Vec<SegmentEntry>> {
+        let own: std::collections::HashSet<[u8; 32]> = self
+            .segment_manifest()?
+            .into_iter()
+            .map(|e| e.hash)
+            .collect();
+        let local = self.local_keyspace()?;
+        Ok(peer_manifest
+            .iter()
+            .filter(|e| !own.contains(&e.hash))
+            .filter(|e| {
+                local
+                    .get(crate::sync::segment_marker_key(&e.hash))
+                    .is_none()
+            })
+            .cloned()
+            .collect())
+    }
+
+    /// Applies a peer's sealed segment, given with its content hash: every
+    /// frame's records, drift-checked and merged through the WAL like an
+    /// import. A hash that does not match applies nothing; a segment already
+    /// here is skipped.
+    pub fn import_segment(&self, bytes: &[u8], hash: &[u8; 32]) -> Result<SegmentImport> {
+        if blake3::hash(bytes).as_bytes() != hash {
+            return Ok(SegmentImport::HashMismatch);
+        }
+        let marker = crate::sync::segment_marker_key(hash);
+        let local = self.local_keyspace()?;
+        if local.get(&marker).is_some() || self.segment_manifest()?.iter().any(|e| &e.hash == hash)
+        {
+            return Ok(SegmentImport::Skipped);
+        }
+        let frames =
+            crate::wal::recovery::read_whole_segment(bytes).map_err(|reason| Error::Decode {
+                what: "WAL segment",
+                reason,
+            })?;
+        let records: Vec<_> = frames.into_iter().flat_map(|f| f.records).collect();
+        let engine = &self.inner.engine;
+        engine.receive_stamps(&records)?;
+        let (mut written, mut skipped) = (0, 0);
+        for (index, chunk) in records.chunks(IMPORT_CHUNK_RECORDS).enumerate() {
+            let mut id = blake3::Hasher::new();
+            id.update(b"segment");
+            id.update(hash);
+            id.update(&(index as u64).to_le_bytes());
+            let part = engine.import_chunk(chunk, id.finalize().as_bytes())?;
+            written += part.applied;
+            skipped += part.stale + part.duplicates;
+        }
+        local.put(&marker, [1u8])?;
+        Ok(SegmentImport::Applied {
+            keys_written: written,
+            keys_skipped: skipped,
+        })
     }
 
     fn local_keyspace(&self) -> Result<Keyspace> {

@@ -209,3 +209,34 @@ pub(crate) fn collect_changes(
         .collect();
     (records, after)
 }
+
+/// A sealed WAL segment, as offered to peers for exchange by content hash.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentEntry {
+    /// blake3 of the whole segment file.
+    pub hash: [u8; 32],
+    /// Its size in bytes.
+    pub size_bytes: u64,
+}
+
+/// What [`crate::Db::import_segment`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum SegmentImport {
+    /// The segment was applied.
+    Applied {
+        /// Key records that changed the state.
+        keys_written: u64,
+        /// Key records that were stale or already there.
+        keys_skipped: u64,
+    },
+    /// This copy already has the segment (its own, or imported before).
+    Skipped,
+    /// The bytes do not hash to the given hash; nothing was applied.
+    HashMismatch,
+}
+
+/// The local key marking a segment as imported.
+pub(crate) fn segment_marker_key(hash: &[u8; 32]) -> String {
+    let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+    format!("segment/{hex}")
+}

@@ -509,6 +509,11 @@ impl Wal {
         }
     }
 
+    /// The sealed segments (complete, fsynced, never written again).
+    pub fn sealed_segments(&self) -> Vec<SegmentInfo> {
+        self.shared.lock().sealed.clone()
+    }
+
     /// Every segment's sequence-number range and size, oldest first.
     pub fn segment_ranges(&self) -> Vec<SegmentRange> {
         let st = self.shared.lock();

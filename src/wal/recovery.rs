@@ -327,6 +327,22 @@ fn scan_segment(bytes: &[u8], name_seq: u64, node: NodeId, expected: Option<u64>
     scan
 }
 
+/// Every frame of a whole segment written by any node (for segment
+/// exchange): the segment must be complete and undamaged.
+pub(crate) fn read_whole_segment(bytes: &[u8]) -> std::result::Result<Vec<FramePayload>, String> {
+    let header =
+        format::decode_segment_header(bytes).map_err(|e| format!("bad segment header: {e}"))?;
+    let scan = scan_segment(bytes, header.first_seq, header.node, None);
+    match scan.bad {
+        Some(bad) => Err(format!("at byte {}: {}", bad.offset, bad.reason)),
+        None => Ok(scan
+            .frames
+            .into_iter()
+            .map(|(_, payload)| payload)
+            .collect()),
+    }
+}
+
 /// True if a segment with `header` may follow one that ended before `expected`.
 fn continues(expected: u64, header: &format::SegmentHeader) -> bool {
     let after_repair = header.flags & format::SEGMENT_FLAG_AFTER_REPAIR != 0;
