@@ -28,7 +28,8 @@ use crate::wal::recovery::{self, RecoveryReport};
 use crate::wal::{WAL_DIR, Wal, WalStats};
 use crate::worker::Pool;
 
-/// Records imported per WAL frame: one idempotent, atomic chunk.
+/// Records per WAL frame when a change set is too large for one frame: each
+/// chunk is one idempotent, atomic batch.
 const IMPORT_CHUNK_RECORDS: usize = 10_000;
 use engine::Engine;
 use read::{ReadView, Scan, ScanOptions, Value};
@@ -431,11 +432,27 @@ impl Db {
         let engine = &self.inner.engine;
         engine.receive_stamps(&changes.records)?;
         let mut report = ImportReport::default();
-        for (index, chunk) in changes.records.chunks(IMPORT_CHUNK_RECORDS).enumerate() {
+        if changes.records.is_empty() {
+            return Ok(report);
+        }
+        let chunk_id = |index: u64| {
             let mut id = blake3::Hasher::new();
             id.update(&changes.digest);
-            id.update(&(index as u64).to_le_bytes());
-            let part = engine.import_chunk(chunk, id.finalize().as_bytes())?;
+            id.update(&index.to_le_bytes());
+            *id.finalize().as_bytes()
+        };
+        // One WAL frame when it fits: the change set then lands whole or not
+        // at all, so this copy never reports (by its version vector) parts
+        // of it that it does not have.
+        match engine.import_chunk(&changes.records, &chunk_id(u64::MAX)) {
+            Err(Error::LimitExceeded {
+                limit: "frame_payload_bytes_max",
+                ..
+            }) => {}
+            whole => return whole,
+        }
+        for (index, chunk) in changes.records.chunks(IMPORT_CHUNK_RECORDS).enumerate() {
+            let part = engine.import_chunk(chunk, &chunk_id(index as u64))?;
             report.applied += part.applied;
             report.stale += part.stale;
             report.duplicates += part.duplicates;

@@ -270,8 +270,14 @@ impl Wal {
         {
             return Ok(Appended::Duplicate(original));
         }
+        if req.op_count == 0 {
+            // A frame must hold at least one operation (replay checks it).
+            return Err(Error::InvalidCommand {
+                reason: "a WAL frame needs at least one operation".into(),
+            });
+        }
         let first_seq = st.next_seq;
-        let op_count = req.op_count.max(1);
+        let op_count = req.op_count;
         st.next_seq = first_seq
             .checked_add(u64::from(op_count))
             .ok_or(Error::LimitExceeded {
