@@ -381,3 +381,90 @@ fn sealed_segments_are_exchanged_by_content_hash() {
     assert_eq!(b.db.get("k000").as_deref(), Some(&b"some value"[..]));
     assert_eq!(b.db.scan(&ScanOptions::all()).count() as u64, written);
 }
+
+fn small_segments(start_ms: u64) -> Copy {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(start_ms));
+    let db = Db::open_with(
+        dir.path(),
+        Options {
+            sync_mode: SyncMode::Never,
+            wall_clock: clock.clone(),
+            segment_size_bytes_max: 2048,
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    Copy {
+        _dir: dir,
+        db,
+        clock,
+    }
+}
+
+/// Full exchanges both ways, twice.
+fn exchange(a: &Db, b: &Db) {
+    for _ in 0..2 {
+        let (x, _) = b.export_for("a").unwrap();
+        a.import_from("b", &x).unwrap();
+        let (y, _) = a.export_for("b").unwrap();
+        b.import_from("a", &y).unwrap();
+    }
+}
+
+#[test]
+fn a_partial_transfer_never_makes_a_copy_claim_what_it_lacks() {
+    // A bucket export first: b gets "new" but not "old".
+    let (a, b) = (copy(1_000), copy(1_000));
+    let empty = a.db.digest();
+    a.db.put("old", "1").unwrap();
+    let with_old = a.db.digest();
+    let old_bucket = with_old.differing_buckets(&empty);
+    a.clock.advance_ms(5);
+    a.db.put("new", "2").unwrap();
+    let new_bucket = a.db.digest().differing_buckets(&with_old);
+    assert_ne!(
+        old_bucket, new_bucket,
+        "the two keys sit in different ranges"
+    );
+    let (bytes, _) =
+        a.db.export_buckets(&SyncCursor::new(), &new_bucket)
+            .unwrap();
+    b.db.import_from("a", &bytes).unwrap();
+    exchange(&a.db, &b.db);
+    assert_eq!(b.db.get("old").as_deref(), Some(&b"1"[..]));
+    assert_eq!(a.db.digest().root, b.db.digest().root);
+    // Only the newest sealed segment first.
+    let (a, b) = (small_segments(1_000), small_segments(1_000));
+    for i in 0..100 {
+        a.db.put(format!("k{i:03}"), "some value").unwrap();
+    }
+    let last = a.db.segment_manifest().unwrap().pop().unwrap();
+    let bytes = a.db.segment_bytes(&last.hash).unwrap().unwrap();
+    b.db.import_segment(&bytes, &last.hash).unwrap();
+    exchange(&a.db, &b.db);
+    assert_eq!(a.db.digest().root, b.db.digest().root);
+    assert_eq!(b.db.scan(&ScanOptions::all()).count(), 100);
+}
+
+#[test]
+fn another_copys_bookkeeping_is_never_imported() {
+    let (a, b, c) = (small_segments(1_000), small_segments(1_000), copy(1_000));
+    c.db.put("x", "1").unwrap();
+    let (bytes, _) = c.db.export_for("a").unwrap();
+    a.db.import_from("phone", &bytes).unwrap();
+    for i in 0..100 {
+        a.db.put(format!("k{i:03}"), "some value").unwrap();
+    }
+    for entry in
+        b.db.missing_segments(&a.db.segment_manifest().unwrap())
+            .unwrap()
+    {
+        let segment = a.db.segment_bytes(&entry.hash).unwrap().unwrap();
+        b.db.import_segment(&segment, &entry.hash).unwrap();
+    }
+    assert!(
+        b.db.peer_cursor("phone").unwrap().seen.is_empty(),
+        "a's cursor for its phone stayed on a"
+    );
+}

@@ -285,12 +285,36 @@ impl Db {
         cursor: &SyncCursor,
         buckets: Option<&[usize]>,
     ) -> Result<(Vec<u8>, SyncCursor)> {
+        // The map first, then the complete cursor: every write the cursor
+        // can claim (own writes up to the clock's high water) is in the map.
         let map = self.inner.engine.state.snapshot();
-        let (records, after) = crate::sync::collect_changes(&map, cursor, buckets);
+        let records = crate::sync::collect_changes(&map, cursor, buckets);
+        // A partial export advertises nothing: the receiver must not claim
+        // what it was not sent.
+        let complete = match buckets {
+            None => self.complete_cursor()?,
+            Some(_) => SyncCursor::new(),
+        };
+        let mut after = cursor.clone();
+        after.merge(&complete);
         Ok((
-            crate::sync::changeset::encode(self.node_id(), &after, &records),
+            crate::sync::changeset::encode(self.node_id(), &complete, &records),
             after,
         ))
+    }
+
+    /// Per origin, the newest stamp up to which this copy holds everything:
+    /// its own writes, and the cursors of change sets it imported whole.
+    pub fn complete_cursor(&self) -> Result<SyncCursor> {
+        let mut complete: SyncCursor = self
+            .local_keyspace()?
+            .get_typed(crate::sync::COMPLETE_CURSOR_KEY)?
+            .unwrap_or_default();
+        let own = self.inner.engine.hlc.lock().high_water();
+        complete.merge(&SyncCursor {
+            seen: [(own.node, own)].into_iter().collect(),
+        });
+        Ok(complete)
     }
 
     /// A change set of everything `peer` has not seen, by the cursor stored
@@ -307,10 +331,7 @@ impl Db {
     pub fn import_from(&self, peer: &str, bytes: &[u8]) -> Result<ImportReport> {
         let report = self.import(bytes)?;
         let changes = crate::sync::changeset::decode(bytes)?;
-        let mut cursor = self.peer_cursor(peer)?;
-        cursor.merge(&changes.cursor);
-        self.local_keyspace()?
-            .put_typed(crate::sync::peer_cursor_key(peer), &cursor)?;
+        self.merge_local_cursor(&crate::sync::peer_cursor_key(peer), &changes.cursor)?;
         Ok(report)
     }
 
@@ -393,7 +414,12 @@ impl Db {
                 what: "WAL segment",
                 reason,
             })?;
-        let records: Vec<_> = frames.into_iter().flat_map(|f| f.records).collect();
+        // Another copy's own bookkeeping is never ours to apply.
+        let records: Vec<_> = frames
+            .into_iter()
+            .flat_map(|f| f.records)
+            .filter(|r| !crate::sync::is_local(&r.store_key))
+            .collect();
         let engine = &self.inner.engine;
         engine.receive_stamps(&records)?;
         let (mut written, mut skipped) = (0, 0);
@@ -428,9 +454,33 @@ impl Db {
     /// duplicates); a damaged one, or one with a stamp too far ahead,
     /// applies nothing.
     pub fn import(&self, bytes: &[u8]) -> Result<ImportReport> {
-        let changes = crate::sync::changeset::decode(bytes)?;
+        let mut changes = crate::sync::changeset::decode(bytes)?;
+        // Another copy's own bookkeeping is never ours to apply.
+        changes
+            .records
+            .retain(|r| !crate::sync::is_local(&r.store_key));
+        self.inner.engine.receive_stamps(&changes.records)?;
+        let report = self.import_records(&changes)?;
+        // Landed whole: this copy now holds everything the exporter did.
+        self.merge_local_cursor(crate::sync::COMPLETE_CURSOR_KEY, &changes.cursor)?;
+        Ok(report)
+    }
+
+    /// Merges `cursor` into the local cursor stored under `key`, writing
+    /// only if that changes it (so a repeated import writes nothing).
+    fn merge_local_cursor(&self, key: &str, cursor: &SyncCursor) -> Result<()> {
+        let local = self.local_keyspace()?;
+        let stored: SyncCursor = local.get_typed(key)?.unwrap_or_default();
+        let mut merged = stored.clone();
+        merged.merge(cursor);
+        if merged != stored {
+            local.put_typed(key, &merged)?;
+        }
+        Ok(())
+    }
+
+    fn import_records(&self, changes: &crate::sync::changeset::ChangeSet) -> Result<ImportReport> {
         let engine = &self.inner.engine;
-        engine.receive_stamps(&changes.records)?;
         let mut report = ImportReport::default();
         if changes.records.is_empty() {
             return Ok(report);
@@ -442,8 +492,7 @@ impl Db {
             *id.finalize().as_bytes()
         };
         // One WAL frame when it fits: the change set then lands whole or not
-        // at all, so this copy never reports (by its version vector) parts
-        // of it that it does not have.
+        // at all.
         match engine.import_chunk(&changes.records, &chunk_id(u64::MAX)) {
             Err(Error::LimitExceeded {
                 limit: "frame_payload_bytes_max",

@@ -1,10 +1,13 @@
 //! Reconciliation between copies: change sets (export and import).
 //!
 //! A [`SyncCursor`] is a version vector: for each origin node, the newest
-//! stamp from that node the receiving side already has. `export_since`
-//! sends every part of every key's CRDT state (register, per-node counter
-//! totals, with the floor) stamped by some node after the cursor's entry
-//! for that node, and returns the cursor of the whole state it looked at.
+//! stamp from that node up to which a copy holds everything. `export_since`
+//! sends every part of every key's CRDT state (a register with its floor,
+//! per-node counter totals) stamped by some node after the cursor's entry
+//! for that node. A change set carries the exporter's *complete* cursor:
+//! its own writes, plus the cursors of change sets it imported whole. A
+//! copy never advertises what it got from a partial transfer (a bucket
+//! export, a segment), because a peer would then never send it the rest.
 //! Because the state is a CRDT, sending the current state of what changed
 //! is enough: superseded writes never need to travel.
 //!
@@ -132,21 +135,15 @@ pub struct ImportReport {
 /// `after` observes every stamp of the state. Every part carries its own
 /// stamp (a register its floor too), which is what makes a version vector
 /// enough to know what a peer lacks.
-fn newer_parts(state: &KeyState, cursor: &SyncCursor, after: &mut SyncCursor) -> Option<KeyState> {
-    let register = state.register.as_ref().filter(|r| {
-        after.observe(r.stamp);
-        cursor.is_new(r.stamp)
-    });
+fn newer_parts(state: &KeyState, cursor: &SyncCursor) -> Option<KeyState> {
+    let register = state.register.as_ref().filter(|r| cursor.is_new(r.stamp));
     let totals: Vec<_> = state
         .counter
         .as_ref()
         .map(|c| c.totals.as_slice())
         .unwrap_or_default()
         .iter()
-        .filter(|t| {
-            after.observe(t.stamp);
-            cursor.is_new(t.stamp)
-        })
+        .filter(|t| cursor.is_new(t.stamp))
         .copied()
         .collect();
     if register.is_none() && totals.is_empty() {
@@ -167,6 +164,11 @@ pub const LOCAL_KEYSPACE: &str = "_local";
 pub(crate) fn is_local(store_key: &[u8]) -> bool {
     crate::command::split_store_key(store_key).is_some_and(|(ks, _)| ks == LOCAL_KEYSPACE)
 }
+
+/// The local key under which this copy's *complete* cursor is kept: per
+/// origin, the newest stamp up to which it is known to hold everything
+/// (raised only by change sets imported whole, never by partial transfers).
+pub(crate) const COMPLETE_CURSOR_KEY: &str = "self/complete";
 
 /// The local key under which the cursor of `peer` is kept.
 pub(crate) fn peer_cursor_key(peer: &str) -> String {
@@ -194,20 +196,17 @@ pub(crate) fn collect_changes(
     map: &StateMap,
     cursor: &SyncCursor,
     buckets: Option<&[usize]>,
-) -> (Vec<Record>, SyncCursor) {
-    let mut after = cursor.clone();
-    let records = map
-        .iter()
+) -> Vec<Record> {
+    map.iter()
         .filter(|(key, _)| !is_local(key))
         .filter(|(key, _)| buckets.is_none_or(|b| digest::Digest::in_buckets(key, b)))
         .filter_map(|(key, state)| {
-            newer_parts(state, cursor, &mut after).map(|delta| Record {
+            newer_parts(state, cursor).map(|delta| Record {
                 store_key: key.clone(),
                 delta,
             })
         })
-        .collect();
-    (records, after)
+        .collect()
 }
 
 /// A sealed WAL segment, as offered to peers for exchange by content hash.
