@@ -480,6 +480,11 @@ fn decode_counter(r: &mut Reader<'_>) -> Result<Counter, DecodeError> {
         let stamp = decode_stamp(r)?;
         totals.push(NodeTotals { node, p, n, stamp });
     }
+    // A counter part exists only with totals; an empty one would make two
+    // equal states encode (and digest) differently.
+    if totals.is_empty() {
+        return Err(Reader::invalid(at, "counter part without totals"));
+    }
     if !totals.windows(2).all(|w| w[0].node < w[1].node) {
         return Err(Reader::invalid(
             at,
