@@ -468,3 +468,15 @@ fn another_copys_bookkeeping_is_never_imported() {
         "a's cursor for its phone stayed on a"
     );
 }
+
+#[test]
+fn a_refused_change_set_does_not_move_the_clock() {
+    let (a, b) = (copy(1_000), copy(1_000));
+    a.db.put("early", "v").unwrap();
+    a.clock.advance_ms(3_600_000);
+    a.db.put("late", "v").unwrap();
+    let (bytes, _) = a.db.export_since(&SyncCursor::new()).unwrap();
+    let before = b.db.stats().hlc;
+    assert!(matches!(b.db.import(&bytes), Err(Error::ClockDrift { .. })));
+    assert_eq!(b.db.stats().hlc, before);
+}

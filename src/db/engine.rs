@@ -309,6 +309,15 @@ impl Engine {
     pub fn receive_stamps(&self, records: &[Record]) -> Result<()> {
         let now_ms = self.options.wall_clock.now_ms();
         let mut hlc = self.hlc.lock();
+        // The stamp furthest ahead first: if any stamp is refused, it is
+        // this one, and the clock has not moved for the others.
+        let furthest = records
+            .iter()
+            .flat_map(record_stamps)
+            .max_by_key(|s| s.physical_ms);
+        if let Some(stamp) = furthest {
+            hlc.receive(stamp, now_ms)?;
+        }
         for record in records {
             for stamp in record_stamps(record) {
                 hlc.receive(stamp, now_ms)?;
