@@ -11,6 +11,12 @@ struct Copy {
 }
 
 fn copy(start_ms: u64) -> Copy {
+    copy_with(start_ms, Options::default().segment_size_bytes_max)
+}
+
+/// A copy whose clock starts at `start_ms`, with segments of at most
+/// `segment_size_bytes_max`.
+fn copy_with(start_ms: u64, segment_size_bytes_max: u64) -> Copy {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(start_ms));
     let db = Db::open_with(
@@ -18,6 +24,7 @@ fn copy(start_ms: u64) -> Copy {
         Options {
             sync_mode: SyncMode::Never,
             wall_clock: clock.clone(),
+            segment_size_bytes_max,
             ..Options::default()
         },
     )
@@ -383,23 +390,7 @@ fn sealed_segments_are_exchanged_by_content_hash() {
 }
 
 fn small_segments(start_ms: u64) -> Copy {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = Arc::new(ManualClock::new(start_ms));
-    let db = Db::open_with(
-        dir.path(),
-        Options {
-            sync_mode: SyncMode::Never,
-            wall_clock: clock.clone(),
-            segment_size_bytes_max: 2048,
-            ..Options::default()
-        },
-    )
-    .unwrap();
-    Copy {
-        _dir: dir,
-        db,
-        clock,
-    }
+    copy_with(start_ms, 2048)
 }
 
 /// Full exchanges both ways, twice.
