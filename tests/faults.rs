@@ -24,6 +24,17 @@ fn write_until_error(db: &Db, prefix: &str, max: usize) -> (usize, Option<Error>
     (max, None)
 }
 
+/// Every `k-i` acknowledged before the failure is there after a reopen.
+fn assert_acknowledged_survive(dir: &std::path::Path, acked: usize) {
+    let db = Db::open(dir).unwrap();
+    for i in 0..acked {
+        assert!(
+            db.get(format!("k-{i}")).is_some(),
+            "acknowledged k-{i} lost"
+        );
+    }
+}
+
 #[test]
 fn failing_fsync_poisons_and_reopen_recovers_every_acknowledged_write() {
     let dir = tempfile::tempdir().unwrap();
@@ -90,13 +101,7 @@ fn failing_segment_creation_during_rotation_poisons() {
     );
     assert!(matches!(err, Some(Error::Poisoned { .. })));
     drop(db);
-    let db = Db::open(dir.path()).unwrap();
-    for i in 0..acked {
-        assert!(
-            db.get(format!("k-{i}")).is_some(),
-            "acknowledged k-{i} lost"
-        );
-    }
+    assert_acknowledged_survive(dir.path(), acked);
 }
 
 #[test]
@@ -114,13 +119,7 @@ fn failing_directory_fsync_during_rotation_poisons() {
     let (acked, err) = write_until_error(&db, "k", 200);
     assert!(matches!(err, Some(Error::Poisoned { .. })), "acked {acked}");
     drop(db);
-    let db = Db::open(dir.path()).unwrap();
-    for i in 0..acked {
-        assert!(
-            db.get(format!("k-{i}")).is_some(),
-            "acknowledged k-{i} lost"
-        );
-    }
+    assert_acknowledged_survive(dir.path(), acked);
 }
 
 #[test]

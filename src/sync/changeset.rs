@@ -4,7 +4,7 @@ use crate::clock::NodeId;
 use crate::codec::{DecodeError, Reader, Writer};
 use crate::error::{Error, Result};
 use crate::wal::format::{
-    RECORD_BYTES_MIN, Record, decode_record, decode_stamp, encode_record, encode_stamp,
+    Record, decode_records_to_end, decode_stamp, encode_record, encode_stamp,
 };
 
 use super::SyncCursor;
@@ -95,22 +95,7 @@ fn decode_content(content: &[u8]) -> std::result::Result<ChangeSet, DecodeError>
         let node = NodeId(r.u64()?);
         cursor.seen.insert(node, decode_stamp(&mut r)?);
     }
-    if count > (r.remaining() / RECORD_BYTES_MIN) as u64 {
-        return Err(Reader::invalid(
-            20,
-            format!("record count {count} does not fit"),
-        ));
-    }
-    let mut records = Vec::with_capacity(count as usize);
-    for _ in 0..count {
-        records.push(decode_record(&mut r)?);
-    }
-    if r.remaining() != 0 {
-        return Err(Reader::invalid(
-            r.position(),
-            "trailing bytes after the last record",
-        ));
-    }
+    let records = decode_records_to_end(&mut r, count)?;
     Ok(ChangeSet {
         origin,
         cursor,

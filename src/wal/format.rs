@@ -323,17 +323,22 @@ pub fn decode_payload(bytes: &[u8], op_count: u32) -> Result<FramePayload, Decod
     } else {
         None
     };
-    // A count that cannot fit the payload is damage; refusing it first keeps
-    // the allocation below bounded.
-    if op_count as usize > r.remaining() / RECORD_BYTES_MIN {
+    let records = decode_records_to_end(&mut r, u64::from(op_count))?;
+    Ok(FramePayload { dedup, records })
+}
+
+/// Decodes exactly `count` records that must fill the rest of `r`. A count
+/// that cannot fit is damage; refusing it first keeps the allocation bounded.
+pub fn decode_records_to_end(r: &mut Reader<'_>, count: u64) -> Result<Vec<Record>, DecodeError> {
+    if count > (r.remaining() / RECORD_BYTES_MIN) as u64 {
         return Err(Reader::invalid(
-            0,
-            format!("op count {op_count} does not fit the payload"),
+            r.position(),
+            format!("record count {count} does not fit"),
         ));
     }
-    let mut records = Vec::with_capacity(op_count as usize);
-    for _ in 0..op_count {
-        records.push(decode_record(&mut r)?);
+    let mut records = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        records.push(decode_record(r)?);
     }
     if r.remaining() != 0 {
         return Err(Reader::invalid(
@@ -341,7 +346,7 @@ pub fn decode_payload(bytes: &[u8], op_count: u32) -> Result<FramePayload, Decod
             "trailing bytes after the last record",
         ));
     }
-    Ok(FramePayload { dedup, records })
+    Ok(records)
 }
 
 /// Encodes a stamp (20 bytes).
