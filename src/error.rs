@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use crate::auth::AuthError;
 use crate::clock::NodeId;
 use crate::io::IoOp;
 
@@ -88,6 +89,8 @@ pub enum Error {
         /// The key of the counter.
         key: Vec<u8>,
     },
+    /// An auth service operation was refused (see [`AuthError`]).
+    Auth(AuthError),
     /// A stored typed value did not decode as the requested type.
     Decode {
         /// What was being decoded.
@@ -183,7 +186,14 @@ impl std::fmt::Display for Error {
                 String::from_utf8_lossy(key)
             ),
             Error::Decode { what, reason } => write!(f, "cannot decode {what}: {reason}"),
+            Error::Auth(e) => e.fmt(f),
         }
+    }
+}
+
+impl From<AuthError> for Error {
+    fn from(e: AuthError) -> Self {
+        Error::Auth(e)
     }
 }
 

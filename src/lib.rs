@@ -60,6 +60,7 @@
 )]
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod clock;
 pub mod codec;
 pub mod command;
@@ -82,6 +83,7 @@ mod worker;
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
+pub use auth::{AuthOptions, AuthService};
 pub use clock::{DriftPolicy, ManualClock, NodeId, Stamp, SystemClock, WallClock};
 pub use command::{Batch, DEFAULT_KEYSPACE, Op, OpKind, Outcome, OutcomeKind};
 pub use compactor::{CompactionReport, CompactorStats, CursorInfo};

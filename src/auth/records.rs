@@ -1,0 +1,193 @@
+//! What the auth service stores, and under which keys of `_auth`.
+//!
+//! Each record is a serde enum encoded with the crate codec; the enum's
+//! variant (`V1`) is the record's format version, so a later version can add
+//! `V2` and still read old records. Key layout (all in keyspace `_auth`):
+//!
+//! | key | value | written by |
+//! |---|---|---|
+//! | `user/<name>` | [`StoredUser`] | create, password change, reset |
+//! | `user-deleted/<user_id hex>` | [`StoredUserDeleted`] | delete (never removed) |
+//! | `user-rehash/<name>` | [`StoredRehash`] | verify, when the hash is weak |
+//! | `apikey/<key_id hex>` | [`StoredApiKey`] | create |
+//! | `apikey-revoked/<key_id hex>` | [`StoredRevocation`] | revoke (never removed) |
+//! | `secret/<user>/<name>` | [`StoredSecret`] | put, rotation |
+//! | `master/<key_id hex>` | [`StoredMasterKey`] | first open, rotation |
+//! | `master-wrap/<old hex>/<new hex>` | [`StoredWrappedKey`] | rotation (never removed) |
+//! | `master-rotation` | [`StoredRotation`] | rotation start; deleted at its end |
+//! | `master-uses/<key_id hex>` | PN-counter | every encryption |
+//!
+//! Facts that must win over concurrent edits on other copies (a deletion, a
+//! revocation) are separate records that nothing overwrites, so no
+//! last-writer-wins race can undo them.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::apikey::Scopes;
+use super::crypto::{MasterKeyId, Sealed};
+use super::hex_encode;
+use crate::Keyspace;
+use crate::error::Result;
+
+/// Bytes of a user incarnation id.
+pub(crate) const USER_ID_BYTES: usize = 16;
+
+pub(crate) const USER_PREFIX: &str = "user/";
+pub(crate) const APIKEY_PREFIX: &str = "apikey/";
+pub(crate) const SECRET_PREFIX: &str = "secret/";
+pub(crate) const MASTER_PREFIX: &str = "master/";
+pub(crate) const WRAP_PREFIX: &str = "master-wrap/";
+pub(crate) const ROTATION_KEY: &str = "master-rotation";
+
+/// A user. `user_id` names this incarnation: deleting and re-creating a
+/// name makes a new one, which the old one's keys and secrets do not fit.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct UserRecord {
+    pub(crate) user_id: [u8; USER_ID_BYTES],
+    /// argon2id PHC string.
+    pub(crate) phc: String,
+    /// Changes with every password change; a rehash names the one it
+    /// replaces, so it can never undo a change.
+    pub(crate) password_id: [u8; 16],
+    pub(crate) created_ms: u64,
+    pub(crate) password_changed_ms: u64,
+}
+
+/// Versioned [`UserRecord`].
+#[derive(Serialize, Deserialize)]
+pub(crate) enum StoredUser {
+    /// Version 1.
+    V1(UserRecord),
+}
+
+/// Marks a user incarnation as deleted.
+#[derive(Serialize, Deserialize)]
+pub(crate) enum StoredUserDeleted {
+    /// Version 1.
+    V1 { name: String, deleted_ms: u64 },
+}
+
+/// A stronger hash of the same password, made at a successful verify.
+#[derive(Serialize, Deserialize)]
+pub(crate) enum StoredRehash {
+    /// Version 1.
+    V1 { password_id: [u8; 16], phc: String },
+}
+
+/// An API key (the secret itself is never stored).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct ApiKeyRecord {
+    pub(crate) user: String,
+    pub(crate) user_id: [u8; USER_ID_BYTES],
+    pub(crate) scopes: Scopes,
+    pub(crate) created_ms: u64,
+    pub(crate) expires_ms: Option<u64>,
+    pub(crate) secret_hash: [u8; 32],
+}
+
+/// Versioned [`ApiKeyRecord`].
+#[derive(Serialize, Deserialize)]
+pub(crate) enum StoredApiKey {
+    /// Version 1.
+    V1(ApiKeyRecord),
+}
+
+/// Marks an API key as revoked.
+#[derive(Serialize, Deserialize)]
+pub(crate) enum StoredRevocation {
+    /// Version 1.
+    V1 { revoked_ms: u64 },
+}
+
+/// A secret's ciphertext and the master key it is under.
+#[derive(Serialize, Deserialize)]
+pub(crate) enum StoredSecret {
+    /// Version 1.
+    V1 { key_id: MasterKeyId, sealed: Sealed },
+}
+
+/// Registers a master key with the database.
+#[derive(Serialize, Deserialize)]
+pub(crate) enum StoredMasterKey {
+    /// Version 1.
+    V1 { created_ms: u64 },
+}
+
+/// An older master key encrypted under its successor.
+#[derive(Serialize, Deserialize)]
+pub(crate) enum StoredWrappedKey {
+    /// Version 1.
+    V1(Sealed),
+}
+
+/// A rotation in progress: the new key wrapped under the old one, so that
+/// whichever of the two the service is reopened with, it can finish.
+#[derive(Serialize, Deserialize)]
+pub(crate) enum StoredRotation {
+    /// Version 1.
+    V1 {
+        from: MasterKeyId,
+        to: MasterKeyId,
+        to_under_from: Sealed,
+    },
+}
+
+pub(crate) fn user_key(name: &str) -> Vec<u8> {
+    format!("{USER_PREFIX}{name}").into_bytes()
+}
+
+pub(crate) fn user_deleted_key(user_id: &[u8; USER_ID_BYTES]) -> Vec<u8> {
+    format!("user-deleted/{}", hex_encode(user_id)).into_bytes()
+}
+
+pub(crate) fn rehash_key(name: &str) -> Vec<u8> {
+    format!("user-rehash/{name}").into_bytes()
+}
+
+pub(crate) fn apikey_key(key_id_hex: &str) -> Vec<u8> {
+    format!("{APIKEY_PREFIX}{key_id_hex}").into_bytes()
+}
+
+pub(crate) fn revoked_key(key_id_hex: &str) -> Vec<u8> {
+    format!("apikey-revoked/{key_id_hex}").into_bytes()
+}
+
+/// The prefix of every secret of `user` (names cannot hold `/`, so no
+/// user's prefix is another's).
+pub(crate) fn secret_prefix(user: &str) -> Vec<u8> {
+    format!("{SECRET_PREFIX}{user}/").into_bytes()
+}
+
+pub(crate) fn secret_key(user: &str, name: &str) -> Vec<u8> {
+    [secret_prefix(user), name.as_bytes().to_vec()].concat()
+}
+
+/// Splits `secret/<user>/<name>` back into user and name.
+pub(crate) fn parse_secret_key(key: &[u8]) -> Option<(String, String)> {
+    let text = std::str::from_utf8(key).ok()?;
+    let (user, name) = text.strip_prefix(SECRET_PREFIX)?.split_once('/')?;
+    Some((user.to_string(), name.to_string()))
+}
+
+pub(crate) fn master_key_key(id: MasterKeyId) -> Vec<u8> {
+    format!("{MASTER_PREFIX}{id}").into_bytes()
+}
+
+pub(crate) fn wrap_key_key(old: MasterKeyId, new: MasterKeyId) -> Vec<u8> {
+    format!("{WRAP_PREFIX}{old}/{new}").into_bytes()
+}
+
+pub(crate) fn uses_key(id: MasterKeyId) -> Vec<u8> {
+    format!("master-uses/{id}").into_bytes()
+}
+
+/// Reads and decodes the record at `key`, if any.
+pub(crate) fn read<T: DeserializeOwned>(store: &Keyspace, key: &[u8]) -> Result<Option<T>> {
+    store.get_typed(key)
+}
+
+/// Encodes a record for a batch.
+pub(crate) fn encode<T: Serialize>(record: &T) -> Result<Vec<u8>> {
+    crate::codec::encode_typed(record)
+}

@@ -1,0 +1,504 @@
+//! Secrets, the master key's lineage, and rotation.
+//!
+//! Rotation from key A to key B, crash-safe in three steps:
+//! 1. One atomic batch registers B, stores A wrapped under B (kept for
+//!    good, so data encrypted under A that arrives later from another copy
+//!    stays readable), and writes a rotation record holding B wrapped
+//!    under A.
+//! 2. Secrets are re-encrypted under B in atomic batches.
+//! 3. The rotation record is deleted.
+//!
+//! If the process dies during step 2, the service reopened with A finds the
+//! rotation record, unwraps B from it, and finishes; reopened with B, it
+//! unwraps A from the wrapped-key record and finishes. Every secret is
+//! readable throughout: it is under A or under B, and the service holds
+//! both.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use super::crypto::{self, MasterKey, MasterKeyId, SecretBytes, SecretPlace};
+use super::records::{self, StoredMasterKey, StoredRotation, StoredSecret, StoredWrappedKey};
+use super::{
+    AuthError, AuthService, KeyRing, hex_decode, validate_secret_name, validate_user_name,
+};
+use crate::clock::WallClock;
+use crate::error::{Error, Result};
+use crate::{Batch, Keyspace, ScanOptions};
+
+use super::AUTH_KEYSPACE;
+
+/// What a master key rotation did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RotationReport {
+    /// The key rotated away from.
+    pub from: MasterKeyId,
+    /// The key now in use.
+    pub to: MasterKeyId,
+    /// Secrets re-encrypted under `to`.
+    pub reencrypted: usize,
+    /// Secrets left as they were: their user is gone, or they failed to
+    /// decrypt (damaged). The old key stays reachable from the new one.
+    pub skipped: usize,
+}
+
+impl AuthService {
+    /// Encrypts `plaintext` and stores it as `user`'s secret `name`,
+    /// replacing any earlier value. The ciphertext is bound to the user
+    /// (this incarnation) and the name.
+    pub fn put_secret(&self, user: &str, name: &str, plaintext: &[u8]) -> Result<()> {
+        validate_user_name(user)?;
+        validate_secret_name(name)?;
+        if plaintext.len() > self.options.secret_bytes_max {
+            return Err(Error::limit(
+                "secret_bytes_max",
+                plaintext.len(),
+                self.options.secret_bytes_max,
+            ));
+        }
+        let _guard = self.write_lock.lock();
+        let owner = self.require_user(user)?;
+        let key = self.keys.read().active.clone();
+        self.check_not_retired(key.id())?;
+        self.check_budget(key.id(), 1)?;
+        let place = SecretPlace {
+            user_id: &owner.user_id,
+            user,
+            name,
+        };
+        let sealed = crypto::seal_secret(&key, &place, plaintext)?;
+        let stored = StoredSecret::V1 {
+            key_id: key.id(),
+            sealed,
+        };
+        let mut batch = Batch::new();
+        batch.put_in(
+            AUTH_KEYSPACE,
+            records::secret_key(user, name),
+            records::encode(&stored)?,
+        );
+        batch.increment_in(AUTH_KEYSPACE, records::uses_key(key.id()), 1);
+        self.db.write(batch)?;
+        Ok(())
+    }
+
+    /// Decrypts `user`'s secret `name`. A ciphertext that was altered or
+    /// moved from another record fails with [`AuthError::DecryptFailed`].
+    pub fn get_secret(&self, user: &str, name: &str) -> Result<SecretBytes> {
+        validate_user_name(user)?;
+        validate_secret_name(name)?;
+        let owner = self.require_user(user)?;
+        let not_found = || AuthError::SecretNotFound {
+            user: user.into(),
+            name: name.into(),
+        };
+        let Some(StoredSecret::V1 { key_id, sealed }) =
+            records::read(&self.store, &records::secret_key(user, name))?
+        else {
+            return Err(not_found().into());
+        };
+        let key = self.key_by_id(key_id)?;
+        let place = SecretPlace {
+            user_id: &owner.user_id,
+            user,
+            name,
+        };
+        crypto::open_secret(&key, &place, &sealed).ok_or_else(|| {
+            AuthError::DecryptFailed {
+                user: user.into(),
+                name: name.into(),
+            }
+            .into()
+        })
+    }
+
+    /// Deletes `user`'s secret `name`; false if there was none.
+    pub fn delete_secret(&self, user: &str, name: &str) -> Result<bool> {
+        validate_user_name(user)?;
+        validate_secret_name(name)?;
+        let _guard = self.write_lock.lock();
+        self.require_user(user)?;
+        let key = records::secret_key(user, name);
+        if self.store.get(&key).is_none() {
+            return Ok(false);
+        }
+        self.store.delete(key)?;
+        Ok(true)
+    }
+
+    /// The names of `user`'s secrets, in order.
+    pub fn list_secrets(&self, user: &str) -> Result<Vec<String>> {
+        validate_user_name(user)?;
+        self.require_user(user)?;
+        let names = self
+            .store
+            .scan(&ScanOptions::prefix(records::secret_prefix(user)))
+            .filter_map(|entry| records::parse_secret_key(entry.key()))
+            .map(|(_, name)| name)
+            .collect();
+        Ok(names)
+    }
+
+    /// Switches to `new_key`: new secrets are encrypted under it, every
+    /// existing secret is re-encrypted, and the old key is kept wrapped
+    /// under the new one. Safe against a crash at any point (see the module
+    /// docs). `new_key` must never have been used by this database.
+    ///
+    /// Re-encryption is a write like any other: on another copy, a
+    /// concurrent change to the same secret wins or loses to it by stamp.
+    pub fn rotate_master_key(&self, new_key: MasterKey) -> Result<RotationReport> {
+        let _guard = self.write_lock.lock();
+        self.finish_rotation_locked()?;
+        let old_key = self.keys.read().active.clone();
+        let reused = new_key.id() == old_key.id()
+            || self
+                .store
+                .get(records::master_key_key(new_key.id()))
+                .is_some();
+        if reused {
+            return Err(AuthError::MasterKeyReused {
+                key_id: new_key.id().to_string(),
+            }
+            .into());
+        }
+        self.check_budget(old_key.id(), 1)?;
+        self.check_budget(new_key.id(), 1)?;
+        self.begin_rotation(&old_key, &new_key)?;
+        {
+            let mut ring = self.keys.write();
+            ring.reachable.insert(old_key.id(), old_key.clone());
+            ring.reachable.insert(new_key.id(), new_key.clone());
+            ring.active = new_key;
+        }
+        self.finish_rotation_locked()?
+            .ok_or_else(|| Error::InvalidCommand {
+                reason: "the rotation record vanished during the rotation".into(),
+            })
+    }
+
+    /// Finishes a rotation a crash cut short (called at open).
+    pub(crate) fn finish_pending_rotation(&self) -> Result<()> {
+        let _guard = self.write_lock.lock();
+        self.finish_rotation_locked().map(|_| ())
+    }
+
+    /// Step 1 of a rotation: one atomic batch.
+    fn begin_rotation(&self, old_key: &MasterKey, new_key: &MasterKey) -> Result<()> {
+        let registration = StoredMasterKey::V1 {
+            created_ms: self.now_ms(),
+        };
+        let old_under_new = StoredWrappedKey::V1(crypto::wrap_key(new_key, old_key)?);
+        let rotation = StoredRotation::V1 {
+            from: old_key.id(),
+            to: new_key.id(),
+            to_under_from: crypto::wrap_key(old_key, new_key)?,
+        };
+        let mut batch = Batch::new();
+        batch
+            .put_in(
+                AUTH_KEYSPACE,
+                records::master_key_key(new_key.id()),
+                records::encode(&registration)?,
+            )
+            .put_in(
+                AUTH_KEYSPACE,
+                records::wrap_key_key(old_key.id(), new_key.id()),
+                records::encode(&old_under_new)?,
+            )
+            .put_in(
+                AUTH_KEYSPACE,
+                records::ROTATION_KEY,
+                records::encode(&rotation)?,
+            )
+            .increment_in(AUTH_KEYSPACE, records::uses_key(old_key.id()), 1)
+            .increment_in(AUTH_KEYSPACE, records::uses_key(new_key.id()), 1);
+        self.db.write(batch)?;
+        Ok(())
+    }
+
+    /// Steps 2 and 3, if a rotation record exists. The caller holds the
+    /// write lock, so no local write interleaves with the re-encryption.
+    fn finish_rotation_locked(&self) -> Result<Option<RotationReport>> {
+        let Some(StoredRotation::V1 { from, to, .. }) =
+            records::read(&self.store, records::ROTATION_KEY.as_bytes())?
+        else {
+            return Ok(None);
+        };
+        let active = self.keys.read().active.clone();
+        if active.id() != to {
+            // Opened with a key of another lineage than the rotation's:
+            // resolve_master_key lets that happen only if `to` is ours.
+            return Err(AuthError::UnknownMasterKey {
+                key_id: to.to_string(),
+            }
+            .into());
+        }
+        let mut report = RotationReport {
+            from,
+            to,
+            reencrypted: 0,
+            skipped: 0,
+        };
+        let stale: Vec<Vec<u8>> = self
+            .store
+            .scan(&ScanOptions::prefix(records::SECRET_PREFIX))
+            .filter(|entry| !self.is_under(entry.key(), to))
+            .map(|entry| entry.key().to_vec())
+            .collect();
+        for chunk in stale.chunks(self.options.rotation_batch_secrets) {
+            self.reencrypt_chunk(chunk, &active, &mut report)?;
+        }
+        self.store.delete(records::ROTATION_KEY)?;
+        Ok(Some(report))
+    }
+
+    fn is_under(&self, key: &[u8], key_id: MasterKeyId) -> bool {
+        matches!(
+            records::read(&self.store, key),
+            Ok(Some(StoredSecret::V1 { key_id: k, .. })) if k == key_id
+        )
+    }
+
+    /// Re-encrypts one batch of secrets under `active`, atomically.
+    fn reencrypt_chunk(
+        &self,
+        keys: &[Vec<u8>],
+        active: &MasterKey,
+        report: &mut RotationReport,
+    ) -> Result<()> {
+        let mut batch = Batch::new();
+        let mut sealed_count = 0;
+        for key in keys {
+            match self.reencrypt_one(key, active)? {
+                Some(stored) => {
+                    batch.put_in(AUTH_KEYSPACE, key, records::encode(&stored)?);
+                    sealed_count += 1;
+                }
+                None => report.skipped += 1,
+            }
+        }
+        if sealed_count == 0 {
+            return Ok(());
+        }
+        self.check_budget(active.id(), sealed_count)?;
+        batch.increment_in(
+            AUTH_KEYSPACE,
+            records::uses_key(active.id()),
+            i64::try_from(sealed_count).unwrap_or(i64::MAX),
+        );
+        self.db.write(batch)?;
+        report.reencrypted += sealed_count as usize;
+        Ok(())
+    }
+
+    /// The secret at `key` sealed under `active`; `None` if it cannot be
+    /// read (its user is gone, its key unreachable, or it is damaged).
+    fn reencrypt_one(&self, key: &[u8], active: &MasterKey) -> Result<Option<StoredSecret>> {
+        let Some((user, name)) = records::parse_secret_key(key) else {
+            return Ok(None);
+        };
+        let Some(StoredSecret::V1 { key_id, sealed }) = records::read(&self.store, key)? else {
+            return Ok(None);
+        };
+        let Some(owner) = self.live_user(&user)? else {
+            return Ok(None);
+        };
+        let Ok(old_key) = self.key_by_id(key_id) else {
+            return Ok(None);
+        };
+        let place = SecretPlace {
+            user_id: &owner.user_id,
+            user: &user,
+            name: &name,
+        };
+        let Some(plaintext) = crypto::open_secret(&old_key, &place, &sealed) else {
+            return Ok(None);
+        };
+        let sealed = crypto::seal_secret(active, &place, plaintext.expose())?;
+        Ok(Some(StoredSecret::V1 {
+            key_id: active.id(),
+            sealed,
+        }))
+    }
+
+    /// Deletes every secret of `user`, in batches.
+    pub(crate) fn delete_all_secrets_of(&self, user: &str) -> Result<()> {
+        let prefix = records::secret_prefix(user);
+        let keys: Vec<Vec<u8>> = self
+            .store
+            .scan(&ScanOptions::prefix(&prefix))
+            .map(|entry| entry.key().to_vec())
+            .collect();
+        for chunk in keys.chunks(self.options.rotation_batch_secrets) {
+            let mut batch = Batch::new();
+            for key in chunk {
+                batch.delete_in(AUTH_KEYSPACE, key);
+            }
+            self.db.write(batch)?;
+        }
+        Ok(())
+    }
+
+    /// The key with id `key_id`, rebuilding the ring once if it is missing
+    /// (a merge may have brought in new wrapped keys).
+    fn key_by_id(&self, key_id: MasterKeyId) -> Result<MasterKey> {
+        if let Some(key) = self.keys.read().reachable.get(&key_id) {
+            return Ok(key.clone());
+        }
+        let mut ring = self.keys.write();
+        let KeyRing { active, reachable } = &mut *ring;
+        *reachable = reachable_keys(&self.store, active)?;
+        reachable.get(&key_id).cloned().ok_or_else(|| {
+            AuthError::UnknownMasterKey {
+                key_id: key_id.to_string(),
+            }
+            .into()
+        })
+    }
+
+    /// Refuses to encrypt under a key another copy has rotated away from.
+    fn check_not_retired(&self, key_id: MasterKeyId) -> Result<()> {
+        match successor_of(&self.store, key_id) {
+            Some(successor) => Err(AuthError::MasterKeyRetired {
+                key_id: key_id.to_string(),
+                successor: successor.to_string(),
+            }
+            .into()),
+            None => Ok(()),
+        }
+    }
+
+    /// Refuses `count` more encryptions under `key_id` past the budget.
+    fn check_budget(&self, key_id: MasterKeyId, count: u64) -> Result<()> {
+        let used = u64::try_from(self.store.counter(records::uses_key(key_id))).unwrap_or(0);
+        let limit = self.options.encryptions_per_key_max;
+        if used.saturating_add(count) > limit {
+            return Err(AuthError::NonceLimitReached {
+                key_id: key_id.to_string(),
+                limit,
+            }
+            .into());
+        }
+        Ok(())
+    }
+}
+
+/// Decides which key the service runs with, given the one it was opened
+/// with: registers it on first use, follows an unfinished rotation, and
+/// refuses unknown or retired keys.
+pub(crate) fn resolve_master_key(
+    store: &Keyspace,
+    given: MasterKey,
+    clock: &dyn WallClock,
+) -> Result<MasterKey> {
+    let registered = registered_keys(store);
+    if registered.is_empty() {
+        let registration = StoredMasterKey::V1 {
+            created_ms: clock.now_ms(),
+        };
+        store.put(
+            records::master_key_key(given.id()),
+            records::encode(&registration)?,
+        )?;
+        return Ok(given);
+    }
+    if let Some(StoredRotation::V1 {
+        from,
+        to,
+        to_under_from,
+    }) = records::read(store, records::ROTATION_KEY.as_bytes())?
+    {
+        if given.id() == to {
+            return Ok(given);
+        }
+        if given.id() == from {
+            return crypto::unwrap_key(&given, to, &to_under_from).ok_or_else(|| {
+                Error::corruption(
+                    std::path::Path::new(AUTH_KEYSPACE),
+                    0,
+                    "the rotation record's wrapped key does not decrypt",
+                )
+            });
+        }
+    }
+    if !registered.contains(&given.id()) {
+        return Err(AuthError::UnknownMasterKey {
+            key_id: given.id().to_string(),
+        }
+        .into());
+    }
+    if let Some(successor) = successor_of(store, given.id()) {
+        return Err(AuthError::MasterKeyRetired {
+            key_id: given.id().to_string(),
+            successor: successor.to_string(),
+        }
+        .into());
+    }
+    Ok(given)
+}
+
+/// Every key reachable from `active` by unwrapping, `active` included.
+pub(crate) fn reachable_keys(
+    store: &Keyspace,
+    active: &MasterKey,
+) -> Result<HashMap<MasterKeyId, MasterKey>> {
+    let wrapped_under = wrapped_keys_by_outer(store)?;
+    let mut reachable = HashMap::from([(active.id(), active.clone())]);
+    let mut queue = VecDeque::from([active.clone()]);
+    while let Some(outer) = queue.pop_front() {
+        for (inner_id, sealed) in wrapped_under.get(&outer.id()).into_iter().flatten() {
+            if reachable.contains_key(inner_id) {
+                continue;
+            }
+            if let Some(inner) = crypto::unwrap_key(&outer, *inner_id, sealed) {
+                reachable.insert(*inner_id, inner.clone());
+                queue.push_back(inner);
+            }
+        }
+    }
+    Ok(reachable)
+}
+
+type WrappedIndex = HashMap<MasterKeyId, Vec<(MasterKeyId, crypto::Sealed)>>;
+
+/// The `master-wrap/<inner>/<outer>` records, indexed by outer key.
+fn wrapped_keys_by_outer(store: &Keyspace) -> Result<WrappedIndex> {
+    let mut index: WrappedIndex = HashMap::new();
+    for entry in store.scan(&ScanOptions::prefix(records::WRAP_PREFIX)) {
+        let Some((inner, outer)) = parse_wrap_key(entry.key()) else {
+            continue;
+        };
+        if let Some(StoredWrappedKey::V1(sealed)) = records::read(store, entry.key())? {
+            index.entry(outer).or_default().push((inner, sealed));
+        }
+    }
+    Ok(index)
+}
+
+/// The key that replaced `key_id`, if any copy rotated away from it.
+fn successor_of(store: &Keyspace, key_id: MasterKeyId) -> Option<MasterKeyId> {
+    let prefix = format!("{}{key_id}/", records::WRAP_PREFIX);
+    store
+        .scan(&ScanOptions::prefix(prefix))
+        .find_map(|entry| parse_wrap_key(entry.key()).map(|(_, outer)| outer))
+}
+
+fn registered_keys(store: &Keyspace) -> HashSet<MasterKeyId> {
+    store
+        .scan(&ScanOptions::prefix(records::MASTER_PREFIX))
+        .filter_map(|entry| {
+            let text = std::str::from_utf8(entry.key()).ok()?;
+            parse_key_id(text.strip_prefix(records::MASTER_PREFIX)?)
+        })
+        .collect()
+}
+
+fn parse_wrap_key(key: &[u8]) -> Option<(MasterKeyId, MasterKeyId)> {
+    let text = std::str::from_utf8(key).ok()?;
+    let (inner, outer) = text.strip_prefix(records::WRAP_PREFIX)?.split_once('/')?;
+    Some((parse_key_id(inner)?, parse_key_id(outer)?))
+}
+
+fn parse_key_id(text: &str) -> Option<MasterKeyId> {
+    let mut id = [0u8; 8];
+    hex_decode(text, &mut id).then_some(MasterKeyId(id))
+}

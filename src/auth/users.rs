@@ -1,0 +1,240 @@
+//! Users and passwords.
+
+use super::password::phc_params;
+use super::records::{self, StoredRehash, StoredUser, StoredUserDeleted, UserRecord};
+use super::{AuthError, AuthService, PasswordParams, hex_encode, random_bytes, validate_user_name};
+use crate::error::Result;
+use crate::{Batch, ScanOptions};
+
+/// What the service tells about a user (never the password hash).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserInfo {
+    /// The name.
+    pub name: String,
+    /// This incarnation's id (hex); a re-created name gets a new one.
+    pub user_id: String,
+    /// When the user was created, in ms since the Unix epoch.
+    pub created_ms: u64,
+    /// When the password was last set, in ms since the Unix epoch.
+    pub password_changed_ms: u64,
+    /// The argon2 costs of the stored hash (after any upgrade).
+    pub password_params: Option<PasswordParams>,
+}
+
+impl UserInfo {
+    fn new(name: &str, record: &UserRecord, phc: &str) -> UserInfo {
+        UserInfo {
+            name: name.to_string(),
+            user_id: hex_encode(&record.user_id),
+            created_ms: record.created_ms,
+            password_changed_ms: record.password_changed_ms,
+            password_params: phc_params(phc),
+        }
+    }
+}
+
+impl AuthService {
+    /// Creates a user. Fails with [`AuthError::UserExists`] if the name has
+    /// a live user, and [`AuthError::PasswordRejected`] if the password is
+    /// outside the length bounds.
+    pub fn create_user(&self, name: &str, password: impl AsRef<[u8]>) -> Result<UserInfo> {
+        validate_user_name(name)?;
+        self.check_new_password(password.as_ref())?;
+        // Hash before taking the lock: it is the slow part.
+        let phc = self.hasher.hash(password.as_ref())?;
+        let _guard = self.write_lock.lock();
+        if self.live_user(name)?.is_some() {
+            return Err(AuthError::UserExists { name: name.into() }.into());
+        }
+        let now_ms = self.now_ms();
+        let record = UserRecord {
+            user_id: random_bytes()?,
+            phc,
+            password_id: random_bytes()?,
+            created_ms: now_ms,
+            password_changed_ms: now_ms,
+        };
+        self.write_user(name, &record)?;
+        Ok(UserInfo::new(name, &record, &record.phc))
+    }
+
+    /// Checks a password. A wrong password, an unknown user and an invalid
+    /// name all return [`AuthError::Denied`] after the same amount of work:
+    /// one argon2id verification (against a dummy hash when there is no
+    /// user). A success with a hash weaker than the configured costs stores
+    /// a stronger one.
+    pub fn verify_password(&self, name: &str, password: impl AsRef<[u8]>) -> Result<UserInfo> {
+        let password = password.as_ref();
+        if password.len() > self.options.password_bytes_max {
+            // Refused on length alone, whether or not the user exists.
+            return Err(AuthError::Denied.into());
+        }
+        let user = match validate_user_name(name) {
+            Ok(()) => self.live_user(name)?,
+            Err(_) => None,
+        };
+        let phc = match &user {
+            Some(record) => self.effective_phc(name, record)?,
+            None => self.dummy_phc.clone(),
+        };
+        let matches = self.hasher.verify(password, &phc)?;
+        let Some(record) = user.filter(|_| matches) else {
+            return Err(AuthError::Denied.into());
+        };
+        if !self.hasher.needs_upgrade(&phc) {
+            return Ok(UserInfo::new(name, &record, &phc));
+        }
+        let upgraded = self.hasher.hash(password)?;
+        let rehash = StoredRehash::V1 {
+            password_id: record.password_id,
+            phc: upgraded.clone(),
+        };
+        self.store
+            .put(records::rehash_key(name), records::encode(&rehash)?)?;
+        Ok(UserInfo::new(name, &record, &upgraded))
+    }
+
+    /// Changes a password, given the current one (checked as
+    /// [`AuthService::verify_password`] does).
+    pub fn change_password(
+        &self,
+        name: &str,
+        current: impl AsRef<[u8]>,
+        new: impl AsRef<[u8]>,
+    ) -> Result<()> {
+        self.check_new_password(new.as_ref())?;
+        let verified = self.verify_password(name, current)?;
+        self.set_password(name, &verified.user_id, new.as_ref())
+    }
+
+    /// Sets a password without the current one (an administrator's reset).
+    pub fn reset_password(&self, name: &str, new: impl AsRef<[u8]>) -> Result<()> {
+        validate_user_name(name)?;
+        self.check_new_password(new.as_ref())?;
+        let record = self.require_user(name)?;
+        self.set_password(name, &hex_encode(&record.user_id), new.as_ref())
+    }
+
+    /// Deletes a user, their secrets, and (implicitly) their API keys, which
+    /// then fail with [`AuthError::ApiKeyRevoked`]. The deletion is a
+    /// permanent marker on this incarnation, so a concurrent password
+    /// change on another copy cannot bring the user back.
+    pub fn delete_user(&self, name: &str) -> Result<()> {
+        validate_user_name(name)?;
+        let _guard = self.write_lock.lock();
+        let record = self.require_user(name)?;
+        let marker = StoredUserDeleted::V1 {
+            name: name.into(),
+            deleted_ms: self.now_ms(),
+        };
+        let mut batch = Batch::new();
+        batch.put_in(
+            super::AUTH_KEYSPACE,
+            records::user_deleted_key(&record.user_id),
+            records::encode(&marker)?,
+        );
+        batch.delete_in(super::AUTH_KEYSPACE, records::user_key(name));
+        if self.store.get(records::rehash_key(name)).is_some() {
+            batch.delete_in(super::AUTH_KEYSPACE, records::rehash_key(name));
+        }
+        self.db.write(batch)?;
+        // The secrets no longer decrypt for anyone (their associated data
+        // names the deleted incarnation); removing them is housekeeping, in
+        // batches, after the deletion itself is durable.
+        self.delete_all_secrets_of(name)
+    }
+
+    /// The user named `name`, if there is a live one.
+    pub fn get_user(&self, name: &str) -> Result<Option<UserInfo>> {
+        validate_user_name(name)?;
+        let Some(record) = self.live_user(name)? else {
+            return Ok(None);
+        };
+        let phc = self.effective_phc(name, &record)?;
+        Ok(Some(UserInfo::new(name, &record, &phc)))
+    }
+
+    /// Every live user, by name.
+    pub fn list_users(&self) -> Result<Vec<UserInfo>> {
+        let mut users = Vec::new();
+        for entry in self.store.scan(&ScanOptions::prefix(records::USER_PREFIX)) {
+            let Some(name) = std::str::from_utf8(entry.key())
+                .ok()
+                .and_then(|k| k.strip_prefix(records::USER_PREFIX))
+            else {
+                continue;
+            };
+            if let Some(info) = self.get_user(name)? {
+                users.push(info);
+            }
+        }
+        Ok(users)
+    }
+
+    /// The record of the live user `name`: present and not marked deleted.
+    pub(crate) fn live_user(&self, name: &str) -> Result<Option<UserRecord>> {
+        let Some(StoredUser::V1(record)) = records::read(&self.store, &records::user_key(name))?
+        else {
+            return Ok(None);
+        };
+        let deleted = self
+            .store
+            .get(records::user_deleted_key(&record.user_id))
+            .is_some();
+        Ok((!deleted).then_some(record))
+    }
+
+    /// Like [`AuthService::live_user`], but absence is an error.
+    pub(crate) fn require_user(&self, name: &str) -> Result<UserRecord> {
+        self.live_user(name)?
+            .ok_or_else(|| AuthError::UnknownUser { name: name.into() }.into())
+    }
+
+    /// The hash to verify against: a rehash of the current password if one
+    /// was stored, else the user record's own.
+    fn effective_phc(&self, name: &str, record: &UserRecord) -> Result<String> {
+        match records::read(&self.store, &records::rehash_key(name))? {
+            Some(StoredRehash::V1 { password_id, phc }) if password_id == record.password_id => {
+                Ok(phc)
+            }
+            _ => Ok(record.phc.clone()),
+        }
+    }
+
+    fn check_new_password(&self, password: &[u8]) -> Result<()> {
+        let (min, max) = (
+            self.options.password_bytes_min,
+            self.options.password_bytes_max,
+        );
+        if password.len() < min || password.len() > max {
+            return Err(AuthError::PasswordRejected {
+                reason: format!("must be {min} to {max} bytes, got {}", password.len()),
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    /// Stores a new hash for the user whose incarnation is `user_id_hex`.
+    fn set_password(&self, name: &str, user_id_hex: &str, password: &[u8]) -> Result<()> {
+        let phc = self.hasher.hash(password)?;
+        let _guard = self.write_lock.lock();
+        // Re-read under the lock: the user may have been deleted (or
+        // deleted and re-created) while we hashed.
+        let mut record = self
+            .live_user(name)?
+            .filter(|r| hex_encode(&r.user_id) == user_id_hex)
+            .ok_or_else(|| AuthError::UnknownUser { name: name.into() })?;
+        record.phc = phc;
+        record.password_id = random_bytes()?;
+        record.password_changed_ms = self.now_ms();
+        self.write_user(name, &record)
+    }
+
+    fn write_user(&self, name: &str, record: &UserRecord) -> Result<()> {
+        let stored = StoredUser::V1(record.clone());
+        self.store
+            .put(records::user_key(name), records::encode(&stored)?)?;
+        Ok(())
+    }
+}
