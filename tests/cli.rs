@@ -448,9 +448,9 @@ fn demo_runs_to_completion_in_a_given_dir() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("demo");
     let run = Run::from(bin().args(["demo", "--dir"]).arg(&dir).output().unwrap()).expect(0);
-    for step in 1..=11 {
+    for step in 1..=12 {
         assert!(
-            run.stdout.contains(&format!("[{step}/11]")),
+            run.stdout.contains(&format!("[{step}/12]")),
             "step {step}: {}",
             run.stdout
         );
@@ -463,6 +463,7 @@ fn demo_runs_to_completion_in_a_given_dir() {
         "100000 keys",
         "snapshot at seq",
         "equal digests",
+        "token authenticated then revoked",
         ": ok",
     ] {
         assert!(run.stdout.contains(needle), "{needle}: {}", run.stdout);
@@ -494,7 +495,7 @@ fn demo_without_dir_cleans_up_its_temp_dir() {
         (json["ok"].as_bool(), json["kept"].as_bool()),
         (Some(true), Some(false))
     );
-    assert_eq!(json["steps"].as_array().map(Vec::len), Some(10));
+    assert_eq!(json["steps"].as_array().map(Vec::len), Some(11));
     assert!(
         json["dir"]
             .as_str()
@@ -606,4 +607,150 @@ fn export_import_and_digest_make_two_copies_converge() {
     refused.assert_one_line_error();
     assert!(refused.stderr.contains("a-to-b.mkvc"));
     mkv(&a, &["export", "--since", "bogus", empty.to_str().unwrap()]).expect(2);
+}
+
+const MASTER_KEY_HEX: &str = "3c1e9f0a7b2d4c6e8f1a3b5c7d9e0f2a4b6c8d0e1f3a5b7c9d2e4f6a8b0c1d3e";
+
+/// Runs an auth command with `input` on stdin and the master key in the
+/// environment (or no key at all when `key` is `None`).
+fn mkv_auth(dir: &Path, args: &[&str], input: &str, key: Option<&str>) -> Run {
+    let mut command = bin();
+    command.arg("--data").arg(dir).args(args);
+    match key {
+        Some(hex) => command.env("MERGEKV_MASTER_KEY", hex),
+        None => command.env_remove("MERGEKV_MASTER_KEY"),
+    };
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    Run::from(child.wait_with_output().unwrap())
+}
+
+#[test]
+fn users_are_added_verified_and_deleted_with_passwords_from_stdin() {
+    let (_tmp, dir) = db_dir();
+    let key = Some(MASTER_KEY_HEX);
+    mkv_auth(&dir, &["user", "add", "alice"], "s3cret-password\n", key).expect(0);
+    mkv_auth(&dir, &["user", "add", "alice"], "other-password\n", key)
+        .expect(2)
+        .assert_one_line_error();
+    mkv_auth(&dir, &["user", "verify", "alice"], "s3cret-password\n", key).expect(0);
+    let wrong = mkv_auth(&dir, &["user", "verify", "alice"], "wrong-password\n", key).expect(4);
+    wrong.assert_one_line_error();
+    let unknown = mkv_auth(&dir, &["user", "verify", "bob"], "wrong-password\n", key).expect(4);
+    assert_eq!(wrong.stderr, unknown.stderr, "the same error for both");
+    let listed = mkv_auth(&dir, &["user", "list"], "", key).expect(0);
+    assert_eq!(listed.lines(), ["alice"]);
+    mkv_auth(&dir, &["user", "del", "alice"], "", key).expect(0);
+    mkv_auth(&dir, &["user", "del", "alice"], "", key).expect(1);
+    mkv_auth(&dir, &["user", "verify", "alice"], "s3cret-password\n", key).expect(4);
+    // A password too short for the policy, and an empty stdin.
+    mkv_auth(&dir, &["user", "add", "carol"], "short\n", key).expect(2);
+    mkv_auth(&dir, &["user", "add", "carol"], "", key).expect(2);
+}
+
+#[test]
+fn the_master_key_must_be_given_and_must_match() {
+    let (_tmp, dir) = db_dir();
+    let missing = mkv_auth(&dir, &["user", "list"], "", None).expect(2);
+    missing.assert_one_line_error();
+    assert!(missing.stderr.contains("MERGEKV_MASTER_KEY"));
+    assert!(!dir.exists(), "a missing key creates nothing");
+    mkv_auth(&dir, &["user", "list"], "", Some("abc")).expect(2);
+    mkv_auth(
+        &dir,
+        &["user", "add", "alice"],
+        "s3cret-password\n",
+        Some(MASTER_KEY_HEX),
+    )
+    .expect(0);
+    let other = "00".repeat(32);
+    mkv_auth(&dir, &["user", "list"], "", Some(&other))
+        .expect(2)
+        .assert_one_line_error();
+    // The key from a file (with a trailing newline) instead of the env.
+    let key_file = dir.parent().unwrap().join("master.key");
+    std::fs::write(&key_file, format!("{MASTER_KEY_HEX}\n")).unwrap();
+    let key_arg = key_file.to_str().unwrap();
+    let listed = mkv_auth(
+        &dir,
+        &["--master-key-file", key_arg, "user", "list"],
+        "",
+        None,
+    );
+    assert_eq!(listed.expect(0).lines(), ["alice"]);
+}
+
+#[test]
+fn api_keys_are_created_authenticated_and_revoked() {
+    let (_tmp, dir) = db_dir();
+    let key = Some(MASTER_KEY_HEX);
+    mkv_auth(&dir, &["user", "add", "alice"], "s3cret-password\n", key).expect(0);
+    let created = mkv_auth(
+        &dir,
+        &[
+            "apikey",
+            "create",
+            "alice",
+            "--scope",
+            "read",
+            "--scope",
+            "replicate",
+            "--expires-in",
+            "30d",
+        ],
+        "",
+        key,
+    )
+    .expect(0);
+    let token = created.stdout.trim().to_string();
+    assert!(token.starts_with("mk_") && token.len() == 84, "{token}");
+    let key_id = &token[3..19];
+    let auth = mkv_auth(&dir, &["apikey", "auth"], &format!("{token}\n"), key).expect(0);
+    assert_eq!(auth.stdout.trim(), "alice read,replicate");
+    let json = mkv_auth(&dir, &["--json", "apikey", "auth"], &token, key)
+        .expect(0)
+        .json();
+    assert_eq!(json["user"], "alice");
+    assert_eq!(json["key_id"], key_id);
+    assert!(json.get("token").is_none());
+
+    let mut altered = token.clone().into_bytes();
+    altered[40] = if altered[40] == b'a' { b'b' } else { b'a' };
+    let altered = String::from_utf8(altered).unwrap();
+    mkv_auth(&dir, &["apikey", "auth"], &altered, key)
+        .expect(4)
+        .assert_one_line_error();
+    mkv_auth(&dir, &["apikey", "auth"], "not a token", key).expect(4);
+    mkv_auth(&dir, &["apikey", "revoke", key_id], "", key).expect(0);
+    let revoked = mkv_auth(&dir, &["apikey", "auth"], &token, key).expect(4);
+    assert!(revoked.stderr.contains("revoked"), "{}", revoked.stderr);
+    let listed = mkv_auth(&dir, &["apikey", "list", "alice"], "", key).expect(0);
+    assert!(listed.stdout.contains(key_id) && listed.stdout.contains("revoked"));
+
+    mkv_auth(&dir, &["apikey", "revoke", "0123456789abcdef"], "", key).expect(1);
+    mkv_auth(
+        &dir,
+        &["apikey", "create", "alice", "--scope", "root"],
+        "",
+        key,
+    )
+    .expect(2);
+    mkv_auth(
+        &dir,
+        &["apikey", "create", "alice", "--expires-in", "3 days"],
+        "",
+        key,
+    )
+    .expect(2);
+    mkv_auth(&dir, &["apikey", "create", "nobody"], "", key).expect(1);
 }

@@ -26,6 +26,12 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub json: bool,
 
+    /// File holding the 32-byte master key as 64 hex characters (for the
+    /// `user` and `apikey` commands). Without it, the key comes from the
+    /// MERGEKV_MASTER_KEY environment variable. Never pass the key itself.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub master_key_file: Option<PathBuf>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -59,6 +65,89 @@ pub enum Command {
     Load(LoadArgs),
     /// Walk through what mergekv does, step by step.
     Demo(DemoArgs),
+    /// Manage users (passwords are read from stdin or a prompt).
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Manage API keys.
+    #[command(subcommand)]
+    Apikey(ApikeyCommand),
+}
+
+/// `user ...`.
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create user NAME; the password is read from stdin (one line) or a prompt.
+    Add(UserNameArg),
+    /// Check NAME's password, read from stdin; exit 0 if right, 4 if denied.
+    Verify(UserNameArg),
+    /// Delete user NAME, their secrets, and (in effect) their API keys.
+    Del(UserNameArg),
+    /// List users.
+    List,
+}
+
+/// A user name.
+#[derive(Debug, Args)]
+pub struct UserNameArg {
+    /// The user name.
+    pub name: String,
+}
+
+/// `apikey ...`.
+#[derive(Debug, Subcommand)]
+pub enum ApikeyCommand {
+    /// Create a key for USER and print its token (shown this once only).
+    Create(ApikeyCreateArgs),
+    /// Check a token read from stdin; print its user and scopes; exit 4 if denied.
+    Auth,
+    /// Revoke the key KEY_ID.
+    Revoke(KeyIdArg),
+    /// List USER's keys.
+    List(UserNameArg),
+}
+
+/// `apikey create`.
+#[derive(Debug, Args)]
+pub struct ApikeyCreateArgs {
+    /// The user the key acts for.
+    pub user: String,
+    /// A scope: read, write, replicate or admin (repeatable; default read).
+    #[arg(long = "scope", value_name = "S")]
+    pub scopes: Vec<String>,
+    /// Expire after DURATION: a number with a unit s, m, h, d or w (`90d`).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub expires_in: Option<std::time::Duration>,
+}
+
+/// A key id.
+#[derive(Debug, Args)]
+pub struct KeyIdArg {
+    /// The key id (16 hex characters, as `apikey create` and `apikey list` print it).
+    pub key_id: String,
+}
+
+/// Parses `90s`, `15m`, `12h`, `30d`, `2w`.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{text:?} has no unit (use s, m, h, d or w)"))?;
+    let (number, unit) = text.split_at(split);
+    let count: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} does not start with a number"))?;
+    let unit_secs: u64 = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        _ => return Err(format!("unknown unit {unit:?} (use s, m, h, d or w)")),
+    };
+    count
+        .checked_mul(unit_secs)
+        .filter(|&secs| secs > 0)
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(|| format!("{text:?} must be positive and at most u64 seconds"))
 }
 
 /// The keyspace option shared by the key commands.

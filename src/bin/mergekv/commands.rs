@@ -12,7 +12,7 @@ use crate::args::{
 };
 use crate::error::CliError;
 use crate::output::{self, EntryJson, GetJson, Out, OutcomeJson, ScanJson, VerifyJson};
-use crate::{demo, load};
+use crate::{auth, demo, load};
 
 /// Runs the command line; the error carries the exit code.
 pub fn run(cli: &Cli) -> Result<(), CliError> {
@@ -38,6 +38,8 @@ fn dispatch(cli: &Cli, out: &mut Out) -> Result<(), CliError> {
         Command::Verify(a) => verify(data, a, out),
         Command::Load(a) => load::load(data, a, out),
         Command::Demo(a) => demo::demo(a.dir.as_deref(), out),
+        Command::User(c) => auth::user(cli, c, out),
+        Command::Apikey(c) => auth::apikey(cli, c, out),
     }
 }
 

@@ -9,6 +9,8 @@ pub const EXIT_NOT_FOUND: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 /// Exit code: damaged data, or an I/O failure.
 pub const EXIT_DATA: u8 = 3;
+/// Exit code: a password or token was refused.
+pub const EXIT_DENIED: u8 = 4;
 
 /// Why a command did not succeed.
 #[derive(Debug)]
@@ -54,6 +56,7 @@ impl From<mergekv::Error> for CliError {
     fn from(error: mergekv::Error) -> Self {
         use mergekv::Error as E;
         let code = match &error {
+            E::Auth(auth) => auth_exit_code(auth),
             E::InvalidKeyspace { .. }
             | E::InvalidCommand { .. }
             | E::LimitExceeded { .. }
@@ -63,5 +66,18 @@ impl From<mergekv::Error> for CliError {
             _ => EXIT_DATA,
         };
         Self::new(code, error)
+    }
+}
+
+fn auth_exit_code(error: &mergekv::auth::AuthError) -> u8 {
+    use mergekv::auth::AuthError as A;
+    match error {
+        e if e.is_denial() => EXIT_DENIED,
+        A::UnknownUser { .. } | A::UnknownApiKey { .. } | A::SecretNotFound { .. } => {
+            EXIT_NOT_FOUND
+        }
+        A::DecryptFailed { .. } | A::RandomnessUnavailable { .. } => EXIT_DATA,
+        // Names, policies, master key mistakes: the caller can fix them.
+        _ => EXIT_USAGE,
     }
 }

@@ -4,6 +4,7 @@
 //! failure prints one line on stderr: `mergekv: error: <message>`.
 
 mod args;
+mod auth;
 mod commands;
 mod demo;
 mod error;
