@@ -50,6 +50,10 @@
 //! # }
 //! ```
 //!
+//! On top of the engine, [`auth::AuthService`] keeps users (argon2id),
+//! scoped API keys and AES-256-GCM encrypted secrets in the database
+//! itself, so they persist and merge like any data.
+//!
 //! See `docs/ARCHITECTURE.md` for the code map and `docs/FORMAT.md` for the
 //! byte layouts.
 

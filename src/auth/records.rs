@@ -11,7 +11,7 @@
 //! | `user-rehash/<name>` | [`StoredRehash`] | verify, when the hash is weak |
 //! | `apikey/<key_id hex>` | [`StoredApiKey`] | create |
 //! | `apikey-revoked/<key_id hex>` | [`StoredRevocation`] | revoke (never removed) |
-//! | `secret/<user>/<name>` | [`StoredSecret`] | put, rotation |
+//! | `secret/<user>/<name>` | [`SecretRecord`] (hand-encoded) | put, rotation |
 //! | `master/<key_id hex>` | [`StoredMasterKey`] | first open, rotation |
 //! | `master-wrap/<old hex>/<new hex>` | [`StoredWrappedKey`] | rotation (never removed) |
 //! | `master-rotation` | [`StoredRotation`] | rotation start; deleted at its end |
@@ -25,9 +25,11 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::apikey::Scopes;
-use super::crypto::{MasterKeyId, Sealed};
+use super::crypto::{MasterKeyId, NONCE_BYTES, Sealed};
 use super::hex_encode;
 use crate::Keyspace;
+use crate::codec::{Reader, Writer};
+use crate::error::Error;
 use crate::error::Result;
 
 /// Bytes of a user incarnation id.
@@ -101,10 +103,68 @@ pub(crate) enum StoredRevocation {
 }
 
 /// A secret's ciphertext and the master key it is under.
-#[derive(Serialize, Deserialize)]
-pub(crate) enum StoredSecret {
-    /// Version 1.
-    V1 { key_id: MasterKeyId, sealed: Sealed },
+///
+/// Encoded by hand, not with serde: it is the one record whose size grows
+/// with user data, and serde writes a byte vector one element at a time
+/// (a 64 KiB secret decoded at under 200 MiB/s that way). Layout:
+/// version u8 (1) | key id [8] | nonce [12] | ciphertext with its 16-byte
+/// tag (the rest).
+pub(crate) struct SecretRecord {
+    pub(crate) key_id: MasterKeyId,
+    pub(crate) sealed: Sealed,
+}
+
+const SECRET_RECORD_VERSION: u8 = 1;
+/// Bytes of an AES-GCM tag: the shortest possible ciphertext.
+const GCM_TAG_BYTES: usize = 16;
+
+impl SecretRecord {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::with_capacity(1 + 8 + NONCE_BYTES + self.sealed.ciphertext.len());
+        w.u8(SECRET_RECORD_VERSION);
+        w.bytes(&self.key_id.0);
+        w.bytes(&self.sealed.nonce);
+        w.bytes(&self.sealed.ciphertext);
+        w.into_vec()
+    }
+
+    pub(crate) fn decode(bytes: &[u8]) -> Result<SecretRecord> {
+        let fail = |reason: String| Error::Decode {
+            what: "secret record",
+            reason,
+        };
+        let mut r = Reader::new(bytes);
+        let version = r.u8().map_err(|e| fail(e.to_string()))?;
+        if version != SECRET_RECORD_VERSION {
+            return Err(fail(format!("unknown version {version}")));
+        }
+        let mut key_id = [0u8; 8];
+        key_id.copy_from_slice(r.take(8).map_err(|e| fail(e.to_string()))?);
+        let mut nonce = [0u8; NONCE_BYTES];
+        nonce.copy_from_slice(r.take(NONCE_BYTES).map_err(|e| fail(e.to_string()))?);
+        let ciphertext = r.take(r.remaining()).map_err(|e| fail(e.to_string()))?;
+        if ciphertext.len() < GCM_TAG_BYTES {
+            return Err(fail(format!(
+                "{} bytes of ciphertext, less than a tag",
+                ciphertext.len()
+            )));
+        }
+        Ok(SecretRecord {
+            key_id: MasterKeyId(key_id),
+            sealed: Sealed {
+                nonce,
+                ciphertext: ciphertext.to_vec(),
+            },
+        })
+    }
+
+    /// The secret record at `key`, if any.
+    pub(crate) fn read(store: &Keyspace, key: &[u8]) -> Result<Option<SecretRecord>> {
+        store
+            .get(key)
+            .map(|bytes| SecretRecord::decode(&bytes))
+            .transpose()
+    }
 }
 
 /// Registers a master key with the database.

@@ -17,7 +17,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use super::crypto::{self, MasterKey, MasterKeyId, SecretBytes, SecretPlace};
-use super::records::{self, StoredMasterKey, StoredRotation, StoredSecret, StoredWrappedKey};
+use super::records::{self, SecretRecord, StoredMasterKey, StoredRotation, StoredWrappedKey};
 use super::{
     AuthError, AuthService, KeyRing, hex_decode, validate_secret_name, validate_user_name,
 };
@@ -66,7 +66,7 @@ impl AuthService {
             name,
         };
         let sealed = crypto::seal_secret(&key, &place, plaintext)?;
-        let stored = StoredSecret::V1 {
+        let stored = SecretRecord {
             key_id: key.id(),
             sealed,
         };
@@ -74,7 +74,7 @@ impl AuthService {
         batch.put_in(
             AUTH_KEYSPACE,
             records::secret_key(user, name),
-            records::encode(&stored)?,
+            stored.encode(),
         );
         batch.increment_in(AUTH_KEYSPACE, records::uses_key(key.id()), 1);
         self.db.write(batch)?;
@@ -91,8 +91,8 @@ impl AuthService {
             user: user.into(),
             name: name.into(),
         };
-        let Some(StoredSecret::V1 { key_id, sealed }) =
-            records::read(&self.store, &records::secret_key(user, name))?
+        let Some(SecretRecord { key_id, sealed }) =
+            SecretRecord::read(&self.store, &records::secret_key(user, name))?
         else {
             return Err(not_found().into());
         };
@@ -253,8 +253,8 @@ impl AuthService {
 
     fn is_under(&self, key: &[u8], key_id: MasterKeyId) -> bool {
         matches!(
-            records::read(&self.store, key),
-            Ok(Some(StoredSecret::V1 { key_id: k, .. })) if k == key_id
+            SecretRecord::read(&self.store, key),
+            Ok(Some(SecretRecord { key_id: k, .. })) if k == key_id
         )
     }
 
@@ -270,7 +270,7 @@ impl AuthService {
         for key in keys {
             match self.reencrypt_one(key, active)? {
                 Some(stored) => {
-                    batch.put_in(AUTH_KEYSPACE, key, records::encode(&stored)?);
+                    batch.put_in(AUTH_KEYSPACE, key, stored.encode());
                     sealed_count += 1;
                 }
                 None => report.skipped += 1,
@@ -292,11 +292,11 @@ impl AuthService {
 
     /// The secret at `key` sealed under `active`; `None` if it cannot be
     /// read (its user is gone, its key unreachable, or it is damaged).
-    fn reencrypt_one(&self, key: &[u8], active: &MasterKey) -> Result<Option<StoredSecret>> {
+    fn reencrypt_one(&self, key: &[u8], active: &MasterKey) -> Result<Option<SecretRecord>> {
         let Some((user, name)) = records::parse_secret_key(key) else {
             return Ok(None);
         };
-        let Some(StoredSecret::V1 { key_id, sealed }) = records::read(&self.store, key)? else {
+        let Some(SecretRecord { key_id, sealed }) = SecretRecord::read(&self.store, key)? else {
             return Ok(None);
         };
         let Some(owner) = self.live_user(&user)? else {
@@ -314,7 +314,7 @@ impl AuthService {
             return Ok(None);
         };
         let sealed = crypto::seal_secret(active, &place, plaintext.expose())?;
-        Ok(Some(StoredSecret::V1 {
+        Ok(Some(SecretRecord {
             key_id: active.id(),
             sealed,
         }))
