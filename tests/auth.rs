@@ -1,7 +1,5 @@
 //! The auth service: users, API keys, secrets, rotation, merging, timing.
 
-mod common;
-
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -317,6 +315,8 @@ fn the_files_hold_neither_passwords_nor_api_secrets_nor_plaintext_secrets() {
     assert!(!contains(&files, api_secret_hex.as_bytes()));
     assert!(!contains(&files, &api_secret_raw));
     assert!(!contains(&files, secret_value));
+    assert!(!contains(&files, &[1u8; 32]), "the master key's bytes");
+    assert!(!contains(&files, key(1).to_hex().as_bytes()));
 }
 
 #[test]
@@ -335,8 +335,13 @@ fn a_secret_moved_to_another_record_or_altered_fails_to_decrypt() {
         b"alice's db password"
     );
     let raw = db.reserved_keyspace("_auth").unwrap();
-    let alice_db = raw.get("secret/alice/db").unwrap();
-    for target in ["secret/bob/db", "secret/alice/other"] {
+    let id = |user: &str| auth.get_user(user).unwrap().unwrap().user_id;
+    let alice_db_key = format!("secret/{}/db", id("alice"));
+    let alice_db = raw.get(&alice_db_key).unwrap();
+    for target in [
+        format!("secret/{}/db", id("bob")),
+        format!("secret/{}/other", id("alice")),
+    ] {
         raw.put(target, &alice_db).unwrap();
     }
     assert!(matches!(
@@ -352,7 +357,7 @@ fn a_secret_moved_to_another_record_or_altered_fails_to_decrypt() {
         let mut altered = alice_db.to_vec();
         let at = altered.len() - from_end;
         altered[at] ^= 0x04;
-        raw.put("secret/alice/db", &altered).unwrap();
+        raw.put(&alice_db_key, &altered).unwrap();
         assert!(matches!(
             auth_error(auth.get_secret("alice", "db")),
             AuthError::DecryptFailed { .. }
@@ -388,7 +393,7 @@ fn assert_secrets_readable(auth: &AuthService, count: usize) {
 }
 
 #[test]
-fn a_rotation_cut_short_by_a_failure_finishes_on_reopen_with_either_key() {
+fn a_rotation_cut_short_by_a_failure_finishes_on_reopen_with_the_new_key() {
     const SECRETS: usize = 40;
     let dir = tempfile::tempdir().unwrap();
     let faults = FaultInjector::new();
@@ -402,24 +407,29 @@ fn a_rotation_cut_short_by_a_failure_finishes_on_reopen_with_either_key() {
             },
         )
         .unwrap();
-        let rotating = AuthOptions {
-            rotation_batch_secrets: 5,
-            ..options()
-        };
-        let auth = AuthService::open_with(&db, key(1), rotating).unwrap();
+        let auth = AuthService::open_with(&db, key(1), options()).unwrap();
         put_secrets(&auth, SECRETS);
-        // Write 1 starts the rotation, writes 2..=3 re-encrypt two batches,
-        // write 4 (the third batch) fails.
-        faults.fail_from_nth(IoOp::Write, 4);
+        // Write 1 starts the rotation; each secret then takes two (the
+        // re-encrypted record, the budget count): write 20 fails, in the
+        // middle of the tenth secret.
+        faults.fail_from_nth(IoOp::Write, 20);
         assert!(auth.rotate_master_key(key(2)).is_err());
         assert!(faults.injected() > 0);
     }
-    let with_old_key = common::copy_db(dir.path());
     let db = open_db(dir.path());
     let raw = db.reserved_keyspace("_auth").unwrap();
     assert!(
         raw.get("master-rotation").is_some(),
         "the failure left the rotation unfinished"
+    );
+    // The old key is refused, naming the new one (which is never stored
+    // under the old key, so the old key alone cannot finish).
+    assert_eq!(
+        auth_error(AuthService::open_with(&db, key(1), options())),
+        AuthError::MasterKeyRetired {
+            key_id: key(1).id().to_string(),
+            successor: key(2).id().to_string()
+        }
     );
     let auth = service(&db, 2);
     assert!(
@@ -428,19 +438,29 @@ fn a_rotation_cut_short_by_a_failure_finishes_on_reopen_with_either_key() {
     );
     assert_eq!(auth.master_key_id(), key(2).id());
     assert_secrets_readable(&auth, SECRETS);
-    assert!(matches!(
-        auth_error(AuthService::open_with(&db, key(1), options())),
-        AuthError::MasterKeyRetired { .. }
-    ));
+    // Everything is now under the new key: a further rotation re-encrypts
+    // all of it.
+    let report = auth.rotate_master_key(key(3)).unwrap();
+    assert_eq!((report.reencrypted, report.skipped), (SECRETS, 0));
+}
 
-    let db_old = open_db(with_old_key.path());
-    let auth_old = service(&db_old, 1);
-    assert_eq!(
-        auth_old.master_key_id(),
-        key(2).id(),
-        "reopened with the old key, the service follows the rotation"
-    );
-    assert_secrets_readable(&auth_old, SECRETS);
+#[test]
+fn a_damaged_secret_is_skipped_by_a_rotation_and_never_blocks_opening() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_db(dir.path());
+    let auth = service(&db, 1);
+    put_secrets(&auth, 6);
+    let raw = db.reserved_keyspace("_auth").unwrap();
+    let user0 = auth.get_user("user0").unwrap().unwrap().user_id;
+    raw.put(format!("secret/{user0}/junk"), "not a secret record")
+        .unwrap();
+    raw.put("secret/not-hex/x", "junk").unwrap();
+    let report = auth.rotate_master_key(key(2)).unwrap();
+    assert_eq!((report.reencrypted, report.skipped), (6, 2));
+    drop(auth);
+    let reopened = service(&db, 2);
+    assert_secrets_readable(&reopened, 6);
+    assert!(reopened.get_secret("user0", "junk").is_err());
 }
 
 #[test]
@@ -515,6 +535,18 @@ struct Copy {
     clock: Arc<ManualClock>,
 }
 
+impl Copy {
+    /// The auth service over this copy, on the copy's clock (creation
+    /// times decide between concurrent incarnations of one name).
+    fn service(&self, master: u8) -> AuthService {
+        let options = AuthOptions {
+            wall_clock: self.clock.clone(),
+            ..options()
+        };
+        AuthService::open_with(&self.db, key(master), options).unwrap()
+    }
+}
+
 fn copy(start_ms: u64) -> Copy {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(start_ms));
@@ -568,7 +600,7 @@ fn two_copies_that_created_users_and_keys_apart_merge_into_one_set() {
 #[test]
 fn concurrent_changes_to_one_user_resolve_the_same_way_on_both_copies() {
     let (a, b) = (copy(1_000), copy(1_000));
-    let (auth_a, auth_b) = (service(&a.db, 7), service(&b.db, 7));
+    let (auth_a, auth_b) = (a.service(7), b.service(7));
     auth_a.create_user("dave", "dave's password").unwrap();
     auth_a.create_user("erin", "erin's password").unwrap();
     sync(&a.db, &b.db);
@@ -669,5 +701,101 @@ fn an_unknown_user_costs_what_a_wrong_password_costs() {
     assert!(
         difference < hash / 4,
         "unknown user {unknown:?} vs wrong password {wrong:?}: {difference:?} apart, one hash {hash:?}"
+    );
+}
+
+#[test]
+fn a_rotation_never_undoes_a_newer_change_made_on_another_copy() {
+    let (a, b) = (copy(1_000), copy(1_000));
+    let (auth_a, auth_b) = (service(&a.db, 7), service(&b.db, 7));
+    auth_a.create_user("alice", PASSWORD).unwrap();
+    for name in ["kept", "updated", "deleted"] {
+        auth_a.put_secret("alice", name, b"old").unwrap();
+    }
+    sync(&a.db, &b.db);
+    // B changes two secrets; A, not having seen that, rotates later.
+    b.clock.advance_ms(10);
+    auth_b.put_secret("alice", "updated", b"new").unwrap();
+    assert!(auth_b.delete_secret("alice", "deleted").unwrap());
+    a.clock.advance_ms(50);
+    let report = auth_a.rotate_master_key(key(8)).unwrap();
+    assert_eq!(report.reencrypted, 3);
+    sync(&a.db, &b.db);
+    sync(&b.db, &a.db);
+    let auth_b = AuthService::open_with(&b.db, key(8), options()).unwrap();
+    for auth in [&auth_a, &auth_b] {
+        assert_eq!(auth.get_secret("alice", "kept").unwrap().expose(), b"old");
+        assert_eq!(
+            auth.get_secret("alice", "updated").unwrap().expose(),
+            b"new"
+        );
+        assert!(matches!(
+            auth_error(auth.get_secret("alice", "deleted")),
+            AuthError::SecretNotFound { .. }
+        ));
+    }
+    assert_eq!(a.db.digest().root_hex(), b.db.digest().root_hex());
+}
+
+#[test]
+fn a_late_write_to_a_deleted_incarnation_does_not_hide_the_new_one() {
+    let (a, b) = (copy(1_000), copy(1_000));
+    let (auth_a, auth_b) = (a.service(7), b.service(7));
+    auth_a.create_user("dave", "dave's password").unwrap();
+    sync(&a.db, &b.db);
+    auth_a.delete_user("dave").unwrap();
+    a.clock.advance_ms(5);
+    auth_a.create_user("dave", "dave's 2nd password").unwrap();
+    let (_, token) = auth_a
+        .create_api_key("dave", Scopes::of(&[Scope::Read]), None)
+        .unwrap();
+    // B, still holding the first dave, changes his password later.
+    b.clock.advance_ms(100);
+    auth_b
+        .change_password("dave", "dave's password", "dave's 3rd password")
+        .unwrap();
+    sync(&a.db, &b.db);
+    sync(&b.db, &a.db);
+    for auth in [&auth_a, &auth_b] {
+        assert!(auth.verify_password("dave", "dave's 2nd password").is_ok());
+        assert!(auth.verify_password("dave", "dave's 3rd password").is_err());
+        assert!(auth.authenticate_api_key(token.expose()).is_ok());
+    }
+}
+
+#[test]
+fn a_user_with_a_weak_stored_hash_fails_as_slowly_as_an_unknown_user() {
+    const ROUNDS: usize = 21;
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_db(dir.path());
+    service(&db, 1).create_user("legacy", PASSWORD).unwrap();
+    let auth = AuthService::open_with(
+        &db,
+        key(1),
+        AuthOptions {
+            password_params: PasswordParams {
+                memory_kib: 4096,
+                passes: 2,
+                lanes: 1,
+            },
+            ..AuthOptions::default()
+        },
+    )
+    .unwrap();
+    let time = |name: &str| {
+        let start = Instant::now();
+        let error = auth_error(auth.verify_password(name, "not the password"));
+        assert_eq!(error, AuthError::Denied);
+        start.elapsed()
+    };
+    let (mut unknown, mut legacy) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        unknown.push(time("nobody"));
+        legacy.push(time("legacy"));
+    }
+    let (unknown, legacy) = (median(unknown), median(legacy));
+    assert!(
+        legacy.abs_diff(unknown) < unknown / 4,
+        "legacy-hash user {legacy:?} vs unknown user {unknown:?}"
     );
 }

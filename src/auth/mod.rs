@@ -4,7 +4,8 @@
 //! Everything lives in the reserved keyspace `_auth` of the database the
 //! service wraps, so it is as durable as any data, travels in change sets,
 //! and merges like any data. The record layout is in [`records`]; what
-//! merging means for each record is in `docs/ARCHITECTURE.md` ("Auth").
+//! merging means for each record is in `docs/ARCHITECTURE.md`
+//! (`src/auth/`).
 //!
 //! ```
 //! use mergekv::auth::{AuthOptions, AuthService, MasterKey, PasswordParams, Scope, Scopes};
@@ -41,6 +42,8 @@ mod users;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 
@@ -81,8 +84,8 @@ pub struct AuthOptions {
     /// and asks for a rotation. Default 2^32, the NIST bound for random
     /// 96-bit GCM nonces.
     pub encryptions_per_key_max: u64,
-    /// Secrets re-encrypted per atomic batch during a rotation.
-    pub rotation_batch_secrets: usize,
+    /// Secrets deleted per atomic batch when their user is deleted.
+    pub secret_deletes_per_batch: usize,
     /// Time source for creation times and API key expiry.
     pub wall_clock: Arc<dyn WallClock>,
 }
@@ -95,7 +98,7 @@ impl Default for AuthOptions {
             password_bytes_max: 1024,
             secret_bytes_max: 64 * 1024,
             encryptions_per_key_max: 1 << 32,
-            rotation_batch_secrets: 256,
+            secret_deletes_per_batch: 256,
             wall_clock: Arc::new(SystemClock),
         }
     }
@@ -111,8 +114,8 @@ impl AuthOptions {
         if self.password_bytes_min == 0 || self.password_bytes_min > self.password_bytes_max {
             return bad("need 1 <= password_bytes_min <= password_bytes_max");
         }
-        if self.rotation_batch_secrets == 0 || self.encryptions_per_key_max == 0 {
-            return bad("rotation_batch_secrets and encryptions_per_key_max must be positive");
+        if self.secret_deletes_per_batch == 0 || self.encryptions_per_key_max == 0 {
+            return bad("secret_deletes_per_batch and encryptions_per_key_max must be positive");
         }
         Ok(())
     }
@@ -135,6 +138,7 @@ pub struct AuthService {
     /// reason.
     dummy_key_hash: [u8; 32],
     keys: RwLock<KeyRing>,
+    timing: VerifyTiming,
     /// Serialises writes that read before they write (create a user,
     /// re-encrypt a secret), so two threads cannot interleave them.
     write_lock: Mutex<()>,
@@ -171,7 +175,9 @@ impl AuthService {
         options.validate()?;
         let hasher = PasswordHasher::new(options.password_params)?;
         let dummy_password: [u8; 32] = random_bytes()?;
+        let started = Instant::now();
         let dummy_phc = hasher.hash(&dummy_password)?;
+        let timing = VerifyTiming::new(started.elapsed());
         let dummy_key_hash: [u8; 32] = random_bytes()?;
         let store = db.reserved_keyspace(AUTH_KEYSPACE)?;
         let active = secrets::resolve_master_key(&store, master_key, &*options.wall_clock)?;
@@ -184,6 +190,7 @@ impl AuthService {
             dummy_phc,
             dummy_key_hash,
             keys: RwLock::new(KeyRing { active, reachable }),
+            timing,
             write_lock: Mutex::new(()),
         };
         service.finish_pending_rotation()?;
@@ -203,6 +210,40 @@ impl AuthService {
     fn now_ms(&self) -> u64 {
         self.options.wall_clock.now_ms()
     }
+}
+
+/// How long one verification at the configured costs takes: a moving
+/// average of the ones the service does, used to pad faster ones.
+struct VerifyTiming {
+    average_ns: AtomicU64,
+}
+
+impl VerifyTiming {
+    fn new(first: Duration) -> Self {
+        VerifyTiming {
+            average_ns: AtomicU64::new(duration_ns(first)),
+        }
+    }
+
+    /// Folds in one measured verification (weight 1/8).
+    fn observe(&self, took: Duration) {
+        let old = self.average_ns.load(Ordering::Relaxed);
+        let new = (old.saturating_mul(7).saturating_add(duration_ns(took))) / 8;
+        self.average_ns.store(new, Ordering::Relaxed);
+    }
+
+    /// Sleeps until a verification that began at `started` has taken as
+    /// long as a configured-cost one does.
+    fn pad(&self, started: Instant) {
+        let target = Duration::from_nanos(self.average_ns.load(Ordering::Relaxed));
+        if let Some(rest) = target.checked_sub(started.elapsed()) {
+            std::thread::sleep(rest);
+        }
+    }
+}
+
+fn duration_ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// `N` bytes from the operating system's generator.

@@ -14,6 +14,13 @@ use crate::error::{Error, Result};
 /// Bytes of random salt per hash (the PHC recommendation is at least 16).
 const SALT_BYTES: usize = 16;
 
+/// The highest costs a stored hash may name: 1 GiB, 64 passes, 64 lanes.
+const STORED_COST_CEILING: PasswordParams = PasswordParams {
+    memory_kib: 1 << 20,
+    passes: 64,
+    lanes: 64,
+};
+
 /// argon2id cost parameters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PasswordParams {
@@ -94,6 +101,16 @@ impl PasswordHasher {
     /// A stored hash that does not parse is a decode error, not a denial.
     pub(crate) fn verify(&self, password: &[u8], phc: &str) -> Result<bool> {
         let parsed = parse_phc(phc)?;
+        // A damaged record (or another copy's) could name any cost; refuse
+        // costs that would exhaust memory or never finish.
+        if let Some((_, _, params)) = stored_params(phc)
+            && !STORED_COST_CEILING.at_least(params)
+        {
+            return Err(Error::Decode {
+                what: "password hash",
+                reason: format!("costs {params:?} exceed the ceiling {STORED_COST_CEILING:?}"),
+            });
+        }
         // `Argon2::default()` would do as well: verification takes the
         // algorithm and costs from the PHC string, not from the hasher.
         match self.argon.verify_password(password, &parsed) {
@@ -185,6 +202,19 @@ mod tests {
         assert!(strong.needs_upgrade("not a phc string"));
         // The weak hash still verifies under the strong hasher.
         assert!(strong.verify(b"pw", &weak_phc).unwrap());
+    }
+
+    #[test]
+    fn a_stored_hash_with_absurd_costs_is_refused_before_hashing() {
+        let hasher = PasswordHasher::new(PasswordParams::INSECURE_FOR_TESTS).unwrap();
+        let phc = hasher
+            .hash(b"pw")
+            .unwrap()
+            .replace("m=64,", "m=4294967295,");
+        assert!(matches!(
+            hasher.verify(b"pw", &phc),
+            Err(Error::Decode { .. })
+        ));
     }
 
     #[test]

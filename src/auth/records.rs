@@ -6,12 +6,12 @@
 //!
 //! | key | value | written by |
 //! |---|---|---|
-//! | `user/<name>` | [`StoredUser`] | create, password change, reset |
+//! | `user/<name>/<user_id hex>` | [`StoredUser`] | create, password change, reset |
 //! | `user-deleted/<user_id hex>` | [`StoredUserDeleted`] | delete (never removed) |
 //! | `user-rehash/<name>` | [`StoredRehash`] | verify, when the hash is weak |
 //! | `apikey/<key_id hex>` | [`StoredApiKey`] | create |
 //! | `apikey-revoked/<key_id hex>` | [`StoredRevocation`] | revoke (never removed) |
-//! | `secret/<user>/<name>` | [`SecretRecord`] (hand-encoded) | put, rotation |
+//! | `secret/<user_id hex>/<name>` | [`SecretRecord`] (hand-encoded) | put, rotation |
 //! | `master/<key_id hex>` | [`StoredMasterKey`] | first open, rotation |
 //! | `master-wrap/<old hex>/<new hex>` | [`StoredWrappedKey`] | rotation (never removed) |
 //! | `master-rotation` | [`StoredRotation`] | rotation start; deleted at its end |
@@ -19,7 +19,11 @@
 //!
 //! Facts that must win over concurrent edits on other copies (a deletion, a
 //! revocation) are separate records that nothing overwrites, so no
-//! last-writer-wins race can undo them.
+//! last-writer-wins race can undo them. Each user incarnation has its own
+//! record, so a late write to a deleted incarnation can never overwrite a
+//! newer one of the same name; when several live incarnations of one name
+//! meet (two copies created it while apart), the one created last (then
+//! the greater id) is the user, on every copy.
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -181,20 +185,31 @@ pub(crate) enum StoredWrappedKey {
     V1(Sealed),
 }
 
-/// A rotation in progress: the new key wrapped under the old one, so that
-/// whichever of the two the service is reopened with, it can finish.
+/// A rotation in progress, from one key to the next. Only the new key can
+/// finish it (the new key is never stored under the old one, which is
+/// usually the key being retired because it leaked).
 #[derive(Serialize, Deserialize)]
 pub(crate) enum StoredRotation {
     /// Version 1.
-    V1 {
-        from: MasterKeyId,
-        to: MasterKeyId,
-        to_under_from: Sealed,
-    },
+    V1 { from: MasterKeyId, to: MasterKeyId },
 }
 
-pub(crate) fn user_key(name: &str) -> Vec<u8> {
-    format!("{USER_PREFIX}{name}").into_bytes()
+/// The prefix of every incarnation of `name` (names cannot hold `/`, so
+/// no name's prefix is another's).
+pub(crate) fn user_prefix(name: &str) -> Vec<u8> {
+    format!("{USER_PREFIX}{name}/").into_bytes()
+}
+
+pub(crate) fn user_key(name: &str, user_id: &[u8; USER_ID_BYTES]) -> Vec<u8> {
+    format!("{USER_PREFIX}{name}/{}", hex_encode(user_id)).into_bytes()
+}
+
+/// The user name in a `user/<name>/<user_id>` key.
+pub(crate) fn user_name_of(key: &[u8]) -> Option<&str> {
+    let text = std::str::from_utf8(key).ok()?;
+    text.strip_prefix(USER_PREFIX)?
+        .split_once('/')
+        .map(|(name, _)| name)
 }
 
 pub(crate) fn user_deleted_key(user_id: &[u8; USER_ID_BYTES]) -> Vec<u8> {
@@ -213,21 +228,22 @@ pub(crate) fn revoked_key(key_id_hex: &str) -> Vec<u8> {
     format!("apikey-revoked/{key_id_hex}").into_bytes()
 }
 
-/// The prefix of every secret of `user` (names cannot hold `/`, so no
-/// user's prefix is another's).
-pub(crate) fn secret_prefix(user: &str) -> Vec<u8> {
-    format!("{SECRET_PREFIX}{user}/").into_bytes()
+/// The prefix of every secret of one user incarnation. Keyed by the id,
+/// not the name, so a re-created user never sees the old one's secrets.
+pub(crate) fn secret_prefix(user_id: &[u8; USER_ID_BYTES]) -> Vec<u8> {
+    format!("{SECRET_PREFIX}{}/", hex_encode(user_id)).into_bytes()
 }
 
-pub(crate) fn secret_key(user: &str, name: &str) -> Vec<u8> {
-    [secret_prefix(user), name.as_bytes().to_vec()].concat()
+pub(crate) fn secret_key(user_id: &[u8; USER_ID_BYTES], name: &str) -> Vec<u8> {
+    [secret_prefix(user_id), name.as_bytes().to_vec()].concat()
 }
 
-/// Splits `secret/<user>/<name>` back into user and name.
-pub(crate) fn parse_secret_key(key: &[u8]) -> Option<(String, String)> {
+/// Splits `secret/<user_id hex>/<name>` back into the id and the name.
+pub(crate) fn parse_secret_key(key: &[u8]) -> Option<([u8; USER_ID_BYTES], String)> {
     let text = std::str::from_utf8(key).ok()?;
-    let (user, name) = text.strip_prefix(SECRET_PREFIX)?.split_once('/')?;
-    Some((user.to_string(), name.to_string()))
+    let (user_id_hex, name) = text.strip_prefix(SECRET_PREFIX)?.split_once('/')?;
+    let mut user_id = [0u8; USER_ID_BYTES];
+    super::hex_decode(user_id_hex, &mut user_id).then(|| (user_id, name.to_string()))
 }
 
 pub(crate) fn master_key_key(id: MasterKeyId) -> Vec<u8> {

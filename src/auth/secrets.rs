@@ -3,29 +3,33 @@
 //! Rotation from key A to key B, crash-safe in three steps:
 //! 1. One atomic batch registers B, stores A wrapped under B (kept for
 //!    good, so data encrypted under A that arrives later from another copy
-//!    stays readable), and writes a rotation record holding B wrapped
-//!    under A.
-//! 2. Secrets are re-encrypted under B in atomic batches.
+//!    stays readable), and writes a rotation record naming A and B.
+//! 2. Each secret is re-encrypted under B.
 //! 3. The rotation record is deleted.
 //!
-//! If the process dies during step 2, the service reopened with A finds the
-//! rotation record, unwraps B from it, and finishes; reopened with B, it
-//! unwraps A from the wrapped-key record and finishes. Every secret is
-//! readable throughout: it is under A or under B, and the service holds
-//! both.
+//! If the process dies during step 2, the service reopened with B unwraps A
+//! from the wrapped-key record and finishes; reopened with A, it is refused
+//! with `MasterKeyRetired` naming B (B is never stored under A: A is
+//! usually retired because it leaked). Every secret is readable throughout:
+//! it is under A or under B, and B reaches both.
+//!
+//! A re-encrypted secret is written with the stamp that immediately follows
+//! its current one, not a fresh stamp: it is the same write, re-encrypted,
+//! so it must win or lose against other copies' changes exactly as the
+//! original did. A fresh stamp would let a rotation on one copy undo a
+//! newer update or delete made on another copy that it had not yet seen.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use super::crypto::{self, MasterKey, MasterKeyId, SecretBytes, SecretPlace};
 use super::records::{self, SecretRecord, StoredMasterKey, StoredRotation, StoredWrappedKey};
 use super::{
-    AuthError, AuthService, KeyRing, hex_decode, validate_secret_name, validate_user_name,
+    AUTH_KEYSPACE, AuthError, AuthService, KeyRing, hex_decode, validate_secret_name,
+    validate_user_name,
 };
-use crate::clock::WallClock;
+use crate::clock::{NodeId, Stamp, WallClock};
 use crate::error::{Error, Result};
-use crate::{Batch, Keyspace, ScanOptions};
-
-use super::AUTH_KEYSPACE;
+use crate::{Batch, Keyspace, OutcomeKind, ScanOptions};
 
 /// What a master key rotation did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,8 +40,10 @@ pub struct RotationReport {
     pub to: MasterKeyId,
     /// Secrets re-encrypted under `to`.
     pub reencrypted: usize,
-    /// Secrets left as they were: their user is gone, or they failed to
-    /// decrypt (damaged). The old key stays reachable from the new one.
+    /// Secrets left as they were: their user is gone, they do not decode or
+    /// decrypt (damaged), a newer write replaced them meanwhile, or the new
+    /// key's encryption budget ran out. The old key stays reachable from
+    /// the new one, so whatever is readable stays readable.
     pub skipped: usize,
 }
 
@@ -65,16 +71,15 @@ impl AuthService {
             user,
             name,
         };
-        let sealed = crypto::seal_secret(&key, &place, plaintext)?;
-        let stored = SecretRecord {
+        let record = SecretRecord {
             key_id: key.id(),
-            sealed,
+            sealed: crypto::seal_secret(&key, &place, plaintext)?,
         };
         let mut batch = Batch::new();
         batch.put_in(
             AUTH_KEYSPACE,
-            records::secret_key(user, name),
-            stored.encode(),
+            records::secret_key(&owner.user_id, name),
+            record.encode(),
         );
         batch.increment_in(AUTH_KEYSPACE, records::uses_key(key.id()), 1);
         self.db.write(batch)?;
@@ -87,22 +92,22 @@ impl AuthService {
         validate_user_name(user)?;
         validate_secret_name(name)?;
         let owner = self.require_user(user)?;
-        let not_found = || AuthError::SecretNotFound {
-            user: user.into(),
-            name: name.into(),
-        };
-        let Some(SecretRecord { key_id, sealed }) =
-            SecretRecord::read(&self.store, &records::secret_key(user, name))?
+        let Some(record) =
+            SecretRecord::read(&self.store, &records::secret_key(&owner.user_id, name))?
         else {
-            return Err(not_found().into());
+            return Err(AuthError::SecretNotFound {
+                user: user.into(),
+                name: name.into(),
+            }
+            .into());
         };
-        let key = self.key_by_id(key_id)?;
+        let key = self.key_by_id(record.key_id)?;
         let place = SecretPlace {
             user_id: &owner.user_id,
             user,
             name,
         };
-        crypto::open_secret(&key, &place, &sealed).ok_or_else(|| {
+        crypto::open_secret(&key, &place, &record.sealed).ok_or_else(|| {
             AuthError::DecryptFailed {
                 user: user.into(),
                 name: name.into(),
@@ -116,8 +121,8 @@ impl AuthService {
         validate_user_name(user)?;
         validate_secret_name(name)?;
         let _guard = self.write_lock.lock();
-        self.require_user(user)?;
-        let key = records::secret_key(user, name);
+        let owner = self.require_user(user)?;
+        let key = records::secret_key(&owner.user_id, name);
         if self.store.get(&key).is_none() {
             return Ok(false);
         }
@@ -128,10 +133,10 @@ impl AuthService {
     /// The names of `user`'s secrets, in order.
     pub fn list_secrets(&self, user: &str) -> Result<Vec<String>> {
         validate_user_name(user)?;
-        self.require_user(user)?;
+        let owner = self.require_user(user)?;
         let names = self
             .store
-            .scan(&ScanOptions::prefix(records::secret_prefix(user)))
+            .scan(&ScanOptions::prefix(records::secret_prefix(&owner.user_id)))
             .filter_map(|entry| records::parse_secret_key(entry.key()))
             .map(|(_, name)| name)
             .collect();
@@ -141,10 +146,13 @@ impl AuthService {
     /// Switches to `new_key`: new secrets are encrypted under it, every
     /// existing secret is re-encrypted, and the old key is kept wrapped
     /// under the new one. Safe against a crash at any point (see the module
-    /// docs). `new_key` must never have been used by this database.
+    /// docs); after one, reopen with `new_key` to finish. `new_key` must
+    /// never have been used by this database.
     ///
-    /// Re-encryption is a write like any other: on another copy, a
-    /// concurrent change to the same secret wins or loses to it by stamp.
+    /// Rotate on one copy at a time: copies that rotate concurrently to
+    /// different keys each reach only their own key's chain, and a secret
+    /// re-encrypted under the other copy's key reads as
+    /// [`AuthError::UnknownMasterKey`] until that key is rotated in.
     pub fn rotate_master_key(&self, new_key: MasterKey) -> Result<RotationReport> {
         let _guard = self.write_lock.lock();
         self.finish_rotation_locked()?;
@@ -160,8 +168,8 @@ impl AuthService {
             }
             .into());
         }
-        self.check_budget(old_key.id(), 1)?;
-        self.check_budget(new_key.id(), 1)?;
+        let secrets = self.stale_secrets(new_key.id()).len() as u64;
+        self.check_budget(new_key.id(), secrets.saturating_add(1))?;
         self.begin_rotation(&old_key, &new_key)?;
         {
             let mut ring = self.keys.write();
@@ -190,7 +198,6 @@ impl AuthService {
         let rotation = StoredRotation::V1 {
             from: old_key.id(),
             to: new_key.id(),
-            to_under_from: crypto::wrap_key(old_key, new_key)?,
         };
         let mut batch = Batch::new();
         batch
@@ -209,28 +216,24 @@ impl AuthService {
                 records::ROTATION_KEY,
                 records::encode(&rotation)?,
             )
-            .increment_in(AUTH_KEYSPACE, records::uses_key(old_key.id()), 1)
             .increment_in(AUTH_KEYSPACE, records::uses_key(new_key.id()), 1);
         self.db.write(batch)?;
         Ok(())
     }
 
-    /// Steps 2 and 3, if a rotation record exists. The caller holds the
-    /// write lock, so no local write interleaves with the re-encryption.
+    /// Steps 2 and 3, if a rotation to the active key is recorded. The
+    /// caller holds the write lock, so no local write interleaves with the
+    /// re-encryption. A rotation record naming another key (another copy's
+    /// rotation, merged in) is not this service's to finish.
     fn finish_rotation_locked(&self) -> Result<Option<RotationReport>> {
-        let Some(StoredRotation::V1 { from, to, .. }) =
+        let Some(StoredRotation::V1 { from, to }) =
             records::read(&self.store, records::ROTATION_KEY.as_bytes())?
         else {
             return Ok(None);
         };
         let active = self.keys.read().active.clone();
         if active.id() != to {
-            // Opened with a key of another lineage than the rotation's:
-            // resolve_master_key lets that happen only if `to` is ours.
-            return Err(AuthError::UnknownMasterKey {
-                key_id: to.to_string(),
-            }
-            .into());
+            return Ok(None);
         }
         let mut report = RotationReport {
             from,
@@ -238,97 +241,101 @@ impl AuthService {
             reencrypted: 0,
             skipped: 0,
         };
-        let stale: Vec<Vec<u8>> = self
-            .store
-            .scan(&ScanOptions::prefix(records::SECRET_PREFIX))
-            .filter(|entry| !self.is_under(entry.key(), to))
-            .map(|entry| entry.key().to_vec())
-            .collect();
-        for chunk in stale.chunks(self.options.rotation_batch_secrets) {
-            self.reencrypt_chunk(chunk, &active, &mut report)?;
+        for key in self.stale_secrets(to) {
+            if self.reencrypt_one(&key, &active)? {
+                report.reencrypted += 1;
+            } else {
+                report.skipped += 1;
+            }
         }
         self.store.delete(records::ROTATION_KEY)?;
         Ok(Some(report))
     }
 
-    fn is_under(&self, key: &[u8], key_id: MasterKeyId) -> bool {
-        matches!(
+    /// The keys of every secret not encrypted under `key_id`.
+    fn stale_secrets(&self, key_id: MasterKeyId) -> Vec<Vec<u8>> {
+        self.store
+            .scan(&ScanOptions::prefix(records::SECRET_PREFIX))
+            .filter(|entry| {
+                let under = entry
+                    .value()
+                    .as_bytes()
+                    .and_then(|bytes| SecretRecord::decode(bytes).ok())
+                    .map(|record| record.key_id);
+                under != Some(key_id)
+            })
+            .map(|entry| entry.key().to_vec())
+            .collect()
+    }
+
+    /// Re-encrypts the secret at `key` under `active`, written with the
+    /// stamp right after its current one. False if it was left alone
+    /// (unreadable, its user gone, over budget, or replaced meanwhile by a
+    /// newer write); only a failure of the database itself is an error.
+    fn reencrypt_one(&self, key: &[u8], active: &MasterKey) -> Result<bool> {
+        let Some((user_id, name)) = records::parse_secret_key(key) else {
+            return Ok(false);
+        };
+        let (Ok(Some(record)), Some(stamp)) = (
             SecretRecord::read(&self.store, key),
-            Ok(Some(SecretRecord { key_id: k, .. })) if k == key_id
-        )
-    }
-
-    /// Re-encrypts one batch of secrets under `active`, atomically.
-    fn reencrypt_chunk(
-        &self,
-        keys: &[Vec<u8>],
-        active: &MasterKey,
-        report: &mut RotationReport,
-    ) -> Result<()> {
-        let mut batch = Batch::new();
-        let mut sealed_count = 0;
-        for key in keys {
-            match self.reencrypt_one(key, active)? {
-                Some(stored) => {
-                    batch.put_in(AUTH_KEYSPACE, key, stored.encode());
-                    sealed_count += 1;
-                }
-                None => report.skipped += 1,
-            }
-        }
-        if sealed_count == 0 {
-            return Ok(());
-        }
-        self.check_budget(active.id(), sealed_count)?;
-        batch.increment_in(
-            AUTH_KEYSPACE,
-            records::uses_key(active.id()),
-            i64::try_from(sealed_count).unwrap_or(i64::MAX),
-        );
-        self.db.write(batch)?;
-        report.reencrypted += sealed_count as usize;
-        Ok(())
-    }
-
-    /// The secret at `key` sealed under `active`; `None` if it cannot be
-    /// read (its user is gone, its key unreachable, or it is damaged).
-    fn reencrypt_one(&self, key: &[u8], active: &MasterKey) -> Result<Option<SecretRecord>> {
-        let Some((user, name)) = records::parse_secret_key(key) else {
-            return Ok(None);
+            self.store.stamp_of(key),
+        ) else {
+            return Ok(false);
         };
-        let Some(SecretRecord { key_id, sealed }) = SecretRecord::read(&self.store, key)? else {
-            return Ok(None);
+        let Some(user) = self.name_of_live_incarnation(&user_id) else {
+            return Ok(false);
         };
-        let Some(owner) = self.live_user(&user)? else {
-            return Ok(None);
-        };
-        let Ok(old_key) = self.key_by_id(key_id) else {
-            return Ok(None);
+        let Ok(old_key) = self.key_by_id(record.key_id) else {
+            return Ok(false);
         };
         let place = SecretPlace {
-            user_id: &owner.user_id,
+            user_id: &user_id,
             user: &user,
             name: &name,
         };
-        let Some(plaintext) = crypto::open_secret(&old_key, &place, &sealed) else {
-            return Ok(None);
+        let Some(plaintext) = crypto::open_secret(&old_key, &place, &record.sealed) else {
+            return Ok(false);
         };
-        let sealed = crypto::seal_secret(active, &place, plaintext.expose())?;
-        Ok(Some(SecretRecord {
+        if self.check_budget(active.id(), 1).is_err() {
+            return Ok(false);
+        }
+        let rekeyed = SecretRecord {
             key_id: active.id(),
-            sealed,
-        }))
+            sealed: crypto::seal_secret(active, &place, plaintext.expose())?,
+        };
+        let mut batch = Batch::new();
+        batch
+            .put_in(AUTH_KEYSPACE, key, rekeyed.encode())
+            .with_stamp(stamp_successor(stamp));
+        let outcomes = self.db.write(batch)?;
+        // The budget counts the encryption whether or not it landed.
+        self.store.increment(records::uses_key(active.id()), 1)?;
+        Ok(outcomes
+            .first()
+            .is_some_and(|o| o.kind != OutcomeKind::IgnoredStale))
     }
 
-    /// Deletes every secret of `user`, in batches.
-    pub(crate) fn delete_all_secrets_of(&self, user: &str) -> Result<()> {
-        let prefix = records::secret_prefix(user);
+    /// The name of the live user whose incarnation is `user_id`, if any.
+    fn name_of_live_incarnation(&self, user_id: &[u8; 16]) -> Option<String> {
+        self.store
+            .scan(&ScanOptions::prefix(records::USER_PREFIX))
+            .filter_map(|entry| records::user_name_of(entry.key()).map(str::to_string))
+            .find(|name| {
+                self.live_user(name)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|r| &r.user_id == user_id)
+            })
+    }
+
+    /// Deletes every secret of one user incarnation, in batches.
+    pub(crate) fn delete_all_secrets_of(&self, user_id: &[u8; 16]) -> Result<()> {
         let keys: Vec<Vec<u8>> = self
             .store
-            .scan(&ScanOptions::prefix(&prefix))
+            .scan(&ScanOptions::prefix(records::secret_prefix(user_id)))
             .map(|entry| entry.key().to_vec())
             .collect();
-        for chunk in keys.chunks(self.options.rotation_batch_secrets) {
+        for chunk in keys.chunks(self.options.secret_deletes_per_batch) {
             let mut batch = Batch::new();
             for key in chunk {
                 batch.delete_in(AUTH_KEYSPACE, key);
@@ -382,9 +389,24 @@ impl AuthService {
     }
 }
 
+/// The smallest stamp greater than `stamp`: no real write can fall between
+/// the two (node ids are random 64-bit numbers).
+fn stamp_successor(stamp: Stamp) -> Stamp {
+    match stamp.node.0.checked_add(1) {
+        Some(node) => Stamp {
+            node: NodeId(node),
+            ..stamp
+        },
+        None => Stamp {
+            logical: stamp.logical.saturating_add(1),
+            node: NodeId(0),
+            ..stamp
+        },
+    }
+}
+
 /// Decides which key the service runs with, given the one it was opened
-/// with: registers it on first use, follows an unfinished rotation, and
-/// refuses unknown or retired keys.
+/// with: registers it on first use, and refuses unknown or retired keys.
 pub(crate) fn resolve_master_key(
     store: &Keyspace,
     given: MasterKey,
@@ -400,25 +422,6 @@ pub(crate) fn resolve_master_key(
             records::encode(&registration)?,
         )?;
         return Ok(given);
-    }
-    if let Some(StoredRotation::V1 {
-        from,
-        to,
-        to_under_from,
-    }) = records::read(store, records::ROTATION_KEY.as_bytes())?
-    {
-        if given.id() == to {
-            return Ok(given);
-        }
-        if given.id() == from {
-            return crypto::unwrap_key(&given, to, &to_under_from).ok_or_else(|| {
-                Error::corruption(
-                    std::path::Path::new(AUTH_KEYSPACE),
-                    0,
-                    "the rotation record's wrapped key does not decrypt",
-                )
-            });
-        }
     }
     if !registered.contains(&given.id()) {
         return Err(AuthError::UnknownMasterKey {

@@ -1,5 +1,7 @@
 //! Users and passwords.
 
+use std::time::Instant;
+
 use super::password::phc_params;
 use super::records::{self, StoredRehash, StoredUser, StoredUserDeleted, UserRecord};
 use super::{AuthError, AuthService, PasswordParams, hex_encode, random_bytes, validate_user_name};
@@ -77,11 +79,21 @@ impl AuthService {
             Some(record) => self.effective_phc(name, record)?,
             None => self.dummy_phc.clone(),
         };
+        let started = Instant::now();
         let matches = self.hasher.verify(password, &phc)?;
+        let weak = user.is_some() && self.hasher.needs_upgrade(&phc);
+        if !weak {
+            self.timing.observe(started.elapsed());
+        } else if !matches {
+            // A weaker stored hash verifies faster than the dummy an unknown
+            // user is checked against: pad, so a failure does not tell that
+            // the user exists.
+            self.timing.pad(started);
+        }
         let Some(record) = user.filter(|_| matches) else {
             return Err(AuthError::Denied.into());
         };
-        if !self.hasher.needs_upgrade(&phc) {
+        if !weak {
             return Ok(UserInfo::new(name, &record, &phc));
         }
         let upgraded = self.hasher.hash(password)?;
@@ -133,7 +145,10 @@ impl AuthService {
             records::user_deleted_key(&record.user_id),
             records::encode(&marker)?,
         );
-        batch.delete_in(super::AUTH_KEYSPACE, records::user_key(name));
+        batch.delete_in(
+            super::AUTH_KEYSPACE,
+            records::user_key(name, &record.user_id),
+        );
         if self.store.get(records::rehash_key(name)).is_some() {
             batch.delete_in(super::AUTH_KEYSPACE, records::rehash_key(name));
         }
@@ -141,7 +156,7 @@ impl AuthService {
         // The secrets no longer decrypt for anyone (their associated data
         // names the deleted incarnation); removing them is housekeeping, in
         // batches, after the deletion itself is durable.
-        self.delete_all_secrets_of(name)
+        self.delete_all_secrets_of(&record.user_id)
     }
 
     /// The user named `name`, if there is a live one.
@@ -154,34 +169,48 @@ impl AuthService {
         Ok(Some(UserInfo::new(name, &record, &phc)))
     }
 
-    /// Every live user, by name.
+    /// Every live user, by name. A record that does not decode is skipped
+    /// (it cannot be a live user), so one damaged record does not hide the
+    /// rest.
     pub fn list_users(&self) -> Result<Vec<UserInfo>> {
+        let mut names: Vec<String> = self
+            .store
+            .scan(&ScanOptions::prefix(records::USER_PREFIX))
+            .filter_map(|entry| records::user_name_of(entry.key()).map(str::to_string))
+            .collect();
+        names.dedup();
         let mut users = Vec::new();
-        for entry in self.store.scan(&ScanOptions::prefix(records::USER_PREFIX)) {
-            let Some(name) = std::str::from_utf8(entry.key())
-                .ok()
-                .and_then(|k| k.strip_prefix(records::USER_PREFIX))
-            else {
+        for name in names {
+            if validate_user_name(&name).is_err() {
                 continue;
-            };
-            if let Some(info) = self.get_user(name)? {
+            }
+            if let Ok(Some(info)) = self.get_user(&name) {
                 users.push(info);
             }
         }
         Ok(users)
     }
 
-    /// The record of the live user `name`: present and not marked deleted.
+    /// The live user `name`: of its incarnations not marked deleted, the
+    /// one created last (then the greater id), the same on every copy.
+    /// Records that do not decode are skipped.
     pub(crate) fn live_user(&self, name: &str) -> Result<Option<UserRecord>> {
-        let Some(StoredUser::V1(record)) = records::read(&self.store, &records::user_key(name))?
-        else {
-            return Ok(None);
-        };
-        let deleted = self
+        let live = self
             .store
-            .get(records::user_deleted_key(&record.user_id))
-            .is_some();
-        Ok((!deleted).then_some(record))
+            .scan(&ScanOptions::prefix(records::user_prefix(name)))
+            .filter_map(
+                |entry| match crate::codec::decode_typed(entry.value().as_bytes()?) {
+                    Ok(StoredUser::V1(record)) => Some(record),
+                    Err(_) => None,
+                },
+            )
+            .filter(|record| {
+                self.store
+                    .get(records::user_deleted_key(&record.user_id))
+                    .is_none()
+            })
+            .max_by(|a, b| (a.created_ms, a.user_id).cmp(&(b.created_ms, b.user_id)));
+        Ok(live)
     }
 
     /// Like [`AuthService::live_user`], but absence is an error.
@@ -233,8 +262,10 @@ impl AuthService {
 
     fn write_user(&self, name: &str, record: &UserRecord) -> Result<()> {
         let stored = StoredUser::V1(record.clone());
-        self.store
-            .put(records::user_key(name), records::encode(&stored)?)?;
+        self.store.put(
+            records::user_key(name, &record.user_id),
+            records::encode(&stored)?,
+        )?;
         Ok(())
     }
 }
