@@ -799,3 +799,51 @@ fn a_user_with_a_weak_stored_hash_fails_as_slowly_as_an_unknown_user() {
         "legacy-hash user {legacy:?} vs unknown user {unknown:?}"
     );
 }
+
+#[test]
+fn threads_creating_one_name_get_exactly_one_user_and_secrets_survive_a_concurrent_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_db(dir.path());
+    let auth = service(&db, 1);
+    let created: Vec<bool> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..4)
+            .map(|i| {
+                let auth = &auth;
+                scope.spawn(move || auth.create_user("same", format!("password {i}")).is_ok())
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(created.iter().filter(|ok| **ok).count(), 1);
+
+    put_secrets(&auth, 30);
+    std::thread::scope(|scope| {
+        let writer = scope.spawn(|| {
+            for i in 0..30 {
+                let user = format!("user{}", i % 3);
+                auth.put_secret(&user, &format!("late{i}"), b"late")
+                    .unwrap();
+                assert_eq!(
+                    auth.get_secret(&user, &format!("s{i}")).unwrap().expose(),
+                    format!("value {i}").as_bytes()
+                );
+            }
+        });
+        auth.rotate_master_key(key(2)).unwrap();
+        writer.join().unwrap();
+    });
+    assert_secrets_readable(&auth, 30);
+    drop(auth);
+    let reopened = service(&db, 2);
+    assert_secrets_readable(&reopened, 30);
+    for i in 0..30 {
+        let user = format!("user{}", i % 3);
+        assert_eq!(
+            reopened
+                .get_secret(&user, &format!("late{i}"))
+                .unwrap()
+                .expose(),
+            b"late"
+        );
+    }
+}
