@@ -1,0 +1,644 @@
+//! The follower's side of the protocol, as a pure state machine.
+//!
+//! The transport feeds it every decoded message and does what it answers:
+//! write snapshot bytes, install a snapshot, apply a batch (then send the
+//! ACK the machine built). Any error closes the connection; because the
+//! machine validates a message completely before answering with an action,
+//! a bad message applies nothing.
+
+use super::ProtocolError;
+use super::message::{Cursor, Message, PROTOCOL_VERSION, StartMode};
+use crate::wal::format;
+
+/// Largest snapshot a follower accepts, by default (bytes).
+pub const SNAPSHOT_BYTES_MAX_DEFAULT: u64 = 64 * 1024 * 1024 * 1024;
+
+/// What the transport must do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FollowerAction {
+    /// A snapshot of `total_bytes` is coming: start a fresh staging file.
+    SnapshotStart {
+        /// Bytes that will follow.
+        total_bytes: u64,
+    },
+    /// Append these bytes to the staging file (at `offset`).
+    SnapshotBytes {
+        /// Where they go.
+        offset: u64,
+        /// The bytes.
+        bytes: Vec<u8>,
+    },
+    /// The staged snapshot is complete and verified: install it, replacing
+    /// the replicated state, with `cursor` stored atomically alongside.
+    InstallSnapshot {
+        /// The cursor the snapshot brings the follower to.
+        cursor: Cursor,
+    },
+    /// Apply these WAL frames durably, with `cursor` stored in the same
+    /// atomic write; then send the ACK from [`FollowerMachine::ack`].
+    Apply {
+        /// The cursor after the batch.
+        cursor: Cursor,
+        /// The leader's WAL frames, verified.
+        frames: Vec<u8>,
+    },
+    /// The leader's durable position (for lag figures).
+    LeaderPosition {
+        /// The leader's durable sequence number.
+        leader_seq: u64,
+    },
+}
+
+#[derive(Clone, Debug)]
+enum State {
+    AwaitWelcome,
+    AwaitSnapshotBegin {
+        stream: u64,
+        epoch: u64,
+    },
+    Snapshot {
+        stream: u64,
+        epoch: u64,
+        snapshot_seq: u64,
+        total_bytes: u64,
+        received_bytes: u64,
+        hasher: Box<blake3::Hasher>,
+    },
+    Streaming,
+}
+
+impl State {
+    fn name(&self) -> &'static str {
+        match self {
+            State::AwaitWelcome => "awaiting WELCOME",
+            State::AwaitSnapshotBegin { .. } => "awaiting SNAPSHOT_BEGIN",
+            State::Snapshot { .. } => "receiving a snapshot",
+            State::Streaming => "streaming",
+        }
+    }
+}
+
+/// One connection's worth of follower protocol state.
+#[derive(Clone, Debug)]
+pub struct FollowerMachine {
+    state: State,
+    cursor: Cursor,
+    snapshot_bytes_max: u64,
+}
+
+impl FollowerMachine {
+    /// A machine for a connection opened with the follower's durable
+    /// `cursor`.
+    pub fn new(cursor: Cursor, snapshot_bytes_max: u64) -> Self {
+        FollowerMachine {
+            state: State::AwaitWelcome,
+            cursor,
+            snapshot_bytes_max,
+        }
+    }
+
+    /// The HELLO to open the connection with.
+    pub fn hello(&self, follower_id: u64, token: &str) -> Message {
+        Message::Hello {
+            version: PROTOCOL_VERSION,
+            follower_id,
+            token: token.to_string(),
+            cursor: self.cursor,
+        }
+    }
+
+    /// The ACK for what the follower has applied.
+    pub fn ack(&self) -> Message {
+        Message::Ack {
+            stream: self.cursor.stream,
+            epoch: self.cursor.epoch,
+            seq: self.cursor.seq,
+        }
+    }
+
+    /// The cursor as of the last action returned.
+    pub fn cursor(&self) -> Cursor {
+        self.cursor
+    }
+
+    /// Validates one message and says what to do about it.
+    pub fn on_message(&mut self, message: Message) -> Result<Vec<FollowerAction>, ProtocolError> {
+        if let Message::Error { code, message } = message {
+            return Err(ProtocolError::Remote { code, message });
+        }
+        let state = std::mem::replace(&mut self.state, State::AwaitWelcome);
+        let result = self.step(state, message);
+        if result.is_err() {
+            // A failed machine stays in its initial state; the connection
+            // is closed anyway.
+            self.state = State::AwaitWelcome;
+        }
+        result
+    }
+
+    fn step(
+        &mut self,
+        state: State,
+        message: Message,
+    ) -> Result<Vec<FollowerAction>, ProtocolError> {
+        match (state, message) {
+            (
+                State::AwaitWelcome,
+                Message::Welcome {
+                    version,
+                    stream,
+                    epoch,
+                    leader_seq,
+                    mode,
+                },
+            ) => self.on_welcome(version, stream, epoch, leader_seq, mode),
+            (
+                State::AwaitSnapshotBegin { stream, epoch },
+                Message::SnapshotBegin {
+                    stream: s,
+                    epoch: e,
+                    snapshot_seq,
+                    total_bytes,
+                },
+            ) => {
+                check_stream((stream, epoch), (s, e))?;
+                if total_bytes > self.snapshot_bytes_max {
+                    return Err(ProtocolError::Oversized { bytes: total_bytes });
+                }
+                self.state = State::Snapshot {
+                    stream,
+                    epoch,
+                    snapshot_seq,
+                    total_bytes,
+                    received_bytes: 0,
+                    hasher: Box::new(blake3::Hasher::new()),
+                };
+                Ok(vec![FollowerAction::SnapshotStart { total_bytes }])
+            }
+            (
+                State::Snapshot {
+                    stream,
+                    epoch,
+                    snapshot_seq,
+                    total_bytes,
+                    received_bytes,
+                    mut hasher,
+                },
+                Message::SnapshotChunk {
+                    stream: s,
+                    epoch: e,
+                    offset,
+                    bytes,
+                },
+            ) => {
+                check_stream((stream, epoch), (s, e))?;
+                let end = received_bytes.saturating_add(bytes.len() as u64);
+                if offset != received_bytes || end > total_bytes {
+                    return Err(ProtocolError::Malformed {
+                        reason: format!(
+                            "snapshot chunk at {offset} of {} bytes; expected offset {received_bytes}, total {total_bytes}",
+                            bytes.len()
+                        ),
+                    });
+                }
+                hasher.update(&bytes);
+                self.state = State::Snapshot {
+                    stream,
+                    epoch,
+                    snapshot_seq,
+                    total_bytes,
+                    received_bytes: end,
+                    hasher,
+                };
+                Ok(vec![FollowerAction::SnapshotBytes { offset, bytes }])
+            }
+            (
+                State::Snapshot {
+                    stream,
+                    epoch,
+                    snapshot_seq,
+                    total_bytes,
+                    received_bytes,
+                    hasher,
+                },
+                Message::SnapshotEnd {
+                    stream: s,
+                    epoch: e,
+                    digest,
+                },
+            ) => {
+                check_stream((stream, epoch), (s, e))?;
+                if received_bytes != total_bytes || *hasher.finalize().as_bytes() != digest {
+                    return Err(ProtocolError::Checksum { what: "snapshot" });
+                }
+                self.cursor = Cursor {
+                    stream,
+                    epoch,
+                    seq: snapshot_seq,
+                };
+                self.state = State::Streaming;
+                Ok(vec![FollowerAction::InstallSnapshot {
+                    cursor: self.cursor,
+                }])
+            }
+            (
+                State::Streaming,
+                Message::Batch {
+                    stream,
+                    epoch,
+                    first_seq,
+                    last_seq,
+                    frame_count,
+                    frames,
+                },
+            ) => self.on_batch(stream, epoch, first_seq, last_seq, frame_count, frames),
+            (
+                State::Streaming,
+                Message::Heartbeat {
+                    stream,
+                    epoch,
+                    leader_seq,
+                },
+            ) => {
+                check_stream((self.cursor.stream, self.cursor.epoch), (stream, epoch))?;
+                if leader_seq < self.cursor.seq {
+                    return Err(ProtocolError::SequenceGap {
+                        expected: self.cursor.seq,
+                        got: leader_seq,
+                    });
+                }
+                self.state = State::Streaming;
+                Ok(vec![FollowerAction::LeaderPosition { leader_seq }])
+            }
+            (state, message) => Err(ProtocolError::OutOfOrder {
+                got: kind_name(&message),
+                state: state.name(),
+            }),
+        }
+    }
+
+    fn on_welcome(
+        &mut self,
+        version: u16,
+        stream: u64,
+        epoch: u64,
+        leader_seq: u64,
+        mode: StartMode,
+    ) -> Result<Vec<FollowerAction>, ProtocolError> {
+        if version != PROTOCOL_VERSION {
+            return Err(ProtocolError::Version { got: version });
+        }
+        match mode {
+            StartMode::CatchUp => {
+                check_stream((self.cursor.stream, self.cursor.epoch), (stream, epoch))?;
+                if leader_seq < self.cursor.seq {
+                    // The leader has less than we do: its history was cut.
+                    return Err(ProtocolError::SequenceGap {
+                        expected: self.cursor.seq,
+                        got: leader_seq,
+                    });
+                }
+                self.state = State::Streaming;
+                Ok(vec![FollowerAction::LeaderPosition { leader_seq }])
+            }
+            StartMode::Snapshot => {
+                self.state = State::AwaitSnapshotBegin { stream, epoch };
+                Ok(vec![FollowerAction::LeaderPosition { leader_seq }])
+            }
+        }
+    }
+
+    fn on_batch(
+        &mut self,
+        stream: u64,
+        epoch: u64,
+        first_seq: u64,
+        last_seq: u64,
+        frame_count: u32,
+        frames: Vec<u8>,
+    ) -> Result<Vec<FollowerAction>, ProtocolError> {
+        check_stream((self.cursor.stream, self.cursor.epoch), (stream, epoch))?;
+        let expected = self.cursor.seq.saturating_add(1);
+        if first_seq != expected {
+            return Err(ProtocolError::SequenceGap {
+                expected,
+                got: first_seq,
+            });
+        }
+        verify_wal_frames(&frames, first_seq, last_seq, frame_count)?;
+        self.cursor.seq = last_seq;
+        self.state = State::Streaming;
+        Ok(vec![FollowerAction::Apply {
+            cursor: self.cursor,
+            frames,
+        }])
+    }
+}
+
+/// Checks that `frames` holds exactly `frame_count` intact WAL frames
+/// covering `first_seq..=last_seq` with no gap.
+pub fn verify_wal_frames(
+    frames: &[u8],
+    first_seq: u64,
+    last_seq: u64,
+    frame_count: u32,
+) -> Result<(), ProtocolError> {
+    let malformed = |reason: String| ProtocolError::Malformed { reason };
+    let mut rest = frames;
+    let mut next = first_seq;
+    let mut count = 0u32;
+    while !rest.is_empty() {
+        let (header, payload) = format::read_frame(rest)
+            .map_err(|e| malformed(format!("WAL frame {count} of the batch: {e:?}")))?;
+        if header.first_seq != next || header.op_count == 0 {
+            return Err(ProtocolError::SequenceGap {
+                expected: next,
+                got: header.first_seq,
+            });
+        }
+        next = header.first_seq.saturating_add(u64::from(header.op_count));
+        rest = &rest[format::FRAME_HEADER_BYTES + payload.len()..];
+        count += 1;
+    }
+    if count != frame_count || count == 0 || next != last_seq.saturating_add(1) {
+        return Err(malformed(format!(
+            "batch says {frame_count} frames up to {last_seq}, holds {count} up to {}",
+            next.saturating_sub(1)
+        )));
+    }
+    Ok(())
+}
+
+fn check_stream(expected: (u64, u64), got: (u64, u64)) -> Result<(), ProtocolError> {
+    if expected == got {
+        Ok(())
+    } else {
+        Err(ProtocolError::WrongStream { expected, got })
+    }
+}
+
+fn kind_name(message: &Message) -> &'static str {
+    match message {
+        Message::Hello { .. } => "HELLO",
+        Message::Welcome { .. } => "WELCOME",
+        Message::SnapshotBegin { .. } => "SNAPSHOT_BEGIN",
+        Message::SnapshotChunk { .. } => "SNAPSHOT_CHUNK",
+        Message::SnapshotEnd { .. } => "SNAPSHOT_END",
+        Message::Batch { .. } => "BATCH",
+        Message::Heartbeat { .. } => "HEARTBEAT",
+        Message::Ack { .. } => "ACK",
+        Message::Error { .. } => "ERROR",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STREAM: u64 = 0xabc;
+    const EPOCH: u64 = 7;
+
+    fn cursor(seq: u64) -> Cursor {
+        Cursor {
+            stream: STREAM,
+            epoch: EPOCH,
+            seq,
+        }
+    }
+
+    /// WAL frames of `ops` operations each, starting at `first_seq`.
+    fn wal_frames(first_seq: u64, ops: &[u32]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut seq = first_seq;
+        for &n in ops {
+            format::encode_frame(&mut out, seq, n, b"payload");
+            seq += u64::from(n);
+        }
+        out
+    }
+
+    fn batch(first_seq: u64, ops: &[u32]) -> Message {
+        let total: u64 = ops.iter().map(|&n| u64::from(n)).sum();
+        Message::Batch {
+            stream: STREAM,
+            epoch: EPOCH,
+            first_seq,
+            last_seq: first_seq + total - 1,
+            frame_count: ops.len() as u32,
+            frames: wal_frames(first_seq, ops),
+        }
+    }
+
+    /// `batch(first_seq, ops)` with some fields changed.
+    fn altered(
+        first_seq: u64,
+        ops: &[u32],
+        change: impl FnOnce(&mut (u64, u64, u64, u32, Vec<u8>)),
+    ) -> Message {
+        let Message::Batch {
+            stream,
+            epoch,
+            last_seq,
+            frame_count,
+            frames,
+            ..
+        } = batch(first_seq, ops)
+        else {
+            unreachable!()
+        };
+        let mut parts = (stream, epoch, last_seq, frame_count, frames);
+        change(&mut parts);
+        let (stream, epoch, last_seq, frame_count, frames) = parts;
+        Message::Batch {
+            stream,
+            epoch,
+            first_seq,
+            last_seq,
+            frame_count,
+            frames,
+        }
+    }
+
+    fn welcome(mode: StartMode, leader_seq: u64) -> Message {
+        Message::Welcome {
+            version: PROTOCOL_VERSION,
+            stream: STREAM,
+            epoch: EPOCH,
+            leader_seq,
+            mode,
+        }
+    }
+
+    fn streaming_at(seq: u64) -> FollowerMachine {
+        let mut m = FollowerMachine::new(cursor(seq), SNAPSHOT_BYTES_MAX_DEFAULT);
+        m.on_message(welcome(StartMode::CatchUp, seq + 100))
+            .unwrap();
+        m
+    }
+
+    #[test]
+    fn catch_up_applies_consecutive_batches_and_acks_them() {
+        let mut m = streaming_at(10);
+        let actions = m.on_message(batch(11, &[3, 2])).unwrap();
+        assert!(matches!(&actions[..], [FollowerAction::Apply { cursor: c, .. }] if c.seq == 15));
+        assert_eq!(
+            m.ack(),
+            Message::Ack {
+                stream: STREAM,
+                epoch: EPOCH,
+                seq: 15
+            }
+        );
+        m.on_message(batch(16, &[1])).unwrap();
+        assert_eq!(m.cursor().seq, 16);
+    }
+
+    #[test]
+    fn gaps_rewinds_other_streams_and_damaged_frames_are_refused() {
+        let cases: Vec<(Message, &str)> = vec![
+            (batch(12, &[1]), "gap"),
+            (batch(10, &[1]), "rewind"),
+            (batch(5, &[3]), "old duplicate"),
+            (altered(11, &[1], |b| b.0 += 1), "other stream"),
+            (altered(11, &[1], |b| b.1 += 1), "other epoch"),
+            (altered(11, &[1], |b| b.3 = 2), "count"),
+            (altered(11, &[1], |b| b.2 = 20), "last seq"),
+            (
+                altered(11, &[1], |b| {
+                    b.3 = 0;
+                    b.4.clear();
+                }),
+                "empty",
+            ),
+            (welcome(StartMode::CatchUp, 20), "second welcome"),
+            (
+                Message::Heartbeat {
+                    stream: STREAM,
+                    epoch: EPOCH,
+                    leader_seq: 3,
+                },
+                "leader behind",
+            ),
+        ];
+        for (message, what) in cases {
+            let mut m = streaming_at(10);
+            assert!(m.on_message(message).is_err(), "{what}");
+            assert_eq!(m.cursor().seq, 10, "{what}: nothing applied");
+        }
+        // One flipped bit inside the WAL frames.
+        let Message::Batch { mut frames, .. } = batch(11, &[2]) else {
+            unreachable!()
+        };
+        for bit in 0..frames.len() * 8 {
+            frames[bit / 8] ^= 1 << (bit % 8);
+            let mut m = streaming_at(10);
+            let bad = altered(11, &[2], |b| b.4 = frames.clone());
+            assert!(m.on_message(bad).is_err(), "bit {bit}");
+            frames[bit / 8] ^= 1 << (bit % 8);
+        }
+    }
+
+    #[test]
+    fn a_batch_before_the_welcome_or_a_newer_version_is_refused() {
+        let mut m = FollowerMachine::new(cursor(0), SNAPSHOT_BYTES_MAX_DEFAULT);
+        assert!(matches!(
+            m.on_message(batch(1, &[1])),
+            Err(ProtocolError::OutOfOrder { .. })
+        ));
+        let mut m = FollowerMachine::new(cursor(0), SNAPSHOT_BYTES_MAX_DEFAULT);
+        let newer = Message::Welcome {
+            version: PROTOCOL_VERSION + 1,
+            stream: STREAM,
+            epoch: EPOCH,
+            leader_seq: 0,
+            mode: StartMode::CatchUp,
+        };
+        assert!(matches!(
+            m.on_message(newer),
+            Err(ProtocolError::Version { .. })
+        ));
+        // Catch-up on another stream than the follower's is a lie.
+        let mut m = FollowerMachine::new(
+            Cursor {
+                stream: 1,
+                epoch: 1,
+                seq: 5,
+            },
+            SNAPSHOT_BYTES_MAX_DEFAULT,
+        );
+        assert!(matches!(
+            m.on_message(welcome(StartMode::CatchUp, 9)),
+            Err(ProtocolError::WrongStream { .. })
+        ));
+    }
+
+    fn snapshot_machine(total_bytes: u64) -> FollowerMachine {
+        let mut m = FollowerMachine::new(Cursor::default(), 1 << 20);
+        m.on_message(welcome(StartMode::Snapshot, 50)).unwrap();
+        m.on_message(Message::SnapshotBegin {
+            stream: STREAM,
+            epoch: EPOCH,
+            snapshot_seq: 40,
+            total_bytes,
+        })
+        .unwrap();
+        m
+    }
+
+    fn chunk(offset: u64, bytes: &[u8]) -> Message {
+        Message::SnapshotChunk {
+            stream: STREAM,
+            epoch: EPOCH,
+            offset,
+            bytes: bytes.to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_snapshot_is_installed_only_whole_and_verified() {
+        let data = b"snapshot bytes, in two chunks";
+        let digest = *blake3::hash(data).as_bytes();
+        let end = Message::SnapshotEnd {
+            stream: STREAM,
+            epoch: EPOCH,
+            digest,
+        };
+        let mut m = snapshot_machine(data.len() as u64);
+        m.on_message(chunk(0, &data[..10])).unwrap();
+        m.on_message(chunk(10, &data[10..])).unwrap();
+        let actions = m.on_message(end.clone()).unwrap();
+        assert_eq!(
+            actions,
+            vec![FollowerAction::InstallSnapshot { cursor: cursor(40) }]
+        );
+        m.on_message(batch(41, &[1])).unwrap();
+
+        let mut short = snapshot_machine(data.len() as u64);
+        short.on_message(chunk(0, &data[..10])).unwrap();
+        assert!(short.on_message(end.clone()).is_err(), "incomplete");
+        let mut skipped = snapshot_machine(data.len() as u64);
+        assert!(skipped.on_message(chunk(5, &data[5..])).is_err(), "offset");
+        let mut long = snapshot_machine(4);
+        assert!(long.on_message(chunk(0, data)).is_err(), "past the total");
+        let mut wrong = snapshot_machine(data.len() as u64);
+        wrong
+            .on_message(chunk(0, b"other bytes, the same length!"))
+            .unwrap();
+        assert!(matches!(
+            wrong.on_message(end),
+            Err(ProtocolError::Checksum { .. })
+        ));
+        let mut huge = FollowerMachine::new(Cursor::default(), 1 << 20);
+        huge.on_message(welcome(StartMode::Snapshot, 50)).unwrap();
+        let begin = Message::SnapshotBegin {
+            stream: STREAM,
+            epoch: EPOCH,
+            snapshot_seq: 1,
+            total_bytes: 1 << 40,
+        };
+        assert!(matches!(
+            huge.on_message(begin),
+            Err(ProtocolError::Oversized { .. })
+        ));
+    }
+}

@@ -1,0 +1,132 @@
+//! WAL shipping from a leader to read-only followers.
+//!
+//! The protocol (`docs/PROTOCOL.md`) is implemented in layers, each
+//! testable alone:
+//! - [`frame`]: the wire frame, length-limited and checksummed;
+//! - [`message`]: what frames carry;
+//! - [`follower`] and [`leader`]: pure state machines that validate every
+//!   message in protocol order and say what to do, with no sockets, files
+//!   or clocks inside.
+//!
+//! The transport (TCP, optionally TLS) and the database glue drive them.
+
+pub mod follower;
+pub mod frame;
+pub mod leader;
+pub mod message;
+
+pub use message::{Cursor, ErrorCode, Message, PROTOCOL_VERSION, StartMode};
+
+/// Why a replication connection is closed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ProtocolError {
+    /// Reading or writing the socket failed (or it closed).
+    Io {
+        /// The error's kind.
+        kind: std::io::ErrorKind,
+        /// Its text.
+        message: String,
+    },
+    /// A frame or payload checksum did not match.
+    Checksum {
+        /// Which checksum.
+        what: &'static str,
+    },
+    /// A frame claims more bytes than the limit.
+    Oversized {
+        /// The claimed size.
+        bytes: u64,
+    },
+    /// A frame does not decode, or holds an invalid value.
+    Malformed {
+        /// What is wrong.
+        reason: String,
+    },
+    /// A message arrived that the protocol does not allow at this point.
+    OutOfOrder {
+        /// What arrived.
+        got: &'static str,
+        /// What the state allows.
+        state: &'static str,
+    },
+    /// A message names another stream or epoch than the connection's.
+    WrongStream {
+        /// What the connection is on (stream, epoch).
+        expected: (u64, u64),
+        /// What the message named.
+        got: (u64, u64),
+    },
+    /// A batch does not start right after what the follower has.
+    SequenceGap {
+        /// The next sequence number expected.
+        expected: u64,
+        /// The first one the batch carries.
+        got: u64,
+    },
+    /// The peer speaks another protocol version.
+    Version {
+        /// Its version.
+        got: u16,
+    },
+    /// The peer closed with an ERROR frame.
+    Remote {
+        /// Its code.
+        code: ErrorCode,
+        /// Its message.
+        message: String,
+    },
+}
+
+impl ProtocolError {
+    pub(crate) fn io(e: std::io::Error) -> ProtocolError {
+        ProtocolError::Io {
+            kind: e.kind(),
+            message: e.to_string(),
+        }
+    }
+
+    /// The code to put in an ERROR frame before closing for this reason.
+    pub fn error_code(&self) -> ErrorCode {
+        match self {
+            ProtocolError::Version { .. } => ErrorCode::Version,
+            ProtocolError::Remote { code, .. } => *code,
+            _ => ErrorCode::Protocol,
+        }
+    }
+}
+
+impl std::fmt::Display for ProtocolError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProtocolError::Io { message, .. } => write!(f, "connection failed: {message}"),
+            ProtocolError::Checksum { what } => write!(f, "{what} checksum mismatch"),
+            ProtocolError::Oversized { bytes } => write!(
+                f,
+                "frame of {bytes} bytes exceeds the limit of {}",
+                frame::FRAME_PAYLOAD_BYTES_MAX
+            ),
+            ProtocolError::Malformed { reason } => write!(f, "malformed frame: {reason}"),
+            ProtocolError::OutOfOrder { got, state } => {
+                write!(f, "{got} is not allowed while {state}")
+            }
+            ProtocolError::WrongStream { expected, got } => write!(
+                f,
+                "frame for stream {:016x} epoch {} on a connection to stream {:016x} epoch {}",
+                got.0, got.1, expected.0, expected.1
+            ),
+            ProtocolError::SequenceGap { expected, got } => {
+                write!(f, "batch starts at sequence {got}, expected {expected}")
+            }
+            ProtocolError::Version { got } => write!(
+                f,
+                "peer speaks protocol version {got}, this build speaks {PROTOCOL_VERSION}"
+            ),
+            ProtocolError::Remote { code, message } => {
+                write!(f, "peer closed the connection ({code:?}): {message}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ProtocolError {}
