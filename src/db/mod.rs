@@ -139,6 +139,18 @@ impl Db {
         self.inner.engine.node
     }
 
+    /// The WAL, for the replication leader's reader.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) fn wal(&self) -> &crate::wal::Wal {
+        &self.inner.engine.wal
+    }
+
+    /// A file-system seam like the database's own (the same fault plan).
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) fn io(&self) -> Io {
+        Io::new(self.inner.engine.options.faults.clone())
+    }
+
     /// What opening found in the WAL (torn tail cut, repair done, counts).
     pub fn recovery_report(&self) -> &RecoveryReport {
         &self.inner.recovery

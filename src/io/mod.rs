@@ -230,6 +230,14 @@ impl Io {
         Ok(self.file(file, path))
     }
 
+    /// Opens an existing file for reading only.
+    pub fn open_read(&self, path: &Path) -> Result<IoFile> {
+        self.check(IoOp::Open, path)?;
+        let r = OpenOptions::new().read(true).open(path);
+        let file = self.wrap(IoOp::Open, path, r)?;
+        Ok(self.file(file, path))
+    }
+
     /// Opens (creating if needed) a file without truncating it, for locking.
     pub fn open_lock_file(&self, path: &Path) -> Result<IoFile> {
         self.check(IoOp::Open, path)?;
@@ -375,6 +383,24 @@ impl IoFile {
     pub fn len_bytes(&self) -> Result<u64> {
         let r = self.file.metadata().map(|m| m.len());
         self.io.wrap(IoOp::Read, &self.path, r)
+    }
+
+    /// Reads up to `buf.len()` bytes at `offset_bytes`; fewer only at the
+    /// end of the file. Returns how many were read.
+    pub fn read_at(&self, offset_bytes: u64, buf: &mut [u8]) -> Result<usize> {
+        use std::os::unix::fs::FileExt;
+        self.io.check(IoOp::Read, &self.path)?;
+        let mut filled = 0;
+        while filled < buf.len() {
+            let r = self
+                .file
+                .read_at(&mut buf[filled..], offset_bytes + filled as u64);
+            match self.io.wrap(IoOp::Read, &self.path, r)? {
+                0 => break,
+                n => filled += n,
+            }
+        }
+        Ok(filled)
     }
 
     /// Reads the whole file from the start.
