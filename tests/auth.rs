@@ -653,6 +653,20 @@ fn concurrent_changes_to_one_user_resolve_the_same_way_on_both_copies() {
     assert_eq!(a.db.digest().root_hex(), b.db.digest().root_hex());
 }
 
+/// A service whose hash costs are large enough that one hash dominates the
+/// lookups around it, yet quick enough for dozens of rounds.
+fn timing_service(db: &Db) -> AuthService {
+    let options = AuthOptions {
+        password_params: PasswordParams {
+            memory_kib: 4096,
+            passes: 2,
+            lanes: 1,
+        },
+        ..AuthOptions::default()
+    };
+    AuthService::open_with(db, key(1), options).unwrap()
+}
+
 fn median(mut samples: Vec<Duration>) -> Duration {
     samples.sort();
     samples[samples.len() / 2]
@@ -663,20 +677,7 @@ fn an_unknown_user_costs_what_a_wrong_password_costs() {
     const ROUNDS: usize = 41;
     let dir = tempfile::tempdir().unwrap();
     let db = open_db(dir.path());
-    // Costs large enough that one hash dominates the lookups around it.
-    let auth = AuthService::open_with(
-        &db,
-        key(1),
-        AuthOptions {
-            password_params: PasswordParams {
-                memory_kib: 4096,
-                passes: 2,
-                lanes: 1,
-            },
-            ..AuthOptions::default()
-        },
-    )
-    .unwrap();
+    let auth = timing_service(&db);
     auth.create_user("alice", PASSWORD).unwrap();
     let time = |name: &str| {
         let start = Instant::now();
@@ -769,19 +770,7 @@ fn a_user_with_a_weak_stored_hash_fails_as_slowly_as_an_unknown_user() {
     let dir = tempfile::tempdir().unwrap();
     let db = open_db(dir.path());
     service(&db, 1).create_user("legacy", PASSWORD).unwrap();
-    let auth = AuthService::open_with(
-        &db,
-        key(1),
-        AuthOptions {
-            password_params: PasswordParams {
-                memory_kib: 4096,
-                passes: 2,
-                lanes: 1,
-            },
-            ..AuthOptions::default()
-        },
-    )
-    .unwrap();
+    let auth = timing_service(&db);
     let time = |name: &str| {
         let start = Instant::now();
         let error = auth_error(auth.verify_password(name, "not the password"));

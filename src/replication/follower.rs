@@ -271,7 +271,7 @@ impl FollowerMachine {
                 Ok(vec![FollowerAction::LeaderPosition { leader_seq }])
             }
             (state, message) => Err(ProtocolError::OutOfOrder {
-                got: kind_name(&message),
+                got: message.name(),
                 state: state.name(),
             }),
         }
@@ -374,20 +374,6 @@ fn check_stream(expected: (u64, u64), got: (u64, u64)) -> Result<(), ProtocolErr
         Ok(())
     } else {
         Err(ProtocolError::WrongStream { expected, got })
-    }
-}
-
-fn kind_name(message: &Message) -> &'static str {
-    match message {
-        Message::Hello { .. } => "HELLO",
-        Message::Welcome { .. } => "WELCOME",
-        Message::SnapshotBegin { .. } => "SNAPSHOT_BEGIN",
-        Message::SnapshotChunk { .. } => "SNAPSHOT_CHUNK",
-        Message::SnapshotEnd { .. } => "SNAPSHOT_END",
-        Message::Batch { .. } => "BATCH",
-        Message::Heartbeat { .. } => "HEARTBEAT",
-        Message::Ack { .. } => "ACK",
-        Message::Error { .. } => "ERROR",
     }
 }
 

@@ -186,6 +186,21 @@ impl Message {
         }
     }
 
+    /// The message's name, as in `docs/PROTOCOL.md`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Message::Hello { .. } => "HELLO",
+            Message::Welcome { .. } => "WELCOME",
+            Message::SnapshotBegin { .. } => "SNAPSHOT_BEGIN",
+            Message::SnapshotChunk { .. } => "SNAPSHOT_CHUNK",
+            Message::SnapshotEnd { .. } => "SNAPSHOT_END",
+            Message::Batch { .. } => "BATCH",
+            Message::Heartbeat { .. } => "HEARTBEAT",
+            Message::Ack { .. } => "ACK",
+            Message::Error { .. } => "ERROR",
+        }
+    }
+
     /// The whole frame (header and payload) for this message.
     pub fn to_frame_bytes(&self) -> Result<Vec<u8>, ProtocolError> {
         encode_frame(self.kind(), &self.encode_payload()?)
