@@ -42,8 +42,6 @@ mod users;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 
@@ -138,7 +136,6 @@ pub struct AuthService {
     /// reason.
     dummy_key_hash: [u8; 32],
     keys: RwLock<KeyRing>,
-    timing: VerifyTiming,
     /// Serialises writes that read before they write (create a user,
     /// re-encrypt a secret), so two threads cannot interleave them.
     write_lock: Mutex<()>,
@@ -176,11 +173,6 @@ impl AuthService {
         let hasher = PasswordHasher::new(options.password_params)?;
         let dummy_password: [u8; 32] = random_bytes()?;
         let dummy_phc = hasher.hash(&dummy_password)?;
-        // One verification to calibrate the padding: the hash above is no
-        // measure (it also pays for first touching the memory).
-        let started = Instant::now();
-        hasher.verify(&dummy_password, &dummy_phc)?;
-        let timing = VerifyTiming::new(started.elapsed());
         let dummy_key_hash: [u8; 32] = random_bytes()?;
         let store = db.reserved_keyspace(AUTH_KEYSPACE)?;
         let active = secrets::resolve_master_key(&store, master_key, &*options.wall_clock)?;
@@ -193,7 +185,6 @@ impl AuthService {
             dummy_phc,
             dummy_key_hash,
             keys: RwLock::new(KeyRing { active, reachable }),
-            timing,
             write_lock: Mutex::new(()),
         };
         service.finish_pending_rotation()?;
@@ -213,41 +204,6 @@ impl AuthService {
     fn now_ms(&self) -> u64 {
         self.options.wall_clock.now_ms()
     }
-}
-
-/// How long one verification at the configured costs takes: a moving
-/// average of the ones the service does, used to pad faster ones.
-struct VerifyTiming {
-    average_ns: AtomicU64,
-}
-
-impl VerifyTiming {
-    fn new(first: Duration) -> Self {
-        VerifyTiming {
-            average_ns: AtomicU64::new(duration_ns(first)),
-        }
-    }
-
-    /// Folds in one measured verification (weight 1/4: the machine's speed
-    /// drifts, and the padding should follow it within a few logins).
-    fn observe(&self, took: Duration) {
-        let old = self.average_ns.load(Ordering::Relaxed);
-        let new = (old.saturating_mul(3).saturating_add(duration_ns(took))) / 4;
-        self.average_ns.store(new, Ordering::Relaxed);
-    }
-
-    /// Sleeps until a verification that began at `started` has taken as
-    /// long as a configured-cost one does.
-    fn pad(&self, started: Instant) {
-        let target = Duration::from_nanos(self.average_ns.load(Ordering::Relaxed));
-        if let Some(rest) = target.checked_sub(started.elapsed()) {
-            std::thread::sleep(rest);
-        }
-    }
-}
-
-fn duration_ns(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// `N` bytes from the operating system's generator.

@@ -241,8 +241,9 @@ impl AuthService {
             reencrypted: 0,
             skipped: 0,
         };
+        let owners = self.live_incarnations()?;
         for key in self.stale_secrets(to) {
-            if self.reencrypt_one(&key, &active)? {
+            if self.reencrypt_one(&key, &active, &owners)? {
                 report.reencrypted += 1;
             } else {
                 report.skipped += 1;
@@ -272,7 +273,12 @@ impl AuthService {
     /// stamp right after its current one. False if it was left alone
     /// (unreadable, its user gone, over budget, or replaced meanwhile by a
     /// newer write); only a failure of the database itself is an error.
-    fn reencrypt_one(&self, key: &[u8], active: &MasterKey) -> Result<bool> {
+    fn reencrypt_one(
+        &self,
+        key: &[u8],
+        active: &MasterKey,
+        owners: &HashMap<[u8; 16], String>,
+    ) -> Result<bool> {
         let Some((user_id, name)) = records::parse_secret_key(key) else {
             return Ok(false);
         };
@@ -282,7 +288,7 @@ impl AuthService {
         ) else {
             return Ok(false);
         };
-        let Some(user) = self.name_of_live_incarnation(&user_id) else {
+        let Some(user) = owners.get(&user_id) else {
             return Ok(false);
         };
         let Ok(old_key) = self.key_by_id(record.key_id) else {
@@ -290,7 +296,7 @@ impl AuthService {
         };
         let place = SecretPlace {
             user_id: &user_id,
-            user: &user,
+            user,
             name: &name,
         };
         let Some(plaintext) = crypto::open_secret(&old_key, &place, &record.sealed) else {
@@ -315,17 +321,14 @@ impl AuthService {
             .is_some_and(|o| o.kind != OutcomeKind::IgnoredStale))
     }
 
-    /// The name of the live user whose incarnation is `user_id`, if any.
-    fn name_of_live_incarnation(&self, user_id: &[u8; 16]) -> Option<String> {
-        self.store
-            .scan(&ScanOptions::prefix(records::USER_PREFIX))
-            .filter_map(|entry| records::user_name_of(entry.key()).map(str::to_string))
-            .find(|name| {
-                self.live_user(name)
-                    .ok()
-                    .flatten()
-                    .is_some_and(|r| &r.user_id == user_id)
-            })
+    /// Every live user's incarnation id and name (read once per rotation,
+    /// not once per secret).
+    fn live_incarnations(&self) -> Result<HashMap<[u8; 16], String>> {
+        let live = self.list_users()?.into_iter().filter_map(|info| {
+            let mut id = [0u8; 16];
+            hex_decode(&info.user_id, &mut id).then_some((id, info.name))
+        });
+        Ok(live.collect())
     }
 
     /// Deletes every secret of one user incarnation, in batches.
