@@ -1,13 +1,17 @@
 //! The auth service: users, API keys, secrets, rotation, merging, timing.
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
+
+use common::{Copy, copy, sync};
 use std::time::{Duration, Instant};
 
 use mergekv::auth::{
     AuthError, AuthOptions, AuthService, MasterKey, PasswordParams, Scope, Scopes,
 };
-use mergekv::{Db, Error, FaultInjector, IoOp, ManualClock, Options, SyncCursor, SyncMode};
+use mergekv::{Db, Error, FaultInjector, IoOp, ManualClock, Options, SyncMode};
 
 const PASSWORD: &str = "correct horse battery staple";
 
@@ -523,47 +527,14 @@ fn a_key_past_its_encryption_budget_refuses_until_rotated() {
     roomier.put_secret("alice", "s3", b"v").unwrap();
 }
 
-/// Sends everything `from` has to `to`.
-fn sync(from: &Db, to: &Db) {
-    let (bytes, _) = from.export_since(&SyncCursor::new()).unwrap();
-    to.import(&bytes).unwrap();
-}
-
-struct Copy {
-    _dir: tempfile::TempDir,
-    db: Db,
-    clock: Arc<ManualClock>,
-}
-
-impl Copy {
-    /// The auth service over this copy, on the copy's clock (creation
-    /// times decide between concurrent incarnations of one name).
-    fn service(&self, master: u8) -> AuthService {
-        let options = AuthOptions {
-            wall_clock: self.clock.clone(),
-            ..options()
-        };
-        AuthService::open_with(&self.db, key(master), options).unwrap()
-    }
-}
-
-fn copy(start_ms: u64) -> Copy {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = Arc::new(ManualClock::new(start_ms));
-    let db = Db::open_with(
-        dir.path(),
-        Options {
-            sync_mode: SyncMode::Never,
-            wall_clock: clock.clone(),
-            ..Options::default()
-        },
-    )
-    .unwrap();
-    Copy {
-        _dir: dir,
-        db,
-        clock,
-    }
+/// The auth service over a copy, on the copy's clock (creation times
+/// decide between concurrent incarnations of one name).
+fn service_on(copy: &Copy, master: u8) -> AuthService {
+    let options = AuthOptions {
+        wall_clock: copy.clock.clone(),
+        ..options()
+    };
+    AuthService::open_with(&copy.db, key(master), options).unwrap()
 }
 
 #[test]
@@ -600,7 +571,7 @@ fn two_copies_that_created_users_and_keys_apart_merge_into_one_set() {
 #[test]
 fn concurrent_changes_to_one_user_resolve_the_same_way_on_both_copies() {
     let (a, b) = (copy(1_000), copy(1_000));
-    let (auth_a, auth_b) = (a.service(7), b.service(7));
+    let (auth_a, auth_b) = (service_on(&a, 7), service_on(&b, 7));
     auth_a.create_user("dave", "dave's password").unwrap();
     auth_a.create_user("erin", "erin's password").unwrap();
     sync(&a.db, &b.db);
@@ -741,7 +712,7 @@ fn a_rotation_never_undoes_a_newer_change_made_on_another_copy() {
 #[test]
 fn a_late_write_to_a_deleted_incarnation_does_not_hide_the_new_one() {
     let (a, b) = (copy(1_000), copy(1_000));
-    let (auth_a, auth_b) = (a.service(7), b.service(7));
+    let (auth_a, auth_b) = (service_on(&a, 7), service_on(&b, 7));
     auth_a.create_user("dave", "dave's password").unwrap();
     sync(&a.db, &b.db);
     auth_a.delete_user("dave").unwrap();

@@ -1,46 +1,10 @@
 //! Change sets between copies: export, import, convergence basics.
 
-use std::sync::Arc;
+mod common;
 
-use mergekv::{Db, Error, ManualClock, Options, ScanOptions, SyncCursor, SyncMode};
+use mergekv::{Db, Error, Options, ScanOptions, SyncCursor, SyncMode};
 
-struct Copy {
-    _dir: tempfile::TempDir,
-    db: Db,
-    clock: Arc<ManualClock>,
-}
-
-fn copy(start_ms: u64) -> Copy {
-    copy_with(start_ms, Options::default().segment_size_bytes_max)
-}
-
-/// A copy whose clock starts at `start_ms`, with segments of at most
-/// `segment_size_bytes_max`.
-fn copy_with(start_ms: u64, segment_size_bytes_max: u64) -> Copy {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = Arc::new(ManualClock::new(start_ms));
-    let db = Db::open_with(
-        dir.path(),
-        Options {
-            sync_mode: SyncMode::Never,
-            wall_clock: clock.clone(),
-            segment_size_bytes_max,
-            ..Options::default()
-        },
-    )
-    .unwrap();
-    Copy {
-        _dir: dir,
-        db,
-        clock,
-    }
-}
-
-/// Sends everything `from` has that `to` lacks.
-fn sync(from: &Db, to: &Db) -> mergekv::ImportReport {
-    let (bytes, _) = from.export_since(&SyncCursor::new()).unwrap();
-    to.import(&bytes).unwrap()
-}
+use common::{Copy, copy, copy_with, sync};
 
 fn everything(db: &Db) -> Vec<(Vec<u8>, mergekv::Value)> {
     db.scan(&ScanOptions::all())
@@ -356,37 +320,33 @@ fn sealed_segments_are_exchanged_by_content_hash() {
     let manifest = a.segment_manifest().unwrap();
     assert!(manifest.len() > 3, "rotation sealed several segments");
     let b_dir = tempfile::tempdir().unwrap();
-    let b = Copy {
-        db: Db::open(b_dir.path()).unwrap(), // a real clock, like a's
-        clock: Arc::new(ManualClock::new(0)),
-        _dir: b_dir,
-    };
-    let missing = b.db.missing_segments(&manifest).unwrap();
+    let b_db = Db::open(b_dir.path()).unwrap(); // a real clock, like a's
+    let missing = b_db.missing_segments(&manifest).unwrap();
     assert_eq!(missing, manifest, "b has none of them");
     // A wrong hash applies nothing.
     let first = a.segment_bytes(&manifest[0].hash).unwrap().unwrap();
     assert_eq!(
-        b.db.import_segment(&first, &manifest[1].hash).unwrap(),
+        b_db.import_segment(&first, &manifest[1].hash).unwrap(),
         mergekv::SegmentImport::HashMismatch
     );
-    assert_eq!(b.db.scan(&ScanOptions::all()).count(), 0);
+    assert_eq!(b_db.scan(&ScanOptions::all()).count(), 0);
     let mut written = 0;
     for entry in &missing {
         let bytes = a.segment_bytes(&entry.hash).unwrap().unwrap();
-        match b.db.import_segment(&bytes, &entry.hash).unwrap() {
+        match b_db.import_segment(&bytes, &entry.hash).unwrap() {
             mergekv::SegmentImport::Applied { keys_written, .. } => written += keys_written,
             other => panic!("expected applied, got {other:?}"),
         }
         assert_eq!(
-            b.db.import_segment(&bytes, &entry.hash).unwrap(),
+            b_db.import_segment(&bytes, &entry.hash).unwrap(),
             mergekv::SegmentImport::Skipped
         );
     }
     assert!(written > 0);
-    assert!(b.db.missing_segments(&manifest).unwrap().is_empty());
+    assert!(b_db.missing_segments(&manifest).unwrap().is_empty());
     // Every key in a sealed segment is now on b with a's value.
-    assert_eq!(b.db.get("k000").as_deref(), Some(&b"some value"[..]));
-    assert_eq!(b.db.scan(&ScanOptions::all()).count() as u64, written);
+    assert_eq!(b_db.get("k000").as_deref(), Some(&b"some value"[..]));
+    assert_eq!(b_db.scan(&ScanOptions::all()).count() as u64, written);
 }
 
 fn small_segments(start_ms: u64) -> Copy {

@@ -260,13 +260,7 @@ impl FollowerMachine {
                     leader_seq,
                 },
             ) => {
-                check_stream((self.cursor.stream, self.cursor.epoch), (stream, epoch))?;
-                if leader_seq < self.cursor.seq {
-                    return Err(ProtocolError::SequenceGap {
-                        expected: self.cursor.seq,
-                        got: leader_seq,
-                    });
-                }
+                self.check_leader_position(stream, epoch, leader_seq)?;
                 self.state = State::Streaming;
                 Ok(vec![FollowerAction::LeaderPosition { leader_seq }])
             }
@@ -275,6 +269,24 @@ impl FollowerMachine {
                 state: state.name(),
             }),
         }
+    }
+
+    /// A leader position must be on the follower's stream and epoch and not
+    /// behind the follower (that would mean the leader's history was cut).
+    fn check_leader_position(
+        &self,
+        stream: u64,
+        epoch: u64,
+        leader_seq: u64,
+    ) -> Result<(), ProtocolError> {
+        check_stream((self.cursor.stream, self.cursor.epoch), (stream, epoch))?;
+        if leader_seq < self.cursor.seq {
+            return Err(ProtocolError::SequenceGap {
+                expected: self.cursor.seq,
+                got: leader_seq,
+            });
+        }
+        Ok(())
     }
 
     fn on_welcome(
@@ -290,14 +302,7 @@ impl FollowerMachine {
         }
         match mode {
             StartMode::CatchUp => {
-                check_stream((self.cursor.stream, self.cursor.epoch), (stream, epoch))?;
-                if leader_seq < self.cursor.seq {
-                    // The leader has less than we do: its history was cut.
-                    return Err(ProtocolError::SequenceGap {
-                        expected: self.cursor.seq,
-                        got: leader_seq,
-                    });
-                }
+                self.check_leader_position(stream, epoch, leader_seq)?;
                 self.state = State::Streaming;
                 Ok(vec![FollowerAction::LeaderPosition { leader_seq }])
             }

@@ -3,6 +3,48 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use mergekv::{Db, ImportReport, ManualClock, Options, SyncCursor, SyncMode};
+
+/// One copy of a database for sync tests, with its own manual clock.
+pub struct Copy {
+    _dir: tempfile::TempDir,
+    /// The database.
+    pub db: Db,
+    /// Its clock.
+    pub clock: Arc<ManualClock>,
+}
+
+/// A copy whose clock starts at `start_ms`.
+pub fn copy(start_ms: u64) -> Copy {
+    copy_with(start_ms, Options::default().segment_size_bytes_max)
+}
+
+/// A copy whose clock starts at `start_ms`, with segments of at most
+/// `segment_size_bytes_max`.
+pub fn copy_with(start_ms: u64, segment_size_bytes_max: u64) -> Copy {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(start_ms));
+    let options = Options {
+        sync_mode: SyncMode::Never,
+        wall_clock: clock.clone(),
+        segment_size_bytes_max,
+        ..Options::default()
+    };
+    let db = Db::open_with(dir.path(), options).unwrap();
+    Copy {
+        _dir: dir,
+        db,
+        clock,
+    }
+}
+
+/// Sends everything `from` has that `to` lacks.
+pub fn sync(from: &Db, to: &Db) -> ImportReport {
+    let (bytes, _) = from.export_since(&SyncCursor::new()).unwrap();
+    to.import(&bytes).unwrap()
+}
 
 /// The WAL segment files of the database in `dir`, oldest first.
 pub fn segments(dir: &Path) -> Vec<PathBuf> {
