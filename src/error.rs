@@ -91,6 +91,21 @@ pub enum Error {
     },
     /// An auth service operation was refused (see [`AuthError`]).
     Auth(AuthError),
+    /// The database is read-only: opened with `Options::read_only`, or a
+    /// replication follower (whose directory says so until it is promoted).
+    ReadOnly {
+        /// The database directory.
+        dir: PathBuf,
+        /// The leader it follows, if it is a follower.
+        follower_of: Option<String>,
+    },
+    /// A network operation (replication) failed.
+    Network {
+        /// What was being done, with the address.
+        what: String,
+        /// The operating system's error.
+        source: Arc<std::io::Error>,
+    },
     /// A stored typed value did not decode as the requested type.
     Decode {
         /// What was being decoded.
@@ -186,6 +201,19 @@ impl std::fmt::Display for Error {
                 String::from_utf8_lossy(key)
             ),
             Error::Decode { what, reason } => write!(f, "cannot decode {what}: {reason}"),
+            Error::Network { what, source } => write!(f, "{what} failed: {source}"),
+            Error::ReadOnly {
+                dir,
+                follower_of: Some(leader),
+            } => write!(
+                f,
+                "database {} is a read-only follower of {leader}; run `mergekv promote` on it to make it writable",
+                dir.display()
+            ),
+            Error::ReadOnly {
+                dir,
+                follower_of: None,
+            } => write!(f, "database {} is open read-only", dir.display()),
             Error::Auth(e) => e.fmt(f),
         }
     }
@@ -200,7 +228,7 @@ impl From<AuthError> for Error {
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Error::Io { source, .. } => Some(source.as_ref()),
+            Error::Io { source, .. } | Error::Network { source, .. } => Some(source.as_ref()),
             _ => None,
         }
     }

@@ -93,6 +93,7 @@ pub use clock::{DriftPolicy, ManualClock, NodeId, Stamp, SystemClock, WallClock}
 pub use command::{Batch, DEFAULT_KEYSPACE, Op, OpKind, Outcome, OutcomeKind};
 pub use compactor::{CompactionReport, CompactorStats, CursorInfo};
 pub use db::read::{Entry, ReadView, Scan, ScanOptions, Value, ViewKeyspace};
+pub use db::replica::FollowerPosition;
 pub use db::{Db, Keyspace, Stats};
 pub use error::{Error, Result};
 pub use io::{FaultInjector, IoOp};

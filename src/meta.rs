@@ -16,6 +16,11 @@ use crate::io::{Io, IoFile};
 pub const LOCK_FILE: &str = "LOCK";
 /// Name of the identity file.
 pub const META_FILE: &str = "META";
+/// Name of the follower marker: present (holding the leader's address)
+/// while the database is a replication follower.
+pub const FOLLOWER_FILE: &str = "FOLLOWER";
+/// Longest leader address the marker holds.
+const FOLLOWER_MARKER_BYTES_MAX: usize = 1024;
 
 const META_MAGIC: [u8; 8] = *b"MKVMETA\x01";
 const META_FORMAT_VERSION: u16 = 1;
@@ -71,6 +76,44 @@ pub fn create_meta(io: &Io, dir: &Path, created_ms: u64) -> Result<Meta> {
     };
     io.write_atomic(&meta_path(dir), &encode_meta(&meta))?;
     Ok(meta)
+}
+
+/// The leader a follower directory follows, or `None` if the directory is
+/// not a follower.
+pub fn read_follower_marker(io: &Io, dir: &Path) -> Result<Option<String>> {
+    let path = dir.join(FOLLOWER_FILE);
+    let Some(bytes) = io.read_if_exists(&path)? else {
+        return Ok(None);
+    };
+    if bytes.len() > FOLLOWER_MARKER_BYTES_MAX {
+        return Err(Error::corruption(&path, 0, "follower marker too long"));
+    }
+    String::from_utf8(bytes)
+        .map(|leader| Some(leader.trim().to_string()))
+        .map_err(|_| Error::corruption(&path, 0, "follower marker is not UTF-8"))
+}
+
+/// Marks the directory as a follower of `leader` (atomically, durably).
+pub fn write_follower_marker(io: &Io, dir: &Path, leader: &str) -> Result<()> {
+    if leader.len() > FOLLOWER_MARKER_BYTES_MAX {
+        return Err(Error::limit(
+            "follower_marker_bytes_max",
+            leader.len(),
+            FOLLOWER_MARKER_BYTES_MAX,
+        ));
+    }
+    io.write_atomic(&dir.join(FOLLOWER_FILE), leader.as_bytes())
+}
+
+/// Removes the follower marker (durably); true if there was one.
+pub fn remove_follower_marker(io: &Io, dir: &Path) -> Result<bool> {
+    let path = dir.join(FOLLOWER_FILE);
+    if io.read_if_exists(&path)?.is_none() {
+        return Ok(false);
+    }
+    io.remove_file(&path)?;
+    io.sync_dir(dir)?;
+    Ok(true)
 }
 
 fn random_node_id() -> NodeId {

@@ -106,6 +106,10 @@ pub struct Options {
     /// Most WAL bytes kept for registered cursors; a cursor further behind
     /// is marked as needing a full resync and no longer holds segments back.
     pub wal_retention_bytes_max: u64,
+    /// Open read-only: every write, import or sync into this handle fails
+    /// with [`crate::Error::ReadOnly`]. A follower's directory can be
+    /// opened only this way until it is promoted.
+    pub read_only: bool,
     /// The wall clock the HLC reads.
     pub wall_clock: Arc<dyn WallClock>,
     /// Injected file-system failures, for tests.
@@ -186,6 +190,7 @@ impl Default for Options {
             snapshots_retained: 1,
             tombstone_grace_ms: 7 * 24 * 60 * 60 * 1000,
             wal_retention_bytes_max: 1024 * 1024 * 1024,
+            read_only: false,
             wall_clock: Arc::new(SystemClock),
             faults: None,
         }

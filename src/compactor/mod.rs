@@ -33,9 +33,10 @@ use crate::crdt::KeyState;
 use crate::db::engine::Engine;
 use crate::error::{Error, Result};
 use crate::io::Io;
-use crate::snapshot::{self, SNAPSHOT_DIR, SnapshotMeta};
-use crate::state::StoreKey;
+use crate::snapshot::{self, SNAPSHOT_DIR, SnapshotMeta, Written};
+use crate::state::{State, StoreKey};
 use crate::wal::WAL_DIR;
+use crate::wal::format::Record;
 
 /// Most cursors that can be registered at once.
 pub const CURSORS_MAX: usize = 1024;
@@ -283,6 +284,65 @@ impl Maintenance {
             cursors_behind,
             duration_ms: 0,
         })
+    }
+
+    /// Replaces the whole state, but for this copy's own `_local` keys,
+    /// with `records` plus `local` (a follower installing a leader's
+    /// snapshot, with its new cursor in `local`), durably: a snapshot of
+    /// the new state covering everything in the WAL so far is written and
+    /// verified first; then the map is swapped and the older snapshots and
+    /// the WAL they covered are dropped. A crash before the snapshot's
+    /// rename leaves the old state whole; after it, the new one. The caller
+    /// must be the only writer while this runs.
+    pub fn install_state(&self, records: Vec<Record>, local: Vec<Record>) -> Result<Written> {
+        let _running = self.running.lock();
+        let engine = &self.engine;
+        engine.wal.check_usable()?;
+        engine.wal.seal_active()?;
+        let target = engine.wal.stats().last_seq;
+        engine.wal.wait_watermark(target)?;
+        let covered_seq = engine.wal.applied_watermark()?;
+        engine.wal.sync_written()?;
+        let fresh = State::new();
+        let own_local: Vec<Record> = engine.state.with_map(|map| {
+            map.iter()
+                .filter(|(k, _)| crate::sync::is_local(k))
+                .map(|(k, s)| Record {
+                    store_key: k.clone(),
+                    delta: s.clone(),
+                })
+                .collect()
+        });
+        fresh.replay(own_local);
+        fresh.replay(records);
+        fresh.replay(local);
+        let map = fresh.snapshot();
+        let meta = SnapshotMeta {
+            node: engine.node,
+            covered_seq,
+            hlc: engine.hlc.lock().high_water(),
+            created_ms: engine.options.wall_clock.now_ms(),
+        };
+        let dedup = engine.wal.dedup_entries_through(covered_seq);
+        let snap_dir = self.dir.join(SNAPSHOT_DIR);
+        let written =
+            snapshot::write_snapshot(&self.io, &snap_dir, &meta, &map, &dedup, |_, _| true)?;
+        snapshot::read_snapshot(&self.io, &written.path)?;
+        engine.wal.check_usable()?;
+        engine.state.replace(map);
+        // Older snapshots hold the replaced state: none may be fallen back on.
+        for (seq, path) in snapshot::list_snapshots(&self.io, &snap_dir)? {
+            if seq < covered_seq {
+                self.io.remove_file(&path)?;
+            }
+        }
+        self.io.sync_dir(&snap_dir)?;
+        engine.wal.truncate_before(covered_seq.saturating_add(1))?;
+        let mut p = self.progress.lock();
+        p.snapshot_seq = Some(covered_seq);
+        p.snapshot_bytes = written.size_bytes;
+        p.compacted_at = Some(Instant::now());
+        Ok(written)
     }
 
     /// Which tombstones this compaction may drop.

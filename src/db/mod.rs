@@ -4,6 +4,7 @@
 pub(crate) mod engine;
 pub(crate) mod read;
 mod recover;
+pub(crate) mod replica;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -50,6 +51,12 @@ struct DbInner {
     recovery: RecoveryReport,
     default_prefix: Vec<u8>,
     flusher: Option<(Sender<()>, JoinHandle<()>)>,
+    /// Opened with `Options::read_only`: every write path refuses.
+    read_only: bool,
+    /// The leader this copy follows, while its directory says so.
+    follower_of: parking_lot::RwLock<Option<String>>,
+    /// Set once this open has drawn a new replication epoch.
+    epoch_redrawn: std::sync::atomic::AtomicBool,
     _lock: DirLock,
 }
 
@@ -83,6 +90,11 @@ impl Db {
         }
         io.create_dir_all(&dir)?;
         let lock = meta::lock_dir(&io, &dir)?;
+        let follower_of = meta::read_follower_marker(&io, &dir)?;
+        if follower_of.is_some() && !options.read_only {
+            return Err(Error::ReadOnly { dir, follower_of });
+        }
+        let read_only = options.read_only;
         let wal_dir = dir.join(WAL_DIR);
         let meta = match meta::read_meta(&io, &dir)? {
             Some(meta) => meta,
@@ -124,6 +136,9 @@ impl Db {
                 recovery: recovered.report,
                 default_prefix: keyspace_prefix(DEFAULT_KEYSPACE),
                 flusher,
+                read_only,
+                follower_of: parking_lot::RwLock::new(follower_of),
+                epoch_redrawn: std::sync::atomic::AtomicBool::new(false),
                 _lock: lock,
             }),
         })
@@ -139,14 +154,55 @@ impl Db {
         self.inner.engine.node
     }
 
+    /// True if this handle refuses writes (opened read-only, or a follower).
+    pub fn is_read_only(&self) -> bool {
+        self.inner.read_only
+    }
+
+    /// The leader this database follows, if its directory is a follower's.
+    pub fn follower_of(&self) -> Option<String> {
+        self.inner.follower_of.read().clone()
+    }
+
+    /// Makes a follower's directory writable again: removes the marker
+    /// that makes every writable open fail with [`Error::ReadOnly`]. The
+    /// follower must not be running (the directory lock is taken). Returns
+    /// false if the directory was not a follower. This is how an operator
+    /// fails over; the promoted copy writes under its own node id, so its
+    /// own followers start from a snapshot.
+    pub fn promote(dir: impl AsRef<Path>) -> Result<bool> {
+        let dir = dir.as_ref();
+        let io = Io::new(None);
+        if io.read_if_exists(&meta::meta_path(dir))?.is_none() {
+            return Err(Error::NotADatabase {
+                dir: dir.to_path_buf(),
+            });
+        }
+        let _lock = meta::lock_dir(&io, dir)?;
+        meta::remove_follower_marker(&io, dir)
+    }
+
+    /// The wall clock's time now, in ms since the epoch.
+    pub(crate) fn wall_now_ms(&self) -> u64 {
+        self.inner.engine.options.wall_clock.now_ms()
+    }
+
+    pub(crate) fn check_writable(&self) -> Result<()> {
+        if self.inner.read_only {
+            return Err(Error::ReadOnly {
+                dir: self.inner.dir.clone(),
+                follower_of: self.follower_of(),
+            });
+        }
+        Ok(())
+    }
+
     /// The WAL, for the replication leader's reader.
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn wal(&self) -> &crate::wal::Wal {
         &self.inner.engine.wal
     }
 
     /// A file-system seam like the database's own (the same fault plan).
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn io(&self) -> Io {
         Io::new(self.inner.engine.options.faults.clone())
     }
@@ -187,6 +243,7 @@ impl Db {
     /// Returns once the batch is durable as the sync mode promises (in
     /// `SyncMode::Always`: written and fdatasync'ed) and visible to reads.
     pub fn write(&self, batch: Batch) -> Result<Vec<Outcome>> {
+        self.check_writable()?;
         self.inner.pool.submit(&self.inner.engine, batch)
     }
 
@@ -412,6 +469,7 @@ impl Db {
     /// import. A hash that does not match applies nothing; a segment already
     /// here is skipped.
     pub fn import_segment(&self, bytes: &[u8], hash: &[u8; 32]) -> Result<SegmentImport> {
+        self.check_writable()?;
         if blake3::hash(bytes).as_bytes() != hash {
             return Ok(SegmentImport::HashMismatch);
         }
@@ -466,6 +524,7 @@ impl Db {
     /// duplicates); a damaged one, or one with a stamp too far ahead,
     /// applies nothing.
     pub fn import(&self, bytes: &[u8]) -> Result<ImportReport> {
+        self.check_writable()?;
         let mut changes = crate::sync::changeset::decode(bytes)?;
         // Another copy's own bookkeeping is never ours to apply.
         changes

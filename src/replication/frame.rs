@@ -18,8 +18,18 @@ use super::ProtocolError;
 
 /// Bytes in a frame header.
 pub const FRAME_HEADER_BYTES: usize = 16;
-/// Largest payload a frame may carry: one catch-up batch or snapshot chunk.
-pub const FRAME_PAYLOAD_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Largest payload a frame may carry: room for a BATCH holding the largest
+/// WAL frame the leader can write (a WAL frame is shipped whole, so the
+/// follower can apply it atomically), plus the BATCH fields.
+pub const FRAME_PAYLOAD_BYTES_MAX: usize = crate::wal::format::FRAME_PAYLOAD_BYTES_MAX
+    + crate::wal::format::FRAME_HEADER_BYTES
+    + BATCH_FIELDS_BYTES_MAX;
+/// Room for a BATCH's own fields before its WAL frames.
+const BATCH_FIELDS_BYTES_MAX: usize = 64;
+/// The payload buffer grows by at most this much ahead of the bytes that
+/// actually arrived, so a peer announcing a large frame and sending little
+/// costs little memory.
+const PAYLOAD_READ_STEP_BYTES: usize = 1024 * 1024;
 
 /// What a frame is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -125,8 +135,16 @@ pub fn read_frame(r: &mut impl Read) -> Result<Frame, ProtocolError> {
     let mut header = [0u8; FRAME_HEADER_BYTES];
     r.read_exact(&mut header).map_err(ProtocolError::io)?;
     let (kind, len, payload_crc) = decode_header(&header)?;
-    let mut payload = vec![0u8; len];
-    r.read_exact(&mut payload).map_err(ProtocolError::io)?;
+    let mut payload = Vec::with_capacity(len.min(PAYLOAD_READ_STEP_BYTES));
+    r.take(len as u64)
+        .read_to_end(&mut payload)
+        .map_err(ProtocolError::io)?;
+    if payload.len() != len {
+        return Err(ProtocolError::io(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("frame payload cut at {} of {len} bytes", payload.len()),
+        )));
+    }
     if crc32c::crc32c(&payload) != payload_crc {
         return Err(ProtocolError::Checksum {
             what: "frame payload",

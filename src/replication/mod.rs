@@ -10,10 +10,15 @@
 //!
 //! The transport (TCP, optionally TLS) and the database glue drive them.
 
+pub mod client;
 pub mod follower;
 pub mod frame;
 pub mod leader;
 pub mod message;
+pub mod server;
+#[cfg(feature = "tls")]
+pub mod tls;
+pub mod transport;
 
 pub use message::{Cursor, ErrorCode, Message, PROTOCOL_VERSION, StartMode};
 
@@ -69,6 +74,14 @@ pub enum ProtocolError {
         /// Its version.
         got: u16,
     },
+    /// This side closes the connection, telling the peer why in an ERROR
+    /// frame (a refused token, a duplicate follower id, a shutdown).
+    Refused {
+        /// The code sent.
+        code: ErrorCode,
+        /// The message sent.
+        message: String,
+    },
     /// The peer closed with an ERROR frame.
     Remote {
         /// Its code.
@@ -90,7 +103,7 @@ impl ProtocolError {
     pub fn error_code(&self) -> ErrorCode {
         match self {
             ProtocolError::Version { .. } => ErrorCode::Version,
-            ProtocolError::Remote { code, .. } => *code,
+            ProtocolError::Remote { code, .. } | ProtocolError::Refused { code, .. } => *code,
             _ => ErrorCode::Protocol,
         }
     }
@@ -122,6 +135,9 @@ impl std::fmt::Display for ProtocolError {
                 f,
                 "peer speaks protocol version {got}, this build speaks {PROTOCOL_VERSION}"
             ),
+            ProtocolError::Refused { code, message } => {
+                write!(f, "closing the connection ({code:?}): {message}")
+            }
             ProtocolError::Remote { code, message } => {
                 write!(f, "peer closed the connection ({code:?}): {message}")
             }

@@ -98,6 +98,15 @@ impl State {
             .collect()
     }
 
+    /// Replaces the whole map at once (a follower installing a leader's
+    /// snapshot): readers see the old map or the new one, never a mix.
+    pub fn replace(&self, map: StateMap) {
+        if map.values().any(|s| s.counter.is_some()) {
+            self.note_counter();
+        }
+        *self.map.write() = map;
+    }
+
     /// Removes each key whose state is still exactly the one given (a
     /// garbage-collected tombstone that nothing has overwritten since);
     /// returns how many were removed.

@@ -13,7 +13,6 @@
 pub mod dedup;
 pub mod format;
 // Used by the replication leader (in progress) and by its own tests.
-#[cfg_attr(not(test), allow(dead_code))]
 pub mod reader;
 pub mod recovery;
 
@@ -545,13 +544,11 @@ impl Wal {
             .collect()
     }
 
-    #[cfg_attr(not(test), allow(dead_code))]
     /// The path of the segment whose first sequence number is `first_seq`.
     pub fn segment_path(&self, first_seq: u64) -> PathBuf {
         self.dir.join(segment_file_name(first_seq))
     }
 
-    #[cfg_attr(not(test), allow(dead_code))]
     /// The newest sequence number a reader may ship: durable under the
     /// sync mode (fsynced in `Always`, written otherwise).
     pub fn shippable_seq(&self) -> u64 {
@@ -559,7 +556,6 @@ impl Wal {
         self.acknowledged_seq(&st)
     }
 
-    #[cfg_attr(not(test), allow(dead_code))]
     /// Waits until the shippable sequence number passes `seq`, or
     /// `timeout` elapses; returns it either way (or the WAL's failure).
     pub fn wait_shippable_beyond(&self, seq: u64, timeout: Duration) -> Result<u64> {

@@ -1,0 +1,501 @@
+//! The leader's transport: accepts followers over TCP (or TLS), drives a
+//! [`LeaderMachine`] per connection, ships snapshots and WAL batches.
+//!
+//! One accept thread, and one thread per follower. A follower's thread
+//! authenticates its HELLO, refuses a second live connection claiming the
+//! same follower id, sends a snapshot if the follower needs one, then
+//! streams durable WAL frames as group commits make them shippable, with
+//! heartbeats when idle. Each follower's acknowledged position is
+//! registered with the compactor's retention hook under
+//! `replica-<follower id>`, so the segments it still needs are kept (up to
+//! `wal_retention_bytes_max`; beyond that it gets a snapshot next time).
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use super::ProtocolError;
+use super::leader::LeaderMachine;
+use super::message::{ErrorCode, Message, StartMode};
+use super::transport::{Connection, Transport};
+use crate::auth::AuthService;
+use crate::auth::Scope;
+use crate::db::Db;
+use crate::error::{Error, Result};
+use crate::wal::reader::{WalRead, WalReader};
+
+/// How a leader decides whether a HELLO's token may replicate.
+pub trait ReplicationAuth: Send + Sync {
+    /// `Ok` if `token` may follow this leader; otherwise the ERROR code to
+    /// refuse with ([`ErrorCode::Unauthenticated`] or
+    /// [`ErrorCode::Forbidden`]).
+    fn authorize_replication(&self, token: &str) -> std::result::Result<(), ErrorCode>;
+}
+
+impl ReplicationAuth for AuthService {
+    fn authorize_replication(&self, token: &str) -> std::result::Result<(), ErrorCode> {
+        match self.authorize(token, Scope::Replicate) {
+            Ok(_) => Ok(()),
+            Err(Error::Auth(crate::auth::AuthError::ScopeMissing { .. })) => {
+                Err(ErrorCode::Forbidden)
+            }
+            Err(_) => Err(ErrorCode::Unauthenticated),
+        }
+    }
+}
+
+/// How a leader serves followers. Start from [`ReplicationOptions::new`].
+#[derive(Clone)]
+pub struct ReplicationOptions {
+    /// Decides which tokens may follow.
+    pub auth: Arc<dyn ReplicationAuth>,
+    /// A HEARTBEAT goes out after this long without a BATCH.
+    pub heartbeat_interval_ms: u64,
+    /// A BATCH holds whole WAL frames up to about this many bytes (a
+    /// larger single frame goes alone).
+    pub batch_bytes_target: usize,
+    /// Snapshot bytes per SNAPSHOT_CHUNK.
+    pub snapshot_chunk_bytes: usize,
+    /// Most followers connected at once; more are refused with
+    /// [`ErrorCode::Unavailable`].
+    pub followers_max: usize,
+    /// How long a new connection has to send its HELLO.
+    pub handshake_timeout_ms: u64,
+    /// TLS for every connection, if set.
+    #[cfg(feature = "tls")]
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+impl ReplicationOptions {
+    /// Defaults, with `auth` deciding who may follow.
+    pub fn new(auth: Arc<dyn ReplicationAuth>) -> ReplicationOptions {
+        ReplicationOptions {
+            auth,
+            heartbeat_interval_ms: 1000,
+            batch_bytes_target: 4 * 1024 * 1024,
+            snapshot_chunk_bytes: 1024 * 1024,
+            followers_max: 64,
+            handshake_timeout_ms: 10_000,
+            #[cfg(feature = "tls")]
+            tls: None,
+        }
+    }
+}
+
+/// A follower the leader is serving.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnectedFollower {
+    /// Its id (from its HELLO).
+    pub follower_id: u64,
+    /// Its address.
+    pub peer: String,
+    /// The last sequence number it acknowledged as durable.
+    pub acked_seq: u64,
+    /// The last sequence number sent to it.
+    pub sent_seq: u64,
+}
+
+struct Shared {
+    db: Db,
+    options: ReplicationOptions,
+    epoch: u64,
+    stop: AtomicBool,
+    followers: Mutex<HashMap<u64, ConnectedFollower>>,
+    /// Sockets of live connections, to shut down on stop.
+    sockets: Mutex<HashMap<u64, TcpStream>>,
+    sessions: Mutex<Vec<JoinHandle<()>>>,
+    next_session: std::sync::atomic::AtomicU64,
+}
+
+/// A running leader; stops (closing every connection) when dropped.
+pub struct ReplicationServer {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for ReplicationServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplicationServer")
+            .field("addr", &self.addr)
+            .field("epoch", &self.shared.epoch)
+            .finish()
+    }
+}
+
+impl Db {
+    /// Serves this database's WAL to followers on `addr` (port 0 picks a
+    /// free one; see [`ReplicationServer::local_addr`]), in background
+    /// threads, until the returned handle is stopped or dropped.
+    pub fn serve_replication(
+        &self,
+        addr: impl ToSocketAddrs,
+        options: ReplicationOptions,
+    ) -> Result<ReplicationServer> {
+        self.check_writable()?;
+        let listener =
+            TcpListener::bind(addr).map_err(|e| network("binding the replication listener", e))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| network("reading the listener address", e))?;
+        let shared = Arc::new(Shared {
+            db: self.clone(),
+            epoch: self.replication_epoch()?,
+            options,
+            stop: AtomicBool::new(false),
+            followers: Mutex::new(HashMap::new()),
+            sockets: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(Vec::new()),
+            next_session: std::sync::atomic::AtomicU64::new(0),
+        });
+        let accept_shared = shared.clone();
+        let accept = std::thread::Builder::new()
+            .name("mergekv-repl-accept".into())
+            .spawn(move || accept_loop(&listener, &accept_shared))
+            .map_err(|e| network("starting the replication accept thread", e))?;
+        Ok(ReplicationServer {
+            addr,
+            shared,
+            accept: Some(accept),
+        })
+    }
+}
+
+fn network(what: &str, e: std::io::Error) -> Error {
+    Error::Network {
+        what: what.to_string(),
+        source: Arc::new(e),
+    }
+}
+
+impl ReplicationServer {
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The epoch it serves (see `docs/PROTOCOL.md`).
+    pub fn epoch(&self) -> u64 {
+        self.shared.epoch
+    }
+
+    /// The followers connected now.
+    pub fn followers(&self) -> Vec<ConnectedFollower> {
+        let mut list: Vec<_> = self.shared.followers.lock().values().cloned().collect();
+        list.sort_by_key(|f| f.follower_id);
+        list
+    }
+
+    /// Stops accepting, closes every connection (telling followers the
+    /// leader is going away) and waits for the threads.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        // Wake the accept call with a connection of our own.
+        let mut wake = self.addr;
+        if wake.ip().is_unspecified() {
+            wake.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        let _ = TcpStream::connect_timeout(&wake, Duration::from_secs(1));
+        if let Some(handle) = self.accept.take() {
+            let _ = handle.join();
+        }
+        for socket in self.shared.sockets.lock().values() {
+            let _ = socket.shutdown(std::net::Shutdown::Both);
+        }
+        let sessions = std::mem::take(&mut *self.shared.sessions.lock());
+        for handle in sessions {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for ReplicationServer {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
+    for stream in listener.incoming() {
+        if shared.stop.load(Ordering::Acquire) {
+            return;
+        }
+        let Ok(stream) = stream else { continue };
+        let session_shared = shared.clone();
+        let spawned = std::thread::Builder::new()
+            .name("mergekv-repl-session".into())
+            .spawn(move || serve_connection(stream, &session_shared));
+        if let Ok(handle) = spawned {
+            let mut sessions = shared.sessions.lock();
+            sessions.retain(|h| !h.is_finished());
+            sessions.push(handle);
+        }
+    }
+}
+
+fn serve_connection(stream: TcpStream, shared: &Arc<Shared>) {
+    let peer = stream
+        .peer_addr()
+        .map_or_else(|_| "unknown".to_string(), |a| a.to_string());
+    let _ = stream.set_nodelay(true);
+    let session = shared.next_session.fetch_add(1, Ordering::Relaxed);
+    if let Ok(socket) = stream.try_clone() {
+        shared.sockets.lock().insert(session, socket);
+    }
+    if let Some(mut conn) = wrap(stream, shared) {
+        let mut session_state = Session {
+            shared,
+            peer,
+            follower_id: None,
+            machine: LeaderMachine::new(),
+        };
+        match session_state.run(&mut conn) {
+            // Our own refusal: say why. The follower's ERROR or a dead
+            // socket: nothing to say.
+            Err(ProtocolError::Refused { code, message }) => conn.send_error(code, &message),
+            Err(ProtocolError::Remote { .. } | ProtocolError::Io { .. }) | Ok(()) => {}
+            Err(e) => conn.send_error(e.error_code(), &e.to_string()),
+        }
+        if let Some(id) = session_state.follower_id {
+            shared.followers.lock().remove(&id);
+        }
+    }
+    shared.sockets.lock().remove(&session);
+}
+
+/// The connection over TLS if configured, plain TCP otherwise.
+fn wrap(stream: TcpStream, shared: &Shared) -> Option<Connection> {
+    #[cfg(feature = "tls")]
+    if let Some(config) = &shared.options.tls {
+        let tls = rustls::ServerConnection::new(config.clone()).ok()?;
+        let stream: Box<dyn Transport> = Box::new(super::tls::TlsStream::server(tls, stream));
+        return Some(Connection::new(stream));
+    }
+    let _ = shared;
+    let stream: Box<dyn Transport> = Box::new(stream);
+    Some(Connection::new(stream))
+}
+
+struct Session<'a> {
+    shared: &'a Arc<Shared>,
+    peer: String,
+    follower_id: Option<u64>,
+    machine: LeaderMachine,
+}
+
+/// Closes a session with an ERROR of `code` saying `message`.
+fn refuse(code: ErrorCode, message: impl Into<String>) -> ProtocolError {
+    ProtocolError::Refused {
+        code,
+        message: message.into(),
+    }
+}
+
+impl Session<'_> {
+    fn run(&mut self, conn: &mut Connection) -> std::result::Result<(), ProtocolError> {
+        let options = &self.shared.options;
+        let hello = conn.recv(Duration::from_millis(options.handshake_timeout_ms))?;
+        let hello = self.machine.on_hello(hello)?;
+        options
+            .auth
+            .authorize_replication(&hello.token)
+            .map_err(|code| refuse(code, "the token may not replicate from this leader"))?;
+        self.claim(hello.follower_id)?;
+        let db = &self.shared.db;
+        let position = db.leader_position(self.shared.epoch);
+        let (welcome, mode) = self.machine.welcome(hello.cursor, position)?;
+        conn.send(&welcome)?;
+        let after_seq = match mode {
+            StartMode::CatchUp => hello.cursor.seq,
+            StartMode::Snapshot => self.send_snapshot(conn)?,
+        };
+        self.hold_wal(after_seq);
+        self.stream(conn, after_seq)
+    }
+
+    /// Registers the follower id as live, or refuses a second connection
+    /// claiming it.
+    fn claim(&mut self, follower_id: u64) -> std::result::Result<(), ProtocolError> {
+        let mut followers = self.shared.followers.lock();
+        if followers.contains_key(&follower_id) {
+            return Err(refuse(
+                ErrorCode::DuplicateFollower,
+                format!("follower {follower_id:016x} is already connected"),
+            ));
+        }
+        if followers.len() >= self.shared.options.followers_max {
+            return Err(refuse(ErrorCode::Unavailable, "too many followers"));
+        }
+        followers.insert(
+            follower_id,
+            ConnectedFollower {
+                follower_id,
+                peer: self.peer.clone(),
+                acked_seq: 0,
+                sent_seq: 0,
+            },
+        );
+        self.follower_id = Some(follower_id);
+        Ok(())
+    }
+
+    /// Keeps the WAL after `seq` for this follower (bounded by the
+    /// retention limit). Past the cursor limit the follower simply is not
+    /// held for, and gets a snapshot if it falls behind the WAL.
+    fn hold_wal(&self, seq: u64) {
+        if let Some(id) = self.follower_id {
+            let _ = self.shared.db.set_cursor(&cursor_name(id), seq);
+            if let Some(f) = self.shared.followers.lock().get_mut(&id) {
+                f.acked_seq = f.acked_seq.max(seq);
+            }
+        }
+    }
+
+    /// Sends the newest snapshot; returns the sequence number it covers.
+    fn send_snapshot(&mut self, conn: &mut Connection) -> std::result::Result<u64, ProtocolError> {
+        let db = &self.shared.db;
+        let unavailable = |e: Error| refuse(ErrorCode::Unavailable, e.to_string());
+        let snapshot = db.snapshot_to_ship().map_err(unavailable)?;
+        self.hold_wal(snapshot.covered_seq);
+        let (stream, epoch) = (db.node_id().0, self.shared.epoch);
+        conn.send(&Message::SnapshotBegin {
+            stream,
+            epoch,
+            snapshot_seq: snapshot.covered_seq,
+            total_bytes: snapshot.size_bytes,
+        })?;
+        let mut hasher = blake3::Hasher::new();
+        let mut offset = 0u64;
+        let chunk_bytes = self.shared.options.snapshot_chunk_bytes.max(1);
+        while offset < snapshot.size_bytes {
+            let want = chunk_bytes.min((snapshot.size_bytes - offset) as usize);
+            let mut bytes = vec![0u8; want];
+            let n = snapshot
+                .file
+                .read_at(offset, &mut bytes)
+                .map_err(unavailable)?;
+            if n == 0 {
+                return Err(refuse(ErrorCode::Unavailable, "snapshot file ended early"));
+            }
+            bytes.truncate(n);
+            hasher.update(&bytes);
+            conn.send(&Message::SnapshotChunk {
+                stream,
+                epoch,
+                offset,
+                bytes,
+            })?;
+            offset += n as u64;
+        }
+        conn.send(&Message::SnapshotEnd {
+            stream,
+            epoch,
+            digest: *hasher.finalize().as_bytes(),
+        })?;
+        self.machine.sent(snapshot.covered_seq);
+        Ok(snapshot.covered_seq)
+    }
+
+    /// Ships durable WAL frames after `after_seq` for as long as the
+    /// connection lives, with heartbeats when there is nothing to send.
+    fn stream(
+        &mut self,
+        conn: &mut Connection,
+        after_seq: u64,
+    ) -> std::result::Result<(), ProtocolError> {
+        let db = &self.shared.db;
+        let wal = db.wal();
+        let options = &self.shared.options;
+        let heartbeat = Duration::from_millis(options.heartbeat_interval_ms.max(1));
+        // Short waits, so a stop is noticed promptly.
+        let wait_slice = heartbeat.min(Duration::from_millis(100));
+        let mut reader = WalReader::new(db.io(), after_seq.saturating_add(1));
+        let (stream, epoch) = (db.node_id().0, self.shared.epoch);
+        let mut last_sent = Instant::now();
+        loop {
+            if self.shared.stop.load(Ordering::Acquire) {
+                return Err(refuse(
+                    ErrorCode::Unavailable,
+                    "the leader is shutting down",
+                ));
+            }
+            self.take_acks(conn)?;
+            let shipped_through = reader.next_seq() - 1;
+            let shippable = wal
+                .wait_shippable_beyond(shipped_through, wait_slice)
+                .map_err(|e| refuse(ErrorCode::Unavailable, e.to_string()))?;
+            let read = reader
+                .read(wal, shippable, options.batch_bytes_target)
+                .map_err(|e| refuse(ErrorCode::Unavailable, e.to_string()))?;
+            match read {
+                WalRead::Frames {
+                    first_seq,
+                    last_seq,
+                    frame_count,
+                    bytes,
+                } => {
+                    conn.send(&Message::Batch {
+                        stream,
+                        epoch,
+                        first_seq,
+                        last_seq,
+                        frame_count,
+                        frames: bytes,
+                    })?;
+                    self.machine.sent(last_seq);
+                    self.note_sent(last_seq);
+                    last_sent = Instant::now();
+                }
+                WalRead::UpToDate if last_sent.elapsed() >= heartbeat => {
+                    conn.send(&Message::Heartbeat {
+                        stream,
+                        epoch,
+                        leader_seq: shipped_through,
+                    })?;
+                    last_sent = Instant::now();
+                }
+                WalRead::UpToDate => {}
+                WalRead::Gone => {
+                    return Err(refuse(
+                        ErrorCode::Unavailable,
+                        "the WAL this follower needs was compacted away; reconnect for a snapshot",
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Takes every ACK that has arrived, and moves the retention cursor.
+    fn take_acks(&mut self, conn: &mut Connection) -> std::result::Result<(), ProtocolError> {
+        let mut newest = None;
+        while let Some(message) = conn.try_recv()? {
+            newest = Some(self.machine.on_ack(message)?);
+        }
+        if let Some(seq) = newest {
+            self.hold_wal(seq);
+        }
+        Ok(())
+    }
+
+    fn note_sent(&self, seq: u64) {
+        if let Some(id) = self.follower_id
+            && let Some(f) = self.shared.followers.lock().get_mut(&id)
+        {
+            f.sent_seq = seq;
+        }
+    }
+}
+
+/// The retention cursor name of a follower.
+fn cursor_name(follower_id: u64) -> String {
+    format!("replica-{follower_id:016x}")
+}
