@@ -302,6 +302,11 @@ impl FollowerMachine {
         }
         match mode {
             StartMode::CatchUp => {
+                if self.cursor == Cursor::default() {
+                    // A follower with nothing joins the leader's history.
+                    self.cursor.stream = stream;
+                    self.cursor.epoch = epoch;
+                }
                 self.check_leader_position(stream, epoch, leader_seq)?;
                 self.state = State::Streaming;
                 Ok(vec![FollowerAction::LeaderPosition { leader_seq }])

@@ -57,10 +57,12 @@ impl Default for LeaderMachine {
 }
 
 /// How a follower at `cursor` is brought up to date from `position`: WAL
-/// batches if it is on this stream and epoch and the segments after its
-/// cursor are all still here; a snapshot otherwise.
+/// batches if it is on this stream and epoch (or has nothing yet) and the
+/// segments after its cursor are all still here; a snapshot otherwise.
 pub fn decide_start(cursor: Cursor, position: LeaderPosition) -> StartMode {
-    let same_history = cursor.stream == position.stream && cursor.epoch == position.epoch;
+    let fresh = cursor == Cursor::default();
+    let same_history =
+        fresh || (cursor.stream == position.stream && cursor.epoch == position.epoch);
     let segments_kept = cursor.seq.saturating_add(1) >= position.first_available_seq;
     let not_ahead = cursor.seq <= position.durable_seq;
     if same_history && segments_kept && not_ahead {
@@ -246,6 +248,11 @@ mod tests {
             ..position()
         };
         assert_eq!(decide_start(at(1, 2, 0), whole), StartMode::CatchUp);
+        assert_eq!(
+            decide_start(Cursor::default(), whole),
+            StartMode::CatchUp,
+            "a new follower reads the whole log while it is all there"
+        );
     }
 
     #[test]

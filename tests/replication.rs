@@ -1,0 +1,455 @@
+//! WAL shipping: a leader and followers over loopback TCP.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mergekv::auth::{AuthOptions, AuthService, MasterKey, PasswordParams, Scope, Scopes};
+use mergekv::replication::client::{Follower, FollowerOptions};
+use mergekv::replication::message::StartMode;
+use mergekv::replication::server::{ReplicationOptions, ReplicationServer};
+use mergekv::replication::{Cursor, Message};
+use mergekv::{Batch, Db, Error, Options, SyncMode};
+
+/// Long enough for a loaded 2-core machine; the waits end as soon as the
+/// condition holds.
+const CONVERGE: Duration = Duration::from_secs(60);
+
+struct Leader {
+    _dir: tempfile::TempDir,
+    db: Db,
+    auth: Arc<AuthService>,
+    server: Option<ReplicationServer>,
+    token: String,
+}
+
+fn leader_options() -> Options {
+    Options {
+        sync_mode: SyncMode::Never,
+        ..Options::default()
+    }
+}
+
+fn leader(db_options: Options, tweak: impl FnOnce(&mut ReplicationOptions)) -> Leader {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open_with(dir.path(), db_options).unwrap();
+    let auth = Arc::new(
+        AuthService::open_with(
+            &db,
+            MasterKey::from_bytes([7; 32]),
+            AuthOptions {
+                password_params: PasswordParams::INSECURE_FOR_TESTS,
+                ..AuthOptions::default()
+            },
+        )
+        .unwrap(),
+    );
+    auth.create_user("replica", "a long enough password")
+        .unwrap();
+    let (_, token) = auth
+        .create_api_key("replica", Scopes::of(&[Scope::Replicate]), None)
+        .unwrap();
+    let mut options = ReplicationOptions::new(auth.clone());
+    options.heartbeat_interval_ms = 50;
+    tweak(&mut options);
+    let server = db.serve_replication("127.0.0.1:0", options).unwrap();
+    Leader {
+        _dir: dir,
+        db,
+        auth,
+        server: Some(server),
+        token: token.expose().to_string(),
+    }
+}
+
+impl Leader {
+    fn addr(&self) -> String {
+        self.server.as_ref().unwrap().local_addr().to_string()
+    }
+
+    fn last_seq(&self) -> u64 {
+        self.db.stats().wal.last_seq
+    }
+}
+
+fn follower_options(leader: &str, token: &str) -> FollowerOptions {
+    let mut options = FollowerOptions::new(leader, token);
+    options.db_options.sync_mode = SyncMode::Never;
+    options.backoff_initial_ms = 10;
+    options.backoff_max_ms = 200;
+    options.idle_timeout_ms = 2_000;
+    options
+}
+
+fn follow(dir: &Path, leader: &Leader) -> Follower {
+    Db::open_follower(dir, follower_options(&leader.addr(), &leader.token)).unwrap()
+}
+
+/// Waits for the follower to hold everything the leader has written.
+fn converge(follower: &Follower, leader: &Leader) {
+    let target = leader.last_seq();
+    assert!(
+        follower.wait_for_seq(target, CONVERGE),
+        "follower stuck at {:?}, leader at {target}",
+        follower.status()
+    );
+    assert_eq!(follower.db().digest(), leader.db.digest());
+}
+
+fn put_many(db: &Db, prefix: &str, count: usize) {
+    for chunk in (0..count).collect::<Vec<_>>().chunks(500) {
+        let mut batch = Batch::new();
+        for i in chunk {
+            batch.put(format!("{prefix}{i:06}"), format!("value {i}"));
+        }
+        db.write(batch).unwrap();
+    }
+}
+
+#[test]
+fn a_follower_catches_up_over_many_batches_then_streams() {
+    let leader = leader(leader_options(), |o| o.batch_bytes_target = 16 * 1024);
+    put_many(&leader.db, "k", 20_000);
+    let dir = tempfile::tempdir().unwrap();
+    let follower = follow(dir.path(), &leader);
+    converge(&follower, &leader);
+    let status = follower.status();
+    assert!(status.batches_applied > 10, "{status:?}");
+    assert_eq!(follower.db().stats().keys, leader.db.stats().keys);
+    assert_eq!(
+        follower.db().get("k019999").as_deref(),
+        Some(&b"value 19999"[..])
+    );
+    // Streaming: puts, deletes and counters after the catch-up.
+    for i in 0..200 {
+        leader.db.increment("hits", i).unwrap();
+        leader.db.delete(format!("k{i:06}")).unwrap();
+        leader.db.put(format!("new{i}"), "x").unwrap();
+    }
+    converge(&follower, &leader);
+    assert_eq!(follower.db().counter("hits"), (0..200).sum::<i64>());
+    assert_eq!(follower.db().get("k000000"), None);
+    assert_eq!(follower.status().lag_seqs, 0);
+}
+
+#[test]
+fn a_follower_refuses_writes_and_its_directory_stays_read_only_until_promoted() {
+    let leader = leader(leader_options(), |_| {});
+    leader.db.put("a", "1").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let follower = follow(dir.path(), &leader);
+    converge(&follower, &leader);
+    assert!(matches!(
+        follower.db().put("b", "2"),
+        Err(Error::ReadOnly {
+            follower_of: Some(_),
+            ..
+        })
+    ));
+    assert!(follower.db().import(&[]).is_err());
+    follower.stop();
+    match Db::open(dir.path()) {
+        Err(Error::ReadOnly {
+            follower_of: Some(leader_addr),
+            ..
+        }) => assert_eq!(leader_addr, leader.addr()),
+        other => panic!("expected a read-only error, got {other:?}"),
+    }
+    let read_only = Db::open_with(
+        dir.path(),
+        Options {
+            read_only: true,
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(read_only.get("a").as_deref(), Some(&b"1"[..]));
+    let position = read_only.follower_position().unwrap().unwrap();
+    assert_eq!(position.seq, leader.last_seq());
+    drop(read_only);
+    assert!(Db::promote(dir.path()).unwrap());
+    let promoted = Db::open(dir.path()).unwrap();
+    promoted.put("b", "2").unwrap();
+    assert_eq!(promoted.get("a").as_deref(), Some(&b"1"[..]));
+    assert!(!Db::promote(tempfile::tempdir().unwrap().path()).unwrap_or(false));
+}
+
+#[test]
+fn a_reconnected_follower_has_exactly_the_leaders_keys_and_counts_once() {
+    let leader = leader(leader_options(), |o| o.batch_bytes_target = 4 * 1024);
+    let dir = tempfile::tempdir().unwrap();
+    let follower = follow(dir.path(), &leader);
+    for round in 0..3 {
+        for i in 0..300 {
+            leader.db.increment("total", 1).unwrap();
+            leader.db.put(format!("r{round}-{i}"), "v").unwrap();
+        }
+        // Mid-stream: stop before the follower has necessarily caught up.
+        follower_wait_some(&follower);
+    }
+    follower.stop();
+    for i in 0..500 {
+        leader.db.increment("total", 1).unwrap();
+        leader.db.put(format!("away-{i}"), "v").unwrap();
+    }
+    let follower = follow(dir.path(), &leader);
+    converge(&follower, &leader);
+    assert_eq!(follower.db().counter("total"), 1400);
+    assert_eq!(follower.db().stats().keys, leader.db.stats().keys);
+}
+
+fn follower_wait_some(follower: &Follower) {
+    assert!(follower.wait_until(CONVERGE, |s| s.batches_applied > 0));
+}
+
+#[test]
+fn a_follower_whose_segments_were_compacted_away_gets_a_snapshot_that_replaces_its_state() {
+    let small_wal = Options {
+        segment_size_bytes_max: 16 * 1024,
+        wal_retention_bytes_max: 0,
+        ..leader_options()
+    };
+    let leader = leader(small_wal, |o| o.snapshot_chunk_bytes = 4096);
+    put_many(&leader.db, "early", 2_000);
+    let dir = tempfile::tempdir().unwrap();
+    let follower = follow(dir.path(), &leader);
+    converge(&follower, &leader);
+    follower.stop();
+    // While it is away: deletes, overwrites, and compaction that drops the
+    // segments it would need.
+    for i in 0..1_000 {
+        leader.db.delete(format!("early{i:06}")).unwrap();
+    }
+    put_many(&leader.db, "late", 3_000);
+    leader.db.compact_now().unwrap();
+    leader.db.put("after-compaction", "1").unwrap();
+    let follower = follow(dir.path(), &leader);
+    converge(&follower, &leader);
+    let status = follower.status();
+    assert_eq!(status.snapshots_installed, 1, "{status:?}");
+    assert_eq!(follower.db().get("early000001"), None);
+    assert_eq!(
+        follower.db().get("late002999").as_deref(),
+        Some(&b"value 2999"[..])
+    );
+    // Compaction and rotation while it streams.
+    for round in 0..5 {
+        put_many(&leader.db, &format!("stream{round}-"), 500);
+        leader.db.compact_now().unwrap();
+    }
+    converge(&follower, &leader);
+    // The installed state survives a restart.
+    follower.stop();
+    let reopened = Db::open_with(
+        dir.path(),
+        Options {
+            read_only: true,
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(reopened.digest(), leader.db.digest());
+}
+
+#[test]
+fn a_second_follower_claiming_the_same_id_is_refused_while_the_first_converges() {
+    let leader = leader(leader_options(), |_| {});
+    put_many(&leader.db, "k", 1_000);
+    let (first_dir, second_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut options = follower_options(&leader.addr(), &leader.token);
+    options.follower_id = Some(42);
+    let first = Db::open_follower(first_dir.path(), options.clone()).unwrap();
+    converge(&first, &leader);
+    let second = Db::open_follower(second_dir.path(), options).unwrap();
+    assert!(second.wait_until(CONVERGE, |s| {
+        s.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("already connected"))
+    }));
+    leader.db.put("more", "1").unwrap();
+    converge(&first, &leader);
+    assert_eq!(second.status().batches_applied, 0);
+    assert_eq!(second.db().stats().keys, 0);
+    let connected = leader.server.as_ref().unwrap().followers();
+    assert_eq!(connected.len(), 1);
+    assert_eq!(connected[0].follower_id, 42);
+}
+
+#[test]
+fn followers_without_a_replicate_token_are_refused() {
+    let leader = leader(leader_options(), |_| {});
+    leader.db.put("secret", "data").unwrap();
+    let (_, read_only_token) = leader
+        .auth
+        .create_api_key("replica", Scopes::of(&[Scope::Read]), None)
+        .unwrap();
+    let mut wrong = leader.token.clone();
+    let last = wrong.pop().unwrap();
+    wrong.push(if last == '0' { '1' } else { '0' });
+    let cases = [
+        (String::new(), "Unauthenticated"),
+        (wrong, "Unauthenticated"),
+        (read_only_token.expose().to_string(), "Forbidden"),
+    ];
+    for (token, expected) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let follower =
+            Db::open_follower(dir.path(), follower_options(&leader.addr(), &token)).unwrap();
+        assert!(
+            follower.wait_until(CONVERGE, |s| s
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.contains(expected))),
+            "{expected}: {:?}",
+            follower.status()
+        );
+        assert_eq!(follower.db().get("secret"), None);
+        assert_eq!(follower.status().batches_applied, 0);
+        assert!(follower.db().follower_position().unwrap().is_none());
+    }
+}
+
+/// WAL frames holding three puts (`a`, `b`, `c`, sequence numbers 1..=3),
+/// taken from a real database's segment.
+fn three_wal_frames() -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path()).unwrap();
+    for key in ["a", "b", "c"] {
+        db.put(key, "rogue").unwrap();
+    }
+    db.close().unwrap();
+    let segment = &common::segments(dir.path())[0];
+    let bytes = std::fs::read(segment).unwrap();
+    // The segment header is 32 bytes (docs/FORMAT.md).
+    bytes[32..].to_vec()
+}
+
+/// Accepts one connection from the follower and reads its HELLO.
+fn accept_hello(listener: &TcpListener) -> TcpStream {
+    let (mut socket, _) = listener.accept().unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut header = [0u8; 16];
+    socket.read_exact(&mut header).unwrap();
+    let len = u32::from_le_bytes(header[..4].try_into().unwrap()) as usize;
+    let mut payload = vec![0u8; len];
+    socket.read_exact(&mut payload).unwrap();
+    assert_eq!(header[4], 1, "HELLO first");
+    socket
+}
+
+fn send(socket: &mut TcpStream, message: &Message) {
+    socket
+        .write_all(&message.to_frame_bytes().unwrap())
+        .unwrap();
+}
+
+fn welcome(leader_seq: u64) -> Message {
+    Message::Welcome {
+        version: mergekv::replication::PROTOCOL_VERSION,
+        stream: 0,
+        epoch: 0,
+        leader_seq,
+        mode: StartMode::CatchUp,
+    }
+}
+
+fn batch(stream: u64, first_seq: u64, frames: &[u8]) -> Message {
+    Message::Batch {
+        stream,
+        epoch: 0,
+        first_seq,
+        last_seq: first_seq + 2,
+        frame_count: 3,
+        frames: frames.to_vec(),
+    }
+}
+
+/// Reads until the follower closes the connection.
+fn closed_by_follower(socket: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 1024];
+    loop {
+        match socket.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[test]
+fn a_rogue_leader_gets_nothing_applied_and_the_follower_reconnects() {
+    let frames = three_wal_frames();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let follower = Db::open_follower(dir.path(), follower_options(&addr, "any")).unwrap();
+    let mut bad_checksum = batch(0, 1, &frames).to_frame_bytes().unwrap();
+    let last = bad_checksum.len() - 1;
+    bad_checksum[last] ^= 0x40;
+    let mut damaged_wal_frame = frames.clone();
+    damaged_wal_frame[40] ^= 1;
+    let mut huge = [0u8; 16];
+    huge[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+    huge[4] = 6;
+    let crc = crc32c::crc32c(&huge[..12]);
+    huge[12..].copy_from_slice(&crc.to_le_bytes());
+    let attacks: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "wrong stream",
+            batch(99, 1, &frames).to_frame_bytes().unwrap(),
+        ),
+        ("bad frame checksum", bad_checksum),
+        (
+            "damaged WAL frame",
+            batch(0, 1, &damaged_wal_frame).to_frame_bytes().unwrap(),
+        ),
+        ("4 GiB length", huge.to_vec()),
+        (
+            "sequence gap",
+            batch(0, 2, &frames).to_frame_bytes().unwrap(),
+        ),
+        (
+            "out of order",
+            Message::Ack {
+                stream: 0,
+                epoch: 0,
+                seq: 1,
+            }
+            .to_frame_bytes()
+            .unwrap(),
+        ),
+    ];
+    for (name, attack) in attacks {
+        let mut socket = accept_hello(&listener);
+        send(&mut socket, &welcome(3));
+        socket.write_all(&attack).unwrap();
+        assert!(closed_by_follower(&mut socket), "{name}: not closed");
+        assert_eq!(follower.db().stats().keys, 0, "{name}: applied something");
+        assert!(
+            follower.db().follower_position().unwrap().is_none(),
+            "{name}"
+        );
+    }
+    // The follower keeps reconnecting; an honest batch is applied.
+    let mut socket = accept_hello(&listener);
+    send(&mut socket, &welcome(3));
+    send(&mut socket, &batch(0, 1, &frames));
+    assert!(follower.wait_for_seq(3, CONVERGE));
+    assert_eq!(follower.db().get("c").as_deref(), Some(&b"rogue"[..]));
+    let cursor = follower.db().follower_position().unwrap().unwrap().cursor();
+    assert_eq!(
+        cursor,
+        Cursor {
+            stream: 0,
+            epoch: 0,
+            seq: 3
+        }
+    );
+}
