@@ -203,12 +203,16 @@ mod tests {
         };
         let mut reader = FrameReader::default();
         let mut got = Vec::new();
-        for _ in 0..1000 {
+        let mut polls = 0;
+        while got.len() < 2 && polls < 1000 {
             if let Some(frame) = reader.poll(&mut source).unwrap() {
                 got.push(frame.payload);
             }
+            polls += 1;
         }
         assert_eq!(got, vec![b"first".to_vec(), b"second".to_vec()]);
+        assert!(polls > 2, "the reads did stall in between");
+        assert!(reader.poll(&mut source).is_err(), "then the end of the stream");
     }
 
     #[test]
