@@ -754,3 +754,156 @@ fn api_keys_are_created_authenticated_and_revoked() {
     .expect(2);
     mkv_auth(&dir, &["apikey", "create", "nobody"], "", key).expect(1);
 }
+
+/// A long-running `mergekv` (serve or follow) whose stdout is read line by
+/// line as it is printed.
+struct Running {
+    child: std::process::Child,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+}
+
+impl Running {
+    fn start(dir: &Path, args: &[&str]) -> Running {
+        let mut child = bin()
+            .arg("--data")
+            .arg(dir)
+            .args(args)
+            .env("MERGEKV_MASTER_KEY", MASTER_KEY_HEX)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        Running {
+            child,
+            lines: std::io::BufRead::lines(std::io::BufReader::new(stdout)),
+        }
+    }
+
+    /// Reads printed lines until one satisfies `done`; returns it.
+    fn line_where(&mut self, done: impl Fn(&str) -> bool) -> String {
+        for line in self.lines.by_ref() {
+            let line = line.unwrap();
+            if done(&line) {
+                return line;
+            }
+        }
+        panic!("the process ended without printing the expected line");
+    }
+
+    /// SIGKILL: no chance to flush or clean up.
+    fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+/// The leader address in `serve`'s first line.
+fn served_addr(line: &str) -> String {
+    line.split_whitespace()
+        .nth(3)
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_string()
+}
+
+/// A follow status line saying the follower holds everything the leader
+/// had announced, at or past `seq`.
+fn caught_up_to(line: &str, seq: u64) -> bool {
+    let numbers: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| w.trim_end_matches(',').parse().ok())
+        .collect();
+    line.starts_with("connected:") && numbers.len() >= 4 && numbers[0] >= seq && numbers[2] == 0
+}
+
+fn load_keys(dir: &Path, prefix: &str, count: usize) {
+    let text: String = (0..count)
+        .map(|i| format!("{prefix}{i:05}\tvalue {i}\n"))
+        .collect();
+    mkv_stdin(dir, &["load", "-"], text.as_bytes()).expect(0);
+}
+
+fn last_seq(dir: &Path) -> u64 {
+    mkv(dir, &["--json", "stats"]).expect(0).json()["wal"]["last_seq"]
+        .as_u64()
+        .unwrap()
+}
+
+#[test]
+fn a_follower_killed_with_sigkill_resumes_from_its_cursor() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (leader, follower) = (tmp.path().join("leader"), tmp.path().join("follower"));
+    let key = Some(MASTER_KEY_HEX);
+    mkv_auth(&leader, &["user", "add", "repl"], "s3cret-password\n", key).expect(0);
+    let token = mkv_auth(
+        &leader,
+        &["apikey", "create", "repl", "--scope", "replicate"],
+        "",
+        key,
+    )
+    .expect(0)
+    .stdout;
+    let token_file = tmp.path().join("token");
+    std::fs::write(&token_file, token).unwrap();
+    let token_arg = token_file.to_str().unwrap();
+    load_keys(&leader, "first-", 3000);
+    let first_seq = last_seq(&leader);
+
+    let mut serve = Running::start(&leader, &["serve", "--listen", "127.0.0.1:0"]);
+    let addr = served_addr(&serve.line_where(|l| l.starts_with("serving replication on")));
+    let mut follow = Running::start(
+        &follower,
+        &["follow", "--leader", &addr, "--token-file", token_arg],
+    );
+    follow.line_where(|l| caught_up_to(l, first_seq));
+    // While it runs, stats reads the follower's status file.
+    let running = mkv(&follower, &["stats"]).expect(0);
+    assert!(
+        running.stdout.contains("follower_cursor_seq: "),
+        "{}",
+        running.stdout
+    );
+    follow.kill();
+    serve.kill();
+    // The follower's directory refuses writes, and remembers its cursor.
+    let put = mkv(&follower, &["put", "x", "1"]).expect(5);
+    put.assert_one_line_error();
+    assert!(put.stderr.contains("mergekv promote"), "{}", put.stderr);
+    let stats = mkv(&follower, &["--json", "stats"]).expect(0).json();
+    let cursor_seq = stats["follower_position"]["seq"].as_u64().unwrap();
+    assert!(cursor_seq >= first_seq, "{stats}");
+
+    load_keys(&leader, "second-", 2000);
+    let final_seq = last_seq(&leader);
+    let mut serve = Running::start(&leader, &["serve", "--listen", "127.0.0.1:0"]);
+    let addr = served_addr(&serve.line_where(|l| l.starts_with("serving replication on")));
+    let mut follow = Running::start(
+        &follower,
+        &["follow", "--leader", &addr, "--token-file", token_arg],
+    );
+    // It starts from the stored cursor, not from scratch.
+    let first = follow.line_where(|l| l.contains("cursor seq"));
+    assert!(
+        first.contains(&format!("cursor seq {cursor_seq} ")),
+        "{first} (stored cursor {cursor_seq})"
+    );
+    follow.line_where(|l| caught_up_to(l, final_seq));
+    follow.kill();
+    serve.kill();
+    assert_eq!(
+        mkv(&follower, &["digest"]).expect(0).stdout,
+        mkv(&leader, &["digest"]).expect(0).stdout
+    );
+    assert_eq!(
+        mkv(&follower, &["get", "second-01999"]).expect(0).stdout,
+        "value 1999\n"
+    );
+    // Fail over: promote, then it takes writes.
+    let promoted = mkv(&follower, &["promote"]).expect(0);
+    assert!(
+        promoted.stdout.starts_with("promoted "),
+        "{}",
+        promoted.stdout
+    );
+    mkv(&follower, &["put", "x", "1"]).expect(0);
+}

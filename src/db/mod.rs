@@ -315,6 +315,8 @@ impl Db {
             wal: engine.wal.stats(),
             compactor: self.inner.maintenance.stats(),
             poisoned: engine.wal.check_usable().err().map(|e| e.to_string()),
+            follower_of: self.follower_of(),
+            follower_position: self.follower_position().ok().flatten(),
             ..Stats::default()
         };
         for (_, state) in snapshot.iter() {
@@ -657,6 +659,11 @@ pub struct Stats {
     pub wal: WalStats,
     /// Snapshot and compaction figures.
     pub compactor: CompactorStats,
+    /// The leader this copy follows, if it is a follower.
+    pub follower_of: Option<String>,
+    /// A follower's stored replication position (its cursor, and the
+    /// leader's position when it was stored).
+    pub follower_position: Option<replica::FollowerPosition>,
     /// The failure that poisoned the database, if any.
     pub poisoned: Option<String>,
 }

@@ -71,6 +71,34 @@ pub enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Apikey(ApikeyCommand),
+    /// Serve this database's WAL to followers (needs the master key, to
+    /// check followers' API keys); runs until interrupted.
+    Serve(ServeArgs),
+    /// Follow a leader into --data (read-only until promoted); runs until
+    /// interrupted.
+    Follow(FollowArgs),
+    /// Make a follower's directory writable again (fail over to it).
+    Promote,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on, such as 127.0.0.1:7411.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: String,
+}
+
+#[derive(Debug, Args)]
+pub struct FollowArgs {
+    /// The leader's address.
+    #[arg(long, value_name = "ADDR")]
+    pub leader: String,
+    /// A file holding an API key with the replicate scope.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: PathBuf,
+    /// The id to claim at the leader (default: this copy's node id).
+    #[arg(long, value_name = "N")]
+    pub follower_id: Option<u64>,
 }
 
 /// `user ...`.

@@ -12,7 +12,7 @@ use crate::args::{
 };
 use crate::error::CliError;
 use crate::output::{self, EntryJson, GetJson, Out, OutcomeJson, ScanJson, VerifyJson};
-use crate::{auth, demo, load};
+use crate::{auth, demo, load, replicate};
 
 /// Runs the command line; the error carries the exit code.
 pub fn run(cli: &Cli) -> Result<(), CliError> {
@@ -40,6 +40,9 @@ fn dispatch(cli: &Cli, out: &mut Out) -> Result<(), CliError> {
         Command::Demo(a) => demo::demo(a.dir.as_deref(), out),
         Command::User(c) => auth::user(cli, c, out),
         Command::Apikey(c) => auth::apikey(cli, c, out),
+        Command::Serve(a) => replicate::serve(cli, a, out),
+        Command::Follow(a) => replicate::follow(cli, a, out),
+        Command::Promote => replicate::promote(data, out),
     }
 }
 
@@ -48,6 +51,15 @@ fn dispatch(cli: &Cli, out: &mut Out) -> Result<(), CliError> {
 fn open_keyspace(data: &Path, name: &str) -> Result<(Db, Keyspace), CliError> {
     validate_keyspace_name(name, false)?;
     let db = Db::open(data)?;
+    let keyspace = db.keyspace(name)?;
+    Ok((db, keyspace))
+}
+
+/// Like [`open_keyspace`], for reading: a follower's directory opens
+/// read-only.
+fn open_keyspace_to_read(data: &Path, name: &str) -> Result<(Db, Keyspace), CliError> {
+    validate_keyspace_name(name, false)?;
+    let db = replicate::open_for_read(data)?;
     let keyspace = db.keyspace(name)?;
     Ok((db, keyspace))
 }
@@ -90,7 +102,7 @@ fn incr(data: &Path, a: &IncrArgs, out: &mut Out) -> Result<(), CliError> {
 }
 
 fn get(data: &Path, a: &KeyArgs, out: &mut Out) -> Result<(), CliError> {
-    let (_db, ks) = open_keyspace(data, &a.ks.keyspace)?;
+    let (_db, ks) = open_keyspace_to_read(data, &a.ks.keyspace)?;
     let value = ks.get_value(&a.key);
     if out.json {
         out.json(&GetJson {
@@ -123,7 +135,7 @@ fn scan_options(a: &ScanArgs) -> ScanOptions {
 }
 
 fn scan(data: &Path, a: &ScanArgs, out: &mut Out) -> Result<(), CliError> {
-    let (_db, ks) = open_keyspace(data, &a.ks.keyspace)?;
+    let (_db, ks) = open_keyspace_to_read(data, &a.ks.keyspace)?;
     let entries = ks.scan(&scan_options(a));
     if !out.json {
         for e in entries {
@@ -149,7 +161,17 @@ fn scan(data: &Path, a: &ScanArgs, out: &mut Out) -> Result<(), CliError> {
 }
 
 fn stats(data: &Path, out: &mut Out) -> Result<(), CliError> {
-    let stats = Db::open(data)?.stats();
+    let db = match replicate::open_for_read(data) {
+        // A running follower holds the lock; its status file says where it is.
+        Err(e @ mergekv::Error::Locked { .. }) => {
+            let Some(status) = replicate::running_follower_status(data) else {
+                return Err(e.into());
+            };
+            return running_follower_stats(&status, out);
+        }
+        db => db?,
+    };
+    let stats = db.stats();
     if out.json {
         return out.json(&stats);
     }
@@ -159,8 +181,30 @@ fn stats(data: &Path, out: &mut Out) -> Result<(), CliError> {
     Ok(())
 }
 
+fn running_follower_stats(status: &serde_json::Value, out: &mut Out) -> Result<(), CliError> {
+    if out.json {
+        return out.json(status);
+    }
+    let field = |name: &str| status.get(name).cloned().unwrap_or_default();
+    let position = field("position");
+    let seq = position.get("seq").cloned().unwrap_or_default();
+    out.line("running_follower: yes (from follower-status.json)")?;
+    for (name, value) in [
+        ("follower_of", field("leader")),
+        ("connected", field("connected")),
+        ("follower_cursor_seq", seq),
+        ("follower_leader_seq", field("leader_seq")),
+        ("follower_lag_seqs", field("lag_seqs")),
+        ("follower_lag_ms", field("lag_ms")),
+        ("last_error", field("last_error")),
+    ] {
+        out.line(format_args!("{name}: {value}"))?;
+    }
+    Ok(())
+}
+
 fn compact(data: &Path, out: &mut Out) -> Result<(), CliError> {
-    let db = Db::open(data)?;
+    let db = replicate::open_for_read(data)?;
     let report = db.compact_now()?;
     db.close()?;
     if out.json {
@@ -174,7 +218,7 @@ fn compact(data: &Path, out: &mut Out) -> Result<(), CliError> {
 
 fn export(data: &Path, a: &ExportArgs, out: &mut Out) -> Result<(), CliError> {
     let since = SyncCursor::parse(a.since.as_deref().unwrap_or(""))?;
-    let db = Db::open(data)?;
+    let db = replicate::open_for_read(data)?;
     let (bytes, cursor) = db.export_since(&since)?;
     db.close()?;
     std::fs::write(&a.file, &bytes)
@@ -202,7 +246,7 @@ fn import(data: &Path, a: &ImportArgs, out: &mut Out) -> Result<(), CliError> {
 }
 
 fn digest(data: &Path, out: &mut Out) -> Result<(), CliError> {
-    let digest = Db::open(data)?.digest();
+    let digest = replicate::open_for_read(data)?.digest();
     if out.json {
         return out.json(&serde_json::json!({"root": digest.root_hex(), "keys": digest.keys}));
     }

@@ -11,6 +11,8 @@ pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_DATA: u8 = 3;
 /// Exit code: a password or token was refused.
 pub const EXIT_DENIED: u8 = 4;
+/// Exit code: a write to a follower's directory (read-only until promoted).
+pub const EXIT_READ_ONLY: u8 = 5;
 
 /// Why a command did not succeed.
 #[derive(Debug)]
@@ -57,6 +59,7 @@ impl From<mergekv::Error> for CliError {
         use mergekv::Error as E;
         let code = match &error {
             E::Auth(auth) => auth_exit_code(auth),
+            E::ReadOnly { .. } => EXIT_READ_ONLY,
             E::InvalidKeyspace { .. }
             | E::InvalidCommand { .. }
             | E::LimitExceeded { .. }

@@ -1,6 +1,7 @@
 //! `mergekv`: the command-line program.
 //!
-//! Exit codes: 0 ok, 1 not found, 2 usage, 3 data or I/O error. Every
+//! Exit codes: 0 ok, 1 not found, 2 usage, 3 data or I/O error, 4 a
+//! password or token refused, 5 a write to a read-only follower. Every
 //! failure prints one line on stderr: `mergekv: error: <message>`.
 
 mod args;
@@ -11,6 +12,7 @@ mod error;
 mod load;
 mod output;
 mod progress;
+mod replicate;
 
 use std::io::Write;
 use std::process::ExitCode;

@@ -3,7 +3,7 @@
 use std::fmt::Display;
 use std::io::{BufWriter, StdoutLock, Write};
 
-use mergekv::{Outcome, OutcomeKind, RepairReport, Stats, Value, VerifyReport};
+use mergekv::{FollowerPosition, Outcome, OutcomeKind, RepairReport, Stats, Value, VerifyReport};
 use serde::Serialize;
 
 use crate::error::CliError;
@@ -187,6 +187,29 @@ pub fn stats_lines(s: &Stats) -> Vec<(&'static str, String)> {
             "poisoned",
             s.poisoned.clone().unwrap_or_else(|| "no".into()),
         ),
+        (
+            "follower_of",
+            s.follower_of.clone().unwrap_or_else(|| "none".into()),
+        ),
+    ]
+    .into_iter()
+    .chain(s.follower_position.iter().flat_map(follower_lines))
+    .collect()
+}
+
+/// `name: value` lines for a follower's stored position.
+pub fn follower_lines(p: &FollowerPosition) -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "follower_cursor",
+            format!(
+                "stream {:016x} epoch {:016x} seq {}",
+                p.stream, p.epoch, p.seq
+            ),
+        ),
+        ("follower_leader_seq", p.leader_seq.to_string()),
+        ("follower_lag_seqs", p.lag_seqs().to_string()),
+        ("follower_stored_ms", p.stored_ms.to_string()),
     ]
 }
 

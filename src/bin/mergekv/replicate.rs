@@ -1,0 +1,181 @@
+//! `serve`, `follow` and `promote`: WAL shipping from the command line.
+//!
+//! Both long-running commands print one status line when something
+//! changes (at most once per [`STATUS_INTERVAL`]) and run until
+//! interrupted. `follow` also keeps `<dir>/follower-status.json` current,
+//! so `mergekv stats` can show a running follower's cursor and lag even
+//! though the follower holds the directory lock.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mergekv::auth::AuthService;
+use mergekv::replication::client::{FollowerOptions, FollowerStatus};
+use mergekv::replication::server::ReplicationOptions;
+use mergekv::{Db, Error};
+use zeroize::Zeroizing;
+
+use crate::args::{Cli, FollowArgs, ServeArgs};
+use crate::auth::master_key;
+use crate::error::{CliError, EXIT_USAGE};
+use crate::output::Out;
+
+/// How often the status is looked at.
+const STATUS_INTERVAL: Duration = Duration::from_secs(1);
+/// The running follower's status file, in its directory.
+pub const FOLLOWER_STATUS_FILE: &str = "follower-status.json";
+/// Longest token file read.
+const TOKEN_FILE_BYTES_MAX: u64 = 4096;
+
+/// `mergekv serve --listen ADDR`.
+pub fn serve(cli: &Cli, a: &ServeArgs, out: &mut Out) -> Result<(), CliError> {
+    let key = master_key(cli.master_key_file.as_deref())?;
+    let db = Db::open(&cli.data)?;
+    let auth = Arc::new(AuthService::open(&db, key)?);
+    let server = db.serve_replication(a.listen.as_str(), ReplicationOptions::new(auth))?;
+    out.line(format_args!(
+        "serving replication on {} (stream {}, epoch {:016x}); interrupt to stop",
+        server.local_addr(),
+        db.node_id(),
+        server.epoch()
+    ))?;
+    out.flush()?;
+    let mut shown = String::new();
+    loop {
+        std::thread::sleep(STATUS_INTERVAL);
+        let followers: Vec<String> = server
+            .followers()
+            .iter()
+            .map(|f| format!("{:016x}@{} acked {}", f.follower_id, f.peer, f.acked_seq))
+            .collect();
+        let line = format!(
+            "last_seq {} followers [{}]",
+            db.stats().wal.last_seq,
+            followers.join(", ")
+        );
+        if line != shown {
+            out.line(&line)?;
+            out.flush()?;
+            shown = line;
+        }
+    }
+}
+
+/// `mergekv follow --leader ADDR --token-file FILE`.
+pub fn follow(cli: &Cli, a: &FollowArgs, out: &mut Out) -> Result<(), CliError> {
+    let token = read_token(&a.token_file)?;
+    let mut options = FollowerOptions::new(&a.leader, token.as_str());
+    options.follower_id = a.follower_id;
+    let follower = Db::open_follower(&cli.data, options)?;
+    out.line(format_args!(
+        "following {} into {} as {:016x}; interrupt to stop",
+        a.leader,
+        cli.data.display(),
+        follower.follower_id()
+    ))?;
+    out.flush()?;
+    let status_path = cli.data.join(FOLLOWER_STATUS_FILE);
+    let mut shown = String::new();
+    loop {
+        let status = follower.status();
+        write_status_file(&status_path, &status);
+        let line = status_line(&status);
+        if line != shown {
+            out.line(&line)?;
+            out.flush()?;
+            shown = line;
+        }
+        follower.wait_until(STATUS_INTERVAL, |s| {
+            s.position.seq != status.position.seq || s.connected != status.connected
+        });
+    }
+}
+
+/// `mergekv promote`.
+pub fn promote(data: &Path, out: &mut Out) -> Result<(), CliError> {
+    let was_follower = Db::promote(data)?;
+    let _ = std::fs::remove_file(data.join(FOLLOWER_STATUS_FILE));
+    if out.json {
+        return out.json(&serde_json::json!({ "promoted": was_follower }));
+    }
+    if was_follower {
+        out.line(format_args!(
+            "promoted {}: it is writable and no longer follows",
+            data.display()
+        ))
+    } else {
+        out.line(format_args!("{} was not a follower", data.display()))
+    }
+}
+
+/// The status a running follower last wrote, for `stats`.
+pub fn running_follower_status(data: &Path) -> Option<serde_json::Value> {
+    let text = std::fs::read_to_string(data.join(FOLLOWER_STATUS_FILE)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+fn status_line(s: &FollowerStatus) -> String {
+    let state = if s.connected {
+        "connected"
+    } else {
+        "reconnecting"
+    };
+    let error = s
+        .last_error
+        .as_ref()
+        .filter(|_| !s.connected)
+        .map(|e| format!(" ({e})"))
+        .unwrap_or_default();
+    format!(
+        "{state}{error}: cursor seq {} of leader seq {}, lag {} seqs {} ms",
+        s.position.seq, s.leader_seq, s.lag_seqs, s.lag_ms
+    )
+}
+
+/// Best effort: the file is a convenience for `stats`, written whole
+/// (temp file, rename) so a reader never sees half of it.
+fn write_status_file(path: &PathBuf, status: &FollowerStatus) {
+    let Ok(json) = serde_json::to_vec_pretty(status) else {
+        return;
+    };
+    let tmp = path.with_extension("json.tmp");
+    if std::fs::write(&tmp, json).is_ok() {
+        let _ = std::fs::rename(&tmp, path);
+    }
+}
+
+fn read_token(path: &Path) -> Result<Zeroizing<String>, CliError> {
+    let usage = |what: String| CliError::new(EXIT_USAGE, what);
+    let len = std::fs::metadata(path)
+        .map_err(|e| usage(format!("cannot read token file {}: {e}", path.display())))?
+        .len();
+    if len > TOKEN_FILE_BYTES_MAX {
+        return Err(usage(format!(
+            "token file {} is {len} bytes; a token is far shorter",
+            path.display()
+        )));
+    }
+    let text = Zeroizing::new(
+        std::fs::read_to_string(path)
+            .map_err(|e| usage(format!("cannot read token file {}: {e}", path.display())))?,
+    );
+    Ok(Zeroizing::new(text.trim().to_string()))
+}
+
+/// Opens for reading: a follower's directory read-only, any other normally.
+pub fn open_for_read(data: &Path) -> mergekv::Result<Db> {
+    match Db::open(data) {
+        Err(Error::ReadOnly {
+            follower_of: Some(_),
+            ..
+        }) => Db::open_with(
+            data,
+            mergekv::Options {
+                read_only: true,
+                ..mergekv::Options::default()
+            },
+        ),
+        other => other,
+    }
+}
