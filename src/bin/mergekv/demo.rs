@@ -3,10 +3,13 @@
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use mergekv::auth::{AuthService, MasterKey, Scope, Scopes};
-use mergekv::{Batch, Db, OutcomeKind, ScanOptions, Value};
+use mergekv::replication::client::FollowerOptions;
+use mergekv::replication::server::ReplicationOptions;
+use mergekv::{Batch, Db, Error, OutcomeKind, ScanOptions, Value};
 use serde::Serialize;
 
 use crate::args::LOAD_BATCH_OPS_DEFAULT;
@@ -16,7 +19,11 @@ use crate::output::{Out, text};
 use crate::progress::{Progress, per_second};
 
 /// Steps, counting the summary.
-const STEPS: usize = 12;
+const STEPS: usize = 13;
+/// Writes streamed to the follower in step 11.
+const STREAMED_WRITES: usize = 200;
+/// Longest the demo waits for the follower.
+const FOLLOWER_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 /// Concurrent incrementing threads in step 3.
 const THREADS: usize = 8;
 /// Increments per thread in step 3.
@@ -56,6 +63,8 @@ struct Demo<'o> {
     dir: PathBuf,
     out: &'o mut Out,
     db: Option<Db>,
+    /// The auth service of step 10, for step 11's replication key.
+    auth: Option<Arc<AuthService>>,
     rows: Vec<Row>,
 }
 
@@ -68,6 +77,7 @@ pub fn demo(dir: Option<&Path>, out: &mut Out) -> Result<(), CliError> {
         dir: dir.clone(),
         out,
         db: None,
+        auth: None,
         rows: Vec::new(),
     };
     if let Err(e) = demo.run() {
@@ -136,6 +146,10 @@ impl<'o> Demo<'o> {
             (
                 "auth: a user, an API key and a secret, stored in the database",
                 Demo::auth_step,
+            ),
+            (
+                "a read-only follower on loopback catches up, then streams",
+                Demo::replication_step,
             ),
             ("verify the directory", Demo::verify_step),
         ];
@@ -464,7 +478,7 @@ impl<'o> Demo<'o> {
         const PASSWORD: &str = "correct horse battery staple";
         let db = self.db()?.clone();
         // A real deployment keeps this key outside the database directory.
-        let auth = AuthService::open(&db, MasterKey::generate()?)?;
+        let auth = Arc::new(AuthService::open(&db, MasterKey::generate()?)?);
         let started = Instant::now();
         auth.create_user("ada", PASSWORD)?;
         let hash_ms = started.elapsed().as_secs_f64() * 1e3;
@@ -499,7 +513,73 @@ impl<'o> Demo<'o> {
             auth.master_key_id(),
             revoked.err().map(|e| e.to_string()).unwrap_or_default()
         ))?;
+        self.auth = Some(auth);
         Ok("password verified, token authenticated then revoked, secret round-tripped".into())
+    }
+
+    fn replication_step(&mut self) -> Result<String, CliError> {
+        let db = self.db()?.clone();
+        let auth = self
+            .auth
+            .take()
+            .ok_or_else(|| CliError::data("step 10 left no auth service"))?;
+        let (_, token) = auth.create_api_key("ada", Scopes::of(&[Scope::Replicate]), None)?;
+        let server = db.serve_replication("127.0.0.1:0", ReplicationOptions::new(auth))?;
+        let addr = server.local_addr().to_string();
+        let started = Instant::now();
+        let follower = Db::open_follower(
+            self.dir.join("copies").join("follower"),
+            FollowerOptions::new(&addr, token.expose()),
+        )?;
+        let caught_up = self.wait_for_follower(&follower, &db, "catch up")?;
+        let catch_up_ms = started.elapsed().as_secs_f64() * 1e3;
+        let status = follower.status();
+        self.say(format_args!(
+            "      leader on {addr}; follower caught up to seq {caught_up} ({} keys) in {catch_up_ms:.0} ms: {} snapshot(s), {} batch(es)",
+            follower.db().stats().keys,
+            status.snapshots_installed,
+            status.batches_applied
+        ))?;
+        let started = Instant::now();
+        for i in 0..STREAMED_WRITES {
+            db.put(format!("live-{i}"), "streamed")?;
+        }
+        self.wait_for_follower(&follower, &db, "stream")?;
+        let stream_ms = started.elapsed().as_secs_f64() * 1e3;
+        ensure(follower.db().digest() == db.digest(), || {
+            "follower digest differs from the leader's".into()
+        })?;
+        let refused = follower.db().put("local", "write");
+        ensure(matches!(refused, Err(Error::ReadOnly { .. })), || {
+            "a follower accepted a local write".into()
+        })?;
+        self.say(format_args!(
+            "      {STREAMED_WRITES} more writes streamed in {stream_ms:.0} ms; digests equal; a local write: {}",
+            refused.err().map(|e| e.to_string()).unwrap_or_default()
+        ))?;
+        follower.stop();
+        server.stop();
+        Ok(format!(
+            "caught up in {catch_up_ms:.0} ms, streamed {STREAMED_WRITES} writes, digests equal, read-only"
+        ))
+    }
+
+    /// Waits until the follower holds everything `leader` has written.
+    fn wait_for_follower(
+        &self,
+        follower: &mergekv::replication::client::Follower,
+        leader: &Db,
+        what: &str,
+    ) -> Result<u64, CliError> {
+        let target = leader.stats().wal.last_seq;
+        let reached = follower.wait_for_seq(target, FOLLOWER_WAIT);
+        ensure(reached, || {
+            format!(
+                "the follower did not {what} to seq {target}: {:?}",
+                follower.status()
+            )
+        })?;
+        Ok(target)
     }
 
     fn verify_step(&mut self) -> Result<String, CliError> {
