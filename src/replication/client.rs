@@ -439,7 +439,7 @@ fn perform(
             Ok(false)
         }
         FollowerAction::SnapshotBytes { bytes, .. } => {
-            let file = staging.as_mut().ok_or_else(|| ProtocolError::OutOfOrder {
+            let file = staging.as_mut().ok_or(ProtocolError::OutOfOrder {
                 got: "SNAPSHOT_CHUNK",
                 state: "no snapshot started",
             })?;
