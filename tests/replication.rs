@@ -453,3 +453,25 @@ fn a_rogue_leader_gets_nothing_applied_and_the_follower_reconnects() {
         }
     );
 }
+
+#[test]
+fn a_promoted_copy_that_follows_again_is_reset_to_the_leaders_state() {
+    let leader = leader(leader_options(), |_| {});
+    put_many(&leader.db, "k", 500);
+    let dir = tempfile::tempdir().unwrap();
+    let follower = follow(dir.path(), &leader);
+    converge(&follower, &leader);
+    follower.stop();
+    assert!(Db::promote(dir.path()).unwrap());
+    {
+        let promoted = Db::open(dir.path()).unwrap();
+        promoted.put("written-while-promoted", "x").unwrap();
+        promoted.delete("k000001").unwrap();
+    }
+    leader.db.put("later", "1").unwrap();
+    let follower = follow(dir.path(), &leader);
+    converge(&follower, &leader);
+    assert_eq!(follower.status().snapshots_installed, 1);
+    assert_eq!(follower.db().get("written-while-promoted"), None);
+    assert!(follower.db().get("k000001").is_some());
+}

@@ -178,8 +178,17 @@ impl Db {
                 dir: dir.to_path_buf(),
             });
         }
-        let _lock = meta::lock_dir(&io, dir)?;
-        meta::remove_follower_marker(&io, dir)
+        let lock = meta::lock_dir(&io, dir)?;
+        if !meta::remove_follower_marker(&io, dir)? {
+            return Ok(false);
+        }
+        drop(lock);
+        // Its writes from now on are its own history: forget the position
+        // in the old leader's, so following again starts from a snapshot.
+        let db = Db::open(dir)?;
+        db.forget_follower_position()?;
+        db.close()?;
+        Ok(true)
     }
 
     /// The wall clock's time now, in ms since the epoch.

@@ -128,6 +128,39 @@ impl Db {
             })
     }
 
+    /// Deletes the stored follower position (on promotion).
+    pub(crate) fn forget_follower_position(&self) -> Result<()> {
+        if self.follower_position()?.is_some() {
+            self.reserved_keyspace(LOCAL_KEYSPACE)?
+                .delete(FOLLOWER_POSITION_KEY)?;
+        }
+        Ok(())
+    }
+
+    /// The cursor to start following with: the stored one; all zero for an
+    /// empty database; and for one holding data but no position (promoted,
+    /// or never a follower), a cursor no leader matches, so it is sent a
+    /// snapshot that replaces what it holds.
+    pub(crate) fn start_cursor(&self) -> Result<Cursor> {
+        if let Some(position) = self.follower_position()? {
+            return Ok(position.cursor());
+        }
+        let holds_data = self
+            .inner
+            .engine
+            .state
+            .with_map(|map| map.keys().any(|k| !is_local(k)));
+        Ok(if holds_data {
+            Cursor {
+                stream: 0,
+                epoch: u64::MAX,
+                seq: 0,
+            }
+        } else {
+            Cursor::default()
+        })
+    }
+
     /// Marks the directory (durably) as a follower of `leader`.
     pub(crate) fn mark_follower(&self, leader: &str) -> Result<()> {
         if !self.inner.read_only {

@@ -399,8 +399,7 @@ fn run_connection(shared: &Shared, progressed: &mut bool) -> std::result::Result
     if shared.stop.load(Ordering::Acquire) {
         return Ok(());
     }
-    let position = db.follower_position()?.unwrap_or_default();
-    let mut machine = FollowerMachine::new(position.cursor(), options.snapshot_bytes_max);
+    let mut machine = FollowerMachine::new(db.start_cursor()?, options.snapshot_bytes_max);
     conn.send(&machine.hello(shared.follower_id, &options.token))?;
     shared.status.lock().connects += 1;
     let idle = Duration::from_millis(options.idle_timeout_ms.max(1));

@@ -29,6 +29,9 @@ use crate::db::Db;
 use crate::error::{Error, Result};
 use crate::wal::reader::{WalRead, WalReader};
 
+/// A write to a follower that blocks this long closes the session.
+const SESSION_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How a leader decides whether a HELLO's token may replicate.
 pub trait ReplicationAuth: Send + Sync {
     /// `Ok` if `token` may follow this leader; otherwise the ERROR code to
@@ -247,6 +250,9 @@ fn serve_connection(stream: TcpStream, shared: &Arc<Shared>) {
         .peer_addr()
         .map_or_else(|_| "unknown".to_string(), |a| a.to_string());
     let _ = stream.set_nodelay(true);
+    // A follower that stops reading (or a half-open connection) fails the
+    // session's writes instead of holding its thread and its follower id.
+    let _ = stream.set_write_timeout(Some(SESSION_WRITE_TIMEOUT));
     let session = shared.next_session.fetch_add(1, Ordering::Relaxed);
     if let Ok(socket) = stream.try_clone() {
         shared.sockets.lock().insert(session, socket);
@@ -456,10 +462,12 @@ impl Session<'_> {
                     last_sent = Instant::now();
                 }
                 WalRead::UpToDate if last_sent.elapsed() >= heartbeat => {
+                    // The durable position, not what this session shipped:
+                    // a stalled reader must not look caught up.
                     conn.send(&Message::Heartbeat {
                         stream,
                         epoch,
-                        leader_seq: shipped_through,
+                        leader_seq: shippable.max(shipped_through),
                     })?;
                     last_sent = Instant::now();
                 }
