@@ -40,7 +40,8 @@ pub struct FollowerOptions {
     pub follower_id: Option<u64>,
     /// Options for the follower's own database (opened read-only).
     pub db_options: Options,
-    /// How long a connection attempt may take.
+    /// How long a connection attempt may take (each of the TCP connect
+    /// and, with TLS, the handshake).
     pub connect_timeout_ms: u64,
     /// A connection silent for this long (no batch, no heartbeat) is
     /// closed and made again.
@@ -383,7 +384,11 @@ fn wrap(stream: TcpStream, shared: &Shared) -> std::result::Result<Connection, P
                 reason: format!("TLS setup: {e}"),
             }
         })?;
-        let stream: Box<dyn Transport> = Box::new(super::tls::TlsStream::client(tls, stream));
+        let handshake = Duration::from_millis(shared.options.connect_timeout_ms.max(1));
+        let stream = super::tls::TlsStream::client(tls, stream, handshake).map_err(|e| {
+            ProtocolError::io(std::io::Error::new(e.kind(), format!("TLS handshake: {e}")))
+        })?;
+        let stream: Box<dyn Transport> = Box::new(stream);
         return Ok(Connection::new(stream));
     }
     let _ = shared;

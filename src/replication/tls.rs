@@ -7,8 +7,9 @@
 //! [`crate::replication::client::FollowerOptions::tls`] to a
 //! `rustls::ClientConfig` and the name on the leader's certificate.
 
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
+use std::time::{Duration, Instant};
 
 use rustls::{ClientConnection, ServerConnection, StreamOwned};
 
@@ -27,8 +28,42 @@ impl TlsStream {
         TlsStream::Server(StreamOwned::new(tls, socket))
     }
 
-    pub fn client(tls: ClientConnection, socket: TcpStream) -> TlsStream {
-        TlsStream::Client(StreamOwned::new(tls, socket))
+    /// The follower's side, after a handshake of at most `timeout`.
+    ///
+    /// Done here rather than left to the first write: rustls would then
+    /// handshake inside `write` on a socket with no read timeout, and a
+    /// leader that accepts but never answers would hold the follower
+    /// forever (over plain TCP the idle timeout of the first read ends
+    /// such a connection). The socket's timeouts are cleared again after.
+    pub fn client(
+        mut tls: ClientConnection,
+        mut socket: TcpStream,
+        timeout: Duration,
+    ) -> std::io::Result<TlsStream> {
+        let deadline = Instant::now() + timeout;
+        while tls.is_handshaking() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(std::io::Error::new(
+                    ErrorKind::TimedOut,
+                    format!("not finished within {} ms", timeout.as_millis()),
+                ));
+            }
+            socket.set_read_timeout(Some(left))?;
+            socket.set_write_timeout(Some(left))?;
+            match tls.complete_io(&mut socket) {
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                    ) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        socket.set_read_timeout(None)?;
+        socket.set_write_timeout(None)?;
+        Ok(TlsStream::Client(StreamOwned::new(tls, socket)))
     }
 }
 
