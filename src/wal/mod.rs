@@ -152,8 +152,28 @@ struct Shared {
     /// map: the applied watermark is just below the smallest.
     unapplied: BTreeSet<u64>,
     writer: Option<SegmentWriter>,
+    /// The active segment's first sequence number and size as of when the
+    /// writer was last put back. A group-commit leader (or a sync or seal)
+    /// takes the writer out and works with the lock released;
+    /// `segment_ranges` lists the active segment from these meanwhile.
+    /// Reading `writer` instead left the active segment out of the list
+    /// during every group write: a follower reconnecting then was told the
+    /// WAL after its cursor was gone and sent a whole snapshot (found by
+    /// tests/replication_chaos.rs), and a compaction could mark a follower
+    /// the WAL still served as beyond it, and stop keeping the WAL for it.
+    active_first_seq: u64,
+    active_size_bytes: u64,
     sealed: Vec<SegmentInfo>,
     stats: WalStats,
+}
+
+impl Shared {
+    /// Puts the writer back after writing (see `active_first_seq`).
+    fn put_writer(&mut self, writer: SegmentWriter) {
+        self.active_first_seq = writer.first_seq;
+        self.active_size_bytes = writer.size_bytes;
+        self.writer = Some(writer);
+    }
 }
 
 /// The segment being appended to.
@@ -235,6 +255,8 @@ impl Wal {
             closed: false,
             dedup: start.dedup,
             unapplied: BTreeSet::new(),
+            active_first_seq: writer.first_seq,
+            active_size_bytes: writer.size_bytes,
             writer: Some(writer),
             sealed,
             stats: WalStats::default(),
@@ -372,7 +394,7 @@ impl Wal {
                 })
             })
         });
-        st.writer = Some(writer);
+        st.put_writer(writer);
         match result {
             Ok(outcome) => record_group(st, &group, outcome, sync),
             Err(e) => poison(st, &e.to_string(), is_sync_failure(&e)),
@@ -478,7 +500,7 @@ impl Wal {
         st.leader_active = true;
         let target = st.written_seq;
         let result = MutexGuard::unlocked(&mut st, || writer.file.sync_data());
-        st.writer = Some(writer);
+        st.put_writer(writer);
         st.leader_active = false;
         self.cond.notify_all();
         match result {
@@ -526,12 +548,11 @@ impl Wal {
     pub fn segment_ranges(&self) -> Vec<SegmentRange> {
         let st = self.shared.lock();
         let last_assigned = st.next_seq - 1;
-        let active = st.writer.as_ref().map(|w| (w.first_seq, w.size_bytes));
         let firsts: Vec<(u64, u64)> = st
             .sealed
             .iter()
             .map(|s| (s.first_seq, s.size_bytes))
-            .chain(active)
+            .chain([(st.active_first_seq, st.active_size_bytes)])
             .collect();
         firsts
             .iter()
@@ -627,13 +648,13 @@ impl Wal {
             });
         };
         if writer.size_bytes <= SEGMENT_HEADER_BYTES as u64 {
-            st.writer = Some(writer);
+            st.put_writer(writer);
             return Ok(());
         }
         st.leader_active = true;
         let first_seq = st.next_seq;
         let result = MutexGuard::unlocked(&mut st, || self.rotate(&mut writer, first_seq));
-        st.writer = Some(writer);
+        st.put_writer(writer);
         st.leader_active = false;
         self.cond.notify_all();
         match result {
@@ -809,5 +830,29 @@ mod tests {
             parse_segment_file_name("wal-0000000000000000004x.seg"),
             None
         );
+    }
+
+    #[test]
+    fn the_active_segment_is_listed_while_a_group_commit_leader_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::Db::open(dir.path()).unwrap();
+        db.put("a", "1").unwrap();
+        let wal = db.wal();
+        let before = wal.segment_ranges();
+        assert_eq!(before.len(), 1);
+        // What `lead` does while it writes a group with the lock released.
+        let writer = {
+            let mut st = wal.shared.lock();
+            st.leader_active = true;
+            st.writer.take().unwrap()
+        };
+        let during = wal.segment_ranges();
+        {
+            let mut st = wal.shared.lock();
+            st.put_writer(writer);
+            st.leader_active = false;
+        }
+        wal.cond.notify_all();
+        assert_eq!(during, before);
     }
 }
