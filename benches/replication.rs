@@ -15,10 +15,12 @@
 //! verify, apply), not the disk's; with `Always`, add the leader's and the
 //! follower's fdatasync.
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mergekv::auth::{AuthOptions, AuthService, MasterKey, PasswordParams, Scope, Scopes};
 use mergekv::replication::client::FollowerOptions;
 use mergekv::replication::server::{ReplicationOptions, ReplicationServer};
 use mergekv::{Batch, Db, Options, SyncMode};
@@ -56,22 +58,7 @@ struct Leader {
 fn leader(options: Options) -> Leader {
     let dir = tempfile::tempdir().unwrap();
     let db = Db::open_with(dir.path(), options).unwrap();
-    let auth = Arc::new(
-        AuthService::open_with(
-            &db,
-            MasterKey::from_bytes([1; 32]),
-            AuthOptions {
-                password_params: PasswordParams::INSECURE_FOR_TESTS,
-                ..AuthOptions::default()
-            },
-        )
-        .unwrap(),
-    );
-    auth.create_user("replica", "a long enough password")
-        .unwrap();
-    let (_, token) = auth
-        .create_api_key("replica", Scopes::of(&[Scope::Replicate]), None)
-        .unwrap();
+    let (auth, token) = common::replication_auth(&db);
     let server = db
         .serve_replication("127.0.0.1:0", ReplicationOptions::new(auth))
         .unwrap();
@@ -79,7 +66,7 @@ fn leader(options: Options) -> Leader {
         _dir: dir,
         db,
         server,
-        token: token.expose().to_string(),
+        token,
     }
 }
 

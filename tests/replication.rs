@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mergekv::auth::{AuthOptions, AuthService, MasterKey, PasswordParams, Scope, Scopes};
+use mergekv::auth::{AuthService, Scope, Scopes};
 use mergekv::replication::client::{Follower, FollowerOptions};
 use mergekv::replication::message::StartMode;
 use mergekv::replication::server::{ReplicationOptions, ReplicationServer};
@@ -37,22 +37,7 @@ fn leader_options() -> Options {
 fn leader(db_options: Options, tweak: impl FnOnce(&mut ReplicationOptions)) -> Leader {
     let dir = tempfile::tempdir().unwrap();
     let db = Db::open_with(dir.path(), db_options).unwrap();
-    let auth = Arc::new(
-        AuthService::open_with(
-            &db,
-            MasterKey::from_bytes([7; 32]),
-            AuthOptions {
-                password_params: PasswordParams::INSECURE_FOR_TESTS,
-                ..AuthOptions::default()
-            },
-        )
-        .unwrap(),
-    );
-    auth.create_user("replica", "a long enough password")
-        .unwrap();
-    let (_, token) = auth
-        .create_api_key("replica", Scopes::of(&[Scope::Replicate]), None)
-        .unwrap();
+    let (auth, token) = common::replication_auth(&db);
     let mut options = ReplicationOptions::new(auth.clone());
     options.heartbeat_interval_ms = 50;
     tweak(&mut options);
@@ -62,7 +47,7 @@ fn leader(db_options: Options, tweak: impl FnOnce(&mut ReplicationOptions)) -> L
         db,
         auth,
         server: Some(server),
-        token: token.expose().to_string(),
+        token,
     }
 }
 

@@ -27,7 +27,6 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::Rng;
-use mergekv::auth::{AuthOptions, AuthService, MasterKey, PasswordParams, Scope, Scopes};
 use mergekv::replication::client::{Follower, FollowerOptions};
 use mergekv::replication::server::{ReplicationOptions, ReplicationServer};
 use mergekv::{Batch, Db, Options, SyncMode};
@@ -73,22 +72,7 @@ fn leader() -> Leader {
         ..Options::default()
     };
     let db = Db::open_with(dir.path(), options).unwrap();
-    let auth = Arc::new(
-        AuthService::open_with(
-            &db,
-            MasterKey::from_bytes([7; 32]),
-            AuthOptions {
-                password_params: PasswordParams::INSECURE_FOR_TESTS,
-                ..AuthOptions::default()
-            },
-        )
-        .unwrap(),
-    );
-    auth.create_user("replica", "a long enough password")
-        .unwrap();
-    let (_, token) = auth
-        .create_api_key("replica", Scopes::of(&[Scope::Replicate]), None)
-        .unwrap();
+    let (auth, token) = common::replication_auth(&db);
     let mut options = ReplicationOptions::new(auth);
     // Small batches and frequent heartbeats: many frames to perturb.
     options.batch_bytes_target = 2 * 1024;
@@ -98,7 +82,7 @@ fn leader() -> Leader {
         _dir: dir,
         db,
         server,
-        token: token.expose().to_string(),
+        token,
     }
 }
 

@@ -3,11 +3,13 @@
 //! another CA, or nothing (plain TCP).
 #![cfg(feature = "tls")]
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mergekv::auth::{AuthOptions, AuthService, MasterKey, PasswordParams, Scope, Scopes};
+use mergekv::auth::AuthService;
 use mergekv::replication::client::{Follower, FollowerOptions};
 use mergekv::replication::server::{ReplicationOptions, ReplicationServer};
 use mergekv::{Batch, Db, Options, SyncMode};
@@ -98,22 +100,7 @@ fn tls_leader(config: Arc<ServerConfig>) -> Leader {
         },
     )
     .unwrap();
-    let auth = Arc::new(
-        AuthService::open_with(
-            &db,
-            MasterKey::from_bytes([7; 32]),
-            AuthOptions {
-                password_params: PasswordParams::INSECURE_FOR_TESTS,
-                ..AuthOptions::default()
-            },
-        )
-        .unwrap(),
-    );
-    auth.create_user("replica", "a long enough password")
-        .unwrap();
-    let (_, token) = auth
-        .create_api_key("replica", Scopes::of(&[Scope::Replicate]), None)
-        .unwrap();
+    let (auth, token) = common::replication_auth(&db);
     let mut options = ReplicationOptions::new(auth.clone());
     options.heartbeat_interval_ms = 50;
     // Small batches, so the catch-up is many TLS writes with ACKs coming
@@ -126,7 +113,7 @@ fn tls_leader(config: Arc<ServerConfig>) -> Leader {
         db,
         _auth: auth,
         server,
-        token: token.expose().to_string(),
+        token,
     }
 }
 

@@ -124,3 +124,27 @@ impl Rng {
         self.next_u64() % n.max(1)
     }
 }
+
+/// An auth service on `db` (cheap test password costs) with a user
+/// `replica` and an API key for it with the `replicate` scope; returns the
+/// service (for the leader) and the key's token (for followers).
+pub fn replication_auth(db: &Db) -> (Arc<mergekv::AuthService>, String) {
+    use mergekv::auth::{AuthOptions, AuthService, MasterKey, PasswordParams, Scope, Scopes};
+    let auth = Arc::new(
+        AuthService::open_with(
+            db,
+            MasterKey::from_bytes([7; 32]),
+            AuthOptions {
+                password_params: PasswordParams::INSECURE_FOR_TESTS,
+                ..AuthOptions::default()
+            },
+        )
+        .unwrap(),
+    );
+    auth.create_user("replica", "a long enough password")
+        .unwrap();
+    let (_, token) = auth
+        .create_api_key("replica", Scopes::of(&[Scope::Replicate]), None)
+        .unwrap();
+    (auth, token.expose().to_string())
+}
