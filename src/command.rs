@@ -11,7 +11,8 @@ use std::sync::Arc;
 use crate::clock::Stamp;
 use crate::error::{Error, Result};
 use crate::options::{KEYSPACE_NAME_BYTES_MAX, Options};
-use crate::state::StoreKey;
+use crate::record::{StoreKey, split_store_key, store_key};
+pub use crate::state::OutcomeKind;
 
 /// The keyspace used by the methods on [`crate::Db`] itself.
 pub const DEFAULT_KEYSPACE: &str = "default";
@@ -244,50 +245,6 @@ pub fn validate_keyspace_name(name: &str, allow_reserved: bool) -> Result<()> {
     Ok(())
 }
 
-/// The key under which the state map stores `key` of `keyspace`:
-/// `[name_len: u8][name][key]`, so each keyspace is one contiguous range.
-pub(crate) fn store_key(keyspace: &str, key: &[u8]) -> StoreKey {
-    let name = keyspace.as_bytes();
-    // Names longer than 255 bytes are encoded with a zero length so that
-    // validation (which runs before anything is stored) can refuse them.
-    let name_len = u8::try_from(name.len()).unwrap_or(0);
-    let name = if name_len == 0 { &[][..] } else { name };
-    let mut prefix = Vec::with_capacity(1 + name.len());
-    prefix.push(name_len);
-    prefix.extend_from_slice(name);
-    StoreKey::concat(&prefix, key)
-}
-
-/// The prefix shared by every store key of `keyspace`.
-pub(crate) fn keyspace_prefix(keyspace: &str) -> Vec<u8> {
-    store_key(keyspace, &[]).to_vec()
-}
-
-/// Splits a store key into keyspace name and key; `None` if malformed.
-pub(crate) fn split_store_key(store_key: &[u8]) -> Option<(&str, &[u8])> {
-    let (&len, rest) = store_key.split_first()?;
-    let len = usize::from(len);
-    if len == 0 || rest.len() < len {
-        return None;
-    }
-    let name = std::str::from_utf8(&rest[..len]).ok()?;
-    Some((name, &rest[len..]))
-}
-
-/// What a command did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum OutcomeKind {
-    /// The write took effect (a put, or an increment).
-    Applied,
-    /// The delete took effect (a tombstone now wins).
-    Removed,
-    /// A newer write to the key already exists; this one lost.
-    IgnoredStale,
-    /// A batch with the same idempotency key was already committed; nothing
-    /// was written.
-    Duplicate,
-}
-
 /// The result of one operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Outcome {
@@ -305,14 +262,6 @@ pub struct Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn store_keys_split_back() {
-        let k = store_key("users", b"ada");
-        assert_eq!(split_store_key(&k), Some(("users", &b"ada"[..])));
-        assert!(k.starts_with(&keyspace_prefix("users")));
-        assert!(!k.starts_with(&keyspace_prefix("user")));
-    }
 
     #[test]
     fn keyspace_names_are_validated() {

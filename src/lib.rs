@@ -75,6 +75,7 @@ pub mod error;
 pub mod io;
 mod meta;
 pub mod options;
+mod record;
 pub mod replication;
 mod snapshot;
 mod state;

@@ -126,7 +126,7 @@ impl Options {
     /// Checks that the limits are ones the WAL reader accepts, so nothing
     /// can be acknowledged that a reopen would then refuse as damage.
     pub fn validate(&self) -> Result<()> {
-        use crate::wal::format::{FRAME_OPS_MAX, FRAME_PAYLOAD_BYTES_MAX, RECORD_KEY_BYTES_MAX};
+        use crate::record::{FRAME_OPS_MAX, FRAME_PAYLOAD_BYTES_MAX, RECORD_KEY_BYTES_MAX};
         let check = |limit: &'static str, actual: usize, max: usize| {
             if actual > max {
                 Err(Error::limit(limit, actual, max))

@@ -68,7 +68,7 @@ pub fn verify(dir: impl AsRef<Path>) -> Result<VerifyReport> {
     report.files_checked += 1;
     let covered_seq = check_snapshots(&io, dir, &mut report)?;
     let wal_dir = dir.join(WAL_DIR);
-    let mut count = |_seq: u64, payload: crate::wal::format::FramePayload| {
+    let mut count = |_seq: u64, payload: crate::record::FramePayload| {
         report.frames += 1;
         report.ops += payload.records.len() as u64;
     };

@@ -33,7 +33,7 @@
 
 mod apikey;
 mod crypto;
-mod error;
+
 mod keys;
 mod password;
 pub mod records;
@@ -45,9 +45,9 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 
+pub use crate::error::AuthError;
 pub use apikey::{API_KEY_ID_BYTES, API_SECRET_BYTES, ApiToken, Scope, Scopes, TOKEN_BYTES};
 pub use crypto::{MASTER_KEY_BYTES, MasterKey, MasterKeyId, SecretBytes};
-pub use error::AuthError;
 pub use keys::ApiKeyInfo;
 pub use password::PasswordParams;
 pub use secrets::RotationReport;

@@ -11,8 +11,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
-
 /// A node's persistent identity, created with the database.
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
@@ -58,11 +56,24 @@ impl std::fmt::Display for Stamp {
 /// What to do with a remote stamp further ahead than `max_drift_ms`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum DriftPolicy {
-    /// Refuse it with [`Error::ClockDrift`] (the default).
+    /// Refuse it with [`crate::Error::ClockDrift`] (the default).
     #[default]
     Reject,
     /// Accept it, advance the local clock, and count it in the drift stats.
     AcceptAndCount,
+}
+
+/// A remote stamp refused by [`DriftPolicy::Reject`]: further ahead of the
+/// local physical clock than the drift bound. Becomes
+/// [`crate::Error::ClockDrift`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DriftRejected {
+    /// The node that produced the stamp.
+    pub peer: NodeId,
+    /// How far ahead of the local physical clock it is, in milliseconds.
+    pub ahead_ms: u64,
+    /// The configured bound.
+    pub max_drift_ms: u64,
 }
 
 /// Drift seen so far, for stats.
@@ -142,7 +153,7 @@ impl Hlc {
 
     /// The receive rule: checks `remote` against the drift bound and advances
     /// the clock past it, so every later local stamp is greater.
-    pub fn receive(&mut self, remote: Stamp, wall_ms: u64) -> Result<()> {
+    pub fn receive(&mut self, remote: Stamp, wall_ms: u64) -> Result<(), DriftRejected> {
         self.check_drift(remote, wall_ms)?;
         let physical = wall_ms.max(self.physical_ms).max(remote.physical_ms);
         let local_same = physical == self.physical_ms;
@@ -164,7 +175,7 @@ impl Hlc {
         Ok(())
     }
 
-    fn check_drift(&mut self, remote: Stamp, wall_ms: u64) -> Result<()> {
+    fn check_drift(&mut self, remote: Stamp, wall_ms: u64) -> Result<(), DriftRejected> {
         let ahead_ms = remote.physical_ms.saturating_sub(wall_ms);
         self.drift.max_ahead_ms = self.drift.max_ahead_ms.max(ahead_ms);
         if ahead_ms <= self.max_drift_ms {
@@ -173,7 +184,7 @@ impl Hlc {
         match self.policy {
             DriftPolicy::Reject => {
                 self.drift.rejected += 1;
-                Err(Error::ClockDrift {
+                Err(DriftRejected {
                     peer: remote.node,
                     ahead_ms,
                     max_drift_ms: self.max_drift_ms,
@@ -310,7 +321,7 @@ mod tests {
             node: NodeId(9),
         };
         match c.receive(remote, 9_000) {
-            Err(Error::ClockDrift { peer, ahead_ms, .. }) => {
+            Err(DriftRejected { peer, ahead_ms, .. }) => {
                 assert_eq!(peer, NodeId(9));
                 assert_eq!(ahead_ms, 1000);
             }

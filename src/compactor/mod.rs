@@ -33,10 +33,11 @@ use crate::crdt::KeyState;
 use crate::db::engine::Engine;
 use crate::error::{Error, Result};
 use crate::io::Io;
+use crate::record::Record;
+use crate::record::StoreKey;
 use crate::snapshot::{self, SNAPSHOT_DIR, SnapshotMeta, Written};
-use crate::state::{State, StoreKey};
+use crate::state::State;
 use crate::wal::WAL_DIR;
-use crate::wal::format::Record;
 
 /// Most cursors that can be registered at once.
 pub const CURSORS_MAX: usize = 1024;

@@ -22,8 +22,8 @@ use crate::command::{Batch, OpKind, Outcome, OutcomeKind};
 use crate::crdt::{Counter, KeyState, NodeTotals, Register, Visible};
 use crate::error::{Error, Result};
 use crate::options::Options;
-use crate::state::{State, StoreKey};
-use crate::wal::format::{Record, encode_payload};
+use crate::record::{Record, StoreKey, encode_payload};
+use crate::state::State;
 use crate::wal::{AppendRequest, Appended, Wal};
 
 /// The shared core of an open database.
@@ -238,7 +238,7 @@ impl Engine {
                 stamp: Stamp::ZERO,
             });
         let overflow = || Error::CounterOverflow {
-            key: crate::command::split_store_key(key)
+            key: crate::record::split_store_key(key)
                 .map_or_else(|| key.to_vec(), |(_, k)| k.to_vec()),
         };
         let magnitude = delta.unsigned_abs();

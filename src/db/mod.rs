@@ -16,13 +16,14 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::clock::{DriftStats, Hlc, NodeId, Stamp};
-use crate::command::{Batch, DEFAULT_KEYSPACE, Outcome, keyspace_prefix, validate_keyspace_name};
+use crate::command::{Batch, DEFAULT_KEYSPACE, Outcome, validate_keyspace_name};
 use crate::compactor::{CompactionReport, Compactor, CompactorStats, CursorInfo, Maintenance};
 use crate::crdt::{KeyState, Visible};
 use crate::error::{Error, Result};
 use crate::io::Io;
 use crate::meta::{self, DirLock};
 use crate::options::{Options, SyncMode};
+use crate::record::keyspace_prefix;
 use crate::sync::digest::Digest;
 use crate::sync::{ImportReport, SegmentEntry, SegmentImport, SyncCursor};
 use crate::wal::recovery::{self, RecoveryReport};

@@ -7,9 +7,10 @@ use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 
-use crate::command::{keyspace_prefix, validate_keyspace_name};
+use crate::command::validate_keyspace_name;
 use crate::crdt::Visible;
 use crate::error::Result;
+use crate::record::keyspace_prefix;
 use crate::state::{KeyBounds, StateMap, StoreKey, collect_range};
 
 /// What a key reads as.

@@ -6,10 +6,10 @@ use crate::clock::{NodeId, Stamp};
 use crate::error::{Error, Result};
 use crate::io::Io;
 use crate::options::Options;
+use crate::record::FramePayload;
 use crate::snapshot::{self, LoadedSnapshot, SNAPSHOT_DIR};
 use crate::state::State;
 use crate::wal::dedup::{DedupEntry, DedupWindow};
-use crate::wal::format::FramePayload;
 use crate::wal::recovery::{self, QUARANTINE_DIR, RecoveryReport, SnapshotUsed};
 use crate::wal::{WAL_DIR, WalStart};
 

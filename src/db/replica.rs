@@ -14,17 +14,17 @@ use serde::Serialize;
 use super::Db;
 use crate::clock::Stamp;
 use crate::codec::{Reader, Writer};
-use crate::command::keyspace_prefix;
 use crate::crdt::{KeyState, Register};
 use crate::error::{Error, Result};
 use crate::io::IoFile;
 use crate::meta;
+use crate::record::keyspace_prefix;
+use crate::record::{Record, StoreKey};
 use crate::replication::Cursor;
 use crate::replication::leader::LeaderPosition;
 use crate::snapshot::{self, SNAPSHOT_DIR};
-use crate::state::StoreKey;
 use crate::sync::{LOCAL_KEYSPACE, is_local};
-use crate::wal::format::{self, FRAME_HEADER_BYTES, Record};
+use crate::wal::format::{self, FRAME_HEADER_BYTES};
 
 /// The follower's position, in its `_local` keyspace.
 const FOLLOWER_POSITION_KEY: &[u8] = b"replication/follower-position";
@@ -364,8 +364,8 @@ fn decode_wal_frames(mut frames: &[u8]) -> Result<Vec<Record>> {
     while !frames.is_empty() {
         let (header, payload) =
             format::read_frame(frames).map_err(|e| damaged(format!("{e:?}")))?;
-        let decoded =
-            format::decode_payload(payload, header.op_count).map_err(|e| damaged(e.to_string()))?;
+        let decoded = crate::record::decode_payload(payload, header.op_count)
+            .map_err(|e| damaged(e.to_string()))?;
         records.extend(
             decoded
                 .records

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
+pub use crate::error::IoOp;
 use crate::error::{Error, Result};
 
 /// The name `<prefix><seq as 20 digits><suffix>`: zero-padded so that names
@@ -33,54 +34,6 @@ pub fn parse_numbered_file_name(name: &str, prefix: &str, suffix: &str) -> Optio
         return None;
     }
     digits.parse().ok()
-}
-
-/// The kinds of file operation that can be made to fail.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum IoOp {
-    /// Creating or opening a file.
-    Open,
-    /// Writing bytes to a file.
-    Write,
-    /// `fsync`/`fdatasync` of a file or a directory.
-    Sync,
-    /// Renaming a file.
-    Rename,
-    /// Removing a file.
-    Remove,
-    /// Truncating a file.
-    Truncate,
-    /// Reading a file or listing a directory.
-    Read,
-}
-
-impl IoOp {
-    const ALL: [IoOp; 7] = [
-        IoOp::Open,
-        IoOp::Write,
-        IoOp::Sync,
-        IoOp::Rename,
-        IoOp::Remove,
-        IoOp::Truncate,
-        IoOp::Read,
-    ];
-
-    fn index(self) -> usize {
-        self as usize
-    }
-
-    /// The lower-case name used in error messages.
-    pub fn name(self) -> &'static str {
-        match self {
-            IoOp::Open => "open",
-            IoOp::Write => "write",
-            IoOp::Sync => "fsync",
-            IoOp::Rename => "rename",
-            IoOp::Remove => "remove",
-            IoOp::Truncate => "truncate",
-            IoOp::Read => "read",
-        }
-    }
 }
 
 /// Makes chosen file operations fail, for tests.

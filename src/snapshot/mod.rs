@@ -13,9 +13,9 @@ use crate::codec::{DecodeError, Reader, Writer};
 use crate::crdt::KeyState;
 use crate::error::{Error, Result};
 use crate::io::Io;
-use crate::state::{StateMap, StoreKey};
+use crate::record::{Record, StoreKey, decode_record, decode_stamp, encode_record, encode_stamp};
+use crate::state::StateMap;
 use crate::wal::dedup::DedupEntry;
-use crate::wal::format::{Record, decode_record, decode_stamp, encode_record, encode_stamp};
 
 /// Name of the snapshot directory inside a database directory.
 pub const SNAPSHOT_DIR: &str = "snapshots";

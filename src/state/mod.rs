@@ -9,20 +9,31 @@
 
 use std::ops::Bound;
 
-mod key;
-
-pub use key::StoreKey;
+pub use crate::record::StoreKey;
 
 use imbl::OrdMap;
 use parking_lot::RwLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::command::OutcomeKind;
 use crate::crdt::{KeyState, Visible};
-use crate::wal::format::Record;
+use crate::record::Record;
 
 /// The map type: store key to CRDT state.
 pub type StateMap = OrdMap<StoreKey, KeyState>;
+
+/// What a command did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OutcomeKind {
+    /// The write took effect (a put, or an increment).
+    Applied,
+    /// The delete took effect (a tombstone now wins).
+    Removed,
+    /// A newer write to the key already exists; this one lost.
+    IgnoredStale,
+    /// A batch with the same idempotency key was already committed; nothing
+    /// was written.
+    Duplicate,
+}
 
 /// The shared state of a database.
 #[derive(Debug, Default)]

@@ -3,9 +3,7 @@
 use crate::clock::NodeId;
 use crate::codec::{DecodeError, Reader, Writer};
 use crate::error::{Error, Result};
-use crate::wal::format::{
-    Record, decode_records_to_end, decode_stamp, encode_record, encode_stamp,
-};
+use crate::record::{Record, decode_records_to_end, decode_stamp, encode_record, encode_stamp};
 
 use super::SyncCursor;
 

@@ -12,8 +12,8 @@
 use serde::Serialize;
 
 use crate::codec::Writer;
-use crate::state::{StateMap, StoreKey};
-use crate::wal::format::{Record, encode_record};
+use crate::record::{Record, StoreKey, encode_record};
+use crate::state::StateMap;
 
 /// Number of buckets (a power of two).
 pub const DIGEST_BUCKETS: usize = 256;

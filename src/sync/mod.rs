@@ -26,8 +26,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::{NodeId, Stamp};
 use crate::crdt::{Counter, KeyState};
+use crate::record::Record;
 use crate::state::StateMap;
-use crate::wal::format::Record;
 
 /// What one copy has seen of each origin: the newest stamp per node.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -162,7 +162,7 @@ pub const LOCAL_KEYSPACE: &str = "_local";
 
 /// True for keys of [`LOCAL_KEYSPACE`].
 pub(crate) fn is_local(store_key: &[u8]) -> bool {
-    crate::command::split_store_key(store_key).is_some_and(|(ks, _)| ks == LOCAL_KEYSPACE)
+    crate::record::split_store_key(store_key).is_some_and(|(ks, _)| ks == LOCAL_KEYSPACE)
 }
 
 /// The local key under which this copy's *complete* cursor is kept: per
@@ -177,7 +177,7 @@ pub(crate) fn peer_cursor_key(peer: &str) -> String {
 
 /// The cursors of every peer this copy has heard from, as stored in `map`.
 pub(crate) fn peer_cursors(map: &StateMap) -> Vec<SyncCursor> {
-    let prefix = crate::command::store_key(LOCAL_KEYSPACE, b"peer/");
+    let prefix = crate::record::store_key(LOCAL_KEYSPACE, b"peer/");
     map.range::<_, [u8]>((
         std::ops::Bound::Included(&prefix[..]),
         std::ops::Bound::Unbounded,

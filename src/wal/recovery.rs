@@ -22,8 +22,9 @@ use crate::error::{Error, Result};
 use crate::io::Io;
 use crate::options::RecoveryMode;
 
-use super::format::{self, FramePayload, SEGMENT_HEADER_BYTES};
+use super::format::{self, SEGMENT_HEADER_BYTES};
 use super::{SegmentInfo, parse_segment_file_name};
+use crate::record::{FramePayload, decode_payload};
 
 /// Name of the folder where repair moves the bytes it drops.
 pub const QUARANTINE_DIR: &str = "quarantine";
@@ -372,8 +373,8 @@ fn read_valid_frame(bytes: &[u8], expected: u64) -> Result<(usize, u64, FramePay
             header.first_seq
         ));
     }
-    let payload = format::decode_payload(body, header.op_count)
-        .map_err(|e| format!("bad frame payload: {e}"))?;
+    let payload =
+        decode_payload(body, header.op_count).map_err(|e| format!("bad frame payload: {e}"))?;
     Ok((
         format::FRAME_HEADER_BYTES + body.len(),
         header.first_seq,

@@ -1,4 +1,6 @@
-//! [`StoreKey`]: the state map's key, stored inline when short.
+//! [`StoreKey`]: the state map's key, stored inline when short, and the
+//! store key encoding `[name_len: u8][name][key]`, which makes each
+//! keyspace one contiguous key range.
 //!
 //! A lookup in an ordered map compares the probe with about log2(n) keys.
 //! If each key lives in its own heap allocation, every comparison is a
@@ -112,9 +114,48 @@ impl std::fmt::Debug for StoreKey {
     }
 }
 
+/// The key under which the state map stores `key` of `keyspace`:
+/// `[name_len: u8][name][key]`, so each keyspace is one contiguous range.
+pub fn store_key(keyspace: &str, key: &[u8]) -> StoreKey {
+    let name = keyspace.as_bytes();
+    // Names longer than 255 bytes are encoded with a zero length so that
+    // validation (which runs before anything is stored) can refuse them.
+    let name_len = u8::try_from(name.len()).unwrap_or(0);
+    let name = if name_len == 0 { &[][..] } else { name };
+    let mut prefix = Vec::with_capacity(1 + name.len());
+    prefix.push(name_len);
+    prefix.extend_from_slice(name);
+    StoreKey::concat(&prefix, key)
+}
+
+/// The prefix shared by every store key of `keyspace`.
+pub fn keyspace_prefix(keyspace: &str) -> Vec<u8> {
+    store_key(keyspace, &[]).to_vec()
+}
+
+/// Splits a store key into keyspace name and key; `None` if malformed.
+pub fn split_store_key(store_key: &[u8]) -> Option<(&str, &[u8])> {
+    let (&len, rest) = store_key.split_first()?;
+    let (name, key) = rest.split_at_checked(usize::from(len))?;
+    if len == 0 {
+        return None;
+    }
+    Some((std::str::from_utf8(name).ok()?, key))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn store_keys_split_back() {
+        let k = store_key("users", b"ada");
+        assert_eq!(split_store_key(&k), Some(("users", &b"ada"[..])));
+        assert!(k.starts_with(&keyspace_prefix("users")));
+        assert!(!k.starts_with(&keyspace_prefix("user")));
+        assert_eq!(split_store_key(&[5, b'a']), None);
+        assert_eq!(split_store_key(&[0, b'a']), None);
+    }
 
     #[test]
     fn inline_and_heap_keys_compare_by_bytes() {

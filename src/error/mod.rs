@@ -7,9 +7,58 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use crate::auth::AuthError;
-use crate::clock::NodeId;
-use crate::io::IoOp;
+mod auth;
+
+use crate::clock::{DriftRejected, NodeId};
+pub use auth::AuthError;
+
+/// The kinds of file operation that can be made to fail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum IoOp {
+    /// Creating or opening a file.
+    Open,
+    /// Writing bytes to a file.
+    Write,
+    /// `fsync`/`fdatasync` of a file or a directory.
+    Sync,
+    /// Renaming a file.
+    Rename,
+    /// Removing a file.
+    Remove,
+    /// Truncating a file.
+    Truncate,
+    /// Reading a file or listing a directory.
+    Read,
+}
+
+impl IoOp {
+    pub(crate) const ALL: [IoOp; 7] = [
+        IoOp::Open,
+        IoOp::Write,
+        IoOp::Sync,
+        IoOp::Rename,
+        IoOp::Remove,
+        IoOp::Truncate,
+        IoOp::Read,
+    ];
+
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The lower-case name used in error messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            IoOp::Open => "open",
+            IoOp::Write => "write",
+            IoOp::Sync => "fsync",
+            IoOp::Rename => "rename",
+            IoOp::Remove => "remove",
+            IoOp::Truncate => "truncate",
+            IoOp::Read => "read",
+        }
+    }
+}
 
 /// A `Result` whose error is [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -215,6 +264,16 @@ impl std::fmt::Display for Error {
                 follower_of: None,
             } => write!(f, "database {} is open read-only", dir.display()),
             Error::Auth(e) => e.fmt(f),
+        }
+    }
+}
+
+impl From<DriftRejected> for Error {
+    fn from(d: DriftRejected) -> Self {
+        Error::ClockDrift {
+            peer: d.peer,
+            ahead_ms: d.ahead_ms,
+            max_drift_ms: d.max_drift_ms,
         }
     }
 }
