@@ -21,7 +21,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mergekv::replication::client::FollowerOptions;
+use mergekv::replication::client::{Follower, FollowerOptions};
 use mergekv::replication::server::{ReplicationOptions, ReplicationServer};
 use mergekv::{Batch, Db, Options, SyncMode};
 
@@ -59,9 +59,8 @@ fn leader(options: Options) -> Leader {
     let dir = tempfile::tempdir().unwrap();
     let db = Db::open_with(dir.path(), options).unwrap();
     let (auth, token) = common::replication_auth(&db);
-    let server = db
-        .serve_replication("127.0.0.1:0", ReplicationOptions::new(auth))
-        .unwrap();
+    let server =
+        ReplicationServer::start(&db, "127.0.0.1:0", ReplicationOptions::new(auth)).unwrap();
     Leader {
         _dir: dir,
         db,
@@ -92,8 +91,7 @@ fn catch_up(leader: &Leader) -> (f64, u64, u64) {
     let target = leader.db.stats().wal.last_seq;
     let dir = tempfile::tempdir().unwrap();
     let started = Instant::now();
-    let follower =
-        Db::open_follower(dir.path(), follower_options(leader, SyncMode::Always)).unwrap();
+    let follower = Follower::open(dir.path(), follower_options(leader, SyncMode::Always)).unwrap();
     assert!(
         follower.wait_for_seq(target, WAIT),
         "{:?}",
@@ -141,8 +139,7 @@ fn streaming_lag(rate_per_s: usize, secs: f64) {
         ..Options::default()
     });
     let dir = tempfile::tempdir().unwrap();
-    let follower =
-        Db::open_follower(dir.path(), follower_options(&leader, SyncMode::Never)).unwrap();
+    let follower = Follower::open(dir.path(), follower_options(&leader, SyncMode::Never)).unwrap();
     assert!(follower.wait_for_seq(leader.db.stats().wal.last_seq, WAIT));
     let follower = Arc::new(follower);
     // The watcher records when each new follower position appears.

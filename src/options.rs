@@ -154,7 +154,7 @@ impl Options {
         check(
             "dedup_window_entries_max",
             self.dedup_window_entries_max,
-            crate::snapshot::DEDUP_ENTRIES_MAX,
+            crate::record::limits::DEDUP_ENTRIES_MAX,
         )
     }
 }

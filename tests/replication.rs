@@ -41,7 +41,7 @@ fn leader(db_options: Options, tweak: impl FnOnce(&mut ReplicationOptions)) -> L
     let mut options = ReplicationOptions::new(auth.clone());
     options.heartbeat_interval_ms = 50;
     tweak(&mut options);
-    let server = db.serve_replication("127.0.0.1:0", options).unwrap();
+    let server = ReplicationServer::start(&db, "127.0.0.1:0", options).unwrap();
     Leader {
         _dir: dir,
         db,
@@ -71,7 +71,7 @@ fn follower_options(leader: &str, token: &str) -> FollowerOptions {
 }
 
 fn follow(dir: &Path, leader: &Leader) -> Follower {
-    Db::open_follower(dir, follower_options(&leader.addr(), &leader.token)).unwrap()
+    Follower::open(dir, follower_options(&leader.addr(), &leader.token)).unwrap()
 }
 
 /// Waits for the follower to hold everything the leader has written.
@@ -247,9 +247,9 @@ fn a_second_follower_claiming_the_same_id_is_refused_while_the_first_converges()
     let (first_dir, second_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let mut options = follower_options(&leader.addr(), &leader.token);
     options.follower_id = Some(42);
-    let first = Db::open_follower(first_dir.path(), options.clone()).unwrap();
+    let first = Follower::open(first_dir.path(), options.clone()).unwrap();
     converge(&first, &leader);
-    let second = Db::open_follower(second_dir.path(), options).unwrap();
+    let second = Follower::open(second_dir.path(), options).unwrap();
     assert!(second.wait_until(CONVERGE, |s| {
         s.last_error
             .as_deref()
@@ -283,7 +283,7 @@ fn followers_without_a_replicate_token_are_refused() {
     for (token, expected) in cases {
         let dir = tempfile::tempdir().unwrap();
         let follower =
-            Db::open_follower(dir.path(), follower_options(&leader.addr(), &token)).unwrap();
+            Follower::open(dir.path(), follower_options(&leader.addr(), &token)).unwrap();
         assert!(
             follower.wait_until(CONVERGE, |s| s
                 .last_error
@@ -374,7 +374,7 @@ fn a_rogue_leader_gets_nothing_applied_and_the_follower_reconnects() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let dir = tempfile::tempdir().unwrap();
-    let follower = Db::open_follower(dir.path(), follower_options(&addr, "any")).unwrap();
+    let follower = Follower::open(dir.path(), follower_options(&addr, "any")).unwrap();
     let mut bad_checksum = batch(0, 1, &frames).to_frame_bytes().unwrap();
     let last = bad_checksum.len() - 1;
     bad_checksum[last] ^= 0x40;
@@ -428,7 +428,7 @@ fn a_rogue_leader_gets_nothing_applied_and_the_follower_reconnects() {
     send(&mut socket, &batch(0, 1, &frames));
     assert!(follower.wait_for_seq(3, CONVERGE));
     assert_eq!(follower.db().get("c").as_deref(), Some(&b"rogue"[..]));
-    let cursor = follower.db().follower_position().unwrap().unwrap().cursor();
+    let cursor = Cursor::from(follower.db().follower_position().unwrap().unwrap());
     assert_eq!(
         cursor,
         Cursor {

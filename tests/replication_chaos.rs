@@ -77,7 +77,7 @@ fn leader() -> Leader {
     // Small batches and frequent heartbeats: many frames to perturb.
     options.batch_bytes_target = 2 * 1024;
     options.heartbeat_interval_ms = 20;
-    let server = db.serve_replication("127.0.0.1:0", options).unwrap();
+    let server = ReplicationServer::start(&db, "127.0.0.1:0", options).unwrap();
     Leader {
         _dir: dir,
         db,
@@ -103,7 +103,7 @@ fn follow(dir: &Path, proxy: SocketAddr, token: &str) -> Follower {
     options.backoff_initial_ms = 5;
     options.backoff_max_ms = 100;
     options.idle_timeout_ms = 500;
-    Db::open_follower(dir, options).unwrap()
+    Follower::open(dir, options).unwrap()
 }
 
 // The proxy.

@@ -107,7 +107,7 @@ fn tls_leader(config: Arc<ServerConfig>) -> Leader {
     // back (read without blocking) in between.
     options.batch_bytes_target = 16 * 1024;
     options.tls = Some(config);
-    let server = db.serve_replication("127.0.0.1:0", options).unwrap();
+    let server = ReplicationServer::start(&db, "127.0.0.1:0", options).unwrap();
     Leader {
         _dir: dir,
         db,
@@ -136,7 +136,7 @@ fn follow(dir: &Path, leader: &Leader, tls: Option<Arc<ClientConfig>>) -> Follow
     options.backoff_max_ms = 200;
     options.idle_timeout_ms = 2_000;
     options.tls = tls.map(|config| (config, SERVER_NAME.to_string()));
-    Db::open_follower(dir, options).unwrap()
+    Follower::open(dir, options).unwrap()
 }
 
 /// Waits for the follower to hold everything the leader has written.
@@ -255,7 +255,7 @@ fn a_leader_that_never_answers_the_handshake_is_given_up_on() {
     options.db_options.sync_mode = SyncMode::Never;
     options.connect_timeout_ms = 300;
     options.tls = Some((ca.client_config(), SERVER_NAME.to_string()));
-    let follower = Db::open_follower(dir.path(), options).unwrap();
+    let follower = Follower::open(dir.path(), options).unwrap();
     assert!(
         follower.wait_until(CONVERGE, |s| s.last_error.is_some()),
         "still waiting for the handshake: {:?}",

@@ -30,7 +30,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 
 use crate::crdt::KeyState;
-use crate::db::engine::Engine;
+use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::io::Io;
 use crate::record::Record;
@@ -175,7 +175,7 @@ impl Maintenance {
         let covered = p.snapshot_seq.unwrap_or(0);
         let since: u64 = self
             .engine
-            .wal
+            .wal()
             .segment_ranges()
             .iter()
             .filter(|s| s.last_seq > covered || s.last_seq < s.first_seq)
@@ -191,11 +191,11 @@ impl Maintenance {
     }
 
     fn due(&self) -> bool {
-        let options = &self.engine.options;
+        let options = &self.engine.options();
         // Measured on disk, so a database reopened often (by the CLI, say)
         // still compacts once its WAL has grown.
         let since = self.stats().wal_bytes_since_snapshot;
-        let last_seq = self.engine.wal.stats().last_seq;
+        let last_seq = self.engine.wal().stats().last_seq;
         let p = self.progress.lock();
         if last_seq <= p.snapshot_seq.unwrap_or(0) {
             return false; // nothing written since the snapshot
@@ -232,23 +232,23 @@ impl Maintenance {
 
     fn compact_inner(&self) -> Result<CompactionReport> {
         let engine = &self.engine;
-        engine.wal.check_usable()?;
+        engine.wal().check_usable()?;
         let bytes_before = self.disk_bytes()?;
-        engine.wal.seal_active()?;
-        let target = engine.wal.stats().last_seq;
-        engine.wal.wait_watermark(target)?;
+        engine.wal().seal_active()?;
+        let target = engine.wal().stats().last_seq;
+        engine.wait_applied_through(target)?;
         // The watermark first, then the map: every batch up to it is in the map.
-        let covered_seq = engine.wal.applied_watermark()?;
-        let map = engine.state.snapshot();
+        let covered_seq = engine.applied_watermark()?;
+        let map = engine.state().snapshot();
         // Applied is not yet durable in `Interval`/`Never` mode: make sure the
         // WAL holds everything the snapshot will claim to cover, or a power
         // loss could leave a gap between the snapshot and the WAL.
-        engine.wal.sync_written()?;
-        let created_ms = engine.options.wall_clock.now_ms();
+        engine.wal().sync_written()?;
+        let created_ms = engine.now_ms();
         let meta = SnapshotMeta {
-            node: engine.node,
+            node: engine.node(),
             covered_seq,
-            hlc: engine.hlc.lock().high_water(),
+            hlc: engine.hlc().high_water(),
             created_ms,
         };
         let gc = self.tombstone_rule(covered_seq, crate::sync::peer_cursors(&map));
@@ -260,18 +260,18 @@ impl Maintenance {
             }
             !collect
         };
-        let dedup = engine.wal.dedup_entries_through(covered_seq);
+        let dedup = engine.wal().dedup_entries_through(covered_seq);
         let snap_dir = self.dir.join(SNAPSHOT_DIR);
         let written = snapshot::write_snapshot(&self.io, &snap_dir, &meta, &map, &dedup, keep)?;
         drop(map);
         // Read it back before anything it covers is dropped, and drop nothing
         // if the WAL failed meanwhile.
         snapshot::read_snapshot(&self.io, &written.path)?;
-        engine.wal.check_usable()?;
+        engine.wal().check_usable()?;
         let (snapshots_removed, oldest_retained) = self.prune_snapshots(&snap_dir)?;
         let (keep_from, cursors_behind) = self.retention_start(oldest_retained);
-        let (segments_removed, _) = engine.wal.truncate_before(keep_from)?;
-        let tombstones_dropped = engine.state.remove_unchanged(&dropped);
+        let (segments_removed, _) = engine.wal().truncate_before(keep_from)?;
+        let tombstones_dropped = engine.state().remove_unchanged(&dropped);
         Ok(CompactionReport {
             snapshot_seq: covered_seq,
             snapshot_path: written.path,
@@ -298,14 +298,14 @@ impl Maintenance {
     pub fn install_state(&self, records: Vec<Record>, local: Vec<Record>) -> Result<Written> {
         let _running = self.running.lock();
         let engine = &self.engine;
-        engine.wal.check_usable()?;
-        engine.wal.seal_active()?;
-        let target = engine.wal.stats().last_seq;
-        engine.wal.wait_watermark(target)?;
-        let covered_seq = engine.wal.applied_watermark()?;
-        engine.wal.sync_written()?;
+        engine.wal().check_usable()?;
+        engine.wal().seal_active()?;
+        let target = engine.wal().stats().last_seq;
+        engine.wait_applied_through(target)?;
+        let covered_seq = engine.applied_watermark()?;
+        engine.wal().sync_written()?;
         let fresh = State::new();
-        let own_local: Vec<Record> = engine.state.with_map(|map| {
+        let own_local: Vec<Record> = engine.state().with_map(|map| {
             map.iter()
                 .filter(|(k, _)| crate::sync::is_local(k))
                 .map(|(k, s)| Record {
@@ -319,18 +319,18 @@ impl Maintenance {
         fresh.replay(local);
         let map = fresh.snapshot();
         let meta = SnapshotMeta {
-            node: engine.node,
+            node: engine.node(),
             covered_seq,
-            hlc: engine.hlc.lock().high_water(),
-            created_ms: engine.options.wall_clock.now_ms(),
+            hlc: engine.hlc().high_water(),
+            created_ms: engine.now_ms(),
         };
-        let dedup = engine.wal.dedup_entries_through(covered_seq);
+        let dedup = engine.wal().dedup_entries_through(covered_seq);
         let snap_dir = self.dir.join(SNAPSHOT_DIR);
         let written =
             snapshot::write_snapshot(&self.io, &snap_dir, &meta, &map, &dedup, |_, _| true)?;
         snapshot::read_snapshot(&self.io, &written.path)?;
-        engine.wal.check_usable()?;
-        engine.state.replace(map);
+        engine.wal().check_usable()?;
+        engine.state().replace(map);
         // Older snapshots hold the replaced state: none may be fallen back on.
         for (seq, path) in snapshot::list_snapshots(&self.io, &snap_dir)? {
             if seq < covered_seq {
@@ -338,7 +338,9 @@ impl Maintenance {
             }
         }
         self.io.sync_dir(&snap_dir)?;
-        engine.wal.truncate_before(covered_seq.saturating_add(1))?;
+        engine
+            .wal()
+            .truncate_before(covered_seq.saturating_add(1))?;
         let mut p = self.progress.lock();
         p.snapshot_seq = Some(covered_seq);
         p.snapshot_bytes = written.size_bytes;
@@ -353,18 +355,18 @@ impl Maintenance {
             .lock()
             .values()
             .all(|c| c.needs_resync || c.seq >= covered_seq);
-        let now_ms = self.engine.options.wall_clock.now_ms();
+        let now_ms = self.engine.now_ms();
         TombstoneGc {
             peers,
             enabled: cursors_passed,
-            older_than_ms: now_ms.saturating_sub(self.engine.options.tombstone_grace_ms),
+            older_than_ms: now_ms.saturating_sub(self.engine.options().tombstone_grace_ms),
         }
     }
 
     /// Deletes snapshots beyond the retained number; returns how many, and
     /// the covered sequence number of the oldest one kept.
     fn prune_snapshots(&self, snap_dir: &Path) -> Result<(usize, u64)> {
-        let retained = self.engine.options.snapshots_retained.max(1);
+        let retained = self.engine.options().snapshots_retained.max(1);
         let snapshots = snapshot::list_snapshots(&self.io, snap_dir)?;
         let oldest_retained = snapshots
             .iter()
@@ -387,7 +389,7 @@ impl Maintenance {
     /// limit. Cursors beyond it are marked and named.
     fn retention_start(&self, oldest_retained: u64) -> (u64, Vec<String>) {
         let snapshot_start = oldest_retained.saturating_add(1);
-        let segments = self.engine.wal.segment_ranges();
+        let segments = self.engine.wal().segment_ranges();
         let wal_start = segments.first().map_or(snapshot_start, |s| s.first_seq);
         let bytes_from = |seq: u64| -> u64 {
             segments
@@ -396,7 +398,7 @@ impl Maintenance {
                 .map(|s| s.size_bytes)
                 .sum()
         };
-        let limit = self.engine.options.wal_retention_bytes_max;
+        let limit = self.engine.options().wal_retention_bytes_max;
         let mut start = snapshot_start;
         let mut behind = Vec::new();
         for (name, cursor) in self.cursors.lock().iter_mut() {
@@ -487,9 +489,9 @@ impl Compactor {
     /// Like [`Compactor::compact_now`], but says why the database cannot
     /// compact (poisoned, closed) rather than that the thread is gone.
     pub fn compact_now_on(&self, engine: &Engine) -> Result<CompactionReport> {
-        engine.wal.check_usable()?;
+        engine.wal().check_usable()?;
         self.compact_now()
-            .map_err(|e| engine.wal.check_usable().err().unwrap_or(e))
+            .map_err(|e| engine.wal().check_usable().err().unwrap_or(e))
     }
 
     /// Stops the thread after the compaction in progress, if any.
@@ -508,14 +510,15 @@ impl Drop for Compactor {
 }
 
 fn run(maintenance: &Maintenance, requests: &Receiver<Request>) {
-    let tick = Duration::from_millis(maintenance.engine.options.compactor_tick_ms.max(1));
+    let tick = Duration::from_millis(maintenance.engine.options().compactor_tick_ms.max(1));
     loop {
         let reply = match requests.recv_timeout(tick) {
             Ok(Request::Compact(reply)) => Some(reply),
             Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => return,
         };
-        if reply.is_none() && (!maintenance.due() || maintenance.engine.wal.check_usable().is_err())
+        if reply.is_none()
+            && (!maintenance.due() || maintenance.engine.wal().check_usable().is_err())
         {
             continue;
         }
@@ -523,7 +526,7 @@ fn run(maintenance: &Maintenance, requests: &Receiver<Request>) {
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| maintenance.compact()));
         let result = outcome.unwrap_or_else(|_| {
             let cause = "the compactor thread panicked";
-            maintenance.engine.wal.poison(cause);
+            maintenance.engine.wal().poison(cause);
             Err(Error::Poisoned {
                 cause: Arc::from(cause),
             })

@@ -1,10 +1,9 @@
 //! [`Db`]: open a directory, recover, start the threads; the handle
 //! applications hold.
 
-pub(crate) mod engine;
+mod keyspace;
+pub(crate) mod position;
 pub(crate) mod read;
-mod recover;
-pub(crate) mod replica;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,9 +12,8 @@ use std::time::Duration;
 
 use crossbeam_channel::{RecvTimeoutError, Sender, bounded};
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 
-use crate::clock::{DriftStats, Hlc, NodeId, Stamp};
+use crate::clock::{DriftStats, Hlc, NodeId};
 use crate::command::{Batch, DEFAULT_KEYSPACE, Outcome, validate_keyspace_name};
 use crate::compactor::{CompactionReport, Compactor, CompactorStats, CursorInfo, Maintenance};
 use crate::crdt::{KeyState, Visible};
@@ -25,15 +23,14 @@ use crate::meta::{self, DirLock};
 use crate::options::{Options, SyncMode};
 use crate::record::keyspace_prefix;
 use crate::sync::digest::Digest;
-use crate::sync::{ImportReport, SegmentEntry, SegmentImport, SyncCursor};
+use crate::sync::{ImportReport, SegmentEntry, SegmentImport, SyncCursor, exchange};
 use crate::wal::recovery::{self, RecoveryReport};
 use crate::wal::{WAL_DIR, Wal, WalStats};
 use crate::worker::Pool;
 
-/// Records per WAL frame when a change set is too large for one frame: each
-/// chunk is one idempotent, atomic batch.
-const IMPORT_CHUNK_RECORDS: usize = 10_000;
-use engine::Engine;
+use crate::engine::{self, Engine};
+pub use keyspace::Keyspace;
+pub use position::FollowerPosition;
 use read::{ReadView, Scan, ScanOptions, Value};
 
 /// An open database. Cheap to clone; every clone is the same database. The
@@ -65,7 +62,7 @@ impl std::fmt::Debug for Db {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Db")
             .field("dir", &self.inner.dir)
-            .field("node", &self.inner.engine.node)
+            .field("node", &self.inner.engine.node())
             .finish()
     }
 }
@@ -105,7 +102,7 @@ impl Db {
             }
         };
         io.create_dir_all(&wal_dir)?;
-        let recovered = recover::recover(&io, &dir, meta.node, &options)?;
+        let recovered = engine::recover(&io, &dir, meta.node, &options)?;
         let mut hlc = Hlc::new(meta.node, options.max_drift_ms, options.drift_policy);
         if let Some(stamp) = recovered.max_stamp {
             hlc.observe_recovered(stamp);
@@ -152,7 +149,7 @@ impl Db {
 
     /// This copy's node id.
     pub fn node_id(&self) -> NodeId {
-        self.inner.engine.node
+        self.inner.engine.node()
     }
 
     /// True if this handle refuses writes (opened read-only, or a follower).
@@ -194,7 +191,7 @@ impl Db {
 
     /// The wall clock's time now, in ms since the epoch.
     pub(crate) fn wall_now_ms(&self) -> u64 {
-        self.inner.engine.options.wall_clock.now_ms()
+        self.inner.engine.now_ms()
     }
 
     pub(crate) fn check_writable(&self) -> Result<()> {
@@ -207,14 +204,56 @@ impl Db {
         Ok(())
     }
 
-    /// The WAL, for the replication leader's reader.
-    pub(crate) fn wal(&self) -> &crate::wal::Wal {
-        &self.inner.engine.wal
+    /// The engine, for the services built on a database (replication).
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    /// Compaction and the snapshot install a follower needs.
+    pub(crate) fn maintenance(&self) -> &Maintenance {
+        &self.inner.maintenance
     }
 
     /// A file-system seam like the database's own (the same fault plan).
     pub(crate) fn io(&self) -> Io {
-        Io::new(self.inner.engine.options.faults.clone())
+        Io::new(self.inner.engine.faults().cloned())
+    }
+
+    /// Records (in memory) that this directory now follows `leader`; the
+    /// caller has written the marker file.
+    pub(crate) fn set_follower_of(&self, leader: &str) {
+        *self.inner.follower_of.write() = Some(leader.to_string());
+    }
+
+    /// Set once this open has drawn a new replication epoch.
+    pub(crate) fn epoch_redrawn(&self) -> &std::sync::atomic::AtomicBool {
+        &self.inner.epoch_redrawn
+    }
+
+    /// This follower's stored position (`None` if it never received any).
+    pub fn follower_position(&self) -> Result<Option<FollowerPosition>> {
+        let store_key = position::local_key(position::FOLLOWER_POSITION_KEY);
+        let Some(bytes) = self.inner.engine.state().read(&store_key, |s| {
+            s.and_then(|s| s.register.as_ref())
+                .and_then(|r| r.value.clone())
+        }) else {
+            return Ok(None);
+        };
+        FollowerPosition::decode(&bytes)
+            .map(Some)
+            .map_err(|reason| Error::Decode {
+                what: "follower position",
+                reason,
+            })
+    }
+
+    /// Deletes the stored follower position (on promotion).
+    fn forget_follower_position(&self) -> Result<()> {
+        if self.follower_position()?.is_some() {
+            self.reserved_keyspace(crate::sync::LOCAL_KEYSPACE)?
+                .delete(position::FOLLOWER_POSITION_KEY)?;
+        }
+        Ok(())
     }
 
     /// What opening found in the WAL (torn tail cut, repair done, counts).
@@ -278,7 +317,7 @@ impl Db {
     /// What `key` in the default keyspace reads as.
     pub fn get_value(&self, key: impl AsRef<[u8]>) -> Option<Value> {
         let prefix = &self.inner.default_prefix;
-        let state = &self.inner.engine.state;
+        let state = self.inner.engine.state();
         state.with_map(|map| read::get_value(map, prefix, key.as_ref()))
     }
 
@@ -304,27 +343,27 @@ impl Db {
 
     /// A consistent snapshot for multi-key reads.
     pub fn view(&self) -> ReadView {
-        ReadView::new(self.inner.engine.state.snapshot())
+        ReadView::new(self.inner.engine.state().snapshot())
     }
 
     /// Figures about the database.
     pub fn stats(&self) -> Stats {
         let engine = &self.inner.engine;
-        let snapshot = engine.state.snapshot();
+        let snapshot = engine.state().snapshot();
         let (hlc, drift) = {
-            let clock = engine.hlc.lock();
+            let clock = engine.hlc();
             (clock.high_water(), clock.drift_stats())
         };
         let mut stats = Stats {
             dir: self.inner.dir.clone(),
-            node_id: engine.node.to_string(),
+            node_id: engine.node().to_string(),
             hlc: hlc.to_string(),
             drift,
-            sync_mode: format!("{:?}", engine.options.sync_mode),
-            worker_threads: engine.options.worker_threads,
-            wal: engine.wal.stats(),
+            sync_mode: format!("{:?}", engine.options().sync_mode),
+            worker_threads: engine.options().worker_threads,
+            wal: engine.wal().stats(),
             compactor: self.inner.maintenance.stats(),
-            poisoned: engine.wal.check_usable().err().map(|e| e.to_string()),
+            poisoned: engine.check_usable().err().map(|e| e.to_string()),
             follower_of: self.follower_of(),
             follower_position: self.follower_position().ok().flatten(),
             ..Stats::default()
@@ -345,7 +384,7 @@ impl Db {
     /// what the receiver has), and the cursor to use next time. The bytes
     /// are self-verifying; see `docs/FORMAT.md`.
     pub fn export_since(&self, cursor: &SyncCursor) -> Result<(Vec<u8>, SyncCursor)> {
-        self.export_changes(cursor, None)
+        exchange::export_changes(&self.inner.engine, cursor, None)
     }
 
     /// Like [`Db::export_since`], limited to keys in `buckets` of the state
@@ -358,44 +397,13 @@ impl Db {
     ) -> Result<(Vec<u8>, SyncCursor)> {
         let mut sorted = buckets.to_vec();
         sorted.sort_unstable();
-        self.export_changes(cursor, Some(&sorted))
-    }
-
-    fn export_changes(
-        &self,
-        cursor: &SyncCursor,
-        buckets: Option<&[usize]>,
-    ) -> Result<(Vec<u8>, SyncCursor)> {
-        // The map first, then the complete cursor: every write the cursor
-        // can claim (own writes up to the clock's high water) is in the map.
-        let map = self.inner.engine.state.snapshot();
-        let records = crate::sync::collect_changes(&map, cursor, buckets);
-        // A partial export advertises nothing: the receiver must not claim
-        // what it was not sent.
-        let complete = match buckets {
-            None => self.complete_cursor()?,
-            Some(_) => SyncCursor::new(),
-        };
-        let mut after = cursor.clone();
-        after.merge(&complete);
-        Ok((
-            crate::sync::changeset::encode(self.node_id(), &complete, &records),
-            after,
-        ))
+        exchange::export_changes(&self.inner.engine, cursor, Some(&sorted))
     }
 
     /// Per origin, the newest stamp up to which this copy holds everything:
     /// its own writes, and the cursors of change sets it imported whole.
     pub fn complete_cursor(&self) -> Result<SyncCursor> {
-        let mut complete: SyncCursor = self
-            .local_keyspace()?
-            .get_typed(crate::sync::COMPLETE_CURSOR_KEY)?
-            .unwrap_or_default();
-        let own = self.inner.engine.hlc.lock().high_water();
-        complete.merge(&SyncCursor {
-            seen: [(own.node, own)].into_iter().collect(),
-        });
-        Ok(complete)
+        exchange::complete_cursor(&self.inner.engine)
     }
 
     /// A change set of everything `peer` has not seen, by the cursor stored
@@ -410,70 +418,30 @@ impl Db {
     /// written after the data it covers: an interrupted import is resumed by
     /// importing the same change set again.
     pub fn import_from(&self, peer: &str, bytes: &[u8]) -> Result<ImportReport> {
-        let report = self.import(bytes)?;
-        let changes = crate::sync::changeset::decode(bytes)?;
-        self.merge_local_cursor(&crate::sync::peer_cursor_key(peer), &changes.cursor)?;
-        Ok(report)
+        self.check_writable()?;
+        exchange::import_from(&self.inner.engine, peer, bytes)
     }
 
     /// What `peer` has reported seeing (empty if never heard from).
     pub fn peer_cursor(&self, peer: &str) -> Result<SyncCursor> {
-        Ok(self
-            .local_keyspace()?
-            .get_typed(crate::sync::peer_cursor_key(peer))?
-            .unwrap_or_default())
+        exchange::peer_cursor(&self.inner.engine, peer)
     }
 
     /// The sealed WAL segments this copy can offer, by content hash.
     pub fn segment_manifest(&self) -> Result<Vec<SegmentEntry>> {
-        let io = Io::new(self.inner.engine.options.faults.clone());
-        self.inner
-            .engine
-            .wal
-            .sealed_segments()
-            .iter()
-            .map(|s| {
-                let bytes = io.read(&s.path)?;
-                Ok(SegmentEntry {
-                    hash: *blake3::hash(&bytes).as_bytes(),
-                    size_bytes: bytes.len() as u64,
-                })
-            })
-            .collect()
+        exchange::segment_manifest(&self.inner.engine)
     }
 
     /// The bytes of one of this copy's sealed segments, by its hash (to
     /// send to a peer that lacks it).
     pub fn segment_bytes(&self, hash: &[u8; 32]) -> Result<Option<Vec<u8>>> {
-        let io = Io::new(self.inner.engine.options.faults.clone());
-        for s in self.inner.engine.wal.sealed_segments() {
-            let bytes = io.read(&s.path)?;
-            if blake3::hash(&bytes).as_bytes() == hash {
-                return Ok(Some(bytes));
-            }
-        }
-        Ok(None)
+        exchange::segment_bytes(&self.inner.engine, hash)
     }
 
     /// The entries of `peer_manifest` this copy has neither written nor
     /// imported.
     pub fn missing_segments(&self, peer_manifest: &[SegmentEntry]) -> Result<Vec<SegmentEntry>> {
-        let own: std::collections::HashSet<[u8; 32]> = self
-            .segment_manifest()?
-            .into_iter()
-            .map(|e| e.hash)
-            .collect();
-        let local = self.local_keyspace()?;
-        Ok(peer_manifest
-            .iter()
-            .filter(|e| !own.contains(&e.hash))
-            .filter(|e| {
-                local
-                    .get(crate::sync::segment_marker_key(&e.hash))
-                    .is_none()
-            })
-            .cloned()
-            .collect())
+        exchange::missing_segments(&self.inner.engine, peer_manifest)
     }
 
     /// Applies a peer's sealed segment, given with its content hash: every
@@ -482,52 +450,12 @@ impl Db {
     /// here is skipped.
     pub fn import_segment(&self, bytes: &[u8], hash: &[u8; 32]) -> Result<SegmentImport> {
         self.check_writable()?;
-        if blake3::hash(bytes).as_bytes() != hash {
-            return Ok(SegmentImport::HashMismatch);
-        }
-        let marker = crate::sync::segment_marker_key(hash);
-        let local = self.local_keyspace()?;
-        if local.get(&marker).is_some() || self.segment_manifest()?.iter().any(|e| &e.hash == hash)
-        {
-            return Ok(SegmentImport::Skipped);
-        }
-        let frames =
-            crate::wal::recovery::read_whole_segment(bytes).map_err(|reason| Error::Decode {
-                what: "WAL segment",
-                reason,
-            })?;
-        // Another copy's own bookkeeping is never ours to apply.
-        let records: Vec<_> = frames
-            .into_iter()
-            .flat_map(|f| f.records)
-            .filter(|r| !crate::sync::is_local(&r.store_key))
-            .collect();
-        let engine = &self.inner.engine;
-        engine.receive_stamps(&records)?;
-        let (mut written, mut skipped) = (0, 0);
-        for (index, chunk) in records.chunks(IMPORT_CHUNK_RECORDS).enumerate() {
-            let mut id = blake3::Hasher::new();
-            id.update(b"segment");
-            id.update(hash);
-            id.update(&(index as u64).to_le_bytes());
-            let part = engine.import_chunk(chunk, id.finalize().as_bytes())?;
-            written += part.applied;
-            skipped += part.stale + part.duplicates;
-        }
-        local.put(&marker, [1u8])?;
-        Ok(SegmentImport::Applied {
-            keys_written: written,
-            keys_skipped: skipped,
-        })
-    }
-
-    fn local_keyspace(&self) -> Result<Keyspace> {
-        self.reserved_keyspace(crate::sync::LOCAL_KEYSPACE)
+        exchange::import_segment(&self.inner.engine, bytes, hash)
     }
 
     /// The state digest: equal on two copies exactly when their states are.
     pub fn digest(&self) -> Digest {
-        crate::sync::digest::digest(&self.inner.engine.state.snapshot())
+        crate::sync::digest::digest(&self.inner.engine.state().snapshot())
     }
 
     /// Verifies a change set, checks every stamp against the drift bound,
@@ -537,59 +465,7 @@ impl Db {
     /// applies nothing.
     pub fn import(&self, bytes: &[u8]) -> Result<ImportReport> {
         self.check_writable()?;
-        let mut changes = crate::sync::changeset::decode(bytes)?;
-        // Another copy's own bookkeeping is never ours to apply.
-        changes
-            .records
-            .retain(|r| !crate::sync::is_local(&r.store_key));
-        self.inner.engine.receive_stamps(&changes.records)?;
-        let report = self.import_records(&changes)?;
-        // Landed whole: this copy now holds everything the exporter did.
-        self.merge_local_cursor(crate::sync::COMPLETE_CURSOR_KEY, &changes.cursor)?;
-        Ok(report)
-    }
-
-    /// Merges `cursor` into the local cursor stored under `key`, writing
-    /// only if that changes it (so a repeated import writes nothing).
-    fn merge_local_cursor(&self, key: &str, cursor: &SyncCursor) -> Result<()> {
-        let local = self.local_keyspace()?;
-        let stored: SyncCursor = local.get_typed(key)?.unwrap_or_default();
-        let mut merged = stored.clone();
-        merged.merge(cursor);
-        if merged != stored {
-            local.put_typed(key, &merged)?;
-        }
-        Ok(())
-    }
-
-    fn import_records(&self, changes: &crate::sync::changeset::ChangeSet) -> Result<ImportReport> {
-        let engine = &self.inner.engine;
-        let mut report = ImportReport::default();
-        if changes.records.is_empty() {
-            return Ok(report);
-        }
-        let chunk_id = |index: u64| {
-            let mut id = blake3::Hasher::new();
-            id.update(&changes.digest);
-            id.update(&index.to_le_bytes());
-            *id.finalize().as_bytes()
-        };
-        // One WAL frame when it fits: the change set then lands whole or not
-        // at all.
-        match engine.import_chunk(&changes.records, &chunk_id(u64::MAX)) {
-            Err(Error::LimitExceeded {
-                limit: "frame_payload_bytes_max",
-                ..
-            }) => {}
-            whole => return whole,
-        }
-        for (index, chunk) in changes.records.chunks(IMPORT_CHUNK_RECORDS).enumerate() {
-            let part = engine.import_chunk(chunk, &chunk_id(index as u64))?;
-            report.applied += part.applied;
-            report.stale += part.stale;
-            report.duplicates += part.duplicates;
-        }
-        Ok(report)
+        exchange::import(&self.inner.engine, bytes)
     }
 
     /// Registers (or moves) a cursor: a reader of this database's changes
@@ -615,7 +491,7 @@ impl Db {
     /// The threads stop and the directory lock is released when the last
     /// clone is dropped.
     pub fn close(self) -> Result<()> {
-        self.inner.engine.wal.close()
+        self.inner.engine.wal().close()
     }
 }
 
@@ -640,7 +516,7 @@ impl Drop for DbInner {
             let _ = handle.join();
         }
         // Errors here have nowhere to go; `Db::close` reports them.
-        let _ = self.engine.wal.close();
+        let _ = self.engine.wal().close();
     }
 }
 
@@ -673,112 +549,9 @@ pub struct Stats {
     pub follower_of: Option<String>,
     /// A follower's stored replication position (its cursor, and the
     /// leader's position when it was stored).
-    pub follower_position: Option<replica::FollowerPosition>,
+    pub follower_position: Option<FollowerPosition>,
     /// The failure that poisoned the database, if any.
     pub poisoned: Option<String>,
-}
-
-/// A named keyspace: the same operations as [`Db`], confined to one
-/// namespace. Cheap to clone.
-#[derive(Clone)]
-pub struct Keyspace {
-    db: Db,
-    name: Arc<str>,
-    prefix: Arc<[u8]>,
-}
-
-impl std::fmt::Debug for Keyspace {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Keyspace")
-            .field("name", &self.name)
-            .finish()
-    }
-}
-
-impl Keyspace {
-    /// The keyspace's name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn single(&self, batch: Batch) -> Result<Outcome> {
-        let mut outcomes = self.db.write(batch)?;
-        outcomes.pop().ok_or_else(|| Error::InvalidCommand {
-            reason: "no outcome for a single operation".into(),
-        })
-    }
-
-    /// Puts `value` at `key`; durable on return as [`Db::write`] says.
-    pub fn put(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<Outcome> {
-        let mut batch = Batch::new();
-        batch.put_in(&self.name, key, value);
-        self.single(batch)
-    }
-
-    /// Deletes `key` (writes a tombstone); durable on return as
-    /// [`Db::write`] says.
-    pub fn delete(&self, key: impl AsRef<[u8]>) -> Result<Outcome> {
-        let mut batch = Batch::new();
-        batch.delete_in(&self.name, key);
-        self.single(batch)
-    }
-
-    /// Adds `delta` to the counter at `key`; the outcome carries the new
-    /// value. Durable on return as [`Db::write`] says.
-    pub fn increment(&self, key: impl AsRef<[u8]>, delta: i64) -> Result<Outcome> {
-        let mut batch = Batch::new();
-        batch.increment_in(&self.name, key, delta);
-        self.single(batch)
-    }
-
-    /// Stores a serde value (encoded with the crate's codec) at `key`.
-    pub fn put_typed<T: Serialize>(&self, key: impl AsRef<[u8]>, value: &T) -> Result<Outcome> {
-        self.put(key, crate::codec::encode_typed(value)?)
-    }
-
-    /// Reads a value stored with [`Keyspace::put_typed`].
-    pub fn get_typed<T: DeserializeOwned>(&self, key: impl AsRef<[u8]>) -> Result<Option<T>> {
-        self.get(key)
-            .map(|b| crate::codec::decode_typed(&b))
-            .transpose()
-    }
-
-    /// What `key` reads as: bytes, a counter, or nothing.
-    pub fn get_value(&self, key: impl AsRef<[u8]>) -> Option<Value> {
-        let state = &self.db.inner.engine.state;
-        state.with_map(|map| read::get_value(map, &self.prefix, key.as_ref()))
-    }
-
-    /// The bytes at `key`, if it reads as a register value.
-    pub fn get(&self, key: impl AsRef<[u8]>) -> Option<Arc<[u8]>> {
-        match self.get_value(key) {
-            Some(Value::Bytes(b)) => Some(b),
-            _ => None,
-        }
-    }
-
-    /// The counter at `key` (0 if absent or not a counter).
-    pub fn counter(&self, key: impl AsRef<[u8]>) -> i64 {
-        self.get_value(key)
-            .and_then(|v| v.as_counter())
-            .unwrap_or(0)
-    }
-
-    /// Scans this keyspace; the iterator reads a consistent snapshot.
-    pub fn scan(&self, opts: &ScanOptions) -> Scan {
-        Scan::new(self.db.inner.engine.state.snapshot(), &self.prefix, opts)
-    }
-
-    /// The stamp a register write to `key` carries, if any (for tests and
-    /// tools that need to reason about last-writer-wins).
-    pub fn stamp_of(&self, key: impl AsRef<[u8]>) -> Option<Stamp> {
-        let store_key = [&self.prefix[..], key.as_ref()].concat();
-        self.db
-            .inner
-            .engine
-            .state
-            .read(&store_key, |s| s.and_then(KeyState::newest_stamp))
-    }
 }
 
 /// Refuses to create a new identity over a WAL that has lost its `META`:
@@ -804,7 +577,7 @@ fn refuse_orphan_wal(io: &Io, wal_dir: &Path) -> Result<()> {
 
 /// In `Interval` mode, a thread that fsyncs the WAL every interval.
 fn start_flusher(engine: &Arc<Engine>) -> Result<Option<(Sender<()>, JoinHandle<()>)>> {
-    let SyncMode::Interval(interval_ms) = engine.options.sync_mode else {
+    let SyncMode::Interval(interval_ms) = engine.options().sync_mode else {
         return Ok(None);
     };
     let (stop, stopped) = bounded::<()>(1);
@@ -814,7 +587,7 @@ fn start_flusher(engine: &Arc<Engine>) -> Result<Option<(Sender<()>, JoinHandle<
         .name("mergekv-flusher".into())
         .spawn(move || {
             while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
-                if engine.wal.sync_written().is_err() {
+                if engine.wal().sync_written().is_err() {
                     // The WAL is poisoned now; writers will say so.
                     return;
                 }

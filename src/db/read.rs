@@ -8,10 +8,10 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 
 use crate::command::validate_keyspace_name;
-use crate::crdt::Visible;
+use crate::crdt::{KeyState, Visible};
 use crate::error::Result;
 use crate::record::keyspace_prefix;
-use crate::state::{KeyBounds, StateMap, StoreKey, collect_range};
+use crate::state::{StateMap, StoreKey};
 
 /// What a key reads as.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -327,6 +327,42 @@ impl ViewKeyspace<'_> {
         self.get(key)
             .map(|b| crate::codec::decode_typed(&b))
             .transpose()
+    }
+}
+
+/// Bounds of a scan over store keys.
+#[derive(Clone, Debug)]
+pub struct KeyBounds {
+    /// Inclusive lower bound.
+    pub start: Bound<Vec<u8>>,
+    /// Upper bound.
+    pub end: Bound<Vec<u8>>,
+}
+
+/// Collects up to `limit` entries in `bounds` from `map`, forwards or
+/// backwards, skipping keys that read as absent (tombstones).
+pub fn collect_range(
+    map: &StateMap,
+    bounds: &KeyBounds,
+    reverse: bool,
+    limit: usize,
+    out: &mut Vec<(StoreKey, Value)>,
+) {
+    let range = map.range::<_, [u8]>((as_slice_bound(&bounds.start), as_slice_bound(&bounds.end)));
+    let visible =
+        |(k, s): (&StoreKey, &KeyState)| Value::from_visible(s.visible()).map(|v| (k.clone(), v));
+    if reverse {
+        out.extend(range.rev().filter_map(visible).take(limit));
+    } else {
+        out.extend(range.filter_map(visible).take(limit));
+    }
+}
+
+fn as_slice_bound(b: &Bound<Vec<u8>>) -> Bound<&[u8]> {
+    match b {
+        Bound::Included(v) => Bound::Included(v.as_slice()),
+        Bound::Excluded(v) => Bound::Excluded(v.as_slice()),
+        Bound::Unbounded => Bound::Unbounded,
     }
 }
 

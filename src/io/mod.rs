@@ -51,6 +51,9 @@ struct FaultState {
     counts: [AtomicU64; IoOp::ALL.len()],
     plan: Mutex<Vec<FaultRule>>,
     injected: AtomicU64,
+    /// Commits counted so far, and the one that must panic (0: none).
+    commits: AtomicU64,
+    commit_panic_at: AtomicU64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -94,6 +97,26 @@ impl FaultInjector {
     /// How many operations of kind `op` have been attempted so far.
     pub fn count(&self, op: IoOp) -> u64 {
         self.inner.counts[op.index()].load(Ordering::SeqCst)
+    }
+
+    /// Makes the `nth` (1-based, counted from now) commit panic between its
+    /// WAL append and its update of the state map, to prove that a panic
+    /// on any commit path poisons the database instead of hanging it.
+    pub fn panic_nth_commit(&self, nth: u64) {
+        let start = self.inner.commits.load(Ordering::SeqCst);
+        self.inner
+            .commit_panic_at
+            .store(start + nth, Ordering::SeqCst);
+    }
+
+    /// Counts one commit and says whether it must panic.
+    pub(crate) fn commit_should_panic(&self) -> bool {
+        let n = self.inner.commits.fetch_add(1, Ordering::SeqCst) + 1;
+        let panics = n == self.inner.commit_panic_at.load(Ordering::SeqCst);
+        if panics {
+            self.inner.injected.fetch_add(1, Ordering::SeqCst);
+        }
+        panics
     }
 
     /// How many failures have been injected so far.

@@ -17,14 +17,17 @@ use parking_lot::{Condvar, Mutex};
 use serde::Serialize;
 
 use super::ProtocolError;
+use super::apply;
 use super::follower::{FollowerAction, FollowerMachine, SNAPSHOT_BYTES_MAX_DEFAULT};
 use super::message::Cursor;
 use super::transport::{Connection, Transport};
 use crate::db::Db;
-use crate::db::replica::FollowerPosition;
+use crate::db::FollowerPosition;
+use crate::engine::panic_message;
 use crate::error::{Error, Result};
 use crate::io::IoFile;
 use crate::options::Options;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 
 /// Name of the file a snapshot is received into, in the database directory.
 const INCOMING_SNAPSHOT_FILE: &str = "replication-incoming.snap";
@@ -145,22 +148,17 @@ impl std::fmt::Debug for Follower {
     }
 }
 
-impl Db {
+impl Follower {
     /// Opens (creating if needed) the database in `dir` as a read-only
     /// follower of `options.leader`, and starts following in a background
     /// thread. The directory is marked as a follower's: opening it for
     /// writing fails with [`Error::ReadOnly`] until [`Db::promote`].
-    pub fn open_follower(dir: impl AsRef<Path>, options: FollowerOptions) -> Result<Follower> {
-        Follower::start(dir.as_ref(), options)
-    }
-}
-
-impl Follower {
-    fn start(dir: &Path, options: FollowerOptions) -> Result<Follower> {
+    pub fn open(dir: impl AsRef<Path>, options: FollowerOptions) -> Result<Follower> {
+        let dir = dir.as_ref();
         let mut db_options = options.db_options.clone();
         db_options.read_only = true;
         let db = Db::open_with(dir, db_options)?;
-        db.mark_follower(&options.leader)?;
+        apply::mark_follower(&db, &options.leader)?;
         let position = db.follower_position()?.unwrap_or_default();
         let shared = Arc::new(Shared {
             follower_id: options.follower_id.unwrap_or(db.node_id().0),
@@ -181,7 +179,7 @@ impl Follower {
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
             .name("mergekv-follower".into())
-            .spawn(move || follow_loop(&thread_shared))
+            .spawn(move || follow_guarded(&thread_shared))
             .map_err(|e| Error::Network {
                 what: "starting the follower thread".into(),
                 source: Arc::new(e),
@@ -276,6 +274,22 @@ pub fn backoff_delay_ms(attempt: u32, initial_ms: u64, max_ms: u64, random: u64)
     floor + random % (ceiling - floor + 1)
 }
 
+/// Runs the follower; a panic in it poisons the database (fail-stop, like
+/// any write path) and is reported in the status instead of vanishing
+/// with the thread.
+fn follow_guarded(shared: &Arc<Shared>) {
+    let Err(panic) = catch_unwind(AssertUnwindSafe(|| follow_loop(shared))) else {
+        return;
+    };
+    let cause = format!("follower thread panicked: {}", panic_message(&panic));
+    shared.db.engine().poison(&cause);
+    let mut status = shared.status.lock();
+    status.connected = false;
+    status.last_error = Some(cause);
+    drop(status);
+    shared.changed.notify_all();
+}
+
 fn follow_loop(shared: &Arc<Shared>) {
     let mut attempt = 0u32;
     while !shared.stop.load(Ordering::Acquire) {
@@ -289,6 +303,10 @@ fn follow_loop(shared: &Arc<Shared>) {
             }
         }
         shared.changed.notify_all();
+        if shared.db.engine().check_usable().is_err() {
+            // Poisoned or closed: nothing more can be applied until reopen.
+            return;
+        }
         if progressed {
             attempt = 0;
         }
@@ -404,7 +422,7 @@ fn run_connection(shared: &Shared, progressed: &mut bool) -> std::result::Result
     if shared.stop.load(Ordering::Acquire) {
         return Ok(());
     }
-    let mut machine = FollowerMachine::new(db.start_cursor()?, options.snapshot_bytes_max);
+    let mut machine = FollowerMachine::new(apply::start_cursor(db)?, options.snapshot_bytes_max);
     conn.send(&machine.hello(shared.follower_id, &options.token))?;
     shared.status.lock().connects += 1;
     let idle = Duration::from_millis(options.idle_timeout_ms.max(1));
@@ -455,7 +473,7 @@ fn perform(
                 file.sync_all()?;
             }
             let position = stored_position(shared, cursor);
-            db.install_replicated(&staging_path, position)?;
+            apply::install_replicated(db, &staging_path, position)?;
             db.io().remove_file(&staging_path)?;
             let mut status = shared.status.lock();
             status.snapshots_installed += 1;
@@ -463,9 +481,9 @@ fn perform(
             applied(shared, position);
             Ok(true)
         }
-        FollowerAction::Apply { cursor, frames } => {
+        FollowerAction::Apply { cursor, records } => {
             let position = stored_position(shared, cursor);
-            db.apply_replicated(&frames, before.seq.saturating_add(1), position)?;
+            apply::apply_replicated(db, records, before.seq.saturating_add(1), position)?;
             shared.status.lock().batches_applied += 1;
             applied(shared, position);
             Ok(true)

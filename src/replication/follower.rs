@@ -8,6 +8,7 @@
 
 use super::ProtocolError;
 use super::message::{Cursor, Message, PROTOCOL_VERSION, StartMode};
+use crate::record::{Record, decode_payload};
 use crate::wal::format;
 
 /// Largest snapshot a follower accepts, by default (bytes).
@@ -34,13 +35,14 @@ pub enum FollowerAction {
         /// The cursor the snapshot brings the follower to.
         cursor: Cursor,
     },
-    /// Apply these WAL frames durably, with `cursor` stored in the same
+    /// Apply these records durably, with `cursor` stored in the same
     /// atomic write; then send the ACK from [`FollowerMachine::ack`].
     Apply {
         /// The cursor after the batch.
         cursor: Cursor,
-        /// The leader's WAL frames, verified.
-        frames: Vec<u8>,
+        /// The records of the batch's WAL frames, checksummed and decoded
+        /// once, here.
+        records: Vec<Record>,
     },
     /// The leader's durable position (for lag figures).
     LeaderPosition {
@@ -335,28 +337,29 @@ impl FollowerMachine {
                 got: first_seq,
             });
         }
-        verify_wal_frames(&frames, first_seq, last_seq, frame_count)?;
+        let records = decode_wal_frames(&frames, first_seq, last_seq, frame_count)?;
         self.cursor.seq = last_seq;
         self.state = State::Streaming;
         Ok(vec![FollowerAction::Apply {
             cursor: self.cursor,
-            frames,
+            records,
         }])
     }
 }
 
 /// Checks that `frames` holds exactly `frame_count` intact WAL frames
-/// covering `first_seq..=last_seq` with no gap.
-pub fn verify_wal_frames(
+/// covering `first_seq..=last_seq` with no gap, and returns their records.
+pub fn decode_wal_frames(
     frames: &[u8],
     first_seq: u64,
     last_seq: u64,
     frame_count: u32,
-) -> Result<(), ProtocolError> {
+) -> Result<Vec<Record>, ProtocolError> {
     let malformed = |reason: String| ProtocolError::Malformed { reason };
     let mut rest = frames;
     let mut next = first_seq;
     let mut count = 0u32;
+    let mut records = Vec::new();
     while !rest.is_empty() {
         let (header, payload) = format::read_frame(rest)
             .map_err(|e| malformed(format!("WAL frame {count} of the batch: {e:?}")))?;
@@ -366,6 +369,9 @@ pub fn verify_wal_frames(
                 got: header.first_seq,
             });
         }
+        let decoded = decode_payload(payload, header.op_count)
+            .map_err(|e| malformed(format!("WAL frame {count} of the batch: {e}")))?;
+        records.extend(decoded.records);
         next = header.first_seq.saturating_add(u64::from(header.op_count));
         rest = &rest[format::FRAME_HEADER_BYTES + payload.len()..];
         count += 1;
@@ -376,7 +382,7 @@ pub fn verify_wal_frames(
             next.saturating_sub(1)
         )));
     }
-    Ok(())
+    Ok(records)
 }
 
 fn check_stream(expected: (u64, u64), got: (u64, u64)) -> Result<(), ProtocolError> {
@@ -402,12 +408,34 @@ mod tests {
         }
     }
 
+    fn put_record(seq: u64) -> Record {
+        use crate::clock::{NodeId, Stamp};
+        use crate::crdt::{KeyState, Register};
+        Record {
+            store_key: crate::record::store_key("default", &seq.to_le_bytes()),
+            delta: KeyState {
+                register: Some(Register {
+                    stamp: Stamp {
+                        physical_ms: seq,
+                        logical: 0,
+                        node: NodeId(1),
+                    },
+                    value: Some(std::sync::Arc::from(&b"v"[..])),
+                    floor: Vec::new(),
+                }),
+                counter: None,
+            },
+        }
+    }
+
     /// WAL frames of `ops` operations each, starting at `first_seq`.
     fn wal_frames(first_seq: u64, ops: &[u32]) -> Vec<u8> {
         let mut out = Vec::new();
         let mut seq = first_seq;
         for &n in ops {
-            format::encode_frame(&mut out, seq, n, b"payload");
+            let records: Vec<_> = (0..n).map(|i| put_record(seq + u64::from(i))).collect();
+            let payload = crate::record::encode_payload(None, &records).unwrap();
+            format::encode_frame(&mut out, seq, n, &payload);
             seq += u64::from(n);
         }
         out

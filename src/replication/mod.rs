@@ -10,17 +10,21 @@
 //!
 //! The transport (TCP, optionally TLS) and the database glue drive them.
 
+mod apply;
 pub mod client;
 pub mod follower;
 pub mod frame;
 pub mod leader;
 pub mod message;
 pub mod server;
+mod ship;
 #[cfg(feature = "tls")]
 pub mod tls;
 pub mod transport;
 
+pub use client::{Follower, FollowerOptions, FollowerStatus};
 pub use message::{Cursor, ErrorCode, Message, PROTOCOL_VERSION, StartMode};
+pub use server::{ReplicationAuth, ReplicationOptions, ReplicationServer};
 
 /// Why a replication connection is closed.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -22,6 +22,7 @@ use parking_lot::Mutex;
 use super::ProtocolError;
 use super::leader::LeaderMachine;
 use super::message::{ErrorCode, Message, StartMode};
+use super::ship;
 use super::transport::{Connection, Transport};
 use crate::auth::AuthService;
 use crate::auth::Scope;
@@ -131,24 +132,24 @@ impl std::fmt::Debug for ReplicationServer {
     }
 }
 
-impl Db {
-    /// Serves this database's WAL to followers on `addr` (port 0 picks a
-    /// free one; see [`ReplicationServer::local_addr`]), in background
-    /// threads, until the returned handle is stopped or dropped.
-    pub fn serve_replication(
-        &self,
+impl ReplicationServer {
+    /// Serves `db`'s WAL to followers on `addr` (port 0 picks a free one;
+    /// see [`ReplicationServer::local_addr`]), in background threads,
+    /// until the returned handle is stopped or dropped.
+    pub fn start(
+        db: &Db,
         addr: impl ToSocketAddrs,
         options: ReplicationOptions,
     ) -> Result<ReplicationServer> {
-        self.check_writable()?;
+        db.check_writable()?;
         let listener =
             TcpListener::bind(addr).map_err(|e| network("binding the replication listener", e))?;
         let addr = listener
             .local_addr()
             .map_err(|e| network("reading the listener address", e))?;
         let shared = Arc::new(Shared {
-            db: self.clone(),
-            epoch: self.replication_epoch()?,
+            db: db.clone(),
+            epoch: ship::replication_epoch(db)?,
             options,
             stop: AtomicBool::new(false),
             followers: Mutex::new(HashMap::new()),
@@ -317,7 +318,7 @@ impl Session<'_> {
             .map_err(|code| refuse(code, "the token may not replicate from this leader"))?;
         self.claim(hello.follower_id)?;
         let db = &self.shared.db;
-        let position = db.leader_position(self.shared.epoch);
+        let position = ship::leader_position(db, self.shared.epoch);
         let (welcome, mode) = self.machine.welcome(hello.cursor, position)?;
         conn.send(&welcome)?;
         let after_seq = match mode {
@@ -370,7 +371,7 @@ impl Session<'_> {
     fn send_snapshot(&mut self, conn: &mut Connection) -> std::result::Result<u64, ProtocolError> {
         let db = &self.shared.db;
         let unavailable = |e: Error| refuse(ErrorCode::Unavailable, e.to_string());
-        let snapshot = db.snapshot_to_ship().map_err(unavailable)?;
+        let snapshot = ship::snapshot_to_ship(db).map_err(unavailable)?;
         self.hold_wal(snapshot.covered_seq);
         let (stream, epoch) = (db.node_id().0, self.shared.epoch);
         conn.send(&Message::SnapshotBegin {
@@ -419,7 +420,7 @@ impl Session<'_> {
         after_seq: u64,
     ) -> std::result::Result<(), ProtocolError> {
         let db = &self.shared.db;
-        let wal = db.wal();
+        let wal = db.engine().wal();
         let options = &self.shared.options;
         let heartbeat = Duration::from_millis(options.heartbeat_interval_ms.max(1));
         // Short waits, so a stop is noticed promptly.

@@ -44,15 +44,12 @@ pub const SNAPSHOT_HEADER_BYTES: usize = SNAPSHOT_HEADER_CRC_OFFSET + 4;
 pub const CHUNK_HEADER_BYTES: usize = 16;
 /// A chunk is closed once its payload reaches this size.
 pub const CHUNK_PAYLOAD_BYTES_TARGET: usize = 1024 * 1024;
-/// Largest chunk payload a reader accepts.
-pub const CHUNK_PAYLOAD_BYTES_MAX: usize = 256 * 1024 * 1024;
+pub use crate::record::limits::CHUNK_PAYLOAD_BYTES_MAX;
+use crate::record::limits::DEDUP_ENTRY_BYTES;
 
 const CHUNK_ENTRIES: u8 = 1;
 const CHUNK_DEDUP: u8 = 2;
 const CHUNK_END: u8 = 0xFF;
-const DEDUP_ENTRY_BYTES: usize = 32 + 8 + 4 + 20 + 8;
-/// Most dedup entries a snapshot can carry (one chunk).
-pub const DEDUP_ENTRIES_MAX: usize = CHUNK_PAYLOAD_BYTES_MAX / DEDUP_ENTRY_BYTES;
 
 /// What a snapshot holds besides the entries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -7,8 +7,6 @@
 //! blocks writers. Writers apply whole batches under one write lock, so a
 //! batch becomes visible all at once.
 
-use std::ops::Bound;
-
 pub use crate::record::StoreKey;
 
 use imbl::OrdMap;
@@ -249,42 +247,5 @@ fn fresh_kind(delta: &KeyState) -> OutcomeKind {
     match &delta.register {
         Some(reg) if reg.value.is_none() => OutcomeKind::Removed,
         _ => OutcomeKind::Applied,
-    }
-}
-
-/// Bounds of a scan over store keys.
-#[derive(Clone, Debug)]
-pub struct KeyBounds {
-    /// Inclusive lower bound.
-    pub start: Bound<Vec<u8>>,
-    /// Upper bound.
-    pub end: Bound<Vec<u8>>,
-}
-
-/// Collects up to `limit` entries in `bounds` from `map`, forwards or
-/// backwards, skipping keys that read as absent (tombstones).
-pub fn collect_range(
-    map: &StateMap,
-    bounds: &KeyBounds,
-    reverse: bool,
-    limit: usize,
-    out: &mut Vec<(StoreKey, crate::Value)>,
-) {
-    let range = map.range::<_, [u8]>((as_slice_bound(&bounds.start), as_slice_bound(&bounds.end)));
-    let visible = |(k, s): (&StoreKey, &KeyState)| {
-        crate::Value::from_visible(s.visible()).map(|v| (k.clone(), v))
-    };
-    if reverse {
-        out.extend(range.rev().filter_map(visible).take(limit));
-    } else {
-        out.extend(range.filter_map(visible).take(limit));
-    }
-}
-
-fn as_slice_bound(b: &Bound<Vec<u8>>) -> Bound<&[u8]> {
-    match b {
-        Bound::Included(v) => Bound::Included(v.as_slice()),
-        Bound::Excluded(v) => Bound::Excluded(v.as_slice()),
-        Bound::Unbounded => Bound::Unbounded,
     }
 }

@@ -19,6 +19,7 @@
 
 pub mod changeset;
 pub mod digest;
+pub(crate) mod exchange;
 
 use std::collections::BTreeMap;
 

@@ -837,7 +837,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = crate::Db::open(dir.path()).unwrap();
         db.put("a", "1").unwrap();
-        let wal = db.wal();
+        let wal = db.engine().wal();
         let before = wal.segment_ranges();
         assert_eq!(before.len(), 1);
         // What `lead` does while it writes a group with the lock released.

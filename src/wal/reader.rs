@@ -211,7 +211,7 @@ impl WalReader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::replication::follower::verify_wal_frames;
+    use crate::replication::follower::decode_wal_frames;
     use crate::{Db, Options, SyncMode};
 
     fn small_segments_db(dir: &std::path::Path) -> Db {
@@ -233,7 +233,11 @@ mod tests {
         let mut last = reader.next_seq() - 1;
         loop {
             match reader
-                .read(db.wal(), db.wal().shippable_seq(), bytes_max)
+                .read(
+                    db.engine().wal(),
+                    db.engine().wal().shippable_seq(),
+                    bytes_max,
+                )
                 .unwrap()
             {
                 WalRead::Frames {
@@ -243,7 +247,7 @@ mod tests {
                     bytes,
                 } => {
                     assert_eq!(first_seq, last + 1);
-                    verify_wal_frames(&bytes, first_seq, last_seq, frame_count).unwrap();
+                    decode_wal_frames(&bytes, first_seq, last_seq, frame_count).unwrap();
                     assert!(bytes.len() <= bytes_max || frame_count == 1);
                     last = last_seq;
                 }
@@ -260,7 +264,10 @@ mod tests {
         for i in 0..200u32 {
             db.put(format!("key{i}"), vec![b'v'; 40]).unwrap();
         }
-        assert!(db.wal().segment_ranges().len() > 3, "several segments");
+        assert!(
+            db.engine().wal().segment_ranges().len() > 3,
+            "several segments"
+        );
         let mut reader = WalReader::new(db.io(), 1);
         assert_eq!(drain(&mut reader, &db, 1000), 200);
         for i in 0..50u32 {
@@ -280,13 +287,16 @@ mod tests {
             db.put(format!("key{i}"), vec![b'v'; 40]).unwrap();
         }
         let mut reader = WalReader::new(db.io(), 1);
-        match reader.read(db.wal(), 10, 1 << 20).unwrap() {
+        match reader.read(db.engine().wal(), 10, 1 << 20).unwrap() {
             WalRead::Frames { last_seq, .. } => assert_eq!(last_seq, 10),
             other => panic!("{other:?}"),
         }
         db.compact_now().unwrap();
         let mut late = WalReader::new(db.io(), 1);
-        assert_eq!(late.read(db.wal(), 100, 1 << 20).unwrap(), WalRead::Gone);
+        assert_eq!(
+            late.read(db.engine().wal(), 100, 1 << 20).unwrap(),
+            WalRead::Gone
+        );
     }
 
     #[test]
@@ -295,14 +305,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = small_segments_db(dir.path());
         db.put("a", "1").unwrap();
-        let now = db.wal().shippable_seq();
+        let now = db.engine().wal().shippable_seq();
         let idle = db
+            .engine()
             .wal()
             .wait_shippable_beyond(now, Duration::from_millis(5));
         assert_eq!(idle.unwrap(), now, "times out with nothing new");
         std::thread::scope(|scope| {
             scope.spawn(|| db.put("b", "2").unwrap());
-            let woke = db.wal().wait_shippable_beyond(now, Duration::from_secs(30));
+            let woke = db
+                .engine()
+                .wal()
+                .wait_shippable_beyond(now, Duration::from_secs(30));
             assert!(woke.unwrap() > now);
         });
     }

@@ -30,7 +30,7 @@ use crossbeam_channel::{Receiver, Sender, bounded};
 use parking_lot::Mutex;
 
 use crate::command::{Batch, Outcome};
-use crate::db::engine::Engine;
+use crate::engine::{Engine, panic_message};
 use crate::error::{Error, Result};
 
 /// The reply to one submitted batch.
@@ -51,8 +51,8 @@ pub(crate) struct Pool {
 impl Pool {
     /// Starts `options.worker_threads` workers over `engine`.
     pub fn start(engine: &Arc<Engine>) -> Result<Pool> {
-        let threads = engine.options.worker_threads;
-        let depth = engine.options.worker_queue_depth_max.max(1);
+        let threads = engine.options().worker_threads;
+        let depth = engine.options().worker_queue_depth_max.max(1);
         let mut senders = Vec::with_capacity(threads);
         let mut slots = Vec::with_capacity(threads);
         let mut handles = Vec::with_capacity(threads);
@@ -95,7 +95,7 @@ impl Pool {
         receive.recv().unwrap_or_else(|_| {
             // The worker dropped the job without replying: it panicked, and
             // has poisoned the database.
-            engine.wal.check_usable().and(Err(Error::Closed))
+            engine.wal().check_usable().and(Err(Error::Closed))
         })
     }
 
@@ -128,7 +128,7 @@ fn route(batch: &Batch, workers: usize) -> usize {
 }
 
 fn worker_loop(engine: &Engine, jobs: &Receiver<Job>, slot: &Mutex<()>) {
-    let group_max = engine.options.worker_batch_commands_max.max(1);
+    let group_max = engine.options().worker_batch_commands_max.max(1);
     while let Ok(first) = jobs.recv() {
         let mut group = vec![first];
         while group.len() < group_max {
@@ -154,7 +154,7 @@ fn worker_loop(engine: &Engine, jobs: &Receiver<Job>, slot: &Mutex<()>) {
 fn run_one(engine: &Engine, batch: Batch) -> Reply {
     match run_group(engine, vec![batch]) {
         Some(mut results) => results.pop().unwrap_or(Err(Error::Closed)),
-        None => engine.wal.check_usable().and(Err(Error::Closed)),
+        None => engine.wal().check_usable().and(Err(Error::Closed)),
     }
 }
 
@@ -166,19 +166,9 @@ fn run_group(engine: &Engine, batches: Vec<Batch>) -> Option<Vec<Reply>> {
         Err(panic) => {
             let message = panic_message(&panic);
             engine
-                .wal
+                .wal()
                 .poison(&format!("write path panicked: {message}"));
             None
         }
-    }
-}
-
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "unknown panic".to_string()
     }
 }

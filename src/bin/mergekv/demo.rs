@@ -9,6 +9,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use mergekv::auth::{AuthService, MasterKey, Scope, Scopes};
 use mergekv::replication::client::FollowerOptions;
 use mergekv::replication::server::ReplicationOptions;
+use mergekv::replication::{Follower, ReplicationServer};
 use mergekv::{Batch, Db, Error, OutcomeKind, ScanOptions, Value};
 use serde::Serialize;
 
@@ -524,10 +525,10 @@ impl<'o> Demo<'o> {
             .take()
             .ok_or_else(|| CliError::data("step 10 left no auth service"))?;
         let (_, token) = auth.create_api_key("ada", Scopes::of(&[Scope::Replicate]), None)?;
-        let server = db.serve_replication("127.0.0.1:0", ReplicationOptions::new(auth))?;
+        let server = ReplicationServer::start(&db, "127.0.0.1:0", ReplicationOptions::new(auth))?;
         let addr = server.local_addr().to_string();
         let started = Instant::now();
-        let follower = Db::open_follower(
+        let follower = Follower::open(
             self.dir.join("copies").join("follower"),
             FollowerOptions::new(&addr, token.expose()),
         )?;

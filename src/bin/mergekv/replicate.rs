@@ -13,6 +13,7 @@ use std::time::Duration;
 use mergekv::auth::AuthService;
 use mergekv::replication::client::{FollowerOptions, FollowerStatus};
 use mergekv::replication::server::ReplicationOptions;
+use mergekv::replication::{Follower, ReplicationServer};
 use mergekv::{Db, Error};
 use zeroize::Zeroizing;
 
@@ -33,7 +34,7 @@ pub fn serve(cli: &Cli, a: &ServeArgs, out: &mut Out) -> Result<(), CliError> {
     let key = master_key(cli.master_key_file.as_deref())?;
     let db = Db::open(&cli.data)?;
     let auth = Arc::new(AuthService::open(&db, key)?);
-    let server = db.serve_replication(a.listen.as_str(), ReplicationOptions::new(auth))?;
+    let server = ReplicationServer::start(&db, a.listen.as_str(), ReplicationOptions::new(auth))?;
     out.line(format_args!(
         "serving replication on {} (stream {}, epoch {:016x}); interrupt to stop",
         server.local_addr(),
@@ -67,7 +68,7 @@ pub fn follow(cli: &Cli, a: &FollowArgs, out: &mut Out) -> Result<(), CliError> 
     let token = read_token(&a.token_file)?;
     let mut options = FollowerOptions::new(&a.leader, token.as_str());
     options.follower_id = a.follower_id;
-    let follower = Db::open_follower(&cli.data, options)?;
+    let follower = Follower::open(&cli.data, options)?;
     out.line(format_args!(
         "following {} into {} as {:016x}; interrupt to stop",
         a.leader,

@@ -1,9 +1,9 @@
-//! The write path: validate → stamp → resolve → encode → append → durable →
-//! apply → outcome.
+//! Local writes: validate → stamp → resolve into records → commit.
 //!
-//! [`Engine::execute`] runs it for a group of batches, on a worker thread or
-//! inline on the caller; the group shares one wait for durability, which is
-//! how a worker's queued commands ride one group commit.
+//! [`Engine::execute`] runs a group of batches, on a worker thread or
+//! inline on the caller; the group shares one wait for durability through
+//! the commit path (`commit.rs`), which is how a worker's queued commands
+//! ride one group commit.
 //!
 //! Counters are logged as new per-node totals, not deltas, so replay and
 //! re-delivery are idempotent. To compute a new total a writer needs the
@@ -15,32 +15,23 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use parking_lot::Mutex;
-
-use crate::clock::{Hlc, NodeId, Stamp};
+use crate::clock::Stamp;
 use crate::command::{Batch, OpKind, Outcome, OutcomeKind};
 use crate::crdt::{Counter, KeyState, NodeTotals, Register, Visible};
 use crate::error::{Error, Result};
-use crate::options::Options;
-use crate::record::{Record, StoreKey, encode_payload};
-use crate::state::State;
-use crate::wal::{AppendRequest, Appended, Wal};
+use crate::record::{Record, StoreKey};
+use crate::state::Applied;
+use crate::wal::Appended;
+use crate::wal::dedup::DedupEntry;
 
-/// The shared core of an open database.
-pub(crate) struct Engine {
-    pub options: Options,
-    pub node: NodeId,
-    pub hlc: Mutex<Hlc>,
-    pub wal: Wal,
-    pub state: State,
-    pending_counters: Mutex<HashMap<StoreKey, PendingCounter>>,
-}
+use super::Engine;
+use super::commit::Committed;
 
 /// The node totals a batch's increments produce, by key.
 type NewTotals = Vec<(StoreKey, NodeTotals)>;
 
 /// This node's latest totals for a counter with increments in flight.
-struct PendingCounter {
+pub(crate) struct PendingCounter {
     totals: NodeTotals,
     in_flight: u32,
 }
@@ -54,53 +45,42 @@ struct Prepared {
 }
 
 impl Engine {
-    pub fn new(options: Options, node: NodeId, hlc: Hlc, wal: Wal, state: State) -> Self {
-        Self {
-            options,
-            node,
-            hlc: Mutex::new(hlc),
-            wal,
-            state,
-            pending_counters: Mutex::new(HashMap::new()),
+    /// Runs a group of batches through the write path; one result per
+    /// batch. A panic anywhere on it poisons the database, and every batch
+    /// of the group gets [`Error::Poisoned`].
+    pub fn execute(&self, batches: Vec<Batch>) -> Vec<Result<Vec<Outcome>>> {
+        let count = batches.len();
+        match self.guarded("write path", || Ok(self.execute_unguarded(batches))) {
+            Ok(results) => results,
+            Err(e) => vec![Err(e); count],
         }
     }
 
-    /// Runs a group of batches through the write path; one result per batch.
-    pub fn execute(&self, batches: Vec<Batch>) -> Vec<Result<Vec<Outcome>>> {
+    fn execute_unguarded(&self, batches: Vec<Batch>) -> Vec<Result<Vec<Outcome>>> {
         let prepared: Vec<Result<Prepared>> =
             batches.into_iter().map(|b| self.prepare(b)).collect();
-        let wait_seq = prepared
+        let appended: Vec<(&[Record], Appended)> = prepared
             .iter()
-            .filter_map(|p| p.as_ref().ok())
-            .map(|p| match p.appended {
-                Appended::Queued { last_seq, .. } => last_seq,
-                Appended::Duplicate(e) => e.first_seq + u64::from(e.op_count) - 1,
-            })
-            .max();
-        let durable = wait_seq.map_or(Ok(()), |seq| self.wal.wait_durable(seq));
-        let results = match durable {
-            Ok(()) => self.apply_all(&prepared),
-            Err(e) => {
-                self.mark_applied(&prepared);
-                prepared
-                    .iter()
-                    .map(|p| match p {
-                        Ok(_) => Err(e.clone()),
-                        Err(own) => Err(own.clone()),
-                    })
-                    .collect()
-            }
-        };
+            .flatten()
+            .map(|p| (p.records.as_slice(), p.appended))
+            .collect();
+        let finished = self.finish(&appended);
         for p in prepared.iter().flatten() {
             self.release_counters(&p.counter_keys);
         }
-        results
+        match finished {
+            Ok(committed) => self.outcomes(&prepared, committed),
+            Err(e) => prepared
+                .iter()
+                .map(|p| Err(p.as_ref().err().unwrap_or(&e).clone()))
+                .collect(),
+        }
     }
 
     fn prepare(&self, batch: Batch) -> Result<Prepared> {
-        self.wal.check_usable()?;
+        self.check_usable()?;
         batch.validate(&self.options)?;
-        let now_ms = self.options.wall_clock.now_ms();
+        let now_ms = self.now_ms();
         let stamp = self.stamp(batch.stamp, now_ms)?;
         let dedup_id = batch
             .idempotency_key
@@ -118,14 +98,7 @@ impl Engine {
         let guard = self.pending_counters.lock();
         let (records, new_totals) = self.resolve(&batch, stamp, &guard)?;
         let mut pending = has_increment.then_some(guard);
-        let dedup = dedup_id.as_ref().map(|id| (id, now_ms));
-        let appended = self.wal.append(AppendRequest {
-            payload: encode_payload(dedup, &records)?,
-            op_count: records.len() as u32,
-            dedup_id: dedup_id.as_ref(),
-            stamp,
-            now_ms,
-        })?;
+        let appended = self.append(&records, dedup_id.as_ref(), stamp, now_ms)?;
         let mut counter_keys = Vec::new();
         if let (Appended::Queued { .. }, Some(guard)) = (appended, pending.as_mut()) {
             counter_keys = register_totals(guard, new_totals);
@@ -137,6 +110,31 @@ impl Engine {
             appended,
             counter_keys,
         })
+    }
+
+    /// One result per batch: the refusal of a batch that never reached the
+    /// WAL, or the outcomes of one that was committed.
+    fn outcomes(
+        &self,
+        prepared: &[Result<Prepared>],
+        committed: Vec<Committed>,
+    ) -> Vec<Result<Vec<Outcome>>> {
+        let mut committed = committed.into_iter();
+        prepared
+            .iter()
+            .map(|p| {
+                let p = p.as_ref().map_err(Clone::clone)?;
+                match committed.next() {
+                    Some(Committed::Applied { first_seq, results }) => {
+                        Ok(applied_outcomes(p.stamp, first_seq, results))
+                    }
+                    Some(Committed::Duplicate(original)) => {
+                        Ok(self.duplicate_outcomes(p, original))
+                    }
+                    None => Err(self.broken_invariant("a prepared batch without a commit")),
+                }
+            })
+            .collect()
     }
 
     fn stamp(&self, explicit: Option<Stamp>, now_ms: u64) -> Result<Stamp> {
@@ -261,53 +259,35 @@ impl Engine {
         Ok(totals)
     }
 
-    fn release_counters(&self, keys: &[StoreKey]) {
-        if keys.is_empty() {
-            return;
-        }
-        release_locked(&mut self.pending_counters.lock(), keys);
-    }
-
-    /// Applies every queued batch (one write lock) and builds the outcomes.
-    fn apply_all(&self, prepared: &[Result<Prepared>]) -> Vec<Result<Vec<Outcome>>> {
-        let queued: Vec<&[Record]> = prepared
+    fn duplicate_outcomes(&self, p: &Prepared, original: DedupEntry) -> Vec<Outcome> {
+        p.records
             .iter()
-            .filter_map(|p| p.as_ref().ok())
-            .filter(|p| matches!(p.appended, Appended::Queued { .. }))
-            .map(|p| p.records.as_slice())
-            .collect();
-        let mut applied = self.state.apply_many(&queued).into_iter();
-        // Our own batches are applied before we wait for anyone else's, so
-        // two workers holding each other's duplicates cannot wait in a cycle.
-        self.mark_applied(prepared);
-        prepared
-            .iter()
-            .map(|p| {
-                let p = p.as_ref().map_err(Clone::clone)?;
-                Ok(match p.appended {
-                    Appended::Queued { first_seq, .. } => {
-                        let results = applied.next().unwrap_or_default();
-                        results
-                            .into_iter()
-                            .enumerate()
-                            .map(|(i, a)| Outcome {
-                                kind: a.kind,
-                                stamp: p.stamp,
-                                seq: first_seq + i as u64,
-                                counter: a.counter,
-                            })
-                            .collect()
-                    }
-                    Appended::Duplicate(original) => self.duplicate_outcomes(p, original),
-                })
+            .enumerate()
+            .map(|(i, r)| Outcome {
+                kind: OutcomeKind::Duplicate,
+                stamp: original.stamp,
+                seq: original.first_seq + (i as u64).min(u64::from(original.op_count) - 1),
+                counter: r
+                    .delta
+                    .counter
+                    .as_ref()
+                    .filter(|c| !c.totals.is_empty())
+                    .map(|_| self.counter_value(&r.store_key)),
             })
             .collect()
+    }
+
+    fn counter_value(&self, key: &StoreKey) -> i64 {
+        self.state.read(key, |s| match s.map(KeyState::visible) {
+            Some(Visible::Counter(v)) => v,
+            _ => 0,
+        })
     }
 
     /// Runs every stamp of imported records through the HLC receive rule
     /// and drift check; on an error nothing has been applied.
     pub fn receive_stamps(&self, records: &[Record]) -> Result<()> {
-        let now_ms = self.options.wall_clock.now_ms();
+        let now_ms = self.now_ms();
         let mut hlc = self.hlc.lock();
         // The stamp furthest ahead first: if any stamp is refused, it is
         // this one, and the clock has not moved for the others.
@@ -326,104 +306,34 @@ impl Engine {
         Ok(())
     }
 
-    /// Applies imported records (already drift-checked) as one durable,
-    /// idempotent batch: through the WAL, the dedup window and the apply
-    /// path, like any write.
-    pub fn import_chunk(
-        &self,
-        records: &[Record],
-        dedup_id: &[u8; 32],
-    ) -> Result<crate::sync::ImportReport> {
-        self.wal.check_usable()?;
-        let now_ms = self.options.wall_clock.now_ms();
-        if records.iter().any(|r| r.delta.counter.is_some()) {
-            self.state.note_counter();
+    /// Raises the clock past every stamp in `stamps` with no drift check
+    /// (a leader's history is taken as it is), so that writes made after a
+    /// promotion order after everything replicated.
+    pub fn observe_stamps(&self, stamps: impl Iterator<Item = Stamp>) {
+        if let Some(newest) = stamps.max() {
+            self.hlc.lock().observe_recovered(newest);
         }
-        let stamp = records
-            .iter()
-            .flat_map(record_stamps)
-            .max()
-            .unwrap_or(Stamp::ZERO);
-        let appended = self.wal.append(AppendRequest {
-            payload: encode_payload(Some((dedup_id, now_ms)), records)?,
-            op_count: records.len() as u32,
-            dedup_id: Some(dedup_id),
+    }
+
+    fn release_counters(&self, keys: &[StoreKey]) {
+        if keys.is_empty() {
+            return;
+        }
+        release_locked(&mut self.pending_counters.lock(), keys);
+    }
+}
+
+fn applied_outcomes(stamp: Stamp, first_seq: u64, results: Vec<Applied>) -> Vec<Outcome> {
+    results
+        .into_iter()
+        .enumerate()
+        .map(|(i, a)| Outcome {
+            kind: a.kind,
             stamp,
-            now_ms,
-        })?;
-        let mut report = crate::sync::ImportReport::default();
-        match appended {
-            Appended::Duplicate(original) => {
-                self.wal
-                    .wait_durable(original.first_seq + u64::from(original.op_count) - 1)?;
-                self.wal.wait_applied(original.first_seq);
-                report.duplicates = records.len() as u64;
-            }
-            Appended::Queued {
-                first_seq,
-                last_seq,
-            } => {
-                let durable = self.wal.wait_durable(last_seq);
-                let applied = durable
-                    .as_ref()
-                    .ok()
-                    .map(|_| self.state.apply_many(&[records]));
-                self.wal.mark_applied(&[first_seq]);
-                durable?;
-                for a in applied.into_iter().flatten().flatten() {
-                    match a.kind {
-                        OutcomeKind::IgnoredStale => report.stale += 1,
-                        _ => report.applied += 1,
-                    }
-                }
-            }
-        }
-        Ok(report)
-    }
-
-    /// Tells the WAL which queued batches are now applied (or never will be,
-    /// after a failure), which moves the applied watermark.
-    fn mark_applied(&self, prepared: &[Result<Prepared>]) {
-        let first_seqs: Vec<u64> = prepared
-            .iter()
-            .flatten()
-            .filter_map(|p| match p.appended {
-                Appended::Queued { first_seq, .. } => Some(first_seq),
-                Appended::Duplicate(_) => None,
-            })
-            .collect();
-        self.wal.mark_applied(&first_seqs);
-    }
-
-    fn duplicate_outcomes(
-        &self,
-        p: &Prepared,
-        original: crate::wal::dedup::DedupEntry,
-    ) -> Vec<Outcome> {
-        // A duplicate reply never precedes the visibility of the original.
-        self.wal.wait_applied(original.first_seq);
-        p.records
-            .iter()
-            .enumerate()
-            .map(|(i, r)| Outcome {
-                kind: OutcomeKind::Duplicate,
-                stamp: original.stamp,
-                seq: original.first_seq + (i as u64).min(u64::from(original.op_count) - 1),
-                counter: r
-                    .delta
-                    .counter
-                    .as_ref()
-                    .filter(|c| !c.totals.is_empty())
-                    .map(|_| {
-                        self.state
-                            .read(&r.store_key, |s| match s.map(KeyState::visible) {
-                                Some(Visible::Counter(v)) => v,
-                                _ => 0,
-                            })
-                    }),
-            })
-            .collect()
-    }
+            seq: first_seq + i as u64,
+            counter: a.counter,
+        })
+        .collect()
 }
 
 /// Every stamp in a record: the register's and each counter total's.

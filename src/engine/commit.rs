@@ -1,0 +1,306 @@
+//! The one commit path: records (plus an optional idempotency id) → WAL
+//! append → durable → merged into the map → the applied watermark moves.
+//!
+//! [`Engine::append`] and [`Engine::finish`] are its two halves: a group of
+//! local batches appends each batch, then finishes them together, sharing
+//! one wait for durability and one write lock on the map.
+//! [`Engine::commit_records`] runs both for records that arrive already
+//! built (imports, segments, replicated batches) and owns the fallback for
+//! a batch too large for one WAL frame. [`Engine::guarded`] turns a panic
+//! anywhere on the path into a poisoned database.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use crate::clock::Stamp;
+use crate::error::{Error, Result};
+use crate::record::payload::PAYLOAD_HEADER_BYTES_MAX;
+use crate::record::{FRAME_PAYLOAD_BYTES_MAX, Record, encode_payload, encoded_record_bytes};
+use crate::state::{Applied, OutcomeKind};
+use crate::wal::dedup::DedupEntry;
+use crate::wal::{AppendRequest, Appended};
+
+use super::Engine;
+
+/// The idempotency id of a commit. A batch too large for one frame is
+/// committed in chunks, chunk `i` under [`CommitId::chunk`]`(i)`; a retry
+/// splits the same records the same way, so each chunk is caught as a
+/// duplicate on its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct CommitId(pub [u8; 32]);
+
+impl CommitId {
+    /// The id of chunk `index` of a split commit.
+    fn chunk(&self, index: u64) -> [u8; 32] {
+        let mut id = blake3::Hasher::new_derive_key("mergekv commit chunk v1");
+        id.update(&self.0);
+        id.update(&index.to_le_bytes());
+        *id.finalize().as_bytes()
+    }
+}
+
+/// What committing one batch did.
+pub(crate) enum Committed {
+    /// Written with sequence numbers from `first_seq`; one result per record.
+    Applied {
+        first_seq: u64,
+        results: Vec<Applied>,
+    },
+    /// Its idempotency id was seen: the original batch, now done.
+    Duplicate(DedupEntry),
+}
+
+/// Counts of what a commit of ready-made records did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct CommitCounts {
+    /// Records that changed the state.
+    pub applied: u64,
+    /// Records older than what the state held.
+    pub stale: u64,
+    /// Records of batches committed before (same idempotency id).
+    pub duplicates: u64,
+}
+
+impl CommitCounts {
+    fn add(&mut self, other: CommitCounts) {
+        self.applied += other.applied;
+        self.stale += other.stale;
+        self.duplicates += other.duplicates;
+    }
+}
+
+impl Engine {
+    /// Hands one batch's records to the WAL: sequence numbers assigned, or
+    /// the original named if `dedup_id` was seen. Every `Queued` batch must
+    /// reach [`Engine::finish`], which completes it on the watermark.
+    pub(super) fn append(
+        &self,
+        records: &[Record],
+        dedup_id: Option<&[u8; 32]>,
+        stamp: Stamp,
+        now_ms: u64,
+    ) -> Result<Appended> {
+        let op_count = u32::try_from(records.len())
+            .map_err(|_| Error::limit("frame_ops_max", records.len(), u32::MAX as usize))?;
+        self.wal.append(AppendRequest {
+            payload: encode_payload(dedup_id.map(|id| (id, now_ms)), records)?,
+            op_count,
+            dedup_id,
+            stamp,
+            now_ms,
+        })
+    }
+
+    /// Makes appended batches durable (one wait for all), merges the
+    /// queued ones into the map under one write lock, and completes them on
+    /// the watermark, also when durability failed (they will never be
+    /// applied then). A duplicate waits for its original, after our own
+    /// batches are done, so two groups holding each other's originals
+    /// cannot wait in a cycle.
+    pub(super) fn finish(&self, batches: &[(&[Record], Appended)]) -> Result<Vec<Committed>> {
+        let durable = self.wait_durable_all(batches);
+        let applied = match &durable {
+            Ok(()) => {
+                self.maybe_inject_panic();
+                let queued: Vec<&[Record]> = queued(batches).map(|(r, _, _)| r).collect();
+                self.state.apply_many(&queued)
+            }
+            Err(_) => Vec::new(),
+        };
+        for (_, first_seq, last_seq) in queued(batches) {
+            self.watermark.complete(first_seq, last_seq);
+        }
+        durable?;
+        let mut applied = applied.into_iter();
+        batches
+            .iter()
+            .map(|(_, appended)| match *appended {
+                Appended::Queued { first_seq, .. } => Ok(Committed::Applied {
+                    first_seq,
+                    results: applied.next().ok_or_else(|| {
+                        self.broken_invariant("a queued batch without apply results")
+                    })?,
+                }),
+                Appended::Duplicate(original) => {
+                    self.watermark.wait_done(original.first_seq)?;
+                    Ok(Committed::Duplicate(original))
+                }
+            })
+            .collect()
+    }
+
+    fn wait_durable_all(&self, batches: &[(&[Record], Appended)]) -> Result<()> {
+        let last = batches
+            .iter()
+            .map(|(_, appended)| match *appended {
+                Appended::Queued { last_seq, .. } => last_seq,
+                Appended::Duplicate(e) => e.first_seq + u64::from(e.op_count) - 1,
+            })
+            .max();
+        last.map_or(Ok(()), |seq| self.wal.wait_durable(seq))
+    }
+
+    /// Commits records that arrive ready-made (imported, or replicated) as
+    /// one atomic WAL frame under `id` when they fit, else in chunks under
+    /// `id.chunk(i)`. `tail` (a follower's position) goes in the same frame
+    /// as the records, or alone under `id` after every chunk, so it is
+    /// durable only once everything it covers is.
+    pub fn commit_records(
+        &self,
+        mut records: Vec<Record>,
+        id: CommitId,
+        tail: Option<Record>,
+    ) -> Result<CommitCounts> {
+        self.guarded("commit", || {
+            self.check_usable()?;
+            let tail_bytes = tail.as_ref().map_or(0, encoded_record_bytes);
+            if record_bytes(&records) + tail_bytes <= FRAME_RECORD_BYTES_MAX {
+                records.extend(tail);
+                return self.commit_one(&records, &id.0);
+            }
+            let mut counts = CommitCounts::default();
+            for (index, chunk) in split_into_frames(&records).into_iter().enumerate() {
+                counts.add(self.commit_one(chunk, &id.chunk(index as u64))?);
+            }
+            if let Some(tail) = tail {
+                counts.add(self.commit_one(&[tail], &id.0)?);
+            }
+            Ok(counts)
+        })
+    }
+
+    fn commit_one(&self, records: &[Record], id: &[u8; 32]) -> Result<CommitCounts> {
+        if records.is_empty() {
+            return Ok(CommitCounts::default());
+        }
+        if records.iter().any(|r| r.delta.counter.is_some()) {
+            self.state.note_counter();
+        }
+        let stamp = records
+            .iter()
+            .filter_map(|r| r.delta.newest_stamp())
+            .max()
+            .unwrap_or(Stamp::ZERO);
+        let appended = self.append(records, Some(id), stamp, self.now_ms())?;
+        let committed = self.finish(&[(records, appended)])?;
+        Ok(count(&committed, records.len()))
+    }
+
+    /// Runs `f`; a panic inside poisons the database, wakes every waiter
+    /// and comes back as [`Error::Poisoned`] instead of unwinding.
+    pub fn guarded<T>(&self, what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        match catch_unwind(AssertUnwindSafe(f)) {
+            Ok(result) => result,
+            Err(panic) => {
+                self.poison(&format!("{what} panicked: {}", panic_message(&panic)));
+                Err(self.check_usable().err().unwrap_or(Error::Closed))
+            }
+        }
+    }
+
+    /// Poisons the database for an invariant found broken, and returns the
+    /// error to give the caller.
+    pub(super) fn broken_invariant(&self, what: &str) -> Error {
+        debug_assert!(false, "broken invariant: {what}");
+        self.poison(&format!("broken invariant: {what}"));
+        self.check_usable().err().unwrap_or(Error::Closed)
+    }
+
+    /// A test's fault plan may ask for a panic between the WAL append and
+    /// the map update: the worst place for one.
+    #[expect(clippy::panic, reason = "only when a test's fault plan asks for it")]
+    fn maybe_inject_panic(&self) {
+        if self.faults().is_some_and(|f| f.commit_should_panic()) {
+            panic!("injected panic on the commit path");
+        }
+    }
+}
+
+/// The queued batches of a group, with their sequence numbers.
+fn queued<'a>(
+    batches: &'a [(&'a [Record], Appended)],
+) -> impl Iterator<Item = (&'a [Record], u64, u64)> + 'a {
+    batches
+        .iter()
+        .filter_map(|(records, appended)| match *appended {
+            Appended::Queued {
+                first_seq,
+                last_seq,
+            } => Some((*records, first_seq, last_seq)),
+            Appended::Duplicate(_) => None,
+        })
+}
+
+fn count(committed: &[Committed], records: usize) -> CommitCounts {
+    let mut counts = CommitCounts::default();
+    for c in committed {
+        match c {
+            Committed::Applied { results, .. } => {
+                for a in results {
+                    match a.kind {
+                        OutcomeKind::IgnoredStale => counts.stale += 1,
+                        _ => counts.applied += 1,
+                    }
+                }
+            }
+            Committed::Duplicate(_) => counts.duplicates += records as u64,
+        }
+    }
+    counts
+}
+
+/// Bytes a frame payload may hold for records, after its header.
+const FRAME_RECORD_BYTES_MAX: usize = FRAME_PAYLOAD_BYTES_MAX - PAYLOAD_HEADER_BYTES_MAX;
+
+fn record_bytes(records: &[Record]) -> usize {
+    records.iter().map(encoded_record_bytes).sum()
+}
+
+/// Splits records into runs that each fit one frame, in order. A record
+/// too large for any frame gets a run of its own, which the WAL refuses
+/// with a typed error.
+fn split_into_frames(records: &[Record]) -> Vec<&[Record]> {
+    let mut runs = Vec::new();
+    let (mut start, mut bytes) = (0, 0usize);
+    for (i, record) in records.iter().enumerate() {
+        let size = encoded_record_bytes(record);
+        if bytes + size > FRAME_RECORD_BYTES_MAX && i > start {
+            runs.extend(records.get(start..i));
+            (start, bytes) = (i, 0);
+        }
+        bytes += size;
+    }
+    runs.extend(records.get(start..).filter(|rest| !rest.is_empty()));
+    runs
+}
+
+/// The message of a caught panic.
+pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::sample_records;
+
+    #[test]
+    fn split_keeps_order_and_covers_every_record() {
+        let records: Vec<Record> = sample_records().into_iter().cycle().take(10).collect();
+        let runs = split_into_frames(&records);
+        assert_eq!(runs.concat(), records);
+        assert!(record_bytes(&records) <= FRAME_RECORD_BYTES_MAX);
+    }
+
+    #[test]
+    fn chunk_ids_differ_from_the_whole_and_each_other() {
+        let id = CommitId([7; 32]);
+        assert_ne!(id.chunk(0), id.0);
+        assert_ne!(id.chunk(0), id.chunk(1));
+    }
+}

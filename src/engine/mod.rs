@@ -1,0 +1,148 @@
+//! The engine: the shared core of an open database, and the one commit
+//! path every write takes.
+//!
+//! Three kinds of write reach the WAL and the map: local batches (stamped
+//! here, through the worker pool), imported change sets and segments
+//! (`sync`), and a follower's replicated batches (`replication`). All of
+//! them go through [`commit`]: records plus an optional idempotency id →
+//! WAL append → durable under the sync mode → merged into the state map →
+//! the applied watermark moves → outcome. The commit path owns the split
+//! of a batch too large for one frame into chunks, and runs under one
+//! poison guard: a panic anywhere on it poisons the database and wakes
+//! every waiter, so no caller and no compaction can hang on a batch that
+//! will never complete.
+//!
+//! - `write.rs`: local batches: validate, stamp, resolve operations into
+//!   records (counters as new per-node totals), then commit as a group.
+//! - `commit.rs`: the commit path and the poison guard.
+//! - `watermark.rs`: the applied watermark.
+//! - `recover.rs`: opening: the newest snapshot plus the WAL after it.
+
+mod commit;
+mod recover;
+mod watermark;
+mod write;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::{Mutex, MutexGuard};
+
+use crate::clock::{Hlc, NodeId, Stamp};
+use crate::error::Result;
+use crate::io::FaultInjector;
+use crate::options::Options;
+use crate::record::StoreKey;
+use crate::state::State;
+use crate::wal::Wal;
+
+pub(crate) use commit::{CommitId, panic_message};
+pub(crate) use recover::recover;
+use watermark::AppliedWatermark;
+use write::PendingCounter;
+
+/// The shared core of an open database: the clock, the WAL, the state map
+/// and the applied watermark, and the write paths over them.
+pub(crate) struct Engine {
+    options: Options,
+    node: NodeId,
+    hlc: Mutex<Hlc>,
+    wal: Wal,
+    state: State,
+    watermark: AppliedWatermark,
+    /// This node's totals for counters with increments not yet applied.
+    pending_counters: Mutex<HashMap<StoreKey, PendingCounter>>,
+}
+
+impl Engine {
+    /// An engine over a recovered state and an opened WAL. `applied_seq` is
+    /// the last sequence number recovery put in the map.
+    pub fn new(options: Options, node: NodeId, hlc: Hlc, wal: Wal, state: State) -> Self {
+        let applied_seq = wal.stats().last_seq;
+        Self {
+            options,
+            node,
+            hlc: Mutex::new(hlc),
+            wal,
+            state,
+            watermark: AppliedWatermark::new(applied_seq),
+            pending_counters: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The options the database was opened with.
+    pub fn options(&self) -> &Options {
+        &self.options
+    }
+
+    /// This copy's node id.
+    pub fn node(&self) -> NodeId {
+        self.node
+    }
+
+    /// The state map (reads, snapshots, and the compactor's swaps).
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// The WAL (segment lists, sealing and truncation for the compactor,
+    /// the shippable position for the replication leader).
+    pub fn wal(&self) -> &Wal {
+        &self.wal
+    }
+
+    /// The clock. Held only for a tick or a receive, never across I/O.
+    pub fn hlc(&self) -> MutexGuard<'_, Hlc> {
+        self.hlc.lock()
+    }
+
+    /// The clock's high-water mark.
+    pub fn high_water(&self) -> Stamp {
+        self.hlc.lock().high_water()
+    }
+
+    /// The wall clock's time now, in ms since the epoch.
+    pub fn now_ms(&self) -> u64 {
+        self.options.wall_clock.now_ms()
+    }
+
+    /// The fault plan tests set, if any.
+    pub fn faults(&self) -> Option<&FaultInjector> {
+        self.options.faults.as_ref()
+    }
+
+    /// Every batch with sequence numbers up to this one is in the state map
+    /// (later ones may be too).
+    ///
+    /// Fails if the database is poisoned: a failed batch is marked done
+    /// without ever being written, so the watermark of a poisoned database
+    /// can pass batches that are not in the map.
+    pub fn applied_watermark(&self) -> Result<u64> {
+        self.wal.check_usable()?;
+        Ok(self.watermark.current())
+    }
+
+    /// Waits until the applied watermark reaches `seq`, or the database
+    /// fails.
+    pub fn wait_applied_through(&self, seq: u64) -> Result<()> {
+        self.watermark.wait_through(seq)?;
+        self.wal.check_usable()
+    }
+
+    /// The error every write returns from now on, if the database is
+    /// poisoned or closed.
+    pub fn check_usable(&self) -> Result<()> {
+        self.wal.check_usable()
+    }
+
+    /// Poisons the database (fail-stop) and wakes every waiter: WAL
+    /// waiters, and waiters on the applied watermark.
+    pub fn poison(&self, cause: &str) {
+        self.wal.poison(cause);
+        let first_cause = match self.wal.check_usable() {
+            Err(crate::Error::Poisoned { cause }) => cause,
+            _ => Arc::from(cause),
+        };
+        self.watermark.poison(&first_cause);
+    }
+}

@@ -1,0 +1,133 @@
+//! The follower's side of the database: where following starts, and how
+//! a received batch or snapshot is applied through the engine's one commit
+//! path.
+//!
+//! A follower's position is a `_local` record committed in the same WAL
+//! frame as the data it covers (or, for an installed snapshot, written in
+//! the same snapshot file), so after any crash the stored position says
+//! exactly what the follower holds.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::crdt::{KeyState, Register};
+use crate::db::position::{FOLLOWER_POSITION_KEY, local_key};
+use crate::db::{Db, FollowerPosition};
+use crate::engine::CommitId;
+use crate::error::{Error, Result};
+use crate::meta;
+use crate::record::Record;
+use crate::snapshot;
+use crate::sync::is_local;
+
+use super::Cursor;
+
+/// The protocol cursor a stored position stands for.
+impl From<FollowerPosition> for Cursor {
+    fn from(position: FollowerPosition) -> Cursor {
+        Cursor {
+            stream: position.stream,
+            epoch: position.epoch,
+            seq: position.seq,
+        }
+    }
+}
+
+/// The cursor to start following with: the stored one; all zero for an
+/// empty database; and for one holding data but no position (promoted,
+/// or never a follower), a cursor no leader matches, so it is sent a
+/// snapshot that replaces what it holds.
+pub(crate) fn start_cursor(db: &Db) -> Result<Cursor> {
+    if let Some(position) = db.follower_position()? {
+        return Ok(Cursor::from(position));
+    }
+    let holds_data = db
+        .engine()
+        .state()
+        .with_map(|map| map.keys().any(|k| !is_local(k)));
+    Ok(if holds_data {
+        Cursor {
+            stream: 0,
+            epoch: u64::MAX,
+            seq: 0,
+        }
+    } else {
+        Cursor::default()
+    })
+}
+
+/// Marks the directory (durably) as a follower of `leader`.
+pub(crate) fn mark_follower(db: &Db, leader: &str) -> Result<()> {
+    if !db.is_read_only() {
+        return Err(Error::InvalidCommand {
+            reason: "only a database opened read-only can become a follower".into(),
+        });
+    }
+    meta::write_follower_marker(&db.io(), db.dir(), leader)?;
+    db.set_follower_of(leader);
+    Ok(())
+}
+
+/// Applies a leader's verified records durably, with `position` stored in
+/// the same WAL frame (or, for a batch too large for one frame, after the
+/// chunks: a crash in between re-applies the chunks on reconnect, which
+/// changes nothing). The leader's own `_local` records are not applied.
+/// Re-applying a batch changes nothing: records carry CRDT states, and the
+/// commit is deduplicated by the batch's position.
+pub(crate) fn apply_replicated(
+    db: &Db,
+    mut records: Vec<Record>,
+    first_seq: u64,
+    position: FollowerPosition,
+) -> Result<()> {
+    records.retain(|r| !is_local(&r.store_key));
+    let engine = db.engine();
+    engine.observe_stamps(records.iter().filter_map(|r| r.delta.newest_stamp()));
+    let tail = local_record(db, position.encode());
+    let id = batch_commit_id(position, first_seq);
+    engine.commit_records(records, id, Some(tail))?;
+    Ok(())
+}
+
+/// Replaces this follower's replicated state with the verified leader
+/// snapshot at `path`, storing `position` in the same snapshot file.
+pub(crate) fn install_replicated(db: &Db, path: &Path, position: FollowerPosition) -> Result<u64> {
+    let loaded = snapshot::read_snapshot(&db.io(), path)?;
+    let records: Vec<Record> = loaded
+        .records
+        .into_iter()
+        .filter(|r| !is_local(&r.store_key))
+        .collect();
+    let newest = records.iter().filter_map(|r| r.delta.newest_stamp());
+    db.engine().observe_stamps(newest.chain([loaded.meta.hlc]));
+    let entries = records.len() as u64;
+    let local = vec![local_record(db, position.encode())];
+    db.maintenance().install_state(records, local)?;
+    Ok(entries)
+}
+
+/// The position as a `_local` register write stamped by this copy's clock.
+fn local_record(db: &Db, value: Vec<u8>) -> Record {
+    let engine = db.engine();
+    let stamp = engine.hlc().tick(engine.now_ms());
+    Record {
+        store_key: local_key(FOLLOWER_POSITION_KEY),
+        delta: KeyState {
+            register: Some(Register {
+                stamp,
+                value: Some(Arc::from(value)),
+                floor: Vec::new(),
+            }),
+            counter: None,
+        },
+    }
+}
+
+/// The commit id of the batch ending at `position.seq`.
+fn batch_commit_id(position: FollowerPosition, first_seq: u64) -> CommitId {
+    let mut id = blake3::Hasher::new_derive_key("mergekv replication batch v1");
+    for field in [position.stream, position.epoch, first_seq, position.seq] {
+        id.update(&field.to_le_bytes());
+    }
+    CommitId(*id.finalize().as_bytes())
+}

@@ -1,0 +1,99 @@
+//! The leader's side of the database: its replication epoch, where its log
+//! stands, and the snapshot it sends a follower that needs one.
+
+use std::sync::atomic::Ordering;
+
+use crate::db::Db;
+use crate::error::{Error, Result};
+use crate::io::IoFile;
+use crate::snapshot::{self, SNAPSHOT_DIR};
+use crate::sync::LOCAL_KEYSPACE;
+
+use super::leader::LeaderPosition;
+
+/// The leader's epoch, in its `_local` keyspace.
+const LEADER_EPOCH_KEY: &[u8] = b"replication/epoch";
+/// Tries at finding a snapshot that stays on disk until it is opened.
+const SNAPSHOT_OPEN_TRIES_MAX: usize = 3;
+
+/// The snapshot a leader sends: an open file (so pruning cannot pull it
+/// away mid-transfer) and the sequence number it covers.
+pub(crate) struct ShippedSnapshot {
+    pub file: IoFile,
+    pub covered_seq: u64,
+    pub size_bytes: u64,
+}
+
+/// This leader's replication epoch: drawn at random the first time and
+/// kept in `_local`, and drawn again after an open that repaired the
+/// WAL (sequence numbers after the repair point may be reused, so a
+/// follower's cursor past it means another history).
+pub(crate) fn replication_epoch(db: &Db) -> Result<u64> {
+    let local = db.reserved_keyspace(LOCAL_KEYSPACE)?;
+    let stored = local
+        .get(LEADER_EPOCH_KEY)
+        .and_then(|v| <[u8; 8]>::try_from(&v[..]).ok())
+        .map(u64::from_le_bytes);
+    let repaired = db.recovery_report().repair.is_some();
+    let redrawn = db.epoch_redrawn().load(Ordering::Acquire);
+    match stored {
+        Some(epoch) if !repaired || redrawn => Ok(epoch),
+        _ => {
+            let mut bytes = [0u8; 8];
+            getrandom::fill(&mut bytes).map_err(|e| Error::InvalidCommand {
+                reason: format!("no randomness for a replication epoch: {e}"),
+            })?;
+            let epoch = u64::from_le_bytes(bytes).max(1);
+            local.put(LEADER_EPOCH_KEY, epoch.to_le_bytes())?;
+            db.epoch_redrawn().store(true, Ordering::Release);
+            Ok(epoch)
+        }
+    }
+}
+
+/// Where this leader's log stands.
+pub(crate) fn leader_position(db: &Db, epoch: u64) -> LeaderPosition {
+    let wal = db.engine().wal();
+    let durable_seq = wal.shippable_seq();
+    let first_available_seq = wal
+        .segment_ranges()
+        .first()
+        .map_or(durable_seq.saturating_add(1), |s| s.first_seq);
+    LeaderPosition {
+        stream: db.node_id().0,
+        epoch,
+        first_available_seq,
+        durable_seq,
+    }
+}
+
+/// The newest snapshot, opened for sending (one is written first if
+/// there is none). The WAL after it is always kept, so a follower can
+/// continue from its covered sequence number.
+pub(crate) fn snapshot_to_ship(db: &Db) -> Result<ShippedSnapshot> {
+    let io = db.io();
+    let snap_dir = db.dir().join(SNAPSHOT_DIR);
+    // A compaction may prune the newest snapshot between listing and
+    // opening: list again, and compact if there is none.
+    for _ in 0..SNAPSHOT_OPEN_TRIES_MAX {
+        match snapshot::list_snapshots(&io, &snap_dir)?.first() {
+            None => {
+                db.compact_now()?;
+            }
+            Some((covered_seq, path)) => match io.open_read(path) {
+                Ok(file) => {
+                    return Ok(ShippedSnapshot {
+                        size_bytes: file.len_bytes()?,
+                        file,
+                        covered_seq: *covered_seq,
+                    });
+                }
+                Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            },
+        }
+    }
+    Err(Error::InvalidCommand {
+        reason: "no snapshot stayed on disk long enough to be sent".into(),
+    })
+}

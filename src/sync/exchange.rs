@@ -1,0 +1,219 @@
+//! Export and import orchestration over the engine: what `Db`'s sync
+//! methods do. Change sets and segments are verified and drift-checked
+//! before anything is applied, then committed through the engine's one
+//! commit path under ids derived from their content, so a repeat changes
+//! nothing and an interrupted import resumes. Per-peer and complete
+//! cursors are stored in [`LOCAL_KEYSPACE`] after the data they cover.
+
+use std::collections::HashSet;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::command::Batch;
+use crate::engine::{CommitId, Engine};
+use crate::error::{Error, Result};
+use crate::io::Io;
+use crate::record::{Record, store_key};
+
+use super::changeset::{self, ChangeSet};
+use super::{
+    COMPLETE_CURSOR_KEY, ImportReport, LOCAL_KEYSPACE, SegmentEntry, SegmentImport, SyncCursor,
+    collect_changes, is_local, peer_cursor_key, segment_marker_key,
+};
+
+/// A change set of every change newer than `cursor` (restricted to
+/// `buckets` of the digest if given), and the cursor to use next time.
+pub(crate) fn export_changes(
+    engine: &Engine,
+    cursor: &SyncCursor,
+    buckets: Option<&[usize]>,
+) -> Result<(Vec<u8>, SyncCursor)> {
+    // The map first, then the complete cursor: every write the cursor
+    // can claim (own writes up to the clock's high water) is in the map.
+    let map = engine.state().snapshot();
+    let records = collect_changes(&map, cursor, buckets);
+    // A partial export advertises nothing: the receiver must not claim
+    // what it was not sent.
+    let complete = match buckets {
+        None => complete_cursor(engine)?,
+        Some(_) => SyncCursor::new(),
+    };
+    let mut after = cursor.clone();
+    after.merge(&complete);
+    Ok((changeset::encode(engine.node(), &complete, &records), after))
+}
+
+/// Per origin, the newest stamp up to which this copy holds everything.
+pub(crate) fn complete_cursor(engine: &Engine) -> Result<SyncCursor> {
+    let mut complete: SyncCursor = local_get(engine, COMPLETE_CURSOR_KEY)?.unwrap_or_default();
+    let own = engine.high_water();
+    complete.merge(&SyncCursor {
+        seen: [(own.node, own)].into_iter().collect(),
+    });
+    Ok(complete)
+}
+
+/// What `peer` has reported seeing (empty if never heard from).
+pub(crate) fn peer_cursor(engine: &Engine, peer: &str) -> Result<SyncCursor> {
+    Ok(local_get(engine, &peer_cursor_key(peer))?.unwrap_or_default())
+}
+
+/// Verifies, drift-checks and applies a change set; then records that
+/// this copy holds everything its exporter did.
+pub(crate) fn import(engine: &Engine, bytes: &[u8]) -> Result<ImportReport> {
+    let mut changes = changeset::decode(bytes)?;
+    // Another copy's own bookkeeping is never ours to apply.
+    changes.records.retain(|r| !is_local(&r.store_key));
+    engine.receive_stamps(&changes.records)?;
+    let cursor = changes.cursor.clone();
+    let report = import_records(engine, changes)?;
+    merge_local_cursor(engine, COMPLETE_CURSOR_KEY, &cursor)?;
+    Ok(report)
+}
+
+/// [`import`], then stores the cursor `peer` exported with.
+pub(crate) fn import_from(engine: &Engine, peer: &str, bytes: &[u8]) -> Result<ImportReport> {
+    let report = import(engine, bytes)?;
+    let changes = changeset::decode(bytes)?;
+    merge_local_cursor(engine, &peer_cursor_key(peer), &changes.cursor)?;
+    Ok(report)
+}
+
+/// One WAL frame when the change set fits (it then lands whole or not at
+/// all), else chunks; the id is derived from the change set's digest.
+fn import_records(engine: &Engine, changes: ChangeSet) -> Result<ImportReport> {
+    let id = derive_id("mergekv import v1", &changes.digest);
+    let counts = engine.commit_records(changes.records, id, None)?;
+    Ok(ImportReport {
+        applied: counts.applied,
+        stale: counts.stale,
+        duplicates: counts.duplicates,
+    })
+}
+
+/// The sealed WAL segments this copy can offer, by content hash.
+pub(crate) fn segment_manifest(engine: &Engine) -> Result<Vec<SegmentEntry>> {
+    let io = Io::new(engine.faults().cloned());
+    engine
+        .wal()
+        .sealed_segments()
+        .iter()
+        .map(|s| {
+            let bytes = io.read(&s.path)?;
+            Ok(SegmentEntry {
+                hash: *blake3::hash(&bytes).as_bytes(),
+                size_bytes: bytes.len() as u64,
+            })
+        })
+        .collect()
+}
+
+/// The bytes of one of this copy's sealed segments, by its hash.
+pub(crate) fn segment_bytes(engine: &Engine, hash: &[u8; 32]) -> Result<Option<Vec<u8>>> {
+    let io = Io::new(engine.faults().cloned());
+    for s in engine.wal().sealed_segments() {
+        let bytes = io.read(&s.path)?;
+        if blake3::hash(&bytes).as_bytes() == hash {
+            return Ok(Some(bytes));
+        }
+    }
+    Ok(None)
+}
+
+/// The entries of `peer_manifest` this copy has neither written nor
+/// imported.
+pub(crate) fn missing_segments(
+    engine: &Engine,
+    peer_manifest: &[SegmentEntry],
+) -> Result<Vec<SegmentEntry>> {
+    let own: HashSet<[u8; 32]> = segment_manifest(engine)?
+        .into_iter()
+        .map(|e| e.hash)
+        .collect();
+    Ok(peer_manifest
+        .iter()
+        .filter(|e| !own.contains(&e.hash) && !segment_imported(engine, &e.hash))
+        .cloned()
+        .collect())
+}
+
+fn segment_imported(engine: &Engine, hash: &[u8; 32]) -> bool {
+    let key = store_key(LOCAL_KEYSPACE, segment_marker_key(hash).as_bytes());
+    engine
+        .state()
+        .read(&key, |s| s.is_some_and(|s| !s.is_tombstone()))
+}
+
+/// Applies a peer's sealed segment, given with its content hash.
+pub(crate) fn import_segment(
+    engine: &Engine,
+    bytes: &[u8],
+    hash: &[u8; 32],
+) -> Result<SegmentImport> {
+    if blake3::hash(bytes).as_bytes() != hash {
+        return Ok(SegmentImport::HashMismatch);
+    }
+    let own = segment_manifest(engine)?.iter().any(|e| &e.hash == hash);
+    if own || segment_imported(engine, hash) {
+        return Ok(SegmentImport::Skipped);
+    }
+    let frames =
+        crate::wal::recovery::read_whole_segment(bytes).map_err(|reason| Error::Decode {
+            what: "WAL segment",
+            reason,
+        })?;
+    // Another copy's own bookkeeping is never ours to apply.
+    let records: Vec<Record> = frames
+        .into_iter()
+        .flat_map(|f| f.records)
+        .filter(|r| !is_local(&r.store_key))
+        .collect();
+    engine.receive_stamps(&records)?;
+    let counts = engine.commit_records(records, derive_id("mergekv segment v1", hash), None)?;
+    local_put(engine, &segment_marker_key(hash), vec![1u8])?;
+    Ok(SegmentImport::Applied {
+        keys_written: counts.applied,
+        keys_skipped: counts.stale + counts.duplicates,
+    })
+}
+
+/// Merges `cursor` into the local cursor stored under `key`, writing
+/// only if that changes it (so a repeated import writes nothing).
+fn merge_local_cursor(engine: &Engine, key: &str, cursor: &SyncCursor) -> Result<()> {
+    let stored: SyncCursor = local_get(engine, key)?.unwrap_or_default();
+    let mut merged = stored.clone();
+    merged.merge(cursor);
+    if merged != stored {
+        local_put_typed(engine, key, &merged)?;
+    }
+    Ok(())
+}
+
+fn derive_id(context: &str, content: &[u8; 32]) -> CommitId {
+    let mut id = blake3::Hasher::new_derive_key(context);
+    id.update(content);
+    CommitId(*id.finalize().as_bytes())
+}
+
+/// A serde value in [`LOCAL_KEYSPACE`].
+fn local_get<T: DeserializeOwned>(engine: &Engine, key: &str) -> Result<Option<T>> {
+    let store_key = store_key(LOCAL_KEYSPACE, key.as_bytes());
+    let bytes = engine.state().read(&store_key, |s| {
+        s.and_then(|s| s.register.as_ref())
+            .and_then(|r| r.value.clone())
+    });
+    bytes.map(|b| crate::codec::decode_typed(&b)).transpose()
+}
+
+fn local_put_typed<T: Serialize>(engine: &Engine, key: &str, value: &T) -> Result<()> {
+    local_put(engine, key, crate::codec::encode_typed(value)?)
+}
+
+/// A durable write to [`LOCAL_KEYSPACE`], through the engine's write path.
+fn local_put(engine: &Engine, key: &str, value: Vec<u8>) -> Result<()> {
+    let mut batch = Batch::new();
+    batch.put_in(LOCAL_KEYSPACE, key, value);
+    let mut results = engine.execute(vec![batch]);
+    results.pop().unwrap_or(Err(Error::Closed)).map(|_| ())
+}
