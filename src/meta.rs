@@ -135,17 +135,21 @@ fn encode_meta(meta: &Meta) -> Vec<u8> {
     w.u64(meta.created_ms);
     let crc = crc32c::crc32c(w.as_slice());
     w.u32(crc);
+    debug_assert_eq!(w.len(), META_BYTES);
     w.into_vec()
 }
 
 fn decode_meta(bytes: &[u8]) -> std::result::Result<Meta, String> {
-    if bytes.len() != META_BYTES {
-        return Err(format!(
-            "expected {META_BYTES} bytes, found {}",
-            bytes.len()
-        ));
-    }
-    let mut r = Reader::new(bytes);
+    let (checked, stored_crc) = match bytes.split_last_chunk::<4>() {
+        Some(split) if bytes.len() == META_BYTES => split,
+        _ => {
+            return Err(format!(
+                "expected {META_BYTES} bytes, found {}",
+                bytes.len()
+            ));
+        }
+    };
+    let mut r = Reader::new(checked);
     let fail = |e: crate::codec::DecodeError| e.to_string();
     if r.take(8).map_err(fail)? != META_MAGIC {
         return Err("bad magic".into());
@@ -153,8 +157,8 @@ fn decode_meta(bytes: &[u8]) -> std::result::Result<Meta, String> {
     let version = r.u16().map_err(fail)?;
     let node = NodeId(r.u64().map_err(fail)?);
     let created_ms = r.u64().map_err(fail)?;
-    let crc = r.u32().map_err(fail)?;
-    if crc32c::crc32c(&bytes[..META_BYTES - 4]) != crc {
+    debug_assert_eq!(r.remaining(), 0, "the fields fill the checksummed bytes");
+    if crc32c::crc32c(checked) != u32::from_le_bytes(*stored_crc) {
         return Err("checksum mismatch".into());
     }
     if version != META_FORMAT_VERSION {

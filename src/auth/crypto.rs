@@ -55,6 +55,7 @@ impl MasterKey {
     pub fn from_bytes(bytes: [u8; MASTER_KEY_BYTES]) -> MasterKey {
         let bytes = Zeroizing::new(bytes);
         let derived = Zeroizing::new(blake3::derive_key(KEY_ID_CONTEXT, &bytes[..]));
+        let derived: &[u8; 32] = &derived;
         let mut id = [0u8; 8];
         id.copy_from_slice(&derived[..8]);
         MasterKey {
@@ -172,6 +173,8 @@ fn seal(key: &MasterKey, plaintext: &[u8], aad: &[u8]) -> Result<Sealed> {
         .map_err(|_| crate::Error::InvalidCommand {
             reason: "AES-GCM refused the message".into(),
         })?;
+    // The plaintext and its 16-byte tag: what the secret record decoder expects.
+    debug_assert_eq!(ciphertext.len(), plaintext.len() + 16);
     Ok(Sealed { nonce, ciphertext })
 }
 

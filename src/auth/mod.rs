@@ -215,11 +215,17 @@ pub(crate) fn random_bytes<const N: usize>() -> Result<[u8; N]> {
 
 /// Lowercase hex.
 pub(crate) fn hex_encode(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    fn digit(nibble: u8) -> char {
+        debug_assert!(nibble < 16);
+        char::from(match nibble {
+            0..=9 => b'0' + nibble,
+            _ => b'a' + (nibble - 10),
+        })
+    }
     let mut text = String::with_capacity(bytes.len() * 2);
     for byte in bytes {
-        text.push(DIGITS[usize::from(byte >> 4)] as char);
-        text.push(DIGITS[usize::from(byte & 0xf)] as char);
+        text.push(digit(byte >> 4));
+        text.push(digit(byte & 0xf));
     }
     text
 }
@@ -238,8 +244,8 @@ pub(crate) fn hex_decode(text: &str, out: &mut [u8]) -> bool {
     if text.len() != out.len() * 2 {
         return false;
     }
-    for (slot, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
-        match (digit(pair[0]), digit(pair[1])) {
+    for (slot, &[high, low]) in out.iter_mut().zip(text.as_chunks::<2>().0) {
+        match (digit(high), digit(low)) {
             (Some(high), Some(low)) => *slot = high << 4 | low,
             _ => return false,
         }
@@ -260,7 +266,11 @@ pub(crate) fn validate_user_name(name: &str) -> Result<()> {
     if name.is_empty() || name.len() > USER_NAME_BYTES_MAX {
         return invalid("must be 1 to 64 bytes");
     }
-    if !name.as_bytes()[0].is_ascii_alphanumeric() {
+    if !name
+        .as_bytes()
+        .first()
+        .is_some_and(u8::is_ascii_alphanumeric)
+    {
         return invalid("must start with a letter or digit");
     }
     if !name

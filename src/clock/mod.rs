@@ -142,13 +142,18 @@ impl Hlc {
 
     /// Issues a new stamp for a local event at wall time `wall_ms`.
     pub fn tick(&mut self, wall_ms: u64) -> Stamp {
+        let before = self.high_water();
         if wall_ms > self.physical_ms {
             self.physical_ms = wall_ms;
             self.logical = 0;
         } else {
             self.bump_logical();
         }
-        self.high_water()
+        let stamp = self.high_water();
+        // Strictly increasing, unless the clock is pinned at the last
+        // millisecond it can represent.
+        debug_assert!(stamp > before || before.physical_ms == u64::MAX);
+        stamp
     }
 
     /// The receive rule: checks `remote` against the drift bound and advances
@@ -172,6 +177,12 @@ impl Hlc {
             }
             None => self.logical = 0,
         }
+        // The receive rule: every later local stamp is above the remote one
+        // (unless the clock is pinned at the last millisecond).
+        debug_assert!(
+            (self.physical_ms, self.logical) > (remote.physical_ms, remote.logical)
+                || self.physical_ms == u64::MAX
+        );
         Ok(())
     }
 

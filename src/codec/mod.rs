@@ -102,7 +102,24 @@ impl Writer {
         self.buf.is_empty()
     }
     /// Overwrites four bytes at `offset` with a little-endian `u32`.
+    ///
+    /// # Panics
+    ///
+    /// If fewer than four bytes were written at `offset`. The offset is the
+    /// encoder's own placeholder, never a value read from input, so this is a
+    /// bug in the encoder; writing on silently would corrupt the encoding.
+    #[expect(
+        clippy::indexing_slicing,
+        reason = "offset + 4 <= len is asserted on the line before"
+    )]
     pub fn patch_u32(&mut self, offset: usize, v: u32) {
+        assert!(
+            offset
+                .checked_add(4)
+                .is_some_and(|end| end <= self.buf.len()),
+            "patch_u32 at {offset} past the {} bytes written",
+            self.buf.len()
+        );
         self.buf[offset..offset + 4].copy_from_slice(&v.to_le_bytes());
     }
     /// The bytes written so far.
@@ -140,14 +157,14 @@ impl<'a> Reader<'a> {
 
     /// Takes the next `n` bytes.
     pub fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
-        if self.remaining() < n {
+        let Some(out) = self.buf.get(self.pos..self.pos.saturating_add(n)) else {
             return Err(DecodeError::Truncated {
                 offset: self.pos,
-                needed: n - self.remaining(),
+                needed: n.saturating_sub(self.remaining()),
             });
-        }
-        let out = &self.buf[self.pos..self.pos + n];
+        };
         self.pos += n;
+        debug_assert!(self.pos <= self.buf.len());
         Ok(out)
     }
 

@@ -95,16 +95,25 @@ impl Register {
             Ordering::Less => false,
             Ordering::Equal => (&a.value, &a.floor) >= (&b.value, &b.floor),
         };
-        if a_wins { a.clone() } else { b.clone() }
+        let winner = if a_wins { a.clone() } else { b.clone() };
+        debug_assert!(winner.stamp >= a.stamp && winner.stamp >= b.stamp);
+        winner
     }
 }
 
 impl Counter {
     /// Merges two counters: per-node maximum of the totals.
     pub fn merge(a: &Counter, b: &Counter) -> Counter {
-        Counter {
+        let merged = Counter {
             totals: merge_sorted(&a.totals, &b.totals, |t| t.node, merge_totals),
-        }
+        };
+        // The join is at least each input, node by node: nothing counted is lost.
+        debug_assert!(a.totals.iter().chain(&b.totals).all(|t| {
+            merged
+                .totals_of(t.node)
+                .is_some_and(|m| m.p >= t.p && m.n >= t.n && m.stamp >= t.stamp)
+        }));
+        merged
     }
 
     /// The counter's value above `floor`, saturating at the `i64` range
@@ -127,10 +136,12 @@ impl Counter {
 
     /// Replaces (or adds) one node's totals, keeping the order by node.
     pub fn set_totals(&mut self, totals: NodeTotals) {
-        match self.totals.binary_search_by_key(&totals.node, |t| t.node) {
-            Ok(i) => self.totals[i] = totals,
-            Err(i) => self.totals.insert(i, totals),
+        let at = self.totals.partition_point(|t| t.node < totals.node);
+        match self.totals.get_mut(at) {
+            Some(slot) if slot.node == totals.node => *slot = totals,
+            _ => self.totals.insert(at, totals),
         }
+        debug_assert!(self.totals.is_sorted_by(|x, y| x.node < y.node));
     }
 
     /// The totals of `node`, if it ever incremented.
@@ -138,7 +149,8 @@ impl Counter {
         self.totals
             .binary_search_by_key(&node, |t| t.node)
             .ok()
-            .map(|i| self.totals[i])
+            .and_then(|i| self.totals.get(i))
+            .copied()
     }
 
     /// The stamp of the newest increment from any node.
@@ -154,13 +166,15 @@ impl Counter {
 
 /// The floor of `node` in `floor`, `(0, 0)` if none.
 pub fn floor_of(floor: &[(NodeId, u64, u64)], node: NodeId) -> (u64, u64) {
-    match floor.binary_search_by_key(&node, |f| f.0) {
-        Ok(i) => (floor[i].1, floor[i].2),
-        Err(_) => (0, 0),
-    }
+    floor
+        .binary_search_by_key(&node, |f| f.0)
+        .ok()
+        .and_then(|i| floor.get(i))
+        .map_or((0, 0), |&(_, p, n)| (p, n))
 }
 
 fn merge_totals(a: &NodeTotals, b: &NodeTotals) -> NodeTotals {
+    debug_assert_eq!(a.node, b.node, "only one node's totals are combined");
     NodeTotals {
         node: a.node,
         p: a.p.max(b.p),
@@ -176,27 +190,33 @@ fn merge_sorted<T: Copy, K: Ord>(
     key: impl Fn(&T) -> K,
     combine: impl Fn(&T, &T) -> T,
 ) -> Vec<T> {
+    debug_assert!(a.is_sorted_by(|x, y| key(x) < key(y)));
+    debug_assert!(b.is_sorted_by(|x, y| key(x) < key(y)));
     let mut out = Vec::with_capacity(a.len().max(b.len()));
-    let (mut i, mut j) = (0, 0);
-    while i < a.len() && j < b.len() {
-        match key(&a[i]).cmp(&key(&b[j])) {
+    let (mut rest_a, mut rest_b) = (a, b);
+    while let (Some((x, after_x)), Some((y, after_y))) =
+        (rest_a.split_first(), rest_b.split_first())
+    {
+        match key(x).cmp(&key(y)) {
             Ordering::Less => {
-                out.push(a[i]);
-                i += 1;
+                out.push(*x);
+                rest_a = after_x;
             }
             Ordering::Greater => {
-                out.push(b[j]);
-                j += 1;
+                out.push(*y);
+                rest_b = after_y;
             }
             Ordering::Equal => {
-                out.push(combine(&a[i], &b[j]));
-                i += 1;
-                j += 1;
+                out.push(combine(x, y));
+                rest_a = after_x;
+                rest_b = after_y;
             }
         }
     }
-    out.extend_from_slice(&a[i..]);
-    out.extend_from_slice(&b[j..]);
+    out.extend_from_slice(rest_a);
+    out.extend_from_slice(rest_b);
+    debug_assert!(out.is_sorted_by(|x, y| key(x) < key(y)));
+    debug_assert!(out.len() >= a.len().max(b.len()) && out.len() <= a.len() + b.len());
     out
 }
 
@@ -211,7 +231,11 @@ impl KeyState {
             (Some(x), Some(y)) => Some(Box::new(Counter::merge(x, y))),
             (x, y) => x.clone().or_else(|| y.clone()),
         };
-        KeyState { register, counter }
+        let merged = KeyState { register, counter };
+        debug_assert!(
+            merged.newest_stamp() >= a.newest_stamp() && merged.newest_stamp() >= b.newest_stamp()
+        );
+        merged
     }
 
     /// Merges `other` into `self`.

@@ -43,6 +43,9 @@ impl IoOp {
     ];
 
     pub(crate) fn index(self) -> usize {
+        // ALL lists the kinds in discriminant order, so the index is below
+        // ALL.len(), the length of the per-kind counters.
+        debug_assert_eq!(IoOp::ALL.get(self as usize), Some(&self));
         self as usize
     }
 

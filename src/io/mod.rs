@@ -96,7 +96,15 @@ impl FaultInjector {
 
     /// How many operations of kind `op` have been attempted so far.
     pub fn count(&self, op: IoOp) -> u64 {
-        self.inner.counts[op.index()].load(Ordering::SeqCst)
+        self.counter(op).load(Ordering::SeqCst)
+    }
+
+    #[expect(
+        clippy::indexing_slicing,
+        reason = "op.index() < IoOp::ALL.len() == counts.len(): one counter per kind"
+    )]
+    fn counter(&self, op: IoOp) -> &AtomicU64 {
+        &self.inner.counts[op.index()]
     }
 
     /// Makes the `nth` (1-based, counted from now) commit panic between its
@@ -126,7 +134,7 @@ impl FaultInjector {
 
     /// Counts one operation and says whether it must fail.
     fn should_fail(&self, op: IoOp) -> bool {
-        let n = self.inner.counts[op.index()].fetch_add(1, Ordering::SeqCst) + 1;
+        let n = self.counter(op).fetch_add(1, Ordering::SeqCst) + 1;
         let fails = self
             .inner
             .plan
@@ -367,15 +375,14 @@ impl IoFile {
         use std::os::unix::fs::FileExt;
         self.io.check(IoOp::Read, &self.path)?;
         let mut filled = 0;
-        while filled < buf.len() {
-            let r = self
-                .file
-                .read_at(&mut buf[filled..], offset_bytes + filled as u64);
+        while let Some(rest) = buf.get_mut(filled..).filter(|rest| !rest.is_empty()) {
+            let r = self.file.read_at(rest, offset_bytes + filled as u64);
             match self.io.wrap(IoOp::Read, &self.path, r)? {
                 0 => break,
                 n => filled += n,
             }
         }
+        debug_assert!(filled <= buf.len());
         Ok(filled)
     }
 

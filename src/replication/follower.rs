@@ -203,6 +203,9 @@ impl FollowerMachine {
                         ),
                     });
                 }
+                // SNAPSHOT_BEGIN refused a total above the limit, so what
+                // arrives stays within it.
+                debug_assert!(end <= self.snapshot_bytes_max);
                 hasher.update(&bytes);
                 self.state = State::Snapshot {
                     stream,
@@ -373,7 +376,9 @@ pub fn decode_wal_frames(
             .map_err(|e| malformed(format!("WAL frame {count} of the batch: {e}")))?;
         records.extend(decoded.records);
         next = header.first_seq.saturating_add(u64::from(header.op_count));
-        rest = &rest[format::FRAME_HEADER_BYTES + payload.len()..];
+        rest = rest
+            .get(format::FRAME_HEADER_BYTES + payload.len()..)
+            .ok_or_else(|| malformed(format!("WAL frame {count} of the batch overruns it")))?;
         count += 1;
     }
     if count != frame_count || count == 0 || next != last_seq.saturating_add(1) {

@@ -95,8 +95,11 @@ pub fn encode_frame(kind: FrameKind, payload: &[u8]) -> Result<Vec<u8>, Protocol
     out.push(0);
     out.extend_from_slice(&[0, 0]);
     out.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
-    let header_crc = crc32c::crc32c(&out[..12]);
+    // The header checksum covers the 12 bytes written so far.
+    debug_assert_eq!(out.len(), 12);
+    let header_crc = crc32c::crc32c(&out);
     out.extend_from_slice(&header_crc.to_le_bytes());
+    debug_assert_eq!(out.len(), FRAME_HEADER_BYTES);
     out.extend_from_slice(payload);
     Ok(out)
 }
@@ -105,15 +108,14 @@ pub fn encode_frame(kind: FrameKind, payload: &[u8]) -> Result<Vec<u8>, Protocol
 pub fn decode_header(
     header: &[u8; FRAME_HEADER_BYTES],
 ) -> Result<(FrameKind, usize, u32), ProtocolError> {
-    let field = |at: usize| {
-        u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
-    };
-    if crc32c::crc32c(&header[..12]) != field(12) {
+    // Constant indices into the fixed-size header: in bounds by its type.
+    let stored_crc = u32::from_le_bytes([header[12], header[13], header[14], header[15]]);
+    if crc32c::crc32c(&header[..12]) != stored_crc {
         return Err(ProtocolError::Checksum {
             what: "frame header",
         });
     }
-    let len = field(0) as usize;
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
     if len > FRAME_PAYLOAD_BYTES_MAX {
         return Err(ProtocolError::Oversized { bytes: len as u64 });
     }
@@ -125,7 +127,8 @@ pub fn decode_header(
     let kind = FrameKind::from_byte(header[4]).ok_or_else(|| ProtocolError::Malformed {
         reason: format!("unknown frame kind {}", header[4]),
     })?;
-    Ok((kind, len, field(8)))
+    let payload_crc = u32::from_le_bytes([header[8], header[9], header[10], header[11]]);
+    Ok((kind, len, payload_crc))
 }
 
 /// Reads one whole frame from `r`, checking both checksums. Reads at most

@@ -125,6 +125,8 @@ impl LeaderMachine {
             });
         }
         let mode = decide_start(cursor, position);
+        // Catching up starts from a position the leader has durably.
+        debug_assert!(mode == StartMode::Snapshot || cursor.seq <= position.durable_seq);
         let sent_seq = match mode {
             StartMode::CatchUp => cursor.seq,
             StartMode::Snapshot => 0,

@@ -305,6 +305,8 @@ impl Message {
             }
             Message::Error { code, message } => {
                 let text = truncate_utf8(message, ERROR_MESSAGE_BYTES_MAX);
+                // Truncated to the limit, so its length fits the u16 it goes out as.
+                debug_assert!(text.len() <= ERROR_MESSAGE_BYTES_MAX);
                 w.u16(*code as u16);
                 w.u16(text.len() as u16);
                 w.bytes(text.as_bytes());

@@ -43,15 +43,17 @@ impl FrameReader {
             if let Some(frame) = self.take_frame()? {
                 return Ok(Some(frame));
             }
-            let want = self.bytes_wanted().min(READ_CHUNK_BYTES);
-            match r.read(&mut chunk[..want]) {
+            // Never read past the frame being received: its header is
+            // checked, limit included, before any of its payload is asked for.
+            let want = self.bytes_wanted() as u64;
+            match Read::take(&mut *r, want).read(&mut chunk) {
                 Ok(0) => {
                     return Err(ProtocolError::io(std::io::Error::new(
                         ErrorKind::UnexpectedEof,
                         "the peer closed the connection",
                     )));
                 }
-                Ok(n) => self.buffer.extend_from_slice(&chunk[..n]),
+                Ok(n) => self.buffer.extend(chunk.iter().take(n)),
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
                     return Ok(None);
                 }
@@ -64,30 +66,25 @@ impl FrameReader {
     /// Bytes still missing from the frame being received (the header is
     /// checked, limit included, before any payload byte is asked for).
     fn bytes_wanted(&self) -> usize {
-        if self.buffer.len() < FRAME_HEADER_BYTES {
+        let Some(&[l0, l1, l2, l3, ..]) = self.buffer.first_chunk::<FRAME_HEADER_BYTES>() else {
             return FRAME_HEADER_BYTES - self.buffer.len();
-        }
-        let len = u32::from_le_bytes([
-            self.buffer[0],
-            self.buffer[1],
-            self.buffer[2],
-            self.buffer[3],
-        ]) as usize;
+        };
+        let len = u32::from_le_bytes([l0, l1, l2, l3]) as usize;
         (FRAME_HEADER_BYTES + len).saturating_sub(self.buffer.len())
     }
 
     fn take_frame(&mut self) -> Result<Option<Frame>, ProtocolError> {
-        let Some(header) = self.buffer.get(..FRAME_HEADER_BYTES) else {
+        let Some(header) = self.buffer.first_chunk::<FRAME_HEADER_BYTES>() else {
             return Ok(None);
         };
-        let header: [u8; FRAME_HEADER_BYTES] = header.try_into().unwrap_or([0; FRAME_HEADER_BYTES]);
-        let (kind, len, payload_crc) = decode_header(&header)?;
+        let (kind, len, payload_crc) = decode_header(header)?;
         if self.buffer.len() < FRAME_HEADER_BYTES + len {
             return Ok(None);
         }
         let rest = self.buffer.split_off(FRAME_HEADER_BYTES + len);
         let mut frame_bytes = std::mem::replace(&mut self.buffer, rest);
         let payload = frame_bytes.split_off(FRAME_HEADER_BYTES);
+        debug_assert_eq!(payload.len(), len);
         if crc32c::crc32c(&payload) != payload_crc {
             return Err(ProtocolError::Checksum {
                 what: "frame payload",

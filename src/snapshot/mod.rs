@@ -209,6 +209,7 @@ impl ChunkBuilder {
         w.u32(self.count);
         w.u32(payload.len() as u32);
         w.u32(crc32c::crc32c(&payload));
+        debug_assert_eq!(w.len(), CHUNK_HEADER_BYTES);
         w.bytes(&payload);
         self.count = 0;
         w.into_vec()
@@ -224,17 +225,21 @@ fn encode_header(meta: &SnapshotMeta) -> Vec<u8> {
     w.u64(meta.covered_seq);
     encode_stamp(&mut w, meta.hlc);
     w.u64(meta.created_ms);
+    debug_assert_eq!(w.len(), SNAPSHOT_HEADER_CRC_OFFSET);
     let crc = crc32c::crc32c(w.as_slice());
     w.u32(crc);
+    debug_assert_eq!(w.len(), SNAPSHOT_HEADER_BYTES);
     w.into_vec()
 }
 
 fn encode_dedup_entry(w: &mut Writer, id: &[u8; 32], entry: &DedupEntry) {
+    let start = w.len();
     w.bytes(id);
     w.u64(entry.first_seq);
     w.u32(entry.op_count);
     encode_stamp(w, entry.stamp);
     w.u64(entry.seen_ms);
+    debug_assert_eq!(w.len() - start, DEDUP_ENTRY_BYTES);
 }
 
 /// Reads and fully verifies a snapshot. Any damage is
@@ -287,16 +292,13 @@ fn decode_header(bytes: &[u8]) -> std::result::Result<SnapshotMeta, DecodeFailur
     let mut r = Reader::new(bytes);
     let header = r.take(SNAPSHOT_HEADER_BYTES).map_err(at(0))?;
     let mut r = Reader::new(header);
+    let checked = r.take(SNAPSHOT_HEADER_CRC_OFFSET).map_err(at(0))?;
+    let stored_crc = r.u32().map_err(at(0))?;
+    let mut r = Reader::new(checked);
     if r.take(8).map_err(at(0))? != SNAPSHOT_MAGIC {
         return Err((0, "not a mergekv snapshot (bad magic)".into()));
     }
-    let stored_crc = u32::from_le_bytes([
-        header[SNAPSHOT_HEADER_CRC_OFFSET],
-        header[SNAPSHOT_HEADER_CRC_OFFSET + 1],
-        header[SNAPSHOT_HEADER_CRC_OFFSET + 2],
-        header[SNAPSHOT_HEADER_CRC_OFFSET + 3],
-    ]);
-    if crc32c::crc32c(&header[..SNAPSHOT_HEADER_CRC_OFFSET]) != stored_crc {
+    if crc32c::crc32c(checked) != stored_crc {
         return Err((
             SNAPSHOT_HEADER_CRC_OFFSET,
             "snapshot header checksum mismatch".into(),
@@ -314,6 +316,8 @@ fn decode_header(bytes: &[u8]) -> std::result::Result<SnapshotMeta, DecodeFailur
     let covered_seq = r.u64().map_err(at(0))?;
     let hlc = decode_stamp(&mut r).map_err(at(0))?;
     let created_ms = r.u64().map_err(at(0))?;
+    // The fields fill exactly the bytes the checksum covers.
+    debug_assert_eq!(r.remaining(), 0);
     Ok(SnapshotMeta {
         node,
         covered_seq,
@@ -403,7 +407,13 @@ fn check_end(
             format!("end chunk says {count} entries, found {entries}"),
         ));
     }
-    if blake3::hash(&bytes[..offset]).as_bytes() != payload {
+    let covered = bytes.get(..offset).ok_or_else(|| {
+        (
+            offset,
+            "end chunk starts past the end of the file".to_string(),
+        )
+    })?;
+    if blake3::hash(covered).as_bytes() != payload {
         return Err((offset, "snapshot digest mismatch".into()));
     }
     let end = offset + CHUNK_HEADER_BYTES + payload.len();

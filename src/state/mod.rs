@@ -170,19 +170,15 @@ fn apply_batch(map: &mut StateMap, records: &[Record]) -> Vec<Applied> {
     if records.len() < APPLY_SORTED_RECORDS_MIN {
         return records.iter().map(|r| apply_one(map, r)).collect();
     }
-    let mut order: Vec<usize> = (0..records.len()).collect();
-    order.sort_unstable_by(|&a, &b| records[a].store_key.cmp(&records[b].store_key));
-    let mut out = vec![
-        Applied {
-            kind: OutcomeKind::IgnoredStale,
-            counter: None,
-        };
-        records.len()
-    ];
-    for i in order {
-        out[i] = apply_one(map, &records[i]);
-    }
-    out
+    let mut in_key_order: Vec<(usize, &Record)> = records.iter().enumerate().collect();
+    in_key_order.sort_unstable_by(|(_, a), (_, b)| a.store_key.cmp(&b.store_key));
+    let mut applied: Vec<(usize, Applied)> = in_key_order
+        .into_iter()
+        .map(|(i, record)| (i, apply_one(map, record)))
+        .collect();
+    applied.sort_unstable_by_key(|&(i, _)| i);
+    debug_assert!(applied.iter().enumerate().all(|(at, &(i, _))| at == i));
+    applied.into_iter().map(|(_, outcome)| outcome).collect()
 }
 
 fn apply_one(map: &mut StateMap, record: &Record) -> Applied {

@@ -34,7 +34,9 @@ pub struct Digest {
 pub fn bucket_of(store_key: &[u8]) -> usize {
     let hash = blake3::hash(store_key);
     let top = u16::from_be_bytes([hash.as_bytes()[0], hash.as_bytes()[1]]) as usize;
-    top * DIGEST_BUCKETS / (u16::MAX as usize + 1)
+    let bucket = top * DIGEST_BUCKETS / (u16::MAX as usize + 1);
+    debug_assert!(bucket < DIGEST_BUCKETS);
+    bucket
 }
 
 /// The digest of `map`.
@@ -50,10 +52,12 @@ pub fn digest(map: &StateMap) -> Digest {
                 delta: state.clone(),
             },
         );
-        add(
-            &mut sums[bucket_of(key)],
-            blake3::hash(w.as_slice()).as_bytes(),
-        );
+        #[expect(
+            clippy::indexing_slicing,
+            reason = "bucket_of is below DIGEST_BUCKETS, the length of sums"
+        )]
+        let sum = &mut sums[bucket_of(key)];
+        add(sum, blake3::hash(w.as_slice()).as_bytes());
         keys += 1;
     }
     let buckets: Vec<[u8; 32]> = sums.iter().map(to_bytes).collect();
@@ -70,9 +74,7 @@ pub fn digest(map: &StateMap) -> Digest {
 
 fn add(sum: &mut [u64; 4], hash: &[u8; 32]) {
     let mut carry = 0u128;
-    for (i, limb) in sum.iter_mut().enumerate() {
-        let mut part = [0u8; 8];
-        part.copy_from_slice(&hash[i * 8..i * 8 + 8]);
+    for (limb, &part) in sum.iter_mut().zip(hash.as_chunks::<8>().0) {
         let total = u128::from(*limb) + u128::from(u64::from_le_bytes(part)) + carry;
         *limb = total as u64;
         carry = total >> 64;
@@ -81,8 +83,8 @@ fn add(sum: &mut [u64; 4], hash: &[u8; 32]) {
 
 fn to_bytes(sum: &[u64; 4]) -> [u8; 32] {
     let mut out = [0u8; 32];
-    for (i, limb) in sum.iter().enumerate() {
-        out[i * 8..i * 8 + 8].copy_from_slice(&limb.to_le_bytes());
+    for (part, limb) in out.as_chunks_mut::<8>().0.iter_mut().zip(sum) {
+        *part = limb.to_le_bytes();
     }
     out
 }
