@@ -10,13 +10,14 @@
 //! Fail-stop: if a write or fsync fails, the WAL is poisoned. No frame of the
 //! failed group, nor any later one, is ever acknowledged.
 
+mod applied;
 pub mod dedup;
 pub mod format;
 // Used by the replication leader (in progress) and by its own tests.
 pub mod reader;
 pub mod recovery;
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -28,6 +29,7 @@ use crate::clock::{NodeId, Stamp};
 use crate::error::{Error, Result};
 use crate::io::{Io, IoFile, IoOp};
 use crate::options::{Options, SyncMode};
+use applied::AppliedTracker;
 use dedup::{DedupEntry, DedupWindow};
 use format::{FRAME_HEADER_BYTES, SEGMENT_HEADER_BYTES};
 
@@ -148,9 +150,6 @@ struct Shared {
     sync_failed: bool,
     closed: bool,
     dedup: DedupWindow,
-    /// First sequence numbers of queued batches not yet applied to the state
-    /// map: the applied watermark is just below the smallest.
-    unapplied: BTreeSet<u64>,
     writer: Option<SegmentWriter>,
     /// The active segment's first sequence number and size as of when the
     /// writer was last put back. A group-commit leader (or a sync or seal)
@@ -189,8 +188,8 @@ struct SegmentWriter {
 pub struct Wal {
     shared: Mutex<Shared>,
     cond: Condvar,
-    /// Signalled when batches are marked applied.
-    applied: Condvar,
+    /// The applied watermark, under its own lock: see `applied.rs`.
+    applied: AppliedTracker,
     dir: PathBuf,
     io: Io,
     node: NodeId,
@@ -254,7 +253,6 @@ impl Wal {
             sync_failed: false,
             closed: false,
             dedup: start.dedup,
-            unapplied: BTreeSet::new(),
             active_first_seq: writer.first_seq,
             active_size_bytes: writer.size_bytes,
             writer: Some(writer),
@@ -264,7 +262,7 @@ impl Wal {
         Ok(Wal {
             shared: Mutex::new(shared),
             cond: Condvar::new(),
-            applied: Condvar::new(),
+            applied: AppliedTracker::new(last_seq),
             dir: dir.to_path_buf(),
             io,
             node,
@@ -310,7 +308,9 @@ impl Wal {
                 max: u64::MAX - u64::from(op_count),
             })?;
         st.pending_bytes += req.payload.len() + FRAME_HEADER_BYTES;
-        st.unapplied.insert(first_seq);
+        // Under the WAL lock, so batches are registered in sequence order.
+        self.applied
+            .register(first_seq, first_seq + u64::from(op_count) - 1);
         st.pending.push_back(PendingFrame {
             first_seq,
             op_count,
@@ -369,8 +369,7 @@ impl Wal {
     fn lead(&self, st: &mut MutexGuard<'_, Shared>) {
         let Some(mut writer) = st.writer.take() else {
             // Only a leader takes the writer, and it always puts it back.
-            poison(st, "WAL segment writer missing", false);
-            self.cond.notify_all();
+            self.fail(st, "WAL segment writer missing", false);
             return;
         };
         st.leader_active = true;
@@ -397,7 +396,7 @@ impl Wal {
         st.put_writer(writer);
         match result {
             Ok(outcome) => record_group(st, &group, outcome, sync),
-            Err(e) => poison(st, &e.to_string(), is_sync_failure(&e)),
+            Err(e) => self.fail(st, &e.to_string(), is_sync_failure(&e)),
         }
         st.leader_active = false;
         self.cond.notify_all();
@@ -510,7 +509,7 @@ impl Wal {
                 poisoned_result(&st)
             }
             Err(e) => {
-                poison(&mut st, &e.to_string(), true);
+                self.fail(&mut st, &e.to_string(), true);
                 Err(e)
             }
         }
@@ -519,24 +518,13 @@ impl Wal {
     /// Marks queued batches (by first sequence number) as applied to the
     /// state map, or as never to be applied after a failure.
     pub fn mark_applied(&self, first_seqs: &[u64]) {
-        if first_seqs.is_empty() {
-            return;
-        }
-        let mut st = self.shared.lock();
-        for seq in first_seqs {
-            st.unapplied.remove(seq);
-        }
-        self.applied.notify_all();
+        self.applied.mark_applied(first_seqs);
     }
 
     /// Waits until the batch starting at `first_seq` is applied, or the WAL
     /// is poisoned or closed.
     pub fn wait_applied(&self, first_seq: u64) {
-        let mut st = self.shared.lock();
-        while st.unapplied.contains(&first_seq) && check_usable(&st).is_ok() {
-            // The timeout re-checks for poison, which signals the other condvar.
-            self.applied.wait_for(&mut st, Duration::from_millis(50));
-        }
+        self.applied.wait_applied(first_seq);
     }
 
     /// The sealed segments (complete, fsynced, never written again).
@@ -598,18 +586,7 @@ impl Wal {
 
     /// Waits until the applied watermark reaches `seq` (or the WAL fails).
     pub fn wait_watermark(&self, seq: u64) -> Result<()> {
-        let mut st = self.shared.lock();
-        loop {
-            check_usable(&st)?;
-            let watermark = st
-                .unapplied
-                .first()
-                .map_or(st.next_seq - 1, |first| first - 1);
-            if watermark >= seq {
-                return Ok(());
-            }
-            self.applied.wait_for(&mut st, Duration::from_millis(50));
-        }
+        self.applied.wait_watermark(seq)
     }
 
     /// The applied watermark: every batch with sequence numbers up to this
@@ -619,12 +596,7 @@ impl Wal {
     /// unapplied list without ever being written, so the watermark of a
     /// poisoned WAL can pass batches that are not in it.
     pub fn applied_watermark(&self) -> Result<u64> {
-        let st = self.shared.lock();
-        check_usable(&st)?;
-        Ok(match st.unapplied.first() {
-            Some(first) => first - 1,
-            None => st.next_seq - 1,
-        })
+        self.applied.watermark()
     }
 
     /// Seals the active segment (after writing everything queued) if it holds
@@ -664,7 +636,7 @@ impl Wal {
                 Ok(())
             }
             Err(e) => {
-                poison(&mut st, &e.to_string(), is_sync_failure(&e));
+                self.fail(&mut st, &e.to_string(), is_sync_failure(&e));
                 Err(e)
             }
         }
@@ -709,6 +681,7 @@ impl Wal {
         let synced = self.sync_written();
         let mut st = self.shared.lock();
         st.closed = true;
+        self.applied.close();
         self.cond.notify_all();
         flushed.and(synced)
     }
@@ -716,13 +689,23 @@ impl Wal {
     /// Marks the WAL poisoned (for failures found outside it, such as a
     /// panicking worker).
     pub fn poison(&self, cause: &str) {
-        poison(&mut self.shared.lock(), cause, false);
-        self.cond.notify_all();
+        self.fail(&mut self.shared.lock(), cause, false);
     }
 
     /// The error every write returns from now on, if the WAL is poisoned or closed.
     pub fn check_usable(&self) -> Result<()> {
         check_usable(&self.shared.lock())
+    }
+
+    /// Poisons the WAL, keeping the first cause, and wakes every waiter:
+    /// those on the applied watermark too, which are woken only by this.
+    /// Called with the WAL lock held, so no waiter can see the poison before
+    /// the applied tracker has it.
+    fn fail(&self, st: &mut Shared, cause: &str, sync_failed: bool) {
+        let first = st.poisoned.get_or_insert_with(|| Arc::from(cause)).clone();
+        st.sync_failed |= sync_failed;
+        self.applied.poison(first);
+        self.cond.notify_all();
     }
 
     /// Counters and sizes, for stats.
@@ -759,14 +742,6 @@ fn record_group(st: &mut Shared, group: &[PendingFrame], written: GroupWritten, 
     st.stats.frames_written += group.len() as u64;
     st.stats.syncs += written.syncs;
     st.sealed.extend(written.sealed);
-}
-
-/// Records the first failure; later ones do not replace its cause.
-fn poison(st: &mut Shared, cause: &str, sync_failed: bool) {
-    if st.poisoned.is_none() {
-        st.poisoned = Some(Arc::from(cause));
-    }
-    st.sync_failed |= sync_failed;
 }
 
 /// `Err(Poisoned)` if the WAL is poisoned, else `Ok`.
