@@ -13,7 +13,7 @@
 //! `Wal` coordinates the parts: `writer.rs` (the queue, leader election and
 //! the segment files), `segments.rs` (the segment list), `dedup.rs` (the
 //! idempotency window) and `applied.rs` (the applied watermark). All but the
-//! last share the WAL lock; see [`State`].
+//! last share the WAL lock; see `State`.
 
 mod applied;
 pub mod dedup;

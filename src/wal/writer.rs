@@ -533,7 +533,10 @@ impl GroupWriter {
     /// Seals the active segment if it holds a frame. Call with nothing
     /// queued and no leader, so the next segment starts at the next frame.
     pub(super) fn seal_active(&self, st: &mut MutexGuard<'_, State>) -> Result<(), Failure> {
-        debug_assert!(!st.queue.leader_active && st.queue.is_empty());
+        debug_assert!(
+            !st.queue.leader_active && st.queue.is_empty(),
+            "everything queued is written before a seal"
+        );
         if st.segments.active().size_bytes <= SEGMENT_HEADER_BYTES as u64 {
             return Ok(());
         }
