@@ -9,27 +9,37 @@
 //!
 //! Fail-stop: if a write or fsync fails, the WAL is poisoned. No frame of the
 //! failed group, nor any later one, is ever acknowledged.
+//!
+//! `Wal` coordinates the parts: `writer.rs` (the queue, leader election and
+//! the segment files), `segments.rs` (the segment list), `dedup.rs` (the
+//! idempotency window) and `applied.rs` (the applied watermark). All but the
+//! last share the WAL lock; see `State`.
 
+mod applied;
 pub mod dedup;
 pub mod format;
 // Used by the replication leader (in progress) and by its own tests.
 pub mod reader;
 pub mod recovery;
+mod segments;
+mod writer;
 
-use std::collections::{BTreeSet, VecDeque};
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use parking_lot::{Condvar, Mutex, MutexGuard};
+use parking_lot::{Mutex, MutexGuard};
 
 use crate::clock::{NodeId, Stamp};
 use crate::error::{Error, Result};
-use crate::io::{Io, IoFile, IoOp};
-use crate::options::{Options, SyncMode};
+use crate::io::{Io, IoFile};
+use crate::options::Options;
+use applied::AppliedTracker;
 use dedup::{DedupEntry, DedupWindow};
-use format::{FRAME_HEADER_BYTES, SEGMENT_HEADER_BYTES};
+use segments::SegmentList;
+// Recovery creates the segment a repair continues in with it.
+use writer::create_segment;
+use writer::{Failure, GroupWriter, Progress, Queue, WalLimits};
 
 /// Name of the WAL directory inside a database directory.
 pub const WAL_DIR: &str = "wal";
@@ -94,23 +104,6 @@ pub struct AppendRequest<'a> {
     pub now_ms: u64,
 }
 
-/// The limits the WAL works within, taken from [`Options`].
-#[derive(Clone, Copy, Debug)]
-struct WalLimits {
-    sync_mode: SyncMode,
-    group_frames_max: usize,
-    group_bytes_max: usize,
-    group_delay_us: u64,
-    pending_bytes_max: usize,
-    segment_bytes_max: u64,
-}
-
-struct PendingFrame {
-    first_seq: u64,
-    op_count: u32,
-    payload: Vec<u8>,
-}
-
 /// WAL counters for stats.
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
 pub struct WalStats {
@@ -136,65 +129,70 @@ pub struct WalStats {
     pub dedup_entries: usize,
 }
 
-struct Shared {
-    next_seq: u64,
-    pending: VecDeque<PendingFrame>,
-    pending_bytes: usize,
-    leader_active: bool,
-    written_seq: u64,
-    synced_seq: u64,
-    poisoned: Option<Arc<str>>,
-    /// An fsync failed: never fsync again (see `sync_written`).
-    sync_failed: bool,
-    closed: bool,
+/// Everything under the WAL lock. One lock for these parts, not one each:
+/// `append` checks the dedup window, assigns sequence numbers and queues
+/// the frame atomically (a retried idempotency key must never get two), and
+/// `segment_ranges` reads the segment list and the last assigned sequence
+/// number together. No I/O is done under it. The applied tracker has its own
+/// lock, always taken after this one, never before.
+struct State {
+    queue: Queue,
+    /// The active segment's file. Out (in a `writer::Lease`) while a
+    /// leader, a sync or a seal works with the lock released; the active
+    /// segment's entry in `segments` stays.
+    handle: Option<IoFile>,
+    segments: SegmentList,
+    progress: Progress,
+    halt: Halt,
     dedup: DedupWindow,
-    /// First sequence numbers of queued batches not yet applied to the state
-    /// map: the applied watermark is just below the smallest.
-    unapplied: BTreeSet<u64>,
-    writer: Option<SegmentWriter>,
-    /// The active segment's first sequence number and size as of when the
-    /// writer was last put back. A group-commit leader (or a sync or seal)
-    /// takes the writer out and works with the lock released;
-    /// `segment_ranges` lists the active segment from these meanwhile.
-    /// Reading `writer` instead left the active segment out of the list
-    /// during every group write: a follower reconnecting then was told the
-    /// WAL after its cursor was gone and sent a whole snapshot (found by
-    /// tests/replication_chaos.rs), and a compaction could mark a follower
-    /// the WAL still served as beyond it, and stop keeping the WAL for it.
-    active_first_seq: u64,
-    active_size_bytes: u64,
-    sealed: Vec<SegmentInfo>,
+    /// The counters of `WalStats` (the rest is read from the parts).
     stats: WalStats,
 }
 
-impl Shared {
-    /// Puts the writer back after writing (see `active_first_seq`).
-    fn put_writer(&mut self, writer: SegmentWriter) {
-        self.active_first_seq = writer.first_seq;
-        self.active_size_bytes = writer.size_bytes;
-        self.writer = Some(writer);
-    }
+/// Whether the WAL still writes.
+#[derive(Default)]
+struct Halt {
+    poisoned: Option<Arc<str>>,
+    /// An fsync failed: never fsync again (see `Wal::sync_written`).
+    sync_failed: bool,
+    closed: bool,
 }
 
-/// The segment being appended to.
-struct SegmentWriter {
-    file: IoFile,
-    first_seq: u64,
-    size_bytes: u64,
-    /// Bytes written through this writer (and those it replaced) since open.
-    bytes_written: u64,
+impl Halt {
+    /// Records a failure and returns the first one's cause, which later
+    /// ones do not replace.
+    fn poison(&mut self, cause: Arc<str>, sync_failed: bool) -> Arc<str> {
+        self.sync_failed |= sync_failed;
+        self.poisoned.get_or_insert(cause).clone()
+    }
+
+    /// `Err(Poisoned)` if the WAL is poisoned, else `Ok`.
+    fn poisoned_result(&self) -> Result<()> {
+        match &self.poisoned {
+            Some(cause) => Err(Error::Poisoned {
+                cause: cause.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn check_usable(&self) -> Result<()> {
+        self.poisoned_result()?;
+        if self.closed {
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
 }
 
 /// The write-ahead log of one database.
 pub struct Wal {
-    shared: Mutex<Shared>,
-    cond: Condvar,
-    /// Signalled when batches are marked applied.
-    applied: Condvar,
+    state: Mutex<State>,
+    writer: GroupWriter,
+    /// The applied watermark, under its own lock: see `applied.rs`.
+    applied: AppliedTracker,
     dir: PathBuf,
     io: Io,
-    node: NodeId,
-    limits: WalLimits,
 }
 
 /// Where a recovered WAL continues.
@@ -219,76 +217,34 @@ impl Wal {
         options: &Options,
         start: WalStart,
     ) -> Result<Wal> {
-        let limits = WalLimits {
-            sync_mode: options.sync_mode,
-            group_frames_max: options.group_commit_frames_max.max(1),
-            group_bytes_max: options.group_commit_bytes_max.max(1),
-            group_delay_us: options.group_commit_delay_us,
-            pending_bytes_max: options.wal_pending_bytes_max.max(1),
-            segment_bytes_max: options
-                .segment_size_bytes_max
-                .max(SEGMENT_HEADER_BYTES as u64 + 1),
-        };
-        let mut sealed = start.segments;
-        let writer = match sealed.pop() {
-            Some(last) if !start.start_fresh => SegmentWriter {
-                file: io.open_append(&last.path)?,
-                first_seq: last.first_seq,
-                size_bytes: last.size_bytes,
-                bytes_written: 0,
-            },
-            last => {
-                sealed.extend(last);
-                create_segment(&io, dir, node, start.next_seq, 0)?
-            }
-        };
+        let limits = WalLimits::from_options(options);
+        let writer = GroupWriter::new(io.clone(), dir, node, limits);
+        let (segments, handle) =
+            writer.open_active(start.segments, start.start_fresh, start.next_seq)?;
         let last_seq = start.next_seq.saturating_sub(1);
-        let shared = Shared {
-            next_seq: start.next_seq,
-            pending: VecDeque::new(),
-            pending_bytes: 0,
-            leader_active: false,
-            written_seq: last_seq,
-            synced_seq: last_seq,
-            poisoned: None,
-            sync_failed: false,
-            closed: false,
+        let state = State {
+            queue: Queue::new(start.next_seq),
+            handle: Some(handle),
+            segments,
+            progress: Progress::at(last_seq),
+            halt: Halt::default(),
             dedup: start.dedup,
-            unapplied: BTreeSet::new(),
-            active_first_seq: writer.first_seq,
-            active_size_bytes: writer.size_bytes,
-            writer: Some(writer),
-            sealed,
             stats: WalStats::default(),
         };
         Ok(Wal {
-            shared: Mutex::new(shared),
-            cond: Condvar::new(),
-            applied: Condvar::new(),
+            state: Mutex::new(state),
+            writer,
+            applied: AppliedTracker::new(last_seq),
             dir: dir.to_path_buf(),
             io,
-            node,
-            limits,
         })
     }
 
     /// Queues a batch, or reports the original if its idempotency key was
     /// seen. Blocks while `wal_pending_bytes_max` bytes are already queued.
     pub fn append(&self, req: AppendRequest<'_>) -> Result<Appended> {
-        let mut st = self.shared.lock();
-        loop {
-            check_usable(&st)?;
-            if st.pending_bytes < self.limits.pending_bytes_max || st.pending.is_empty() {
-                break;
-            }
-            // Write the backlog ourselves rather than wait for a writer that
-            // may itself be waiting on us.
-            if st.leader_active {
-                self.cond.wait(&mut st);
-            } else {
-                self.lead(&mut st);
-            }
-        }
+        let mut st = self.state.lock();
+        self.wait_for_queue_space(&mut st)?;
         if let Some(id) = req.dedup_id
             && let Some(original) = st.dedup.get(id, req.now_ms)
         {
@@ -300,22 +256,28 @@ impl Wal {
                 reason: "a WAL frame needs at least one operation".into(),
             });
         }
-        let first_seq = st.next_seq;
+        self.queue_batch(&mut st, req)
+    }
+
+    fn wait_for_queue_space(&self, st: &mut MutexGuard<'_, State>) -> Result<()> {
+        loop {
+            st.halt.check_usable()?;
+            if !st.queue.is_full(self.writer.limits.pending_bytes_max) {
+                return Ok(());
+            }
+            // Write the backlog ourselves rather than wait for a writer that
+            // may itself be waiting on us.
+            self.lead_or_wait(st);
+        }
+    }
+
+    /// Assigns sequence numbers, registers and queues the batch, and
+    /// remembers its idempotency key: all under the WAL lock, so the key
+    /// maps to exactly these numbers and batches register in order.
+    fn queue_batch(&self, st: &mut State, req: AppendRequest<'_>) -> Result<Appended> {
         let op_count = req.op_count;
-        st.next_seq = first_seq
-            .checked_add(u64::from(op_count))
-            .ok_or(Error::LimitExceeded {
-                limit: "sequence numbers",
-                actual: first_seq,
-                max: u64::MAX - u64::from(op_count),
-            })?;
-        st.pending_bytes += req.payload.len() + FRAME_HEADER_BYTES;
-        st.unapplied.insert(first_seq);
-        st.pending.push_back(PendingFrame {
-            first_seq,
-            op_count,
-            payload: req.payload,
-        });
+        let (first_seq, last_seq) = st.queue.push(op_count, req.payload)?;
+        self.applied.register(first_seq, last_seq);
         if let Some(id) = req.dedup_id {
             let entry = DedupEntry {
                 first_seq,
@@ -327,156 +289,32 @@ impl Wal {
         }
         Ok(Appended::Queued {
             first_seq,
-            last_seq: first_seq + u64::from(op_count) - 1,
+            last_seq,
         })
     }
 
     /// Returns once `seq` is durable under the sync mode (written and, in
     /// `Always` mode, fsynced), leading a group commit if no one else is.
     pub fn wait_durable(&self, seq: u64) -> Result<()> {
-        let mut st = self.shared.lock();
-        if seq >= st.next_seq {
+        let mut st = self.state.lock();
+        if seq >= st.queue.next_seq() {
             // Only sequence numbers handed out by `append` can become durable.
             return Err(Error::InvalidCommand {
                 reason: format!("sequence number {seq} was never assigned"),
             });
         }
-        loop {
-            if self.acknowledged_seq(&st) >= seq {
-                return Ok(());
-            }
-            if let Some(cause) = &st.poisoned {
-                return Err(Error::Poisoned {
-                    cause: cause.clone(),
-                });
-            }
-            if st.leader_active {
-                self.cond.wait(&mut st);
-            } else {
-                self.lead(&mut st);
-            }
+        while self.writer.acknowledged_seq(&st) < seq {
+            st.halt.poisoned_result()?;
+            self.lead_or_wait(&mut st);
         }
-    }
-
-    fn acknowledged_seq(&self, st: &Shared) -> u64 {
-        match self.limits.sync_mode {
-            SyncMode::Always => st.synced_seq,
-            SyncMode::Interval(_) | SyncMode::Never => st.written_seq,
-        }
-    }
-
-    /// One round as group-commit leader: write (and maybe sync) one group.
-    fn lead(&self, st: &mut MutexGuard<'_, Shared>) {
-        let Some(mut writer) = st.writer.take() else {
-            // Only a leader takes the writer, and it always puts it back.
-            poison(st, "WAL segment writer missing", false);
-            self.cond.notify_all();
-            return;
-        };
-        st.leader_active = true;
-        if self.limits.group_delay_us > 0 && st.pending.len() < self.limits.group_frames_max {
-            // Give concurrent writers a moment to join this group.
-            let delay = Duration::from_micros(self.limits.group_delay_us);
-            MutexGuard::unlocked(st, || std::thread::sleep(delay));
-        }
-        let group = self.take_group(st);
-        self.cond.notify_all(); // queue space was freed
-        let sync = self.limits.sync_mode == SyncMode::Always;
-        // A panic while writing must not leave `leader_active` set, or every
-        // waiter (and close) would wait forever: it becomes a poison instead.
-        let result = MutexGuard::unlocked(st, || {
-            catch_unwind(AssertUnwindSafe(|| {
-                self.write_group(&mut writer, &group, sync)
-            }))
-            .unwrap_or_else(|_| {
-                Err(Error::Poisoned {
-                    cause: Arc::from("panic while writing the WAL"),
-                })
-            })
-        });
-        st.put_writer(writer);
-        match result {
-            Ok(outcome) => record_group(st, &group, outcome, sync),
-            Err(e) => poison(st, &e.to_string(), is_sync_failure(&e)),
-        }
-        st.leader_active = false;
-        self.cond.notify_all();
-    }
-
-    fn take_group(&self, st: &mut Shared) -> Vec<PendingFrame> {
-        let mut group = Vec::new();
-        let mut bytes = 0usize;
-        while let Some(frame) = st.pending.front() {
-            let size = frame.payload.len() + FRAME_HEADER_BYTES;
-            let full = group.len() >= self.limits.group_frames_max
-                || (bytes + size > self.limits.group_bytes_max && !group.is_empty());
-            if full {
-                break;
-            }
-            bytes += size;
-            st.pending_bytes -= size;
-            group.extend(st.pending.pop_front());
-        }
-        group
-    }
-
-    /// Writes a group, rotating segments as they fill. Runs without the lock.
-    fn write_group(
-        &self,
-        writer: &mut SegmentWriter,
-        group: &[PendingFrame],
-        sync: bool,
-    ) -> Result<GroupWritten> {
-        let mut out = GroupWritten::default();
-        let mut buf = Vec::with_capacity(
-            group
-                .iter()
-                .map(|f| f.payload.len() + FRAME_HEADER_BYTES)
-                .sum(),
-        );
-        for frame in group {
-            let size = (frame.payload.len() + FRAME_HEADER_BYTES) as u64;
-            let would_overflow =
-                writer.size_bytes + buf.len() as u64 + size > self.limits.segment_bytes_max;
-            if would_overflow && writer.size_bytes + buf.len() as u64 > SEGMENT_HEADER_BYTES as u64
-            {
-                self.flush_buf(writer, &mut buf)?;
-                out.sealed.push(self.rotate(writer, frame.first_seq)?);
-                out.syncs += 1;
-            }
-            format::encode_frame(&mut buf, frame.first_seq, frame.op_count, &frame.payload);
-        }
-        self.flush_buf(writer, &mut buf)?;
-        if sync && !group.is_empty() {
-            writer.file.sync_data()?;
-            out.syncs += 1;
-        }
-        Ok(out)
-    }
-
-    fn flush_buf(&self, writer: &mut SegmentWriter, buf: &mut Vec<u8>) -> Result<()> {
-        if buf.is_empty() {
-            return Ok(());
-        }
-        writer.file.write_all(buf)?;
-        writer.size_bytes += buf.len() as u64;
-        writer.bytes_written += buf.len() as u64;
-        buf.clear();
         Ok(())
     }
 
-    /// Seals the current segment (fsynced, so sealed segments are always
-    /// durable) and starts a new one at `first_seq`.
-    fn rotate(&self, writer: &mut SegmentWriter, first_seq: u64) -> Result<SegmentInfo> {
-        writer.file.sync_data()?;
-        let mut next = create_segment(&self.io, &self.dir, self.node, first_seq, 0)?;
-        next.bytes_written = writer.bytes_written;
-        let old = std::mem::replace(writer, next);
-        Ok(SegmentInfo {
-            first_seq: old.first_seq,
-            path: old.file.path().to_path_buf(),
-            size_bytes: old.size_bytes,
-        })
+    /// One step of leader election; a failed group poisons the WAL.
+    fn lead_or_wait(&self, st: &mut MutexGuard<'_, State>) {
+        if let Err(failure) = self.writer.lead_or_wait(st) {
+            self.fail(st, failure);
+        }
     }
 
     /// Fsyncs whatever has been written but not synced (for `Interval` mode
@@ -487,82 +325,34 @@ impl Wal {
     /// for them; never after a failed fsync, whose retry could falsely
     /// report success for pages the kernel already dropped.
     pub fn sync_written(&self) -> Result<()> {
-        let mut st = self.shared.lock();
-        while st.leader_active {
-            self.cond.wait(&mut st);
-        }
-        if st.synced_seq >= st.written_seq || st.sync_failed {
-            return poisoned_result(&st);
-        }
-        let Some(writer) = st.writer.take() else {
-            return poisoned_result(&st);
-        };
-        st.leader_active = true;
-        let target = st.written_seq;
-        let result = MutexGuard::unlocked(&mut st, || writer.file.sync_data());
-        st.put_writer(writer);
-        st.leader_active = false;
-        self.cond.notify_all();
-        match result {
-            Ok(()) => {
-                st.synced_seq = st.synced_seq.max(target);
-                st.stats.syncs += 1;
-                poisoned_result(&st)
-            }
-            Err(e) => {
-                poison(&mut st, &e.to_string(), true);
-                Err(e)
-            }
+        let mut st = self.state.lock();
+        match self.writer.sync_written(&mut st) {
+            Ok(()) => st.halt.poisoned_result(),
+            Err(failure) => Err(self.fail(&mut st, failure)),
         }
     }
 
     /// Marks queued batches (by first sequence number) as applied to the
     /// state map, or as never to be applied after a failure.
     pub fn mark_applied(&self, first_seqs: &[u64]) {
-        if first_seqs.is_empty() {
-            return;
-        }
-        let mut st = self.shared.lock();
-        for seq in first_seqs {
-            st.unapplied.remove(seq);
-        }
-        self.applied.notify_all();
+        self.applied.mark_applied(first_seqs);
     }
 
     /// Waits until the batch starting at `first_seq` is applied, or the WAL
     /// is poisoned or closed.
     pub fn wait_applied(&self, first_seq: u64) {
-        let mut st = self.shared.lock();
-        while st.unapplied.contains(&first_seq) && check_usable(&st).is_ok() {
-            // The timeout re-checks for poison, which signals the other condvar.
-            self.applied.wait_for(&mut st, Duration::from_millis(50));
-        }
+        self.applied.wait_applied(first_seq);
     }
 
     /// The sealed segments (complete, fsynced, never written again).
     pub fn sealed_segments(&self) -> Vec<SegmentInfo> {
-        self.shared.lock().sealed.clone()
+        self.state.lock().segments.sealed().to_vec()
     }
 
     /// Every segment's sequence-number range and size, oldest first.
     pub fn segment_ranges(&self) -> Vec<SegmentRange> {
-        let st = self.shared.lock();
-        let last_assigned = st.next_seq - 1;
-        let firsts: Vec<(u64, u64)> = st
-            .sealed
-            .iter()
-            .map(|s| (s.first_seq, s.size_bytes))
-            .chain([(st.active_first_seq, st.active_size_bytes)])
-            .collect();
-        firsts
-            .iter()
-            .enumerate()
-            .map(|(i, &(first_seq, size_bytes))| SegmentRange {
-                first_seq,
-                last_seq: firsts.get(i + 1).map_or(last_assigned, |next| next.0 - 1),
-                size_bytes,
-            })
-            .collect()
+        let st = self.state.lock();
+        st.segments.ranges(st.queue.last_assigned())
     }
 
     /// The path of the segment whose first sequence number is `first_seq`.
@@ -573,43 +363,31 @@ impl Wal {
     /// The newest sequence number a reader may ship: durable under the
     /// sync mode (fsynced in `Always`, written otherwise).
     pub fn shippable_seq(&self) -> u64 {
-        let st = self.shared.lock();
-        self.acknowledged_seq(&st)
+        self.writer.acknowledged_seq(&self.state.lock())
     }
 
     /// Waits until the shippable sequence number passes `seq`, or
     /// `timeout` elapses; returns it either way (or the WAL's failure).
     pub fn wait_shippable_beyond(&self, seq: u64, timeout: Duration) -> Result<u64> {
-        let deadline = std::time::Instant::now() + timeout;
-        let mut st = self.shared.lock();
+        let deadline = Instant::now() + timeout;
+        let mut st = self.state.lock();
         loop {
-            check_usable(&st)?;
-            let shippable = self.acknowledged_seq(&st);
-            if shippable > seq || self.cond.wait_until(&mut st, deadline).timed_out() {
-                return Ok(self.acknowledged_seq(&st).max(shippable));
+            st.halt.check_usable()?;
+            let shippable = self.writer.acknowledged_seq(&st);
+            if shippable > seq || self.writer.wait_until(&mut st, deadline) {
+                return Ok(self.writer.acknowledged_seq(&st).max(shippable));
             }
         }
     }
 
     /// Dedup entries for batches starting at or below `seq`.
     pub fn dedup_entries_through(&self, seq: u64) -> Vec<([u8; 32], DedupEntry)> {
-        self.shared.lock().dedup.entries_through(seq)
+        self.state.lock().dedup.entries_through(seq)
     }
 
     /// Waits until the applied watermark reaches `seq` (or the WAL fails).
     pub fn wait_watermark(&self, seq: u64) -> Result<()> {
-        let mut st = self.shared.lock();
-        loop {
-            check_usable(&st)?;
-            let watermark = st
-                .unapplied
-                .first()
-                .map_or(st.next_seq - 1, |first| first - 1);
-            if watermark >= seq {
-                return Ok(());
-            }
-            self.applied.wait_for(&mut st, Duration::from_millis(50));
-        }
+        self.applied.wait_watermark(seq)
     }
 
     /// The applied watermark: every batch with sequence numbers up to this
@@ -619,84 +397,35 @@ impl Wal {
     /// unapplied list without ever being written, so the watermark of a
     /// poisoned WAL can pass batches that are not in it.
     pub fn applied_watermark(&self) -> Result<u64> {
-        let st = self.shared.lock();
-        check_usable(&st)?;
-        Ok(match st.unapplied.first() {
-            Some(first) => first - 1,
-            None => st.next_seq - 1,
-        })
+        self.applied.watermark()
     }
 
     /// Seals the active segment (after writing everything queued) if it holds
     /// any frame, so that all of it can be dropped once a snapshot covers it.
     /// Writers wait only while the new segment is created.
     pub fn seal_active(&self) -> Result<()> {
-        let mut st = self.shared.lock();
-        loop {
-            check_usable(&st)?;
-            if st.leader_active {
-                self.cond.wait(&mut st);
-            } else if !st.pending.is_empty() {
-                self.lead(&mut st);
-            } else {
-                break;
-            }
+        let mut st = self.state.lock();
+        while st.queue.leader_active || !st.queue.is_empty() {
+            st.halt.check_usable()?;
+            self.lead_or_wait(&mut st);
         }
-        let Some(mut writer) = st.writer.take() else {
-            return Err(Error::Poisoned {
-                cause: Arc::from("WAL segment writer missing"),
-            });
-        };
-        if writer.size_bytes <= SEGMENT_HEADER_BYTES as u64 {
-            st.put_writer(writer);
-            return Ok(());
-        }
-        st.leader_active = true;
-        let first_seq = st.next_seq;
-        let result = MutexGuard::unlocked(&mut st, || self.rotate(&mut writer, first_seq));
-        st.put_writer(writer);
-        st.leader_active = false;
-        self.cond.notify_all();
-        match result {
-            Ok(sealed) => {
-                st.sealed.push(sealed);
-                st.stats.syncs += 1;
-                Ok(())
-            }
-            Err(e) => {
-                poison(&mut st, &e.to_string(), is_sync_failure(&e));
-                Err(e)
-            }
-        }
+        st.halt.check_usable()?;
+        self.writer
+            .seal_active(&mut st)
+            .map_err(|failure| self.fail(&mut st, failure))
     }
 
     /// Deletes sealed segments all of whose sequence numbers are below
     /// `seq`; returns how many were deleted and their bytes. The active
     /// segment is never deleted.
     pub fn truncate_before(&self, seq: u64) -> Result<(usize, u64)> {
-        let doomed: Vec<SegmentInfo> = {
-            let st = self.shared.lock();
-            let active_first = st.writer.as_ref().map_or(u64::MAX, |w| w.first_seq);
-            let next_firsts = st
-                .sealed
-                .iter()
-                .skip(1)
-                .map(|s| s.first_seq)
-                .chain([active_first]);
-            st.sealed
-                .iter()
-                .zip(next_firsts)
-                .filter(|(_, next_first)| *next_first <= seq)
-                .map(|(s, _)| s.clone())
-                .collect()
-        };
+        let doomed = self.state.lock().segments.wholly_before(seq);
         if doomed.is_empty() {
             return Ok((0, 0));
         }
         for segment in &doomed {
             self.io.remove_file(&segment.path)?;
-            let mut st = self.shared.lock();
-            st.sealed.retain(|s| s.first_seq != segment.first_seq);
+            self.state.lock().segments.forget(segment.first_seq);
         }
         self.io.sync_dir(&self.dir)?;
         Ok((doomed.len(), doomed.iter().map(|s| s.size_bytes).sum()))
@@ -704,117 +433,60 @@ impl Wal {
 
     /// Writes everything queued, syncs it, and refuses later appends.
     pub fn close(&self) -> Result<()> {
-        let last = self.shared.lock().next_seq.saturating_sub(1);
+        let last = self.state.lock().queue.last_assigned();
         let flushed = self.wait_durable(last);
         let synced = self.sync_written();
-        let mut st = self.shared.lock();
-        st.closed = true;
-        self.cond.notify_all();
+        let mut st = self.state.lock();
+        st.halt.closed = true;
+        // Under the WAL lock, like a poison: see `fail`.
+        self.applied.close();
+        self.writer.notify_all();
         flushed.and(synced)
     }
 
     /// Marks the WAL poisoned (for failures found outside it, such as a
     /// panicking worker).
     pub fn poison(&self, cause: &str) {
-        poison(&mut self.shared.lock(), cause, false);
-        self.cond.notify_all();
+        self.poison_locked(&mut self.state.lock(), Arc::from(cause), false);
+    }
+
+    /// Poisons the WAL with a failure of its own; returns the error to report.
+    fn fail(&self, st: &mut State, failure: Failure) -> Error {
+        self.poison_locked(st, failure.cause(), failure.sync_failed);
+        failure.error
+    }
+
+    /// Records the poison and wakes every waiter: those on the group commit
+    /// and those on the applied watermark, which only this wakes. The
+    /// tracker is told under the WAL lock, so no one sees the WAL poisoned
+    /// while the tracker is not (a failed batch is marked applied only
+    /// after its writer saw the poison).
+    fn poison_locked(&self, st: &mut State, cause: Arc<str>, sync_failed: bool) {
+        let first = st.halt.poison(cause, sync_failed);
+        self.applied.poison(first);
+        self.writer.notify_all();
     }
 
     /// The error every write returns from now on, if the WAL is poisoned or closed.
     pub fn check_usable(&self) -> Result<()> {
-        check_usable(&self.shared.lock())
+        self.state.lock().halt.check_usable()
     }
 
-    /// Counters and sizes, for stats.
+    /// Counters and sizes, for stats. The active segment counts even while
+    /// a leader has its handle out.
     pub fn stats(&self) -> WalStats {
-        let st = self.shared.lock();
-        let mut stats = st.stats;
-        stats.last_seq = st.next_seq.saturating_sub(1);
-        stats.written_seq = st.written_seq;
-        stats.synced_seq = st.synced_seq;
-        let active = st.writer.as_ref().map_or(0, |w| w.size_bytes);
-        stats.bytes_written = st.writer.as_ref().map_or(0, |w| w.bytes_written);
-        stats.segments = st.sealed.len() + usize::from(st.writer.is_some());
-        stats.wal_bytes = st.sealed.iter().map(|s| s.size_bytes).sum::<u64>() + active;
-        stats.dedup_entries = st.dedup.len();
-        stats
-    }
-}
-
-#[derive(Default)]
-struct GroupWritten {
-    sealed: Vec<SegmentInfo>,
-    syncs: u64,
-}
-
-fn record_group(st: &mut Shared, group: &[PendingFrame], written: GroupWritten, synced: bool) {
-    if let Some(last) = group.last() {
-        let last_seq = last.first_seq + u64::from(last.op_count) - 1;
-        st.written_seq = st.written_seq.max(last_seq);
-        if synced {
-            st.synced_seq = st.synced_seq.max(last_seq);
+        let st = self.state.lock();
+        WalStats {
+            last_seq: st.queue.last_assigned(),
+            written_seq: st.progress.written_seq(),
+            synced_seq: st.progress.synced_seq(),
+            segments: st.segments.count(),
+            wal_bytes: st.segments.total_bytes(),
+            bytes_written: st.segments.bytes_written(),
+            dedup_entries: st.dedup.len(),
+            ..st.stats
         }
-        st.stats.groups_written += 1;
     }
-    st.stats.frames_written += group.len() as u64;
-    st.stats.syncs += written.syncs;
-    st.sealed.extend(written.sealed);
-}
-
-/// Records the first failure; later ones do not replace its cause.
-fn poison(st: &mut Shared, cause: &str, sync_failed: bool) {
-    if st.poisoned.is_none() {
-        st.poisoned = Some(Arc::from(cause));
-    }
-    st.sync_failed |= sync_failed;
-}
-
-/// `Err(Poisoned)` if the WAL is poisoned, else `Ok`.
-fn poisoned_result(st: &Shared) -> Result<()> {
-    match &st.poisoned {
-        Some(cause) => Err(Error::Poisoned {
-            cause: cause.clone(),
-        }),
-        None => Ok(()),
-    }
-}
-
-fn is_sync_failure(e: &Error) -> bool {
-    matches!(e, Error::Io { op: IoOp::Sync, .. })
-}
-
-fn check_usable(st: &Shared) -> Result<()> {
-    poisoned_result(st)?;
-    if st.closed {
-        return Err(Error::Closed);
-    }
-    Ok(())
-}
-
-/// Creates a segment: header written and fsynced, directory entry fsynced.
-fn create_segment(
-    io: &Io,
-    dir: &Path,
-    node: NodeId,
-    first_seq: u64,
-    flags: u16,
-) -> Result<SegmentWriter> {
-    let path = dir.join(segment_file_name(first_seq));
-    let mut file = io.create_new(&path)?;
-    let header = format::SegmentHeader {
-        node,
-        first_seq,
-        flags,
-    };
-    file.write_all(&format::encode_segment_header(header))?;
-    file.sync_data()?;
-    io.sync_dir(dir)?;
-    Ok(SegmentWriter {
-        file,
-        first_seq,
-        size_bytes: SEGMENT_HEADER_BYTES as u64,
-        bytes_written: 0,
-    })
 }
 
 #[cfg(test)]
@@ -832,6 +504,18 @@ mod tests {
         );
     }
 
+    /// Holds the active segment's handle out, as a group-commit leader
+    /// does while it writes with the lock released, and runs `during`.
+    fn while_a_leader_writes<T>(wal: &Wal, during: impl FnOnce() -> T) -> T {
+        let lease = {
+            let mut st = wal.state.lock();
+            wal.writer.take_lease(&mut st).unwrap()
+        };
+        let seen = during();
+        wal.writer.put_back(&mut wal.state.lock(), lease);
+        seen
+    }
+
     #[test]
     fn the_active_segment_is_listed_while_a_group_commit_leader_writes() {
         let dir = tempfile::tempdir().unwrap();
@@ -840,19 +524,34 @@ mod tests {
         let wal = db.engine().wal();
         let before = wal.segment_ranges();
         assert_eq!(before.len(), 1);
-        // What `lead` does while it writes a group with the lock released.
-        let writer = {
-            let mut st = wal.shared.lock();
-            st.leader_active = true;
-            st.writer.take().unwrap()
-        };
-        let during = wal.segment_ranges();
-        {
-            let mut st = wal.shared.lock();
-            st.put_writer(writer);
-            st.leader_active = false;
-        }
-        wal.cond.notify_all();
+        let during = while_a_leader_writes(wal, || wal.segment_ranges());
         assert_eq!(during, before);
+    }
+
+    #[test]
+    fn stats_and_truncation_see_the_active_segment_while_a_leader_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::Db::open(dir.path()).unwrap();
+        let wal = db.wal();
+        for key in ["a", "b"] {
+            db.put(key, "1").unwrap();
+            wal.seal_active().unwrap();
+        }
+        db.put("c", "1").unwrap();
+        let before = wal.stats();
+        assert_eq!(before.segments, 3);
+        let (during, truncated) = while_a_leader_writes(wal, || {
+            let stats = wal.stats();
+            (stats, wal.truncate_before(stats.last_seq + 1).unwrap())
+        });
+        assert_eq!(during.segments, before.segments);
+        assert_eq!(during.wal_bytes, before.wal_bytes);
+        assert_eq!(during.bytes_written, before.bytes_written);
+        assert_eq!(
+            truncated.0, 2,
+            "both sealed segments are below the active one"
+        );
+        assert_eq!(wal.stats().segments, 1);
+        assert!(wal.sealed_segments().is_empty());
     }
 }
