@@ -118,8 +118,12 @@ impl Engine {
     /// without ever being written, so the watermark of a poisoned database
     /// can pass batches that are not in the map.
     pub fn applied_watermark(&self) -> Result<u64> {
+        // Read first, check after: a failed batch is completed only after
+        // the WAL is poisoned, so a watermark read while the WAL is still
+        // usable covers only applied batches.
+        let watermark = self.watermark.current();
         self.wal.check_usable()?;
-        Ok(self.watermark.current())
+        Ok(watermark)
     }
 
     /// Waits until the applied watermark reaches `seq`, or the database

@@ -11,11 +11,11 @@
 //! failed group, nor any later one, is ever acknowledged.
 //!
 //! `Wal` coordinates the parts: `writer.rs` (the queue, leader election and
-//! the segment files), `segments.rs` (the segment list), `dedup.rs` (the
-//! idempotency window) and `applied.rs` (the applied watermark). All but the
-//! last share the WAL lock; see `State`.
+//! the segment files), `segments.rs` (the segment list) and `dedup.rs` (the
+//! idempotency window). They share the WAL lock; see `State`. The applied
+//! watermark is the engine's (`src/engine/watermark.rs`): the WAL only
+//! assigns sequence numbers.
 
-mod applied;
 pub mod dedup;
 pub mod format;
 // Used by the replication leader (in progress) and by its own tests.
@@ -34,7 +34,6 @@ use crate::clock::{NodeId, Stamp};
 use crate::error::{Error, Result};
 use crate::io::{Io, IoFile};
 use crate::options::Options;
-use applied::AppliedTracker;
 use dedup::{DedupEntry, DedupWindow};
 use segments::SegmentList;
 // Recovery creates the segment a repair continues in with it.
@@ -189,8 +188,6 @@ impl Halt {
 pub struct Wal {
     state: Mutex<State>,
     writer: GroupWriter,
-    /// The applied watermark, under its own lock: see `applied.rs`.
-    applied: AppliedTracker,
     dir: PathBuf,
     io: Io,
 }
@@ -234,7 +231,6 @@ impl Wal {
         Ok(Wal {
             state: Mutex::new(state),
             writer,
-            applied: AppliedTracker::new(last_seq),
             dir: dir.to_path_buf(),
             io,
         })
@@ -277,7 +273,6 @@ impl Wal {
     fn queue_batch(&self, st: &mut State, req: AppendRequest<'_>) -> Result<Appended> {
         let op_count = req.op_count;
         let (first_seq, last_seq) = st.queue.push(op_count, req.payload)?;
-        self.applied.register(first_seq, last_seq);
         if let Some(id) = req.dedup_id {
             let entry = DedupEntry {
                 first_seq,
@@ -332,18 +327,6 @@ impl Wal {
         }
     }
 
-    /// Marks queued batches (by first sequence number) as applied to the
-    /// state map, or as never to be applied after a failure.
-    pub fn mark_applied(&self, first_seqs: &[u64]) {
-        self.applied.mark_applied(first_seqs);
-    }
-
-    /// Waits until the batch starting at `first_seq` is applied, or the WAL
-    /// is poisoned or closed.
-    pub fn wait_applied(&self, first_seq: u64) {
-        self.applied.wait_applied(first_seq);
-    }
-
     /// The sealed segments (complete, fsynced, never written again).
     pub fn sealed_segments(&self) -> Vec<SegmentInfo> {
         self.state.lock().segments.sealed().to_vec()
@@ -385,21 +368,6 @@ impl Wal {
         self.state.lock().dedup.entries_through(seq)
     }
 
-    /// Waits until the applied watermark reaches `seq` (or the WAL fails).
-    pub fn wait_watermark(&self, seq: u64) -> Result<()> {
-        self.applied.wait_watermark(seq)
-    }
-
-    /// The applied watermark: every batch with sequence numbers up to this
-    /// one is in the state map (later ones may be too).
-    ///
-    /// Fails if the WAL is poisoned: a failed batch is taken off the
-    /// unapplied list without ever being written, so the watermark of a
-    /// poisoned WAL can pass batches that are not in it.
-    pub fn applied_watermark(&self) -> Result<u64> {
-        self.applied.watermark()
-    }
-
     /// Seals the active segment (after writing everything queued) if it holds
     /// any frame, so that all of it can be dropped once a snapshot covers it.
     /// Writers wait only while the new segment is created.
@@ -438,8 +406,6 @@ impl Wal {
         let synced = self.sync_written();
         let mut st = self.state.lock();
         st.halt.closed = true;
-        // Under the WAL lock, like a poison: see `fail`.
-        self.applied.close();
         self.writer.notify_all();
         flushed.and(synced)
     }
@@ -456,14 +422,10 @@ impl Wal {
         failure.error
     }
 
-    /// Records the poison and wakes every waiter: those on the group commit
-    /// and those on the applied watermark, which only this wakes. The
-    /// tracker is told under the WAL lock, so no one sees the WAL poisoned
-    /// while the tracker is not (a failed batch is marked applied only
-    /// after its writer saw the poison).
+    /// Records the poison and wakes every waiter on the group commit.
+    /// (The engine poisons its applied watermark itself.)
     fn poison_locked(&self, st: &mut State, cause: Arc<str>, sync_failed: bool) {
-        let first = st.halt.poison(cause, sync_failed);
-        self.applied.poison(first);
+        st.halt.poison(cause, sync_failed);
         self.writer.notify_all();
     }
 
@@ -532,7 +494,7 @@ mod tests {
     fn stats_and_truncation_see_the_active_segment_while_a_leader_writes() {
         let dir = tempfile::tempdir().unwrap();
         let db = crate::Db::open(dir.path()).unwrap();
-        let wal = db.wal();
+        let wal = db.engine().wal();
         for key in ["a", "b"] {
             db.put(key, "1").unwrap();
             wal.seal_active().unwrap();
