@@ -67,7 +67,10 @@ pub struct Entry {
 impl Entry {
     /// The key, within its keyspace.
     pub fn key(&self) -> &[u8] {
-        &self.store_key[self.prefix_len..]
+        // A scan yields only keys inside its keyspace's range, and every key
+        // there starts with the keyspace prefix.
+        debug_assert!(self.store_key.len() >= self.prefix_len);
+        self.store_key.get(self.prefix_len..).unwrap_or_default()
     }
     /// The value.
     pub fn value(&self) -> &Value {

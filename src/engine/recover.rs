@@ -89,7 +89,9 @@ pub(crate) fn recover(io: &Io, dir: &Path, node: NodeId, options: &Options) -> R
         Ok(replayed) => replayed,
         // Without the damaged snapshot the WAL cannot rebuild the state: the
         // snapshot is the thing to report (and is left where it is).
-        Err(Error::Corruption { .. }) if !damaged.is_empty() => return Err(damaged[0].1.clone()),
+        Err(e @ Error::Corruption { .. }) => {
+            return Err(damaged.first().map_or(e, |(_, error)| error.clone()));
+        }
         Err(e) => return Err(e),
     };
     state.replay(pending);

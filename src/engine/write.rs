@@ -198,11 +198,19 @@ impl Engine {
             Vec::new()
         };
         if let Some(p) = pending.get(key) {
+            let observed = (p.totals.node, p.totals.p, p.totals.n);
             match floor.binary_search_by_key(&p.totals.node, |f| f.0) {
-                Ok(i) => floor[i] = (p.totals.node, p.totals.p, p.totals.n),
-                Err(i) => floor.insert(i, (p.totals.node, p.totals.p, p.totals.n)),
+                Ok(i) => {
+                    if let Some(entry) = floor.get_mut(i) {
+                        *entry = observed;
+                    }
+                }
+                Err(i) => floor.insert(i, observed),
             }
         }
+        // The record codec refuses floors whose nodes are not strictly
+        // increasing; the binary search above relies on the same order.
+        debug_assert!(floor.is_sorted_by(|a, b| a.0 < b.0));
         KeyState {
             register: Some(Register {
                 stamp,

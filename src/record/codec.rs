@@ -110,6 +110,13 @@ fn encode_record_fields(w: &mut Writer, record: &Record) {
 
 fn encode_floor(w: &mut Writer, floor: &[(NodeId, u64, u64)]) {
     // Floors and counters never reach 65,535 nodes: each node is a copy.
+    debug_assert!(floor.len() <= usize::from(u16::MAX));
+    // The decoder refuses any other order, so writing one would make the
+    // record unreadable.
+    debug_assert!(
+        floor.is_sorted_by(|a, b| a.0 < b.0),
+        "floor nodes must be strictly increasing"
+    );
     w.u16(floor.len() as u16);
     for &(node, p, n) in floor {
         w.u64(node.0);
@@ -119,6 +126,12 @@ fn encode_floor(w: &mut Writer, floor: &[(NodeId, u64, u64)]) {
 }
 
 fn encode_counter(w: &mut Writer, counter: &Counter) {
+    // As for floors: the decoder refuses an empty or unordered counter part.
+    debug_assert!(counter.totals.len() <= usize::from(u16::MAX));
+    debug_assert!(
+        !counter.totals.is_empty() && counter.totals.is_sorted_by(|a, b| a.node < b.node),
+        "counter totals must be non-empty with strictly increasing nodes"
+    );
     w.u16(counter.totals.len() as u16);
     for t in &counter.totals {
         w.u64(t.node.0);
@@ -181,7 +194,7 @@ fn decode_floor(r: &mut Reader<'_>) -> Result<Vec<(NodeId, u64, u64)>, DecodeErr
     for _ in 0..count {
         floor.push((NodeId(r.u64()?), r.u64()?, r.u64()?));
     }
-    if !floor.windows(2).all(|w| w[0].0 < w[1].0) {
+    if !floor.is_sorted_by(|a, b| a.0 < b.0) {
         return Err(Reader::invalid(
             at,
             "floor nodes are not strictly increasing",
@@ -206,7 +219,7 @@ fn decode_counter(r: &mut Reader<'_>) -> Result<Counter, DecodeError> {
     if totals.is_empty() {
         return Err(Reader::invalid(at, "counter part without totals"));
     }
-    if !totals.windows(2).all(|w| w[0].node < w[1].node) {
+    if !totals.is_sorted_by(|a, b| a.node < b.node) {
         return Err(Reader::invalid(
             at,
             "counter nodes are not strictly increasing",

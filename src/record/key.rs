@@ -35,10 +35,13 @@ impl StoreKey {
     /// The key `a ++ b`, without a heap allocation when it fits inline.
     pub fn concat(a: &[u8], b: &[u8]) -> StoreKey {
         let len = a.len() + b.len();
-        if len <= STORE_KEY_INLINE_BYTES {
-            let mut bytes = [0u8; STORE_KEY_INLINE_BYTES];
-            bytes[..a.len()].copy_from_slice(a);
-            bytes[a.len()..len].copy_from_slice(b);
+        let mut bytes = [0u8; STORE_KEY_INLINE_BYTES];
+        // Both splits succeed exactly when `len <= STORE_KEY_INLINE_BYTES`.
+        if let Some((head, rest)) = bytes.split_at_mut_checked(a.len())
+            && let Some(tail) = rest.get_mut(..b.len())
+        {
+            head.copy_from_slice(a);
+            tail.copy_from_slice(b);
             StoreKey::Inline {
                 len: len as u8,
                 bytes,
@@ -51,7 +54,11 @@ impl StoreKey {
     /// The bytes.
     pub fn as_slice(&self) -> &[u8] {
         match self {
-            StoreKey::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            StoreKey::Inline { len, bytes } => {
+                // `concat`, the only constructor, keeps `len` within the array.
+                debug_assert!(usize::from(*len) <= STORE_KEY_INLINE_BYTES);
+                bytes.get(..usize::from(*len)).unwrap_or(bytes)
+            }
             StoreKey::Heap(bytes) => bytes,
         }
     }

@@ -88,8 +88,10 @@ pub fn encode_segment_header(header: SegmentHeader) -> [u8; SEGMENT_HEADER_BYTES
     w.u16(header.flags);
     w.u64(header.node.0);
     w.u64(header.first_seq);
+    debug_assert_eq!(w.len(), SEGMENT_CRC_OFFSET);
     let crc = crc32c::crc32c(w.as_slice());
     w.u32(crc);
+    debug_assert_eq!(w.len(), SEGMENT_HEADER_BYTES);
     let mut out = [0u8; SEGMENT_HEADER_BYTES];
     out.copy_from_slice(w.as_slice());
     out
@@ -100,6 +102,9 @@ pub fn decode_segment_header(bytes: &[u8]) -> Result<SegmentHeader, DecodeError>
     let mut r = Reader::new(bytes);
     let header = r.take(SEGMENT_HEADER_BYTES)?;
     let mut r = Reader::new(header);
+    let checked = r.take(SEGMENT_CRC_OFFSET)?;
+    let stored_crc = r.u32()?;
+    let mut r = Reader::new(checked);
     if r.take(8)? != SEGMENT_MAGIC {
         return Err(Reader::invalid(
             SEGMENT_MAGIC_OFFSET,
@@ -110,8 +115,9 @@ pub fn decode_segment_header(bytes: &[u8]) -> Result<SegmentHeader, DecodeError>
     let flags = r.u16()?;
     let node = NodeId(r.u64()?);
     let first_seq = r.u64()?;
-    let stored_crc = r.u32()?;
-    if crc32c::crc32c(&header[..SEGMENT_CRC_OFFSET]) != stored_crc {
+    // The fields fill exactly the bytes the checksum covers.
+    debug_assert_eq!(r.remaining(), 0);
+    if crc32c::crc32c(checked) != stored_crc {
         return Err(Reader::invalid(
             SEGMENT_CRC_OFFSET,
             "segment header checksum mismatch",
@@ -138,18 +144,21 @@ pub fn decode_segment_header(bytes: &[u8]) -> Result<SegmentHeader, DecodeError>
 
 /// Appends one frame (header + payload) to `out`.
 pub fn encode_frame(out: &mut Vec<u8>, first_seq: u64, op_count: u32, payload: &[u8]) {
-    let mut w = Writer::from_vec(std::mem::take(out));
-    let start = w.len();
-    w.u32(payload.len() as u32);
-    w.u16(0);
-    w.u16(0);
-    w.u64(first_seq);
-    w.u32(op_count);
-    w.u32(crc32c::crc32c(payload));
-    let header_crc = crc32c::crc32c(&w.as_slice()[start..]);
-    w.u32(header_crc);
-    w.bytes(payload);
-    *out = w.into_vec();
+    // The header is built on its own so that its checksum covers exactly it.
+    let mut header = Writer::with_capacity(FRAME_HEADER_BYTES);
+    header.u32(payload.len() as u32);
+    header.u16(0);
+    header.u16(0);
+    header.u64(first_seq);
+    header.u32(op_count);
+    header.u32(crc32c::crc32c(payload));
+    debug_assert_eq!(header.len(), FRAME_HEADER_CRC_OFFSET);
+    let header_crc = crc32c::crc32c(header.as_slice());
+    header.u32(header_crc);
+    debug_assert_eq!(header.len(), FRAME_HEADER_BYTES);
+    out.reserve(FRAME_HEADER_BYTES + payload.len());
+    out.extend_from_slice(header.as_slice());
+    out.extend_from_slice(payload);
 }
 
 /// Why a frame could not be read at some offset.
@@ -163,13 +172,18 @@ pub enum FrameError {
 
 /// Reads the frame at the start of `bytes`: its header and payload slice.
 pub fn read_frame(bytes: &[u8]) -> Result<(FrameHeader, &[u8]), FrameError> {
-    if bytes.len() < FRAME_HEADER_BYTES {
+    let Some((header_bytes, rest)) = bytes.split_first_chunk::<FRAME_HEADER_BYTES>() else {
         return Err(FrameError::Incomplete);
-    }
-    let header_bytes = &bytes[..FRAME_HEADER_BYTES];
+    };
     let header =
         parse_frame_header(header_bytes).map_err(|e| FrameError::Damaged(e.to_string()))?;
-    let stored = u32::from_le_bytes(field4(header_bytes, FRAME_HEADER_CRC_OFFSET));
+    // Constant indices into the fixed-size header: in bounds by its type.
+    let stored = u32::from_le_bytes([
+        header_bytes[FRAME_HEADER_CRC_OFFSET],
+        header_bytes[FRAME_HEADER_CRC_OFFSET + 1],
+        header_bytes[FRAME_HEADER_CRC_OFFSET + 2],
+        header_bytes[FRAME_HEADER_CRC_OFFSET + 3],
+    ]);
     if crc32c::crc32c(&header_bytes[..FRAME_HEADER_CRC_OFFSET]) != stored {
         return Err(FrameError::Damaged("frame header checksum mismatch".into()));
     }
@@ -184,23 +198,15 @@ pub fn read_frame(bytes: &[u8]) -> Result<(FrameHeader, &[u8]), FrameError> {
             "encrypted frames are not supported by this version".into(),
         ));
     }
-    let end = FRAME_HEADER_BYTES + len;
-    if bytes.len() < end {
+    let Some(payload) = rest.get(..len) else {
         return Err(FrameError::Incomplete);
-    }
-    let payload = &bytes[FRAME_HEADER_BYTES..end];
+    };
     if crc32c::crc32c(payload) != header.payload_crc {
         return Err(FrameError::Damaged(
             "frame payload checksum mismatch".into(),
         ));
     }
     Ok((header, payload))
-}
-
-fn field4(bytes: &[u8], offset: usize) -> [u8; 4] {
-    let mut out = [0u8; 4];
-    out.copy_from_slice(&bytes[offset..offset + 4]);
-    out
 }
 
 fn parse_frame_header(bytes: &[u8]) -> Result<FrameHeader, DecodeError> {

@@ -140,10 +140,12 @@ pub fn replay(
             .first()
             .map(|(first, _)| (*first).min(covered.saturating_add(1))),
     };
-    for (index, (first_seq, path)) in segments.iter().enumerate() {
-        let is_last = index + 1 == segments.len();
+    let mut unread = segments.as_slice();
+    while let Some(((first_seq, path), later)) = unread.split_first() {
+        unread = later;
+        let is_last = later.is_empty();
         // A segment the snapshot wholly covers is not read.
-        if let (Some(covered), Some((next_first, _))) = (mode.covered_seq, segments.get(index + 1))
+        if let (Some(covered), Some((next_first, _))) = (mode.covered_seq, later.first())
             && *next_first <= covered.saturating_add(1)
             && !mode.read_covered
         {
@@ -188,7 +190,7 @@ pub fn replay(
             header_ok: scan.header_ok,
             expected_seq: expected_seq.unwrap_or(*first_seq),
         };
-        let (repair, fresh) = repair(io, wal_dir, node, &damaged, &segments[index + 1..])?;
+        let (repair, fresh) = repair(io, wal_dir, node, &damaged, later)?;
         if scan.header_ok {
             kept.push(info(*first_seq, path, bad.offset));
         }
@@ -220,6 +222,10 @@ fn cut_torn_tail(
     modify: bool,
 ) -> Result<TornTail> {
     let offset_bytes = if header_ok { bad.offset } else { 0 };
+    debug_assert!(
+        offset_bytes <= bytes.len() as u64,
+        "the bad spot lies in the segment"
+    );
     if modify && header_ok {
         truncate(io, path, offset_bytes)?;
     } else if modify {
@@ -307,8 +313,8 @@ fn scan_segment(bytes: &[u8], name_seq: u64, node: NodeId, expected: Option<u64>
     }
     scan.header_ok = true;
     let mut offset = SEGMENT_HEADER_BYTES;
-    while offset < bytes.len() {
-        match read_valid_frame(&bytes[offset..], scan.next_seq) {
+    while let Some(rest) = bytes.get(offset..).filter(|rest| !rest.is_empty()) {
+        match read_valid_frame(rest, scan.next_seq) {
             Ok((len, seq, payload)) => {
                 scan.next_seq = seq + payload.records.len() as u64;
                 scan.frames.push((seq, payload));
@@ -319,7 +325,7 @@ fn scan_segment(bytes: &[u8], name_seq: u64, node: NodeId, expected: Option<u64>
                     offset: offset as u64,
                     reason,
                     not_torn: valid_frame_after(bytes, offset + 1, scan.next_seq)
-                        || frame_was_complete(&bytes[offset..]),
+                        || frame_was_complete(rest),
                 });
                 break;
             }
@@ -375,6 +381,10 @@ fn read_valid_frame(bytes: &[u8], expected: u64) -> Result<(usize, u64, FramePay
     }
     let payload =
         decode_payload(body, header.op_count).map_err(|e| format!("bad frame payload: {e}"))?;
+    // With the overflow check above, this keeps the caller's `seq + records`
+    // in range.
+    debug_assert_eq!(payload.records.len() as u64, u64::from(header.op_count));
+    debug_assert_eq!(body.len(), header.payload_len as usize);
     Ok((
         format::FRAME_HEADER_BYTES + body.len(),
         header.first_seq,
@@ -386,9 +396,11 @@ fn read_valid_frame(bytes: &[u8], expected: u64) -> Result<(usize, u64, FramePay
 /// `min_seq` begins anywhere at or after `from`. Such a frame means the bad
 /// bytes before it are damage, not a torn tail.
 fn valid_frame_after(bytes: &[u8], from: usize, min_seq: u64) -> bool {
-    (from..bytes.len()).any(|pos| {
-        matches!(format::read_frame(&bytes[pos..]), Ok((h, _)) if h.first_seq >= min_seq && h.op_count > 0)
-    })
+    (from..bytes.len())
+        .filter_map(|pos| bytes.get(pos..))
+        .any(|rest| {
+            matches!(format::read_frame(rest), Ok((h, _)) if h.first_seq >= min_seq && h.op_count > 0)
+        })
 }
 
 /// True if the damaged frame at the start of `bytes` had been written in
@@ -404,32 +416,52 @@ fn valid_frame_after(bytes: &[u8], from: usize, min_seq: u64) -> bool {
 /// the stored payload checksum makes the header checksum valid (the damage
 /// is in that field).
 fn frame_was_complete(bytes: &[u8]) -> bool {
-    use format::{FRAME_HEADER_BYTES, FRAME_HEADER_CRC_OFFSET, FRAME_PAYLOAD_CRC_OFFSET};
-    if bytes.len() < FRAME_HEADER_BYTES || bytes[..FRAME_HEADER_BYTES].iter().all(|&b| b == 0) {
+    use format::{
+        FRAME_HEADER_BYTES, FRAME_HEADER_CRC_OFFSET, FRAME_PAYLOAD_CRC_OFFSET,
+        FRAME_PAYLOAD_LEN_OFFSET,
+    };
+    let Some((header, body)) = bytes.split_first_chunk::<FRAME_HEADER_BYTES>() else {
+        return false;
+    };
+    if header.iter().all(|&b| b == 0) {
         return false;
     }
-    let field =
-        |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
-    let stored_len = field(format::FRAME_PAYLOAD_LEN_OFFSET) as usize;
-    let stored_payload_crc = field(FRAME_PAYLOAD_CRC_OFFSET);
-    let stored_header_crc = field(FRAME_HEADER_CRC_OFFSET);
-    let body = &bytes[FRAME_HEADER_BYTES..];
-    if crc32c::crc32c(&bytes[..FRAME_HEADER_CRC_OFFSET]) == stored_header_crc {
+    // Constant indices into the fixed-size header: in bounds by its type.
+    let stored_len = u32::from_le_bytes([
+        header[FRAME_PAYLOAD_LEN_OFFSET],
+        header[FRAME_PAYLOAD_LEN_OFFSET + 1],
+        header[FRAME_PAYLOAD_LEN_OFFSET + 2],
+        header[FRAME_PAYLOAD_LEN_OFFSET + 3],
+    ]) as usize;
+    let stored_payload_crc = u32::from_le_bytes([
+        header[FRAME_PAYLOAD_CRC_OFFSET],
+        header[FRAME_PAYLOAD_CRC_OFFSET + 1],
+        header[FRAME_PAYLOAD_CRC_OFFSET + 2],
+        header[FRAME_PAYLOAD_CRC_OFFSET + 3],
+    ]);
+    let stored_header_crc = u32::from_le_bytes([
+        header[FRAME_HEADER_CRC_OFFSET],
+        header[FRAME_HEADER_CRC_OFFSET + 1],
+        header[FRAME_HEADER_CRC_OFFSET + 2],
+        header[FRAME_HEADER_CRC_OFFSET + 3],
+    ]);
+    if crc32c::crc32c(&header[..FRAME_HEADER_CRC_OFFSET]) == stored_header_crc {
         return stored_len <= body.len();
     }
-    let payload_matches =
-        |len: usize| len <= body.len() && crc32c::crc32c(&body[..len]) == stored_payload_crc;
+    let payload_matches = |len: usize| {
+        body.get(..len)
+            .is_some_and(|p| crc32c::crc32c(p) == stored_payload_crc)
+    };
     if payload_matches(stored_len) || payload_matches(body.len()) {
         return true;
     }
-    if stored_len > body.len() {
+    let Some(payload) = body.get(..stored_len) else {
         return false;
-    }
-    let mut header = [0u8; FRAME_HEADER_CRC_OFFSET];
-    header.copy_from_slice(&bytes[..FRAME_HEADER_CRC_OFFSET]);
-    let actual_payload_crc = crc32c::crc32c(&body[..stored_len]);
-    header[FRAME_PAYLOAD_CRC_OFFSET..].copy_from_slice(&actual_payload_crc.to_le_bytes());
-    crc32c::crc32c(&header) == stored_header_crc
+    };
+    let mut corrected = *header;
+    corrected[FRAME_PAYLOAD_CRC_OFFSET..FRAME_HEADER_CRC_OFFSET]
+        .copy_from_slice(&crc32c::crc32c(payload).to_le_bytes());
+    crc32c::crc32c(&corrected[..FRAME_HEADER_CRC_OFFSET]) == stored_header_crc
 }
 
 fn truncate(io: &Io, path: &Path, len_bytes: u64) -> Result<()> {
@@ -467,7 +499,7 @@ fn repair(
     later: &[(u64, PathBuf)],
 ) -> Result<(RepairReport, SegmentInfo)> {
     let offset = damaged.bad.offset as usize;
-    let tail = &damaged.bytes[offset.min(damaged.bytes.len())..];
+    let tail = damaged.bytes.get(offset..).unwrap_or_default();
     let later_bytes: Vec<Vec<u8>> = later
         .iter()
         .map(|(_, p)| io.read(p))
@@ -540,8 +572,8 @@ fn create_segment(
 fn count_valid_frames(bytes: &[u8], next_seq: &mut u64) -> u64 {
     let mut count = 0;
     let mut pos = 0;
-    while pos < bytes.len() {
-        match format::read_frame(&bytes[pos..]) {
+    while let Some(rest) = bytes.get(pos..).filter(|rest| !rest.is_empty()) {
+        match format::read_frame(rest) {
             Ok((h, body)) if h.op_count > 0 => {
                 count += 1;
                 let after = h.first_seq.saturating_add(u64::from(h.op_count));

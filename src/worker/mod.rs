@@ -83,13 +83,19 @@ impl Pool {
             return run_one(engine, batch);
         }
         let worker = route(&batch, self.senders.len());
-        if self.senders[worker].is_empty()
-            && let Some(_slot) = self.slots[worker].try_lock()
+        // Never taken: `route` is below the number of senders, and `start`
+        // pushes a slot with each sender. Running inline is what a pool
+        // without workers does.
+        let (Some(sender), Some(slot)) = (self.senders.get(worker), self.slots.get(worker)) else {
+            return run_one(engine, batch);
+        };
+        if sender.is_empty()
+            && let Some(_slot) = slot.try_lock()
         {
             return run_one(engine, batch);
         }
         let (reply, receive) = bounded(1);
-        self.senders[worker]
+        sender
             .send(Job { batch, reply })
             .map_err(|_| Error::Closed)?;
         receive.recv().unwrap_or_else(|_| {
