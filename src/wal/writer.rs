@@ -151,8 +151,9 @@ impl Queue {
         }
         debug_assert!(
             group
-                .windows(2)
-                .all(|w| w[0].last_seq() + 1 == w[1].first_seq),
+                .iter()
+                .zip(group.iter().skip(1))
+                .all(|(a, b)| a.last_seq() + 1 == b.first_seq),
             "sequence numbers are contiguous within a group"
         );
         group
