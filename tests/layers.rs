@@ -62,14 +62,13 @@ fn module_of(path: &Path) -> String {
     first.trim_end_matches(".rs").to_string()
 }
 
-/// The code of a file without comments and without its trailing test module.
+/// The code of a file without comments and without its test modules.
 fn code_of(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap();
-    let body = match text.find("#[cfg(test)]\nmod tests") {
-        Some(at) => &text[..at],
-        None => &text[..],
-    };
-    body.lines()
+    strip_test_modules(&strip_comments(&std::fs::read_to_string(path).unwrap()))
+}
+
+fn strip_comments(text: &str) -> String {
+    text.lines()
         .map(|line| match line.find("//") {
             Some(at) => &line[..at],
             None => line,
@@ -78,10 +77,76 @@ fn code_of(path: &Path) -> String {
         .join("\n")
 }
 
-fn ident_at(s: &str) -> String {
-    s.chars()
-        .take_while(|c| c.is_alphanumeric() || *c == '_')
-        .collect()
+/// Removes every `#[cfg(test)]` module (other attributes may follow the
+/// `cfg`), wherever it sits in the file, by matching its braces.
+fn strip_test_modules(code: &str) -> String {
+    let mut out = String::new();
+    let mut rest = code;
+    while let Some(at) = rest.find("#[cfg(test)]") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + "#[cfg(test)]".len()..];
+        match test_module_body(after) {
+            Some(body) => rest = &after[body + skip_braced(&after[body..])..],
+            None => {
+                out.push_str("#[cfg(test)]");
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Where the `{` of a module starts, if what follows `#[cfg(test)]` (after
+/// any other attributes) is a module.
+fn test_module_body(after: &str) -> Option<usize> {
+    let mut pos = 0;
+    loop {
+        let trimmed = after[pos..].trim_start();
+        pos = after.len() - trimmed.len();
+        if trimmed.starts_with("#[") {
+            pos += trimmed.find(']')? + 1;
+        } else if trimmed.starts_with("mod ") {
+            return Some(pos + trimmed.find('{')?);
+        } else {
+            return None;
+        }
+    }
+}
+
+/// The length of the brace group `code` starts with.
+fn skip_braced(code: &str) -> usize {
+    let mut depth = 0usize;
+    for (i, c) in code.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' => {
+                depth = depth.saturating_sub(1);
+                if depth == 0 {
+                    return i + 1;
+                }
+            }
+            _ => {}
+        }
+    }
+    code.len()
+}
+
+/// The module path of a file: `src/wal/reader.rs` → `["wal", "reader"]`,
+/// `src/wal/mod.rs` → `["wal"]`.
+fn module_path(path: &Path) -> Vec<String> {
+    let rel = path.strip_prefix(src_dir()).unwrap();
+    let mut parts: Vec<String> = rel
+        .components()
+        .map(|c| {
+            let name = c.as_os_str().to_string_lossy();
+            name.trim_end_matches(".rs").to_string()
+        })
+        .collect();
+    if parts.last().is_some_and(|p| p == "mod") {
+        parts.pop();
+    }
+    parts
 }
 
 /// The first segment of every `crate::` path in `code`, including each
@@ -89,14 +154,45 @@ fn ident_at(s: &str) -> String {
 fn crate_paths(code: &str) -> Vec<String> {
     let mut out = Vec::new();
     for (at, _) in code.match_indices("crate::") {
-        let rest = &code[at + "crate::".len()..];
-        if let Some(group) = rest.strip_prefix('{') {
-            out.extend(group_members(group));
-        } else {
-            out.push(ident_at(rest));
+        out.extend(path_heads(&code[at + "crate::".len()..]));
+    }
+    out
+}
+
+/// The top-level modules named by `super::` chains that climb to the
+/// crate root from the file at `module` (`super::engine` in
+/// `src/wal/mod.rs` names `engine`).
+fn super_paths(code: &str, module: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    for (at, _) in code.match_indices("super::") {
+        let before = code[..at].chars().next_back();
+        if before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':') {
+            continue; // the tail of a longer chain or word, seen at its start
+        }
+        let mut rest = &code[at..];
+        let mut depth = 0;
+        while let Some(next) = rest.strip_prefix("super::") {
+            depth += 1;
+            rest = next;
+        }
+        if depth >= module.len() {
+            out.extend(path_heads(rest));
         }
     }
     out
+}
+
+fn ident_at(s: &str) -> String {
+    s.chars()
+        .take_while(|c| c.is_alphanumeric() || *c == '_')
+        .collect()
+}
+
+fn path_heads(rest: &str) -> Vec<String> {
+    match rest.strip_prefix('{') {
+        Some(group) => group_members(group),
+        None => vec![ident_at(rest)],
+    }
 }
 
 /// The first segment of each top-level member of a brace group.
@@ -148,6 +244,7 @@ fn no_module_imports_a_module_above_or_beside_it() {
         .filter(|p| !p.starts_with(src_dir().join("bin")))
     {
         let module = module_of(path);
+        let path_in_crate = module_path(path);
         if module == "lib" {
             continue;
         }
@@ -155,7 +252,10 @@ fn no_module_imports_a_module_above_or_beside_it() {
             violations.push(format!("module `{module}` has no layer in LAYERS"));
             continue;
         };
-        for name in crate_paths(&code_of(path)) {
+        let code = code_of(path);
+        let mut names = crate_paths(&code);
+        names.extend(super_paths(&code, &path_in_crate));
+        for name in names {
             let target = reexports.get(&name).cloned().unwrap_or(name);
             if target == module || target == "self" {
                 continue;
@@ -176,6 +276,22 @@ fn no_module_imports_a_module_above_or_beside_it() {
     violations.sort();
     violations.dedup();
     assert!(violations.is_empty(), "{}", violations.join("\n"));
+}
+
+#[test]
+fn the_scanner_sees_super_chains_and_code_after_test_modules() {
+    let key = ["record".to_string(), "key".to_string()];
+    assert_eq!(super_paths("use super::super::db::Db;", &key), vec!["db"]);
+    assert!(
+        super_paths("use super::codec;", &key).is_empty(),
+        "stays in record"
+    );
+    let wal = ["wal".to_string()];
+    let grouped = super_paths("use super::{engine::Engine, io};", &wal);
+    assert_eq!(grouped, vec!["engine", "io"]);
+    let code = "fn a() {}\n#[cfg(test)]\n#[allow(x)]\nmod tests { fn t() { crate::db::x(); } }\n\
+                use crate::engine::E;";
+    assert_eq!(crate_paths(&strip_test_modules(code)), vec!["engine"]);
 }
 
 #[test]

@@ -526,7 +526,7 @@ fn run(maintenance: &Maintenance, requests: &Receiver<Request>) {
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| maintenance.compact()));
         let result = outcome.unwrap_or_else(|_| {
             let cause = "the compactor thread panicked";
-            maintenance.engine.wal().poison(cause);
+            maintenance.engine.poison(cause);
             Err(Error::Poisoned {
                 cause: Arc::from(cause),
             })

@@ -96,22 +96,27 @@ impl Engine {
     /// applied then). A duplicate waits for its original, after our own
     /// batches are done, so two groups holding each other's originals
     /// cannot wait in a cycle.
-    pub(super) fn finish(&self, batches: &[(&[Record], Appended)]) -> Result<Vec<Committed>> {
+    pub(super) fn finish(
+        &self,
+        batches: &[(&[Record], Appended)],
+    ) -> Result<Vec<Result<Committed>>> {
         let durable = self.wait_durable_all(batches);
         let applied = match &durable {
-            Ok(()) => {
-                self.maybe_inject_panic();
-                let queued: Vec<&[Record]> = queued(batches).map(|(r, _, _)| r).collect();
-                self.state.apply_many(&queued)
+            Ok(()) => self.apply_queued(batches),
+            Err(_) => {
+                self.check_failed_durability();
+                Vec::new()
             }
-            Err(_) => Vec::new(),
         };
         for (_, first_seq, last_seq) in queued(batches) {
             self.watermark.complete(first_seq, last_seq);
         }
         durable?;
         let mut applied = applied.into_iter();
-        batches
+        // One result per batch: a poison while a duplicate waits for its
+        // original fails that duplicate only, never a batch of the group
+        // that is already durable and applied (its caller must not retry).
+        Ok(batches
             .iter()
             .map(|(_, appended)| match *appended {
                 Appended::Queued { first_seq, .. } => Ok(Committed::Applied {
@@ -125,7 +130,25 @@ impl Engine {
                     Ok(Committed::Duplicate(original))
                 }
             })
-            .collect()
+            .collect())
+    }
+
+    fn apply_queued(&self, batches: &[(&[Record], Appended)]) -> Vec<Vec<Applied>> {
+        let queued: Vec<&[Record]> = queued(batches).map(|(r, _, _)| r).collect();
+        if queued.is_empty() {
+            return Vec::new();
+        }
+        self.maybe_inject_panic();
+        self.state.apply_many(&queued)
+    }
+
+    /// A batch is completed unapplied only when durability failed, and the
+    /// WAL poisons itself on every such failure; if it has not, poison now,
+    /// so no snapshot is ever taken at a watermark that passed it.
+    fn check_failed_durability(&self) {
+        if self.check_usable().is_ok() {
+            self.broken_invariant("durability failed without poisoning the WAL");
+        }
     }
 
     fn wait_durable_all(&self, batches: &[(&[Record], Appended)]) -> Result<()> {
@@ -151,7 +174,11 @@ impl Engine {
         tail: Option<Record>,
     ) -> Result<CommitCounts> {
         self.guarded("commit", || {
+            if records.is_empty() && tail.is_none() {
+                return Ok(CommitCounts::default());
+            }
             self.check_usable()?;
+            refuse_oversized(&records)?;
             let tail_bytes = tail.as_ref().map_or(0, encoded_record_bytes);
             if record_bytes(&records) + tail_bytes <= FRAME_RECORD_BYTES_MAX {
                 records.extend(tail);
@@ -182,6 +209,7 @@ impl Engine {
             .unwrap_or(Stamp::ZERO);
         let appended = self.append(records, Some(id), stamp, self.now_ms())?;
         let committed = self.finish(&[(records, appended)])?;
+        let committed: Vec<Committed> = committed.into_iter().collect::<Result<_>>()?;
         Ok(count(&committed, records.len()))
     }
 
@@ -251,6 +279,19 @@ fn count(committed: &[Committed], records: usize) -> CommitCounts {
 /// Bytes a frame payload may hold for records, after its header.
 const FRAME_RECORD_BYTES_MAX: usize = FRAME_PAYLOAD_BYTES_MAX - PAYLOAD_HEADER_BYTES_MAX;
 
+/// Refuses, before anything is committed, a record no frame can hold, so
+/// a split commit never lands the chunks before it and then fails.
+fn refuse_oversized(records: &[Record]) -> Result<()> {
+    match records.iter().map(encoded_record_bytes).max() {
+        Some(largest) if largest > FRAME_RECORD_BYTES_MAX => Err(Error::limit(
+            "frame_payload_bytes_max",
+            largest,
+            FRAME_RECORD_BYTES_MAX,
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn record_bytes(records: &[Record]) -> usize {
     records.iter().map(encoded_record_bytes).sum()
 }
@@ -286,7 +327,11 @@ pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
+    use crate::clock::NodeId;
+    use crate::crdt::{KeyState, Register};
     use crate::record::sample_records;
 
     #[test]
@@ -295,6 +340,93 @@ mod tests {
         let runs = split_into_frames(&records);
         assert_eq!(runs.concat(), records);
         assert!(record_bytes(&records) <= FRAME_RECORD_BYTES_MAX);
+    }
+
+    fn register(key: &str, value: &Arc<[u8]>, physical_ms: u64) -> Record {
+        Record {
+            store_key: crate::record::store_key("default", key.as_bytes()),
+            delta: KeyState {
+                register: Some(Register {
+                    stamp: Stamp {
+                        physical_ms,
+                        logical: 0,
+                        node: NodeId(7),
+                    },
+                    value: Some(value.clone()),
+                    floor: Vec::new(),
+                }),
+                counter: None,
+            },
+        }
+    }
+
+    fn counts(applied: u64, stale: u64, duplicates: u64) -> CommitCounts {
+        CommitCounts {
+            applied,
+            stale,
+            duplicates,
+        }
+    }
+
+    #[test]
+    fn a_commit_too_large_for_one_frame_is_split_and_each_chunk_deduplicated() {
+        let dir = tempfile::tempdir().unwrap();
+        let value: Arc<[u8]> = vec![7u8; 100 << 20].into();
+        let records: Vec<Record> = (0..3)
+            .map(|i| register(&format!("k{i}"), &value, 1000))
+            .collect();
+        assert!(record_bytes(&records) > FRAME_RECORD_BYTES_MAX);
+        assert_eq!(split_into_frames(&records).len(), 2);
+        let db = crate::Db::open(dir.path()).unwrap();
+        let e = db.engine();
+        let first = e.commit_records(records.clone(), CommitId([1; 32]), None);
+        assert_eq!(first.unwrap(), counts(3, 0, 0));
+        let again = e.commit_records(records.clone(), CommitId([1; 32]), None);
+        assert_eq!(
+            again.unwrap(),
+            counts(0, 0, 3),
+            "every chunk is a duplicate"
+        );
+        // With a tail that no longer fits: chunks, then the tail alone.
+        let tail = register("tail", &Arc::from(&b"t"[..]), 2000);
+        let with_tail = e.commit_records(records.clone(), CommitId([2; 32]), Some(tail.clone()));
+        assert_eq!(with_tail.unwrap(), counts(1, 3, 0));
+        let retried = e.commit_records(records.clone(), CommitId([2; 32]), Some(tail));
+        assert_eq!(retried.unwrap(), counts(0, 0, 4));
+        assert_eq!(e.applied_watermark().unwrap(), e.wal().stats().last_seq);
+        drop(db);
+        let db = crate::Db::open(dir.path()).unwrap();
+        let after_reopen = db.engine().commit_records(records, CommitId([1; 32]), None);
+        assert_eq!(
+            after_reopen.unwrap(),
+            counts(0, 0, 3),
+            "ids survive a reopen"
+        );
+        db.compact_now().unwrap();
+    }
+
+    #[test]
+    fn a_record_no_frame_can_hold_is_refused_before_anything_lands() {
+        let dir = tempfile::tempdir().unwrap();
+        let small: Arc<[u8]> = Arc::from(&b"s"[..]);
+        let huge: Arc<[u8]> = vec![1u8; FRAME_PAYLOAD_BYTES_MAX].into();
+        let records = vec![
+            register("a", &small, 5),
+            register("b", &huge, 5),
+            register("c", &small, 5),
+        ];
+        let db = crate::Db::open(dir.path()).unwrap();
+        let result = db.engine().commit_records(records, CommitId([3; 32]), None);
+        assert!(
+            matches!(result, Err(Error::LimitExceeded { .. })),
+            "{result:?}"
+        );
+        assert!(db.get("a").is_none(), "nothing before it landed");
+        assert!(db.engine().check_usable().is_ok());
+        let empty = db
+            .engine()
+            .commit_records(Vec::new(), CommitId([4; 32]), None);
+        assert_eq!(empty.unwrap(), counts(0, 0, 0));
     }
 
     #[test]

@@ -117,7 +117,7 @@ impl Engine {
     fn outcomes(
         &self,
         prepared: &[Result<Prepared>],
-        committed: Vec<Committed>,
+        committed: Vec<Result<Committed>>,
     ) -> Vec<Result<Vec<Outcome>>> {
         let mut committed = committed.into_iter();
         prepared
@@ -125,12 +125,13 @@ impl Engine {
             .map(|p| {
                 let p = p.as_ref().map_err(Clone::clone)?;
                 match committed.next() {
-                    Some(Committed::Applied { first_seq, results }) => {
+                    Some(Ok(Committed::Applied { first_seq, results })) => {
                         Ok(applied_outcomes(p.stamp, first_seq, results))
                     }
-                    Some(Committed::Duplicate(original)) => {
+                    Some(Ok(Committed::Duplicate(original))) => {
                         Ok(self.duplicate_outcomes(p, original))
                     }
+                    Some(Err(e)) => Err(e),
                     None => Err(self.broken_invariant("a prepared batch without a commit")),
                 }
             })

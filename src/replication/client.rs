@@ -483,7 +483,12 @@ fn perform(
         }
         FollowerAction::Apply { cursor, records } => {
             let position = stored_position(shared, cursor);
-            apply::apply_replicated(db, records, before.seq.saturating_add(1), position)?;
+            apply::apply_replicated(
+                db,
+                records.into_records(),
+                before.seq.saturating_add(1),
+                position,
+            )?;
             shared.status.lock().batches_applied += 1;
             applied(shared, position);
             Ok(true)

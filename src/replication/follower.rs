@@ -42,7 +42,7 @@ pub enum FollowerAction {
         cursor: Cursor,
         /// The records of the batch's WAL frames, checksummed and decoded
         /// once, here.
-        records: Vec<Record>,
+        records: BatchRecords,
     },
     /// The leader's durable position (for lag figures).
     LeaderPosition {
@@ -345,14 +345,46 @@ impl FollowerMachine {
         self.state = State::Streaming;
         Ok(vec![FollowerAction::Apply {
             cursor: self.cursor,
-            records,
+            records: BatchRecords(records),
         }])
     }
 }
 
+/// The records of a verified batch, in log order (opaque: the follower
+/// runtime commits them).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchRecords(Vec<Record>);
+
+impl BatchRecords {
+    /// How many records (operations) the batch holds.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True if the batch holds none (never, for a verified batch).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub(crate) fn into_records(self) -> Vec<Record> {
+        self.0
+    }
+}
+
+/// Checks that `frames` holds exactly `frame_count` intact WAL frames
+/// covering `first_seq..=last_seq` with no gap, each payload decoding.
+pub fn verify_wal_frames(
+    frames: &[u8],
+    first_seq: u64,
+    last_seq: u64,
+    frame_count: u32,
+) -> Result<(), ProtocolError> {
+    decode_wal_frames(frames, first_seq, last_seq, frame_count).map(|_| ())
+}
+
 /// Checks that `frames` holds exactly `frame_count` intact WAL frames
 /// covering `first_seq..=last_seq` with no gap, and returns their records.
-pub fn decode_wal_frames(
+pub(crate) fn decode_wal_frames(
     frames: &[u8],
     first_seq: u64,
     last_seq: u64,

@@ -83,7 +83,12 @@ pub(crate) fn import_from(engine: &Engine, peer: &str, bytes: &[u8]) -> Result<I
 /// One WAL frame when the change set fits (it then lands whole or not at
 /// all), else chunks; the id is derived from the change set's digest.
 fn import_records(engine: &Engine, changes: ChangeSet) -> Result<ImportReport> {
-    let id = derive_id("mergekv import v1", &changes.digest);
+    // The id earlier versions used for a whole change set, so a change set
+    // imported before an upgrade is still caught as a duplicate after it.
+    let mut id = blake3::Hasher::new();
+    id.update(&changes.digest);
+    id.update(&u64::MAX.to_le_bytes());
+    let id = CommitId(*id.finalize().as_bytes());
     let counts = engine.commit_records(changes.records, id, None)?;
     Ok(ImportReport {
         applied: counts.applied,
@@ -154,8 +159,8 @@ pub(crate) fn import_segment(
     if blake3::hash(bytes).as_bytes() != hash {
         return Ok(SegmentImport::HashMismatch);
     }
-    let own = segment_manifest(engine)?.iter().any(|e| &e.hash == hash);
-    if own || segment_imported(engine, hash) {
+    // The marker first: it is cheap, and reading our own segments is not.
+    if segment_imported(engine, hash) || segment_manifest(engine)?.iter().any(|e| &e.hash == hash) {
         return Ok(SegmentImport::Skipped);
     }
     let frames =

@@ -132,8 +132,7 @@ pub struct WalStats {
 /// `append` checks the dedup window, assigns sequence numbers and queues
 /// the frame atomically (a retried idempotency key must never get two), and
 /// `segment_ranges` reads the segment list and the last assigned sequence
-/// number together. No I/O is done under it. The applied tracker has its own
-/// lock, always taken after this one, never before.
+/// number together. No I/O is done under it.
 struct State {
     queue: Queue,
     /// The active segment's file. Out (in a `writer::Lease`) while a

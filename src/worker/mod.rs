@@ -171,9 +171,7 @@ fn run_group(engine: &Engine, batches: Vec<Batch>) -> Option<Vec<Reply>> {
         Ok(results) => Some(results),
         Err(panic) => {
             let message = panic_message(&panic);
-            engine
-                .wal()
-                .poison(&format!("write path panicked: {message}"));
+            engine.poison(&format!("write path panicked: {message}"));
             None
         }
     }
