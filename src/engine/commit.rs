@@ -178,9 +178,10 @@ impl Engine {
                 return Ok(CommitCounts::default());
             }
             self.check_usable()?;
-            refuse_oversized(&records)?;
+            let (bytes, largest) = record_sizes(&records);
+            refuse_oversized(largest)?;
             let tail_bytes = tail.as_ref().map_or(0, encoded_record_bytes);
-            if record_bytes(&records) + tail_bytes <= FRAME_RECORD_BYTES_MAX {
+            if bytes + tail_bytes <= FRAME_RECORD_BYTES_MAX {
                 records.extend(tail);
                 return self.commit_one(&records, &id.0);
             }
@@ -281,19 +282,25 @@ const FRAME_RECORD_BYTES_MAX: usize = FRAME_PAYLOAD_BYTES_MAX - PAYLOAD_HEADER_B
 
 /// Refuses, before anything is committed, a record no frame can hold, so
 /// a split commit never lands the chunks before it and then fails.
-fn refuse_oversized(records: &[Record]) -> Result<()> {
-    match records.iter().map(encoded_record_bytes).max() {
-        Some(largest) if largest > FRAME_RECORD_BYTES_MAX => Err(Error::limit(
+fn refuse_oversized(largest_bytes: usize) -> Result<()> {
+    if largest_bytes > FRAME_RECORD_BYTES_MAX {
+        return Err(Error::limit(
             "frame_payload_bytes_max",
-            largest,
+            largest_bytes,
             FRAME_RECORD_BYTES_MAX,
-        )),
-        _ => Ok(()),
+        ));
     }
+    Ok(())
 }
 
-fn record_bytes(records: &[Record]) -> usize {
-    records.iter().map(encoded_record_bytes).sum()
+/// The encoded size of `records` and of the largest one, in one pass.
+fn record_sizes(records: &[Record]) -> (usize, usize) {
+    records
+        .iter()
+        .map(encoded_record_bytes)
+        .fold((0, 0), |(sum, largest), size| {
+            (sum + size, largest.max(size))
+        })
 }
 
 /// Splits records into runs that each fit one frame, in order. A record
@@ -339,7 +346,7 @@ mod tests {
         let records: Vec<Record> = sample_records().into_iter().cycle().take(10).collect();
         let runs = split_into_frames(&records);
         assert_eq!(runs.concat(), records);
-        assert!(record_bytes(&records) <= FRAME_RECORD_BYTES_MAX);
+        assert!(record_sizes(&records).0 <= FRAME_RECORD_BYTES_MAX);
     }
 
     fn register(key: &str, value: &Arc<[u8]>, physical_ms: u64) -> Record {
@@ -375,7 +382,7 @@ mod tests {
         let records: Vec<Record> = (0..3)
             .map(|i| register(&format!("k{i}"), &value, 1000))
             .collect();
-        assert!(record_bytes(&records) > FRAME_RECORD_BYTES_MAX);
+        assert!(record_sizes(&records).0 > FRAME_RECORD_BYTES_MAX);
         assert_eq!(split_into_frames(&records).len(), 2);
         let db = crate::Db::open(dir.path()).unwrap();
         let e = db.engine();

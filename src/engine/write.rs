@@ -377,7 +377,11 @@ fn register_totals(
 fn release_locked(pending: &mut HashMap<StoreKey, PendingCounter>, keys: &[StoreKey]) {
     for key in keys {
         if let Some(entry) = pending.get_mut(key) {
-            entry.in_flight -= 1;
+            debug_assert!(
+                entry.in_flight > 0,
+                "a counter released more often than taken"
+            );
+            entry.in_flight = entry.in_flight.saturating_sub(1);
             if entry.in_flight == 0 {
                 pending.remove(key);
             }

@@ -172,13 +172,21 @@ fn apply_batch(map: &mut StateMap, records: &[Record]) -> Vec<Applied> {
     }
     let mut in_key_order: Vec<(usize, &Record)> = records.iter().enumerate().collect();
     in_key_order.sort_unstable_by(|(_, a), (_, b)| a.store_key.cmp(&b.store_key));
-    let mut applied: Vec<(usize, Applied)> = in_key_order
-        .into_iter()
-        .map(|(i, record)| (i, apply_one(map, record)))
-        .collect();
-    applied.sort_unstable_by_key(|&(i, _)| i);
-    debug_assert!(applied.iter().enumerate().all(|(at, &(i, _))| at == i));
-    applied.into_iter().map(|(_, outcome)| outcome).collect()
+    let mut out = vec![
+        Applied {
+            kind: OutcomeKind::IgnoredStale,
+            counter: None,
+        };
+        records.len()
+    ];
+    // Scattered back by position: the indices come from `enumerate`, so
+    // every slot exists and is written once.
+    for (i, record) in in_key_order {
+        if let Some(slot) = out.get_mut(i) {
+            *slot = apply_one(map, record);
+        }
+    }
+    out
 }
 
 fn apply_one(map: &mut StateMap, record: &Record) -> Applied {
