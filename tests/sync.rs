@@ -398,6 +398,34 @@ fn a_partial_transfer_never_makes_a_copy_claim_what_it_lacks() {
     assert_eq!(b.db.scan(&ScanOptions::all()).count(), 100);
 }
 
+/// Compaction may remove a sealed segment between the listing and the
+/// read: it is no longer offered, and neither call fails.
+#[test]
+fn a_segment_removed_after_the_listing_is_no_longer_offered() {
+    let a = small_segments(1_000);
+    for i in 0..100 {
+        a.db.put(format!("k{i:03}"), "some value").unwrap();
+    }
+    let before = a.db.segment_manifest().unwrap();
+    assert!(before.len() > 2, "rotation sealed several segments");
+    let files = common::segments(a.dir());
+    let oldest = std::fs::read(&files[0]).unwrap();
+    let oldest_hash = *blake3::hash(&oldest).as_bytes();
+    assert_eq!(
+        before[0].hash, oldest_hash,
+        "the oldest segment is listed first"
+    );
+    std::fs::remove_file(&files[0]).unwrap();
+    let after = a.db.segment_manifest().unwrap();
+    assert_eq!(
+        after,
+        before[1..],
+        "the removed segment is no longer offered"
+    );
+    assert_eq!(a.db.segment_bytes(&oldest_hash).unwrap(), None);
+    assert!(a.db.segment_bytes(&before[1].hash).unwrap().is_some());
+}
+
 #[test]
 fn another_copys_bookkeeping_is_never_imported() {
     let (a, b, c) = (small_segments(1_000), small_segments(1_000), copy(1_000));

@@ -126,11 +126,21 @@ impl Engine {
                     })?,
                 }),
                 Appended::Duplicate(original) => {
-                    self.watermark.wait_done(original.first_seq)?;
+                    self.wait_original(original.first_seq)?;
                     Ok(Committed::Duplicate(original))
                 }
             })
             .collect())
+    }
+
+    /// Waits until the original of a duplicate is done, and then until it
+    /// is known to be in the map: a batch is completed unapplied only after
+    /// a failure poisoned the WAL (even one that was durable in an earlier
+    /// WAL group, when its worker's group failed later), so a usable WAL
+    /// checked after the wait means the original was applied.
+    fn wait_original(&self, first_seq: u64) -> Result<()> {
+        self.watermark.wait_done(first_seq)?;
+        self.check_usable()
     }
 
     fn apply_queued(&self, batches: &[(&[Record], Appended)]) -> Vec<Vec<Applied>> {
@@ -434,6 +444,69 @@ mod tests {
             .engine()
             .commit_records(Vec::new(), CommitId([4; 32]), None);
         assert_eq!(empty.unwrap(), counts(0, 0, 0));
+    }
+
+    /// The largest record a frame holds, after a small one: the snapshot
+    /// chunk that would hold both must close first, or no open can read
+    /// the snapshot back.
+    #[test]
+    fn a_near_limit_record_survives_compaction_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        // Just below the size at which a snapshot chunk closes.
+        let small: Arc<[u8]> = vec![4u8; 1000 * 1024].into();
+        let big: Arc<[u8]> = vec![5u8; FRAME_RECORD_BYTES_MAX - 1024].into();
+        let db = crate::Db::open(dir.path()).unwrap();
+        let e = db.engine();
+        let first = e.commit_records(vec![register("a", &small, 5)], CommitId([5; 32]), None);
+        assert_eq!(first.unwrap(), counts(1, 0, 0));
+        let second = e.commit_records(vec![register("b", &big, 5)], CommitId([6; 32]), None);
+        assert_eq!(second.unwrap(), counts(1, 0, 0));
+        db.compact_now().unwrap();
+        drop(db);
+        let db = crate::Db::open(dir.path()).unwrap();
+        assert_eq!(db.get("b").map(|v| v.len()), Some(big.len()));
+        assert_eq!(db.get("a").map(|v| v.len()), Some(small.len()));
+        assert!(
+            !dir.path().join("quarantine").exists(),
+            "the snapshot was read, not set aside"
+        );
+    }
+
+    /// A batch durable in an earlier WAL group is completed unapplied when
+    /// a later fsync of its worker's group fails; a duplicate of it that
+    /// was already queued must not be told it is done.
+    #[test]
+    fn a_duplicate_of_a_batch_completed_unapplied_is_not_ok() {
+        let dir = tempfile::tempdir().unwrap();
+        let faults = crate::io::FaultInjector::new();
+        let options = crate::Options {
+            faults: Some(faults.clone()),
+            ..crate::Options::default()
+        };
+        let db = crate::Db::open_with(dir.path(), options).unwrap();
+        let e = db.engine();
+        let value: Arc<[u8]> = Arc::from(&b"v"[..]);
+        let a = [register("a", &value, 10)];
+        let b = [register("b", &value, 11)];
+        let id = [9u8; 32];
+        let stamp = Stamp::ZERO;
+        let queued_a = e.append(&a, Some(&id), stamp, 1).unwrap();
+        let Appended::Queued { last_seq, .. } = queued_a else {
+            panic!("a new id is queued: {queued_a:?}");
+        };
+        e.wal().wait_durable(last_seq).unwrap();
+        let queued_b = e.append(&b, None, stamp, 1).unwrap();
+        let duplicate = e.append(&a, Some(&id), stamp, 1).unwrap();
+        assert!(matches!(duplicate, Appended::Duplicate(_)), "{duplicate:?}");
+        faults.fail_from_nth(crate::IoOp::Sync, 1);
+        let group = e.finish(&[(&a, queued_a), (&b, queued_b)]);
+        assert!(group.is_err(), "the group's fsync failed");
+        assert!(db.get("a").is_none(), "durable, but never applied");
+        let retried = e.finish(&[(&a, duplicate)]).unwrap();
+        assert!(
+            matches!(retried.as_slice(), [Err(Error::Poisoned { .. })]),
+            "a duplicate is answered only once its original is visible"
+        );
     }
 
     #[test]

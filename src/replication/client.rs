@@ -238,7 +238,13 @@ impl Follower {
     }
 
     fn shutdown(&mut self) {
-        self.shared.stop.store(true, Ordering::Release);
+        {
+            // Under the status lock, so the follower thread cannot check
+            // `stop` and then start its backoff wait after this notify
+            // (a lost wakeup would hold `stop` for up to `backoff_max_ms`).
+            let _status = self.shared.status.lock();
+            self.shared.stop.store(true, Ordering::Release);
+        }
         if let Some(socket) = self.shared.socket.lock().take() {
             let _ = socket.shutdown(std::net::Shutdown::Both);
         }

@@ -13,7 +13,10 @@ use crate::codec::{DecodeError, Reader, Writer};
 use crate::crdt::KeyState;
 use crate::error::{Error, Result};
 use crate::io::Io;
-use crate::record::{Record, StoreKey, decode_record, decode_stamp, encode_record, encode_stamp};
+use crate::record::{
+    Record, StoreKey, decode_record, decode_stamp, encode_record, encode_stamp,
+    encoded_record_bytes,
+};
 use crate::state::StateMap;
 use crate::wal::dedup::DedupEntry;
 
@@ -150,7 +153,25 @@ pub fn write_snapshot(
             store_key: key.clone(),
             delta: state.clone(),
         };
+        // A chunk never passes what every reader accepts: a large record
+        // closes the chunk before it, and one no chunk can hold is refused
+        // (the temp file is removed; no snapshot is better than a snapshot
+        // no open can read).
+        let size = encoded_record_bytes(&record);
+        if size > CHUNK_PAYLOAD_BYTES_MAX {
+            drop(out);
+            let _ = io.remove_file(&tmp);
+            return Err(Error::limit(
+                "chunk_payload_bytes_max",
+                size,
+                CHUNK_PAYLOAD_BYTES_MAX,
+            ));
+        }
+        if chunk.count > 0 && chunk.payload.len() + size > CHUNK_PAYLOAD_BYTES_MAX {
+            out.emit(&chunk.take())?;
+        }
         encode_record(&mut chunk.payload, &record);
+        debug_assert!(chunk.payload.len() <= CHUNK_PAYLOAD_BYTES_MAX);
         chunk.count += 1;
         entries += 1;
         if chunk.payload.len() >= CHUNK_PAYLOAD_BYTES_TARGET {

@@ -100,25 +100,35 @@ fn import_records(engine: &Engine, changes: ChangeSet) -> Result<ImportReport> {
 /// The sealed WAL segments this copy can offer, by content hash.
 pub(crate) fn segment_manifest(engine: &Engine) -> Result<Vec<SegmentEntry>> {
     let io = Io::new(engine.faults().cloned());
-    engine
-        .wal()
-        .sealed_segments()
-        .iter()
-        .map(|s| {
-            let bytes = io.read(&s.path)?;
-            Ok(SegmentEntry {
+    let mut entries = Vec::new();
+    for s in engine.wal().sealed_segments() {
+        if let Some(bytes) = read_sealed(&io, &s.path)? {
+            entries.push(SegmentEntry {
                 hash: *blake3::hash(&bytes).as_bytes(),
                 size_bytes: bytes.len() as u64,
-            })
-        })
-        .collect()
+            });
+        }
+    }
+    Ok(entries)
+}
+
+/// The bytes of a sealed segment, or `None` if compaction removed it
+/// since the segment list was taken: it is no longer offered.
+fn read_sealed(io: &Io, path: &std::path::Path) -> Result<Option<Vec<u8>>> {
+    match io.read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// The bytes of one of this copy's sealed segments, by its hash.
 pub(crate) fn segment_bytes(engine: &Engine, hash: &[u8; 32]) -> Result<Option<Vec<u8>>> {
     let io = Io::new(engine.faults().cloned());
     for s in engine.wal().sealed_segments() {
-        let bytes = io.read(&s.path)?;
+        let Some(bytes) = read_sealed(&io, &s.path)? else {
+            continue;
+        };
         if blake3::hash(&bytes).as_bytes() == hash {
             return Ok(Some(bytes));
         }

@@ -40,6 +40,14 @@ pub fn copy_with(start_ms: u64, segment_size_bytes_max: u64) -> Copy {
     }
 }
 
+impl Copy {
+    /// Its data directory.
+    #[allow(dead_code, reason = "not every test binary looks at files")]
+    pub fn dir(&self) -> &Path {
+        self._dir.path()
+    }
+}
+
 /// Sends everything `from` has that `to` lacks.
 pub fn sync(from: &Db, to: &Db) -> ImportReport {
     let (bytes, _) = from.export_since(&SyncCursor::new()).unwrap();
