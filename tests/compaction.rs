@@ -362,6 +362,68 @@ fn a_cursor_holds_back_truncation_until_it_falls_beyond_the_retention_limit() {
     assert!(db.cursor("peer").unwrap().needs_resync);
 }
 
+/// A registered cursor survives a restart: the tombstone it holds back
+/// is still held, and the WAL it needs is still kept.
+#[test]
+fn registered_cursors_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options {
+        tombstone_grace_ms: 0,
+        ..quiet()
+    };
+    let db = Db::open_with(dir.path(), options.clone()).unwrap();
+    db.put("k", "v").unwrap();
+    db.delete("k").unwrap();
+    db.set_cursor("laggard", 0).unwrap();
+    assert_eq!(db.compact_now().unwrap().tombstones_dropped, 0);
+    for i in 0..200 {
+        db.put(format!("fill-{i:03}"), "some value to fill segments")
+            .unwrap();
+    }
+    db.set_cursor("follower", 100).unwrap();
+    db.set_cursor("follower", 150).unwrap(); // forward: written at close
+    drop(db);
+    let db = Db::open_with(dir.path(), options.clone()).unwrap();
+    assert_eq!(db.cursor("laggard").map(|c| c.seq), Some(0));
+    assert_eq!(db.cursor("follower").map(|c| c.seq), Some(150));
+    assert_eq!(
+        db.compact_now().unwrap().tombstones_dropped,
+        0,
+        "the laggard has not seen the delete"
+    );
+    assert_eq!(db.stats().tombstones, 1);
+    let first_kept = segments(dir.path()).len();
+    assert!(first_kept > 1, "the laggard holds the WAL");
+    assert!(db.remove_cursor("laggard").unwrap());
+    assert!(!db.remove_cursor("laggard").unwrap());
+    db.set_cursor("follower", db.stats().wal.last_seq).unwrap();
+    drop(db);
+    let db = Db::open_with(dir.path(), options).unwrap();
+    assert_eq!(db.cursor("laggard"), None, "a removal is durable too");
+    assert_eq!(db.compact_now().unwrap().tombstones_dropped, 1);
+    assert_eq!(db.get("k"), None);
+}
+
+#[test]
+fn a_damaged_cursor_file_is_refused_and_repair_sets_it_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open_with(dir.path(), quiet()).unwrap();
+    db.put("k", "v").unwrap();
+    db.set_cursor("peer", 1).unwrap();
+    drop(db);
+    flip_byte(&dir.path().join("CURSORS"), 12);
+    let refused = Db::open_with(dir.path(), quiet());
+    assert!(
+        matches!(&refused, Err(mergekv::Error::Corruption { path, .. }) if path.ends_with("CURSORS")),
+        "{:?}",
+        refused.err()
+    );
+    let db = Db::open_with(dir.path(), repair_options()).unwrap();
+    assert_eq!(db.cursor("peer"), None, "its cursors are lost");
+    assert_eq!(db.get("k").as_deref(), Some(&b"v"[..]), "nothing else is");
+    assert!(dir.path().join("quarantine").join("CURSORS").exists());
+}
+
 #[test]
 fn background_compaction_runs_on_the_interval_and_a_clean_drop_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();

@@ -19,7 +19,6 @@
 //! becomes visible only by its rename, and no segment is deleted before the
 //! snapshot covering it is durable.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -39,8 +38,10 @@ use crate::snapshot::{self, SNAPSHOT_DIR, SnapshotMeta, Written};
 use crate::state::State;
 use crate::wal::WAL_DIR;
 
-/// Most cursors that can be registered at once.
-pub const CURSORS_MAX: usize = 1024;
+mod cursors;
+
+pub(crate) use cursors::Cursors;
+pub use cursors::{CURSOR_NAME_BYTES_MAX, CURSORS_FILE, CURSORS_MAX};
 
 /// What a compaction did.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -111,7 +112,7 @@ pub(crate) struct Maintenance {
     engine: Arc<Engine>,
     io: Io,
     dir: PathBuf,
-    cursors: Mutex<BTreeMap<String, CursorInfo>>,
+    cursors: Mutex<Cursors>,
     progress: Mutex<Progress>,
     /// One compaction at a time (background or `compact_now`).
     running: Mutex<()>,
@@ -128,7 +129,13 @@ pub(crate) struct Compactor {
 }
 
 impl Maintenance {
-    pub fn new(engine: Arc<Engine>, io: Io, dir: &Path, snapshot: Option<(u64, u64)>) -> Self {
+    pub fn new(
+        engine: Arc<Engine>,
+        io: Io,
+        dir: &Path,
+        snapshot: Option<(u64, u64)>,
+        cursors: Cursors,
+    ) -> Self {
         let progress = Progress {
             snapshot_seq: snapshot.map(|s| s.0),
             snapshot_bytes: snapshot.map_or(0, |s| s.1),
@@ -140,33 +147,31 @@ impl Maintenance {
             engine,
             io,
             dir: dir.to_path_buf(),
-            cursors: Mutex::new(BTreeMap::new()),
+            cursors: Mutex::new(cursors),
             progress: Mutex::new(progress),
             running: Mutex::new(()),
         }
     }
 
-    /// Registers or moves a cursor.
+    /// Registers or moves a cursor (durably, unless it only moved
+    /// forward: see [`Cursors`]).
     pub fn set_cursor(&self, name: &str, seq: u64) -> Result<()> {
-        let mut cursors = self.cursors.lock();
-        if !cursors.contains_key(name) && cursors.len() >= CURSORS_MAX {
-            return Err(Error::limit("cursors", cursors.len() + 1, CURSORS_MAX));
-        }
-        let needs_resync = cursors
-            .get(name)
-            .is_some_and(|c| c.needs_resync && c.seq >= seq);
-        cursors.insert(name.to_string(), CursorInfo { seq, needs_resync });
-        Ok(())
+        self.cursors.lock().set(&self.io, name, seq)
     }
 
     /// A cursor's position.
     pub fn cursor(&self, name: &str) -> Option<CursorInfo> {
-        self.cursors.lock().get(name).cloned()
+        self.cursors.lock().get(name)
     }
 
-    /// Forgets a cursor.
-    pub fn remove_cursor(&self, name: &str) -> bool {
-        self.cursors.lock().remove(name).is_some()
+    /// Forgets a cursor, durably.
+    pub fn remove_cursor(&self, name: &str) -> Result<bool> {
+        self.cursors.lock().remove(&self.io, name)
+    }
+
+    /// Writes cursor moves not yet in the cursor file (at close).
+    pub fn flush_cursors(&self) -> Result<()> {
+        self.cursors.lock().flush(&self.io)
     }
 
     /// Figures for stats.
@@ -251,6 +256,9 @@ impl Maintenance {
             hlc: engine.hlc().high_water(),
             created_ms,
         };
+        // Cursor moves reach the file before they decide what is dropped,
+        // so a restart finds positions at least this far along.
+        self.flush_cursors()?;
         let gc = self.tombstone_rule(covered_seq, crate::sync::peer_cursors(&map));
         let mut dropped: Vec<(StoreKey, KeyState)> = Vec::new();
         let keep = |key: &StoreKey, state: &KeyState| {
@@ -270,6 +278,7 @@ impl Maintenance {
         engine.wal().check_usable()?;
         let (snapshots_removed, oldest_retained) = self.prune_snapshots(&snap_dir)?;
         let (keep_from, cursors_behind) = self.retention_start(oldest_retained);
+        self.flush_cursors()?;
         let (segments_removed, _) = engine.wal().truncate_before(keep_from)?;
         let tombstones_dropped = engine.state().remove_unchanged(&dropped);
         Ok(CompactionReport {
@@ -401,7 +410,8 @@ impl Maintenance {
         let limit = self.engine.options().wal_retention_bytes_max;
         let mut start = snapshot_start;
         let mut behind = Vec::new();
-        for (name, cursor) in self.cursors.lock().iter_mut() {
+        let mut cursors = self.cursors.lock();
+        for (name, cursor) in cursors.iter_mut() {
             let wanted = cursor.seq.saturating_add(1);
             if wanted >= start || cursor.needs_resync {
                 continue;
@@ -413,6 +423,9 @@ impl Maintenance {
             } else {
                 start = wanted;
             }
+        }
+        if !behind.is_empty() {
+            cursors.mark_dirty();
         }
         (start, behind)
     }

@@ -15,12 +15,14 @@ use serde::Serialize;
 
 use crate::clock::{DriftStats, Hlc, NodeId};
 use crate::command::{Batch, DEFAULT_KEYSPACE, Outcome, validate_keyspace_name};
-use crate::compactor::{CompactionReport, Compactor, CompactorStats, CursorInfo, Maintenance};
+use crate::compactor::{
+    CompactionReport, Compactor, CompactorStats, CursorInfo, Cursors, Maintenance,
+};
 use crate::crdt::{KeyState, Visible};
 use crate::error::{Error, Result};
 use crate::io::Io;
 use crate::meta::{self, DirLock};
-use crate::options::{Options, SyncMode};
+use crate::options::{Options, RecoveryMode, SyncMode};
 use crate::record::keyspace_prefix;
 use crate::sync::digest::Digest;
 use crate::sync::{ImportReport, SegmentEntry, SegmentImport, SyncCursor, exchange};
@@ -115,11 +117,13 @@ impl Db {
             recovered.wal_start,
         )?;
         let engine = Arc::new(Engine::new(options, meta.node, hlc, wal, recovered.state));
+        let cursors = load_cursors(&io, &dir, &engine)?;
         let maintenance = Arc::new(Maintenance::new(
             engine.clone(),
             io,
             &dir,
             recovered.snapshot,
+            cursors,
         ));
         let compactor = Compactor::start(maintenance.clone())?;
         let pool = Pool::start(&engine)?;
@@ -482,7 +486,7 @@ impl Db {
     }
 
     /// Forgets a cursor; true if it was registered.
-    pub fn remove_cursor(&self, name: &str) -> bool {
+    pub fn remove_cursor(&self, name: &str) -> Result<bool> {
         self.inner.maintenance.remove_cursor(name)
     }
 
@@ -491,7 +495,23 @@ impl Db {
     /// The threads stop and the directory lock is released when the last
     /// clone is dropped.
     pub fn close(self) -> Result<()> {
-        self.inner.engine.wal().close()
+        let cursors = self.inner.maintenance.flush_cursors();
+        self.inner.engine.wal().close()?;
+        cursors
+    }
+}
+
+/// The registered cursors. A damaged cursor file is refused, or in repair
+/// mode moved to quarantine (its cursors are lost: their readers resync).
+fn load_cursors(io: &Io, dir: &Path, engine: &Engine) -> Result<Cursors> {
+    match Cursors::load(io, dir) {
+        Err(Error::Corruption { path, .. })
+            if engine.options().recovery_mode == RecoveryMode::Repair =>
+        {
+            crate::engine::quarantine(io, dir, &path)?;
+            Ok(Cursors::empty(dir))
+        }
+        other => other,
     }
 }
 
@@ -516,6 +536,7 @@ impl Drop for DbInner {
             let _ = handle.join();
         }
         // Errors here have nowhere to go; `Db::close` reports them.
+        let _ = self.maintenance.flush_cursors();
         let _ = self.engine.wal().close();
     }
 }

@@ -157,7 +157,8 @@ fn remove_temp_files(io: &Io, snap_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn quarantine(io: &Io, dir: &Path, path: &Path) -> Result<()> {
+/// Moves a damaged file into `<dir>/quarantine/`, durably.
+pub(crate) fn quarantine(io: &Io, dir: &Path, path: &Path) -> Result<()> {
     let target_dir = dir.join(QUARANTINE_DIR);
     io.create_dir_all(&target_dir)?;
     let name = path.file_name().unwrap_or_default();
