@@ -408,3 +408,81 @@ fn sequence_numbers_at_the_top_of_the_range_are_an_error_not_a_panic() {
         other => panic!("expected corruption, got {:?}", other.map(|_| ())),
     }
 }
+
+/// The epoch a leader serves under, in an open of its own (as `serve`
+/// runs in a process of its own).
+fn served_epoch(dir: &Path) -> u64 {
+    struct Nobody;
+    impl mergekv::replication::ReplicationAuth for Nobody {
+        fn authorize_replication(
+            &self,
+            _token: &str,
+        ) -> Result<(), mergekv::replication::ErrorCode> {
+            Err(mergekv::replication::ErrorCode::Unauthenticated)
+        }
+    }
+    let db = Db::open(dir).unwrap();
+    let options = mergekv::replication::ReplicationOptions::new(std::sync::Arc::new(Nobody));
+    let server =
+        mergekv::replication::ReplicationServer::start(&db, "127.0.0.1:0", options).unwrap();
+    let epoch = server.epoch();
+    server.stop();
+    epoch
+}
+
+/// `verify --repair` runs in a process of its own: the next `serve` must
+/// still draw a new epoch, so followers of the old history get a snapshot.
+#[test]
+fn a_repair_in_another_open_leads_to_a_new_replication_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    three_batches(dir.path());
+    let first = served_epoch(dir.path());
+    assert_eq!(
+        served_epoch(dir.path()),
+        first,
+        "kept while nothing changed"
+    );
+    // Damage a frame written after the epoch, so the repair keeps it.
+    Db::open(dir.path()).unwrap().put("g", "after").unwrap();
+    let seg = segments(dir.path()).pop().unwrap();
+    let len = std::fs::metadata(&seg).unwrap().len() as usize;
+    flip_byte(&seg, len - 3);
+    assert!(matches!(
+        Db::open(dir.path()),
+        Err(Error::Corruption { .. })
+    ));
+    {
+        let db = Db::open_with(dir.path(), repair_options()).unwrap();
+        assert!(db.recovery_report().repair.is_some());
+    }
+    let after = served_epoch(dir.path());
+    assert_ne!(
+        after, first,
+        "a repaired history is served under a new epoch"
+    );
+    assert!(
+        !dir.path().join("REPAIRED").exists(),
+        "acted on, then removed"
+    );
+    assert_eq!(served_epoch(dir.path()), after, "and kept from then on");
+}
+
+/// A crash after the repair but before the epoch was dropped: the marker
+/// is still there, and the next open acts on it.
+#[test]
+fn a_repair_marker_left_by_a_crash_is_acted_on_at_the_next_open() {
+    let dir = tempfile::tempdir().unwrap();
+    three_batches(dir.path());
+    let first = served_epoch(dir.path());
+    std::fs::write(dir.path().join("REPAIRED"), "crashed before settling").unwrap();
+    let read_only = Options {
+        read_only: true,
+        ..Options::default()
+    };
+    drop(Db::open_with(dir.path(), read_only).unwrap());
+    assert!(
+        dir.path().join("REPAIRED").exists(),
+        "a read-only open leaves it for a writable one"
+    );
+    assert_ne!(served_epoch(dir.path()), first);
+}

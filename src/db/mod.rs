@@ -33,6 +33,7 @@ use crate::worker::Pool;
 use crate::engine::{self, Engine};
 pub use keyspace::Keyspace;
 pub use position::FollowerPosition;
+pub(crate) use position::LEADER_EPOCH_KEY;
 use read::{ReadView, Scan, ScanOptions, Value};
 
 /// An open database. Cheap to clone; every clone is the same database. The
@@ -55,8 +56,6 @@ struct DbInner {
     read_only: bool,
     /// The leader this copy follows, while its directory says so.
     follower_of: parking_lot::RwLock<Option<String>>,
-    /// Set once this open has drawn a new replication epoch.
-    epoch_redrawn: std::sync::atomic::AtomicBool,
     _lock: DirLock,
 }
 
@@ -128,7 +127,7 @@ impl Db {
         let compactor = Compactor::start(maintenance.clone())?;
         let pool = Pool::start(&engine)?;
         let flusher = start_flusher(&engine)?;
-        Ok(Db {
+        let db = Db {
             inner: Arc::new(DbInner {
                 engine,
                 pool,
@@ -140,10 +139,11 @@ impl Db {
                 flusher,
                 read_only,
                 follower_of: parking_lot::RwLock::new(follower_of),
-                epoch_redrawn: std::sync::atomic::AtomicBool::new(false),
                 _lock: lock,
             }),
-        })
+        };
+        db.settle_repair()?;
+        Ok(db)
     }
 
     /// The directory this database lives in.
@@ -229,9 +229,30 @@ impl Db {
         *self.inner.follower_of.write() = Some(leader.to_string());
     }
 
-    /// Set once this open has drawn a new replication epoch.
-    pub(crate) fn epoch_redrawn(&self) -> &std::sync::atomic::AtomicBool {
-        &self.inner.epoch_redrawn
+    /// True while a repair's marker is on disk: the log's history changed
+    /// and the replication epoch must not be reused.
+    pub(crate) fn repair_pending(&self) -> Result<bool> {
+        let marker = self.dir().join(recovery::REPAIR_MARKER_FILE);
+        Ok(self.io().read_if_exists(&marker)?.is_some())
+    }
+
+    /// After a repair (in this open or an earlier one, in any process),
+    /// forgets the replication epoch, durably, then removes the repair's
+    /// marker: the next leader draws a new epoch, so every follower that
+    /// held the old history is sent a snapshot. A read-only copy leaves
+    /// the marker for its next writable open.
+    fn settle_repair(&self) -> Result<()> {
+        if self.inner.read_only || !self.repair_pending()? {
+            return Ok(());
+        }
+        let local = self.reserved_keyspace(crate::sync::LOCAL_KEYSPACE)?;
+        if local.get(position::LEADER_EPOCH_KEY).is_some() {
+            local.delete(position::LEADER_EPOCH_KEY)?;
+            self.inner.engine.wal().sync_written()?;
+        }
+        let io = self.io();
+        io.remove_file(&self.dir().join(recovery::REPAIR_MARKER_FILE))?;
+        io.sync_dir(self.dir())
     }
 
     /// This follower's stored position (`None` if it never received any).

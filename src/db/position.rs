@@ -11,6 +11,10 @@ use crate::codec::{Reader, Writer};
 use crate::record::{StoreKey, keyspace_prefix};
 use crate::sync::LOCAL_KEYSPACE;
 
+/// A leader's replication epoch, in its `_local` keyspace (8 bytes, u64
+/// LE). Deleted after a repair, so the next leader draws a new one.
+pub(crate) const LEADER_EPOCH_KEY: &[u8] = b"replication/epoch";
+
 /// The follower's position, in its `_local` keyspace.
 pub(crate) const FOLLOWER_POSITION_KEY: &[u8] = b"replication/follower-position";
 const POSITION_FORMAT_VERSION: u8 = 1;

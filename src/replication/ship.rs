@@ -1,9 +1,7 @@
 //! The leader's side of the database: its replication epoch, where its log
 //! stands, and the snapshot it sends a follower that needs one.
 
-use std::sync::atomic::Ordering;
-
-use crate::db::Db;
+use crate::db::{Db, LEADER_EPOCH_KEY};
 use crate::error::{Error, Result};
 use crate::io::IoFile;
 use crate::snapshot::{self, SNAPSHOT_DIR};
@@ -11,8 +9,6 @@ use crate::sync::LOCAL_KEYSPACE;
 
 use super::leader::LeaderPosition;
 
-/// The leader's epoch, in its `_local` keyspace.
-const LEADER_EPOCH_KEY: &[u8] = b"replication/epoch";
 /// Tries at finding a snapshot that stays on disk until it is opened.
 const SNAPSHOT_OPEN_TRIES_MAX: usize = 3;
 
@@ -25,19 +21,18 @@ pub(crate) struct ShippedSnapshot {
 }
 
 /// This leader's replication epoch: drawn at random the first time and
-/// kept in `_local`, and drawn again after an open that repaired the
-/// WAL (sequence numbers after the repair point may be reused, so a
-/// follower's cursor past it means another history).
+/// kept in `_local`. A repair (of this open or an earlier one, in any
+/// process) deletes it at the next writable open (`Db::settle_repair`):
+/// sequence numbers after the repair point may be reused, so a follower's
+/// cursor past it means another history and must get a snapshot.
 pub(crate) fn replication_epoch(db: &Db) -> Result<u64> {
     let local = db.reserved_keyspace(LOCAL_KEYSPACE)?;
     let stored = local
         .get(LEADER_EPOCH_KEY)
         .and_then(|v| <[u8; 8]>::try_from(&v[..]).ok())
         .map(u64::from_le_bytes);
-    let repaired = db.recovery_report().repair.is_some();
-    let redrawn = db.epoch_redrawn().load(Ordering::Acquire);
     match stored {
-        Some(epoch) if !repaired || redrawn => Ok(epoch),
+        Some(epoch) if !db.repair_pending()? => Ok(epoch),
         _ => {
             let mut bytes = [0u8; 8];
             getrandom::fill(&mut bytes).map_err(|e| Error::InvalidCommand {
@@ -45,7 +40,6 @@ pub(crate) fn replication_epoch(db: &Db) -> Result<u64> {
             })?;
             let epoch = u64::from_le_bytes(bytes).max(1);
             local.put(LEADER_EPOCH_KEY, epoch.to_le_bytes())?;
-            db.epoch_redrawn().store(true, Ordering::Release);
             Ok(epoch)
         }
     }

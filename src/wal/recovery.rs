@@ -28,6 +28,16 @@ use crate::record::{FramePayload, decode_payload};
 
 /// Name of the folder where repair moves the bytes it drops.
 pub const QUARANTINE_DIR: &str = "quarantine";
+/// Written (durably) before a repair changes anything, and removed only
+/// once the database has acted on it: the history after the repair point
+/// differs from what readers of the old one (replication followers) hold.
+pub const REPAIR_MARKER_FILE: &str = "REPAIRED";
+
+/// Records, durably and before anything is dropped, that the database in
+/// `dir` is being repaired; see [`REPAIR_MARKER_FILE`].
+pub fn mark_repaired(io: &Io, dir: &Path, reason: &str) -> Result<()> {
+    io.write_atomic(&dir.join(REPAIR_MARKER_FILE), reason.as_bytes())
+}
 
 /// What opening a database found in its WAL.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -498,6 +508,8 @@ fn repair(
     damaged: &Damaged<'_>,
     later: &[(u64, PathBuf)],
 ) -> Result<(RepairReport, SegmentInfo)> {
+    let db_dir = wal_dir.parent().unwrap_or(wal_dir);
+    mark_repaired(io, db_dir, &damaged.bad.reason)?;
     let offset = damaged.bad.offset as usize;
     let tail = damaged.bytes.get(offset..).unwrap_or_default();
     let later_bytes: Vec<Vec<u8>> = later
