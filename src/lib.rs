@@ -104,6 +104,7 @@ pub use db::read::{Entry, ReadView, Scan, ScanOptions, Value, ViewKeyspace};
 pub use db::{Db, Keyspace, Stats};
 pub use error::{Error, Result};
 pub use io::{FaultInjector, IoOp};
+pub use meta::Renewal;
 pub use options::{Options, RecoveryMode, SyncMode};
 pub use sync::{ImportReport, SegmentEntry, SegmentImport, SyncCursor};
 pub use verify::{VerifyReport, verify};

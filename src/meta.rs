@@ -23,8 +23,16 @@ pub const FOLLOWER_FILE: &str = "FOLLOWER";
 const FOLLOWER_MARKER_BYTES_MAX: usize = 1024;
 
 const META_MAGIC: [u8; 8] = *b"MKVMETA\x01";
-const META_FORMAT_VERSION: u16 = 1;
-const META_BYTES: usize = 8 + 2 + 8 + 8 + 4;
+const META_FORMAT_VERSION_1: u16 = 1;
+const META_FORMAT_VERSION: u16 = 2;
+/// Length of a version 1 META (node id and creation time only).
+const META_V1_BYTES: usize = 8 + 2 + 8 + 8 + 4;
+/// Length of a version 2 META before its list of former node ids.
+const META_V2_FIXED_BYTES: usize = 8 + 2 + 8 + 8 + 8 + 8 + 2 + 4;
+/// Most former node ids META keeps (the newest ones): a directory renewed
+/// more often than this can no longer read files from its oldest ids,
+/// which compaction has long rewritten.
+pub const FORMER_NODE_IDS_MAX: usize = 64;
 
 /// The exclusive hold on a database directory; released when dropped.
 #[derive(Debug)]
@@ -44,12 +52,82 @@ pub fn lock_dir(io: &Io, dir: &Path) -> Result<DirLock> {
 }
 
 /// The contents of `META`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Meta {
-    /// This copy's node id.
+    /// The node id this copy writes under.
     pub node: NodeId,
     /// When the database was created, in ms since the epoch.
     pub created_ms: u64,
+    /// The file-system object (device, inode) of the directory this
+    /// identity was issued in; `None` if unknown (a version 1 META, or a
+    /// platform that does not say).
+    pub home: Option<(u64, u64)>,
+    /// Node ids this directory wrote under before, newest last: its files
+    /// may still carry them.
+    pub former: Vec<NodeId>,
+}
+
+impl Meta {
+    /// Every node id this directory's files may carry, the current first.
+    pub fn lineage(&self) -> Vec<NodeId> {
+        std::iter::once(self.node)
+            .chain(self.former.iter().rev().copied())
+            .collect()
+    }
+}
+
+/// Why an open gave this copy a new node id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum Renewal {
+    /// The directory is not the one the identity was issued in: a copy, a
+    /// restored backup, or a move to another file system.
+    CopiedDirectory,
+    /// `Options::renew_identity` asked for it.
+    Requested,
+}
+
+/// Gives this copy a new node id if its directory is not the one its
+/// identity was issued in (or if `requested`), keeping the old id in the
+/// lineage; records the directory in a version 1 META. A read-only open
+/// changes nothing: it writes no stamps of its own.
+pub fn settle_identity(
+    io: &Io,
+    dir: &Path,
+    meta: Meta,
+    requested: bool,
+    read_only: bool,
+) -> Result<(Meta, Option<(NodeId, Renewal)>)> {
+    if read_only {
+        return Ok((meta, None));
+    }
+    let here = io.object_id(dir)?;
+    let renewal = if requested {
+        Some(Renewal::Requested)
+    } else if meta.home.is_some() && meta.home != here {
+        Some(Renewal::CopiedDirectory)
+    } else if meta.home != here {
+        // Version 1: the directory was never recorded; record it now.
+        let upgraded = Meta { home: here, ..meta };
+        write_meta(io, dir, &upgraded)?;
+        return Ok((upgraded, None));
+    } else {
+        None
+    };
+    let Some(why) = renewal else {
+        return Ok((meta, None));
+    };
+    let mut former = meta.former.clone();
+    former.push(meta.node);
+    let excess = former.len().saturating_sub(FORMER_NODE_IDS_MAX);
+    former.drain(..excess);
+    let renewed = Meta {
+        node: fresh_node_id(&meta.lineage()),
+        created_ms: meta.created_ms,
+        home: here,
+        former,
+    };
+    write_meta(io, dir, &renewed)?;
+    Ok((renewed, Some((meta.node, why))))
 }
 
 /// Path of the identity file.
@@ -73,9 +151,15 @@ pub fn create_meta(io: &Io, dir: &Path, created_ms: u64) -> Result<Meta> {
     let meta = Meta {
         node: random_node_id(),
         created_ms,
+        home: io.object_id(dir)?,
+        former: Vec::new(),
     };
-    io.write_atomic(&meta_path(dir), &encode_meta(&meta))?;
+    write_meta(io, dir, &meta)?;
     Ok(meta)
+}
+
+fn write_meta(io: &Io, dir: &Path, meta: &Meta) -> Result<()> {
+    io.write_atomic(&meta_path(dir), &encode_meta(meta))
 }
 
 /// The leader a follower directory follows, or `None` if the directory is
@@ -116,6 +200,16 @@ pub fn remove_follower_marker(io: &Io, dir: &Path) -> Result<bool> {
     Ok(true)
 }
 
+/// A random node id none of `taken` uses.
+fn fresh_node_id(taken: &[NodeId]) -> NodeId {
+    loop {
+        let node = random_node_id();
+        if !taken.contains(&node) {
+            return node;
+        }
+    }
+}
+
 fn random_node_id() -> NodeId {
     let mut bytes = [0u8; 8];
     // If the OS has no randomness source, a time-and-pid hash still gives
@@ -128,27 +222,35 @@ fn random_node_id() -> NodeId {
 }
 
 fn encode_meta(meta: &Meta) -> Vec<u8> {
-    let mut w = Writer::with_capacity(META_BYTES);
+    let former = meta.former.len().min(FORMER_NODE_IDS_MAX);
+    let mut w = Writer::with_capacity(META_V2_FIXED_BYTES + 8 * former);
     w.bytes(&META_MAGIC);
     w.u16(META_FORMAT_VERSION);
     w.u64(meta.node.0);
     w.u64(meta.created_ms);
+    let (device, inode) = meta.home.unwrap_or((0, 0));
+    w.u64(device);
+    w.u64(inode);
+    w.u16(former as u16);
+    for node in meta.former.iter().take(former) {
+        w.u64(node.0);
+    }
     let crc = crc32c::crc32c(w.as_slice());
     w.u32(crc);
-    debug_assert_eq!(w.len(), META_BYTES);
+    debug_assert_eq!(w.len(), META_V2_FIXED_BYTES + 8 * former);
     w.into_vec()
 }
 
 fn decode_meta(bytes: &[u8]) -> std::result::Result<Meta, String> {
-    let (checked, stored_crc) = match bytes.split_last_chunk::<4>() {
-        Some(split) if bytes.len() == META_BYTES => split,
-        _ => {
-            return Err(format!(
-                "expected {META_BYTES} bytes, found {}",
-                bytes.len()
-            ));
-        }
+    let Some((checked, stored_crc)) = bytes.split_last_chunk::<4>() else {
+        return Err(format!("{} bytes: shorter than a checksum", bytes.len()));
     };
+    if bytes.len() != META_V1_BYTES && bytes.len() < META_V2_FIXED_BYTES {
+        return Err(format!("{} bytes: not a META of any version", bytes.len()));
+    }
+    if crc32c::crc32c(checked) != u32::from_le_bytes(*stored_crc) {
+        return Err("checksum mismatch".into());
+    }
     let mut r = Reader::new(checked);
     let fail = |e: crate::codec::DecodeError| e.to_string();
     if r.take(8).map_err(fail)? != META_MAGIC {
@@ -157,14 +259,39 @@ fn decode_meta(bytes: &[u8]) -> std::result::Result<Meta, String> {
     let version = r.u16().map_err(fail)?;
     let node = NodeId(r.u64().map_err(fail)?);
     let created_ms = r.u64().map_err(fail)?;
-    debug_assert_eq!(r.remaining(), 0, "the fields fill the checksummed bytes");
-    if crc32c::crc32c(checked) != u32::from_le_bytes(*stored_crc) {
-        return Err("checksum mismatch".into());
+    let mut meta = Meta {
+        node,
+        created_ms,
+        home: None,
+        former: Vec::new(),
+    };
+    match version {
+        META_FORMAT_VERSION_1 if bytes.len() == META_V1_BYTES => {}
+        META_FORMAT_VERSION if bytes.len() >= META_V2_FIXED_BYTES => {
+            let home = (r.u64().map_err(fail)?, r.u64().map_err(fail)?);
+            meta.home = (home != (0, 0)).then_some(home);
+            let count = usize::from(r.u16().map_err(fail)?);
+            if count > FORMER_NODE_IDS_MAX || r.remaining() != 8 * count {
+                return Err(format!(
+                    "{count} former node ids in {} bytes",
+                    r.remaining()
+                ));
+            }
+            for _ in 0..count {
+                meta.former.push(NodeId(r.u64().map_err(fail)?));
+            }
+        }
+        _ => {
+            return Err(format!(
+                "unsupported version {version} in {} bytes",
+                bytes.len()
+            ));
+        }
     }
-    if version != META_FORMAT_VERSION {
-        return Err(format!("unsupported version {version}"));
+    if r.remaining() != 0 {
+        return Err(format!("{} bytes after the last field", r.remaining()));
     }
-    Ok(Meta { node, created_ms })
+    Ok(meta)
 }
 
 #[cfg(test)]
@@ -176,13 +303,57 @@ mod tests {
         let meta = Meta {
             node: NodeId(77),
             created_ms: 5,
+            home: Some((3, 9)),
+            former: vec![NodeId(1), NodeId(2)],
         };
         let bytes = encode_meta(&meta);
-        assert_eq!(decode_meta(&bytes), Ok(meta));
+        assert_eq!(decode_meta(&bytes), Ok(meta.clone()));
+        assert_eq!(meta.lineage(), vec![NodeId(77), NodeId(2), NodeId(1)]);
         for i in 0..bytes.len() {
             let mut bad = bytes.clone();
             bad[i] ^= 1;
-            assert!(decode_meta(&bad).is_err());
+            assert!(decode_meta(&bad).is_err(), "flip at {i}");
         }
+        for len in 0..bytes.len() {
+            assert!(decode_meta(&bytes[..len]).is_err(), "cut at {len}");
+        }
+    }
+
+    #[test]
+    fn a_version_1_meta_still_reads() {
+        let mut w = Writer::with_capacity(META_V1_BYTES);
+        w.bytes(&META_MAGIC);
+        w.u16(META_FORMAT_VERSION_1);
+        w.u64(77);
+        w.u64(5);
+        let crc = crc32c::crc32c(w.as_slice());
+        w.u32(crc);
+        let meta = decode_meta(w.as_slice()).unwrap();
+        assert_eq!(
+            (meta.node, meta.created_ms, meta.home),
+            (NodeId(77), 5, None)
+        );
+    }
+
+    #[test]
+    fn a_copied_directory_gets_a_new_node_id_and_keeps_the_old_one() {
+        let io = Io::default();
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        let meta = create_meta(&io, a.path(), 1).unwrap();
+        let (same, none) = settle_identity(&io, a.path(), meta.clone(), false, false).unwrap();
+        assert_eq!((same.clone(), none), (meta.clone(), None));
+        std::fs::copy(meta_path(a.path()), meta_path(b.path())).unwrap();
+        let copied = read_meta(&io, b.path()).unwrap().unwrap();
+        let (read_only, none) =
+            settle_identity(&io, b.path(), copied.clone(), false, true).unwrap();
+        assert_eq!((read_only, none), (copied.clone(), None));
+        let (renewed, why) = settle_identity(&io, b.path(), copied, false, false).unwrap();
+        assert_eq!(why, Some((meta.node, Renewal::CopiedDirectory)));
+        assert_ne!(renewed.node, meta.node);
+        assert_eq!(renewed.former, vec![meta.node]);
+        assert_eq!(read_meta(&io, b.path()).unwrap(), Some(renewed.clone()));
+        let (again, none) = settle_identity(&io, b.path(), renewed.clone(), false, false).unwrap();
+        assert_eq!((again, none), (renewed, None), "renewed once, then stable");
     }
 }

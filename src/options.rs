@@ -110,6 +110,12 @@ pub struct Options {
     /// with [`crate::Error::ReadOnly`]. A follower's directory can be
     /// opened only this way until it is promoted.
     pub read_only: bool,
+    /// Give this copy a new node id at open, keeping the old one in its
+    /// lineage (its files still carry it). An open does this by itself
+    /// when the directory is a copy of the one the identity was issued in;
+    /// this is for a copy it could not tell (a block-level clone), which an
+    /// import refuses with [`crate::Error::IdentityConflict`].
+    pub renew_identity: bool,
     /// The wall clock the HLC reads.
     pub wall_clock: Arc<dyn WallClock>,
     /// Injected file-system failures, for tests.
@@ -191,6 +197,7 @@ impl Default for Options {
             tombstone_grace_ms: 7 * 24 * 60 * 60 * 1000,
             wal_retention_bytes_max: 1024 * 1024 * 1024,
             read_only: false,
+            renew_identity: false,
             wall_clock: Arc::new(SystemClock),
             faults: None,
         }

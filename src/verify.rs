@@ -78,7 +78,7 @@ pub fn verify(dir: impl AsRef<Path>) -> Result<VerifyReport> {
         covered_seq,
         read_covered: true,
     };
-    let result = recovery::replay(&io, &wal_dir, meta.node, mode, &mut count);
+    let result = recovery::replay(&io, &wal_dir, &meta.lineage(), mode, &mut count);
     let segments = recovery::list_segments(&io, &wal_dir).map_or(0, |s| s.len());
     report.files_checked += segments;
     match result {

@@ -459,3 +459,125 @@ fn a_refused_change_set_does_not_move_the_clock() {
     assert!(matches!(b.db.import(&bytes), Err(Error::ClockDrift { .. })));
     assert_eq!(b.db.stats().hlc, before);
 }
+
+/// Exports everything `from` has and imports it into `to`.
+fn send(from: &Db, to: &Db) -> mergekv::Result<mergekv::ImportReport> {
+    let (bytes, _) = from.export_since(&SyncCursor::new()).unwrap();
+    to.import(&bytes)
+}
+
+/// A copied directory (or a restored backup beside its original) is
+/// given a node id of its own, so both copies' increments count.
+#[test]
+fn a_copied_directory_gets_its_own_identity_and_no_increment_is_lost() {
+    let a_dir = tempfile::tempdir().unwrap();
+    let original = Db::open(a_dir.path()).unwrap();
+    original.put("k", "v").unwrap();
+    let node = original.node_id();
+    drop(original);
+    let b_dir = common::copy_db(a_dir.path());
+    let a = Db::open(a_dir.path()).unwrap();
+    let b = Db::open(b_dir.path()).unwrap();
+    assert_eq!(a.node_id(), node, "the original keeps its id");
+    assert_eq!(a.identity_renewed(), None);
+    assert_ne!(b.node_id(), node, "the copy gets its own");
+    assert_eq!(
+        b.identity_renewed(),
+        Some((node, mergekv::Renewal::CopiedDirectory))
+    );
+    a.increment("c", 5).unwrap();
+    b.increment("c", 3).unwrap();
+    send(&a, &b).unwrap();
+    send(&b, &a).unwrap();
+    assert_eq!(a.counter("c"), 8);
+    assert_eq!(b.counter("c"), 8);
+    assert_eq!(
+        b.get("k").as_deref(),
+        Some(&b"v"[..]),
+        "its history is kept"
+    );
+    drop(b);
+    let b = Db::open(b_dir.path()).unwrap();
+    assert_eq!(b.identity_renewed(), None, "renewed once, then stable");
+    assert_eq!(b.counter("c"), 8);
+}
+
+/// Makes `dir`'s META claim that its identity was issued in `dir` (what a
+/// block-level clone looks like: the copy cannot be told by its directory).
+fn forge_home(dir: &std::path::Path) {
+    use std::os::unix::fs::MetadataExt;
+    let path = dir.join("META");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let here = std::fs::metadata(dir).unwrap();
+    bytes[26..34].copy_from_slice(&here.dev().to_le_bytes());
+    bytes[34..42].copy_from_slice(&here.ino().to_le_bytes());
+    let end = bytes.len() - 4;
+    let crc = crc32c::crc32c(&bytes[..end]);
+    bytes[end..].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(&path, bytes).unwrap();
+}
+
+/// A copy the open could not tell: its changes carry stamps and counter
+/// totals under this copy's id that this copy never made, and are
+/// refused with a typed error instead of silently losing increments.
+#[test]
+fn changes_made_under_this_copys_id_elsewhere_are_refused() {
+    let a_dir = tempfile::tempdir().unwrap();
+    drop(Db::open(a_dir.path()).unwrap());
+    let b_dir = common::copy_db(a_dir.path());
+    forge_home(b_dir.path());
+    let a = Db::open(a_dir.path()).unwrap();
+    let b = Db::open(b_dir.path()).unwrap();
+    assert_eq!(a.node_id(), b.node_id(), "a clone the open cannot tell");
+    a.increment("c", 5).unwrap();
+    b.increment("c", 3).unwrap();
+    let refused = send(&a, &b);
+    assert!(
+        matches!(refused, Err(mergekv::Error::IdentityConflict { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(b.counter("c"), 3, "nothing applied");
+    let b_renewed = {
+        drop(b);
+        Db::open_with(
+            b_dir.path(),
+            Options {
+                renew_identity: true,
+                ..Options::default()
+            },
+        )
+        .unwrap()
+    };
+    assert_eq!(
+        b_renewed.identity_renewed().map(|r| r.1),
+        Some(mergekv::Renewal::Requested)
+    );
+    assert_ne!(b_renewed.node_id(), a.node_id());
+    assert_eq!(b_renewed.counter("c"), 3, "its history is kept");
+}
+
+/// A register stamp under this copy's id, newer than anything its clock
+/// has issued, was written by another copy.
+#[test]
+fn a_register_stamp_this_copy_never_issued_is_refused() {
+    let a_dir = tempfile::tempdir().unwrap();
+    drop(Db::open(a_dir.path()).unwrap());
+    let b_dir = common::copy_db(a_dir.path());
+    forge_home(b_dir.path());
+    let clock = std::sync::Arc::new(mergekv::ManualClock::new(1_000_000));
+    let at = |clock: &std::sync::Arc<mergekv::ManualClock>| Options {
+        wall_clock: clock.clone(),
+        ..Options::default()
+    };
+    let a = Db::open_with(a_dir.path(), at(&clock)).unwrap();
+    let b = Db::open_with(b_dir.path(), at(&clock)).unwrap();
+    b.put("k", "from b").unwrap();
+    clock.advance_ms(10);
+    a.put("k", "from a").unwrap();
+    let refused = send(&a, &b);
+    assert!(
+        matches!(refused, Err(mergekv::Error::IdentityConflict { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(b.get("k").as_deref(), Some(&b"from b"[..]));
+}

@@ -50,6 +50,8 @@ struct DbInner {
     compactor: Compactor,
     dir: PathBuf,
     recovery: RecoveryReport,
+    /// The node id this open replaced, and why.
+    renewed: Option<(NodeId, meta::Renewal)>,
     default_prefix: Vec<u8>,
     flusher: Option<(Sender<()>, JoinHandle<()>)>,
     /// Opened with `Options::read_only`: every write path refuses.
@@ -102,8 +104,10 @@ impl Db {
                 meta::create_meta(&io, &dir, options.wall_clock.now_ms())?
             }
         };
+        let (meta, renewed) =
+            meta::settle_identity(&io, &dir, meta, options.renew_identity, read_only)?;
         io.create_dir_all(&wal_dir)?;
-        let recovered = engine::recover(&io, &dir, meta.node, &options)?;
+        let recovered = engine::recover(&io, &dir, &meta.lineage(), &options)?;
         let mut hlc = Hlc::new(meta.node, options.max_drift_ms, options.drift_policy);
         if let Some(stamp) = recovered.max_stamp {
             hlc.observe_recovered(stamp);
@@ -135,6 +139,7 @@ impl Db {
                 compactor,
                 dir,
                 recovery: recovered.report,
+                renewed,
                 default_prefix: keyspace_prefix(DEFAULT_KEYSPACE),
                 flusher,
                 read_only,
@@ -154,6 +159,12 @@ impl Db {
     /// This copy's node id.
     pub fn node_id(&self) -> NodeId {
         self.inner.engine.node()
+    }
+
+    /// The node id this open replaced with a new one, and why (a copied
+    /// directory, or [`Options::renew_identity`]); `None` if it kept it.
+    pub fn identity_renewed(&self) -> Option<(NodeId, meta::Renewal)> {
+        self.inner.renewed
     }
 
     /// True if this handle refuses writes (opened read-only, or a follower).

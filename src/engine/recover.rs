@@ -29,12 +29,19 @@ pub(crate) struct Recovered {
 
 /// Loads the newest valid snapshot (moving damaged ones to quarantine) and
 /// replays the WAL after it into a fresh state and dedup window.
-pub(crate) fn recover(io: &Io, dir: &Path, node: NodeId, options: &Options) -> Result<Recovered> {
+/// `nodes` are the ids the directory writes and wrote under, the current
+/// one first.
+pub(crate) fn recover(
+    io: &Io,
+    dir: &Path,
+    nodes: &[NodeId],
+    options: &Options,
+) -> Result<Recovered> {
     let state = State::new();
     let mut dedup = DedupWindow::new(options.dedup_window_ms, options.dedup_window_entries_max);
     let now_ms = options.wall_clock.now_ms();
     let mut report = RecoveryReport::default();
-    let (loaded, damaged) = load_snapshot(io, dir, node)?;
+    let (loaded, damaged) = load_snapshot(io, dir, nodes)?;
     let mut max_stamp = None;
     let covered_seq = loaded.as_ref().map(|s| s.meta.covered_seq);
     let snapshot_size = loaded.as_ref().map(|s| (s.meta.covered_seq, s.size_bytes));
@@ -85,7 +92,7 @@ pub(crate) fn recover(io: &Io, dir: &Path, node: NodeId, options: &Options) -> R
         covered_seq,
         read_covered: false,
     };
-    let replayed = match recovery::replay(io, &dir.join(WAL_DIR), node, mode, &mut apply) {
+    let replayed = match recovery::replay(io, &dir.join(WAL_DIR), nodes, mode, &mut apply) {
         Ok(replayed) => replayed,
         // Without the damaged snapshot the WAL cannot rebuild the state: the
         // snapshot is the thing to report (and is left where it is).
@@ -128,18 +135,26 @@ type Damaged = Vec<(std::path::PathBuf, Error)>;
 
 /// The newest snapshot that reads back whole, and the newer ones that did
 /// not. Leftover temp files (a crash during a snapshot write) are removed.
-fn load_snapshot(io: &Io, dir: &Path, node: NodeId) -> Result<(Option<LoadedSnapshot>, Damaged)> {
+fn load_snapshot(
+    io: &Io,
+    dir: &Path,
+    nodes: &[NodeId],
+) -> Result<(Option<LoadedSnapshot>, Damaged)> {
     let snap_dir = dir.join(SNAPSHOT_DIR);
     remove_temp_files(io, &snap_dir)?;
     let mut damaged = Vec::new();
     for (_, path) in snapshot::list_snapshots(io, &snap_dir)? {
         match snapshot::read_snapshot(io, &path) {
-            Ok(loaded) if loaded.meta.node == node => return Ok((Some(loaded), damaged)),
+            Ok(loaded) if nodes.contains(&loaded.meta.node) => return Ok((Some(loaded), damaged)),
             Ok(loaded) => {
                 return Err(Error::corruption(
                     &path,
                     0,
-                    format!("snapshot belongs to node {}, not {node}", loaded.meta.node),
+                    format!(
+                        "snapshot belongs to node {}, not to this directory ({})",
+                        loaded.meta.node,
+                        nodes.first().copied().unwrap_or_default()
+                    ),
                 ));
             }
             Err(e @ Error::Corruption { .. }) => damaged.push((path, e)),

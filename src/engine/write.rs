@@ -286,6 +286,42 @@ impl Engine {
             .collect()
     }
 
+    /// Refuses records whose counter totals for this node are above ours:
+    /// our totals only grow, so larger ones were made by another copy
+    /// writing under our id.
+    fn refuse_foreign_counter_totals(&self, records: &[Record]) -> Result<()> {
+        for record in records {
+            let Some(theirs) = record
+                .delta
+                .counter
+                .as_ref()
+                .and_then(|c| c.totals_of(self.node))
+            else {
+                continue;
+            };
+            let key = &record.store_key;
+            let applied = self.state.read(key, |s| {
+                s.and_then(|s| s.counter.as_ref())
+                    .and_then(|c| c.totals_of(self.node))
+            });
+            let pending = self.pending_counters.lock().get(key).map(|p| p.totals);
+            let (p, n) = [applied, pending]
+                .into_iter()
+                .flatten()
+                .fold((0, 0), |(p, n), t| (p.max(t.p), n.max(t.n)));
+            if theirs.p > p || theirs.n > n {
+                return Err(Error::IdentityConflict {
+                    node: self.node,
+                    detail: format!(
+                        "a counter's totals for this node (+{} -{}) are above this copy's own (+{p} -{n})",
+                        theirs.p, theirs.n
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
     fn counter_value(&self, key: &StoreKey) -> i64 {
         self.state.read(key, |s| match s.map(KeyState::visible) {
             Some(Visible::Counter(v)) => v,
@@ -296,8 +332,24 @@ impl Engine {
     /// Runs every stamp of imported records through the HLC receive rule
     /// and drift check; on an error nothing has been applied.
     pub fn receive_stamps(&self, records: &[Record]) -> Result<()> {
+        self.refuse_foreign_counter_totals(records)?;
         let now_ms = self.now_ms();
         let mut hlc = self.hlc.lock();
+        // Before the clock moves: a stamp of ours beyond everything our
+        // clock has issued or seen was made by another copy with our id.
+        let high_water = hlc.high_water();
+        if let Some(stamp) = records
+            .iter()
+            .flat_map(record_stamps)
+            .find(|s| s.node == self.node && *s > high_water)
+        {
+            return Err(Error::IdentityConflict {
+                node: self.node,
+                detail: format!(
+                    "a change stamped {stamp:?} is newer than anything this copy's clock has issued ({high_water:?})"
+                ),
+            });
+        }
         // The stamp furthest ahead first: if any stamp is refused, it is
         // this one, and the clock has not moved for the others.
         let furthest = records

@@ -158,6 +158,15 @@ pub enum Error {
         /// The operating system's error.
         source: Arc<std::io::Error>,
     },
+    /// Incoming changes carry writes stamped with this copy's own node id
+    /// that this copy never made: another copy of this database directory
+    /// (a copy or a restored backup) runs under the same identity.
+    IdentityConflict {
+        /// This copy's node id.
+        node: NodeId,
+        /// What gave the other copy away.
+        detail: String,
+    },
     /// A stored typed value did not decode as the requested type.
     Decode {
         /// What was being decoded.
@@ -253,6 +262,16 @@ impl std::fmt::Display for Error {
                 String::from_utf8_lossy(key)
             ),
             Error::Decode { what, reason } => write!(f, "cannot decode {what}: {reason}"),
+            Error::IdentityConflict { node, detail } => write!(
+                f,
+                "refused: {detail}, under this copy's node id {node}, which it never wrote: \
+                 another copy of this database directory (a clone or a restored backup) has written \
+                 under the same identity, or this copy lost acknowledged writes in a power loss \
+                 under SyncMode::Interval or Never. Changes made under one id in two places cannot \
+                 be merged safely: open one of the copies with `Options::renew_identity` \
+                 (CLI: `--renew-identity`) before it writes again, and rebuild it from the other \
+                 if its changes under the old id must reach it"
+            ),
             Error::Network { what, source } => write!(f, "{what} failed: {source}"),
             Error::ReadOnly {
                 dir,

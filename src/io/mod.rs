@@ -265,6 +265,15 @@ impl Io {
         self.wrap(IoOp::Read, path, fs::metadata(path).map(|m| m.len()))
     }
 
+    /// Which file-system object `path` is: `(device, inode)` on Unix,
+    /// `None` where the platform does not say. A copy of a directory is a
+    /// new object; a directory renamed within its file system is not.
+    pub fn object_id(&self, path: &Path) -> Result<Option<(u64, u64)>> {
+        self.check(IoOp::Read, path)?;
+        let metadata = self.wrap(IoOp::Read, path, fs::metadata(path))?;
+        Ok(object_id_of(&metadata))
+    }
+
     /// Lists the file names in a directory (names that are not UTF-8 are skipped).
     pub fn list_dir(&self, dir: &Path) -> Result<Vec<String>> {
         self.check(IoOp::Read, dir)?;
@@ -407,4 +416,15 @@ impl IoFile {
             Err(std::fs::TryLockError::Error(e)) => Err(Error::io(IoOp::Open, &self.path, e)),
         }
     }
+}
+
+#[cfg(unix)]
+fn object_id_of(metadata: &fs::Metadata) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    Some((metadata.dev(), metadata.ino()))
+}
+
+#[cfg(not(unix))]
+fn object_id_of(_metadata: &fs::Metadata) -> Option<(u64, u64)> {
+    None
 }

@@ -129,11 +129,13 @@ pub struct ReplayMode {
 
 /// Reads every segment in `wal_dir`, calling `apply(first_seq, payload)` for
 /// each valid frame in order, and cuts torn tails (or repairs) as the rules
-/// in the module docs say.
+/// in the module docs say. `nodes` are the ids the directory writes and
+/// wrote under, the current one first: a segment of any other node is
+/// damage.
 pub fn replay(
     io: &Io,
     wal_dir: &Path,
-    node: NodeId,
+    nodes: &[NodeId],
     mode: ReplayMode,
     apply: &mut dyn FnMut(u64, FramePayload),
 ) -> Result<Replayed> {
@@ -165,7 +167,7 @@ pub fn replay(
             continue;
         }
         let bytes = io.read(path)?;
-        let scan = scan_segment(&bytes, *first_seq, node, expected_seq);
+        let scan = scan_segment(&bytes, *first_seq, nodes, expected_seq);
         report.segments_replayed += 1;
         for (seq, payload) in scan.frames {
             if mode.covered_seq.is_some_and(|covered| seq <= covered) {
@@ -200,7 +202,8 @@ pub fn replay(
             header_ok: scan.header_ok,
             expected_seq: expected_seq.unwrap_or(*first_seq),
         };
-        let (repair, fresh) = repair(io, wal_dir, node, &damaged, later)?;
+        let current = nodes.first().copied().unwrap_or_default();
+        let (repair, fresh) = repair(io, wal_dir, current, &damaged, later)?;
         if scan.header_ok {
             kept.push(info(*first_seq, path, bad.offset));
         }
@@ -288,7 +291,12 @@ struct SegmentScan {
 }
 
 /// Reads one segment's frames up to the first bad spot.
-fn scan_segment(bytes: &[u8], name_seq: u64, node: NodeId, expected: Option<u64>) -> SegmentScan {
+fn scan_segment(
+    bytes: &[u8],
+    name_seq: u64,
+    nodes: &[NodeId],
+    expected: Option<u64>,
+) -> SegmentScan {
     let mut scan = SegmentScan {
         header_ok: false,
         frames: Vec::new(),
@@ -300,7 +308,11 @@ fn scan_segment(bytes: &[u8], name_seq: u64, node: NodeId, expected: Option<u64>
     let header_readable = format::decode_segment_header(bytes).is_ok();
     let header_problem = match format::decode_segment_header(bytes) {
         Err(e) => Some(format!("bad segment header: {e}")),
-        Ok(h) if h.node != node => Some(format!("segment belongs to node {}, not {node}", h.node)),
+        Ok(h) if !nodes.contains(&h.node) => Some(format!(
+            "segment belongs to node {}, not to this directory ({})",
+            h.node,
+            nodes.first().copied().unwrap_or_default()
+        )),
         Ok(h) if h.first_seq != name_seq => Some(format!(
             "header says first seq {}, name says {name_seq}",
             h.first_seq
@@ -349,7 +361,7 @@ fn scan_segment(bytes: &[u8], name_seq: u64, node: NodeId, expected: Option<u64>
 pub(crate) fn read_whole_segment(bytes: &[u8]) -> std::result::Result<Vec<FramePayload>, String> {
     let header =
         format::decode_segment_header(bytes).map_err(|e| format!("bad segment header: {e}"))?;
-    let scan = scan_segment(bytes, header.first_seq, header.node, None);
+    let scan = scan_segment(bytes, header.first_seq, &[header.node], None);
     match scan.bad {
         Some(bad) => Err(format!("at byte {}: {}", bad.offset, bad.reason)),
         None => Ok(scan
