@@ -124,6 +124,7 @@ fn default_data_dir_is_under_the_working_directory() {
 #[test]
 fn get_of_a_missing_key_exits_1() {
     let (_tmp, dir) = db_dir();
+    mkv(&dir, &["put", "something", "else"]).expect(0);
     let run = mkv(&dir, &["get", "nothing"]).expect(1);
     assert_eq!(run.stdout, "");
     assert!(run.stderr.contains("not found"), "{}", run.stderr);
@@ -389,6 +390,72 @@ fn verify_a_healthy_directory_exits_0() {
     // Verify never creates anything: an empty directory is not a database.
     let (_tmp2, empty) = db_dir();
     mkv(&empty, &["verify"]).expect(3).assert_one_line_error();
+}
+
+/// Every command that only reads, and so must never create a database:
+/// arguments after `--data DIR`. `EXPORT_TO` stands for the export file.
+const READ_COMMANDS: &[&[&str]] = &[
+    &["get", "k"],
+    &["--json", "get", "k"],
+    &["scan"],
+    &["stats"],
+    &["--json", "stats"],
+    &["digest"],
+    &["verify"],
+    &["verify", "--repair"],
+    &["export", "EXPORT_TO"],
+    &["compact"],
+    &["promote"],
+    &["user", "list"],
+    &["user", "verify", "alice"],
+    &["apikey", "auth"],
+    &["apikey", "list", "alice"],
+    // Not a listening address, so that a serve which wrongly opens (and
+    // creates) the database fails right after instead of running forever.
+    &["serve", "--listen", "not-an-address"],
+];
+
+/// Runs each read command on `dir` and checks it exits 3 naming `dir`, and
+/// writes no export file.
+fn assert_reads_refuse(dir: &Path, export_to: &Path, what: &str) {
+    for command in READ_COMMANDS {
+        let args: Vec<&str> = command
+            .iter()
+            .map(|&a| match a {
+                "EXPORT_TO" => export_to.to_str().unwrap(),
+                a => a,
+            })
+            .collect();
+        // Nothing on stdin: a command must refuse before it reads a secret.
+        let run = mkv_auth(dir, &args, "", Some(MASTER_KEY_HEX));
+        assert_eq!(run.code, 3, "{args:?} on {what}: {}", run.stderr);
+        run.assert_one_line_error();
+        let expected = format!("no mergekv database at {}", dir.display());
+        assert!(
+            run.stderr.contains(&expected),
+            "{args:?} on {what}: {}",
+            run.stderr
+        );
+        assert!(!export_to.exists(), "{args:?} on {what} wrote the export");
+    }
+}
+
+#[test]
+fn read_commands_on_a_missing_or_empty_directory_exit_3_and_create_nothing() {
+    let (tmp, missing) = db_dir();
+    let export_to = tmp.path().join("changes.mkvc");
+    assert_reads_refuse(&missing, &export_to, "a missing directory");
+    assert!(!missing.exists(), "a read created {}", missing.display());
+
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    assert_reads_refuse(&empty, &export_to, "an empty directory");
+    let created: Vec<_> = std::fs::read_dir(&empty).unwrap().collect();
+    assert!(created.is_empty(), "a read created {created:?}");
+
+    // Writes still create the database.
+    mkv(&missing, &["put", "k", "v"]).expect(0);
+    assert_eq!(mkv(&missing, &["get", "k"]).expect(0).stdout, "v\n");
 }
 
 #[test]

@@ -253,6 +253,16 @@ fn digest(data: &Path, out: &mut Out) -> Result<(), CliError> {
     out.line(digest.root_hex())
 }
 
+/// True if `data` does not exist or is an empty directory: there is no
+/// database to verify. (A directory holding files but no META is reported
+/// by `verify` itself, as a damaged database.)
+fn holds_nothing(data: &Path) -> bool {
+    match std::fs::read_dir(data) {
+        Ok(mut entries) => entries.next().is_none(),
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+    }
+}
+
 /// Prints a verify report; exit 3 if it found damage. `repair` is what
 /// `--repair` dropped (`Some(None)`: nothing needed repair).
 fn finish_verify(
@@ -282,6 +292,9 @@ fn finish_verify(
 }
 
 fn verify(data: &Path, a: &VerifyArgs, out: &mut Out) -> Result<(), CliError> {
+    if holds_nothing(data) {
+        return Err(CliError::no_database(data));
+    }
     let report = mergekv::verify(data)?;
     if !a.repair {
         return finish_verify(&report, None, out);
