@@ -354,6 +354,39 @@ fn a_malformed_load_line_exits_3_naming_file_and_line() {
 }
 
 #[test]
+fn a_too_large_load_line_names_the_limit_not_a_malformed_line() {
+    let (tmp, dir) = db_dir();
+    let limits = mergekv::Options::default();
+    let value_bytes = limits.value_size_bytes_max + 1;
+    let file = tmp.path().join("big.tsv");
+    let mut text = b"a\t1\nbig\t".to_vec();
+    text.resize(text.len() + value_bytes, b'x');
+    text.extend_from_slice(b"\nc\t3\n");
+    std::fs::write(&file, text).unwrap();
+    let run = mkv(&dir, &["load", file.to_str().unwrap()]).expect(3);
+    run.assert_one_line_error();
+    let expected = format!(
+        "big.tsv:2: value too large: {value_bytes} bytes, more than value_size_bytes_max ({})",
+        limits.value_size_bytes_max
+    );
+    assert!(run.stderr.contains(&expected), "{}", run.stderr);
+    assert!(!run.stderr.contains("malformed"), "{}", run.stderr);
+    mkv(&dir, &["get", "a"]).expect(0);
+    mkv(&dir, &["get", "c"]).expect(1);
+
+    let key_bytes = limits.key_size_bytes_max + 1;
+    let mut line = vec![b'k'; key_bytes];
+    line.extend_from_slice(b"\tv\n");
+    let run = mkv_stdin(&dir, &["load", "-"], &line).expect(3);
+    let expected = format!(
+        "<stdin>:1: key too large: {key_bytes} bytes, more than key_size_bytes_max ({})",
+        limits.key_size_bytes_max
+    );
+    assert!(run.stderr.contains(&expected), "{}", run.stderr);
+    assert!(!run.stderr.contains("malformed"), "{}", run.stderr);
+}
+
+#[test]
 fn bad_usage_exits_2() {
     let (_tmp, dir) = db_dir();
     mkv(&dir, &["frobnicate"]).expect(2);
