@@ -492,6 +492,36 @@ fn read_commands_on_a_missing_or_empty_directory_exit_3_and_create_nothing() {
 }
 
 #[test]
+fn a_file_given_as_data_is_named_as_not_a_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("notes.txt");
+    std::fs::write(&file, "not a database").unwrap();
+    let expected = format!("--data {} is not a directory", file.display());
+    for args in [
+        &["put", "k", "v"][..],
+        &["get", "k"],
+        &["verify"],
+        &["stats"],
+    ] {
+        let run = mkv(&file, args).expect(3);
+        run.assert_one_line_error();
+        assert!(run.stderr.contains(&expected), "{args:?}: {}", run.stderr);
+    }
+    let under = file.join("db");
+    let run = mkv(&under, &["put", "k", "v"]).expect(3);
+    let expected = format!(
+        "--data {}: {} is not a directory",
+        under.display(),
+        file.display()
+    );
+    assert!(run.stderr.contains(&expected), "{}", run.stderr);
+    let demo = Run::from(bin().args(["demo", "--dir"]).arg(&file).output().unwrap()).expect(3);
+    let expected = format!("--dir {} is not a directory", file.display());
+    assert!(demo.stderr.contains(&expected), "{}", demo.stderr);
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "not a database");
+}
+
+#[test]
 fn a_damaged_segment_is_reported_refused_and_repaired() {
     let (_tmp, dir) = db_dir();
     for i in 0..5 {

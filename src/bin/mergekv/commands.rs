@@ -12,7 +12,7 @@ use crate::args::{
 };
 use crate::error::CliError;
 use crate::output::{self, EntryJson, GetJson, Out, OutcomeJson, ScanJson, VerifyJson};
-use crate::{auth, demo, load, replicate};
+use crate::{auth, demo, files, load, replicate};
 
 /// Runs the command line; the error carries the exit code.
 pub fn run(cli: &Cli) -> Result<(), CliError> {
@@ -24,6 +24,13 @@ pub fn run(cli: &Cli) -> Result<(), CliError> {
 
 fn dispatch(cli: &Cli, out: &mut Out) -> Result<(), CliError> {
     let data = cli.data.as_path();
+    match &cli.command {
+        Command::Demo(a) => a
+            .dir
+            .as_deref()
+            .map_or(Ok(()), |dir| files::check_dir_path(dir, "--dir"))?,
+        _ => files::check_dir_path(data, "--data")?,
+    }
     match &cli.command {
         Command::Put(a) => put(data, a, out),
         Command::Get(a) => get(data, a, out),
