@@ -386,6 +386,69 @@ fn a_too_large_load_line_names_the_limit_not_a_malformed_line() {
     assert!(!run.stderr.contains("malformed"), "{}", run.stderr);
 }
 
+/// Runs `mergekv --data DIR ARGS...` unable to grow any file past 64
+/// blocks (32 or 64 KiB, by the shell's block size), as a full disk would:
+/// a write past that fails with EFBIG ("File too large", os error 27). The
+/// signal such a write raises is ignored, so the write returns the error.
+#[cfg(target_os = "linux")]
+fn mkv_small_files(dir: &Path, args: &[&str]) -> Run {
+    let output = Command::new("sh")
+        .arg("-c")
+        .arg("trap '' XFSZ; ulimit -f 64 && exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_mergekv"))
+        .arg("--data")
+        .arg(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    Run::from(output)
+}
+
+/// Two megabytes of KEY<TAB>VALUE lines, far past what `mkv_small_files`
+/// lets a file grow to.
+#[cfg(target_os = "linux")]
+fn two_megabytes_of_lines(path: &Path) {
+    let text: String = (0..16_000)
+        .map(|i| format!("key-{i:05}\t{}\n", "v".repeat(120)))
+        .collect();
+    std::fs::write(path, text).unwrap();
+}
+
+/// Asserts that the error line starts with the original failed write to
+/// the WAL, and does not call it "an earlier failure".
+#[cfg(target_os = "linux")]
+fn assert_names_the_failed_wal_write(run: &Run, dir: &Path) {
+    run.assert_one_line_error();
+    let first = format!(
+        "mergekv: error: write failed on {}",
+        dir.join("wal").display()
+    );
+    assert!(run.stderr.starts_with(&first), "{}", run.stderr);
+    assert!(run.stderr.contains("(os error 27)"), "{}", run.stderr);
+    assert!(!run.stderr.contains("earlier failure"), "{}", run.stderr);
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn the_first_io_failure_of_a_command_is_reported_as_itself() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (source, target) = (tmp.path().join("source"), tmp.path().join("target"));
+    let lines = tmp.path().join("lines.tsv");
+    two_megabytes_of_lines(&lines);
+    let lines = lines.to_str().unwrap();
+    mkv(&target, &["put", "before", "1"]).expect(0);
+    let load = mkv_small_files(&target, &["load", "--batch", "1000", lines]).expect(3);
+    assert_names_the_failed_wal_write(&load, &target);
+
+    mkv(&source, &["load", lines]).expect(0);
+    let changes = tmp.path().join("changes.mkvc");
+    mkv(&source, &["export", changes.to_str().unwrap()]).expect(0);
+    let import = mkv_small_files(&target, &["import", changes.to_str().unwrap()]).expect(3);
+    assert_names_the_failed_wal_write(&import, &target);
+    // Nothing acknowledged was lost.
+    assert_eq!(mkv(&target, &["get", "before"]).expect(0).stdout, "1\n");
+}
+
 #[test]
 fn bad_usage_exits_2() {
     let (_tmp, dir) = db_dir();

@@ -10,7 +10,7 @@ use mergekv::{
 use crate::args::{
     Cli, Command, ExportArgs, ImportArgs, IncrArgs, KeyArgs, PutArgs, ScanArgs, VerifyArgs,
 };
-use crate::error::CliError;
+use crate::error::{CliError, describe};
 use crate::output::{self, EntryJson, GetJson, Out, OutcomeJson, ScanJson, VerifyJson};
 use crate::{auth, demo, files, load, replicate};
 
@@ -240,9 +240,11 @@ fn import(data: &Path, a: &ImportArgs, out: &mut Out) -> Result<(), CliError> {
     let bytes = std::fs::read(&a.file)
         .map_err(|e| CliError::data(format_args!("cannot read {}: {e}", a.file.display())))?;
     let db = Db::open(data)?;
-    let report = db
-        .import(&bytes)
-        .map_err(|e| CliError::data(format_args!("{}: {e}", a.file.display())))?;
+    let report = db.import(&bytes).map_err(|e| match e {
+        // The database's own failure, not the change set's.
+        mergekv::Error::Io { .. } | mergekv::Error::Poisoned { .. } => CliError::data(describe(&e)),
+        e => CliError::data(format_args!("{}: {e}", a.file.display())),
+    })?;
     db.close()?;
     if out.json {
         return out.json(&report);

@@ -79,7 +79,21 @@ impl From<mergekv::Error> for CliError {
             // ClockDrift, Decode, and anything added later.
             _ => EXIT_DATA,
         };
-        Self::new(code, error)
+        Self::new(code, describe(&error))
+    }
+}
+
+/// The one-line message for a library error.
+pub fn describe(error: &mergekv::Error) -> String {
+    match error {
+        // Each command opens the database afresh, so a poison it meets is
+        // its own first failure: name that failure (operation, file, OS
+        // error) first, not as "an earlier failure".
+        mergekv::Error::Poisoned { cause } => format!(
+            "{cause}; writes stopped there (fail-stop), and everything acknowledged \
+             before it is kept"
+        ),
+        _ => error.to_string(),
     }
 }
 
