@@ -449,6 +449,59 @@ fn the_first_io_failure_of_a_command_is_reported_as_itself() {
     assert_eq!(mkv(&target, &["get", "before"]).expect(0).stdout, "1\n");
 }
 
+/// The names in a directory, sorted.
+#[cfg(target_os = "linux")]
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_failed_export_leaves_no_partial_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, copy, out) = (
+        tmp.path().join("db"),
+        tmp.path().join("copy"),
+        tmp.path().join("out"),
+    );
+    let lines = tmp.path().join("lines.tsv");
+    two_megabytes_of_lines(&lines);
+    mkv(&dir, &["load", lines.to_str().unwrap()]).expect(0);
+    std::fs::create_dir(&out).unwrap();
+    let (old, new) = (out.join("old.mkvc"), out.join("new.mkvc"));
+    std::fs::write(&old, "an earlier export").unwrap();
+    for file in [&old, &new] {
+        let run = mkv_small_files(&dir, &["export", file.to_str().unwrap()]).expect(3);
+        run.assert_one_line_error();
+        let expected = format!("cannot write {}: ", file.display());
+        assert!(run.stderr.contains(&expected), "{}", run.stderr);
+    }
+    let kept = std::fs::read(&old).unwrap();
+    assert!(
+        kept == b"an earlier export",
+        "the earlier export was overwritten: {} bytes now",
+        kept.len()
+    );
+    assert_eq!(names_in(&out), ["old.mkvc"], "no partial or temporary file");
+    // A failed rename (onto a directory) removes the temporary file too.
+    mkv(&dir, &["export", out.to_str().unwrap()]).expect(3);
+    assert_eq!(names_in(&out), ["old.mkvc"]);
+    assert_eq!(names_in(tmp.path()), ["db", "lines.tsv", "out"]);
+    // Without the limit it is written whole, over the old file.
+    mkv(&dir, &["export", old.to_str().unwrap()]).expect(0);
+    assert_eq!(names_in(&out), ["old.mkvc"]);
+    mkv(&copy, &["import", old.to_str().unwrap()]).expect(0);
+    assert_eq!(
+        mkv(&copy, &["digest"]).expect(0).stdout,
+        mkv(&dir, &["digest"]).expect(0).stdout
+    );
+}
+
 #[test]
 fn bad_usage_exits_2() {
     let (_tmp, dir) = db_dir();

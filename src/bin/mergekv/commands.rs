@@ -228,7 +228,7 @@ fn export(data: &Path, a: &ExportArgs, out: &mut Out) -> Result<(), CliError> {
     let db = replicate::open_for_read(data)?;
     let (bytes, cursor) = db.export_since(&since)?;
     db.close()?;
-    std::fs::write(&a.file, &bytes)
+    files::write_atomically(&a.file, &bytes)
         .map_err(|e| CliError::data(format_args!("cannot write {}: {e}", a.file.display())))?;
     if out.json {
         return out.json(&serde_json::json!({"cursor": cursor.to_text(), "bytes": bytes.len()}));
