@@ -124,6 +124,7 @@ fn default_data_dir_is_under_the_working_directory() {
 #[test]
 fn get_of_a_missing_key_exits_1() {
     let (_tmp, dir) = db_dir();
+    mkv(&dir, &["put", "something", "else"]).expect(0);
     let run = mkv(&dir, &["get", "nothing"]).expect(1);
     assert_eq!(run.stdout, "");
     assert!(run.stderr.contains("not found"), "{}", run.stderr);
@@ -353,6 +354,155 @@ fn a_malformed_load_line_exits_3_naming_file_and_line() {
 }
 
 #[test]
+fn a_too_large_load_line_names_the_limit_not_a_malformed_line() {
+    let (tmp, dir) = db_dir();
+    let limits = mergekv::Options::default();
+    let value_bytes = limits.value_size_bytes_max + 1;
+    let file = tmp.path().join("big.tsv");
+    let mut text = b"a\t1\nbig\t".to_vec();
+    text.resize(text.len() + value_bytes, b'x');
+    text.extend_from_slice(b"\nc\t3\n");
+    std::fs::write(&file, text).unwrap();
+    let run = mkv(&dir, &["load", file.to_str().unwrap()]).expect(3);
+    run.assert_one_line_error();
+    let expected = format!(
+        "big.tsv:2: value too large: {value_bytes} bytes, more than value_size_bytes_max ({})",
+        limits.value_size_bytes_max
+    );
+    assert!(run.stderr.contains(&expected), "{}", run.stderr);
+    assert!(!run.stderr.contains("malformed"), "{}", run.stderr);
+    mkv(&dir, &["get", "a"]).expect(0);
+    mkv(&dir, &["get", "c"]).expect(1);
+
+    let key_bytes = limits.key_size_bytes_max + 1;
+    let mut line = vec![b'k'; key_bytes];
+    line.extend_from_slice(b"\tv\n");
+    let run = mkv_stdin(&dir, &["load", "-"], &line).expect(3);
+    let expected = format!(
+        "<stdin>:1: key too large: {key_bytes} bytes, more than key_size_bytes_max ({})",
+        limits.key_size_bytes_max
+    );
+    assert!(run.stderr.contains(&expected), "{}", run.stderr);
+    assert!(!run.stderr.contains("malformed"), "{}", run.stderr);
+}
+
+/// Runs `mergekv --data DIR ARGS...` unable to grow any file past 64
+/// blocks (32 or 64 KiB, by the shell's block size), as a full disk would:
+/// a write past that fails with EFBIG ("File too large", os error 27). The
+/// signal such a write raises is ignored, so the write returns the error.
+#[cfg(target_os = "linux")]
+fn mkv_small_files(dir: &Path, args: &[&str]) -> Run {
+    let output = Command::new("sh")
+        .arg("-c")
+        .arg("trap '' XFSZ; ulimit -f 64 && exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_mergekv"))
+        .arg("--data")
+        .arg(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    Run::from(output)
+}
+
+/// Two megabytes of KEY<TAB>VALUE lines, far past what `mkv_small_files`
+/// lets a file grow to.
+#[cfg(target_os = "linux")]
+fn two_megabytes_of_lines(path: &Path) {
+    let text: String = (0..16_000)
+        .map(|i| format!("key-{i:05}\t{}\n", "v".repeat(120)))
+        .collect();
+    std::fs::write(path, text).unwrap();
+}
+
+/// Asserts that the error line starts with the original failed write to
+/// the WAL, and does not call it "an earlier failure".
+#[cfg(target_os = "linux")]
+fn assert_names_the_failed_wal_write(run: &Run, dir: &Path) {
+    run.assert_one_line_error();
+    let first = format!(
+        "mergekv: error: write failed on {}",
+        dir.join("wal").display()
+    );
+    assert!(run.stderr.starts_with(&first), "{}", run.stderr);
+    assert!(run.stderr.contains("(os error 27)"), "{}", run.stderr);
+    assert!(!run.stderr.contains("earlier failure"), "{}", run.stderr);
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn the_first_io_failure_of_a_command_is_reported_as_itself() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (source, target) = (tmp.path().join("source"), tmp.path().join("target"));
+    let lines = tmp.path().join("lines.tsv");
+    two_megabytes_of_lines(&lines);
+    let lines = lines.to_str().unwrap();
+    mkv(&target, &["put", "before", "1"]).expect(0);
+    let load = mkv_small_files(&target, &["load", "--batch", "1000", lines]).expect(3);
+    assert_names_the_failed_wal_write(&load, &target);
+
+    mkv(&source, &["load", lines]).expect(0);
+    let changes = tmp.path().join("changes.mkvc");
+    mkv(&source, &["export", changes.to_str().unwrap()]).expect(0);
+    let import = mkv_small_files(&target, &["import", changes.to_str().unwrap()]).expect(3);
+    assert_names_the_failed_wal_write(&import, &target);
+    // Nothing acknowledged was lost.
+    assert_eq!(mkv(&target, &["get", "before"]).expect(0).stdout, "1\n");
+}
+
+/// The names in a directory, sorted.
+#[cfg(target_os = "linux")]
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_failed_export_leaves_no_partial_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, copy, out) = (
+        tmp.path().join("db"),
+        tmp.path().join("copy"),
+        tmp.path().join("out"),
+    );
+    let lines = tmp.path().join("lines.tsv");
+    two_megabytes_of_lines(&lines);
+    mkv(&dir, &["load", lines.to_str().unwrap()]).expect(0);
+    std::fs::create_dir(&out).unwrap();
+    let (old, new) = (out.join("old.mkvc"), out.join("new.mkvc"));
+    std::fs::write(&old, "an earlier export").unwrap();
+    for file in [&old, &new] {
+        let run = mkv_small_files(&dir, &["export", file.to_str().unwrap()]).expect(3);
+        run.assert_one_line_error();
+        let expected = format!("cannot write {}: ", file.display());
+        assert!(run.stderr.contains(&expected), "{}", run.stderr);
+    }
+    let kept = std::fs::read(&old).unwrap();
+    assert!(
+        kept == b"an earlier export",
+        "the earlier export was overwritten: {} bytes now",
+        kept.len()
+    );
+    assert_eq!(names_in(&out), ["old.mkvc"], "no partial or temporary file");
+    // A failed rename (onto a directory) removes the temporary file too.
+    mkv(&dir, &["export", out.to_str().unwrap()]).expect(3);
+    assert_eq!(names_in(&out), ["old.mkvc"]);
+    assert_eq!(names_in(tmp.path()), ["db", "lines.tsv", "out"]);
+    // Without the limit it is written whole, over the old file.
+    mkv(&dir, &["export", old.to_str().unwrap()]).expect(0);
+    assert_eq!(names_in(&out), ["old.mkvc"]);
+    mkv(&copy, &["import", old.to_str().unwrap()]).expect(0);
+    assert_eq!(
+        mkv(&copy, &["digest"]).expect(0).stdout,
+        mkv(&dir, &["digest"]).expect(0).stdout
+    );
+}
+
+#[test]
 fn bad_usage_exits_2() {
     let (_tmp, dir) = db_dir();
     mkv(&dir, &["frobnicate"]).expect(2);
@@ -389,6 +539,102 @@ fn verify_a_healthy_directory_exits_0() {
     // Verify never creates anything: an empty directory is not a database.
     let (_tmp2, empty) = db_dir();
     mkv(&empty, &["verify"]).expect(3).assert_one_line_error();
+}
+
+/// Every command that only reads, and so must never create a database:
+/// arguments after `--data DIR`. `EXPORT_TO` stands for the export file.
+const READ_COMMANDS: &[&[&str]] = &[
+    &["get", "k"],
+    &["--json", "get", "k"],
+    &["scan"],
+    &["stats"],
+    &["--json", "stats"],
+    &["digest"],
+    &["verify"],
+    &["verify", "--repair"],
+    &["export", "EXPORT_TO"],
+    &["compact"],
+    &["promote"],
+    &["user", "list"],
+    &["user", "verify", "alice"],
+    &["apikey", "auth"],
+    &["apikey", "list", "alice"],
+    // Not a listening address, so that a serve which wrongly opens (and
+    // creates) the database fails right after instead of running forever.
+    &["serve", "--listen", "not-an-address"],
+];
+
+/// Runs each read command on `dir` and checks it exits 3 naming `dir`, and
+/// writes no export file.
+fn assert_reads_refuse(dir: &Path, export_to: &Path, what: &str) {
+    for command in READ_COMMANDS {
+        let args: Vec<&str> = command
+            .iter()
+            .map(|&a| match a {
+                "EXPORT_TO" => export_to.to_str().unwrap(),
+                a => a,
+            })
+            .collect();
+        // Nothing on stdin: a command must refuse before it reads a secret.
+        let run = mkv_auth(dir, &args, "", Some(MASTER_KEY_HEX));
+        assert_eq!(run.code, 3, "{args:?} on {what}: {}", run.stderr);
+        run.assert_one_line_error();
+        let expected = format!("no mergekv database at {}", dir.display());
+        assert!(
+            run.stderr.contains(&expected),
+            "{args:?} on {what}: {}",
+            run.stderr
+        );
+        assert!(!export_to.exists(), "{args:?} on {what} wrote the export");
+    }
+}
+
+#[test]
+fn read_commands_on_a_missing_or_empty_directory_exit_3_and_create_nothing() {
+    let (tmp, missing) = db_dir();
+    let export_to = tmp.path().join("changes.mkvc");
+    assert_reads_refuse(&missing, &export_to, "a missing directory");
+    assert!(!missing.exists(), "a read created {}", missing.display());
+
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    assert_reads_refuse(&empty, &export_to, "an empty directory");
+    let created: Vec<_> = std::fs::read_dir(&empty).unwrap().collect();
+    assert!(created.is_empty(), "a read created {created:?}");
+
+    // Writes still create the database.
+    mkv(&missing, &["put", "k", "v"]).expect(0);
+    assert_eq!(mkv(&missing, &["get", "k"]).expect(0).stdout, "v\n");
+}
+
+#[test]
+fn a_file_given_as_data_is_named_as_not_a_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("notes.txt");
+    std::fs::write(&file, "not a database").unwrap();
+    let expected = format!("--data {} is not a directory", file.display());
+    for args in [
+        &["put", "k", "v"][..],
+        &["get", "k"],
+        &["verify"],
+        &["stats"],
+    ] {
+        let run = mkv(&file, args).expect(3);
+        run.assert_one_line_error();
+        assert!(run.stderr.contains(&expected), "{args:?}: {}", run.stderr);
+    }
+    let under = file.join("db");
+    let run = mkv(&under, &["put", "k", "v"]).expect(3);
+    let expected = format!(
+        "--data {}: {} is not a directory",
+        under.display(),
+        file.display()
+    );
+    assert!(run.stderr.contains(&expected), "{}", run.stderr);
+    let demo = Run::from(bin().args(["demo", "--dir"]).arg(&file).output().unwrap()).expect(3);
+    let expected = format!("--dir {} is not a directory", file.display());
+    assert!(demo.stderr.contains(&expected), "{}", demo.stderr);
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "not a database");
 }
 
 #[test]

@@ -8,8 +8,8 @@
 use std::io::{BufRead, IsTerminal, Read};
 use std::path::Path;
 
-use mergekv::Db;
 use mergekv::auth::{ApiKeyInfo, AuthService, MasterKey, Scope, Scopes, UserInfo};
+use mergekv::{Db, Options};
 use serde::Serialize;
 use zeroize::Zeroizing;
 
@@ -77,7 +77,8 @@ struct DoneJson<'a> {
 
 /// `mergekv user ...`.
 pub fn user(cli: &Cli, command: &UserCommand, out: &mut Out) -> Result<(), CliError> {
-    let (db, auth) = open_service(cli)?;
+    let writes = matches!(command, UserCommand::Add(_) | UserCommand::Del(_));
+    let (db, auth) = open_service(cli, writes)?;
     match command {
         UserCommand::Add(a) => {
             let password = read_secret_line("Password for the new user: ", true)?;
@@ -112,7 +113,8 @@ pub fn user(cli: &Cli, command: &UserCommand, out: &mut Out) -> Result<(), CliEr
 
 /// `mergekv apikey ...`.
 pub fn apikey(cli: &Cli, command: &ApikeyCommand, out: &mut Out) -> Result<(), CliError> {
-    let (db, auth) = open_service(cli)?;
+    let writes = matches!(command, ApikeyCommand::Create(_) | ApikeyCommand::Revoke(_));
+    let (db, auth) = open_service(cli, writes)?;
     match command {
         ApikeyCommand::Create(a) => create_key(db, auth, a, out),
         ApikeyCommand::Auth => {
@@ -194,10 +196,16 @@ fn print_done(out: &mut Out, action: &'static str, target: &str) -> Result<(), C
     out.line(format_args!("{action} {target}"))
 }
 
-/// Reads the master key first, so that a missing key creates nothing.
-fn open_service(cli: &Cli) -> Result<(Db, AuthService), CliError> {
+/// Reads the master key first, so that a missing key creates nothing. Only
+/// a command that `writes` creates the database if there is none: a read
+/// must not leave a new database behind (with this master key registered).
+fn open_service(cli: &Cli, writes: bool) -> Result<(Db, AuthService), CliError> {
     let key = master_key(cli.master_key_file.as_deref())?;
-    let db = Db::open(&cli.data)?;
+    let options = Options {
+        create_if_missing: writes,
+        ..Options::default()
+    };
+    let db = Db::open_with(&cli.data, options)?;
     let auth = AuthService::open(&db, key)?;
     Ok((db, auth))
 }

@@ -10,9 +10,9 @@ use mergekv::{
 use crate::args::{
     Cli, Command, ExportArgs, ImportArgs, IncrArgs, KeyArgs, PutArgs, ScanArgs, VerifyArgs,
 };
-use crate::error::CliError;
+use crate::error::{CliError, describe};
 use crate::output::{self, EntryJson, GetJson, Out, OutcomeJson, ScanJson, VerifyJson};
-use crate::{auth, demo, load, replicate};
+use crate::{auth, demo, files, load, replicate};
 
 /// Runs the command line; the error carries the exit code.
 pub fn run(cli: &Cli) -> Result<(), CliError> {
@@ -24,6 +24,13 @@ pub fn run(cli: &Cli) -> Result<(), CliError> {
 
 fn dispatch(cli: &Cli, out: &mut Out) -> Result<(), CliError> {
     let data = cli.data.as_path();
+    match &cli.command {
+        Command::Demo(a) => a
+            .dir
+            .as_deref()
+            .map_or(Ok(()), |dir| files::check_dir_path(dir, "--dir"))?,
+        _ => files::check_dir_path(data, "--data")?,
+    }
     match &cli.command {
         Command::Put(a) => put(data, a, out),
         Command::Get(a) => get(data, a, out),
@@ -221,7 +228,7 @@ fn export(data: &Path, a: &ExportArgs, out: &mut Out) -> Result<(), CliError> {
     let db = replicate::open_for_read(data)?;
     let (bytes, cursor) = db.export_since(&since)?;
     db.close()?;
-    std::fs::write(&a.file, &bytes)
+    files::write_atomically(&a.file, &bytes)
         .map_err(|e| CliError::data(format_args!("cannot write {}: {e}", a.file.display())))?;
     if out.json {
         return out.json(&serde_json::json!({"cursor": cursor.to_text(), "bytes": bytes.len()}));
@@ -233,9 +240,11 @@ fn import(data: &Path, a: &ImportArgs, out: &mut Out) -> Result<(), CliError> {
     let bytes = std::fs::read(&a.file)
         .map_err(|e| CliError::data(format_args!("cannot read {}: {e}", a.file.display())))?;
     let db = Db::open(data)?;
-    let report = db
-        .import(&bytes)
-        .map_err(|e| CliError::data(format_args!("{}: {e}", a.file.display())))?;
+    let report = db.import(&bytes).map_err(|e| match e {
+        // The database's own failure, not the change set's.
+        mergekv::Error::Io { .. } | mergekv::Error::Poisoned { .. } => CliError::data(describe(&e)),
+        e => CliError::data(format_args!("{}: {e}", a.file.display())),
+    })?;
     db.close()?;
     if out.json {
         return out.json(&report);
@@ -251,6 +260,16 @@ fn digest(data: &Path, out: &mut Out) -> Result<(), CliError> {
         return out.json(&serde_json::json!({"root": digest.root_hex(), "keys": digest.keys}));
     }
     out.line(digest.root_hex())
+}
+
+/// True if `data` does not exist or is an empty directory: there is no
+/// database to verify. (A directory holding files but no META is reported
+/// by `verify` itself, as a damaged database.)
+fn holds_nothing(data: &Path) -> bool {
+    match std::fs::read_dir(data) {
+        Ok(mut entries) => entries.next().is_none(),
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+    }
 }
 
 /// Prints a verify report; exit 3 if it found damage. `repair` is what
@@ -282,6 +301,9 @@ fn finish_verify(
 }
 
 fn verify(data: &Path, a: &VerifyArgs, out: &mut Out) -> Result<(), CliError> {
+    if holds_nothing(data) {
+        return Err(CliError::no_database(data));
+    }
     let report = mergekv::verify(data)?;
     if !a.repair {
         return finish_verify(&report, None, out);

@@ -2,6 +2,7 @@
 
 use std::fmt::Display;
 use std::io;
+use std::path::Path;
 
 /// Exit code: the key is absent.
 pub const EXIT_NOT_FOUND: u8 = 1;
@@ -41,6 +42,13 @@ impl CliError {
         Self::new(EXIT_DATA, message)
     }
 
+    /// Exit 3: `path` holds no database, and the command only reads, so it
+    /// must not create one there (a mistyped `--data` would otherwise be
+    /// answered from a new, empty database).
+    pub fn no_database(path: &Path) -> Self {
+        Self::data(format_args!("no mergekv database at {}", path.display()))
+    }
+
     /// A failed write to stdout. A closed pipe (`mergekv scan | head`) ends
     /// the program quietly and successfully.
     pub fn stdout(error: io::Error) -> Self {
@@ -57,6 +65,9 @@ impl CliError {
 impl From<mergekv::Error> for CliError {
     fn from(error: mergekv::Error) -> Self {
         use mergekv::Error as E;
+        if let E::NotADatabase { dir } = &error {
+            return Self::no_database(dir);
+        }
         let code = match &error {
             E::Auth(auth) => auth_exit_code(auth),
             E::ReadOnly { .. } => EXIT_READ_ONLY,
@@ -68,7 +79,21 @@ impl From<mergekv::Error> for CliError {
             // ClockDrift, Decode, and anything added later.
             _ => EXIT_DATA,
         };
-        Self::new(code, error)
+        Self::new(code, describe(&error))
+    }
+}
+
+/// The one-line message for a library error.
+pub fn describe(error: &mergekv::Error) -> String {
+    match error {
+        // Each command opens the database afresh, so a poison it meets is
+        // its own first failure: name that failure (operation, file, OS
+        // error) first, not as "an earlier failure".
+        mergekv::Error::Poisoned { cause } => format!(
+            "{cause}; writes stopped there (fail-stop), and everything acknowledged \
+             before it is kept"
+        ),
+        _ => error.to_string(),
     }
 }
 

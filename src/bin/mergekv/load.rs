@@ -127,29 +127,71 @@ fn parse_line(line: &[u8]) -> Result<Option<KeyValue<'_>>, &'static str> {
     Ok(Some((&line[..tab], &line[tab + 1..])))
 }
 
+/// Why a line stops the load.
+enum BadLine {
+    /// It is not KEY<TAB>VALUE.
+    Malformed(&'static str),
+    /// Its key or value is larger than a limit allows.
+    TooLarge {
+        /// `key` or `value`.
+        what: &'static str,
+        /// The limit's name in `Options`.
+        limit: &'static str,
+        size_bytes: usize,
+        max_bytes: usize,
+    },
+}
+
+impl std::fmt::Display for BadLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BadLine::Malformed(why) => {
+                write!(f, "malformed line: {why} (expected KEY<TAB>VALUE)")
+            }
+            BadLine::TooLarge {
+                what,
+                limit,
+                size_bytes,
+                max_bytes,
+            } => write!(
+                f,
+                "{what} too large: {size_bytes} bytes, more than {limit} ({max_bytes})"
+            ),
+        }
+    }
+}
+
 /// Checks a line's key and value against the size limits, so that the
 /// message can name the line.
-fn check_sizes(key: &[u8], value: &[u8], options: &Options) -> Result<(), String> {
+fn check_sizes(key: &[u8], value: &[u8], options: &Options) -> Result<(), BadLine> {
+    let too_large = |what, limit, size_bytes, max_bytes| BadLine::TooLarge {
+        what,
+        limit,
+        size_bytes,
+        max_bytes,
+    };
     if key.len() > options.key_size_bytes_max {
-        return Err(format!(
-            "key is {} bytes, more than key_size_bytes_max ({})",
+        return Err(too_large(
+            "key",
+            "key_size_bytes_max",
             key.len(),
-            options.key_size_bytes_max
+            options.key_size_bytes_max,
         ));
     }
     if value.len() > options.value_size_bytes_max {
-        return Err(format!(
-            "value is {} bytes, more than value_size_bytes_max ({})",
+        return Err(too_large(
+            "value",
+            "value_size_bytes_max",
             value.len(),
-            options.value_size_bytes_max
+            options.value_size_bytes_max,
         ));
     }
     Ok(())
 }
 
 /// A line's key and value, checked; `Ok(None)` for a blank line.
-fn entry<'l>(line: &'l [u8], options: &Options) -> Result<Option<KeyValue<'l>>, String> {
-    let Some((key, value)) = parse_line(line)? else {
+fn entry<'l>(line: &'l [u8], options: &Options) -> Result<Option<KeyValue<'l>>, BadLine> {
+    let Some((key, value)) = parse_line(line).map_err(BadLine::Malformed)? else {
         return Ok(None);
     };
     check_sizes(key, value, options)?;
@@ -187,12 +229,12 @@ fn read_lines(
 }
 
 /// The error for a bad line, after writing the lines before it.
-fn bad_line(loader: &mut Loader, name: &str, number: u64, why: &str) -> CliError {
+fn bad_line(loader: &mut Loader, name: &str, number: u64, why: &BadLine) -> CliError {
     if let Err(e) = loader.flush() {
         return e.into();
     }
     CliError::data(format_args!(
-        "{name}:{number}: malformed line: {why} (expected KEY<TAB>VALUE); {} entries from the lines before it were loaded",
+        "{name}:{number}: {why}; {} entries from the lines before it were loaded",
         loader.loaded
     ))
 }

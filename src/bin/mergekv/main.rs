@@ -9,6 +9,7 @@ mod auth;
 mod commands;
 mod demo;
 mod error;
+mod files;
 mod load;
 mod output;
 mod progress;

@@ -32,7 +32,9 @@ const TOKEN_FILE_BYTES_MAX: u64 = 4096;
 /// `mergekv serve --listen ADDR`.
 pub fn serve(cli: &Cli, a: &ServeArgs, out: &mut Out) -> Result<(), CliError> {
     let key = master_key(cli.master_key_file.as_deref())?;
-    let db = Db::open(&cli.data)?;
+    // Serving only reads: a new, empty database could never have a user
+    // with a replicate key, so a missing one is a mistyped --data.
+    let db = Db::open_with(&cli.data, existing_only())?;
     let auth = Arc::new(AuthService::open(&db, key)?);
     let server = ReplicationServer::start(&db, a.listen.as_str(), ReplicationOptions::new(auth))?;
     out.line(format_args!(
@@ -164,9 +166,19 @@ fn read_token(path: &Path) -> Result<Zeroizing<String>, CliError> {
     Ok(Zeroizing::new(text.trim().to_string()))
 }
 
-/// Opens for reading: a follower's directory read-only, any other normally.
+/// Options that open only a database that exists: a command that only
+/// reads must not create one ([`mergekv::Error::NotADatabase`] instead).
+pub fn existing_only() -> mergekv::Options {
+    mergekv::Options {
+        create_if_missing: false,
+        ..mergekv::Options::default()
+    }
+}
+
+/// Opens an existing database for reading: a follower's directory
+/// read-only, any other normally.
 pub fn open_for_read(data: &Path) -> mergekv::Result<Db> {
-    match Db::open(data) {
+    match Db::open_with(data, existing_only()) {
         Err(Error::ReadOnly {
             follower_of: Some(_),
             ..
@@ -174,7 +186,7 @@ pub fn open_for_read(data: &Path) -> mergekv::Result<Db> {
             data,
             mergekv::Options {
                 read_only: true,
-                ..mergekv::Options::default()
+                ..existing_only()
             },
         ),
         other => other,
