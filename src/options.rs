@@ -114,7 +114,8 @@ pub struct Options {
     /// lineage (its files still carry it). An open does this by itself
     /// when the directory is a copy of the one the identity was issued in;
     /// this is for a copy it could not tell (a block-level clone), which an
-    /// import refuses with [`crate::Error::IdentityConflict`].
+    /// import refuses with [`crate::Error::IdentityConflict`]. CLI:
+    /// `mergekv reidentify`.
     pub renew_identity: bool,
     /// The wall clock the HLC reads.
     pub wall_clock: Arc<dyn WallClock>,

@@ -1154,3 +1154,81 @@ fn a_follower_killed_with_sigkill_resumes_from_its_cursor() {
     );
     mkv(&follower, &["put", "x", "1"]).expect(0);
 }
+
+/// Falling back from a damaged snapshot is said, on stderr and in stats.
+#[test]
+fn a_fallback_from_a_damaged_snapshot_is_said() {
+    let (_tmp, dir) = db_dir();
+    {
+        let options = mergekv::Options {
+            snapshots_retained: 2,
+            ..mergekv::Options::default()
+        };
+        let db = mergekv::Db::open_with(&dir, options).unwrap();
+        db.put("a", "1").unwrap();
+        db.compact_now().unwrap();
+        db.put("b", "2").unwrap();
+        db.compact_now().unwrap();
+    }
+    let mut snapshots: Vec<PathBuf> = std::fs::read_dir(dir.join("snapshots"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    snapshots.sort();
+    let newest = snapshots.pop().unwrap();
+    let mut bytes = std::fs::read(&newest).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&newest, bytes).unwrap();
+    let got = mkv(&dir, &["get", "b"]).expect(0);
+    assert_eq!(got.stdout.trim(), "2", "nothing was lost");
+    assert!(
+        got.stderr
+            .contains("mergekv: note: a damaged snapshot was moved to"),
+        "{}",
+        got.stderr
+    );
+    assert!(
+        dir.join("quarantine")
+            .join(newest.file_name().unwrap())
+            .exists()
+    );
+}
+
+/// A copied directory is told it got its own identity; `reidentify`
+/// gives a new one on demand.
+#[test]
+fn a_copy_is_told_of_its_new_identity_and_reidentify_gives_one() {
+    let (tmp, dir) = db_dir();
+    mkv(&dir, &["put", "k", "v"]).expect(0);
+    let copy = tmp.path().join("copy");
+    std::fs::create_dir(&copy).unwrap();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() && entry.file_name() != "LOCK" {
+            std::fs::copy(entry.path(), copy.join(entry.file_name())).unwrap();
+        }
+    }
+    std::fs::create_dir(copy.join("wal")).unwrap();
+    for entry in std::fs::read_dir(dir.join("wal")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), copy.join("wal").join(entry.file_name())).unwrap();
+    }
+    let node = |d: &Path| mkv(d, &["--json", "stats"]).expect(0).json()["node_id"].clone();
+    let original = node(&dir);
+    let got = mkv(&copy, &["get", "k"]).expect(0);
+    assert_eq!(got.stdout.trim(), "v");
+    assert!(
+        got.stderr
+            .contains("mergekv: note: this copy now writes as node"),
+        "{}",
+        got.stderr
+    );
+    assert_ne!(node(&copy), original);
+    assert_eq!(node(&dir), original);
+    let before = node(&dir);
+    let renewed = mkv(&dir, &["--json", "reidentify"]).expect(0).json();
+    assert_eq!(renewed["former_node_id"], before);
+    assert_eq!(node(&dir), renewed["node_id"]);
+    assert_eq!(mkv(&dir, &["get", "k"]).expect(0).stdout.trim(), "v");
+}

@@ -167,6 +167,52 @@ impl Db {
         self.inner.renewed
     }
 
+    /// What this open did that its user should know, one sentence each:
+    /// a damaged snapshot set aside (and what the state was rebuilt from),
+    /// a repair, a new identity for a copied directory. Empty for an
+    /// ordinary open. The CLI prints them on stderr; `stats` lists them.
+    pub fn notices(&self) -> Vec<String> {
+        let report = &self.inner.recovery;
+        let rebuilt_from = match &report.snapshot {
+            Some(s) => format!("the older snapshot {} and the WAL", s.path.display()),
+            None => "the WAL alone".to_string(),
+        };
+        let mut notices: Vec<String> = report
+            .snapshots_skipped
+            .iter()
+            .map(|why| {
+                format!(
+                    "a damaged snapshot was moved to {}/ and the state rebuilt from {rebuilt_from}: {why}",
+                    self.dir().join(recovery::QUARANTINE_DIR).display()
+                )
+            })
+            .collect();
+        if let Some(r) = &report.repair {
+            notices.push(format!(
+                "repair cut {} at byte {} ({}): {} bytes and {} valid frames moved to {}",
+                r.segment.display(),
+                r.offset_bytes,
+                r.reason,
+                r.bytes_dropped,
+                r.valid_frames_dropped,
+                r.quarantine.display()
+            ));
+        }
+        if let Some((old, why)) = self.inner.renewed {
+            let why = match why {
+                meta::Renewal::CopiedDirectory => {
+                    "this directory is a copy of the one that identity was issued in"
+                }
+                meta::Renewal::Requested => "a new identity was asked for",
+            };
+            notices.push(format!(
+                "this copy now writes as node {} instead of {old}: {why}",
+                self.node_id()
+            ));
+        }
+        notices
+    }
+
     /// True if this handle refuses writes (opened read-only, or a follower).
     pub fn is_read_only(&self) -> bool {
         self.inner.read_only
@@ -402,6 +448,7 @@ impl Db {
             poisoned: engine.check_usable().err().map(|e| e.to_string()),
             follower_of: self.follower_of(),
             follower_position: self.follower_position().ok().flatten(),
+            notices: self.notices(),
             ..Stats::default()
         };
         for (_, state) in snapshot.iter() {
@@ -605,6 +652,8 @@ pub struct Stats {
     pub follower_position: Option<FollowerPosition>,
     /// The failure that poisoned the database, if any.
     pub poisoned: Option<String>,
+    /// What this open did that its user should know (see [`Db::notices`]).
+    pub notices: Vec<String>,
 }
 
 /// Refuses to create a new identity over a WAL that has lost its `META`:

@@ -269,7 +269,7 @@ impl std::fmt::Display for Error {
                  under the same identity, or this copy lost acknowledged writes in a power loss \
                  under SyncMode::Interval or Never. Changes made under one id in two places cannot \
                  be merged safely: open one of the copies with `Options::renew_identity` \
-                 (CLI: `--renew-identity`) before it writes again, and rebuild it from the other \
+                 (CLI: `mergekv reidentify`) before it writes again, and rebuild it from the other \
                  if its changes under the old id must reach it"
             ),
             Error::Network { what, source } => write!(f, "{what} failed: {source}"),

@@ -79,6 +79,9 @@ pub enum Command {
     Follow(FollowArgs),
     /// Make a follower's directory writable again (fail over to it).
     Promote,
+    /// Give this copy a new node id (for a clone that an import refused
+    /// with an identity conflict; a copied directory gets one by itself).
+    Reidentify,
 }
 
 #[derive(Debug, Args)]

@@ -205,7 +205,7 @@ fn open_service(cli: &Cli, writes: bool) -> Result<(Db, AuthService), CliError> 
         create_if_missing: writes,
         ..Options::default()
     };
-    let db = Db::open_with(&cli.data, options)?;
+    let db = crate::commands::opened(Db::open_with(&cli.data, options)?);
     let auth = AuthService::open(&db, key)?;
     Ok((db, auth))
 }

@@ -50,14 +50,25 @@ fn dispatch(cli: &Cli, out: &mut Out) -> Result<(), CliError> {
         Command::Serve(a) => replicate::serve(cli, a, out),
         Command::Follow(a) => replicate::follow(cli, a, out),
         Command::Promote => replicate::promote(data, out),
+        Command::Reidentify => reidentify(data, out),
     }
+}
+
+/// Passes an opened database on, after printing on stderr what its open
+/// did that the user should know (a damaged snapshot set aside, a
+/// repair, a new identity for a copied directory).
+pub fn opened(db: Db) -> Db {
+    for notice in db.notices() {
+        eprintln!("mergekv: note: {notice}");
+    }
+    db
 }
 
 /// Opens the database after checking the keyspace name (so that a bad name
 /// creates nothing).
 fn open_keyspace(data: &Path, name: &str) -> Result<(Db, Keyspace), CliError> {
     validate_keyspace_name(name, false)?;
-    let db = Db::open(data)?;
+    let db = opened(Db::open(data)?);
     let keyspace = db.keyspace(name)?;
     Ok((db, keyspace))
 }
@@ -239,7 +250,7 @@ fn export(data: &Path, a: &ExportArgs, out: &mut Out) -> Result<(), CliError> {
 fn import(data: &Path, a: &ImportArgs, out: &mut Out) -> Result<(), CliError> {
     let bytes = std::fs::read(&a.file)
         .map_err(|e| CliError::data(format_args!("cannot read {}: {e}", a.file.display())))?;
-    let db = Db::open(data)?;
+    let db = opened(Db::open(data)?);
     let report = db.import(&bytes).map_err(|e| match e {
         // The database's own failure, not the change set's.
         mergekv::Error::Io { .. } | mergekv::Error::Poisoned { .. } => CliError::data(describe(&e)),
@@ -340,4 +351,25 @@ fn repair(data: &Path, out: &mut Out) -> Result<Option<RepairReport>, CliError> 
         }
     }
     Ok(recovery.repair)
+}
+
+fn reidentify(data: &Path, out: &mut Out) -> Result<(), CliError> {
+    let options = Options {
+        renew_identity: true,
+        ..replicate::existing_only()
+    };
+    let db = Db::open_with(data, options)?;
+    let new = db.node_id();
+    let old = db.identity_renewed().map(|(old, _)| old);
+    db.close()?;
+    if out.json {
+        return out.json(&serde_json::json!({
+            "node_id": new.to_string(),
+            "former_node_id": old.map(|o| o.to_string()),
+        }));
+    }
+    match old {
+        Some(old) => out.line(format_args!("node id {old} -> {new}")),
+        None => out.line(format_args!("node id {new}: unchanged")),
+    }
 }

@@ -262,7 +262,7 @@ pub fn load(data: &Path, args: &LoadArgs, out: &mut Out) -> Result<(), CliError>
     validate_keyspace_name(&args.ks.keyspace, false)?;
     let mut input = open_input(&args.file)?;
     let options = load_options(args.batch);
-    let db = Db::open_with(data, options.clone())?;
+    let db = crate::commands::opened(Db::open_with(data, options.clone())?);
     let started = Instant::now();
     let mut progress = Progress::new(input.size_bytes);
     let mut loader = Loader::new(&db, &args.ks.keyspace, args.batch);

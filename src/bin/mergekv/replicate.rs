@@ -34,7 +34,7 @@ pub fn serve(cli: &Cli, a: &ServeArgs, out: &mut Out) -> Result<(), CliError> {
     let key = master_key(cli.master_key_file.as_deref())?;
     // Serving only reads: a new, empty database could never have a user
     // with a replicate key, so a missing one is a mistyped --data.
-    let db = Db::open_with(&cli.data, existing_only())?;
+    let db = crate::commands::opened(Db::open_with(&cli.data, existing_only())?);
     let auth = Arc::new(AuthService::open(&db, key)?);
     let server = ReplicationServer::start(&db, a.listen.as_str(), ReplicationOptions::new(auth))?;
     out.line(format_args!(
@@ -178,6 +178,10 @@ pub fn existing_only() -> mergekv::Options {
 /// Opens an existing database for reading: a follower's directory
 /// read-only, any other normally.
 pub fn open_for_read(data: &Path) -> mergekv::Result<Db> {
+    open_existing(data).map(crate::commands::opened)
+}
+
+fn open_existing(data: &Path) -> mergekv::Result<Db> {
     match Db::open_with(data, existing_only()) {
         Err(Error::ReadOnly {
             follower_of: Some(_),
