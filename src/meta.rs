@@ -158,7 +158,8 @@ pub fn create_meta(io: &Io, dir: &Path, created_ms: u64) -> Result<Meta> {
     Ok(meta)
 }
 
-fn write_meta(io: &Io, dir: &Path, meta: &Meta) -> Result<()> {
+/// Writes `META` (atomically).
+pub fn write_meta(io: &Io, dir: &Path, meta: &Meta) -> Result<()> {
     io.write_atomic(&meta_path(dir), &encode_meta(meta))
 }
 
@@ -201,7 +202,7 @@ pub fn remove_follower_marker(io: &Io, dir: &Path) -> Result<bool> {
 }
 
 /// A random node id none of `taken` uses.
-fn fresh_node_id(taken: &[NodeId]) -> NodeId {
+pub fn fresh_node_id(taken: &[NodeId]) -> NodeId {
     loop {
         let node = random_node_id();
         if !taken.contains(&node) {

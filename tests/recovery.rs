@@ -486,3 +486,61 @@ fn a_repair_marker_left_by_a_crash_is_acted_on_at_the_next_open() {
     );
     assert_ne!(served_epoch(dir.path()), first);
 }
+
+/// Every segment and snapshot header names the node id it was written
+/// under, so repair rebuilds a damaged (or missing) META from them.
+#[test]
+fn repair_rebuilds_a_damaged_or_missing_meta() {
+    let dir = tempfile::tempdir().unwrap();
+    three_batches(dir.path());
+    let (node, digest) = {
+        let db = Db::open(dir.path()).unwrap();
+        db.compact_now().unwrap();
+        db.put("after", "snapshot").unwrap();
+        (db.node_id(), db.digest().root)
+    };
+    let meta = dir.path().join("META");
+    flip_byte(&meta, 12);
+    assert!(matches!(
+        Db::open(dir.path()),
+        Err(Error::Corruption { path, .. }) if path == meta
+    ));
+    let renewed = {
+        let db = Db::open_with(dir.path(), repair_options()).unwrap();
+        assert_ne!(
+            db.node_id(),
+            node,
+            "a fresh id: which was current is unsure"
+        );
+        assert_eq!(db.digest().root, digest, "nothing lost");
+        db.node_id()
+    };
+    assert!(dir.path().join("quarantine").join("META.damaged").exists());
+    let db = Db::open(dir.path()).expect("a rebuilt META opens in strict mode");
+    assert_eq!(db.node_id(), renewed);
+    db.put("more", "writes").unwrap();
+    let digest = db.digest().root;
+    drop(db);
+    std::fs::remove_file(&meta).unwrap();
+    assert!(Db::open(dir.path()).is_err(), "missing beside segments");
+    let db = Db::open_with(dir.path(), repair_options()).unwrap();
+    assert_eq!(db.digest().root, digest, "files under both ids open");
+}
+
+/// A copy that renewed its id has files under both ids: a rebuilt META
+/// keeps the older one as a former id, so every file still opens.
+#[test]
+fn a_rebuilt_meta_keeps_former_node_ids() {
+    let src = tempfile::tempdir().unwrap();
+    three_batches(src.path());
+    let copy = copy_db(src.path());
+    let (node, digest) = {
+        let db = Db::open(copy.path()).unwrap();
+        db.put("on the copy", "x").unwrap();
+        (db.node_id(), db.digest().root)
+    };
+    flip_byte(&copy.path().join("META"), 12);
+    let db = Db::open_with(copy.path(), repair_options()).unwrap();
+    assert_ne!(db.node_id(), node);
+    assert_eq!(db.digest().root, digest);
+}

@@ -97,7 +97,7 @@ impl Db {
         }
         let read_only = options.read_only;
         let wal_dir = dir.join(WAL_DIR);
-        let meta = match meta::read_meta(&io, &dir)? {
+        let meta = match read_or_rebuild_meta(&io, &dir, &options)? {
             Some(meta) => meta,
             None => {
                 refuse_orphan_wal(&io, &wal_dir)?;
@@ -107,7 +107,10 @@ impl Db {
         let (meta, renewed) =
             meta::settle_identity(&io, &dir, meta, options.renew_identity, read_only)?;
         io.create_dir_all(&wal_dir)?;
-        let recovered = engine::recover(&io, &dir, &meta.lineage(), &options)?;
+        let mut recovered = engine::recover(&io, &dir, &meta.lineage(), &options)?;
+        // A segment header names its writer: a new identity writes in a
+        // segment of its own.
+        recovered.wal_start.start_fresh |= renewed.is_some();
         let mut hlc = Hlc::new(meta.node, options.max_drift_ms, options.drift_policy);
         if let Some(stamp) = recovered.max_stamp {
             hlc.observe_recovered(stamp);
@@ -578,6 +581,35 @@ impl Db {
         self.inner.engine.wal().close()?;
         cursors
     }
+}
+
+/// Reads META; a damaged one is refused, or in repair mode rebuilt from
+/// the node ids in the segment and snapshot headers (every file carries
+/// the id it was written under), with the damaged bytes kept in
+/// quarantine. A missing META beside segments is rebuilt the same way.
+fn read_or_rebuild_meta(io: &Io, dir: &Path, options: &Options) -> Result<Option<meta::Meta>> {
+    let repair = options.recovery_mode == RecoveryMode::Repair;
+    let damaged = match meta::read_meta(io, dir) {
+        Err(Error::Corruption { path, .. }) if repair => Some(path),
+        Ok(None) if repair && !recovery::list_segments(io, &dir.join(WAL_DIR))?.is_empty() => None,
+        other => return other,
+    };
+    let path = meta::meta_path(dir);
+    let Some(rebuilt) = engine::rebuild_meta(io, dir, options.wall_clock.now_ms())? else {
+        return Err(Error::corruption(
+            &path,
+            0,
+            "damaged or missing, and no segment or snapshot names the node id to rebuild it from",
+        ));
+    };
+    if damaged.is_some() {
+        // Kept first, replaced after: a crash between leaves one or the other.
+        let quarantine = dir.join(recovery::QUARANTINE_DIR);
+        io.create_dir_all(&quarantine)?;
+        io.write_atomic(&quarantine.join("META.damaged"), &io.read(&path)?)?;
+    }
+    meta::write_meta(io, dir, &rebuilt)?;
+    Ok(Some(rebuilt))
 }
 
 /// The registered cursors. A damaged cursor file is refused, or in repair

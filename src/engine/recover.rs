@@ -5,6 +5,7 @@ use std::path::Path;
 use crate::clock::{NodeId, Stamp};
 use crate::error::{Error, Result};
 use crate::io::Io;
+use crate::meta::Meta;
 use crate::options::Options;
 use crate::record::FramePayload;
 use crate::snapshot::{self, LoadedSnapshot, SNAPSHOT_DIR};
@@ -180,4 +181,50 @@ pub(crate) fn quarantine(io: &Io, dir: &Path, path: &Path) -> Result<()> {
     io.rename(path, &target_dir.join(name))?;
     io.sync_dir(&target_dir)?;
     io.sync_dir(path.parent().unwrap_or(dir))
+}
+
+/// A new META for a directory whose META is damaged or missing: a fresh
+/// node id, with every id its segment and snapshot headers carry as a
+/// former one (so every file still opens). Fresh, because which id was
+/// current cannot be told for sure (a copy that renewed its id and has
+/// not written since carries only the old one), and writing under an id
+/// another copy may also use would lose increments. `None` if no file
+/// names an id: there is nothing to rebuild from.
+pub(crate) fn rebuild_meta(io: &Io, dir: &Path, created_ms: u64) -> Result<Option<Meta>> {
+    let mut former: Vec<NodeId> = Vec::new();
+    let mut note = |node: NodeId| {
+        if !former.contains(&node) {
+            former.push(node);
+        }
+    };
+    for (_, path) in snapshot::list_snapshots(io, &dir.join(SNAPSHOT_DIR))?
+        .into_iter()
+        .rev()
+    {
+        if let Ok(meta) = snapshot::read_snapshot_header(io, &path) {
+            note(meta.node);
+        }
+    }
+    for (_, path) in recovery::list_segments(io, &dir.join(WAL_DIR)).unwrap_or_default() {
+        let file = io.open_read(&path)?;
+        let mut header = [0u8; crate::wal::format::SEGMENT_HEADER_BYTES];
+        let read = file.read_at(0, &mut header)?;
+        let header = header.get(..read).unwrap_or_default();
+        if let Ok(h) = crate::wal::format::decode_segment_header(header) {
+            note(h.node);
+        }
+    }
+    if former.is_empty() {
+        return Ok(None);
+    }
+    let excess = former
+        .len()
+        .saturating_sub(crate::meta::FORMER_NODE_IDS_MAX);
+    former.drain(..excess);
+    Ok(Some(Meta {
+        node: crate::meta::fresh_node_id(&former),
+        created_ms,
+        home: io.object_id(dir)?,
+        former,
+    }))
 }

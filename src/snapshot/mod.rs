@@ -309,6 +309,15 @@ fn decode_snapshot(
     }
 }
 
+/// Reads and checks only a snapshot's header (to learn whose it is).
+pub fn read_snapshot_header(io: &Io, path: &Path) -> Result<SnapshotMeta> {
+    let file = io.open_read(path)?;
+    let mut header = [0u8; SNAPSHOT_HEADER_BYTES];
+    let read = file.read_at(0, &mut header)?;
+    let header = header.get(..read).unwrap_or_default();
+    decode_header(header).map_err(|(offset, reason)| Error::corruption(path, offset as u64, reason))
+}
+
 fn decode_header(bytes: &[u8]) -> std::result::Result<SnapshotMeta, DecodeFailure> {
     let mut r = Reader::new(bytes);
     let header = r.take(SNAPSHOT_HEADER_BYTES).map_err(at(0))?;

@@ -341,6 +341,16 @@ impl GroupWriter {
                 first_seq: last.first_seq,
                 size_bytes: last.size_bytes,
             },
+            Some(last) if last.first_seq == next_seq => {
+                // Holds no frame (each would move `next_seq` past it), but
+                // has the new segment's name: replace it, keeping its flags
+                // (a repair's declared gap). The new header is written to a
+                // temp file and renamed over it, so a crash leaves one or
+                // the other.
+                let header = self.io.read(&last.path)?;
+                let flags = super::format::decode_segment_header(&header).map_or(0, |h| h.flags);
+                replace_segment(&self.io, &self.dir, self.node, next_seq, flags)?
+            }
             last => {
                 recovered.extend(last);
                 create_segment(&self.io, &self.dir, self.node, next_seq, 0)?
@@ -578,6 +588,31 @@ pub(super) fn create_segment(
     io.sync_dir(dir)?;
     Ok(SegmentWriter {
         file,
+        first_seq,
+        size_bytes: SEGMENT_HEADER_BYTES as u64,
+    })
+}
+
+/// Replaces the frameless segment at `first_seq` with one whose header
+/// names `node`: the header goes to a temp file, fsynced, renamed over the
+/// old segment, and the directory fsynced, so a crash leaves one header or
+/// the other, never none.
+fn replace_segment(
+    io: &Io,
+    dir: &Path,
+    node: NodeId,
+    first_seq: u64,
+    flags: u16,
+) -> Result<SegmentWriter> {
+    let path = dir.join(segment_file_name(first_seq));
+    let header = format::SegmentHeader {
+        node,
+        first_seq,
+        flags,
+    };
+    io.write_atomic(&path, &format::encode_segment_header(header))?;
+    Ok(SegmentWriter {
+        file: io.open_append(&path)?,
         first_seq,
         size_bytes: SEGMENT_HEADER_BYTES as u64,
     })
