@@ -109,4 +109,4 @@ pub use options::{Options, RecoveryMode, SyncMode};
 pub use sync::{ImportReport, SegmentEntry, SegmentImport, SyncCursor};
 pub use verify::{VerifyReport, verify};
 pub use wal::WalStats;
-pub use wal::recovery::{RecoveryReport, RepairReport, SnapshotUsed, TornTail};
+pub use wal::recovery::{RecoveryReport, RepairReport, SalvageReport, SnapshotUsed, TornTail};

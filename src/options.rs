@@ -94,10 +94,14 @@ pub struct Options {
     pub compactor_tick_ms: u64,
     /// Snapshots kept (at least 1). The WAL is kept back to the oldest of
     /// them, so with 2 or more a newest snapshot damaged after it was
-    /// written falls back to an older one plus the WAL, at the cost of the
-    /// disk that WAL takes. With 1 (the default) disk stays smallest, and a
-    /// snapshot that is later damaged makes open fail with a typed error.
-    /// Every snapshot is read back and verified before any WAL is dropped.
+    /// written falls back to an older one plus the WAL and loses nothing,
+    /// at the cost of the disk that snapshot and WAL take (under heavy
+    /// overwriting up to `compaction_wal_bytes_min` of WAL). With 1 (the
+    /// default) disk stays smallest, and a snapshot that is later damaged
+    /// makes open fail with a typed error; a repair then salvages every
+    /// chunk of it that checks out (chunks hold about 64 KiB of entries,
+    /// each with its own checksum) and says what it lost. Every snapshot is
+    /// read back and verified before any WAL is dropped.
     pub snapshots_retained: usize,
     /// Tombstones older than this (by their stamp) are dropped at compaction
     /// once every registered cursor has passed them. A copy that stays

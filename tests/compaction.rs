@@ -232,6 +232,68 @@ fn every_flipped_byte_of_a_snapshot_is_a_typed_error_or_a_correct_fallback() {
     }
 }
 
+/// One retained snapshot (the default) and its WAL gone: a flipped byte
+/// anywhere in it is refused by a strict open, and a repair salvages every
+/// chunk that checks out, says what it lost, and never gives a wrong value.
+#[test]
+fn repair_salvages_every_undamaged_chunk_of_the_only_snapshot() {
+    let src = tempfile::tempdir().unwrap();
+    let options = Options {
+        worker_threads: 0,
+        ..quiet()
+    };
+    let expected = {
+        let db = Db::open_with(src.path(), options.clone()).unwrap();
+        for i in 0..2000 {
+            db.put(format!("key-{i:05}"), format!("{i:0>100}")).unwrap();
+        }
+        db.compact_now().unwrap();
+        contents(&db)
+    };
+    let newest = snapshots(src.path()).pop().unwrap();
+    let len = std::fs::metadata(&newest).unwrap().len() as usize;
+    let repair = Options {
+        recovery_mode: mergekv::RecoveryMode::Repair,
+        ..options.clone()
+    };
+    let (mut whole, mut partial) = (0, 0);
+    for offset in (0..len).step_by(len / 97) {
+        let copy = copy_db(src.path());
+        flip_byte(&rebase(&newest, src.path(), copy.path()), offset);
+        assert!(
+            matches!(
+                Db::open_with(copy.path(), options.clone()),
+                Err(Error::Corruption { .. })
+            ),
+            "flip at {offset}: a strict open refuses"
+        );
+        let db = Db::open_with(copy.path(), repair.clone()).unwrap();
+        let got = contents(&db);
+        for (key, value) in &got {
+            assert_eq!(expected.get(key), Some(value), "flip at {offset}: {key}");
+        }
+        let lost = expected.len() - got.len();
+        let salvage = db.recovery_report().salvage.clone().expect("salvaged");
+        assert_eq!(salvage.entries_kept as usize, got.len());
+        assert!(lost < 1000, "flip at {offset}: {lost} keys lost of 2000");
+        assert!(
+            lost == 0 || !salvage.lost.is_empty(),
+            "flip at {offset}: {salvage:?}"
+        );
+        if lost == 0 {
+            whole += 1
+        } else {
+            partial += 1
+        }
+        assert!(!db.notices().is_empty(), "the open says what it did");
+        drop(db);
+        let again = Db::open_with(copy.path(), options.clone()).expect("opens strict after");
+        assert_eq!(contents(&again), got);
+        assert!(!copy.path().join("REPAIRED").exists());
+    }
+    assert!(partial > 0 && whole > 0, "{whole} whole, {partial} partial");
+}
+
 #[test]
 fn a_truncated_snapshot_is_a_typed_error_or_a_correct_fallback() {
     let src = tempfile::tempdir().unwrap();
@@ -492,19 +554,22 @@ fn repair_mode_does_not_discard_an_intact_wal_because_a_snapshot_is_damaged() {
     let dir = tempfile::tempdir().unwrap();
     compacted_then_written(dir.path());
     flip_byte(&snapshots(dir.path()).pop().unwrap(), 100);
-    for options in [quiet(), repair_options()] {
-        match Db::open_with(dir.path(), options) {
-            Err(Error::Corruption { path, .. }) => {
-                assert!(path.to_string_lossy().contains("snap-"))
-            }
-            other => panic!(
-                "expected the snapshot's corruption, got {:?}",
-                other.map(|_| ())
-            ),
-        }
+    match Db::open_with(dir.path(), quiet()) {
+        Err(Error::Corruption { path, .. }) => assert!(path.to_string_lossy().contains("snap-")),
+        other => panic!(
+            "expected the snapshot's corruption, got {:?}",
+            other.map(|_| ())
+        ),
     }
     assert!(!dir.path().join("quarantine").exists(), "nothing was moved");
-    assert_eq!(segments(dir.path()).len(), 1, "the WAL is where it was");
+    // Repair salvages the snapshot (its one entries chunk is damaged) and
+    // replays the whole WAL after it: nothing of the WAL is dropped.
+    let db = Db::open_with(dir.path(), repair_options()).unwrap();
+    assert!(db.recovery_report().repair.is_none(), "the WAL was intact");
+    assert!(db.recovery_report().salvage.is_some());
+    for i in 0..10 {
+        assert_eq!(db.get(format!("b{i}")).as_deref(), Some(&b"y"[..]));
+    }
 }
 
 #[test]

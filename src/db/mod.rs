@@ -201,6 +201,20 @@ impl Db {
                 r.quarantine.display()
             ));
         }
+        if let Some(salvage) = &report.salvage {
+            let mut line = format!(
+                "salvaged {}: kept {} entries (its damaged bytes are in quarantine/)",
+                salvage.path.display(),
+                salvage.entries_kept
+            );
+            for lost in &salvage.lost {
+                line.push_str(&format!("; lost {lost}"));
+            }
+            if salvage.dedup_lost {
+                line.push_str("; its dedup window may be lost (a retried batch may apply twice)");
+            }
+            notices.push(line);
+        }
         if let Some((old, why)) = self.inner.renewed {
             let why = match why {
                 meta::Renewal::CopiedDirectory => {

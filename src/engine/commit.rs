@@ -453,7 +453,7 @@ mod tests {
     fn a_near_limit_record_survives_compaction_and_reopen() {
         let dir = tempfile::tempdir().unwrap();
         // Just below the size at which a snapshot chunk closes.
-        let small: Arc<[u8]> = vec![4u8; 1000 * 1024].into();
+        let small: Arc<[u8]> = vec![4u8; 60 * 1024].into();
         let big: Arc<[u8]> = vec![5u8; FRAME_RECORD_BYTES_MAX - 1024].into();
         let db = crate::Db::open(dir.path()).unwrap();
         let e = db.engine();

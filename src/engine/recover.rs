@@ -29,7 +29,10 @@ pub(crate) struct Recovered {
 }
 
 /// Loads the newest valid snapshot (moving damaged ones to quarantine) and
-/// replays the WAL after it into a fresh state and dedup window.
+/// replays the WAL after it into a fresh state and dedup window. In repair
+/// mode, when no valid snapshot and WAL can rebuild the state, the newest
+/// damaged snapshot's undamaged chunks are salvaged instead.
+///
 /// `nodes` are the ids the directory writes and wrote under, the current
 /// one first.
 pub(crate) fn recover(
@@ -38,11 +41,96 @@ pub(crate) fn recover(
     nodes: &[NodeId],
     options: &Options,
 ) -> Result<Recovered> {
+    let (loaded, mut damaged) = load_snapshot(io, dir, nodes)?;
+    // A damaged snapshot is the problem to report, not a reason to repair
+    // (and so discard) an intact WAL that no longer reaches back far enough.
+    let wal_mode = if damaged.is_empty() {
+        options.recovery_mode
+    } else {
+        crate::options::RecoveryMode::Strict
+    };
+    match rebuild(io, dir, nodes, options, loaded, &damaged, wal_mode) {
+        // Without the damaged snapshot the WAL cannot rebuild the state.
+        Err(e @ Error::Corruption { .. }) if !damaged.is_empty() => {
+            if options.recovery_mode != crate::options::RecoveryMode::Repair {
+                return Err(damaged.first().map_or(e, |(_, error)| error.clone()));
+            }
+            let (path, error) = damaged.remove(0);
+            let Some((salvaged, report)) = salvage(io, dir, nodes, &path)? else {
+                return Err(error);
+            };
+            let mut recovered = rebuild(
+                io,
+                dir,
+                nodes,
+                options,
+                Some(salvaged),
+                &damaged,
+                options.recovery_mode,
+            )?;
+            recovered
+                .report
+                .snapshots_skipped
+                .insert(0, error.to_string());
+            recovered.report.salvage = Some(report);
+            Ok(recovered)
+        }
+        other => other,
+    }
+}
+
+/// Salvages the damaged snapshot at `path` and replaces it with a snapshot
+/// of what was kept: its bytes are saved in quarantine first, and the
+/// repair marked (the history lost keys), so a crash anywhere leaves the
+/// damaged file to salvage again or the replacement.
+fn salvage(
+    io: &Io,
+    dir: &Path,
+    nodes: &[NodeId],
+    path: &Path,
+) -> Result<Option<(LoadedSnapshot, crate::wal::recovery::SalvageReport)>> {
+    let current = nodes.first().copied().unwrap_or_default();
+    let Some((mut salvaged, report)) = snapshot::salvage_snapshot(io, path, current)? else {
+        return Ok(None);
+    };
+    if !nodes.contains(&salvaged.meta.node) {
+        salvaged.meta.node = current;
+    }
+    recovery::mark_repaired(io, dir, &format!("salvaged {}", path.display()))?;
+    let quarantine_dir = dir.join(QUARANTINE_DIR);
+    io.create_dir_all(&quarantine_dir)?;
+    let name = path.file_name().unwrap_or_default();
+    io.write_atomic(&quarantine_dir.join(name), &io.read(path)?)?;
+    let state = State::new();
+    state.replay(std::mem::take(&mut salvaged.records));
+    let map = state.snapshot();
+    let snap_dir = dir.join(SNAPSHOT_DIR);
+    snapshot::write_snapshot(
+        io,
+        &snap_dir,
+        &salvaged.meta,
+        &map,
+        &salvaged.dedup,
+        |_, _| true,
+    )?;
+    Ok(Some((snapshot::read_snapshot(io, path)?, report)))
+}
+
+/// The state from `loaded` (if any) and the WAL after it; the `damaged`
+/// snapshots are moved to quarantine once it is rebuilt.
+fn rebuild(
+    io: &Io,
+    dir: &Path,
+    nodes: &[NodeId],
+    options: &Options,
+    loaded: Option<LoadedSnapshot>,
+    damaged: &Damaged,
+    wal_mode: crate::options::RecoveryMode,
+) -> Result<Recovered> {
     let state = State::new();
     let mut dedup = DedupWindow::new(options.dedup_window_ms, options.dedup_window_entries_max);
     let now_ms = options.wall_clock.now_ms();
     let mut report = RecoveryReport::default();
-    let (loaded, damaged) = load_snapshot(io, dir, nodes)?;
     let mut max_stamp = None;
     let covered_seq = loaded.as_ref().map(|s| s.meta.covered_seq);
     let snapshot_size = loaded.as_ref().map(|s| (s.meta.covered_seq, s.size_bytes));
@@ -80,30 +168,15 @@ pub(crate) fn recover(
             state.replay(std::mem::take(&mut pending));
         }
     };
-    // A damaged snapshot is the problem to report, not a reason to repair
-    // (and so discard) an intact WAL that no longer reaches back far enough.
-    let recovery_mode = if damaged.is_empty() {
-        options.recovery_mode
-    } else {
-        crate::options::RecoveryMode::Strict
-    };
     let mode = recovery::ReplayMode {
-        recovery: recovery_mode,
+        recovery: wal_mode,
         modify: true,
         covered_seq,
         read_covered: false,
     };
-    let replayed = match recovery::replay(io, &dir.join(WAL_DIR), nodes, mode, &mut apply) {
-        Ok(replayed) => replayed,
-        // Without the damaged snapshot the WAL cannot rebuild the state: the
-        // snapshot is the thing to report (and is left where it is).
-        Err(e @ Error::Corruption { .. }) => {
-            return Err(damaged.first().map_or(e, |(_, error)| error.clone()));
-        }
-        Err(e) => return Err(e),
-    };
+    let replayed = recovery::replay(io, &dir.join(WAL_DIR), nodes, mode, &mut apply)?;
     state.replay(pending);
-    for (path, error) in &damaged {
+    for (path, error) in damaged {
         report.snapshots_skipped.push(error.to_string());
         quarantine(io, dir, path)?;
     }

@@ -20,6 +20,10 @@ use crate::record::{
 use crate::state::StateMap;
 use crate::wal::dedup::DedupEntry;
 
+mod salvage;
+
+pub use salvage::salvage_snapshot;
+
 /// Name of the snapshot directory inside a database directory.
 pub const SNAPSHOT_DIR: &str = "snapshots";
 /// First eight bytes of every snapshot.
@@ -45,8 +49,10 @@ pub const SNAPSHOT_HEADER_CRC_OFFSET: usize = SNAPSHOT_CREATED_OFFSET + 8;
 pub const SNAPSHOT_HEADER_BYTES: usize = SNAPSHOT_HEADER_CRC_OFFSET + 4;
 /// Length of a chunk header.
 pub const CHUNK_HEADER_BYTES: usize = 16;
-/// A chunk is closed once its payload reaches this size.
-pub const CHUNK_PAYLOAD_BYTES_TARGET: usize = 1024 * 1024;
+/// A chunk is closed once its payload reaches this size. Each chunk has
+/// its own checksum, so this is also what one damaged spot costs a
+/// salvage.
+pub const CHUNK_PAYLOAD_BYTES_TARGET: usize = 64 * 1024;
 pub use crate::record::limits::CHUNK_PAYLOAD_BYTES_MAX;
 use crate::record::limits::DEDUP_ENTRY_BYTES;
 

@@ -58,6 +58,29 @@ pub struct RecoveryReport {
     pub torn_tail: Option<TornTail>,
     /// What repair dropped, if repair was needed and asked for.
     pub repair: Option<RepairReport>,
+    /// What repair salvaged from a damaged snapshot, if it had to.
+    pub salvage: Option<SalvageReport>,
+}
+
+/// What a repair salvaged from a damaged snapshot that nothing else could
+/// rebuild the state without.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SalvageReport {
+    /// The damaged snapshot (its bytes are kept in quarantine; a snapshot
+    /// of what was salvaged replaces it).
+    pub path: PathBuf,
+    /// Entries (keys) kept.
+    pub entries_kept: u64,
+    /// Damaged spans skipped, one line each: byte range, and the key
+    /// before it (every key between it and the next kept chunk whose state
+    /// is not in the WAL after the snapshot is lost).
+    pub lost: Vec<String>,
+    /// The header was damaged: its fields came from the file name, the
+    /// directory and the entries.
+    pub header_damaged: bool,
+    /// A dedup chunk may have been lost: a retry of a batch the snapshot
+    /// covers may apply twice.
+    pub dedup_lost: bool,
 }
 
 /// The snapshot recovery started from.

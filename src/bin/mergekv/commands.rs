@@ -340,12 +340,20 @@ fn repair(data: &Path, out: &mut Out) -> Result<Option<RepairReport>, CliError> 
     };
     let db = Db::open_with(data, options)?;
     let recovery = db.recovery_report().clone();
+    let salvaged: Vec<String> = db
+        .notices()
+        .into_iter()
+        .filter(|n| n.starts_with("salvaged"))
+        .map(|n| format!("repair: {n}"))
+        .collect();
     db.close()?;
     if !out.json {
-        let lines = match &recovery.repair {
+        let mut lines = match &recovery.repair {
             Some(r) => output::repair_lines(r),
-            None => vec!["repair: nothing was dropped".to_string()],
+            None if salvaged.is_empty() => vec!["repair: nothing was dropped".to_string()],
+            None => Vec::new(),
         };
+        lines.extend(salvaged);
         for line in lines {
             out.line(line)?;
         }
