@@ -101,11 +101,18 @@ pub fn settle_identity(
         return Ok((meta, None));
     }
     let here = io.object_id(dir)?;
+    // Only the inode is compared: a copy is a new inode, but a device
+    // number can change across reboots (a removable or network disk), and
+    // the same database must not take a new id at every mount.
+    let moved = match (meta.home, here) {
+        (Some((_, was)), Some((_, now))) => was != now,
+        _ => false,
+    };
     let renewal = if requested {
         Some(Renewal::Requested)
-    } else if meta.home.is_some() && meta.home != here {
+    } else if moved {
         Some(Renewal::CopiedDirectory)
-    } else if meta.home != here {
+    } else if meta.home.is_none() && here.is_some() {
         // Version 1: the directory was never recorded; record it now.
         let upgraded = Meta { home: here, ..meta };
         write_meta(io, dir, &upgraded)?;
