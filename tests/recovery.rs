@@ -493,3 +493,30 @@ fn a_flipped_byte_in_a_last_frame_holding_zeroed_pages_is_corruption() {
         }
     }
 }
+
+#[test]
+fn a_lost_last_sector_that_held_one_non_zero_byte_is_a_torn_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let start;
+    {
+        let db = Db::open(dir.path()).unwrap();
+        db.put("a", "1").unwrap();
+        start = db.stats().wal.wal_bytes as usize;
+        let mut value = vec![0u8; 12 * 1024];
+        *value.last_mut().unwrap() = 1;
+        db.put("big", value).unwrap();
+    }
+    let seg = segments(dir.path()).pop().unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let last_sector = (bytes.len() - 1) / 512 * 512;
+    assert!(bytes[last_sector..].iter().filter(|&&b| b != 0).count() == 1);
+    bytes[last_sector..].fill(0);
+    std::fs::write(&seg, bytes).unwrap();
+    let db = Db::open(dir.path()).expect("the size landed, the last sector did not");
+    assert_eq!(db.get("a").as_deref(), Some(&b"1"[..]));
+    assert!(db.get("big").is_none());
+    assert_eq!(
+        db.recovery_report().torn_tail.as_ref().unwrap().offset_bytes,
+        start as u64
+    );
+}

@@ -10,7 +10,7 @@
 //!   truncated to the last complete frame) and reported in the
 //!   `RecoveryReport`. A frame whose size landed but one of whose pages did
 //!   not (whole zeroed sectors, a checksum mismatch no single changed byte
-//!   explains) is such a write too. A frame that was written in full and
+//!   outside them explains) is such a write too. A frame that was written in full and
 //!   changed since is corruption, wherever it is.
 //! - A bad frame followed by a valid one, or anywhere in an earlier segment,
 //!   is corruption: in `RecoveryMode::Strict` open fails naming the segment
@@ -421,8 +421,9 @@ const TORN_SECTOR_BYTES: usize = 512;
 /// size landed (the pages of an unsynced write reach the disk in any
 /// order). A frame written in full and damaged since shows one of these:
 /// its header is valid and its whole payload is present, with no zeroed
-/// sector, or with a checksum mismatch that one damaged byte explains (a
-/// value of zeros with a flipped bit elsewhere is damage, not a hole);
+/// sector, or with a checksum mismatch that one changed byte outside the
+/// zeroed sectors explains (a value of zeros with a flipped bit elsewhere
+/// is damage, not a hole);
 /// the payload still matches the stored payload checksum (the damage is in
 /// the header); it matches when the frame is taken to run to the end of the
 /// file (the damage is in the length field); or correcting the stored
@@ -467,7 +468,9 @@ fn frame_was_complete(segment: &[u8], offset: usize) -> bool {
         let payload_start = offset + FRAME_HEADER_BYTES;
         let holed = syndrome != 0
             && has_zeroed_sector(segment, payload_start..payload_start + stored_len)
-            && !one_byte_explains(syndrome, payload.len());
+            && !one_byte_positions(syndrome, payload.len())
+                .into_iter()
+                .any(|at| !in_zeroed_sector(segment, payload_start + at));
         return !holed;
     }
     let payload_matches = |len: usize| {
@@ -493,36 +496,46 @@ fn has_zeroed_sector(segment: &[u8], range: std::ops::Range<usize>) -> bool {
     let first = range.start - range.start % TORN_SECTOR_BYTES;
     (first..range.end)
         .step_by(TORN_SECTOR_BYTES)
-        .filter_map(|start| segment.get(start..(start + TORN_SECTOR_BYTES).min(segment.len())))
-        .any(|sector| !sector.is_empty() && sector.iter().all(|&b| b == 0))
+        .any(|start| in_zeroed_sector(segment, start))
+}
+
+/// True if the sector holding byte `at` of the segment is all zeros.
+fn in_zeroed_sector(segment: &[u8], at: usize) -> bool {
+    let start = at - at % TORN_SECTOR_BYTES;
+    segment
+        .get(start..(start + TORN_SECTOR_BYTES).min(segment.len()))
+        .is_some_and(|sector| !sector.is_empty() && sector.iter().all(|&b| b == 0))
 }
 
 /// The CRC-32C polynomial, bit-reversed (as the checksum computes it).
 const CRC32C_POLY_REFLECTED: u32 = 0x82F6_3B78;
 
-/// True if changing one byte of a `len`-byte payload accounts for the
-/// checksum `syndrome` (computed XOR stored).
+/// The positions in a `len`-byte payload where changing one byte accounts
+/// for the checksum `syndrome` (computed XOR stored).
 ///
 /// CRC-32C is linear: for messages of equal length, the XOR of their
 /// checksums is the checksum, without initial value or final XOR, of the
 /// XOR of the messages. One byte `e` changed at `k` bytes from the end
 /// gives the checksum of `e` followed by `k` zero bytes; so stepping the
 /// syndrome back one zero byte at a time and looking it up among the 255
-/// one-byte checksums finds such a byte if there is one. A lost page
-/// changes thousands of bytes, and one byte explains its syndrome only by
-/// chance (about `len` * 255 / 2^32).
-fn one_byte_explains(syndrome: u32, len: usize) -> bool {
+/// one-byte checksums finds every such position. A lost page changes
+/// thousands of bytes, and one byte explains its syndrome only by chance
+/// (about `len` * 255 / 2^32), or when the lost bytes held only one
+/// non-zero byte: then the position lies in the zeroed sector, which the
+/// hole explains as well.
+fn one_byte_positions(syndrome: u32, len: usize) -> Vec<usize> {
     let one_byte: std::collections::HashSet<u32> = (1..=255u32)
         .map(|e| (0..8).fold(e, |c, _| crc_bit_step(c)))
         .collect();
     let mut c = syndrome;
-    for _ in 0..len {
+    let mut positions = Vec::new();
+    for from_end in 0..len {
         if one_byte.contains(&c) {
-            return true;
+            positions.push(len - 1 - from_end);
         }
         c = (0..8).fold(c, |c, _| crc_bit_unstep(c));
     }
-    false
+    positions
 }
 
 /// One bit of the checksum register's update with a zero input bit.
@@ -678,15 +691,26 @@ mod tests {
             let mut damaged = payload.clone();
             damaged[at] ^= flip;
             let syndrome = crc32c::crc32c(&damaged) ^ crc;
-            assert!(one_byte_explains(syndrome, payload.len()), "byte {at}");
+            assert!(
+                one_byte_positions(syndrome, payload.len()).contains(&at),
+                "byte {at}"
+            );
         }
         let mut holed = payload.clone();
         holed[512..1024].fill(0);
         let syndrome = crc32c::crc32c(&holed) ^ crc;
         assert!(
-            !one_byte_explains(syndrome, payload.len()),
+            one_byte_positions(syndrome, payload.len()).is_empty(),
             "a zeroed sector"
         );
+        // A lost sector whose bytes held one non-zero byte: one byte
+        // explains it, at a position inside the zeroed sector.
+        let mut sparse = vec![0u8; 2000];
+        sparse[1500] = 7;
+        let crc = crc32c::crc32c(&sparse);
+        sparse[1500] = 0;
+        let syndrome = crc32c::crc32c(&sparse) ^ crc;
+        assert_eq!(one_byte_positions(syndrome, sparse.len()), vec![1500]);
     }
 
     #[test]
