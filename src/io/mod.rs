@@ -9,6 +9,10 @@
 //! [`SimDisk`], an in-memory file system that knows what a power loss would
 //! keep (`sim.rs`), so tests can cut the power at every fsync.
 //!
+//! Directories are created durably ([`Io::create_dir_all`] fsyncs the
+//! parent of each one), so nothing made durable inside a new directory can
+//! be lost with the directory's entry.
+//!
 //! Errors are returned as [`crate::Error::Io`], naming the operation and the
 //! path, so a user reading the message knows which file to look at.
 
@@ -349,14 +353,57 @@ impl Io {
         }
     }
 
-    /// Creates a directory and its parents.
+    /// Creates a directory and its parents, durably: returns once the
+    /// parent of every directory it created, and the parent of `dir`
+    /// itself, is fsynced, so the directory cannot vanish in a power loss
+    /// and take what is later made durable inside it along. (The parent of
+    /// an existing `dir` is fsynced too: a directory left by a crashed
+    /// process may exist without its entry ever having been made durable.)
     pub fn create_dir_all(&self, dir: &Path) -> Result<()> {
+        let missing = self.missing_ancestors(dir);
         self.check(IoOp::Open, dir)?;
         let r = match &self.disk {
             Some(disk) => disk.create_dir_all(dir),
             None => fs::create_dir_all(dir),
         };
-        self.wrap(IoOp::Open, dir, r)
+        self.wrap(IoOp::Open, dir, r)?;
+        if missing.is_empty() {
+            return self.sync_existing_entry(dir);
+        }
+        // Outermost first, so each is durable before anything inside it.
+        for created in missing.iter().rev() {
+            self.sync_dir(parent_dir(created))?;
+        }
+        Ok(())
+    }
+
+    /// Fsyncs the parent of an existing directory. A parent this process
+    /// may not read (a directory it does not own, holding the database
+    /// directory) cannot be opened to be fsynced: that is no failure, since
+    /// the entry was not made by this library; a failed fsync still is.
+    fn sync_existing_entry(&self, dir: &Path) -> Result<()> {
+        match self.sync_dir(parent_dir(dir)) {
+            Err(Error::Io {
+                op: IoOp::Open,
+                source,
+                ..
+            }) if source.kind() == std::io::ErrorKind::PermissionDenied => Ok(()),
+            other => other,
+        }
+    }
+
+    /// The directories on the way to `dir` (itself first) that do not exist.
+    fn missing_ancestors<'a>(&self, dir: &'a Path) -> Vec<&'a Path> {
+        dir.ancestors()
+            .take_while(|p| !p.as_os_str().is_empty() && !self.is_dir(p))
+            .collect()
+    }
+
+    fn is_dir(&self, path: &Path) -> bool {
+        match &self.disk {
+            Some(disk) => disk.is_dir(path),
+            None => path.is_dir(),
+        }
     }
 
     /// Renames a file (atomic on POSIX file systems).
@@ -518,5 +565,33 @@ impl IoFile {
             Err(std::fs::TryLockError::WouldBlock) => Ok(false),
             Err(std::fs::TryLockError::Error(e)) => Err(Error::io(IoOp::Open, &self.path, e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn created_directories_survive_a_power_loss_right_after() {
+        let disk = SimDisk::new();
+        let io = Io::new(Some(FaultInjector::with_disk(disk.clone())));
+        io.create_dir_all(Path::new("/data/db/quarantine")).unwrap();
+        let point = disk.crash_point_now("right after");
+        for cut in point.cuts(1, 4) {
+            let survivor = point.survivor(&cut);
+            assert!(survivor.is_dir(Path::new("/data/db/quarantine")), "{cut}");
+        }
+        // A directory that exists already has its entry made durable too
+        // (a crashed process may have created it without that).
+        let disk = SimDisk::new();
+        let faults = FaultInjector::with_disk(disk.clone());
+        let io = Io::new(Some(faults.clone()));
+        disk.create_dir_all(Path::new("/wal")).unwrap();
+        let syncs = disk.syncs();
+        io.create_dir_all(Path::new("/wal")).unwrap();
+        assert_eq!(disk.syncs(), syncs + 1);
+        let point = disk.crash_point_now("after");
+        assert!(point.is_quiet());
     }
 }
