@@ -516,7 +516,11 @@ fn a_lost_last_sector_that_held_one_non_zero_byte_is_a_torn_write() {
     assert_eq!(db.get("a").as_deref(), Some(&b"1"[..]));
     assert!(db.get("big").is_none());
     assert_eq!(
-        db.recovery_report().torn_tail.as_ref().unwrap().offset_bytes,
+        db.recovery_report()
+            .torn_tail
+            .as_ref()
+            .unwrap()
+            .offset_bytes,
         start as u64
     );
 }
