@@ -15,6 +15,9 @@
 //!   opening wrote to the disk (cutting a torn tail, say), the power is cut
 //!   again at each of its own fsyncs and the same holds.
 //!
+//! A follower's database is put through the same: batches streamed from a
+//! leader over loopback and two snapshot installs, on the recording disk.
+//!
 //! Some workloads also fail the Nth fsync, write, open or rename
 //! (`FaultInjector::fail_nth`); a workload stops at the first refused step.
 //!
@@ -29,6 +32,8 @@ use std::collections::BTreeMap;
 
 use common::Rng;
 use mergekv::io::{CrashPoint, SimDisk};
+use mergekv::replication::client::{Follower, FollowerOptions};
+use mergekv::replication::server::{ReplicationOptions, ReplicationServer};
 use mergekv::{Batch, Db, FaultInjector, IoOp, Options, ScanOptions, SyncCursor, SyncMode, Value};
 
 /// Where the database lives on the simulated disk.
@@ -262,6 +267,8 @@ struct Workload {
     /// Fail this operation (the Nth of its kind after open), if any.
     fault: Option<(IoOp, u64)>,
     snapshots_retained: usize,
+    /// The database is a replication follower's: opened read-only.
+    follower: bool,
 }
 
 /// Runs the workload on a recording disk, then cuts the power at every
@@ -339,7 +346,10 @@ fn check_point(w: &Workload, t: &Timeline, point: &CrashPoint, at: usize, nest: 
             point.label()
         );
         survivor.record_crash_points(nest);
-        let opts = options(&survivor, None, w.snapshots_retained);
+        let opts = Options {
+            read_only: w.follower,
+            ..options(&survivor, None, w.snapshots_retained)
+        };
         let db = Db::open_with(DB_DIR, opts.clone()).unwrap_or_else(|e| {
             panic!(
                 "{context}: open failed: {e}{}",
@@ -364,8 +374,14 @@ fn check_point(w: &Workload, t: &Timeline, point: &CrashPoint, at: usize, nest: 
             }
         }
         // Goes on: a write after the reopen survives a further reopen (for
-        // the first cut and the random ones, to keep the run short).
-        if n == 0 || cut.to_string().contains("random") {
+        // the first cut and the random ones, to keep the run short). A
+        // follower's directory takes no writes: it reopens the same.
+        if w.follower && (n == 0 || cut.to_string().contains("random")) {
+            drop(db);
+            let db = Db::open_with(DB_DIR, opts)
+                .unwrap_or_else(|e| panic!("{context}: second open: {e}"));
+            assert_eq!(contents(&db), t.states[m], "{context}: second open");
+        } else if n == 0 || cut.to_string().contains("random") {
             db.put("after-reopen", format!("{m}"))
                 .unwrap_or_else(|e| panic!("{context}: write after reopen: {e}"));
             drop(db);
@@ -462,6 +478,7 @@ fn random_workload(case: u64, seed: u64) -> Workload {
         steps,
         fault,
         snapshots_retained: 1 + rng.below(2) as usize,
+        follower: false,
     }
 }
 
@@ -472,6 +489,7 @@ fn scripted(name: &str, steps: Vec<Step>) -> Workload {
         steps,
         fault: None,
         snapshots_retained: 1,
+        follower: false,
     }
 }
 
@@ -572,4 +590,161 @@ fn random_workloads_with_faults_survive_power_loss() {
         total += explore(&w);
     }
     report(&format!("{cases} random workloads"), &total);
+}
+
+/// Long enough for a loaded 2-core machine; waits end as soon as the
+/// condition holds.
+const CONVERGE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// A replication leader on its own simulated disk, serving on loopback.
+struct Leader {
+    db: Db,
+    server: ReplicationServer,
+    token: String,
+}
+
+impl Leader {
+    fn start() -> Leader {
+        let options = Options {
+            sync_mode: SyncMode::Never,
+            worker_threads: 0,
+            compaction_wal_bytes_min: u64::MAX,
+            compaction_interval_ms: 0,
+            // A follower that went away is sent a snapshot, not the WAL.
+            wal_retention_bytes_max: 0,
+            faults: Some(FaultInjector::with_disk(SimDisk::new())),
+            ..Options::default()
+        };
+        let db = Db::open_with("/leader", options).unwrap();
+        let (auth, token) = common::replication_auth(&db);
+        let mut replication = ReplicationOptions::new(auth);
+        replication.heartbeat_interval_ms = 50;
+        let server = ReplicationServer::start(&db, "127.0.0.1:0", replication).unwrap();
+        Leader { db, server, token }
+    }
+
+    /// A follower of this leader in `DB_DIR` on `disk`.
+    fn follow(&self, disk: &SimDisk) -> Follower {
+        let mut options =
+            FollowerOptions::new(self.server.local_addr().to_string(), self.token.clone());
+        options.db_options = options_for_follower(disk);
+        options.backoff_initial_ms = 10;
+        options.backoff_max_ms = 200;
+        Follower::open(DB_DIR, options).unwrap()
+    }
+
+    /// One random write (a put, a delete, an increment or a batch).
+    fn write(&self, rng: &mut Rng, step: usize) {
+        let k = rng.below(8) as u8;
+        match rng.below(4) {
+            0 => drop(
+                self.db
+                    .put(key(k), value(step, 1 + rng.below(5000) as usize))
+                    .unwrap(),
+            ),
+            1 => drop(self.db.delete(key(k)).unwrap()),
+            2 => drop(self.db.increment(key(k), 3).unwrap()),
+            _ => {
+                let mut batch = Batch::new();
+                batch
+                    .put(key(k), value(step, 30))
+                    .put(key(k + 10), value(step, 700));
+                drop(self.db.write(batch).unwrap());
+            }
+        }
+    }
+}
+
+fn options_for_follower(disk: &SimDisk) -> Options {
+    options(disk, None, 1)
+}
+
+/// Waits until the follower holds everything the leader wrote.
+fn caught_up(follower: &Follower, leader: &Leader) {
+    let target = leader.db.stats().wal.last_seq;
+    assert!(
+        follower.wait_for_seq(target, CONVERGE),
+        "follower stuck at {:?}, leader at {target}",
+        follower.status()
+    );
+}
+
+#[test]
+fn a_follower_applying_batches_and_installing_snapshots_survives_power_loss() {
+    let mut rng = Rng::new(17);
+    let leader = Leader::start();
+    let disk = SimDisk::new();
+    disk.record_crash_points(true);
+    let mut t = Timeline {
+        started: Vec::new(),
+        acked: Vec::new(),
+        states: vec![State::new()],
+    };
+    // Written and compacted away before the follower starts: it begins
+    // from the leader's snapshot.
+    let mut step = 0;
+    let mut unacked = Vec::new();
+    for _ in 0..12 {
+        t.started.push(disk.crash_points_taken());
+        leader.write(&mut rng, step);
+        t.states.push(contents(&leader.db));
+        unacked.push(step);
+        step += 1;
+    }
+    leader.db.compact_now().unwrap();
+    for round in 0..2 {
+        let follower = leader.follow(&disk);
+        caught_up(&follower, &leader);
+        let ack = disk.crash_points_taken();
+        t.acked.extend(unacked.drain(..).map(|_| Some(ack)));
+        assert_eq!(contents(follower.db()), *t.states.last().unwrap());
+        assert_eq!(follower.status().snapshots_installed, 1, "round {round}");
+        // Streamed batches, acknowledged one by one.
+        for _ in 0..8 {
+            t.started.push(disk.crash_points_taken());
+            leader.write(&mut rng, step);
+            t.states.push(contents(&leader.db));
+            caught_up(&follower, &leader);
+            t.acked.push(Some(disk.crash_points_taken()));
+            step += 1;
+        }
+        follower.stop();
+        if round == 0 {
+            // While it is away, the leader writes and compacts: the
+            // follower comes back to another snapshot.
+            for _ in 0..5 {
+                t.started.push(disk.crash_points_taken());
+                leader.write(&mut rng, step);
+                t.states.push(contents(&leader.db));
+                unacked.push(step);
+                step += 1;
+            }
+            leader.db.compact_now().unwrap();
+        }
+    }
+    let mut points = disk.take_crash_points();
+    points.push(disk.crash_point_now("at the end of the workload"));
+    disk.record_crash_points(false);
+    let in_install = points
+        .iter()
+        .filter(|p| p.label().contains("/snapshots/snap-"))
+        .count();
+    assert!(in_install >= 2, "the power is cut inside both installs");
+    let w = Workload {
+        name: "a follower".into(),
+        seed: 17,
+        steps: Vec::new(),
+        fault: None,
+        snapshots_retained: 1,
+        follower: true,
+    };
+    let mut figures = Figures {
+        crash_points: points.len(),
+        ..Figures::default()
+    };
+    for point in &points {
+        figures += check_point(&w, &t, point, point.index(), true);
+    }
+    leader.server.stop();
+    report(&w.name, &figures);
 }
