@@ -544,3 +544,119 @@ fn a_rebuilt_meta_keeps_former_node_ids() {
     assert_ne!(db.node_id(), node);
     assert_eq!(db.digest().root, digest);
 }
+
+/// A put of `a`, then one frame of about 12 KiB (`big`, a value of
+/// `fill`), then optionally a put of `after`. Returns the segment and where
+/// the big frame starts and ends.
+fn twelve_kib_frame(dir: &Path, fill: u8, after: bool) -> (std::path::PathBuf, usize, usize) {
+    let db = Db::open(dir).unwrap();
+    db.put("a", "1").unwrap();
+    let start = db.stats().wal.wal_bytes as usize;
+    db.put("big", vec![fill; 12 * 1024]).unwrap();
+    let end = db.stats().wal.wal_bytes as usize;
+    if after {
+        db.put("after", "2").unwrap();
+    }
+    (segments(dir).pop().unwrap(), start, end)
+}
+
+/// Overwrites the 4 KiB page (aligned to the file offset) in the middle of
+/// `start..end` with `byte`.
+fn fill_middle_page(seg: &Path, start: usize, end: usize, byte: u8) -> usize {
+    let mut bytes = std::fs::read(seg).unwrap();
+    let page = (start + end) / 2 / 4096 * 4096;
+    assert!(page > start + 28 && page + 4096 < end, "a middle page");
+    bytes[page..page + 4096].fill(byte);
+    std::fs::write(seg, bytes).unwrap();
+    page
+}
+
+#[test]
+fn a_last_frame_with_a_zeroed_middle_page_is_a_torn_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let (seg, start, end) = twelve_kib_frame(dir.path(), b'v', false);
+    fill_middle_page(&seg, start, end, 0);
+    let db = Db::open(dir.path()).expect("a hole in the last frame is a torn write");
+    assert_eq!(db.get("a").as_deref(), Some(&b"1"[..]));
+    assert!(db.get("big").is_none());
+    let torn = db.recovery_report().torn_tail.clone().unwrap();
+    assert_eq!(torn.offset_bytes, start as u64);
+    assert_eq!(torn.bytes_dropped, (end - start) as u64);
+    db.put("next", "3").unwrap();
+    drop(db);
+    let db = Db::open(dir.path()).unwrap();
+    assert_eq!(db.get("next").as_deref(), Some(&b"3"[..]));
+}
+
+#[test]
+fn a_last_frame_with_a_page_of_garbage_is_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    let (seg, start, end) = twelve_kib_frame(dir.path(), b'v', false);
+    fill_middle_page(&seg, start, end, 0x5a);
+    match Db::open(dir.path()) {
+        Err(Error::Corruption { offset_bytes, .. }) => assert_eq!(offset_bytes, start as u64),
+        other => panic!("expected corruption, got {:?}", other.map(|_| ())),
+    }
+}
+
+#[test]
+fn a_zeroed_page_in_a_frame_followed_by_a_valid_one_is_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    let (seg, start, end) = twelve_kib_frame(dir.path(), b'v', true);
+    fill_middle_page(&seg, start, end, 0);
+    match Db::open(dir.path()) {
+        Err(Error::Corruption { offset_bytes, .. }) => assert_eq!(offset_bytes, start as u64),
+        other => panic!("expected corruption, got {:?}", other.map(|_| ())),
+    }
+}
+
+#[test]
+fn a_flipped_byte_in_a_last_frame_holding_zeroed_pages_is_corruption() {
+    let src = tempfile::tempdir().unwrap();
+    let (seg, start, end) = twelve_kib_frame(src.path(), 0, false);
+    for at in [start + 100, (start + end) / 2, end - 10] {
+        let copy = copy_db(src.path());
+        let seg_copy = rebase(&seg, src.path(), copy.path());
+        flip_byte(&seg_copy, at);
+        match Db::open(copy.path()) {
+            Err(Error::Corruption { offset_bytes, .. }) => {
+                assert_eq!(offset_bytes, start as u64)
+            }
+            other => panic!(
+                "flip at {at}: expected corruption, got {:?}",
+                other.map(|_| ())
+            ),
+        }
+    }
+}
+
+#[test]
+fn a_lost_last_sector_that_held_one_non_zero_byte_is_a_torn_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let start;
+    {
+        let db = Db::open(dir.path()).unwrap();
+        db.put("a", "1").unwrap();
+        start = db.stats().wal.wal_bytes as usize;
+        let mut value = vec![0u8; 12 * 1024];
+        *value.last_mut().unwrap() = 1;
+        db.put("big", value).unwrap();
+    }
+    let seg = segments(dir.path()).pop().unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let last_sector = (bytes.len() - 1) / 512 * 512;
+    assert!(bytes[last_sector..].iter().filter(|&&b| b != 0).count() == 1);
+    bytes[last_sector..].fill(0);
+    std::fs::write(&seg, bytes).unwrap();
+    let db = Db::open(dir.path()).expect("the size landed, the last sector did not");
+    assert_eq!(db.get("a").as_deref(), Some(&b"1"[..]));
+    assert!(db.get("big").is_none());
+    assert_eq!(
+        db.recovery_report()
+            .torn_tail
+            .as_ref()
+            .unwrap()
+            .offset_bytes,
+        start as u64
+    );
+}

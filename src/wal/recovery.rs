@@ -8,8 +8,10 @@
 //!   was never written in full, is a torn tail: a write that was cut short
 //!   by a crash and so never acknowledged. It is cut off (the file is
 //!   truncated to the last complete frame) and reported in the
-//!   `RecoveryReport`. A frame that was written in full and changed since is
-//!   corruption, wherever it is.
+//!   `RecoveryReport`. A frame whose size landed but one of whose pages did
+//!   not (whole zeroed sectors, a checksum mismatch no single changed byte
+//!   outside them explains) is such a write too. A frame that was written in full and
+//!   changed since is corruption, wherever it is.
 //! - A bad frame followed by a valid one, or anywhere in an earlier segment,
 //!   is corruption: in `RecoveryMode::Strict` open fails naming the segment
 //!   and offset; in `RecoveryMode::Repair` the WAL is cut there, and what is
@@ -370,7 +372,7 @@ fn scan_segment(
                     offset: offset as u64,
                     reason,
                     not_torn: valid_frame_after(bytes, offset + 1, scan.next_seq)
-                        || frame_was_complete(rest),
+                        || frame_was_complete(bytes, offset),
                 });
                 break;
             }
@@ -448,23 +450,36 @@ fn valid_frame_after(bytes: &[u8], from: usize, min_seq: u64) -> bool {
         })
 }
 
-/// True if the damaged frame at the start of `bytes` had been written in
-/// full, so its damage is a changed bit rather than a write cut short.
+/// The unit a disk writes whole: a write cut short by a power loss leaves
+/// whole sectors unwritten (reading as zeros past the old end of the file),
+/// never part of one. 512 B, the smallest sector; a lost 4 KiB page is
+/// eight of them.
+const TORN_SECTOR_BYTES: usize = 512;
+
+/// True if the damaged frame at `offset` in the segment `bytes` had been
+/// written in full, so its damage is a changed bit rather than a write cut
+/// short.
 ///
 /// A torn write leaves the frame short, or leaves zeros where its header
 /// should be (a file system that extended the file but never wrote the
-/// block). A frame written in full and damaged since shows one of these:
-/// its header is valid and its whole payload is present (the damage is in
-/// the payload); the payload still matches the stored payload checksum (the
-/// damage is in the header); it matches when the frame is taken to run to
-/// the end of the file (the damage is in the length field); or correcting
-/// the stored payload checksum makes the header checksum valid (the damage
-/// is in that field).
-fn frame_was_complete(bytes: &[u8]) -> bool {
+/// block), or leaves whole zeroed sectors inside a frame whose header and
+/// size landed (the pages of an unsynced write reach the disk in any
+/// order). A frame written in full and damaged since shows one of these:
+/// its header is valid and its whole payload is present, with no zeroed
+/// sector, or with a checksum mismatch that one changed byte outside the
+/// zeroed sectors explains (a value of zeros with a flipped bit elsewhere
+/// is damage, not a hole);
+/// the payload still matches the stored payload checksum (the damage is in
+/// the header); it matches when the frame is taken to run to the end of the
+/// file (the damage is in the length field); or correcting the stored
+/// payload checksum makes the header checksum valid (the damage is in that
+/// field).
+fn frame_was_complete(segment: &[u8], offset: usize) -> bool {
     use format::{
         FRAME_HEADER_BYTES, FRAME_HEADER_CRC_OFFSET, FRAME_PAYLOAD_CRC_OFFSET,
         FRAME_PAYLOAD_LEN_OFFSET,
     };
+    let bytes = segment.get(offset..).unwrap_or_default();
     let Some((header, body)) = bytes.split_first_chunk::<FRAME_HEADER_BYTES>() else {
         return false;
     };
@@ -491,7 +506,17 @@ fn frame_was_complete(bytes: &[u8]) -> bool {
         header[FRAME_HEADER_CRC_OFFSET + 3],
     ]);
     if crc32c::crc32c(&header[..FRAME_HEADER_CRC_OFFSET]) == stored_header_crc {
-        return stored_len <= body.len();
+        let Some(payload) = body.get(..stored_len) else {
+            return false; // the file ends inside the frame
+        };
+        let syndrome = crc32c::crc32c(payload) ^ stored_payload_crc;
+        let payload_start = offset + FRAME_HEADER_BYTES;
+        let holed = syndrome != 0
+            && has_zeroed_sector(segment, payload_start..payload_start + stored_len)
+            && !one_byte_positions(syndrome, payload.len())
+                .into_iter()
+                .any(|at| !in_zeroed_sector(segment, payload_start + at));
+        return !holed;
     }
     let payload_matches = |len: usize| {
         body.get(..len)
@@ -507,6 +532,74 @@ fn frame_was_complete(bytes: &[u8]) -> bool {
     corrected[FRAME_PAYLOAD_CRC_OFFSET..FRAME_HEADER_CRC_OFFSET]
         .copy_from_slice(&crc32c::crc32c(payload).to_le_bytes());
     crc32c::crc32c(&corrected[..FRAME_HEADER_CRC_OFFSET]) == stored_header_crc
+}
+
+/// True if a whole sector (aligned to the file offset, cut at the end of
+/// the file) that overlaps `range` holds only zeros: a sector the disk
+/// never wrote.
+fn has_zeroed_sector(segment: &[u8], range: std::ops::Range<usize>) -> bool {
+    let first = range.start - range.start % TORN_SECTOR_BYTES;
+    (first..range.end)
+        .step_by(TORN_SECTOR_BYTES)
+        .any(|start| in_zeroed_sector(segment, start))
+}
+
+/// True if the sector holding byte `at` of the segment is all zeros.
+fn in_zeroed_sector(segment: &[u8], at: usize) -> bool {
+    let start = at - at % TORN_SECTOR_BYTES;
+    segment
+        .get(start..(start + TORN_SECTOR_BYTES).min(segment.len()))
+        .is_some_and(|sector| !sector.is_empty() && sector.iter().all(|&b| b == 0))
+}
+
+/// The CRC-32C polynomial, bit-reversed (as the checksum computes it).
+const CRC32C_POLY_REFLECTED: u32 = 0x82F6_3B78;
+
+/// The positions in a `len`-byte payload where changing one byte accounts
+/// for the checksum `syndrome` (computed XOR stored).
+///
+/// CRC-32C is linear: for messages of equal length, the XOR of their
+/// checksums is the checksum, without initial value or final XOR, of the
+/// XOR of the messages. One byte `e` changed at `k` bytes from the end
+/// gives the checksum of `e` followed by `k` zero bytes; so stepping the
+/// syndrome back one zero byte at a time and looking it up among the 255
+/// one-byte checksums finds every such position. A lost page changes
+/// thousands of bytes, and one byte explains its syndrome only by chance
+/// (about `len` * 255 / 2^32), or when the lost bytes held only one
+/// non-zero byte: then the position lies in the zeroed sector, which the
+/// hole explains as well.
+fn one_byte_positions(syndrome: u32, len: usize) -> Vec<usize> {
+    let one_byte: std::collections::HashSet<u32> = (1..=255u32)
+        .map(|e| (0..8).fold(e, |c, _| crc_bit_step(c)))
+        .collect();
+    let mut c = syndrome;
+    let mut positions = Vec::new();
+    for from_end in 0..len {
+        if one_byte.contains(&c) {
+            positions.push(len - 1 - from_end);
+        }
+        c = (0..8).fold(c, |c, _| crc_bit_unstep(c));
+    }
+    positions
+}
+
+/// One bit of the checksum register's update with a zero input bit.
+fn crc_bit_step(c: u32) -> u32 {
+    if c & 1 == 1 {
+        (c >> 1) ^ CRC32C_POLY_REFLECTED
+    } else {
+        c >> 1
+    }
+}
+
+/// The inverse of [`crc_bit_step`]: the polynomial's top bit is set, so the
+/// top bit of a stepped register tells which branch was taken.
+fn crc_bit_unstep(c: u32) -> u32 {
+    if c & 0x8000_0000 != 0 {
+        ((c ^ CRC32C_POLY_REFLECTED) << 1) | 1
+    } else {
+        c << 1
+    }
 }
 
 fn truncate(io: &Io, path: &Path, len_bytes: u64) -> Result<()> {
@@ -631,4 +724,46 @@ fn count_valid_frames(bytes: &[u8], next_seq: &mut u64) -> u64 {
         }
     }
     count
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_damaged_byte_is_found_by_its_syndrome_anywhere() {
+        let payload: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let crc = crc32c::crc32c(&payload);
+        for (at, flip) in [(0, 0x01), (1234, 0xff), (4999, 0x80), (2500, 0x5a)] {
+            let mut damaged = payload.clone();
+            damaged[at] ^= flip;
+            let syndrome = crc32c::crc32c(&damaged) ^ crc;
+            assert!(
+                one_byte_positions(syndrome, payload.len()).contains(&at),
+                "byte {at}"
+            );
+        }
+        let mut holed = payload.clone();
+        holed[512..1024].fill(0);
+        let syndrome = crc32c::crc32c(&holed) ^ crc;
+        assert!(
+            one_byte_positions(syndrome, payload.len()).is_empty(),
+            "a zeroed sector"
+        );
+        // A lost sector whose bytes held one non-zero byte: one byte
+        // explains it, at a position inside the zeroed sector.
+        let mut sparse = vec![0u8; 2000];
+        sparse[1500] = 7;
+        let crc = crc32c::crc32c(&sparse);
+        sparse[1500] = 0;
+        let syndrome = crc32c::crc32c(&sparse) ^ crc;
+        assert_eq!(one_byte_positions(syndrome, sparse.len()), vec![1500]);
+    }
+
+    #[test]
+    fn unstep_inverts_step() {
+        for c in [0u32, 1, 0x8000_0000, 0xdead_beef, u32::MAX] {
+            assert_eq!(crc_bit_unstep(crc_bit_step(c)), c);
+        }
+    }
 }
