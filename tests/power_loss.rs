@@ -56,6 +56,19 @@ enum Step {
     Import(u8),
     /// Close cleanly and open again (no power loss).
     Reopen,
+    /// Registers cursor `c<k>`, or moves it back (every registration is at
+    /// a lower sequence number than the one before, so the cursor file is
+    /// written before the call returns).
+    Cursor(u8),
+}
+
+/// Cursor names the workloads register.
+const CURSOR_NAMES: u8 = 3;
+
+/// The sequence number step `index` registers a cursor at (lower for each
+/// later step: a move back).
+fn cursor_seq(index: usize) -> u64 {
+    1_000_000 - index as u64
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -97,8 +110,11 @@ fn options(disk: &SimDisk, faults: Option<&FaultInjector>, snapshots_retained: u
     }
 }
 
+/// The keys and values, and the registered cursors (as `cursor/<name>`
+/// entries holding their sequence number).
 fn contents(db: &Db) -> State {
-    db.scan(&ScanOptions::all())
+    let mut state: State = db
+        .scan(&ScanOptions::all())
         .map(|e| {
             let k = String::from_utf8(e.key().to_vec()).unwrap();
             let v = match e.into_value() {
@@ -107,7 +123,13 @@ fn contents(db: &Db) -> State {
             };
             (k, v)
         })
-        .collect()
+        .collect();
+    for k in 0..CURSOR_NAMES {
+        if let Some(c) = db.cursor(&format!("c{k}")) {
+            state.insert(format!("cursor/c{k}"), Model::Counter(c.seq as i64));
+        }
+    }
+    state
 }
 
 /// The peer whose change sets are imported: its own disk, its own keys.
@@ -177,6 +199,12 @@ fn apply_model(state: &mut State, step: &Step, index: usize, peer: Option<&Db>) 
             state.retain(|k, _| !k.starts_with("peer-"));
             state.extend(contents(peer.unwrap()));
         }
+        Step::Cursor(k) => {
+            state.insert(
+                format!("cursor/c{k}"),
+                Model::Counter(cursor_seq(index) as i64),
+            );
+        }
         Step::Compact | Step::Reopen => {}
     }
 }
@@ -210,6 +238,7 @@ fn run_step(
             db.write(batch).map(drop)
         }
         Step::Compact => db.compact_now().map(drop),
+        Step::Cursor(k) => db.set_cursor(&format!("c{k}"), cursor_seq(index)),
         Step::Import(n) => {
             let bytes = peer.write_and_export(*n);
             db.import(&bytes).map(drop)
@@ -456,6 +485,7 @@ fn random_step(rng: &mut Rng) -> Step {
         }
         78..88 => Step::Compact,
         88..95 => Step::Import(1 + rng.below(3) as u8),
+        95..97 => Step::Cursor(rng.below(u64::from(CURSOR_NAMES)) as u8),
         _ => Step::Reopen,
     }
 }
@@ -552,9 +582,12 @@ fn batches_rotation_imports_and_reopens_survive_power_loss() {
         steps.push(Step::Increment(30, i64::from(i)));
     }
     steps.extend([
+        Step::Cursor(0),
         Step::Import(3),
         Step::Compact,
+        Step::Cursor(1),
         Step::Reopen,
+        Step::Cursor(0),
         Step::Import(2),
         Step::Put(1, 9000),
         Step::Compact,
