@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use mergekv::auth::{AuthService, Scope, Scopes};
 use mergekv::replication::client::{Follower, FollowerOptions};
-use mergekv::replication::message::StartMode;
+use mergekv::replication::frame::read_frame;
+use mergekv::replication::message::{ErrorCode, StartMode};
 use mergekv::replication::server::{ReplicationOptions, ReplicationServer};
 use mergekv::replication::{Cursor, Message};
 use mergekv::{Batch, Db, Error, Options, SyncMode};
@@ -459,4 +460,121 @@ fn a_promoted_copy_that_follows_again_is_reset_to_the_leaders_state() {
     assert_eq!(follower.status().snapshots_installed, 1);
     assert_eq!(follower.db().get("written-while-promoted"), None);
     assert!(follower.db().get("k000001").is_some());
+}
+
+/// A frame header of `kind` announcing `payload_bytes`, with a valid
+/// header checksum (docs/PROTOCOL.md).
+fn header_announcing(kind: u8, payload_bytes: u32) -> [u8; 16] {
+    let mut header = [0u8; 16];
+    header[..4].copy_from_slice(&payload_bytes.to_le_bytes());
+    header[4] = kind;
+    let crc = crc32c::crc32c(&header[..12]);
+    header[12..].copy_from_slice(&crc.to_le_bytes());
+    header
+}
+
+/// Reads the leader's frames until it closes the connection; the last
+/// message it sent, if any. Fails if it keeps the connection open.
+fn read_until_closed(socket: &mut TcpStream) -> Option<Message> {
+    socket.set_read_timeout(Some(CONVERGE)).unwrap();
+    let mut last = None;
+    loop {
+        match read_frame(socket) {
+            Ok(frame) => last = Some(Message::decode(&frame).unwrap()),
+            Err(mergekv::replication::ProtocolError::Io {
+                kind: std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut,
+                ..
+            }) => {
+                panic!("the leader kept the connection open; last sent {last:?}")
+            }
+            Err(_) => return last,
+        }
+    }
+}
+
+fn assert_refused_with(message: Option<Message>, expected: ErrorCode) {
+    match message {
+        Some(Message::Error { code, .. }) if code == expected => {}
+        other => panic!("expected ERROR({expected:?}), got {other:?}"),
+    }
+}
+
+#[test]
+fn an_unauthenticated_frame_larger_than_any_hello_is_refused_on_its_header() {
+    // The deadline is far away: only the size can end the connection.
+    let leader = leader(leader_options(), |o| o.handshake_timeout_ms = 600_000);
+    for kind in [1u8, 6] {
+        let mut socket = TcpStream::connect(leader.addr()).unwrap();
+        socket
+            .write_all(&header_announcing(kind, 200 << 20))
+            .unwrap();
+        // Payload bytes follow, as an attacker would send them; the leader
+        // has refused the frame by then and reads none of it.
+        let _ = socket.write_all(&vec![0u8; 64 * 1024]);
+        assert_refused_with(read_until_closed(&mut socket), ErrorCode::Protocol);
+    }
+    // A follower is served as before.
+    leader.db.put("a", "1").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let follower = follow(dir.path(), &leader);
+    converge(&follower, &leader);
+}
+
+#[test]
+fn a_hello_trickled_a_byte_at_a_time_is_cut_off_at_the_handshake_deadline() {
+    let leader = leader(leader_options(), |o| o.handshake_timeout_ms = 300);
+    // The largest HELLO: 316 bytes at 20 ms each take over 6 s, while no
+    // single read waits more than 20 ms.
+    let hello = Message::Hello {
+        version: mergekv::replication::PROTOCOL_VERSION,
+        follower_id: 7,
+        token: "t".repeat(mergekv::replication::message::TOKEN_BYTES_MAX),
+        cursor: Cursor::default(),
+    }
+    .to_frame_bytes()
+    .unwrap();
+    let mut socket = TcpStream::connect(leader.addr()).unwrap();
+    let sent = common::trickle_until_closed(&mut socket, &hello, Duration::from_millis(20));
+    assert!(
+        sent < hello.len(),
+        "the leader waited for the whole trickled HELLO ({sent} bytes)"
+    );
+    let server = leader.server.as_ref().unwrap();
+    assert!(common::wait_for(CONVERGE, || server
+        .stats()
+        .handshakes_pending
+        == 0));
+}
+
+#[test]
+fn connections_beyond_the_pending_handshake_limit_are_closed_at_once() {
+    let leader = leader(leader_options(), |o| {
+        o.handshakes_max = 4;
+        o.handshake_timeout_ms = 600_000;
+    });
+    let server = leader.server.as_ref().unwrap();
+    let silent: Vec<TcpStream> = (0..4)
+        .map(|_| TcpStream::connect(leader.addr()).unwrap())
+        .collect();
+    assert!(
+        common::wait_for(CONVERGE, || server.stats().handshakes_pending == 4),
+        "{:?}",
+        server.stats()
+    );
+    for _ in 0..3 {
+        let mut excess = TcpStream::connect(leader.addr()).unwrap();
+        assert_refused_with(read_until_closed(&mut excess), ErrorCode::Unavailable);
+    }
+    assert_eq!(server.stats().handshakes_pending, 4);
+    assert!(server.stats().connections_refused >= 3);
+    // Once the silent ones go, a follower gets in.
+    drop(silent);
+    assert!(common::wait_for(CONVERGE, || server
+        .stats()
+        .handshakes_pending
+        == 0));
+    leader.db.put("a", "1").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let follower = follow(dir.path(), &leader);
+    converge(&follower, &leader);
 }

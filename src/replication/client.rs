@@ -19,8 +19,9 @@ use serde::Serialize;
 use super::ProtocolError;
 use super::apply;
 use super::follower::{FollowerAction, FollowerMachine, SNAPSHOT_BYTES_MAX_DEFAULT};
+use super::frame::FRAME_PAYLOAD_BYTES_MAX;
 use super::message::Cursor;
-use super::transport::{Connection, Transport};
+use super::transport::{Connection, TimedSocket, Transport};
 use crate::db::Db;
 use crate::db::FollowerPosition;
 use crate::engine::panic_message;
@@ -44,10 +45,14 @@ pub struct FollowerOptions {
     /// Options for the follower's own database (opened read-only).
     pub db_options: Options,
     /// How long a connection attempt may take (each of the TCP connect
-    /// and, with TLS, the handshake).
+    /// and, with TLS, the whole handshake).
     pub connect_timeout_ms: u64,
-    /// A connection silent for this long (no batch, no heartbeat) is
-    /// closed and made again.
+    /// Each message from the leader must have arrived whole within this
+    /// long (plus `n / TRANSFER_BYTES_PER_SEC_MIN` seconds for a frame of
+    /// `n` bytes, see [`super::transport::TRANSFER_BYTES_PER_SEC_MIN`]);
+    /// otherwise the connection is closed and made again. The leader
+    /// heartbeats when idle, so only a dead, stalled or trickling leader
+    /// hits it. Sending the HELLO or an ACK has the same deadline.
     pub idle_timeout_ms: u64,
     /// First reconnect delay; doubles per failed attempt...
     pub backoff_initial_ms: u64,
@@ -396,6 +401,8 @@ fn connect(shared: &Shared) -> std::result::Result<Connection, ProtocolError> {
 }
 
 fn wrap(stream: TcpStream, shared: &Shared) -> std::result::Result<Connection, ProtocolError> {
+    let socket = TimedSocket::new(stream);
+    let idle = Duration::from_millis(shared.options.idle_timeout_ms.max(1));
     #[cfg(feature = "tls")]
     if let Some((config, name)) = &shared.options.tls {
         let server_name = rustls::pki_types::ServerName::try_from(name.clone()).map_err(|e| {
@@ -408,16 +415,16 @@ fn wrap(stream: TcpStream, shared: &Shared) -> std::result::Result<Connection, P
                 reason: format!("TLS setup: {e}"),
             }
         })?;
-        let handshake = Duration::from_millis(shared.options.connect_timeout_ms.max(1));
-        let stream = super::tls::TlsStream::client(tls, stream, handshake).map_err(|e| {
+        let handshake =
+            Instant::now() + Duration::from_millis(shared.options.connect_timeout_ms.max(1));
+        let stream = super::tls::TlsStream::client(tls, socket, handshake).map_err(|e| {
             ProtocolError::io(std::io::Error::new(e.kind(), format!("TLS handshake: {e}")))
         })?;
         let stream: Box<dyn Transport> = Box::new(stream);
-        return Ok(Connection::new(stream));
+        return Ok(Connection::new(stream, FRAME_PAYLOAD_BYTES_MAX, idle));
     }
-    let _ = shared;
-    let stream: Box<dyn Transport> = Box::new(stream);
-    Ok(Connection::new(stream))
+    let stream: Box<dyn Transport> = Box::new(socket);
+    Ok(Connection::new(stream, FRAME_PAYLOAD_BYTES_MAX, idle))
 }
 
 /// One connection, from HELLO until it fails or the follower stops.

@@ -165,7 +165,10 @@ impl FollowerMachine {
             ) => {
                 check_stream((stream, epoch), (s, e))?;
                 if total_bytes > self.snapshot_bytes_max {
-                    return Err(ProtocolError::Oversized { bytes: total_bytes });
+                    return Err(ProtocolError::Oversized {
+                        bytes: total_bytes,
+                        limit: self.snapshot_bytes_max,
+                    });
                 }
                 self.state = State::Snapshot {
                     stream,
