@@ -578,3 +578,76 @@ fn connections_beyond_the_pending_handshake_limit_are_closed_at_once() {
     let follower = follow(dir.path(), &leader);
     converge(&follower, &leader);
 }
+
+/// Where a follower stages a snapshot it receives (docs/PROTOCOL.md).
+fn staged_snapshot(dir: &Path) -> std::path::PathBuf {
+    dir.join("replication-incoming.snap")
+}
+
+#[test]
+fn a_staged_snapshot_left_by_a_killed_follower_is_removed_at_open() {
+    let leader = leader(leader_options(), |_| {});
+    put_many(&leader.db, "k", 100);
+    let dir = tempfile::tempdir().unwrap();
+    let follower = follow(dir.path(), &leader);
+    converge(&follower, &leader);
+    follower.stop();
+    // What a follower killed between receiving (or installing) a snapshot
+    // and deleting its staging file leaves behind.
+    std::fs::write(staged_snapshot(dir.path()), vec![0x5a; 1 << 20]).unwrap();
+    let follower = follow(dir.path(), &leader);
+    assert!(
+        !staged_snapshot(dir.path()).exists(),
+        "the staged snapshot outlived the open"
+    );
+    put_many(&leader.db, "more", 100);
+    converge(&follower, &leader);
+}
+
+#[test]
+fn a_snapshot_transfer_cut_short_leaves_no_staged_file() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let follower = Follower::open(dir.path(), follower_options(&addr, "any")).unwrap();
+    let mut socket = accept_hello(&listener);
+    send(
+        &mut socket,
+        &Message::Welcome {
+            version: mergekv::replication::PROTOCOL_VERSION,
+            stream: 0,
+            epoch: 0,
+            leader_seq: 3,
+            mode: StartMode::Snapshot,
+        },
+    );
+    send(
+        &mut socket,
+        &Message::SnapshotBegin {
+            stream: 0,
+            epoch: 0,
+            snapshot_seq: 3,
+            total_bytes: 1 << 20,
+        },
+    );
+    send(
+        &mut socket,
+        &Message::SnapshotChunk {
+            stream: 0,
+            epoch: 0,
+            offset: 0,
+            bytes: vec![7; 4096],
+        },
+    );
+    let staged = staged_snapshot(dir.path());
+    assert!(common::wait_for(CONVERGE, || std::fs::metadata(&staged)
+        .is_ok_and(|m| m.len() == 4096)));
+    // The leader goes away mid-transfer.
+    drop(socket);
+    assert!(
+        common::wait_for(CONVERGE, || !staged.exists()),
+        "the cut-short transfer left its staged file"
+    );
+    assert_eq!(follower.status().snapshots_installed, 0);
+    assert!(follower.db().follower_position().unwrap().is_none());
+}

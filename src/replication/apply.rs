@@ -89,9 +89,15 @@ pub(crate) fn apply_replicated(
     Ok(())
 }
 
-/// Replaces this follower's replicated state with the verified leader
-/// snapshot at `path`, storing `position` in the same snapshot file.
-pub(crate) fn install_replicated(db: &Db, path: &Path, position: FollowerPosition) -> Result<u64> {
+/// A received leader snapshot, read back and checked, ready to install.
+pub(crate) struct ReplicatedSnapshot {
+    records: Vec<Record>,
+}
+
+/// Reads the received leader snapshot at `path` whole and checks it (it
+/// verifies itself); keeps the leader's records but not its `_local` ones,
+/// and lets this copy's clock see every stamp.
+pub(crate) fn read_replicated(db: &Db, path: &Path) -> Result<ReplicatedSnapshot> {
     let loaded = snapshot::read_snapshot(&db.io(), path)?;
     let records: Vec<Record> = loaded
         .records
@@ -100,9 +106,20 @@ pub(crate) fn install_replicated(db: &Db, path: &Path, position: FollowerPositio
         .collect();
     let newest = records.iter().filter_map(|r| r.delta.newest_stamp());
     db.engine().observe_stamps(newest.chain([loaded.meta.hlc]));
-    let entries = records.len() as u64;
+    Ok(ReplicatedSnapshot { records })
+}
+
+/// Replaces this follower's replicated state with a leader snapshot,
+/// storing `position` in the same snapshot file; returns the entries
+/// installed.
+pub(crate) fn install_replicated(
+    db: &Db,
+    snapshot: ReplicatedSnapshot,
+    position: FollowerPosition,
+) -> Result<u64> {
+    let entries = snapshot.records.len() as u64;
     let local = vec![local_record(db, position.encode())];
-    db.maintenance().install_state(records, local)?;
+    db.maintenance().install_state(snapshot.records, local)?;
     Ok(entries)
 }
 
