@@ -302,10 +302,15 @@ fn followers_without_a_replicate_token_are_refused() {
 /// WAL frames holding three puts (`a`, `b`, `c`, sequence numbers 1..=3),
 /// taken from a real database's segment.
 fn three_wal_frames() -> Vec<u8> {
+    three_wal_frames_of(["a", "b", "c"], "rogue")
+}
+
+/// WAL frames holding three puts of `value` (sequence numbers 1..=3).
+fn three_wal_frames_of(keys: [&str; 3], value: &str) -> Vec<u8> {
     let dir = tempfile::tempdir().unwrap();
     let db = Db::open(dir.path()).unwrap();
-    for key in ["a", "b", "c"] {
-        db.put(key, "rogue").unwrap();
+    for key in keys {
+        db.put(key, value).unwrap();
     }
     db.close().unwrap();
     let segment = &common::segments(dir.path())[0];
@@ -650,4 +655,96 @@ fn a_snapshot_transfer_cut_short_leaves_no_staged_file() {
     );
     assert_eq!(follower.status().snapshots_installed, 0);
     assert!(follower.db().follower_position().unwrap().is_none());
+}
+
+/// The bytes of a real snapshot file holding one key, `from-snapshot`.
+fn snapshot_file_bytes() -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path()).unwrap();
+    db.put("from-snapshot", "1").unwrap();
+    db.compact_now().unwrap();
+    db.close().unwrap();
+    let files: Vec<_> = std::fs::read_dir(dir.path().join("snapshots"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    std::fs::read(&files[0]).unwrap()
+}
+
+/// Sends a whole snapshot of `bytes` covering `snapshot_seq`, after a
+/// WELCOME that asks for one.
+fn send_snapshot(socket: &mut TcpStream, snapshot_seq: u64, bytes: &[u8]) {
+    send(
+        socket,
+        &Message::Welcome {
+            version: mergekv::replication::PROTOCOL_VERSION,
+            stream: 0,
+            epoch: 0,
+            leader_seq: 3,
+            mode: StartMode::Snapshot,
+        },
+    );
+    send(
+        socket,
+        &Message::SnapshotBegin {
+            stream: 0,
+            epoch: 0,
+            snapshot_seq,
+            total_bytes: bytes.len() as u64,
+        },
+    );
+    send(
+        socket,
+        &Message::SnapshotChunk {
+            stream: 0,
+            epoch: 0,
+            offset: 0,
+            bytes: bytes.to_vec(),
+        },
+    );
+    send(
+        socket,
+        &Message::SnapshotEnd {
+            stream: 0,
+            epoch: 0,
+            digest: *blake3::hash(bytes).as_bytes(),
+        },
+    );
+}
+
+#[test]
+fn a_batch_reusing_sequence_numbers_with_other_writes_is_applied_not_taken_for_a_duplicate() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let follower = Follower::open(dir.path(), follower_options(&addr, "any")).unwrap();
+    let mut socket = accept_hello(&listener);
+    send(&mut socket, &welcome(3));
+    send(&mut socket, &batch(0, 1, &three_wal_frames()));
+    assert!(follower.wait_for_seq(3, CONVERGE));
+    drop(socket);
+    // The leader's history was cut back (say, a power loss took frames
+    // that were shipped) and it reuses sequence numbers 1..=3 for other
+    // writes under the same stream and epoch: a snapshot at 0, then them.
+    let other = three_wal_frames_of(["x", "y", "z"], "after the cut");
+    let mut socket = accept_hello(&listener);
+    send_snapshot(&mut socket, 0, &snapshot_file_bytes());
+    send(&mut socket, &batch(0, 1, &other));
+    assert!(
+        follower.wait_until(CONVERGE, |s| s.snapshots_installed == 1
+            && s.batches_applied == 2),
+        "{:?}",
+        follower.status()
+    );
+    assert_eq!(
+        follower.db().get("from-snapshot").as_deref(),
+        Some(&b"1"[..])
+    );
+    assert_eq!(follower.db().get("a"), None);
+    assert_eq!(
+        follower.db().get("z").as_deref(),
+        Some(&b"after the cut"[..]),
+        "the batch was taken for the one applied before at the same sequence numbers"
+    );
 }

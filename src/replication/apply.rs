@@ -73,10 +73,12 @@ pub(crate) fn mark_follower(db: &Db, leader: &str) -> Result<()> {
 /// chunks: a crash in between re-applies the chunks on reconnect, which
 /// changes nothing). The leader's own `_local` records are not applied.
 /// Re-applying a batch changes nothing: records carry CRDT states, and the
-/// commit is deduplicated by the batch's position.
+/// commit is deduplicated by the batch's position and `content` (a hash of
+/// its WAL frames), so a different batch at the same position is applied.
 pub(crate) fn apply_replicated(
     db: &Db,
     mut records: Vec<Record>,
+    content: &[u8; 32],
     first_seq: u64,
     position: FollowerPosition,
 ) -> Result<()> {
@@ -84,7 +86,7 @@ pub(crate) fn apply_replicated(
     let engine = db.engine();
     engine.observe_stamps(records.iter().filter_map(|r| r.delta.newest_stamp()));
     let tail = local_record(db, position.encode());
-    let id = batch_commit_id(position, first_seq);
+    let id = batch_commit_id(position, first_seq, content);
     engine.commit_records(records, id, Some(tail))?;
     Ok(())
 }
@@ -140,11 +142,16 @@ fn local_record(db: &Db, value: Vec<u8>) -> Record {
     }
 }
 
-/// The commit id of the batch ending at `position.seq`.
-fn batch_commit_id(position: FollowerPosition, first_seq: u64) -> CommitId {
-    let mut id = blake3::Hasher::new_derive_key("mergekv replication batch v1");
+/// The commit id of the batch ending at `position.seq` whose WAL frames
+/// hash to `content`. The content is in it because a position alone can
+/// name two batches: a leader whose log was cut back (a repair, a lost
+/// tail) may reuse sequence numbers, and its new writes must not be
+/// answered as duplicates of the old ones.
+fn batch_commit_id(position: FollowerPosition, first_seq: u64, content: &[u8; 32]) -> CommitId {
+    let mut id = blake3::Hasher::new_derive_key("mergekv replication batch v2");
     for field in [position.stream, position.epoch, first_seq, position.seq] {
         id.update(&field.to_le_bytes());
     }
+    id.update(content);
     CommitId(*id.finalize().as_bytes())
 }

@@ -526,9 +526,11 @@ fn perform(
         }
         FollowerAction::Apply { cursor, records } => {
             let position = stored_position(shared, cursor);
+            let content = records.content_hash();
             apply::apply_replicated(
                 db,
                 records.into_records(),
+                &content,
                 before.seq.saturating_add(1),
                 position,
             )?;
