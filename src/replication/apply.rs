@@ -155,3 +155,60 @@ fn batch_commit_id(position: FollowerPosition, first_seq: u64, content: &[u8; 32
     id.update(content);
     CommitId(*id.finalize().as_bytes())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::{NodeId, Stamp};
+
+    fn put(key: &str, value: &Arc<[u8]>) -> Record {
+        Record {
+            store_key: crate::record::store_key("default", key.as_bytes()),
+            delta: KeyState {
+                register: Some(Register {
+                    stamp: Stamp {
+                        physical_ms: 1000,
+                        logical: 0,
+                        node: NodeId(9),
+                    },
+                    value: Some(value.clone()),
+                    floor: Vec::new(),
+                }),
+                counter: None,
+            },
+        }
+    }
+
+    /// Three records of 100 MiB: too many bytes for one WAL frame, though
+    /// only three of them (a split by record count would not split).
+    #[test]
+    fn a_replicated_batch_too_large_for_one_frame_is_split_by_bytes_position_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        let value: Arc<[u8]> = vec![7u8; 100 << 20].into();
+        let records: Vec<Record> = (0..3).map(|i| put(&format!("k{i}"), &value)).collect();
+        let position = FollowerPosition {
+            stream: 1,
+            epoch: 2,
+            seq: 3,
+            leader_seq: 3,
+            stored_ms: 0,
+        };
+        let frames_before = db.engine().wal().stats().frames_written;
+        apply_replicated(&db, records.clone(), &[5; 32], 1, position).unwrap();
+        let wal = db.engine().wal().stats();
+        assert_eq!(
+            wal.frames_written - frames_before,
+            3,
+            "two chunks of records by size, then the position alone"
+        );
+        for i in 0..3 {
+            assert_eq!(db.get(format!("k{i}")).map(|v| v.len()), Some(100 << 20));
+        }
+        assert_eq!(db.follower_position().unwrap(), Some(position));
+        // Applied again (a reconnect after a crash between the chunks and
+        // the position): every chunk and the position are duplicates.
+        apply_replicated(&db, records, &[5; 32], 1, position).unwrap();
+        assert_eq!(db.engine().wal().stats().last_seq, wal.last_seq);
+    }
+}
