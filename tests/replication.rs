@@ -748,3 +748,94 @@ fn a_batch_reusing_sequence_numbers_with_other_writes_is_applied_not_taken_for_a
         "the batch was taken for the one applied before at the same sequence numbers"
     );
 }
+
+/// A follower over a raw socket that connects, asks for a snapshot (its
+/// cursor names another history) and reads it slowly: 64 KiB every 50 ms,
+/// until the leader closes the connection (or refuses it) or `stop` is set.
+fn slow_snapshot_reader(
+    addr: String,
+    token: String,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let Ok(mut socket) = TcpStream::connect(&addr) else {
+            return 0;
+        };
+        let hello = Message::Hello {
+            version: mergekv::replication::PROTOCOL_VERSION,
+            follower_id: 99,
+            token,
+            cursor: Cursor {
+                stream: 1,
+                epoch: 1,
+                seq: 1,
+            },
+        };
+        let _ = socket.write_all(&hello.to_frame_bytes().unwrap());
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut received = 0u64;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            match socket.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => received += n as u64,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => break,
+            }
+            // The slowness is the point: the leader's sends block.
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        received
+    })
+}
+
+#[test]
+fn stopping_the_leader_does_not_wait_on_a_session_in_a_snapshot_transfer() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open_with(dir.path(), leader_options()).unwrap();
+    let (auth, token) = common::replication_auth(&db);
+    // A snapshot far larger than the socket buffers hold: at 64 KiB per
+    // 50 ms it would take the slow reader about 20 s.
+    let value = vec![b'v'; 512 * 1024];
+    for i in 0..48 {
+        db.put(format!("big{i}"), &value).unwrap();
+    }
+    db.compact_now().unwrap();
+    // Stop while the follower connects (racing the start of its session:
+    // a session the stop did not see went on with the whole transfer), and
+    // once it is in the middle of the transfer.
+    let racing = std::iter::repeat_n(false, 20);
+    for stop_mid_transfer in racing.chain([true, true]) {
+        let mut options = ReplicationOptions::new(auth.clone());
+        options.snapshot_chunk_bytes = 64 * 1024;
+        let server = ReplicationServer::start(&db, "127.0.0.1:0", options).unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader =
+            slow_snapshot_reader(server.local_addr().to_string(), token.clone(), stop.clone());
+        if stop_mid_transfer {
+            assert!(common::wait_for(CONVERGE, || server
+                .followers()
+                .first()
+                .is_some_and(|f| f.follower_id == 99)));
+        }
+        let (stopped, done) = std::sync::mpsc::channel();
+        let stopper = std::thread::spawn(move || {
+            server.stop();
+            let _ = stopped.send(());
+        });
+        let result = done.recv_timeout(Duration::from_secs(15));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            result.is_ok(),
+            "stop waited on the snapshot transfer (mid-transfer: {stop_mid_transfer})"
+        );
+        stopper.join().unwrap();
+        reader.join().unwrap();
+    }
+}
