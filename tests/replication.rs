@@ -839,3 +839,47 @@ fn stopping_the_leader_does_not_wait_on_a_session_in_a_snapshot_transfer() {
         reader.join().unwrap();
     }
 }
+
+#[test]
+fn the_cursor_of_a_follower_that_does_not_return_is_removed_after_the_horizon() {
+    let leader = leader(leader_options(), |o| o.follower_cursor_horizon_ms = 300);
+    put_many(&leader.db, "k", 100);
+    let dir = tempfile::tempdir().unwrap();
+    let follower = follow(dir.path(), &leader);
+    converge(&follower, &leader);
+    let cursor = format!("replica-{:016x}", follower.follower_id());
+    assert!(leader.db.cursor(&cursor).is_some(), "held while connected");
+    follower.stop();
+    assert!(
+        common::wait_for(CONVERGE, || leader.db.cursor(&cursor).is_none()),
+        "the cursor of a follower gone past the horizon is still registered"
+    );
+    // Should it come back after all, it follows as before.
+    put_many(&leader.db, "later", 100);
+    let follower = follow(dir.path(), &leader);
+    converge(&follower, &leader);
+    assert!(leader.db.cursor(&cursor).is_some());
+}
+
+#[test]
+fn a_restarted_leader_still_expires_the_cursors_of_followers_from_before() {
+    let mut leader = leader(leader_options(), |o| {
+        o.follower_cursor_horizon_ms = u64::MAX;
+    });
+    put_many(&leader.db, "k", 100);
+    let dir = tempfile::tempdir().unwrap();
+    let follower = follow(dir.path(), &leader);
+    converge(&follower, &leader);
+    let cursor = format!("replica-{:016x}", follower.follower_id());
+    follower.stop();
+    leader.server.take().unwrap().stop();
+    assert!(leader.db.cursor(&cursor).is_some());
+    // The next server knows the follower from the database alone.
+    let mut options = ReplicationOptions::new(leader.auth.clone());
+    options.follower_cursor_horizon_ms = 300;
+    let _server = ReplicationServer::start(&leader.db, "127.0.0.1:0", options).unwrap();
+    assert!(
+        common::wait_for(CONVERGE, || leader.db.cursor(&cursor).is_none()),
+        "the restarted leader did not expire the cursor"
+    );
+}

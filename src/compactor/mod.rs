@@ -169,6 +169,11 @@ impl Maintenance {
         self.cursors.lock().remove(name).is_some()
     }
 
+    /// The names of the registered cursors, sorted.
+    pub fn cursor_names(&self) -> Vec<String> {
+        self.cursors.lock().keys().cloned().collect()
+    }
+
     /// Figures for stats.
     pub fn stats(&self) -> CompactorStats {
         let p = self.progress.lock();

@@ -16,6 +16,7 @@ pub mod follower;
 pub mod frame;
 pub mod leader;
 pub mod message;
+mod retention;
 pub mod server;
 mod ship;
 #[cfg(feature = "tls")]

@@ -17,6 +17,8 @@
 //! Each follower's acknowledged position is registered with the compactor's retention hook under
 //! `replica-<follower id>`, so the segments it still needs are kept (up to
 //! `wal_retention_bytes_max`; beyond that it gets a snapshot next time).
+//! A thread of its own forgets the cursors of followers away for longer
+//! than `follower_cursor_horizon_ms` (see `retention.rs`).
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -26,13 +28,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 
 use super::ProtocolError;
 use super::leader::LeaderMachine;
 use super::message::{
     ErrorCode, FOLLOWER_PAYLOAD_BYTES_MAX, HELLO_PAYLOAD_BYTES_MAX, Message, StartMode,
 };
+use super::retention::FollowerRegistry;
 use super::ship;
 use super::transport::{Connection, TimedSocket, Transport};
 use crate::auth::AuthService;
@@ -44,6 +47,12 @@ use crate::wal::reader::{WalRead, WalReader};
 /// The longest wait to send an ERROR before closing a connection (it is
 /// best effort: the connection is closed either way).
 const ERROR_SEND_WAIT: Duration = Duration::from_secs(1);
+/// The expiry of followers' cursors runs at least this often...
+const EXPIRY_CHECK_INTERVAL_MAX: Duration = Duration::from_secs(60);
+/// ...and at most this often (with a tiny horizon, in tests).
+const EXPIRY_CHECK_INTERVAL_MIN: Duration = Duration::from_millis(10);
+/// The default `follower_cursor_horizon_ms`: 7 days.
+pub const FOLLOWER_CURSOR_HORIZON_MS_DEFAULT: u64 = 7 * 24 * 60 * 60 * 1000;
 
 /// How a leader decides whether a HELLO's token may replicate.
 pub trait ReplicationAuth: Send + Sync {
@@ -94,6 +103,13 @@ pub struct ReplicationOptions {
     /// (see [`super::transport::TRANSFER_BYTES_PER_SEC_MIN`]). A follower
     /// that reads slower closes its session.
     pub send_timeout_ms: u64,
+    /// A follower away this long (since its last session ended, or since
+    /// this server started for one known from an earlier run) loses its
+    /// retention cursor: it no longer holds back WAL truncation or
+    /// tombstone GC, and if it returns after its segments are gone it gets
+    /// a snapshot. Default [`FOLLOWER_CURSOR_HORIZON_MS_DEFAULT`] (7 days);
+    /// `u64::MAX` keeps cursors for good.
+    pub follower_cursor_horizon_ms: u64,
     /// TLS for every connection, if set.
     #[cfg(feature = "tls")]
     pub tls: Option<Arc<rustls::ServerConfig>>,
@@ -111,6 +127,7 @@ impl ReplicationOptions {
             handshakes_max: 32,
             handshake_timeout_ms: 10_000,
             send_timeout_ms: 30_000,
+            follower_cursor_horizon_ms: FOLLOWER_CURSOR_HORIZON_MS_DEFAULT,
             #[cfg(feature = "tls")]
             tls: None,
         }
@@ -152,6 +169,11 @@ struct Shared {
     /// Connections between accept and authentication.
     handshakes_pending: AtomicUsize,
     connections_refused: AtomicU64,
+    /// The followers holding a retention cursor.
+    registry: FollowerRegistry,
+    /// Set (with `stop`) when stopping, to wake the expiry thread.
+    stopping: Mutex<bool>,
+    stopping_changed: Condvar,
 }
 
 /// A running leader; stops (closing every connection) when dropped.
@@ -159,6 +181,7 @@ pub struct ReplicationServer {
     addr: SocketAddr,
     shared: Arc<Shared>,
     accept: Option<JoinHandle<()>>,
+    expiry: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for ReplicationServer {
@@ -196,17 +219,27 @@ impl ReplicationServer {
             next_session: AtomicU64::new(0),
             handshakes_pending: AtomicUsize::new(0),
             connections_refused: AtomicU64::new(0),
+            registry: FollowerRegistry::load(db),
+            stopping: Mutex::new(false),
+            stopping_changed: Condvar::new(),
         });
-        let accept_shared = shared.clone();
+        let expiry_shared = shared.clone();
+        let expiry = std::thread::Builder::new()
+            .name("mergekv-repl-expiry".into())
+            .spawn(move || expiry_loop(&expiry_shared))
+            .map_err(|e| network("starting the replication expiry thread", e))?;
+        let mut server = ReplicationServer {
+            addr,
+            shared: shared.clone(),
+            accept: None,
+            expiry: Some(expiry),
+        };
         let accept = std::thread::Builder::new()
             .name("mergekv-repl-accept".into())
-            .spawn(move || accept_loop(&listener, &accept_shared))
+            .spawn(move || accept_loop(&listener, &shared))
             .map_err(|e| network("starting the replication accept thread", e))?;
-        Ok(ReplicationServer {
-            addr,
-            shared,
-            accept: Some(accept),
-        })
+        server.accept = Some(accept);
+        Ok(server)
     }
 }
 
@@ -251,6 +284,11 @@ impl ReplicationServer {
 
     fn shutdown(&mut self) {
         self.shared.stop.store(true, Ordering::Release);
+        *self.shared.stopping.lock() = true;
+        self.shared.stopping_changed.notify_all();
+        if let Some(handle) = self.expiry.take() {
+            let _ = handle.join();
+        }
         // Wake the accept call with a connection of our own.
         let mut wake = self.addr;
         if wake.ip().is_unspecified() {
@@ -392,7 +430,11 @@ fn serve_connection(
             Err(e) => conn.send_error(e.error_code(), &e.to_string(), error_deadline),
         }
         if let Some(id) = session_state.follower_id {
-            shared.followers.lock().remove(&id);
+            let mut followers = shared.followers.lock();
+            followers.remove(&id);
+            // Under the followers lock: the expiry never sees the follower
+            // gone with the contact of before this session.
+            shared.registry.session_ended(id);
         }
     }
     shared.sockets.lock().remove(&session);
@@ -509,7 +551,7 @@ impl Session<'_> {
     /// held for, and gets a snapshot if it falls behind the WAL.
     fn hold_wal(&self, seq: u64) {
         if let Some(id) = self.follower_id {
-            let _ = self.shared.db.set_cursor(&cursor_name(id), seq);
+            self.shared.registry.hold(id, seq);
             if let Some(f) = self.shared.followers.lock().get_mut(&id) {
                 f.acked_seq = f.acked_seq.max(seq);
             }
@@ -649,7 +691,23 @@ impl Session<'_> {
     }
 }
 
-/// The retention cursor name of a follower.
-fn cursor_name(follower_id: u64) -> String {
-    format!("replica-{follower_id:016x}")
+/// Forgets the cursors of followers away longer than the horizon, every
+/// so often, until the server stops.
+fn expiry_loop(shared: &Shared) {
+    let horizon_ms = shared.options.follower_cursor_horizon_ms;
+    let interval = Duration::from_millis(horizon_ms / 8)
+        .clamp(EXPIRY_CHECK_INTERVAL_MIN, EXPIRY_CHECK_INTERVAL_MAX);
+    let mut stopping = shared.stopping.lock();
+    while !*stopping {
+        if shared
+            .stopping_changed
+            .wait_for(&mut stopping, interval)
+            .timed_out()
+        {
+            // Not under the stopping lock: the expiry writes to `_local`.
+            parking_lot::MutexGuard::unlocked(&mut stopping, || {
+                shared.registry.expire(&shared.followers, horizon_ms);
+            });
+        }
+    }
 }
