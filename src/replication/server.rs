@@ -51,6 +51,9 @@ const ERROR_SEND_WAIT: Duration = Duration::from_secs(1);
 const EXPIRY_CHECK_INTERVAL_MAX: Duration = Duration::from_secs(60);
 /// ...and at most this often (with a tiny horizon, in tests).
 const EXPIRY_CHECK_INTERVAL_MIN: Duration = Duration::from_millis(10);
+/// Connections made to wake the accept thread on stop, at most (each
+/// waits up to a second; the first normally does it).
+const WAKE_ATTEMPTS_MAX: usize = 30;
 /// The default `follower_cursor_horizon_ms`: 7 days.
 pub const FOLLOWER_CURSOR_HORIZON_MS_DEFAULT: u64 = 7 * 24 * 60 * 60 * 1000;
 
@@ -289,13 +292,20 @@ impl ReplicationServer {
         if let Some(handle) = self.expiry.take() {
             let _ = handle.join();
         }
-        // Wake the accept call with a connection of our own.
+        // Wake the accept call with a connection of our own; again if the
+        // listen queue was full (say, under a flood of connections) and the
+        // attempt timed out before the accept thread saw the stop.
         let mut wake = self.addr;
         if wake.ip().is_unspecified() {
             wake.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
         }
-        let _ = TcpStream::connect_timeout(&wake, Duration::from_secs(1));
         if let Some(handle) = self.accept.take() {
+            for _ in 0..WAKE_ATTEMPTS_MAX {
+                let woken = TcpStream::connect_timeout(&wake, Duration::from_secs(1)).is_ok();
+                if woken || handle.is_finished() {
+                    break;
+                }
+            }
             let _ = handle.join();
         }
         for socket in self.shared.sockets.lock().values() {
