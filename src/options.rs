@@ -19,8 +19,10 @@ pub enum SyncMode {
     /// milliseconds of acknowledged writes.
     Interval(u64),
     /// A write returns once it is written to the operating system; mergekv
-    /// syncs only on rotation, compaction and clean close. A process crash loses nothing;
-    /// a power loss can lose any acknowledged write not yet flushed by the OS.
+    /// syncs only on rotation, compaction, clean close, and before a
+    /// replication leader ships frames (followers get only fsynced ones). A
+    /// process crash loses nothing; a power loss can lose any acknowledged
+    /// write not yet flushed by the OS.
     Never,
 }
 

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use mergekv::auth::{AuthService, Scope, Scopes};
 use mergekv::replication::client::{Follower, FollowerOptions};
-use mergekv::replication::message::StartMode;
+use mergekv::replication::frame::read_frame;
+use mergekv::replication::message::{ErrorCode, StartMode};
 use mergekv::replication::server::{ReplicationOptions, ReplicationServer};
 use mergekv::replication::{Cursor, Message};
 use mergekv::{Batch, Db, Error, Options, SyncMode};
@@ -301,10 +302,15 @@ fn followers_without_a_replicate_token_are_refused() {
 /// WAL frames holding three puts (`a`, `b`, `c`, sequence numbers 1..=3),
 /// taken from a real database's segment.
 fn three_wal_frames() -> Vec<u8> {
+    three_wal_frames_of(["a", "b", "c"], "rogue")
+}
+
+/// WAL frames holding three puts of `value` (sequence numbers 1..=3).
+fn three_wal_frames_of(keys: [&str; 3], value: &str) -> Vec<u8> {
     let dir = tempfile::tempdir().unwrap();
     let db = Db::open(dir.path()).unwrap();
-    for key in ["a", "b", "c"] {
-        db.put(key, "rogue").unwrap();
+    for key in keys {
+        db.put(key, value).unwrap();
     }
     db.close().unwrap();
     let segment = &common::segments(dir.path())[0];
@@ -459,4 +465,421 @@ fn a_promoted_copy_that_follows_again_is_reset_to_the_leaders_state() {
     assert_eq!(follower.status().snapshots_installed, 1);
     assert_eq!(follower.db().get("written-while-promoted"), None);
     assert!(follower.db().get("k000001").is_some());
+}
+
+/// A frame header of `kind` announcing `payload_bytes`, with a valid
+/// header checksum (docs/PROTOCOL.md).
+fn header_announcing(kind: u8, payload_bytes: u32) -> [u8; 16] {
+    let mut header = [0u8; 16];
+    header[..4].copy_from_slice(&payload_bytes.to_le_bytes());
+    header[4] = kind;
+    let crc = crc32c::crc32c(&header[..12]);
+    header[12..].copy_from_slice(&crc.to_le_bytes());
+    header
+}
+
+/// Reads the leader's frames until it closes the connection; the last
+/// message it sent, if any. Fails if it keeps the connection open.
+fn read_until_closed(socket: &mut TcpStream) -> Option<Message> {
+    socket.set_read_timeout(Some(CONVERGE)).unwrap();
+    let mut last = None;
+    loop {
+        match read_frame(socket) {
+            Ok(frame) => last = Some(Message::decode(&frame).unwrap()),
+            Err(mergekv::replication::ProtocolError::Io {
+                kind: std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut,
+                ..
+            }) => {
+                panic!("the leader kept the connection open; last sent {last:?}")
+            }
+            Err(_) => return last,
+        }
+    }
+}
+
+fn assert_refused_with(message: Option<Message>, expected: ErrorCode) {
+    match message {
+        Some(Message::Error { code, .. }) if code == expected => {}
+        other => panic!("expected ERROR({expected:?}), got {other:?}"),
+    }
+}
+
+#[test]
+fn an_unauthenticated_frame_larger_than_any_hello_is_refused_on_its_header() {
+    // The deadline is far away: only the size can end the connection.
+    let leader = leader(leader_options(), |o| o.handshake_timeout_ms = 600_000);
+    for kind in [1u8, 6] {
+        let mut socket = TcpStream::connect(leader.addr()).unwrap();
+        socket
+            .write_all(&header_announcing(kind, 200 << 20))
+            .unwrap();
+        // Payload bytes follow, as an attacker would send them; the leader
+        // has refused the frame by then and reads none of it.
+        let _ = socket.write_all(&vec![0u8; 64 * 1024]);
+        assert_refused_with(read_until_closed(&mut socket), ErrorCode::Protocol);
+    }
+    // A follower is served as before.
+    leader.db.put("a", "1").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let follower = follow(dir.path(), &leader);
+    converge(&follower, &leader);
+}
+
+#[test]
+fn a_hello_trickled_a_byte_at_a_time_is_cut_off_at_the_handshake_deadline() {
+    let leader = leader(leader_options(), |o| o.handshake_timeout_ms = 300);
+    // The largest HELLO: 316 bytes at 20 ms each take over 6 s, while no
+    // single read waits more than 20 ms.
+    let hello = Message::Hello {
+        version: mergekv::replication::PROTOCOL_VERSION,
+        follower_id: 7,
+        token: "t".repeat(mergekv::replication::message::TOKEN_BYTES_MAX),
+        cursor: Cursor::default(),
+    }
+    .to_frame_bytes()
+    .unwrap();
+    let mut socket = TcpStream::connect(leader.addr()).unwrap();
+    let sent = common::trickle_until_closed(&mut socket, &hello, Duration::from_millis(20));
+    assert!(
+        sent < hello.len(),
+        "the leader waited for the whole trickled HELLO ({sent} bytes)"
+    );
+    let server = leader.server.as_ref().unwrap();
+    assert!(common::wait_for(CONVERGE, || server
+        .stats()
+        .handshakes_pending
+        == 0));
+}
+
+#[test]
+fn connections_beyond_the_pending_handshake_limit_are_closed_at_once() {
+    let leader = leader(leader_options(), |o| {
+        o.handshakes_max = 4;
+        o.handshake_timeout_ms = 600_000;
+    });
+    let server = leader.server.as_ref().unwrap();
+    let silent: Vec<TcpStream> = (0..4)
+        .map(|_| TcpStream::connect(leader.addr()).unwrap())
+        .collect();
+    assert!(
+        common::wait_for(CONVERGE, || server.stats().handshakes_pending == 4),
+        "{:?}",
+        server.stats()
+    );
+    for _ in 0..3 {
+        let mut excess = TcpStream::connect(leader.addr()).unwrap();
+        assert_refused_with(read_until_closed(&mut excess), ErrorCode::Unavailable);
+    }
+    assert_eq!(server.stats().handshakes_pending, 4);
+    assert!(server.stats().connections_refused >= 3);
+    // Once the silent ones go, a follower gets in.
+    drop(silent);
+    assert!(common::wait_for(CONVERGE, || server
+        .stats()
+        .handshakes_pending
+        == 0));
+    leader.db.put("a", "1").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let follower = follow(dir.path(), &leader);
+    converge(&follower, &leader);
+}
+
+/// Where a follower stages a snapshot it receives (docs/PROTOCOL.md).
+fn staged_snapshot(dir: &Path) -> std::path::PathBuf {
+    dir.join("replication-incoming.snap")
+}
+
+#[test]
+fn a_staged_snapshot_left_by_a_killed_follower_is_removed_at_open() {
+    let leader = leader(leader_options(), |_| {});
+    put_many(&leader.db, "k", 100);
+    let dir = tempfile::tempdir().unwrap();
+    let follower = follow(dir.path(), &leader);
+    converge(&follower, &leader);
+    follower.stop();
+    // What a follower killed between receiving (or installing) a snapshot
+    // and deleting its staging file leaves behind.
+    std::fs::write(staged_snapshot(dir.path()), vec![0x5a; 1 << 20]).unwrap();
+    let follower = follow(dir.path(), &leader);
+    assert!(
+        !staged_snapshot(dir.path()).exists(),
+        "the staged snapshot outlived the open"
+    );
+    put_many(&leader.db, "more", 100);
+    converge(&follower, &leader);
+}
+
+#[test]
+fn a_snapshot_transfer_cut_short_leaves_no_staged_file() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let follower = Follower::open(dir.path(), follower_options(&addr, "any")).unwrap();
+    let mut socket = accept_hello(&listener);
+    send(
+        &mut socket,
+        &Message::Welcome {
+            version: mergekv::replication::PROTOCOL_VERSION,
+            stream: 0,
+            epoch: 0,
+            leader_seq: 3,
+            mode: StartMode::Snapshot,
+        },
+    );
+    send(
+        &mut socket,
+        &Message::SnapshotBegin {
+            stream: 0,
+            epoch: 0,
+            snapshot_seq: 3,
+            total_bytes: 1 << 20,
+        },
+    );
+    send(
+        &mut socket,
+        &Message::SnapshotChunk {
+            stream: 0,
+            epoch: 0,
+            offset: 0,
+            bytes: vec![7; 4096],
+        },
+    );
+    let staged = staged_snapshot(dir.path());
+    assert!(common::wait_for(CONVERGE, || std::fs::metadata(&staged)
+        .is_ok_and(|m| m.len() == 4096)));
+    // The leader goes away mid-transfer.
+    drop(socket);
+    assert!(
+        common::wait_for(CONVERGE, || !staged.exists()),
+        "the cut-short transfer left its staged file"
+    );
+    assert_eq!(follower.status().snapshots_installed, 0);
+    assert!(follower.db().follower_position().unwrap().is_none());
+}
+
+/// The bytes of a real snapshot file holding one key, `from-snapshot`.
+fn snapshot_file_bytes() -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path()).unwrap();
+    db.put("from-snapshot", "1").unwrap();
+    db.compact_now().unwrap();
+    db.close().unwrap();
+    let files: Vec<_> = std::fs::read_dir(dir.path().join("snapshots"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    std::fs::read(&files[0]).unwrap()
+}
+
+/// Sends a whole snapshot of `bytes` covering `snapshot_seq`, after a
+/// WELCOME that asks for one.
+fn send_snapshot(socket: &mut TcpStream, snapshot_seq: u64, bytes: &[u8]) {
+    send(
+        socket,
+        &Message::Welcome {
+            version: mergekv::replication::PROTOCOL_VERSION,
+            stream: 0,
+            epoch: 0,
+            leader_seq: 3,
+            mode: StartMode::Snapshot,
+        },
+    );
+    send(
+        socket,
+        &Message::SnapshotBegin {
+            stream: 0,
+            epoch: 0,
+            snapshot_seq,
+            total_bytes: bytes.len() as u64,
+        },
+    );
+    send(
+        socket,
+        &Message::SnapshotChunk {
+            stream: 0,
+            epoch: 0,
+            offset: 0,
+            bytes: bytes.to_vec(),
+        },
+    );
+    send(
+        socket,
+        &Message::SnapshotEnd {
+            stream: 0,
+            epoch: 0,
+            digest: *blake3::hash(bytes).as_bytes(),
+        },
+    );
+}
+
+#[test]
+fn a_batch_reusing_sequence_numbers_with_other_writes_is_applied_not_taken_for_a_duplicate() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let follower = Follower::open(dir.path(), follower_options(&addr, "any")).unwrap();
+    let mut socket = accept_hello(&listener);
+    send(&mut socket, &welcome(3));
+    send(&mut socket, &batch(0, 1, &three_wal_frames()));
+    assert!(follower.wait_for_seq(3, CONVERGE));
+    drop(socket);
+    // The leader's history was cut back (say, a power loss took frames
+    // that were shipped) and it reuses sequence numbers 1..=3 for other
+    // writes under the same stream and epoch: a snapshot at 0, then them.
+    let other = three_wal_frames_of(["x", "y", "z"], "after the cut");
+    let mut socket = accept_hello(&listener);
+    send_snapshot(&mut socket, 0, &snapshot_file_bytes());
+    send(&mut socket, &batch(0, 1, &other));
+    assert!(
+        follower.wait_until(CONVERGE, |s| s.snapshots_installed == 1
+            && s.batches_applied == 2),
+        "{:?}",
+        follower.status()
+    );
+    assert_eq!(
+        follower.db().get("from-snapshot").as_deref(),
+        Some(&b"1"[..])
+    );
+    assert_eq!(follower.db().get("a"), None);
+    assert_eq!(
+        follower.db().get("z").as_deref(),
+        Some(&b"after the cut"[..]),
+        "the batch was taken for the one applied before at the same sequence numbers"
+    );
+}
+
+/// A follower over a raw socket that connects, asks for a snapshot (its
+/// cursor names another history) and reads it slowly: 64 KiB every 50 ms,
+/// until the leader closes the connection (or refuses it) or `stop` is set.
+fn slow_snapshot_reader(
+    addr: String,
+    token: String,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let Ok(mut socket) = TcpStream::connect(&addr) else {
+            return 0;
+        };
+        let hello = Message::Hello {
+            version: mergekv::replication::PROTOCOL_VERSION,
+            follower_id: 99,
+            token,
+            cursor: Cursor {
+                stream: 1,
+                epoch: 1,
+                seq: 1,
+            },
+        };
+        let _ = socket.write_all(&hello.to_frame_bytes().unwrap());
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut received = 0u64;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            match socket.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => received += n as u64,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => break,
+            }
+            // The slowness is the point: the leader's sends block.
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        received
+    })
+}
+
+#[test]
+fn stopping_the_leader_does_not_wait_on_a_session_in_a_snapshot_transfer() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open_with(dir.path(), leader_options()).unwrap();
+    let (auth, token) = common::replication_auth(&db);
+    // A snapshot far larger than the socket buffers hold: at 64 KiB per
+    // 50 ms it would take the slow reader about 20 s.
+    let value = vec![b'v'; 512 * 1024];
+    for i in 0..48 {
+        db.put(format!("big{i}"), &value).unwrap();
+    }
+    db.compact_now().unwrap();
+    // Stop while the follower connects (racing the start of its session:
+    // a session the stop did not see went on with the whole transfer), and
+    // once it is in the middle of the transfer.
+    let racing = std::iter::repeat_n(false, 20);
+    for stop_mid_transfer in racing.chain([true, true]) {
+        let mut options = ReplicationOptions::new(auth.clone());
+        options.snapshot_chunk_bytes = 64 * 1024;
+        let server = ReplicationServer::start(&db, "127.0.0.1:0", options).unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader =
+            slow_snapshot_reader(server.local_addr().to_string(), token.clone(), stop.clone());
+        if stop_mid_transfer {
+            assert!(common::wait_for(CONVERGE, || server
+                .followers()
+                .first()
+                .is_some_and(|f| f.follower_id == 99)));
+        }
+        let (stopped, done) = std::sync::mpsc::channel();
+        let stopper = std::thread::spawn(move || {
+            server.stop();
+            let _ = stopped.send(());
+        });
+        let result = done.recv_timeout(Duration::from_secs(15));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            result.is_ok(),
+            "stop waited on the snapshot transfer (mid-transfer: {stop_mid_transfer})"
+        );
+        stopper.join().unwrap();
+        reader.join().unwrap();
+    }
+}
+
+#[test]
+fn the_cursor_of_a_follower_that_does_not_return_is_removed_after_the_horizon() {
+    let leader = leader(leader_options(), |o| o.follower_cursor_horizon_ms = 300);
+    put_many(&leader.db, "k", 100);
+    let dir = tempfile::tempdir().unwrap();
+    let follower = follow(dir.path(), &leader);
+    converge(&follower, &leader);
+    let cursor = format!("replica-{:016x}", follower.follower_id());
+    assert!(leader.db.cursor(&cursor).is_some(), "held while connected");
+    follower.stop();
+    assert!(
+        common::wait_for(CONVERGE, || leader.db.cursor(&cursor).is_none()),
+        "the cursor of a follower gone past the horizon is still registered"
+    );
+    // Should it come back after all, it follows as before.
+    put_many(&leader.db, "later", 100);
+    let follower = follow(dir.path(), &leader);
+    converge(&follower, &leader);
+    assert!(leader.db.cursor(&cursor).is_some());
+}
+
+#[test]
+fn a_restarted_leader_still_expires_the_cursors_of_followers_from_before() {
+    let mut leader = leader(leader_options(), |o| {
+        o.follower_cursor_horizon_ms = u64::MAX;
+    });
+    put_many(&leader.db, "k", 100);
+    let dir = tempfile::tempdir().unwrap();
+    let follower = follow(dir.path(), &leader);
+    converge(&follower, &leader);
+    let cursor = format!("replica-{:016x}", follower.follower_id());
+    follower.stop();
+    leader.server.take().unwrap().stop();
+    assert!(leader.db.cursor(&cursor).is_some());
+    // The next server knows the follower from the database alone.
+    let mut options = ReplicationOptions::new(leader.auth.clone());
+    options.follower_cursor_horizon_ms = 300;
+    let _server = ReplicationServer::start(&leader.db, "127.0.0.1:0", options).unwrap();
+    assert!(
+        common::wait_for(CONVERGE, || leader.db.cursor(&cursor).is_none()),
+        "the restarted leader did not expire the cursor"
+    );
 }

@@ -91,6 +91,13 @@ struct Leader {
 /// A leader serving replication over TLS with `config`, and a token with
 /// the Replicate scope.
 fn tls_leader(config: Arc<ServerConfig>) -> Leader {
+    tls_leader_with(config, |_| {})
+}
+
+fn tls_leader_with(
+    config: Arc<ServerConfig>,
+    tweak: impl FnOnce(&mut ReplicationOptions),
+) -> Leader {
     let dir = tempfile::tempdir().unwrap();
     let db = Db::open_with(
         dir.path(),
@@ -107,6 +114,7 @@ fn tls_leader(config: Arc<ServerConfig>) -> Leader {
     // back (read without blocking) in between.
     options.batch_bytes_target = 16 * 1024;
     options.tls = Some(config);
+    tweak(&mut options);
     let server = ReplicationServer::start(&db, "127.0.0.1:0", options).unwrap();
     Leader {
         _dir: dir,
@@ -268,4 +276,76 @@ fn a_leader_that_never_answers_the_handshake_is_given_up_on() {
     follower.stop();
     let received = silent.join().unwrap();
     assert!(received > 0, "the ClientHello reached the silent peer");
+}
+
+/// A TLS handshake record header announcing `len` bytes, then that many
+/// bytes: what a peer trickles to hold a handshake open.
+fn trickled_tls_record(len: u16) -> Vec<u8> {
+    let mut record = vec![0x16, 0x03, 0x03];
+    record.extend_from_slice(&len.to_be_bytes());
+    record.extend(std::iter::repeat_n(0u8, usize::from(len)));
+    record
+}
+
+#[test]
+fn a_client_hello_trickled_a_byte_at_a_time_is_cut_off_at_the_handshake_deadline() {
+    let ca = Ca::new("mergekv test CA");
+    let leader = tls_leader_with(ca.server_config(), |o| o.handshake_timeout_ms = 300);
+    // rustls waits for the whole record, reading it in as many reads as
+    // it takes; 16 KiB at 20 ms a byte would take minutes.
+    let record = trickled_tls_record(16 * 1024);
+    let mut socket = std::net::TcpStream::connect(leader.addr()).unwrap();
+    let sent = common::trickle_until_closed(&mut socket, &record, Duration::from_millis(20));
+    assert!(sent < record.len());
+    assert!(common::wait_for(CONVERGE, || leader
+        .server
+        .stats()
+        .handshakes_pending
+        == 0));
+    // A real follower still gets in.
+    put_many(&leader.db, "k", 10);
+    let dir = tempfile::tempdir().unwrap();
+    let follower = follow(dir.path(), &leader, Some(ca.client_config()));
+    converge(&follower, &leader);
+}
+
+#[test]
+fn a_leader_that_trickles_its_handshake_is_given_up_on() {
+    // Accepts a connection and answers the ClientHello a byte every 20 ms
+    // (for minutes), until the follower closes it.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let trickler = std::thread::spawn(move || {
+        use std::io::Write;
+        let (mut socket, _) = listener.accept().unwrap();
+        for byte in trickled_tls_record(16 * 1024) {
+            if socket.write_all(&[byte]).is_err() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    });
+    let ca = Ca::new("mergekv test CA");
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = FollowerOptions::new(addr, "some token");
+    options.db_options.sync_mode = SyncMode::Never;
+    options.connect_timeout_ms = 300;
+    options.backoff_initial_ms = 60_000;
+    options.backoff_max_ms = 60_000;
+    options.tls = Some((ca.client_config(), SERVER_NAME.to_string()));
+    let follower = Follower::open(dir.path(), options).unwrap();
+    assert!(
+        follower.wait_until(CONVERGE, |s| s.last_error.is_some()),
+        "still in the trickled handshake: {:?}",
+        follower.status()
+    );
+    let error = follower.status().last_error.unwrap_or_default();
+    assert!(error.contains("TLS handshake"), "{error}");
+    assert_eq!(follower.status().connects, 0);
+    follower.stop();
+    assert!(
+        trickler.join().unwrap(),
+        "the follower closed the connection"
+    );
 }

@@ -120,6 +120,11 @@ impl Cursors {
         self.map.iter_mut()
     }
 
+    /// The names of every cursor, in order.
+    pub fn names(&self) -> Vec<String> {
+        self.map.keys().cloned().collect()
+    }
+
     /// Every cursor, by name.
     pub fn values(&self) -> impl Iterator<Item = &CursorInfo> {
         self.map.values()

@@ -174,6 +174,11 @@ impl Maintenance {
         self.cursors.lock().flush(&self.io)
     }
 
+    /// The names of the registered cursors, sorted.
+    pub fn cursor_names(&self) -> Vec<String> {
+        self.cursors.lock().names()
+    }
+
     /// Figures for stats.
     pub fn stats(&self) -> CompactorStats {
         let p = self.progress.lock();

@@ -586,6 +586,12 @@ impl Db {
         self.inner.maintenance.remove_cursor(name)
     }
 
+    /// The names of the registered cursors, sorted (the replication leader
+    /// finds its followers' cursors among them, to expire them).
+    pub(crate) fn cursor_names(&self) -> Vec<String> {
+        self.inner.maintenance.cursor_names()
+    }
+
     /// Writes and syncs everything acknowledged and reports any failure
     /// doing so; other clones of this handle can no longer write afterwards.
     /// The threads stop and the directory lock is released when the last

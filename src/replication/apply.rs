@@ -73,10 +73,12 @@ pub(crate) fn mark_follower(db: &Db, leader: &str) -> Result<()> {
 /// chunks: a crash in between re-applies the chunks on reconnect, which
 /// changes nothing). The leader's own `_local` records are not applied.
 /// Re-applying a batch changes nothing: records carry CRDT states, and the
-/// commit is deduplicated by the batch's position.
+/// commit is deduplicated by the batch's position and `content` (a hash of
+/// its WAL frames), so a different batch at the same position is applied.
 pub(crate) fn apply_replicated(
     db: &Db,
     mut records: Vec<Record>,
+    content: &[u8; 32],
     first_seq: u64,
     position: FollowerPosition,
 ) -> Result<()> {
@@ -84,14 +86,20 @@ pub(crate) fn apply_replicated(
     let engine = db.engine();
     engine.observe_stamps(records.iter().filter_map(|r| r.delta.newest_stamp()));
     let tail = local_record(db, position.encode());
-    let id = batch_commit_id(position, first_seq);
+    let id = batch_commit_id(position, first_seq, content);
     engine.commit_records(records, id, Some(tail))?;
     Ok(())
 }
 
-/// Replaces this follower's replicated state with the verified leader
-/// snapshot at `path`, storing `position` in the same snapshot file.
-pub(crate) fn install_replicated(db: &Db, path: &Path, position: FollowerPosition) -> Result<u64> {
+/// A received leader snapshot, read back and checked, ready to install.
+pub(crate) struct ReplicatedSnapshot {
+    records: Vec<Record>,
+}
+
+/// Reads the received leader snapshot at `path` whole and checks it (it
+/// verifies itself); keeps the leader's records but not its `_local` ones,
+/// and lets this copy's clock see every stamp.
+pub(crate) fn read_replicated(db: &Db, path: &Path) -> Result<ReplicatedSnapshot> {
     let loaded = snapshot::read_snapshot(&db.io(), path)?;
     let records: Vec<Record> = loaded
         .records
@@ -100,9 +108,20 @@ pub(crate) fn install_replicated(db: &Db, path: &Path, position: FollowerPositio
         .collect();
     let newest = records.iter().filter_map(|r| r.delta.newest_stamp());
     db.engine().observe_stamps(newest.chain([loaded.meta.hlc]));
-    let entries = records.len() as u64;
+    Ok(ReplicatedSnapshot { records })
+}
+
+/// Replaces this follower's replicated state with a leader snapshot,
+/// storing `position` in the same snapshot file; returns the entries
+/// installed.
+pub(crate) fn install_replicated(
+    db: &Db,
+    snapshot: ReplicatedSnapshot,
+    position: FollowerPosition,
+) -> Result<u64> {
+    let entries = snapshot.records.len() as u64;
     let local = vec![local_record(db, position.encode())];
-    db.maintenance().install_state(records, local)?;
+    db.maintenance().install_state(snapshot.records, local)?;
     Ok(entries)
 }
 
@@ -123,11 +142,73 @@ fn local_record(db: &Db, value: Vec<u8>) -> Record {
     }
 }
 
-/// The commit id of the batch ending at `position.seq`.
-fn batch_commit_id(position: FollowerPosition, first_seq: u64) -> CommitId {
-    let mut id = blake3::Hasher::new_derive_key("mergekv replication batch v1");
+/// The commit id of the batch ending at `position.seq` whose WAL frames
+/// hash to `content`. The content is in it because a position alone can
+/// name two batches: a leader whose log was cut back (a repair, a lost
+/// tail) may reuse sequence numbers, and its new writes must not be
+/// answered as duplicates of the old ones.
+fn batch_commit_id(position: FollowerPosition, first_seq: u64, content: &[u8; 32]) -> CommitId {
+    let mut id = blake3::Hasher::new_derive_key("mergekv replication batch v2");
     for field in [position.stream, position.epoch, first_seq, position.seq] {
         id.update(&field.to_le_bytes());
     }
+    id.update(content);
     CommitId(*id.finalize().as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::{NodeId, Stamp};
+
+    fn put(key: &str, value: &Arc<[u8]>) -> Record {
+        Record {
+            store_key: crate::record::store_key("default", key.as_bytes()),
+            delta: KeyState {
+                register: Some(Register {
+                    stamp: Stamp {
+                        physical_ms: 1000,
+                        logical: 0,
+                        node: NodeId(9),
+                    },
+                    value: Some(value.clone()),
+                    floor: Vec::new(),
+                }),
+                counter: None,
+            },
+        }
+    }
+
+    /// Three records of 100 MiB: too many bytes for one WAL frame, though
+    /// only three of them (a split by record count would not split).
+    #[test]
+    fn a_replicated_batch_too_large_for_one_frame_is_split_by_bytes_position_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        let value: Arc<[u8]> = vec![7u8; 100 << 20].into();
+        let records: Vec<Record> = (0..3).map(|i| put(&format!("k{i}"), &value)).collect();
+        let position = FollowerPosition {
+            stream: 1,
+            epoch: 2,
+            seq: 3,
+            leader_seq: 3,
+            stored_ms: 0,
+        };
+        let frames_before = db.engine().wal().stats().frames_written;
+        apply_replicated(&db, records.clone(), &[5; 32], 1, position).unwrap();
+        let wal = db.engine().wal().stats();
+        assert_eq!(
+            wal.frames_written - frames_before,
+            3,
+            "two chunks of records by size, then the position alone"
+        );
+        for i in 0..3 {
+            assert_eq!(db.get(format!("k{i}")).map(|v| v.len()), Some(100 << 20));
+        }
+        assert_eq!(db.follower_position().unwrap(), Some(position));
+        // Applied again (a reconnect after a crash between the chunks and
+        // the position): every chunk and the position are duplicates.
+        apply_replicated(&db, records, &[5; 32], 1, position).unwrap();
+        assert_eq!(db.engine().wal().stats().last_seq, wal.last_seq);
+    }
 }

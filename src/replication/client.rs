@@ -19,8 +19,9 @@ use serde::Serialize;
 use super::ProtocolError;
 use super::apply;
 use super::follower::{FollowerAction, FollowerMachine, SNAPSHOT_BYTES_MAX_DEFAULT};
+use super::frame::FRAME_PAYLOAD_BYTES_MAX;
 use super::message::Cursor;
-use super::transport::{Connection, Transport};
+use super::transport::{Connection, TimedSocket, Transport};
 use crate::db::Db;
 use crate::db::FollowerPosition;
 use crate::engine::panic_message;
@@ -30,6 +31,10 @@ use crate::options::Options;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 /// Name of the file a snapshot is received into, in the database directory.
+/// It lives only while a transfer is under way: removed once its bytes are
+/// verified and read back (before they are installed), when a transfer is
+/// cut short, and at [`Follower::open`] (a follower killed mid-transfer or
+/// mid-install leaves one behind).
 const INCOMING_SNAPSHOT_FILE: &str = "replication-incoming.snap";
 
 /// How a follower connects. Start from [`FollowerOptions::new`].
@@ -44,10 +49,14 @@ pub struct FollowerOptions {
     /// Options for the follower's own database (opened read-only).
     pub db_options: Options,
     /// How long a connection attempt may take (each of the TCP connect
-    /// and, with TLS, the handshake).
+    /// and, with TLS, the whole handshake).
     pub connect_timeout_ms: u64,
-    /// A connection silent for this long (no batch, no heartbeat) is
-    /// closed and made again.
+    /// Each message from the leader must have arrived whole within this
+    /// long (plus `n / TRANSFER_BYTES_PER_SEC_MIN` seconds for a frame of
+    /// `n` bytes, see [`super::transport::TRANSFER_BYTES_PER_SEC_MIN`]);
+    /// otherwise the connection is closed and made again. The leader
+    /// heartbeats when idle, so only a dead, stalled or trickling leader
+    /// hits it. Sending the HELLO or an ACK has the same deadline.
     pub idle_timeout_ms: u64,
     /// First reconnect delay; doubles per failed attempt...
     pub backoff_initial_ms: u64,
@@ -158,6 +167,7 @@ impl Follower {
         let mut db_options = options.db_options.clone();
         db_options.read_only = true;
         let db = Db::open_with(dir, db_options)?;
+        discard_staged_snapshot(&db)?;
         apply::mark_follower(&db, &options.leader)?;
         let position = db.follower_position()?.unwrap_or_default();
         let shared = Arc::new(Shared {
@@ -396,6 +406,8 @@ fn connect(shared: &Shared) -> std::result::Result<Connection, ProtocolError> {
 }
 
 fn wrap(stream: TcpStream, shared: &Shared) -> std::result::Result<Connection, ProtocolError> {
+    let socket = TimedSocket::new(stream);
+    let idle = Duration::from_millis(shared.options.idle_timeout_ms.max(1));
     #[cfg(feature = "tls")]
     if let Some((config, name)) = &shared.options.tls {
         let server_name = rustls::pki_types::ServerName::try_from(name.clone()).map_err(|e| {
@@ -408,16 +420,16 @@ fn wrap(stream: TcpStream, shared: &Shared) -> std::result::Result<Connection, P
                 reason: format!("TLS setup: {e}"),
             }
         })?;
-        let handshake = Duration::from_millis(shared.options.connect_timeout_ms.max(1));
-        let stream = super::tls::TlsStream::client(tls, stream, handshake).map_err(|e| {
+        let handshake =
+            Instant::now() + Duration::from_millis(shared.options.connect_timeout_ms.max(1));
+        let stream = super::tls::TlsStream::client(tls, socket, handshake).map_err(|e| {
             ProtocolError::io(std::io::Error::new(e.kind(), format!("TLS handshake: {e}")))
         })?;
         let stream: Box<dyn Transport> = Box::new(stream);
-        return Ok(Connection::new(stream));
+        return Ok(Connection::new(stream, FRAME_PAYLOAD_BYTES_MAX, idle));
     }
-    let _ = shared;
-    let stream: Box<dyn Transport> = Box::new(stream);
-    Ok(Connection::new(stream))
+    let stream: Box<dyn Transport> = Box::new(socket);
+    Ok(Connection::new(stream, FRAME_PAYLOAD_BYTES_MAX, idle))
 }
 
 /// One connection, from HELLO until it fails or the follower stops.
@@ -431,14 +443,33 @@ fn run_connection(shared: &Shared, progressed: &mut bool) -> std::result::Result
     let mut machine = FollowerMachine::new(apply::start_cursor(db)?, options.snapshot_bytes_max);
     conn.send(&machine.hello(shared.follower_id, &options.token))?;
     shared.status.lock().connects += 1;
-    let idle = Duration::from_millis(options.idle_timeout_ms.max(1));
     let mut staging: Option<IoFile> = None;
+    let ended = serve_messages(shared, &mut conn, &mut machine, &mut staging, progressed);
+    if staging.take().is_some() {
+        // A transfer cut short: its bytes are never needed again (the next
+        // connection starts a new one). Best effort; the next transfer
+        // truncates the file and the next open removes it.
+        let _ = discard_staged_snapshot(db);
+    }
+    ended
+}
+
+/// Takes messages and does what the machine says, until the connection
+/// fails or the follower stops.
+fn serve_messages(
+    shared: &Shared,
+    conn: &mut Connection,
+    machine: &mut FollowerMachine,
+    staging: &mut Option<IoFile>,
+    progressed: &mut bool,
+) -> std::result::Result<(), Ended> {
+    let idle = Duration::from_millis(shared.options.idle_timeout_ms.max(1));
     while !shared.stop.load(Ordering::Acquire) {
         let message = conn.recv(idle)?;
         let before = machine.cursor();
         let actions = machine.on_message(message)?;
         for action in actions {
-            let ack = perform(shared, action, before, &mut staging)?;
+            let ack = perform(shared, action, before, staging)?;
             if ack {
                 conn.send(&machine.ack())?;
                 *progressed = true;
@@ -475,12 +506,18 @@ fn perform(
             Ok(false)
         }
         FollowerAction::InstallSnapshot { cursor } => {
-            if let Some(file) = staging.take() {
-                file.sync_all()?;
-            }
+            // No fsync of the staged bytes: they are read back now and
+            // never again. Crash-safe order: read and check the snapshot,
+            // remove the staged file, then install. A crash before the
+            // install leaves the stored position where it was, so the next
+            // connection gets a new snapshot; nothing refers to the staged
+            // file after the read, and at most one copy of it is on disk
+            // beside the installed state.
+            drop(staging.take());
+            let snapshot = apply::read_replicated(db, &staging_path)?;
+            discard_staged_snapshot(db)?;
             let position = stored_position(shared, cursor);
-            apply::install_replicated(db, &staging_path, position)?;
-            db.io().remove_file(&staging_path)?;
+            apply::install_replicated(db, snapshot, position)?;
             let mut status = shared.status.lock();
             status.snapshots_installed += 1;
             drop(status);
@@ -489,9 +526,11 @@ fn perform(
         }
         FollowerAction::Apply { cursor, records } => {
             let position = stored_position(shared, cursor);
+            let content = records.content_hash();
             apply::apply_replicated(
                 db,
                 records.into_records(),
+                &content,
                 before.seq.saturating_add(1),
                 position,
             )?;
@@ -504,6 +543,14 @@ fn perform(
 
 fn staging_path(dir: &Path) -> PathBuf {
     dir.join(INCOMING_SNAPSHOT_FILE)
+}
+
+/// Removes the staged snapshot file, if there is one.
+fn discard_staged_snapshot(db: &Db) -> Result<()> {
+    match db.io().remove_file(&staging_path(db.dir())) {
+        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
 }
 
 /// The position to store with data reaching `cursor`.

@@ -165,7 +165,10 @@ impl FollowerMachine {
             ) => {
                 check_stream((stream, epoch), (s, e))?;
                 if total_bytes > self.snapshot_bytes_max {
-                    return Err(ProtocolError::Oversized { bytes: total_bytes });
+                    return Err(ProtocolError::Oversized {
+                        bytes: total_bytes,
+                        limit: self.snapshot_bytes_max,
+                    });
                 }
                 self.state = State::Snapshot {
                     stream,
@@ -345,29 +348,43 @@ impl FollowerMachine {
         self.state = State::Streaming;
         Ok(vec![FollowerAction::Apply {
             cursor: self.cursor,
-            records: BatchRecords(records),
+            records: BatchRecords {
+                records,
+                content: *blake3::hash(&frames).as_bytes(),
+            },
         }])
     }
 }
 
-/// The records of a verified batch, in log order (opaque: the follower
-/// runtime commits them).
+/// The records of a verified batch, in log order, and a hash of its
+/// content (opaque: the follower runtime commits them).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BatchRecords(Vec<Record>);
+pub struct BatchRecords {
+    records: Vec<Record>,
+    /// blake3 of the batch's WAL frames as received.
+    content: [u8; 32],
+}
 
 impl BatchRecords {
     /// How many records (operations) the batch holds.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.records.len()
     }
 
     /// True if the batch holds none (never, for a verified batch).
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.records.is_empty()
+    }
+
+    /// blake3 of the batch's WAL frames, byte for byte as received: part
+    /// of the batch's idempotency id, so a batch at sequence numbers that
+    /// an earlier, different batch held is never taken for a duplicate.
+    pub fn content_hash(&self) -> [u8; 32] {
+        self.content
     }
 
     pub(crate) fn into_records(self) -> Vec<Record> {
-        self.0
+        self.records
     }
 }
 

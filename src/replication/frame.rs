@@ -87,6 +87,7 @@ pub fn encode_frame(kind: FrameKind, payload: &[u8]) -> Result<Vec<u8>, Protocol
     if payload.len() > FRAME_PAYLOAD_BYTES_MAX {
         return Err(ProtocolError::Oversized {
             bytes: payload.len() as u64,
+            limit: FRAME_PAYLOAD_BYTES_MAX as u64,
         });
     }
     let mut out = Vec::with_capacity(FRAME_HEADER_BYTES + payload.len());
@@ -117,7 +118,10 @@ pub fn decode_header(
     }
     let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
     if len > FRAME_PAYLOAD_BYTES_MAX {
-        return Err(ProtocolError::Oversized { bytes: len as u64 });
+        return Err(ProtocolError::Oversized {
+            bytes: len as u64,
+            limit: FRAME_PAYLOAD_BYTES_MAX as u64,
+        });
     }
     if header[5] != 0 || header[6] != 0 || header[7] != 0 {
         return Err(ProtocolError::Malformed {

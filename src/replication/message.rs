@@ -13,6 +13,22 @@ pub const HELLO_MAGIC: [u8; 8] = *b"MKVREPL\x01";
 pub const TOKEN_BYTES_MAX: usize = 256;
 /// Longest message in an ERROR frame.
 pub const ERROR_MESSAGE_BYTES_MAX: usize = 1024;
+/// Bytes in an encoded cursor (stream, epoch, seq).
+const CURSOR_BYTES: usize = 3 * 8;
+/// Largest HELLO payload: magic, version, follower id, token length, the
+/// longest token, cursor. A leader reads no larger frame before the token
+/// has authenticated, so an unauthenticated peer costs it at most this.
+pub const HELLO_PAYLOAD_BYTES_MAX: usize =
+    HELLO_MAGIC.len() + 2 + 8 + 2 + TOKEN_BYTES_MAX + CURSOR_BYTES;
+/// Largest ERROR payload: code, message length, the longest message.
+pub const ERROR_PAYLOAD_BYTES_MAX: usize = 2 + 2 + ERROR_MESSAGE_BYTES_MAX;
+/// Largest payload a follower sends once authenticated (an ACK or an
+/// ERROR): the leader's frame limit after the HELLO.
+pub const FOLLOWER_PAYLOAD_BYTES_MAX: usize = if ERROR_PAYLOAD_BYTES_MAX > CURSOR_BYTES {
+    ERROR_PAYLOAD_BYTES_MAX
+} else {
+    CURSOR_BYTES
+};
 
 /// Where a follower is: the leader stream and epoch its data came from, and
 /// the last leader sequence number it has made durable. All zero for a
@@ -525,6 +541,34 @@ mod tests {
             code: ErrorCode::Forbidden,
             message: "no replicate scope".into(),
         });
+    }
+
+    #[test]
+    fn the_limits_before_and_after_authentication_fit_the_largest_messages() {
+        let hello = Message::Hello {
+            version: PROTOCOL_VERSION,
+            follower_id: u64::MAX,
+            token: "t".repeat(TOKEN_BYTES_MAX),
+            cursor: Cursor::default(),
+        };
+        assert_eq!(
+            hello.encode_payload().unwrap().len(),
+            HELLO_PAYLOAD_BYTES_MAX
+        );
+        let error = Message::Error {
+            code: ErrorCode::Protocol,
+            message: "e".repeat(2 * ERROR_MESSAGE_BYTES_MAX),
+        };
+        assert_eq!(
+            error.encode_payload().unwrap().len(),
+            ERROR_PAYLOAD_BYTES_MAX
+        );
+        let ack = Message::Ack {
+            stream: 1,
+            epoch: 2,
+            seq: 3,
+        };
+        assert!(ack.encode_payload().unwrap().len() <= FOLLOWER_PAYLOAD_BYTES_MAX);
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod follower;
 pub mod frame;
 pub mod leader;
 pub mod message;
+mod retention;
 pub mod server;
 mod ship;
 #[cfg(feature = "tls")]
@@ -42,10 +43,12 @@ pub enum ProtocolError {
         /// Which checksum.
         what: &'static str,
     },
-    /// A frame claims more bytes than the limit.
+    /// A frame (or a snapshot) claims more bytes than the limit.
     Oversized {
         /// The claimed size.
         bytes: u64,
+        /// The limit it exceeds.
+        limit: u64,
     },
     /// A frame does not decode, or holds an invalid value.
     Malformed {
@@ -118,11 +121,9 @@ impl std::fmt::Display for ProtocolError {
         match self {
             ProtocolError::Io { message, .. } => write!(f, "connection failed: {message}"),
             ProtocolError::Checksum { what } => write!(f, "{what} checksum mismatch"),
-            ProtocolError::Oversized { bytes } => write!(
-                f,
-                "frame of {bytes} bytes exceeds the limit of {}",
-                frame::FRAME_PAYLOAD_BYTES_MAX
-            ),
+            ProtocolError::Oversized { bytes, limit } => {
+                write!(f, "{bytes} bytes exceed the limit of {limit}")
+            }
             ProtocolError::Malformed { reason } => write!(f, "malformed frame: {reason}"),
             ProtocolError::OutOfOrder { got, state } => {
                 write!(f, "{got} is not allowed while {state}")

@@ -1,37 +1,61 @@
 //! The leader's transport: accepts followers over TCP (or TLS), drives a
 //! [`LeaderMachine`] per connection, ships snapshots and WAL batches.
 //!
-//! One accept thread, and one thread per follower. A follower's thread
+//! One accept thread, and one thread per connection. A connection's thread
 //! authenticates its HELLO, refuses a second live connection claiming the
 //! same follower id, sends a snapshot if the follower needs one, then
 //! streams durable WAL frames as group commits make them shippable, with
-//! heartbeats when idle. Each follower's acknowledged position is
-//! registered with the compactor's retention hook under
+//! heartbeats when idle.
+//!
+//! Until its token has authenticated, a connection is a pending handshake:
+//! at most `handshakes_max` of them at once (the accept thread closes any
+//! more at once), each reading one frame no larger than a HELLO, all of
+//! the handshake within `handshake_timeout_ms`. So unauthenticated peers
+//! cost the leader a bounded number of threads and bytes, however many
+//! connect and however slowly they send.
+//!
+//! Each follower's acknowledged position is registered with the compactor's retention hook under
 //! `replica-<follower id>`, so the segments it still needs are kept (up to
 //! `wal_retention_bytes_max`; beyond that it gets a snapshot next time).
+//! A thread of its own forgets the cursors of followers away for longer
+//! than `follower_cursor_horizon_ms` (see `retention.rs`).
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 
 use super::ProtocolError;
 use super::leader::LeaderMachine;
-use super::message::{ErrorCode, Message, StartMode};
+use super::message::{
+    ErrorCode, FOLLOWER_PAYLOAD_BYTES_MAX, HELLO_PAYLOAD_BYTES_MAX, Message, StartMode,
+};
+use super::retention::FollowerRegistry;
 use super::ship;
-use super::transport::{Connection, Transport};
+use super::transport::{Connection, TimedSocket, Transport};
 use crate::auth::AuthService;
 use crate::auth::Scope;
 use crate::db::Db;
 use crate::error::{Error, Result};
 use crate::wal::reader::{WalRead, WalReader};
 
-/// A write to a follower that blocks this long closes the session.
-const SESSION_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest wait to send an ERROR before closing a connection (it is
+/// best effort: the connection is closed either way).
+const ERROR_SEND_WAIT: Duration = Duration::from_secs(1);
+/// The expiry of followers' cursors runs at least this often...
+const EXPIRY_CHECK_INTERVAL_MAX: Duration = Duration::from_secs(60);
+/// ...and at most this often (with a tiny horizon, in tests).
+const EXPIRY_CHECK_INTERVAL_MIN: Duration = Duration::from_millis(10);
+/// Connections made to wake the accept thread on stop, at most (each
+/// waits up to a second; the first normally does it).
+const WAKE_ATTEMPTS_MAX: usize = 30;
+/// The default `follower_cursor_horizon_ms`: 7 days.
+pub const FOLLOWER_CURSOR_HORIZON_MS_DEFAULT: u64 = 7 * 24 * 60 * 60 * 1000;
 
 /// How a leader decides whether a HELLO's token may replicate.
 pub trait ReplicationAuth: Send + Sync {
@@ -68,8 +92,27 @@ pub struct ReplicationOptions {
     /// Most followers connected at once; more are refused with
     /// [`ErrorCode::Unavailable`].
     pub followers_max: usize,
-    /// How long a new connection has to send its HELLO.
+    /// Most connections awaiting authentication at once (accepted, HELLO
+    /// not yet authenticated). The accept thread closes any connection
+    /// beyond this at once, so unauthenticated peers hold at most this
+    /// many threads.
+    pub handshakes_max: usize,
+    /// Total time a new connection has, from its accept, to finish the TLS
+    /// handshake (if any) and deliver a HELLO whose token authenticates.
+    /// It is a deadline for the whole handshake, not a timeout per read.
     pub handshake_timeout_ms: u64,
+    /// Base time to send one message to a follower, all of it; a message
+    /// of `n` bytes gets `n / TRANSFER_BYTES_PER_SEC_MIN` seconds more
+    /// (see [`super::transport::TRANSFER_BYTES_PER_SEC_MIN`]). A follower
+    /// that reads slower closes its session.
+    pub send_timeout_ms: u64,
+    /// A follower away this long (since its last session ended, or since
+    /// this server started for one known from an earlier run) loses its
+    /// retention cursor: it no longer holds back WAL truncation or
+    /// tombstone GC, and if it returns after its segments are gone it gets
+    /// a snapshot. Default [`FOLLOWER_CURSOR_HORIZON_MS_DEFAULT`] (7 days);
+    /// `u64::MAX` keeps cursors for good.
+    pub follower_cursor_horizon_ms: u64,
     /// TLS for every connection, if set.
     #[cfg(feature = "tls")]
     pub tls: Option<Arc<rustls::ServerConfig>>,
@@ -84,11 +127,23 @@ impl ReplicationOptions {
             batch_bytes_target: 4 * 1024 * 1024,
             snapshot_chunk_bytes: 1024 * 1024,
             followers_max: 64,
+            handshakes_max: 32,
             handshake_timeout_ms: 10_000,
+            send_timeout_ms: 30_000,
+            follower_cursor_horizon_ms: FOLLOWER_CURSOR_HORIZON_MS_DEFAULT,
             #[cfg(feature = "tls")]
             tls: None,
         }
     }
+}
+
+/// Connection figures of a leader, from [`ReplicationServer::stats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServerStats {
+    /// Connections awaiting authentication now.
+    pub handshakes_pending: usize,
+    /// Connections closed at accept because `handshakes_max` were pending.
+    pub connections_refused: u64,
 }
 
 /// A follower the leader is serving.
@@ -113,7 +168,15 @@ struct Shared {
     /// Sockets of live connections, to shut down on stop.
     sockets: Mutex<HashMap<u64, TcpStream>>,
     sessions: Mutex<Vec<JoinHandle<()>>>,
-    next_session: std::sync::atomic::AtomicU64,
+    next_session: AtomicU64,
+    /// Connections between accept and authentication.
+    handshakes_pending: AtomicUsize,
+    connections_refused: AtomicU64,
+    /// The followers holding a retention cursor.
+    registry: FollowerRegistry,
+    /// Set (with `stop`) when stopping, to wake the expiry thread.
+    stopping: Mutex<bool>,
+    stopping_changed: Condvar,
 }
 
 /// A running leader; stops (closing every connection) when dropped.
@@ -121,6 +184,7 @@ pub struct ReplicationServer {
     addr: SocketAddr,
     shared: Arc<Shared>,
     accept: Option<JoinHandle<()>>,
+    expiry: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for ReplicationServer {
@@ -155,18 +219,30 @@ impl ReplicationServer {
             followers: Mutex::new(HashMap::new()),
             sockets: Mutex::new(HashMap::new()),
             sessions: Mutex::new(Vec::new()),
-            next_session: std::sync::atomic::AtomicU64::new(0),
+            next_session: AtomicU64::new(0),
+            handshakes_pending: AtomicUsize::new(0),
+            connections_refused: AtomicU64::new(0),
+            registry: FollowerRegistry::load(db),
+            stopping: Mutex::new(false),
+            stopping_changed: Condvar::new(),
         });
-        let accept_shared = shared.clone();
+        let expiry_shared = shared.clone();
+        let expiry = std::thread::Builder::new()
+            .name("mergekv-repl-expiry".into())
+            .spawn(move || expiry_loop(&expiry_shared))
+            .map_err(|e| network("starting the replication expiry thread", e))?;
+        let mut server = ReplicationServer {
+            addr,
+            shared: shared.clone(),
+            accept: None,
+            expiry: Some(expiry),
+        };
         let accept = std::thread::Builder::new()
             .name("mergekv-repl-accept".into())
-            .spawn(move || accept_loop(&listener, &accept_shared))
+            .spawn(move || accept_loop(&listener, &shared))
             .map_err(|e| network("starting the replication accept thread", e))?;
-        Ok(ReplicationServer {
-            addr,
-            shared,
-            accept: Some(accept),
-        })
+        server.accept = Some(accept);
+        Ok(server)
     }
 }
 
@@ -188,6 +264,14 @@ impl ReplicationServer {
         self.shared.epoch
     }
 
+    /// Connection figures.
+    pub fn stats(&self) -> ServerStats {
+        ServerStats {
+            handshakes_pending: self.shared.handshakes_pending.load(Ordering::Acquire),
+            connections_refused: self.shared.connections_refused.load(Ordering::Relaxed),
+        }
+    }
+
     /// The followers connected now.
     pub fn followers(&self) -> Vec<ConnectedFollower> {
         let mut list: Vec<_> = self.shared.followers.lock().values().cloned().collect();
@@ -203,13 +287,25 @@ impl ReplicationServer {
 
     fn shutdown(&mut self) {
         self.shared.stop.store(true, Ordering::Release);
-        // Wake the accept call with a connection of our own.
+        *self.shared.stopping.lock() = true;
+        self.shared.stopping_changed.notify_all();
+        if let Some(handle) = self.expiry.take() {
+            let _ = handle.join();
+        }
+        // Wake the accept call with a connection of our own; again if the
+        // listen queue was full (say, under a flood of connections) and the
+        // attempt timed out before the accept thread saw the stop.
         let mut wake = self.addr;
         if wake.ip().is_unspecified() {
             wake.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
         }
-        let _ = TcpStream::connect_timeout(&wake, Duration::from_secs(1));
         if let Some(handle) = self.accept.take() {
+            for _ in 0..WAKE_ATTEMPTS_MAX {
+                let woken = TcpStream::connect_timeout(&wake, Duration::from_secs(1)).is_ok();
+                if woken || handle.is_finished() {
+                    break;
+                }
+            }
             let _ = handle.join();
         }
         for socket in self.shared.sockets.lock().values() {
@@ -234,62 +330,147 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
             return;
         }
         let Ok(stream) = stream else { continue };
+        let accepted_at = Instant::now();
+        let Some(slot) = HandshakeSlot::take(shared) else {
+            refuse_at_accept(stream, shared);
+            continue;
+        };
+        // Registered here, before its thread runs, so a shutdown (which
+        // joins this thread first) finds every session's socket.
+        let session = shared.next_session.fetch_add(1, Ordering::Relaxed);
+        let Ok(socket) = stream.try_clone() else {
+            continue;
+        };
+        shared.sockets.lock().insert(session, socket);
         let session_shared = shared.clone();
         let spawned = std::thread::Builder::new()
             .name("mergekv-repl-session".into())
-            .spawn(move || serve_connection(stream, &session_shared));
-        if let Ok(handle) = spawned {
-            let mut sessions = shared.sessions.lock();
-            sessions.retain(|h| !h.is_finished());
-            sessions.push(handle);
+            .spawn(move || serve_connection(stream, &session_shared, session, slot, accepted_at));
+        match spawned {
+            Ok(handle) => {
+                let mut sessions = shared.sessions.lock();
+                sessions.retain(|h| !h.is_finished());
+                sessions.push(handle);
+            }
+            Err(_) => {
+                shared.sockets.lock().remove(&session);
+            }
         }
     }
 }
 
-fn serve_connection(stream: TcpStream, shared: &Arc<Shared>) {
+/// A place among the `handshakes_max` connections awaiting authentication;
+/// given back when dropped.
+struct HandshakeSlot {
+    shared: Arc<Shared>,
+}
+
+impl HandshakeSlot {
+    fn take(shared: &Arc<Shared>) -> Option<HandshakeSlot> {
+        let max = shared.options.handshakes_max;
+        shared
+            .handshakes_pending
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()?;
+        Some(HandshakeSlot {
+            shared: shared.clone(),
+        })
+    }
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        self.shared
+            .handshakes_pending
+            .fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Closes a connection accepted while `handshakes_max` others await
+/// authentication. Over plain TCP it first says why, without waiting (the
+/// socket is new, so its send buffer has room for one small frame).
+fn refuse_at_accept(stream: TcpStream, shared: &Shared) {
+    shared.connections_refused.fetch_add(1, Ordering::Relaxed);
+    #[cfg(feature = "tls")]
+    if shared.options.tls.is_some() {
+        return;
+    }
+    let refusal = Message::Error {
+        code: ErrorCode::Unavailable,
+        message: "too many connections awaiting authentication".into(),
+    };
+    if let (Ok(bytes), Ok(())) = (refusal.to_frame_bytes(), stream.set_nonblocking(true)) {
+        let _ = (&stream).write(&bytes);
+    }
+}
+
+fn serve_connection(
+    stream: TcpStream,
+    shared: &Arc<Shared>,
+    session: u64,
+    slot: HandshakeSlot,
+    accepted_at: Instant,
+) {
     let peer = stream
         .peer_addr()
         .map_or_else(|_| "unknown".to_string(), |a| a.to_string());
     let _ = stream.set_nodelay(true);
-    // A follower that stops reading (or a half-open connection) fails the
-    // session's writes instead of holding its thread and its follower id.
-    let _ = stream.set_write_timeout(Some(SESSION_WRITE_TIMEOUT));
-    let session = shared.next_session.fetch_add(1, Ordering::Relaxed);
-    if let Ok(socket) = stream.try_clone() {
-        shared.sockets.lock().insert(session, socket);
-    }
+    let handshake_deadline =
+        accepted_at + Duration::from_millis(shared.options.handshake_timeout_ms);
     if let Some(mut conn) = wrap(stream, shared) {
         let mut session_state = Session {
             shared,
             peer,
             follower_id: None,
             machine: LeaderMachine::new(),
+            handshake: Some(slot),
+            handshake_deadline,
         };
-        match session_state.run(&mut conn) {
+        let ended = session_state.run(&mut conn);
+        let error_deadline = Instant::now() + ERROR_SEND_WAIT;
+        match ended {
             // Our own refusal: say why. The follower's ERROR or a dead
             // socket: nothing to say.
-            Err(ProtocolError::Refused { code, message }) => conn.send_error(code, &message),
+            Err(ProtocolError::Refused { code, message }) => {
+                conn.send_error(code, &message, error_deadline);
+            }
             Err(ProtocolError::Remote { .. } | ProtocolError::Io { .. }) | Ok(()) => {}
-            Err(e) => conn.send_error(e.error_code(), &e.to_string()),
+            Err(e) => conn.send_error(e.error_code(), &e.to_string(), error_deadline),
         }
         if let Some(id) = session_state.follower_id {
-            shared.followers.lock().remove(&id);
+            let mut followers = shared.followers.lock();
+            followers.remove(&id);
+            // Under the followers lock: the expiry never sees the follower
+            // gone with the contact of before this session.
+            shared.registry.session_ended(id);
         }
     }
     shared.sockets.lock().remove(&session);
 }
 
-/// The connection over TLS if configured, plain TCP otherwise.
+/// The connection over TLS if configured, plain TCP otherwise. It reads no
+/// frame larger than a HELLO until the token has authenticated.
 fn wrap(stream: TcpStream, shared: &Shared) -> Option<Connection> {
+    let send_timeout = Duration::from_millis(shared.options.send_timeout_ms);
+    let socket = TimedSocket::new(stream);
     #[cfg(feature = "tls")]
     if let Some(config) = &shared.options.tls {
         let tls = rustls::ServerConnection::new(config.clone()).ok()?;
-        let stream: Box<dyn Transport> = Box::new(super::tls::TlsStream::server(tls, stream));
-        return Some(Connection::new(stream));
+        let stream: Box<dyn Transport> = Box::new(super::tls::TlsStream::server(tls, socket));
+        return Some(Connection::new(
+            stream,
+            HELLO_PAYLOAD_BYTES_MAX,
+            send_timeout,
+        ));
     }
-    let _ = shared;
-    let stream: Box<dyn Transport> = Box::new(stream);
-    Some(Connection::new(stream))
+    let stream: Box<dyn Transport> = Box::new(socket);
+    Some(Connection::new(
+        stream,
+        HELLO_PAYLOAD_BYTES_MAX,
+        send_timeout,
+    ))
 }
 
 struct Session<'a> {
@@ -297,6 +478,10 @@ struct Session<'a> {
     peer: String,
     follower_id: Option<u64>,
     machine: LeaderMachine,
+    /// Held until the token has authenticated.
+    handshake: Option<HandshakeSlot>,
+    /// The whole handshake (TLS, HELLO) ends by then.
+    handshake_deadline: Instant,
 }
 
 /// Closes a session with an ERROR of `code` saying `message`.
@@ -310,13 +495,18 @@ fn refuse(code: ErrorCode, message: impl Into<String>) -> ProtocolError {
 impl Session<'_> {
     fn run(&mut self, conn: &mut Connection) -> std::result::Result<(), ProtocolError> {
         let options = &self.shared.options;
-        let hello = conn.recv(Duration::from_millis(options.handshake_timeout_ms))?;
+        let hello = conn.recv_until(self.handshake_deadline)?;
         let hello = self.machine.on_hello(hello)?;
         options
             .auth
             .authorize_replication(&hello.token)
             .map_err(|code| refuse(code, "the token may not replicate from this leader"))?;
         self.claim(hello.follower_id)?;
+        // Authenticated: no longer a pending handshake, and from now on the
+        // follower sends only ACKs (or an ERROR).
+        self.handshake = None;
+        conn.set_payload_limit(FOLLOWER_PAYLOAD_BYTES_MAX);
+        self.check_stop()?;
         let db = &self.shared.db;
         let position = ship::leader_position(db, self.shared.epoch);
         let (welcome, mode) = self.machine.welcome(hello.cursor, position)?;
@@ -327,6 +517,17 @@ impl Session<'_> {
         };
         self.hold_wal(after_seq);
         self.stream(conn, after_seq)
+    }
+
+    /// Refuses to go on once the server is stopping.
+    fn check_stop(&self) -> std::result::Result<(), ProtocolError> {
+        if self.shared.stop.load(Ordering::Acquire) {
+            return Err(refuse(
+                ErrorCode::Unavailable,
+                "the leader is shutting down",
+            ));
+        }
+        Ok(())
     }
 
     /// Registers the follower id as live, or refuses a second connection
@@ -360,7 +561,7 @@ impl Session<'_> {
     /// held for, and gets a snapshot if it falls behind the WAL.
     fn hold_wal(&self, seq: u64) {
         if let Some(id) = self.follower_id {
-            let _ = self.shared.db.set_cursor(&cursor_name(id), seq);
+            self.shared.registry.hold(id, seq);
             if let Some(f) = self.shared.followers.lock().get_mut(&id) {
                 f.acked_seq = f.acked_seq.max(seq);
             }
@@ -384,6 +585,7 @@ impl Session<'_> {
         let mut offset = 0u64;
         let chunk_bytes = self.shared.options.snapshot_chunk_bytes.max(1);
         while offset < snapshot.size_bytes {
+            self.check_stop()?;
             let want = chunk_bytes.min((snapshot.size_bytes - offset) as usize);
             let mut bytes = vec![0u8; want];
             let n = snapshot
@@ -429,12 +631,7 @@ impl Session<'_> {
         let (stream, epoch) = (db.node_id().0, self.shared.epoch);
         let mut last_sent = Instant::now();
         loop {
-            if self.shared.stop.load(Ordering::Acquire) {
-                return Err(refuse(
-                    ErrorCode::Unavailable,
-                    "the leader is shutting down",
-                ));
-            }
+            self.check_stop()?;
             self.take_acks(conn)?;
             let shipped_through = reader.next_seq() - 1;
             let shippable = wal
@@ -504,7 +701,23 @@ impl Session<'_> {
     }
 }
 
-/// The retention cursor name of a follower.
-fn cursor_name(follower_id: u64) -> String {
-    format!("replica-{follower_id:016x}")
+/// Forgets the cursors of followers away longer than the horizon, every
+/// so often, until the server stops.
+fn expiry_loop(shared: &Shared) {
+    let horizon_ms = shared.options.follower_cursor_horizon_ms;
+    let interval = Duration::from_millis(horizon_ms / 8)
+        .clamp(EXPIRY_CHECK_INTERVAL_MIN, EXPIRY_CHECK_INTERVAL_MAX);
+    let mut stopping = shared.stopping.lock();
+    while !*stopping {
+        if shared
+            .stopping_changed
+            .wait_for(&mut stopping, interval)
+            .timed_out()
+        {
+            // Not under the stopping lock: the expiry writes to `_local`.
+            parking_lot::MutexGuard::unlocked(&mut stopping, || {
+                shared.registry.expire(&shared.followers, horizon_ms);
+            });
+        }
+    }
 }

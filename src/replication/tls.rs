@@ -8,61 +8,47 @@
 //! `rustls::ClientConfig` and the name on the leader's certificate.
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::TcpStream;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use rustls::{ClientConnection, ServerConnection, StreamOwned};
 
-use super::transport::Transport;
+use super::transport::{TimedSocket, Transport};
 
-/// A TLS session over a TCP socket, either side.
+/// A TLS session over a TCP socket, either side. rustls reads and writes
+/// through the [`TimedSocket`], so the deadline of whatever the connection
+/// is doing (a handshake included) bounds every socket call it makes.
 pub(crate) enum TlsStream {
     /// The leader's side.
-    Server(StreamOwned<ServerConnection, TcpStream>),
+    Server(StreamOwned<ServerConnection, TimedSocket>),
     /// The follower's side.
-    Client(StreamOwned<ClientConnection, TcpStream>),
+    Client(StreamOwned<ClientConnection, TimedSocket>),
 }
 
 impl TlsStream {
-    pub fn server(tls: ServerConnection, socket: TcpStream) -> TlsStream {
+    /// The leader's side. The handshake happens inside the first receive,
+    /// under its deadline (for a new connection, the handshake deadline).
+    pub fn server(tls: ServerConnection, socket: TimedSocket) -> TlsStream {
         TlsStream::Server(StreamOwned::new(tls, socket))
     }
 
-    /// The follower's side, after a handshake of at most `timeout`.
+    /// The follower's side, after a handshake finished by `deadline`.
     ///
-    /// Done here rather than left to the first write: rustls would then
-    /// handshake inside `write` on a socket with no read timeout, and a
-    /// leader that accepts but never answers would hold the follower
-    /// forever (over plain TCP the idle timeout of the first read ends
-    /// such a connection). The socket's timeouts are cleared again after.
+    /// Done here rather than left to the first write, so a leader that
+    /// accepts but never answers (or answers a byte at a time) is given up
+    /// on at the connect deadline.
     pub fn client(
         mut tls: ClientConnection,
-        mut socket: TcpStream,
-        timeout: Duration,
+        mut socket: TimedSocket,
+        deadline: Instant,
     ) -> std::io::Result<TlsStream> {
-        let deadline = Instant::now() + timeout;
+        socket.set_deadline(deadline);
         while tls.is_handshaking() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(std::io::Error::new(
-                    ErrorKind::TimedOut,
-                    format!("not finished within {} ms", timeout.as_millis()),
-                ));
-            }
-            socket.set_read_timeout(Some(left))?;
-            socket.set_write_timeout(Some(left))?;
             match tls.complete_io(&mut socket) {
                 Ok(_) => {}
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
-                    ) => {}
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
-        socket.set_read_timeout(None)?;
-        socket.set_write_timeout(None)?;
         Ok(TlsStream::Client(StreamOwned::new(tls, socket)))
     }
 }
@@ -93,10 +79,17 @@ impl Write for TlsStream {
 }
 
 impl Transport for TlsStream {
-    fn socket(&self) -> &TcpStream {
+    fn timed(&self) -> &TimedSocket {
         match self {
             TlsStream::Server(s) => &s.sock,
             TlsStream::Client(s) => &s.sock,
+        }
+    }
+
+    fn timed_mut(&mut self) -> &mut TimedSocket {
+        match self {
+            TlsStream::Server(s) => &mut s.sock,
+            TlsStream::Client(s) => &mut s.sock,
         }
     }
 }

@@ -342,22 +342,41 @@ impl Wal {
         self.dir.join(segment_file_name(first_seq))
     }
 
-    /// The newest sequence number a reader may ship: durable under the
-    /// sync mode (fsynced in `Always`, written otherwise).
+    /// The newest sequence number a reader may ship: fsynced, in every
+    /// sync mode. In `Interval` and `Never` modes a written frame can still
+    /// be lost to a power loss, and the sequence numbers it held reused by
+    /// later writes under the same replication epoch; a follower holding
+    /// it would then diverge unnoticed. So only what a power loss keeps is
+    /// shipped.
     pub fn shippable_seq(&self) -> u64 {
-        self.writer.acknowledged_seq(&self.state.lock())
+        self.writer.shippable_seq(&self.state.lock())
     }
 
     /// Waits until the shippable sequence number passes `seq`, or
     /// `timeout` elapses; returns it either way (or the WAL's failure).
+    ///
+    /// What is written past `seq` is fsynced here in `Never` mode, where
+    /// nothing else would sync it before a rotation: the shipper pays that
+    /// fsync (with the WAL lock released, like the flusher). In `Interval`
+    /// mode the flusher syncs it within its interval; in `Always` mode
+    /// every acknowledged write already is.
     pub fn wait_shippable_beyond(&self, seq: u64, timeout: Duration) -> Result<u64> {
         let deadline = Instant::now() + timeout;
         let mut st = self.state.lock();
         loop {
             st.halt.check_usable()?;
-            let shippable = self.writer.acknowledged_seq(&st);
-            if shippable > seq || self.writer.wait_until(&mut st, deadline) {
-                return Ok(self.writer.acknowledged_seq(&st).max(shippable));
+            let shippable = self.writer.shippable_seq(&st);
+            if shippable > seq {
+                return Ok(shippable);
+            }
+            if self.writer.ship_needs_sync(&st, seq) {
+                if let Err(failure) = self.writer.sync_written(&mut st) {
+                    return Err(self.fail(&mut st, failure));
+                }
+                continue;
+            }
+            if self.writer.wait_until(&mut st, deadline) {
+                return Ok(self.writer.shippable_seq(&st));
             }
         }
     }

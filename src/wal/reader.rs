@@ -231,6 +231,8 @@ mod tests {
     /// each chunk as a follower would; returns the last sequence number.
     fn drain(reader: &mut WalReader, db: &Db, bytes_max: usize) -> u64 {
         let mut last = reader.next_seq() - 1;
+        // Only fsynced frames are shippable.
+        db.engine().wal().sync_written().unwrap();
         loop {
             match reader
                 .read(
@@ -305,7 +307,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = small_segments_db(dir.path());
         db.put("a", "1").unwrap();
-        let now = db.engine().wal().shippable_seq();
+        assert_eq!(db.engine().wal().shippable_seq(), 0, "written, not synced");
+        // In `Never` mode the waiting shipper syncs what is written.
+        let now = db
+            .engine()
+            .wal()
+            .wait_shippable_beyond(0, Duration::from_secs(30))
+            .unwrap();
+        assert_eq!(now, 1);
         let idle = db
             .engine()
             .wal()
@@ -319,5 +328,41 @@ mod tests {
                 .wait_shippable_beyond(now, Duration::from_secs(30));
             assert!(woke.unwrap() > now);
         });
+    }
+
+    #[test]
+    fn in_interval_mode_only_what_the_flusher_synced_is_shippable() {
+        use std::time::Duration;
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open_with(
+            dir.path(),
+            Options {
+                // The flusher will not run during the test.
+                sync_mode: SyncMode::Interval(3_600_000),
+                ..Options::default()
+            },
+        )
+        .unwrap();
+        let wal = db.engine().wal();
+        db.put("a", "1").unwrap();
+        db.put("b", "2").unwrap();
+        assert_eq!(wal.shippable_seq(), 0, "acknowledged, not synced");
+        assert_eq!(
+            wal.wait_shippable_beyond(0, Duration::from_millis(5))
+                .unwrap(),
+            0,
+            "the shipper does not sync in Interval mode: the flusher does"
+        );
+        let mut reader = WalReader::new(db.io(), 1);
+        assert_eq!(
+            reader.read(wal, wal.shippable_seq(), 1 << 20).unwrap(),
+            WalRead::UpToDate
+        );
+        wal.sync_written().unwrap();
+        assert_eq!(wal.shippable_seq(), 2);
+        assert!(matches!(
+            reader.read(wal, wal.shippable_seq(), 1 << 20).unwrap(),
+            WalRead::Frames { last_seq: 2, .. }
+        ));
     }
 }

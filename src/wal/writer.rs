@@ -368,6 +368,21 @@ impl GroupWriter {
         st.progress.acknowledged(self.limits.sync_mode)
     }
 
+    /// The highest sequence number a reader may ship: fsynced, whatever
+    /// the sync mode (see `Wal::shippable_seq`).
+    pub(super) fn shippable_seq(&self, st: &State) -> u64 {
+        st.progress.synced_seq()
+    }
+
+    /// True if frames past `seq` are written but not fsynced, and nothing
+    /// but a shipper would fsync them soon (`Never` mode has no flusher).
+    pub(super) fn ship_needs_sync(&self, st: &State, seq: u64) -> bool {
+        self.limits.sync_mode == SyncMode::Never
+            && st.progress.written_seq() > seq
+            && st.progress.synced_seq() <= seq
+            && !st.halt.sync_failed
+    }
+
     /// Wakes everyone waiting on the group commit; call under the WAL lock.
     pub(super) fn notify_all(&self) {
         self.changed.notify_all();

@@ -156,3 +156,47 @@ pub fn replication_auth(db: &Db) -> (Arc<mergekv::AuthService>, String) {
         .unwrap();
     (auth, token.expose().to_string())
 }
+
+/// Sends `bytes` to `socket` one at a time, `pause` apart (the pause is
+/// the attack: a peer that keeps every single read short), until they run
+/// out or the other side closes or answers. Returns how many were sent
+/// before that (all of them if it never did).
+pub fn trickle_until_closed(
+    socket: &mut std::net::TcpStream,
+    bytes: &[u8],
+    pause: std::time::Duration,
+) -> usize {
+    use std::io::Write;
+    for (sent, byte) in bytes.iter().enumerate() {
+        if closed_or_answered(socket) || socket.write_all(&[*byte]).is_err() {
+            return sent;
+        }
+        std::thread::sleep(pause);
+    }
+    bytes.len()
+}
+
+/// True if the other side has closed the connection or sent something.
+pub fn closed_or_answered(socket: &std::net::TcpStream) -> bool {
+    socket.set_nonblocking(true).unwrap();
+    let mut byte = [0u8; 1];
+    let seen = !matches!(
+        socket.peek(&mut byte),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+    );
+    socket.set_nonblocking(false).unwrap();
+    seen
+}
+
+/// Waits for `done` to hold, checking every few milliseconds, for at most
+/// `timeout`; true if it did. For conditions nothing signals.
+pub fn wait_for(timeout: std::time::Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    while !done() {
+        if std::time::Instant::now() >= deadline {
+            return done();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    true
+}
