@@ -29,10 +29,9 @@ const META_FORMAT_VERSION: u16 = 2;
 const META_V1_BYTES: usize = 8 + 2 + 8 + 8 + 4;
 /// Length of a version 2 META before its list of former node ids.
 const META_V2_FIXED_BYTES: usize = 8 + 2 + 8 + 8 + 8 + 8 + 2 + 4;
-/// Most former node ids META keeps (the newest ones): a directory renewed
-/// more often than this can no longer read files from its oldest ids,
-/// which compaction has long rewritten.
-pub const FORMER_NODE_IDS_MAX: usize = 64;
+/// Most former node ids META holds (32 KiB of them). Past it, ids no file
+/// carries any more are dropped; an id a file still carries never is.
+pub const FORMER_NODE_IDS_MAX: usize = 4096;
 
 /// The exclusive hold on a database directory; released when dropped.
 #[derive(Debug)]
@@ -84,23 +83,27 @@ pub enum Renewal {
     CopiedDirectory,
     /// `Options::renew_identity` asked for it.
     Requested,
+    /// A repair dropped writes this copy had made (peers may hold them):
+    /// writing on under the same id would issue its stamps and counter
+    /// totals again.
+    Repaired,
+    /// META was damaged or missing and rebuilt by a repair.
+    MetaRebuilt,
 }
 
-/// Gives this copy a new node id if its directory is not the one its
-/// identity was issued in (or if `requested`), keeping the old id in the
-/// lineage; records the directory in a version 1 META. A read-only open
-/// changes nothing: it writes no stamps of its own.
-pub fn settle_identity(
-    io: &Io,
-    dir: &Path,
-    meta: Meta,
+/// Why this open must give the copy a new node id, if it must: the
+/// directory is a copy of the one the id was issued in (`here` is its
+/// current inode), or the caller asks. A read-only open never does: it
+/// writes no stamps of its own.
+pub fn renewal_needed(
+    meta: &Meta,
+    here: Option<(u64, u64)>,
     requested: bool,
     read_only: bool,
-) -> Result<(Meta, Option<(NodeId, Renewal)>)> {
+) -> Option<Renewal> {
     if read_only {
-        return Ok((meta, None));
+        return None;
     }
-    let here = io.object_id(dir)?;
     // Only the inode is compared: a copy is a new inode, but a device
     // number can change across reboots (a removable or network disk), and
     // the same database must not take a new id at every mount.
@@ -108,33 +111,44 @@ pub fn settle_identity(
         (Some((_, was)), Some((_, now))) => was != now,
         _ => false,
     };
-    let renewal = if requested {
+    if requested {
         Some(Renewal::Requested)
     } else if moved {
         Some(Renewal::CopiedDirectory)
-    } else if meta.home.is_none() && here.is_some() {
-        // Version 1: the directory was never recorded; record it now.
-        let upgraded = Meta { home: here, ..meta };
-        write_meta(io, dir, &upgraded)?;
-        return Ok((upgraded, None));
     } else {
         None
-    };
-    let Some(why) = renewal else {
-        return Ok((meta, None));
-    };
+    }
+}
+
+/// `meta` under a fresh node id issued in the directory `here`, the old id
+/// kept as a former one. Past [`FORMER_NODE_IDS_MAX`] former ids, only
+/// those some file still carries (`in_files`) are kept; if that is still
+/// too many, the renewal is refused (compaction rewrites every snapshot
+/// under the current id and drops old segments).
+pub fn renewed(
+    meta: &Meta,
+    here: Option<(u64, u64)>,
+    in_files: impl FnOnce() -> Result<Vec<NodeId>>,
+) -> Result<Meta> {
     let mut former = meta.former.clone();
     former.push(meta.node);
-    let excess = former.len().saturating_sub(FORMER_NODE_IDS_MAX);
-    former.drain(..excess);
-    let renewed = Meta {
+    if former.len() > FORMER_NODE_IDS_MAX {
+        let carried = in_files()?;
+        former.retain(|id| carried.contains(id));
+        if former.len() > FORMER_NODE_IDS_MAX {
+            return Err(Error::limit(
+                "former_node_ids_max",
+                former.len(),
+                FORMER_NODE_IDS_MAX,
+            ));
+        }
+    }
+    Ok(Meta {
         node: fresh_node_id(&meta.lineage()),
         created_ms: meta.created_ms,
         home: here,
         former,
-    };
-    write_meta(io, dir, &renewed)?;
-    Ok((renewed, Some((meta.node, why))))
+    })
 }
 
 /// Path of the identity file.
@@ -344,24 +358,45 @@ mod tests {
     }
 
     #[test]
-    fn a_copied_directory_gets_a_new_node_id_and_keeps_the_old_one() {
+    fn a_copied_directory_needs_a_new_node_id_and_keeps_the_old_one() {
         let io = Io::default();
         let a = tempfile::tempdir().unwrap();
         let b = tempfile::tempdir().unwrap();
         let meta = create_meta(&io, a.path(), 1).unwrap();
-        let (same, none) = settle_identity(&io, a.path(), meta.clone(), false, false).unwrap();
-        assert_eq!((same.clone(), none), (meta.clone(), None));
-        std::fs::copy(meta_path(a.path()), meta_path(b.path())).unwrap();
-        let copied = read_meta(&io, b.path()).unwrap().unwrap();
-        let (read_only, none) =
-            settle_identity(&io, b.path(), copied.clone(), false, true).unwrap();
-        assert_eq!((read_only, none), (copied.clone(), None));
-        let (renewed, why) = settle_identity(&io, b.path(), copied, false, false).unwrap();
-        assert_eq!(why, Some((meta.node, Renewal::CopiedDirectory)));
-        assert_ne!(renewed.node, meta.node);
-        assert_eq!(renewed.former, vec![meta.node]);
-        assert_eq!(read_meta(&io, b.path()).unwrap(), Some(renewed.clone()));
-        let (again, none) = settle_identity(&io, b.path(), renewed.clone(), false, false).unwrap();
-        assert_eq!((again, none), (renewed, None), "renewed once, then stable");
+        let here_a = io.object_id(a.path()).unwrap();
+        let here_b = io.object_id(b.path()).unwrap();
+        assert_eq!(renewal_needed(&meta, here_a, false, false), None);
+        assert_eq!(
+            renewal_needed(&meta, here_b, false, true),
+            None,
+            "read-only"
+        );
+        assert_eq!(
+            renewal_needed(&meta, here_b, false, false),
+            Some(Renewal::CopiedDirectory)
+        );
+        assert_eq!(
+            renewal_needed(&meta, here_a, true, false),
+            Some(Renewal::Requested)
+        );
+        let new = renewed(&meta, here_b, || unreachable!()).unwrap();
+        assert_ne!(new.node, meta.node);
+        assert_eq!(new.former, vec![meta.node]);
+        assert_eq!(renewal_needed(&new, here_b, false, false), None);
+    }
+
+    #[test]
+    fn past_the_cap_only_ids_no_file_carries_are_dropped() {
+        let meta = Meta {
+            node: NodeId(1),
+            created_ms: 0,
+            home: None,
+            former: (2..2 + FORMER_NODE_IDS_MAX as u64).map(NodeId).collect(),
+        };
+        let new = renewed(&meta, None, || Ok(vec![NodeId(1), NodeId(5)])).unwrap();
+        assert_eq!(new.former, vec![NodeId(5), NodeId(1)]);
+        let all: Vec<NodeId> = meta.lineage();
+        let refused = renewed(&meta, None, || Ok(all));
+        assert!(matches!(refused, Err(Error::LimitExceeded { .. })));
     }
 }

@@ -66,6 +66,11 @@ pub fn verify(dir: impl AsRef<Path>) -> Result<VerifyReport> {
         }
     };
     report.files_checked += 1;
+    match crate::compactor::Cursors::load(&io, dir) {
+        Ok(_) => {}
+        Err(e @ Error::Corruption { .. }) => report.problems.push(e.to_string()),
+        Err(e) => return Err(e),
+    }
     let covered_seq = check_snapshots(&io, dir, &mut report)?;
     let wal_dir = dir.join(WAL_DIR);
     let mut count = |_seq: u64, payload: crate::record::FramePayload| {

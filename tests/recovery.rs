@@ -660,3 +660,43 @@ fn a_lost_last_sector_that_held_one_non_zero_byte_is_a_torn_write() {
         start as u64
     );
 }
+
+/// The CLI's repair opens with `create_if_missing: false`: a missing META
+/// beside segments is still rebuilt, and reported as a new identity.
+#[test]
+fn a_missing_meta_is_rebuilt_by_a_repair_that_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    three_batches(dir.path());
+    std::fs::remove_file(dir.path().join("META")).unwrap();
+    let options = Options {
+        create_if_missing: false,
+        ..repair_options()
+    };
+    let db = Db::open_with(dir.path(), options).unwrap();
+    assert_eq!(present(&db, &["a", "b", "d"]), [true, true, true]);
+    assert_eq!(
+        db.identity_renewed().map(|r| r.1),
+        Some(mergekv::Renewal::MetaRebuilt)
+    );
+    assert!(!db.notices().is_empty());
+}
+
+/// Snapshots alone (the WAL they cover is gone) are a database too: a
+/// strict open without META refuses instead of writing a new identity.
+#[test]
+fn a_missing_meta_beside_snapshots_only_is_refused_and_not_rewritten() {
+    let dir = tempfile::tempdir().unwrap();
+    three_batches(dir.path());
+    Db::open(dir.path()).unwrap().compact_now().unwrap();
+    for seg in segments(dir.path()) {
+        std::fs::remove_file(seg).unwrap();
+    }
+    std::fs::remove_file(dir.path().join("META")).unwrap();
+    assert!(matches!(
+        Db::open(dir.path()),
+        Err(Error::Corruption { .. })
+    ));
+    assert!(!dir.path().join("META").exists(), "no new identity written");
+    let db = Db::open_with(dir.path(), repair_options()).unwrap();
+    assert_eq!(present(&db, &["a", "b", "d"]), [true, true, true]);
+}

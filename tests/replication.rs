@@ -883,3 +883,40 @@ fn a_restarted_leader_still_expires_the_cursors_of_followers_from_before() {
         "the restarted leader did not expire the cursor"
     );
 }
+
+/// A repaired follower (its WAL cut, or its snapshot salvaged with chunks
+/// lost) may lack data its stored position claims: it starts from a
+/// snapshot, and the install settles the repair.
+#[test]
+fn a_repaired_follower_starts_from_a_snapshot() {
+    let leader = leader(leader_options(), |_| {});
+    put_many(&leader.db, "k", 300);
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let follower = follow(dir.path(), &leader);
+        converge(&follower, &leader);
+        assert_eq!(follower.status().snapshots_installed, 0, "a WAL catch-up");
+    }
+    // What a repair leaves: its marker (the data it dropped is gone).
+    std::fs::write(dir.path().join("REPAIRED"), "salvaged a snapshot").unwrap();
+    put_many(&leader.db, "m", 10);
+    let follower = follow(dir.path(), &leader);
+    assert!(
+        follower.wait_until(CONVERGE, |s| s.snapshots_installed >= 1),
+        "{:?}",
+        follower.status()
+    );
+    converge(&follower, &leader);
+    assert!(
+        !dir.path().join("REPAIRED").exists(),
+        "settled by the install"
+    );
+    drop(follower);
+    let follower = follow(dir.path(), &leader);
+    converge(&follower, &leader);
+    assert_eq!(
+        follower.status().snapshots_installed,
+        0,
+        "back to catching up"
+    );
+}

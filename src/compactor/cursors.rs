@@ -37,6 +37,9 @@ pub(crate) struct Cursors {
     map: BTreeMap<String, CursorInfo>,
     /// A forward move is not yet in the file.
     dirty: bool,
+    /// The file was damaged and set aside: its cursors are unknown, so
+    /// tombstone GC is held for the rest of this open.
+    lost: bool,
 }
 
 impl Cursors {
@@ -53,16 +56,24 @@ impl Cursors {
             path,
             map,
             dirty: false,
+            lost: false,
         })
     }
 
-    /// No cursors, for a file that was damaged and set aside.
-    pub fn empty(dir: &Path) -> Self {
+    /// No cursors, for a file that was damaged (and, if `writable`, is
+    /// rewritten empty at the next flush).
+    pub fn lost(dir: &Path, writable: bool) -> Self {
         Self {
             path: dir.join(CURSORS_FILE),
             map: BTreeMap::new(),
-            dirty: true,
+            dirty: writable,
+            lost: true,
         }
+    }
+
+    /// True if the cursor file was damaged at open: its cursors are lost.
+    pub fn are_lost(&self) -> bool {
+        self.lost
     }
 
     /// Registers or moves a cursor; durable before it returns unless it

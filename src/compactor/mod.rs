@@ -169,6 +169,11 @@ impl Maintenance {
         self.cursors.lock().remove(&self.io, name)
     }
 
+    /// True if the cursor file was damaged at open (its cursors are lost).
+    pub fn cursors_lost(&self) -> bool {
+        self.cursors.lock().are_lost()
+    }
+
     /// Writes cursor moves not yet in the cursor file (at close).
     pub fn flush_cursors(&self) -> Result<()> {
         self.cursors.lock().flush(&self.io)
@@ -364,11 +369,13 @@ impl Maintenance {
 
     /// Which tombstones this compaction may drop.
     fn tombstone_rule(&self, covered_seq: u64, peers: Vec<crate::sync::SyncCursor>) -> TombstoneGc {
-        let cursors_passed = self
-            .cursors
-            .lock()
-            .values()
-            .all(|c| c.needs_resync || c.seq >= covered_seq);
+        let cursors = self.cursors.lock();
+        // Lost cursors (a damaged file) may have held any tombstone.
+        let cursors_passed = !cursors.are_lost()
+            && cursors
+                .values()
+                .all(|c| c.needs_resync || c.seq >= covered_seq);
+        drop(cursors);
         let now_ms = self.engine.now_ms();
         TombstoneGc {
             peers,

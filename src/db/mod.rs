@@ -1,6 +1,7 @@
 //! [`Db`]: open a directory, recover, start the threads; the handle
 //! applications hold.
 
+mod identity;
 mod keyspace;
 pub(crate) mod position;
 pub(crate) mod read;
@@ -52,6 +53,8 @@ struct DbInner {
     recovery: RecoveryReport,
     /// The node id this open replaced, and why.
     renewed: Option<(NodeId, meta::Renewal)>,
+    /// Repairs acted on since open (see [`Db::clear_repair_marker`]).
+    settled: parking_lot::Mutex<Vec<String>>,
     default_prefix: Vec<u8>,
     flusher: Option<(Sender<()>, JoinHandle<()>)>,
     /// Opened with `Options::read_only`: every write path refuses.
@@ -86,7 +89,11 @@ impl Db {
         let dir = dir.as_ref().to_path_buf();
         options.validate()?;
         let io = Io::new(options.faults.clone());
-        if !options.create_if_missing && io.read_if_exists(&meta::meta_path(&dir))?.is_none() {
+        let repair = options.recovery_mode == RecoveryMode::Repair;
+        if !options.create_if_missing
+            && io.read_if_exists(&meta::meta_path(&dir))?.is_none()
+            && !(repair && identity::holds_files(&io, &dir)?)
+        {
             return Err(Error::NotADatabase { dir });
         }
         io.create_dir_all(&dir)?;
@@ -97,19 +104,13 @@ impl Db {
         }
         let read_only = options.read_only;
         let wal_dir = dir.join(WAL_DIR);
-        let meta = match read_or_rebuild_meta(&io, &dir, &options)? {
-            Some(meta) => meta,
-            None => {
-                refuse_orphan_wal(&io, &wal_dir)?;
-                meta::create_meta(&io, &dir, options.wall_clock.now_ms())?
-            }
-        };
-        let (meta, renewed) =
-            meta::settle_identity(&io, &dir, meta, options.renew_identity, read_only)?;
+        let found = identity::find(&io, &dir, &options)?;
         io.create_dir_all(&wal_dir)?;
-        let mut recovered = engine::recover(&io, &dir, &meta.lineage(), &options)?;
+        let mut recovered = engine::recover(&io, &dir, &found.meta.lineage(), &options)?;
+        let (meta, renewed) = identity::settle(&io, &dir, found, &recovered.report, &options)?;
         // A segment header names its writer: a new identity writes in a
-        // segment of its own.
+        // segment of its own (the writer also starts one if the last
+        // segment names another id: a crash after META was rewritten).
         recovered.wal_start.start_fresh |= renewed.is_some();
         let mut hlc = Hlc::new(meta.node, options.max_drift_ms, options.drift_policy);
         if let Some(stamp) = recovered.max_stamp {
@@ -143,6 +144,7 @@ impl Db {
                 dir,
                 recovery: recovered.report,
                 renewed,
+                settled: parking_lot::Mutex::new(Vec::new()),
                 default_prefix: keyspace_prefix(DEFAULT_KEYSPACE),
                 flusher,
                 read_only,
@@ -180,9 +182,12 @@ impl Db {
             Some(s) => format!("the older snapshot {} and the WAL", s.path.display()),
             None => "the WAL alone".to_string(),
         };
+        // A salvaged snapshot is reported by the salvage line below.
+        let salvaged = usize::from(report.salvage.is_some());
         let mut notices: Vec<String> = report
             .snapshots_skipped
             .iter()
+            .skip(salvaged)
             .map(|why| {
                 format!(
                     "a damaged snapshot was moved to {}/ and the state rebuilt from {rebuilt_from}: {why}",
@@ -203,7 +208,7 @@ impl Db {
         }
         if let Some(salvage) = &report.salvage {
             let mut line = format!(
-                "salvaged {}: kept {} entries (its damaged bytes are in quarantine/)",
+                "salvaged the damaged snapshot {}: kept {} entries (a copy of the damaged file is in quarantine/)",
                 salvage.path.display(),
                 salvage.entries_kept
             );
@@ -215,12 +220,23 @@ impl Db {
             }
             notices.push(line);
         }
+        notices.extend(self.inner.settled.lock().iter().cloned());
+        if self.inner.maintenance.cursors_lost() {
+            notices.push(format!(
+                "the cursor file {} was damaged (a writable open moves it to quarantine/): registered cursors are lost and must be registered again; tombstones are kept until the next open",
+                self.dir().join(crate::compactor::CURSORS_FILE).display()
+            ));
+        }
         if let Some((old, why)) = self.inner.renewed {
             let why = match why {
                 meta::Renewal::CopiedDirectory => {
                     "this directory is a copy of the one that identity was issued in"
                 }
                 meta::Renewal::Requested => "a new identity was asked for",
+                meta::Renewal::Repaired => {
+                    "a repair dropped writes this copy had made, which peers may hold"
+                }
+                meta::Renewal::MetaRebuilt => "META was damaged or missing and was rebuilt",
             };
             notices.push(format!(
                 "this copy now writes as node {} instead of {old}: {why}",
@@ -324,8 +340,23 @@ impl Db {
             local.delete(position::LEADER_EPOCH_KEY)?;
             self.inner.engine.wal().sync_written()?;
         }
+        self.clear_repair_marker()
+    }
+
+    /// Removes the repair's marker (durably) once what it asked for is
+    /// done: the epoch dropped, or a follower's state replaced by a
+    /// leader's snapshot. Its text is kept in the notices.
+    pub(crate) fn clear_repair_marker(&self) -> Result<()> {
         let io = self.io();
-        io.remove_file(&self.dir().join(recovery::REPAIR_MARKER_FILE))?;
+        let marker = self.dir().join(recovery::REPAIR_MARKER_FILE);
+        let Some(reason) = io.read_if_exists(&marker)? else {
+            return Ok(());
+        };
+        self.inner.settled.lock().push(format!(
+            "a repair was acted on ({}): followers are sent a snapshot",
+            String::from_utf8_lossy(&reason).trim()
+        ));
+        io.remove_file(&marker)?;
         io.sync_dir(self.dir())
     }
 
@@ -603,44 +634,17 @@ impl Db {
     }
 }
 
-/// Reads META; a damaged one is refused, or in repair mode rebuilt from
-/// the node ids in the segment and snapshot headers (every file carries
-/// the id it was written under), with the damaged bytes kept in
-/// quarantine. A missing META beside segments is rebuilt the same way.
-fn read_or_rebuild_meta(io: &Io, dir: &Path, options: &Options) -> Result<Option<meta::Meta>> {
-    let repair = options.recovery_mode == RecoveryMode::Repair;
-    let damaged = match meta::read_meta(io, dir) {
-        Err(Error::Corruption { path, .. }) if repair => Some(path),
-        Ok(None) if repair && !recovery::list_segments(io, &dir.join(WAL_DIR))?.is_empty() => None,
-        other => return other,
-    };
-    let path = meta::meta_path(dir);
-    let Some(rebuilt) = engine::rebuild_meta(io, dir, options.wall_clock.now_ms())? else {
-        return Err(Error::corruption(
-            &path,
-            0,
-            "damaged or missing, and no segment or snapshot names the node id to rebuild it from",
-        ));
-    };
-    if damaged.is_some() {
-        // Kept first, replaced after: a crash between leaves one or the other.
-        let quarantine = dir.join(recovery::QUARANTINE_DIR);
-        io.create_dir_all(&quarantine)?;
-        io.write_atomic(&quarantine.join("META.damaged"), &io.read(&path)?)?;
-    }
-    meta::write_meta(io, dir, &rebuilt)?;
-    Ok(Some(rebuilt))
-}
-
-/// The registered cursors. A damaged cursor file is refused, or in repair
-/// mode moved to quarantine (its cursors are lost: their readers resync).
+/// The registered cursors. A damaged cursor file costs only its cursors:
+/// a writable open moves it to quarantine (and holds tombstone GC for the
+/// rest of the open), a read-only one leaves it; the notices say so.
 fn load_cursors(io: &Io, dir: &Path, engine: &Engine) -> Result<Cursors> {
     match Cursors::load(io, dir) {
-        Err(Error::Corruption { path, .. })
-            if engine.options().recovery_mode == RecoveryMode::Repair =>
-        {
-            crate::engine::quarantine(io, dir, &path)?;
-            Ok(Cursors::empty(dir))
+        Err(Error::Corruption { path, .. }) => {
+            let writable = !engine.options().read_only;
+            if writable {
+                crate::engine::quarantine(io, dir, &path)?;
+            }
+            Ok(Cursors::lost(dir, writable))
         }
         other => other,
     }
@@ -706,27 +710,6 @@ pub struct Stats {
     pub poisoned: Option<String>,
     /// What this open did that its user should know (see [`Db::notices`]).
     pub notices: Vec<String>,
-}
-
-/// Refuses to create a new identity over a WAL that has lost its `META`:
-/// the segments name the old node, and mixing ids would break LWW.
-fn refuse_orphan_wal(io: &Io, wal_dir: &Path) -> Result<()> {
-    // A missing (or unreadable) WAL directory has no segments to protect;
-    // an unreadable one fails loudly a moment later, when replay reads it.
-    let Ok(segments) = recovery::list_segments(io, wal_dir) else {
-        return Ok(());
-    };
-    match segments.first() {
-        Some((_, path)) => Err(Error::corruption(
-            &wal_dir.parent().unwrap_or(wal_dir).join(meta::META_FILE),
-            0,
-            format!(
-                "META is missing but WAL segments exist (first: {})",
-                path.display()
-            ),
-        )),
-        None => Ok(()),
-    }
 }
 
 /// In `Interval` mode, a thread that fsyncs the WAL every interval.

@@ -37,7 +37,7 @@ use crate::state::State;
 use crate::wal::Wal;
 
 pub(crate) use commit::{CommitId, panic_message};
-pub(crate) use recover::{quarantine, rebuild_meta, recover};
+pub(crate) use recover::{node_ids_in_files, quarantine, quarantine_path, rebuild_meta, recover};
 use watermark::AppliedWatermark;
 use write::PendingCounter;
 

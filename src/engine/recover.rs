@@ -97,10 +97,8 @@ fn salvage(
         salvaged.meta.node = current;
     }
     recovery::mark_repaired(io, dir, &format!("salvaged {}", path.display()))?;
-    let quarantine_dir = dir.join(QUARANTINE_DIR);
-    io.create_dir_all(&quarantine_dir)?;
-    let name = path.file_name().unwrap_or_default();
-    io.write_atomic(&quarantine_dir.join(name), &io.read(path)?)?;
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    io.write_atomic(&quarantine_path(io, dir, &name)?, &io.read(path)?)?;
     let state = State::new();
     state.replay(std::mem::take(&mut salvaged.records));
     let map = state.snapshot();
@@ -248,26 +246,35 @@ fn remove_temp_files(io: &Io, snap_dir: &Path) -> Result<()> {
 
 /// Moves a damaged file into `<dir>/quarantine/`, durably.
 pub(crate) fn quarantine(io: &Io, dir: &Path, path: &Path) -> Result<()> {
-    let target_dir = dir.join(QUARANTINE_DIR);
-    io.create_dir_all(&target_dir)?;
-    let name = path.file_name().unwrap_or_default();
-    io.rename(path, &target_dir.join(name))?;
-    io.sync_dir(&target_dir)?;
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let target = quarantine_path(io, dir, &name)?;
+    io.rename(path, &target)?;
+    io.sync_dir(target.parent().unwrap_or(dir))?;
     io.sync_dir(path.parent().unwrap_or(dir))
 }
 
-/// A new META for a directory whose META is damaged or missing: a fresh
-/// node id, with every id its segment and snapshot headers carry as a
-/// former one (so every file still opens). Fresh, because which id was
-/// current cannot be told for sure (a copy that renewed its id and has
-/// not written since carries only the old one), and writing under an id
-/// another copy may also use would lose increments. `None` if no file
-/// names an id: there is nothing to rebuild from.
-pub(crate) fn rebuild_meta(io: &Io, dir: &Path, created_ms: u64) -> Result<Option<Meta>> {
-    let mut former: Vec<NodeId> = Vec::new();
+/// A path in `<dir>/quarantine/` for `name` that holds nothing yet (a
+/// second event never overwrites what a first one kept).
+pub(crate) fn quarantine_path(io: &Io, dir: &Path, name: &str) -> Result<std::path::PathBuf> {
+    let quarantine = dir.join(QUARANTINE_DIR);
+    io.create_dir_all(&quarantine)?;
+    let taken = io.list_dir(&quarantine)?;
+    let mut candidate = name.to_string();
+    let mut n = 1u32;
+    while taken.contains(&candidate) {
+        candidate = format!("{name}.{n}");
+        n += 1;
+    }
+    Ok(quarantine.join(candidate))
+}
+
+/// Every node id the directory's snapshot and segment headers carry,
+/// oldest files first, each once.
+pub(crate) fn node_ids_in_files(io: &Io, dir: &Path) -> Result<Vec<NodeId>> {
+    let mut ids: Vec<NodeId> = Vec::new();
     let mut note = |node: NodeId| {
-        if !former.contains(&node) {
-            former.push(node);
+        if !ids.contains(&node) {
+            ids.push(node);
         }
     };
     for (_, path) in snapshot::list_snapshots(io, &dir.join(SNAPSHOT_DIR))?
@@ -287,6 +294,18 @@ pub(crate) fn rebuild_meta(io: &Io, dir: &Path, created_ms: u64) -> Result<Optio
             note(h.node);
         }
     }
+    Ok(ids)
+}
+
+/// A new META for a directory whose META is damaged or missing: a fresh
+/// node id, with every id its segment and snapshot headers carry as a
+/// former one (so every file still opens). Fresh, because which id was
+/// current cannot be told for sure (a copy that renewed its id and has
+/// not written since carries only the old one), and writing under an id
+/// another copy may also use would lose increments. `None` if no file
+/// names an id: there is nothing to rebuild from.
+pub(crate) fn rebuild_meta(io: &Io, dir: &Path, created_ms: u64) -> Result<Option<Meta>> {
+    let mut former = node_ids_in_files(io, dir)?;
     if former.is_empty() {
         return Ok(None);
     }

@@ -266,8 +266,9 @@ impl std::fmt::Display for Error {
                 f,
                 "refused: {detail}, under this copy's node id {node}, which it never wrote: \
                  another copy of this database directory (a clone or a restored backup) has written \
-                 under the same identity, or this copy lost acknowledged writes in a power loss \
-                 under SyncMode::Interval or Never. Changes made under one id in two places cannot \
+                 under the same identity, or this copy lost writes it had made (a power loss under \
+                 SyncMode::Interval or Never, or a repair by an older version). Changes made under \
+                 one id in two places cannot \
                  be merged safely: open one of the copies with `Options::renew_identity` \
                  (CLI: `mergekv reidentify`) before it writes again, and rebuild it from the other \
                  if its changes under the old id must reach it"

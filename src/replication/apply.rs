@@ -37,7 +37,14 @@ impl From<FollowerPosition> for Cursor {
 /// empty database; and for one holding data but no position (promoted,
 /// or never a follower), a cursor no leader matches, so it is sent a
 /// snapshot that replaces what it holds.
+///
+/// A repaired follower (a WAL cut, or a snapshot salvaged with chunks
+/// lost) may lack data its position claims, so it too starts with a
+/// cursor no leader matches; the snapshot's install settles the repair.
 pub(crate) fn start_cursor(db: &Db) -> Result<Cursor> {
+    if db.repair_pending()? {
+        return Ok(MISMATCH);
+    }
     if let Some(position) = db.follower_position()? {
         return Ok(Cursor::from(position));
     }
@@ -46,15 +53,18 @@ pub(crate) fn start_cursor(db: &Db) -> Result<Cursor> {
         .state()
         .with_map(|map| map.keys().any(|k| !is_local(k)));
     Ok(if holds_data {
-        Cursor {
-            stream: 0,
-            epoch: u64::MAX,
-            seq: 0,
-        }
+        MISMATCH
     } else {
         Cursor::default()
     })
 }
+
+/// A cursor no leader matches: the leader answers with a snapshot.
+const MISMATCH: Cursor = Cursor {
+    stream: 0,
+    epoch: u64::MAX,
+    seq: 0,
+};
 
 /// Marks the directory (durably) as a follower of `leader`.
 pub(crate) fn mark_follower(db: &Db, leader: &str) -> Result<()> {
@@ -122,6 +132,8 @@ pub(crate) fn install_replicated(
     let entries = snapshot.records.len() as u64;
     let local = vec![local_record(db, position.encode())];
     db.maintenance().install_state(snapshot.records, local)?;
+    // The leader's state replaced whatever a repair left.
+    db.clear_repair_marker()?;
     Ok(entries)
 }
 

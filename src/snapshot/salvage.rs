@@ -12,6 +12,7 @@ use std::path::Path;
 use crate::clock::{NodeId, Stamp};
 use crate::error::Result;
 use crate::io::Io;
+use crate::record::Record;
 pub use crate::wal::recovery::SalvageReport;
 
 use super::{
@@ -56,24 +57,86 @@ pub fn salvage_snapshot(
         dedup: Vec::new(),
         size_bytes: bytes.len() as u64,
     };
+    // A chunk found by resync (not where the previous one ended) may be
+    // bytes inside a stored value that look like a chunk: it must also fit
+    // (keys after the last kept one, no stamp far past when the snapshot
+    // was written).
+    let physical_max = (!report.header_damaged).then(|| {
+        snapshot
+            .meta
+            .hlc
+            .physical_ms
+            .max(snapshot.meta.created_ms)
+            .saturating_add(RESYNC_STAMP_SLACK_MS)
+    });
     let mut offset = SNAPSHOT_HEADER_BYTES;
     let mut skipped_from: Option<usize> = None;
+    let mut ended = false;
+    // Set while trying where a damaged chunk's header says the next one
+    // starts: if nothing checks out there, every byte after it is tried.
+    let mut jumped = false;
     while offset + CHUNK_HEADER_BYTES <= bytes.len() {
-        let Some((kind, next)) = take_chunk(&bytes, offset, &mut snapshot) else {
-            skipped_from.get_or_insert(offset);
-            offset += 1;
+        let before = snapshot.records.len();
+        let last_key = snapshot.records.last().map(|r| display_key(&r.store_key));
+        let fits = Fit {
+            resynced: skipped_from.is_some(),
+            physical_max,
+        };
+        let Some((kind, next)) = take_chunk(&bytes, offset, &mut snapshot, fits) else {
+            let from = *skipped_from.get_or_insert(offset);
+            offset = match claimed_end(&bytes, offset) {
+                // A damaged payload behind an intact header: try where
+                // that header says the next chunk starts first.
+                Some(end) if offset == from && !jumped && end > offset => {
+                    jumped = true;
+                    end
+                }
+                _ if jumped => {
+                    jumped = false;
+                    from + 1
+                }
+                _ => offset + 1,
+            };
             continue;
         };
+        jumped = false;
         if let Some(from) = skipped_from.take() {
-            note_lost(&mut report, &snapshot, from, offset, kind);
+            let first_key = snapshot
+                .records
+                .get(before)
+                .map(|r| display_key(&r.store_key));
+            note_lost(
+                &mut report,
+                &snapshot,
+                from,
+                offset,
+                kind,
+                last_key,
+                first_key,
+            );
         }
         if kind == CHUNK_END {
+            ended = true;
             break;
         }
         offset = next;
     }
     if let Some(from) = skipped_from {
-        note_lost(&mut report, &snapshot, from, bytes.len(), CHUNK_END);
+        let last_key = snapshot.records.last().map(|r| display_key(&r.store_key));
+        note_lost(
+            &mut report,
+            &snapshot,
+            from,
+            bytes.len(),
+            CHUNK_END,
+            last_key,
+            None,
+        );
+    } else if !ended {
+        report.lost.push(format!(
+            "bytes {offset}..{}: the file ends without its end chunk (cut short?); keys after the last kept one may be lost",
+            bytes.len()
+        ));
     }
     if report.header_damaged {
         let newest = snapshot
@@ -87,9 +150,30 @@ pub fn salvage_snapshot(
     Ok(Some((snapshot, report)))
 }
 
-/// Decodes the chunk at `offset` into `snapshot` if it checks out whole;
-/// its kind and where the next chunk starts.
-fn take_chunk(bytes: &[u8], offset: usize, snapshot: &mut LoadedSnapshot) -> Option<(u8, usize)> {
+/// How far past a snapshot's creation a stamp in a resynced chunk may be.
+const RESYNC_STAMP_SLACK_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// What a chunk must fit besides its checksum.
+#[derive(Clone, Copy)]
+struct Fit {
+    /// Found by trying offsets after damage.
+    resynced: bool,
+    /// Latest physical time a resynced chunk's stamps may have.
+    physical_max: Option<u64>,
+}
+
+/// Decodes the chunk at `offset` into `snapshot` if it checks out whole
+/// and fits where it is found: the end chunk only at the end of the file,
+/// and a resynced entries chunk (a stored value may hold bytes that look
+/// like a chunk) in strictly increasing key order after the last kept key,
+/// with no stamp far past the snapshot's time. Its kind and where the next
+/// chunk starts.
+fn take_chunk(
+    bytes: &[u8],
+    offset: usize,
+    snapshot: &mut LoadedSnapshot,
+    fit: Fit,
+) -> Option<(u8, usize)> {
     let (kind, count, payload) = read_chunk(bytes, offset).ok()?;
     let payload_offset = offset + CHUNK_HEADER_BYTES;
     let next = payload_offset + payload.len();
@@ -97,6 +181,9 @@ fn take_chunk(bytes: &[u8], offset: usize, snapshot: &mut LoadedSnapshot) -> Opt
         CHUNK_ENTRIES => {
             let mut records = Vec::new();
             decode_entries(payload, count, payload_offset, &mut records).ok()?;
+            if fit.resynced && !fits_after(&records, snapshot.records.last(), fit.physical_max) {
+                return None;
+            }
             snapshot.records.extend(records);
         }
         CHUNK_DEDUP => {
@@ -106,10 +193,47 @@ fn take_chunk(bytes: &[u8], offset: usize, snapshot: &mut LoadedSnapshot) -> Opt
         }
         // Not checked against the digest: the point is to keep what checks
         // out chunk by chunk.
-        CHUNK_END => {}
+        CHUNK_END if next == bytes.len() => {}
         _ => return None,
     }
     Some((kind, next))
+}
+
+/// True if `records` are in strictly increasing key order after `last`,
+/// and none is stamped past `physical_max`.
+fn fits_after(records: &[Record], last: Option<&Record>, physical_max: Option<u64>) -> bool {
+    let mut previous = last.map(|r| r.store_key.as_slice());
+    for record in records {
+        if previous.is_some_and(|p| p >= record.store_key.as_slice()) {
+            return false;
+        }
+        let stamp = record.delta.newest_stamp().map_or(0, |s| s.physical_ms);
+        if physical_max.is_some_and(|max| stamp > max) {
+            return false;
+        }
+        previous = Some(record.store_key.as_slice());
+    }
+    true
+}
+
+/// Where the chunk at `offset` ends by its header, if the header is
+/// plausible (a known kind, zero reserved bytes, a length within bounds).
+fn claimed_end(bytes: &[u8], offset: usize) -> Option<usize> {
+    let header = bytes.get(offset..offset + CHUNK_HEADER_BYTES)?;
+    let kind = *header.first()?;
+    let reserved = header.get(1..4)?;
+    let len = u32::from_le_bytes(header.get(8..12)?.try_into().ok()?) as usize;
+    let known = matches!(kind, CHUNK_ENTRIES | CHUNK_DEDUP | CHUNK_END);
+    let end = offset + CHUNK_HEADER_BYTES + len;
+    (known && reserved == [0, 0, 0] && len <= super::CHUNK_PAYLOAD_BYTES_MAX && end <= bytes.len())
+        .then_some(end)
+}
+
+fn display_key(store_key: &[u8]) -> String {
+    match crate::record::split_store_key(store_key) {
+        Some((keyspace, key)) => format!("{keyspace}/{}", String::from_utf8_lossy(key)),
+        None => String::from_utf8_lossy(store_key).into_owned(),
+    }
 }
 
 fn note_lost(
@@ -118,23 +242,18 @@ fn note_lost(
     from: usize,
     to: usize,
     next_kind: u8,
+    after: Option<String>,
+    before: Option<String>,
 ) {
-    let after =
-        snapshot
-            .records
-            .last()
-            .map(|r| match crate::record::split_store_key(&r.store_key) {
-                Some((keyspace, key)) => format!("{keyspace}/{}", String::from_utf8_lossy(key)),
-                None => String::from_utf8_lossy(&r.store_key).into_owned(),
-            });
     // Entries come before the dedup chunk: damage just before it or the
     // end chunk may have hit either.
     if next_kind != CHUNK_ENTRIES && snapshot.dedup.is_empty() {
         report.dedup_lost = true;
     }
     report.lost.push(format!(
-        "bytes {from}..{to}: keys after {} and before the next kept chunk",
-        after.map_or_else(|| "none (from the first)".to_string(), |k| format!("{k:?}"))
+        "bytes {from}..{to}: keys after {} and before {}",
+        after.map_or_else(|| "the first".to_string(), |k| format!("{k:?}")),
+        before.map_or_else(|| "the last".to_string(), |k| format!("{k:?}")),
     ));
 }
 
@@ -145,32 +264,46 @@ mod tests {
     use crate::record::{Record, store_key};
     use crate::state::State;
 
+    fn record(key: &str, physical_ms: u64, value: Vec<u8>) -> Record {
+        Record {
+            store_key: store_key("default", key.as_bytes()),
+            delta: KeyState {
+                register: Some(Register {
+                    stamp: Stamp {
+                        physical_ms,
+                        logical: 0,
+                        node: NodeId(3),
+                    },
+                    value: Some(value.into()),
+                    floor: Vec::new(),
+                }),
+                counter: None,
+            },
+        }
+    }
+
     fn snapshot_of(keys: usize, value_bytes: usize) -> (tempfile::TempDir, std::path::PathBuf) {
-        let dir = tempfile::tempdir().unwrap();
-        let state = State::new();
         let records: Vec<Record> = (0..keys)
-            .map(|i| Record {
-                store_key: store_key("default", format!("key-{i:05}").as_bytes()),
-                delta: KeyState {
-                    register: Some(Register {
-                        stamp: Stamp {
-                            physical_ms: 1 + i as u64,
-                            logical: 0,
-                            node: NodeId(3),
-                        },
-                        value: Some(vec![b'v'; value_bytes].into()),
-                        floor: Vec::new(),
-                    }),
-                    counter: None,
-                },
+            .map(|i| {
+                record(
+                    &format!("key-{i:05}"),
+                    1 + i as u64,
+                    vec![b'v'; value_bytes],
+                )
             })
             .collect();
+        snapshot_with(records)
+    }
+
+    fn snapshot_with(records: Vec<Record>) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let state = State::new();
         state.replay(records);
         let meta = SnapshotMeta {
             node: NodeId(3),
             covered_seq: 42,
             hlc: Stamp::ZERO,
-            created_ms: 1,
+            created_ms: 1_000_000,
         };
         let written = super::super::write_snapshot(
             &Io::default(),
@@ -234,5 +367,54 @@ mod tests {
                 assert_eq!(report.lost.len(), 1, "{what}: {report:?}");
             }
         }
+    }
+
+    /// A stored value holding bytes that look like a chunk (here: a whole
+    /// entries chunk for a key after every real one, stamped far in the
+    /// future, then a fake end chunk) is not taken for one when damage
+    /// before it makes the salvage try every offset.
+    #[test]
+    fn chunk_lookalikes_inside_a_value_are_not_salvaged() {
+        let mut fake = super::super::ChunkBuilder::new(CHUNK_ENTRIES);
+        crate::record::encode_record(
+            &mut fake.payload,
+            &record("zzz-injected", 4_000_000_000_000, b"mallory".to_vec()),
+        );
+        fake.count = 1;
+        let mut planted = fake.take();
+        let mut end = super::super::ChunkBuilder::new(CHUNK_END);
+        end.payload.bytes(&[0u8; 32]);
+        planted.extend(end.take());
+        let mut records: Vec<Record> = (0..200)
+            .map(|i| record(&format!("key-{i:05}"), 10 + i as u64, vec![b'v'; 500]))
+            .collect();
+        records[100] = record("key-00100", 110, planted);
+        let (_dir, path) = snapshot_with(records);
+        let mut bytes = std::fs::read(&path).unwrap();
+        // Damage the length of the first entries chunk, which holds
+        // key-00100's value: the salvage must try every offset after it.
+        bytes[SNAPSHOT_HEADER_BYTES + 9] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let (loaded, report) = salvage_snapshot(&Io::default(), &path, NodeId(3))
+            .unwrap()
+            .unwrap();
+        let keys: Vec<String> = loaded
+            .records
+            .iter()
+            .map(|r| display_key(&r.store_key))
+            .collect();
+        assert!(!keys.iter().any(|k| k.contains("injected")), "{keys:?}");
+        assert!(!report.lost.is_empty());
+        assert!(
+            report.lost.iter().all(|l| l.contains("after the first")),
+            "the damage is in the first chunk: {:?}",
+            report.lost
+        );
+        // Every kept key is a real one, in order, and the later chunks are kept.
+        assert!(keys.windows(2).all(|w| w[0] < w[1]));
+        assert!(
+            keys.last().is_some_and(|k| k.ends_with("key-00199")),
+            "{keys:?}"
+        );
     }
 }

@@ -335,6 +335,13 @@ impl GroupWriter {
         start_fresh: bool,
         next_seq: u64,
     ) -> Result<(SegmentList, IoFile)> {
+        // A segment's header names its writer: one written by another id
+        // of this directory (a crash after META took a new id, before a
+        // segment of its own was made) is not appended to.
+        let start_fresh = start_fresh
+            || recovered
+                .last()
+                .is_some_and(|last| self.header_node(&last.path) != Some(self.node));
         let segment = match recovered.pop() {
             Some(last) if !start_fresh => SegmentWriter {
                 file: self.io.open_append(&last.path)?,
@@ -361,6 +368,16 @@ impl GroupWriter {
             size_bytes: segment.size_bytes,
         };
         Ok((SegmentList::new(recovered, active), segment.file))
+    }
+
+    /// The node id in the header of the segment at `path`, if it reads.
+    fn header_node(&self, path: &Path) -> Option<NodeId> {
+        let file = self.io.open_read(path).ok()?;
+        let mut header = [0u8; SEGMENT_HEADER_BYTES];
+        let read = file.read_at(0, &mut header).ok()?;
+        format::decode_segment_header(header.get(..read)?)
+            .ok()
+            .map(|h| h.node)
     }
 
     /// The highest sequence number durable under the sync mode.
