@@ -127,7 +127,7 @@ fn random_node_id() -> NodeId {
     NodeId(u64::from_le_bytes(bytes).max(1))
 }
 
-fn encode_meta(meta: &Meta) -> Vec<u8> {
+pub(crate) fn encode_meta(meta: &Meta) -> Vec<u8> {
     let mut w = Writer::with_capacity(META_BYTES);
     w.bytes(&META_MAGIC);
     w.u16(META_FORMAT_VERSION);
@@ -139,7 +139,7 @@ fn encode_meta(meta: &Meta) -> Vec<u8> {
     w.into_vec()
 }
 
-fn decode_meta(bytes: &[u8]) -> std::result::Result<Meta, String> {
+pub(crate) fn decode_meta(bytes: &[u8]) -> std::result::Result<Meta, String> {
     let (checked, stored_crc) = match bytes.split_last_chunk::<4>() {
         Some(split) if bytes.len() == META_BYTES => split,
         _ => {
