@@ -15,7 +15,10 @@
 //! uniformly; default 20 and 400), `--dir PATH` (keep the database there;
 //! default: a temporary directory), `--tamper` (the checker's own test:
 //! after each kill, one acknowledged key is dropped from what was read
-//! back, so the soak must report losses and exit non-zero).
+//! back, so the soak must report losses and exit non-zero),
+//! `--stop-at-failure` (stop at the first failed check and leave the
+//! directory as it is, for a look with `--dir`), `--verbose` (one line per
+//! kill: delay, writes acknowledged per thread, compactions).
 //!
 //! The child reports each acknowledged write on a pipe, one line per write,
 //! only after `Db::write` returned: a line the parent reads is a write the
@@ -77,6 +80,8 @@ struct Config {
     max_delay_ms: u64,
     dir: Option<PathBuf>,
     tamper: bool,
+    stop_at_failure: bool,
+    verbose: bool,
 }
 
 impl Config {
@@ -89,6 +94,8 @@ impl Config {
             max_delay_ms: 400,
             dir: None,
             tamper: false,
+            stop_at_failure: false,
+            verbose: false,
         };
         let mut it = args.iter();
         while let Some(flag) = it.next() {
@@ -105,9 +112,11 @@ impl Config {
                 "--max-delay-ms" => config.max_delay_ms = number(value()?)?,
                 "--dir" => config.dir = Some(PathBuf::from(value()?)),
                 "--tamper" => config.tamper = true,
+                "--stop-at-failure" => config.stop_at_failure = true,
+                "--verbose" => config.verbose = true,
                 "--help" | "-h" => {
                     return Err("usage: kill_soak [--kills N] [--seed S] [--threads T] \
-                         [--min-delay-ms MS] [--max-delay-ms MS] [--dir PATH] [--tamper]"
+                         [--min-delay-ms MS] [--max-delay-ms MS] [--dir PATH] [--tamper] [--stop-at-failure] [--verbose]"
                         .into());
                 }
                 other => return Err(format!("unknown argument {other}")),
@@ -431,7 +440,22 @@ fn parent(config: &Config) -> Result<ExitCode, String> {
             threads: config.threads,
             tamper: config.tamper,
         };
+        let failures_before = tally.failures();
         check.run(&reports, &mut model, &actual, &mut tally);
+        if config.verbose {
+            let acked: Vec<usize> = (0..config.threads)
+                .map(|t| reports.acked.get(&t).map_or(0, Vec::len))
+                .collect();
+            println!(
+                "  round {round}: killed after {delay} ms, acknowledged per thread {acked:?}, {} compactions",
+                reports.compactions
+            );
+        }
+        if config.stop_at_failure && tally.failures() > failures_before {
+            println!("stopped at the first failure, round {round}");
+            drop(db);
+            break;
+        }
         db.close()
             .map_err(|e| format!("round {round}: close: {e}"))?;
         if (round + 1) % 100 == 0 {
@@ -520,9 +544,14 @@ fn read_state(db: &Db) -> State {
         .collect()
 }
 
+/// What every key of `thread` starts with.
+fn thread_prefix(thread: usize) -> String {
+    format!("t{thread}/")
+}
+
 /// The keys of `thread` in `state`.
 fn thread_part(state: &State, thread: usize) -> State {
-    let prefix = format!("t{thread}/");
+    let prefix = thread_prefix(thread);
     state
         .range(prefix.clone()..)
         .take_while(|(k, _)| k.starts_with(&prefix))
@@ -576,9 +605,10 @@ impl Check {
             } else if got != expected {
                 classify(round, thread, &in_doubt, &expected, &landed, &got, tally);
             }
-            for key in expected.keys().chain(landed.keys()) {
-                model.remove(key);
-            }
+            // The thread's keys in the model become exactly what was read:
+            // deleted ones included.
+            let prefix = thread_prefix(thread);
+            model.retain(|key, _| !key.starts_with(&prefix));
             model.extend(got);
         }
     }
