@@ -78,6 +78,8 @@ pub mod crdt;
 mod db;
 mod engine;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod io;
 mod meta;
 pub mod options;

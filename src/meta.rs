@@ -243,9 +243,10 @@ fn random_node_id() -> NodeId {
     NodeId(u64::from_le_bytes(bytes).max(1))
 }
 
-fn encode_meta(meta: &Meta) -> Vec<u8> {
+pub(crate) fn encode_meta(meta: &Meta) -> Vec<u8> {
     let former = meta.former.len().min(FORMER_NODE_IDS_MAX);
     let mut w = Writer::with_capacity(META_V2_FIXED_BYTES + 8 * former);
+
     w.bytes(&META_MAGIC);
     w.u16(META_FORMAT_VERSION);
     w.u64(meta.node.0);
@@ -263,7 +264,7 @@ fn encode_meta(meta: &Meta) -> Vec<u8> {
     w.into_vec()
 }
 
-fn decode_meta(bytes: &[u8]) -> std::result::Result<Meta, String> {
+pub(crate) fn decode_meta(bytes: &[u8]) -> std::result::Result<Meta, String> {
     let Some((checked, stored_crc)) = bytes.split_last_chunk::<4>() else {
         return Err(format!("{} bytes: shorter than a checksum", bytes.len()));
     };

@@ -33,6 +33,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("auth", 14),
     ("verify", 14),
     ("replication", 15),
+    ("fuzzing", 16),
 ];
 
 fn src_dir() -> PathBuf {

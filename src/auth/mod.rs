@@ -53,6 +53,9 @@ pub use password::PasswordParams;
 pub use secrets::RotationReport;
 pub use users::UserInfo;
 
+// For `crate::fuzzing`, which parses tokens as authentication does.
+pub(crate) use apikey::{format_token, parse_key_id, parse_token};
+
 use crate::clock::{SystemClock, WallClock};
 use crate::error::{Error, Result};
 use crate::{Db, Keyspace};

@@ -286,7 +286,7 @@ fn at(base: usize) -> impl Fn(DecodeError) -> DecodeFailure {
     }
 }
 
-fn decode_snapshot(
+pub(crate) fn decode_snapshot(
     bytes: &[u8],
     path: &Path,
 ) -> std::result::Result<LoadedSnapshot, DecodeFailure> {

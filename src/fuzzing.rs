@@ -1,0 +1,227 @@
+//! Entry points for the fuzz targets (`fuzz/`) and their stable regression
+//! test (`tests/fuzz_regressions.rs`): the decoders of untrusted bytes that
+//! are not public API, each behind a thin wrapper.
+//!
+//! A wrapper calls exactly the function the database calls on the same
+//! bytes, and changes nothing about it; it only turns the crate-private
+//! result into an opaque value that can be compared, printed and encoded
+//! again, so a target can check `decode(encode(x)) == x` without the
+//! crate's internal types becoming public. Errors become their message:
+//! a target only cares that decoding returns instead of panicking.
+//!
+//! Decoders that are public already are fuzzed through their public API:
+//! change sets (`sync::changeset`), replication frames and messages
+//! (`replication::frame`, `replication::message`) and the replication
+//! state machines.
+//!
+//! Hidden from the documentation: not a supported API, it follows the
+//! internals it wraps.
+
+use crate::clock::NodeId;
+use crate::codec::{Reader, Writer};
+use crate::record::{FramePayload, Record, decode_payload, decode_records_to_end, encode_payload};
+use crate::snapshot::SnapshotMeta;
+use crate::wal::dedup::DedupEntry;
+use crate::wal::format::{self, SegmentHeader};
+
+/// One WAL frame, decoded: the header fields the writer chooses (the
+/// length and checksums follow from the payload) and the payload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WalFrame {
+    first_seq: u64,
+    op_count: u32,
+    payload: FramePayload,
+}
+
+/// Reads the WAL frame at the start of `bytes` as recovery, segment import
+/// and a replication follower do: `wal::format::read_frame` (both
+/// checksums, the length limit, the flags), then `record::decode_payload`.
+/// Returns the frame and its length in bytes.
+pub fn decode_wal_frame(bytes: &[u8]) -> Result<(WalFrame, usize), String> {
+    let (header, body) = format::read_frame(bytes).map_err(|e| format!("{e:?}"))?;
+    let payload = decode_payload(body, header.op_count).map_err(|e| e.to_string())?;
+    let frame = WalFrame {
+        first_seq: header.first_seq,
+        op_count: header.op_count,
+        payload,
+    };
+    Ok((frame, format::FRAME_HEADER_BYTES + body.len()))
+}
+
+impl WalFrame {
+    /// The frame as the WAL writes it (`encode_payload`, `encode_frame`).
+    pub fn encode(&self) -> Result<Vec<u8>, String> {
+        let mut out = Vec::new();
+        self.encode_into(&mut out)?;
+        Ok(out)
+    }
+
+    fn encode_into(&self, out: &mut Vec<u8>) -> Result<(), String> {
+        let dedup = self.payload.dedup.as_ref().map(|m| (&m.id, m.seen_ms));
+        let payload = encode_payload(dedup, &self.payload.records).map_err(|e| e.to_string())?;
+        format::encode_frame(out, self.first_seq, self.op_count, &payload);
+        Ok(())
+    }
+}
+
+/// A whole WAL segment, decoded: its header and its frames' payloads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WalSegment {
+    header: SegmentHeader,
+    frames: Vec<FramePayload>,
+}
+
+/// Reads a whole segment as segment import does
+/// (`wal::recovery::read_whole_segment`, which scans it with the recovery
+/// rules: header, contiguous sequence numbers, torn tail versus damage).
+pub fn decode_wal_segment(bytes: &[u8]) -> Result<WalSegment, String> {
+    let header = format::decode_segment_header(bytes).map_err(|e| e.to_string())?;
+    let frames = crate::wal::recovery::read_whole_segment(bytes)?;
+    Ok(WalSegment { header, frames })
+}
+
+impl WalSegment {
+    /// The segment as the WAL writes it: the header, then each frame
+    /// numbered from the header's first sequence number on.
+    pub fn encode(&self) -> Result<Vec<u8>, String> {
+        let mut out = format::encode_segment_header(self.header).to_vec();
+        let mut seq = self.header.first_seq;
+        for payload in &self.frames {
+            let op_count = u32::try_from(payload.records.len()).map_err(|e| e.to_string())?;
+            let frame = WalFrame {
+                first_seq: seq,
+                op_count,
+                payload: payload.clone(),
+            };
+            frame.encode_into(&mut out)?;
+            seq = seq.saturating_add(u64::from(op_count));
+        }
+        Ok(out)
+    }
+
+    /// Frames in the segment.
+    pub fn frame_count(&self) -> usize {
+        self.frames.len()
+    }
+}
+
+/// Records back to back, as in a frame payload, a snapshot's entries chunk
+/// or a change set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Records(Vec<Record>);
+
+/// Decodes exactly `count` records filling `bytes`
+/// (`record::decode_records_to_end`).
+pub fn decode_records(bytes: &[u8], count: u64) -> Result<Records, String> {
+    let mut r = Reader::new(bytes);
+    decode_records_to_end(&mut r, count)
+        .map(Records)
+        .map_err(|e| e.to_string())
+}
+
+impl Records {
+    /// The records, encoded back to back (`record::encode_record`).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::default();
+        for record in &self.0 {
+            crate::record::encode_record(&mut w, record);
+        }
+        w.into_vec()
+    }
+
+    /// How many records.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True if there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// A snapshot (state file), decoded and verified.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    meta: SnapshotMeta,
+    entries: Records,
+    dedup: Vec<([u8; 32], DedupEntry)>,
+}
+
+/// Decodes and verifies a snapshot file's bytes as opening a database and
+/// installing a leader's snapshot do (`snapshot::decode_snapshot`, the
+/// body of `read_snapshot`).
+pub fn decode_snapshot(bytes: &[u8]) -> Result<Snapshot, String> {
+    let loaded = crate::snapshot::decode_snapshot(bytes, std::path::Path::new("fuzz.snap"))
+        .map_err(|(offset, reason)| format!("at byte {offset}: {reason}"))?;
+    Ok(Snapshot {
+        meta: loaded.meta,
+        entries: Records(loaded.records),
+        dedup: loaded.dedup,
+    })
+}
+
+impl Snapshot {
+    /// The key states the snapshot holds.
+    pub fn entries(&self) -> &Records {
+        &self.entries
+    }
+
+    /// Dedup window entries it carries.
+    pub fn dedup_len(&self) -> usize {
+        self.dedup.len()
+    }
+}
+
+/// An API token split into its key id and secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiTokenParts {
+    key_id: [u8; crate::auth::API_KEY_ID_BYTES],
+    secret: [u8; crate::auth::API_SECRET_BYTES],
+}
+
+/// Parses a token as authentication does (`auth::apikey::parse_token`).
+pub fn parse_api_token(text: &str) -> Result<ApiTokenParts, String> {
+    let parsed = crate::auth::parse_token(text).map_err(|e| e.to_string())?;
+    Ok(ApiTokenParts {
+        key_id: parsed.key_id,
+        secret: *parsed.secret,
+    })
+}
+
+impl ApiTokenParts {
+    /// The token text, as handed to a key's owner (`format_token`).
+    pub fn format(&self) -> String {
+        crate::auth::format_token(&self.key_id, &self.secret)
+            .expose()
+            .to_string()
+    }
+}
+
+/// Parses a printed key id as `revoke` does (`auth::apikey::parse_key_id`);
+/// returns it printed again.
+pub fn parse_api_key_id(text: &str) -> Result<String, String> {
+    let key_id = crate::auth::parse_key_id(text).map_err(|e| e.to_string())?;
+    Ok(crate::auth::hex_encode(&key_id))
+}
+
+/// The identity file, decoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MetaFile(crate::meta::Meta);
+
+/// Decodes `META` as opening a database does (`meta::decode_meta`).
+pub fn decode_meta(bytes: &[u8]) -> Result<MetaFile, String> {
+    crate::meta::decode_meta(bytes).map(MetaFile)
+}
+
+impl MetaFile {
+    /// The file as `create_meta` writes it.
+    pub fn encode(&self) -> Vec<u8> {
+        crate::meta::encode_meta(&self.0)
+    }
+
+    /// The node id it holds.
+    pub fn node_id(&self) -> NodeId {
+        self.0.node
+    }
+}

@@ -1,0 +1,481 @@
+//! Replays every input kept for the fuzz targets (`fuzz/corpus/<target>/`
+//! and `fuzz/regressions/<target>/`) through the checks the targets run,
+//! on the stable toolchain, in plain `cargo test`: no kept input may make
+//! a decoder panic or break a round trip. The checks are the fuzz crate's
+//! own file, included here by path, so both run the same code.
+//!
+//! The seeds (`fuzz/corpus/<target>/seed-*`) are real encoded values,
+//! written by `write_seed_corpus` (ignored; run it after a format change):
+//! `cargo test --test fuzz_regressions -- --ignored write_seed_corpus`.
+
+#[path = "../fuzz/src/checks.rs"]
+mod checks;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use mergekv::auth::{AuthOptions, AuthService, MasterKey, PasswordParams, Scope, Scopes};
+use mergekv::replication::{Cursor, ErrorCode, Message, PROTOCOL_VERSION, StartMode};
+use mergekv::{Batch, Db, ManualClock, Options, SyncCursor, SyncMode};
+
+fn fuzz_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz")
+}
+
+/// The files in `dir` (none if it does not exist), sorted.
+fn files_in(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> = entries
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    files
+}
+
+fn is_seed(path: &Path) -> bool {
+    path.file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with("seed-"))
+}
+
+#[test]
+fn every_kept_input_passes_its_target_without_panicking() {
+    let mut failures = Vec::new();
+    let mut replayed = 0;
+    for (target, check) in checks::TARGETS {
+        for kind in ["corpus", "regressions"] {
+            for file in files_in(&fuzz_dir().join(kind).join(target)) {
+                let bytes = std::fs::read(&file).unwrap();
+                if std::panic::catch_unwind(|| check(&bytes)).is_err() {
+                    failures.push(file.display().to_string());
+                }
+                replayed += 1;
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {replayed} kept inputs failed their target:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn every_target_has_seeds_and_every_seed_decodes() {
+    for (target, check) in checks::TARGETS {
+        let seeds: Vec<PathBuf> = files_in(&fuzz_dir().join("corpus").join(target))
+            .into_iter()
+            .filter(|p| is_seed(p))
+            .collect();
+        assert!(!seeds.is_empty(), "no seeds for target {target}");
+        for seed in seeds {
+            let bytes = std::fs::read(&seed).unwrap();
+            assert!(check(&bytes), "seed {} no longer decodes", seed.display());
+        }
+    }
+}
+
+#[test]
+fn every_check_has_a_fuzz_target_and_every_target_a_check() {
+    let mut on_disk: Vec<String> = files_in(&fuzz_dir().join("fuzz_targets"))
+        .iter()
+        .filter_map(|p| Some(p.file_stem()?.to_string_lossy().into_owned()))
+        .collect();
+    on_disk.sort();
+    let mut listed: Vec<String> = checks::TARGETS
+        .iter()
+        .map(|(name, _)| name.to_string())
+        .collect();
+    listed.sort();
+    assert_eq!(on_disk, listed);
+    let manifest = std::fs::read_to_string(fuzz_dir().join("Cargo.toml")).unwrap();
+    for name in &listed {
+        assert!(
+            manifest.contains(&format!("name = \"{name}\"")),
+            "fuzz/Cargo.toml has no [[bin]] for {name}"
+        );
+    }
+}
+
+#[test]
+fn sealing_restores_a_damaged_checksum_so_the_fuzzer_gets_past_it() {
+    // The checks reach as deep as their sealing: a seed whose checksum or
+    // digest is damaged fails as it is, and is whole again once sealed.
+    type Seal = fn(&mut [u8]);
+    let cases: [(&str, usize, Seal); 6] = [
+        ("wal_frame", 24, checks::seal_wal_frames),
+        ("wal_segment", 28, checks::seal_wal_segment),
+        ("snapshot", usize::MAX, checks::seal_snapshot),
+        ("changeset", usize::MAX, checks::seal_changeset),
+        ("repl_frame", 12, checks::seal_repl_frames),
+        ("meta", usize::MAX, checks::seal_meta), // the last byte: its CRC
+    ];
+    for (target, at, seal) in cases {
+        let check = checks::TARGETS
+            .iter()
+            .find(|(t, _)| *t == target)
+            .unwrap()
+            .1;
+        for seed in files_in(&fuzz_dir().join("corpus").join(target))
+            .into_iter()
+            .filter(|p| is_seed(p))
+        {
+            let bytes = std::fs::read(&seed).unwrap();
+            let mut damaged = bytes.clone();
+            let at = at.min(damaged.len() - 1); // MAX: the last byte (a digest)
+            damaged[at] ^= 1;
+            assert!(
+                !check(&damaged),
+                "{}: damage at {at} went unnoticed",
+                seed.display()
+            );
+            seal(&mut damaged);
+            assert_eq!(damaged, bytes, "{}: sealing restores it", seed.display());
+        }
+    }
+}
+
+/// Writes the seed corpus from real encoded values: a database's WAL
+/// segments, frames, snapshot, META and change sets, replication messages
+/// carrying them, and an API token. Replaces the old seeds.
+#[test]
+#[ignore = "writes fuzz/corpus; run by hand after a format change"]
+fn write_seed_corpus() {
+    let seeds = SeedSource::new();
+    let mut written = 0;
+    for (target, seeds) in seeds.all() {
+        let dir = fuzz_dir().join("corpus").join(target);
+        std::fs::create_dir_all(&dir).unwrap();
+        for old in files_in(&dir).into_iter().filter(|p| is_seed(p)) {
+            std::fs::remove_file(old).unwrap();
+        }
+        for (name, bytes) in seeds {
+            let check = checks::TARGETS
+                .iter()
+                .find(|(t, _)| *t == target)
+                .unwrap()
+                .1;
+            assert!(check(&bytes), "seed {target}/{name} does not decode");
+            std::fs::write(dir.join(format!("seed-{name}")), bytes).unwrap();
+            written += 1;
+        }
+    }
+    println!("wrote {written} seeds under {}", fuzz_dir().display());
+}
+
+type Seeds = Vec<(String, Vec<u8>)>;
+
+/// A small database, closed, and what it left on disk.
+struct SeedSource {
+    _dir: tempfile::TempDir,
+    segments: Vec<Vec<u8>>,
+    snapshot: Vec<u8>,
+    meta: Vec<u8>,
+    changesets: Seeds,
+    token: String,
+    key_id: String,
+    node: u64,
+}
+
+impl SeedSource {
+    fn new() -> SeedSource {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open_with(
+            dir.path(),
+            Options {
+                sync_mode: SyncMode::Never,
+                segment_size_bytes_max: 1024,
+                compaction_wal_bytes_min: u64::MAX,
+                wall_clock: Arc::new(ManualClock::new(1_700_000_000_000)),
+                ..Options::default()
+            },
+        )
+        .unwrap();
+        write_every_record_shape(&db);
+        // The log from seq 1 (written, if not synced: `Never`), before the
+        // compaction removes it.
+        let mut segments = read_segments(dir.path());
+        db.compact_now().unwrap();
+        // Frames after the snapshot, so a segment outlives the compaction.
+        write_every_record_shape(&db);
+        let (token, key_id) = api_token(&db);
+        let changesets = changesets(&db);
+        let node = db.node_id().0;
+        db.close().unwrap();
+        segments.extend(read_segments(dir.path()));
+        segments.dedup();
+        segments.truncate(4);
+        let snapshot = std::fs::read(&files_in(&dir.path().join("snapshots"))[0]).unwrap();
+        let meta = std::fs::read(dir.path().join("META")).unwrap();
+        assert!(!segments.is_empty(), "the seed database kept no segment");
+        SeedSource {
+            _dir: dir,
+            segments,
+            snapshot,
+            meta,
+            changesets,
+            token,
+            key_id,
+            node,
+        }
+    }
+
+    /// Every frame of the kept segments, with its first sequence number.
+    fn frames(&self) -> Vec<(u64, u32, Vec<u8>)> {
+        let mut out = Vec::new();
+        for segment in &self.segments {
+            let mut at = 32;
+            while at + 28 <= segment.len() {
+                let len = u32::from_le_bytes(segment[at..at + 4].try_into().unwrap()) as usize;
+                let first_seq = u64::from_le_bytes(segment[at + 8..at + 16].try_into().unwrap());
+                let ops = u32::from_le_bytes(segment[at + 16..at + 20].try_into().unwrap());
+                out.push((first_seq, ops, segment[at..at + 28 + len].to_vec()));
+                at += 28 + len;
+            }
+        }
+        out
+    }
+
+    fn all(&self) -> Vec<(&'static str, Seeds)> {
+        let frames = self.frames();
+        let wal_frames = frames
+            .iter()
+            .take(8)
+            .enumerate()
+            .map(|(i, (_, _, f))| (format!("frame-{i}"), f.clone()))
+            .collect();
+        let segments = self
+            .segments
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (format!("segment-{i}"), s.clone()))
+            .collect();
+        let messages = self.messages(&frames);
+        let frame_seeds: Seeds = messages
+            .iter()
+            .map(|(name, m)| (name.clone(), m.to_frame_bytes().unwrap()))
+            .collect();
+        let message_seeds: Seeds = frame_seeds
+            .iter()
+            .map(|(name, bytes)| {
+                let mut seed = vec![bytes[4]];
+                seed.extend_from_slice(&bytes[16..]);
+                (name.clone(), seed)
+            })
+            .collect();
+        vec![
+            ("wal_frame", wal_frames),
+            ("wal_segment", segments),
+            ("snapshot", vec![("snapshot".into(), self.snapshot.clone())]),
+            ("changeset", self.changesets.clone()),
+            ("repl_frame", frame_seeds),
+            ("repl_message", message_seeds),
+            ("repl_stream", self.streams(&messages)),
+            (
+                "api_token",
+                vec![
+                    ("token".into(), self.token.clone().into_bytes()),
+                    ("key-id".into(), self.key_id.clone().into_bytes()),
+                ],
+            ),
+            ("meta", vec![("meta".into(), self.meta.clone())]),
+        ]
+    }
+
+    /// One of each message, carrying real values: the token, WAL frames
+    /// from sequence number 1, the snapshot's bytes.
+    fn messages(&self, frames: &[(u64, u32, Vec<u8>)]) -> Vec<(String, Message)> {
+        let (stream, epoch) = (self.node, 7);
+        // The first frames, from seq 1, as a leader ships them.
+        let shipped: Vec<_> = frames.iter().take_while(|(s, _, _)| *s < 8).collect();
+        assert_eq!(shipped.first().map(|f| f.0), Some(1), "frames from seq 1");
+        let last = shipped.last().unwrap();
+        let batch = Message::Batch {
+            stream,
+            epoch,
+            first_seq: 1,
+            last_seq: last.0 + u64::from(last.1) - 1,
+            frame_count: shipped.len() as u32,
+            frames: shipped.iter().flat_map(|f| f.2.clone()).collect(),
+        };
+        let digest = *blake3::hash(&self.snapshot).as_bytes();
+        vec![
+            (
+                "hello".into(),
+                Message::Hello {
+                    version: PROTOCOL_VERSION,
+                    follower_id: 42,
+                    token: self.token.clone(),
+                    cursor: Cursor::default(),
+                },
+            ),
+            (
+                "welcome-catch-up".into(),
+                Message::Welcome {
+                    version: PROTOCOL_VERSION,
+                    stream,
+                    epoch,
+                    leader_seq: 100,
+                    mode: StartMode::CatchUp,
+                },
+            ),
+            (
+                "welcome-snapshot".into(),
+                Message::Welcome {
+                    version: PROTOCOL_VERSION,
+                    stream,
+                    epoch,
+                    leader_seq: 100,
+                    mode: StartMode::Snapshot,
+                },
+            ),
+            (
+                "snapshot-begin".into(),
+                Message::SnapshotBegin {
+                    stream,
+                    epoch,
+                    snapshot_seq: 0,
+                    total_bytes: self.snapshot.len() as u64,
+                },
+            ),
+            (
+                "snapshot-chunk".into(),
+                Message::SnapshotChunk {
+                    stream,
+                    epoch,
+                    offset: 0,
+                    bytes: self.snapshot.clone(),
+                },
+            ),
+            (
+                "snapshot-end".into(),
+                Message::SnapshotEnd {
+                    stream,
+                    epoch,
+                    digest,
+                },
+            ),
+            ("batch".into(), batch),
+            (
+                "heartbeat".into(),
+                Message::Heartbeat {
+                    stream,
+                    epoch,
+                    leader_seq: 100,
+                },
+            ),
+            (
+                "ack".into(),
+                Message::Ack {
+                    stream: 0x5eed,
+                    epoch: 1,
+                    seq: 3,
+                },
+            ),
+            (
+                "error".into(),
+                Message::Error {
+                    code: ErrorCode::Forbidden,
+                    message: "no replicate scope".into(),
+                },
+            ),
+        ]
+    }
+
+    /// Whole connections, both directions interleaved as `repl_stream`
+    /// reads them: catch-up, and a snapshot transfer then streaming.
+    fn streams(&self, messages: &[(String, Message)]) -> Seeds {
+        let pick = |names: &[&str]| -> Vec<u8> {
+            names
+                .iter()
+                .flat_map(|n| {
+                    let (_, m) = messages.iter().find(|(name, _)| name == n).unwrap();
+                    m.to_frame_bytes().unwrap()
+                })
+                .collect()
+        };
+        vec![
+            (
+                "catch-up".into(),
+                pick(&["hello", "welcome-catch-up", "batch", "ack", "heartbeat"]),
+            ),
+            (
+                "snapshot".into(),
+                pick(&[
+                    "hello",
+                    "welcome-snapshot",
+                    "snapshot-begin",
+                    "snapshot-chunk",
+                    "snapshot-end",
+                    "ack",
+                    "heartbeat",
+                    "error",
+                ]),
+            ),
+        ]
+    }
+}
+
+/// The WAL segments of the database in `dir` that hold a frame.
+fn read_segments(dir: &Path) -> Vec<Vec<u8>> {
+    files_in(&dir.join("wal"))
+        .iter()
+        .map(|p| std::fs::read(p).unwrap())
+        .filter(|b| b.len() > 32)
+        .collect()
+}
+
+/// Puts (short, long, in a keyspace), a delete, increments, and a batch
+/// with an idempotency key mixing them.
+fn write_every_record_shape(db: &Db) {
+    db.put("greeting", "hello").unwrap();
+    db.put("long", vec![b'x'; 300]).unwrap();
+    db.increment("visits", 3).unwrap();
+    db.increment("visits", -1).unwrap();
+    db.delete("greeting").unwrap();
+    let mut batch = Batch::new();
+    batch
+        .put_in("users", "ada", "Ada Lovelace")
+        .put("after-counter", "floor")
+        .increment_in("users", "logins", 2)
+        .delete_in("users", "nobody")
+        .idempotency_key(format!("import-{}", db.counter("visits")));
+    db.write(batch).unwrap();
+}
+
+/// A real API token and its key id.
+fn api_token(db: &Db) -> (String, String) {
+    let options = AuthOptions {
+        password_params: PasswordParams::INSECURE_FOR_TESTS,
+        ..AuthOptions::default()
+    };
+    let auth = AuthService::open_with(db, MasterKey::from_bytes([7; 32]), options).unwrap();
+    auth.create_user("fuzz", "a long enough password").unwrap();
+    let (info, token) = auth
+        .create_api_key("fuzz", Scopes::of(&[Scope::Replicate]), None)
+        .unwrap();
+    (token.expose().to_string(), info.key_id)
+}
+
+/// A full export, a bucket export (no cursor), and the export of a copy
+/// that imported the first (its cursor names two nodes).
+fn changesets(db: &Db) -> Seeds {
+    let (full, _) = db.export_since(&SyncCursor::new()).unwrap();
+    let (buckets, _) = db
+        .export_buckets(&SyncCursor::new(), &[0, 1, 2, 3])
+        .unwrap();
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = Db::open(other_dir.path()).unwrap();
+    other.import(&full).unwrap();
+    other.put("from-the-copy", "1").unwrap();
+    let (merged, _) = other.export_since(&SyncCursor::new()).unwrap();
+    other.close().unwrap();
+    vec![
+        ("full".into(), full),
+        ("buckets".into(), buckets),
+        ("merged".into(), merged),
+    ]
+}
