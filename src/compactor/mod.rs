@@ -19,6 +19,7 @@
 //! becomes visible only by its rename, and no segment is deleted before the
 //! snapshot covering it is durable.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -167,6 +168,16 @@ impl Maintenance {
     /// Forgets a cursor, durably.
     pub fn remove_cursor(&self, name: &str) -> Result<bool> {
         self.cursors.lock().remove(&self.io, name)
+    }
+
+    /// Every registered cursor, by name.
+    pub fn cursors(&self) -> BTreeMap<String, CursorInfo> {
+        let cursors = self.cursors.lock();
+        cursors
+            .names()
+            .into_iter()
+            .filter_map(|name| cursors.get(&name).map(|c| (name, c)))
+            .collect()
     }
 
     /// True if the cursor file was damaged at open (its cursors are lost).

@@ -497,6 +497,7 @@ impl Db {
             follower_of: self.follower_of(),
             follower_position: self.follower_position().ok().flatten(),
             notices: self.notices(),
+            cursors: self.inner.maintenance.cursors(),
             ..Stats::default()
         };
         for (_, state) in snapshot.iter() {
@@ -710,6 +711,8 @@ pub struct Stats {
     pub poisoned: Option<String>,
     /// What this open did that its user should know (see [`Db::notices`]).
     pub notices: Vec<String>,
+    /// The registered cursors (`Db::set_cursor`), by name.
+    pub cursors: std::collections::BTreeMap<String, CursorInfo>,
 }
 
 /// In `Interval` mode, a thread that fsyncs the WAL every interval.

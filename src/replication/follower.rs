@@ -424,13 +424,20 @@ pub(crate) fn decode_wal_frames(
         let decoded = decode_payload(payload, header.op_count)
             .map_err(|e| malformed(format!("WAL frame {count} of the batch: {e}")))?;
         records.extend(decoded.records);
-        next = header.first_seq.saturating_add(u64::from(header.op_count));
+        next = header
+            .first_seq
+            .checked_add(u64::from(header.op_count))
+            .ok_or_else(|| {
+                malformed(format!(
+                    "WAL frame {count} runs past the last sequence number"
+                ))
+            })?;
         rest = rest
             .get(format::FRAME_HEADER_BYTES + payload.len()..)
             .ok_or_else(|| malformed(format!("WAL frame {count} of the batch overruns it")))?;
         count += 1;
     }
-    if count != frame_count || count == 0 || next != last_seq.saturating_add(1) {
+    if count != frame_count || count == 0 || Some(next) != last_seq.checked_add(1) {
         return Err(malformed(format!(
             "batch says {frame_count} frames up to {last_seq}, holds {count} up to {}",
             next.saturating_sub(1)
@@ -493,6 +500,27 @@ mod tests {
             seq += u64::from(n);
         }
         out
+    }
+
+    #[test]
+    fn frames_running_past_the_last_sequence_number_are_refused() {
+        let records: Vec<_> = (0..4).map(put_record).collect();
+        let payload = crate::record::encode_payload(None, &records).unwrap();
+        let mut frames = Vec::new();
+        format::encode_frame(&mut frames, u64::MAX - 1, 4, &payload);
+        let decoded = decode_wal_frames(&frames, u64::MAX - 1, u64::MAX - 1, 1);
+        assert!(
+            matches!(decoded, Err(ProtocolError::Malformed { .. })),
+            "{decoded:?}"
+        );
+        let mut last = Vec::new();
+        let one = crate::record::encode_payload(None, &records[..1]).unwrap();
+        format::encode_frame(&mut last, u64::MAX, 1, &one);
+        let decoded = decode_wal_frames(&last, u64::MAX, u64::MAX, 1);
+        assert!(
+            matches!(decoded, Err(ProtocolError::Malformed { .. })),
+            "{decoded:?}"
+        );
     }
 
     fn batch(first_seq: u64, ops: &[u32]) -> Message {
