@@ -19,6 +19,9 @@ pub const META_FILE: &str = "META";
 /// Name of the follower marker: present (holding the leader's address)
 /// while the database is a replication follower.
 pub const FOLLOWER_FILE: &str = "FOLLOWER";
+/// Name of a follower's staged leader snapshot (being received, or
+/// received and not yet installed); nothing needs it after a crash.
+pub const INCOMING_SNAPSHOT_FILE: &str = "replication-incoming.snap";
 /// Longest leader address the marker holds.
 const FOLLOWER_MARKER_BYTES_MAX: usize = 1024;
 

@@ -247,3 +247,40 @@ fn after_a_failed_fsync_nothing_is_fsynced_again() {
         "a failed fsync must not be retried"
     );
 }
+
+/// A failed fsync anywhere in a compaction (the snapshot, its directory,
+/// the WAL directory) poisons the database: a later fsync that "succeeds"
+/// must never let a compaction delete WAL that a snapshot did not make
+/// durable.
+#[test]
+fn a_failed_fsync_in_a_compaction_poisons() {
+    let mut survived = Vec::new();
+    let mut failed = 0;
+    for nth in 1..12 {
+        let dir = tempfile::tempdir().unwrap();
+        let faults = FaultInjector::new();
+        let db = Db::open_with(
+            dir.path(),
+            Options {
+                faults: Some(faults.clone()),
+                compaction_interval_ms: 0,
+                compaction_wal_bytes_min: u64::MAX,
+                ..Options::default()
+            },
+        )
+        .unwrap();
+        db.put("a", "1").unwrap();
+        faults.fail_nth(IoOp::Sync, nth);
+        let Err(e) = db.compact_now() else { continue };
+        failed += 1;
+        faults.clear();
+        if db.put("b", "2").is_ok() {
+            survived.push(format!("sync #{nth}: {e}"));
+        }
+    }
+    assert!(failed > 3, "the plan reached the compaction's fsyncs");
+    assert!(
+        survived.is_empty(),
+        "failed fsyncs that did not poison: {survived:#?}"
+    );
+}

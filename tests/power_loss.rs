@@ -781,3 +781,38 @@ fn a_follower_applying_batches_and_installing_snapshots_survives_power_loss() {
     leader.server.stop();
     report(&w.name, &figures);
 }
+
+/// A batch whose fsync failed is in the page cache after the process
+/// restarts; a retry with its idempotency key is answered as a duplicate
+/// of it. The open must have made it durable first: a power loss right
+/// after the acknowledged retry keeps it.
+#[test]
+fn a_retry_after_a_restart_is_acknowledged_only_once_durable() {
+    let disk = SimDisk::new();
+    let faults = FaultInjector::with_disk(disk.clone());
+    let db = Db::open_with(DB_DIR, options(&disk, Some(&faults), 1)).unwrap();
+    db.put("base", "1").unwrap();
+    let batch = || {
+        let mut b = Batch::new();
+        b.put("order-42", "paid").idempotency_key("order-42");
+        b
+    };
+    faults.fail_nth(IoOp::Sync, 1);
+    assert!(db.write(batch()).is_err(), "not acknowledged");
+    drop(db);
+    // The process starts again (the page cache kept the frame); the
+    // client retries.
+    let db = Db::open_with(DB_DIR, options(&disk, None, 1)).unwrap();
+    db.write(batch()).expect("the retry is acknowledged");
+    let point = disk.crash_point_now("right after the acknowledged retry");
+    drop(db);
+    for cut in point.cuts(1, 0) {
+        let survivor = point.survivor(&cut);
+        let db = Db::open_with(DB_DIR, options(&survivor, None, 1)).unwrap();
+        assert_eq!(
+            db.get("order-42").as_deref(),
+            Some(&b"paid"[..]),
+            "{cut}: an acknowledged write was lost to a power loss"
+        );
+    }
+}

@@ -157,7 +157,14 @@ fn a_follower_refuses_writes_and_its_directory_stays_read_only_until_promoted() 
     let position = read_only.follower_position().unwrap().unwrap();
     assert_eq!(position.seq, leader.last_seq());
     drop(read_only);
+    // What a follower killed mid-transfer leaves: promotion removes it.
+    let staged = dir.path().join("replication-incoming.snap");
+    std::fs::write(&staged, vec![7u8; 4096]).unwrap();
     assert!(Db::promote(dir.path()).unwrap());
+    assert!(
+        !staged.exists(),
+        "a staged snapshot does not outlive promotion"
+    );
     let promoted = Db::open(dir.path()).unwrap();
     promoted.put("b", "2").unwrap();
     assert_eq!(promoted.get("a").as_deref(), Some(&b"1"[..]));

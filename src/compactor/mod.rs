@@ -248,7 +248,10 @@ impl Maintenance {
                 p.snapshot_bytes = report.snapshot_bytes;
                 p.last_error = None;
             }
-            Err(e) => p.last_error = Some(e.to_string()),
+            Err(e) => {
+                p.last_error = Some(e.to_string());
+                poison_on_failed_sync(&self.engine, e);
+            }
         }
         result.map(|mut r| {
             r.duration_ms = started.elapsed().as_millis() as u64;
@@ -327,6 +330,11 @@ impl Maintenance {
     /// must be the only writer while this runs.
     pub fn install_state(&self, records: Vec<Record>, local: Vec<Record>) -> Result<Written> {
         let _running = self.running.lock();
+        self.install_state_inner(records, local)
+            .inspect_err(|e| poison_on_failed_sync(&self.engine, e))
+    }
+
+    fn install_state_inner(&self, records: Vec<Record>, local: Vec<Record>) -> Result<Written> {
         let engine = &self.engine;
         engine.wal().check_usable()?;
         engine.wal().seal_active()?;
@@ -463,6 +471,20 @@ impl Maintenance {
             }
         }
         Ok(total)
+    }
+}
+
+/// A failed fsync (of a snapshot, a directory, a segment) poisons the
+/// database: the kernel may have dropped the pages it did not write, and
+/// a later fsync that "succeeds" would let the next compaction delete the
+/// WAL a snapshot never made durable.
+fn poison_on_failed_sync(engine: &Engine, e: &Error) {
+    if let Error::Io {
+        op: crate::error::IoOp::Sync,
+        ..
+    } = e
+    {
+        engine.poison(&format!("compaction: {e}"));
     }
 }
 

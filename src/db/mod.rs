@@ -271,6 +271,14 @@ impl Db {
             });
         }
         let lock = meta::lock_dir(&io, dir)?;
+        // A staged leader snapshot (a follower killed mid-transfer) is
+        // never installed now: it would stay forever.
+        let staged = dir.join(meta::INCOMING_SNAPSHOT_FILE);
+        let names = io.list_dir(dir)?;
+        if names.iter().any(|n| n == meta::INCOMING_SNAPSHOT_FILE) {
+            io.remove_file(&staged)?;
+            io.sync_dir(dir)?;
+        }
         if !meta::remove_follower_marker(&io, dir)? {
             return Ok(false);
         }

@@ -35,7 +35,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 /// verified and read back (before they are installed), when a transfer is
 /// cut short, and at [`Follower::open`] (a follower killed mid-transfer or
 /// mid-install leaves one behind).
-const INCOMING_SNAPSHOT_FILE: &str = "replication-incoming.snap";
+use crate::meta::INCOMING_SNAPSHOT_FILE;
 
 /// How a follower connects. Start from [`FollowerOptions::new`].
 #[derive(Clone)]

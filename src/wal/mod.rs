@@ -215,6 +215,14 @@ impl Wal {
     ) -> Result<Wal> {
         let limits = WalLimits::from_options(options);
         let writer = GroupWriter::new(io.clone(), dir, node, limits);
+        // Recovered frames count as durable from here on (a retried batch
+        // is answered as a duplicate, a leader ships them): but a process
+        // that crashed left them in the page cache, maybe never fsynced.
+        // Only the last segment can hold such frames (a segment is fsynced
+        // before the next one is made).
+        if let Some(last) = start.segments.last() {
+            io.open_append(&last.path)?.sync_data()?;
+        }
         let (segments, handle) =
             writer.open_active(start.segments, start.start_fresh, start.next_seq)?;
         let last_seq = start.next_seq.saturating_sub(1);

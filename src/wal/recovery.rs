@@ -9,9 +9,10 @@
 //!   by a crash and so never acknowledged. It is cut off (the file is
 //!   truncated to the last complete frame) and reported in the
 //!   `RecoveryReport`. A frame whose size landed but one of whose pages did
-//!   not (whole zeroed sectors, a checksum mismatch no single changed byte
-//!   outside them explains) is such a write too. A frame that was written in full and
-//!   changed since is corruption, wherever it is.
+//!   not (whole zeroed sectors and a checksum mismatch) is such a write
+//!   too. A frame that was written in full and changed since is
+//!   corruption, wherever it is (but for a last frame holding zeroed
+//!   sectors of its own: a changed bit there cannot be told from a hole).
 //! - A bad frame followed by a valid one, or anywhere in an earlier segment,
 //!   is corruption: in `RecoveryMode::Strict` open fails naming the segment
 //!   and offset; in `RecoveryMode::Repair` the WAL is cut there, and what is
@@ -466,9 +467,7 @@ const TORN_SECTOR_BYTES: usize = 512;
 /// size landed (the pages of an unsynced write reach the disk in any
 /// order). A frame written in full and damaged since shows one of these:
 /// its header is valid and its whole payload is present, with no zeroed
-/// sector, or with a checksum mismatch that one changed byte outside the
-/// zeroed sectors explains (a value of zeros with a flipped bit elsewhere
-/// is damage, not a hole);
+/// sector;
 /// the payload still matches the stored payload checksum (the damage is in
 /// the header); it matches when the frame is taken to run to the end of the
 /// file (the damage is in the length field); or correcting the stored
@@ -511,11 +510,15 @@ fn frame_was_complete(segment: &[u8], offset: usize) -> bool {
         };
         let syndrome = crc32c::crc32c(payload) ^ stored_payload_crc;
         let payload_start = offset + FRAME_HEADER_BYTES;
-        let holed = syndrome != 0
-            && has_zeroed_sector(segment, payload_start..payload_start + stored_len)
-            && !one_byte_positions(syndrome, payload.len())
-                .into_iter()
-                .any(|at| !in_zeroed_sector(segment, payload_start + at));
+        // A mismatch in a frame holding whole zeroed sectors is a hole:
+        // one lost page of a write cut short. A changed bit in a frame
+        // that held zeroed sectors of its own cannot be told from it (a
+        // single-byte explanation of the checksum would be found by
+        // chance in about len * 255 / 2^32 of real holes, which blocks
+        // opening after a power loss), so it is cut as torn too; the
+        // recovery report says so.
+        let holed =
+            syndrome != 0 && has_zeroed_sector(segment, payload_start..payload_start + stored_len);
         return !holed;
     }
     let payload_matches = |len: usize| {
@@ -550,56 +553,6 @@ fn in_zeroed_sector(segment: &[u8], at: usize) -> bool {
     segment
         .get(start..(start + TORN_SECTOR_BYTES).min(segment.len()))
         .is_some_and(|sector| !sector.is_empty() && sector.iter().all(|&b| b == 0))
-}
-
-/// The CRC-32C polynomial, bit-reversed (as the checksum computes it).
-const CRC32C_POLY_REFLECTED: u32 = 0x82F6_3B78;
-
-/// The positions in a `len`-byte payload where changing one byte accounts
-/// for the checksum `syndrome` (computed XOR stored).
-///
-/// CRC-32C is linear: for messages of equal length, the XOR of their
-/// checksums is the checksum, without initial value or final XOR, of the
-/// XOR of the messages. One byte `e` changed at `k` bytes from the end
-/// gives the checksum of `e` followed by `k` zero bytes; so stepping the
-/// syndrome back one zero byte at a time and looking it up among the 255
-/// one-byte checksums finds every such position. A lost page changes
-/// thousands of bytes, and one byte explains its syndrome only by chance
-/// (about `len` * 255 / 2^32), or when the lost bytes held only one
-/// non-zero byte: then the position lies in the zeroed sector, which the
-/// hole explains as well.
-fn one_byte_positions(syndrome: u32, len: usize) -> Vec<usize> {
-    let one_byte: std::collections::HashSet<u32> = (1..=255u32)
-        .map(|e| (0..8).fold(e, |c, _| crc_bit_step(c)))
-        .collect();
-    let mut c = syndrome;
-    let mut positions = Vec::new();
-    for from_end in 0..len {
-        if one_byte.contains(&c) {
-            positions.push(len - 1 - from_end);
-        }
-        c = (0..8).fold(c, |c, _| crc_bit_unstep(c));
-    }
-    positions
-}
-
-/// One bit of the checksum register's update with a zero input bit.
-fn crc_bit_step(c: u32) -> u32 {
-    if c & 1 == 1 {
-        (c >> 1) ^ CRC32C_POLY_REFLECTED
-    } else {
-        c >> 1
-    }
-}
-
-/// The inverse of [`crc_bit_step`]: the polynomial's top bit is set, so the
-/// top bit of a stepped register tells which branch was taken.
-fn crc_bit_unstep(c: u32) -> u32 {
-    if c & 0x8000_0000 != 0 {
-        ((c ^ CRC32C_POLY_REFLECTED) << 1) | 1
-    } else {
-        c << 1
-    }
 }
 
 fn truncate(io: &Io, path: &Path, len_bytes: u64) -> Result<()> {
@@ -724,46 +677,4 @@ fn count_valid_frames(bytes: &[u8], next_seq: &mut u64) -> u64 {
         }
     }
     count
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn one_damaged_byte_is_found_by_its_syndrome_anywhere() {
-        let payload: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 251) as u8).collect();
-        let crc = crc32c::crc32c(&payload);
-        for (at, flip) in [(0, 0x01), (1234, 0xff), (4999, 0x80), (2500, 0x5a)] {
-            let mut damaged = payload.clone();
-            damaged[at] ^= flip;
-            let syndrome = crc32c::crc32c(&damaged) ^ crc;
-            assert!(
-                one_byte_positions(syndrome, payload.len()).contains(&at),
-                "byte {at}"
-            );
-        }
-        let mut holed = payload.clone();
-        holed[512..1024].fill(0);
-        let syndrome = crc32c::crc32c(&holed) ^ crc;
-        assert!(
-            one_byte_positions(syndrome, payload.len()).is_empty(),
-            "a zeroed sector"
-        );
-        // A lost sector whose bytes held one non-zero byte: one byte
-        // explains it, at a position inside the zeroed sector.
-        let mut sparse = vec![0u8; 2000];
-        sparse[1500] = 7;
-        let crc = crc32c::crc32c(&sparse);
-        sparse[1500] = 0;
-        let syndrome = crc32c::crc32c(&sparse) ^ crc;
-        assert_eq!(one_byte_positions(syndrome, sparse.len()), vec![1500]);
-    }
-
-    #[test]
-    fn unstep_inverts_step() {
-        for c in [0u32, 1, 0x8000_0000, 0xdead_beef, u32::MAX] {
-            assert_eq!(crc_bit_unstep(crc_bit_step(c)), c);
-        }
-    }
 }
