@@ -602,15 +602,41 @@ fn a_last_frame_with_a_page_of_garbage_is_corruption() {
     }
 }
 
+/// A group commit of several frames cut by a power loss: a hole in an
+/// earlier frame, a later one whole. Neither was acknowledged (an fsync
+/// that covered the later one would have covered the hole), so the open
+/// cuts both, keeps the bytes in quarantine, says so, and handles it as a
+/// repair (followers get a snapshot, the copy a new id).
 #[test]
-fn a_zeroed_page_in_a_frame_followed_by_a_valid_one_is_corruption() {
+fn a_zeroed_page_in_a_frame_followed_by_a_valid_one_is_cut_with_it() {
     let dir = tempfile::tempdir().unwrap();
     let (seg, start, end) = twelve_kib_frame(dir.path(), b'v', true);
     fill_middle_page(&seg, start, end, 0);
-    match Db::open(dir.path()) {
-        Err(Error::Corruption { offset_bytes, .. }) => assert_eq!(offset_bytes, start as u64),
-        other => panic!("expected corruption, got {:?}", other.map(|_| ())),
-    }
+    let len = std::fs::metadata(&seg).unwrap().len();
+    let db = Db::open(dir.path()).expect("a hole is a write cut short");
+    assert_eq!(db.get("a").as_deref(), Some(&b"1"[..]));
+    assert!(db.get("big").is_none());
+    assert!(db.get("after").is_none(), "written after the hole");
+    let torn = db.recovery_report().torn_tail.clone().unwrap();
+    assert_eq!(
+        (torn.offset_bytes, torn.bytes_dropped),
+        (start as u64, len - start as u64)
+    );
+    let kept = torn.hole.expect("a hole");
+    assert_eq!(
+        std::fs::read(&kept).unwrap().len() as u64,
+        len - start as u64
+    );
+    assert!(db.identity_renewed().is_some(), "handled as a repair");
+    assert!(
+        db.notices().iter().any(|n| n.contains("hole")),
+        "{:?}",
+        db.notices()
+    );
+    assert!(
+        !dir.path().join("REPAIRED").exists(),
+        "settled by the writable open"
+    );
 }
 
 /// The same limit for a 12 KiB frame of zeros: a changed byte anywhere in

@@ -108,7 +108,10 @@ pub(super) fn settle(
 ) -> Result<(Meta, Option<(NodeId, Renewal)>)> {
     let read_only = options.read_only;
     let here = io.object_id(dir)?;
+    // A cut hole is as a repair: it may (rarely) have been an acknowledged
+    // frame a disk zeroed a page of.
     let lossy_repair = report.repair.is_some()
+        || report.torn_tail.as_ref().is_some_and(|t| t.hole.is_some())
         || report
             .salvage
             .as_ref()

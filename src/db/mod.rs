@@ -195,6 +195,15 @@ impl Db {
                 )
             })
             .collect();
+        if let Some(t) = report.torn_tail.as_ref().filter(|t| t.hole.is_some()) {
+            notices.push(format!(
+                "{} held a frame with a hole at byte {} (its size reached the disk, a page of it did not): it and the {} bytes after it were cut, and kept in {}",
+                t.segment.display(),
+                t.offset_bytes,
+                t.bytes_dropped,
+                t.hole.as_deref().unwrap_or(Path::new("")).display()
+            ));
+        }
         if let Some(r) = &report.repair {
             notices.push(format!(
                 "repair cut {} at byte {} ({}): {} bytes and {} valid frames moved to {}",

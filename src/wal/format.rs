@@ -170,11 +170,16 @@ pub enum FrameError {
     Damaged(String),
 }
 
-/// Reads the frame at the start of `bytes`: its header and payload slice.
-pub fn read_frame(bytes: &[u8]) -> Result<(FrameHeader, &[u8]), FrameError> {
-    let Some((header_bytes, rest)) = bytes.split_first_chunk::<FRAME_HEADER_BYTES>() else {
+/// Reads and checks the header of the frame at the start of `bytes` (its
+/// checksum and length limit), not its payload.
+pub fn decode_frame_header(bytes: &[u8]) -> Result<FrameHeader, FrameError> {
+    let Some((header_bytes, _)) = bytes.split_first_chunk::<FRAME_HEADER_BYTES>() else {
         return Err(FrameError::Incomplete);
     };
+    check_frame_header(header_bytes)
+}
+
+fn check_frame_header(header_bytes: &[u8; FRAME_HEADER_BYTES]) -> Result<FrameHeader, FrameError> {
     let header =
         parse_frame_header(header_bytes).map_err(|e| FrameError::Damaged(e.to_string()))?;
     // Constant indices into the fixed-size header: in bounds by its type.
@@ -193,6 +198,16 @@ pub fn read_frame(bytes: &[u8]) -> Result<(FrameHeader, &[u8]), FrameError> {
             "frame payload length {len} exceeds limit"
         )));
     }
+    Ok(header)
+}
+
+/// Reads the frame at the start of `bytes`: its header and payload slice.
+pub fn read_frame(bytes: &[u8]) -> Result<(FrameHeader, &[u8]), FrameError> {
+    let Some((header_bytes, rest)) = bytes.split_first_chunk::<FRAME_HEADER_BYTES>() else {
+        return Err(FrameError::Incomplete);
+    };
+    let header = check_frame_header(header_bytes)?;
+    let len = header.payload_len as usize;
     if header.flags & FRAME_FLAG_ENCRYPTED != 0 {
         return Err(FrameError::Damaged(
             "encrypted frames are not supported by this version".into(),

@@ -106,6 +106,11 @@ pub struct TornTail {
     pub offset_bytes: u64,
     /// Bytes removed.
     pub bytes_dropped: u64,
+    /// The cut frame had a hole (its size landed, a page of it did not).
+    /// Such a frame was not acknowledged, unless the disk zeroed a page of
+    /// a written one: so the cut bytes are kept in quarantine, and the cut
+    /// is handled as a repair (`REPAIRED`).
+    pub hole: Option<PathBuf>,
 }
 
 /// What `RecoveryMode::Repair` dropped.
@@ -265,6 +270,26 @@ fn cut_torn_tail(
         offset_bytes <= bytes.len() as u64,
         "the bad spot lies in the segment"
     );
+    let mut hole = None;
+    if bad.hole && modify {
+        // Kept and marked first: a crash after the truncate still leaves
+        // the cut bytes and the repair's follow-up.
+        let db_dir = wal_dir.parent().unwrap_or(wal_dir);
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        mark_repaired(
+            io,
+            db_dir,
+            &format!("cut a frame with a hole in {name} at byte {offset_bytes}"),
+        )?;
+        let quarantine = db_dir.join(QUARANTINE_DIR);
+        io.create_dir_all(&quarantine)?;
+        let target = quarantine.join(format!("{name}.hole-from-{offset_bytes}"));
+        let cut = bytes.get(offset_bytes as usize..).unwrap_or_default();
+        io.write_atomic(&target, cut)?;
+        hole = Some(target);
+    } else if bad.hole {
+        hole = Some(PathBuf::new());
+    }
     if modify && header_ok {
         truncate(io, path, offset_bytes)?;
     } else if modify {
@@ -275,6 +300,7 @@ fn cut_torn_tail(
         segment: path.to_path_buf(),
         offset_bytes,
         bytes_dropped: bytes.len() as u64 - offset_bytes,
+        hole,
     })
 }
 
@@ -305,6 +331,8 @@ struct BadSpot {
     /// plausible sequence number) follows it, or the bad frame was written
     /// in full and a bit of it changed since.
     not_torn: bool,
+    /// The bad frame has a hole: its size landed, a page of it did not.
+    hole: bool,
 }
 
 struct SegmentScan {
@@ -356,6 +384,7 @@ fn scan_segment(
             reason,
             not_torn: header_readable
                 || valid_frame_after(bytes, SEGMENT_HEADER_BYTES.min(bytes.len()), 0),
+            hole: false,
         });
         return scan;
     }
@@ -369,11 +398,17 @@ fn scan_segment(
                 offset += len;
             }
             Err(reason) => {
+                // A hole means the write was cut short, and so was every
+                // frame after it: they were written later, and an fsync
+                // that had covered them would have covered the hole too.
+                let hole = frame_has_hole(bytes, offset);
                 scan.bad = Some(BadSpot {
                     offset: offset as u64,
                     reason,
-                    not_torn: valid_frame_after(bytes, offset + 1, scan.next_seq)
-                        || frame_was_complete(bytes, offset),
+                    not_torn: !hole
+                        && (valid_frame_after(bytes, offset + 1, scan.next_seq)
+                            || frame_was_complete(bytes, offset)),
+                    hole,
                 });
                 break;
             }
@@ -535,6 +570,25 @@ fn frame_was_complete(segment: &[u8], offset: usize) -> bool {
     corrected[FRAME_PAYLOAD_CRC_OFFSET..FRAME_HEADER_CRC_OFFSET]
         .copy_from_slice(&crc32c::crc32c(payload).to_le_bytes());
     crc32c::crc32c(&corrected[..FRAME_HEADER_CRC_OFFSET]) == stored_header_crc
+}
+
+/// True if the frame at `offset` has a hole: a valid header, its whole
+/// payload present, a payload checksum mismatch, and a whole zeroed sector
+/// in the payload (a page of an unsynced write that never reached the
+/// disk, while the file size did).
+fn frame_has_hole(segment: &[u8], offset: usize) -> bool {
+    let Some(bytes) = segment.get(offset..) else {
+        return false;
+    };
+    let Ok(header) = format::decode_frame_header(bytes) else {
+        return false;
+    };
+    let start = offset + format::FRAME_HEADER_BYTES;
+    let len = header.payload_len as usize;
+    let Some(payload) = segment.get(start..start + len) else {
+        return false;
+    };
+    crc32c::crc32c(payload) != header.payload_crc && has_zeroed_sector(segment, start..start + len)
 }
 
 /// True if a whole sector (aligned to the file offset, cut at the end of
