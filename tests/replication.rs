@@ -891,6 +891,31 @@ fn a_restarted_leader_still_expires_the_cursors_of_followers_from_before() {
     );
 }
 
+/// The age of a follower's cursor is kept with it: a leader restarted
+/// more often than the horizon still forgets a follower that never
+/// returns (the wall clock here is a manual one, so only the kept age
+/// can expire the cursor).
+#[test]
+fn a_cursor_older_than_the_horizon_is_expired_by_a_new_server_at_once() {
+    let clock = Arc::new(mergekv::ManualClock::new(1_000_000_000));
+    let options = Options {
+        wall_clock: clock.clone(),
+        ..leader_options()
+    };
+    let mut leader = leader(options, |o| o.follower_cursor_horizon_ms = u64::MAX);
+    let cursor = "replica-00000000000000ab";
+    leader.db.set_cursor(cursor, 1).unwrap();
+    leader.server.take().unwrap().stop();
+    clock.advance_ms(10_000);
+    let mut options = ReplicationOptions::new(leader.auth.clone());
+    options.follower_cursor_horizon_ms = 5_000;
+    let _server = ReplicationServer::start(&leader.db, "127.0.0.1:0", options).unwrap();
+    assert!(
+        common::wait_for(CONVERGE, || leader.db.cursor(cursor).is_none()),
+        "a cursor last set 10 s ago (by the wall clock) outlived a 5 s horizon"
+    );
+}
+
 /// A repaired follower (its WAL cut, or its snapshot salvaged with chunks
 /// lost) may lack data its stored position claims: it starts from a
 /// snapshot, and the install settles the repair.

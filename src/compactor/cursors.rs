@@ -28,7 +28,9 @@ pub const CURSORS_MAX: usize = 1024;
 pub const CURSOR_NAME_BYTES_MAX: usize = 256;
 
 const CURSORS_MAGIC: [u8; 8] = *b"MKVCURS\x01";
-const CURSORS_FORMAT_VERSION: u16 = 1;
+const CURSORS_FORMAT_VERSION: u16 = 2;
+/// Version 1 had no `touched_ms`.
+const CURSORS_FORMAT_VERSION_1: u16 = 1;
 const FLAG_NEEDS_RESYNC: u8 = 1;
 
 /// The cursors, and whether the file lags behind them.
@@ -78,7 +80,7 @@ impl Cursors {
 
     /// Registers or moves a cursor; durable before it returns unless it
     /// only moved forward.
-    pub fn set(&mut self, io: &Io, name: &str, seq: u64) -> Result<()> {
+    pub fn set(&mut self, io: &Io, name: &str, seq: u64, now_ms: u64) -> Result<()> {
         if name.len() > CURSOR_NAME_BYTES_MAX {
             return Err(Error::limit(
                 "cursor_name_bytes_max",
@@ -91,7 +93,11 @@ impl Cursors {
             return Err(Error::limit("cursors", self.map.len() + 1, CURSORS_MAX));
         }
         let needs_resync = old.as_ref().is_some_and(|c| c.needs_resync && c.seq >= seq);
-        let info = CursorInfo { seq, needs_resync };
+        let info = CursorInfo {
+            seq,
+            needs_resync,
+            touched_ms: now_ms,
+        };
         let forward = old.as_ref().is_some_and(|c| c.seq <= seq);
         if old.as_ref() == Some(&info) {
             return Ok(());
@@ -170,6 +176,7 @@ fn encode_cursors(map: &BTreeMap<String, CursorInfo>) -> Vec<u8> {
         w.u16(name.len() as u16);
         w.bytes(name.as_bytes());
         w.u64(info.seq);
+        w.u64(info.touched_ms);
         w.u8(if info.needs_resync {
             FLAG_NEEDS_RESYNC
         } else {
@@ -194,7 +201,7 @@ fn decode_cursors(bytes: &[u8]) -> std::result::Result<BTreeMap<String, CursorIn
         return Err("bad magic".into());
     }
     let version = r.u16().map_err(fail)?;
-    if version != CURSORS_FORMAT_VERSION {
+    if version != CURSORS_FORMAT_VERSION && version != CURSORS_FORMAT_VERSION_1 {
         return Err(format!("unsupported version {version}"));
     }
     let count = r.u32().map_err(fail)? as usize;
@@ -211,12 +218,24 @@ fn decode_cursors(bytes: &[u8]) -> std::result::Result<BTreeMap<String, CursorIn
             .map_err(|_| "cursor name is not UTF-8".to_string())?
             .to_string();
         let seq = r.u64().map_err(fail)?;
+        let touched_ms = if version == CURSORS_FORMAT_VERSION_1 {
+            0
+        } else {
+            r.u64().map_err(fail)?
+        };
         let flags = r.u8().map_err(fail)?;
         if flags & !FLAG_NEEDS_RESYNC != 0 {
             return Err(format!("unknown cursor flags {flags:#x}"));
         }
         let needs_resync = flags & FLAG_NEEDS_RESYNC != 0;
-        map.insert(name, CursorInfo { seq, needs_resync });
+        map.insert(
+            name,
+            CursorInfo {
+                seq,
+                needs_resync,
+                touched_ms,
+            },
+        );
     }
     if r.remaining() != 0 {
         return Err(format!("{} bytes after the last cursor", r.remaining()));
@@ -236,6 +255,7 @@ mod tests {
             CursorInfo {
                 seq: 7,
                 needs_resync: false,
+                touched_ms: 5,
             },
         );
         map.insert(
@@ -243,6 +263,7 @@ mod tests {
             CursorInfo {
                 seq: u64::MAX,
                 needs_resync: true,
+                touched_ms: u64::MAX,
             },
         );
         let bytes = encode_cursors(&map);
@@ -257,25 +278,45 @@ mod tests {
     }
 
     #[test]
+    fn a_version_1_file_still_reads() {
+        let mut w = Writer::with_capacity(64);
+        w.bytes(&CURSORS_MAGIC);
+        w.u16(CURSORS_FORMAT_VERSION_1);
+        w.u32(1);
+        w.u16(4);
+        w.bytes(b"peer");
+        w.u64(9);
+        w.u8(0);
+        let crc = crc32c::crc32c(w.as_slice());
+        w.u32(crc);
+        let map = decode_cursors(w.as_slice()).unwrap();
+        let peer = map.get("peer").unwrap();
+        assert_eq!(
+            (peer.seq, peer.needs_resync, peer.touched_ms),
+            (9, false, 0)
+        );
+    }
+
+    #[test]
     fn only_a_forward_move_waits_for_a_flush() {
         let dir = tempfile::tempdir().unwrap();
         let io = Io::default();
         let mut cursors = Cursors::load(&io, dir.path()).unwrap();
-        cursors.set(&io, "a", 5).unwrap();
+        cursors.set(&io, "a", 5, 0).unwrap();
         let on_disk = |name: &str| Cursors::load(&io, dir.path()).unwrap().get(name);
         assert_eq!(on_disk("a").map(|c| c.seq), Some(5), "a new cursor");
-        cursors.set(&io, "a", 9).unwrap();
+        cursors.set(&io, "a", 9, 0).unwrap();
         assert_eq!(on_disk("a").map(|c| c.seq), Some(5), "forward: lazily");
-        cursors.set(&io, "a", 3).unwrap();
+        cursors.set(&io, "a", 3, 0).unwrap();
         assert_eq!(on_disk("a").map(|c| c.seq), Some(3), "back: at once");
-        cursors.set(&io, "a", 4).unwrap();
+        cursors.set(&io, "a", 4, 0).unwrap();
         cursors.flush(&io).unwrap();
         assert_eq!(on_disk("a").map(|c| c.seq), Some(4));
         assert!(cursors.remove(&io, "a").unwrap());
         assert_eq!(on_disk("a"), None);
         let long = "x".repeat(CURSOR_NAME_BYTES_MAX + 1);
         assert!(matches!(
-            cursors.set(&io, &long, 1),
+            cursors.set(&io, &long, 1, 0),
             Err(Error::LimitExceeded { .. })
         ));
     }

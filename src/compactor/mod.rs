@@ -80,6 +80,11 @@ pub struct CursorInfo {
     /// The reader fell further behind than `wal_retention_bytes_max`; the
     /// WAL it needs may be gone, so it must resync from a snapshot.
     pub needs_resync: bool,
+    /// When it was last set, in ms since the epoch (by this copy's wall
+    /// clock; 0 if unknown, for a cursor kept by an older version). Kept
+    /// with the cursor, so the age of a reader that never returns survives
+    /// a restart.
+    pub touched_ms: u64,
 }
 
 /// Compaction figures, for stats.
@@ -157,7 +162,8 @@ impl Maintenance {
     /// Registers or moves a cursor (durably, unless it only moved
     /// forward: see [`Cursors`]).
     pub fn set_cursor(&self, name: &str, seq: u64) -> Result<()> {
-        self.cursors.lock().set(&self.io, name, seq)
+        let now_ms = self.engine.now_ms();
+        self.cursors.lock().set(&self.io, name, seq, now_ms)
     }
 
     /// A cursor's position.

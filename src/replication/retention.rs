@@ -7,8 +7,10 @@
 //! hold tombstones forever. The leader forgets it once the follower has
 //! been away for `follower_cursor_horizon_ms`: away since its last session
 //! ended, or, for a cursor this server found registered when it started
-//! (from an earlier server on the same database), since that start, so
-//! never sooner than the horizon after the last contact. A follower that
+//! (from an earlier server on the same database), since the cursor was
+//! last set (kept with the cursor, so restarts do not reset it; written
+//! lazily, so it can be older than the last contact by the time between
+//! two compactions, never newer). A follower that
 //! comes back later catches up from the WAL if the segments it needs are
 //! still there, and gets a snapshot otherwise.
 //!
@@ -69,15 +71,26 @@ pub(crate) struct FollowerRegistry {
 
 impl FollowerRegistry {
     /// The registry of `db`'s leader: every follower cursor registered now
-    /// (by an earlier server on this database), each counted as in contact
-    /// now (this server's start).
+    /// (by an earlier server on this database), each last in contact when
+    /// its cursor was last set (kept with the cursor), or now (this
+    /// server's start) for a cursor kept without that time.
     pub fn load(db: &Db) -> FollowerRegistry {
         let now_ms = db.wall_now_ms();
         let contacts = db
             .cursor_names()
             .iter()
-            .filter_map(|name| follower_of(name))
-            .map(|id| (id, now_ms))
+            .filter_map(|name| {
+                let id = follower_of(name)?;
+                let touched_ms = db.cursor(name).map_or(0, |c| c.touched_ms);
+                Some((
+                    id,
+                    if touched_ms > 0 {
+                        touched_ms.min(now_ms)
+                    } else {
+                        now_ms
+                    },
+                ))
+            })
             .collect();
         FollowerRegistry {
             db: db.clone(),
