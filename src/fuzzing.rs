@@ -225,3 +225,39 @@ impl MetaFile {
         self.0.node
     }
 }
+
+/// The registered-cursor file, decoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CursorsFile(std::collections::BTreeMap<String, crate::compactor::CursorInfo>);
+
+/// Decodes `CURSORS` as opening a database does
+/// (`compactor::decode_cursors`).
+pub fn decode_cursors(bytes: &[u8]) -> Result<CursorsFile, String> {
+    crate::compactor::decode_cursors(bytes).map(CursorsFile)
+}
+
+impl CursorsFile {
+    /// The file as the database writes it (always the newest version).
+    pub fn encode(&self) -> Vec<u8> {
+        crate::compactor::encode_cursors(&self.0)
+    }
+
+    /// How many cursors it holds.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True if it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Salvages `bytes` as a repair salvages a damaged snapshot file named
+/// `snap-<seq>.snap` (`snapshot::salvage_bytes`); returns the entries kept
+/// and the spans reported lost, or `None` if nothing can be salvaged.
+pub fn salvage_snapshot(bytes: &[u8]) -> Option<(usize, usize)> {
+    let path = std::path::Path::new("snap-00000000000000000042.snap");
+    crate::snapshot::salvage_bytes(bytes, path, NodeId(1))
+        .map(|(loaded, report)| (loaded.records.len(), report.lost.len()))
+}

@@ -174,6 +174,7 @@ struct SeedSource {
     segments: Vec<Vec<u8>>,
     snapshot: Vec<u8>,
     meta: Vec<u8>,
+    cursors: Vec<u8>,
     changesets: Seeds,
     token: String,
     key_id: String,
@@ -195,6 +196,8 @@ impl SeedSource {
         )
         .unwrap();
         write_every_record_shape(&db);
+        db.set_cursor("peer", 3).unwrap();
+        db.set_cursor("replica-00000000000000ab", 5).unwrap();
         // The log from seq 1 (written, if not synced: `Never`), before the
         // compaction removes it.
         let mut segments = read_segments(dir.path());
@@ -210,12 +213,14 @@ impl SeedSource {
         segments.truncate(4);
         let snapshot = std::fs::read(&files_in(&dir.path().join("snapshots"))[0]).unwrap();
         let meta = std::fs::read(dir.path().join("META")).unwrap();
+        let cursors = std::fs::read(dir.path().join("CURSORS")).unwrap();
         assert!(!segments.is_empty(), "the seed database kept no segment");
         SeedSource {
             _dir: dir,
             segments,
             snapshot,
             meta,
+            cursors,
             changesets,
             token,
             key_id,
@@ -282,6 +287,8 @@ impl SeedSource {
                 ],
             ),
             ("meta", vec![("meta".into(), self.meta.clone())]),
+            ("cursors", vec![("cursors".into(), self.cursors.clone())]),
+            ("salvage", vec![("snapshot".into(), self.snapshot.clone())]),
         ]
     }
 

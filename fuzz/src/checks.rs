@@ -43,6 +43,8 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("repl_stream", repl_stream),
     ("api_token", api_token),
     ("meta", meta),
+    ("cursors", cursors),
+    ("salvage", salvage),
 ];
 
 // Layouts, from docs/FORMAT.md and docs/PROTOCOL.md.
@@ -498,4 +500,34 @@ fn check_meta(data: &[u8]) -> bool {
         assert_eq!(encoded, data, "a version 2 META has one spelling");
     }
     true
+}
+
+/// The registered-cursor file, as opening a database reads it.
+pub fn cursors(data: &[u8]) -> bool {
+    with_sealed(data, check_cursors, seal_meta)
+}
+
+fn check_cursors(data: &[u8]) -> bool {
+    let Ok(cursors) = fuzzing::decode_cursors(data) else {
+        return false;
+    };
+    let again = fuzzing::decode_cursors(&cursors.encode()).expect("an encoded file decodes");
+    assert_eq!(again, cursors, "the same cursors");
+    true
+}
+
+/// A damaged snapshot, as a repair salvages it: never a panic, and never
+/// more entries than an undamaged read of the same bytes would give when
+/// the file reads whole.
+pub fn salvage(data: &[u8]) -> bool {
+    let salvaged = fuzzing::salvage_snapshot(data);
+    if let (Ok(whole), Some((kept, lost))) = (fuzzing::decode_snapshot(data), salvaged) {
+        assert_eq!(
+            kept,
+            whole.entries().len(),
+            "a whole snapshot is salvaged whole"
+        );
+        assert_eq!(lost, 0, "nothing is lost from a whole snapshot");
+    }
+    salvaged.is_some()
 }

@@ -167,7 +167,8 @@ impl Cursors {
     }
 }
 
-fn encode_cursors(map: &BTreeMap<String, CursorInfo>) -> Vec<u8> {
+/// The cursor file's bytes for `map`.
+pub(crate) fn encode_cursors(map: &BTreeMap<String, CursorInfo>) -> Vec<u8> {
     let mut w = Writer::with_capacity(16 + map.len() * 32);
     w.bytes(&CURSORS_MAGIC);
     w.u16(CURSORS_FORMAT_VERSION);
@@ -188,7 +189,10 @@ fn encode_cursors(map: &BTreeMap<String, CursorInfo>) -> Vec<u8> {
     w.into_vec()
 }
 
-fn decode_cursors(bytes: &[u8]) -> std::result::Result<BTreeMap<String, CursorInfo>, String> {
+/// The cursors in a cursor file's bytes, or why they do not decode.
+pub(crate) fn decode_cursors(
+    bytes: &[u8],
+) -> std::result::Result<BTreeMap<String, CursorInfo>, String> {
     let Some((checked, stored_crc)) = bytes.split_last_chunk::<4>() else {
         return Err(format!("{} bytes: shorter than a checksum", bytes.len()));
     };

@@ -41,8 +41,8 @@ use crate::wal::WAL_DIR;
 
 mod cursors;
 
-pub(crate) use cursors::Cursors;
 pub use cursors::{CURSOR_NAME_BYTES_MAX, CURSORS_FILE, CURSORS_MAX};
+pub(crate) use cursors::{Cursors, decode_cursors, encode_cursors};
 
 /// What a compaction did.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]

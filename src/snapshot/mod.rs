@@ -22,7 +22,7 @@ use crate::wal::dedup::DedupEntry;
 
 mod salvage;
 
-pub use salvage::salvage_snapshot;
+pub use salvage::{salvage_bytes, salvage_snapshot};
 
 /// Name of the snapshot directory inside a database directory.
 pub const SNAPSHOT_DIR: &str = "snapshots";

@@ -30,16 +30,27 @@ pub fn salvage_snapshot(
     node: NodeId,
 ) -> Result<Option<(LoadedSnapshot, SalvageReport)>> {
     let bytes = io.read(path)?;
+    Ok(salvage_bytes(&bytes, path, node))
+}
+
+/// [`salvage_snapshot`] of `bytes`, the contents of the file at `path`
+/// (whose name gives the covered sequence number if the header is
+/// damaged). Pure: no I/O.
+pub fn salvage_bytes(
+    bytes: &[u8],
+    path: &Path,
+    node: NodeId,
+) -> Option<(LoadedSnapshot, SalvageReport)> {
     let mut report = SalvageReport {
         path: path.to_path_buf(),
         ..SalvageReport::default()
     };
-    let meta = match decode_header(&bytes) {
+    let meta = match decode_header(bytes) {
         Ok(meta) => meta,
         Err(_) => {
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
             let Some(covered_seq) = parse_snapshot_file_name(name) else {
-                return Ok(None);
+                return None;
             };
             report.header_damaged = true;
             SnapshotMeta {
@@ -82,9 +93,9 @@ pub fn salvage_snapshot(
             resynced: skipped_from.is_some(),
             physical_max,
         };
-        let Some((kind, next)) = take_chunk(&bytes, offset, &mut snapshot, fits) else {
+        let Some((kind, next)) = take_chunk(bytes, offset, &mut snapshot, fits) else {
             let from = *skipped_from.get_or_insert(offset);
-            offset = match claimed_end(&bytes, offset) {
+            offset = match claimed_end(bytes, offset) {
                 // A damaged payload behind an intact header: try where
                 // that header says the next chunk starts first.
                 Some(end) if offset == from && !jumped && end > offset => {
@@ -147,7 +158,7 @@ pub fn salvage_snapshot(
         snapshot.meta.hlc = newest.unwrap_or(Stamp::ZERO);
     }
     report.entries_kept = snapshot.records.len() as u64;
-    Ok(Some((snapshot, report)))
+    Some((snapshot, report))
 }
 
 /// How far past a snapshot's creation a stamp in a resynced chunk may be.
