@@ -49,9 +49,7 @@ pub fn salvage_bytes(
         Ok(meta) => meta,
         Err(_) => {
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            let Some(covered_seq) = parse_snapshot_file_name(name) else {
-                return None;
-            };
+            let covered_seq = parse_snapshot_file_name(name)?;
             report.header_damaged = true;
             SnapshotMeta {
                 node,
