@@ -377,13 +377,34 @@ impl From<Error> for Ended {
     }
 }
 
+/// The addresses of `leader`, looked up within `timeout`. The system
+/// resolver has no deadline of its own, so the lookup runs on a thread of
+/// its own; one that outlives the deadline ends when the resolver gives up
+/// (its result is dropped).
+fn resolve(leader: &str, timeout: Duration) -> std::io::Result<Vec<std::net::SocketAddr>> {
+    let (done, result) = crossbeam_channel::bounded(1);
+    let name = leader.to_string();
+    std::thread::Builder::new()
+        .name("mergekv-resolve".into())
+        .spawn(move || {
+            let _ = done.send(name.to_socket_addrs().map(Iterator::collect));
+        })?;
+    match result.recv_timeout(timeout) {
+        Ok(addrs) => addrs,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!(
+                "looking up {leader} took longer than {} ms",
+                timeout.as_millis()
+            ),
+        )),
+    }
+}
+
 fn connect(shared: &Shared) -> std::result::Result<Connection, ProtocolError> {
     let options = &shared.options;
     let timeout = Duration::from_millis(options.connect_timeout_ms.max(1));
-    let addrs = options
-        .leader
-        .to_socket_addrs()
-        .map_err(ProtocolError::io)?;
+    let addrs = resolve(&options.leader, timeout).map_err(ProtocolError::io)?;
     let mut last = None;
     for addr in addrs {
         match TcpStream::connect_timeout(&addr, timeout) {
@@ -596,4 +617,16 @@ fn applied(shared: &Shared, position: FollowerPosition) {
         status.last_error = None;
     }
     note_leader(shared, position.seq, false);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_leader_address_is_resolved_within_its_deadline() {
+        let addrs = resolve("127.0.0.1:4000", Duration::from_secs(5)).unwrap();
+        assert_eq!(addrs, vec!["127.0.0.1:4000".parse().unwrap()]);
+        assert!(resolve("no port here", Duration::from_secs(5)).is_err());
+    }
 }
