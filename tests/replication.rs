@@ -952,3 +952,38 @@ fn a_repaired_follower_starts_from_a_snapshot() {
         "back to catching up"
     );
 }
+
+/// A copy of a follower's directory (a cloned VM, a restored backup beside
+/// its original) gets an id of its own: both follow, side by side, each
+/// under its own retention cursor.
+#[test]
+fn a_copied_follower_directory_follows_under_its_own_id() {
+    let leader = leader(leader_options(), |_| {});
+    put_many(&leader.db, "k", 100);
+    let dir = tempfile::tempdir().unwrap();
+    let original_id = {
+        let follower = follow(dir.path(), &leader);
+        converge(&follower, &leader);
+        follower.follower_id()
+    };
+    let copy = common::copy_db(dir.path());
+    let a = follow(dir.path(), &leader);
+    let b = follow(copy.path(), &leader);
+    assert_eq!(a.follower_id(), original_id);
+    assert_ne!(b.follower_id(), original_id, "the copy has its own id");
+    put_many(&leader.db, "m", 50);
+    converge(&a, &leader);
+    converge(&b, &leader);
+    assert!(
+        leader
+            .db
+            .cursor(&format!("replica-{:016x}", a.follower_id()))
+            .is_some()
+    );
+    assert!(
+        leader
+            .db
+            .cursor(&format!("replica-{:016x}", b.follower_id()))
+            .is_some()
+    );
+}

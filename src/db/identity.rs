@@ -105,8 +105,13 @@ pub(super) fn settle(
     found: Found,
     report: &RecoveryReport,
     options: &Options,
+    follower: bool,
 ) -> Result<(Meta, Option<(NodeId, Renewal)>)> {
-    let read_only = options.read_only;
+    // A follower's directory is opened read-only, but its node id names it
+    // to its leader (two followers under one id take turns being refused
+    // and share one retention cursor) and stamps its own `_local` records:
+    // a copy of one gets its own id too.
+    let read_only = options.read_only && !follower;
     let here = io.object_id(dir)?;
     // A cut hole is as a repair: it may (rarely) have been an acknowledged
     // frame a disk zeroed a page of.

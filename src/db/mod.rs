@@ -107,7 +107,14 @@ impl Db {
         let found = identity::find(&io, &dir, &options)?;
         io.create_dir_all(&wal_dir)?;
         let mut recovered = engine::recover(&io, &dir, &found.meta.lineage(), &options)?;
-        let (meta, renewed) = identity::settle(&io, &dir, found, &recovered.report, &options)?;
+        let (meta, renewed) = identity::settle(
+            &io,
+            &dir,
+            found,
+            &recovered.report,
+            &options,
+            follower_of.is_some(),
+        )?;
         // A segment header names its writer: a new identity writes in a
         // segment of its own (the writer also starts one if the last
         // segment names another id: a crash after META was rewritten).
