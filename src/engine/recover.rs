@@ -286,11 +286,7 @@ pub(crate) fn node_ids_in_files(io: &Io, dir: &Path) -> Result<Vec<NodeId>> {
         }
     }
     for (_, path) in recovery::list_segments(io, &dir.join(WAL_DIR)).unwrap_or_default() {
-        let file = io.open_read(&path)?;
-        let mut header = [0u8; crate::wal::format::SEGMENT_HEADER_BYTES];
-        let read = file.read_at(0, &mut header)?;
-        let header = header.get(..read).unwrap_or_default();
-        if let Ok(h) = crate::wal::format::decode_segment_header(header) {
+        if let Some(h) = crate::wal::read_segment_header(io, &path)? {
             note(h.node);
         }
     }

@@ -53,6 +53,17 @@ pub fn parse_segment_file_name(name: &str) -> Option<u64> {
     crate::io::parse_numbered_file_name(name, "wal-", ".seg")
 }
 
+/// Reads only the header of the segment at `path` (to learn its writer);
+/// `None` if it is missing, short or damaged.
+pub fn read_segment_header(io: &Io, path: &Path) -> Result<Option<format::SegmentHeader>> {
+    let file = io.open_read(path)?;
+    let mut header = [0u8; format::SEGMENT_HEADER_BYTES];
+    let read = file.read_at(0, &mut header)?;
+    Ok(header
+        .get(..read)
+        .and_then(|h| format::decode_segment_header(h).ok()))
+}
+
 /// A sealed or active segment, as the WAL tracks it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SegmentInfo {

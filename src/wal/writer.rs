@@ -372,11 +372,9 @@ impl GroupWriter {
 
     /// The node id in the header of the segment at `path`, if it reads.
     fn header_node(&self, path: &Path) -> Option<NodeId> {
-        let file = self.io.open_read(path).ok()?;
-        let mut header = [0u8; SEGMENT_HEADER_BYTES];
-        let read = file.read_at(0, &mut header).ok()?;
-        format::decode_segment_header(header.get(..read)?)
+        super::read_segment_header(&self.io, path)
             .ok()
+            .flatten()
             .map(|h| h.node)
     }
 
@@ -610,12 +608,7 @@ pub(super) fn create_segment(
 ) -> Result<SegmentWriter> {
     let path = dir.join(segment_file_name(first_seq));
     let mut file = io.create_new(&path)?;
-    let header = format::SegmentHeader {
-        node,
-        first_seq,
-        flags,
-    };
-    file.write_all(&format::encode_segment_header(header))?;
+    file.write_all(&segment_header(node, first_seq, flags))?;
     file.sync_data()?;
     io.sync_dir(dir)?;
     Ok(SegmentWriter {
@@ -637,15 +630,19 @@ fn replace_segment(
     flags: u16,
 ) -> Result<SegmentWriter> {
     let path = dir.join(segment_file_name(first_seq));
-    let header = format::SegmentHeader {
-        node,
-        first_seq,
-        flags,
-    };
-    io.write_atomic(&path, &format::encode_segment_header(header))?;
+    io.write_atomic(&path, &segment_header(node, first_seq, flags))?;
     Ok(SegmentWriter {
         file: io.open_append(&path)?,
         first_seq,
         size_bytes: SEGMENT_HEADER_BYTES as u64,
+    })
+}
+
+/// The header bytes of a new segment.
+fn segment_header(node: NodeId, first_seq: u64, flags: u16) -> [u8; SEGMENT_HEADER_BYTES] {
+    format::encode_segment_header(format::SegmentHeader {
+        node,
+        first_seq,
+        flags,
     })
 }
