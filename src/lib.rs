@@ -81,10 +81,12 @@ pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod io;
+mod manifest;
 mod meta;
 pub mod options;
 mod record;
 pub mod replication;
+mod run;
 mod snapshot;
 mod state;
 pub mod sync;
@@ -111,4 +113,6 @@ pub use options::{Options, RecoveryMode, SyncMode};
 pub use sync::{ImportReport, SegmentEntry, SegmentImport, SyncCursor};
 pub use verify::{VerifyReport, verify};
 pub use wal::WalStats;
-pub use wal::recovery::{RecoveryReport, RepairReport, SalvageReport, SnapshotUsed, TornTail};
+pub use wal::recovery::{
+    RecoveryReport, RepairReport, RunsUsed, SalvageReport, SnapshotUsed, TornTail,
+};

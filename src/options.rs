@@ -105,6 +105,15 @@ pub struct Options {
     /// each with its own checksum) and says what it lost. Every snapshot is
     /// read back and verified before any WAL is dropped.
     pub snapshots_retained: usize,
+    /// The block cache's budget: run blocks read for gets and scans are
+    /// kept in memory up to this many bytes (0: none are kept). With the
+    /// run indexes and filters (about 2.5 bytes per key) and the
+    /// memtables, it bounds the memory the state takes.
+    pub cache_bytes_max: u64,
+    /// The active memtable is frozen and written out as a run once its
+    /// estimated size reaches this; writers go on into a fresh one at once,
+    /// and wait only if it, too, fills up before the flush is done.
+    pub memtable_bytes_max: u64,
     /// Tombstones older than this (by their stamp) are dropped at compaction
     /// once every registered cursor has passed them. A copy that stays
     /// offline longer than this can bring a deleted key back.
@@ -201,6 +210,8 @@ impl Default for Options {
             compaction_interval_ms: 10 * 60 * 1000,
             compactor_tick_ms: 1000,
             snapshots_retained: 1,
+            cache_bytes_max: 256 * 1024 * 1024,
+            memtable_bytes_max: 64 * 1024 * 1024,
             tombstone_grace_ms: 7 * 24 * 60 * 60 * 1000,
             wal_retention_bytes_max: 1024 * 1024 * 1024,
             read_only: false,

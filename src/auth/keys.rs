@@ -101,7 +101,7 @@ impl AuthService {
         let revoked = || AuthError::ApiKeyRevoked {
             key_id: key_id_hex.clone(),
         };
-        if self.is_revoked(&key_id_hex) {
+        if self.is_revoked(&key_id_hex)? {
             return Err(revoked().into());
         }
         let owner_is_live = self
@@ -148,7 +148,7 @@ impl AuthService {
             }
             .into());
         }
-        if self.is_revoked(key_id) {
+        if self.is_revoked(key_id)? {
             return Ok(());
         }
         let revocation = StoredRevocation::V1 {
@@ -169,6 +169,7 @@ impl AuthService {
             .store
             .scan(&ScanOptions::prefix(records::APIKEY_PREFIX))
         {
+            let entry = entry?;
             let Some(key_id) = std::str::from_utf8(entry.key())
                 .ok()
                 .and_then(|k| k.strip_prefix(records::APIKEY_PREFIX))
@@ -179,7 +180,7 @@ impl AuthService {
                 continue;
             };
             if record.user_id == owner.user_id {
-                keys.push(ApiKeyInfo::new(key_id, &record, self.is_revoked(key_id)));
+                keys.push(ApiKeyInfo::new(key_id, &record, self.is_revoked(key_id)?));
             }
         }
         keys.sort_by(|a, b| (a.created_ms, &a.key_id).cmp(&(b.created_ms, &b.key_id)));
@@ -192,8 +193,8 @@ impl AuthService {
         Ok(stored.map(|StoredApiKey::V1(record)| record))
     }
 
-    fn is_revoked(&self, key_id_hex: &str) -> bool {
-        self.store.get(records::revoked_key(key_id_hex)).is_some()
+    fn is_revoked(&self, key_id_hex: &str) -> Result<bool> {
+        Ok(self.store.get(records::revoked_key(key_id_hex))?.is_some())
     }
 
     /// Compares the token's secret with the record's hash, or with a dummy

@@ -165,7 +165,7 @@ impl SecretRecord {
     /// The secret record at `key`, if any.
     pub(crate) fn read(store: &Keyspace, key: &[u8]) -> Result<Option<SecretRecord>> {
         store
-            .get(key)
+            .get(key)?
             .map(|bytes| SecretRecord::decode(&bytes))
             .transpose()
     }

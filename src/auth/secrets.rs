@@ -123,7 +123,7 @@ impl AuthService {
         let _guard = self.write_lock.lock();
         let owner = self.require_user(user)?;
         let key = records::secret_key(&owner.user_id, name);
-        if self.store.get(&key).is_none() {
+        if self.store.get(&key)?.is_none() {
             return Ok(false);
         }
         self.store.delete(key)?;
@@ -134,12 +134,15 @@ impl AuthService {
     pub fn list_secrets(&self, user: &str) -> Result<Vec<String>> {
         validate_user_name(user)?;
         let owner = self.require_user(user)?;
-        let names = self
+        let mut names = Vec::new();
+        for entry in self
             .store
             .scan(&ScanOptions::prefix(records::secret_prefix(&owner.user_id)))
-            .filter_map(|entry| records::parse_secret_key(entry.key()))
-            .map(|(_, name)| name)
-            .collect();
+        {
+            if let Some((_, name)) = records::parse_secret_key(entry?.key()) {
+                names.push(name);
+            }
+        }
         Ok(names)
     }
 
@@ -160,7 +163,7 @@ impl AuthService {
         let reused = new_key.id() == old_key.id()
             || self
                 .store
-                .get(records::master_key_key(new_key.id()))
+                .get(records::master_key_key(new_key.id()))?
                 .is_some();
         if reused {
             return Err(AuthError::MasterKeyReused {
@@ -168,7 +171,7 @@ impl AuthService {
             }
             .into());
         }
-        let secrets = self.stale_secrets(new_key.id()).len() as u64;
+        let secrets = self.stale_secrets(new_key.id())?.len() as u64;
         self.check_budget(new_key.id(), secrets.saturating_add(1))?;
         self.begin_rotation(&old_key, &new_key)?;
         {
@@ -242,7 +245,7 @@ impl AuthService {
             skipped: 0,
         };
         let owners = self.live_incarnations()?;
-        for key in self.stale_secrets(to) {
+        for key in self.stale_secrets(to)? {
             if self.reencrypt_one(&key, &active, &owners)? {
                 report.reencrypted += 1;
             } else {
@@ -254,19 +257,23 @@ impl AuthService {
     }
 
     /// The keys of every secret not encrypted under `key_id`.
-    fn stale_secrets(&self, key_id: MasterKeyId) -> Vec<Vec<u8>> {
-        self.store
+    fn stale_secrets(&self, key_id: MasterKeyId) -> Result<Vec<Vec<u8>>> {
+        let mut stale = Vec::new();
+        for entry in self
+            .store
             .scan(&ScanOptions::prefix(records::SECRET_PREFIX))
-            .filter(|entry| {
-                let under = entry
-                    .value()
-                    .as_bytes()
-                    .and_then(|bytes| SecretRecord::decode(bytes).ok())
-                    .map(|record| record.key_id);
-                under != Some(key_id)
-            })
-            .map(|entry| entry.key().to_vec())
-            .collect()
+        {
+            let entry = entry?;
+            let under = entry
+                .value()
+                .as_bytes()
+                .and_then(|bytes| SecretRecord::decode(bytes).ok())
+                .map(|record| record.key_id);
+            if under != Some(key_id) {
+                stale.push(entry.key().to_vec());
+            }
+        }
+        Ok(stale)
     }
 
     /// Re-encrypts the secret at `key` under `active`, written with the
@@ -284,7 +291,7 @@ impl AuthService {
         };
         let (Ok(Some(record)), Some(stamp)) = (
             SecretRecord::read(&self.store, key),
-            self.store.stamp_of(key),
+            self.store.stamp_of(key)?,
         ) else {
             return Ok(false);
         };
@@ -336,8 +343,8 @@ impl AuthService {
         let keys: Vec<Vec<u8>> = self
             .store
             .scan(&ScanOptions::prefix(records::secret_prefix(user_id)))
-            .map(|entry| entry.key().to_vec())
-            .collect();
+            .map(|entry| entry.map(|e| e.key().to_vec()))
+            .collect::<Result<_>>()?;
         for chunk in keys.chunks(self.options.secret_deletes_per_batch) {
             let mut batch = Batch::new();
             for key in chunk {
@@ -367,7 +374,7 @@ impl AuthService {
 
     /// Refuses to encrypt under a key another copy has rotated away from.
     fn check_not_retired(&self, key_id: MasterKeyId) -> Result<()> {
-        match successor_of(&self.store, key_id) {
+        match successor_of(&self.store, key_id)? {
             Some(successor) => Err(AuthError::MasterKeyRetired {
                 key_id: key_id.to_string(),
                 successor: successor.to_string(),
@@ -379,7 +386,7 @@ impl AuthService {
 
     /// Refuses `count` more encryptions under `key_id` past the budget.
     fn check_budget(&self, key_id: MasterKeyId, count: u64) -> Result<()> {
-        let used = u64::try_from(self.store.counter(records::uses_key(key_id))).unwrap_or(0);
+        let used = u64::try_from(self.store.counter(records::uses_key(key_id))?).unwrap_or(0);
         let limit = self.options.encryptions_per_key_max;
         if used.saturating_add(count) > limit {
             return Err(AuthError::NonceLimitReached {
@@ -415,7 +422,7 @@ pub(crate) fn resolve_master_key(
     given: MasterKey,
     clock: &dyn WallClock,
 ) -> Result<MasterKey> {
-    let registered = registered_keys(store);
+    let registered = registered_keys(store)?;
     if registered.is_empty() {
         let registration = StoredMasterKey::V1 {
             created_ms: clock.now_ms(),
@@ -432,7 +439,7 @@ pub(crate) fn resolve_master_key(
         }
         .into());
     }
-    if let Some(successor) = successor_of(store, given.id()) {
+    if let Some(successor) = successor_of(store, given.id())? {
         return Err(AuthError::MasterKeyRetired {
             key_id: given.id().to_string(),
             successor: successor.to_string(),
@@ -470,6 +477,7 @@ type WrappedIndex = HashMap<MasterKeyId, Vec<(MasterKeyId, crypto::Sealed)>>;
 fn wrapped_keys_by_outer(store: &Keyspace) -> Result<WrappedIndex> {
     let mut index: WrappedIndex = HashMap::new();
     for entry in store.scan(&ScanOptions::prefix(records::WRAP_PREFIX)) {
+        let entry = entry?;
         let Some((inner, outer)) = parse_wrap_key(entry.key()) else {
             continue;
         };
@@ -481,21 +489,27 @@ fn wrapped_keys_by_outer(store: &Keyspace) -> Result<WrappedIndex> {
 }
 
 /// The key that replaced `key_id`, if any copy rotated away from it.
-fn successor_of(store: &Keyspace, key_id: MasterKeyId) -> Option<MasterKeyId> {
+fn successor_of(store: &Keyspace, key_id: MasterKeyId) -> Result<Option<MasterKeyId>> {
     let prefix = format!("{}{key_id}/", records::WRAP_PREFIX);
-    store
-        .scan(&ScanOptions::prefix(prefix))
-        .find_map(|entry| parse_wrap_key(entry.key()).map(|(_, outer)| outer))
+    for entry in store.scan(&ScanOptions::prefix(prefix)) {
+        if let Some((_, outer)) = parse_wrap_key(entry?.key()) {
+            return Ok(Some(outer));
+        }
+    }
+    Ok(None)
 }
 
-fn registered_keys(store: &Keyspace) -> HashSet<MasterKeyId> {
-    store
-        .scan(&ScanOptions::prefix(records::MASTER_PREFIX))
-        .filter_map(|entry| {
-            let text = std::str::from_utf8(entry.key()).ok()?;
-            parse_key_id(text.strip_prefix(records::MASTER_PREFIX)?)
-        })
-        .collect()
+fn registered_keys(store: &Keyspace) -> Result<HashSet<MasterKeyId>> {
+    let mut keys = HashSet::new();
+    for entry in store.scan(&ScanOptions::prefix(records::MASTER_PREFIX)) {
+        let entry = entry?;
+        let id = std::str::from_utf8(entry.key())
+            .ok()
+            .and_then(|text| text.strip_prefix(records::MASTER_PREFIX))
+            .and_then(parse_key_id);
+        keys.extend(id);
+    }
+    Ok(keys)
 }
 
 fn parse_wrap_key(key: &[u8]) -> Option<(MasterKeyId, MasterKeyId)> {

@@ -146,7 +146,7 @@ impl AuthService {
             super::AUTH_KEYSPACE,
             records::user_key(name, &record.user_id),
         );
-        if self.store.get(records::rehash_key(name)).is_some() {
+        if self.store.get(records::rehash_key(name))?.is_some() {
             batch.delete_in(super::AUTH_KEYSPACE, records::rehash_key(name));
         }
         self.db.write(batch)?;
@@ -170,11 +170,10 @@ impl AuthService {
     /// (it cannot be a live user), so one damaged record does not hide the
     /// rest.
     pub fn list_users(&self) -> Result<Vec<UserInfo>> {
-        let mut names: Vec<String> = self
-            .store
-            .scan(&ScanOptions::prefix(records::USER_PREFIX))
-            .filter_map(|entry| records::user_name_of(entry.key()).map(str::to_string))
-            .collect();
+        let mut names: Vec<String> = Vec::new();
+        for entry in self.store.scan(&ScanOptions::prefix(records::USER_PREFIX)) {
+            names.extend(records::user_name_of(entry?.key()).map(str::to_string));
+        }
         names.dedup();
         let mut users = Vec::new();
         for name in names {
@@ -192,21 +191,33 @@ impl AuthService {
     /// one created last (then the greater id), the same on every copy.
     /// Records that do not decode are skipped.
     pub(crate) fn live_user(&self, name: &str) -> Result<Option<UserRecord>> {
-        let live = self
+        let mut live: Option<UserRecord> = None;
+        for entry in self
             .store
             .scan(&ScanOptions::prefix(records::user_prefix(name)))
-            .filter_map(
-                |entry| match crate::codec::decode_typed(entry.value().as_bytes()?) {
-                    Ok(StoredUser::V1(record)) => Some(record),
-                    Err(_) => None,
-                },
-            )
-            .filter(|record| {
-                self.store
-                    .get(records::user_deleted_key(&record.user_id))
-                    .is_none()
-            })
-            .max_by(|a, b| (a.created_ms, a.user_id).cmp(&(b.created_ms, b.user_id)));
+        {
+            let entry = entry?;
+            let Some(Ok(StoredUser::V1(record))) = entry
+                .value()
+                .as_bytes()
+                .map(crate::codec::decode_typed::<StoredUser>)
+            else {
+                continue;
+            };
+            if self
+                .store
+                .get(records::user_deleted_key(&record.user_id))?
+                .is_some()
+            {
+                continue;
+            }
+            let newer = live.as_ref().is_none_or(|best| {
+                (record.created_ms, record.user_id) > (best.created_ms, best.user_id)
+            });
+            if newer {
+                live = Some(record);
+            }
+        }
         Ok(live)
     }
 

@@ -1,23 +1,25 @@
-//! The compactor: snapshots, WAL truncation, tombstone GC, in a background
-//! thread.
+//! The compactor: memtable flushes, run merges, WAL truncation, tombstone
+//! GC, in a background thread.
 //!
 //! A compaction:
 //! 1. seals the active WAL segment (writers wait only for this rotation:
 //!    the old segment's fdatasync and the new segment's creation);
-//! 2. waits until every batch written so far is applied, reads the applied
-//!    watermark `S`, then takes an O(1) snapshot of the state map (writers
-//!    are not blocked: the map is persistent);
-//! 3. writes the snapshot covering `S` atomically, leaving out tombstones past
-//!    their grace period that every registered cursor has passed, and reads
-//!    it back to verify it;
-//! 4. deletes snapshots beyond `snapshots_retained`, and WAL segments wholly
-//!    covered by the oldest retained snapshot, except those a registered
-//!    cursor still needs (within `wal_retention_bytes_max`);
-//! 5. drops the collected tombstones from the live map, if still unchanged.
+//! 2. waits until every batch written so far is applied, then freezes the
+//!    active memtable (writers go on into a fresh one at once): the frozen
+//!    memtable covers the applied watermark `S` read under the freeze;
+//! 3. writes each frozen memtable out as a run, verified, and installs it
+//!    with a new manifest covering its `S` (`runs.rs`);
+//! 4. deletes the WAL segments wholly covered by the manifest, except those
+//!    a registered cursor still needs (within `wal_retention_bytes_max`);
+//! 5. merges runs as the size-tiered policy asks (every run, for
+//!    `compact_now`), dropping tombstones past their grace period that every
+//!    registered cursor and sync peer has passed, in merges that reach the
+//!    oldest run.
 //!
-//! A crash at any step leaves a state that opens correctly: a snapshot
-//! becomes visible only by its rename, and no segment is deleted before the
-//! snapshot covering it is durable.
+//! A crash at any step leaves a state that opens correctly: a run becomes
+//! part of the state only by the manifest's rename, after its own fsync and
+//! verification, and no segment or run is deleted before a manifest that
+//! no longer needs it is durable.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -25,7 +27,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded};
+use crossbeam_channel::{Receiver, Sender, bounded};
 use parking_lot::Mutex;
 use serde::Serialize;
 
@@ -33,13 +35,17 @@ use crate::crdt::KeyState;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::io::Io;
+use crate::manifest::Manifest;
 use crate::record::Record;
-use crate::record::StoreKey;
-use crate::snapshot::{self, SNAPSHOT_DIR, SnapshotMeta, Written};
-use crate::state::State;
+use crate::run::{BlockCache, RUN_DIR};
+use crate::snapshot::{self, SNAPSHOT_DIR, SnapshotMeta};
+use crate::state::{Lower, State};
 use crate::wal::WAL_DIR;
 
 mod cursors;
+mod runs;
+
+pub use runs::{MERGE_RUNS_MIN, MERGE_SIZE_RATIO, RUNS_MAX};
 
 pub use cursors::{CURSOR_NAME_BYTES_MAX, CURSORS_FILE, CURSORS_MAX};
 pub(crate) use cursors::{Cursors, decode_cursors, encode_cursors};
@@ -47,21 +53,29 @@ pub(crate) use cursors::{Cursors, decode_cursors, encode_cursors};
 /// What a compaction did.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct CompactionReport {
-    /// The sequence number the new snapshot covers.
+    /// The sequence number the runs cover now (every WAL frame up to it is
+    /// in them).
     pub snapshot_seq: u64,
-    /// The new snapshot file.
+    /// The last run written (empty if none was).
     pub snapshot_path: PathBuf,
-    /// Its size.
+    /// Bytes of the runs written (flushed and merged).
     pub snapshot_bytes: u64,
-    /// Keys in it.
+    /// Entries in the runs written.
     pub entries: u64,
-    /// WAL plus snapshot bytes on disk before.
+    /// Runs written (flushes and merges).
+    pub runs_written: usize,
+    /// Runs replaced by merges.
+    pub runs_merged: usize,
+    /// Live runs afterwards.
+    pub runs: usize,
+    /// WAL, run and snapshot bytes on disk before.
     pub bytes_before: u64,
     /// ...and after.
     pub bytes_after: u64,
     /// WAL segments deleted.
     pub segments_removed: usize,
-    /// Older snapshots deleted.
+    /// Snapshot files of the format before runs deleted (after a
+    /// migration).
     pub snapshots_removed: usize,
     /// Tombstones garbage-collected.
     pub tombstones_dropped: u64,
@@ -90,12 +104,28 @@ pub struct CursorInfo {
 /// Compaction figures, for stats.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct CompactorStats {
-    /// The newest snapshot's covered sequence number, if any.
+    /// The sequence number the runs cover, if a manifest (or, before the
+    /// first flush of a database of the older format, a snapshot) exists.
     pub snapshot_seq: Option<u64>,
-    /// The newest snapshot's size.
+    /// Bytes of the live runs.
     pub snapshot_bytes: u64,
-    /// Bytes of WAL segments holding anything after the newest snapshot
-    /// (all of the WAL if there is none).
+    /// Live runs.
+    pub runs: usize,
+    /// Estimated bytes of the active memtable.
+    pub memtable_bytes: u64,
+    /// Estimated bytes of frozen memtables not yet written out.
+    pub frozen_bytes: u64,
+    /// Bytes written to runs since open (flushes and merges), for write
+    /// amplification.
+    pub run_bytes_written: u64,
+    /// The block cache: hits, misses, resident bytes, budget.
+    pub cache_hits: u64,
+    /// Block cache misses (each a block read from its file).
+    pub cache_misses: u64,
+    /// Bytes of blocks in the cache.
+    pub cache_bytes: u64,
+    /// Bytes of WAL segments holding anything after what the runs cover
+    /// (all of the WAL if nothing is covered).
     pub wal_bytes_since_snapshot: u64,
     /// Compactions run since open.
     pub compactions: u64,
@@ -106,7 +136,7 @@ pub struct CompactorStats {
 #[derive(Default)]
 struct Progress {
     snapshot_seq: Option<u64>,
-    snapshot_bytes: u64,
+    run_bytes_written: u64,
     compacted_at: Option<Instant>,
     compactions: u64,
     last_error: Option<String>,
@@ -122,9 +152,16 @@ pub(crate) struct Maintenance {
     progress: Mutex<Progress>,
     /// One compaction at a time (background or `compact_now`).
     running: Mutex<()>,
+    /// The manifest on disk (`None` before the first flush).
+    manifest: Mutex<Option<Manifest>>,
+    /// The id the next run gets (also past runs abandoned since open).
+    next_run_id: Mutex<u64>,
+    /// The block cache every run of this database reads through.
+    cache: Arc<BlockCache>,
 }
 
 enum Request {
+    /// `compact_now`: a flush and a merge of every run.
     Compact(Sender<Result<CompactionReport>>),
 }
 
@@ -139,16 +176,20 @@ impl Maintenance {
         engine: Arc<Engine>,
         io: Io,
         dir: &Path,
-        snapshot: Option<(u64, u64)>,
+        covered: Covered,
         cursors: Cursors,
     ) -> Self {
         let progress = Progress {
-            snapshot_seq: snapshot.map(|s| s.0),
-            snapshot_bytes: snapshot.map_or(0, |s| s.1),
+            snapshot_seq: covered
+                .manifest
+                .as_ref()
+                .map(|m| m.covered_seq)
+                .or(covered.snapshot_seq),
             // The interval counts from open.
             compacted_at: Some(Instant::now()),
             ..Progress::default()
         };
+        let next_run_id = covered.manifest.as_ref().map_or(1, |m| m.next_run_id);
         Self {
             engine,
             io,
@@ -156,6 +197,9 @@ impl Maintenance {
             cursors: Mutex::new(cursors),
             progress: Mutex::new(progress),
             running: Mutex::new(()),
+            manifest: Mutex::new(covered.manifest),
+            next_run_id: Mutex::new(next_run_id),
+            cache: covered.cache,
         }
     }
 
@@ -213,24 +257,42 @@ impl Maintenance {
             .filter(|s| s.last_seq > covered || s.last_seq < s.first_seq)
             .map(|s| s.size_bytes)
             .sum();
+        let lower = self.engine.state().lower();
+        let (memtable_bytes, frozen_bytes) = self.engine.state().memtable_bytes();
+        let cache = self.cache.stats();
         CompactorStats {
             snapshot_seq: p.snapshot_seq,
-            snapshot_bytes: p.snapshot_bytes,
+            snapshot_bytes: lower.runs.iter().map(|r| r.info().size_bytes).sum(),
+            runs: lower.runs.len(),
+            memtable_bytes,
+            frozen_bytes,
+            run_bytes_written: p.run_bytes_written,
+            cache_hits: cache.hits,
+            cache_misses: cache.misses,
+            cache_bytes: cache.resident_bytes,
             wal_bytes_since_snapshot: since,
             compactions: p.compactions,
             last_error: p.last_error.clone(),
         }
     }
 
+    /// True if the active memtable has reached its limit.
+    pub fn memtable_full(&self) -> bool {
+        self.engine.state().memtable_bytes().0 >= self.engine.options().memtable_bytes_max
+    }
+
     fn due(&self) -> bool {
         let options = &self.engine.options();
+        if self.memtable_full() || !self.engine.state().lower().frozen.is_empty() {
+            return true;
+        }
         // Measured on disk, so a database reopened often (by the CLI, say)
         // still compacts once its WAL has grown.
         let since = self.stats().wal_bytes_since_snapshot;
         let last_seq = self.engine.wal().stats().last_seq;
         let p = self.progress.lock();
-        if last_seq <= p.snapshot_seq.unwrap_or(0) {
-            return false; // nothing written since the snapshot
+        if last_seq <= p.snapshot_seq.unwrap_or(0) && self.manifest.lock().is_some() {
+            return false; // nothing written since the last flush
         }
         if since >= options.compaction_wal_bytes_min {
             return true;
@@ -240,18 +302,19 @@ impl Maintenance {
         options.compaction_interval_ms > 0 && elapsed >= interval
     }
 
-    /// Runs one compaction now.
-    pub fn compact(&self) -> Result<CompactionReport> {
+    /// Runs one compaction now: a flush, then merges (of every run if
+    /// `full`, else as the policy asks).
+    pub fn compact(&self, full: bool) -> Result<CompactionReport> {
         let _running = self.running.lock();
         let started = Instant::now();
-        let result = self.compact_inner();
+        let result = self.compact_inner(full);
         let mut p = self.progress.lock();
         match &result {
             Ok(report) => {
                 p.compactions += 1;
                 p.compacted_at = Some(Instant::now());
                 p.snapshot_seq = Some(report.snapshot_seq);
-                p.snapshot_bytes = report.snapshot_bytes;
+                p.run_bytes_written += report.snapshot_bytes;
                 p.last_error = None;
             }
             Err(e) => {
@@ -265,82 +328,97 @@ impl Maintenance {
         })
     }
 
-    fn compact_inner(&self) -> Result<CompactionReport> {
+    fn compact_inner(&self, full: bool) -> Result<CompactionReport> {
         let engine = &self.engine;
         engine.wal().check_usable()?;
         let bytes_before = self.disk_bytes()?;
+        let snapshots_before = self
+            .io
+            .list_dir_if_exists(&self.dir.join(SNAPSHOT_DIR))?
+            .len();
         engine.wal().seal_active()?;
         let target = engine.wal().stats().last_seq;
         engine.wait_applied_through(target)?;
-        // The watermark first, then the map: every batch up to it is in the map.
-        let covered_seq = engine.applied_watermark()?;
-        let map = engine.state().snapshot();
-        // Applied is not yet durable in `Interval`/`Never` mode: make sure the
-        // WAL holds everything the snapshot will claim to cover, or a power
-        // loss could leave a gap between the snapshot and the WAL.
-        engine.wal().sync_written()?;
-        let created_ms = engine.now_ms();
-        let meta = SnapshotMeta {
-            node: engine.node(),
-            covered_seq,
-            hlc: engine.hlc().high_water(),
-            created_ms,
+        // The watermark is read under the freeze: every batch up to it is
+        // in the frozen memtable or below.
+        let frozen = engine.state().freeze(|| engine.applied_watermark())?;
+        let covered_now = match &frozen {
+            Some(f) => f.covered_seq,
+            // Nothing since the last freeze: the runs hold every applied batch.
+            None => engine.applied_watermark()?,
         };
+        // Applied is not yet durable in `Interval`/`Never` mode: make sure the
+        // WAL holds everything the manifest will claim to cover, or a power
+        // loss could leave a gap between the runs and the WAL.
+        engine.wal().sync_written()?;
         // Cursor moves reach the file before they decide what is dropped,
         // so a restart finds positions at least this far along.
         self.flush_cursors()?;
-        let gc = self.tombstone_rule(covered_seq, crate::sync::peer_cursors(&map));
-        let mut dropped: Vec<(StoreKey, KeyState)> = Vec::new();
-        let keep = |key: &StoreKey, state: &KeyState| {
-            let collect = gc.collects(state);
-            if collect {
-                dropped.push((key.clone(), state.clone()));
-            }
-            !collect
-        };
-        let dedup = engine.wal().dedup_entries_through(covered_seq);
-        let snap_dir = self.dir.join(SNAPSHOT_DIR);
-        let written = snapshot::write_snapshot(&self.io, &snap_dir, &meta, &map, &dedup, keep)?;
-        drop(map);
-        // Read it back before anything it covers is dropped, and drop nothing
-        // if the WAL failed meanwhile.
-        snapshot::read_snapshot(&self.io, &written.path)?;
+        let mut written = runs::Written::default();
+        self.flush_frozen(&mut written)?;
+        let covered_seq = self.cover_through(covered_now)?;
         engine.wal().check_usable()?;
-        let (snapshots_removed, oldest_retained) = self.prune_snapshots(&snap_dir)?;
-        let (keep_from, cursors_behind) = self.retention_start(oldest_retained);
+        let (keep_from, cursors_behind) = self.retention_start(covered_seq);
         self.flush_cursors()?;
         let (segments_removed, _) = engine.wal().truncate_before(keep_from)?;
-        let tombstones_dropped = engine.state().remove_unchanged(&dropped);
+        let gc = self.tombstone_rule(
+            covered_seq,
+            crate::sync::peer_cursors(&engine.state().view())?,
+        );
+        self.merge_runs(full, &gc, &mut written)?;
+        let snapshots_after = self
+            .io
+            .list_dir_if_exists(&self.dir.join(SNAPSHOT_DIR))?
+            .len();
         Ok(CompactionReport {
             snapshot_seq: covered_seq,
-            snapshot_path: written.path,
-            snapshot_bytes: written.size_bytes,
-            entries: written.entries,
+            snapshot_path: written.last_run.map(|r| r.path).unwrap_or_default(),
+            snapshot_bytes: written.bytes_written,
+            entries: written.entries_written,
+            runs_written: written.runs_written,
+            runs_merged: written.runs_merged,
+            runs: engine.state().lower().runs.len(),
             bytes_before,
             bytes_after: self.disk_bytes()?,
             segments_removed,
-            snapshots_removed,
-            tombstones_dropped,
+            snapshots_removed: snapshots_before.saturating_sub(snapshots_after),
+            tombstones_dropped: written.tombstones_dropped,
             cursors_behind,
             duration_ms: 0,
         })
     }
 
+    /// Makes the manifest cover `seq` (every batch up to it is in the runs:
+    /// the caller flushed everything frozen at or after it); writes one if
+    /// there is none yet or it covers less. Returns what it covers.
+    fn cover_through(&self, seq: u64) -> Result<u64> {
+        let current = self.manifest.lock().as_ref().map(|m| m.covered_seq);
+        if current.is_some_and(|c| c >= seq) {
+            return Ok(current.unwrap_or(seq));
+        }
+        let mut manifest = self.next_manifest(seq);
+        manifest.covered_seq = seq;
+        crate::manifest::write_manifest(&self.io, &self.dir, &manifest)?;
+        *self.manifest.lock() = Some(manifest);
+        self.remove_legacy_snapshots()?;
+        Ok(seq)
+    }
+
     /// Replaces the whole state, but for this copy's own `_local` keys,
     /// with `records` plus `local` (a follower installing a leader's
-    /// snapshot, with its new cursor in `local`), durably: a snapshot of
-    /// the new state covering everything in the WAL so far is written and
-    /// verified first; then the map is swapped and the older snapshots and
-    /// the WAL they covered are dropped. A crash before the snapshot's
-    /// rename leaves the old state whole; after it, the new one. The caller
-    /// must be the only writer while this runs.
-    pub fn install_state(&self, records: Vec<Record>, local: Vec<Record>) -> Result<Written> {
+    /// snapshot, with its new cursor in `local`), durably: a run of the new
+    /// state and a manifest naming only it, covering everything in the WAL
+    /// so far, are written first; then the state is swapped and the older
+    /// runs and the WAL they covered are dropped. A crash before the
+    /// manifest's rename leaves the old state whole; after it, the new one.
+    /// The caller must be the only writer while this runs.
+    pub fn install_state(&self, records: Vec<Record>, local: Vec<Record>) -> Result<RunSummary> {
         let _running = self.running.lock();
         self.install_state_inner(records, local)
             .inspect_err(|e| poison_on_failed_sync(&self.engine, e))
     }
 
-    fn install_state_inner(&self, records: Vec<Record>, local: Vec<Record>) -> Result<Written> {
+    fn install_state_inner(&self, records: Vec<Record>, local: Vec<Record>) -> Result<RunSummary> {
         let engine = &self.engine;
         engine.wal().check_usable()?;
         engine.wal().seal_active()?;
@@ -349,47 +427,84 @@ impl Maintenance {
         let covered_seq = engine.applied_watermark()?;
         engine.wal().sync_written()?;
         let fresh = State::new();
-        let own_local: Vec<Record> = engine.state().with_map(|map| {
-            map.iter()
-                .filter(|(k, _)| crate::sync::is_local(k))
-                .map(|(k, s)| Record {
-                    store_key: k.clone(),
-                    delta: s.clone(),
-                })
-                .collect()
-        });
-        fresh.replay(own_local);
-        fresh.replay(records);
-        fresh.replay(local);
-        let map = fresh.snapshot();
-        let meta = SnapshotMeta {
-            node: engine.node(),
-            covered_seq,
-            hlc: engine.hlc().high_water(),
-            created_ms: engine.now_ms(),
-        };
-        let dedup = engine.wal().dedup_entries_through(covered_seq);
-        let snap_dir = self.dir.join(SNAPSHOT_DIR);
-        let written =
-            snapshot::write_snapshot(&self.io, &snap_dir, &meta, &map, &dedup, |_, _| true)?;
-        snapshot::read_snapshot(&self.io, &written.path)?;
-        engine.wal().check_usable()?;
-        engine.state().replace(map);
-        // Older snapshots hold the replaced state: none may be fallen back on.
-        for (seq, path) in snapshot::list_snapshots(&self.io, &snap_dir)? {
-            if seq < covered_seq {
-                self.io.remove_file(&path)?;
-            }
+        let local_prefix = crate::record::keyspace_prefix(crate::sync::LOCAL_KEYSPACE);
+        let mut own_local: Vec<Record> = Vec::new();
+        for entry in engine.state().view().range(
+            std::ops::Bound::Included(local_prefix.clone()),
+            prefix_end(&local_prefix),
+            false,
+        ) {
+            let (store_key, delta) = entry?;
+            own_local.push(Record { store_key, delta });
         }
-        self.io.sync_dir(&snap_dir)?;
+        fresh.replay(own_local)?;
+        fresh.replay(records)?;
+        fresh.replay(local)?;
+        let view = fresh.view();
+        let mut written = runs::Written::default();
+        let run = self.write_whole_state(&view, covered_seq, &mut written)?;
+        let old_runs = engine.state().lower().runs.clone();
+        engine.state().replace_all(
+            Lower {
+                frozen: Vec::new(),
+                runs: run.into_iter().collect(),
+            },
+            true,
+        );
+        for r in &old_runs {
+            self.io.remove_file(&r.info().path)?;
+        }
+        self.io.sync_dir(&self.dir.join(RUN_DIR))?;
+        self.remove_legacy_snapshots()?;
         engine
             .wal()
             .truncate_before(covered_seq.saturating_add(1))?;
         let mut p = self.progress.lock();
         p.snapshot_seq = Some(covered_seq);
-        p.snapshot_bytes = written.size_bytes;
         p.compacted_at = Some(Instant::now());
-        Ok(written)
+        Ok(RunSummary {
+            covered_seq,
+            entries: written.entries_written,
+            size_bytes: written.bytes_written,
+        })
+    }
+
+    /// Writes a snapshot file of the whole state (what a replication leader
+    /// sends a follower), returning it opened for reading and already
+    /// unlinked (so nothing is left behind, whatever happens to the
+    /// transfer), with the sequence number it covers. `hold` is called
+    /// with that sequence number before any later compaction can truncate
+    /// the WAL after it (it registers the follower's retention cursor).
+    pub fn snapshot_for_shipping(
+        &self,
+        hold: impl FnOnce(u64) -> Result<()>,
+    ) -> Result<(crate::io::IoFile, u64, u64)> {
+        let (view, covered_seq) = {
+            let _running = self.running.lock();
+            let engine = &self.engine;
+            engine.wal().check_usable()?;
+            engine.wal().seal_active()?;
+            let target = engine.wal().stats().last_seq;
+            engine.wait_applied_through(target)?;
+            let covered_seq = engine.applied_watermark()?;
+            let view = engine.state().view();
+            engine.wal().sync_written()?;
+            hold(covered_seq)?;
+            (view, covered_seq)
+        };
+        let meta = SnapshotMeta {
+            node: self.engine.node(),
+            covered_seq,
+            hlc: self.engine.high_water(),
+            created_ms: self.engine.now_ms(),
+        };
+        let snap_dir = self.dir.join(SNAPSHOT_DIR);
+        let name = format!("ship-{covered_seq:020}-{}.snap", ship_nonce());
+        let written =
+            snapshot::write_snapshot_as(&self.io, &snap_dir, &name, &meta, view.iter(), &[])?;
+        let file = self.io.open_read(&written.path)?;
+        self.io.remove_file(&written.path)?;
+        Ok((file, covered_seq, written.size_bytes))
     }
 
     /// Which tombstones this compaction may drop.
@@ -409,34 +524,13 @@ impl Maintenance {
         }
     }
 
-    /// Deletes snapshots beyond the retained number; returns how many, and
-    /// the covered sequence number of the oldest one kept.
-    fn prune_snapshots(&self, snap_dir: &Path) -> Result<(usize, u64)> {
-        let retained = self.engine.options().snapshots_retained.max(1);
-        let snapshots = snapshot::list_snapshots(&self.io, snap_dir)?;
-        let oldest_retained = snapshots
-            .iter()
-            .take(retained)
-            .map(|s| s.0)
-            .min()
-            .unwrap_or(0);
-        let doomed = snapshots.iter().skip(retained).collect::<Vec<_>>();
-        for (_, path) in &doomed {
-            self.io.remove_file(path)?;
-        }
-        if !doomed.is_empty() {
-            self.io.sync_dir(snap_dir)?;
-        }
-        Ok((doomed.len(), oldest_retained))
-    }
-
-    /// The first sequence number the WAL must keep: just after the oldest
-    /// retained snapshot, or earlier for cursors within the retention
-    /// limit. Cursors beyond it are marked and named.
-    fn retention_start(&self, oldest_retained: u64) -> (u64, Vec<String>) {
-        let snapshot_start = oldest_retained.saturating_add(1);
+    /// The first sequence number the WAL must keep: just after what the
+    /// runs cover, or earlier for cursors within the retention limit.
+    /// Cursors beyond it are marked and named.
+    fn retention_start(&self, covered_seq: u64) -> (u64, Vec<String>) {
+        let covered_start = covered_seq.saturating_add(1);
         let segments = self.engine.wal().segment_ranges();
-        let wal_start = segments.first().map_or(snapshot_start, |s| s.first_seq);
+        let wal_start = segments.first().map_or(covered_start, |s| s.first_seq);
         let bytes_from = |seq: u64| -> u64 {
             segments
                 .iter()
@@ -445,7 +539,7 @@ impl Maintenance {
                 .sum()
         };
         let limit = self.engine.options().wal_retention_bytes_max;
-        let mut start = snapshot_start;
+        let mut start = covered_start;
         let mut behind = Vec::new();
         let mut cursors = self.cursors.lock();
         for (name, cursor) in cursors.iter_mut() {
@@ -467,10 +561,10 @@ impl Maintenance {
         (start, behind)
     }
 
-    /// Bytes of WAL segments and snapshots on disk.
+    /// Bytes of WAL segments, runs and snapshots on disk.
     fn disk_bytes(&self) -> Result<u64> {
         let mut total = 0;
-        for sub in [WAL_DIR, SNAPSHOT_DIR] {
+        for sub in [WAL_DIR, RUN_DIR, SNAPSHOT_DIR] {
             let dir = self.dir.join(sub);
             for name in self.io.list_dir_if_exists(&dir)? {
                 total += self.io.len_bytes(&dir.join(name)).unwrap_or(0);
@@ -478,6 +572,47 @@ impl Maintenance {
         }
         Ok(total)
     }
+}
+
+/// What a follower's state install wrote.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RunSummary {
+    /// The sequence number the new state covers.
+    pub covered_seq: u64,
+    /// Keys in it.
+    pub entries: u64,
+    /// Bytes of its run.
+    pub size_bytes: u64,
+}
+
+/// What recovery found that the compactor continues from.
+pub(crate) struct Covered {
+    /// The manifest, if the directory has one.
+    pub manifest: Option<Manifest>,
+    /// Without one: the sequence number the loaded snapshot (of the older
+    /// format) covers.
+    pub snapshot_seq: Option<u64>,
+    /// The cache the opened runs read through.
+    pub cache: Arc<BlockCache>,
+}
+
+/// The exclusive end of the key range starting with `prefix`.
+fn prefix_end(prefix: &[u8]) -> std::ops::Bound<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return std::ops::Bound::Excluded(end);
+        }
+    }
+    std::ops::Bound::Unbounded
+}
+
+/// A name part that keeps two shipped snapshots of one sequence number
+/// (two followers at once) apart.
+fn ship_nonce() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// A failed fsync (of a snapshot, a directory, a segment) poisons the
@@ -495,7 +630,7 @@ fn poison_on_failed_sync(engine: &Engine, e: &Error) {
 }
 
 /// The tombstone GC rule of one compaction.
-struct TombstoneGc {
+pub(crate) struct TombstoneGc {
     /// What each sync peer has reported seeing: a tombstone is kept until
     /// every one of them has seen it.
     peers: Vec<crate::sync::SyncCursor>,
@@ -508,7 +643,7 @@ struct TombstoneGc {
 impl TombstoneGc {
     /// A key can be dropped if it is a tombstone past its grace period with
     /// no counter totals left to merge.
-    fn collects(&self, state: &KeyState) -> bool {
+    pub(crate) fn collects(&self, state: &KeyState) -> bool {
         let Some(register) = &state.register else {
             return false;
         };
@@ -524,9 +659,15 @@ impl Compactor {
     /// Starts the background thread.
     pub fn start(maintenance: Arc<Maintenance>) -> Result<Compactor> {
         let (requests, receive) = bounded::<Request>(16);
+        // The memtable's doorbell: one pending ring is enough.
+        let (ring, rings) = bounded::<()>(1);
+        let engine = &maintenance.engine;
+        engine
+            .state()
+            .set_flush_signal(engine.options().memtable_bytes_max, ring);
         let handle = std::thread::Builder::new()
             .name("mergekv-compactor".into())
-            .spawn(move || run(&maintenance, &receive))
+            .spawn(move || run(&maintenance, &receive, &rings))
             .map_err(|e| Error::Poisoned {
                 cause: Arc::from(format!("cannot start the compactor thread: {e}")),
             })?;
@@ -573,13 +714,16 @@ impl Drop for Compactor {
     }
 }
 
-fn run(maintenance: &Maintenance, requests: &Receiver<Request>) {
+fn run(maintenance: &Maintenance, requests: &Receiver<Request>, rings: &Receiver<()>) {
     let tick = Duration::from_millis(maintenance.engine.options().compactor_tick_ms.max(1));
     loop {
-        let reply = match requests.recv_timeout(tick) {
-            Ok(Request::Compact(reply)) => Some(reply),
-            Err(RecvTimeoutError::Timeout) => None,
-            Err(RecvTimeoutError::Disconnected) => return,
+        let (reply, full) = crossbeam_channel::select! {
+            recv(requests) -> request => match request {
+                Ok(Request::Compact(reply)) => (Some(reply), true),
+                Err(_) => return,
+            },
+            recv(rings) -> _ => (None, false),
+            default(tick) => (None, false),
         };
         if reply.is_none()
             && (!maintenance.due() || maintenance.engine.wal().check_usable().is_err())
@@ -587,7 +731,7 @@ fn run(maintenance: &Maintenance, requests: &Receiver<Request>) {
             continue;
         }
         let outcome =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| maintenance.compact()));
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| maintenance.compact(full)));
         let result = outcome.unwrap_or_else(|_| {
             let cause = "the compactor thread panicked";
             maintenance.engine.poison(cause);

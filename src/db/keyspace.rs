@@ -10,7 +10,6 @@ use super::Db;
 use super::read::{self, Scan, ScanOptions, Value};
 use crate::clock::Stamp;
 use crate::command::{Batch, Outcome};
-use crate::crdt::KeyState;
 use crate::error::{Error, Result};
 
 /// A named keyspace: the same operations as [`Db`], confined to one
@@ -73,45 +72,49 @@ impl Keyspace {
 
     /// Reads a value stored with [`Keyspace::put_typed`].
     pub fn get_typed<T: DeserializeOwned>(&self, key: impl AsRef<[u8]>) -> Result<Option<T>> {
-        self.get(key)
+        self.get(key)?
             .map(|b| crate::codec::decode_typed(&b))
             .transpose()
     }
 
-    /// What `key` reads as: bytes, a counter, or nothing.
-    pub fn get_value(&self, key: impl AsRef<[u8]>) -> Option<Value> {
+    /// What `key` reads as: bytes, a counter, or nothing. Fails only if a
+    /// run could not be read (an I/O error, a damaged file).
+    pub fn get_value(&self, key: impl AsRef<[u8]>) -> Result<Option<Value>> {
         let state = self.db.inner.engine.state();
-        state.with_map(|map| read::get_value(map, &self.prefix, key.as_ref()))
+        read::get_value(|k| state.get(k), &self.prefix, key.as_ref())
     }
 
     /// The bytes at `key`, if it reads as a register value.
-    pub fn get(&self, key: impl AsRef<[u8]>) -> Option<Arc<[u8]>> {
-        match self.get_value(key) {
+    pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Arc<[u8]>>> {
+        Ok(match self.get_value(key)? {
             Some(Value::Bytes(b)) => Some(b),
             _ => None,
-        }
+        })
     }
 
     /// The counter at `key` (0 if absent or not a counter).
-    pub fn counter(&self, key: impl AsRef<[u8]>) -> i64 {
-        self.get_value(key)
+    pub fn counter(&self, key: impl AsRef<[u8]>) -> Result<i64> {
+        Ok(self
+            .get_value(key)?
             .and_then(|v| v.as_counter())
-            .unwrap_or(0)
+            .unwrap_or(0))
     }
 
     /// Scans this keyspace; the iterator reads a consistent snapshot.
     pub fn scan(&self, opts: &ScanOptions) -> Scan {
-        Scan::new(self.db.inner.engine.state().snapshot(), &self.prefix, opts)
+        Scan::new(&self.db.inner.engine.state().view(), &self.prefix, opts)
     }
 
     /// The stamp a register write to `key` carries, if any (for tests and
     /// tools that need to reason about last-writer-wins).
-    pub fn stamp_of(&self, key: impl AsRef<[u8]>) -> Option<Stamp> {
+    pub fn stamp_of(&self, key: impl AsRef<[u8]>) -> Result<Option<Stamp>> {
         let store_key = [&self.prefix[..], key.as_ref()].concat();
-        self.db
+        Ok(self
+            .db
             .inner
             .engine
             .state()
-            .read(&store_key, |s| s.and_then(KeyState::newest_stamp))
+            .get(&store_key)?
+            .and_then(|s| s.newest_stamp()))
     }
 }

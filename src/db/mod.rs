@@ -106,7 +106,16 @@ impl Db {
         let wal_dir = dir.join(WAL_DIR);
         let found = identity::find(&io, &dir, &options)?;
         io.create_dir_all(&wal_dir)?;
-        let mut recovered = engine::recover(&io, &dir, &found.meta.lineage(), &options)?;
+        let cache = crate::run::BlockCache::new(options.cache_bytes_max);
+        let lineage = found.meta.lineage();
+        let mut recovered = engine::recover_state(&engine::RecoverFrom {
+            io: &io,
+            dir: &dir,
+            nodes: &lineage,
+            options: &options,
+            cache: &cache,
+            modify: true,
+        })?;
         let (meta, renewed) = identity::settle(
             &io,
             &dir,
@@ -136,7 +145,11 @@ impl Db {
             engine.clone(),
             io,
             &dir,
-            recovered.snapshot,
+            crate::compactor::Covered {
+                manifest: recovered.manifest,
+                snapshot_seq: recovered.snapshot_seq,
+                cache,
+            },
             cursors,
         ));
         let compactor = Compactor::start(maintenance.clone())?;
@@ -360,7 +373,7 @@ impl Db {
             return Ok(());
         }
         let local = self.reserved_keyspace(crate::sync::LOCAL_KEYSPACE)?;
-        if local.get(position::LEADER_EPOCH_KEY).is_some() {
+        if local.get(position::LEADER_EPOCH_KEY)?.is_some() {
             local.delete(position::LEADER_EPOCH_KEY)?;
             self.inner.engine.wal().sync_written()?;
         }
@@ -387,10 +400,13 @@ impl Db {
     /// This follower's stored position (`None` if it never received any).
     pub fn follower_position(&self) -> Result<Option<FollowerPosition>> {
         let store_key = position::local_key(position::FOLLOWER_POSITION_KEY);
-        let Some(bytes) = self.inner.engine.state().read(&store_key, |s| {
-            s.and_then(|s| s.register.as_ref())
-                .and_then(|r| r.value.clone())
-        }) else {
+        let Some(bytes) = self
+            .inner
+            .engine
+            .state()
+            .get(&store_key)?
+            .and_then(|s| s.register.and_then(|r| r.value))
+        else {
             return Ok(None);
         };
         FollowerPosition::decode(&bytes)
@@ -468,26 +484,28 @@ impl Db {
         self.default_keyspace().increment(key, delta)
     }
 
-    /// What `key` in the default keyspace reads as.
-    pub fn get_value(&self, key: impl AsRef<[u8]>) -> Option<Value> {
+    /// What `key` in the default keyspace reads as. Fails only if a run
+    /// could not be read (an I/O error, a damaged file).
+    pub fn get_value(&self, key: impl AsRef<[u8]>) -> Result<Option<Value>> {
         let prefix = &self.inner.default_prefix;
         let state = self.inner.engine.state();
-        state.with_map(|map| read::get_value(map, prefix, key.as_ref()))
+        read::get_value(|k| state.get(k), prefix, key.as_ref())
     }
 
     /// The bytes at `key` in the default keyspace.
-    pub fn get(&self, key: impl AsRef<[u8]>) -> Option<Arc<[u8]>> {
-        match self.get_value(key) {
+    pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Arc<[u8]>>> {
+        Ok(match self.get_value(key)? {
             Some(Value::Bytes(b)) => Some(b),
             _ => None,
-        }
+        })
     }
 
     /// The counter at `key` in the default keyspace (0 if absent).
-    pub fn counter(&self, key: impl AsRef<[u8]>) -> i64 {
-        self.get_value(key)
+    pub fn counter(&self, key: impl AsRef<[u8]>) -> Result<i64> {
+        Ok(self
+            .get_value(key)?
             .and_then(|v| v.as_counter())
-            .unwrap_or(0)
+            .unwrap_or(0))
     }
 
     /// Scans the default keyspace.
@@ -497,13 +515,13 @@ impl Db {
 
     /// A consistent snapshot for multi-key reads.
     pub fn view(&self) -> ReadView {
-        ReadView::new(self.inner.engine.state().snapshot())
+        ReadView::new(self.inner.engine.state().view())
     }
 
     /// Figures about the database.
     pub fn stats(&self) -> Stats {
         let engine = &self.inner.engine;
-        let snapshot = engine.state().snapshot();
+        let view = engine.state().view();
         let (hlc, drift) = {
             let clock = engine.hlc();
             (clock.high_water(), clock.drift_stats())
@@ -524,14 +542,23 @@ impl Db {
             cursors: self.inner.maintenance.cursors(),
             ..Stats::default()
         };
-        for (_, state) in snapshot.iter() {
-            count_key(&mut stats, state);
+        // Counted over every layer: exact, and O(keys).
+        for entry in view.iter() {
+            match entry {
+                Ok((_, state)) => count_key(&mut stats, &state),
+                Err(e) => {
+                    stats.read_error = Some(e.to_string());
+                    break;
+                }
+            }
         }
         stats
     }
 
     /// Runs a compaction now (on the compactor thread) and reports what it
-    /// did: a snapshot, then truncation of the WAL it covers.
+    /// did: the memtable written out as a run, the WAL it covers
+    /// truncated, and every run merged into one (dropping collectable
+    /// tombstones).
     pub fn compact_now(&self) -> Result<CompactionReport> {
         self.inner.compactor.compact_now_on(&self.inner.engine)
     }
@@ -610,8 +637,9 @@ impl Db {
     }
 
     /// The state digest: equal on two copies exactly when their states are.
-    pub fn digest(&self) -> Digest {
-        crate::sync::digest::digest(&self.inner.engine.state().snapshot())
+    /// Fails only if a run could not be read.
+    pub fn digest(&self) -> Result<Digest> {
+        crate::sync::digest::digest(&self.inner.engine.state().view())
     }
 
     /// Verifies a change set, checks every stamp against the drift bound,
@@ -731,7 +759,9 @@ pub struct Stats {
     /// A follower's stored replication position (its cursor, and the
     /// leader's position when it was stored).
     pub follower_position: Option<FollowerPosition>,
-    /// The failure that poisoned the database, if any.
+    /// Why the key counts stopped short: a run that could not be read.
+    pub read_error: Option<String>,
+    /// Why the database refuses writes, if it does.
     pub poisoned: Option<String>,
     /// What this open did that its user should know (see [`Db::notices`]).
     pub notices: Vec<String>,

@@ -1,7 +1,6 @@
 //! Reads: values, scans, and consistent views. Reads never go through the
-//! workers; they look at the state map directly.
+//! workers or the WAL; they look at the state's layers directly.
 
-use std::collections::VecDeque;
 use std::ops::Bound;
 use std::sync::Arc;
 
@@ -11,7 +10,7 @@ use crate::command::validate_keyspace_name;
 use crate::crdt::{KeyState, Visible};
 use crate::error::Result;
 use crate::record::keyspace_prefix;
-use crate::state::{StateMap, StoreKey};
+use crate::state::{StateView, StoreKey, ViewIter};
 
 /// What a key reads as.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -185,100 +184,94 @@ fn bounds_for(ks: &[u8], opts: &ScanOptions) -> KeyBounds {
     }
 }
 
-/// Entries fetched per refill of a [`Scan`]: enough to amortise the range
-/// lookup, small enough that a short scan stays cheap.
-const SCAN_CHUNK_ENTRIES: usize = 512;
-
-/// An iterator over a scan's entries, reading from a consistent snapshot.
+/// An iterator over a scan's entries, reading from a consistent view of
+/// the state (the memtables and runs as they were when the scan began).
+/// Each item is an entry, or the error that ended the scan (a run that
+/// could not be read): after an error it yields nothing more.
 pub struct Scan {
-    map: StateMap,
-    bounds: KeyBounds,
-    reverse: bool,
+    entries: ViewIter,
     remaining: usize,
     prefix_len: usize,
-    buf: VecDeque<(StoreKey, Value)>,
-    exhausted: bool,
+}
+
+impl std::fmt::Debug for Scan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scan")
+            .field("remaining", &self.remaining)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Scan {
-    pub(crate) fn new(map: StateMap, ks_prefix: &[u8], opts: &ScanOptions) -> Self {
+    pub(crate) fn new(view: &StateView, ks_prefix: &[u8], opts: &ScanOptions) -> Self {
+        let bounds = bounds_for(ks_prefix, opts);
         Scan {
-            map,
-            bounds: bounds_for(ks_prefix, opts),
-            reverse: opts.reverse,
+            entries: view.range(bounds.start, bounds.end, opts.reverse),
             remaining: opts.limit.unwrap_or(usize::MAX),
             prefix_len: ks_prefix.len(),
-            buf: VecDeque::new(),
-            exhausted: false,
         }
-    }
-
-    fn refill(&mut self) {
-        let want = self.remaining.min(SCAN_CHUNK_ENTRIES);
-        let mut chunk = Vec::with_capacity(want);
-        collect_range(&self.map, &self.bounds, self.reverse, want, &mut chunk);
-        if chunk.len() < want {
-            self.exhausted = true;
-        }
-        if let Some((last, _)) = chunk.last() {
-            let after = Bound::Excluded(last.to_vec());
-            if self.reverse {
-                self.bounds.end = after;
-            } else {
-                self.bounds.start = after;
-            }
-        }
-        self.buf.extend(chunk);
     }
 }
 
 impl Iterator for Scan {
-    type Item = Entry;
+    type Item = Result<Entry>;
 
-    fn next(&mut self) -> Option<Entry> {
-        if self.remaining == 0 {
-            return None;
+    fn next(&mut self) -> Option<Result<Entry>> {
+        while self.remaining > 0 {
+            let (store_key, state) = match self.entries.next()? {
+                Ok(entry) => entry,
+                Err(e) => {
+                    self.remaining = 0;
+                    return Some(Err(e));
+                }
+            };
+            // Keys that read as absent (tombstones) are skipped.
+            if let Some(value) = Value::from_visible(state.visible()) {
+                self.remaining -= 1;
+                return Some(Ok(Entry {
+                    store_key,
+                    prefix_len: self.prefix_len,
+                    value,
+                }));
+            }
         }
-        if self.buf.is_empty() && !self.exhausted {
-            self.refill();
-        }
-        let (store_key, value) = self.buf.pop_front()?;
-        self.remaining -= 1;
-        Some(Entry {
-            store_key,
-            prefix_len: self.prefix_len,
-            value,
-        })
+        None
     }
 }
 
-/// Reads of one keyspace against one map; shared by [`crate::Keyspace`]
-/// (live map) and [`ReadView`] (snapshot).
-pub(crate) fn get_value(map: &StateMap, ks_prefix: &[u8], key: &[u8]) -> Option<Value> {
+/// Reads of one keyspace against one view; shared by [`crate::Keyspace`]
+/// (the live state) and [`ReadView`] (a snapshot).
+pub(crate) fn get_value(
+    get: impl FnOnce(&[u8]) -> Result<Option<KeyState>>,
+    ks_prefix: &[u8],
+    key: &[u8],
+) -> Result<Option<Value>> {
     // Short keys are built on the stack: no allocation on the read path.
     let store_key = StoreKey::concat(ks_prefix, key);
-    map.get(store_key.as_slice())
-        .and_then(|s| Value::from_visible(s.visible()))
+    Ok(get(store_key.as_slice())?.and_then(|s| Value::from_visible(s.visible())))
 }
 
 /// A consistent, read-only snapshot of the whole database: every read through
-/// it sees the same moment, whatever writers do meanwhile. Cheap to take
-/// (O(1)); while it lives, writers copy the parts of the map they change.
-#[derive(Clone)]
+/// it sees the same moment, whatever writers do meanwhile, and the runs it
+/// reads stay readable while newer ones are written and merged beneath it.
+/// Cheap to take (O(number of runs)); while it lives, writers copy the
+/// parts of the memtable they change, and merged-away run files keep their
+/// disk space.
+#[derive(Clone, Debug)]
 pub struct ReadView {
-    map: StateMap,
+    view: StateView,
 }
 
 impl ReadView {
-    pub(crate) fn new(map: StateMap) -> Self {
-        Self { map }
+    pub(crate) fn new(view: StateView) -> Self {
+        Self { view }
     }
 
     /// A view of one keyspace within this snapshot.
     pub fn keyspace(&self, name: &str) -> Result<ViewKeyspace<'_>> {
         validate_keyspace_name(name, true)?;
         Ok(ViewKeyspace {
-            map: &self.map,
+            view: &self.view,
             prefix: keyspace_prefix(name),
         })
     }
@@ -286,48 +279,50 @@ impl ReadView {
     /// The default keyspace within this snapshot.
     pub fn default_keyspace(&self) -> ViewKeyspace<'_> {
         ViewKeyspace {
-            map: &self.map,
+            view: &self.view,
             prefix: keyspace_prefix(crate::DEFAULT_KEYSPACE),
         }
     }
 
     /// Reads `key` from the default keyspace.
-    pub fn get(&self, key: impl AsRef<[u8]>) -> Option<Arc<[u8]>> {
+    pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Arc<[u8]>>> {
         self.default_keyspace().get(key)
     }
 }
 
 /// One keyspace of a [`ReadView`].
+#[derive(Debug)]
 pub struct ViewKeyspace<'a> {
-    map: &'a StateMap,
+    view: &'a StateView,
     prefix: Vec<u8>,
 }
 
 impl ViewKeyspace<'_> {
     /// The register value at `key`, if the key reads as bytes.
-    pub fn get(&self, key: impl AsRef<[u8]>) -> Option<Arc<[u8]>> {
-        match self.get_value(key) {
+    pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Arc<[u8]>>> {
+        Ok(match self.get_value(key)? {
             Some(Value::Bytes(b)) => Some(b),
             _ => None,
-        }
+        })
     }
     /// What `key` reads as.
-    pub fn get_value(&self, key: impl AsRef<[u8]>) -> Option<Value> {
-        get_value(self.map, &self.prefix, key.as_ref())
+    pub fn get_value(&self, key: impl AsRef<[u8]>) -> Result<Option<Value>> {
+        get_value(|k| self.view.get(k), &self.prefix, key.as_ref())
     }
     /// The counter at `key` (0 if absent or not a counter).
-    pub fn counter(&self, key: impl AsRef<[u8]>) -> i64 {
-        self.get_value(key)
+    pub fn counter(&self, key: impl AsRef<[u8]>) -> Result<i64> {
+        Ok(self
+            .get_value(key)?
             .and_then(|v| v.as_counter())
-            .unwrap_or(0)
+            .unwrap_or(0))
     }
     /// Scans this keyspace within the snapshot.
     pub fn scan(&self, opts: &ScanOptions) -> Scan {
-        Scan::new(self.map.clone(), &self.prefix, opts)
+        Scan::new(self.view, &self.prefix, opts)
     }
     /// Decodes a typed value stored with `put_typed`.
     pub fn get_typed<T: DeserializeOwned>(&self, key: impl AsRef<[u8]>) -> Result<Option<T>> {
-        self.get(key)
+        self.get(key)?
             .map(|b| crate::codec::decode_typed(&b))
             .transpose()
     }
@@ -340,33 +335,6 @@ pub struct KeyBounds {
     pub start: Bound<Vec<u8>>,
     /// Upper bound.
     pub end: Bound<Vec<u8>>,
-}
-
-/// Collects up to `limit` entries in `bounds` from `map`, forwards or
-/// backwards, skipping keys that read as absent (tombstones).
-pub fn collect_range(
-    map: &StateMap,
-    bounds: &KeyBounds,
-    reverse: bool,
-    limit: usize,
-    out: &mut Vec<(StoreKey, Value)>,
-) {
-    let range = map.range::<_, [u8]>((as_slice_bound(&bounds.start), as_slice_bound(&bounds.end)));
-    let visible =
-        |(k, s): (&StoreKey, &KeyState)| Value::from_visible(s.visible()).map(|v| (k.clone(), v));
-    if reverse {
-        out.extend(range.rev().filter_map(visible).take(limit));
-    } else {
-        out.extend(range.filter_map(visible).take(limit));
-    }
-}
-
-fn as_slice_bound(b: &Bound<Vec<u8>>) -> Bound<&[u8]> {
-    match b {
-        Bound::Included(v) => Bound::Included(v.as_slice()),
-        Bound::Excluded(v) => Bound::Excluded(v.as_slice()),
-        Bound::Unbounded => Bound::Unbounded,
-    }
 }
 
 #[cfg(test)]

@@ -112,6 +112,10 @@ impl Engine {
             self.watermark.complete(first_seq, last_seq);
         }
         durable?;
+        if applied.is_empty() && queued(batches).next().is_some() {
+            // Applying failed and poisoned the database.
+            self.check_usable()?;
+        }
         let mut applied = applied.into_iter();
         // One result per batch: a poison while a duplicate waits for its
         // original fails that duplicate only, never a batch of the group
@@ -143,13 +147,23 @@ impl Engine {
         self.check_usable()
     }
 
+    /// Merges the queued batches into the memtable. They are durable
+    /// already, so a failure to apply them (a base that could not be read
+    /// from a run) poisons the database: the state would otherwise miss a
+    /// write the log holds, and a flush could claim to cover it.
     fn apply_queued(&self, batches: &[(&[Record], Appended)]) -> Vec<Vec<Applied>> {
         let queued: Vec<&[Record]> = queued(batches).map(|(r, _, _)| r).collect();
         if queued.is_empty() {
             return Vec::new();
         }
         self.maybe_inject_panic();
-        self.state.apply_many(&queued)
+        match self.state.apply_many(&queued) {
+            Ok(applied) => applied,
+            Err(e) => {
+                self.poison(&format!("a durable batch could not be applied: {e}"));
+                Vec::new()
+            }
+        }
     }
 
     /// A batch is completed unapplied only when durability failed, and the
@@ -210,6 +224,9 @@ impl Engine {
         if records.is_empty() {
             return Ok(CommitCounts::default());
         }
+        // No sequence number is held here (each chunk is finished before
+        // the next): waiting for a flush cannot hold the flush up.
+        self.state.wait_for_room(|| self.check_usable())?;
         if records.iter().any(|r| r.delta.counter.is_some()) {
             self.state.note_counter();
         }

@@ -37,7 +37,10 @@ use crate::state::State;
 use crate::wal::Wal;
 
 pub(crate) use commit::{CommitId, panic_message};
-pub(crate) use recover::{node_ids_in_files, quarantine, quarantine_path, rebuild_meta, recover};
+pub(crate) use recover::{
+    RecoverFrom, node_ids_in_files, open_runs, quarantine, quarantine_path, rebuild_meta,
+    recover_state,
+};
 use watermark::AppliedWatermark;
 use write::PendingCounter;
 

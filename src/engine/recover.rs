@@ -1,15 +1,21 @@
-//! Opening: load the newest valid snapshot, then replay the WAL after it.
+//! Opening: open the runs the manifest names, then replay the WAL after
+//! what they cover. A directory written before runs existed (snapshots, no
+//! manifest) opens the older way: the newest valid snapshot is loaded into
+//! the memtable, and the first flush converts it (`compactor`).
 
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::clock::{NodeId, Stamp};
 use crate::error::{Error, Result};
 use crate::io::Io;
+use crate::manifest::{self, Manifest};
 use crate::meta::Meta;
 use crate::options::Options;
 use crate::record::FramePayload;
+use crate::run::{BlockCache, RUN_DIR, Run};
 use crate::snapshot::{self, LoadedSnapshot, SNAPSHOT_DIR};
-use crate::state::State;
+use crate::state::{Lower, State};
 use crate::wal::dedup::{DedupEntry, DedupWindow};
 use crate::wal::recovery::{self, QUARANTINE_DIR, RecoveryReport, SnapshotUsed};
 use crate::wal::{WAL_DIR, WalStart};
@@ -24,8 +30,275 @@ pub(crate) struct Recovered {
     pub wal_start: WalStart,
     pub max_stamp: Option<Stamp>,
     pub report: RecoveryReport,
-    /// The loaded snapshot's covered sequence number and size.
-    pub snapshot: Option<(u64, u64)>,
+    /// The manifest the runs were opened from.
+    pub manifest: Option<Manifest>,
+    /// Without a manifest: the loaded snapshot's covered sequence number.
+    pub snapshot_seq: Option<u64>,
+}
+
+/// Where recovery reads from, and whether it may change anything.
+pub(crate) struct RecoverFrom<'a> {
+    pub io: &'a Io,
+    pub dir: &'a Path,
+    /// The ids the directory writes and wrote under, the current one first.
+    pub nodes: &'a [NodeId],
+    pub options: &'a Options,
+    pub cache: &'a Arc<BlockCache>,
+    /// False for a read-only open: nothing on disk is changed, a torn tail
+    /// is read as the end of the log, and damage is an error.
+    pub modify: bool,
+}
+
+/// Opens the state: the manifest's runs plus the WAL after them, or, in a
+/// directory of the format before runs, the newest snapshot plus the WAL.
+pub(crate) fn recover_state(from: &RecoverFrom<'_>) -> Result<Recovered> {
+    match manifest::read_manifest(from.io, from.dir)? {
+        Some(manifest) => recover_from_manifest(from, manifest),
+        None if from.modify => recover(from.io, from.dir, from.nodes, from.options),
+        None => recover_legacy_read_only(from),
+    }
+}
+
+/// The runs `manifest` names, opened: a missing file or one that is not
+/// the run named is [`Error::Corruption`] naming the file.
+pub(crate) fn open_runs(
+    io: &Io,
+    dir: &Path,
+    manifest: &Manifest,
+    cache: &Arc<BlockCache>,
+) -> Result<Vec<Arc<Run>>> {
+    let run_dir = dir.join(RUN_DIR);
+    let mut runs = Vec::with_capacity(manifest.runs.len());
+    for entry in &manifest.runs {
+        let path = run_dir.join(crate::run::run_file_name(entry.id));
+        let run = match Run::open(io, &path, cache.clone()) {
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::corruption(
+                    &path,
+                    0,
+                    "the manifest names this run, but its file is missing",
+                ));
+            }
+            other => other?,
+        };
+        let info = run.info();
+        if info.id != entry.id || info.checksum != entry.checksum || info.entries != entry.entries {
+            return Err(Error::corruption(
+                &path,
+                0,
+                format!(
+                    "not the run the manifest names (id {}, {} entries, checksum {:#x}; \
+                     expected id {}, {} entries, checksum {:#x})",
+                    info.id, info.entries, info.checksum, entry.id, entry.entries, entry.checksum
+                ),
+            ));
+        }
+        runs.push(run);
+    }
+    Ok(runs)
+}
+
+/// Removes what a flush or merge cut short left in `runs/`: temp files and
+/// runs the manifest does not name.
+fn remove_garbage_runs(io: &Io, dir: &Path, manifest: &Manifest) -> Result<()> {
+    let run_dir = dir.join(RUN_DIR);
+    let names = io.list_dir_if_exists(&run_dir)?;
+    let mut removed = false;
+    for name in names {
+        let named = crate::run::parse_run_file_name(&name)
+            .is_some_and(|id| manifest.runs.iter().any(|r| r.id == id));
+        if !named {
+            io.remove_file(&run_dir.join(&name))?;
+            removed = true;
+        }
+    }
+    if removed {
+        io.sync_dir(&run_dir)?;
+    }
+    Ok(())
+}
+
+fn recover_from_manifest(from: &RecoverFrom<'_>, manifest: Manifest) -> Result<Recovered> {
+    let (io, dir) = (from.io, from.dir);
+    if !from.nodes.contains(&manifest.node) {
+        return Err(Error::corruption(
+            &manifest::manifest_path(dir),
+            0,
+            format!(
+                "manifest belongs to node {}, not to this directory ({})",
+                manifest.node,
+                from.nodes.first().copied().unwrap_or_default()
+            ),
+        ));
+    }
+    let runs = open_runs(io, dir, &manifest, from.cache)?;
+    if from.modify {
+        remove_garbage_runs(io, dir, &manifest)?;
+    }
+    let state = State::with_lower(Lower {
+        frozen: Vec::new(),
+        runs,
+    });
+    let options = from.options;
+    let mut dedup = DedupWindow::new(options.dedup_window_ms, options.dedup_window_entries_max);
+    let now_ms = options.wall_clock.now_ms();
+    for (id, entry) in &manifest.dedup {
+        dedup.insert(*id, *entry, now_ms);
+    }
+    let mut report = RecoveryReport {
+        runs: Some(crate::wal::recovery::RunsUsed {
+            covered_seq: manifest.covered_seq,
+            runs: manifest.runs.len(),
+            entries: manifest.runs.iter().map(|r| r.entries).sum(),
+            bytes: manifest.runs.iter().map(|r| r.size_bytes).sum(),
+        }),
+        ..RecoveryReport::default()
+    };
+    let (max_stamp, replayed) = replay_tail(
+        from,
+        &state,
+        &mut dedup,
+        Some(manifest.covered_seq),
+        Some(manifest.hlc),
+        from.options.recovery_mode,
+    )?;
+    copy_wal_report(&mut report, &replayed.report);
+    let after = manifest.covered_seq.saturating_add(1);
+    Ok(Recovered {
+        state,
+        wal_start: WalStart {
+            next_seq: replayed.next_seq.max(after),
+            segments: replayed.segments,
+            dedup,
+            start_fresh: replayed.next_seq < after,
+        },
+        max_stamp,
+        report,
+        manifest: Some(manifest),
+        snapshot_seq: None,
+    })
+}
+
+/// A read-only open of a directory of the format before runs: the newest
+/// snapshot that reads back whole (changing nothing), then the WAL.
+fn recover_legacy_read_only(from: &RecoverFrom<'_>) -> Result<Recovered> {
+    let snap_dir = from.dir.join(SNAPSHOT_DIR);
+    let mut loaded = None;
+    for (_, path) in snapshot::list_snapshots(from.io, &snap_dir)? {
+        let snapshot = snapshot::read_snapshot(from.io, &path)?;
+        if from.nodes.contains(&snapshot.meta.node) {
+            loaded = Some(snapshot);
+            break;
+        }
+    }
+    let options = from.options;
+    let state = State::new();
+    let mut dedup = DedupWindow::new(options.dedup_window_ms, options.dedup_window_entries_max);
+    let now_ms = options.wall_clock.now_ms();
+    let mut report = RecoveryReport::default();
+    let covered_seq = loaded.as_ref().map(|s| s.meta.covered_seq);
+    let mut max_stamp = None;
+    if let Some(snapshot) = loaded {
+        report.snapshot = Some(SnapshotUsed {
+            path: snapshot.path.clone(),
+            covered_seq: snapshot.meta.covered_seq,
+            entries: snapshot.records.len() as u64,
+        });
+        max_stamp = Some(snapshot.meta.hlc);
+        for (id, entry) in snapshot.dedup {
+            dedup.insert(id, entry, now_ms);
+        }
+        state.replay(snapshot.records)?;
+    }
+    let (max_stamp, replayed) = replay_tail(
+        from,
+        &state,
+        &mut dedup,
+        covered_seq,
+        max_stamp,
+        crate::options::RecoveryMode::Strict,
+    )?;
+    copy_wal_report(&mut report, &replayed.report);
+    let after = covered_seq.map_or(1, |s| s.saturating_add(1));
+    Ok(Recovered {
+        state,
+        wal_start: WalStart {
+            next_seq: replayed.next_seq.max(after),
+            segments: replayed.segments,
+            dedup,
+            start_fresh: replayed.next_seq < after,
+        },
+        max_stamp,
+        report,
+        manifest: None,
+        snapshot_seq: covered_seq,
+    })
+}
+
+fn copy_wal_report(report: &mut RecoveryReport, wal_report: &RecoveryReport) {
+    report.segments_replayed = wal_report.segments_replayed;
+    report.segments_skipped = wal_report.segments_skipped;
+    report.frames_replayed = wal_report.frames_replayed;
+    report.ops_replayed = wal_report.ops_replayed;
+    report.torn_tail = wal_report.torn_tail.clone();
+    report.repair = wal_report.repair.clone();
+}
+
+/// Replays the WAL after `covered_seq` into `state` and `dedup`; returns
+/// the newest stamp seen (starting from `max_stamp`) and what replay found.
+fn replay_tail(
+    from: &RecoverFrom<'_>,
+    state: &State,
+    dedup: &mut DedupWindow,
+    covered_seq: Option<u64>,
+    mut max_stamp: Option<Stamp>,
+    wal_mode: crate::options::RecoveryMode,
+) -> Result<(Option<Stamp>, recovery::Replayed)> {
+    let now_ms = from.options.wall_clock.now_ms();
+    let mut pending = Vec::new();
+    let mut failed: Option<Error> = None;
+    let mut apply = |first_seq: u64, payload: FramePayload| {
+        let batch_stamp = payload
+            .records
+            .iter()
+            .filter_map(|r| r.delta.newest_stamp())
+            .max();
+        max_stamp = max_stamp.max(batch_stamp);
+        if let (Some(mark), Some(stamp)) = (payload.dedup, batch_stamp) {
+            let entry = DedupEntry {
+                first_seq,
+                op_count: payload.records.len() as u32,
+                stamp,
+                seen_ms: mark.seen_ms,
+            };
+            dedup.insert(mark.id, entry, now_ms);
+        }
+        pending.extend(payload.records);
+        if pending.len() >= REPLAY_CHUNK_RECORDS
+            && failed.is_none()
+            && let Err(e) = state.replay(std::mem::take(&mut pending))
+        {
+            failed = Some(e);
+        }
+    };
+    let mode = recovery::ReplayMode {
+        recovery: wal_mode,
+        modify: from.modify,
+        covered_seq,
+        read_covered: false,
+    };
+    let replayed = recovery::replay(
+        from.io,
+        &from.dir.join(WAL_DIR),
+        from.nodes,
+        mode,
+        &mut apply,
+    )?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    state.replay(pending)?;
+    Ok((max_stamp, replayed))
 }
 
 /// Loads the newest valid snapshot (moving damaged ones to quarantine) and
@@ -100,16 +373,14 @@ fn salvage(
     let name = path.file_name().unwrap_or_default().to_string_lossy();
     io.write_atomic(&quarantine_path(io, dir, &name)?, &io.read(path)?)?;
     let state = State::new();
-    state.replay(std::mem::take(&mut salvaged.records));
-    let map = state.snapshot();
+    state.replay(std::mem::take(&mut salvaged.records))?;
     let snap_dir = dir.join(SNAPSHOT_DIR);
     snapshot::write_snapshot(
         io,
         &snap_dir,
         &salvaged.meta,
-        &map,
+        state.view().iter(),
         &salvaged.dedup,
-        |_, _| true,
     )?;
     Ok(Some((snapshot::read_snapshot(io, path)?, report)))
 }
@@ -131,7 +402,6 @@ fn rebuild(
     let mut report = RecoveryReport::default();
     let mut max_stamp = None;
     let covered_seq = loaded.as_ref().map(|s| s.meta.covered_seq);
-    let snapshot_size = loaded.as_ref().map(|s| (s.meta.covered_seq, s.size_bytes));
     if let Some(snapshot) = loaded {
         report.snapshot = Some(SnapshotUsed {
             path: snapshot.path.clone(),
@@ -142,8 +412,9 @@ fn rebuild(
         for (id, entry) in snapshot.dedup {
             dedup.insert(id, entry, now_ms);
         }
-        state.replay(snapshot.records);
+        state.replay(snapshot.records)?;
     }
+    let mut failed: Option<Error> = None;
     let mut pending = Vec::new();
     let mut apply = |first_seq: u64, payload: FramePayload| {
         let batch_stamp = payload
@@ -162,8 +433,11 @@ fn rebuild(
             dedup.insert(mark.id, entry, now_ms);
         }
         pending.extend(payload.records);
-        if pending.len() >= REPLAY_CHUNK_RECORDS {
-            state.replay(std::mem::take(&mut pending));
+        if pending.len() >= REPLAY_CHUNK_RECORDS
+            && failed.is_none()
+            && let Err(e) = state.replay(std::mem::take(&mut pending))
+        {
+            failed = Some(e);
         }
     };
     let mode = recovery::ReplayMode {
@@ -173,7 +447,10 @@ fn rebuild(
         read_covered: false,
     };
     let replayed = recovery::replay(io, &dir.join(WAL_DIR), nodes, mode, &mut apply)?;
-    state.replay(pending);
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    state.replay(pending)?;
     for (path, error) in damaged {
         report.snapshots_skipped.push(error.to_string());
         quarantine(io, dir, path)?;
@@ -198,7 +475,8 @@ fn rebuild(
         },
         max_stamp,
         report,
-        snapshot: snapshot_size,
+        manifest: None,
+        snapshot_seq: covered_seq,
     })
 }
 

@@ -50,6 +50,11 @@ impl Engine {
     /// of the group gets [`Error::Poisoned`].
     pub fn execute(&self, batches: Vec<Batch>) -> Vec<Result<Vec<Outcome>>> {
         let count = batches.len();
+        // Before any batch of the group takes a sequence number: a flush
+        // waits for every assigned number to be applied.
+        if let Err(e) = self.state.wait_for_room(|| self.check_usable()) {
+            return vec![Err(e); count];
+        }
         match self.guarded("write path", || Ok(self.execute_unguarded(batches))) {
             Ok(results) => results,
             Err(e) => vec![Err(e); count],
@@ -129,7 +134,7 @@ impl Engine {
                         Ok(applied_outcomes(p.stamp, first_seq, results))
                     }
                     Some(Ok(Committed::Duplicate(original))) => {
-                        Ok(self.duplicate_outcomes(p, original))
+                        self.duplicate_outcomes(p, original)
                     }
                     Some(Err(e)) => Err(e),
                     None => Err(self.broken_invariant("a prepared batch without a commit")),
@@ -162,8 +167,10 @@ impl Engine {
         for op in &batch.ops {
             let key = &op.store_key;
             let delta = match &op.kind {
-                OpKind::Put(value) => self.register_delta(key, stamp, Some(value.clone()), pending),
-                OpKind::Delete => self.register_delta(key, stamp, None, pending),
+                OpKind::Put(value) => {
+                    self.register_delta(key, stamp, Some(value.clone()), pending)?
+                }
+                OpKind::Delete => self.register_delta(key, stamp, None, pending)?,
                 OpKind::Increment(delta) => {
                     self.state.note_counter();
                     let totals = self.counter_totals(key, stamp, *delta, pending)?;
@@ -191,10 +198,12 @@ impl Engine {
         stamp: Stamp,
         value: Option<Arc<[u8]>>,
         pending: &HashMap<StoreKey, PendingCounter>,
-    ) -> KeyState {
+    ) -> Result<KeyState> {
         let mut floor = if self.state.may_have_counters() {
             self.state
-                .read(key, |s| s.map(KeyState::observed_floor).unwrap_or_default())
+                .get(key)?
+                .map(|s| s.observed_floor())
+                .unwrap_or_default()
         } else {
             Vec::new()
         };
@@ -212,14 +221,14 @@ impl Engine {
         // The record codec refuses floors whose nodes are not strictly
         // increasing; the binary search above relies on the same order.
         debug_assert!(floor.is_sorted_by(|a, b| a.0 < b.0));
-        KeyState {
+        Ok(KeyState {
             register: Some(Register {
                 stamp,
                 value,
                 floor,
             }),
             counter: None,
-        }
+        })
     }
 
     /// An increment, as this node's new totals; refused if the counter
@@ -232,7 +241,7 @@ impl Engine {
         pending: &HashMap<StoreKey, PendingCounter>,
     ) -> Result<NodeTotals> {
         let node = self.node;
-        let current = self.state.read(key, |s| s.cloned()).unwrap_or_default();
+        let current = self.state.get(key)?.unwrap_or_default();
         let current_totals = current.counter.as_ref().and_then(|c| c.totals_of(node));
         let base = pending
             .get(key)
@@ -268,20 +277,26 @@ impl Engine {
         Ok(totals)
     }
 
-    fn duplicate_outcomes(&self, p: &Prepared, original: DedupEntry) -> Vec<Outcome> {
+    fn duplicate_outcomes(&self, p: &Prepared, original: DedupEntry) -> Result<Vec<Outcome>> {
         p.records
             .iter()
             .enumerate()
-            .map(|(i, r)| Outcome {
-                kind: OutcomeKind::Duplicate,
-                stamp: original.stamp,
-                seq: original.first_seq + (i as u64).min(u64::from(original.op_count) - 1),
-                counter: r
+            .map(|(i, r)| {
+                let counts = r
                     .delta
                     .counter
                     .as_ref()
-                    .filter(|c| !c.totals.is_empty())
-                    .map(|_| self.counter_value(&r.store_key)),
+                    .is_some_and(|c| !c.totals.is_empty());
+                Ok(Outcome {
+                    kind: OutcomeKind::Duplicate,
+                    stamp: original.stamp,
+                    seq: original.first_seq + (i as u64).min(u64::from(original.op_count) - 1),
+                    counter: if counts {
+                        Some(self.counter_value(&r.store_key)?)
+                    } else {
+                        None
+                    },
+                })
             })
             .collect()
     }
@@ -300,10 +315,10 @@ impl Engine {
                 continue;
             };
             let key = &record.store_key;
-            let applied = self.state.read(key, |s| {
-                s.and_then(|s| s.counter.as_ref())
-                    .and_then(|c| c.totals_of(self.node))
-            });
+            let applied = self
+                .state
+                .get(key)?
+                .and_then(|s| s.counter.and_then(|c| c.totals_of(self.node)));
             let pending = self.pending_counters.lock().get(key).map(|p| p.totals);
             let (p, n) = [applied, pending]
                 .into_iter()
@@ -322,8 +337,8 @@ impl Engine {
         Ok(())
     }
 
-    fn counter_value(&self, key: &StoreKey) -> i64 {
-        self.state.read(key, |s| match s.map(KeyState::visible) {
+    fn counter_value(&self, key: &StoreKey) -> Result<i64> {
+        Ok(match self.state.get(key)?.as_ref().map(KeyState::visible) {
             Some(Visible::Counter(v)) => v,
             _ => 0,
         })

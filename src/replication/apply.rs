@@ -48,10 +48,13 @@ pub(crate) fn start_cursor(db: &Db) -> Result<Cursor> {
     if let Some(position) = db.follower_position()? {
         return Ok(Cursor::from(position));
     }
-    let holds_data = db
-        .engine()
-        .state()
-        .with_map(|map| map.keys().any(|k| !is_local(k)));
+    let mut holds_data = false;
+    for entry in db.engine().state().view().iter() {
+        if !is_local(&entry?.0) {
+            holds_data = true;
+            break;
+        }
+    }
     Ok(if holds_data {
         MISMATCH
     } else {

@@ -572,8 +572,7 @@ impl Session<'_> {
     fn send_snapshot(&mut self, conn: &mut Connection) -> std::result::Result<u64, ProtocolError> {
         let db = &self.shared.db;
         let unavailable = |e: Error| refuse(ErrorCode::Unavailable, e.to_string());
-        let snapshot = ship::snapshot_to_ship(db).map_err(unavailable)?;
-        self.hold_wal(snapshot.covered_seq);
+        let snapshot = ship::snapshot_to_ship(db, |seq| self.hold_wal(seq)).map_err(unavailable)?;
         let (stream, epoch) = (db.node_id().0, self.shared.epoch);
         conn.send(&Message::SnapshotBegin {
             stream,

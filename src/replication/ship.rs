@@ -4,13 +4,9 @@
 use crate::db::{Db, LEADER_EPOCH_KEY};
 use crate::error::{Error, Result};
 use crate::io::IoFile;
-use crate::snapshot::{self, SNAPSHOT_DIR};
 use crate::sync::LOCAL_KEYSPACE;
 
 use super::leader::LeaderPosition;
-
-/// Tries at finding a snapshot that stays on disk until it is opened.
-const SNAPSHOT_OPEN_TRIES_MAX: usize = 3;
 
 /// The snapshot a leader sends: an open file (so pruning cannot pull it
 /// away mid-transfer) and the sequence number it covers.
@@ -28,7 +24,7 @@ pub(crate) struct ShippedSnapshot {
 pub(crate) fn replication_epoch(db: &Db) -> Result<u64> {
     let local = db.reserved_keyspace(LOCAL_KEYSPACE)?;
     let stored = local
-        .get(LEADER_EPOCH_KEY)
+        .get(LEADER_EPOCH_KEY)?
         .and_then(|v| <[u8; 8]>::try_from(&v[..]).ok())
         .map(u64::from_le_bytes);
     match stored {
@@ -61,33 +57,19 @@ pub(crate) fn leader_position(db: &Db, epoch: u64) -> LeaderPosition {
     }
 }
 
-/// The newest snapshot, opened for sending (one is written first if
-/// there is none). The WAL after it is always kept, so a follower can
-/// continue from its covered sequence number.
-pub(crate) fn snapshot_to_ship(db: &Db) -> Result<ShippedSnapshot> {
-    let io = db.io();
-    let snap_dir = db.dir().join(SNAPSHOT_DIR);
-    // A compaction may prune the newest snapshot between listing and
-    // opening: list again, and compact if there is none.
-    for _ in 0..SNAPSHOT_OPEN_TRIES_MAX {
-        match snapshot::list_snapshots(&io, &snap_dir)?.first() {
-            None => {
-                db.compact_now()?;
-            }
-            Some((covered_seq, path)) => match io.open_read(path) {
-                Ok(file) => {
-                    return Ok(ShippedSnapshot {
-                        size_bytes: file.len_bytes()?,
-                        file,
-                        covered_seq: *covered_seq,
-                    });
-                }
-                Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            },
-        }
-    }
-    Err(Error::InvalidCommand {
-        reason: "no snapshot stayed on disk long enough to be sent".into(),
+/// A snapshot of the whole state, written for this transfer and opened
+/// for sending (the file is unlinked at once, so nothing is left behind).
+/// `hold` is called with the sequence number it covers before any
+/// compaction can truncate the WAL after it, so the follower can continue
+/// from there.
+pub(crate) fn snapshot_to_ship(db: &Db, hold: impl FnOnce(u64)) -> Result<ShippedSnapshot> {
+    let (file, covered_seq, size_bytes) = db.maintenance().snapshot_for_shipping(|seq| {
+        hold(seq);
+        Ok(())
+    })?;
+    Ok(ShippedSnapshot {
+        file,
+        covered_seq,
+        size_bytes,
     })
 }

@@ -17,7 +17,6 @@ use crate::record::{
     Record, StoreKey, decode_record, decode_stamp, encode_record, encode_stamp,
     encoded_record_bytes,
 };
-use crate::state::StateMap;
 use crate::wal::dedup::DedupEntry;
 
 mod salvage;
@@ -83,8 +82,6 @@ pub struct LoadedSnapshot {
     pub records: Vec<Record>,
     /// Dedup window entries for frames it covers.
     pub dedup: Vec<([u8; 32], DedupEntry)>,
-    /// Its size in bytes.
-    pub size_bytes: u64,
 }
 
 /// The file name of the snapshot covering `seq`.
@@ -114,8 +111,6 @@ pub struct Written {
     pub path: PathBuf,
     /// Its size.
     pub size_bytes: u64,
-    /// Keys in it.
-    pub entries: u64,
 }
 
 /// Appends to the temp file, hashing everything for the end chunk.
@@ -133,18 +128,36 @@ impl HashingFile {
     }
 }
 
-/// Writes a snapshot of the keys of `map` for which `keep` says so,
-/// atomically: temp file, fsync, rename, directory fsync.
+/// Writes a snapshot of `entries` (in key order, each a key's whole
+/// state) atomically: temp file, fsync, rename, directory fsync.
 pub fn write_snapshot(
     io: &Io,
     dir: &Path,
     meta: &SnapshotMeta,
-    map: &StateMap,
+    entries: impl Iterator<Item = Result<(StoreKey, KeyState)>>,
     dedup: &[([u8; 32], DedupEntry)],
-    mut keep: impl FnMut(&StoreKey, &KeyState) -> bool,
+) -> Result<Written> {
+    write_snapshot_as(
+        io,
+        dir,
+        &snapshot_file_name(meta.covered_seq),
+        meta,
+        entries,
+        dedup,
+    )
+}
+
+/// [`write_snapshot`] under the file name `name`.
+pub fn write_snapshot_as(
+    io: &Io,
+    dir: &Path,
+    name: &str,
+    meta: &SnapshotMeta,
+    entries: impl Iterator<Item = Result<(StoreKey, KeyState)>>,
+    dedup: &[([u8; 32], DedupEntry)],
 ) -> Result<Written> {
     io.create_dir_all(dir)?;
-    let path = dir.join(snapshot_file_name(meta.covered_seq));
+    let path = dir.join(name);
     let tmp = path.with_extension("tmp");
     let mut out = HashingFile {
         file: io.create_truncate(&tmp)?,
@@ -152,13 +165,18 @@ pub fn write_snapshot(
         written: 0,
     };
     out.emit(&encode_header(meta))?;
-    let mut entries = 0u64;
+    let mut count = 0u64;
     let mut chunk = ChunkBuilder::new(CHUNK_ENTRIES);
-    for (key, state) in map.iter().filter(|(k, s)| keep(k, s)) {
-        let record = Record {
-            store_key: key.clone(),
-            delta: state.clone(),
+    for entry in entries {
+        let (store_key, delta) = match entry {
+            Ok(entry) => entry,
+            Err(e) => {
+                drop(out);
+                let _ = io.remove_file(&tmp);
+                return Err(e);
+            }
         };
+        let record = Record { store_key, delta };
         // A chunk never passes what every reader accepts: a large record
         // closes the chunk before it, and one no chunk can hold is refused
         // (the temp file is removed; no snapshot is better than a snapshot
@@ -179,7 +197,7 @@ pub fn write_snapshot(
         encode_record(&mut chunk.payload, &record);
         debug_assert!(chunk.payload.len() <= CHUNK_PAYLOAD_BYTES_MAX);
         chunk.count += 1;
-        entries += 1;
+        count += 1;
         if chunk.payload.len() >= CHUNK_PAYLOAD_BYTES_TARGET {
             out.emit(&chunk.take())?;
         }
@@ -196,7 +214,7 @@ pub fn write_snapshot(
         out.emit(&dedup_chunk.take())?;
     }
     let mut end = ChunkBuilder::new(CHUNK_END);
-    end.count = u32::try_from(entries).unwrap_or(u32::MAX);
+    end.count = u32::try_from(count).unwrap_or(u32::MAX);
     end.payload.bytes(out.hasher.finalize().as_bytes());
     let end = end.take();
     out.file.write_all(&end)?;
@@ -205,11 +223,7 @@ pub fn write_snapshot(
     drop(out);
     io.rename(&tmp, &path)?;
     io.sync_dir(dir)?;
-    Ok(Written {
-        path,
-        size_bytes,
-        entries,
-    })
+    Ok(Written { path, size_bytes })
 }
 
 struct ChunkBuilder {
@@ -296,7 +310,6 @@ pub(crate) fn decode_snapshot(
         meta,
         records: Vec::new(),
         dedup: Vec::new(),
-        size_bytes: bytes.len() as u64,
     };
     let mut offset = SNAPSHOT_HEADER_BYTES;
     loop {

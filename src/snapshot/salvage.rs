@@ -64,7 +64,6 @@ pub fn salvage_bytes(
         meta,
         records: Vec::new(),
         dedup: Vec::new(),
-        size_bytes: bytes.len() as u64,
     };
     // A chunk found by resync (not where the previous one ended) may be
     // bytes inside a stored value that look like a chunk: it must also fit

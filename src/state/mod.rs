@@ -1,22 +1,51 @@
-//! The concurrent in-memory state map, and the one apply path.
+//! The state: recent changes in memory, the rest in sorted runs on disk,
+//! and the one apply path.
 //!
-//! An ordered persistent map (`imbl::OrdMap`) from store key to
-//! [`KeyState`] behind a `parking_lot::RwLock`. Reads take the read lock for
-//! one lookup; a [`crate::ReadView`] clones the map, which is O(1) because
-//! the map shares structure, so a view is a consistent snapshot that never
-//! blocks writers. Writers apply whole batches under one write lock, so a
-//! batch becomes visible all at once.
+//! The state is a stack of *layers*, newest first:
+//! 1. the **active memtable**, an ordered persistent map (`imbl::OrdMap`)
+//!    from store key to [`KeyState`] that every write merges into;
+//! 2. **frozen memtables**: former active ones, read-only, waiting for the
+//!    compactor to write them out as runs;
+//! 3. **runs** ([`crate::run::Run`]): immutable sorted files named by the
+//!    manifest.
+//!
+//! A key's state is the CRDT merge of its entries in every layer, so the
+//! order in which layers were built never matters, and a read merges what
+//! every layer holds ([`StateView::get`], [`StateView::range`]).
+//!
+//! Besides, the active memtable holds each of its keys' *whole* state: the
+//! first write to a key since the last freeze merges the key's state from
+//! the lower layers (its *base*) into the entry it creates. That is what
+//! lets a write report whether it was stale and what a counter reads as
+//! afterwards, and it is cheap: the base is read before the write lock is
+//! taken, and a key absent from every run costs only filter probes.
+//!
+//! Everything below the active memtable is an immutable [`Lower`] behind an
+//! `Arc`, replaced whole when the compactor freezes the memtable, installs
+//! a run or installs a merge. A [`StateView`] is the active map (an O(1)
+//! clone of a persistent map) plus that `Arc`: a consistent snapshot that
+//! never blocks writers and keeps its runs readable while they are merged
+//! away beneath it (an open file survives its unlink).
 
 pub use crate::record::StoreKey;
 
-use imbl::OrdMap;
-use parking_lot::RwLock;
+mod view;
+
+pub use view::{StateView, ViewIter};
+
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::crdt::{KeyState, Visible};
-use crate::record::Record;
+use imbl::OrdMap;
+use parking_lot::RwLock;
 
-/// The map type: store key to CRDT state.
+use crate::crdt::{KeyState, Visible};
+use crate::error::Result;
+use crate::record::Record;
+use crate::run::Run;
+
+/// The memtable type: store key to CRDT state.
 pub type StateMap = OrdMap<StoreKey, KeyState>;
 
 /// What a command did.
@@ -33,18 +62,137 @@ pub enum OutcomeKind {
     Duplicate,
 }
 
+/// A frozen memtable: read-only, waiting to be written out as a run.
+#[derive(Clone, Debug)]
+pub struct Frozen {
+    /// Its entries.
+    pub map: StateMap,
+    /// Every batch up to this sequence number is in it or in an older layer.
+    pub covered_seq: u64,
+    /// Its estimated size in memory.
+    pub bytes: u64,
+}
+
+/// Every layer below the active memtable; immutable, replaced whole.
+#[derive(Default)]
+pub struct Lower {
+    /// Frozen memtables, newest first.
+    pub frozen: Vec<Frozen>,
+    /// Runs, newest first.
+    pub runs: Vec<Arc<Run>>,
+}
+
+impl std::fmt::Debug for Lower {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let runs: Vec<u64> = self.runs.iter().map(|r| r.info().id).collect();
+        f.debug_struct("Lower")
+            .field("frozen", &self.frozen.len())
+            .field("runs", &runs)
+            .finish()
+    }
+}
+
+impl Lower {
+    /// The merged state of `key` in these layers.
+    pub fn get(&self, key: &[u8]) -> Result<Option<KeyState>> {
+        let mut out: Option<KeyState> = None;
+        let mut fold = |state: &KeyState| match &mut out {
+            Some(acc) => acc.merge_from(state),
+            None => out = Some(state.clone()),
+        };
+        for frozen in &self.frozen {
+            if let Some(state) = frozen.map.get(key) {
+                fold(state);
+            }
+        }
+        for run in &self.runs {
+            if run.may_contain(key)
+                && let Some(state) = run.get(key)?
+            {
+                fold(&state);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Bytes held in memory by the frozen memtables.
+    pub fn frozen_bytes(&self) -> u64 {
+        self.frozen.iter().map(|f| f.bytes).sum()
+    }
+}
+
+struct Layers {
+    active: StateMap,
+    /// Estimated bytes of `active` ([`entry_bytes`] summed).
+    active_bytes: u64,
+    lower: Arc<Lower>,
+}
+
 /// The shared state of a database.
-#[derive(Debug, Default)]
 pub struct State {
-    map: RwLock<StateMap>,
+    layers: RwLock<Layers>,
     /// Set once any counter exists or is on its way in. Until then a put or
     /// delete has no counter totals to observe, and skips looking for them.
     counters_seen: AtomicBool,
+    /// The active memtable's limit and who to tell when it is reached.
+    flush: parking_lot::Mutex<Option<FlushSignal>>,
+    /// Notified whenever the lower layers change (a flush is done).
+    lower_changed: parking_lot::Condvar,
+    lower_changed_lock: parking_lot::Mutex<()>,
+}
+
+/// The compactor's doorbell: rung (without waiting) when the active
+/// memtable reaches `limit_bytes`.
+struct FlushSignal {
+    limit_bytes: u64,
+    ring: crossbeam_channel::Sender<()>,
+}
+
+/// How long a writer waits for a flush before checking again whether the
+/// database is still usable.
+const ROOM_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+
+impl Default for State {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let layers = self.layers.read();
+        f.debug_struct("State")
+            .field("active_keys", &layers.active.len())
+            .field("active_bytes", &layers.active_bytes)
+            .field("frozen", &layers.lower.frozen.len())
+            .field("runs", &layers.lower.runs.len())
+            .finish()
+    }
 }
 
 /// Batches with at least this many records are applied in key order, which
 /// keeps the map's changed paths in cache; smaller ones are not worth sorting.
 const APPLY_SORTED_RECORDS_MIN: usize = 64;
+
+/// Fixed bytes charged per memtable entry besides its key and value: the
+/// map node's share, the state's fields, the allocation headers.
+const ENTRY_OVERHEAD_BYTES: u64 = 96;
+
+/// Tries at reading bases before the layers they were read from are
+/// replaced; past this, the bases are read under the write lock.
+const BASE_READ_TRIES_MAX: usize = 3;
+
+/// The estimated memory of one memtable entry.
+pub fn entry_bytes(key: &[u8], state: &KeyState) -> u64 {
+    let value = state.register.as_ref().map_or(0, |r| {
+        r.value.as_ref().map_or(0, |v| v.len()) + 24 * r.floor.len()
+    });
+    let counter = state
+        .counter
+        .as_ref()
+        .map_or(0, |c| 48 * c.totals.len() + 32);
+    ENTRY_OVERHEAD_BYTES + (key.len() + value + counter) as u64
+}
 
 /// What applying one record did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,10 +203,69 @@ pub struct Applied {
     pub counter: Option<i64>,
 }
 
+/// The bases of the keys a group of records touches that the active
+/// memtable does not hold, read from `lower`.
+type Bases = HashMap<StoreKey, KeyState>;
+
 impl State {
     /// An empty state.
     pub fn new() -> Self {
-        Self::default()
+        Self::with_lower(Lower::default())
+    }
+
+    /// A state whose lower layers are `lower` (runs opened by recovery),
+    /// with an empty memtable.
+    pub fn with_lower(lower: Lower) -> Self {
+        Self {
+            layers: RwLock::new(Layers {
+                active: StateMap::new(),
+                active_bytes: 0,
+                lower: Arc::new(lower),
+            }),
+            counters_seen: AtomicBool::new(false),
+            flush: parking_lot::Mutex::new(None),
+            lower_changed: parking_lot::Condvar::new(),
+            lower_changed_lock: parking_lot::Mutex::new(()),
+        }
+    }
+
+    /// Asks to be told through `ring` whenever a write leaves the active
+    /// memtable at or above `limit_bytes`.
+    pub fn set_flush_signal(&self, limit_bytes: u64, ring: crossbeam_channel::Sender<()>) {
+        *self.flush.lock() = Some(FlushSignal { limit_bytes, ring });
+    }
+
+    /// Rings the compactor if the active memtable is full.
+    fn ring_if_full(&self, active_bytes: u64) {
+        if let Some(signal) = &*self.flush.lock()
+            && active_bytes >= signal.limit_bytes
+        {
+            // Full: a ring is pending already, which is all that is needed.
+            let _ = signal.ring.try_send(());
+        }
+    }
+
+    /// Waits (before a write takes a sequence number) while the active
+    /// memtable holds twice its limit and a frozen one is still being
+    /// written out: memory stays bounded when writers outpace flushes.
+    /// `usable` is checked between waits, so a poisoned or closed database
+    /// never leaves a writer waiting.
+    pub fn wait_for_room(&self, usable: impl Fn() -> Result<()>) -> Result<()> {
+        let limit = match &*self.flush.lock() {
+            Some(signal) => signal.limit_bytes.saturating_mul(2),
+            None => return Ok(()),
+        };
+        loop {
+            {
+                let layers = self.layers.read();
+                if layers.active_bytes < limit || layers.lower.frozen.is_empty() {
+                    return Ok(());
+                }
+            }
+            usable()?;
+            let mut guard = self.lower_changed_lock.lock();
+            self.lower_changed.wait_for(&mut guard, ROOM_WAIT);
+        }
     }
 
     /// Notes that a counter exists (or is about to).
@@ -72,26 +279,43 @@ impl State {
         self.counters_seen.load(Ordering::Acquire)
     }
 
-    /// Calls `f` with the state of `store_key` under the read lock.
-    pub fn read<R>(&self, store_key: &[u8], f: impl FnOnce(Option<&KeyState>) -> R) -> R {
-        f(self.map.read().get(store_key))
+    /// The whole state of `store_key`, merged over every layer.
+    pub fn get(&self, store_key: &[u8]) -> Result<Option<KeyState>> {
+        let (active, lower) = {
+            let layers = self.layers.read();
+            (layers.active.get(store_key).cloned(), layers.lower.clone())
+        };
+        // The active memtable holds each of its keys' whole state.
+        if active.is_some() {
+            return Ok(active);
+        }
+        lower.get(store_key)
     }
 
-    /// Calls `f` with the whole map under the read lock.
-    pub fn with_map<R>(&self, f: impl FnOnce(&StateMap) -> R) -> R {
-        f(&self.map.read())
+    /// A consistent view of every layer, O(number of layers).
+    pub fn view(&self) -> StateView {
+        let layers = self.layers.read();
+        StateView::new(layers.active.clone(), layers.lower.clone())
     }
 
-    /// A consistent snapshot of the whole map, O(1).
-    pub fn snapshot(&self) -> StateMap {
-        self.map.read().clone()
+    /// The estimated bytes of the active memtable, and of the frozen ones.
+    pub fn memtable_bytes(&self) -> (u64, u64) {
+        let layers = self.layers.read();
+        (layers.active_bytes, layers.lower.frozen_bytes())
     }
 
-    /// Merges several batches of records into the map under one write lock
-    /// (so each batch becomes visible at once), reporting what each record did.
-    pub fn apply_many(&self, batches: &[&[Record]]) -> Vec<Vec<Applied>> {
+    /// The layers below the active memtable.
+    pub fn lower(&self) -> Arc<Lower> {
+        self.layers.read().lower.clone()
+    }
+
+    /// Merges several batches of records into the active memtable under one
+    /// write lock (so each batch becomes visible at once), reporting what
+    /// each record did. Fails only if a base could not be read (an I/O
+    /// error or a damaged run); nothing is applied then.
+    pub fn apply_many(&self, batches: &[&[Record]]) -> Result<Vec<Vec<Applied>>> {
         if batches.is_empty() {
-            return Vec::new();
+            return Ok(Vec::new());
         }
         if batches
             .iter()
@@ -100,75 +324,170 @@ impl State {
         {
             self.note_counter();
         }
-        let mut map = self.map.write();
-        batches
+        let records = || batches.iter().flat_map(|b| b.iter());
+        let (mut layers, mut bases) = self.lock_with_bases(|| records().map(|r| &r.store_key))?;
+        let layers = &mut *layers;
+        let applied = batches
             .iter()
-            .map(|records| apply_batch(&mut map, records))
-            .collect()
+            .map(|records| apply_batch(layers, &mut bases, records))
+            .collect();
+        let active_bytes = layers.active_bytes;
+        self.ring_if_full(active_bytes);
+        Ok(applied)
     }
 
-    /// Replaces the whole map at once (a follower installing a leader's
-    /// snapshot): readers see the old map or the new one, never a mix.
-    pub fn replace(&self, map: StateMap) {
-        if map.values().any(|s| s.counter.is_some()) {
-            self.note_counter();
-        }
-        *self.map.write() = map;
-    }
-
-    /// Removes each key whose state is still exactly the one given (a
-    /// garbage-collected tombstone that nothing has overwritten since);
-    /// returns how many were removed.
-    pub fn remove_unchanged(&self, keys: &[(StoreKey, KeyState)]) -> u64 {
-        let mut map = self.map.write();
-        let mut removed = 0;
-        for (key, expected) in keys {
-            if map.get(key) == Some(expected) {
-                map.remove(key);
-                removed += 1;
+    /// Takes the write lock with the bases of `keys` that the active
+    /// memtable lacks, read from the lower layers without the lock held
+    /// (retried if a freeze or an install replaced those layers meanwhile).
+    fn lock_with_bases<'k, I>(
+        &self,
+        keys: impl Fn() -> I,
+    ) -> Result<(parking_lot::RwLockWriteGuard<'_, Layers>, Bases)>
+    where
+        I: Iterator<Item = &'k StoreKey>,
+    {
+        for _ in 0..BASE_READ_TRIES_MAX {
+            let (lower, missing) = {
+                let layers = self.layers.read();
+                if layers.lower.frozen.is_empty() && layers.lower.runs.is_empty() {
+                    // Nothing below: every base is empty.
+                    drop(layers);
+                    let guard = self.layers.write();
+                    if guard.lower.frozen.is_empty() && guard.lower.runs.is_empty() {
+                        return Ok((guard, Bases::new()));
+                    }
+                    continue;
+                }
+                let missing: Vec<&StoreKey> =
+                    keys().filter(|k| !layers.active.contains_key(*k)).collect();
+                (layers.lower.clone(), missing)
+            };
+            let bases = read_bases(&lower, missing)?;
+            let guard = self.layers.write();
+            if Arc::ptr_eq(&guard.lower, &lower) {
+                return Ok((guard, bases));
             }
         }
-        removed
+        // Layers keep changing under us (a compactor racing a huge group):
+        // read under the lock, which nothing can change meanwhile.
+        let guard = self.layers.write();
+        let missing: Vec<&StoreKey> = keys().filter(|k| !guard.active.contains_key(*k)).collect();
+        let bases = read_bases(&guard.lower, missing)?;
+        Ok((guard, bases))
     }
 
-    /// Merges records without reporting outcomes (replay on open).
-    ///
-    /// The records are sorted by key first: merging is order-independent,
-    /// and visiting the map in key order keeps the path being changed in
-    /// cache, which makes replay several times faster than log order.
-    pub fn replay(&self, mut records: Vec<Record>) {
+    /// Merges records without reporting outcomes (replay on open, a
+    /// follower's snapshot). Each key's records are folded first and
+    /// merged with the key's base, in key order.
+    pub fn replay(&self, mut records: Vec<Record>) -> Result<()> {
         if records.iter().any(|r| r.delta.counter.is_some()) {
             self.note_counter();
         }
         records.sort_unstable_by(|a, b| a.store_key.cmp(&b.store_key));
-        let mut map = self.map.write();
-        // Into an empty map every (folded) key is new: insert without looking.
-        let all_new = map.is_empty();
-        let mut records = records.into_iter().peekable();
-        while let Some(mut record) = records.next() {
-            // Fold every record of this key before touching the map.
-            while let Some(next) = records.next_if(|r| r.store_key == record.store_key) {
-                record.delta.merge_from(&next.delta);
-            }
-            if all_new {
-                map.insert(record.store_key, record.delta);
-                continue;
-            }
-            match map.get_mut(&record.store_key) {
-                Some(existing) => existing.merge_from(&record.delta),
-                None => {
-                    map.insert(record.store_key, record.delta);
+        // Fold every record of a key into its first.
+        let mut folded: Vec<Record> = Vec::with_capacity(records.len());
+        for record in records {
+            match folded.last_mut() {
+                Some(last) if last.store_key == record.store_key => {
+                    last.delta.merge_from(&record.delta);
                 }
+                _ => folded.push(record),
             }
         }
+        let (mut layers, bases) = self.lock_with_bases(|| folded.iter().map(|r| &r.store_key))?;
+        let layers = &mut *layers;
+        for mut record in folded {
+            if let Some(existing) = layers.active.get_mut(&record.store_key) {
+                let before = entry_bytes(&record.store_key, existing);
+                existing.merge_from(&record.delta);
+                let after = entry_bytes(&record.store_key, existing);
+                layers.active_bytes = (layers.active_bytes + after).saturating_sub(before);
+                continue;
+            }
+            if let Some(base) = bases.get(&record.store_key) {
+                record.delta.merge_from(base);
+            }
+            layers.active_bytes += entry_bytes(&record.store_key, &record.delta);
+            layers.active.insert(record.store_key, record.delta);
+        }
+        Ok(())
     }
+
+    /// Freezes the active memtable (if it holds anything): it becomes the
+    /// newest frozen layer, covering the sequence number `covered_seq`
+    /// returns, which is read under the write lock, so every batch it
+    /// reports as applied is in the frozen map or below. Writers go on
+    /// into a fresh memtable at once.
+    pub fn freeze<E>(
+        &self,
+        covered_seq: impl FnOnce() -> std::result::Result<u64, E>,
+    ) -> std::result::Result<Option<Frozen>, E> {
+        let mut layers = self.layers.write();
+        let covered_seq = covered_seq()?;
+        if layers.active.is_empty() {
+            return Ok(None);
+        }
+        let frozen = Frozen {
+            map: std::mem::take(&mut layers.active),
+            covered_seq,
+            bytes: std::mem::take(&mut layers.active_bytes),
+        };
+        let mut lower = Lower {
+            frozen: vec![frozen.clone()],
+            runs: layers.lower.runs.clone(),
+        };
+        lower.frozen.extend(layers.lower.frozen.iter().cloned());
+        layers.lower = Arc::new(lower);
+        Ok(Some(frozen))
+    }
+
+    /// Replaces the lower layers with what `change` makes of them (a run
+    /// installed in place of the frozen memtable it was written from, runs
+    /// replaced by their merge). The change must not alter any key's
+    /// merged state, except for tombstones the caller has decided to drop.
+    pub fn replace_lower(&self, change: impl FnOnce(&Lower) -> Lower) {
+        let mut layers = self.layers.write();
+        let lower = change(&layers.lower);
+        layers.lower = Arc::new(lower);
+        drop(layers);
+        let _guard = self.lower_changed_lock.lock();
+        self.lower_changed.notify_all();
+    }
+
+    /// Replaces every layer at once (a follower installing a leader's
+    /// state): readers see the old state or the new one, never a mix.
+    pub fn replace_all(&self, lower: Lower, counters: bool) {
+        if counters {
+            self.note_counter();
+        }
+        let mut layers = self.layers.write();
+        layers.active = StateMap::new();
+        layers.active_bytes = 0;
+        layers.lower = Arc::new(lower);
+    }
+}
+
+/// The base of each of `keys` (deduplicated) in `lower`.
+fn read_bases(lower: &Lower, mut keys: Vec<&StoreKey>) -> Result<Bases> {
+    keys.sort_unstable();
+    keys.dedup();
+    let mut bases = Bases::new();
+    for key in keys {
+        if let Some(state) = lower.get(key)? {
+            bases.insert(key.clone(), state);
+        }
+    }
+    Ok(bases)
 }
 
 /// Applies one batch's records, in key order if the batch is large;
 /// outcomes are returned in the batch's order.
-fn apply_batch(map: &mut StateMap, records: &[Record]) -> Vec<Applied> {
+fn apply_batch(layers: &mut Layers, bases: &mut Bases, records: &[Record]) -> Vec<Applied> {
     if records.len() < APPLY_SORTED_RECORDS_MIN {
-        return records.iter().map(|r| apply_one(map, r)).collect();
+        return records
+            .iter()
+            .map(|r| apply_one(layers, bases, r))
+            .collect();
     }
     let mut in_key_order: Vec<(usize, &Record)> = records.iter().enumerate().collect();
     in_key_order.sort_unstable_by(|(_, a), (_, b)| a.store_key.cmp(&b.store_key));
@@ -183,38 +502,50 @@ fn apply_batch(map: &mut StateMap, records: &[Record]) -> Vec<Applied> {
     // every slot exists and is written once.
     for (i, record) in in_key_order {
         if let Some(slot) = out.get_mut(i) {
-            *slot = apply_one(map, record);
+            *slot = apply_one(layers, bases, record);
         }
     }
     out
 }
 
-fn apply_one(map: &mut StateMap, record: &Record) -> Applied {
+fn apply_one(layers: &mut Layers, bases: &mut Bases, record: &Record) -> Applied {
     let delta = &record.delta;
-    let kind = match map.get_mut(&record.store_key) {
+    let key = &record.store_key;
+    let reports_counter = delta.counter.as_ref().is_some_and(|c| !c.totals.is_empty());
+    let counter_of = |state: &KeyState| match state.visible() {
+        Visible::Counter(v) => v,
+        _ => 0,
+    };
+    match layers.active.get_mut(key) {
         Some(existing) => {
             let kind = classify(existing, delta);
+            let before = entry_bytes(key, existing);
             // Merge even a stale delta: the parts of it that are not stale
             // (a floor, say) must count, exactly as replay counts them.
             existing.merge_from(delta);
-            kind
+            let after = entry_bytes(key, existing);
+            layers.active_bytes = (layers.active_bytes + after).saturating_sub(before);
+            Applied {
+                kind,
+                counter: reports_counter.then(|| counter_of(existing)),
+            }
         }
         None => {
-            map.insert(record.store_key.clone(), delta.clone());
-            fresh_kind(delta)
+            // The base is used once: from now on the active map holds it.
+            let (kind, state) = match bases.remove(key) {
+                Some(mut base) => {
+                    let kind = classify(&base, delta);
+                    base.merge_from(delta);
+                    (kind, base)
+                }
+                None => (fresh_kind(delta), delta.clone()),
+            };
+            let counter = reports_counter.then(|| counter_of(&state));
+            layers.active_bytes += entry_bytes(key, &state);
+            layers.active.insert(key.clone(), state);
+            Applied { kind, counter }
         }
-    };
-    let counter = delta
-        .counter
-        .as_ref()
-        .filter(|c| !c.totals.is_empty())
-        .map(
-            |_| match map.get(&record.store_key).map(KeyState::visible) {
-                Some(Visible::Counter(v)) => v,
-                _ => 0,
-            },
-        );
-    Applied { kind, counter }
+    }
 }
 
 /// What merging `delta` into `existing` will do, from the caller's view.

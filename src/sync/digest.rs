@@ -12,8 +12,9 @@
 use serde::Serialize;
 
 use crate::codec::Writer;
+use crate::error::Result;
 use crate::record::{Record, StoreKey, encode_record};
-use crate::state::StateMap;
+use crate::state::StateView;
 
 /// Number of buckets (a power of two).
 pub const DIGEST_BUCKETS: usize = 256;
@@ -39,11 +40,17 @@ pub fn bucket_of(store_key: &[u8]) -> usize {
     bucket
 }
 
-/// The digest of `map`.
-pub fn digest(map: &StateMap) -> Digest {
+/// The digest of the state `view` shows. Fails only if a run could not be
+/// read.
+pub fn digest(view: &StateView) -> Result<Digest> {
     let mut sums = vec![[0u64; 4]; DIGEST_BUCKETS];
     let mut keys = 0;
-    for (key, state) in map.iter().filter(|(k, _)| !super::is_local(k)) {
+    for entry in view.iter() {
+        let (key, state) = entry?;
+        if super::is_local(&key) {
+            continue;
+        }
+        let (key, state) = (&key, &state);
         let mut w = Writer::with_capacity(256);
         encode_record(
             &mut w,
@@ -65,11 +72,11 @@ pub fn digest(map: &StateMap) -> Digest {
     for b in &buckets {
         root.update(b);
     }
-    Digest {
+    Ok(Digest {
         root: *root.finalize().as_bytes(),
         buckets,
         keys,
-    }
+    })
 }
 
 fn add(sum: &mut [u64; 4], hash: &[u8; 32]) {

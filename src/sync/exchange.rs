@@ -31,8 +31,8 @@ pub(crate) fn export_changes(
 ) -> Result<(Vec<u8>, SyncCursor)> {
     // The map first, then the complete cursor: every write the cursor
     // can claim (own writes up to the clock's high water) is in the map.
-    let map = engine.state().snapshot();
-    let records = collect_changes(&map, cursor, buckets);
+    let view = engine.state().view();
+    let records = collect_changes(&view, cursor, buckets)?;
     // A partial export advertises nothing: the receiver must not claim
     // what it was not sent.
     let complete = match buckets {
@@ -148,16 +148,18 @@ pub(crate) fn missing_segments(
         .collect();
     Ok(peer_manifest
         .iter()
-        .filter(|e| !own.contains(&e.hash) && !segment_imported(engine, &e.hash))
-        .cloned()
-        .collect())
+        .filter(|e| !own.contains(&e.hash))
+        .filter_map(|e| match segment_imported(engine, &e.hash) {
+            Ok(false) => Some(Ok(e.clone())),
+            Ok(true) => None,
+            Err(err) => Some(Err(err)),
+        })
+        .collect::<Result<Vec<_>>>()?)
 }
 
-fn segment_imported(engine: &Engine, hash: &[u8; 32]) -> bool {
+fn segment_imported(engine: &Engine, hash: &[u8; 32]) -> Result<bool> {
     let key = store_key(LOCAL_KEYSPACE, segment_marker_key(hash).as_bytes());
-    engine
-        .state()
-        .read(&key, |s| s.is_some_and(|s| !s.is_tombstone()))
+    Ok(engine.state().get(&key)?.is_some_and(|s| !s.is_tombstone()))
 }
 
 /// Applies a peer's sealed segment, given with its content hash.
@@ -170,7 +172,8 @@ pub(crate) fn import_segment(
         return Ok(SegmentImport::HashMismatch);
     }
     // The marker first: it is cheap, and reading our own segments is not.
-    if segment_imported(engine, hash) || segment_manifest(engine)?.iter().any(|e| &e.hash == hash) {
+    if segment_imported(engine, hash)? || segment_manifest(engine)?.iter().any(|e| &e.hash == hash)
+    {
         return Ok(SegmentImport::Skipped);
     }
     let frames =
@@ -214,10 +217,10 @@ fn derive_id(context: &str, content: &[u8; 32]) -> CommitId {
 /// A serde value in [`LOCAL_KEYSPACE`].
 fn local_get<T: DeserializeOwned>(engine: &Engine, key: &str) -> Result<Option<T>> {
     let store_key = store_key(LOCAL_KEYSPACE, key.as_bytes());
-    let bytes = engine.state().read(&store_key, |s| {
-        s.and_then(|s| s.register.as_ref())
-            .and_then(|r| r.value.clone())
-    });
+    let bytes = engine
+        .state()
+        .get(&store_key)?
+        .and_then(|s| s.register.and_then(|r| r.value));
     bytes.map(|b| crate::codec::decode_typed(&b)).transpose()
 }
 

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::clock::{NodeId, Stamp};
 use crate::crdt::{Counter, KeyState};
 use crate::record::Record;
-use crate::state::StateMap;
+use crate::state::StateView;
 
 /// What one copy has seen of each origin: the newest stamp per node.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -176,38 +176,51 @@ pub(crate) fn peer_cursor_key(peer: &str) -> String {
     format!("peer/{peer}")
 }
 
-/// The cursors of every peer this copy has heard from, as stored in `map`.
-pub(crate) fn peer_cursors(map: &StateMap) -> Vec<SyncCursor> {
+/// The cursors of every peer this copy has heard from, as stored in the
+/// state `view` shows.
+pub(crate) fn peer_cursors(view: &StateView) -> crate::Result<Vec<SyncCursor>> {
     let prefix = crate::record::store_key(LOCAL_KEYSPACE, b"peer/");
-    map.range::<_, [u8]>((
-        std::ops::Bound::Included(&prefix[..]),
+    let mut cursors = Vec::new();
+    let range = view.range(
+        std::ops::Bound::Included(prefix.to_vec()),
         std::ops::Bound::Unbounded,
-    ))
-    .take_while(|(k, _)| k.starts_with(&prefix))
-    .filter_map(|(_, state)| match state.visible() {
-        crate::crdt::Visible::Bytes(bytes) => crate::codec::decode_typed(bytes).ok(),
-        _ => None,
-    })
-    .collect()
+        false,
+    );
+    for entry in range {
+        let (key, state) = entry?;
+        if !key.starts_with(&prefix) {
+            break;
+        }
+        if let crate::crdt::Visible::Bytes(bytes) = state.visible()
+            && let Ok(cursor) = crate::codec::decode_typed(bytes)
+        {
+            cursors.push(cursor);
+        }
+    }
+    Ok(cursors)
 }
 
-/// Every record of `map` newer than `cursor` (and, if given, in one of
-/// `buckets` of the digest), in key order, and the cursor after them.
+/// Every record of the state `view` shows newer than `cursor` (and, if
+/// given, in one of `buckets` of the digest), in key order.
 pub(crate) fn collect_changes(
-    map: &StateMap,
+    view: &StateView,
     cursor: &SyncCursor,
     buckets: Option<&[usize]>,
-) -> Vec<Record> {
-    map.iter()
-        .filter(|(key, _)| !is_local(key))
-        .filter(|(key, _)| buckets.is_none_or(|b| digest::Digest::in_buckets(key, b)))
-        .filter_map(|(key, state)| {
-            newer_parts(state, cursor).map(|delta| Record {
-                store_key: key.clone(),
+) -> crate::Result<Vec<Record>> {
+    let mut out = Vec::new();
+    for entry in view.iter() {
+        let (key, state) = entry?;
+        if is_local(&key) || !buckets.is_none_or(|b| digest::Digest::in_buckets(&key, b)) {
+            continue;
+        }
+        if let Some(delta) = newer_parts(&state, cursor) {
+            out.push(Record {
+                store_key: key,
                 delta,
-            })
-        })
-        .collect()
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// A sealed WAL segment, as offered to peers for exchange by content hash.

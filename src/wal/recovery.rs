@@ -49,8 +49,11 @@ pub struct RecoveryReport {
     pub segments_replayed: usize,
     /// Segments not read because the snapshot covers them.
     pub segments_skipped: usize,
-    /// The snapshot loaded, if any.
+    /// The snapshot loaded, if any (a directory of the format before
+    /// runs, not yet converted).
     pub snapshot: Option<SnapshotUsed>,
+    /// The runs opened, if the directory has a manifest.
+    pub runs: Option<RunsUsed>,
     /// Snapshots that were damaged and skipped (moved to `quarantine/`).
     pub snapshots_skipped: Vec<String>,
     /// Frames (batches) replayed.
@@ -63,6 +66,20 @@ pub struct RecoveryReport {
     pub repair: Option<RepairReport>,
     /// What repair salvaged from a damaged snapshot, if it had to.
     pub salvage: Option<SalvageReport>,
+}
+
+/// The runs an open started from: what the manifest named.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RunsUsed {
+    /// Every WAL frame up to this sequence number is in the runs; only the
+    /// WAL after it was replayed.
+    pub covered_seq: u64,
+    /// Runs opened.
+    pub runs: usize,
+    /// Entries in them (a key in several runs counts in each).
+    pub entries: u64,
+    /// Bytes of them.
+    pub bytes: u64,
 }
 
 /// What a repair salvaged from a damaged snapshot that nothing else could

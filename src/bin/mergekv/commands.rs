@@ -121,7 +121,7 @@ fn incr(data: &Path, a: &IncrArgs, out: &mut Out) -> Result<(), CliError> {
 
 fn get(data: &Path, a: &KeyArgs, out: &mut Out) -> Result<(), CliError> {
     let (_db, ks) = open_keyspace_to_read(data, &a.ks.keyspace)?;
-    let value = ks.get_value(&a.key);
+    let value = ks.get_value(&a.key)?;
     if out.json {
         out.json(&GetJson {
             keyspace: ks.name(),
@@ -157,6 +157,7 @@ fn scan(data: &Path, a: &ScanArgs, out: &mut Out) -> Result<(), CliError> {
     let entries = ks.scan(&scan_options(a));
     if !out.json {
         for e in entries {
+            let e = e?;
             out.line(format_args!(
                 "{}\t{}",
                 output::text(e.key()),
@@ -166,11 +167,13 @@ fn scan(data: &Path, a: &ScanArgs, out: &mut Out) -> Result<(), CliError> {
         return Ok(());
     }
     let entries: Vec<EntryJson> = entries
-        .map(|e| EntryJson {
-            key: output::text(e.key()),
-            value: e.value().into(),
+        .map(|e| {
+            e.map(|e| EntryJson {
+                key: output::text(e.key()),
+                value: e.value().into(),
+            })
         })
-        .collect();
+        .collect::<Result<_, _>>()?;
     out.json(&ScanJson {
         keyspace: ks.name(),
         count: entries.len(),
@@ -266,7 +269,7 @@ fn import(data: &Path, a: &ImportArgs, out: &mut Out) -> Result<(), CliError> {
 }
 
 fn digest(data: &Path, out: &mut Out) -> Result<(), CliError> {
-    let digest = replicate::open_for_read(data)?.digest();
+    let digest = replicate::open_for_read(data)?.digest()?;
     if out.json {
         return out.json(&serde_json::json!({"root": digest.root_hex(), "keys": digest.keys}));
     }

@@ -137,7 +137,7 @@ impl<'o> Demo<'o> {
                 Demo::crash_step,
             ),
             (
-                "compact: snapshot, drop the WAL it covers, reopen from it",
+                "compact: write the state as sorted runs, drop the WAL they cover, reopen from them",
                 Demo::compact_step,
             ),
             (
@@ -210,10 +210,10 @@ impl<'o> Demo<'o> {
         let mut all = Vec::new();
         for name in KEYSPACES {
             let ks = db.keyspace(name)?;
-            all.extend(
-                ks.scan(&ScanOptions::all())
-                    .map(|e| (name, e.key().to_vec(), e.into_value())),
-            );
+            for e in ks.scan(&ScanOptions::all()) {
+                let e = e?;
+                all.push((name, e.key().to_vec(), e.into_value()));
+            }
         }
         Ok(all)
     }
@@ -241,17 +241,17 @@ impl<'o> Demo<'o> {
             ks.put(key, value)?;
             self.say(format_args!("      put {}/{key} = {value}", ks.name()))?;
         }
-        let ada = users.get("ada").map(|v| text(&v)).unwrap_or_default();
+        let ada = users.get("ada")?.map(|v| text(&v)).unwrap_or_default();
         self.say(format_args!("      get users/ada -> {ada}"))?;
         ensure(ada == "Ada Lovelace", || format!("users/ada reads {ada:?}"))?;
         users.delete("grace")?;
         self.say("      del users/grace")?;
-        ensure(users.get("grace").is_none(), || "grace survived".into())?;
-        ensure(orders.get("alan").is_none(), || "keyspaces leak".into())?;
+        ensure(users.get("grace")?.is_none(), || "grace survived".into())?;
+        ensure(orders.get("alan")?.is_none(), || "keyspaces leak".into())?;
         let names: Vec<String> = users
             .scan(&ScanOptions::prefix("a"))
-            .map(|e| text(e.key()))
-            .collect();
+            .map(|e| e.map(|e| text(e.key())))
+            .collect::<Result<_, _>>()?;
         let names = names.join(", ");
         self.say(format_args!("      scan users --prefix a -> {names}"))?;
         ensure(names == "ada, alan", || format!("prefix scan gave {names}"))?;
@@ -262,7 +262,7 @@ impl<'o> Demo<'o> {
 
     fn counters_step(&mut self) -> Result<String, CliError> {
         let metrics = self.db()?.keyspace("metrics")?;
-        let before = metrics.counter("hits");
+        let before = metrics.counter("hits")?;
         let started = Instant::now();
         let work =
             || (0..INCREMENTS_PER_THREAD).try_for_each(|_| metrics.increment("hits", 1).map(drop));
@@ -274,7 +274,7 @@ impl<'o> Demo<'o> {
             })
         })?;
         let rate = per_second((THREADS * INCREMENTS_PER_THREAD) as u64, started.elapsed());
-        let after = metrics.counter("hits");
+        let after = metrics.counter("hits")?;
         let expected = before + (THREADS * INCREMENTS_PER_THREAD) as i64;
         self.say(format_args!(
             "      metrics/hits: {before} -> {after} ({rate:.0} increments/s)"
@@ -320,7 +320,7 @@ impl<'o> Demo<'o> {
     fn idempotent_step(&mut self) -> Result<String, CliError> {
         let db = self.db()?.clone();
         let shop = db.keyspace("shop")?;
-        let before = shop.counter("orders");
+        let before = shop.counter("orders")?;
         let id = format!("order-{}", run_id());
         let mut batch = Batch::new();
         batch
@@ -345,7 +345,7 @@ impl<'o> Demo<'o> {
             retry.kind == OutcomeKind::Duplicate && retry.seq == first.seq,
             || format!("retry was {:?}", retry.kind),
         )?;
-        let after = shop.counter("orders");
+        let after = shop.counter("orders")?;
         ensure(after == before + 1, || {
             format!("orders went {before} -> {after}")
         })?;
@@ -408,25 +408,26 @@ impl<'o> Demo<'o> {
         let before = self.snapshot()?;
         let report = self.db()?.compact_now()?;
         self.say(format_args!(
-            "      snapshot at seq {} ({} entries, {} bytes) in {} ms",
-            report.snapshot_seq, report.entries, report.snapshot_bytes, report.duration_ms
+            "      runs cover seq {}: {} run(s) live, {} bytes written in {} ms",
+            report.snapshot_seq, report.runs, report.snapshot_bytes, report.duration_ms
         ))?;
         self.say(format_args!(
             "      {} WAL segment(s) removed; {} -> {} bytes on disk",
             report.segments_removed, report.bytes_before, report.bytes_after
         ))?;
         let recovery = self.reopen()?.recovery_report().clone();
+        let runs = recovery.runs.clone().unwrap_or_default();
         self.say(format_args!(
-            "      reopen loaded the snapshot and replayed {} segment(s), {} ops",
-            recovery.segments_replayed, recovery.ops_replayed
+            "      reopen opened {} run(s) (read on demand) and replayed {} segment(s), {} ops",
+            runs.runs, recovery.segments_replayed, recovery.ops_replayed
         ))?;
-        ensure(recovery.snapshot.is_some(), || {
-            "reopen did not load the snapshot".into()
+        ensure(recovery.runs.is_some(), || {
+            "reopen did not start from the runs".into()
         })?;
         let after = self.snapshot()?;
         ensure(after == before, || "compaction changed the state".into())?;
         Ok(format!(
-            "snapshot at seq {}: {} -> {} bytes; reopen replayed {} ops",
+            "runs cover seq {}: {} -> {} bytes; reopen replayed {} ops",
             report.snapshot_seq, report.bytes_before, report.bytes_after, recovery.ops_replayed
         ))
     }
@@ -442,8 +443,8 @@ impl<'o> Demo<'o> {
             }
             self.say(format_args!(
                 "      {name}: title = {:?}, hits = {}",
-                db.get("title").map(|v| text(&v)).unwrap_or_default(),
-                db.counter("hits")
+                db.get("title")?.map(|v| text(&v)).unwrap_or_default(),
+                db.counter("hits")?
             ))?;
         }
         let (to_phone, _) = laptop.export_for("phone")?;
@@ -459,17 +460,16 @@ impl<'o> Demo<'o> {
             into_laptop.applied,
             into_laptop.stale
         ))?;
-        let (a, b) = (laptop.digest(), phone.digest());
+        let (a, b) = (laptop.digest()?, phone.digest()?);
         self.say(format_args!(
             "      digests: {} / {}",
             &a.root_hex()[..16],
             &b.root_hex()[..16]
         ))?;
         ensure(a.root == b.root, || "the copies did not converge".into())?;
-        ensure(laptop.counter("hits") == 7, || {
-            format!("hits = {}, expected 3 + 4", laptop.counter("hits"))
-        })?;
-        let title = laptop.get("title").map(|v| text(&v)).unwrap_or_default();
+        let hits = laptop.counter("hits")?;
+        ensure(hits == 7, || format!("hits = {hits}, expected 3 + 4"))?;
+        let title = laptop.get("title")?.map(|v| text(&v)).unwrap_or_default();
         Ok(format!(
             "equal digests; hits = 7 on both; title = {title:?} on both"
         ))
@@ -547,7 +547,7 @@ impl<'o> Demo<'o> {
         }
         self.wait_for_follower(&follower, &db, "stream")?;
         let stream_ms = started.elapsed().as_secs_f64() * 1e3;
-        ensure(follower.db().digest() == db.digest(), || {
+        ensure(follower.db().digest()? == db.digest()?, || {
             "follower digest differs from the leader's".into()
         })?;
         let refused = follower.db().put("local", "write");

@@ -1,0 +1,369 @@
+//! Flushes and merges: frozen memtables written out as runs, runs merged,
+//! and the manifest that names them.
+//!
+//! Every change follows one order, so a crash anywhere leaves a directory
+//! that opens to every acknowledged write:
+//! 1. the new run is written to a temp file, fsynced, read back and
+//!    verified, renamed, and its directory fsynced (`RunWriter::finish`);
+//! 2. the manifest naming it (and no longer naming what it replaces) is
+//!    replaced atomically;
+//! 3. only then does the in-memory state switch to it, and are replaced
+//!    runs deleted and covered WAL segments truncated.
+//!
+//! A crash before 2 leaves a run file no manifest names: garbage, removed
+//! at the next writable open. A crash after 2 leaves files the manifest no
+//! longer names (the same), and WAL the manifest covers (replayed
+//! harmlessly: merging is idempotent).
+
+use std::ops::Bound;
+use std::sync::Arc;
+
+use crate::crdt::KeyState;
+use crate::error::Result;
+use crate::manifest::{self, Manifest, RunEntry};
+use crate::record::StoreKey;
+use crate::run::{RUN_DIR, Run, RunFileInfo, RunWriter, RunWriterOptions};
+use crate::snapshot::SNAPSHOT_DIR;
+use crate::state::{Frozen, Lower, StateView};
+
+use super::{Maintenance, TombstoneGc};
+
+/// A background merge starts once this many runs in a row are of
+/// comparable size (size-tiered merging).
+pub const MERGE_RUNS_MIN: usize = 4;
+/// A run joins the merge window of the newer runs when it is at most this
+/// many times their total size.
+pub const MERGE_SIZE_RATIO: u64 = 2;
+/// Above this many runs, the newest [`MERGE_RUNS_MIN`] are merged whatever
+/// their sizes.
+pub const RUNS_MAX: usize = 16;
+
+/// What one flush or merge wrote.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Written {
+    pub runs_written: usize,
+    pub bytes_written: u64,
+    pub entries_written: u64,
+    pub runs_merged: usize,
+    pub tombstones_dropped: u64,
+    pub last_run: Option<RunFileInfo>,
+}
+
+impl Maintenance {
+    /// Writes every frozen memtable out as a run, oldest first, each
+    /// installed by its own manifest update.
+    pub(crate) fn flush_frozen(&self, out: &mut Written) -> Result<()> {
+        loop {
+            let lower = self.engine.state().lower();
+            let Some(frozen) = lower.frozen.last().cloned() else {
+                return Ok(());
+            };
+            drop(lower);
+            self.flush_one(&frozen, out)?;
+        }
+    }
+
+    fn flush_one(&self, frozen: &Frozen, out: &mut Written) -> Result<()> {
+        let entries = frozen.map.iter().map(|(k, s)| Ok((k.clone(), s.clone())));
+        let (info, run) = self.write_run(entries, &mut |_, _| false)?;
+        let mut manifest = self.next_manifest(frozen.covered_seq);
+        if let Some(info) = &info {
+            manifest.runs.insert(0, run_entry(info));
+        }
+        manifest::write_manifest(&self.io, &self.dir, &manifest)
+            .inspect_err(|_| self.discard(info.as_ref()))?;
+        let covered = frozen.covered_seq;
+        self.engine.state().replace_lower(|lower| {
+            let mut frozen = lower.frozen.clone();
+            // The flushed one is the oldest: only this thread removes
+            // frozen memtables, and a freeze adds the newest in front.
+            debug_assert_eq!(frozen.last().map(|f| f.covered_seq), Some(covered));
+            frozen.pop();
+            let mut runs: Vec<Arc<Run>> = run.into_iter().collect();
+            runs.extend(lower.runs.iter().cloned());
+            Lower { frozen, runs }
+        });
+        *self.manifest.lock() = Some(manifest);
+        self.remove_legacy_snapshots()?;
+        if let Some(info) = info {
+            out.runs_written += 1;
+            out.bytes_written += info.size_bytes;
+            out.entries_written += info.entries;
+            out.last_run = Some(info);
+        }
+        Ok(())
+    }
+
+    /// A manifest that covers `covered_seq` and otherwise names what the
+    /// current one does.
+    pub(super) fn next_manifest(&self, covered_seq: u64) -> Manifest {
+        let engine = &self.engine;
+        let current = self.manifest.lock().clone();
+        let (generation, next_run_id, runs, previous_covered) = match current {
+            Some(m) => (m.generation + 1, m.next_run_id, m.runs, m.covered_seq),
+            None => (1, 1, Vec::new(), 0),
+        };
+        let covered_seq = covered_seq.max(previous_covered);
+        Manifest {
+            node: engine.node(),
+            generation,
+            covered_seq,
+            hlc: engine.high_water(),
+            created_ms: engine.now_ms(),
+            next_run_id,
+            runs,
+            dedup: engine.wal().dedup_entries_through(covered_seq),
+        }
+    }
+
+    /// Writes `entries` (in key order, each whole) as the next run, leaving
+    /// out those `drop` says to; `None` if nothing was left to write. The
+    /// run id is taken from the manifest (and the next manifest must be
+    /// written with a higher next id, which [`Maintenance::reserve_run_id`]
+    /// records).
+    fn write_run(
+        &self,
+        entries: impl Iterator<Item = Result<(StoreKey, KeyState)>>,
+        drop: &mut dyn FnMut(&StoreKey, &KeyState) -> bool,
+    ) -> Result<(Option<RunFileInfo>, Option<Arc<Run>>)> {
+        let id = self.reserve_run_id();
+        let dir = self.dir.join(RUN_DIR);
+        let mut writer = RunWriter::create(
+            &self.io,
+            &dir,
+            id,
+            self.engine.node(),
+            &RunWriterOptions::default(),
+        )?;
+        for entry in entries {
+            let written = entry.and_then(|(key, state)| {
+                if drop(&key, &state) {
+                    return Ok(());
+                }
+                writer.add(&key, &state)
+            });
+            if let Err(e) = written {
+                writer.abandon();
+                return Err(e);
+            }
+        }
+        if writer.entries() == 0 {
+            writer.abandon();
+            return Ok((None, None));
+        }
+        let info = writer.finish()?;
+        let run = Run::open(&self.io, &info.path, self.cache.clone())
+            .inspect_err(|_| self.discard(Some(&info)))?;
+        Ok((Some(info), Some(run)))
+    }
+
+    /// The id for the next run; ids are never reused, also for runs that
+    /// were abandoned (their files may linger until the next open).
+    fn reserve_run_id(&self) -> u64 {
+        let mut manifest = self.manifest.lock();
+        let mut next = self.next_run_id.lock();
+        let from_manifest = manifest.as_ref().map_or(1, |m| m.next_run_id);
+        let id = (*next).max(from_manifest);
+        *next = id + 1;
+        if let Some(m) = manifest.as_mut() {
+            m.next_run_id = id + 1;
+        }
+        id
+    }
+
+    /// Best-effort removal of a run no manifest names (it is garbage either
+    /// way; the next writable open removes what this leaves).
+    fn discard(&self, info: Option<&RunFileInfo>) {
+        if let Some(info) = info {
+            let _ = self.io.remove_file(&info.path);
+        }
+    }
+
+    /// Snapshot files of the format before runs: once a manifest covers
+    /// the state they held, they are never read again.
+    pub(super) fn remove_legacy_snapshots(&self) -> Result<()> {
+        let snap_dir = self.dir.join(SNAPSHOT_DIR);
+        let names = self.io.list_dir_if_exists(&snap_dir)?;
+        if names.is_empty() {
+            return Ok(());
+        }
+        for name in &names {
+            self.io.remove_file(&snap_dir.join(name))?;
+        }
+        self.io.sync_dir(&snap_dir)
+    }
+
+    /// Merges runs if the policy asks for it (or every run, if `full`),
+    /// dropping collectable tombstones when the merge reaches the oldest
+    /// run.
+    pub(crate) fn merge_runs(&self, full: bool, gc: &TombstoneGc, out: &mut Written) -> Result<()> {
+        loop {
+            let lower = self.engine.state().lower();
+            let sizes: Vec<u64> = lower.runs.iter().map(|r| r.info().size_bytes).collect();
+            let window = if full {
+                let tombstones = lower.runs.iter().any(|r| r.info().tombstones > 0);
+                (sizes.len() > 1 || tombstones).then_some(0..sizes.len())
+            } else {
+                pick_merge(&sizes)
+            };
+            let Some(window) = window else {
+                return Ok(());
+            };
+            let chosen: Vec<Arc<Run>> = lower.runs.get(window.clone()).unwrap_or_default().to_vec();
+            let reaches_bottom = window.end == lower.runs.len();
+            drop(lower);
+            self.merge_window(&chosen, reaches_bottom, gc, out)?;
+            if full {
+                return Ok(());
+            }
+        }
+    }
+
+    fn merge_window(
+        &self,
+        chosen: &[Arc<Run>],
+        reaches_bottom: bool,
+        gc: &TombstoneGc,
+        out: &mut Written,
+    ) -> Result<()> {
+        let view = StateView::of(
+            Default::default(),
+            Arc::new(Lower {
+                frozen: Vec::new(),
+                runs: chosen.to_vec(),
+            }),
+        );
+        let mut dropped = 0u64;
+        // Only a merge that reaches the oldest run may drop a tombstone:
+        // an older run could still hold a value it deleted.
+        let mut collect = |_: &StoreKey, state: &KeyState| {
+            let collect = reaches_bottom && gc.collects(state);
+            dropped += u64::from(collect);
+            collect
+        };
+        let entries = view.range(Bound::Unbounded, Bound::Unbounded, false);
+        let (info, run) = self.write_run(entries, &mut collect)?;
+        let ids: Vec<u64> = chosen.iter().map(|r| r.info().id).collect();
+        let mut manifest = self.next_manifest(0);
+        let position = manifest.runs.iter().position(|r| ids.contains(&r.id));
+        manifest.runs.retain(|r| !ids.contains(&r.id));
+        if let (Some(info), Some(position)) = (&info, position) {
+            manifest.runs.insert(position, run_entry(info));
+        }
+        manifest::write_manifest(&self.io, &self.dir, &manifest)
+            .inspect_err(|_| self.discard(info.as_ref()))?;
+        self.engine.state().replace_lower(|lower| {
+            let mut runs = Vec::with_capacity(lower.runs.len());
+            let mut placed = false;
+            for r in &lower.runs {
+                if ids.contains(&r.info().id) {
+                    if !placed {
+                        runs.extend(run.clone());
+                        placed = true;
+                    }
+                } else {
+                    runs.push(r.clone());
+                }
+            }
+            Lower {
+                frozen: lower.frozen.clone(),
+                runs,
+            }
+        });
+        *self.manifest.lock() = Some(manifest);
+        // Views taken before keep their open files; nothing new reads these.
+        for r in chosen {
+            self.io.remove_file(&r.info().path)?;
+        }
+        self.io.sync_dir(&self.dir.join(RUN_DIR))?;
+        out.runs_merged += chosen.len();
+        out.tombstones_dropped += dropped;
+        if let Some(info) = info {
+            out.runs_written += 1;
+            out.bytes_written += info.size_bytes;
+            out.entries_written += info.entries;
+            out.last_run = Some(info);
+        }
+        Ok(())
+    }
+}
+
+impl Maintenance {
+    /// Writes `view` whole as one run and a manifest naming only it,
+    /// covering `covered_seq` (a follower's installed state).
+    pub(super) fn write_whole_state(
+        &self,
+        view: &StateView,
+        covered_seq: u64,
+        out: &mut Written,
+    ) -> Result<Option<Arc<Run>>> {
+        let (info, run) = self.write_run(view.iter(), &mut |_, _| false)?;
+        let mut manifest = self.next_manifest(covered_seq);
+        manifest.covered_seq = covered_seq;
+        manifest.runs = info.iter().map(run_entry).collect();
+        manifest::write_manifest(&self.io, &self.dir, &manifest)
+            .inspect_err(|_| self.discard(info.as_ref()))?;
+        *self.manifest.lock() = Some(manifest);
+        if let Some(info) = info {
+            out.runs_written += 1;
+            out.bytes_written += info.size_bytes;
+            out.entries_written += info.entries;
+            out.last_run = Some(info);
+        }
+        Ok(run)
+    }
+}
+
+fn run_entry(info: &RunFileInfo) -> RunEntry {
+    RunEntry {
+        id: info.id,
+        size_bytes: info.size_bytes,
+        entries: info.entries,
+        tombstones: info.tombstones,
+        checksum: info.checksum,
+    }
+}
+
+/// The runs (indexes into `sizes`, newest first) the size-tiered policy
+/// merges next, if any: starting from the newest, each older run joins
+/// while it is at most [`MERGE_SIZE_RATIO`] times the total of the runs
+/// before it; a window of [`MERGE_RUNS_MIN`] or more is merged. Above
+/// [`RUNS_MAX`] runs the newest `MERGE_RUNS_MIN` are merged anyway. Each
+/// byte is rewritten about once per doubling of the data below it, so the
+/// write amplification grows with log2(data / memtable size).
+pub(crate) fn pick_merge(sizes: &[u64]) -> Option<std::ops::Range<usize>> {
+    let mut total = 0u64;
+    let mut end = 0;
+    for (i, &size) in sizes.iter().enumerate() {
+        if i > 0 && size > total.saturating_mul(MERGE_SIZE_RATIO) {
+            break;
+        }
+        total = total.saturating_add(size);
+        end = i + 1;
+    }
+    if end >= MERGE_RUNS_MIN {
+        return Some(0..end);
+    }
+    (sizes.len() > RUNS_MAX).then_some(0..MERGE_RUNS_MIN)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_policy_merges_runs_of_comparable_size() {
+        assert_eq!(pick_merge(&[]), None);
+        assert_eq!(pick_merge(&[1, 1, 1]), None);
+        assert_eq!(pick_merge(&[1, 1, 1, 1]), Some(0..4));
+        // The fifth joins: 4 <= 2 * 4.
+        assert_eq!(pick_merge(&[1, 1, 1, 1, 4]), Some(0..5));
+        // A big old run stays out.
+        assert_eq!(pick_merge(&[1, 1, 1, 1, 100]), Some(0..4));
+        assert_eq!(pick_merge(&[1, 1, 100]), None);
+        let many = vec![1u64 << 40; RUNS_MAX + 1];
+        assert!(pick_merge(&many).is_some());
+        // A new run beside a much bigger one: not yet.
+        assert_eq!(pick_merge(&[1, 64, 256]), None);
+    }
+}

@@ -1,0 +1,300 @@
+//! The manifest: which runs hold the durable state, and the WAL position
+//! they cover.
+//!
+//! `MANIFEST` is replaced atomically (temp file, fsync, rename, directory
+//! fsync) after every run it names is durable and verified, and before
+//! any file it stops naming is deleted or any WAL segment it newly covers
+//! is truncated. So at every moment the manifest on disk names runs that
+//! exist, and the WAL holds everything after its covered sequence number.
+//! A run file it does not name is garbage (a flush or merge cut short); a
+//! run it names whose file is missing is a typed error naming the file.
+//! Layout in `docs/FORMAT.md`.
+
+use std::path::{Path, PathBuf};
+
+use crate::clock::{NodeId, Stamp};
+use crate::codec::{DecodeError, Reader, Writer};
+use crate::error::{Error, Result};
+use crate::io::Io;
+use crate::record::limits::{DEDUP_ENTRIES_MAX, DEDUP_ENTRY_BYTES};
+use crate::record::{decode_stamp, encode_stamp};
+use crate::wal::dedup::DedupEntry;
+
+/// The manifest's file name in the database directory.
+pub const MANIFEST_FILE: &str = "MANIFEST";
+/// First eight bytes of a manifest.
+pub const MANIFEST_MAGIC: [u8; 8] = *b"MKVMANI\x01";
+/// Version of the layout described here.
+pub const MANIFEST_FORMAT_VERSION: u16 = 1;
+/// Most runs a manifest may name (a reader refuses more as damage).
+pub const MANIFEST_RUNS_MAX: usize = 4096;
+/// Bytes of one run entry: id, size, entries, tombstones, checksum.
+const RUN_ENTRY_BYTES: usize = 8 + 8 + 8 + 8 + 4;
+/// Bytes before the run list.
+const HEADER_BYTES: usize = 8 + 2 + 2 + 8 + 8 + 8 + 20 + 8 + 8;
+
+/// One run the manifest names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunEntry {
+    /// The run's id (its file is `runs/run-<id>.run`).
+    pub id: u64,
+    /// Its size in bytes.
+    pub size_bytes: u64,
+    /// Keys in it.
+    pub entries: u64,
+    /// Tombstones among them.
+    pub tombstones: u64,
+    /// The checksum of its footer: names the exact file.
+    pub checksum: u32,
+}
+
+/// The manifest's contents.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Manifest {
+    /// The node that wrote it.
+    pub node: NodeId,
+    /// Incremented at every replacement.
+    pub generation: u64,
+    /// Every WAL frame up to this sequence number is in the runs.
+    pub covered_seq: u64,
+    /// The clock's high-water mark when it was written.
+    pub hlc: Stamp,
+    /// When it was written, ms since the epoch.
+    pub created_ms: u64,
+    /// The id the next run will get (ids are never reused).
+    pub next_run_id: u64,
+    /// The live runs, newest first.
+    pub runs: Vec<RunEntry>,
+    /// The dedup window entries for frames the runs cover.
+    pub dedup: Vec<([u8; 32], DedupEntry)>,
+}
+
+/// The manifest's path in `dir`.
+pub fn manifest_path(dir: &Path) -> PathBuf {
+    dir.join(MANIFEST_FILE)
+}
+
+impl Manifest {
+    /// The encoded manifest.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::with_capacity(
+            HEADER_BYTES
+                + 4
+                + RUN_ENTRY_BYTES * self.runs.len()
+                + 4
+                + DEDUP_ENTRY_BYTES * self.dedup.len()
+                + 4,
+        );
+        w.bytes(&MANIFEST_MAGIC);
+        w.u16(MANIFEST_FORMAT_VERSION);
+        w.u16(0);
+        w.u64(self.node.0);
+        w.u64(self.generation);
+        w.u64(self.covered_seq);
+        encode_stamp(&mut w, self.hlc);
+        w.u64(self.created_ms);
+        w.u64(self.next_run_id);
+        debug_assert_eq!(w.len(), HEADER_BYTES);
+        w.u32(self.runs.len() as u32);
+        for run in &self.runs {
+            w.u64(run.id);
+            w.u64(run.size_bytes);
+            w.u64(run.entries);
+            w.u64(run.tombstones);
+            w.u32(run.checksum);
+        }
+        w.u32(self.dedup.len() as u32);
+        for (id, entry) in &self.dedup {
+            w.bytes(id);
+            w.u64(entry.first_seq);
+            w.u32(entry.op_count);
+            encode_stamp(&mut w, entry.stamp);
+            w.u64(entry.seen_ms);
+        }
+        let crc = crc32c::crc32c(w.as_slice());
+        w.u32(crc);
+        w.into_vec()
+    }
+
+    /// Decodes a manifest; the error is the offset of the damage and why.
+    pub fn decode(bytes: &[u8]) -> std::result::Result<Manifest, (u64, String)> {
+        let at = |e: DecodeError| match e {
+            DecodeError::Truncated { offset, .. } | DecodeError::Invalid { offset, .. } => {
+                (offset as u64, e.to_string())
+            }
+        };
+        let Some((body, crc)) = bytes.split_last_chunk::<4>() else {
+            return Err((0, "manifest too short".into()));
+        };
+        if body.get(..8) != Some(&MANIFEST_MAGIC[..]) {
+            return Err((0, "not a mergekv manifest (bad magic)".into()));
+        }
+        if crc32c::crc32c(body) != u32::from_le_bytes(*crc) {
+            return Err((body.len() as u64, "manifest checksum mismatch".into()));
+        }
+        let mut r = Reader::new(body);
+        r.take(8).map_err(at)?;
+        let version = r.u16().map_err(at)?;
+        if version != MANIFEST_FORMAT_VERSION {
+            return Err((8, format!("unsupported manifest version {version}")));
+        }
+        let flags = r.u16().map_err(at)?;
+        if flags != 0 {
+            return Err((10, format!("unknown manifest flags {flags:#x}")));
+        }
+        let node = NodeId(r.u64().map_err(at)?);
+        let generation = r.u64().map_err(at)?;
+        let covered_seq = r.u64().map_err(at)?;
+        let hlc = decode_stamp(&mut r).map_err(at)?;
+        let created_ms = r.u64().map_err(at)?;
+        let next_run_id = r.u64().map_err(at)?;
+        let run_count = r.u32().map_err(at)? as usize;
+        if run_count > MANIFEST_RUNS_MAX || run_count * RUN_ENTRY_BYTES > r.remaining() {
+            return Err((
+                r.position() as u64,
+                format!("run count {run_count} does not fit"),
+            ));
+        }
+        let mut runs = Vec::with_capacity(run_count);
+        for _ in 0..run_count {
+            let entry = RunEntry {
+                id: r.u64().map_err(at)?,
+                size_bytes: r.u64().map_err(at)?,
+                entries: r.u64().map_err(at)?,
+                tombstones: r.u64().map_err(at)?,
+                checksum: r.u32().map_err(at)?,
+            };
+            if entry.id >= next_run_id || runs.iter().any(|r: &RunEntry| r.id == entry.id) {
+                return Err((
+                    r.position() as u64,
+                    format!("run id {} repeated or not below the next id", entry.id),
+                ));
+            }
+            runs.push(entry);
+        }
+        let dedup_count = r.u32().map_err(at)? as usize;
+        if dedup_count > DEDUP_ENTRIES_MAX || dedup_count * DEDUP_ENTRY_BYTES != r.remaining() {
+            return Err((
+                r.position() as u64,
+                format!("dedup entry count {dedup_count} does not fit"),
+            ));
+        }
+        let mut dedup = Vec::with_capacity(dedup_count);
+        for _ in 0..dedup_count {
+            let id: [u8; 32] = r
+                .take(32)
+                .map_err(at)?
+                .try_into()
+                .map_err(|_| (r.position() as u64, "dedup id".to_string()))?;
+            let first_seq = r.u64().map_err(at)?;
+            let op_count = r.u32().map_err(at)?;
+            let stamp = decode_stamp(&mut r).map_err(at)?;
+            let seen_ms = r.u64().map_err(at)?;
+            dedup.push((
+                id,
+                DedupEntry {
+                    first_seq,
+                    op_count,
+                    stamp,
+                    seen_ms,
+                },
+            ));
+        }
+        Ok(Manifest {
+            node,
+            generation,
+            covered_seq,
+            hlc,
+            created_ms,
+            next_run_id,
+            runs,
+            dedup,
+        })
+    }
+}
+
+/// Reads `dir`'s manifest; `None` if there is none (a new database, or one
+/// written before runs existed). Damage is [`Error::Corruption`] naming it.
+pub fn read_manifest(io: &Io, dir: &Path) -> Result<Option<Manifest>> {
+    let path = manifest_path(dir);
+    let Some(bytes) = io.read_if_exists(&path)? else {
+        return Ok(None);
+    };
+    Manifest::decode(&bytes)
+        .map(Some)
+        .map_err(|(offset, reason)| Error::corruption(&path, offset, reason))
+}
+
+/// Replaces `dir`'s manifest atomically and durably.
+pub fn write_manifest(io: &Io, dir: &Path, manifest: &Manifest) -> Result<()> {
+    io.write_atomic(&manifest_path(dir), &manifest.encode())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Manifest {
+        Manifest {
+            node: NodeId(7),
+            generation: 3,
+            covered_seq: 99,
+            hlc: Stamp {
+                physical_ms: 5,
+                logical: 1,
+                node: NodeId(7),
+            },
+            created_ms: 1234,
+            next_run_id: 10,
+            runs: vec![
+                RunEntry {
+                    id: 9,
+                    size_bytes: 100,
+                    entries: 3,
+                    tombstones: 1,
+                    checksum: 0xabcd,
+                },
+                RunEntry {
+                    id: 2,
+                    size_bytes: 1000,
+                    entries: 30,
+                    tombstones: 0,
+                    checksum: 7,
+                },
+            ],
+            dedup: vec![(
+                [3; 32],
+                DedupEntry {
+                    first_seq: 5,
+                    op_count: 2,
+                    stamp: Stamp::default(),
+                    seen_ms: 77,
+                },
+            )],
+        }
+    }
+
+    #[test]
+    fn round_trips() {
+        let m = sample();
+        assert_eq!(Manifest::decode(&m.encode()), Ok(m));
+    }
+
+    #[test]
+    fn every_flipped_byte_and_every_truncation_is_refused() {
+        let bytes = sample().encode();
+        for i in 0..bytes.len() {
+            for bit in [0x01u8, 0x80] {
+                let mut bad = bytes.clone();
+                if let Some(b) = bad.get_mut(i) {
+                    *b ^= bit;
+                }
+                assert!(Manifest::decode(&bad).is_err(), "flip at {i}");
+            }
+            assert!(
+                Manifest::decode(bytes.get(..i).unwrap()).is_err(),
+                "cut at {i}"
+            );
+        }
+    }
+}
