@@ -455,7 +455,7 @@ mod tests {
             matches!(result, Err(Error::LimitExceeded { .. })),
             "{result:?}"
         );
-        assert!(db.get("a").is_none(), "nothing before it landed");
+        assert!(db.get("a").unwrap().is_none(), "nothing before it landed");
         assert!(db.engine().check_usable().is_ok());
         let empty = db
             .engine()
@@ -481,8 +481,8 @@ mod tests {
         db.compact_now().unwrap();
         drop(db);
         let db = crate::Db::open(dir.path()).unwrap();
-        assert_eq!(db.get("b").map(|v| v.len()), Some(big.len()));
-        assert_eq!(db.get("a").map(|v| v.len()), Some(small.len()));
+        assert_eq!(db.get("b").unwrap().map(|v| v.len()), Some(big.len()));
+        assert_eq!(db.get("a").unwrap().map(|v| v.len()), Some(small.len()));
         assert!(
             !dir.path().join("quarantine").exists(),
             "the snapshot was read, not set aside"
@@ -518,7 +518,7 @@ mod tests {
         faults.fail_from_nth(crate::IoOp::Sync, 1);
         let group = e.finish(&[(&a, queued_a), (&b, queued_b)]);
         assert!(group.is_err(), "the group's fsync failed");
-        assert!(db.get("a").is_none(), "durable, but never applied");
+        assert!(db.get("a").unwrap().is_none(), "durable, but never applied");
         let retried = e.finish(&[(&a, duplicate)]).unwrap();
         assert!(
             matches!(retried.as_slice(), [Err(Error::Poisoned { .. })]),

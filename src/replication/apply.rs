@@ -218,7 +218,10 @@ mod tests {
             "two chunks of records by size, then the position alone"
         );
         for i in 0..3 {
-            assert_eq!(db.get(format!("k{i}")).map(|v| v.len()), Some(100 << 20));
+            assert_eq!(
+                db.get(format!("k{i}")).unwrap().map(|v| v.len()),
+                Some(100 << 20)
+            );
         }
         assert_eq!(db.follower_position().unwrap(), Some(position));
         // Applied again (a reconnect after a crash between the chunks and

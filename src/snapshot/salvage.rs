@@ -306,7 +306,7 @@ mod tests {
     fn snapshot_with(records: Vec<Record>) -> (tempfile::TempDir, std::path::PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let state = State::new();
-        state.replay(records);
+        state.replay(records).unwrap();
         let meta = SnapshotMeta {
             node: NodeId(3),
             covered_seq: 42,
@@ -317,9 +317,8 @@ mod tests {
             &Io::default(),
             dir.path(),
             &meta,
-            &state.snapshot(),
+            state.view().iter(),
             &[],
-            |_, _| true,
         )
         .unwrap();
         (dir, written.path)
