@@ -99,10 +99,12 @@ impl Maintenance {
     pub(super) fn next_manifest(&self, covered_seq: u64) -> Manifest {
         let engine = &self.engine;
         let current = self.manifest.lock().clone();
-        let (generation, next_run_id, runs, previous_covered) = match current {
-            Some(m) => (m.generation + 1, m.next_run_id, m.runs, m.covered_seq),
-            None => (1, 1, Vec::new(), 0),
+        let (generation, runs, previous_covered) = match current {
+            Some(m) => (m.generation + 1, m.runs, m.covered_seq),
+            None => (1, Vec::new(), 0),
         };
+        // Past every id handed out, abandoned runs' included.
+        let next_run_id = *self.next_run_id.lock();
         let covered_seq = covered_seq.max(previous_covered);
         Manifest {
             node: engine.node(),
@@ -117,10 +119,7 @@ impl Maintenance {
     }
 
     /// Writes `entries` (in key order, each whole) as the next run, leaving
-    /// out those `drop` says to; `None` if nothing was left to write. The
-    /// run id is taken from the manifest (and the next manifest must be
-    /// written with a higher next id, which [`Maintenance::reserve_run_id`]
-    /// records).
+    /// out those `drop` says to; `None` if nothing was left to write.
     fn write_run(
         &self,
         entries: impl Iterator<Item = Result<(StoreKey, KeyState)>>,
@@ -160,14 +159,9 @@ impl Maintenance {
     /// The id for the next run; ids are never reused, also for runs that
     /// were abandoned (their files may linger until the next open).
     fn reserve_run_id(&self) -> u64 {
-        let mut manifest = self.manifest.lock();
         let mut next = self.next_run_id.lock();
-        let from_manifest = manifest.as_ref().map_or(1, |m| m.next_run_id);
-        let id = (*next).max(from_manifest);
+        let id = *next;
         *next = id + 1;
-        if let Some(m) = manifest.as_mut() {
-            m.next_run_id = id + 1;
-        }
         id
     }
 
