@@ -487,6 +487,10 @@ fn run_step(
         command.args(["--cache", &bytes.to_string()]);
     }
     let column = step.engine.map_or("raw", EngineKind::name);
+    // Dirty pages left by earlier runs (or anything else) would be written
+    // back during this run's fsyncs (ext4 commits its journal with them):
+    // start every run with none.
+    let _ = Command::new("sync").status();
     let label = format!("{} {column} threads={}", step.task, step.threads);
     let start = Instant::now();
     let output = command.output().expect("spawn a child");
