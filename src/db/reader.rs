@@ -204,6 +204,11 @@ impl ReadOnlyDb {
             },
             ..Stats::default()
         };
+        let wal_dir = self.dir.join(crate::wal::WAL_DIR);
+        for name in self.io.list_dir_if_exists(&wal_dir).unwrap_or_default() {
+            stats.wal.segments += 1;
+            stats.wal.wal_bytes += self.io.len_bytes(&wal_dir.join(name)).unwrap_or(0);
+        }
         stats.compactor.snapshot_seq = self.loaded.covered_seq;
         stats.compactor.runs = lower.runs.len();
         stats.compactor.snapshot_bytes = lower.runs.iter().map(|r| r.info().size_bytes).sum();
