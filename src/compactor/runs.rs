@@ -24,7 +24,7 @@ use crate::manifest::{self, Manifest, RunEntry};
 use crate::record::StoreKey;
 use crate::run::{RUN_DIR, Run, RunFileInfo, RunWriter, RunWriterOptions};
 use crate::snapshot::SNAPSHOT_DIR;
-use crate::state::{Frozen, Lower, StateView};
+use crate::state::{DigestSums, Frozen, Lower, StateView};
 
 use super::{Maintenance, TombstoneGc};
 
@@ -64,12 +64,14 @@ impl Maintenance {
     }
 
     fn flush_one(&self, frozen: &Frozen, out: &mut Written) -> Result<()> {
+        let digest = self.digest_after_flush(frozen)?;
         let entries = frozen.map.iter().map(|(k, s)| Ok((k.clone(), s.clone())));
         let (info, run) = self.write_run(entries, &mut |_, _| false)?;
         let mut manifest = self.next_manifest(frozen.covered_seq);
         if let Some(info) = &info {
             manifest.runs.insert(0, run_entry(info));
         }
+        manifest.digest = digest.clone();
         manifest::write_manifest(&self.io, &self.dir, &manifest)
             .inspect_err(|_| self.discard(info.as_ref()))?;
         let covered = frozen.covered_seq;
@@ -81,7 +83,11 @@ impl Maintenance {
             frozen.pop();
             let mut runs: Vec<Arc<Run>> = run.into_iter().collect();
             runs.extend(lower.runs.iter().cloned());
-            Lower { frozen, runs }
+            Lower {
+                frozen,
+                runs,
+                runs_digest: digest,
+            }
         });
         *self.manifest.lock() = Some(manifest);
         self.remove_legacy_snapshots()?;
@@ -94,14 +100,41 @@ impl Maintenance {
         Ok(())
     }
 
+    /// The runs' digest sums once `frozen` is flushed: each of its keys
+    /// moves from what the runs hold for it to the merge of both (every
+    /// run is older than every frozen memtable).
+    fn digest_after_flush(&self, frozen: &Frozen) -> Result<DigestSums> {
+        let lower = self.engine.state().lower();
+        let runs = Lower {
+            frozen: Vec::new(),
+            runs: lower.runs.clone(),
+            runs_digest: DigestSums::new(),
+        };
+        let mut digest = lower.runs_digest.clone();
+        for (key, state) in frozen.map.iter() {
+            let before = runs.get(key)?;
+            let after = match &before {
+                Some(b) => KeyState::merge(b, state),
+                None => state.clone(),
+            };
+            digest.replace(key, before.as_ref(), Some(&after));
+        }
+        Ok(digest)
+    }
+
     /// A manifest that covers `covered_seq` and otherwise names what the
     /// current one does.
     pub(super) fn next_manifest(&self, covered_seq: u64) -> Manifest {
         let engine = &self.engine;
         let current = self.manifest.lock().clone();
-        let (generation, runs, previous_covered) = match current {
-            Some(m) => (m.generation + 1, m.runs, m.covered_seq),
-            None => (1, Vec::new(), 0),
+        let (generation, runs, previous_covered, digest) = match current {
+            Some(m) => (m.generation + 1, m.runs, m.covered_seq, m.digest),
+            None => (
+                1,
+                Vec::new(),
+                0,
+                self.engine.state().lower().runs_digest.clone(),
+            ),
         };
         // Past every id handed out, abandoned runs' included.
         let next_run_id = *self.next_run_id.lock();
@@ -114,6 +147,7 @@ impl Maintenance {
             created_ms: engine.now_ms(),
             next_run_id,
             runs,
+            digest,
             dedup: engine.wal().dedup_entries_through(covered_seq),
         }
     }
@@ -225,14 +259,20 @@ impl Maintenance {
             Arc::new(Lower {
                 frozen: Vec::new(),
                 runs: chosen.to_vec(),
+                runs_digest: DigestSums::new(),
             }),
         );
         let mut dropped = 0u64;
+        // What the runs hold without the dropped tombstones.
+        let mut digest = self.engine.state().lower().runs_digest.clone();
         // Only a merge that reaches the oldest run may drop a tombstone:
         // an older run could still hold a value it deleted.
-        let mut collect = |_: &StoreKey, state: &KeyState| {
+        let mut collect = |key: &StoreKey, state: &KeyState| {
             let collect = reaches_bottom && gc.collects(state);
-            dropped += u64::from(collect);
+            if collect {
+                dropped += 1;
+                digest.sub(key, state);
+            }
             collect
         };
         let entries = view.range(Bound::Unbounded, Bound::Unbounded, false);
@@ -244,6 +284,7 @@ impl Maintenance {
         if let (Some(info), Some(position)) = (&info, position) {
             manifest.runs.insert(position, run_entry(info));
         }
+        manifest.digest = digest.clone();
         manifest::write_manifest(&self.io, &self.dir, &manifest)
             .inspect_err(|_| self.discard(info.as_ref()))?;
         self.engine.state().replace_lower(|lower| {
@@ -262,6 +303,7 @@ impl Maintenance {
             Lower {
                 frozen: lower.frozen.clone(),
                 runs,
+                runs_digest: digest,
             }
         });
         *self.manifest.lock() = Some(manifest);
@@ -290,11 +332,17 @@ impl Maintenance {
         view: &StateView,
         covered_seq: u64,
         out: &mut Written,
-    ) -> Result<Option<Arc<Run>>> {
-        let (info, run) = self.write_run(view.iter(), &mut |_, _| false)?;
+    ) -> Result<(Option<Arc<Run>>, DigestSums)> {
+        let mut digest = DigestSums::new();
+        let mut sum = |key: &StoreKey, state: &KeyState| {
+            digest.add(key, state);
+            false
+        };
+        let (info, run) = self.write_run(view.iter(), &mut sum)?;
         let mut manifest = self.next_manifest(covered_seq);
         manifest.covered_seq = covered_seq;
         manifest.runs = info.iter().map(run_entry).collect();
+        manifest.digest = digest.clone();
         manifest::write_manifest(&self.io, &self.dir, &manifest)
             .inspect_err(|_| self.discard(info.as_ref()))?;
         *self.manifest.lock() = Some(manifest);
@@ -304,7 +352,7 @@ impl Maintenance {
             out.entries_written += info.entries;
             out.last_run = Some(info);
         }
-        Ok(run)
+        Ok((run, digest))
     }
 }
 
