@@ -72,8 +72,11 @@ impl Maintenance {
             manifest.runs.insert(0, run_entry(info));
         }
         manifest.digest = digest.clone();
-        manifest::write_manifest(&self.io, &self.dir, &manifest)
-            .inspect_err(|_| self.discard(info.as_ref()))?;
+        // A failed manifest write leaves the new run in place: the rename
+        // may have happened (a failed directory fsync after it), and then
+        // the manifest on disk needs it. If not, it is garbage the next
+        // writable open removes.
+        manifest::write_manifest(&self.io, &self.dir, &manifest)?;
         let covered = frozen.covered_seq;
         self.engine.state().replace_lower(|lower| {
             let mut frozen = lower.frozen.clone();
@@ -285,8 +288,11 @@ impl Maintenance {
             manifest.runs.insert(position, run_entry(info));
         }
         manifest.digest = digest.clone();
-        manifest::write_manifest(&self.io, &self.dir, &manifest)
-            .inspect_err(|_| self.discard(info.as_ref()))?;
+        // A failed manifest write leaves the new run in place: the rename
+        // may have happened (a failed directory fsync after it), and then
+        // the manifest on disk needs it. If not, it is garbage the next
+        // writable open removes.
+        manifest::write_manifest(&self.io, &self.dir, &manifest)?;
         self.engine.state().replace_lower(|lower| {
             let mut runs = Vec::with_capacity(lower.runs.len());
             let mut placed = false;
@@ -343,8 +349,11 @@ impl Maintenance {
         manifest.covered_seq = covered_seq;
         manifest.runs = info.iter().map(run_entry).collect();
         manifest.digest = digest.clone();
-        manifest::write_manifest(&self.io, &self.dir, &manifest)
-            .inspect_err(|_| self.discard(info.as_ref()))?;
+        // A failed manifest write leaves the new run in place: the rename
+        // may have happened (a failed directory fsync after it), and then
+        // the manifest on disk needs it. If not, it is garbage the next
+        // writable open removes.
+        manifest::write_manifest(&self.io, &self.dir, &manifest)?;
         *self.manifest.lock() = Some(manifest);
         if let Some(info) = info {
             out.runs_written += 1;
