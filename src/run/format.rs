@@ -535,6 +535,9 @@ mod tests {
 
     #[test]
     fn header_and_footer_round_trip_and_name_a_wrong_version() {
+        // The sizes docs/FORMAT.md gives.
+        assert_eq!((HEADER_BYTES, FOOTER_BYTES), (32, 88));
+        assert_eq!((FOOTER_RUN_ID_OFFSET, FOOTER_CRC_OFFSET), (56, 74));
         let header = Header {
             node: NodeId(9),
             run_id: 42,

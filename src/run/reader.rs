@@ -316,14 +316,16 @@ impl Run {
             started: false,
             pending: VecDeque::new(),
             boundary: None,
+            held: None,
             done: false,
         }
     }
 
     /// Reads every block from the file (not through the cache), checks
     /// each checksum, decodes every entry, and checks the keys' order
-    /// within and across blocks and against the index, and the entry and
-    /// tombstone counts against the footer. Returns the entry count.
+    /// within and across blocks and against the index, that the filter
+    /// passes every key, and the entry and tombstone counts against the
+    /// footer. Returns the entry count.
     pub fn verify(&self) -> Result<u64> {
         let mut entries = 0u64;
         let mut tombstones = 0u64;
@@ -337,7 +339,13 @@ impl Run {
                 meta.entries as usize,
                 &self.nodes,
                 Some((self.index.first_key(meta), self.index.last_key(meta))),
-                |_, state, _| {
+                |key, state, _| {
+                    if !self.filter.may_contain(key) {
+                        return Err(crate::codec::Reader::invalid(
+                            0,
+                            "the filter does not pass a key the run holds",
+                        ));
+                    }
                     entries += 1;
                     tombstones += u64::from(state.is_tombstone());
                     Ok(())
@@ -531,6 +539,9 @@ pub struct RunIter {
     /// The key beyond which the next interval must lie: the last key
     /// decoded (forward) or the first (reverse).
     boundary: Option<Vec<u8>>,
+    /// The block decoded last, kept so its other intervals cost no cache
+    /// lookup (or, with no room in the cache, no second read).
+    held: Option<(usize, Arc<[u8]>)>,
     done: bool,
 }
 
@@ -581,17 +592,18 @@ impl RunIter {
     }
 
     /// The first (block, interval) to decode.
-    fn seek(&self) -> Result<Option<(usize, usize)>> {
-        let index = &self.run.index;
+    fn seek(&mut self) -> Result<Option<(usize, usize)>> {
+        let run = Arc::clone(&self.run);
+        let index = &run.index;
         if index.is_empty() {
             return Ok(None);
         }
         let (bound, forward) = if self.reverse {
-            (&self.upper, false)
+            (self.upper.clone(), false)
         } else {
-            (&self.lower, true)
+            (self.lower.clone(), true)
         };
-        let (key, strict) = match bound {
+        let (key, strict) = match &bound {
             Bound::Unbounded if forward => return Ok(Some((0, 0))),
             Bound::Unbounded => {
                 let last = index.len() - 1;
@@ -647,32 +659,43 @@ impl RunIter {
     }
 
     fn with_view<T>(
-        &self,
+        &mut self,
         block: usize,
         f: impl FnOnce(&BlockView<'_>) -> std::result::Result<T, DecodeError>,
     ) -> Result<T> {
+        let (meta, data) = self.block_data(block)?;
+        BlockView::parse(&data, meta.entries as usize)
+            .and_then(|view| f(&view))
+            .map_err(|e| self.run.block_corruption(&meta, &e))
+    }
+
+    /// Block `block` and its index entry, from the iterator's hold or the
+    /// run.
+    fn block_data(&mut self, block: usize) -> Result<(BlockMeta, Arc<[u8]>)> {
         let run = &self.run;
-        let Some(meta) = run.index.block(block) else {
+        let Some(meta) = run.index.block(block).copied() else {
             return Err(Error::corruption(
                 &run.info.path,
                 0,
                 "block index out of range",
             ));
         };
-        let data = run.block(meta)?;
-        BlockView::parse(&data, meta.entries as usize)
-            .and_then(|view| f(&view))
-            .map_err(|e| run.block_corruption(meta, &e))
+        if let Some((held, data)) = &self.held
+            && *held == block
+        {
+            return Ok((meta, Arc::clone(data)));
+        }
+        let data = run.block(&meta)?;
+        self.held = Some((block, Arc::clone(&data)));
+        Ok((meta, data))
     }
 
     /// Decodes one interval, checks its keys, and queues those in range.
     /// Sets `done` once an entry passes the far bound.
     fn decode_interval(&mut self, block: usize, interval: usize) -> Result<()> {
         let run = Arc::clone(&self.run);
-        let Some(meta) = run.index.block(block) else {
-            return Ok(());
-        };
-        let data = run.block(meta)?;
+        let (meta, data) = self.block_data(block)?;
+        let meta = &meta;
         let mut decoded: Vec<(Vec<u8>, KeyState)> = Vec::new();
         let result = (|| {
             let view = BlockView::parse(&data, meta.entries as usize)?;
