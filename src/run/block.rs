@@ -119,7 +119,8 @@ impl<'a> BlockView<'a> {
         let base_ms = get_varint(&mut r)?;
         let entries_at = r.position();
         let body = raw.get(entries_at..).unwrap_or_default();
-        let Some((rest, tail)) = body.split_at_checked(body.len().saturating_sub(4)) else {
+        let split = body.len().checked_sub(4);
+        let Some((rest, tail)) = split.and_then(|at| body.split_at_checked(at)) else {
             return Err(Reader::invalid(
                 entries_at,
                 "block too short for its restart count",

@@ -51,14 +51,14 @@ mod filter;
 mod format;
 mod index;
 mod reader;
-mod salvage;
+pub(crate) mod salvage;
 mod writer;
 
 pub use cache::{BlockCache, CACHE_ENTRY_OVERHEAD_BYTES, CACHE_SHARDS, CacheStats};
 pub use filter::BLOOM_BITS_PER_KEY_MAX;
 pub use format::{
-    BLOCK_RAW_BYTES_MAX, FOOTER_BYTES, HEADER_BYTES, INDEX_KEY_BYTES_MAX, NODE_TABLE_ENTRIES_MAX,
-    RESTART_INTERVAL, RUN_FORMAT_VERSION, RUN_MAGIC, SECTION_BYTES_MAX,
+    BLOCK_RAW_BYTES_MAX, FOOTER_BYTES, FOOTER_RUN_ID_OFFSET, HEADER_BYTES, INDEX_KEY_BYTES_MAX,
+    NODE_TABLE_ENTRIES_MAX, RESTART_INTERVAL, RUN_FORMAT_VERSION, RUN_MAGIC, SECTION_BYTES_MAX,
 };
 pub use reader::{Run, RunIter};
 pub use salvage::{LostBlock, RunSalvage, salvage_run};
