@@ -1,8 +1,8 @@
 //! Sorted runs: the on-disk form of the disk-resident state.
 //!
 //! A run is an immutable file of key-ordered entries, each a key's whole
-//! CRDT state ([`KeyState`]), written once by a [`RunWriter`] and read by
-//! many threads through a [`Run`]. The compactor will write the state as
+//! CRDT state ([`KeyState`](crate::crdt::KeyState)), written once by a
+//! [`RunWriter`] and read by many threads through a [`Run`]. The compactor will write the state as
 //! runs named by a manifest instead of rewriting whole-map snapshots, so
 //! the state no longer has to fit in memory and a compaction no longer
 //! rewrites what did not change.
@@ -19,7 +19,7 @@
 //! - Entries are compact (prefix-compressed keys with restart points,
 //!   varint lengths, stamps as deltas from a per-block base time, node ids
 //!   as indexes into a per-run table): a run of 17-byte keys and 100-byte
-//!   values costs about 124 bytes per key all in.
+//!   values costs about 125 bytes per key all in.
 //! - Opening reads the footer, index, filter and node table only; a lookup
 //!   asks the filter, binary-searches the index, reads one block (through
 //!   the shared [`BlockCache`]), binary-searches its restarts and decodes

@@ -1084,3 +1084,30 @@ fn blocks_too_short_for_their_restart_array_are_errors() {
         assert!(block::count_entries(raw, &[NodeId(1)]).is_err(), "{raw:?}");
     }
 }
+
+#[test]
+fn a_run_names_at_most_its_node_table_limit_of_nodes() {
+    let (_, io) = sim_io();
+    let options = RunWriterOptions {
+        bloom_bits_per_key: 0,
+        ..RunWriterOptions::default()
+    };
+    let mut writer = RunWriter::create(&io, Path::new(DIR), 40, NodeId(1), &options).unwrap();
+    let limit = format::NODE_TABLE_ENTRIES_MAX as u64;
+    for node in 0..limit {
+        let key = format!("k{node:08}").into_bytes();
+        writer
+            .add(&key, &put(b"", stamp(BASE_MS, 0, node)))
+            .unwrap();
+    }
+    let one_more = writer.add(b"l", &put(b"", stamp(BASE_MS, 0, limit)));
+    assert!(
+        matches!(one_more, Err(Error::InvalidCommand { .. })),
+        "{one_more:?}"
+    );
+    writer.add(b"l", &put(b"", stamp(BASE_MS, 0, 7))).unwrap();
+    let info = writer.finish().unwrap();
+    let run = Run::open(&io, &info.path, BlockCache::new(0)).unwrap();
+    assert_eq!(run.verify().unwrap(), limit + 1);
+    assert_eq!(run.get(b"l").unwrap(), Some(put(b"", stamp(BASE_MS, 0, 7))));
+}
