@@ -207,6 +207,14 @@ pub fn encode_entry(
     }
 }
 
+/// True if `state` is a tombstone the footer counts: a key that reads as
+/// absent because of a delete (a register without a value that no newer
+/// counter increment outranks), what a merge may one day drop.
+pub fn is_tombstone(state: &KeyState) -> bool {
+    matches!(state.visible(), crate::crdt::Visible::Absent)
+        && state.register.as_ref().is_some_and(|r| r.value.is_none())
+}
+
 /// The base time of a block whose first entry holds `state`: the first
 /// stamp it carries, so the first entry's delta is zero and the others',
 /// written close in time, are small.
@@ -257,13 +265,6 @@ pub struct StateView<'a> {
     register: Option<(Stamp, Option<&'a [u8]>)>,
     floor: Option<(usize, &'a [u8])>,
     counter: Option<(usize, &'a [u8])>,
-}
-
-impl StateView<'_> {
-    /// True for a tombstone: a register without a value, and no counter.
-    pub fn is_tombstone(&self) -> bool {
-        matches!(self.register, Some((_, None))) && self.counter.is_none()
-    }
 }
 
 /// Reads and checks the state after an entry's key.

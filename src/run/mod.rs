@@ -89,8 +89,9 @@ pub struct RunFileInfo {
     pub size_bytes: u64,
     /// Entries (keys) in it.
     pub entries: u64,
-    /// Entries that are tombstones: a register without a value, and no
-    /// counter.
+    /// Entries that are tombstones: keys that read as absent because of a
+    /// delete (a register without a value that no newer counter increment
+    /// outranks; `KeyState::visible` is `Absent`).
     pub tombstones: u64,
     /// The smallest key, if any.
     pub first_key: Option<Vec<u8>>,

@@ -16,7 +16,7 @@ use crate::record::StoreKey;
 
 use super::block::{BlockView, restarts_for};
 use super::cache::BlockCache;
-use super::entry::{DecodeContext, StateView, materialize};
+use super::entry::{DecodeContext, StateView, is_tombstone, materialize};
 use super::filter::Bloom;
 use super::format::{
     BLOCK_RAW_BYTES_MAX, FOOTER_BYTES, FRAME_DATA_LZ4, FRAME_DATA_RAW, FRAME_FILTER,
@@ -339,7 +339,7 @@ impl Run {
                 meta.entries as usize,
                 &self.nodes,
                 Some((self.index.first_key(meta), self.index.last_key(meta))),
-                |key, state, _| {
+                |key, state, cx| {
                     if !self.filter.may_contain(key) {
                         return Err(crate::codec::Reader::invalid(
                             0,
@@ -347,7 +347,7 @@ impl Run {
                         ));
                     }
                     entries += 1;
-                    tombstones += u64::from(state.is_tombstone());
+                    tombstones += u64::from(is_tombstone(&materialize(state, cx)?));
                     Ok(())
                 },
             );

@@ -299,8 +299,16 @@ fn a_mixed_run_round_trips() {
     }
 }
 
+/// The footer's tombstone, said independently: a register without a
+/// value whose stamp no counter increment passes.
 fn is_tombstone(s: &KeyState) -> bool {
-    s.counter.is_none() && s.register.as_ref().is_some_and(|r| r.value.is_none())
+    let counter_newest = s
+        .counter
+        .as_ref()
+        .and_then(|c| c.totals.iter().map(|t| t.stamp).max());
+    s.register
+        .as_ref()
+        .is_some_and(|r| r.value.is_none() && counter_newest.is_none_or(|c| c <= r.stamp))
 }
 
 #[test]
@@ -415,6 +423,8 @@ proptest! {
         let (_, io) = sim_io();
         let options = RunWriterOptions { block_bytes_target, compression, bloom_bits_per_key };
         let info = write_model(&io, Path::new(DIR), 9, &model, &options);
+        let tombstones = model.values().filter(|s| is_tombstone(s)).count() as u64;
+        prop_assert_eq!(info.tombstones, tombstones);
         let run = Run::open(&io, &info.path, BlockCache::new(64 * 1024)).unwrap();
         check_against_model(&run, &model, &mut Rng(seed));
     }

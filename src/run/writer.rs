@@ -12,7 +12,7 @@ use crate::record::limits::RECORD_KEY_BYTES_MAX;
 
 use super::block::BlockBuilder;
 use super::cache::BlockCache;
-use super::entry::{NodeTableBuilder, check_state};
+use super::entry::{NodeTableBuilder, check_state, is_tombstone};
 use super::filter::{BLOOM_BITS_PER_KEY_MAX, Bloom};
 use super::format::{
     BLOCK_RAW_BYTES_MAX, FRAME_DATA_LZ4, FRAME_DATA_RAW, FRAME_FILTER, FRAME_INDEX, FRAME_NODES,
@@ -185,9 +185,7 @@ impl RunWriter {
             self.hashes.push(key_hash(key));
         }
         self.entries += 1;
-        let tombstone =
-            state.counter.is_none() && state.register.as_ref().is_some_and(|r| r.value.is_none());
-        self.tombstones += u64::from(tombstone);
+        self.tombstones += u64::from(is_tombstone(state));
         if self.first_key.is_none() {
             self.first_key = Some(key.to_vec());
         }
