@@ -1121,3 +1121,13 @@ fn a_run_names_at_most_its_node_table_limit_of_nodes() {
     assert_eq!(run.verify().unwrap(), limit + 1);
     assert_eq!(run.get(b"l").unwrap(), Some(put(b"", stamp(BASE_MS, 0, 7))));
 }
+
+#[test]
+fn runs_are_shared_across_threads_and_iterators_move_between_them() {
+    fn shared<T: Send + Sync>() {}
+    fn sent<T: Send>() {}
+    shared::<Run>();
+    shared::<BlockCache>();
+    sent::<RunIter>();
+    sent::<RunWriter>();
+}
