@@ -24,6 +24,8 @@ const LAYERS: &[(&str, u32)] = &[
     ("wal", 7),
     ("snapshot", 8),
     ("meta", 8),
+    ("run", 5),
+    ("manifest", 8),
     ("command", 9),
     ("engine", 10),
     ("worker", 11),
