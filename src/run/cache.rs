@@ -12,7 +12,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
@@ -51,9 +50,37 @@ struct Slot {
     referenced: bool,
 }
 
+/// Hashes a block key with the mixer the cache already uses to pick a
+/// shard: the map's default hasher (SipHash, built against hash flooding,
+/// which block keys cannot mount) costs more than the rest of a hit.
+#[derive(Clone, Copy, Debug, Default)]
+struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        fmix64(self.0)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = fmix64(self.0 ^ u64::from(b));
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = fmix64(self.0 ^ v);
+    }
+}
+
+type KeyMap = HashMap<BlockKey, usize, std::hash::BuildHasherDefault<KeyHasher>>;
+
 #[derive(Debug, Default)]
 struct Shard {
-    map: HashMap<BlockKey, usize>,
+    map: KeyMap,
+    /// Counted here, under the lock the lookup holds anyway: a counter
+    /// shared by every reader would make two threads fight over its cache
+    /// line on every get.
+    hits: u64,
+    misses: u64,
+    evictions: u64,
     ring: Vec<Option<Slot>>,
     free: Vec<usize>,
     hand: usize,
@@ -68,9 +95,6 @@ pub struct BlockCache {
     shards: Vec<Mutex<Shard>>,
     capacity_bytes: u64,
     shard_budget_bytes: u64,
-    hits: AtomicU64,
-    misses: AtomicU64,
-    evictions: AtomicU64,
 }
 
 impl BlockCache {
@@ -81,21 +105,23 @@ impl BlockCache {
             shards: (0..CACHE_SHARDS).map(|_| Mutex::default()).collect(),
             capacity_bytes,
             shard_budget_bytes: capacity_bytes / CACHE_SHARDS as u64,
-            hits: AtomicU64::new(0),
-            misses: AtomicU64::new(0),
-            evictions: AtomicU64::new(0),
         })
     }
 
     /// The counters now.
     pub fn stats(&self) -> CacheStats {
-        CacheStats {
-            hits: self.hits.load(Ordering::Relaxed),
-            misses: self.misses.load(Ordering::Relaxed),
-            resident_bytes: self.shards.iter().map(|s| s.lock().resident_bytes).sum(),
+        let mut stats = CacheStats {
             capacity_bytes: self.capacity_bytes,
-            evictions: self.evictions.load(Ordering::Relaxed),
+            ..CacheStats::default()
+        };
+        for shard in &self.shards {
+            let shard = shard.lock();
+            stats.hits += shard.hits;
+            stats.misses += shard.misses;
+            stats.evictions += shard.evictions;
+            stats.resident_bytes += shard.resident_bytes;
         }
+        stats
     }
 
     fn shard(&self, key: BlockKey) -> Option<&Mutex<Shard>> {
@@ -106,19 +132,17 @@ impl BlockCache {
     /// The block, if cached; counts a hit or a miss.
     pub fn get(&self, run: u64, offset: u64) -> Option<Arc<[u8]>> {
         let key = (run, offset);
-        let found = self.shard(key).and_then(|shard| {
-            let mut shard = shard.lock();
-            let slot = *shard.map.get(&key)?;
+        let mut shard = self.shard(key)?.lock();
+        let found = shard.map.get(&key).copied().and_then(|slot| {
             let entry = shard.ring.get_mut(slot)?.as_mut()?;
             entry.referenced = true;
             Some(entry.block.clone())
         });
-        let counter = if found.is_some() {
-            &self.hits
+        if found.is_some() {
+            shard.hits += 1;
         } else {
-            &self.misses
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+            shard.misses += 1;
+        }
         found
     }
 
@@ -141,7 +165,7 @@ impl BlockCache {
             if !shard.evict_one() {
                 return;
             }
-            self.evictions.fetch_add(1, Ordering::Relaxed);
+            shard.evictions += 1;
         }
         shard.put(Slot {
             key,

@@ -2,21 +2,27 @@
 //! block at all.
 //!
 //! The section is `[k: u8][bit array]` (empty when the writer was asked
-//! for no filter). A key sets bits `(h + i·d) mod m` for `i < k`, where
-//! `h` is [`key_hash`], `d` is `h` rotated by 32 bits and `m` is the bit
-//! array's length in bits (double hashing: two hashes make all `k`). At
-//! 10 bits per key and `k = 7` about 0.8 % of absent keys pass.
+//! for no filter). The array is cut into 512-bit (64-byte, one cache line)
+//! blocks, and a key's `k` bits all lie in one block: a lookup touches one
+//! cache line, where a plain Bloom filter touches `k`. The block is
+//! `(h · blocks) >> 64` (the high half of the product: no division), where
+//! `h` is [`key_hash`]; within it, with `g = fmix64(h xor 0x9E3779B97F4A7C15)`
+//! and `d = (g >> 32) | 1`, the bits are `(g + i·d) mod 512` for `i < k`.
+//! At 10 bits per key and `k = 7` about 1 % of absent keys pass (a plain
+//! filter: 0.8 %).
 
 use crate::codec::{DecodeError, Reader};
 
-use super::format::{SECTION_BYTES_MAX, key_hash};
+use super::format::{SECTION_BYTES_MAX, fmix64, key_hash};
 
 /// Most probes per key a reader accepts.
 pub const BLOOM_PROBES_MAX: u8 = 30;
 /// Most bits per key a writer may be asked for.
 pub const BLOOM_BITS_PER_KEY_MAX: u32 = 64;
-/// The smallest bit array (bits), so a run of a few keys still filters.
-const BLOOM_BITS_MIN: u64 = 64;
+/// Bits in one filter block (a cache line).
+const BLOOM_BLOCK_BITS: u64 = 512;
+/// The smallest bit array (bits): one block.
+const BLOOM_BITS_MIN: u64 = BLOOM_BLOCK_BITS;
 
 /// A Bloom filter over a run's keys.
 #[derive(Clone, Debug, Default)]
@@ -41,10 +47,10 @@ impl Bloom {
             return Vec::new();
         }
         let wanted = (hashes.len() as u64).saturating_mul(u64::from(bits_per_key));
-        let bytes = wanted
-            .max(BLOOM_BITS_MIN)
-            .div_ceil(8)
-            .min((SECTION_BYTES_MAX - 1) as u64) as usize;
+        let block_bytes = BLOOM_BLOCK_BITS / 8;
+        let bytes = (wanted.max(BLOOM_BITS_MIN).div_ceil(BLOOM_BLOCK_BITS) * block_bytes)
+            .min((SECTION_BYTES_MAX as u64 - 1) / block_bytes * block_bytes)
+            as usize;
         let mut bloom = Bloom {
             probes: probes_for(bits_per_key),
             bits: vec![0; bytes],
@@ -70,7 +76,9 @@ impl Bloom {
         if probes == 0 || probes > BLOOM_PROBES_MAX {
             return Err(Reader::invalid(0, format!("{probes} filter probes")));
         }
-        if (bits.len() as u64) * 8 < BLOOM_BITS_MIN {
+        if (bits.len() as u64) * 8 < BLOOM_BITS_MIN
+            || (bits.len() as u64 * 8) % BLOOM_BLOCK_BITS != 0
+        {
             return Err(Reader::invalid(1, format!("{}-byte filter", bits.len())));
         }
         Ok(Bloom {
@@ -96,10 +104,13 @@ impl Bloom {
 
     /// The `(byte, mask)` of each bit of the key whose hash is `h`.
     fn positions(&self, h: u64) -> impl Iterator<Item = (usize, u8)> + use<> {
-        let m = (self.bits.len() as u64 * 8).max(1);
-        let delta = h.rotate_left(32);
+        let blocks = self.bits.len() as u64 * 8 / BLOOM_BLOCK_BITS;
+        let block = ((u128::from(h) * u128::from(blocks)) >> 64) as u64;
+        let base = block * BLOOM_BLOCK_BITS;
+        let g = fmix64(h ^ 0x9E37_79B9_7F4A_7C15);
+        let d = (g >> 32) | 1;
         (0..u64::from(self.probes)).map(move |i| {
-            let bit = h.wrapping_add(i.wrapping_mul(delta)) % m;
+            let bit = base + (g.wrapping_add(i.wrapping_mul(d)) % BLOOM_BLOCK_BITS);
             ((bit / 8) as usize, 1u8 << (bit % 8))
         })
     }

@@ -92,6 +92,22 @@ pub struct BlockMeta {
 pub struct BlockIndex {
     blocks: Vec<BlockMeta>,
     keys: Vec<u8>,
+    /// Each block's last key's first 8 bytes (zero-padded), big-endian:
+    /// a seek compares these first, in one dense array, and reads the keys
+    /// themselves only on a tie.
+    last_prefixes: Vec<u64>,
+}
+
+/// The first 8 bytes of `key`, zero-padded, as a big-endian number. Two
+/// keys whose prefixes differ sort as their prefixes do (a shorter key's
+/// padding is a zero where the longer one has a byte at least as large).
+fn prefix_of(key: &[u8]) -> u64 {
+    let mut bytes = [0u8; 8];
+    let n = key.len().min(8);
+    if let (Some(dst), Some(src)) = (bytes.get_mut(..n), key.get(..n)) {
+        dst.copy_from_slice(src);
+    }
+    u64::from_be_bytes(bytes)
 }
 
 impl BlockIndex {
@@ -117,6 +133,7 @@ impl BlockIndex {
         let mut index = BlockIndex {
             blocks: Vec::with_capacity(count as usize),
             keys: Vec::new(),
+            last_prefixes: Vec::with_capacity(count as usize),
         };
         let mut offset = data_start;
         for _ in 0..count {
@@ -152,6 +169,7 @@ impl BlockIndex {
             if !order_ok || !span_ok {
                 return Err(Reader::invalid(at, "block keys out of order"));
             }
+            index.last_prefixes.push(prefix_of(index.slice(last)));
             index.blocks.push(BlockMeta {
                 offset,
                 frame_len,
@@ -239,15 +257,33 @@ impl BlockIndex {
     /// the only one that can hold `key`, or where a forward scan from
     /// `key` starts. `len()` if none.
     pub fn seek(&self, key: &[u8], strict: bool) -> usize {
-        self.blocks.partition_point(|b| {
-            let last = self.slice(b.last);
+        let target = prefix_of(key);
+        let below = |i: usize| -> bool {
+            let prefix = self.last_prefixes.get(i).copied().unwrap_or(u64::MAX);
+            if prefix != target {
+                return prefix < target;
+            }
+            let last = self.blocks.get(i).map_or(&[][..], |b| self.slice(b.last));
             if strict { last <= key } else { last < key }
-        })
+        };
+        // A binary search for the first block not below `key`.
+        let (mut lo, mut hi) = (0, self.blocks.len());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if below(mid) {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
     }
 
     /// Bytes held in memory.
     pub fn resident_bytes(&self) -> usize {
-        self.keys.capacity() + self.blocks.capacity() * std::mem::size_of::<BlockMeta>()
+        self.keys.capacity()
+            + self.blocks.capacity() * std::mem::size_of::<BlockMeta>()
+            + self.last_prefixes.capacity() * 8
     }
 }
 
