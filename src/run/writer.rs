@@ -28,6 +28,9 @@ use super::{RunFileInfo, run_file_name};
 pub const BLOCK_BYTES_TARGET_MAX: usize = 64 * 1024 * 1024;
 /// Bytes gathered before one write to the file.
 const WRITE_BUFFER_BYTES: usize = 256 * 1024;
+/// A writer fdatasyncs its file every this many bytes written (see
+/// `write_pending`).
+const SYNC_EVERY_BYTES: u64 = 4 * 1024 * 1024;
 /// An upper bound on what an entry adds to a block besides its key and
 /// value (lengths, flags, a stamp, list counts, a restart slot).
 const ENTRY_FIXED_BYTES_MAX: usize = 96;
@@ -77,6 +80,8 @@ pub struct RunWriter {
     pending: Vec<u8>,
     /// Bytes written to the file so far.
     written: u64,
+    /// `written` as of the last fdatasync.
+    synced: u64,
     block: BlockBuilder,
     nodes: NodeTableBuilder,
     index: IndexBuilder,
@@ -127,6 +132,7 @@ impl RunWriter {
             file: Some(file),
             pending: encode_header(Header { node, run_id: id }).to_vec(),
             written: 0,
+            synced: 0,
             block: BlockBuilder::default(),
             nodes: NodeTableBuilder::default(),
             index: IndexBuilder::default(),
@@ -255,6 +261,19 @@ impl RunWriter {
         }
         self.written += self.pending.len() as u64;
         self.pending.clear();
+        // Written back as it goes: a big run's dirty pages would otherwise
+        // be flushed by whatever fsync comes next on the file system (on
+        // ext4, a WAL commit's journal commit), stalling writers for as
+        // long as the run takes to write.
+        if self.written - self.synced >= SYNC_EVERY_BYTES {
+            self.synced = self.written;
+            if let Some(file) = self.file.as_ref()
+                && let Err(e) = file.sync_data()
+            {
+                self.file = None;
+                return Err(e);
+            }
+        }
         Ok(())
     }
 

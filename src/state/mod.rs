@@ -329,11 +329,17 @@ impl State {
             self.note_counter();
         }
         let records = || batches.iter().flat_map(|b| b.iter());
-        let (mut layers, mut bases) = self.lock_with_bases(|| records().map(|r| &r.store_key))?;
+        let (mut layers, mut bases, present) =
+            self.lock_with_bases(|| records().map(|r| &r.store_key))?;
         let layers = &mut *layers;
+        let mut offset = 0;
         let applied = batches
             .iter()
-            .map(|records| apply_batch(layers, &mut bases, records))
+            .map(|records| {
+                let hints = present.get(offset..offset + records.len());
+                offset += records.len();
+                apply_batch(layers, &mut bases, records, hints)
+            })
             .collect();
         let active_bytes = layers.active_bytes;
         self.ring_if_full(active_bytes);
@@ -343,41 +349,45 @@ impl State {
     /// Takes the write lock with the bases of `keys` that the active
     /// memtable lacks, read from the lower layers without the lock held
     /// (retried if a freeze or an install replaced those layers meanwhile).
+    ///
+    /// Also returns, per key in order, whether the active memtable held it
+    /// when looked at (empty when nothing lies below it and nothing was
+    /// looked at): a key it held is merged in place, one it did not is
+    /// inserted without looking it up again.
     fn lock_with_bases<'k, I>(
         &self,
         keys: impl Fn() -> I,
-    ) -> Result<(parking_lot::RwLockWriteGuard<'_, Layers>, Bases)>
+    ) -> Result<(parking_lot::RwLockWriteGuard<'_, Layers>, Bases, Vec<bool>)>
     where
         I: Iterator<Item = &'k StoreKey>,
     {
         for _ in 0..BASE_READ_TRIES_MAX {
-            let (lower, missing) = {
+            let (lower, missing, present) = {
                 let layers = self.layers.read();
                 if layers.lower.frozen.is_empty() && layers.lower.runs.is_empty() {
                     // Nothing below: every base is empty.
                     drop(layers);
                     let guard = self.layers.write();
                     if guard.lower.frozen.is_empty() && guard.lower.runs.is_empty() {
-                        return Ok((guard, Bases::new()));
+                        return Ok((guard, Bases::new(), Vec::new()));
                     }
                     continue;
                 }
-                let missing: Vec<&StoreKey> =
-                    keys().filter(|k| !layers.active.contains_key(*k)).collect();
-                (layers.lower.clone(), missing)
+                let (missing, present) = missing_keys(&layers.active, keys());
+                (layers.lower.clone(), missing, present)
             };
             let bases = read_bases(&lower, missing)?;
             let guard = self.layers.write();
             if Arc::ptr_eq(&guard.lower, &lower) {
-                return Ok((guard, bases));
+                return Ok((guard, bases, present));
             }
         }
         // Layers keep changing under us (a compactor racing a huge group):
         // read under the lock, which nothing can change meanwhile.
         let guard = self.layers.write();
-        let missing: Vec<&StoreKey> = keys().filter(|k| !guard.active.contains_key(*k)).collect();
+        let (missing, present) = missing_keys(&guard.active, keys());
         let bases = read_bases(&guard.lower, missing)?;
-        Ok((guard, bases))
+        Ok((guard, bases, present))
     }
 
     /// Merges records without reporting outcomes (replay on open, a
@@ -398,7 +408,8 @@ impl State {
                 _ => folded.push(record),
             }
         }
-        let (mut layers, bases) = self.lock_with_bases(|| folded.iter().map(|r| &r.store_key))?;
+        let (mut layers, bases, _) =
+            self.lock_with_bases(|| folded.iter().map(|r| &r.store_key))?;
         let layers = &mut *layers;
         for mut record in folded {
             if let Some(existing) = layers.active.get_mut(&record.store_key) {
@@ -473,25 +484,50 @@ impl State {
 }
 
 /// The base of each of `keys` (deduplicated) in `lower`.
-fn read_bases(lower: &Lower, mut keys: Vec<&StoreKey>) -> Result<Bases> {
-    keys.sort_unstable();
-    keys.dedup();
+fn read_bases(lower: &Lower, keys: Vec<&StoreKey>) -> Result<Bases> {
     let mut bases = Bases::new();
     for key in keys {
-        if let Some(state) = lower.get(key)? {
+        // A key twice in a group is read once.
+        if !bases.contains_key(key)
+            && let Some(state) = lower.get(key)?
+        {
             bases.insert(key.clone(), state);
         }
     }
     Ok(bases)
 }
 
+/// The keys `active` lacks, and per key whether it held it.
+fn missing_keys<'k>(
+    active: &StateMap,
+    keys: impl Iterator<Item = &'k StoreKey>,
+) -> (Vec<&'k StoreKey>, Vec<bool>) {
+    let mut missing = Vec::new();
+    let mut present = Vec::new();
+    for key in keys {
+        let held = active.contains_key(key);
+        present.push(held);
+        if !held {
+            missing.push(key);
+        }
+    }
+    (missing, present)
+}
+
 /// Applies one batch's records, in key order if the batch is large;
 /// outcomes are returned in the batch's order.
-fn apply_batch(layers: &mut Layers, bases: &mut Bases, records: &[Record]) -> Vec<Applied> {
+fn apply_batch(
+    layers: &mut Layers,
+    bases: &mut Bases,
+    records: &[Record],
+    present: Option<&[bool]>,
+) -> Vec<Applied> {
+    let hint = |i: usize| present.and_then(|p| p.get(i).copied());
     if records.len() < APPLY_SORTED_RECORDS_MIN {
         return records
             .iter()
-            .map(|r| apply_one(layers, bases, r))
+            .enumerate()
+            .map(|(i, r)| apply_one(layers, bases, r, hint(i)))
             .collect();
     }
     let mut in_key_order: Vec<(usize, &Record)> = records.iter().enumerate().collect();
@@ -507,13 +543,20 @@ fn apply_batch(layers: &mut Layers, bases: &mut Bases, records: &[Record]) -> Ve
     // every slot exists and is written once.
     for (i, record) in in_key_order {
         if let Some(slot) = out.get_mut(i) {
-            *slot = apply_one(layers, bases, record);
+            *slot = apply_one(layers, bases, record, hint(i));
         }
     }
     out
 }
 
-fn apply_one(layers: &mut Layers, bases: &mut Bases, record: &Record) -> Applied {
+/// Merges one record into the active memtable. `present` says whether the
+/// memtable held the key when the bases were read (`None`: not known).
+fn apply_one(
+    layers: &mut Layers,
+    bases: &mut Bases,
+    record: &Record,
+    present: Option<bool>,
+) -> Applied {
     let delta = &record.delta;
     let key = &record.store_key;
     let reports_counter = delta.counter.as_ref().is_some_and(|c| !c.totals.is_empty());
@@ -521,6 +564,9 @@ fn apply_one(layers: &mut Layers, bases: &mut Bases, record: &Record) -> Applied
         Visible::Counter(v) => v,
         _ => 0,
     };
+    if present == Some(false) {
+        return insert_new(layers, bases, record, reports_counter.then_some(counter_of));
+    }
     match layers.active.get_mut(key) {
         Some(existing) => {
             let kind = classify(existing, delta);
@@ -548,6 +594,46 @@ fn apply_one(layers: &mut Layers, bases: &mut Bases, record: &Record) -> Applied
             let counter = reports_counter.then(|| counter_of(&state));
             layers.active_bytes += entry_bytes(key, &state);
             layers.active.insert(key.clone(), state);
+            Applied { kind, counter }
+        }
+    }
+}
+
+/// Inserts the whole state of a key the active memtable did not hold when
+/// its base was read: its base merged with the record. Should another
+/// writer of the same group have inserted it since (the same key twice),
+/// the record is merged into what is there instead.
+fn insert_new(
+    layers: &mut Layers,
+    bases: &mut Bases,
+    record: &Record,
+    counter_of: Option<impl Fn(&KeyState) -> i64>,
+) -> Applied {
+    let (delta, key) = (&record.delta, &record.store_key);
+    let (kind, state) = match bases.remove(key) {
+        Some(mut base) => {
+            let kind = classify(&base, delta);
+            base.merge_from(delta);
+            (kind, base)
+        }
+        None => (fresh_kind(delta), delta.clone()),
+    };
+    let counter = counter_of.as_ref().map(|f| f(&state));
+    let bytes = entry_bytes(key, &state);
+    match layers.active.insert(key.clone(), state) {
+        None => {
+            layers.active_bytes += bytes;
+            Applied { kind, counter }
+        }
+        Some(mut existing) => {
+            // Held after all: merge into it, and judge against it.
+            let kind = classify(&existing, delta);
+            let before = entry_bytes(key, &existing);
+            existing.merge_from(delta);
+            let counter = counter_of.as_ref().map(|f| f(&existing));
+            let after = entry_bytes(key, &existing);
+            layers.active_bytes = (layers.active_bytes + after).saturating_sub(before);
+            layers.active.insert(key.clone(), existing);
             Applied { kind, counter }
         }
     }
