@@ -273,7 +273,7 @@ fn w4_point_reads(cfg: &Config, db: &Db) -> f64 {
                     x ^= x << 13;
                     x ^= x >> 7;
                     x ^= x << 17;
-                    found += u64::from(db.get(key(x % keys)).is_some());
+                    found += u64::from(db.get(key(x % keys)).unwrap().is_some());
                 }
                 found
             })

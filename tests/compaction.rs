@@ -34,6 +34,7 @@ fn snapshots(dir: &Path) -> Vec<std::path::PathBuf> {
 
 fn contents(db: &Db) -> BTreeMap<String, Value> {
     db.scan(&ScanOptions::all())
+        .map(Result::unwrap)
         .map(|e| (String::from_utf8(e.key().to_vec()).unwrap(), e.into_value()))
         .collect()
 }
@@ -132,7 +133,7 @@ fn reopen_after_compaction_gives_exactly_the_same_state() {
     let mut retry = Batch::new();
     retry.increment("paid", 10).idempotency_key("invoice-1");
     assert_eq!(db.write(retry).unwrap()[0].kind, OutcomeKind::Duplicate);
-    assert_eq!(db.counter("paid"), 10);
+    assert_eq!(db.counter("paid").unwrap(), 10);
 }
 
 #[test]
@@ -364,7 +365,10 @@ fn overwrite_heavy_load_keeps_disk_within_a_small_multiple_of_live_data() {
     drop(db);
     let db = Db::open(dir.path()).unwrap();
     assert_eq!(db.stats().keys, 10_000);
-    assert_eq!(&db.get("key-00042").unwrap()[..4], &99u32.to_le_bytes());
+    assert_eq!(
+        &db.get("key-00042").unwrap().unwrap()[..4],
+        &99u32.to_le_bytes()
+    );
 }
 
 #[test]
@@ -392,12 +396,12 @@ fn tombstones_are_kept_inside_the_grace_period_and_dropped_after() {
     let report = db.compact_now().unwrap();
     assert_eq!(report.tombstones_dropped, 1);
     assert_eq!(db.stats().tombstones, 0);
-    assert_eq!(db.get("gone"), None);
+    assert_eq!(db.get("gone").unwrap(), None);
     drop(db);
     let db = Db::open_with(dir.path(), options).unwrap();
     assert_eq!(db.stats().tombstones, 0);
-    assert_eq!(db.get("gone"), None);
-    assert_eq!(db.get("kept").as_deref(), Some(&b"y"[..]));
+    assert_eq!(db.get("gone").unwrap(), None);
+    assert_eq!(db.get("kept").unwrap().as_deref(), Some(&b"y"[..]));
 }
 
 #[test]
@@ -463,7 +467,7 @@ fn registered_cursors_survive_a_restart() {
     let db = Db::open_with(dir.path(), options).unwrap();
     assert_eq!(db.cursor("laggard"), None, "a removal is durable too");
     assert_eq!(db.compact_now().unwrap().tombstones_dropped, 1);
-    assert_eq!(db.get("k"), None);
+    assert_eq!(db.get("k").unwrap(), None);
 }
 
 /// A damaged cursor file costs only its cursors: the database opens (and
@@ -500,7 +504,11 @@ fn a_damaged_cursor_file_costs_only_its_cursors() {
     );
     let db = Db::open_with(dir.path(), options.clone()).unwrap();
     assert_eq!(db.cursor("peer"), None, "its cursors are lost");
-    assert_eq!(db.get("k").as_deref(), Some(&b"v"[..]), "nothing else is");
+    assert_eq!(
+        db.get("k").unwrap().as_deref(),
+        Some(&b"v"[..]),
+        "nothing else is"
+    );
     assert!(
         db.notices().iter().any(|n| n.contains("cursor file")),
         "{:?}",
@@ -601,7 +609,7 @@ fn repair_mode_does_not_discard_an_intact_wal_because_a_snapshot_is_damaged() {
     assert!(db.recovery_report().repair.is_none(), "the WAL was intact");
     assert!(db.recovery_report().salvage.is_some());
     for i in 0..10 {
-        assert_eq!(db.get(format!("b{i}")).as_deref(), Some(&b"y"[..]));
+        assert_eq!(db.get(format!("b{i}")).unwrap().as_deref(), Some(&b"y"[..]));
     }
 }
 
@@ -618,12 +626,15 @@ fn a_repaired_segment_header_after_a_snapshot_leaves_an_openable_database() {
     {
         let db = Db::open_with(dir.path(), repair_options()).unwrap();
         assert!(db.recovery_report().repair.is_some());
-        assert!(db.get("a0").is_some(), "the snapshot's keys are kept");
+        assert!(
+            db.get("a0").unwrap().is_some(),
+            "the snapshot's keys are kept"
+        );
         db.put("after", "repair").unwrap();
     }
     for options in [quiet(), repair_options()] {
         let db = Db::open_with(dir.path(), options).expect("opens again after the repair");
-        assert_eq!(db.get("after").as_deref(), Some(&b"repair"[..]));
+        assert_eq!(db.get("after").unwrap().as_deref(), Some(&b"repair"[..]));
         assert!(db.recovery_report().repair.is_none());
     }
 }
@@ -638,7 +649,7 @@ fn a_wal_ending_before_the_snapshot_continues_in_a_new_segment() {
     truncate(&active, 32);
     let expected = {
         let db = Db::open_with(dir.path(), quiet()).unwrap();
-        assert!(db.get("a9").is_some());
+        assert!(db.get("a9").unwrap().is_some());
         let seq = db.put("next", "write").unwrap().seq;
         assert!(
             seq > 10,

@@ -145,7 +145,7 @@ fn crash_rounds(compacting: bool) {
             max_counter_acked = max_counter_acked.max(*counter);
             for half in ["a", "b"] {
                 assert_eq!(
-                    db.get(format!("{key}-{half}")).as_deref(),
+                    db.get(format!("{key}-{half}")).unwrap().as_deref(),
                     Some(key.as_bytes()),
                     "seed {seed} round {round}: acknowledged {key} lost"
                 );
@@ -153,7 +153,7 @@ fn crash_rounds(compacting: bool) {
         }
         all_acked.extend(acked.into_iter().map(|(k, _)| k));
         let batches = assert_batches_atomic(&db, seed, round);
-        let counter = db.counter("acked-batches");
+        let counter = db.counter("acked-batches").unwrap();
         assert_eq!(
             counter, batches,
             "seed {seed}: counter disagrees with visible batches"
@@ -177,7 +177,10 @@ fn crash_rounds(compacting: bool) {
 /// Every batch is either fully visible or not at all; returns how many are.
 fn assert_batches_atomic(db: &Db, seed: u64, round: u64) -> i64 {
     let mut halves = std::collections::BTreeMap::<String, u8>::new();
-    for entry in db.scan(&mergekv::ScanOptions::prefix("r")) {
+    for entry in db
+        .scan(&mergekv::ScanOptions::prefix("r"))
+        .map(Result::unwrap)
+    {
         let key = String::from_utf8(entry.key().to_vec()).unwrap();
         let (batch, _) = key.rsplit_once('-').unwrap();
         *halves.entry(batch.to_string()).or_default() += 1;

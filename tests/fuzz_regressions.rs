@@ -457,7 +457,7 @@ fn write_every_record_shape(db: &Db) {
         .put("after-counter", "floor")
         .increment_in("users", "logins", 2)
         .delete_in("users", "nobody")
-        .idempotency_key(format!("import-{}", db.counter("visits")));
+        .idempotency_key(format!("import-{}", db.counter("visits").unwrap()));
     db.write(batch).unwrap();
 }
 

@@ -115,6 +115,7 @@ fn options(disk: &SimDisk, faults: Option<&FaultInjector>, snapshots_retained: u
 fn contents(db: &Db) -> State {
     let mut state: State = db
         .scan(&ScanOptions::all())
+        .map(Result::unwrap)
         .map(|e| {
             let k = String::from_utf8(e.key().to_vec()).unwrap();
             let v = match e.into_value() {
@@ -810,7 +811,7 @@ fn a_retry_after_a_restart_is_acknowledged_only_once_durable() {
         let survivor = point.survivor(&cut);
         let db = Db::open_with(DB_DIR, options(&survivor, None, 1)).unwrap();
         assert_eq!(
-            db.get("order-42").as_deref(),
+            db.get("order-42").unwrap().as_deref(),
             Some(&b"paid"[..]),
             "{cut}: an acknowledged write was lost to a power loss"
         );
