@@ -716,13 +716,38 @@ fn a_missing_meta_is_rebuilt_by_a_repair_that_creates_nothing() {
     assert!(!db.notices().is_empty());
 }
 
-/// Snapshots alone (the WAL they cover is gone) are a database too: a
-/// strict open without META refuses instead of writing a new identity.
+/// Runs alone (the WAL they cover is gone) are a database too: a strict
+/// open without META refuses instead of writing a new identity, and a
+/// repair opens it whole.
+#[test]
+fn a_missing_meta_beside_runs_only_is_refused_and_not_rewritten() {
+    let dir = tempfile::tempdir().unwrap();
+    three_batches(dir.path());
+    Db::open(dir.path()).unwrap().compact_now().unwrap();
+    for seg in segments(dir.path()) {
+        std::fs::remove_file(seg).unwrap();
+    }
+    assert!(dir.path().join("MANIFEST").exists());
+    std::fs::remove_file(dir.path().join("META")).unwrap();
+    assert!(matches!(
+        Db::open(dir.path()),
+        Err(Error::Corruption { .. })
+    ));
+    assert!(!dir.path().join("META").exists(), "no new identity written");
+    let db = Db::open_with(dir.path(), repair_options()).unwrap();
+    assert_eq!(present(&db, &["a", "b", "d"]), [true, true, true]);
+}
+
+/// Snapshots alone (a directory of the format before runs whose WAL they
+/// cover is gone) are a database too: a strict open without META refuses
+/// instead of writing a new identity.
 #[test]
 fn a_missing_meta_beside_snapshots_only_is_refused_and_not_rewritten() {
     let dir = tempfile::tempdir().unwrap();
     three_batches(dir.path());
-    Db::open(dir.path()).unwrap().compact_now().unwrap();
+    let snapshot = common::shipped_snapshot(&Db::open(dir.path()).unwrap());
+    let covered = snapshot.0;
+    common::make_legacy(dir.path(), &[snapshot], covered);
     for seg in segments(dir.path()) {
         std::fs::remove_file(seg).unwrap();
     }
