@@ -670,19 +670,16 @@ fn a_snapshot_transfer_cut_short_leaves_no_staged_file() {
     assert!(follower.db().follower_position().unwrap().is_none());
 }
 
-/// The bytes of a real snapshot file holding one key, `from-snapshot`.
+/// The bytes of a real snapshot file holding one key, `from-snapshot` (as
+/// a leader ships it: with its `_local` epoch too, which a follower does
+/// not keep).
 fn snapshot_file_bytes() -> Vec<u8> {
     let dir = tempfile::tempdir().unwrap();
     let db = Db::open(dir.path()).unwrap();
     db.put("from-snapshot", "1").unwrap();
-    db.compact_now().unwrap();
+    let (_, bytes) = common::shipped_snapshot(&db);
     db.close().unwrap();
-    let files: Vec<_> = std::fs::read_dir(dir.path().join("snapshots"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    assert_eq!(files.len(), 1, "{files:?}");
-    std::fs::read(&files[0]).unwrap()
+    bytes
 }
 
 /// Sends a whole snapshot of `bytes` covering `snapshot_seq`, after a
