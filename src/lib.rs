@@ -105,7 +105,7 @@ pub use command::{Batch, DEFAULT_KEYSPACE, Op, OpKind, Outcome, OutcomeKind};
 pub use compactor::{CompactionReport, CompactorStats, CursorInfo};
 pub use db::FollowerPosition;
 pub use db::read::{Entry, ReadView, Scan, ScanOptions, Value, ViewKeyspace};
-pub use db::{Db, Keyspace, Stats};
+pub use db::{Db, Keyspace, ReadOnlyDb, Stats};
 pub use error::{Error, Result};
 pub use io::{FaultInjector, IoOp};
 pub use meta::Renewal;

@@ -18,6 +18,8 @@ use crate::error::{Error, Result};
 use crate::io::Io;
 use crate::record::limits::{DEDUP_ENTRIES_MAX, DEDUP_ENTRY_BYTES};
 use crate::record::{decode_stamp, encode_stamp};
+use crate::state::DigestSums;
+use crate::state::digest::DIGEST_BUCKETS;
 use crate::wal::dedup::DedupEntry;
 
 /// The manifest's file name in the database directory.
@@ -30,6 +32,8 @@ pub const MANIFEST_FORMAT_VERSION: u16 = 1;
 pub const MANIFEST_RUNS_MAX: usize = 4096;
 /// Bytes of one run entry: id, size, entries, tombstones, checksum.
 const RUN_ENTRY_BYTES: usize = 8 + 8 + 8 + 8 + 4;
+/// Bytes of the digest: every bucket's sum, then the key count.
+const DIGEST_BYTES: usize = DIGEST_BUCKETS * 32 + 8;
 /// Bytes before the run list.
 const HEADER_BYTES: usize = 8 + 2 + 2 + 8 + 8 + 8 + 20 + 8 + 8;
 
@@ -65,6 +69,9 @@ pub struct Manifest {
     pub next_run_id: u64,
     /// The live runs, newest first.
     pub runs: Vec<RunEntry>,
+    /// The digest sums of the state the runs hold, so an open knows the
+    /// digest without reading every key.
+    pub digest: DigestSums,
     /// The dedup window entries for frames the runs cover.
     pub dedup: Vec<([u8; 32], DedupEntry)>,
 }
@@ -81,6 +88,7 @@ impl Manifest {
             HEADER_BYTES
                 + 4
                 + RUN_ENTRY_BYTES * self.runs.len()
+                + DIGEST_BYTES
                 + 4
                 + DEDUP_ENTRY_BYTES * self.dedup.len()
                 + 4,
@@ -103,6 +111,10 @@ impl Manifest {
             w.u64(run.tombstones);
             w.u32(run.checksum);
         }
+        for bucket in self.digest.buckets() {
+            w.bytes(&bucket);
+        }
+        w.u64(self.digest.keys());
         w.u32(self.dedup.len() as u32);
         for (id, entry) in &self.dedup {
             w.bytes(id);
@@ -172,6 +184,18 @@ impl Manifest {
             }
             runs.push(entry);
         }
+        let mut buckets = Vec::with_capacity(DIGEST_BUCKETS);
+        for _ in 0..DIGEST_BUCKETS {
+            let bytes: [u8; 32] = r
+                .take(32)
+                .map_err(at)?
+                .try_into()
+                .map_err(|_| (r.position() as u64, "digest bucket".to_string()))?;
+            buckets.push(bytes);
+        }
+        let digest_keys = r.u64().map_err(at)?;
+        let digest = DigestSums::from_parts(&buckets, digest_keys)
+            .ok_or_else(|| (r.position() as u64, "digest buckets".to_string()))?;
         let dedup_count = r.u32().map_err(at)? as usize;
         if dedup_count > DEDUP_ENTRIES_MAX || dedup_count * DEDUP_ENTRY_BYTES != r.remaining() {
             return Err((
@@ -208,6 +232,7 @@ impl Manifest {
             created_ms,
             next_run_id,
             runs,
+            digest,
             dedup,
         })
     }
@@ -262,6 +287,14 @@ mod tests {
                     checksum: 7,
                 },
             ],
+            digest: {
+                let mut d = DigestSums::new();
+                d.add(
+                    &crate::record::store_key("k", b"x"),
+                    &crate::crdt::KeyState::default(),
+                );
+                d
+            },
             dedup: vec![(
                 [3; 32],
                 DedupEntry {

@@ -442,12 +442,13 @@ impl Maintenance {
         fresh.replay(local)?;
         let view = fresh.view();
         let mut written = runs::Written::default();
-        let run = self.write_whole_state(&view, covered_seq, &mut written)?;
+        let (run, digest) = self.write_whole_state(&view, covered_seq, &mut written)?;
         let old_runs = engine.state().lower().runs.clone();
         engine.state().replace_all(
             Lower {
                 frozen: Vec::new(),
                 runs: run.into_iter().collect(),
+                runs_digest: digest,
             },
             true,
         );

@@ -24,7 +24,7 @@ use crate::manifest::{self, Manifest, RunEntry};
 use crate::record::StoreKey;
 use crate::run::{RUN_DIR, Run, RunFileInfo, RunWriter, RunWriterOptions};
 use crate::snapshot::SNAPSHOT_DIR;
-use crate::state::{Frozen, Lower, StateView};
+use crate::state::{DigestSums, Frozen, Lower, StateView};
 
 use super::{Maintenance, TombstoneGc};
 
@@ -64,14 +64,19 @@ impl Maintenance {
     }
 
     fn flush_one(&self, frozen: &Frozen, out: &mut Written) -> Result<()> {
+        let digest = self.digest_after_flush(frozen)?;
         let entries = frozen.map.iter().map(|(k, s)| Ok((k.clone(), s.clone())));
         let (info, run) = self.write_run(entries, &mut |_, _| false)?;
         let mut manifest = self.next_manifest(frozen.covered_seq);
         if let Some(info) = &info {
             manifest.runs.insert(0, run_entry(info));
         }
-        manifest::write_manifest(&self.io, &self.dir, &manifest)
-            .inspect_err(|_| self.discard(info.as_ref()))?;
+        manifest.digest = digest.clone();
+        // A failed manifest write leaves the new run in place: the rename
+        // may have happened (a failed directory fsync after it), and then
+        // the manifest on disk needs it. If not, it is garbage the next
+        // writable open removes.
+        manifest::write_manifest(&self.io, &self.dir, &manifest)?;
         let covered = frozen.covered_seq;
         self.engine.state().replace_lower(|lower| {
             let mut frozen = lower.frozen.clone();
@@ -81,7 +86,11 @@ impl Maintenance {
             frozen.pop();
             let mut runs: Vec<Arc<Run>> = run.into_iter().collect();
             runs.extend(lower.runs.iter().cloned());
-            Lower { frozen, runs }
+            Lower {
+                frozen,
+                runs,
+                runs_digest: digest,
+            }
         });
         *self.manifest.lock() = Some(manifest);
         self.remove_legacy_snapshots()?;
@@ -94,15 +103,44 @@ impl Maintenance {
         Ok(())
     }
 
+    /// The runs' digest sums once `frozen` is flushed: each of its keys
+    /// moves from what the runs hold for it to the merge of both (every
+    /// run is older than every frozen memtable).
+    fn digest_after_flush(&self, frozen: &Frozen) -> Result<DigestSums> {
+        let lower = self.engine.state().lower();
+        let runs = Lower {
+            frozen: Vec::new(),
+            runs: lower.runs.clone(),
+            runs_digest: DigestSums::new(),
+        };
+        let mut digest = lower.runs_digest.clone();
+        for (key, state) in frozen.map.iter() {
+            let before = runs.get(key)?;
+            let after = match &before {
+                Some(b) => KeyState::merge(b, state),
+                None => state.clone(),
+            };
+            digest.replace(key, before.as_ref(), Some(&after));
+        }
+        Ok(digest)
+    }
+
     /// A manifest that covers `covered_seq` and otherwise names what the
     /// current one does.
     pub(super) fn next_manifest(&self, covered_seq: u64) -> Manifest {
         let engine = &self.engine;
         let current = self.manifest.lock().clone();
-        let (generation, next_run_id, runs, previous_covered) = match current {
-            Some(m) => (m.generation + 1, m.next_run_id, m.runs, m.covered_seq),
-            None => (1, 1, Vec::new(), 0),
+        let (generation, runs, previous_covered, digest) = match current {
+            Some(m) => (m.generation + 1, m.runs, m.covered_seq, m.digest),
+            None => (
+                1,
+                Vec::new(),
+                0,
+                self.engine.state().lower().runs_digest.clone(),
+            ),
         };
+        // Past every id handed out, abandoned runs' included.
+        let next_run_id = *self.next_run_id.lock();
         let covered_seq = covered_seq.max(previous_covered);
         Manifest {
             node: engine.node(),
@@ -112,15 +150,13 @@ impl Maintenance {
             created_ms: engine.now_ms(),
             next_run_id,
             runs,
+            digest,
             dedup: engine.wal().dedup_entries_through(covered_seq),
         }
     }
 
     /// Writes `entries` (in key order, each whole) as the next run, leaving
-    /// out those `drop` says to; `None` if nothing was left to write. The
-    /// run id is taken from the manifest (and the next manifest must be
-    /// written with a higher next id, which [`Maintenance::reserve_run_id`]
-    /// records).
+    /// out those `drop` says to; `None` if nothing was left to write.
     fn write_run(
         &self,
         entries: impl Iterator<Item = Result<(StoreKey, KeyState)>>,
@@ -160,14 +196,9 @@ impl Maintenance {
     /// The id for the next run; ids are never reused, also for runs that
     /// were abandoned (their files may linger until the next open).
     fn reserve_run_id(&self) -> u64 {
-        let mut manifest = self.manifest.lock();
         let mut next = self.next_run_id.lock();
-        let from_manifest = manifest.as_ref().map_or(1, |m| m.next_run_id);
-        let id = (*next).max(from_manifest);
+        let id = *next;
         *next = id + 1;
-        if let Some(m) = manifest.as_mut() {
-            m.next_run_id = id + 1;
-        }
         id
     }
 
@@ -231,14 +262,20 @@ impl Maintenance {
             Arc::new(Lower {
                 frozen: Vec::new(),
                 runs: chosen.to_vec(),
+                runs_digest: DigestSums::new(),
             }),
         );
         let mut dropped = 0u64;
+        // What the runs hold without the dropped tombstones.
+        let mut digest = self.engine.state().lower().runs_digest.clone();
         // Only a merge that reaches the oldest run may drop a tombstone:
         // an older run could still hold a value it deleted.
-        let mut collect = |_: &StoreKey, state: &KeyState| {
+        let mut collect = |key: &StoreKey, state: &KeyState| {
             let collect = reaches_bottom && gc.collects(state);
-            dropped += u64::from(collect);
+            if collect {
+                dropped += 1;
+                digest.sub(key, state);
+            }
             collect
         };
         let entries = view.range(Bound::Unbounded, Bound::Unbounded, false);
@@ -250,8 +287,12 @@ impl Maintenance {
         if let (Some(info), Some(position)) = (&info, position) {
             manifest.runs.insert(position, run_entry(info));
         }
-        manifest::write_manifest(&self.io, &self.dir, &manifest)
-            .inspect_err(|_| self.discard(info.as_ref()))?;
+        manifest.digest = digest.clone();
+        // A failed manifest write leaves the new run in place: the rename
+        // may have happened (a failed directory fsync after it), and then
+        // the manifest on disk needs it. If not, it is garbage the next
+        // writable open removes.
+        manifest::write_manifest(&self.io, &self.dir, &manifest)?;
         self.engine.state().replace_lower(|lower| {
             let mut runs = Vec::with_capacity(lower.runs.len());
             let mut placed = false;
@@ -268,6 +309,7 @@ impl Maintenance {
             Lower {
                 frozen: lower.frozen.clone(),
                 runs,
+                runs_digest: digest,
             }
         });
         *self.manifest.lock() = Some(manifest);
@@ -296,13 +338,22 @@ impl Maintenance {
         view: &StateView,
         covered_seq: u64,
         out: &mut Written,
-    ) -> Result<Option<Arc<Run>>> {
-        let (info, run) = self.write_run(view.iter(), &mut |_, _| false)?;
+    ) -> Result<(Option<Arc<Run>>, DigestSums)> {
+        let mut digest = DigestSums::new();
+        let mut sum = |key: &StoreKey, state: &KeyState| {
+            digest.add(key, state);
+            false
+        };
+        let (info, run) = self.write_run(view.iter(), &mut sum)?;
         let mut manifest = self.next_manifest(covered_seq);
         manifest.covered_seq = covered_seq;
         manifest.runs = info.iter().map(run_entry).collect();
-        manifest::write_manifest(&self.io, &self.dir, &manifest)
-            .inspect_err(|_| self.discard(info.as_ref()))?;
+        manifest.digest = digest.clone();
+        // A failed manifest write leaves the new run in place: the rename
+        // may have happened (a failed directory fsync after it), and then
+        // the manifest on disk needs it. If not, it is garbage the next
+        // writable open removes.
+        manifest::write_manifest(&self.io, &self.dir, &manifest)?;
         *self.manifest.lock() = Some(manifest);
         if let Some(info) = info {
             out.runs_written += 1;
@@ -310,7 +361,7 @@ impl Maintenance {
             out.entries_written += info.entries;
             out.last_run = Some(info);
         }
-        Ok(run)
+        Ok((run, digest))
     }
 }
 

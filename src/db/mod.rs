@@ -5,6 +5,7 @@ mod identity;
 mod keyspace;
 pub(crate) mod position;
 pub(crate) mod read;
+mod reader;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -36,6 +37,7 @@ pub use keyspace::Keyspace;
 pub use position::FollowerPosition;
 pub(crate) use position::LEADER_EPOCH_KEY;
 use read::{ReadView, Scan, ScanOptions, Value};
+pub use reader::{READERS_LOCK_FILE, ReadOnlyDb};
 
 /// An open database. Cheap to clone; every clone is the same database. The
 /// database closes when the last clone is dropped (or on [`Db::close`]).
@@ -98,6 +100,7 @@ impl Db {
         }
         io.create_dir_all(&dir)?;
         let lock = meta::lock_dir(&io, &dir)?;
+        let readers = readers_lock(&io, &dir, repair)?;
         let follower_of = meta::read_follower_marker(&io, &dir)?;
         if follower_of.is_some() && !options.read_only {
             return Err(Error::ReadOnly { dir, follower_of });
@@ -173,7 +176,23 @@ impl Db {
             }),
         };
         db.settle_repair()?;
+        drop(readers);
         Ok(db)
+    }
+
+    /// Opens the database in `dir` for reading only, beside the process
+    /// that writes it (which it never blocks): a consistent state as of
+    /// now, refreshed on request ([`ReadOnlyDb::refresh`]). Creates and
+    /// changes nothing; a missing directory or one without a database is
+    /// [`Error::NotADatabase`].
+    pub fn open_read_only(dir: impl AsRef<Path>) -> Result<ReadOnlyDb> {
+        ReadOnlyDb::open(dir.as_ref(), Options::default())
+    }
+
+    /// [`Db::open_read_only`] with options (the cache budget, a fault plan
+    /// for tests; write-side options are ignored).
+    pub fn open_read_only_with(dir: impl AsRef<Path>, options: Options) -> Result<ReadOnlyDb> {
+        ReadOnlyDb::open(dir.as_ref(), options)
     }
 
     /// The directory this database lives in.
@@ -642,6 +661,13 @@ impl Db {
         crate::sync::digest::digest(&self.inner.engine.state().view())
     }
 
+    /// The digest computed afresh from every key, which [`Db::digest`]
+    /// (kept up to date by flushes and merges) must always equal: a check
+    /// for tests and audits, O(keys).
+    pub fn digest_recomputed(&self) -> Result<Digest> {
+        crate::sync::digest::digest_by_scan(&self.inner.engine.state().view())
+    }
+
     /// Verifies a change set, checks every stamp against the drift bound,
     /// and applies it durably with the CRDT rules. Importing the same
     /// change set again changes nothing (its chunks come back as
@@ -687,6 +713,27 @@ impl Db {
     }
 }
 
+/// Makes sure the readers' lock file exists (durably), and for a repair,
+/// which may rewrite and move files, takes it exclusively (held until the
+/// open is done): a repair never runs beside a read-only open.
+fn readers_lock(io: &Io, dir: &Path, repair: bool) -> Result<Option<crate::io::IoFile>> {
+    let path = dir.join(READERS_LOCK_FILE);
+    let existed = io.read_if_exists(&path)?.is_some();
+    let file = io.open_lock_file(&path)?;
+    if !existed {
+        io.sync_dir(dir)?;
+    }
+    if !repair {
+        return Ok(None);
+    }
+    if !file.try_lock_exclusive()? {
+        return Err(Error::Locked {
+            dir: dir.to_path_buf(),
+        });
+    }
+    Ok(Some(file))
+}
+
 /// The registered cursors. A damaged cursor file costs only its cursors:
 /// a writable open moves it to quarantine (and holds tombstone GC for the
 /// rest of the open), a read-only one leaves it; the notices say so.
@@ -703,7 +750,7 @@ fn load_cursors(io: &Io, dir: &Path, engine: &Engine) -> Result<Cursors> {
     }
 }
 
-fn count_key(stats: &mut Stats, state: &KeyState) {
+pub(super) fn count_key(stats: &mut Stats, state: &KeyState) {
     match state.visible() {
         Visible::Bytes(_) => stats.keys += 1,
         Visible::Counter(_) => {

@@ -138,6 +138,7 @@ fn recover_from_manifest(from: &RecoverFrom<'_>, manifest: Manifest) -> Result<R
     let state = State::with_lower(Lower {
         frozen: Vec::new(),
         runs,
+        runs_digest: manifest.digest.clone(),
     });
     let options = from.options;
     let mut dedup = DedupWindow::new(options.dedup_window_ms, options.dedup_window_entries_max);

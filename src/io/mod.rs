@@ -566,6 +566,21 @@ impl IoFile {
         self.io.wrap(IoOp::Read, &self.path, r)
     }
 
+    /// Takes a shared advisory lock without waiting; `Ok(false)` if an
+    /// exclusive lock is held on it. (On the simulated disk: fails only if
+    /// another handle holds it exclusively.)
+    pub fn try_lock_shared(&self) -> Result<bool> {
+        let file = match &self.file {
+            Backend::Os(file) => file,
+            Backend::Sim(file) => return Ok(file.lock_holder_is_none_or_self()),
+        };
+        match file.try_lock_shared() {
+            Ok(()) => Ok(true),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(false),
+            Err(std::fs::TryLockError::Error(e)) => Err(Error::io(IoOp::Open, &self.path, e)),
+        }
+    }
+
     /// Takes an exclusive advisory lock without waiting; `Ok(false)` if
     /// another open file description holds it.
     pub fn try_lock_exclusive(&self) -> Result<bool> {

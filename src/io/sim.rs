@@ -637,6 +637,14 @@ impl SimFile {
         Ok(data)
     }
 
+    /// True if no other handle holds this file's lock.
+    pub(crate) fn lock_holder_is_none_or_self(&self) -> bool {
+        let disk = self.disk.inner.lock();
+        disk.locks
+            .get(&self.node)
+            .is_none_or(|holder| *holder == self.id)
+    }
+
     pub(crate) fn try_lock(&self) -> bool {
         let mut disk = self.disk.inner.lock();
         let holder = *disk.locks.entry(self.node).or_insert(self.id);

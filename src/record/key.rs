@@ -14,6 +14,10 @@ use std::hash::{Hash, Hasher};
 use std::ops::Deref;
 use std::sync::Arc;
 
+/// The reserved keyspace holding what is this copy's own (sync cursors,
+/// follower positions): never exported, imported or digested.
+pub const LOCAL_KEYSPACE: &str = "_local";
+
 /// Longest key kept inline; longer keys go to the heap.
 pub const STORE_KEY_INLINE_BYTES: usize = 46;
 

@@ -20,7 +20,7 @@ pub use codec::{
     decode_record, decode_records_to_end, decode_stamp, encode_record, encode_stamp,
     encoded_record_bytes,
 };
-pub use key::{StoreKey, keyspace_prefix, split_store_key, store_key};
+pub use key::{LOCAL_KEYSPACE, StoreKey, keyspace_prefix, split_store_key, store_key};
 pub use limits::{FRAME_OPS_MAX, FRAME_PAYLOAD_BYTES_MAX, RECORD_KEY_BYTES_MAX};
 pub use payload::{FramePayload, decode_payload, encode_payload};
 

@@ -29,8 +29,10 @@
 
 pub use crate::record::StoreKey;
 
+pub mod digest;
 mod view;
 
+pub use digest::DigestSums;
 pub use view::{StateView, ViewIter};
 
 use std::collections::HashMap;
@@ -80,6 +82,8 @@ pub struct Lower {
     pub frozen: Vec<Frozen>,
     /// Runs, newest first.
     pub runs: Vec<Arc<Run>>,
+    /// The digest sums of the state the runs hold (merged).
+    pub runs_digest: DigestSums,
 }
 
 impl std::fmt::Debug for Lower {
@@ -435,6 +439,7 @@ impl State {
         let mut lower = Lower {
             frozen: vec![frozen.clone()],
             runs: layers.lower.runs.clone(),
+            runs_digest: layers.lower.runs_digest.clone(),
         };
         lower.frozen.extend(layers.lower.frozen.iter().cloned());
         layers.lower = Arc::new(lower);

@@ -84,6 +84,36 @@ impl StateView {
         self.range(Bound::Unbounded, Bound::Unbounded, false)
     }
 
+    /// The digest sums of this state: the runs' sums (kept with them),
+    /// moved for every key a memtable holds from what the runs hold for it
+    /// to its whole state. Costs the keys changed since the last flush.
+    pub fn digest_sums(&self) -> Result<super::DigestSums> {
+        let mut sums = self.lower.runs_digest.clone();
+        let runs = Lower {
+            frozen: Vec::new(),
+            runs: self.lower.runs.clone(),
+            runs_digest: super::DigestSums::new(),
+        };
+        let memtables = StateView::of(
+            self.active.clone(),
+            Arc::new(Lower {
+                frozen: self.lower.frozen.clone(),
+                runs: Vec::new(),
+                runs_digest: super::DigestSums::new(),
+            }),
+        );
+        for entry in memtables.iter() {
+            let (key, in_memory) = entry?;
+            let before = runs.get(&key)?;
+            let after = match &before {
+                Some(b) => KeyState::merge(b, &in_memory),
+                None => in_memory,
+            };
+            sums.replace(&key, before.as_ref(), Some(&after));
+        }
+        Ok(sums)
+    }
+
     /// The layers below the active memtable.
     pub fn lower(&self) -> &Arc<Lower> {
         &self.lower

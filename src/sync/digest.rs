@@ -11,13 +11,11 @@
 
 use serde::Serialize;
 
-use crate::codec::Writer;
 use crate::error::Result;
-use crate::record::{Record, StoreKey, encode_record};
+use crate::record::StoreKey;
 use crate::state::StateView;
 
-/// Number of buckets (a power of two).
-pub const DIGEST_BUCKETS: usize = 256;
+pub use crate::state::digest::{DIGEST_BUCKETS, bucket_of};
 
 /// The digest of a whole state.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -31,43 +29,12 @@ pub struct Digest {
     pub keys: u64,
 }
 
-/// The bucket of a store key.
-pub fn bucket_of(store_key: &[u8]) -> usize {
-    let hash = blake3::hash(store_key);
-    let top = u16::from_be_bytes([hash.as_bytes()[0], hash.as_bytes()[1]]) as usize;
-    let bucket = top * DIGEST_BUCKETS / (u16::MAX as usize + 1);
-    debug_assert!(bucket < DIGEST_BUCKETS);
-    bucket
-}
-
-/// The digest of the state `view` shows. Fails only if a run could not be
-/// read.
+/// The digest of the state `view` shows: the runs' sums, kept up to date
+/// by every flush and merge, with the memtables folded in (see
+/// `state::digest`). Fails only if a run could not be read.
 pub fn digest(view: &StateView) -> Result<Digest> {
-    let mut sums = vec![[0u64; 4]; DIGEST_BUCKETS];
-    let mut keys = 0;
-    for entry in view.iter() {
-        let (key, state) = entry?;
-        if super::is_local(&key) {
-            continue;
-        }
-        let (key, state) = (&key, &state);
-        let mut w = Writer::with_capacity(256);
-        encode_record(
-            &mut w,
-            &Record {
-                store_key: key.clone(),
-                delta: state.clone(),
-            },
-        );
-        #[expect(
-            clippy::indexing_slicing,
-            reason = "bucket_of is below DIGEST_BUCKETS, the length of sums"
-        )]
-        let sum = &mut sums[bucket_of(key)];
-        add(sum, blake3::hash(w.as_slice()).as_bytes());
-        keys += 1;
-    }
-    let buckets: Vec<[u8; 32]> = sums.iter().map(to_bytes).collect();
+    let sums = view.digest_sums()?;
+    let buckets = sums.buckets();
     let mut root = blake3::Hasher::new();
     for b in &buckets {
         root.update(b);
@@ -75,25 +42,28 @@ pub fn digest(view: &StateView) -> Result<Digest> {
     Ok(Digest {
         root: *root.finalize().as_bytes(),
         buckets,
-        keys,
+        keys: sums.keys(),
     })
 }
 
-fn add(sum: &mut [u64; 4], hash: &[u8; 32]) {
-    let mut carry = 0u128;
-    for (limb, &part) in sum.iter_mut().zip(hash.as_chunks::<8>().0) {
-        let total = u128::from(*limb) + u128::from(u64::from_le_bytes(part)) + carry;
-        *limb = total as u64;
-        carry = total >> 64;
+/// The digest of the state `view` shows, computed from every key (what
+/// [`digest`] must always equal; for tests and `verify`).
+pub fn digest_by_scan(view: &StateView) -> Result<Digest> {
+    let mut sums = crate::state::DigestSums::new();
+    for entry in view.iter() {
+        let (key, state) = entry?;
+        sums.add(&key, &state);
     }
-}
-
-fn to_bytes(sum: &[u64; 4]) -> [u8; 32] {
-    let mut out = [0u8; 32];
-    for (part, limb) in out.as_chunks_mut::<8>().0.iter_mut().zip(sum) {
-        *part = limb.to_le_bytes();
+    let buckets = sums.buckets();
+    let mut root = blake3::Hasher::new();
+    for b in &buckets {
+        root.update(b);
     }
-    out
+    Ok(Digest {
+        root: *root.finalize().as_bytes(),
+        buckets,
+        keys: sums.keys(),
+    })
 }
 
 impl Digest {

@@ -44,6 +44,30 @@ pub(crate) fn export_changes(
     Ok((changeset::encode(engine.node(), &complete, &records), after))
 }
 
+/// A change set of every change newer than `cursor` in the state `view`
+/// shows, for a reader that is not the writer (a read-only open): the
+/// complete cursor is the one stored in the view plus `own`, the newest
+/// stamp of the copy's own writes.
+pub(crate) fn export_from_view(
+    view: &crate::state::StateView,
+    node: crate::clock::NodeId,
+    own: crate::clock::Stamp,
+    cursor: &SyncCursor,
+) -> Result<(Vec<u8>, SyncCursor)> {
+    let records = collect_changes(view, cursor, None)?;
+    let stored = view.get(&store_key(LOCAL_KEYSPACE, COMPLETE_CURSOR_KEY.as_bytes()))?;
+    let mut complete: SyncCursor = match stored.and_then(|s| s.register.and_then(|r| r.value)) {
+        Some(bytes) => crate::codec::decode_typed(&bytes)?,
+        None => SyncCursor::new(),
+    };
+    complete.merge(&SyncCursor {
+        seen: [(own.node, own)].into_iter().collect(),
+    });
+    let mut after = cursor.clone();
+    after.merge(&complete);
+    Ok((changeset::encode(node, &complete, &records), after))
+}
+
 /// Per origin, the newest stamp up to which this copy holds everything.
 pub(crate) fn complete_cursor(engine: &Engine) -> Result<SyncCursor> {
     let mut complete: SyncCursor = local_get(engine, COMPLETE_CURSOR_KEY)?.unwrap_or_default();

@@ -159,7 +159,7 @@ fn newer_parts(state: &KeyState, cursor: &SyncCursor) -> Option<KeyState> {
 
 /// The keyspace for this copy's own bookkeeping (peer cursors): never
 /// exported, never digested.
-pub const LOCAL_KEYSPACE: &str = "_local";
+pub use crate::record::LOCAL_KEYSPACE;
 
 /// True for keys of [`LOCAL_KEYSPACE`].
 pub(crate) fn is_local(store_key: &[u8]) -> bool {

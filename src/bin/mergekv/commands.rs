@@ -4,7 +4,8 @@ use std::path::Path;
 
 use mergekv::command::validate_keyspace_name;
 use mergekv::{
-    Db, Keyspace, Options, RecoveryMode, RepairReport, ScanOptions, SyncCursor, VerifyReport,
+    Db, Keyspace, Options, ReadOnlyDb, RecoveryMode, RepairReport, ScanOptions, SyncCursor,
+    VerifyReport,
 };
 
 use crate::args::{
@@ -73,13 +74,10 @@ fn open_keyspace(data: &Path, name: &str) -> Result<(Db, Keyspace), CliError> {
     Ok((db, keyspace))
 }
 
-/// Like [`open_keyspace`], for reading: a follower's directory opens
-/// read-only.
-fn open_keyspace_to_read(data: &Path, name: &str) -> Result<(Db, Keyspace), CliError> {
-    validate_keyspace_name(name, false)?;
-    let db = replicate::open_for_read(data)?;
-    let keyspace = db.keyspace(name)?;
-    Ok((db, keyspace))
+/// Opens the database for reading beside whatever process writes it (an
+/// application, a running follower): never blocks it, creates nothing.
+pub fn open_reader(data: &Path) -> Result<ReadOnlyDb, CliError> {
+    Ok(Db::open_read_only(data)?)
 }
 
 /// Closes after a write, so that a failure to flush is reported.
@@ -120,11 +118,13 @@ fn incr(data: &Path, a: &IncrArgs, out: &mut Out) -> Result<(), CliError> {
 }
 
 fn get(data: &Path, a: &KeyArgs, out: &mut Out) -> Result<(), CliError> {
-    let (_db, ks) = open_keyspace_to_read(data, &a.ks.keyspace)?;
+    validate_keyspace_name(&a.ks.keyspace, false)?;
+    let db = open_reader(data)?;
+    let ks = db.keyspace(&a.ks.keyspace)?;
     let value = ks.get_value(&a.key)?;
     if out.json {
         out.json(&GetJson {
-            keyspace: ks.name(),
+            keyspace: &a.ks.keyspace,
             key: &a.key,
             found: value.is_some(),
             value: value.as_ref().map(Into::into),
@@ -135,8 +135,7 @@ fn get(data: &Path, a: &KeyArgs, out: &mut Out) -> Result<(), CliError> {
         Some(v) => out.line(v.to_text()),
         None => Err(CliError::not_found(format_args!(
             "key {:?} not found in keyspace {:?}",
-            a.key,
-            ks.name()
+            a.key, a.ks.keyspace
         ))),
     }
 }
@@ -153,7 +152,9 @@ fn scan_options(a: &ScanArgs) -> ScanOptions {
 }
 
 fn scan(data: &Path, a: &ScanArgs, out: &mut Out) -> Result<(), CliError> {
-    let (_db, ks) = open_keyspace_to_read(data, &a.ks.keyspace)?;
+    validate_keyspace_name(&a.ks.keyspace, false)?;
+    let db = open_reader(data)?;
+    let ks = db.keyspace(&a.ks.keyspace)?;
     let entries = ks.scan(&scan_options(a));
     if !out.json {
         for e in entries {
@@ -175,24 +176,18 @@ fn scan(data: &Path, a: &ScanArgs, out: &mut Out) -> Result<(), CliError> {
         })
         .collect::<Result<_, _>>()?;
     out.json(&ScanJson {
-        keyspace: ks.name(),
+        keyspace: &a.ks.keyspace,
         count: entries.len(),
         entries,
     })
 }
 
 fn stats(data: &Path, out: &mut Out) -> Result<(), CliError> {
-    let db = match replicate::open_for_read(data) {
-        // A running follower holds the lock; its status file says where it is.
-        Err(e @ mergekv::Error::Locked { .. }) => {
-            let Some(status) = replicate::running_follower_status(data) else {
-                return Err(e.into());
-            };
-            return running_follower_stats(&status, out);
-        }
-        db => db?,
-    };
-    let stats = db.stats();
+    // A running follower's status file says more than its files do.
+    if let Some(status) = replicate::running_follower_status(data) {
+        return running_follower_stats(&status, out);
+    }
+    let stats = open_reader(data)?.stats();
     if out.json {
         return out.json(&stats);
     }
@@ -239,9 +234,9 @@ fn compact(data: &Path, out: &mut Out) -> Result<(), CliError> {
 
 fn export(data: &Path, a: &ExportArgs, out: &mut Out) -> Result<(), CliError> {
     let since = SyncCursor::parse(a.since.as_deref().unwrap_or(""))?;
-    let db = replicate::open_for_read(data)?;
+    let db = open_reader(data)?;
     let (bytes, cursor) = db.export_since(&since)?;
-    db.close()?;
+    drop(db);
     files::write_atomically(&a.file, &bytes)
         .map_err(|e| CliError::data(format_args!("cannot write {}: {e}", a.file.display())))?;
     if out.json {
@@ -269,7 +264,7 @@ fn import(data: &Path, a: &ImportArgs, out: &mut Out) -> Result<(), CliError> {
 }
 
 fn digest(data: &Path, out: &mut Out) -> Result<(), CliError> {
-    let digest = replicate::open_for_read(data)?.digest()?;
+    let digest = open_reader(data)?.digest()?;
     if out.json {
         return out.json(&serde_json::json!({"root": digest.root_hex(), "keys": digest.keys}));
     }

@@ -173,6 +173,9 @@ pub fn stats_lines(s: &Stats) -> Vec<(&'static str, String)> {
                 .map_or_else(|| "none".into(), |q| q.to_string()),
         ),
         ("snapshot_bytes", s.compactor.snapshot_bytes.to_string()),
+        ("runs", s.compactor.runs.to_string()),
+        ("memtable_bytes", s.compactor.memtable_bytes.to_string()),
+        ("cache_bytes", s.compactor.cache_bytes.to_string()),
         (
             "wal_bytes_since_snapshot",
             s.compactor.wal_bytes_since_snapshot.to_string(),

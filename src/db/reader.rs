@@ -1,0 +1,299 @@
+//! [`ReadOnlyDb`]: a database opened for reading beside the process that
+//! writes it.
+//!
+//! A read-only open changes nothing on disk and creates nothing: it reads
+//! `META`, the manifest and the run footers, indexes and filters, then the
+//! WAL after what the runs cover, into a memtable of its own. A torn tail
+//! (a frame the writer is writing at that moment) reads as the end of the
+//! log. The result is a consistent state as of the open, held by open file
+//! handles, so the writer's flushes and merges (which delete runs and WAL
+//! segments) never pull it away; [`ReadOnlyDb::refresh`] reads again.
+//!
+//! The writer may replace the manifest, delete runs and truncate the WAL
+//! between the reader's steps. Each such race shows as a missing file or a
+//! sequence gap; the reader then checks whether the manifest changed since
+//! it read it, and if so starts over (up to [`READ_ONLY_OPEN_TRIES_MAX`]
+//! times). The writer never waits for a reader.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::clock::{Hlc, NodeId, Stamp};
+use crate::error::{Error, Result};
+use crate::io::{Io, IoFile};
+use crate::manifest;
+use crate::meta;
+use crate::options::Options;
+use crate::run::BlockCache;
+use crate::state::StateView;
+use crate::sync::SyncCursor;
+use crate::sync::digest::Digest;
+use crate::wal::WalStats;
+use crate::wal::recovery::RecoveryReport;
+
+use super::read::{ReadView, Scan, ScanOptions, Value, ViewKeyspace};
+use super::{Stats, count_key};
+
+/// Tries at reading a consistent state while the writer replaces the files
+/// under the reader.
+pub const READ_ONLY_OPEN_TRIES_MAX: usize = 8;
+
+/// The file readers hold a shared lock on. A writable open creates it
+/// (empty); offline operations that rewrite files in place take it
+/// exclusively, so they never run beside a reader.
+pub const READERS_LOCK_FILE: &str = "READERS";
+
+/// A database opened read-only ([`crate::Db::open_read_only`]): the state
+/// as of the open (or the last [`ReadOnlyDb::refresh`]).
+pub struct ReadOnlyDb {
+    dir: PathBuf,
+    io: Io,
+    options: Options,
+    cache: Arc<BlockCache>,
+    loaded: Loaded,
+    _lock: Option<IoFile>,
+}
+
+impl std::fmt::Debug for ReadOnlyDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadOnlyDb")
+            .field("dir", &self.dir)
+            .field("node", &self.loaded.node)
+            .field("covered_seq", &self.loaded.covered_seq)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One consistent reading of the directory.
+struct Loaded {
+    view: ReadView,
+    state: StateView,
+    node: NodeId,
+    report: RecoveryReport,
+    covered_seq: Option<u64>,
+    last_seq: u64,
+    max_stamp: Option<Stamp>,
+}
+
+impl ReadOnlyDb {
+    pub(crate) fn open(dir: &Path, options: Options) -> Result<ReadOnlyDb> {
+        options.validate()?;
+        let io = Io::new(options.faults.clone());
+        let dir = dir.to_path_buf();
+        if io.read_if_exists(&meta::meta_path(&dir))?.is_none() {
+            return Err(Error::NotADatabase { dir });
+        }
+        let lock = match io.open_read(&dir.join(READERS_LOCK_FILE)) {
+            Ok(file) => {
+                if !file.try_lock_shared()? {
+                    return Err(Error::Locked { dir });
+                }
+                Some(file)
+            }
+            // A directory no writable open of this version has seen yet:
+            // there is nothing to lock, and nothing that would take it.
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        let cache = BlockCache::new(options.cache_bytes_max);
+        let loaded = load(&io, &dir, &options, &cache)?;
+        Ok(ReadOnlyDb {
+            dir,
+            io,
+            options,
+            cache,
+            loaded,
+            _lock: lock,
+        })
+    }
+
+    /// Reads the directory again: the state now, with everything the
+    /// writer has made durable (or at least written) since.
+    pub fn refresh(&mut self) -> Result<()> {
+        self.loaded = load(&self.io, &self.dir, &self.options, &self.cache)?;
+        Ok(())
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The node id of the copy that writes this directory.
+    pub fn node_id(&self) -> NodeId {
+        self.loaded.node
+    }
+
+    /// What the last open or refresh read (runs, WAL frames, a torn tail).
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.loaded.report
+    }
+
+    /// The state as a read view (keyspaces, gets, scans).
+    pub fn view(&self) -> &ReadView {
+        &self.loaded.view
+    }
+
+    /// One keyspace of the state.
+    pub fn keyspace(&self, name: &str) -> Result<ViewKeyspace<'_>> {
+        self.loaded.view.keyspace(name)
+    }
+
+    /// What `key` in the default keyspace reads as.
+    pub fn get_value(&self, key: impl AsRef<[u8]>) -> Result<Option<Value>> {
+        self.loaded.view.default_keyspace().get_value(key)
+    }
+
+    /// The bytes at `key` in the default keyspace.
+    pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Arc<[u8]>>> {
+        self.loaded.view.default_keyspace().get(key)
+    }
+
+    /// The counter at `key` in the default keyspace (0 if absent).
+    pub fn counter(&self, key: impl AsRef<[u8]>) -> Result<i64> {
+        self.loaded.view.default_keyspace().counter(key)
+    }
+
+    /// Scans the default keyspace.
+    pub fn scan(&self, opts: &ScanOptions) -> Scan {
+        self.loaded.view.default_keyspace().scan(opts)
+    }
+
+    /// The state digest (see [`crate::Db::digest`]).
+    pub fn digest(&self) -> Result<Digest> {
+        crate::sync::digest::digest(&self.loaded.state)
+    }
+
+    /// A change set of every change newer than `cursor`, as
+    /// [`crate::Db::export_since`] makes it.
+    pub fn export_since(&self, cursor: &SyncCursor) -> Result<(Vec<u8>, SyncCursor)> {
+        let mut hlc = Hlc::new(
+            self.loaded.node,
+            self.options.max_drift_ms,
+            self.options.drift_policy,
+        );
+        if let Some(stamp) = self.loaded.max_stamp {
+            hlc.observe_recovered(stamp);
+        }
+        crate::sync::exchange::export_from_view(
+            &self.loaded.state,
+            self.loaded.node,
+            hlc.high_water(),
+            cursor,
+        )
+    }
+
+    /// Figures about the state read: keys (counted over every layer),
+    /// runs, the WAL position.
+    pub fn stats(&self) -> Stats {
+        let lower = self.loaded.state.lower();
+        let mut stats = Stats {
+            dir: self.dir.clone(),
+            node_id: self.loaded.node.to_string(),
+            hlc: self
+                .loaded
+                .max_stamp
+                .map(|s| s.to_string())
+                .unwrap_or_default(),
+            sync_mode: format!("{:?}", self.options.sync_mode),
+            wal: WalStats {
+                last_seq: self.loaded.last_seq,
+                written_seq: self.loaded.last_seq,
+                synced_seq: self.loaded.last_seq,
+                ..WalStats::default()
+            },
+            ..Stats::default()
+        };
+        let wal_dir = self.dir.join(crate::wal::WAL_DIR);
+        for name in self.io.list_dir_if_exists(&wal_dir).unwrap_or_default() {
+            stats.wal.segments += 1;
+            stats.wal.wal_bytes += self.io.len_bytes(&wal_dir.join(name)).unwrap_or(0);
+        }
+        stats.compactor.snapshot_seq = self.loaded.covered_seq;
+        stats.compactor.runs = lower.runs.len();
+        stats.compactor.snapshot_bytes = lower.runs.iter().map(|r| r.info().size_bytes).sum();
+        let cache = self.cache.stats();
+        stats.compactor.cache_hits = cache.hits;
+        stats.compactor.cache_misses = cache.misses;
+        stats.compactor.cache_bytes = cache.resident_bytes;
+        for entry in self.loaded.state.iter() {
+            match entry {
+                Ok((_, state)) => count_key(&mut stats, &state),
+                Err(e) => {
+                    stats.read_error = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        stats
+    }
+}
+
+/// Reads the directory into a consistent state, starting over when the
+/// writer replaced the files meanwhile.
+fn load(io: &Io, dir: &Path, options: &Options, cache: &Arc<BlockCache>) -> Result<Loaded> {
+    let mut last_error = None;
+    for _ in 0..READ_ONLY_OPEN_TRIES_MAX {
+        let before = manifest_bytes(io, dir)?;
+        match load_once(io, dir, options, cache) {
+            Ok(loaded) => return Ok(loaded),
+            // A file gone or a gap in the log: the writer may have moved
+            // on (a flush, a merge, a truncation) while we read.
+            Err(e @ (Error::Corruption { .. } | Error::Io { .. })) => {
+                if manifest_bytes(io, dir)? == before && !is_missing_file(&e) {
+                    return Err(e);
+                }
+                last_error = Some(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last_error.unwrap_or(Error::Closed))
+}
+
+/// True for an error that a file deleted between listing and reading
+/// explains.
+fn is_missing_file(e: &Error) -> bool {
+    match e {
+        Error::Io { source, .. } => source.kind() == std::io::ErrorKind::NotFound,
+        Error::Corruption { reason, .. } => {
+            reason.contains("file is missing") || reason.contains("sequence gap")
+        }
+        _ => false,
+    }
+}
+
+fn manifest_bytes(io: &Io, dir: &Path) -> Result<Option<Vec<u8>>> {
+    io.read_if_exists(&manifest::manifest_path(dir))
+}
+
+fn load_once(io: &Io, dir: &Path, options: &Options, cache: &Arc<BlockCache>) -> Result<Loaded> {
+    let Some(meta) = meta::read_meta(io, dir)? else {
+        return Err(Error::NotADatabase {
+            dir: dir.to_path_buf(),
+        });
+    };
+    let lineage = meta.lineage();
+    let recovered = crate::engine::recover_state(&crate::engine::RecoverFrom {
+        io,
+        dir,
+        nodes: &lineage,
+        options,
+        cache,
+        modify: false,
+    })?;
+    let state = recovered.state.view();
+    Ok(Loaded {
+        view: ReadView::new(state.clone()),
+        state,
+        node: meta.node,
+        covered_seq: recovered
+            .manifest
+            .as_ref()
+            .map(|m| m.covered_seq)
+            .or(recovered.snapshot_seq),
+        last_seq: recovered.wal_start.next_seq.saturating_sub(1),
+        max_stamp: recovered.max_stamp,
+        report: recovered.report,
+    })
+}

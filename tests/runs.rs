@@ -1,0 +1,350 @@
+//! The disk-resident state: runs named by a manifest, flushes, merges,
+//! tombstone GC at merge, the digest kept with the runs, garbage and
+//! damage.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use mergekv::{Batch, Db, Error, ManualClock, Options, ScanOptions};
+use proptest::prelude::*;
+
+fn run_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(dir.join("runs"))
+        .map(|d| d.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+fn tiny(clock: &Arc<ManualClock>) -> Options {
+    Options {
+        memtable_bytes_max: 8 * 1024,
+        compactor_tick_ms: 1,
+        tombstone_grace_ms: 1000,
+        wall_clock: clock.clone(),
+        ..Options::default()
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Put(u8, u8),
+    Delete(u8),
+    Incr(u8, i8),
+    Compact,
+    Reopen,
+    Advance,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (any::<u8>(), any::<u8>()).prop_map(|(k, v)| Op::Put(k, v)),
+        2 => any::<u8>().prop_map(Op::Delete),
+        2 => (any::<u8>(), any::<i8>()).prop_map(|(k, d)| Op::Incr(k, d)),
+        1 => Just(Op::Compact),
+        1 => Just(Op::Reopen),
+        1 => Just(Op::Advance),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// Through writes, flushes, merges that drop tombstones and reopens,
+    /// the digest kept with the runs equals the digest of every key, and
+    /// every read equals a model's.
+    #[test]
+    fn the_kept_digest_always_equals_a_full_recount(ops in proptest::collection::vec(op(), 1..120)) {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(1_000_000));
+        let mut db = Db::open_with(dir.path(), tiny(&clock)).unwrap();
+        let mut model: std::collections::BTreeMap<u8, Option<Vec<u8>>> = Default::default();
+        let mut counters: std::collections::BTreeMap<u8, i64> = Default::default();
+        for op in ops {
+            match op {
+                Op::Put(k, v) => {
+                    // Padding, so the tiny memtable fills and flushes.
+                    db.put([b'k', k], vec![v; 300]).unwrap();
+                    model.insert(k, Some(vec![v; 300]));
+                }
+                Op::Delete(k) => {
+                    db.delete([b'k', k]).unwrap();
+                    model.insert(k, None);
+                }
+                Op::Incr(k, d) => {
+                    db.increment([b'c', k], i64::from(d)).unwrap();
+                    *counters.entry(k).or_default() += i64::from(d);
+                }
+                Op::Compact => {
+                    db.compact_now().unwrap();
+                }
+                Op::Reopen => {
+                    drop(db);
+                    db = Db::open_with(dir.path(), tiny(&clock)).unwrap();
+                }
+                Op::Advance => clock.advance_ms(5000),
+            }
+            prop_assert_eq!(db.digest().unwrap(), db.digest_recomputed().unwrap());
+        }
+        for (k, v) in &model {
+            prop_assert_eq!(db.get([b'k', *k]).unwrap().map(|b| b.to_vec()), v.clone());
+        }
+        for (k, v) in &counters {
+            prop_assert_eq!(db.counter([b'c', *k]).unwrap(), *v);
+        }
+        db.compact_now().unwrap();
+        prop_assert_eq!(db.digest().unwrap(), db.digest_recomputed().unwrap());
+        let reader = Db::open_read_only(dir.path()).unwrap();
+        prop_assert_eq!(reader.digest().unwrap(), db.digest().unwrap());
+    }
+}
+
+#[test]
+fn compaction_writes_runs_and_a_manifest_and_reopen_starts_from_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path()).unwrap();
+    let mut batch = Batch::new();
+    for i in 0..1000 {
+        batch.put(format!("key-{i:04}"), format!("value-{i}"));
+    }
+    db.write(batch).unwrap();
+    let report = db.compact_now().unwrap();
+    assert_eq!(report.runs, 1);
+    assert!(dir.path().join("MANIFEST").exists());
+    assert_eq!(run_files(dir.path()).len(), 1);
+    db.put("after", "1").unwrap();
+    drop(db);
+    let db = Db::open(dir.path()).unwrap();
+    let runs = db.recovery_report().runs.clone().unwrap();
+    assert_eq!((runs.runs, runs.entries), (1, 1000));
+    assert_eq!(db.recovery_report().ops_replayed, 1, "only the WAL tail");
+    assert_eq!(db.scan(&ScanOptions::all()).count(), 1001);
+    assert_eq!(
+        db.get("key-0500").unwrap().as_deref(),
+        Some(&b"value-500"[..])
+    );
+}
+
+#[test]
+fn a_run_the_manifest_names_but_that_is_missing_is_a_typed_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = Db::open(dir.path()).unwrap();
+        db.put("a", "1").unwrap();
+        db.compact_now().unwrap();
+    }
+    let run = run_files(dir.path()).pop().unwrap();
+    std::fs::remove_file(&run).unwrap();
+    for result in [
+        Db::open(dir.path()).map(drop),
+        Db::open_read_only(dir.path()).map(drop),
+    ] {
+        match result {
+            Err(Error::Corruption { path, reason, .. }) => {
+                assert_eq!(path, run);
+                assert!(reason.contains("missing"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[test]
+fn runs_no_manifest_names_are_garbage_removed_by_a_writable_open_only() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = Db::open(dir.path()).unwrap();
+        db.put("a", "1").unwrap();
+        db.compact_now().unwrap();
+    }
+    let live = run_files(dir.path());
+    let stray = dir.path().join("runs").join("run-00000000000000000099.run");
+    let tmp = dir.path().join("runs").join("run-00000000000000000100.tmp");
+    std::fs::write(&stray, b"left by a crash").unwrap();
+    std::fs::write(&tmp, b"half").unwrap();
+    drop(Db::open_read_only(dir.path()).unwrap());
+    assert!(stray.exists() && tmp.exists(), "a reader removed files");
+    let db = Db::open(dir.path()).unwrap();
+    assert_eq!(run_files(dir.path()), live);
+    assert_eq!(db.get("a").unwrap().as_deref(), Some(&b"1"[..]));
+}
+
+#[test]
+fn every_flipped_byte_of_the_manifest_is_a_typed_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = Db::open(dir.path()).unwrap();
+        db.put("a", "1").unwrap();
+        db.compact_now().unwrap();
+    }
+    let path = dir.path().join("MANIFEST");
+    let good = std::fs::read(&path).unwrap();
+    for i in 0..good.len() {
+        let mut bad = good.clone();
+        bad[i] ^= 0x10;
+        std::fs::write(&path, &bad).unwrap();
+        match Db::open_read_only(dir.path()) {
+            Err(Error::Corruption { path: named, .. }) => assert_eq!(named, path, "byte {i}"),
+            other => panic!("byte {i}: {other:?}"),
+        }
+    }
+    std::fs::write(&path, &good).unwrap();
+    let db = Db::open(dir.path()).unwrap();
+    assert_eq!(db.get("a").unwrap().as_deref(), Some(&b"1"[..]));
+}
+
+#[test]
+fn tombstones_past_grace_are_dropped_when_runs_merge_and_stay_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let options = tiny(&clock);
+    let db = Db::open_with(dir.path(), options.clone()).unwrap();
+    for i in 0..50 {
+        db.put(format!("k{i}"), "v").unwrap();
+    }
+    db.compact_now().unwrap();
+    for i in 0..50 {
+        db.delete(format!("k{i}")).unwrap();
+    }
+    let before = db.compact_now().unwrap();
+    assert_eq!(before.tombstones_dropped, 0, "within the grace period");
+    clock.advance_ms(10_000);
+    let after = db.compact_now().unwrap();
+    assert_eq!(after.tombstones_dropped, 50);
+    assert_eq!(db.stats().tombstones, 0);
+    assert_eq!(db.digest().unwrap(), db.digest_recomputed().unwrap());
+    drop(db);
+    let db = Db::open_with(dir.path(), options).unwrap();
+    assert_eq!(db.scan(&ScanOptions::all()).count(), 0);
+    assert_eq!(db.get("k7").unwrap(), None);
+}
+
+#[test]
+fn a_full_memtable_flushes_by_itself_and_runs_stay_few() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let db = Db::open_with(dir.path(), tiny(&clock)).unwrap();
+    for round in 0..200 {
+        let mut batch = Batch::new();
+        for i in 0..20 {
+            batch.put(format!("r{round:03}-{i}"), vec![7u8; 100]);
+        }
+        db.write(batch).unwrap();
+    }
+    db.compact_now().unwrap();
+    let stats = db.stats();
+    assert!(stats.compactor.compactions > 3, "{stats:?}");
+    assert_eq!(stats.compactor.runs, 1, "compact_now merges every run");
+    assert_eq!(stats.keys, 4000);
+}
+
+fn quiet(faults: &mergekv::FaultInjector) -> Options {
+    Options {
+        // Only `compact_now` compacts: the counts below are its own.
+        compactor_tick_ms: 3_600_000,
+        compaction_interval_ms: 0,
+        faults: Some(faults.clone()),
+        ..Options::default()
+    }
+}
+
+/// Writes `round` keys `r{round}-{i}` and a counter increment.
+fn write_round(db: &Db, round: u32) -> mergekv::Result<()> {
+    let mut batch = Batch::new();
+    for i in 0..40 {
+        batch.put(format!("r{round}-{i:02}"), vec![round as u8; 64]);
+    }
+    batch.delete(format!("r{}-00", round.saturating_sub(1)));
+    db.write(batch)?;
+    db.increment("count", 1).map(drop)
+}
+
+/// A compaction that flushes a memtable and merges the new run with an old
+/// one, failing at each operation of each kind in turn: the error comes
+/// back (or a failed fsync poisons), and a reopen without faults holds
+/// every acknowledged write, with a digest that matches its keys.
+#[test]
+fn a_failure_at_every_io_operation_of_a_flush_and_a_merge_loses_nothing() {
+    use mergekv::IoOp;
+    // How many operations of each kind one such compaction does.
+    let counts = {
+        let dir = tempfile::tempdir().unwrap();
+        let faults = mergekv::FaultInjector::new();
+        let db = Db::open_with(dir.path(), quiet(&faults)).unwrap();
+        write_round(&db, 1).unwrap();
+        db.compact_now().unwrap();
+        write_round(&db, 2).unwrap();
+        let before: Vec<u64> = ALL_OPS.iter().map(|op| faults.count(*op)).collect();
+        let report = db.compact_now().unwrap();
+        assert_eq!(
+            (report.runs_written, report.runs_merged),
+            (2, 2),
+            "{report:?}"
+        );
+        ALL_OPS
+            .iter()
+            .zip(before)
+            .map(|(op, b)| (*op, faults.count(*op) - b))
+            .collect::<Vec<_>>()
+    };
+    let mut cases = 0;
+    for (op, count) in counts {
+        for nth in 1..=count {
+            cases += 1;
+            let dir = tempfile::tempdir().unwrap();
+            let faults = mergekv::FaultInjector::new();
+            let db = Db::open_with(dir.path(), quiet(&faults)).unwrap();
+            write_round(&db, 1).unwrap();
+            db.compact_now().unwrap();
+            write_round(&db, 2).unwrap();
+            faults.fail_nth(op, nth);
+            let failed = db.compact_now();
+            // Only the sizes read for the report's figures may fail unseen.
+            assert!(
+                failed.is_err() || op == IoOp::Read,
+                "{op:?} #{nth} was not noticed"
+            );
+            // What can still be written is acknowledged, and must survive.
+            let third = write_round(&db, 3).is_ok();
+            if third {
+                let _ = db.compact_now();
+            }
+            drop(db);
+            let db = Db::open(dir.path()).unwrap_or_else(|e| panic!("{op:?} #{nth}: {e}"));
+            let rounds: &[u32] = if third { &[1, 2, 3] } else { &[1, 2] };
+            for &round in rounds {
+                for i in 1..40 {
+                    let key = format!("r{round}-{i:02}");
+                    assert!(db.get(&key).unwrap().is_some(), "{op:?} #{nth}: {key} lost");
+                }
+            }
+            assert_eq!(
+                db.counter("count").unwrap(),
+                rounds.len() as i64,
+                "{op:?} #{nth}"
+            );
+            assert_eq!(
+                db.get("r1-00").unwrap(),
+                None,
+                "{op:?} #{nth}: a delete lost"
+            );
+            assert_eq!(
+                db.digest().unwrap(),
+                db.digest_recomputed().unwrap(),
+                "{op:?} #{nth}"
+            );
+            db.compact_now().unwrap();
+        }
+    }
+    assert!(cases > 20, "only {cases} cases");
+}
+
+const ALL_OPS: [mergekv::IoOp; 7] = [
+    mergekv::IoOp::Open,
+    mergekv::IoOp::Write,
+    mergekv::IoOp::Sync,
+    mergekv::IoOp::Rename,
+    mergekv::IoOp::Remove,
+    mergekv::IoOp::Truncate,
+    mergekv::IoOp::Read,
+];
