@@ -261,3 +261,118 @@ pub fn salvage_snapshot(bytes: &[u8]) -> Option<(usize, usize)> {
     crate::snapshot::salvage_bytes(bytes, path, NodeId(1))
         .map(|(loaded, report)| (loaded.records.len(), report.lost.len()))
 }
+
+/// The name a run file's bytes are opened under: `run-<id>.run` with the
+/// id its footer claims (a manifest names a run by the id it wrote), so
+/// an input is not refused for its name alone.
+fn run_file_path(bytes: &[u8]) -> std::path::PathBuf {
+    let at = bytes
+        .len()
+        .checked_sub(crate::run::FOOTER_BYTES)
+        .map(|footer| footer + crate::run::FOOTER_RUN_ID_OFFSET);
+    let id = at.and_then(|at| bytes.get(at..at + 8)).map_or(1, |b| {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(b);
+        u64::from_le_bytes(word)
+    });
+    std::path::Path::new("/runs").join(crate::run::run_file_name(id))
+}
+
+/// One key's state as a run holds it.
+pub type RunEntry = (Vec<u8>, crate::crdt::KeyState);
+
+/// A run file opened from bytes (`run::Run::open`, on a simulated disk,
+/// with a small block cache).
+pub struct RunFile {
+    run: std::sync::Arc<crate::run::Run>,
+}
+
+/// Opens `bytes` as a run file, as the database opens a run a manifest
+/// names.
+pub fn open_run_file(bytes: &[u8]) -> Result<RunFile, String> {
+    let disk = crate::io::SimDisk::new();
+    let io = crate::io::Io::new(Some(crate::io::FaultInjector::with_disk(disk)));
+    let path = run_file_path(bytes);
+    let dir = path.parent().unwrap_or(std::path::Path::new("/"));
+    io.create_dir_all(dir).map_err(|e| e.to_string())?;
+    io.write_atomic(&path, bytes).map_err(|e| e.to_string())?;
+    let cache = crate::run::BlockCache::new(1 << 20);
+    crate::run::Run::open(&io, &path, cache)
+        .map(|run| RunFile { run })
+        .map_err(|e| e.to_string())
+}
+
+impl RunFile {
+    /// Entries the footer counts.
+    pub fn entries(&self) -> u64 {
+        self.run.info().entries
+    }
+
+    /// `Run::get`.
+    pub fn get(&self, key: &[u8]) -> Result<Option<crate::crdt::KeyState>, String> {
+        self.run.get(key).map_err(|e| e.to_string())
+    }
+
+    /// `Run::may_contain`.
+    pub fn may_contain(&self, key: &[u8]) -> bool {
+        self.run.may_contain(key)
+    }
+
+    /// `Run::iter`, collected (up to the first error).
+    pub fn scan(
+        &self,
+        lower: std::ops::Bound<Vec<u8>>,
+        upper: std::ops::Bound<Vec<u8>>,
+        reverse: bool,
+    ) -> Result<Vec<RunEntry>, String> {
+        self.run
+            .iter(lower, upper, reverse)
+            .map(|item| {
+                item.map(|(k, v)| (k.to_vec(), v))
+                    .map_err(|e| e.to_string())
+            })
+            .collect()
+    }
+
+    /// `Run::verify`.
+    pub fn verify(&self) -> Result<u64, String> {
+        self.run.verify().map_err(|e| e.to_string())
+    }
+}
+
+/// Salvages `bytes` as a repair salvages a damaged run
+/// (`run::salvage_run`): the entries kept and how many spans were lost.
+pub fn salvage_run_file(bytes: &[u8]) -> (Vec<RunEntry>, usize) {
+    let salvage = crate::run::salvage::salvage_bytes(bytes);
+    let entries = salvage
+        .entries
+        .into_iter()
+        .map(|(k, v)| (k.to_vec(), v))
+        .collect();
+    (entries, salvage.lost.len())
+}
+
+/// Writes `entries` (in key order) as run 1 of node 1 with a
+/// `RunWriter`, and returns the file's bytes.
+pub fn write_run_file(
+    entries: &[RunEntry],
+    block_bytes_target: usize,
+    compression: bool,
+) -> Result<Vec<u8>, String> {
+    let disk = crate::io::SimDisk::new();
+    let io = crate::io::Io::new(Some(crate::io::FaultInjector::with_disk(disk.clone())));
+    let options = crate::run::RunWriterOptions {
+        block_bytes_target,
+        compression,
+        ..crate::run::RunWriterOptions::default()
+    };
+    let dir = std::path::Path::new("/runs");
+    let mut writer = crate::run::RunWriter::create(&io, dir, 1, NodeId(1), &options)
+        .map_err(|e| e.to_string())?;
+    for (key, state) in entries {
+        writer.add(key, state).map_err(|e| e.to_string())?;
+    }
+    let info = writer.finish().map_err(|e| e.to_string())?;
+    disk.read_file(&info.path)
+        .ok_or_else(|| "the finished run is gone".to_string())
+}

@@ -90,7 +90,10 @@ mod meta;
 pub mod options;
 mod record;
 pub mod replication;
-mod run;
+/// The sorted-run file format. Public but hidden: the fuzz targets and
+/// the format tests reach it; it is not a supported API.
+#[doc(hidden)]
+pub mod run;
 mod snapshot;
 mod state;
 pub mod sync;

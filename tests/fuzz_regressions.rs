@@ -115,13 +115,14 @@ fn sealing_restores_a_damaged_checksum_so_the_fuzzer_gets_past_it() {
     // The checks reach as deep as their sealing: a seed whose checksum or
     // digest is damaged fails as it is, and is whole again once sealed.
     type Seal = fn(&mut [u8]);
-    let cases: [(&str, usize, Seal); 6] = [
+    let cases: [(&str, usize, Seal); 7] = [
         ("wal_frame", 24, checks::seal_wal_frames),
         ("wal_segment", 28, checks::seal_wal_segment),
         ("snapshot", usize::MAX, checks::seal_snapshot),
         ("changeset", usize::MAX, checks::seal_changeset),
         ("repl_frame", 12, checks::seal_repl_frames),
         ("meta", usize::MAX, checks::seal_meta), // the last byte: its CRC
+        ("run_file", 28, checks::seal_run_file), // the header CRC
     ];
     for (target, at, seal) in cases {
         let check = checks::TARGETS
@@ -302,6 +303,7 @@ impl SeedSource {
             ("meta", vec![("meta".into(), self.meta.clone())]),
             ("cursors", vec![("cursors".into(), self.cursors.clone())]),
             ("salvage", vec![("snapshot".into(), self.snapshot.clone())]),
+            ("run_file", run_file_seeds()),
         ]
     }
 
@@ -464,6 +466,82 @@ fn write_every_record_shape(db: &Db) {
         .delete_in("users", "nobody")
         .idempotency_key(format!("import-{}", db.counter("visits").unwrap()));
     db.write(batch).unwrap();
+}
+
+/// Run files: every kind of state in small blocks (raw), compressible
+/// values (LZ4 blocks), one entry, and none.
+fn run_file_seeds() -> Seeds {
+    use mergekv::crdt::{Counter, KeyState, NodeTotals, Register};
+    use mergekv::{NodeId, Stamp};
+    let at = |ms: u64, logical: u32, node: u64| Stamp {
+        physical_ms: 1_700_000_000_000 + ms,
+        logical,
+        node: NodeId(node),
+    };
+    let register = |value: Option<&[u8]>, stamp: Stamp, floor: Vec<(NodeId, u64, u64)>| Register {
+        stamp,
+        value: value.map(Arc::from),
+        floor,
+    };
+    let counter = |totals: &[(u64, u64, u64)], stamp: Stamp| {
+        Box::new(Counter {
+            totals: totals
+                .iter()
+                .map(|&(node, p, n)| NodeTotals {
+                    node: NodeId(node),
+                    p,
+                    n,
+                    stamp,
+                })
+                .collect(),
+        })
+    };
+    let mut mixed = Vec::new();
+    for i in 0..40u64 {
+        let key = format!("\x05users/key-{:03}", i * 7).into_bytes();
+        let state = match i % 4 {
+            0 => KeyState {
+                register: Some(register(Some(b"a value"), at(i, 0, 1), Vec::new())),
+                counter: None,
+            },
+            1 => KeyState {
+                register: Some(register(None, at(i, 2, 2), vec![(NodeId(1), 4, 1)])),
+                counter: None,
+            },
+            2 => KeyState {
+                register: None,
+                counter: Some(counter(&[(1, 10, 3), (2, 5, 0)], at(i, 1, 2))),
+            },
+            _ => KeyState {
+                register: Some(register(
+                    Some(b"after"),
+                    at(i, 0, 3),
+                    vec![(NodeId(1), 1, 0)],
+                )),
+                counter: Some(counter(&[(1, 1, 0)], at(0, 0, 1))),
+            },
+        };
+        mixed.push((key, state));
+    }
+    let compressible: Vec<_> = (0..30u64)
+        .map(|i| {
+            let value = vec![b'a' + (i % 3) as u8; 200];
+            let state = KeyState {
+                register: Some(register(Some(&value), at(i, 0, 1), Vec::new())),
+                counter: None,
+            };
+            (format!("k{i:04}").into_bytes(), state)
+        })
+        .collect();
+    let write = |entries: &[mergekv::fuzzing::RunEntry], block: usize, lz4: bool| {
+        mergekv::fuzzing::write_run_file(entries, block, lz4).unwrap()
+    };
+    vec![
+        ("mixed".into(), write(&mixed, 256, false)),
+        ("compressed".into(), write(&compressible, 1024, true)),
+        ("one".into(), write(&mixed[..1], 4096, true)),
+        ("empty".into(), write(&[], 4096, true)),
+    ]
 }
 
 /// A real API token and its key id.

@@ -12,7 +12,7 @@ use crate::io::Io;
 use crate::manifest::{self, Manifest};
 use crate::meta::Meta;
 use crate::options::Options;
-use crate::record::FramePayload;
+use crate::record::{FramePayload, StoreKey};
 use crate::run::{BlockCache, RUN_DIR, Run};
 use crate::snapshot::{self, LoadedSnapshot, SNAPSHOT_DIR};
 use crate::state::{Lower, State};
@@ -118,7 +118,169 @@ fn remove_garbage_runs(io: &Io, dir: &Path, manifest: &Manifest) -> Result<()> {
     Ok(())
 }
 
-fn recover_from_manifest(from: &RecoverFrom<'_>, manifest: Manifest) -> Result<Recovered> {
+/// Repair mode: every run the manifest names is read in full; a damaged
+/// (or missing) one is replaced by a run of every block that checks out,
+/// the damaged file is moved to quarantine, and the report says which
+/// blocks (key ranges, entry counts) were lost. `REPAIRED` is written
+/// before anything changes, and the manifest is replaced last, so a crash
+/// leaves the damaged run named (to salvage again) or the replacement;
+/// the damaged file is removed only once no manifest names it.
+fn repair_runs(
+    from: &RecoverFrom<'_>,
+    manifest: &mut Manifest,
+) -> Result<Option<crate::wal::recovery::SalvageReport>> {
+    let (io, dir) = (from.io, from.dir);
+    let run_dir = dir.join(RUN_DIR);
+    let mut report: Option<crate::wal::recovery::SalvageReport> = None;
+    let check_cache = BlockCache::new(0);
+    for position in 0..manifest.runs.len() {
+        let Some(entry) = manifest.runs.get(position).copied() else {
+            continue;
+        };
+        let one = Manifest {
+            runs: vec![entry],
+            ..manifest.clone()
+        };
+        let checked = open_runs(io, dir, &one, &check_cache)
+            .and_then(|runs| runs.iter().try_for_each(|r| r.verify().map(drop)));
+        let damage = match checked {
+            Ok(()) => continue,
+            Err(e @ Error::Corruption { .. }) => e,
+            Err(e) => return Err(e),
+        };
+        let path = run_dir.join(crate::run::run_file_name(entry.id));
+        if report.is_none() {
+            recovery::mark_repaired(io, dir, &format!("salvaged {}: {damage}", path.display()))?;
+        }
+        let report = report.get_or_insert_with(|| crate::wal::recovery::SalvageReport {
+            path: path.clone(),
+            ..Default::default()
+        });
+        let exists = io.read_if_exists(&path)?.is_some();
+        let salvage = if exists {
+            crate::run::salvage_run(io, &path)?
+        } else {
+            crate::run::RunSalvage {
+                entries: Vec::new(),
+                lost: Vec::new(),
+                node: None,
+            }
+        };
+        if !exists {
+            report.lost.push(format!(
+                "{}: missing; its {} entries are lost",
+                path.display(),
+                entry.entries
+            ));
+        }
+        for lost in &salvage.lost {
+            let key = |k: &Option<Vec<u8>>| {
+                k.as_ref().map_or_else(
+                    || "?".to_string(),
+                    |k| format!("{:?}", String::from_utf8_lossy(k)),
+                )
+            };
+            report.lost.push(format!(
+                "{} bytes {}..{}: {} entries from key {} to key {} ({})",
+                path.display(),
+                lost.offset_bytes,
+                lost.offset_bytes + lost.len_bytes,
+                lost.entries
+                    .map_or_else(|| "unknown".to_string(), |n| n.to_string()),
+                key(&lost.first_key),
+                key(&lost.last_key),
+                lost.reason
+            ));
+        }
+        report.entries_kept += salvage.entries.len() as u64;
+        if exists {
+            // A copy: the file stays until a manifest no longer names it
+            // (then the garbage sweep below removes it), so a crash before
+            // that finds it to salvage again.
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            io.write_atomic(&quarantine_path(io, dir, &name)?, &io.read(&path)?)?;
+        }
+        let replacement = write_salvaged(from, manifest, &salvage)?;
+        match replacement {
+            Some(new_entry) => {
+                if let Some(slot) = manifest.runs.get_mut(position) {
+                    *slot = new_entry;
+                }
+            }
+            None => {
+                // Nothing was kept: the run is gone; a placeholder id 0
+                // is removed below.
+                if let Some(slot) = manifest.runs.get_mut(position) {
+                    slot.id = 0;
+                }
+            }
+        }
+    }
+    if report.is_none() {
+        return Ok(None);
+    }
+    manifest.runs.retain(|r| r.id != 0);
+    // What the runs hold changed: count their digest afresh.
+    let runs = open_runs(io, dir, manifest, from.cache)?;
+    let view = crate::state::StateView::of(
+        Default::default(),
+        Arc::new(Lower {
+            frozen: Vec::new(),
+            runs,
+            runs_digest: crate::state::DigestSums::new(),
+        }),
+    );
+    let mut digest = crate::state::DigestSums::new();
+    for entry in view.iter() {
+        let (key, state) = entry?;
+        digest.add(&key, &state);
+    }
+    manifest.digest = digest;
+    manifest.generation += 1;
+    manifest::write_manifest(io, dir, manifest)?;
+    Ok(report)
+}
+
+/// Writes what a salvage kept as a new run (the next id); `None` if it
+/// kept nothing.
+fn write_salvaged(
+    from: &RecoverFrom<'_>,
+    manifest: &mut Manifest,
+    salvage: &crate::run::RunSalvage,
+) -> Result<Option<crate::manifest::RunEntry>> {
+    if salvage.entries.is_empty() {
+        return Ok(None);
+    }
+    let id = manifest.next_run_id;
+    manifest.next_run_id += 1;
+    let node = from.nodes.first().copied().unwrap_or_default();
+    let mut writer = crate::run::RunWriter::create(
+        from.io,
+        &from.dir.join(RUN_DIR),
+        id,
+        node,
+        &crate::run::RunWriterOptions::default(),
+    )?;
+    let mut last: Option<&StoreKey> = None;
+    for (key, state) in &salvage.entries {
+        // Salvage keeps key order; anything out of order is skipped.
+        if last.is_some_and(|l| l >= key) {
+            continue;
+        }
+        writer.add(key, state)?;
+        last = Some(key);
+    }
+    let info = writer.finish()?;
+    Ok(Some(crate::manifest::RunEntry {
+        id: info.id,
+        size_bytes: info.size_bytes,
+        entries: info.entries,
+        tombstones: info.tombstones,
+        checksum: info.checksum,
+    }))
+}
+
+fn recover_from_manifest(from: &RecoverFrom<'_>, mut manifest: Manifest) -> Result<Recovered> {
     let (io, dir) = (from.io, from.dir);
     if !from.nodes.contains(&manifest.node) {
         return Err(Error::corruption(
@@ -131,6 +293,12 @@ fn recover_from_manifest(from: &RecoverFrom<'_>, manifest: Manifest) -> Result<R
             ),
         ));
     }
+    let salvage =
+        if from.modify && from.options.recovery_mode == crate::options::RecoveryMode::Repair {
+            repair_runs(from, &mut manifest)?
+        } else {
+            None
+        };
     let runs = open_runs(io, dir, &manifest, from.cache)?;
     if from.modify {
         remove_garbage_runs(io, dir, &manifest)?;
@@ -153,6 +321,7 @@ fn recover_from_manifest(from: &RecoverFrom<'_>, manifest: Manifest) -> Result<R
             entries: manifest.runs.iter().map(|r| r.entries).sum(),
             bytes: manifest.runs.iter().map(|r| r.size_bytes).sum(),
         }),
+        salvage,
         ..RecoveryReport::default()
     };
     let (max_stamp, replayed) = replay_tail(

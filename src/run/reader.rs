@@ -1,0 +1,772 @@
+//! Reading a run: [`Run::open`] (footer, index, filter, node table),
+//! point lookups, ordered iteration both ways, and full verification.
+
+use std::collections::VecDeque;
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::clock::NodeId;
+use crate::codec::DecodeError;
+use crate::crdt::KeyState;
+use crate::error::{Error, Result};
+use crate::io::{Io, IoFile};
+use crate::record::StoreKey;
+
+use super::block::{BlockView, restarts_for};
+use super::cache::BlockCache;
+use super::entry::{DecodeContext, StateView, is_tombstone, materialize};
+use super::filter::Bloom;
+use super::format::{
+    BLOCK_RAW_BYTES_MAX, FOOTER_BYTES, FRAME_DATA_LZ4, FRAME_DATA_RAW, FRAME_FILTER,
+    FRAME_HEADER_BYTES_MAX, FRAME_INDEX, FRAME_NODES, Footer, HEADER_BYTES, NODE_TABLE_ENTRIES_MAX,
+    SECTION_BYTES_MAX, decode_footer, decode_header, read_frame,
+};
+use super::index::{BlockIndex, BlockMeta, index_corruption};
+use super::{RunFileInfo, parse_run_file_name};
+
+/// Hands out process-unique cache ids, so blocks of two runs (or of two
+/// databases sharing a cache) never alias, even when a run file is
+/// replaced by another of the same name.
+static NEXT_CACHE_ID: AtomicU64 = AtomicU64::new(1);
+
+/// The sections after the data blocks may together be no larger than
+/// this (four frames, each within [`SECTION_BYTES_MAX`]).
+const META_BYTES_MAX: u64 = 4 * (SECTION_BYTES_MAX + FRAME_HEADER_BYTES_MAX) as u64;
+/// The largest data-block frame a reader reads.
+const BLOCK_FRAME_BYTES_MAX: u64 = (BLOCK_RAW_BYTES_MAX + FRAME_HEADER_BYTES_MAX) as u64;
+
+/// An open run file. `Send + Sync`: lookups and iterators from many
+/// threads share it (reads are positional, and the cache is sharded).
+pub struct Run {
+    info: RunFileInfo,
+    file: IoFile,
+    cache: Arc<BlockCache>,
+    cache_id: u64,
+    index: BlockIndex,
+    filter: Bloom,
+    nodes: Vec<NodeId>,
+}
+
+/// The node table section: 8 bytes per node, distinct, at most
+/// [`NODE_TABLE_ENTRIES_MAX`].
+pub(crate) fn decode_node_table(payload: &[u8]) -> std::result::Result<Vec<NodeId>, String> {
+    if !payload.len().is_multiple_of(8) || payload.len() / 8 > NODE_TABLE_ENTRIES_MAX {
+        return Err(format!("node table of {} bytes", payload.len()));
+    }
+    let nodes: Vec<NodeId> = payload
+        .chunks_exact(8)
+        .map(|c| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            NodeId(u64::from_le_bytes(w))
+        })
+        .collect();
+    let mut sorted = nodes.clone();
+    sorted.sort_unstable();
+    if sorted.windows(2).any(|w| w.first() == w.get(1)) {
+        return Err("node table names a node twice".into());
+    }
+    Ok(nodes)
+}
+
+/// The decompressed payload of the data-block frame that is exactly
+/// `frame_bytes`, its checksum checked. `Err((offset in frame_bytes,
+/// reason))`.
+pub(crate) fn decompress_frame(frame_bytes: &[u8]) -> std::result::Result<Vec<u8>, (u64, String)> {
+    let frame = read_frame(frame_bytes)?;
+    if frame.frame_len != frame_bytes.len() {
+        return Err((0, "block frame length differs from the index".into()));
+    }
+    match frame.kind {
+        FRAME_DATA_RAW => Ok(frame.payload.to_vec()),
+        FRAME_DATA_LZ4 => {
+            let mut out = vec![0u8; frame.raw_len];
+            match lz4_flex::block::decompress_into(frame.payload, &mut out) {
+                Ok(n) if n == frame.raw_len => Ok(out),
+                Ok(n) => Err((
+                    0,
+                    format!("block decompressed to {n} bytes, not {}", frame.raw_len),
+                )),
+                Err(e) => Err((0, format!("block does not decompress: {e}"))),
+            }
+        }
+        other => Err((
+            0,
+            format!("frame type {other:#04x} where a data block belongs"),
+        )),
+    }
+}
+
+/// A decompressed data block: the frame that is exactly `frame_bytes`,
+/// checksummed, decompressed, and its restart array checked for `entries`
+/// entries. `Err((offset in frame_bytes, reason))`.
+pub(crate) fn decode_block_frame(
+    frame_bytes: &[u8],
+    entries: usize,
+) -> std::result::Result<Vec<u8>, (u64, String)> {
+    let raw = decompress_frame(frame_bytes)?;
+    BlockView::parse(&raw, entries).map_err(|e| (0, format!("block layout: {e}")))?;
+    Ok(raw)
+}
+
+/// The entries of a decompressed block of `entries` entries, in order,
+/// each key checked against the one before it, the first and last against
+/// `edges` (the index's first and last key) if given.
+pub(crate) fn visit_block(
+    raw: &[u8],
+    entries: usize,
+    nodes: &[NodeId],
+    edges: Option<(&[u8], &[u8])>,
+    mut visit: impl FnMut(
+        &[u8],
+        &StateView<'_>,
+        &DecodeContext<'_>,
+    ) -> std::result::Result<(), DecodeError>,
+) -> std::result::Result<(), DecodeError> {
+    let view = BlockView::parse(raw, entries)?;
+    let cx = DecodeContext {
+        nodes,
+        base_ms: view.base_ms,
+    };
+    let mut cursor = view.cursor_at_interval(0, true);
+    let mut key = Vec::new();
+    let mut seen = 0usize;
+    while let Some(state) = cursor.next(&mut key, &cx)? {
+        let at_edge_ok = edges.is_none_or(|(first, last)| {
+            (seen != 0 || key == first) && (seen + 1 != entries || key == last)
+        });
+        if !at_edge_ok {
+            return Err(crate::codec::Reader::invalid(
+                0,
+                "block keys differ from the index's first and last key",
+            ));
+        }
+        visit(&key, &state, &cx)?;
+        seen += 1;
+    }
+    Ok(())
+}
+
+impl Run {
+    /// Opens a run file: reads and checks its header, footer, node table,
+    /// block index and filter (each checksummed), nothing else, so the
+    /// cost does not grow with the entry count beyond the index and filter
+    /// size. Every problem with the file is `Error::Corruption` naming it,
+    /// including a run id in the footer other than the one in the file
+    /// name, and a format version this build does not read.
+    pub fn open(io: &Io, path: &Path, cache: Arc<BlockCache>) -> Result<Arc<Run>> {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        let Some(id) = parse_run_file_name(name) else {
+            return Err(Error::corruption(
+                path,
+                0,
+                "file name is not run-<20-digit id>.run",
+            ));
+        };
+        Run::open_as(io, path, id, cache).map(Arc::new)
+    }
+
+    /// Opens `path` as run `id` (a temp file being checked has no id in
+    /// its name).
+    pub(crate) fn open_as(io: &Io, path: &Path, id: u64, cache: Arc<BlockCache>) -> Result<Run> {
+        let file = io.open_read(path)?;
+        let size_bytes = file.len_bytes()?;
+        let corrupt = |offset: u64, why: String| Error::corruption(path, offset, why);
+        if size_bytes < (HEADER_BYTES + FOOTER_BYTES) as u64 {
+            return Err(corrupt(
+                0,
+                format!("{size_bytes} bytes, shorter than a header and a footer"),
+            ));
+        }
+        let footer_at = size_bytes - FOOTER_BYTES as u64;
+        let header = decode_header(&read_exact(&file, 0, HEADER_BYTES)?)
+            .map_err(|(at, why)| corrupt(at, why))?;
+        let (footer, checksum) = decode_footer(&read_exact(&file, footer_at, FOOTER_BYTES)?)
+            .map_err(|(at, why)| corrupt(footer_at + at, why))?;
+        if footer.run_id != id || header.run_id != id || footer.node != header.node {
+            return Err(corrupt(
+                footer_at,
+                format!(
+                    "footer names run {} of node {}, header run {} of node {}, file name run {id}",
+                    footer.run_id, footer.node, header.run_id, header.node
+                ),
+            ));
+        }
+        let sections =
+            Sections::locate(&footer, footer_at).map_err(|why| corrupt(footer_at, why))?;
+        let meta_len = usize::try_from(footer_at - footer.nodes_offset).unwrap_or(usize::MAX);
+        let meta = read_exact(&file, footer.nodes_offset, meta_len)?;
+        let parsed = sections
+            .parse(&meta, &footer)
+            .map_err(|(at, why)| corrupt(footer.nodes_offset + at, why))?;
+        let index =
+            BlockIndex::decode(parsed.index, HEADER_BYTES as u64, Some(footer.nodes_offset))
+                .map_err(|e| index_corruption(path, footer.index_offset, &e))?;
+        let entries: u64 = (0..index.len())
+            .filter_map(|i| index.block(i))
+            .map(|b| b.entries)
+            .sum();
+        if index.len() as u64 != footer.blocks
+            || entries != footer.entries
+            || footer.tombstones > footer.entries
+        {
+            return Err(corrupt(
+                footer_at,
+                format!(
+                    "footer counts {} blocks, {} entries, {} tombstones; the index {} blocks, {entries} entries",
+                    footer.blocks,
+                    footer.entries,
+                    footer.tombstones,
+                    index.len()
+                ),
+            ));
+        }
+        let first_key = index.block(0).map(|b| index.first_key(b).to_vec());
+        let last_key = index
+            .len()
+            .checked_sub(1)
+            .and_then(|i| index.block(i))
+            .map(|b| index.last_key(b).to_vec());
+        Ok(Run {
+            info: RunFileInfo {
+                id,
+                path: path.to_path_buf(),
+                size_bytes,
+                entries: footer.entries,
+                tombstones: footer.tombstones,
+                first_key,
+                last_key,
+                node: footer.node,
+                checksum,
+            },
+            file,
+            cache,
+            cache_id: NEXT_CACHE_ID.fetch_add(1, Ordering::Relaxed),
+            index,
+            filter: parsed.filter,
+            nodes: parsed.nodes,
+        })
+    }
+
+    /// The block index (for tests that aim damage at a block).
+    #[cfg(test)]
+    pub(crate) fn index(&self) -> &BlockIndex {
+        &self.index
+    }
+
+    /// What the run holds; the id is the footer's (checked against the
+    /// file name at open).
+    pub fn info(&self) -> &RunFileInfo {
+        &self.info
+    }
+
+    /// False only if `key` is certainly not in the run (the filter).
+    pub fn may_contain(&self, key: &[u8]) -> bool {
+        self.filter.may_contain(key)
+    }
+
+    /// The state of `key`, if the run holds it: the filter, then a binary
+    /// search of the index, then one block (through the cache).
+    pub fn get(&self, key: &[u8]) -> Result<Option<KeyState>> {
+        if !self.filter.may_contain(key) {
+            return Ok(None);
+        }
+        let i = self.index.seek(key, false);
+        let Some(meta) = self.index.block(i) else {
+            return Ok(None);
+        };
+        if key < self.index.first_key(meta) {
+            return Ok(None);
+        }
+        let block = self.block(meta)?;
+        let found = (|| {
+            let view = BlockView::parse(&block, meta.entries as usize)?;
+            let cx = DecodeContext {
+                nodes: &self.nodes,
+                base_ms: view.base_ms,
+            };
+            match view.find(key, &cx)? {
+                Some(state) => materialize(&state, &cx).map(Some),
+                None => Ok(None),
+            }
+        })();
+        found.map_err(|e| self.block_corruption(meta, &e))
+    }
+
+    /// Iterates the entries within `lower..upper` in key order (descending
+    /// if `reverse`). The iterator seeks to its first key through the
+    /// index and one block's restarts; it never scans from the start.
+    pub fn iter(
+        self: &Arc<Self>,
+        lower: Bound<Vec<u8>>,
+        upper: Bound<Vec<u8>>,
+        reverse: bool,
+    ) -> RunIter {
+        RunIter {
+            run: Arc::clone(self),
+            lower,
+            upper,
+            reverse,
+            at: None,
+            started: false,
+            pending: VecDeque::new(),
+            boundary: None,
+            held: None,
+            done: false,
+        }
+    }
+
+    /// Reads every block from the file (not through the cache), checks
+    /// each checksum, decodes every entry, and checks the keys' order
+    /// within and across blocks and against the index, that the filter
+    /// passes every key, and the entry and tombstone counts against the
+    /// footer. Returns the entry count.
+    pub fn verify(&self) -> Result<u64> {
+        let mut entries = 0u64;
+        let mut tombstones = 0u64;
+        for i in 0..self.index.len() {
+            let Some(meta) = self.index.block(i) else {
+                break;
+            };
+            let raw = self.read_block(meta)?;
+            let checked = visit_block(
+                &raw,
+                meta.entries as usize,
+                &self.nodes,
+                Some((self.index.first_key(meta), self.index.last_key(meta))),
+                |key, state, cx| {
+                    if !self.filter.may_contain(key) {
+                        return Err(crate::codec::Reader::invalid(
+                            0,
+                            "the filter does not pass a key the run holds",
+                        ));
+                    }
+                    entries += 1;
+                    tombstones += u64::from(is_tombstone(&materialize(state, cx)?));
+                    Ok(())
+                },
+            );
+            checked.map_err(|e| self.block_corruption(meta, &e))?;
+        }
+        if entries != self.info.entries || tombstones != self.info.tombstones {
+            return Err(Error::corruption(
+                &self.info.path,
+                self.info.size_bytes - FOOTER_BYTES as u64,
+                format!(
+                    "blocks hold {entries} entries, {tombstones} tombstones; the footer says {}, {}",
+                    self.info.entries, self.info.tombstones
+                ),
+            ));
+        }
+        Ok(entries)
+    }
+
+    /// Bytes this run keeps in memory (index, filter, node table and the
+    /// struct), for memory accounting. Cached blocks are the cache's.
+    pub fn resident_bytes(&self) -> usize {
+        std::mem::size_of::<Run>()
+            + self.index.resident_bytes()
+            + self.filter.resident_bytes()
+            + self.nodes.capacity() * std::mem::size_of::<NodeId>()
+            + self.info.path.as_os_str().len()
+            + self.info.first_key.as_ref().map_or(0, Vec::capacity)
+            + self.info.last_key.as_ref().map_or(0, Vec::capacity)
+    }
+
+    /// Block `meta`, decompressed and checked, from the cache or the file
+    /// (and then cached).
+    fn block(&self, meta: &BlockMeta) -> Result<Arc<[u8]>> {
+        if let Some(block) = self.cache.get(self.cache_id, meta.offset) {
+            return Ok(block);
+        }
+        let block: Arc<[u8]> = Arc::from(self.read_block(meta)?);
+        self.cache
+            .insert(self.cache_id, meta.offset, Arc::clone(&block));
+        Ok(block)
+    }
+
+    /// Block `meta` read from the file, checksummed, decompressed and its
+    /// layout checked.
+    fn read_block(&self, meta: &BlockMeta) -> Result<Vec<u8>> {
+        let path = &self.info.path;
+        if meta.frame_len > BLOCK_FRAME_BYTES_MAX {
+            return Err(Error::corruption(
+                path,
+                meta.offset,
+                format!("block of {} bytes exceeds the block limit", meta.frame_len),
+            ));
+        }
+        let frame = read_exact(&self.file, meta.offset, meta.frame_len as usize)?;
+        decode_block_frame(&frame, meta.entries as usize)
+            .map_err(|(at, why)| Error::corruption(path, meta.offset + at, why))
+    }
+
+    fn block_corruption(&self, meta: &BlockMeta, e: &DecodeError) -> Error {
+        Error::corruption(
+            &self.info.path,
+            meta.offset,
+            format!("block at {} (decompressed): {e}", meta.offset),
+        )
+    }
+}
+
+impl std::fmt::Debug for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Run")
+            .field("info", &self.info)
+            .field("cache_id", &self.cache_id)
+            .field("blocks", &self.index.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        // Nothing can ask for this run's blocks again: free their room now
+        // rather than when the clock hand comes by.
+        self.cache.forget(self.cache_id);
+    }
+}
+
+/// Reads exactly `len` bytes at `offset`, or reports the file shorter
+/// than that as damage.
+fn read_exact(file: &IoFile, offset: u64, len: usize) -> Result<Vec<u8>> {
+    let mut buf = vec![0u8; len];
+    let n = file.read_at(offset, &mut buf)?;
+    if n != len {
+        return Err(Error::corruption(
+            file.path(),
+            offset + n as u64,
+            format!("file ends {} bytes into a {len}-byte read", n),
+        ));
+    }
+    Ok(buf)
+}
+
+/// Where the sections after the data lie, from the footer, checked to tile
+/// the space between the data and the footer in order.
+struct Sections {
+    nodes_len: usize,
+    index_len: usize,
+    filter_len: usize,
+    copy_len: usize,
+}
+
+/// The sections, decoded.
+struct ParsedSections<'a> {
+    nodes: Vec<NodeId>,
+    index: &'a [u8],
+    filter: Bloom,
+}
+
+impl Sections {
+    fn locate(f: &Footer, footer_at: u64) -> std::result::Result<Sections, String> {
+        let offsets = [
+            HEADER_BYTES as u64,
+            f.nodes_offset,
+            f.index_offset,
+            f.filter_offset,
+            f.nodes_copy_offset,
+            footer_at,
+        ];
+        if !offsets.is_sorted() || footer_at - f.nodes_offset > META_BYTES_MAX {
+            return Err(format!("section offsets {offsets:?} out of place"));
+        }
+        let len = |a: u64, b: u64| (b - a) as usize;
+        Ok(Sections {
+            nodes_len: len(f.nodes_offset, f.index_offset),
+            index_len: len(f.index_offset, f.filter_offset),
+            filter_len: len(f.filter_offset, f.nodes_copy_offset),
+            copy_len: len(f.nodes_copy_offset, footer_at),
+        })
+    }
+
+    /// Reads the four frames from `meta` (the bytes from the node table to
+    /// the footer). `Err((offset in meta, reason))`.
+    fn parse<'a>(
+        &self,
+        meta: &'a [u8],
+        f: &Footer,
+    ) -> std::result::Result<ParsedSections<'a>, (u64, String)> {
+        let mut at = 0usize;
+        let mut next = |kind: u8, len: usize, what: &str| {
+            let bytes = meta.get(at..at + len).unwrap_or_default();
+            let frame =
+                read_frame(bytes).map_err(|(o, why)| (at as u64 + o, format!("{what}: {why}")))?;
+            if frame.kind != kind || frame.frame_len != len {
+                return Err((at as u64, format!("{what}: not where the footer says")));
+            }
+            at += len;
+            Ok(frame.payload)
+        };
+        let nodes = next(FRAME_NODES, self.nodes_len, "node table")?;
+        let index = next(FRAME_INDEX, self.index_len, "block index")?;
+        let filter = next(FRAME_FILTER, self.filter_len, "filter")?;
+        let copy = next(FRAME_NODES, self.copy_len, "node table copy")?;
+        if copy != nodes {
+            let at = f.nodes_copy_offset - f.nodes_offset;
+            return Err((at, "the node table's copy differs from it".into()));
+        }
+        let nodes = decode_node_table(nodes).map_err(|why| (0, why))?;
+        let filter_at = f.filter_offset - f.nodes_offset;
+        let filter = Bloom::decode(filter).map_err(|e| (filter_at, format!("filter: {e}")))?;
+        Ok(ParsedSections {
+            nodes,
+            index,
+            filter,
+        })
+    }
+}
+
+/// An iterator over a run's entries in a key range, either way. After an
+/// error it yields nothing more.
+#[derive(Debug)]
+pub struct RunIter {
+    run: Arc<Run>,
+    lower: Bound<Vec<u8>>,
+    upper: Bound<Vec<u8>>,
+    reverse: bool,
+    /// The block and restart interval decoded last.
+    at: Option<(usize, usize)>,
+    started: bool,
+    /// Entries of the decoded interval still to yield, in key order.
+    pending: VecDeque<(StoreKey, KeyState)>,
+    /// The key beyond which the next interval must lie: the last key
+    /// decoded (forward) or the first (reverse).
+    boundary: Option<Vec<u8>>,
+    /// The block decoded last, kept so its other intervals cost no cache
+    /// lookup (or, with no room in the cache, no second read).
+    held: Option<(usize, Arc<[u8]>)>,
+    done: bool,
+}
+
+impl Iterator for RunIter {
+    type Item = Result<(StoreKey, KeyState)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let item = if self.reverse {
+                self.pending.pop_back()
+            } else {
+                self.pending.pop_front()
+            };
+            if let Some(item) = item {
+                return Some(Ok(item));
+            }
+            if self.done {
+                return None;
+            }
+            match self.advance() {
+                Ok(true) => {}
+                Ok(false) => self.done = true,
+                Err(e) => {
+                    self.done = true;
+                    self.pending.clear();
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
+}
+
+impl RunIter {
+    /// Decodes the next interval into `pending`; false when there is none.
+    fn advance(&mut self) -> Result<bool> {
+        let next = if self.started {
+            self.step()?
+        } else {
+            self.started = true;
+            self.seek()?
+        };
+        let Some((block, interval)) = next else {
+            return Ok(false);
+        };
+        self.at = Some((block, interval));
+        self.decode_interval(block, interval)?;
+        Ok(true)
+    }
+
+    /// The first (block, interval) to decode.
+    fn seek(&mut self) -> Result<Option<(usize, usize)>> {
+        let run = Arc::clone(&self.run);
+        let index = &run.index;
+        if index.is_empty() {
+            return Ok(None);
+        }
+        let (bound, forward) = if self.reverse {
+            (self.upper.clone(), false)
+        } else {
+            (self.lower.clone(), true)
+        };
+        let (key, strict) = match &bound {
+            Bound::Unbounded if forward => return Ok(Some((0, 0))),
+            Bound::Unbounded => {
+                let last = index.len() - 1;
+                return Ok(Some((last, self.last_interval(last))));
+            }
+            Bound::Included(k) => (k.as_slice(), false),
+            Bound::Excluded(k) => (k.as_slice(), true),
+        };
+        let block = index.seek(key, forward && strict);
+        if forward {
+            if block >= index.len() {
+                return Ok(None);
+            }
+            let restarts = self.with_view(block, |view| view.restarts_at_or_below(key, false))?;
+            return Ok(Some((block, restarts.saturating_sub(1))));
+        }
+        let block = block.min(index.len() - 1);
+        let restarts = self.with_view(block, |view| view.restarts_at_or_below(key, strict))?;
+        match restarts.checked_sub(1) {
+            Some(interval) => Ok(Some((block, interval))),
+            None => Ok(block.checked_sub(1).map(|b| (b, self.last_interval(b)))),
+        }
+    }
+
+    /// The (block, interval) after (or, in reverse, before) the last one.
+    fn step(&self) -> Result<Option<(usize, usize)>> {
+        let Some((block, interval)) = self.at else {
+            return Ok(None);
+        };
+        let index = &self.run.index;
+        if self.reverse {
+            return Ok(match interval.checked_sub(1) {
+                Some(i) => Some((block, i)),
+                None => block.checked_sub(1).map(|b| (b, self.last_interval(b))),
+            });
+        }
+        if interval + 1 < self.last_interval(block) + 1 {
+            Ok(Some((block, interval + 1)))
+        } else if block + 1 < index.len() {
+            Ok(Some((block + 1, 0)))
+        } else {
+            Ok(None)
+        }
+    }
+
+    fn last_interval(&self, block: usize) -> usize {
+        let entries = self
+            .run
+            .index
+            .block(block)
+            .map_or(1, |b| b.entries as usize);
+        restarts_for(entries).saturating_sub(1)
+    }
+
+    fn with_view<T>(
+        &mut self,
+        block: usize,
+        f: impl FnOnce(&BlockView<'_>) -> std::result::Result<T, DecodeError>,
+    ) -> Result<T> {
+        let (meta, data) = self.block_data(block)?;
+        BlockView::parse(&data, meta.entries as usize)
+            .and_then(|view| f(&view))
+            .map_err(|e| self.run.block_corruption(&meta, &e))
+    }
+
+    /// Block `block` and its index entry, from the iterator's hold or the
+    /// run.
+    fn block_data(&mut self, block: usize) -> Result<(BlockMeta, Arc<[u8]>)> {
+        let run = &self.run;
+        let Some(meta) = run.index.block(block).copied() else {
+            return Err(Error::corruption(
+                &run.info.path,
+                0,
+                "block index out of range",
+            ));
+        };
+        if let Some((held, data)) = &self.held
+            && *held == block
+        {
+            return Ok((meta, Arc::clone(data)));
+        }
+        let data = run.block(&meta)?;
+        self.held = Some((block, Arc::clone(&data)));
+        Ok((meta, data))
+    }
+
+    /// Decodes one interval, checks its keys, and queues those in range.
+    /// Sets `done` once an entry passes the far bound.
+    fn decode_interval(&mut self, block: usize, interval: usize) -> Result<()> {
+        let run = Arc::clone(&self.run);
+        let (meta, data) = self.block_data(block)?;
+        let meta = &meta;
+        let mut decoded: Vec<(Vec<u8>, KeyState)> = Vec::new();
+        let result = (|| {
+            let view = BlockView::parse(&data, meta.entries as usize)?;
+            let cx = DecodeContext {
+                nodes: &run.nodes,
+                base_ms: view.base_ms,
+            };
+            let mut cursor = view.cursor_at_interval(interval, false);
+            let mut key = Vec::new();
+            while let Some(state) = cursor.next(&mut key, &cx)? {
+                decoded.push((key.clone(), materialize(&state, &cx)?));
+            }
+            Ok(())
+        })();
+        result.map_err(|e| run.block_corruption(meta, &e))?;
+        self.check_interval(meta, interval, &decoded)?;
+        for (key, state) in decoded {
+            let below = match &self.lower {
+                Bound::Included(l) => key < *l,
+                Bound::Excluded(l) => key <= *l,
+                Bound::Unbounded => false,
+            };
+            let above = match &self.upper {
+                Bound::Included(u) => key > *u,
+                Bound::Excluded(u) => key >= *u,
+                Bound::Unbounded => false,
+            };
+            if (below && self.reverse) || (above && !self.reverse) {
+                self.done = true;
+            }
+            if !below && !above {
+                self.pending
+                    .push_back((StoreKey::from(key.as_slice()), state));
+            }
+        }
+        Ok(())
+    }
+
+    /// The interval's keys against the index and the interval before.
+    fn check_interval(
+        &mut self,
+        meta: &BlockMeta,
+        interval: usize,
+        decoded: &[(Vec<u8>, KeyState)],
+    ) -> Result<()> {
+        let index = &self.run.index;
+        let (Some(first), Some(last)) = (decoded.first(), decoded.last()) else {
+            return Ok(());
+        };
+        let is_last = interval + 1 == restarts_for(meta.entries as usize);
+        let within = first.0.as_slice() >= index.first_key(meta)
+            && last.0.as_slice() <= index.last_key(meta)
+            && (interval != 0 || first.0 == index.first_key(meta))
+            && (!is_last || last.0 == index.last_key(meta));
+        let ordered = match &self.boundary {
+            None => true,
+            Some(b) if self.reverse => last.0 < *b,
+            Some(b) => first.0 > *b,
+        };
+        if !within || !ordered {
+            return Err(Error::corruption(
+                &self.run.info.path,
+                meta.offset,
+                format!(
+                    "block at {}: keys out of order with the index or the block before",
+                    meta.offset
+                ),
+            ));
+        }
+        let edge = if self.reverse { first } else { last };
+        self.boundary = Some(edge.0.clone());
+        Ok(())
+    }
+}
