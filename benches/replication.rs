@@ -98,7 +98,7 @@ fn catch_up(leader: &Leader) -> (f64, u64, u64) {
         follower.status()
     );
     let seconds = started.elapsed().as_secs_f64();
-    assert_eq!(follower.db().digest(), leader.db.digest());
+    assert_eq!(follower.db().digest().unwrap(), leader.db.digest().unwrap());
     let snapshots = follower.status().snapshots_installed;
     (seconds, leader.db.stats().wal.wal_bytes, snapshots)
 }

@@ -535,6 +535,7 @@ fn run_and_kill(
 
 fn read_state(db: &Db) -> State {
     db.scan(&ScanOptions::all())
+        .map(Result::unwrap)
         .map(|entry| {
             (
                 String::from_utf8_lossy(entry.key()).into_owned(),

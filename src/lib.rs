@@ -19,7 +19,7 @@
 //!
 //! // Registers: last writer wins.
 //! db.put("greeting", "hello")?;
-//! assert_eq!(db.get("greeting").as_deref(), Some(&b"hello"[..]));
+//! assert_eq!(db.get("greeting")?.as_deref(), Some(&b"hello"[..]));
 //!
 //! // Counters: increments from any thread (or any copy) add up.
 //! db.increment("visits", 2)?;
@@ -38,14 +38,18 @@
 //! assert_eq!(retry[0].kind, OutcomeKind::Duplicate);
 //!
 //! // Ordered scans.
-//! let names: Vec<_> = users.scan(&ScanOptions::prefix("a")).map(|e| e.key().to_vec()).collect();
+//! // Reads can fail (the state is on disk): each entry is a `Result`.
+//! let names = users
+//!     .scan(&ScanOptions::prefix("a"))
+//!     .map(|e| e.map(|e| e.key().to_vec()))
+//!     .collect::<mergekv::Result<Vec<_>>>()?;
 //! assert_eq!(names, vec![b"ada".to_vec(), b"alan".to_vec()]);
 //!
 //! // Reopen: everything acknowledged is still there.
 //! drop(users);
 //! db.close()?;
 //! let db = Db::open(dir.path())?;
-//! assert_eq!(db.counter("visits"), 5);
+//! assert_eq!(db.counter("visits")?, 5);
 //! # Ok(())
 //! # }
 //! ```

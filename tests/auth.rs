@@ -341,7 +341,7 @@ fn a_secret_moved_to_another_record_or_altered_fails_to_decrypt() {
     let raw = db.reserved_keyspace("_auth").unwrap();
     let id = |user: &str| auth.get_user(user).unwrap().unwrap().user_id;
     let alice_db_key = format!("secret/{}/db", id("alice"));
-    let alice_db = raw.get(&alice_db_key).unwrap();
+    let alice_db = raw.get(&alice_db_key).unwrap().unwrap();
     for target in [
         format!("secret/{}/db", id("bob")),
         format!("secret/{}/other", id("alice")),
@@ -423,7 +423,7 @@ fn a_rotation_cut_short_by_a_failure_finishes_on_reopen_with_the_new_key() {
     let db = open_db(dir.path());
     let raw = db.reserved_keyspace("_auth").unwrap();
     assert!(
-        raw.get("master-rotation").is_some(),
+        raw.get("master-rotation").unwrap().is_some(),
         "the failure left the rotation unfinished"
     );
     // The old key is refused, naming the new one (which is never stored
@@ -437,7 +437,7 @@ fn a_rotation_cut_short_by_a_failure_finishes_on_reopen_with_the_new_key() {
     );
     let auth = service(&db, 2);
     assert!(
-        raw.get("master-rotation").is_none(),
+        raw.get("master-rotation").unwrap().is_none(),
         "reopening finished it"
     );
     assert_eq!(auth.master_key_id(), key(2).id());
@@ -565,7 +565,10 @@ fn two_copies_that_created_users_and_keys_apart_merge_into_one_set() {
         assert_eq!(auth.get_secret("alice", "s").unwrap().expose(), b"from a");
         assert_eq!(auth.get_secret("bob", "s").unwrap().expose(), b"from b");
     }
-    assert_eq!(a.db.digest().root_hex(), b.db.digest().root_hex());
+    assert_eq!(
+        a.db.digest().unwrap().root_hex(),
+        b.db.digest().unwrap().root_hex()
+    );
 }
 
 #[test]
@@ -621,7 +624,10 @@ fn concurrent_changes_to_one_user_resolve_the_same_way_on_both_copies() {
         assert!(auth.verify_password("erin", "erin's new password").is_ok());
         assert!(auth.verify_password("erin", "erin's password").is_err());
     }
-    assert_eq!(a.db.digest().root_hex(), b.db.digest().root_hex());
+    assert_eq!(
+        a.db.digest().unwrap().root_hex(),
+        b.db.digest().unwrap().root_hex()
+    );
 }
 
 /// A service whose hash costs are large enough that one hash dominates the
@@ -706,7 +712,10 @@ fn a_rotation_never_undoes_a_newer_change_made_on_another_copy() {
             AuthError::SecretNotFound { .. }
         ));
     }
-    assert_eq!(a.db.digest().root_hex(), b.db.digest().root_hex());
+    assert_eq!(
+        a.db.digest().unwrap().root_hex(),
+        b.db.digest().unwrap().root_hex()
+    );
 }
 
 #[test]

@@ -4,6 +4,8 @@
 
 #![cfg(feature = "cli")]
 
+mod common;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -707,7 +709,7 @@ fn demo_runs_to_completion_in_a_given_dir() {
         "torn tail",
         "2000",
         "100000 keys",
-        "snapshot at seq",
+        "runs cover seq",
         "equal digests",
         "token authenticated then revoked",
         "streamed 200 writes, digests equal, read-only",
@@ -783,12 +785,11 @@ fn compact_prints_what_it_did_and_stats_show_the_snapshot() {
     assert_eq!(json["snapshot_seq"], 21);
     assert_eq!(mkv(&dir, &["get", "k07"]).expect(0).stdout, "some value\n");
     mkv(&dir, &["get", "k03"]).expect(1);
-    let verify = mkv(&dir, &["verify"]).expect(0);
-    assert!(
-        verify.stdout.contains("snapshots: 1 read back whole"),
-        "{}",
-        verify.stdout
-    );
+    mkv(&dir, &["verify"]).expect(0);
+    // The compaction wrote the state as one run; verify read it back.
+    let verify = mkv(&dir, &["--json", "verify"]).expect(0).json();
+    assert_eq!(verify["runs_ok"], 1, "{verify}");
+    assert_eq!(verify["snapshots_ok"], 0, "{verify}");
 }
 
 #[test]
@@ -1155,44 +1156,60 @@ fn a_follower_killed_with_sigkill_resumes_from_its_cursor() {
     mkv(&follower, &["put", "x", "1"]).expect(0);
 }
 
-/// Falling back from a damaged snapshot is said, on stderr and in stats.
-#[test]
-fn a_fallback_from_a_damaged_snapshot_is_said() {
-    let (_tmp, dir) = db_dir();
-    {
-        let options = mergekv::Options {
-            snapshots_retained: 2,
-            ..mergekv::Options::default()
-        };
-        let db = mergekv::Db::open_with(&dir, options).unwrap();
+/// A directory of the format before runs with two snapshots (`a`, then
+/// `a` and `b`) and the WAL after the older one, the newer one damaged;
+/// returns the damaged snapshot.
+fn legacy_dir_with_a_damaged_newest_snapshot(dir: &Path) -> PathBuf {
+    let snaps = {
+        let db = mergekv::Db::open(dir).unwrap();
         db.put("a", "1").unwrap();
-        db.compact_now().unwrap();
+        let older = common::shipped_snapshot(&db);
         db.put("b", "2").unwrap();
-        db.compact_now().unwrap();
-    }
-    let mut snapshots: Vec<PathBuf> = std::fs::read_dir(dir.join("snapshots"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    snapshots.sort();
-    let newest = snapshots.pop().unwrap();
+        let newer = common::shipped_snapshot(&db);
+        [older, newer]
+    };
+    let wal_after = snaps[0].0;
+    common::make_legacy(dir, &snaps, wal_after);
+    let newest = common::snapshots(dir).pop().unwrap();
     let mut bytes = std::fs::read(&newest).unwrap();
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0xff;
     std::fs::write(&newest, bytes).unwrap();
-    let got = mkv(&dir, &["get", "b"]).expect(0);
-    assert_eq!(got.stdout.trim(), "2", "nothing was lost");
+    newest
+}
+
+/// Falling back from a damaged snapshot is said, on stderr. (Writes open
+/// the database writable, and a writable open sets the damaged snapshot
+/// aside; `get` reads beside a writer and moves nothing.)
+#[test]
+fn a_fallback_from_a_damaged_snapshot_is_said() {
+    let (_tmp, dir) = db_dir();
+    let newest = legacy_dir_with_a_damaged_newest_snapshot(&dir);
+    let put = mkv(&dir, &["put", "c", "3"]).expect(0);
     assert!(
-        got.stderr
+        put.stderr
             .contains("mergekv: note: a damaged snapshot was moved to"),
         "{}",
-        got.stderr
+        put.stderr
     );
     assert!(
         dir.join("quarantine")
             .join(newest.file_name().unwrap())
             .exists()
     );
+    let got = mkv(&dir, &["get", "b"]).expect(0);
+    assert_eq!(got.stdout.trim(), "2", "nothing was lost");
+}
+
+/// A read-only `get` falls back from a damaged snapshot too (and moves
+/// nothing).
+#[test]
+fn a_read_only_get_falls_back_from_a_damaged_snapshot() {
+    let (_tmp, dir) = db_dir();
+    let newest = legacy_dir_with_a_damaged_newest_snapshot(&dir);
+    let got = mkv(&dir, &["get", "b"]).expect(0);
+    assert_eq!(got.stdout.trim(), "2", "nothing was lost");
+    assert!(newest.exists(), "a read moves nothing");
 }
 
 /// A copied directory is told it got its own identity; `reidentify`
@@ -1218,12 +1235,16 @@ fn a_copy_is_told_of_its_new_identity_and_reidentify_gives_one() {
     let original = node(&dir);
     let got = mkv(&copy, &["get", "k"]).expect(0);
     assert_eq!(got.stdout.trim(), "v");
+    // Reads open read-only and change nothing: the first write (a writable
+    // open) is told.
+    let put = mkv(&copy, &["put", "k2", "w"]).expect(0);
     assert!(
-        got.stderr
+        put.stderr
             .contains("mergekv: note: this copy now writes as node"),
         "{}",
-        got.stderr
+        put.stderr
     );
+    assert_eq!(mkv(&copy, &["get", "k"]).expect(0).stdout.trim(), "v");
     assert_ne!(node(&copy), original);
     assert_eq!(node(&dir), original);
     let before = node(&dir);
@@ -1233,9 +1254,9 @@ fn a_copy_is_told_of_its_new_identity_and_reidentify_gives_one() {
     assert_eq!(mkv(&dir, &["get", "k"]).expect(0).stdout.trim(), "v");
 }
 
-/// One retained snapshot (the CLI default), one flipped byte in it: the
-/// database is refused, and `verify --repair` salvages the chunks that
-/// check out and says what it lost.
+/// One snapshot (a directory of the format before runs, its WAL gone), one
+/// flipped byte in it: the database is refused, and `verify --repair`
+/// salvages the chunks that check out and says what it lost.
 #[test]
 fn verify_repair_salvages_a_damaged_only_snapshot() {
     let (_tmp, dir) = db_dir();
@@ -1243,12 +1264,10 @@ fn verify_repair_salvages_a_damaged_only_snapshot() {
         .map(|i| format!("key-{i:05}\t{i:0>60}\n"))
         .collect();
     mkv_stdin(&dir, &["load", "-"], lines.as_bytes()).expect(0);
-    mkv(&dir, &["compact"]).expect(0);
-    let snapshot = std::fs::read_dir(dir.join("snapshots"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|e| e == "snap"))
-        .unwrap();
+    let shipped = common::shipped_snapshot(&mergekv::Db::open(&dir).unwrap());
+    let covered = shipped.0;
+    common::make_legacy(&dir, &[shipped], covered);
+    let snapshot = common::snapshots(&dir).pop().unwrap();
     let mut bytes = std::fs::read(&snapshot).unwrap();
     bytes[200] ^= 0x20; // inside the first entries chunk
     std::fs::write(&snapshot, bytes).unwrap();

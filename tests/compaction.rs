@@ -1,5 +1,7 @@
-//! Snapshots and the compactor: checkpoints, reopen equivalence, crashes at
-//! every step, damaged snapshots, bounded disk, tombstone GC.
+//! The compactor: checkpoints (runs and the manifest), reopen equivalence,
+//! crashes at every step, damaged runs and manifests, bounded disk,
+//! tombstone GC; and the snapshots of a directory of the format before runs
+//! (loading, fallback, salvage), built with `common::make_legacy`.
 
 mod common;
 
@@ -7,7 +9,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use common::{Rng, copy_db, flip_byte, rebase, segments, truncate};
+use common::{
+    Rng, copy_db, flip_byte, make_legacy, rebase, runs, segments, shipped_snapshot, snapshots,
+    truncate,
+};
 use mergekv::{
     Batch, Db, Error, FaultInjector, IoOp, ManualClock, Options, OutcomeKind, ScanOptions,
     SyncMode, Value,
@@ -24,16 +29,9 @@ fn quiet() -> Options {
     }
 }
 
-fn snapshots(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out: Vec<_> = std::fs::read_dir(dir.join("snapshots"))
-        .map(|d| d.map(|e| e.unwrap().path()).collect())
-        .unwrap_or_default();
-    out.sort();
-    out
-}
-
 fn contents(db: &Db) -> BTreeMap<String, Value> {
     db.scan(&ScanOptions::all())
+        .map(Result::unwrap)
         .map(|e| (String::from_utf8(e.key().to_vec()).unwrap(), e.into_value()))
         .collect()
 }
@@ -53,15 +51,15 @@ fn random_writes(db: &Db, rng: &mut Rng, ops: usize) -> BTreeMap<String, Value> 
 }
 
 #[test]
-fn checkpoint_then_reopen_replays_only_segments_after_the_snapshot() {
+fn checkpoint_then_reopen_replays_only_segments_after_the_runs() {
     let dir = tempfile::tempdir().unwrap();
-    let options = Options {
-        snapshots_retained: 2, // keeps WAL back to the older snapshot: skipped on open
-        ..quiet()
-    };
+    let options = quiet();
     let (mut rng, seed) = Rng::from_time();
     let (expected, covered, after_ops) = {
         let db = Db::open_with(dir.path(), options.clone()).unwrap();
+        // Keeps the WAL the runs cover (well within the retention limit):
+        // its segments are on disk at the reopen, and skipped.
+        db.set_cursor("reader", 0).unwrap();
         random_writes(&db, &mut rng, 400);
         db.compact_now().unwrap();
         random_writes(&db, &mut rng, 400);
@@ -79,13 +77,14 @@ fn checkpoint_then_reopen_replays_only_segments_after_the_snapshot() {
     let db = Db::open_with(dir.path(), options).unwrap();
     let report = db.recovery_report();
     assert_eq!(
-        report.snapshot.as_ref().unwrap().covered_seq,
+        report.runs.as_ref().unwrap().covered_seq,
         covered,
         "seed {seed}"
     );
+    assert!(report.snapshot.is_none(), "no snapshot is read");
     assert!(
         report.segments_skipped > 0,
-        "the segments the snapshot covers are not read"
+        "the segments the runs cover are not read"
     );
     assert_eq!(
         report.segments_replayed + report.segments_skipped,
@@ -93,7 +92,7 @@ fn checkpoint_then_reopen_replays_only_segments_after_the_snapshot() {
     );
     assert_eq!(
         report.ops_replayed, after_ops,
-        "only operations after the snapshot are replayed"
+        "only operations after the runs are replayed"
     );
     assert_eq!(contents(&db), expected, "seed {seed}");
 }
@@ -128,11 +127,11 @@ fn reopen_after_compaction_gives_exactly_the_same_state() {
         tombstones,
         "tombstones survive compaction"
     );
-    // The dedup window travelled in the snapshot: a retry is still caught.
+    // The dedup window travelled in the manifest: a retry is still caught.
     let mut retry = Batch::new();
     retry.increment("paid", 10).idempotency_key("invoice-1");
     assert_eq!(db.write(retry).unwrap()[0].kind, OutcomeKind::Duplicate);
-    assert_eq!(db.counter("paid"), 10);
+    assert_eq!(db.counter("paid").unwrap(), 10);
 }
 
 #[test]
@@ -156,7 +155,7 @@ fn a_failure_at_every_step_of_a_compaction_recovers_a_correct_state() {
             let expected = {
                 let db = Db::open_with(dir.path(), options).unwrap();
                 random_writes(&db, &mut rng, 300);
-                db.compact_now().unwrap(); // an older snapshot to delete
+                db.compact_now().unwrap(); // an older run to merge and delete
                 let expected = random_writes(&db, &mut rng, 300);
                 faults.fail_nth(op, nth);
                 let result = db.compact_now();
@@ -183,7 +182,7 @@ fn a_failure_at_every_step_of_a_compaction_recovers_a_correct_state() {
 }
 
 /// A small database compacted twice (small, so that flipping every byte of
-/// its snapshot stays quick).
+/// its run stays quick): one run, and the manifest naming it.
 fn compacted_db(dir: &Path, options: &Options) -> BTreeMap<String, Value> {
     let db = Db::open_with(dir, options.clone()).unwrap();
     let mut rng = Rng::new(7);
@@ -194,16 +193,91 @@ fn compacted_db(dir: &Path, options: &Options) -> BTreeMap<String, Value> {
     expected
 }
 
+/// The same writes as [`compacted_db`], as the compactor before runs left
+/// them: a directory of that format with a snapshot after each round of
+/// writes, the newest `retained` of them kept, with the WAL after the
+/// oldest one kept.
+fn legacy_compacted_db(dir: &Path, options: &Options, retained: usize) -> BTreeMap<String, Value> {
+    let (snaps, expected) = {
+        let db = Db::open_with(dir, options.clone()).unwrap();
+        let mut rng = Rng::new(7);
+        random_writes(&db, &mut rng, 20);
+        let first = shipped_snapshot(&db);
+        let expected = random_writes(&db, &mut rng, 12);
+        let second = shipped_snapshot(&db);
+        (vec![first, second], expected)
+    };
+    let kept = &snaps[snaps.len() - retained..];
+    make_legacy(dir, kept, kept[0].0);
+    expected
+}
+
+/// The contents, or the first error a read of them met.
+fn try_contents(db: &Db) -> mergekv::Result<BTreeMap<String, Value>> {
+    db.scan(&ScanOptions::all())
+        .map(|e| e.map(|e| (String::from_utf8(e.key().to_vec()).unwrap(), e.into_value())))
+        .collect()
+}
+
+/// What an open of a directory with `damaged` damaged gave: the state it
+/// reads as, or the damage reported as a typed error naming that file (at
+/// the open, or at the first read of what the damage reached). Any other
+/// error fails the test.
+fn state_or_damage_naming(
+    opened: mergekv::Result<Db>,
+    damaged: &Path,
+    context: &str,
+) -> Option<BTreeMap<String, Value>> {
+    let read = opened.and_then(|db| try_contents(&db));
+    match read {
+        Ok(state) => Some(state),
+        Err(Error::Corruption { path, .. }) => {
+            assert_eq!(path, damaged, "{context}: the error names another file");
+            None
+        }
+        Err(other) => panic!("{context}: unexpected {other}"),
+    }
+}
+
 #[test]
-fn every_flipped_byte_of_a_snapshot_is_a_typed_error_or_a_correct_fallback() {
+fn every_flipped_byte_of_a_run_or_the_manifest_is_a_typed_error_naming_it() {
+    let src = tempfile::tempdir().unwrap();
+    let options = Options {
+        worker_threads: 0,
+        ..quiet()
+    };
+    let expected = compacted_db(src.path(), &options);
+    let run = runs(src.path()).pop().unwrap();
+    for file in [run, src.path().join("MANIFEST")] {
+        let len = std::fs::metadata(&file).unwrap().len() as usize;
+        let mut refused = 0;
+        for offset in 0..len {
+            let copy = copy_db(src.path());
+            let damaged = rebase(&file, src.path(), copy.path());
+            flip_byte(&damaged, offset);
+            let context = format!("{} flip at {offset}", file.display());
+            match state_or_damage_naming(
+                Db::open_with(copy.path(), options.clone()),
+                &damaged,
+                &context,
+            ) {
+                Some(state) => assert_eq!(state, expected, "{context}: wrong state"),
+                None => refused += 1,
+            }
+        }
+        assert!(refused > 0, "{}: no flip was noticed", file.display());
+    }
+}
+
+#[test]
+fn every_flipped_byte_of_a_legacy_snapshot_is_a_typed_error_or_a_correct_fallback() {
     for retained in [1, 2] {
         let src = tempfile::tempdir().unwrap();
         let options = Options {
-            snapshots_retained: retained,
             worker_threads: 0,
             ..quiet()
         };
-        let expected = compacted_db(src.path(), &options);
+        let expected = legacy_compacted_db(src.path(), &options, retained);
         let newest = snapshots(src.path()).pop().unwrap();
         let len = std::fs::metadata(&newest).unwrap().len() as usize;
         let mut fell_back = 0;
@@ -232,9 +306,10 @@ fn every_flipped_byte_of_a_snapshot_is_a_typed_error_or_a_correct_fallback() {
     }
 }
 
-/// One retained snapshot (the default) and its WAL gone: a flipped byte
-/// anywhere in it is refused by a strict open, and a repair salvages every
-/// chunk that checks out, says what it lost, and never gives a wrong value.
+/// One snapshot (a directory of the format before runs) and its WAL gone:
+/// a flipped byte anywhere in it is refused by a strict open, and a repair
+/// salvages every chunk that checks out, says what it lost, and never gives
+/// a wrong value.
 #[test]
 fn repair_salvages_every_undamaged_chunk_of_the_only_snapshot() {
     let src = tempfile::tempdir().unwrap();
@@ -242,14 +317,16 @@ fn repair_salvages_every_undamaged_chunk_of_the_only_snapshot() {
         worker_threads: 0,
         ..quiet()
     };
-    let expected = {
+    let (snapshot, expected) = {
         let db = Db::open_with(src.path(), options.clone()).unwrap();
         for i in 0..2000 {
             db.put(format!("key-{i:05}"), format!("{i:0>100}")).unwrap();
         }
-        db.compact_now().unwrap();
-        contents(&db)
+        let snapshot = shipped_snapshot(&db);
+        (snapshot, contents(&db))
     };
+    let covered = snapshot.0;
+    make_legacy(src.path(), &[snapshot], covered);
     let newest = snapshots(src.path()).pop().unwrap();
     let len = std::fs::metadata(&newest).unwrap().len() as usize;
     let repair = Options {
@@ -274,7 +351,13 @@ fn repair_salvages_every_undamaged_chunk_of_the_only_snapshot() {
         }
         let lost = expected.len() - got.len();
         let salvage = db.recovery_report().salvage.clone().expect("salvaged");
-        assert_eq!(salvage.entries_kept as usize, got.len());
+        // Besides the 2000 keys, the snapshot holds one `_local` key, the
+        // epoch of the leader that shipped it; a repair deletes it (the
+        // repaired copy draws a new epoch), so if it was kept it is the one
+        // tombstone now.
+        let epoch_kept = db.stats().tombstones as usize;
+        assert!(epoch_kept <= 1);
+        assert_eq!(salvage.entries_kept as usize, got.len() + epoch_kept);
         assert!(lost < 1000, "flip at {offset}: {lost} keys lost of 2000");
         assert!(
             lost == 0 || !salvage.lost.is_empty(),
@@ -295,25 +378,47 @@ fn repair_salvages_every_undamaged_chunk_of_the_only_snapshot() {
 }
 
 #[test]
-fn a_truncated_snapshot_is_a_typed_error_or_a_correct_fallback() {
+fn a_truncated_run_or_manifest_is_a_typed_error_naming_it() {
     let src = tempfile::tempdir().unwrap();
-    let options = Options {
-        snapshots_retained: 2,
-        ..quiet()
-    };
-    let expected = compacted_db(src.path(), &options);
+    let expected = compacted_db(src.path(), &quiet());
+    let run = runs(src.path()).pop().unwrap();
+    for file in [run, src.path().join("MANIFEST")] {
+        let len = std::fs::metadata(&file).unwrap().len();
+        for cut in [0, 1, 10, 60, 100, len / 2, len - 1] {
+            if cut >= len {
+                continue;
+            }
+            let copy = copy_db(src.path());
+            let damaged = rebase(&file, src.path(), copy.path());
+            truncate(&damaged, cut);
+            let context = format!("{} cut at {cut}", file.display());
+            let state =
+                state_or_damage_naming(Db::open_with(copy.path(), quiet()), &damaged, &context);
+            assert_eq!(state, None, "{context}: not noticed");
+        }
+    }
+    // The intact directory reads as it should.
+    assert_eq!(
+        try_contents(&Db::open_with(src.path(), quiet()).unwrap()).unwrap(),
+        expected
+    );
+}
+
+#[test]
+fn a_truncated_legacy_snapshot_is_a_typed_error_or_a_correct_fallback() {
+    let src = tempfile::tempdir().unwrap();
+    let expected = legacy_compacted_db(src.path(), &quiet(), 2);
     let newest = snapshots(src.path()).pop().unwrap();
     let len = std::fs::metadata(&newest).unwrap().len();
     for cut in [0, 1, 10, 60, 100, len / 2, len - 1] {
         let copy = copy_db(src.path());
         truncate(&rebase(&newest, src.path(), copy.path()), cut);
-        let db = Db::open_with(copy.path(), options.clone())
-            .unwrap_or_else(|e| panic!("cut {cut}: {e}"));
+        let db = Db::open_with(copy.path(), quiet()).unwrap_or_else(|e| panic!("cut {cut}: {e}"));
         assert_eq!(contents(&db), expected, "cut at {cut}");
     }
     // With one snapshot and its WAL gone, there is nothing to fall back to.
     let single = tempfile::tempdir().unwrap();
-    compacted_db(single.path(), &quiet());
+    legacy_compacted_db(single.path(), &quiet(), 1);
     truncate(&snapshots(single.path()).pop().unwrap(), 100);
     assert!(matches!(
         Db::open_with(single.path(), quiet()),
@@ -364,7 +469,10 @@ fn overwrite_heavy_load_keeps_disk_within_a_small_multiple_of_live_data() {
     drop(db);
     let db = Db::open(dir.path()).unwrap();
     assert_eq!(db.stats().keys, 10_000);
-    assert_eq!(&db.get("key-00042").unwrap()[..4], &99u32.to_le_bytes());
+    assert_eq!(
+        &db.get("key-00042").unwrap().unwrap()[..4],
+        &99u32.to_le_bytes()
+    );
 }
 
 #[test]
@@ -383,7 +491,8 @@ fn tombstones_are_kept_inside_the_grace_period_and_dropped_after() {
     clock.advance_ms(59_000);
     assert_eq!(db.compact_now().unwrap().tombstones_dropped, 0);
     assert_eq!(db.stats().tombstones, 1);
-    // A registered cursor that has not passed the snapshot holds GC back.
+    // A registered cursor that has not passed what the runs cover holds GC
+    // back.
     db.set_cursor("follower-1", 1).unwrap();
     clock.advance_ms(2_000);
     assert_eq!(db.compact_now().unwrap().tombstones_dropped, 0);
@@ -392,12 +501,12 @@ fn tombstones_are_kept_inside_the_grace_period_and_dropped_after() {
     let report = db.compact_now().unwrap();
     assert_eq!(report.tombstones_dropped, 1);
     assert_eq!(db.stats().tombstones, 0);
-    assert_eq!(db.get("gone"), None);
+    assert_eq!(db.get("gone").unwrap(), None);
     drop(db);
     let db = Db::open_with(dir.path(), options).unwrap();
     assert_eq!(db.stats().tombstones, 0);
-    assert_eq!(db.get("gone"), None);
-    assert_eq!(db.get("kept").as_deref(), Some(&b"y"[..]));
+    assert_eq!(db.get("gone").unwrap(), None);
+    assert_eq!(db.get("kept").unwrap().as_deref(), Some(&b"y"[..]));
 }
 
 #[test]
@@ -463,7 +572,7 @@ fn registered_cursors_survive_a_restart() {
     let db = Db::open_with(dir.path(), options).unwrap();
     assert_eq!(db.cursor("laggard"), None, "a removal is durable too");
     assert_eq!(db.compact_now().unwrap().tombstones_dropped, 1);
-    assert_eq!(db.get("k"), None);
+    assert_eq!(db.get("k").unwrap(), None);
 }
 
 /// A damaged cursor file costs only its cursors: the database opens (and
@@ -500,7 +609,11 @@ fn a_damaged_cursor_file_costs_only_its_cursors() {
     );
     let db = Db::open_with(dir.path(), options.clone()).unwrap();
     assert_eq!(db.cursor("peer"), None, "its cursors are lost");
-    assert_eq!(db.get("k").as_deref(), Some(&b"v"[..]), "nothing else is");
+    assert_eq!(
+        db.get("k").unwrap().as_deref(),
+        Some(&b"v"[..]),
+        "nothing else is"
+    );
     assert!(
         db.notices().iter().any(|n| n.contains("cursor file")),
         "{:?}",
@@ -542,14 +655,39 @@ fn background_compaction_runs_on_the_interval_and_a_clean_drop_loses_nothing() {
         random_writes(&db, &mut rng, 500)
     };
     let db = Db::open_with(dir.path(), options).unwrap();
-    assert!(db.recovery_report().snapshot.is_some());
+    assert!(db.recovery_report().runs.is_some(), "opened from the runs");
     assert_eq!(contents(&db), expected);
 }
 
 #[test]
-fn verify_checks_snapshots() {
+fn verify_checks_runs_and_the_manifest() {
     let dir = tempfile::tempdir().unwrap();
     compacted_db(dir.path(), &quiet());
+    let report = mergekv::verify(dir.path()).unwrap();
+    assert!(report.is_ok(), "{:?}", report.problems);
+    assert_eq!(report.runs_ok, 1);
+    assert_eq!(report.snapshots_ok, 0);
+    let run = runs(dir.path()).pop().unwrap();
+    let copy = copy_db(dir.path());
+    flip_byte(&run, 70);
+    let report = mergekv::verify(dir.path()).unwrap();
+    assert!(!report.is_ok());
+    assert_eq!(report.runs_ok, 0);
+    assert!(report.problems[0].contains("run-"), "{:?}", report.problems);
+    flip_byte(&copy.path().join("MANIFEST"), 40);
+    let report = mergekv::verify(copy.path()).unwrap();
+    assert!(!report.is_ok());
+    assert!(
+        report.problems[0].contains("MANIFEST"),
+        "{:?}",
+        report.problems
+    );
+}
+
+#[test]
+fn verify_checks_legacy_snapshots() {
+    let dir = tempfile::tempdir().unwrap();
+    legacy_compacted_db(dir.path(), &quiet(), 1);
     let report = mergekv::verify(dir.path()).unwrap();
     assert!(report.is_ok(), "{:?}", report.problems);
     assert_eq!(report.snapshots_ok, 1);
@@ -582,10 +720,29 @@ fn compacted_then_written(dir: &Path) {
     }
 }
 
+/// [`compacted_then_written`] as the compactor before runs left it: a
+/// directory of that format, its snapshot covering the `a*` keys and its WAL
+/// the `b*` keys.
+fn legacy_compacted_then_written(dir: &Path) {
+    let snapshot = {
+        let db = Db::open_with(dir, quiet()).unwrap();
+        for i in 0..10 {
+            db.put(format!("a{i}"), "x").unwrap();
+        }
+        let snapshot = shipped_snapshot(&db);
+        for i in 0..10 {
+            db.put(format!("b{i}"), "y").unwrap();
+        }
+        snapshot
+    };
+    let covered = snapshot.0;
+    make_legacy(dir, &[snapshot], covered);
+}
+
 #[test]
 fn repair_mode_does_not_discard_an_intact_wal_because_a_snapshot_is_damaged() {
     let dir = tempfile::tempdir().unwrap();
-    compacted_then_written(dir.path());
+    legacy_compacted_then_written(dir.path());
     flip_byte(&snapshots(dir.path()).pop().unwrap(), 100);
     match Db::open_with(dir.path(), quiet()) {
         Err(Error::Corruption { path, .. }) => assert!(path.to_string_lossy().contains("snap-")),
@@ -601,7 +758,7 @@ fn repair_mode_does_not_discard_an_intact_wal_because_a_snapshot_is_damaged() {
     assert!(db.recovery_report().repair.is_none(), "the WAL was intact");
     assert!(db.recovery_report().salvage.is_some());
     for i in 0..10 {
-        assert_eq!(db.get(format!("b{i}")).as_deref(), Some(&b"y"[..]));
+        assert_eq!(db.get(format!("b{i}")).unwrap().as_deref(), Some(&b"y"[..]));
     }
 }
 
@@ -618,12 +775,15 @@ fn a_repaired_segment_header_after_a_snapshot_leaves_an_openable_database() {
     {
         let db = Db::open_with(dir.path(), repair_options()).unwrap();
         assert!(db.recovery_report().repair.is_some());
-        assert!(db.get("a0").is_some(), "the snapshot's keys are kept");
+        assert!(
+            db.get("a0").unwrap().is_some(),
+            "the snapshot's keys are kept"
+        );
         db.put("after", "repair").unwrap();
     }
     for options in [quiet(), repair_options()] {
         let db = Db::open_with(dir.path(), options).expect("opens again after the repair");
-        assert_eq!(db.get("after").as_deref(), Some(&b"repair"[..]));
+        assert_eq!(db.get("after").unwrap().as_deref(), Some(&b"repair"[..]));
         assert!(db.recovery_report().repair.is_none());
     }
 }
@@ -638,7 +798,7 @@ fn a_wal_ending_before_the_snapshot_continues_in_a_new_segment() {
     truncate(&active, 32);
     let expected = {
         let db = Db::open_with(dir.path(), quiet()).unwrap();
-        assert!(db.get("a9").is_some());
+        assert!(db.get("a9").unwrap().is_some());
         let seq = db.put("next", "write").unwrap().seq;
         assert!(
             seq > 10,

@@ -14,7 +14,7 @@ fn opts() -> Options {
 }
 
 fn keys(scan: mergekv::Scan) -> Vec<String> {
-    scan.map(|e| String::from_utf8(e.key().to_vec()).unwrap())
+    scan.map(|e| String::from_utf8(e.unwrap().key().to_vec()).unwrap())
         .collect()
 }
 
@@ -24,10 +24,10 @@ fn round_trip_put_get_delete() {
     let db = Db::open(dir.path()).unwrap();
     let out = db.put("a", "1").unwrap();
     assert_eq!(out.kind, OutcomeKind::Applied);
-    assert_eq!(db.get("a").as_deref(), Some(&b"1"[..]));
+    assert_eq!(db.get("a").unwrap().as_deref(), Some(&b"1"[..]));
     assert_eq!(db.delete("a").unwrap().kind, OutcomeKind::Removed);
-    assert_eq!(db.get("a"), None);
-    assert_eq!(db.get("never"), None);
+    assert_eq!(db.get("a").unwrap(), None);
+    assert_eq!(db.get("never").unwrap(), None);
 }
 
 #[test]
@@ -47,13 +47,13 @@ fn persistence_across_reopen_in_every_sync_mode() {
             db.delete("gone").unwrap();
         }
         let db = Db::open_with(dir.path(), options).unwrap();
-        assert_eq!(db.get("k").as_deref(), Some(&b"v"[..]), "{mode:?}");
-        assert_eq!(db.counter("c"), 7);
+        assert_eq!(db.get("k").unwrap().as_deref(), Some(&b"v"[..]), "{mode:?}");
+        assert_eq!(db.counter("c").unwrap(), 7);
         assert_eq!(
-            db.keyspace("other").unwrap().get("k").as_deref(),
+            db.keyspace("other").unwrap().get("k").unwrap().as_deref(),
             Some(&b"w"[..])
         );
-        assert_eq!(db.get("gone"), None);
+        assert_eq!(db.get("gone").unwrap(), None);
         assert_eq!(db.stats().tombstones, 1);
     }
 }
@@ -120,7 +120,12 @@ fn long_scans_cross_refill_chunks_in_both_directions() {
     let mut rev = expected.clone();
     rev.reverse();
     assert_eq!(keys(db.scan(&ScanOptions::all().reversed())), rev);
-    assert_eq!(db.scan(&ScanOptions::all().limited(1000)).count(), 1000);
+    assert_eq!(
+        db.scan(&ScanOptions::all().limited(1000))
+            .map(Result::unwrap)
+            .count(),
+        1000
+    );
 }
 
 #[test]
@@ -137,11 +142,11 @@ fn stale_commands_are_ignored() {
     batch.put("k", "old").with_stamp(old);
     let outcome = db.write(batch).unwrap();
     assert_eq!(outcome[0].kind, OutcomeKind::IgnoredStale);
-    assert_eq!(db.get("k").as_deref(), Some(&b"new"[..]));
+    assert_eq!(db.get("k").unwrap().as_deref(), Some(&b"new"[..]));
     let mut delete = Batch::new();
     delete.delete("k").with_stamp(old);
     assert_eq!(db.write(delete).unwrap()[0].kind, OutcomeKind::IgnoredStale);
-    assert_eq!(db.get("k").as_deref(), Some(&b"new"[..]));
+    assert_eq!(db.get("k").unwrap().as_deref(), Some(&b"new"[..]));
 }
 
 #[test]
@@ -162,7 +167,7 @@ fn remote_stamp_beyond_drift_is_refused() {
         }
         other => panic!("expected ClockDrift, got {other:?}"),
     }
-    assert_eq!(db.get("k"), None);
+    assert_eq!(db.get("k").unwrap(), None);
     assert_eq!(db.stats().drift.rejected, 1);
 }
 
@@ -198,14 +203,17 @@ fn counters_sum_from_many_threads() {
     let expected: i64 = (0..8)
         .flat_map(|t| (0..200).map(move |i| if (t + i) % 4 == 0 { -3 } else { 5 }))
         .sum();
-    assert_eq!(db.counter("hits"), expected);
-    assert_eq!(db.keyspace("other").unwrap().counter("hits"), 8 * 200 * 2);
-    let total: i64 = (0..3).map(|i| db.counter(format!("c{i}"))).sum();
+    assert_eq!(db.counter("hits").unwrap(), expected);
+    assert_eq!(
+        db.keyspace("other").unwrap().counter("hits").unwrap(),
+        8 * 200 * 2
+    );
+    let total: i64 = (0..3).map(|i| db.counter(format!("c{i}")).unwrap()).sum();
     assert_eq!(total, 8 * 200);
     let dir_path = dir.path().to_path_buf();
     drop(db);
     let db = Db::open(&dir_path).unwrap();
-    assert_eq!(db.counter("hits"), expected);
+    assert_eq!(db.counter("hits").unwrap(), expected);
 }
 
 #[test]
@@ -214,11 +222,11 @@ fn delete_resets_a_counter_and_put_replaces_it() {
     let db = Db::open(dir.path()).unwrap();
     db.increment("c", 10).unwrap();
     db.delete("c").unwrap();
-    assert_eq!(db.default_keyspace().get_value("c"), None);
+    assert_eq!(db.default_keyspace().get_value("c").unwrap(), None);
     assert_eq!(db.increment("c", 2).unwrap().counter, Some(2));
     db.put("c", "text").unwrap();
     assert_eq!(
-        db.default_keyspace().get_value("c"),
+        db.default_keyspace().get_value("c").unwrap(),
         Some(Value::Bytes(Arc::from(&b"text"[..])))
     );
     assert_eq!(db.increment("c", 1).unwrap().counter, Some(1));
@@ -244,7 +252,7 @@ fn duplicate_is_written_once_and_caught_after_reopen() {
         assert_eq!(again[0].kind, OutcomeKind::Duplicate);
         assert_eq!(again[0].seq, first_seq);
         assert_eq!(again[0].stamp, first[0].stamp);
-        assert_eq!(db.counter("balance"), 100);
+        assert_eq!(db.counter("balance").unwrap(), 100);
         assert_eq!(
             db.stats().wal.last_seq,
             first_seq + 1,
@@ -255,13 +263,13 @@ fn duplicate_is_written_once_and_caught_after_reopen() {
     let after = db.write(make()).unwrap();
     assert_eq!(after[0].kind, OutcomeKind::Duplicate);
     assert_eq!(after[0].seq, first_seq);
-    assert_eq!(db.counter("balance"), 100);
+    assert_eq!(db.counter("balance").unwrap(), 100);
     assert_eq!(db.recovery_report().frames_replayed, 1);
     // A different key is a different command.
     let mut other = make();
     other.idempotency_key("deposit-2");
     assert_eq!(db.write(other).unwrap()[0].kind, OutcomeKind::Applied);
-    assert_eq!(db.counter("balance"), 200);
+    assert_eq!(db.counter("balance").unwrap(), 200);
 }
 
 #[test]
@@ -283,7 +291,7 @@ fn concurrent_retries_of_one_increment_count_once() {
         kinds.iter().filter(|k| **k == OutcomeKind::Applied).count(),
         1
     );
-    assert_eq!(db.counter("n"), 1);
+    assert_eq!(db.counter("n").unwrap(), 1);
 }
 
 #[test]
@@ -318,7 +326,7 @@ fn eight_threads_get_unique_sequence_numbers_all_replayed() {
     assert_eq!(db.recovery_report().ops_replayed, 800);
     for (_, t, i) in &all {
         assert_eq!(
-            db.get(format!("t{t}-{i}")).as_deref(),
+            db.get(format!("t{t}-{i}")).unwrap().as_deref(),
             Some(format!("{t}:{i}").as_bytes())
         );
     }
@@ -354,7 +362,7 @@ fn rotation_makes_many_segments_all_replayed() {
     let db = Db::open_with(dir.path(), options).unwrap();
     assert!(db.recovery_report().segments_replayed > 20);
     for (k, v) in &model {
-        assert_eq!(db.get(k).as_deref(), Some(v.as_bytes()));
+        assert_eq!(db.get(k).unwrap().as_deref(), Some(v.as_bytes()));
     }
     assert_eq!(db.stats().keys, model.len() as u64);
 }
@@ -396,7 +404,7 @@ fn inline_mode_without_workers() {
     for t in threads {
         t.join().unwrap();
     }
-    assert_eq!(db.counter("n"), 200);
+    assert_eq!(db.counter("n").unwrap(), 200);
     assert_eq!(db.stats().keys, 201);
 }
 
@@ -436,7 +444,7 @@ fn limits_and_bad_names_are_typed_errors() {
         Err(Error::CounterOverflow { .. })
     ));
     assert_eq!(
-        db.counter("c"),
+        db.counter("c").unwrap(),
         i64::MAX,
         "a refused increment changes nothing"
     );
@@ -469,10 +477,16 @@ fn read_view_is_a_consistent_snapshot() {
     let mut transfer = Batch::new();
     transfer.put("from", "50").put("to", "50");
     db.write(transfer).unwrap();
-    assert_eq!(view.get("from").as_deref(), Some(&b"100"[..]));
-    assert_eq!(view.get("to").as_deref(), Some(&b"0"[..]));
-    assert_eq!(db.get("from").as_deref(), Some(&b"50"[..]));
-    assert_eq!(view.default_keyspace().scan(&ScanOptions::all()).count(), 2);
+    assert_eq!(view.get("from").unwrap().as_deref(), Some(&b"100"[..]));
+    assert_eq!(view.get("to").unwrap().as_deref(), Some(&b"0"[..]));
+    assert_eq!(db.get("from").unwrap().as_deref(), Some(&b"50"[..]));
+    assert_eq!(
+        view.default_keyspace()
+            .scan(&ScanOptions::all())
+            .map(Result::unwrap)
+            .count(),
+        2
+    );
 }
 
 #[test]
@@ -529,12 +543,12 @@ fn a_duplicate_increment_does_not_raise_the_base_of_one_in_flight() {
     db.increment("k", 1).unwrap();
     in_flight.join().unwrap();
     assert_eq!(
-        db.counter("k"),
+        db.counter("k").unwrap(),
         7,
         "5 + 1 + 1: the duplicate counts nothing"
     );
     drop(db);
-    assert_eq!(Db::open(dir.path()).unwrap().counter("k"), 7);
+    assert_eq!(Db::open(dir.path()).unwrap().counter("k").unwrap(), 7);
 }
 
 #[test]
@@ -562,7 +576,7 @@ fn idempotency_holds_for_batches_with_old_explicit_stamps() {
     drop(db);
     let db = Db::open(dir.path()).unwrap();
     assert_eq!(db.write(batch).unwrap()[0].kind, OutcomeKind::Duplicate);
-    assert_eq!(db.counter("hits"), 1);
+    assert_eq!(db.counter("hits").unwrap(), 1);
 }
 
 #[test]
@@ -590,7 +604,7 @@ fn limits_the_wal_reader_would_refuse_are_refused_at_open() {
         db.put(&key, "v").unwrap();
     }
     let db = Db::open_with(dir.path(), largest).unwrap();
-    assert_eq!(db.get(&key).as_deref(), Some(&b"v"[..]));
+    assert_eq!(db.get(&key).unwrap().as_deref(), Some(&b"v"[..]));
 }
 
 #[test]
@@ -598,9 +612,19 @@ fn inverted_ranges_scan_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let db = Db::open(dir.path()).unwrap();
     db.put("m", "1").unwrap();
-    assert_eq!(db.scan(&ScanOptions::range("z", "a")).count(), 0);
-    assert_eq!(db.scan(&ScanOptions::range("z", "a").reversed()).count(), 0);
+    assert_eq!(
+        db.scan(&ScanOptions::range("z", "a"))
+            .map(Result::unwrap)
+            .count(),
+        0
+    );
+    assert_eq!(
+        db.scan(&ScanOptions::range("z", "a").reversed())
+            .map(Result::unwrap)
+            .count(),
+        0
+    );
     let mut prefix_past_end = ScanOptions::prefix("b");
     prefix_past_end.end = Some(b"a".to_vec());
-    assert_eq!(db.scan(&prefix_past_end).count(), 0);
+    assert_eq!(db.scan(&prefix_past_end).map(Result::unwrap).count(), 0);
 }

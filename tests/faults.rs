@@ -29,7 +29,7 @@ fn assert_acknowledged_survive(dir: &std::path::Path, acked: usize) {
     let db = Db::open(dir).unwrap();
     for i in 0..acked {
         assert!(
-            db.get(format!("k-{i}")).is_some(),
+            db.get(format!("k-{i}")).unwrap().is_some(),
             "acknowledged k-{i} lost"
         );
     }
@@ -56,16 +56,16 @@ fn failing_fsync_poisons_and_reopen_recovers_every_acknowledged_write() {
     }
     assert!(db.stats().poisoned.is_some());
     // Reads still work.
-    assert_eq!(db.get("before-3").as_deref(), Some(&b"v3"[..]));
+    assert_eq!(db.get("before-3").unwrap().as_deref(), Some(&b"v3"[..]));
     drop(db);
     let db = Db::open(dir.path()).unwrap();
     for i in 0..20 {
         assert_eq!(
-            db.get(format!("before-{i}")).as_deref(),
+            db.get(format!("before-{i}")).unwrap().as_deref(),
             Some(format!("v{i}").as_bytes())
         );
     }
-    assert!(db.get("later").is_none());
+    assert!(db.get("later").unwrap().is_none());
     db.put("healthy", "again").unwrap();
 }
 
@@ -80,8 +80,8 @@ fn failing_write_poisons() {
     assert!(matches!(db.put("c", "3"), Err(Error::Poisoned { .. })));
     drop(db);
     let db = Db::open(dir.path()).unwrap();
-    assert_eq!(db.get("a").as_deref(), Some(&b"1"[..]));
-    assert!(db.get("c").is_none());
+    assert_eq!(db.get("a").unwrap().as_deref(), Some(&b"1"[..]));
+    assert!(db.get("c").unwrap().is_none());
 }
 
 #[test]
@@ -189,7 +189,7 @@ fn concurrent_writers_see_fail_stop_and_nothing_acknowledged_is_lost() {
     drop(db);
     let db = Db::open(dir.path()).unwrap();
     for key in &acked {
-        assert!(db.get(key).is_some(), "acknowledged {key} lost");
+        assert!(db.get(key).unwrap().is_some(), "acknowledged {key} lost");
     }
 }
 
@@ -208,7 +208,7 @@ fn failing_read_during_open_is_a_typed_error() {
     }
     // Nothing was damaged by the failed open.
     assert_eq!(
-        Db::open(dir.path()).unwrap().get("a").as_deref(),
+        Db::open(dir.path()).unwrap().get("a").unwrap().as_deref(),
         Some(&b"1"[..])
     );
 }

@@ -25,7 +25,7 @@ fn contents(db: &Db) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     for keyspace in ["default", "photos"] {
         let ks = db.keyspace(keyspace).unwrap();
-        for entry in ks.scan(&ScanOptions::all()) {
+        for entry in ks.scan(&ScanOptions::all()).map(Result::unwrap) {
             let key = String::from_utf8_lossy(entry.key()).into_owned();
             let value = match entry.into_value() {
                 Value::Bytes(b) => format!("bytes:{}", String::from_utf8_lossy(&b)),

@@ -8,6 +8,8 @@
 //! written by `write_seed_corpus` (ignored; run it after a format change):
 //! `cargo test --test fuzz_regressions -- --ignored write_seed_corpus`.
 
+mod common;
+
 #[path = "../fuzz/src/checks.rs"]
 mod checks;
 
@@ -211,8 +213,12 @@ impl SeedSource {
         // compaction removes it.
         let mut segments = read_segments(dir.path());
         db.compact_now().unwrap();
-        // Frames after the snapshot, so a segment outlives the compaction.
+        // Frames after the compaction, so a segment outlives it.
         write_every_record_shape(&db);
+        // Compactions write runs now; a snapshot file is what a leader
+        // ships a follower (and what a directory of the older format
+        // holds), written by the same writer.
+        let (_, snapshot) = common::shipped_snapshot(&db);
         let (token, key_id) = api_token(&db);
         let changesets = changesets(&db);
         let node = db.node_id().0;
@@ -220,7 +226,6 @@ impl SeedSource {
         segments.extend(read_segments(dir.path()));
         segments.dedup();
         segments.truncate(4);
-        let snapshot = std::fs::read(&files_in(&dir.path().join("snapshots"))[0]).unwrap();
         let meta = std::fs::read(dir.path().join("META")).unwrap();
         let cursors = std::fs::read(dir.path().join("CURSORS")).unwrap();
         assert!(!segments.is_empty(), "the seed database kept no segment");
@@ -459,7 +464,7 @@ fn write_every_record_shape(db: &Db) {
         .put("after-counter", "floor")
         .increment_in("users", "logins", 2)
         .delete_in("users", "nobody")
-        .idempotency_key(format!("import-{}", db.counter("visits")));
+        .idempotency_key(format!("import-{}", db.counter("visits").unwrap()));
     db.write(batch).unwrap();
 }
 

@@ -318,7 +318,7 @@ fn hundreds_of_slow_or_oversized_unauthenticated_connections_cost_bounded_thread
         "{:?}",
         follower.status()
     );
-    assert_eq!(follower.db().digest(), db.digest());
+    assert_eq!(follower.db().digest().unwrap(), db.digest().unwrap());
     assert!(
         common::wait_for(CONVERGE, || server.stats().handshakes_pending == 0
             && leader_threads() <= baseline_leader_threads),

@@ -91,6 +91,7 @@ fn apply_db(db: Db, dir: &std::path::Path, options: &Options, step: &Step) -> Db
 
 fn contents(db: &Db) -> BTreeMap<String, Model> {
     db.scan(&ScanOptions::all())
+        .map(Result::unwrap)
         .map(|e| {
             let k = String::from_utf8(e.key().to_vec()).unwrap();
             let v = match e.into_value() {

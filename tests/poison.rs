@@ -61,7 +61,7 @@ fn a_panic_in_an_inline_write_poisons_and_nothing_hangs() {
     assert_fail_stop(&db);
     drop(db);
     let db = Db::open(dir.path()).unwrap();
-    assert_eq!(db.get("before").as_deref(), Some(&b"1"[..]));
+    assert_eq!(db.get("before").unwrap().as_deref(), Some(&b"1"[..]));
 }
 
 #[test]

@@ -93,14 +93,13 @@ fn value(step: usize, len: usize) -> Vec<u8> {
         .collect()
 }
 
-fn options(disk: &SimDisk, faults: Option<&FaultInjector>, snapshots_retained: usize) -> Options {
+fn options(disk: &SimDisk, faults: Option<&FaultInjector>) -> Options {
     Options {
         sync_mode: SyncMode::Always,
         worker_threads: 0,
         segment_size_bytes_max: 2048,
         compaction_wal_bytes_min: u64::MAX,
         compaction_interval_ms: 0,
-        snapshots_retained,
         faults: Some(
             faults
                 .cloned()
@@ -115,6 +114,7 @@ fn options(disk: &SimDisk, faults: Option<&FaultInjector>, snapshots_retained: u
 fn contents(db: &Db) -> State {
     let mut state: State = db
         .scan(&ScanOptions::all())
+        .map(Result::unwrap)
         .map(|e| {
             let k = String::from_utf8(e.key().to_vec()).unwrap();
             let v = match e.into_value() {
@@ -295,7 +295,6 @@ struct Workload {
     steps: Vec<Step>,
     /// Fail this operation (the Nth of its kind after open), if any.
     fault: Option<(IoOp, u64)>,
-    snapshots_retained: usize,
     /// The database is a replication follower's: opened read-only.
     follower: bool,
 }
@@ -305,7 +304,7 @@ struct Workload {
 fn explore(w: &Workload) -> Figures {
     let disk = SimDisk::new();
     let faults = FaultInjector::with_disk(disk.clone());
-    let opts = options(&disk, Some(&faults), w.snapshots_retained);
+    let opts = options(&disk, Some(&faults));
     disk.record_crash_points(true);
     let reopen = || Db::open_with(DB_DIR, opts.clone());
     let mut db = Some(reopen().unwrap_or_else(|e| panic!("{}: first open failed: {e}", w.name)));
@@ -377,7 +376,7 @@ fn check_point(w: &Workload, t: &Timeline, point: &CrashPoint, at: usize, nest: 
         survivor.record_crash_points(nest);
         let opts = Options {
             read_only: w.follower,
-            ..options(&survivor, None, w.snapshots_retained)
+            ..options(&survivor, None)
         };
         let db = Db::open_with(DB_DIR, opts.clone()).unwrap_or_else(|e| {
             panic!(
@@ -507,7 +506,6 @@ fn random_workload(case: u64, seed: u64) -> Workload {
         seed: rng.next_u64(),
         steps,
         fault,
-        snapshots_retained: 1 + rng.below(2) as usize,
         follower: false,
     }
 }
@@ -518,7 +516,6 @@ fn scripted(name: &str, steps: Vec<Step>) -> Workload {
         seed: 1,
         steps,
         fault: None,
-        snapshots_retained: 1,
         follower: false,
     }
 }
@@ -689,7 +686,7 @@ impl Leader {
 }
 
 fn options_for_follower(disk: &SimDisk) -> Options {
-    options(disk, None, 1)
+    options(disk, None)
 }
 
 /// Waits until the follower holds everything the leader wrote.
@@ -758,17 +755,24 @@ fn a_follower_applying_batches_and_installing_snapshots_survives_power_loss() {
     let mut points = disk.take_crash_points();
     points.push(disk.crash_point_now("at the end of the workload"));
     disk.record_crash_points(false);
-    let in_install = points
+    // An install writes the leader's state as one run (and a manifest
+    // naming only it): each install has crash points inside its own run.
+    let in_install: std::collections::BTreeSet<&str> = points
         .iter()
-        .filter(|p| p.label().contains("/snapshots/snap-"))
-        .count();
-    assert!(in_install >= 2, "the power is cut inside both installs");
+        .filter_map(|p| {
+            let at = p.label().find("/runs/run-")?;
+            p.label().get(at..at + "/runs/run-".len() + 20)
+        })
+        .collect();
+    assert!(
+        in_install.len() >= 2,
+        "the power is cut inside both installs: {in_install:?}"
+    );
     let w = Workload {
         name: "a follower".into(),
         seed: 17,
         steps: Vec::new(),
         fault: None,
-        snapshots_retained: 1,
         follower: true,
     };
     let mut figures = Figures {
@@ -790,7 +794,7 @@ fn a_follower_applying_batches_and_installing_snapshots_survives_power_loss() {
 fn a_retry_after_a_restart_is_acknowledged_only_once_durable() {
     let disk = SimDisk::new();
     let faults = FaultInjector::with_disk(disk.clone());
-    let db = Db::open_with(DB_DIR, options(&disk, Some(&faults), 1)).unwrap();
+    let db = Db::open_with(DB_DIR, options(&disk, Some(&faults))).unwrap();
     db.put("base", "1").unwrap();
     let batch = || {
         let mut b = Batch::new();
@@ -802,15 +806,15 @@ fn a_retry_after_a_restart_is_acknowledged_only_once_durable() {
     drop(db);
     // The process starts again (the page cache kept the frame); the
     // client retries.
-    let db = Db::open_with(DB_DIR, options(&disk, None, 1)).unwrap();
+    let db = Db::open_with(DB_DIR, options(&disk, None)).unwrap();
     db.write(batch()).expect("the retry is acknowledged");
     let point = disk.crash_point_now("right after the acknowledged retry");
     drop(db);
     for cut in point.cuts(1, 0) {
         let survivor = point.survivor(&cut);
-        let db = Db::open_with(DB_DIR, options(&survivor, None, 1)).unwrap();
+        let db = Db::open_with(DB_DIR, options(&survivor, None)).unwrap();
         assert_eq!(
-            db.get("order-42").as_deref(),
+            db.get("order-42").unwrap().as_deref(),
             Some(&b"paid"[..]),
             "{cut}: an acknowledged write was lost to a power loss"
         );

@@ -165,7 +165,7 @@ fn readers_beside_a_busy_writer_see_whole_batches_in_order() {
             while !stop.load(Ordering::Relaxed) && i < 3000 {
                 let mut batch = Batch::new();
                 for j in 0..10 {
-                    batch.put(format!("b{i:06}-{j}"), i.to_le_bytes().to_vec());
+                    batch.put(format!("b{i:06}-{j}"), i.to_le_bytes());
                 }
                 db.write(batch).unwrap();
                 i += 1;

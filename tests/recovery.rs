@@ -26,7 +26,7 @@ fn three_batches(dir: &Path) -> Vec<u64> {
 
 fn present(db: &Db, keys: &[&str]) -> Vec<bool> {
     keys.iter()
-        .map(|k| match db.get(k) {
+        .map(|k| match db.get(k).unwrap() {
             Some(v) => {
                 assert_eq!(
                     &*v,
@@ -59,7 +59,7 @@ fn torn_last_batch_at_every_offset_recovers_exactly_the_earlier_batches() {
         db.put("after", "cut").unwrap();
         drop(db);
         let db = Db::open(copy.path()).unwrap();
-        assert_eq!(db.get("after").as_deref(), Some(&b"cut"[..]));
+        assert_eq!(db.get("after").unwrap().as_deref(), Some(&b"cut"[..]));
         assert_eq!(present(&db, &["d"]), [false]);
         assert!(db.recovery_report().torn_tail.is_none());
     }
@@ -173,7 +173,7 @@ fn repair_cuts_at_the_damage_and_reports_what_was_dropped() {
         );
     }
     let db = Db::open(src.path()).expect("a repaired WAL opens in strict mode");
-    assert_eq!(db.get("new").as_deref(), Some(&b"write"[..]));
+    assert_eq!(db.get("new").unwrap().as_deref(), Some(&b"write"[..]));
 }
 
 #[test]
@@ -206,8 +206,8 @@ fn damage_in_an_earlier_segment_is_corruption_and_repair_moves_later_segments_as
     let db = Db::open_with(src.path(), repair).unwrap();
     let report = db.recovery_report().repair.clone().unwrap();
     assert_eq!(report.segments_dropped.len(), segs.len() - 2);
-    assert!(db.get("k00").is_some());
-    assert!(db.get("k39").is_none());
+    assert!(db.get("k00").unwrap().is_some());
+    assert!(db.get("k39").unwrap().is_none());
     assert_eq!(
         segments(src.path()).len(),
         3,
@@ -309,8 +309,8 @@ fn a_flipped_bit_in_a_last_frame_of_zeros_is_cut_as_torn_and_reported() {
         let copy = copy_db(src.path());
         flip_byte(&rebase(&seg, src.path(), copy.path()), at);
         let db = Db::open(copy.path()).unwrap_or_else(|e| panic!("flip at {at}: {e}"));
-        assert_eq!(db.get("a").as_deref(), Some(&b"1"[..]));
-        assert!(db.get("zeros").is_none());
+        assert_eq!(db.get("a").unwrap().as_deref(), Some(&b"1"[..]));
+        assert!(db.get("zeros").unwrap().is_none());
         let torn = db.recovery_report().torn_tail.clone().expect("reported");
         assert_eq!(torn.offset_bytes, frame_start as u64);
     }
@@ -347,8 +347,8 @@ fn repair_never_reuses_the_sequence_numbers_of_a_damaged_frame() {
         );
         drop(db);
         let db = Db::open(src.path()).unwrap();
-        assert_eq!(db.get("after").as_deref(), Some(&b"repair"[..]));
-        assert_eq!(db.get(keys[keys.len() - 1]), None);
+        assert_eq!(db.get("after").unwrap().as_deref(), Some(&b"repair"[..]));
+        assert_eq!(db.get(keys[keys.len() - 1]).unwrap(), None);
     }
 }
 
@@ -500,7 +500,7 @@ fn repair_rebuilds_a_damaged_or_missing_meta() {
         let db = Db::open(dir.path()).unwrap();
         db.compact_now().unwrap();
         db.put("after", "snapshot").unwrap();
-        (db.node_id(), db.digest().root)
+        (db.node_id(), db.digest().unwrap().root)
     };
     let meta = dir.path().join("META");
     flip_byte(&meta, 12);
@@ -515,19 +515,23 @@ fn repair_rebuilds_a_damaged_or_missing_meta() {
             node,
             "a fresh id: which was current is unsure"
         );
-        assert_eq!(db.digest().root, digest, "nothing lost");
+        assert_eq!(db.digest().unwrap().root, digest, "nothing lost");
         db.node_id()
     };
     assert!(dir.path().join("quarantine").join("META.damaged").exists());
     let db = Db::open(dir.path()).expect("a rebuilt META opens in strict mode");
     assert_eq!(db.node_id(), renewed);
     db.put("more", "writes").unwrap();
-    let digest = db.digest().root;
+    let digest = db.digest().unwrap().root;
     drop(db);
     std::fs::remove_file(&meta).unwrap();
     assert!(Db::open(dir.path()).is_err(), "missing beside segments");
     let db = Db::open_with(dir.path(), repair_options()).unwrap();
-    assert_eq!(db.digest().root, digest, "files under both ids open");
+    assert_eq!(
+        db.digest().unwrap().root,
+        digest,
+        "files under both ids open"
+    );
 }
 
 /// A copy that renewed its id has files under both ids: a rebuilt META
@@ -540,12 +544,12 @@ fn a_rebuilt_meta_keeps_former_node_ids() {
     let (node, digest) = {
         let db = Db::open(copy.path()).unwrap();
         db.put("on the copy", "x").unwrap();
-        (db.node_id(), db.digest().root)
+        (db.node_id(), db.digest().unwrap().root)
     };
     flip_byte(&copy.path().join("META"), 12);
     let db = Db::open_with(copy.path(), repair_options()).unwrap();
     assert_ne!(db.node_id(), node);
-    assert_eq!(db.digest().root, digest);
+    assert_eq!(db.digest().unwrap().root, digest);
 }
 
 /// A put of `a`, then one frame of about 12 KiB (`big`, a value of
@@ -580,15 +584,15 @@ fn a_last_frame_with_a_zeroed_middle_page_is_a_torn_write() {
     let (seg, start, end) = twelve_kib_frame(dir.path(), b'v', false);
     fill_middle_page(&seg, start, end, 0);
     let db = Db::open(dir.path()).expect("a hole in the last frame is a torn write");
-    assert_eq!(db.get("a").as_deref(), Some(&b"1"[..]));
-    assert!(db.get("big").is_none());
+    assert_eq!(db.get("a").unwrap().as_deref(), Some(&b"1"[..]));
+    assert!(db.get("big").unwrap().is_none());
     let torn = db.recovery_report().torn_tail.clone().unwrap();
     assert_eq!(torn.offset_bytes, start as u64);
     assert_eq!(torn.bytes_dropped, (end - start) as u64);
     db.put("next", "3").unwrap();
     drop(db);
     let db = Db::open(dir.path()).unwrap();
-    assert_eq!(db.get("next").as_deref(), Some(&b"3"[..]));
+    assert_eq!(db.get("next").unwrap().as_deref(), Some(&b"3"[..]));
 }
 
 #[test]
@@ -614,9 +618,9 @@ fn a_zeroed_page_in_a_frame_followed_by_a_valid_one_is_cut_with_it() {
     fill_middle_page(&seg, start, end, 0);
     let len = std::fs::metadata(&seg).unwrap().len();
     let db = Db::open(dir.path()).expect("a hole is a write cut short");
-    assert_eq!(db.get("a").as_deref(), Some(&b"1"[..]));
-    assert!(db.get("big").is_none());
-    assert!(db.get("after").is_none(), "written after the hole");
+    assert_eq!(db.get("a").unwrap().as_deref(), Some(&b"1"[..]));
+    assert!(db.get("big").unwrap().is_none());
+    assert!(db.get("after").unwrap().is_none(), "written after the hole");
     let torn = db.recovery_report().torn_tail.clone().unwrap();
     assert_eq!(
         (torn.offset_bytes, torn.bytes_dropped),
@@ -650,7 +654,7 @@ fn a_flipped_byte_in_a_last_frame_holding_zeroed_pages_is_cut_as_torn() {
         let seg_copy = rebase(&seg, src.path(), copy.path());
         flip_byte(&seg_copy, at);
         let db = Db::open(copy.path()).unwrap_or_else(|e| panic!("flip at {at}: {e}"));
-        assert!(db.get("big").is_none(), "flip at {at}");
+        assert!(db.get("big").unwrap().is_none(), "flip at {at}");
         assert_eq!(
             db.recovery_report()
                 .torn_tail
@@ -680,8 +684,8 @@ fn a_lost_last_sector_that_held_one_non_zero_byte_is_a_torn_write() {
     bytes[last_sector..].fill(0);
     std::fs::write(&seg, bytes).unwrap();
     let db = Db::open(dir.path()).expect("the size landed, the last sector did not");
-    assert_eq!(db.get("a").as_deref(), Some(&b"1"[..]));
-    assert!(db.get("big").is_none());
+    assert_eq!(db.get("a").unwrap().as_deref(), Some(&b"1"[..]));
+    assert!(db.get("big").unwrap().is_none());
     assert_eq!(
         db.recovery_report()
             .torn_tail
@@ -712,13 +716,38 @@ fn a_missing_meta_is_rebuilt_by_a_repair_that_creates_nothing() {
     assert!(!db.notices().is_empty());
 }
 
-/// Snapshots alone (the WAL they cover is gone) are a database too: a
-/// strict open without META refuses instead of writing a new identity.
+/// Runs alone (the WAL they cover is gone) are a database too: a strict
+/// open without META refuses instead of writing a new identity, and a
+/// repair opens it whole.
+#[test]
+fn a_missing_meta_beside_runs_only_is_refused_and_not_rewritten() {
+    let dir = tempfile::tempdir().unwrap();
+    three_batches(dir.path());
+    Db::open(dir.path()).unwrap().compact_now().unwrap();
+    for seg in segments(dir.path()) {
+        std::fs::remove_file(seg).unwrap();
+    }
+    assert!(dir.path().join("MANIFEST").exists());
+    std::fs::remove_file(dir.path().join("META")).unwrap();
+    assert!(matches!(
+        Db::open(dir.path()),
+        Err(Error::Corruption { .. })
+    ));
+    assert!(!dir.path().join("META").exists(), "no new identity written");
+    let db = Db::open_with(dir.path(), repair_options()).unwrap();
+    assert_eq!(present(&db, &["a", "b", "d"]), [true, true, true]);
+}
+
+/// Snapshots alone (a directory of the format before runs whose WAL they
+/// cover is gone) are a database too: a strict open without META refuses
+/// instead of writing a new identity.
 #[test]
 fn a_missing_meta_beside_snapshots_only_is_refused_and_not_rewritten() {
     let dir = tempfile::tempdir().unwrap();
     three_batches(dir.path());
-    Db::open(dir.path()).unwrap().compact_now().unwrap();
+    let snapshot = common::shipped_snapshot(&Db::open(dir.path()).unwrap());
+    let covered = snapshot.0;
+    common::make_legacy(dir.path(), &[snapshot], covered);
     for seg in segments(dir.path()) {
         std::fs::remove_file(seg).unwrap();
     }

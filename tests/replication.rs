@@ -83,7 +83,7 @@ fn converge(follower: &Follower, leader: &Leader) {
         "follower stuck at {:?}, leader at {target}",
         follower.status()
     );
-    assert_eq!(follower.db().digest(), leader.db.digest());
+    assert_eq!(follower.db().digest().unwrap(), leader.db.digest().unwrap());
 }
 
 fn put_many(db: &Db, prefix: &str, count: usize) {
@@ -107,7 +107,7 @@ fn a_follower_catches_up_over_many_batches_then_streams() {
     assert!(status.batches_applied > 10, "{status:?}");
     assert_eq!(follower.db().stats().keys, leader.db.stats().keys);
     assert_eq!(
-        follower.db().get("k019999").as_deref(),
+        follower.db().get("k019999").unwrap().as_deref(),
         Some(&b"value 19999"[..])
     );
     // Streaming: puts, deletes and counters after the catch-up.
@@ -117,8 +117,11 @@ fn a_follower_catches_up_over_many_batches_then_streams() {
         leader.db.put(format!("new{i}"), "x").unwrap();
     }
     converge(&follower, &leader);
-    assert_eq!(follower.db().counter("hits"), (0..200).sum::<i64>());
-    assert_eq!(follower.db().get("k000000"), None);
+    assert_eq!(
+        follower.db().counter("hits").unwrap(),
+        (0..200).sum::<i64>()
+    );
+    assert_eq!(follower.db().get("k000000").unwrap(), None);
     assert_eq!(follower.status().lag_seqs, 0);
 }
 
@@ -153,7 +156,7 @@ fn a_follower_refuses_writes_and_its_directory_stays_read_only_until_promoted() 
         },
     )
     .unwrap();
-    assert_eq!(read_only.get("a").as_deref(), Some(&b"1"[..]));
+    assert_eq!(read_only.get("a").unwrap().as_deref(), Some(&b"1"[..]));
     let position = read_only.follower_position().unwrap().unwrap();
     assert_eq!(position.seq, leader.last_seq());
     drop(read_only);
@@ -167,7 +170,7 @@ fn a_follower_refuses_writes_and_its_directory_stays_read_only_until_promoted() 
     );
     let promoted = Db::open(dir.path()).unwrap();
     promoted.put("b", "2").unwrap();
-    assert_eq!(promoted.get("a").as_deref(), Some(&b"1"[..]));
+    assert_eq!(promoted.get("a").unwrap().as_deref(), Some(&b"1"[..]));
     assert!(!Db::promote(tempfile::tempdir().unwrap().path()).unwrap_or(false));
 }
 
@@ -191,7 +194,7 @@ fn a_reconnected_follower_has_exactly_the_leaders_keys_and_counts_once() {
     }
     let follower = follow(dir.path(), &leader);
     converge(&follower, &leader);
-    assert_eq!(follower.db().counter("total"), 1400);
+    assert_eq!(follower.db().counter("total").unwrap(), 1400);
     assert_eq!(follower.db().stats().keys, leader.db.stats().keys);
 }
 
@@ -224,9 +227,9 @@ fn a_follower_whose_segments_were_compacted_away_gets_a_snapshot_that_replaces_i
     converge(&follower, &leader);
     let status = follower.status();
     assert_eq!(status.snapshots_installed, 1, "{status:?}");
-    assert_eq!(follower.db().get("early000001"), None);
+    assert_eq!(follower.db().get("early000001").unwrap(), None);
     assert_eq!(
-        follower.db().get("late002999").as_deref(),
+        follower.db().get("late002999").unwrap().as_deref(),
         Some(&b"value 2999"[..])
     );
     // Compaction and rotation while it streams.
@@ -245,7 +248,7 @@ fn a_follower_whose_segments_were_compacted_away_gets_a_snapshot_that_replaces_i
         },
     )
     .unwrap();
-    assert_eq!(reopened.digest(), leader.db.digest());
+    assert_eq!(reopened.digest().unwrap(), leader.db.digest().unwrap());
 }
 
 #[test]
@@ -300,7 +303,7 @@ fn followers_without_a_replicate_token_are_refused() {
             "{expected}: {:?}",
             follower.status()
         );
-        assert_eq!(follower.db().get("secret"), None);
+        assert_eq!(follower.db().get("secret").unwrap(), None);
         assert_eq!(follower.status().batches_applied, 0);
         assert!(follower.db().follower_position().unwrap().is_none());
     }
@@ -440,7 +443,10 @@ fn a_rogue_leader_gets_nothing_applied_and_the_follower_reconnects() {
     send(&mut socket, &welcome(3));
     send(&mut socket, &batch(0, 1, &frames));
     assert!(follower.wait_for_seq(3, CONVERGE));
-    assert_eq!(follower.db().get("c").as_deref(), Some(&b"rogue"[..]));
+    assert_eq!(
+        follower.db().get("c").unwrap().as_deref(),
+        Some(&b"rogue"[..])
+    );
     let cursor = Cursor::from(follower.db().follower_position().unwrap().unwrap());
     assert_eq!(
         cursor,
@@ -470,8 +476,8 @@ fn a_promoted_copy_that_follows_again_is_reset_to_the_leaders_state() {
     let follower = follow(dir.path(), &leader);
     converge(&follower, &leader);
     assert_eq!(follower.status().snapshots_installed, 1);
-    assert_eq!(follower.db().get("written-while-promoted"), None);
-    assert!(follower.db().get("k000001").is_some());
+    assert_eq!(follower.db().get("written-while-promoted").unwrap(), None);
+    assert!(follower.db().get("k000001").unwrap().is_some());
 }
 
 /// A frame header of `kind` announcing `payload_bytes`, with a valid
@@ -664,19 +670,16 @@ fn a_snapshot_transfer_cut_short_leaves_no_staged_file() {
     assert!(follower.db().follower_position().unwrap().is_none());
 }
 
-/// The bytes of a real snapshot file holding one key, `from-snapshot`.
+/// The bytes of a real snapshot file holding one key, `from-snapshot` (as
+/// a leader ships it: with its `_local` epoch too, which a follower does
+/// not keep).
 fn snapshot_file_bytes() -> Vec<u8> {
     let dir = tempfile::tempdir().unwrap();
     let db = Db::open(dir.path()).unwrap();
     db.put("from-snapshot", "1").unwrap();
-    db.compact_now().unwrap();
+    let (_, bytes) = common::shipped_snapshot(&db);
     db.close().unwrap();
-    let files: Vec<_> = std::fs::read_dir(dir.path().join("snapshots"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    assert_eq!(files.len(), 1, "{files:?}");
-    std::fs::read(&files[0]).unwrap()
+    bytes
 }
 
 /// Sends a whole snapshot of `bytes` covering `snapshot_seq`, after a
@@ -745,12 +748,12 @@ fn a_batch_reusing_sequence_numbers_with_other_writes_is_applied_not_taken_for_a
         follower.status()
     );
     assert_eq!(
-        follower.db().get("from-snapshot").as_deref(),
+        follower.db().get("from-snapshot").unwrap().as_deref(),
         Some(&b"1"[..])
     );
-    assert_eq!(follower.db().get("a"), None);
+    assert_eq!(follower.db().get("a").unwrap(), None);
     assert_eq!(
-        follower.db().get("z").as_deref(),
+        follower.db().get("z").unwrap().as_deref(),
         Some(&b"after the cut"[..]),
         "the batch was taken for the one applied before at the same sequence numbers"
     );

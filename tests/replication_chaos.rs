@@ -496,12 +496,20 @@ fn a_loopback_network_with_drops_duplicates_delays_and_disconnects_the_follower_
         "follower stuck at {:?}, leader at {target}",
         follower.status()
     );
-    assert_eq!(follower.db().digest(), leader.db.digest());
+    assert_eq!(follower.db().digest().unwrap(), leader.db.digest().unwrap());
     assert_eq!(follower.db().stats().keys, leader.db.stats().keys);
     for (counter, total) in totals.iter().enumerate() {
         let key = format!("counter-{counter}");
-        assert_eq!(leader.db.counter(&key), *total, "{key} on the leader");
-        assert_eq!(follower.db().counter(&key), *total, "{key} on the follower");
+        assert_eq!(
+            leader.db.counter(&key).unwrap(),
+            *total,
+            "{key} on the leader"
+        );
+        assert_eq!(
+            follower.db().counter(&key).unwrap(),
+            *total,
+            "{key} on the follower"
+        );
     }
     let status = follower.status();
     eprintln!(

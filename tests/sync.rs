@@ -8,6 +8,7 @@ use common::{Copy, copy, copy_with, sync};
 
 fn everything(db: &Db) -> Vec<(Vec<u8>, mergekv::Value)> {
     db.scan(&ScanOptions::all())
+        .map(Result::unwrap)
         .map(|e| (e.key().to_vec(), e.into_value()))
         .collect()
 }
@@ -20,7 +21,7 @@ fn the_higher_stamp_wins_in_both_directions() {
     b.db.put("k", "from b").unwrap(); // later physical time
     sync(&a.db, &b.db);
     sync(&b.db, &a.db);
-    assert_eq!(a.db.get("k").as_deref(), Some(&b"from b"[..]));
+    assert_eq!(a.db.get("k").unwrap().as_deref(), Some(&b"from b"[..]));
     assert_eq!(everything(&a.db), everything(&b.db));
 }
 
@@ -37,7 +38,7 @@ fn equal_physical_time_is_decided_by_logical_counter_then_node_the_same_way() {
     sync(&a.db, &b.db);
     sync(&b.db, &a.db);
     assert_eq!(everything(&a.db), everything(&b.db));
-    assert_eq!(a.db.get("k").as_deref(), Some(&b"a"[..]));
+    assert_eq!(a.db.get("k").unwrap().as_deref(), Some(&b"a"[..]));
     // Same physical and logical time: the node id decides, identically.
     let (c, d) = (copy(9_000), copy(9_000));
     c.db.put("n", "c").unwrap();
@@ -49,7 +50,7 @@ fn equal_physical_time_is_decided_by_logical_counter_then_node_the_same_way() {
     } else {
         "d"
     };
-    assert_eq!(c.db.get("n").as_deref(), Some(winner.as_bytes()));
+    assert_eq!(c.db.get("n").unwrap().as_deref(), Some(winner.as_bytes()));
     assert_eq!(everything(&c.db), everything(&d.db));
 }
 
@@ -61,11 +62,11 @@ fn a_delete_travels_and_a_later_put_brings_the_key_back_on_both() {
     a.clock.advance_ms(5);
     a.db.delete("k").unwrap();
     sync(&a.db, &b.db);
-    assert_eq!(b.db.get("k"), None);
+    assert_eq!(b.db.get("k").unwrap(), None);
     b.clock.advance_ms(10);
     b.db.put("k", "again").unwrap();
     sync(&b.db, &a.db);
-    assert_eq!(a.db.get("k").as_deref(), Some(&b"again"[..]));
+    assert_eq!(a.db.get("k").unwrap().as_deref(), Some(&b"again"[..]));
     assert_eq!(everything(&a.db), everything(&b.db));
 }
 
@@ -102,7 +103,7 @@ fn counters_on_three_copies_merged_in_every_order_agree() {
             }
         }
         for c in &copies {
-            assert_eq!(c.db.counter("hits"), 60 - 3, "order {order:?}");
+            assert_eq!(c.db.counter("hits").unwrap(), 60 - 3, "order {order:?}");
         }
     }
 }
@@ -121,7 +122,7 @@ fn importing_the_same_change_set_twice_changes_nothing() {
     let again = b.db.import(&bytes).unwrap();
     assert_eq!((again.applied, again.duplicates), (0, 26));
     assert_eq!(b.db.stats().wal.last_seq, last_seq, "nothing was written");
-    assert_eq!(b.db.counter("n"), 3);
+    assert_eq!(b.db.counter("n").unwrap(), 3);
     // Nothing new since the cursor: an empty change set.
     let (empty, _) = a.db.export_since(&cursor).unwrap();
     assert_eq!(
@@ -178,15 +179,21 @@ fn imported_data_is_readable_after_reopen() {
         b.import(&bytes).unwrap();
     }
     let b = Db::open(dir.path()).unwrap();
-    assert_eq!(b.get("banana").as_deref(), Some(&b"banana"[..]));
+    assert_eq!(b.get("banana").unwrap().as_deref(), Some(&b"banana"[..]));
     let prefix: Vec<_> = b
         .scan(&ScanOptions::prefix("ap"))
+        .map(Result::unwrap)
         .map(|e| e.key().to_vec())
         .collect();
     assert_eq!(prefix, vec![b"apple".to_vec(), b"apricot".to_vec()]);
-    assert_eq!(b.scan(&ScanOptions::range("b", "d")).count(), 2);
     assert_eq!(
-        b.keyspace("users").unwrap().get("ada").as_deref(),
+        b.scan(&ScanOptions::range("b", "d"))
+            .map(Result::unwrap)
+            .count(),
+        2
+    );
+    assert_eq!(
+        b.keyspace("users").unwrap().get("ada").unwrap().as_deref(),
         Some(&b"x"[..])
     );
 }
@@ -228,7 +235,7 @@ fn an_interrupted_sync_resumes_after_a_restart_without_resending() {
     let again = b.import_from("a", &first).unwrap();
     assert_eq!((again.applied, again.duplicates), (0, 30));
     assert_eq!(b.import_from("a", &second).unwrap().applied, 20);
-    assert_eq!(b.scan(&ScanOptions::all()).count(), 50);
+    assert_eq!(b.scan(&ScanOptions::all()).map(Result::unwrap).count(), 50);
 }
 
 #[test]
@@ -256,15 +263,18 @@ fn an_import_lands_whole_or_not_at_all_and_a_retry_completes_it() {
         assert!(b.import(&bytes).is_err());
     }
     let b = Db::open(dir.path()).unwrap();
-    let present = b.scan(&ScanOptions::all()).count();
+    let present = b.scan(&ScanOptions::all()).map(Result::unwrap).count();
     assert!(
         present == 0 || present == 25_000,
         "never part of it ({present})"
     );
     let resumed = b.import(&bytes).unwrap();
     assert_eq!(resumed.applied + resumed.duplicates, 25_000);
-    assert_eq!(b.scan(&ScanOptions::all()).count(), 25_000);
-    assert_eq!(b.digest().root, a.db.digest().root);
+    assert_eq!(
+        b.scan(&ScanOptions::all()).map(Result::unwrap).count(),
+        25_000
+    );
+    assert_eq!(b.digest().unwrap().root, a.db.digest().unwrap().root);
 }
 
 #[test]
@@ -274,13 +284,18 @@ fn digests_are_equal_exactly_when_states_are_and_name_the_ranges_that_differ() {
         a.db.put(format!("k{i:03}"), "same").unwrap();
     }
     sync(&a.db, &b.db);
-    assert_eq!(a.db.digest().root, b.db.digest().root);
-    assert!(a.db.digest().differing_buckets(&b.db.digest()).is_empty());
+    assert_eq!(a.db.digest().unwrap().root, b.db.digest().unwrap().root);
+    assert!(
+        a.db.digest()
+            .unwrap()
+            .differing_buckets(&b.db.digest().unwrap())
+            .is_empty()
+    );
     // One changed value and one new key on a.
     a.clock.advance_ms(1);
     a.db.put("k007", "changed").unwrap();
     a.db.put("new", "key").unwrap();
-    let (da, db) = (a.db.digest(), b.db.digest());
+    let (da, db) = (a.db.digest().unwrap(), b.db.digest().unwrap());
     assert_ne!(da.root, db.root);
     let differ = da.differing_buckets(&db);
     assert!(!differ.is_empty() && differ.len() <= 2, "{differ:?}");
@@ -295,11 +310,11 @@ fn digests_are_equal_exactly_when_states_are_and_name_the_ranges_that_differ() {
         "only the differing ranges were sent ({sent} records)"
     );
     b.db.import(&bytes).unwrap();
-    assert_eq!(a.db.digest().root, b.db.digest().root);
+    assert_eq!(a.db.digest().unwrap().root, b.db.digest().unwrap().root);
     // A tombstone is state too.
     a.clock.advance_ms(1);
     a.db.delete("new").unwrap();
-    assert_ne!(a.db.digest().root, b.db.digest().root);
+    assert_ne!(a.db.digest().unwrap().root, b.db.digest().unwrap().root);
 }
 
 #[test]
@@ -329,7 +344,10 @@ fn sealed_segments_are_exchanged_by_content_hash() {
         b_db.import_segment(&first, &manifest[1].hash).unwrap(),
         mergekv::SegmentImport::HashMismatch
     );
-    assert_eq!(b_db.scan(&ScanOptions::all()).count(), 0);
+    assert_eq!(
+        b_db.scan(&ScanOptions::all()).map(Result::unwrap).count(),
+        0
+    );
     let mut written = 0;
     for entry in &missing {
         let bytes = a.segment_bytes(&entry.hash).unwrap().unwrap();
@@ -345,8 +363,14 @@ fn sealed_segments_are_exchanged_by_content_hash() {
     assert!(written > 0);
     assert!(b_db.missing_segments(&manifest).unwrap().is_empty());
     // Every key in a sealed segment is now on b with a's value.
-    assert_eq!(b_db.get("k000").as_deref(), Some(&b"some value"[..]));
-    assert_eq!(b_db.scan(&ScanOptions::all()).count() as u64, written);
+    assert_eq!(
+        b_db.get("k000").unwrap().as_deref(),
+        Some(&b"some value"[..])
+    );
+    assert_eq!(
+        b_db.scan(&ScanOptions::all()).map(Result::unwrap).count() as u64,
+        written
+    );
 }
 
 fn small_segments(start_ms: u64) -> Copy {
@@ -367,13 +391,13 @@ fn exchange(a: &Db, b: &Db) {
 fn a_partial_transfer_never_makes_a_copy_claim_what_it_lacks() {
     // A bucket export first: b gets "new" but not "old".
     let (a, b) = (copy(1_000), copy(1_000));
-    let empty = a.db.digest();
+    let empty = a.db.digest().unwrap();
     a.db.put("old", "1").unwrap();
-    let with_old = a.db.digest();
+    let with_old = a.db.digest().unwrap();
     let old_bucket = with_old.differing_buckets(&empty);
     a.clock.advance_ms(5);
     a.db.put("new", "2").unwrap();
-    let new_bucket = a.db.digest().differing_buckets(&with_old);
+    let new_bucket = a.db.digest().unwrap().differing_buckets(&with_old);
     assert_ne!(
         old_bucket, new_bucket,
         "the two keys sit in different ranges"
@@ -383,8 +407,8 @@ fn a_partial_transfer_never_makes_a_copy_claim_what_it_lacks() {
             .unwrap();
     b.db.import_from("a", &bytes).unwrap();
     exchange(&a.db, &b.db);
-    assert_eq!(b.db.get("old").as_deref(), Some(&b"1"[..]));
-    assert_eq!(a.db.digest().root, b.db.digest().root);
+    assert_eq!(b.db.get("old").unwrap().as_deref(), Some(&b"1"[..]));
+    assert_eq!(a.db.digest().unwrap().root, b.db.digest().unwrap().root);
     // Only the newest sealed segment first.
     let (a, b) = (small_segments(1_000), small_segments(1_000));
     for i in 0..100 {
@@ -394,8 +418,11 @@ fn a_partial_transfer_never_makes_a_copy_claim_what_it_lacks() {
     let bytes = a.db.segment_bytes(&last.hash).unwrap().unwrap();
     b.db.import_segment(&bytes, &last.hash).unwrap();
     exchange(&a.db, &b.db);
-    assert_eq!(a.db.digest().root, b.db.digest().root);
-    assert_eq!(b.db.scan(&ScanOptions::all()).count(), 100);
+    assert_eq!(a.db.digest().unwrap().root, b.db.digest().unwrap().root);
+    assert_eq!(
+        b.db.scan(&ScanOptions::all()).map(Result::unwrap).count(),
+        100
+    );
 }
 
 /// Compaction may remove a sealed segment between the listing and the
@@ -489,17 +516,17 @@ fn a_copied_directory_gets_its_own_identity_and_no_increment_is_lost() {
     b.increment("c", 3).unwrap();
     send(&a, &b).unwrap();
     send(&b, &a).unwrap();
-    assert_eq!(a.counter("c"), 8);
-    assert_eq!(b.counter("c"), 8);
+    assert_eq!(a.counter("c").unwrap(), 8);
+    assert_eq!(b.counter("c").unwrap(), 8);
     assert_eq!(
-        b.get("k").as_deref(),
+        b.get("k").unwrap().as_deref(),
         Some(&b"v"[..]),
         "its history is kept"
     );
     drop(b);
     let b = Db::open(b_dir.path()).unwrap();
     assert_eq!(b.identity_renewed(), None, "renewed once, then stable");
-    assert_eq!(b.counter("c"), 8);
+    assert_eq!(b.counter("c").unwrap(), 8);
 }
 
 /// Makes `dir`'s META claim that its identity was issued in `dir` (what a
@@ -536,7 +563,7 @@ fn changes_made_under_this_copys_id_elsewhere_are_refused() {
         matches!(refused, Err(mergekv::Error::IdentityConflict { .. })),
         "{refused:?}"
     );
-    assert_eq!(b.counter("c"), 3, "nothing applied");
+    assert_eq!(b.counter("c").unwrap(), 3, "nothing applied");
     let b_renewed = {
         drop(b);
         Db::open_with(
@@ -553,7 +580,7 @@ fn changes_made_under_this_copys_id_elsewhere_are_refused() {
         Some(mergekv::Renewal::Requested)
     );
     assert_ne!(b_renewed.node_id(), a.node_id());
-    assert_eq!(b_renewed.counter("c"), 3, "its history is kept");
+    assert_eq!(b_renewed.counter("c").unwrap(), 3, "its history is kept");
 }
 
 /// A register stamp under this copy's id, newer than anything its clock
@@ -579,7 +606,7 @@ fn a_register_stamp_this_copy_never_issued_is_refused() {
         matches!(refused, Err(mergekv::Error::IdentityConflict { .. })),
         "{refused:?}"
     );
-    assert_eq!(b.get("k").as_deref(), Some(&b"from b"[..]));
+    assert_eq!(b.get("k").unwrap().as_deref(), Some(&b"from b"[..]));
 }
 
 /// A repair that drops writes this copy made (which peers already hold)
@@ -598,7 +625,7 @@ fn a_lossy_repair_gives_a_new_identity_and_peers_restore_what_it_dropped() {
         send(&a, &b).unwrap();
         a.node_id()
     };
-    assert_eq!(b.counter("c"), 10);
+    assert_eq!(b.counter("c").unwrap(), 10);
     // Damage the 6th frame: repair cuts it and everything after.
     let seg = common::segments(a_dir.path()).pop().unwrap();
     let len = std::fs::metadata(&seg).unwrap().len() as usize;
@@ -609,16 +636,23 @@ fn a_lossy_repair_gives_a_new_identity_and_peers_restore_what_it_dropped() {
     };
     let a = Db::open_with(a_dir.path(), repair).unwrap();
     assert!(a.recovery_report().repair.is_some());
-    assert!(a.counter("c") < 10, "the repair dropped increments");
+    assert!(
+        a.counter("c").unwrap() < 10,
+        "the repair dropped increments"
+    );
     assert_eq!(
         a.identity_renewed(),
         Some((old_node, mergekv::Renewal::Repaired))
     );
     send(&b, &a).expect("the dropped increments come back from the peer");
-    assert_eq!(a.counter("c"), 10);
+    assert_eq!(a.counter("c").unwrap(), 10);
     a.increment("c", 3).unwrap();
     send(&a, &b).unwrap();
-    assert_eq!(b.counter("c"), 13, "increments after the repair count");
+    assert_eq!(
+        b.counter("c").unwrap(),
+        13,
+        "increments after the repair count"
+    );
 }
 
 /// Renewing again and again never makes a directory unopenable: the
@@ -639,9 +673,9 @@ fn many_renewals_keep_every_file_readable() {
     }
     assert_eq!(ids.len(), 20);
     let db = Db::open(dir.path()).unwrap();
-    assert_eq!(db.scan(&ScanOptions::all()).count(), 20);
+    assert_eq!(db.scan(&ScanOptions::all()).map(Result::unwrap).count(), 20);
     db.compact_now().unwrap();
     drop(db);
     let db = Db::open(dir.path()).unwrap();
-    assert_eq!(db.scan(&ScanOptions::all()).count(), 20);
+    assert_eq!(db.scan(&ScanOptions::all()).map(Result::unwrap).count(), 20);
 }

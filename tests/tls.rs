@@ -155,7 +155,7 @@ fn converge(follower: &Follower, leader: &Leader) {
         "follower stuck at {:?}, leader at {target}",
         follower.status()
     );
-    assert_eq!(follower.db().digest(), leader.db.digest());
+    assert_eq!(follower.db().digest().unwrap(), leader.db.digest().unwrap());
 }
 
 fn put_many(db: &Db, prefix: &str, count: usize) {
@@ -181,7 +181,7 @@ fn refused(follower: &Follower, leader: &Leader) -> String {
     assert_eq!(status.snapshots_installed, 0, "{status:?}");
     assert!(!status.connected, "{status:?}");
     assert_eq!(follower.db().stats().keys, 0);
-    assert_eq!(follower.db().get("k000000"), None);
+    assert_eq!(follower.db().get("k000000").unwrap(), None);
     assert!(leader.server.followers().is_empty());
     status.last_error.unwrap_or_default()
 }
@@ -198,7 +198,7 @@ fn a_follower_over_tls_catches_up_then_streams() {
     assert!(status.batches_applied > 5, "{status:?}");
     assert_eq!(follower.db().stats().keys, leader.db.stats().keys);
     assert_eq!(
-        follower.db().get("k002999").as_deref(),
+        follower.db().get("k002999").unwrap().as_deref(),
         Some(&b"value 2999"[..])
     );
     assert_eq!(leader.server.followers().len(), 1);
@@ -211,9 +211,15 @@ fn a_follower_over_tls_catches_up_then_streams() {
     }
     put_many(&leader.db, "late", 1_000);
     converge(&follower, &leader);
-    assert_eq!(follower.db().counter("hits"), (0..100).sum::<i64>());
-    assert_eq!(follower.db().get("k000000"), None);
-    assert_eq!(follower.db().get("new99").as_deref(), Some(&b"x"[..]));
+    assert_eq!(
+        follower.db().counter("hits").unwrap(),
+        (0..100).sum::<i64>()
+    );
+    assert_eq!(follower.db().get("k000000").unwrap(), None);
+    assert_eq!(
+        follower.db().get("new99").unwrap().as_deref(),
+        Some(&b"x"[..])
+    );
     let status = follower.status();
     assert_eq!(status.lag_seqs, 0, "{status:?}");
     assert_eq!(status.connects, 1, "one TLS session throughout: {status:?}");

@@ -200,3 +200,139 @@ pub fn wait_for(timeout: std::time::Duration, mut done: impl FnMut() -> bool) ->
     }
     true
 }
+
+/// The run files of the database in `dir` (`runs/run-*.run`), oldest
+/// first.
+pub fn runs(dir: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = fs::read_dir(dir.join("runs"))
+        .map(|d| {
+            d.map(|e| e.unwrap().path())
+                .filter(|p| p.extension().is_some_and(|e| e == "run"))
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+/// The snapshot files of the database in `dir` (`snapshots/snap-*.snap`;
+/// only a directory of the format before runs has any), oldest first.
+pub fn snapshots(dir: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = fs::read_dir(dir.join("snapshots"))
+        .map(|d| {
+            d.map(|e| e.unwrap().path())
+                .filter(|p| p.extension().is_some_and(|e| e == "snap"))
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+/// A snapshot of `db`'s whole state as a file of the format before runs,
+/// with the sequence number it covers. Compactions no longer write
+/// snapshot files, but a replication leader still ships its state as one
+/// (written by the same snapshot writer the older compactor used), so this
+/// takes it from a leader on `db`, as a follower on another history would
+/// receive it. Serving records the leader's epoch in `_local` first, so the
+/// snapshot holds that key too; the retention cursor the transfer
+/// registered is removed again.
+pub fn shipped_snapshot(db: &Db) -> (u64, Vec<u8>) {
+    use mergekv::replication::frame::read_frame;
+    use mergekv::replication::{
+        Cursor, ErrorCode, Message, PROTOCOL_VERSION, ReplicationAuth, ReplicationOptions,
+        ReplicationServer, StartMode,
+    };
+    use std::io::Write;
+
+    struct Anyone;
+    impl ReplicationAuth for Anyone {
+        fn authorize_replication(&self, _token: &str) -> Result<(), ErrorCode> {
+            Ok(())
+        }
+    }
+    let cursors_before = db.stats().cursors;
+    let server =
+        ReplicationServer::start(db, "127.0.0.1:0", ReplicationOptions::new(Arc::new(Anyone)))
+            .unwrap();
+    let mut socket = std::net::TcpStream::connect(server.local_addr()).unwrap();
+    socket
+        .set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    let hello = Message::Hello {
+        version: PROTOCOL_VERSION,
+        follower_id: 0x5eed,
+        token: "any".into(),
+        // Another history: the leader answers with a snapshot.
+        cursor: Cursor {
+            stream: db.node_id().0 ^ 1,
+            epoch: 1,
+            seq: 0,
+        },
+    };
+    socket.write_all(&hello.to_frame_bytes().unwrap()).unwrap();
+    let (mut seq, mut bytes) = (None, Vec::new());
+    loop {
+        match Message::decode(&read_frame(&mut socket).unwrap()).unwrap() {
+            Message::Welcome { mode, .. } => assert_eq!(mode, StartMode::Snapshot),
+            Message::SnapshotBegin {
+                snapshot_seq,
+                total_bytes,
+                ..
+            } => {
+                seq = Some(snapshot_seq);
+                bytes.reserve(total_bytes as usize);
+            }
+            Message::SnapshotChunk {
+                offset, bytes: b, ..
+            } => {
+                assert_eq!(offset, bytes.len() as u64);
+                bytes.extend_from_slice(&b);
+            }
+            Message::SnapshotEnd { digest, .. } => {
+                assert_eq!(&digest, blake3::hash(&bytes).as_bytes());
+                break;
+            }
+            Message::Heartbeat { .. } => {}
+            other => panic!("unexpected {other:?} during a snapshot transfer"),
+        }
+    }
+    drop(socket);
+    server.stop();
+    for name in db.stats().cursors.keys() {
+        if !cursors_before.contains_key(name) {
+            db.remove_cursor(name).unwrap();
+        }
+    }
+    (seq.unwrap(), bytes)
+}
+
+/// Makes the closed database in `dir`, which never wrote a run (so its WAL
+/// reaches back to sequence number 1), a directory of the format before
+/// runs holding `snapshots` (each with the sequence number it covers, as
+/// from [`shipped_snapshot`]) as `snapshots/snap-<seq>.snap`, and the WAL
+/// segments that hold anything after `wal_after` (what the older compactor
+/// kept).
+pub fn make_legacy(dir: &Path, snapshots: &[(u64, Vec<u8>)], wal_after: u64) {
+    assert!(
+        !dir.join("MANIFEST").exists() && runs(dir).is_empty(),
+        "{} wrote runs: its WAL may not reach back to the start",
+        dir.display()
+    );
+    let snap_dir = dir.join("snapshots");
+    fs::create_dir_all(&snap_dir).unwrap();
+    for (seq, bytes) in snapshots {
+        fs::write(snap_dir.join(format!("snap-{seq:020}.snap")), bytes).unwrap();
+    }
+    let segments = segments(dir);
+    let first_seq = |p: &Path| -> u64 {
+        let name = p.file_stem().unwrap().to_string_lossy().into_owned();
+        name.strip_prefix("wal-").unwrap().parse().unwrap()
+    };
+    for pair in segments.windows(2) {
+        // Everything in it is below the next segment's first number.
+        if first_seq(&pair[1]) <= wal_after.saturating_add(1) {
+            fs::remove_file(&pair[0]).unwrap();
+        }
+    }
+}
