@@ -358,13 +358,13 @@ impl Maintenance {
         self.flush_frozen(&mut written)?;
         let covered_seq = self.cover_through(covered_now)?;
         engine.wal().check_usable()?;
-        let (keep_from, cursors_behind) = self.retention_start(covered_seq);
-        self.flush_cursors()?;
-        let (segments_removed, _) = engine.wal().truncate_before(keep_from)?;
         let gc = self.tombstone_rule(
             covered_seq,
             crate::sync::peer_cursors(&engine.state().view())?,
         );
+        let (keep_from, cursors_behind) = self.retention_start(covered_seq);
+        self.flush_cursors()?;
+        let (segments_removed, _) = engine.wal().truncate_before(keep_from)?;
         self.merge_runs(full, &gc, &mut written)?;
         let snapshots_after = self
             .io

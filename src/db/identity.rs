@@ -85,14 +85,21 @@ pub(super) fn holds_files(io: &Io, dir: &Path) -> Result<bool> {
     // an unreadable one fails loudly a moment later, when replay reads it.
     let segments = recovery::list_segments(io, &dir.join(WAL_DIR)).unwrap_or_default();
     let snapshots = snapshot::list_snapshots(io, &dir.join(SNAPSHOT_DIR)).unwrap_or_default();
-    Ok(!segments.is_empty() || !snapshots.is_empty())
+    let manifest = io
+        .read_if_exists(&crate::manifest::manifest_path(dir))?
+        .is_some();
+    let runs = io
+        .list_dir_if_exists(&dir.join(crate::run::RUN_DIR))?
+        .iter()
+        .any(|n| crate::run::parse_run_file_name(n).is_some());
+    Ok(!segments.is_empty() || !snapshots.is_empty() || manifest || runs)
 }
 
 fn orphan_files(dir: &Path) -> Error {
     Error::corruption(
         &meta::meta_path(dir),
         0,
-        "META is missing but WAL segments or snapshots exist (a repair rebuilds it)",
+        "META is missing but WAL segments, runs or snapshots exist (a repair rebuilds it)",
     )
 }
 

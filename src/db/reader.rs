@@ -183,6 +183,25 @@ impl ReadOnlyDb {
         )
     }
 
+    /// A follower directory's stored replication position, if any.
+    pub fn follower_position(&self) -> Result<Option<super::FollowerPosition>> {
+        let key = super::position::local_key(super::position::FOLLOWER_POSITION_KEY);
+        let Some(bytes) = self
+            .loaded
+            .state
+            .get(&key)?
+            .and_then(|s| s.register.and_then(|r| r.value))
+        else {
+            return Ok(None);
+        };
+        super::FollowerPosition::decode(&bytes)
+            .map(Some)
+            .map_err(|reason| Error::Decode {
+                what: "follower position",
+                reason,
+            })
+    }
+
     /// Figures about the state read: keys (counted over every layer),
     /// runs, the WAL position.
     pub fn stats(&self) -> Stats {
@@ -212,6 +231,34 @@ impl ReadOnlyDb {
         stats.compactor.snapshot_seq = self.loaded.covered_seq;
         stats.compactor.runs = lower.runs.len();
         stats.compactor.snapshot_bytes = lower.runs.iter().map(|r| r.info().size_bytes).sum();
+        stats.follower_of = meta::read_follower_marker(&self.io, &self.dir)
+            .ok()
+            .flatten();
+        stats.follower_position = self.follower_position().ok().flatten();
+        match crate::compactor::Cursors::load(&self.io, &self.dir) {
+            Ok(cursors) => {
+                stats.cursors = cursors
+                    .names()
+                    .into_iter()
+                    .filter_map(|name| cursors.get(&name).map(|c| (name, c)))
+                    .collect();
+            }
+            Err(e) => stats.notices.push(format!("cursors unreadable: {e}")),
+        }
+        let report = &self.loaded.report;
+        stats.notices.extend(
+            report
+                .snapshots_skipped
+                .iter()
+                .map(|s| format!("snapshot passed over: {s}")),
+        );
+        if let Some(torn) = &report.torn_tail {
+            stats.notices.push(format!(
+                "the WAL ends in an unfinished frame ({}, byte {}): read as the end of the log",
+                torn.segment.display(),
+                torn.offset_bytes
+            ));
+        }
         let cache = self.cache.stats();
         stats.compactor.cache_hits = cache.hits;
         stats.compactor.cache_misses = cache.misses;

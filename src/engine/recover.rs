@@ -354,11 +354,27 @@ fn recover_from_manifest(from: &RecoverFrom<'_>, mut manifest: Manifest) -> Resu
 fn recover_legacy_read_only(from: &RecoverFrom<'_>) -> Result<Recovered> {
     let snap_dir = from.dir.join(SNAPSHOT_DIR);
     let mut loaded = None;
+    // Damaged snapshots are passed over (and reported), as a writable open
+    // does, but left where they are.
+    let mut damaged: Vec<Error> = Vec::new();
     for (_, path) in snapshot::list_snapshots(from.io, &snap_dir)? {
-        let snapshot = snapshot::read_snapshot(from.io, &path)?;
-        if from.nodes.contains(&snapshot.meta.node) {
-            loaded = Some(snapshot);
-            break;
+        match snapshot::read_snapshot(from.io, &path) {
+            Ok(snapshot) if from.nodes.contains(&snapshot.meta.node) => {
+                loaded = Some(snapshot);
+                break;
+            }
+            Ok(snapshot) => {
+                return Err(Error::corruption(
+                    &path,
+                    0,
+                    format!(
+                        "snapshot belongs to node {}, not to this directory",
+                        snapshot.meta.node
+                    ),
+                ));
+            }
+            Err(e @ Error::Corruption { .. }) => damaged.push(e),
+            Err(e) => return Err(e),
         }
     }
     let options = from.options;
@@ -380,14 +396,20 @@ fn recover_legacy_read_only(from: &RecoverFrom<'_>) -> Result<Recovered> {
         }
         state.replay(snapshot.records)?;
     }
-    let (max_stamp, replayed) = replay_tail(
+    let replayed = replay_tail(
         from,
         &state,
         &mut dedup,
         covered_seq,
         max_stamp,
         crate::options::RecoveryMode::Strict,
-    )?;
+    );
+    let (max_stamp, replayed) = match replayed {
+        // Without the damaged snapshot the WAL cannot rebuild the state.
+        Err(e @ Error::Corruption { .. }) => return Err(damaged.into_iter().next().unwrap_or(e)),
+        other => other?,
+    };
+    report.snapshots_skipped = damaged.iter().map(ToString::to_string).collect();
     copy_wal_report(&mut report, &replayed.report);
     let after = covered_seq.map_or(1, |s| s.saturating_add(1));
     Ok(Recovered {
@@ -716,8 +738,8 @@ pub(crate) fn quarantine_path(io: &Io, dir: &Path, name: &str) -> Result<std::pa
     Ok(quarantine.join(candidate))
 }
 
-/// Every node id the directory's snapshot and segment headers carry,
-/// oldest files first, each once.
+/// Every node id the directory's snapshot, run, manifest and segment
+/// headers carry, oldest files first, each once.
 pub(crate) fn node_ids_in_files(io: &Io, dir: &Path) -> Result<Vec<NodeId>> {
     let mut ids: Vec<NodeId> = Vec::new();
     let mut note = |node: NodeId| {
@@ -732,6 +754,23 @@ pub(crate) fn node_ids_in_files(io: &Io, dir: &Path) -> Result<Vec<NodeId>> {
         if let Ok(meta) = snapshot::read_snapshot_header(io, &path) {
             note(meta.node);
         }
+    }
+    // The runs' writers (each footer names one), then the manifest's.
+    let run_dir = dir.join(RUN_DIR);
+    let mut run_names: Vec<String> = io
+        .list_dir_if_exists(&run_dir)?
+        .into_iter()
+        .filter(|n| crate::run::parse_run_file_name(n).is_some())
+        .collect();
+    run_names.sort();
+    let no_cache = BlockCache::new(0);
+    for name in run_names {
+        if let Ok(run) = Run::open(io, &run_dir.join(name), no_cache.clone()) {
+            note(run.info().node);
+        }
+    }
+    if let Ok(Some(m)) = manifest::read_manifest(io, dir) {
+        note(m.node);
     }
     for (_, path) in recovery::list_segments(io, &dir.join(WAL_DIR)).unwrap_or_default() {
         if let Some(h) = crate::wal::read_segment_header(io, &path)? {

@@ -77,7 +77,7 @@ impl Bloom {
             return Err(Reader::invalid(0, format!("{probes} filter probes")));
         }
         if (bits.len() as u64) * 8 < BLOOM_BITS_MIN
-            || (bits.len() as u64 * 8) % BLOOM_BLOCK_BITS != 0
+            || !(bits.len() as u64 * 8).is_multiple_of(BLOOM_BLOCK_BITS)
         {
             return Err(Reader::invalid(1, format!("{}-byte filter", bits.len())));
         }
