@@ -8,7 +8,7 @@
 //! `(h · blocks) >> 64` (the high half of the product: no division), where
 //! `h` is [`key_hash`]; within it, with `g = fmix64(h xor 0x9E3779B97F4A7C15)`
 //! and `d = (g >> 32) | 1`, the bits are `(g + i·d) mod 512` for `i < k`.
-//! At 10 bits per key and `k = 7` about 1 % of absent keys pass (a plain
+//! At 10 bits per key and `k = 7` about 1.1 % of absent keys pass (a plain
 //! filter: 0.8 %).
 
 use crate::codec::{DecodeError, Reader};

@@ -47,7 +47,7 @@ pub struct RunWriterOptions {
     /// Compress blocks with LZ4 where that saves at least an eighth of a
     /// block (default true).
     pub compression: bool,
-    /// Bloom filter bits per key (default 10: about 0.8 % false
+    /// Bloom filter bits per key (default 10: about 1.1 % false
     /// positives); 0 writes no filter. At most [`BLOOM_BITS_PER_KEY_MAX`].
     pub bloom_bits_per_key: u32,
 }

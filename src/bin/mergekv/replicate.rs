@@ -112,10 +112,21 @@ pub fn promote(data: &Path, out: &mut Out) -> Result<(), CliError> {
     }
 }
 
-/// The status a running follower last wrote, for `stats`.
+/// The status a running follower last wrote, for `stats`: `None` if there
+/// is none, or if the process that wrote it is gone (on a system with
+/// `/proc`; elsewhere the file is believed).
 pub fn running_follower_status(data: &Path) -> Option<serde_json::Value> {
     let text = std::fs::read_to_string(data.join(FOLLOWER_STATUS_FILE)).ok()?;
-    serde_json::from_str(&text).ok()
+    let status: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let pid = status.get("pid").and_then(serde_json::Value::as_u64);
+    let proc_fs = Path::new("/proc/self").exists();
+    if let Some(pid) = pid
+        && proc_fs
+        && !Path::new(&format!("/proc/{pid}")).exists()
+    {
+        return None;
+    }
+    Some(status)
 }
 
 fn status_line(s: &FollowerStatus) -> String {
@@ -139,7 +150,15 @@ fn status_line(s: &FollowerStatus) -> String {
 /// Best effort: the file is a convenience for `stats`, written whole
 /// (temp file, rename) so a reader never sees half of it.
 fn write_status_file(path: &PathBuf, status: &FollowerStatus) {
-    let Ok(json) = serde_json::to_vec_pretty(status) else {
+    let Ok(mut value) = serde_json::to_value(status) else {
+        return;
+    };
+    // Who wrote it: `stats` believes the file only while that process lives
+    // (a follower killed with SIGKILL leaves it behind).
+    if let Some(object) = value.as_object_mut() {
+        object.insert("pid".into(), std::process::id().into());
+    }
+    let Ok(json) = serde_json::to_vec_pretty(&value) else {
         return;
     };
     let tmp = path.with_extension("json.tmp");
