@@ -22,11 +22,13 @@ pub enum Value {
 }
 
 impl Value {
-    pub(crate) fn from_visible(v: Visible<'_>) -> Option<Value> {
-        match v {
+    /// What a whole state reads as, taking its bytes rather than sharing
+    /// them (a state read from a run is owned already).
+    pub(crate) fn from_state(state: KeyState) -> Option<Value> {
+        match state.visible() {
             Visible::Absent => None,
-            Visible::Bytes(b) => Some(Value::Bytes(b.clone())),
             Visible::Counter(c) => Some(Value::Counter(c)),
+            Visible::Bytes(_) => state.register.and_then(|r| r.value).map(Value::Bytes),
         }
     }
 
@@ -226,7 +228,7 @@ impl Iterator for Scan {
                 }
             };
             // Keys that read as absent (tombstones) are skipped.
-            if let Some(value) = Value::from_visible(state.visible()) {
+            if let Some(value) = Value::from_state(state) {
                 self.remaining -= 1;
                 return Some(Ok(Entry {
                     store_key,
@@ -248,7 +250,7 @@ pub(crate) fn get_value(
 ) -> Result<Option<Value>> {
     // Short keys are built on the stack: no allocation on the read path.
     let store_key = StoreKey::concat(ks_prefix, key);
-    Ok(get(store_key.as_slice())?.and_then(|s| Value::from_visible(s.visible())))
+    Ok(get(store_key.as_slice())?.and_then(Value::from_state))
 }
 
 /// A consistent, read-only snapshot of the whole database: every read through

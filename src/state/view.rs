@@ -270,6 +270,11 @@ impl Iterator for ViewIter {
             self.failed = true;
             return Some(Err(e));
         }
+        // One layer left (a compacted database, a scan within one run):
+        // nothing to merge.
+        if let [only] = self.heads.as_mut_slice() {
+            return only.take().map(Ok);
+        }
         // The smallest (or, in reverse, greatest) head key.
         let reverse = self.reverse;
         let best = self
