@@ -234,6 +234,10 @@ fn child_options() -> Options {
         compaction_wal_bytes_min: 32 * 1024,
         compactor_tick_ms: 1,
         tombstone_grace_ms: 0,
+        // A memtable this small is written out as a run every few dozen
+        // writes, so kills land in flushes, merges (the size-tiered policy
+        // merges every few flushes) and manifest replacements.
+        memtable_bytes_max: 16 * 1024,
         ..Options::default()
     }
 }
