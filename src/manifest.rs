@@ -32,6 +32,15 @@ pub const MANIFEST_FORMAT_VERSION: u16 = 1;
 pub const MANIFEST_RUNS_MAX: usize = 4096;
 /// Bytes of one run entry: id, size, entries, tombstones, checksum.
 const RUN_ENTRY_BYTES: usize = 8 + 8 + 8 + 8 + 4;
+/// The largest manifest a reader accepts (the most runs and dedup entries
+/// it can name), checked before the file is read.
+pub const MANIFEST_BYTES_MAX: u64 = (HEADER_BYTES
+    + 4
+    + MANIFEST_RUNS_MAX * RUN_ENTRY_BYTES
+    + DIGEST_BYTES
+    + 4
+    + DEDUP_ENTRIES_MAX * DEDUP_ENTRY_BYTES
+    + 4) as u64;
 /// Bytes of the digest: every bucket's sum, then the key count.
 const DIGEST_BYTES: usize = DIGEST_BUCKETS * 32 + 8;
 /// Bytes before the run list.
@@ -242,6 +251,20 @@ impl Manifest {
 /// written before runs existed). Damage is [`Error::Corruption`] naming it.
 pub fn read_manifest(io: &Io, dir: &Path) -> Result<Option<Manifest>> {
     let path = manifest_path(dir);
+    match io.len_bytes(&path) {
+        Ok(len) if len > MANIFEST_BYTES_MAX => {
+            return Err(Error::corruption(
+                &path,
+                0,
+                format!("{len} bytes: larger than any manifest ({MANIFEST_BYTES_MAX})"),
+            ));
+        }
+        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(None);
+        }
+        Ok(_) => {}
+        Err(e) => return Err(e),
+    }
     let Some(bytes) = io.read_if_exists(&path)? else {
         return Ok(None);
     };

@@ -107,8 +107,11 @@ pub struct Options {
     pub snapshots_retained: usize,
     /// The block cache's budget: run blocks read for gets and scans are
     /// kept in memory up to this many bytes (0: none are kept). With the
-    /// run indexes and filters (about 2.5 bytes per key) and the
-    /// memtables, it bounds the memory the state takes.
+    /// run indexes and filters and the memtables, it bounds the memory the
+    /// state takes. Indexes and filters stay resident: about 2.5 bytes per
+    /// key for small entries; the index holds each block's first and last
+    /// key, so for entries of 4 KiB or more it is about twice the key
+    /// length per key.
     pub cache_bytes_max: u64,
     /// The active memtable is frozen and written out as a run once its
     /// estimated size reaches this; writers go on into a fresh one at once,

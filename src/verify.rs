@@ -46,11 +46,41 @@ impl VerifyReport {
 /// run the manifest names (every block's checksum and entries), every
 /// snapshot (chunk checksums, digest, record encoding) and each WAL segment
 /// (headers, frame checksums, record encoding, sequence order).
-/// Reads only; safe to run while the database is open elsewhere (a frame
-/// being written at that moment shows as a torn tail).
+/// Reads only; safe to run while the database is open elsewhere: it holds
+/// the readers' shared lock, a frame being written at that moment shows
+/// as a torn tail, and when the writer replaced the manifest meanwhile (a
+/// flush or a merge deleted what was being read) the check starts over
+/// (a few times at most). It also
+/// recounts the digest of the runs and compares it with the one the
+/// manifest keeps.
 pub fn verify(dir: impl AsRef<Path>) -> Result<VerifyReport> {
     let dir = dir.as_ref();
     let io = Io::default();
+    let _lock = match io.open_read(&dir.join(crate::db::READERS_LOCK_FILE)) {
+        Ok(file) => {
+            if !file.try_lock_shared()? {
+                return Err(Error::Locked {
+                    dir: dir.to_path_buf(),
+                });
+            }
+            Some(file)
+        }
+        Err(_) => None,
+    };
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let before = io.read_if_exists(&crate::manifest::manifest_path(dir))?;
+        let report = verify_once(&io, dir)?;
+        let after = io.read_if_exists(&crate::manifest::manifest_path(dir))?;
+        if report.is_ok() || before == after || tries >= crate::db::READ_ONLY_OPEN_TRIES_MAX {
+            return Ok(report);
+        }
+    }
+}
+
+fn verify_once(io: &Io, dir: &Path) -> Result<VerifyReport> {
+    let io = io.clone();
     let mut report = VerifyReport {
         dir: dir.to_path_buf(),
         ..VerifyReport::default()
@@ -132,7 +162,50 @@ fn check_runs(io: &Io, dir: &Path, report: &mut VerifyReport) -> Result<Option<u
             Err(e) => return Err(e),
         }
     }
+    if report.runs_ok == manifest.runs.len() {
+        check_runs_digest(io, dir, &manifest, report)?;
+    }
     Ok(Some(manifest.covered_seq))
+}
+
+/// Recounts the digest of what the runs hold and compares it with the
+/// manifest's.
+fn check_runs_digest(
+    io: &Io,
+    dir: &Path,
+    manifest: &crate::manifest::Manifest,
+    report: &mut VerifyReport,
+) -> Result<()> {
+    let cache = crate::run::BlockCache::new(0);
+    let runs = crate::engine::open_runs(io, dir, manifest, &cache)?;
+    let view = crate::state::StateView::of(
+        Default::default(),
+        std::sync::Arc::new(crate::state::Lower {
+            frozen: Vec::new(),
+            runs,
+            runs_digest: crate::state::DigestSums::new(),
+        }),
+    );
+    let mut sums = crate::state::DigestSums::new();
+    for entry in view.iter() {
+        match entry {
+            Ok((key, state)) => sums.add(&key, &state),
+            Err(e @ Error::Corruption { .. }) => {
+                report.problems.push(e.to_string());
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if sums != manifest.digest {
+        report.problems.push(format!(
+            "{}: the digest it keeps ({} keys) differs from the runs' ({} keys)",
+            crate::manifest::manifest_path(dir).display(),
+            manifest.digest.keys(),
+            sums.keys()
+        ));
+    }
+    Ok(())
 }
 
 /// Reads every snapshot back in full; returns the newest valid one's covered

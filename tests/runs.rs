@@ -466,3 +466,90 @@ fn a_damaged_run_is_salvaged_by_a_repair_which_names_what_it_lost() {
     drop(db);
     assert!(mergekv::verify(dir.path()).unwrap().is_ok());
 }
+
+/// Keys near the limit fill a run's index (each block of one big entry
+/// holds its key twice) long before the data is large: the compactor cuts
+/// its output into several runs instead of failing for ever. (Found by
+/// the issue 13 review: 140 keys of 1000 KiB could never be compacted.)
+#[test]
+fn runs_are_cut_when_their_index_fills_so_huge_keys_still_compact() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options {
+        memtable_bytes_max: 16 * 1024 * 1024,
+        key_size_bytes_max: 1000 * 1024,
+        ..Options::default()
+    };
+    let db = Db::open_with(dir.path(), options.clone()).unwrap();
+    let key = |i: u32| {
+        let mut key = vec![b'k'; 1000 * 1024];
+        key[..4].copy_from_slice(&i.to_be_bytes());
+        key
+    };
+    // Each key takes 2 MB of index (first and last key of its own
+    // block): a run is cut after 32 of them.
+    for i in 0..48u32 {
+        db.put(key(i), i.to_le_bytes()).unwrap();
+    }
+    let first = db.compact_now().unwrap();
+    let second = db.compact_now().unwrap();
+    assert!(second.runs > 1, "{first:?} / {second:?}");
+    drop(db);
+    let db = Db::open_with(dir.path(), options).unwrap();
+    for i in (0..48u32).step_by(7) {
+        assert_eq!(
+            db.get(key(i)).unwrap().as_deref(),
+            Some(&i.to_le_bytes()[..])
+        );
+    }
+    assert_eq!(db.scan(&ScanOptions::all()).count(), 48);
+    assert_eq!(db.digest().unwrap(), db.digest_recomputed().unwrap());
+}
+
+/// A flush that keeps failing (here: every rename refused) neither piles
+/// up frozen memtables nor leaves writers waiting for ever: once the
+/// memtable is full twice over, a write fails with `FlushFailed`; once
+/// flushes work again, writes go on and nothing acknowledged is lost.
+#[test]
+fn a_failing_flush_bounds_memory_and_fails_writes_instead_of_hanging_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = mergekv::FaultInjector::new();
+    let options = Options {
+        memtable_bytes_max: 16 * 1024,
+        compactor_tick_ms: 1,
+        faults: Some(faults.clone()),
+        ..Options::default()
+    };
+    let db = Db::open_with(dir.path(), options).unwrap();
+    faults.fail_from_nth(mergekv::IoOp::Rename, 1);
+    let mut acknowledged = 0u32;
+    let refused = loop {
+        match db.put(format!("k{acknowledged:05}"), vec![1u8; 200]) {
+            Ok(_) => acknowledged += 1,
+            Err(e) => break e,
+        }
+        assert!(acknowledged < 100_000, "writes never stopped");
+    };
+    assert!(matches!(refused, Error::FlushFailed { .. }), "{refused}");
+    let stats = db.stats();
+    assert!(
+        stats.compactor.frozen_bytes <= 3 * 16 * 1024 + 4096,
+        "frozen memtables piled up: {stats:?}"
+    );
+    faults.clear();
+    // The compactor retries on its own; a write succeeds once it has.
+    let mut retried = 0;
+    while db.put("after", "1").is_err() {
+        retried += 1;
+        assert!(retried < 1_000_000, "flushes never resumed");
+        std::thread::yield_now();
+    }
+    drop(db);
+    let db = Db::open(dir.path()).unwrap();
+    for i in (0..acknowledged).step_by(17) {
+        assert!(
+            db.get(format!("k{i:05}")).unwrap().is_some(),
+            "k{i:05} lost"
+        );
+    }
+    assert_eq!(db.get("after").unwrap().as_deref(), Some(&b"1"[..]));
+}

@@ -311,6 +311,7 @@ impl Maintenance {
         let mut p = self.progress.lock();
         match &result {
             Ok(report) => {
+                self.engine.state().set_flush_failure(None);
                 p.compactions += 1;
                 p.compacted_at = Some(Instant::now());
                 p.snapshot_seq = Some(report.snapshot_seq);
@@ -320,6 +321,12 @@ impl Maintenance {
             Err(e) => {
                 p.last_error = Some(e.to_string());
                 poison_on_failed_sync(&self.engine, e);
+                // Writers waiting for room hear of it, rather than wait on.
+                if !self.engine.state().lower().frozen.is_empty() {
+                    self.engine
+                        .state()
+                        .set_flush_failure(Some(Arc::from(e.to_string())));
+                }
             }
         }
         result.map(|mut r| {
@@ -332,20 +339,19 @@ impl Maintenance {
         let engine = &self.engine;
         engine.wal().check_usable()?;
         let bytes_before = self.disk_bytes()?;
-        let snapshots_before = self
-            .io
-            .list_dir_if_exists(&self.dir.join(SNAPSHOT_DIR))?
-            .len();
+        let snapshots_before = self.legacy_snapshot_count()?;
         engine.wal().seal_active()?;
         let target = engine.wal().stats().last_seq;
         engine.wait_applied_through(target)?;
-        // The watermark is read under the freeze: every batch up to it is
-        // in the frozen memtable or below.
-        let frozen = engine.state().freeze(|| engine.applied_watermark())?;
-        let covered_now = match &frozen {
-            Some(f) => f.covered_seq,
-            // Nothing since the last freeze: the runs hold every applied batch.
-            None => engine.applied_watermark()?,
+        // The watermark is read under the freeze's lock: every batch up to
+        // it is in the frozen memtable or below (below already, if nothing
+        // was frozen). While an earlier flush is still to be done (it
+        // failed), nothing new is frozen: the frozen memtables would pile
+        // up with every failed try, and writers would never wait for room.
+        let waiting = engine.state().lower().frozen.first().map(|f| f.covered_seq);
+        let covered_now = match waiting {
+            Some(covered) => covered,
+            None => engine.state().freeze(|| engine.applied_watermark())?.0,
         };
         // Applied is not yet durable in `Interval`/`Never` mode: make sure the
         // WAL holds everything the manifest will claim to cover, or a power
@@ -366,10 +372,7 @@ impl Maintenance {
         self.flush_cursors()?;
         let (segments_removed, _) = engine.wal().truncate_before(keep_from)?;
         self.merge_runs(full, &gc, &mut written)?;
-        let snapshots_after = self
-            .io
-            .list_dir_if_exists(&self.dir.join(SNAPSHOT_DIR))?
-            .len();
+        let snapshots_after = self.legacy_snapshot_count()?;
         Ok(CompactionReport {
             snapshot_seq: covered_seq,
             snapshot_path: written.last_run.map(|r| r.path).unwrap_or_default(),
@@ -398,7 +401,7 @@ impl Maintenance {
         }
         let mut manifest = self.next_manifest(seq);
         manifest.covered_seq = seq;
-        crate::manifest::write_manifest(&self.io, &self.dir, &manifest)?;
+        self.write_manifest(&manifest, &runs::NewRuns::default())?;
         *self.manifest.lock() = Some(manifest);
         self.remove_legacy_snapshots()?;
         Ok(seq)
@@ -560,6 +563,12 @@ impl Maintenance {
             cursors.mark_dirty();
         }
         (start, behind)
+    }
+
+    /// Snapshot files of the format before runs still on disk.
+    fn legacy_snapshot_count(&self) -> Result<usize> {
+        let names = self.io.list_dir_if_exists(&self.dir.join(SNAPSHOT_DIR))?;
+        Ok(names.iter().filter(|n| n.starts_with("snap-")).count())
     }
 
     /// Bytes of WAL segments, runs and snapshots on disk.

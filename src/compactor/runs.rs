@@ -19,7 +19,7 @@ use std::ops::Bound;
 use std::sync::Arc;
 
 use crate::crdt::KeyState;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::manifest::{self, Manifest, RunEntry};
 use crate::record::StoreKey;
 use crate::run::{RUN_DIR, Run, RunFileInfo, RunWriter, RunWriterOptions};
@@ -66,17 +66,11 @@ impl Maintenance {
     fn flush_one(&self, frozen: &Frozen, out: &mut Written) -> Result<()> {
         let digest = self.digest_after_flush(frozen)?;
         let entries = frozen.map.iter().map(|(k, s)| Ok((k.clone(), s.clone())));
-        let (info, run) = self.write_run(entries, &mut |_, _| false)?;
+        let new = self.write_runs(entries, &mut |_, _| false)?;
         let mut manifest = self.next_manifest(frozen.covered_seq);
-        if let Some(info) = &info {
-            manifest.runs.insert(0, run_entry(info));
-        }
+        manifest.runs.splice(0..0, new.entries());
         manifest.digest = digest.clone();
-        // A failed manifest write leaves the new run in place: the rename
-        // may have happened (a failed directory fsync after it), and then
-        // the manifest on disk needs it. If not, it is garbage the next
-        // writable open removes.
-        manifest::write_manifest(&self.io, &self.dir, &manifest)?;
+        self.write_manifest(&manifest, &new)?;
         let covered = frozen.covered_seq;
         self.engine.state().replace_lower(|lower| {
             let mut frozen = lower.frozen.clone();
@@ -84,7 +78,7 @@ impl Maintenance {
             // frozen memtables, and a freeze adds the newest in front.
             debug_assert_eq!(frozen.last().map(|f| f.covered_seq), Some(covered));
             frozen.pop();
-            let mut runs: Vec<Arc<Run>> = run.into_iter().collect();
+            let mut runs = new.opened();
             runs.extend(lower.runs.iter().cloned());
             Lower {
                 frozen,
@@ -94,12 +88,7 @@ impl Maintenance {
         });
         *self.manifest.lock() = Some(manifest);
         self.remove_legacy_snapshots()?;
-        if let Some(info) = info {
-            out.runs_written += 1;
-            out.bytes_written += info.size_bytes;
-            out.entries_written += info.entries;
-            out.last_run = Some(info);
-        }
+        out.add(new);
         Ok(())
     }
 
@@ -155,42 +144,81 @@ impl Maintenance {
         }
     }
 
-    /// Writes `entries` (in key order, each whole) as the next run, leaving
-    /// out those `drop` says to; `None` if nothing was left to write.
-    fn write_run(
+    /// Writes `entries` (in key order, each whole) as new runs, leaving
+    /// out those `drop` says to: one run, or several with disjoint key
+    /// ranges when one fills up ([`RunWriter::is_full`]: huge keys), so no
+    /// amount of data is refused. Empty if nothing was left to write. On
+    /// an error, the runs already finished are removed (no manifest names
+    /// them).
+    fn write_runs(
         &self,
         entries: impl Iterator<Item = Result<(StoreKey, KeyState)>>,
         drop: &mut dyn FnMut(&StoreKey, &KeyState) -> bool,
-    ) -> Result<(Option<RunFileInfo>, Option<Arc<Run>>)> {
-        let id = self.reserve_run_id();
-        let dir = self.dir.join(RUN_DIR);
-        let mut writer = RunWriter::create(
-            &self.io,
-            &dir,
-            id,
-            self.engine.node(),
-            &RunWriterOptions::default(),
-        )?;
+    ) -> Result<NewRuns> {
+        let mut done = NewRuns::default();
+        let result = self.write_runs_into(entries, drop, &mut done);
+        if let Err(e) = result {
+            for (info, _) in &done.runs {
+                self.discard(Some(info));
+            }
+            return Err(e);
+        }
+        Ok(done)
+    }
+
+    fn write_runs_into(
+        &self,
+        entries: impl Iterator<Item = Result<(StoreKey, KeyState)>>,
+        drop: &mut dyn FnMut(&StoreKey, &KeyState) -> bool,
+        done: &mut NewRuns,
+    ) -> Result<()> {
+        let mut writer: Option<RunWriter> = None;
         for entry in entries {
             let written = entry.and_then(|(key, state)| {
                 if drop(&key, &state) {
                     return Ok(());
                 }
-                writer.add(&key, &state)
+                if writer.as_ref().is_some_and(RunWriter::is_full)
+                    && let Some(full) = writer.take()
+                {
+                    done.runs.push(self.finish_run(full)?);
+                }
+                if writer.is_none() {
+                    writer = Some(self.start_run()?);
+                }
+                match writer.as_mut() {
+                    Some(w) => w.add(&key, &state),
+                    None => Ok(()),
+                }
             });
             if let Err(e) = written {
-                writer.abandon();
+                if let Some(w) = writer.take() {
+                    w.abandon();
+                }
                 return Err(e);
             }
         }
-        if writer.entries() == 0 {
-            writer.abandon();
-            return Ok((None, None));
+        if let Some(w) = writer {
+            done.runs.push(self.finish_run(w)?);
         }
+        Ok(())
+    }
+
+    fn start_run(&self) -> Result<RunWriter> {
+        RunWriter::create(
+            &self.io,
+            &self.dir.join(RUN_DIR),
+            self.reserve_run_id(),
+            self.engine.node(),
+            &RunWriterOptions::default(),
+        )
+    }
+
+    fn finish_run(&self, writer: RunWriter) -> Result<(RunFileInfo, Arc<Run>)> {
         let info = writer.finish()?;
         let run = Run::open(&self.io, &info.path, self.cache.clone())
             .inspect_err(|_| self.discard(Some(&info)))?;
-        Ok((Some(info), Some(run)))
+        Ok((info, run))
     }
 
     /// The id for the next run; ids are never reused, also for runs that
@@ -200,6 +228,32 @@ impl Maintenance {
         let id = *next;
         *next = id + 1;
         id
+    }
+
+    /// Replaces the manifest with `manifest`, which names `new` (just
+    /// written). If the new manifest never reached its name (its temp file
+    /// could not be written or fsynced), `new` is garbage and is removed
+    /// at once; once the rename was attempted, `new` stays whatever
+    /// happens (the rename may have landed before a failed directory
+    /// fsync, and then the manifest on disk needs it; if not, the next
+    /// writable open removes it).
+    pub(super) fn write_manifest(&self, manifest: &Manifest, new: &NewRuns) -> Result<()> {
+        let path = manifest::manifest_path(&self.dir);
+        let tmp = path.with_extension("tmp");
+        let staged = (|| {
+            let mut file = self.io.create_truncate(&tmp)?;
+            file.write_all(&manifest.encode())?;
+            file.sync_all()
+        })();
+        if let Err(e) = staged {
+            let _ = self.io.remove_file(&tmp);
+            for (info, _) in &new.runs {
+                self.discard(Some(info));
+            }
+            return Err(e);
+        }
+        self.io.rename(&tmp, &path)?;
+        self.io.sync_dir(&self.dir)
     }
 
     /// Best-effort removal of a run no manifest names (it is garbage either
@@ -214,12 +268,22 @@ impl Maintenance {
     /// the state they held, they are never read again.
     pub(super) fn remove_legacy_snapshots(&self) -> Result<()> {
         let snap_dir = self.dir.join(SNAPSHOT_DIR);
-        let names = self.io.list_dir_if_exists(&snap_dir)?;
+        // Only the old format's files: a snapshot being shipped to a
+        // follower (`ship-*`) is the shipper's to remove.
+        let names: Vec<String> = self
+            .io
+            .list_dir_if_exists(&snap_dir)?
+            .into_iter()
+            .filter(|n| n.starts_with("snap-"))
+            .collect();
         if names.is_empty() {
             return Ok(());
         }
         for name in &names {
-            self.io.remove_file(&snap_dir.join(name))?;
+            match self.io.remove_file(&snap_dir.join(name)) {
+                Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
+                other => other?,
+            }
         }
         self.io.sync_dir(&snap_dir)
     }
@@ -279,27 +343,26 @@ impl Maintenance {
             collect
         };
         let entries = view.range(Bound::Unbounded, Bound::Unbounded, false);
-        let (info, run) = self.write_run(entries, &mut collect)?;
+        let new = self.write_runs(entries, &mut collect)?;
         let ids: Vec<u64> = chosen.iter().map(|r| r.info().id).collect();
         let mut manifest = self.next_manifest(0);
-        let position = manifest.runs.iter().position(|r| ids.contains(&r.id));
+        let position = manifest
+            .runs
+            .iter()
+            .position(|r| ids.contains(&r.id))
+            .unwrap_or(manifest.runs.len());
         manifest.runs.retain(|r| !ids.contains(&r.id));
-        if let (Some(info), Some(position)) = (&info, position) {
-            manifest.runs.insert(position, run_entry(info));
-        }
+        let position = position.min(manifest.runs.len());
+        manifest.runs.splice(position..position, new.entries());
         manifest.digest = digest.clone();
-        // A failed manifest write leaves the new run in place: the rename
-        // may have happened (a failed directory fsync after it), and then
-        // the manifest on disk needs it. If not, it is garbage the next
-        // writable open removes.
-        manifest::write_manifest(&self.io, &self.dir, &manifest)?;
+        self.write_manifest(&manifest, &new)?;
         self.engine.state().replace_lower(|lower| {
             let mut runs = Vec::with_capacity(lower.runs.len());
             let mut placed = false;
             for r in &lower.runs {
                 if ids.contains(&r.info().id) {
                     if !placed {
-                        runs.extend(run.clone());
+                        runs.extend(new.opened());
                         placed = true;
                     }
                 } else {
@@ -320,12 +383,7 @@ impl Maintenance {
         self.io.sync_dir(&self.dir.join(RUN_DIR))?;
         out.runs_merged += chosen.len();
         out.tombstones_dropped += dropped;
-        if let Some(info) = info {
-            out.runs_written += 1;
-            out.bytes_written += info.size_bytes;
-            out.entries_written += info.entries;
-            out.last_run = Some(info);
-        }
+        out.add(new);
         Ok(())
     }
 }
@@ -338,30 +396,51 @@ impl Maintenance {
         view: &StateView,
         covered_seq: u64,
         out: &mut Written,
-    ) -> Result<(Option<Arc<Run>>, DigestSums)> {
+    ) -> Result<(Vec<Arc<Run>>, DigestSums)> {
         let mut digest = DigestSums::new();
         let mut sum = |key: &StoreKey, state: &KeyState| {
             digest.add(key, state);
             false
         };
-        let (info, run) = self.write_run(view.iter(), &mut sum)?;
+        let new = self.write_runs(view.iter(), &mut sum)?;
         let mut manifest = self.next_manifest(covered_seq);
         manifest.covered_seq = covered_seq;
-        manifest.runs = info.iter().map(run_entry).collect();
+        manifest.runs = new.entries().collect();
         manifest.digest = digest.clone();
-        // A failed manifest write leaves the new run in place: the rename
-        // may have happened (a failed directory fsync after it), and then
-        // the manifest on disk needs it. If not, it is garbage the next
-        // writable open removes.
-        manifest::write_manifest(&self.io, &self.dir, &manifest)?;
+        self.write_manifest(&manifest, &new)?;
         *self.manifest.lock() = Some(manifest);
-        if let Some(info) = info {
-            out.runs_written += 1;
-            out.bytes_written += info.size_bytes;
-            out.entries_written += info.entries;
-            out.last_run = Some(info);
+        let runs = new.opened();
+        out.add(new);
+        Ok((runs, digest))
+    }
+}
+
+/// Runs just written, not yet named by a manifest.
+#[derive(Default)]
+pub(crate) struct NewRuns {
+    runs: Vec<(RunFileInfo, Arc<Run>)>,
+}
+
+impl NewRuns {
+    /// Their manifest entries, in order.
+    fn entries(&self) -> impl Iterator<Item = RunEntry> + '_ {
+        self.runs.iter().map(|(info, _)| run_entry(info))
+    }
+
+    /// The opened runs, in order.
+    fn opened(&self) -> Vec<Arc<Run>> {
+        self.runs.iter().map(|(_, run)| run.clone()).collect()
+    }
+}
+
+impl Written {
+    fn add(&mut self, new: NewRuns) {
+        for (info, _) in new.runs {
+            self.runs_written += 1;
+            self.bytes_written += info.size_bytes;
+            self.entries_written += info.entries;
+            self.last_run = Some(info);
         }
-        Ok((run, digest))
     }
 }
 

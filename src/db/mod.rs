@@ -37,7 +37,7 @@ pub use keyspace::Keyspace;
 pub use position::FollowerPosition;
 pub(crate) use position::LEADER_EPOCH_KEY;
 use read::{ReadView, Scan, ScanOptions, Value};
-pub use reader::{READERS_LOCK_FILE, ReadOnlyDb};
+pub use reader::{READ_ONLY_OPEN_TRIES_MAX, READERS_LOCK_FILE, ReadOnlyDb};
 
 /// An open database. Cheap to clone; every clone is the same database. The
 /// database closes when the last clone is dropped (or on [`Db::close`]).

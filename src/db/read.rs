@@ -208,7 +208,12 @@ impl Scan {
     pub(crate) fn new(view: &StateView, ks_prefix: &[u8], opts: &ScanOptions) -> Self {
         let bounds = bounds_for(ks_prefix, opts);
         Scan {
-            entries: view.range(bounds.start, bounds.end, opts.reverse),
+            entries: view.range_expecting(
+                bounds.start,
+                bounds.end,
+                opts.reverse,
+                opts.limit.unwrap_or(usize::MAX),
+            ),
             remaining: opts.limit.unwrap_or(usize::MAX),
             prefix_len: ks_prefix.len(),
         }

@@ -167,6 +167,13 @@ pub enum Error {
         /// What gave the other copy away.
         detail: String,
     },
+    /// The memtable is full and writing it out as a run failed (for
+    /// example, the disk is full): the write was not taken. It can be
+    /// retried once a flush succeeds (the compactor keeps trying).
+    FlushFailed {
+        /// Why the last flush failed.
+        cause: Arc<str>,
+    },
     /// A stored typed value did not decode as the requested type.
     Decode {
         /// What was being decoded.
@@ -206,7 +213,10 @@ impl Error {
     pub fn is_data_or_io(&self) -> bool {
         matches!(
             self,
-            Error::Io { .. } | Error::Corruption { .. } | Error::Poisoned { .. }
+            Error::Io { .. }
+                | Error::Corruption { .. }
+                | Error::Poisoned { .. }
+                | Error::FlushFailed { .. }
         )
     }
 }
@@ -262,6 +272,10 @@ impl std::fmt::Display for Error {
                 String::from_utf8_lossy(key)
             ),
             Error::Decode { what, reason } => write!(f, "cannot decode {what}: {reason}"),
+            Error::FlushFailed { cause } => write!(
+                f,
+                "the memtable is full and writing it out failed ({cause}); the write was not taken"
+            ),
             Error::IdentityConflict { node, detail } => write!(
                 f,
                 "refused: {detail}, under this copy's node id {node}, which it never wrote: \

@@ -16,8 +16,8 @@ use super::entry::{NodeTableBuilder, check_state, is_tombstone};
 use super::filter::{BLOOM_BITS_PER_KEY_MAX, Bloom};
 use super::format::{
     BLOCK_RAW_BYTES_MAX, FRAME_DATA_LZ4, FRAME_DATA_RAW, FRAME_FILTER, FRAME_INDEX, FRAME_NODES,
-    Footer, Header, INDEX_KEY_BYTES_MAX, NODE_LIST_ENTRIES_MAX, encode_footer, encode_header,
-    key_hash, put_frame,
+    Footer, Header, INDEX_KEY_BYTES_MAX, NODE_LIST_ENTRIES_MAX, NODE_TABLE_ENTRIES_MAX,
+    encode_footer, encode_header, key_hash, put_frame,
 };
 use super::index::IndexBuilder;
 use super::reader::Run;
@@ -202,6 +202,17 @@ impl RunWriter {
             self.flush_block()?;
         }
         Ok(())
+    }
+
+    /// True once the run is big enough that a writer cutting a long stream
+    /// of entries into runs should finish this one and start the next:
+    /// its index keys past a quarter of [`INDEX_KEY_BYTES_MAX`], or its
+    /// node table past half of [`NODE_TABLE_ENTRIES_MAX`], so the next
+    /// entry can never be refused for either limit (an entry adds at most
+    /// two keys of [`RECORD_KEY_BYTES_MAX`] to the index).
+    pub fn is_full(&self) -> bool {
+        self.index.key_bytes_with(&[], &[]) > INDEX_KEY_BYTES_MAX / 4
+            || self.nodes.ids().len() > NODE_TABLE_ENTRIES_MAX / 2
     }
 
     /// Entries added so far.

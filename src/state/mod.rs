@@ -140,7 +140,10 @@ pub struct State {
     counters_seen: AtomicBool,
     /// The active memtable's limit and who to tell when it is reached.
     flush: parking_lot::Mutex<Option<FlushSignal>>,
-    /// Notified whenever the lower layers change (a flush is done).
+    /// Why the last flush failed, while the memtable it was for waits.
+    flush_failure: parking_lot::Mutex<Option<Arc<str>>>,
+    /// Notified whenever the lower layers change (a flush is done), and
+    /// when a flush fails.
     lower_changed: parking_lot::Condvar,
     lower_changed_lock: parking_lot::Mutex<()>,
 }
@@ -183,8 +186,10 @@ const APPLY_SORTED_RECORDS_MIN: usize = 64;
 const ENTRY_OVERHEAD_BYTES: u64 = 96;
 
 /// Tries at reading bases before the layers they were read from are
-/// replaced; past this, the bases are read under the write lock.
-const BASE_READ_TRIES_MAX: usize = 3;
+/// replaced; past this, the bases are read under the write lock (the one
+/// disk read under it: layers change a few times a second at most, so
+/// this takes a group of writes racing that many flushes in a row).
+const BASE_READ_TRIES_MAX: usize = 64;
 
 /// The estimated memory of one memtable entry.
 pub fn entry_bytes(key: &[u8], state: &KeyState) -> u64 {
@@ -228,6 +233,7 @@ impl State {
             }),
             counters_seen: AtomicBool::new(false),
             flush: parking_lot::Mutex::new(None),
+            flush_failure: parking_lot::Mutex::new(None),
             lower_changed: parking_lot::Condvar::new(),
             lower_changed_lock: parking_lot::Mutex::new(()),
         }
@@ -249,11 +255,20 @@ impl State {
         }
     }
 
+    /// Records that a flush failed (`Some`) or succeeded (`None`), and
+    /// wakes writers waiting for room.
+    pub fn set_flush_failure(&self, failure: Option<Arc<str>>) {
+        *self.flush_failure.lock() = failure;
+        let _guard = self.lower_changed_lock.lock();
+        self.lower_changed.notify_all();
+    }
+
     /// Waits (before a write takes a sequence number) while the active
     /// memtable holds twice its limit and a frozen one is still being
     /// written out: memory stays bounded when writers outpace flushes.
     /// `usable` is checked between waits, so a poisoned or closed database
-    /// never leaves a writer waiting.
+    /// never leaves a writer waiting; a failed flush fails the write with
+    /// [`crate::Error::FlushFailed`] instead of making it wait for ever.
     pub fn wait_for_room(&self, usable: impl Fn() -> Result<()>) -> Result<()> {
         let limit = match &*self.flush.lock() {
             Some(signal) => signal.limit_bytes.saturating_mul(2),
@@ -267,6 +282,9 @@ impl State {
                 }
             }
             usable()?;
+            if let Some(cause) = self.flush_failure.lock().clone() {
+                return Err(crate::Error::FlushFailed { cause });
+            }
             let mut guard = self.lower_changed_lock.lock();
             self.lower_changed.wait_for(&mut guard, ROOM_WAIT);
         }
@@ -433,14 +451,17 @@ impl State {
     /// returns, which is read under the write lock, so every batch it
     /// reports as applied is in the frozen map or below. Writers go on
     /// into a fresh memtable at once.
+    ///
+    /// Returns the sequence number read, with or without a freeze: when
+    /// the active memtable is empty, every batch up to it is below already.
     pub fn freeze<E>(
         &self,
         covered_seq: impl FnOnce() -> std::result::Result<u64, E>,
-    ) -> std::result::Result<Option<Frozen>, E> {
+    ) -> std::result::Result<(u64, Option<Frozen>), E> {
         let mut layers = self.layers.write();
         let covered_seq = covered_seq()?;
         if layers.active.is_empty() {
-            return Ok(None);
+            return Ok((covered_seq, None));
         }
         let frozen = Frozen {
             map: std::mem::take(&mut layers.active),
@@ -454,7 +475,7 @@ impl State {
         };
         lower.frozen.extend(layers.lower.frozen.iter().cloned());
         layers.lower = Arc::new(lower);
-        Ok(Some(frozen))
+        Ok((covered_seq, Some(frozen)))
     }
 
     /// Replaces the lower layers with what `change` makes of them (a run

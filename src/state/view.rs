@@ -56,6 +56,20 @@ impl StateView {
     /// Every key in `lower..upper` with its whole state, in key order (or
     /// reverse key order).
     pub fn range(&self, lower: Bound<Vec<u8>>, upper: Bound<Vec<u8>>, reverse: bool) -> ViewIter {
+        self.range_expecting(lower, upper, reverse, usize::MAX)
+    }
+
+    /// [`StateView::range`] for a caller that expects to take about
+    /// `expected` entries (a scan with a limit): memtables are copied from
+    /// that many at a time, not [`MAP_CHUNK_ENTRIES`].
+    pub fn range_expecting(
+        &self,
+        lower: Bound<Vec<u8>>,
+        upper: Bound<Vec<u8>>,
+        reverse: bool,
+        expected: usize,
+    ) -> ViewIter {
+        let chunk = expected.clamp(1, MAP_CHUNK_ENTRIES);
         let mut sources = Vec::with_capacity(1 + self.lower.frozen.len() + self.lower.runs.len());
         let maps = std::iter::once(&self.active).chain(self.lower.frozen.iter().map(|f| &f.map));
         for map in maps {
@@ -65,6 +79,7 @@ impl StateView {
                     lower.clone(),
                     upper.clone(),
                     reverse,
+                    chunk,
                 )));
             }
         }
@@ -134,10 +149,18 @@ struct MapSource {
     reverse: bool,
     buf: VecDeque<(StoreKey, KeyState)>,
     exhausted: bool,
+    /// Entries copied per refill.
+    chunk: usize,
 }
 
 impl MapSource {
-    fn new(map: StateMap, lower: Bound<Vec<u8>>, upper: Bound<Vec<u8>>, reverse: bool) -> Self {
+    fn new(
+        map: StateMap,
+        lower: Bound<Vec<u8>>,
+        upper: Bound<Vec<u8>>,
+        reverse: bool,
+        chunk: usize,
+    ) -> Self {
         Self {
             map,
             lower,
@@ -145,6 +168,7 @@ impl MapSource {
             reverse,
             buf: VecDeque::new(),
             exhausted: false,
+            chunk,
         }
     }
 
@@ -165,13 +189,15 @@ impl MapSource {
         let range = self.map.range::<_, [u8]>(bounds);
         let take = |(k, s): (&StoreKey, &KeyState)| (k.clone(), s.clone());
         let chunk: Vec<(StoreKey, KeyState)> = if self.reverse {
-            range.rev().take(MAP_CHUNK_ENTRIES).map(take).collect()
+            range.rev().take(self.chunk).map(take).collect()
         } else {
-            range.take(MAP_CHUNK_ENTRIES).map(take).collect()
+            range.take(self.chunk).map(take).collect()
         };
-        if chunk.len() < MAP_CHUNK_ENTRIES {
+        if chunk.len() < self.chunk {
             self.exhausted = true;
         }
+        // A caller that wants more than it expected gets bigger chunks.
+        self.chunk = (self.chunk * 2).min(MAP_CHUNK_ENTRIES);
         if let Some((last, _)) = chunk.last() {
             let after = Bound::Excluded(last.to_vec());
             if self.reverse {
