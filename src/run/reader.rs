@@ -690,13 +690,19 @@ impl RunIter {
         Ok((meta, data))
     }
 
-    /// Decodes one interval, checks its keys, and queues those in range.
-    /// Sets `done` once an entry passes the far bound.
+    /// Decodes one interval, checks its keys, and queues those in range
+    /// (states outside the bounds are not built). Sets `done` once an
+    /// entry passes the far bound.
     fn decode_interval(&mut self, block: usize, interval: usize) -> Result<()> {
         let run = Arc::clone(&self.run);
         let (meta, data) = self.block_data(block)?;
         let meta = &meta;
-        let mut decoded: Vec<(Vec<u8>, KeyState)> = Vec::new();
+        let (lower, upper, reverse) = (&self.lower, &self.upper, self.reverse);
+        let mut decoded: Vec<(StoreKey, KeyState)> =
+            Vec::with_capacity(super::format::RESTART_INTERVAL);
+        let mut first_key: Option<Vec<u8>> = None;
+        let mut key = Vec::new();
+        let mut passed = false;
         let result = (|| {
             let view = BlockView::parse(&data, meta.entries as usize)?;
             let cx = DecodeContext {
@@ -704,33 +710,38 @@ impl RunIter {
                 base_ms: view.base_ms,
             };
             let mut cursor = view.cursor_at_interval(interval, false);
-            let mut key = Vec::new();
             while let Some(state) = cursor.next(&mut key, &cx)? {
-                decoded.push((key.clone(), materialize(&state, &cx)?));
+                if first_key.is_none() {
+                    first_key = Some(key.clone());
+                }
+                let k = key.as_slice();
+                let below = match lower {
+                    Bound::Included(l) => k < l.as_slice(),
+                    Bound::Excluded(l) => k <= l.as_slice(),
+                    Bound::Unbounded => false,
+                };
+                let above = match upper {
+                    Bound::Included(u) => k > u.as_slice(),
+                    Bound::Excluded(u) => k >= u.as_slice(),
+                    Bound::Unbounded => false,
+                };
+                if (below && reverse) || (above && !reverse) {
+                    passed = true;
+                }
+                if !below && !above {
+                    decoded.push((StoreKey::from(k), materialize(&state, &cx)?));
+                }
             }
             Ok(())
         })();
         result.map_err(|e| run.block_corruption(meta, &e))?;
-        self.check_interval(meta, interval, &decoded)?;
-        for (key, state) in decoded {
-            let below = match &self.lower {
-                Bound::Included(l) => key < *l,
-                Bound::Excluded(l) => key <= *l,
-                Bound::Unbounded => false,
-            };
-            let above = match &self.upper {
-                Bound::Included(u) => key > *u,
-                Bound::Excluded(u) => key >= *u,
-                Bound::Unbounded => false,
-            };
-            if (below && self.reverse) || (above && !self.reverse) {
-                self.done = true;
-            }
-            if !below && !above {
-                self.pending
-                    .push_back((StoreKey::from(key.as_slice()), state));
-            }
+        if let Some(first) = &first_key {
+            self.check_interval(meta, interval, first, &key)?;
         }
+        if passed {
+            self.done = true;
+        }
+        self.pending.extend(decoded);
         Ok(())
     }
 
@@ -739,21 +750,19 @@ impl RunIter {
         &mut self,
         meta: &BlockMeta,
         interval: usize,
-        decoded: &[(Vec<u8>, KeyState)],
+        first_key: &[u8],
+        last_key: &[u8],
     ) -> Result<()> {
         let index = &self.run.index;
-        let (Some(first), Some(last)) = (decoded.first(), decoded.last()) else {
-            return Ok(());
-        };
         let is_last = interval + 1 == restarts_for(meta.entries as usize);
-        let within = first.0.as_slice() >= index.first_key(meta)
-            && last.0.as_slice() <= index.last_key(meta)
-            && (interval != 0 || first.0 == index.first_key(meta))
-            && (!is_last || last.0 == index.last_key(meta));
+        let within = first_key >= index.first_key(meta)
+            && last_key <= index.last_key(meta)
+            && (interval != 0 || first_key == index.first_key(meta))
+            && (!is_last || last_key == index.last_key(meta));
         let ordered = match &self.boundary {
             None => true,
-            Some(b) if self.reverse => last.0 < *b,
-            Some(b) => first.0 > *b,
+            Some(b) if self.reverse => last_key < b.as_slice(),
+            Some(b) => first_key > b.as_slice(),
         };
         if !within || !ordered {
             return Err(Error::corruption(
@@ -765,8 +774,8 @@ impl RunIter {
                 ),
             ));
         }
-        let edge = if self.reverse { first } else { last };
-        self.boundary = Some(edge.0.clone());
+        let edge = if self.reverse { first_key } else { last_key };
+        self.boundary = Some(edge.to_vec());
         Ok(())
     }
 }

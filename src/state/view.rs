@@ -86,8 +86,12 @@ impl StateView {
         for run in &self.lower.runs {
             sources.push(Source::Run(run.iter(lower.clone(), upper.clone(), reverse)));
         }
+        // One layer (a compacted database, a scan of the memtable alone):
+        // its entries pass straight through, with nothing to merge.
+        let single = sources.len() == 1;
         ViewIter {
             heads: sources.iter().map(|_| None).collect(),
+            single: if single { sources.pop() } else { None },
             sources,
             reverse,
             failed: false,
@@ -247,6 +251,8 @@ impl Source {
 /// with the merge of its states. After an error (a damaged run, an I/O
 /// failure) it yields that error and then nothing.
 pub struct ViewIter {
+    /// The only layer, when there is one: read directly.
+    single: Option<Source>,
     sources: Vec<Source>,
     /// Each source's next entry, once pulled; `None` until pulled or once
     /// exhausted (an exhausted source is removed).
@@ -291,6 +297,13 @@ impl Iterator for ViewIter {
     fn next(&mut self) -> Option<Self::Item> {
         if self.failed {
             return None;
+        }
+        if let Some(source) = &mut self.single {
+            let next = source.next();
+            if matches!(next, Some(Err(_))) {
+                self.failed = true;
+            }
+            return next;
         }
         if let Err(e) = self.fill_heads() {
             self.failed = true;
