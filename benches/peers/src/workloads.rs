@@ -52,6 +52,7 @@ pub fn run(args: &ChildArgs) {
         "w6" => reopen(args),
         "w12-load" => big_load(args),
         "w12-read" => big_read(args),
+        "wamp" => write_amplification(args),
         other => panic!("unknown child task {other}"),
     }
 }
@@ -193,6 +194,58 @@ fn bulk_load(args: &ChildArgs) {
     emit("w3", rate);
     emit("w9_load_growth", grown as f64 / args.keys as f64);
     emit("w9_load_peak", sys::peak_rss() as f64 / (1 << 20) as f64);
+}
+
+/// mergekv only: write amplification of the run files under the default
+/// options: load `keys` keys as W3 does, then overwrite `keys` random keys
+/// twice over (batches of 10k, new values), then one `compact_now`.
+/// Reports bytes written to runs (flushes and merges) per byte of keys
+/// and values written by the user, before and including the final full
+/// merge.
+fn write_amplification(args: &ChildArgs) {
+    let db = mergekv::Db::open_with(&args.db, crate::engines::mergekv::mergekv_options(None))
+        .expect("open");
+    let mut rng = Rng::new(args.seed);
+    let mut user_bytes = 0u64;
+    let mut batch_of = |numbers: &mut dyn Iterator<Item = u64>, round: u64| {
+        let mut batch = mergekv::Batch::new();
+        let mut n = 0;
+        for i in numbers {
+            let mut v = data::value(i);
+            v[0] = round as u8;
+            batch.put(data::key(i), v);
+            n += 1;
+        }
+        db.write(batch).expect("write");
+        n as u64 * (16 + 100)
+    };
+    let mut i = 0;
+    while i < args.keys {
+        let end = (i + BATCH_KEYS as u64).min(args.keys);
+        user_bytes += batch_of(&mut (i..end), 0);
+        i = end;
+    }
+    for round in 1..=2u64 {
+        let mut done = 0;
+        while done < args.keys {
+            // A batch touches a key once.
+            let distinct: std::collections::BTreeSet<u64> =
+                (0..BATCH_KEYS as u64).map(|_| rng.below(args.keys)).collect();
+            user_bytes += batch_of(&mut distinct.into_iter(), round);
+            done += BATCH_KEYS as u64;
+        }
+    }
+    let before_stats = db.stats();
+    let before = before_stats.compactor.run_bytes_written;
+    db.compact_now().expect("compact");
+    let stats = db.stats();
+    emit("wamp_background", before as f64 / user_bytes as f64);
+    emit(
+        "wamp_with_full_merge",
+        stats.compactor.run_bytes_written as f64 / user_bytes as f64,
+    );
+    emit("wamp_runs_before_full_merge", before_stats.compactor.runs as f64);
+    db.close().expect("close");
 }
 
 /// The database the read workloads open: loaded as W3 loads, then the
