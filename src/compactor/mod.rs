@@ -322,7 +322,7 @@ impl Maintenance {
                 p.last_error = Some(e.to_string());
                 poison_on_failed_sync(&self.engine, e);
                 // Writers waiting for room hear of it, rather than wait on.
-                if !self.engine.state().lower().frozen.is_empty() {
+                if !self.engine.state().lower().frozen.is_empty() || self.memtable_full() {
                     self.engine
                         .state()
                         .set_flush_failure(Some(Arc::from(e.to_string())));

@@ -256,7 +256,12 @@ impl Db {
         }
         if let Some(salvage) = &report.salvage {
             let mut line = format!(
-                "salvaged the damaged snapshot {}: kept {} entries (a copy of the damaged file is in quarantine/)",
+                "salvaged the damaged {} {}: kept {} entries (a copy of the damaged file is in quarantine/)",
+                if salvage.path.extension().is_some_and(|e| e == "run") {
+                    "run"
+                } else {
+                    "snapshot"
+                },
                 salvage.path.display(),
                 salvage.entries_kept
             );

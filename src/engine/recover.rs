@@ -318,8 +318,14 @@ fn recover_from_manifest(from: &RecoverFrom<'_>, mut manifest: Manifest) -> Resu
         runs: Some(crate::wal::recovery::RunsUsed {
             covered_seq: manifest.covered_seq,
             runs: manifest.runs.len(),
-            entries: manifest.runs.iter().map(|r| r.entries).sum(),
-            bytes: manifest.runs.iter().map(|r| r.size_bytes).sum(),
+            entries: manifest
+                .runs
+                .iter()
+                .fold(0u64, |sum, r| sum.saturating_add(r.entries)),
+            bytes: manifest
+                .runs
+                .iter()
+                .fold(0u64, |sum, r| sum.saturating_add(r.size_bytes)),
         }),
         salvage,
         ..RecoveryReport::default()

@@ -404,7 +404,14 @@ fn applied_outcomes(stamp: Stamp, first_seq: u64, results: Vec<Applied>) -> Vec<
         .into_iter()
         .enumerate()
         .map(|(i, a)| Outcome {
-            kind: a.kind,
+            // A local increment always counts: its totals are this node's
+            // next ones, so higher totals already merged (another caller's
+            // increment, applied first) include it.
+            kind: if a.counter.is_some() {
+                OutcomeKind::Applied
+            } else {
+                a.kind
+            },
             stamp,
             seq: first_seq + i as u64,
             counter: a.counter,

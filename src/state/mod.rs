@@ -264,8 +264,9 @@ impl State {
     }
 
     /// Waits (before a write takes a sequence number) while the active
-    /// memtable holds twice its limit and a frozen one is still being
-    /// written out: memory stays bounded when writers outpace flushes.
+    /// memtable holds twice its limit (a frozen one still being written
+    /// out, or a long merge keeping the compactor from the next flush):
+    /// memory stays bounded when writers outpace the compactor.
     /// `usable` is checked between waits, so a poisoned or closed database
     /// never leaves a writer waiting; a failed flush fails the write with
     /// [`crate::Error::FlushFailed`] instead of making it wait for ever.
@@ -277,7 +278,7 @@ impl State {
         loop {
             {
                 let layers = self.layers.read();
-                if layers.active_bytes < limit || layers.lower.frozen.is_empty() {
+                if layers.active_bytes < limit {
                     return Ok(());
                 }
             }
@@ -581,10 +582,7 @@ fn apply_one(
     let delta = &record.delta;
     let key = &record.store_key;
     let reports_counter = delta.counter.as_ref().is_some_and(|c| !c.totals.is_empty());
-    let counter_of = |state: &KeyState| match state.visible() {
-        Visible::Counter(v) => v,
-        _ => 0,
-    };
+    let counter_of = |state: &KeyState| counter_as_of(state, delta);
     if present == Some(false) {
         return insert_new(layers, bases, record, reports_counter.then_some(counter_of));
     }
@@ -657,6 +655,26 @@ fn insert_new(
             layers.active.insert(key.clone(), existing);
             Applied { kind, counter }
         }
+    }
+}
+
+/// What the counter read as once `delta`'s totals counted, and no later
+/// totals of the same nodes: `after` may hold totals merged in after them
+/// (two callers' increments applied out of log order), which this
+/// record's caller must not be told of: each increment reports the value
+/// its own totals give, distinct and in log order.
+fn counter_as_of(after: &KeyState, delta: &KeyState) -> i64 {
+    let mut as_of = after.clone();
+    if let (Some(counter), Some(theirs)) = (as_of.counter.as_mut(), delta.counter.as_ref()) {
+        for totals in &theirs.totals {
+            if let Some(slot) = counter.totals.iter_mut().find(|t| t.node == totals.node) {
+                *slot = *totals;
+            }
+        }
+    }
+    match as_of.visible() {
+        Visible::Counter(v) => v,
+        _ => 0,
     }
 }
 
