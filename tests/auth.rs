@@ -762,7 +762,11 @@ fn a_user_with_a_weak_stored_hash_fails_as_slowly_as_an_unknown_user() {
         unknown.push(time("nobody"));
         legacy.push(time("legacy"));
     }
-    let (unknown, legacy) = (median(unknown), median(legacy));
+    // The fastest of interleaved rounds: what each path costs when nothing
+    // else on the machine gets in the way (a median still moves with a
+    // busy neighbour: this failed beside a benchmark's bulk load).
+    let fastest = |times: Vec<std::time::Duration>| times.into_iter().min().unwrap_or_default();
+    let (unknown, legacy) = (fastest(unknown), fastest(legacy));
     assert!(
         legacy.abs_diff(unknown) < unknown / 4,
         "legacy-hash user {legacy:?} vs unknown user {unknown:?}"
