@@ -187,7 +187,7 @@ fn check_runs_digest(
         }),
     );
     let mut sums = crate::state::DigestSums::new();
-    for entry in view.iter() {
+    for entry in view.iter_uncached() {
         match entry {
             Ok((key, state)) => sums.add(&key, &state),
             Err(e @ Error::Corruption { .. }) => {

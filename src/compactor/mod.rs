@@ -504,8 +504,14 @@ impl Maintenance {
         };
         let snap_dir = self.dir.join(SNAPSHOT_DIR);
         let name = format!("ship-{covered_seq:020}-{}.snap", ship_nonce());
-        let written =
-            snapshot::write_snapshot_as(&self.io, &snap_dir, &name, &meta, view.iter(), &[])?;
+        let written = snapshot::write_snapshot_as(
+            &self.io,
+            &snap_dir,
+            &name,
+            &meta,
+            view.iter_uncached(),
+            &[],
+        )?;
         let file = self.io.open_read(&written.path)?;
         self.io.remove_file(&written.path)?;
         Ok((file, covered_seq, written.size_bytes))

@@ -15,7 +15,6 @@
 //! longer names (the same), and WAL the manifest covers (replayed
 //! harmlessly: merging is idempotent).
 
-use std::ops::Bound;
 use std::sync::Arc;
 
 use crate::crdt::KeyState;
@@ -66,7 +65,8 @@ impl Maintenance {
     fn flush_one(&self, frozen: &Frozen, out: &mut Written) -> Result<()> {
         let digest = self.digest_after_flush(frozen)?;
         let entries = frozen.map.iter().map(|(k, s)| Ok((k.clone(), s.clone())));
-        let new = self.write_runs(entries, &mut |_, _| false)?;
+        let expected = Some(frozen.map.len() as u64);
+        let new = self.write_runs(entries, expected, &mut |_, _| false)?;
         let mut manifest = self.next_manifest(frozen.covered_seq);
         manifest.runs.splice(0..0, new.entries());
         manifest.digest = digest.clone();
@@ -153,10 +153,11 @@ impl Maintenance {
     fn write_runs(
         &self,
         entries: impl Iterator<Item = Result<(StoreKey, KeyState)>>,
+        expected: Option<u64>,
         drop: &mut dyn FnMut(&StoreKey, &KeyState) -> bool,
     ) -> Result<NewRuns> {
         let mut done = NewRuns::default();
-        let result = self.write_runs_into(entries, drop, &mut done);
+        let result = self.write_runs_into(entries, expected, drop, &mut done);
         if let Err(e) = result {
             for (info, _) in &done.runs {
                 self.discard(Some(info));
@@ -169,6 +170,7 @@ impl Maintenance {
     fn write_runs_into(
         &self,
         entries: impl Iterator<Item = Result<(StoreKey, KeyState)>>,
+        expected: Option<u64>,
         drop: &mut dyn FnMut(&StoreKey, &KeyState) -> bool,
         done: &mut NewRuns,
     ) -> Result<()> {
@@ -184,7 +186,7 @@ impl Maintenance {
                     done.runs.push(self.finish_run(full)?);
                 }
                 if writer.is_none() {
-                    writer = Some(self.start_run()?);
+                    writer = Some(self.start_run(expected)?);
                 }
                 match writer.as_mut() {
                     Some(w) => w.add(&key, &state),
@@ -204,13 +206,16 @@ impl Maintenance {
         Ok(())
     }
 
-    fn start_run(&self) -> Result<RunWriter> {
+    fn start_run(&self, expected: Option<u64>) -> Result<RunWriter> {
         RunWriter::create(
             &self.io,
             &self.dir.join(RUN_DIR),
             self.reserve_run_id(),
             self.engine.node(),
-            &RunWriterOptions::default(),
+            &RunWriterOptions {
+                expected_entries: expected,
+                ..RunWriterOptions::default()
+            },
         )
     }
 
@@ -342,8 +347,11 @@ impl Maintenance {
             }
             collect
         };
-        let entries = view.range(Bound::Unbounded, Bound::Unbounded, false);
-        let new = self.write_runs(entries, &mut collect)?;
+        let entries = view.iter_uncached();
+        let expected = chosen
+            .iter()
+            .fold(0u64, |sum, r| sum.saturating_add(r.info().entries));
+        let new = self.write_runs(entries, Some(expected), &mut collect)?;
         let ids: Vec<u64> = chosen.iter().map(|r| r.info().id).collect();
         let mut manifest = self.next_manifest(0);
         let position = manifest
@@ -402,7 +410,7 @@ impl Maintenance {
             digest.add(key, state);
             false
         };
-        let new = self.write_runs(view.iter(), &mut sum)?;
+        let new = self.write_runs(view.iter_uncached(), None, &mut sum)?;
         let mut manifest = self.next_manifest(covered_seq);
         manifest.covered_seq = covered_seq;
         manifest.runs = new.entries().collect();

@@ -231,7 +231,7 @@ fn repair_runs(
         }),
     );
     let mut digest = crate::state::DigestSums::new();
-    for entry in view.iter() {
+    for entry in view.iter_uncached() {
         let (key, state) = entry?;
         digest.add(&key, &state);
     }

@@ -46,25 +46,43 @@ impl Bloom {
         if bits_per_key == 0 || hashes.is_empty() {
             return Vec::new();
         }
-        let wanted = (hashes.len() as u64).saturating_mul(u64::from(bits_per_key));
+        let mut bloom = Bloom::sized_for(hashes.len() as u64, bits_per_key);
+        for &h in hashes {
+            bloom.add(h);
+        }
+        bloom.section()
+    }
+
+    /// An empty filter with room for `keys` keys at `bits_per_key` (at
+    /// least 1), to be filled with [`Bloom::add`] as keys come: a writer
+    /// that knows how many keys at most it will get needs no buffer of
+    /// their hashes.
+    pub fn sized_for(keys: u64, bits_per_key: u32) -> Bloom {
+        let wanted = keys.saturating_mul(u64::from(bits_per_key.max(1)));
         let block_bytes = BLOOM_BLOCK_BITS / 8;
         let bytes = (wanted.max(BLOOM_BITS_MIN).div_ceil(BLOOM_BLOCK_BITS) * block_bytes)
             .min((SECTION_BYTES_MAX as u64 - 1) / block_bytes * block_bytes)
             as usize;
-        let mut bloom = Bloom {
-            probes: probes_for(bits_per_key),
+        Bloom {
+            probes: probes_for(bits_per_key.max(1)),
             bits: vec![0; bytes],
-        };
-        for &h in hashes {
-            for (byte, mask) in bloom.positions(h) {
-                if let Some(b) = bloom.bits.get_mut(byte) {
-                    *b |= mask;
-                }
+        }
+    }
+
+    /// Sets the bits of the key with hash `h`.
+    pub fn add(&mut self, h: u64) {
+        for (byte, mask) in self.positions(h) {
+            if let Some(b) = self.bits.get_mut(byte) {
+                *b |= mask;
             }
         }
-        let mut out = Vec::with_capacity(1 + bloom.bits.len());
-        out.push(bloom.probes);
-        out.extend_from_slice(&bloom.bits);
+    }
+
+    /// The filter as its section: `[k][bits]`.
+    pub fn section(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(1 + self.bits.len());
+        out.push(self.probes);
+        out.extend_from_slice(&self.bits);
         out
     }
 

@@ -318,7 +318,23 @@ impl Run {
             boundary: None,
             held: None,
             done: false,
+            fill_cache: true,
         }
+    }
+
+    /// [`Run::iter`] for a reader that will not come back (a merge, a
+    /// flush's digest): blocks found in the cache are used, blocks read
+    /// from the file are not added to it, so a merge of gigabytes does not
+    /// push out what gets and scans use.
+    pub fn iter_uncached(
+        self: &Arc<Self>,
+        lower: Bound<Vec<u8>>,
+        upper: Bound<Vec<u8>>,
+        reverse: bool,
+    ) -> RunIter {
+        let mut iter = self.iter(lower, upper, reverse);
+        iter.fill_cache = false;
+        iter
     }
 
     /// Reads every block from the file (not through the cache), checks
@@ -381,12 +397,20 @@ impl Run {
     /// Block `meta`, decompressed and checked, from the cache or the file
     /// (and then cached).
     fn block(&self, meta: &BlockMeta) -> Result<Arc<[u8]>> {
+        self.block_filling(meta, true)
+    }
+
+    /// Block `meta` through the cache; read blocks are added to it only
+    /// if `fill`.
+    fn block_filling(&self, meta: &BlockMeta, fill: bool) -> Result<Arc<[u8]>> {
         if let Some(block) = self.cache.get(self.cache_id, meta.offset) {
             return Ok(block);
         }
         let block: Arc<[u8]> = Arc::from(self.read_block(meta)?);
-        self.cache
-            .insert(self.cache_id, meta.offset, Arc::clone(&block));
+        if fill {
+            self.cache
+                .insert(self.cache_id, meta.offset, Arc::clone(&block));
+        }
         Ok(block)
     }
 
@@ -543,6 +567,8 @@ pub struct RunIter {
     /// lookup (or, with no room in the cache, no second read).
     held: Option<(usize, Arc<[u8]>)>,
     done: bool,
+    /// Add blocks read from the file to the cache.
+    fill_cache: bool,
 }
 
 impl Iterator for RunIter {
@@ -575,6 +601,12 @@ impl Iterator for RunIter {
 }
 
 impl RunIter {
+    /// Whether blocks this iterator reads from the file are added to the
+    /// block cache (see [`Run::iter_uncached`]).
+    pub fn set_fill_cache(&mut self, fill: bool) {
+        self.fill_cache = fill;
+    }
+
     /// Decodes the next interval into `pending`; false when there is none.
     fn advance(&mut self) -> Result<bool> {
         let next = if self.started {
@@ -685,7 +717,7 @@ impl RunIter {
         {
             return Ok((meta, Arc::clone(data)));
         }
-        let data = run.block(&meta)?;
+        let data = run.block_filling(&meta, self.fill_cache)?;
         self.held = Some((block, Arc::clone(&data)));
         Ok((meta, data))
     }

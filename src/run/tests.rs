@@ -281,6 +281,11 @@ fn a_mixed_run_round_trips() {
             block_bytes_target: 0,
             compression: false,
             bloom_bits_per_key: 0,
+            expected_entries: None,
+        },
+        RunWriterOptions {
+            expected_entries: Some(model.len() as u64),
+            ..RunWriterOptions::default()
         },
     ] {
         let info = write_model(&io, Path::new(DIR), 1, &model, &options);
@@ -421,7 +426,15 @@ proptest! {
         seed in any::<u64>(),
     ) {
         let (_, io) = sim_io();
-        let options = RunWriterOptions { block_bytes_target, compression, bloom_bits_per_key };
+        // The filter built at the end, or sized up front (from an upper
+        // bound: a merge knows no better) and filled as entries come.
+        let expected_entries = (seed % 2 == 0).then_some(model.len() as u64 + seed % 100);
+        let options = RunWriterOptions {
+            block_bytes_target,
+            compression,
+            bloom_bits_per_key,
+            expected_entries,
+        };
         let info = write_model(&io, Path::new(DIR), 9, &model, &options);
         let tombstones = model.values().filter(|s| is_tombstone(s)).count() as u64;
         prop_assert_eq!(info.tombstones, tombstones);

@@ -50,6 +50,11 @@ pub struct RunWriterOptions {
     /// Bloom filter bits per key (default 10: about 1.1 % false
     /// positives); 0 writes no filter. At most [`BLOOM_BITS_PER_KEY_MAX`].
     pub bloom_bits_per_key: u32,
+    /// The most entries the run will get, if known (a flush, a merge):
+    /// the filter is then sized for that many and filled as entries come,
+    /// instead of keeping 8 bytes per entry until `finish`. More entries
+    /// than that still work, with more false positives.
+    pub expected_entries: Option<u64>,
 }
 
 impl Default for RunWriterOptions {
@@ -58,6 +63,7 @@ impl Default for RunWriterOptions {
             block_bytes_target: 4096,
             compression: true,
             bloom_bits_per_key: 10,
+            expected_entries: None,
         }
     }
 }
@@ -86,6 +92,8 @@ pub struct RunWriter {
     nodes: NodeTableBuilder,
     index: IndexBuilder,
     hashes: Vec<u64>,
+    /// The filter, when sized up front (`expected_entries`).
+    bloom: Option<Bloom>,
     entries: u64,
     tombstones: u64,
     first_key: Option<Vec<u8>>,
@@ -137,6 +145,10 @@ impl RunWriter {
             nodes: NodeTableBuilder::default(),
             index: IndexBuilder::default(),
             hashes: Vec::new(),
+            bloom: options
+                .expected_entries
+                .filter(|_| options.bloom_bits_per_key > 0)
+                .map(|n| Bloom::sized_for(n, options.bloom_bits_per_key)),
             entries: 0,
             tombstones: 0,
             first_key: None,
@@ -188,7 +200,10 @@ impl RunWriter {
         }
         self.block.add(key, state, &mut self.nodes);
         if self.options.bloom_bits_per_key > 0 {
-            self.hashes.push(key_hash(key));
+            match self.bloom.as_mut() {
+                Some(bloom) => bloom.add(key_hash(key)),
+                None => self.hashes.push(key_hash(key)),
+            }
         }
         self.entries += 1;
         self.tombstones += u64::from(is_tombstone(state));
@@ -319,7 +334,10 @@ impl RunWriter {
         let index = self.index.finish();
         put_frame(&mut self.pending, FRAME_INDEX, &index, index.len());
         let filter_offset = offset(self);
-        let filter = Bloom::build(&self.hashes, self.options.bloom_bits_per_key);
+        let filter = match &self.bloom {
+            Some(bloom) => bloom.section(),
+            None => Bloom::build(&self.hashes, self.options.bloom_bits_per_key),
+        };
         put_frame(&mut self.pending, FRAME_FILTER, &filter, filter.len());
         let nodes_copy_offset = offset(self);
         put_frame(&mut self.pending, FRAME_NODES, &table, table.len());

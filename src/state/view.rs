@@ -59,6 +59,19 @@ impl StateView {
         self.range_expecting(lower, upper, reverse, usize::MAX)
     }
 
+    /// Every key, in key order, for a reader that reads each block once
+    /// (a merge, an export, a shipped snapshot, a recount): blocks it reads
+    /// from run files are not added to the block cache.
+    pub fn iter_uncached(&self) -> ViewIter {
+        let mut iter = self.range(Bound::Unbounded, Bound::Unbounded, false);
+        for source in iter.single.iter_mut().chain(iter.sources.iter_mut()) {
+            if let Source::Run(run_iter) = source {
+                run_iter.set_fill_cache(false);
+            }
+        }
+        iter
+    }
+
     /// [`StateView::range`] for a caller that expects to take about
     /// `expected` entries (a scan with a limit): memtables are copied from
     /// that many at a time, not [`MAP_CHUNK_ENTRIES`].

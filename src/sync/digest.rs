@@ -50,7 +50,7 @@ pub fn digest(view: &StateView) -> Result<Digest> {
 /// [`digest`] must always equal; for tests and `verify`).
 pub fn digest_by_scan(view: &StateView) -> Result<Digest> {
     let mut sums = crate::state::DigestSums::new();
-    for entry in view.iter() {
+    for entry in view.iter_uncached() {
         let (key, state) = entry?;
         sums.add(&key, &state);
     }

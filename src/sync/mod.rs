@@ -208,7 +208,7 @@ pub(crate) fn collect_changes(
     buckets: Option<&[usize]>,
 ) -> crate::Result<Vec<Record>> {
     let mut out = Vec::new();
-    for entry in view.iter() {
+    for entry in view.iter_uncached() {
         let (key, state) = entry?;
         if is_local(&key) || !buckets.is_none_or(|b| digest::Digest::in_buckets(&key, b)) {
             continue;

@@ -207,7 +207,7 @@ fn write_amplification(args: &ChildArgs) {
         .expect("open");
     let mut rng = Rng::new(args.seed);
     let mut user_bytes = 0u64;
-    let mut batch_of = |numbers: &mut dyn Iterator<Item = u64>, round: u64| {
+    let batch_of = |numbers: &mut dyn Iterator<Item = u64>, round: u64| {
         let mut batch = mergekv::Batch::new();
         let mut n = 0;
         for i in numbers {
