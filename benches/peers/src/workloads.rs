@@ -264,7 +264,8 @@ fn build(args: &ChildArgs) {
 /// W4: random point reads for `secs` on `threads` threads, from the cached
 /// working set (read once first, untimed) or from all keys.
 fn point_reads(args: &ChildArgs, cached: bool) {
-    let store = engine(args).open(&args.db, None);
+    // `--cache BYTES` (by hand: W4 with a cache of 10 % of the data).
+    let store = engine(args).open(&args.db, args.cache_bytes);
     let numbers: Vec<u64> = if cached {
         let set =
             data::contiguous_key_numbers(args.keys, cached_working_set_keys(args.keys), args.seed);
