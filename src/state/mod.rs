@@ -227,13 +227,16 @@ impl State {
     /// A state whose lower layers are `lower` (runs opened by recovery),
     /// with an empty memtable.
     pub fn with_lower(lower: Lower) -> Self {
+        // Runs may hold counters, and no record that would say so is
+        // replayed: a register write must look for totals to observe.
+        let counters_seen = !lower.runs.is_empty() || !lower.frozen.is_empty();
         Self {
             layers: RwLock::new(Layers {
                 active: StateMap::new(),
                 active_bytes: 0,
                 lower: Arc::new(lower),
             }),
-            counters_seen: AtomicBool::new(false),
+            counters_seen: AtomicBool::new(counters_seen),
             flush: parking_lot::Mutex::new(None),
             flush_failure: parking_lot::Mutex::new(None),
             lower_changed: parking_lot::Condvar::new(),
