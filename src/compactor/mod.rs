@@ -340,9 +340,7 @@ impl Maintenance {
         engine.wal().check_usable()?;
         let bytes_before = self.disk_bytes()?;
         let snapshots_before = self.legacy_snapshot_count()?;
-        engine.wal().seal_active()?;
-        let target = engine.wal().stats().last_seq;
-        engine.wait_applied_through(target)?;
+        self.seal_and_wait_applied()?;
         // The watermark is read under the freeze's lock: every batch up to
         // it is in the frozen memtable or below (below already, if nothing
         // was frozen). While an earlier flush is still to be done (it
@@ -423,10 +421,7 @@ impl Maintenance {
 
     fn install_state_inner(&self, records: Vec<Record>, local: Vec<Record>) -> Result<RunSummary> {
         let engine = &self.engine;
-        engine.wal().check_usable()?;
-        engine.wal().seal_active()?;
-        let target = engine.wal().stats().last_seq;
-        engine.wait_applied_through(target)?;
+        self.seal_and_wait_applied()?;
         let covered_seq = engine.applied_watermark()?;
         engine.wal().sync_written()?;
         let fresh = State::new();
@@ -486,10 +481,7 @@ impl Maintenance {
         let (view, covered_seq) = {
             let _running = self.running.lock();
             let engine = &self.engine;
-            engine.wal().check_usable()?;
-            engine.wal().seal_active()?;
-            let target = engine.wal().stats().last_seq;
-            engine.wait_applied_through(target)?;
+            self.seal_and_wait_applied()?;
             let covered_seq = engine.applied_watermark()?;
             let view = engine.state().view();
             engine.wal().sync_written()?;
@@ -515,6 +507,17 @@ impl Maintenance {
         let file = self.io.open_read(&written.path)?;
         self.io.remove_file(&written.path)?;
         Ok((file, covered_seq, written.size_bytes))
+    }
+
+    /// Seals the active WAL segment and waits until every batch written so
+    /// far is applied (what a flush, an install or a shipped snapshot
+    /// covers is then read from the applied watermark).
+    fn seal_and_wait_applied(&self) -> Result<()> {
+        let wal = self.engine.wal();
+        wal.check_usable()?;
+        wal.seal_active()?;
+        let target = wal.stats().last_seq;
+        self.engine.wait_applied_through(target)
     }
 
     /// Which tombstones this compaction may drop.

@@ -612,54 +612,22 @@ fn rebuild(
         }
         state.replay(snapshot.records)?;
     }
-    let mut failed: Option<Error> = None;
-    let mut pending = Vec::new();
-    let mut apply = |first_seq: u64, payload: FramePayload| {
-        let batch_stamp = payload
-            .records
-            .iter()
-            .filter_map(|r| r.delta.newest_stamp())
-            .max();
-        max_stamp = max_stamp.max(batch_stamp);
-        if let (Some(mark), Some(stamp)) = (payload.dedup, batch_stamp) {
-            let entry = DedupEntry {
-                first_seq,
-                op_count: payload.records.len() as u32,
-                stamp,
-                seen_ms: mark.seen_ms,
-            };
-            dedup.insert(mark.id, entry, now_ms);
-        }
-        pending.extend(payload.records);
-        if pending.len() >= REPLAY_CHUNK_RECORDS
-            && failed.is_none()
-            && let Err(e) = state.replay(std::mem::take(&mut pending))
-        {
-            failed = Some(e);
-        }
-    };
-    let mode = recovery::ReplayMode {
-        recovery: wal_mode,
+    let cache = BlockCache::new(0);
+    let from = RecoverFrom {
+        io,
+        dir,
+        nodes,
+        options,
+        cache: &cache,
         modify: true,
-        covered_seq,
-        read_covered: false,
     };
-    let replayed = recovery::replay(io, &dir.join(WAL_DIR), nodes, mode, &mut apply)?;
-    if let Some(e) = failed {
-        return Err(e);
-    }
-    state.replay(pending)?;
+    let (max_stamp, replayed) =
+        replay_tail(&from, &state, &mut dedup, covered_seq, max_stamp, wal_mode)?;
     for (path, error) in damaged {
         report.snapshots_skipped.push(error.to_string());
         quarantine(io, dir, path)?;
     }
-    let wal_report = replayed.report;
-    report.segments_replayed = wal_report.segments_replayed;
-    report.segments_skipped = wal_report.segments_skipped;
-    report.frames_replayed = wal_report.frames_replayed;
-    report.ops_replayed = wal_report.ops_replayed;
-    report.torn_tail = wal_report.torn_tail;
-    report.repair = wal_report.repair;
+    copy_wal_report(&mut report, &replayed.report);
     let after_snapshot = covered_seq.map_or(1, |s| s.saturating_add(1));
     Ok(Recovered {
         state,

@@ -33,17 +33,7 @@ pub struct Digest {
 /// by every flush and merge, with the memtables folded in (see
 /// `state::digest`). Fails only if a run could not be read.
 pub fn digest(view: &StateView) -> Result<Digest> {
-    let sums = view.digest_sums()?;
-    let buckets = sums.buckets();
-    let mut root = blake3::Hasher::new();
-    for b in &buckets {
-        root.update(b);
-    }
-    Ok(Digest {
-        root: *root.finalize().as_bytes(),
-        buckets,
-        keys: sums.keys(),
-    })
+    Ok(Digest::of_sums(&view.digest_sums()?))
 }
 
 /// The digest of the state `view` shows, computed from every key (what
@@ -54,19 +44,25 @@ pub fn digest_by_scan(view: &StateView) -> Result<Digest> {
         let (key, state) = entry?;
         sums.add(&key, &state);
     }
-    let buckets = sums.buckets();
-    let mut root = blake3::Hasher::new();
-    for b in &buckets {
-        root.update(b);
-    }
-    Ok(Digest {
-        root: *root.finalize().as_bytes(),
-        buckets,
-        keys: sums.keys(),
-    })
+    Ok(Digest::of_sums(&sums))
 }
 
 impl Digest {
+    /// The digest of bucket sums: the root is blake3 of the bucket sums in
+    /// bucket order.
+    fn of_sums(sums: &crate::state::DigestSums) -> Digest {
+        let buckets = sums.buckets();
+        let mut root = blake3::Hasher::new();
+        for b in &buckets {
+            root.update(b);
+        }
+        Digest {
+            root: *root.finalize().as_bytes(),
+            buckets,
+            keys: sums.keys(),
+        }
+    }
+
     /// The root as 64 hex characters.
     pub fn root_hex(&self) -> String {
         self.root.iter().map(|b| format!("{b:02x}")).collect()
