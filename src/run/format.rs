@@ -242,26 +242,41 @@ pub fn decode_header(bytes: &[u8]) -> Result<Header, (u64, String)> {
     let Ok((version, flags, node, run_id, crc)) = fields else {
         return Err((0, "header truncated".into()));
     };
-    if version != RUN_FORMAT_VERSION {
-        return Err((HEADER_VERSION_OFFSET as u64, unsupported_version(version)));
-    }
-    let expected = header
-        .get(..HEADER_CRC_OFFSET)
-        .map(crc32c::crc32c)
-        .unwrap_or_default();
-    if crc != expected {
-        return Err((HEADER_CRC_OFFSET as u64, "header checksum mismatch".into()));
-    }
-    if flags != 0 {
-        return Err((
-            HEADER_FLAGS_OFFSET as u64,
-            format!("unknown header flags {flags:#x}"),
-        ));
-    }
+    check_fixed(
+        header,
+        "header",
+        (HEADER_VERSION_OFFSET, version),
+        (HEADER_CRC_OFFSET, crc),
+        (HEADER_FLAGS_OFFSET, flags),
+    )?;
     Ok(Header {
         node: NodeId(node),
         run_id,
     })
+}
+
+/// The checks a header and a footer share, in this order: the version
+/// (so a newer format says so rather than failing its checksum), the
+/// CRC-32C of the bytes before the checksum field, then the flags. Each
+/// field is given with its offset in `bytes`.
+fn check_fixed(
+    bytes: &[u8],
+    what: &str,
+    (version_at, version): (usize, u16),
+    (crc_at, crc): (usize, u32),
+    (flags_at, flags): (usize, u16),
+) -> std::result::Result<(), (u64, String)> {
+    if version != RUN_FORMAT_VERSION {
+        return Err((version_at as u64, unsupported_version(version)));
+    }
+    let expected = bytes.get(..crc_at).map(crc32c::crc32c).unwrap_or_default();
+    if crc != expected {
+        return Err((crc_at as u64, format!("{what} checksum mismatch")));
+    }
+    if flags != 0 {
+        return Err((flags_at as u64, format!("unknown {what} flags {flags:#x}")));
+    }
+    Ok(())
 }
 
 /// The message for a version this build does not read.
@@ -344,22 +359,13 @@ pub fn decode_footer(bytes: &[u8]) -> Result<(Footer, u32), (u64, String)> {
     let Ok((v, flags, crc, version)) = parsed else {
         return Err((0, "footer truncated".into()));
     };
-    if version != RUN_FORMAT_VERSION {
-        return Err((FOOTER_VERSION_OFFSET as u64, unsupported_version(version)));
-    }
-    let expected = bytes
-        .get(..FOOTER_CRC_OFFSET)
-        .map(crc32c::crc32c)
-        .unwrap_or_default();
-    if crc != expected {
-        return Err((FOOTER_CRC_OFFSET as u64, "footer checksum mismatch".into()));
-    }
-    if flags != 0 {
-        return Err((
-            FOOTER_FLAGS_OFFSET as u64,
-            format!("unknown footer flags {flags:#x}"),
-        ));
-    }
+    check_fixed(
+        bytes,
+        "footer",
+        (FOOTER_VERSION_OFFSET, version),
+        (FOOTER_CRC_OFFSET, crc),
+        (FOOTER_FLAGS_OFFSET, flags),
+    )?;
     let [
         nodes_offset,
         index_offset,
