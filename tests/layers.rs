@@ -18,6 +18,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("io", 2),
     ("codec", 2),
     ("crdt", 3),
+    ("crypto", 3),
     ("record", 4),
     ("options", 5),
     ("run", 5),

@@ -63,6 +63,90 @@ impl IoOp {
     }
 }
 
+/// The public name of a key: the first 8 bytes of a one-way hash of it.
+/// Headers carry it in clear so an open can say which key a file needs;
+/// it reveals nothing about the key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyId(pub u64);
+
+impl std::fmt::Display for KeyId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+/// Why an encryption key was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KeyError {
+    /// Something is encrypted with a key that was not given (no key, or
+    /// the wrong one, or only the new key while a rotation still needs the
+    /// old one).
+    Missing {
+        /// What needs the key (a file's path, "this change set").
+        what: String,
+        /// The id of the key it needs.
+        needed: KeyId,
+        /// The ids of the keys given (empty: none).
+        given: Vec<KeyId>,
+        /// The key a rotation is moving the database to, if one has not
+        /// finished: until it does, the old key is needed too.
+        rotating_to: Option<KeyId>,
+    },
+    /// A key was given for a database that is not encrypted. Encrypt it
+    /// with `Db::rotate_encryption_key` (`mergekv rekey`); opening it with
+    /// a key would leave what it holds in clear.
+    NotEncrypted {
+        /// The database directory.
+        dir: PathBuf,
+    },
+    /// A key could not be read or is malformed.
+    Invalid {
+        /// Where it was read from.
+        source: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl std::fmt::Display for KeyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeyError::Missing {
+                what,
+                needed,
+                given,
+                rotating_to,
+            } => {
+                write!(f, "{what} is encrypted with key id {needed}; ")?;
+                if given.is_empty() {
+                    write!(f, "no key was given")?;
+                } else {
+                    let ids: Vec<String> = given.iter().map(|id| id.to_string()).collect();
+                    write!(f, "the key(s) given have id {}", ids.join(", "))?;
+                }
+                if let Some(to) = rotating_to {
+                    write!(
+                        f,
+                        " (a rotation to key id {to} has not finished rewriting the files of \
+                         key id {needed}: give the old key as well until it has)"
+                    )?;
+                }
+                Ok(())
+            }
+            KeyError::NotEncrypted { dir } => write!(
+                f,
+                "{} is not encrypted, but a key was given; encrypt it with \
+                 `mergekv rekey` (Db::rotate_encryption_key) first",
+                dir.display()
+            ),
+            KeyError::Invalid { source, reason } => {
+                write!(f, "cannot use the key from {source}: {reason}")
+            }
+        }
+    }
+}
+
 /// A `Result` whose error is [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -174,6 +258,9 @@ pub enum Error {
         /// Why the last flush failed.
         cause: Arc<str>,
     },
+    /// An encryption key is missing, wrong, or unreadable (see
+    /// [`KeyError`]). Nothing was changed.
+    Key(KeyError),
     /// A stored typed value did not decode as the requested type.
     Decode {
         /// What was being decoded.
@@ -272,6 +359,7 @@ impl std::fmt::Display for Error {
                 String::from_utf8_lossy(key)
             ),
             Error::Decode { what, reason } => write!(f, "cannot decode {what}: {reason}"),
+            Error::Key(e) => write!(f, "{e}"),
             Error::FlushFailed { cause } => write!(
                 f,
                 "the memtable is full and writing it out failed ({cause}); the write was not taken"
