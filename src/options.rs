@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use crate::clock::{DriftPolicy, SystemClock, WallClock};
+use crate::crypto::{Keyring, KeySource};
 use crate::error::{Error, Result};
 use crate::io::FaultInjector;
 
@@ -135,6 +136,18 @@ pub struct Options {
     /// import refuses with [`crate::Error::IdentityConflict`]. CLI:
     /// `mergekv reidentify`.
     pub renew_identity: bool,
+    /// Encryption at rest: the key every WAL frame, run frame and change
+    /// set is encrypted with (AES-256-GCM; see `docs/FORMAT.md`,
+    /// "Encryption"). Creating a database with a key makes it encrypted;
+    /// an encrypted database opens only with its current key, and a key
+    /// given for a database that is not encrypted is refused with
+    /// [`crate::KeyError::NotEncrypted`] (encrypt one with
+    /// [`crate::Db::rotate_encryption_key`]). `None` (the default): no
+    /// encryption.
+    pub encryption_key: Option<KeySource>,
+    /// Older keys, needed only while a key rotation has not finished
+    /// rewriting the files they encrypt (an open that needs one says so).
+    pub encryption_keys_old: Vec<KeySource>,
     /// The wall clock the HLC reads.
     pub wall_clock: Arc<dyn WallClock>,
     /// Injected file-system failures, for tests.
@@ -148,6 +161,17 @@ pub const KEYSPACE_NAME_BYTES_MAX: usize = 64;
 const STORE_KEY_OVERHEAD_BYTES: usize = 1 + KEYSPACE_NAME_BYTES_MAX;
 
 impl Options {
+    /// The keys, read from their sources.
+    pub(crate) fn keyring(&self) -> Result<Keyring> {
+        let current = self.encryption_key.as_ref().map(KeySource::resolve).transpose()?;
+        let older = self
+            .encryption_keys_old
+            .iter()
+            .map(KeySource::resolve)
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Keyring::new(current, older))
+    }
+
     /// Checks that the limits are ones the WAL reader accepts, so nothing
     /// can be acknowledged that a reopen would then refuse as damage.
     pub fn validate(&self) -> Result<()> {
@@ -218,6 +242,8 @@ impl Default for Options {
             tombstone_grace_ms: 7 * 24 * 60 * 60 * 1000,
             wal_retention_bytes_max: 1024 * 1024 * 1024,
             read_only: false,
+            encryption_key: None,
+            encryption_keys_old: Vec::new(),
             renew_identity: false,
             wall_clock: Arc::new(SystemClock),
             faults: None,
