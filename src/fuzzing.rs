@@ -76,7 +76,8 @@ pub struct WalSegment {
 /// rules: header, contiguous sequence numbers, torn tail versus damage).
 pub fn decode_wal_segment(bytes: &[u8]) -> Result<WalSegment, String> {
     let header = format::decode_segment_header(bytes).map_err(|e| e.to_string())?;
-    let frames = crate::wal::recovery::read_whole_segment(bytes)?;
+    let frames = crate::wal::recovery::read_whole_segment(bytes, &crate::crypto::Keyring::default())
+        .map_err(|e| e.to_string())??;
     Ok(WalSegment { header, frames })
 }
 
@@ -152,7 +153,7 @@ pub struct Snapshot {
 /// installing a leader's snapshot do (`snapshot::decode_snapshot`, the
 /// body of `read_snapshot`).
 pub fn decode_snapshot(bytes: &[u8]) -> Result<Snapshot, String> {
-    let loaded = crate::snapshot::decode_snapshot(bytes, std::path::Path::new("fuzz.snap"))
+    let loaded = crate::snapshot::decode_snapshot(bytes, std::path::Path::new("fuzz.snap"), None)
         .map_err(|(offset, reason)| format!("at byte {offset}: {reason}"))?;
     Ok(Snapshot {
         meta: loaded.meta,

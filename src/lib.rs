@@ -120,7 +120,7 @@ pub use io::{FaultInjector, IoOp};
 pub use meta::Renewal;
 pub use options::{Options, RecoveryMode, SyncMode};
 pub use sync::{ImportReport, SegmentEntry, SegmentImport, SyncCursor};
-pub use verify::{VerifyReport, verify};
+pub use verify::{VerifyReport, verify, verify_with};
 pub use wal::WalStats;
 pub use wal::recovery::{
     RecoveryReport, RepairReport, RunsUsed, SalvageReport, SnapshotUsed, TornTail,

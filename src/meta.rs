@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use crate::clock::NodeId;
 use crate::codec::{Reader, Writer};
+use crate::crypto::KeyId;
 use crate::error::{Error, Result};
 use crate::io::{Io, IoFile};
 
@@ -27,11 +28,17 @@ const FOLLOWER_MARKER_BYTES_MAX: usize = 1024;
 
 const META_MAGIC: [u8; 8] = *b"MKVMETA\x01";
 const META_FORMAT_VERSION_1: u16 = 1;
-const META_FORMAT_VERSION: u16 = 2;
+const META_FORMAT_VERSION_2: u16 = 2;
+const META_FORMAT_VERSION: u16 = 3;
 /// Length of a version 1 META (node id and creation time only).
 const META_V1_BYTES: usize = 8 + 2 + 8 + 8 + 4;
 /// Length of a version 2 META before its list of former node ids.
 const META_V2_FIXED_BYTES: usize = 8 + 2 + 8 + 8 + 8 + 8 + 2 + 4;
+/// Length of a version 3 META before its list of former node ids: version
+/// 2's fields, then flags and the key id.
+const META_V3_FIXED_BYTES: usize = META_V2_FIXED_BYTES + 2 + 8;
+/// META flag: the database is encrypted with the key whose id follows.
+const META_FLAG_ENCRYPTED: u16 = 1;
 /// Most former node ids META holds (32 KiB of them). Past it, ids no file
 /// carries any more are dropped; an id a file still carries never is.
 pub const FORMER_NODE_IDS_MAX: usize = 4096;
@@ -67,6 +74,9 @@ pub struct Meta {
     /// Node ids this directory wrote under before, newest last: its files
     /// may still carry them.
     pub former: Vec<NodeId>,
+    /// The key the database is encrypted with (every new file uses it);
+    /// `None`: not encrypted.
+    pub key_id: Option<KeyId>,
 }
 
 impl Meta {
@@ -151,6 +161,7 @@ pub fn renewed(
         created_ms: meta.created_ms,
         home: here,
         former,
+        key_id: meta.key_id,
     })
 }
 
@@ -171,12 +182,13 @@ pub fn read_meta(io: &Io, dir: &Path) -> Result<Option<Meta>> {
 }
 
 /// Creates `META` with a fresh random node id.
-pub fn create_meta(io: &Io, dir: &Path, created_ms: u64) -> Result<Meta> {
+pub fn create_meta(io: &Io, dir: &Path, created_ms: u64, key_id: Option<KeyId>) -> Result<Meta> {
     let meta = Meta {
         node: random_node_id(),
         created_ms,
         home: io.object_id(dir)?,
         former: Vec::new(),
+        key_id,
     };
     write_meta(io, dir, &meta)?;
     Ok(meta)
@@ -248,7 +260,7 @@ fn random_node_id() -> NodeId {
 
 pub(crate) fn encode_meta(meta: &Meta) -> Vec<u8> {
     let former = meta.former.len().min(FORMER_NODE_IDS_MAX);
-    let mut w = Writer::with_capacity(META_V2_FIXED_BYTES + 8 * former);
+    let mut w = Writer::with_capacity(META_V3_FIXED_BYTES + 8 * former);
 
     w.bytes(&META_MAGIC);
     w.u16(META_FORMAT_VERSION);
@@ -257,13 +269,23 @@ pub(crate) fn encode_meta(meta: &Meta) -> Vec<u8> {
     let (device, inode) = meta.home.unwrap_or((0, 0));
     w.u64(device);
     w.u64(inode);
+    match meta.key_id {
+        Some(id) => {
+            w.u16(META_FLAG_ENCRYPTED);
+            w.u64(id.0);
+        }
+        None => {
+            w.u16(0);
+            w.u64(0);
+        }
+    }
     w.u16(former as u16);
     for node in meta.former.iter().take(former) {
         w.u64(node.0);
     }
     let crc = crc32c::crc32c(w.as_slice());
     w.u32(crc);
-    debug_assert_eq!(w.len(), META_V2_FIXED_BYTES + 8 * former);
+    debug_assert_eq!(w.len(), META_V3_FIXED_BYTES + 8 * former);
     w.into_vec()
 }
 
@@ -290,12 +312,21 @@ pub(crate) fn decode_meta(bytes: &[u8]) -> std::result::Result<Meta, String> {
         created_ms,
         home: None,
         former: Vec::new(),
+        key_id: None,
     };
     match version {
         META_FORMAT_VERSION_1 if bytes.len() == META_V1_BYTES => {}
-        META_FORMAT_VERSION if bytes.len() >= META_V2_FIXED_BYTES => {
+        META_FORMAT_VERSION_2 | META_FORMAT_VERSION if bytes.len() >= META_V2_FIXED_BYTES => {
             let home = (r.u64().map_err(fail)?, r.u64().map_err(fail)?);
             meta.home = (home != (0, 0)).then_some(home);
+            if version == META_FORMAT_VERSION {
+                let flags = r.u16().map_err(fail)?;
+                let key_id = r.u64().map_err(fail)?;
+                if flags & !META_FLAG_ENCRYPTED != 0 {
+                    return Err(format!("unknown flags {flags:#x}"));
+                }
+                meta.key_id = (flags & META_FLAG_ENCRYPTED != 0).then_some(KeyId(key_id));
+            }
             let count = usize::from(r.u16().map_err(fail)?);
             if count > FORMER_NODE_IDS_MAX || r.remaining() != 8 * count {
                 return Err(format!(
@@ -331,6 +362,7 @@ mod tests {
             created_ms: 5,
             home: Some((3, 9)),
             former: vec![NodeId(1), NodeId(2)],
+            key_id: Some(KeyId(0xfeed)),
         };
         let bytes = encode_meta(&meta);
         assert_eq!(decode_meta(&bytes), Ok(meta.clone()));
@@ -396,6 +428,7 @@ mod tests {
             created_ms: 0,
             home: None,
             former: (2..2 + FORMER_NODE_IDS_MAX as u64).map(NodeId).collect(),
+            key_id: None,
         };
         let new = renewed(&meta, None, || Ok(vec![NodeId(1), NodeId(5)])).unwrap();
         assert_eq!(new.former, vec![NodeId(5), NodeId(1)]);

@@ -7,7 +7,8 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::io::Io;
 use crate::meta;
-use crate::options::RecoveryMode;
+use crate::crypto::Keyring;
+use crate::options::{Options, RecoveryMode};
 use crate::snapshot;
 use crate::wal::WAL_DIR;
 use crate::wal::recovery::{self, TornTail};
@@ -54,8 +55,16 @@ impl VerifyReport {
 /// recounts the digest of the runs and compares it with the one the
 /// manifest keeps.
 pub fn verify(dir: impl AsRef<Path>) -> Result<VerifyReport> {
+    verify_with(dir, &Options::default())
+}
+
+/// [`verify`] with options: the encryption keys (an encrypted database
+/// is verified with its key, else [`Error::Key`]) and a fault plan for
+/// tests; other options are ignored.
+pub fn verify_with(dir: impl AsRef<Path>, options: &Options) -> Result<VerifyReport> {
     let dir = dir.as_ref();
-    let io = Io::default();
+    let io = Io::new(options.faults.clone());
+    let keyring = options.keyring()?;
     let _lock = match io.open_read(&dir.join(crate::db::READERS_LOCK_FILE)) {
         Ok(file) => {
             if !file.try_lock_shared()? {
@@ -71,7 +80,7 @@ pub fn verify(dir: impl AsRef<Path>) -> Result<VerifyReport> {
     loop {
         tries += 1;
         let before = io.read_if_exists(&crate::manifest::manifest_path(dir))?;
-        let report = verify_once(&io, dir)?;
+        let report = verify_once(&io, dir, &keyring)?;
         let after = io.read_if_exists(&crate::manifest::manifest_path(dir))?;
         if report.is_ok() || before == after || tries >= crate::db::READ_ONLY_OPEN_TRIES_MAX {
             return Ok(report);
@@ -79,7 +88,7 @@ pub fn verify(dir: impl AsRef<Path>) -> Result<VerifyReport> {
     }
 }
 
-fn verify_once(io: &Io, dir: &Path) -> Result<VerifyReport> {
+fn verify_once(io: &Io, dir: &Path, keyring: &Keyring) -> Result<VerifyReport> {
     let io = io.clone();
     let mut report = VerifyReport {
         dir: dir.to_path_buf(),
@@ -99,13 +108,14 @@ fn verify_once(io: &Io, dir: &Path) -> Result<VerifyReport> {
             return Ok(report);
         }
     };
+    crate::db::check_keys(&io, dir, Some(&meta), keyring)?;
     report.files_checked += 1;
     match crate::compactor::Cursors::load(&io, dir) {
         Ok(_) => {}
         Err(e @ Error::Corruption { .. }) => report.problems.push(e.to_string()),
         Err(e) => return Err(e),
     }
-    let snapshot_seq = check_snapshots(&io, dir, &mut report)?;
+    let snapshot_seq = check_snapshots(&io, dir, keyring, &mut report)?;
     let covered_seq = match check_runs(&io, dir, &mut report)? {
         Some(seq) => Some(seq),
         None => snapshot_seq,
@@ -121,7 +131,7 @@ fn verify_once(io: &Io, dir: &Path) -> Result<VerifyReport> {
         covered_seq,
         read_covered: true,
     };
-    let result = recovery::replay(&io, &wal_dir, &meta.lineage(), mode, &mut count);
+    let result = recovery::replay(&io, &wal_dir, &meta.lineage(), keyring, mode, &mut count);
     let segments = recovery::list_segments(&io, &wal_dir).map_or(0, |s| s.len());
     report.files_checked += segments;
     match result {
@@ -210,11 +220,16 @@ fn check_runs_digest(
 
 /// Reads every snapshot back in full; returns the newest valid one's covered
 /// sequence number (where the WAL must continue from).
-fn check_snapshots(io: &Io, dir: &Path, report: &mut VerifyReport) -> Result<Option<u64>> {
+fn check_snapshots(
+    io: &Io,
+    dir: &Path,
+    keyring: &Keyring,
+    report: &mut VerifyReport,
+) -> Result<Option<u64>> {
     let mut newest_valid = None;
     for (seq, path) in snapshot::list_snapshots(io, &dir.join(snapshot::SNAPSHOT_DIR))? {
         report.files_checked += 1;
-        match snapshot::read_snapshot(io, &path) {
+        match snapshot::read_snapshot(io, &path, keyring) {
             Ok(loaded) => {
                 report.snapshots_ok += 1;
                 newest_valid = newest_valid.or(Some(seq));

@@ -496,11 +496,20 @@ impl Maintenance {
         };
         let snap_dir = self.dir.join(SNAPSHOT_DIR);
         let name = format!("ship-{covered_seq:020}-{}.snap", ship_nonce());
+        // Encrypted like every state file; the follower, holding the same
+        // key, reads it as sent.
+        let cipher = self
+            .engine
+            .wal()
+            .keyring()
+            .read()
+            .fresh_cipher(crate::crypto::Domain::Snapshot)?;
         let written = snapshot::write_snapshot_as(
             &self.io,
             &snap_dir,
             &name,
             &meta,
+            cipher.as_ref(),
             view.iter_uncached(),
             &[],
         )?;

@@ -347,6 +347,8 @@ pub enum Domain {
     Run = 2,
     /// A sealed object (change set, bucket object).
     Sealed = 3,
+    /// Snapshot chunks (a replication leader's snapshot for a follower).
+    Snapshot = 4,
 }
 
 /// A fresh random salt from the operating system's CSPRNG.

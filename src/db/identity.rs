@@ -14,6 +14,7 @@
 use std::path::Path;
 
 use crate::clock::NodeId;
+use crate::crypto::Keyring;
 use crate::engine;
 use crate::error::{Error, Result};
 use crate::io::Io;
@@ -35,7 +36,7 @@ pub(super) struct Found {
 /// or in repair mode rebuilt from the node ids in the segment and snapshot
 /// headers, the damaged bytes kept in quarantine. A new directory gets a
 /// new META.
-pub(super) fn find(io: &Io, dir: &Path, options: &Options) -> Result<Found> {
+pub(super) fn find(io: &Io, dir: &Path, options: &Options, keyring: &Keyring) -> Result<Found> {
     let repair = options.recovery_mode == RecoveryMode::Repair;
     let damaged = match meta::read_meta(io, dir) {
         Ok(Some(meta)) => {
@@ -50,7 +51,7 @@ pub(super) fn find(io: &Io, dir: &Path, options: &Options) -> Result<Found> {
             (true, true) => None,
             (false, true) => return Err(orphan_files(dir)),
             (_, false) => {
-                let meta = meta::create_meta(io, dir, options.wall_clock.now_ms())?;
+                let meta = meta::create_meta(io, dir, options.wall_clock.now_ms(), keyring.current_id())?;
                 return Ok(Found {
                     meta,
                     rebuilt_from: None,
@@ -59,7 +60,7 @@ pub(super) fn find(io: &Io, dir: &Path, options: &Options) -> Result<Found> {
         },
     };
     let path = meta::meta_path(dir);
-    let Some(rebuilt) = engine::rebuild_meta(io, dir, options.wall_clock.now_ms())? else {
+    let Some(rebuilt) = engine::rebuild_meta(io, dir, options.wall_clock.now_ms(), keyring.current_id())? else {
         return Err(Error::corruption(
             &path,
             0,

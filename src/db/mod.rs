@@ -2,6 +2,8 @@
 //! applications hold.
 
 mod identity;
+mod keys;
+pub(crate) use keys::check as check_keys;
 mod keyspace;
 pub(crate) mod position;
 pub(crate) mod read;
@@ -107,7 +109,11 @@ impl Db {
         }
         let read_only = options.read_only;
         let wal_dir = dir.join(WAL_DIR);
-        let found = identity::find(&io, &dir, &options)?;
+        let keyring = options.keyring()?;
+        // A damaged META is left for `find` to report (or repair).
+        let meta_now = meta::read_meta(&io, &dir).ok().flatten();
+        keys::check(&io, &dir, meta_now.as_ref(), &keyring)?;
+        let found = identity::find(&io, &dir, &options, &keyring)?;
         io.create_dir_all(&wal_dir)?;
         let cache = crate::run::BlockCache::new(options.cache_bytes_max);
         let lineage = found.meta.lineage();
@@ -117,9 +123,10 @@ impl Db {
             nodes: &lineage,
             options: &options,
             cache: &cache,
+            keyring: &keyring,
             modify: true,
         })?;
-        let (meta, renewed) = identity::settle(
+        let (mut meta, renewed) = identity::settle(
             &io,
             &dir,
             found,
@@ -127,6 +134,14 @@ impl Db {
             &options,
             follower_of.is_some(),
         )?;
+        if meta.key_id != keyring.current_id() && (!read_only || follower_of.is_some()) {
+            // An open with a new current key and the database's key among
+            // the old ones: a rotation (see `keys`). META names the new key
+            // before any file is written with it.
+            meta.key_id = keyring.current_id();
+            meta::write_meta(&io, &dir, &meta)?;
+        }
+        let keyring = Arc::new(parking_lot::RwLock::new(keyring));
         // A segment header names its writer: a new identity writes in a
         // segment of its own (the writer also starts one if the last
         // segment names another id: a crash after META was rewritten).
@@ -140,6 +155,7 @@ impl Db {
             io.clone(),
             meta.node,
             &options,
+            keyring,
             recovered.wal_start,
         )?;
         let engine = Arc::new(Engine::new(options, meta.node, hlc, wal, recovered.state));

@@ -18,6 +18,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::crypto::Keyring;
 use crate::clock::{Hlc, NodeId, Stamp};
 use crate::error::{Error, Result};
 use crate::io::{Io, IoFile};
@@ -49,6 +50,8 @@ pub struct ReadOnlyDb {
     dir: PathBuf,
     io: Io,
     options: Options,
+    /// The keys, read once at open.
+    keyring: Keyring,
     cache: Arc<BlockCache>,
     loaded: Loaded,
     _lock: Option<IoFile>,
@@ -96,11 +99,13 @@ impl ReadOnlyDb {
             Err(e) => return Err(e),
         };
         let cache = BlockCache::new(options.cache_bytes_max);
-        let loaded = load(&io, &dir, &options, &cache)?;
+        let keyring = options.keyring()?;
+        let loaded = load(&io, &dir, &options, &keyring, &cache)?;
         Ok(ReadOnlyDb {
             dir,
             io,
             options,
+            keyring,
             cache,
             loaded,
             _lock: lock,
@@ -110,7 +115,7 @@ impl ReadOnlyDb {
     /// Reads the directory again: the state now, with everything the
     /// writer has made durable (or at least written) since.
     pub fn refresh(&mut self) -> Result<()> {
-        self.loaded = load(&self.io, &self.dir, &self.options, &self.cache)?;
+        self.loaded = load(&self.io, &self.dir, &self.options, &self.keyring, &self.cache)?;
         Ok(())
     }
 
@@ -278,11 +283,17 @@ impl ReadOnlyDb {
 
 /// Reads the directory into a consistent state, starting over when the
 /// writer replaced the files meanwhile.
-fn load(io: &Io, dir: &Path, options: &Options, cache: &Arc<BlockCache>) -> Result<Loaded> {
+fn load(
+    io: &Io,
+    dir: &Path,
+    options: &Options,
+    keyring: &Keyring,
+    cache: &Arc<BlockCache>,
+) -> Result<Loaded> {
     let mut last_error = None;
     for _ in 0..READ_ONLY_OPEN_TRIES_MAX {
         let before = manifest_bytes(io, dir)?;
-        match load_once(io, dir, options, cache) {
+        match load_once(io, dir, options, keyring, cache) {
             Ok(loaded) => return Ok(loaded),
             // A file gone or a gap in the log: the writer may have moved
             // on (a flush, a merge, a truncation) while we read.
@@ -314,12 +325,19 @@ fn manifest_bytes(io: &Io, dir: &Path) -> Result<Option<Vec<u8>>> {
     io.read_if_exists(&manifest::manifest_path(dir))
 }
 
-fn load_once(io: &Io, dir: &Path, options: &Options, cache: &Arc<BlockCache>) -> Result<Loaded> {
+fn load_once(
+    io: &Io,
+    dir: &Path,
+    options: &Options,
+    keyring: &Keyring,
+    cache: &Arc<BlockCache>,
+) -> Result<Loaded> {
     let Some(meta) = meta::read_meta(io, dir)? else {
         return Err(Error::NotADatabase {
             dir: dir.to_path_buf(),
         });
     };
+    super::keys::check(io, dir, Some(&meta), keyring)?;
     let lineage = meta.lineage();
     let recovered = crate::engine::recover_state(&crate::engine::RecoverFrom {
         io,
@@ -327,6 +345,7 @@ fn load_once(io: &Io, dir: &Path, options: &Options, cache: &Arc<BlockCache>) ->
         nodes: &lineage,
         options,
         cache,
+        keyring,
         modify: false,
     })?;
     let state = recovered.state.view();

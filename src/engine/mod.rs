@@ -38,7 +38,7 @@ use crate::wal::Wal;
 
 pub(crate) use commit::{CommitId, panic_message};
 pub(crate) use recover::{
-    RecoverFrom, node_ids_in_files, open_runs, quarantine, quarantine_path, rebuild_meta,
+    RecoverFrom, key_ids_in_files, node_ids_in_files, open_runs, quarantine, quarantine_path, rebuild_meta,
     recover_state,
 };
 use watermark::AppliedWatermark;

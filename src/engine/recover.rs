@@ -18,6 +18,7 @@ use crate::snapshot::{self, LoadedSnapshot, SNAPSHOT_DIR};
 use crate::state::{Lower, State};
 use crate::wal::dedup::{DedupEntry, DedupWindow};
 use crate::wal::recovery::{self, QUARANTINE_DIR, RecoveryReport, SnapshotUsed};
+use crate::crypto::{KeyId, Keyring};
 use crate::wal::{WAL_DIR, WalStart};
 
 /// Records replayed into the state map at a time: large enough that sorting
@@ -44,6 +45,8 @@ pub(crate) struct RecoverFrom<'a> {
     pub nodes: &'a [NodeId],
     pub options: &'a Options,
     pub cache: &'a Arc<BlockCache>,
+    /// The keys encrypted files are read with (checked before recovery).
+    pub keyring: &'a Keyring,
     /// False for a read-only open: nothing on disk is changed, a torn tail
     /// is read as the end of the log, and damage is an error.
     pub modify: bool,
@@ -54,7 +57,7 @@ pub(crate) struct RecoverFrom<'a> {
 pub(crate) fn recover_state(from: &RecoverFrom<'_>) -> Result<Recovered> {
     match manifest::read_manifest(from.io, from.dir)? {
         Some(manifest) => recover_from_manifest(from, manifest),
-        None if from.modify => recover(from.io, from.dir, from.nodes, from.options),
+        None if from.modify => recover(from.io, from.dir, from.nodes, from.options, from.keyring),
         None => recover_legacy_read_only(from),
     }
 }
@@ -364,7 +367,7 @@ fn recover_legacy_read_only(from: &RecoverFrom<'_>) -> Result<Recovered> {
     // does, but left where they are.
     let mut damaged: Vec<Error> = Vec::new();
     for (_, path) in snapshot::list_snapshots(from.io, &snap_dir)? {
-        match snapshot::read_snapshot(from.io, &path) {
+        match snapshot::read_snapshot(from.io, &path, from.keyring) {
             Ok(snapshot) if from.nodes.contains(&snapshot.meta.node) => {
                 loaded = Some(snapshot);
                 break;
@@ -489,6 +492,7 @@ fn replay_tail(
         from.io,
         &from.dir.join(WAL_DIR),
         from.nodes,
+        from.keyring,
         mode,
         &mut apply,
     )?;
@@ -511,8 +515,9 @@ pub(crate) fn recover(
     dir: &Path,
     nodes: &[NodeId],
     options: &Options,
+    keyring: &Keyring,
 ) -> Result<Recovered> {
-    let (loaded, mut damaged) = load_snapshot(io, dir, nodes)?;
+    let (loaded, mut damaged) = load_snapshot(io, dir, nodes, keyring)?;
     // A damaged snapshot is the problem to report, not a reason to repair
     // (and so discard) an intact WAL that no longer reaches back far enough.
     let wal_mode = if damaged.is_empty() {
@@ -520,14 +525,14 @@ pub(crate) fn recover(
     } else {
         crate::options::RecoveryMode::Strict
     };
-    match rebuild(io, dir, nodes, options, loaded, &damaged, wal_mode) {
+    match rebuild(io, dir, nodes, options, keyring, loaded, &damaged, wal_mode) {
         // Without the damaged snapshot the WAL cannot rebuild the state.
         Err(e @ Error::Corruption { .. }) if !damaged.is_empty() => {
             if options.recovery_mode != crate::options::RecoveryMode::Repair {
                 return Err(damaged.first().map_or(e, |(_, error)| error.clone()));
             }
             let (path, error) = damaged.remove(0);
-            let Some((salvaged, report)) = salvage(io, dir, nodes, &path)? else {
+            let Some((salvaged, report)) = salvage(io, dir, nodes, keyring, &path)? else {
                 return Err(error);
             };
             let mut recovered = rebuild(
@@ -535,6 +540,7 @@ pub(crate) fn recover(
                 dir,
                 nodes,
                 options,
+                keyring,
                 Some(salvaged),
                 &damaged,
                 options.recovery_mode,
@@ -558,6 +564,7 @@ fn salvage(
     io: &Io,
     dir: &Path,
     nodes: &[NodeId],
+    keyring: &Keyring,
     path: &Path,
 ) -> Result<Option<(LoadedSnapshot, crate::wal::recovery::SalvageReport)>> {
     let current = nodes.first().copied().unwrap_or_default();
@@ -580,16 +587,18 @@ fn salvage(
         state.view().iter(),
         &salvaged.dedup,
     )?;
-    Ok(Some((snapshot::read_snapshot(io, path)?, report)))
+    Ok(Some((snapshot::read_snapshot(io, path, keyring)?, report)))
 }
 
 /// The state from `loaded` (if any) and the WAL after it; the `damaged`
 /// snapshots are moved to quarantine once it is rebuilt.
+#[allow(clippy::too_many_arguments)]
 fn rebuild(
     io: &Io,
     dir: &Path,
     nodes: &[NodeId],
     options: &Options,
+    keyring: &Keyring,
     loaded: Option<LoadedSnapshot>,
     damaged: &Damaged,
     wal_mode: crate::options::RecoveryMode,
@@ -619,6 +628,7 @@ fn rebuild(
         nodes,
         options,
         cache: &cache,
+        keyring,
         modify: true,
     };
     let (max_stamp, replayed) =
@@ -655,12 +665,13 @@ fn load_snapshot(
     io: &Io,
     dir: &Path,
     nodes: &[NodeId],
+    keyring: &Keyring,
 ) -> Result<(Option<LoadedSnapshot>, Damaged)> {
     let snap_dir = dir.join(SNAPSHOT_DIR);
     remove_temp_files(io, &snap_dir)?;
     let mut damaged = Vec::new();
     for (_, path) in snapshot::list_snapshots(io, &snap_dir)? {
-        match snapshot::read_snapshot(io, &path) {
+        match snapshot::read_snapshot(io, &path, keyring) {
             Ok(loaded) if nodes.contains(&loaded.meta.node) => return Ok((Some(loaded), damaged)),
             Ok(loaded) => {
                 return Err(Error::corruption(
@@ -754,6 +765,62 @@ pub(crate) fn node_ids_in_files(io: &Io, dir: &Path) -> Result<Vec<NodeId>> {
     Ok(ids)
 }
 
+/// The key id of every encrypted file recovery would read: WAL segments,
+/// the runs the manifest names, and snapshots of the format before runs.
+/// Files whose headers do not read are left out (recovery finds their
+/// damage); nothing is changed.
+pub(crate) fn key_ids_in_files(io: &Io, dir: &Path) -> Result<Vec<(std::path::PathBuf, KeyId)>> {
+    let mut out = Vec::new();
+    for (_, path) in recovery::list_segments(io, &dir.join(WAL_DIR)).unwrap_or_default() {
+        if let Some(id) = crate::wal::read_segment_key_id(io, &path)? {
+            out.push((path, id));
+        }
+    }
+    if let Ok(Some(m)) = manifest::read_manifest(io, dir) {
+        for run in &m.runs {
+            let path = dir.join(RUN_DIR).join(crate::run::run_file_name(run.id));
+            if let Some(id) = read_run_key_id(io, &path)? {
+                out.push((path, id));
+            }
+        }
+    }
+    for (_, path) in snapshot::list_snapshots(io, &dir.join(SNAPSHOT_DIR))? {
+        if let Some(id) = snapshot::read_snapshot_key_id(io, &path)? {
+            out.push((path, id));
+        }
+    }
+    Ok(out)
+}
+
+/// The key id in the header of the run at `path`, if it is encrypted and
+/// its header and key block read (`None` for a run in clear, a missing
+/// file, or a damaged header: opening it reports those).
+pub(crate) fn read_run_key_id(io: &Io, path: &Path) -> Result<Option<KeyId>> {
+    // The run header (docs/FORMAT.md): magic, version u16, flags u16 (bit
+    // 0: encrypted), …, 32 bytes in all; the key block follows it.
+    const RUN_HEADER_BYTES: usize = 32;
+    const RUN_FLAGS_OFFSET: usize = 10;
+    let file = match io.open_read(path) {
+        Ok(file) => file,
+        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
+    let mut head = [0u8; RUN_HEADER_BYTES + crate::crypto::KEY_BLOCK_BYTES];
+    let read = file.read_at(0, &mut head)?;
+    if read < head.len() || !head.starts_with(b"MKVRUN\0\x01") {
+        return Ok(None);
+    }
+    let flags = u16::from_le_bytes([head[RUN_FLAGS_OFFSET], head[RUN_FLAGS_OFFSET + 1]]);
+    if flags & 1 == 0 {
+        return Ok(None);
+    }
+    Ok(crate::crypto::KeyBlock::decode(&head[RUN_HEADER_BYTES..])
+        .ok()
+        .map(|b| b.key_id))
+}
+
 /// A new META for a directory whose META is damaged or missing: a fresh
 /// node id, with every id its segment and snapshot headers carry as a
 /// former one (so every file still opens). Fresh, because which id was
@@ -761,7 +828,12 @@ pub(crate) fn node_ids_in_files(io: &Io, dir: &Path) -> Result<Vec<NodeId>> {
 /// not written since carries only the old one), and writing under an id
 /// another copy may also use would lose increments. `None` if no file
 /// names an id: there is nothing to rebuild from.
-pub(crate) fn rebuild_meta(io: &Io, dir: &Path, created_ms: u64) -> Result<Option<Meta>> {
+pub(crate) fn rebuild_meta(
+    io: &Io,
+    dir: &Path,
+    created_ms: u64,
+    key_id: Option<crate::crypto::KeyId>,
+) -> Result<Option<Meta>> {
     let mut former = node_ids_in_files(io, dir)?;
     if former.is_empty() {
         return Ok(None);
@@ -775,5 +847,6 @@ pub(crate) fn rebuild_meta(io: &Io, dir: &Path, created_ms: u64) -> Result<Optio
         created_ms,
         home: io.object_id(dir)?,
         former,
+        key_id,
     }))
 }

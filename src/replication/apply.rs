@@ -113,7 +113,10 @@ pub(crate) struct ReplicatedSnapshot {
 /// verifies itself); keeps the leader's records but not its `_local` ones,
 /// and lets this copy's clock see every stamp.
 pub(crate) fn read_replicated(db: &Db, path: &Path) -> Result<ReplicatedSnapshot> {
-    let loaded = snapshot::read_snapshot(&db.io(), path)?;
+    // An encrypted leader's snapshot opens only with its key: a follower
+    // without it stops here, before anything is applied.
+    let keyring = db.engine().wal().keyring().read().clone();
+    let loaded = snapshot::read_snapshot(&db.io(), path, &keyring)?;
     let records: Vec<Record> = loaded
         .records
         .into_iter()

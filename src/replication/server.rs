@@ -626,7 +626,7 @@ impl Session<'_> {
         let heartbeat = Duration::from_millis(options.heartbeat_interval_ms.max(1));
         // Short waits, so a stop is noticed promptly.
         let wait_slice = heartbeat.min(Duration::from_millis(100));
-        let mut reader = WalReader::new(db.io(), after_seq.saturating_add(1));
+        let mut reader = WalReader::new(db.io(), db.engine().wal().keyring().clone(), after_seq.saturating_add(1));
         let (stream, epoch) = (db.node_id().0, self.shared.epoch);
         let mut last_sent = Instant::now();
         loop {

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use crate::clock::{NodeId, Stamp};
 use crate::codec::{DecodeError, Reader, Writer};
+use crate::crypto::{Domain, FileCipher, KeyBlock, KeyId, Keyring};
 use crate::crdt::KeyState;
 use crate::error::{Error, Result};
 use crate::io::Io;
@@ -54,6 +55,10 @@ pub const CHUNK_HEADER_BYTES: usize = 16;
 pub const CHUNK_PAYLOAD_BYTES_TARGET: usize = 64 * 1024;
 pub use crate::record::limits::CHUNK_PAYLOAD_BYTES_MAX;
 use crate::record::limits::DEDUP_ENTRY_BYTES;
+
+/// Header flag: the snapshot is encrypted. A key block follows the header,
+/// and every entries and dedup chunk's payload is ciphertext and tag.
+pub const SNAPSHOT_FLAG_ENCRYPTED: u16 = 1;
 
 const CHUNK_ENTRIES: u8 = 1;
 const CHUNK_DEDUP: u8 = 2;
@@ -142,17 +147,20 @@ pub fn write_snapshot(
         dir,
         &snapshot_file_name(meta.covered_seq),
         meta,
+        None,
         entries,
         dedup,
     )
 }
 
-/// [`write_snapshot`] under the file name `name`.
+/// [`write_snapshot`] under the file name `name`, encrypted with
+/// `cipher` (a fresh one: its salt is this file's) if given.
 pub fn write_snapshot_as(
     io: &Io,
     dir: &Path,
     name: &str,
     meta: &SnapshotMeta,
+    cipher: Option<&FileCipher>,
     entries: impl Iterator<Item = Result<(StoreKey, KeyState)>>,
     dedup: &[([u8; 32], DedupEntry)],
 ) -> Result<Written> {
@@ -164,7 +172,14 @@ pub fn write_snapshot_as(
         hasher: blake3::Hasher::new(),
         written: 0,
     };
-    out.emit(&encode_header(meta))?;
+    out.emit(&encode_header(meta, cipher.is_some()))?;
+    if let Some(cipher) = cipher {
+        out.emit(&cipher.key_block().encode())?;
+    }
+    let seal = ChunkSeal {
+        cipher,
+        covered_seq: meta.covered_seq,
+    };
     let mut count = 0u64;
     let mut chunk = ChunkBuilder::new(CHUNK_ENTRIES);
     for entry in entries {
@@ -192,18 +207,18 @@ pub fn write_snapshot_as(
             ));
         }
         if chunk.count > 0 && chunk.payload.len() + size > CHUNK_PAYLOAD_BYTES_MAX {
-            out.emit(&chunk.take())?;
+            out.emit(&chunk.take(seal, out.written))?;
         }
         encode_record(&mut chunk.payload, &record);
         debug_assert!(chunk.payload.len() <= CHUNK_PAYLOAD_BYTES_MAX);
         chunk.count += 1;
         count += 1;
         if chunk.payload.len() >= CHUNK_PAYLOAD_BYTES_TARGET {
-            out.emit(&chunk.take())?;
+            out.emit(&chunk.take(seal, out.written))?;
         }
     }
     if chunk.count > 0 {
-        out.emit(&chunk.take())?;
+        out.emit(&chunk.take(seal, out.written))?;
     }
     let mut dedup_chunk = ChunkBuilder::new(CHUNK_DEDUP);
     for (id, entry) in dedup {
@@ -211,12 +226,12 @@ pub fn write_snapshot_as(
         dedup_chunk.count += 1;
     }
     if dedup_chunk.count > 0 {
-        out.emit(&dedup_chunk.take())?;
+        out.emit(&dedup_chunk.take(seal, out.written))?;
     }
     let mut end = ChunkBuilder::new(CHUNK_END);
     end.count = u32::try_from(count).unwrap_or(u32::MAX);
     end.payload.bytes(out.hasher.finalize().as_bytes());
-    let end = end.take();
+    let end = end.take(ChunkSeal::NONE, out.written);
     out.file.write_all(&end)?;
     out.file.sync_all()?;
     let size_bytes = out.written + end.len() as u64;
@@ -241,9 +256,16 @@ impl ChunkBuilder {
         }
     }
 
-    /// The encoded chunk (header + payload); the builder starts over.
-    fn take(&mut self) -> Vec<u8> {
-        let payload = std::mem::take(&mut self.payload).into_vec();
+    /// The encoded chunk (header + payload) that starts at byte `offset`
+    /// of the file, its payload encrypted if `seal` says; the builder
+    /// starts over.
+    fn take(&mut self, seal: ChunkSeal<'_>, offset: u64) -> Vec<u8> {
+        let mut payload = std::mem::take(&mut self.payload).into_vec();
+        if let Some(cipher) = seal.cipher {
+            let len = payload.len() + crate::crypto::TAG_BYTES;
+            let aad = chunk_aad(seal.covered_seq, offset, self.kind, self.count, len);
+            cipher.seal(offset, &aad, &mut payload);
+        }
         let mut w = Writer::with_capacity(CHUNK_HEADER_BYTES + payload.len());
         w.u8(self.kind);
         w.bytes(&[0, 0, 0]);
@@ -257,11 +279,41 @@ impl ChunkBuilder {
     }
 }
 
-fn encode_header(meta: &SnapshotMeta) -> Vec<u8> {
+/// How chunks are encrypted: not at all, or with the file's cipher.
+#[derive(Clone, Copy)]
+struct ChunkSeal<'a> {
+    cipher: Option<&'a FileCipher>,
+    covered_seq: u64,
+}
+
+impl ChunkSeal<'_> {
+    /// The end chunk's payload, the digest of the bytes before it, stays in
+    /// clear: it says nothing the ciphertext does not.
+    const NONE: ChunkSeal<'static> = ChunkSeal {
+        cipher: None,
+        covered_seq: 0,
+    };
+}
+
+/// The associated data of an encrypted chunk: the covered sequence number,
+/// the chunk's offset, kind, count and stored payload length. With the
+/// file's own key and the offset as nonce, a chunk moved within or between
+/// snapshots fails authentication.
+fn chunk_aad(covered_seq: u64, offset: u64, kind: u8, count: u32, len: usize) -> [u8; 25] {
+    let mut aad = [0u8; 25];
+    aad[..8].copy_from_slice(&covered_seq.to_le_bytes());
+    aad[8..16].copy_from_slice(&offset.to_le_bytes());
+    aad[16] = kind;
+    aad[17..21].copy_from_slice(&count.to_le_bytes());
+    aad[21..].copy_from_slice(&(len as u32).to_le_bytes());
+    aad
+}
+
+fn encode_header(meta: &SnapshotMeta, encrypted: bool) -> Vec<u8> {
     let mut w = Writer::with_capacity(SNAPSHOT_HEADER_BYTES);
     w.bytes(&SNAPSHOT_MAGIC);
     w.u16(SNAPSHOT_FORMAT_VERSION);
-    w.u16(0);
+    w.u16(if encrypted { SNAPSHOT_FLAG_ENCRYPTED } else { 0 });
     w.u64(meta.node.0);
     w.u64(meta.covered_seq);
     encode_stamp(&mut w, meta.hlc);
@@ -285,10 +337,55 @@ fn encode_dedup_entry(w: &mut Writer, id: &[u8; 32], entry: &DedupEntry) {
 
 /// Reads and fully verifies a snapshot. Any damage is
 /// [`Error::Corruption`] naming the file and offset; never a panic.
-pub fn read_snapshot(io: &Io, path: &Path) -> Result<LoadedSnapshot> {
+/// An encrypted snapshot needs its key in `keyring` (else
+/// `Error::Key`).
+pub fn read_snapshot(io: &Io, path: &Path, keyring: &Keyring) -> Result<LoadedSnapshot> {
     let bytes = io.read(path)?;
-    decode_snapshot(&bytes, path)
+    let cipher = snapshot_cipher(&bytes, keyring)
+        .map_err(|(offset, reason)| Error::corruption(path, offset as u64, reason))?
+        .map_err(|key_id| keyring.missing(path, key_id))?;
+    decode_snapshot(&bytes, path, cipher.as_ref())
         .map_err(|(offset, reason)| Error::corruption(path, offset as u64, reason))
+}
+
+/// The cipher of the snapshot `bytes`: `Ok(Ok(None))` in clear,
+/// `Ok(Err(key id))` for a key the ring lacks, `Err` for a damaged header
+/// or key block.
+pub(crate) fn snapshot_cipher(
+    bytes: &[u8],
+    keyring: &Keyring,
+) -> std::result::Result<std::result::Result<Option<FileCipher>, KeyId>, DecodeFailure> {
+    let (_, flags) = decode_header_flags(bytes)?;
+    if flags & SNAPSHOT_FLAG_ENCRYPTED == 0 {
+        return Ok(Ok(None));
+    }
+    let block = bytes
+        .get(SNAPSHOT_HEADER_BYTES..)
+        .ok_or_else(|| (SNAPSHOT_HEADER_BYTES, "key block cut short".to_string()))
+        .and_then(|b| KeyBlock::decode(b).map_err(|e| (SNAPSHOT_HEADER_BYTES, e)))?;
+    Ok(match keyring.find(block.key_id) {
+        Some(key) => Ok(Some(FileCipher::new(key, Domain::Snapshot, block.salt))),
+        None => Err(block.key_id),
+    })
+}
+
+/// The key id of the snapshot at `path` if it is encrypted and its header
+/// reads.
+pub fn read_snapshot_key_id(io: &Io, path: &Path) -> Result<Option<KeyId>> {
+    let file = io.open_read(path)?;
+    let mut head = [0u8; SNAPSHOT_HEADER_BYTES + crate::crypto::KEY_BLOCK_BYTES];
+    let read = file.read_at(0, &mut head)?;
+    let bytes = head.get(..read).unwrap_or_default();
+    let Ok((_, flags)) = decode_header_flags(bytes) else {
+        return Ok(None);
+    };
+    if flags & SNAPSHOT_FLAG_ENCRYPTED == 0 {
+        return Ok(None);
+    }
+    Ok(bytes
+        .get(SNAPSHOT_HEADER_BYTES..)
+        .and_then(|b| KeyBlock::decode(b).ok())
+        .map(|b| b.key_id))
 }
 
 type DecodeFailure = (usize, String);
@@ -300,11 +397,22 @@ fn at(base: usize) -> impl Fn(DecodeError) -> DecodeFailure {
     }
 }
 
+/// Decodes a whole snapshot; `cipher` must be the file's if its header
+/// says it is encrypted (see [`snapshot_cipher`]).
 pub(crate) fn decode_snapshot(
     bytes: &[u8],
     path: &Path,
+    cipher: Option<&FileCipher>,
 ) -> std::result::Result<LoadedSnapshot, DecodeFailure> {
     let meta = decode_header(bytes)?;
+    let (_, flags) = decode_header_flags(bytes)?;
+    let encrypted = flags & SNAPSHOT_FLAG_ENCRYPTED != 0;
+    if encrypted != cipher.is_some() {
+        return Err((
+            SNAPSHOT_FLAGS_OFFSET,
+            "encrypted snapshot read without its key, or a key given for one in clear".into(),
+        ));
+    }
     let mut snapshot = LoadedSnapshot {
         path: path.to_path_buf(),
         meta,
@@ -312,9 +420,25 @@ pub(crate) fn decode_snapshot(
         dedup: Vec::new(),
     };
     let mut offset = SNAPSHOT_HEADER_BYTES;
+    if encrypted {
+        offset += crate::crypto::KEY_BLOCK_BYTES;
+    }
     loop {
-        let (kind, count, payload) = read_chunk(bytes, offset)?;
+        let (kind, count, stored) = read_chunk(bytes, offset)?;
         let payload_offset = offset + CHUNK_HEADER_BYTES;
+        let opened;
+        let payload = match cipher {
+            Some(cipher) if kind != CHUNK_END => {
+                let mut body = stored.to_vec();
+                let aad = chunk_aad(meta.covered_seq, offset as u64, kind, count, stored.len());
+                cipher
+                    .open(offset as u64, &aad, &mut body)
+                    .map_err(|e| (offset, format!("chunk {e}")))?;
+                opened = body;
+                &opened[..]
+            }
+            _ => stored,
+        };
         match kind {
             CHUNK_ENTRIES => decode_entries(payload, count, payload_offset, &mut snapshot.records)?,
             CHUNK_DEDUP => decode_dedup(payload, count, payload_offset, &mut snapshot.dedup)?,
@@ -324,7 +448,7 @@ pub(crate) fn decode_snapshot(
             }
             other => return Err((offset, format!("unknown chunk kind {other:#x}"))),
         }
-        offset = payload_offset + payload.len();
+        offset = payload_offset + stored.len();
     }
 }
 
@@ -360,7 +484,10 @@ fn decode_header(bytes: &[u8]) -> std::result::Result<SnapshotMeta, DecodeFailur
             format!("unsupported snapshot version {version}"),
         ));
     }
-    let _flags = r.u16().map_err(at(0))?;
+    let flags = r.u16().map_err(at(0))?;
+    if flags & !SNAPSHOT_FLAG_ENCRYPTED != 0 {
+        return Err((SNAPSHOT_FLAGS_OFFSET, format!("unknown snapshot flags {flags:#x}")));
+    }
     let node = NodeId(r.u64().map_err(at(0))?);
     let covered_seq = r.u64().map_err(at(0))?;
     let hlc = decode_stamp(&mut r).map_err(at(0))?;
@@ -375,6 +502,15 @@ fn decode_header(bytes: &[u8]) -> std::result::Result<SnapshotMeta, DecodeFailur
     })
 }
 
+/// The header's fields and flags.
+fn decode_header_flags(bytes: &[u8]) -> std::result::Result<(SnapshotMeta, u16), DecodeFailure> {
+    let meta = decode_header(bytes)?;
+    let flags = bytes
+        .get(SNAPSHOT_FLAGS_OFFSET..SNAPSHOT_FLAGS_OFFSET + 2)
+        .map_or(0, |f| u16::from_le_bytes([f[0], f[1]]));
+    Ok((meta, flags))
+}
+
 /// Reads the chunk at `offset`, checking its payload checksum.
 fn read_chunk(bytes: &[u8], offset: usize) -> std::result::Result<(u8, u32, &[u8]), DecodeFailure> {
     let mut r = Reader::new(bytes.get(offset..).unwrap_or(&[]));
@@ -385,7 +521,7 @@ fn read_chunk(bytes: &[u8], offset: usize) -> std::result::Result<(u8, u32, &[u8
     let count = r.u32().map_err(at(offset))?;
     let len = r.u32().map_err(at(offset))? as usize;
     let crc = r.u32().map_err(at(offset))?;
-    if len > CHUNK_PAYLOAD_BYTES_MAX {
+    if len > CHUNK_PAYLOAD_BYTES_MAX + crate::crypto::TAG_BYTES {
         return Err((offset, format!("chunk length {len} exceeds limit")));
     }
     let payload = r.take(len).map_err(at(offset))?;

@@ -200,11 +200,13 @@ pub(crate) fn import_segment(
     {
         return Ok(SegmentImport::Skipped);
     }
-    let frames =
-        crate::wal::recovery::read_whole_segment(bytes).map_err(|reason| Error::Decode {
+    let keyring = engine.wal().keyring().read().clone();
+    let frames = crate::wal::recovery::read_whole_segment(bytes, &keyring)?.map_err(|reason| {
+        Error::Decode {
             what: "WAL segment",
             reason,
-        })?;
+        }
+    })?;
     // Another copy's own bookkeeping is never ours to apply.
     let records: Vec<Record> = frames
         .into_iter()

@@ -5,6 +5,7 @@
 
 use crate::clock::NodeId;
 use crate::codec::{DecodeError, Reader, Writer};
+use crate::crypto::{FileCipher, KEY_BLOCK_BYTES, KeyBlock, TAG_BYTES};
 
 // The frame payload (records and idempotency mark) is the record layer's;
 // its limits are format limits of the WAL too.
@@ -52,6 +53,13 @@ pub const FRAME_HEADER_BYTES: usize = FRAME_HEADER_CRC_OFFSET + 4;
 /// numbers of the dropped frames are never reused).
 pub const SEGMENT_FLAG_AFTER_REPAIR: u16 = 1;
 
+/// Segment flag: the segment is encrypted. A key block (see
+/// `crate::crypto::KeyBlock`) follows the header, and every frame is
+/// encrypted under the segment's file key.
+pub const SEGMENT_FLAG_ENCRYPTED: u16 = 2;
+/// Every segment flag this version knows.
+pub const SEGMENT_FLAGS_KNOWN: u16 = SEGMENT_FLAG_AFTER_REPAIR | SEGMENT_FLAG_ENCRYPTED;
+
 /// A segment header's fields.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SegmentHeader {
@@ -63,14 +71,18 @@ pub struct SegmentHeader {
     pub flags: u16,
 }
 
-/// Frame flag bit reserved for encryption at rest; no frame sets it yet.
+/// Frame flag: the payload is encrypted (ciphertext, then the 16-byte
+/// tag). Set on every frame of an encrypted segment, on no other.
 pub const FRAME_FLAG_ENCRYPTED: u16 = 1;
+/// The largest stored payload of an encrypted frame: the payload limit
+/// plus the tag.
+pub const FRAME_SEALED_PAYLOAD_BYTES_MAX: usize = FRAME_PAYLOAD_BYTES_MAX + TAG_BYTES;
 /// A frame's header fields.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FrameHeader {
     /// Length of the payload in bytes.
     pub payload_len: u32,
-    /// Frame flags (bit 0: encrypted, reserved).
+    /// Frame flags (bit 0: encrypted).
     pub flags: u16,
     /// Sequence number of the frame's first operation.
     pub first_seq: u64,
@@ -129,7 +141,7 @@ pub fn decode_segment_header(bytes: &[u8]) -> Result<SegmentHeader, DecodeError>
             format!("unsupported segment format version {version}"),
         ));
     }
-    if flags & !SEGMENT_FLAG_AFTER_REPAIR != 0 {
+    if flags & !SEGMENT_FLAGS_KNOWN != 0 {
         return Err(Reader::invalid(
             SEGMENT_FLAGS_OFFSET,
             format!("unknown segment flags {flags:#x}"),
@@ -142,23 +154,148 @@ pub fn decode_segment_header(bytes: &[u8]) -> Result<SegmentHeader, DecodeError>
     })
 }
 
-/// Appends one frame (header + payload) to `out`.
+/// Where frames start in a segment with these header flags: after the
+/// header, and after the key block if the segment is encrypted.
+pub fn segment_data_start(flags: u16) -> usize {
+    if flags & SEGMENT_FLAG_ENCRYPTED != 0 {
+        SEGMENT_HEADER_BYTES + KEY_BLOCK_BYTES
+    } else {
+        SEGMENT_HEADER_BYTES
+    }
+}
+
+/// The key block of an encrypted segment whose header (already checked)
+/// is `header`, read from the segment's first bytes; `Ok(None)` for a
+/// segment in clear.
+pub fn decode_segment_key_block(
+    bytes: &[u8],
+    header: &SegmentHeader,
+) -> Result<Option<KeyBlock>, DecodeError> {
+    if header.flags & SEGMENT_FLAG_ENCRYPTED == 0 {
+        return Ok(None);
+    }
+    let block = bytes
+        .get(SEGMENT_HEADER_BYTES..)
+        .ok_or_else(|| Reader::invalid(SEGMENT_HEADER_BYTES, "key block cut short"))?;
+    KeyBlock::decode(block)
+        .map(Some)
+        .map_err(|reason| Reader::invalid(SEGMENT_HEADER_BYTES, reason))
+}
+
+/// Appends one frame (header + payload) to `out`, in clear.
 pub fn encode_frame(out: &mut Vec<u8>, first_seq: u64, op_count: u32, payload: &[u8]) {
-    // The header is built on its own so that its checksum covers exactly it.
+    let header = frame_header(payload.len(), 0, first_seq, op_count, crc32c::crc32c(payload));
+    out.reserve(FRAME_HEADER_BYTES + payload.len());
+    out.extend_from_slice(&header);
+    out.extend_from_slice(payload);
+}
+
+/// Appends one encrypted frame to `out`: the frame that will start at byte
+/// `offset` of the segment whose first sequence number is `segment_seq`,
+/// encrypted under that segment's `cipher` (nonce: `offset`; associated
+/// data: see [`frame_aad`]).
+pub fn encode_sealed_frame(
+    out: &mut Vec<u8>,
+    cipher: &FileCipher,
+    segment_seq: u64,
+    offset: u64,
+    first_seq: u64,
+    op_count: u32,
+    payload: &[u8],
+) {
+    let sealed_len = payload.len() + TAG_BYTES;
+    // The associated data covers the header fields before the payload
+    // checksum, which is computed over the ciphertext afterwards.
+    let fields = frame_header(sealed_len, FRAME_FLAG_ENCRYPTED, first_seq, op_count, 0);
+    let start = out.len();
+    out.reserve(FRAME_HEADER_BYTES + sealed_len);
+    out.extend_from_slice(&[0u8; FRAME_HEADER_BYTES]);
+    let mut body = Vec::with_capacity(sealed_len);
+    body.extend_from_slice(payload);
+    cipher.seal(offset, &frame_aad(segment_seq, offset, &fields), &mut body);
+    let header = frame_header(
+        body.len(),
+        FRAME_FLAG_ENCRYPTED,
+        first_seq,
+        op_count,
+        crc32c::crc32c(&body),
+    );
+    if let Some(slot) = out.get_mut(start..start + FRAME_HEADER_BYTES) {
+        slot.copy_from_slice(&header);
+    }
+    out.extend_from_slice(&body);
+}
+
+/// The associated data of the encrypted frame at `offset` of the segment
+/// starting at `segment_seq`: the segment's first sequence number, the
+/// offset, and the frame header's first 20 bytes (length, flags, reserved,
+/// first sequence number, operation count). With the segment's own file
+/// key and the offset as nonce, a frame moved to another place, another
+/// segment or given another header fails authentication.
+pub fn frame_aad(segment_seq: u64, offset: u64, header: &[u8; FRAME_HEADER_BYTES]) -> [u8; 36] {
+    let mut aad = [0u8; 36];
+    aad[..8].copy_from_slice(&segment_seq.to_le_bytes());
+    aad[8..16].copy_from_slice(&offset.to_le_bytes());
+    aad[16..].copy_from_slice(&header[..FRAME_PAYLOAD_CRC_OFFSET]);
+    aad
+}
+
+/// The plaintext payload of the frame read at `offset` of the segment
+/// starting at `segment_seq`: `stored` itself for a frame in clear (which
+/// `cipher` must then be `None` for), else decrypted with `cipher`.
+/// `Err(reason)` if the frame's flag disagrees with the segment's, or it
+/// does not authenticate.
+pub fn open_frame_payload(
+    cipher: Option<&FileCipher>,
+    segment_seq: u64,
+    offset: u64,
+    header: &FrameHeader,
+    stored: &[u8],
+) -> Result<Vec<u8>, String> {
+    let encrypted = header.flags & FRAME_FLAG_ENCRYPTED != 0;
+    match (cipher, encrypted) {
+        (None, false) => Ok(stored.to_vec()),
+        (None, true) => Err("an encrypted frame in a segment in clear".into()),
+        (Some(_), false) => Err("a frame in clear in an encrypted segment".into()),
+        (Some(cipher), true) => {
+            let fields = frame_header(
+                stored.len(),
+                header.flags,
+                header.first_seq,
+                header.op_count,
+                0,
+            );
+            let mut body = stored.to_vec();
+            cipher
+                .open(offset, &frame_aad(segment_seq, offset, &fields), &mut body)
+                .map_err(|e| format!("frame {e}"))?;
+            Ok(body)
+        }
+    }
+}
+
+/// A frame header; its checksum covers exactly it.
+fn frame_header(
+    payload_len: usize,
+    flags: u16,
+    first_seq: u64,
+    op_count: u32,
+    payload_crc: u32,
+) -> [u8; FRAME_HEADER_BYTES] {
     let mut header = Writer::with_capacity(FRAME_HEADER_BYTES);
-    header.u32(payload.len() as u32);
-    header.u16(0);
+    header.u32(payload_len as u32);
+    header.u16(flags);
     header.u16(0);
     header.u64(first_seq);
     header.u32(op_count);
-    header.u32(crc32c::crc32c(payload));
+    header.u32(payload_crc);
     debug_assert_eq!(header.len(), FRAME_HEADER_CRC_OFFSET);
     let header_crc = crc32c::crc32c(header.as_slice());
     header.u32(header_crc);
     debug_assert_eq!(header.len(), FRAME_HEADER_BYTES);
-    out.reserve(FRAME_HEADER_BYTES + payload.len());
-    out.extend_from_slice(header.as_slice());
-    out.extend_from_slice(payload);
+    let mut out = [0u8; FRAME_HEADER_BYTES];
+    out.copy_from_slice(header.as_slice());
+    out
 }
 
 /// Why a frame could not be read at some offset.
@@ -193,26 +330,34 @@ fn check_frame_header(header_bytes: &[u8; FRAME_HEADER_BYTES]) -> Result<FrameHe
         return Err(FrameError::Damaged("frame header checksum mismatch".into()));
     }
     let len = header.payload_len as usize;
-    if len > FRAME_PAYLOAD_BYTES_MAX {
+    let max = if header.flags & FRAME_FLAG_ENCRYPTED != 0 {
+        FRAME_SEALED_PAYLOAD_BYTES_MAX
+    } else {
+        FRAME_PAYLOAD_BYTES_MAX
+    };
+    if len > max {
         return Err(FrameError::Damaged(format!(
             "frame payload length {len} exceeds limit"
+        )));
+    }
+    if header.flags & !FRAME_FLAG_ENCRYPTED != 0 {
+        return Err(FrameError::Damaged(format!(
+            "unknown frame flags {:#x}",
+            header.flags
         )));
     }
     Ok(header)
 }
 
-/// Reads the frame at the start of `bytes`: its header and payload slice.
+/// Reads the frame at the start of `bytes`: its header and payload slice
+/// as stored (for an encrypted frame, the ciphertext and tag: see
+/// [`open_frame_payload`]), both checksums checked.
 pub fn read_frame(bytes: &[u8]) -> Result<(FrameHeader, &[u8]), FrameError> {
     let Some((header_bytes, rest)) = bytes.split_first_chunk::<FRAME_HEADER_BYTES>() else {
         return Err(FrameError::Incomplete);
     };
     let header = check_frame_header(header_bytes)?;
     let len = header.payload_len as usize;
-    if header.flags & FRAME_FLAG_ENCRYPTED != 0 {
-        return Err(FrameError::Damaged(
-            "encrypted frames are not supported by this version".into(),
-        ));
-    }
     let Some(payload) = rest.get(..len) else {
         return Err(FrameError::Incomplete);
     };

@@ -31,8 +31,9 @@ use std::time::{Duration, Instant};
 use parking_lot::{Mutex, MutexGuard};
 
 use crate::clock::{NodeId, Stamp};
+use crate::crypto::SharedKeyring;
 use crate::error::{Error, Result};
-use crate::io::{Io, IoFile};
+use crate::io::Io;
 use crate::options::Options;
 use dedup::{DedupEntry, DedupWindow};
 use segments::SegmentList;
@@ -62,6 +63,23 @@ pub fn read_segment_header(io: &Io, path: &Path) -> Result<Option<format::Segmen
     Ok(header
         .get(..read)
         .and_then(|h| format::decode_segment_header(h).ok()))
+}
+
+/// The key id of the segment at `path` if it is encrypted (`None` in
+/// clear, or if its header or key block does not read: recovery reports
+/// that damage).
+pub fn read_segment_key_id(io: &Io, path: &Path) -> Result<Option<crate::crypto::KeyId>> {
+    let file = io.open_read(path)?;
+    let mut head = [0u8; format::SEGMENT_HEADER_BYTES + crate::crypto::KEY_BLOCK_BYTES];
+    let read = file.read_at(0, &mut head)?;
+    let bytes = head.get(..read).unwrap_or_default();
+    let Ok(header) = format::decode_segment_header(bytes) else {
+        return Ok(None);
+    };
+    Ok(format::decode_segment_key_block(bytes, &header)
+        .ok()
+        .flatten()
+        .map(|b| b.key_id))
 }
 
 /// A sealed or active segment, as the WAL tracks it.
@@ -149,7 +167,7 @@ struct State {
     /// The active segment's file. Out (in a `writer::Lease`) while a
     /// leader, a sync or a seal works with the lock released; the active
     /// segment's entry in `segments` stays.
-    handle: Option<IoFile>,
+    handle: Option<writer::SegmentHandle>,
     segments: SegmentList,
     progress: Progress,
     halt: Halt,
@@ -198,6 +216,9 @@ impl Halt {
 pub struct Wal {
     state: Mutex<State>,
     writer: GroupWriter,
+    /// The database's keys: new segments use the current one; readers
+    /// (shipping) find the key of each segment they open.
+    keyring: SharedKeyring,
     dir: PathBuf,
     io: Io,
 }
@@ -222,10 +243,11 @@ impl Wal {
         io: Io,
         node: NodeId,
         options: &Options,
+        keyring: SharedKeyring,
         start: WalStart,
     ) -> Result<Wal> {
         let limits = WalLimits::from_options(options);
-        let writer = GroupWriter::new(io.clone(), dir, node, limits);
+        let writer = GroupWriter::new(io.clone(), dir, node, keyring.clone(), limits);
         // Recovered frames count as durable from here on (a retried batch
         // is answered as a duplicate, a leader ships them): but a process
         // that crashed left them in the page cache, maybe never fsynced.
@@ -249,6 +271,7 @@ impl Wal {
         Ok(Wal {
             state: Mutex::new(state),
             writer,
+            keyring,
             dir: dir.to_path_buf(),
             io,
         })
@@ -418,6 +441,27 @@ impl Wal {
         self.writer
             .seal_active(&mut st)
             .map_err(|failure| self.fail(&mut st, failure))
+    }
+
+    /// Makes every later frame go to a new segment under the keyring's
+    /// current key (a key rotation has just changed it): writes everything
+    /// queued, then seals the active segment, or replaces it if it holds
+    /// no frame.
+    pub fn restart_under_current_key(&self) -> Result<()> {
+        let mut st = self.state.lock();
+        while st.queue.leader_active || !st.queue.is_empty() {
+            st.halt.check_usable()?;
+            self.lead_or_wait(&mut st);
+        }
+        st.halt.check_usable()?;
+        self.writer
+            .restart_under_current_key(&mut st)
+            .map_err(|failure| self.fail(&mut st, failure))
+    }
+
+    /// The database's keys.
+    pub fn keyring(&self) -> &SharedKeyring {
+        &self.keyring
     }
 
     /// Deletes sealed segments all of whose sequence numbers are below

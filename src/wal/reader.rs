@@ -6,7 +6,8 @@
 //! so a frame that is still being written is never read half-way.
 
 use super::Wal;
-use super::format::{self, FRAME_HEADER_BYTES, FRAME_PAYLOAD_BYTES_MAX, SEGMENT_HEADER_BYTES};
+use super::format::{self, FRAME_HEADER_BYTES, SEGMENT_HEADER_BYTES};
+use crate::crypto::{Domain, FileCipher, KEY_BLOCK_BYTES, SharedKeyring};
 use crate::error::{Error, Result};
 use crate::io::{Io, IoFile};
 
@@ -35,20 +36,24 @@ struct OpenSegment {
     first_seq: u64,
     file: IoFile,
     offset_bytes: u64,
+    /// The segment's cipher, if it is encrypted.
+    cipher: Option<FileCipher>,
 }
 
 /// A cursor over the WAL's frames.
 pub struct WalReader {
     io: Io,
+    keyring: SharedKeyring,
     next_seq: u64,
     segment: Option<OpenSegment>,
 }
 
 impl WalReader {
     /// A reader whose first frame will start at `next_seq`.
-    pub fn new(io: Io, next_seq: u64) -> Self {
+    pub fn new(io: Io, keyring: SharedKeyring, next_seq: u64) -> Self {
         WalReader {
             io,
+            keyring,
             next_seq,
             segment: None,
         }
@@ -61,7 +66,10 @@ impl WalReader {
 
     /// Reads whole frames from the next sequence number, ending at or below
     /// `through_seq`, and stopping before `bytes_max` bytes (though always
-    /// returning at least one frame when there is one).
+    /// returning at least one frame when there is one). Frames of an
+    /// encrypted segment are decrypted (and authenticated) and returned as
+    /// frames in clear: what a reader ships is the log's content, not its
+    /// on-disk encryption, which is bound to this copy's files.
     pub fn read(&mut self, wal: &Wal, through_seq: u64, bytes_max: usize) -> Result<WalRead> {
         let first_seq = self.next_seq;
         let mut out = Vec::new();
@@ -73,14 +81,27 @@ impl WalReader {
                 }
                 break;
             };
-            let (header, _) =
+            let (header, stored) =
                 format::read_frame(&frame).map_err(|e| self.damaged(&format!("{e:?}")))?;
             let frame_last = header.first_seq + u64::from(header.op_count) - 1;
             let too_big = !out.is_empty() && out.len() + frame.len() > bytes_max;
             if frame_last > through_seq || too_big {
                 break;
             }
-            out.extend_from_slice(&frame);
+            match self.segment.as_ref().and_then(|s| s.cipher.as_ref().map(|c| (s, c))) {
+                None => out.extend_from_slice(&frame),
+                Some((segment, cipher)) => {
+                    let plain = format::open_frame_payload(
+                        Some(cipher),
+                        segment.first_seq,
+                        segment.offset_bytes,
+                        &header,
+                        stored,
+                    )
+                    .map_err(|e| self.damaged(&e))?;
+                    format::encode_frame(&mut out, header.first_seq, header.op_count, &plain);
+                }
+            }
             frame_count += 1;
             self.advance(frame.len(), frame_last);
         }
@@ -164,10 +185,22 @@ impl WalReader {
             }
             Err(e) => return Err(e),
         };
+        let mut head = [0u8; SEGMENT_HEADER_BYTES + KEY_BLOCK_BYTES];
+        let read = file.read_at(0, &mut head)?;
+        let head = head.get(..read).unwrap_or_default();
+        let corrupt = |reason: String| Error::corruption(file.path(), 0, reason);
+        let header = format::decode_segment_header(head).map_err(|e| corrupt(e.to_string()))?;
+        let cipher = match format::decode_segment_key_block(head, &header)
+            .map_err(|e| corrupt(e.to_string()))?
+        {
+            None => None,
+            Some(block) => Some(self.keyring.read().cipher(&block, Domain::Wal, file.path())?),
+        };
         self.segment = Some(OpenSegment {
             first_seq: range.first_seq,
+            offset_bytes: format::segment_data_start(header.flags) as u64,
             file,
-            offset_bytes: SEGMENT_HEADER_BYTES as u64,
+            cipher,
         });
         Ok(true)
     }
@@ -183,7 +216,7 @@ impl WalReader {
             return Ok(None);
         }
         let payload_len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
-        if payload_len > FRAME_PAYLOAD_BYTES_MAX {
+        if payload_len > format::FRAME_SEALED_PAYLOAD_BYTES_MAX {
             return Err(self.damaged("frame length beyond the limit"));
         }
         let mut frame = vec![0u8; FRAME_HEADER_BYTES + payload_len];
@@ -270,14 +303,14 @@ mod tests {
             db.engine().wal().segment_ranges().len() > 3,
             "several segments"
         );
-        let mut reader = WalReader::new(db.io(), 1);
+        let mut reader = WalReader::new(db.io(), db.engine().wal().keyring().clone(), 1);
         assert_eq!(drain(&mut reader, &db, 1000), 200);
         for i in 0..50u32 {
             db.put(format!("more{i}"), "x").unwrap();
         }
         assert_eq!(drain(&mut reader, &db, 1000), 250);
         // A reader starting in the middle finds its place.
-        let mut middle = WalReader::new(db.io(), 120);
+        let mut middle = WalReader::new(db.io(), db.engine().wal().keyring().clone(), 120);
         assert_eq!(drain(&mut middle, &db, 1 << 20), 250);
     }
 
@@ -288,13 +321,13 @@ mod tests {
         for i in 0..100u32 {
             db.put(format!("key{i}"), vec![b'v'; 40]).unwrap();
         }
-        let mut reader = WalReader::new(db.io(), 1);
+        let mut reader = WalReader::new(db.io(), db.engine().wal().keyring().clone(), 1);
         match reader.read(db.engine().wal(), 10, 1 << 20).unwrap() {
             WalRead::Frames { last_seq, .. } => assert_eq!(last_seq, 10),
             other => panic!("{other:?}"),
         }
         db.compact_now().unwrap();
-        let mut late = WalReader::new(db.io(), 1);
+        let mut late = WalReader::new(db.io(), db.engine().wal().keyring().clone(), 1);
         assert_eq!(
             late.read(db.engine().wal(), 100, 1 << 20).unwrap(),
             WalRead::Gone
@@ -353,7 +386,7 @@ mod tests {
             0,
             "the shipper does not sync in Interval mode: the flusher does"
         );
-        let mut reader = WalReader::new(db.io(), 1);
+        let mut reader = WalReader::new(db.io(), db.engine().wal().keyring().clone(), 1);
         assert_eq!(
             reader.read(wal, wal.shippable_seq(), 1 << 20).unwrap(),
             WalRead::UpToDate

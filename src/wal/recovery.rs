@@ -26,6 +26,8 @@ use crate::io::Io;
 use crate::options::RecoveryMode;
 
 use super::format::{self, SEGMENT_HEADER_BYTES};
+use crate::crypto::{Domain, FileCipher, KeyId, Keyring};
+use crate::error::KeyError;
 use super::{SegmentInfo, parse_segment_file_name};
 use crate::record::{FramePayload, decode_payload};
 
@@ -184,6 +186,7 @@ pub fn replay(
     io: &Io,
     wal_dir: &Path,
     nodes: &[NodeId],
+    keyring: &Keyring,
     mode: ReplayMode,
     apply: &mut dyn FnMut(u64, FramePayload),
 ) -> Result<Replayed> {
@@ -215,7 +218,8 @@ pub fn replay(
             continue;
         }
         let bytes = io.read(path)?;
-        let scan = scan_segment(&bytes, *first_seq, nodes, expected_seq);
+        let scan = scan_segment(&bytes, *first_seq, nodes, expected_seq, keyring)
+            .map_err(|key_id| keyring.missing(path, key_id))?;
         report.segments_replayed += 1;
         for (seq, payload) in scan.frames {
             if mode.covered_seq.is_some_and(|covered| seq <= covered) {
@@ -251,7 +255,7 @@ pub fn replay(
             expected_seq: expected_seq.unwrap_or(*first_seq),
         };
         let current = nodes.first().copied().unwrap_or_default();
-        let (repair, fresh) = repair(io, wal_dir, current, &damaged, later)?;
+        let (repair, fresh) = repair(io, wal_dir, current, keyring, &damaged, later)?;
         if scan.header_ok {
             kept.push(info(*first_seq, path, bad.offset));
         }
@@ -361,13 +365,16 @@ struct SegmentScan {
     bad: Option<BadSpot>,
 }
 
-/// Reads one segment's frames up to the first bad spot.
+/// Reads one segment's frames up to the first bad spot. `Err(key id)` if
+/// the segment is encrypted with a key `keyring` lacks: not damage, so
+/// nothing may be cut for it.
 fn scan_segment(
     bytes: &[u8],
     name_seq: u64,
     nodes: &[NodeId],
     expected: Option<u64>,
-) -> SegmentScan {
+    keyring: &Keyring,
+) -> std::result::Result<SegmentScan, KeyId> {
     let mut scan = SegmentScan {
         header_ok: false,
         frames: Vec::new(),
@@ -403,12 +410,39 @@ fn scan_segment(
                 || valid_frame_after(bytes, SEGMENT_HEADER_BYTES.min(bytes.len()), 0),
             hole: false,
         });
-        return scan;
+        return Ok(scan);
     }
+    let Ok(header) = format::decode_segment_header(bytes) else {
+        return Ok(scan);
+    };
+    // The key block is written with the header, in one write fsynced
+    // before any frame: cut short, it is a creation cut short too.
+    let data_start = format::segment_data_start(header.flags);
+    let cipher = match format::decode_segment_key_block(bytes, &header) {
+        Ok(None) => None,
+        Ok(Some(block)) => match keyring.find(block.key_id) {
+            Some(key) => Some(FileCipher::new(key, Domain::Wal, block.salt)),
+            None => return Err(block.key_id),
+        },
+        Err(e) => {
+            scan.bad = Some(BadSpot {
+                offset: 0,
+                reason: format!("bad segment key block: {e}"),
+                not_torn: bytes.len() >= data_start || valid_frame_after(bytes, data_start.min(bytes.len()), 0),
+                hole: false,
+            });
+            return Ok(scan);
+        }
+    };
     scan.header_ok = true;
-    let mut offset = SEGMENT_HEADER_BYTES;
+    let mut offset = data_start;
     while let Some(rest) = bytes.get(offset..).filter(|rest| !rest.is_empty()) {
-        match read_valid_frame(rest, scan.next_seq) {
+        let at = FrameAt {
+            cipher: cipher.as_ref(),
+            segment_seq: name_seq,
+            offset: offset as u64,
+        };
+        match read_valid_frame(rest, scan.next_seq, at) {
             Ok((len, seq, payload)) => {
                 scan.next_seq = seq + payload.records.len() as u64;
                 scan.frames.push((seq, payload));
@@ -431,15 +465,37 @@ fn scan_segment(
             }
         }
     }
-    scan
+    Ok(scan)
+}
+
+/// Where a frame lies, for decrypting it: its segment's cipher (`None` in
+/// clear), the segment's first sequence number and the frame's offset.
+#[derive(Clone, Copy)]
+struct FrameAt<'a> {
+    cipher: Option<&'a FileCipher>,
+    segment_seq: u64,
+    offset: u64,
 }
 
 /// Every frame of a whole segment written by any node (for segment
 /// exchange): the segment must be complete and undamaged.
-pub(crate) fn read_whole_segment(bytes: &[u8]) -> std::result::Result<Vec<FramePayload>, String> {
-    let header =
-        format::decode_segment_header(bytes).map_err(|e| format!("bad segment header: {e}"))?;
-    let scan = scan_segment(bytes, header.first_seq, &[header.node], None);
+pub(crate) fn read_whole_segment(
+    bytes: &[u8],
+    keyring: &Keyring,
+) -> Result<std::result::Result<Vec<FramePayload>, String>> {
+    let header = match format::decode_segment_header(bytes) {
+        Ok(header) => header,
+        Err(e) => return Ok(Err(format!("bad segment header: {e}"))),
+    };
+    let scan = scan_segment(bytes, header.first_seq, &[header.node], None, keyring).map_err(|key_id| {
+        Error::Key(KeyError::Missing {
+            what: "this segment".into(),
+            needed: key_id,
+            given: keyring.ids(),
+            rotating_to: None,
+        })
+    })?;
+    Ok(
     match scan.bad {
         Some(bad) => Err(format!("at byte {}: {}", bad.offset, bad.reason)),
         None => Ok(scan
@@ -447,7 +503,7 @@ pub(crate) fn read_whole_segment(bytes: &[u8]) -> std::result::Result<Vec<FrameP
             .into_iter()
             .map(|(_, payload)| payload)
             .collect()),
-    }
+    })
 }
 
 /// True if a segment with `header` may follow one that ended before `expected`.
@@ -458,7 +514,11 @@ fn continues(expected: u64, header: &format::SegmentHeader) -> bool {
 
 /// Reads and decodes the frame at the start of `bytes`, which must begin at
 /// sequence number `expected`. Returns `(frame length, first seq, payload)`.
-fn read_valid_frame(bytes: &[u8], expected: u64) -> Result<(usize, u64, FramePayload), String> {
+fn read_valid_frame(
+    bytes: &[u8],
+    expected: u64,
+    at: FrameAt<'_>,
+) -> Result<(usize, u64, FramePayload), String> {
     let (header, body) = format::read_frame(bytes).map_err(|e| match e {
         format::FrameError::Incomplete => "incomplete frame".to_string(),
         format::FrameError::Damaged(reason) => reason,
@@ -479,8 +539,9 @@ fn read_valid_frame(bytes: &[u8], expected: u64) -> Result<(usize, u64, FramePay
             header.first_seq
         ));
     }
+    let plain = format::open_frame_payload(at.cipher, at.segment_seq, at.offset, &header, body)?;
     let payload =
-        decode_payload(body, header.op_count).map_err(|e| format!("bad frame payload: {e}"))?;
+        decode_payload(&plain, header.op_count).map_err(|e| format!("bad frame payload: {e}"))?;
     // With the overflow check above, this keeps the caller's `seq + records`
     // in range.
     debug_assert_eq!(payload.records.len() as u64, u64::from(header.op_count));
@@ -657,6 +718,7 @@ fn repair(
     io: &Io,
     wal_dir: &Path,
     node: NodeId,
+    keyring: &Keyring,
     damaged: &Damaged<'_>,
     later: &[(u64, PathBuf)],
 ) -> Result<(RepairReport, SegmentInfo)> {
@@ -680,6 +742,7 @@ fn repair(
         io,
         wal_dir,
         node,
+        keyring,
         next_seq,
         format::SEGMENT_FLAG_AFTER_REPAIR,
     )?;
@@ -720,10 +783,11 @@ fn create_segment(
     io: &Io,
     wal_dir: &Path,
     node: NodeId,
+    keyring: &Keyring,
     first_seq: u64,
     flags: u16,
 ) -> Result<SegmentInfo> {
-    let writer = super::create_segment(io, wal_dir, node, first_seq, flags)?;
+    let writer = super::create_segment(io, wal_dir, node, keyring, first_seq, flags)?;
     Ok(info(
         first_seq,
         &wal_dir.join(super::segment_file_name(first_seq)),

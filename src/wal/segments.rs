@@ -19,6 +19,9 @@ pub(super) struct ActiveSegment {
     pub(super) first_seq: u64,
     /// Its size in bytes, header included.
     pub(super) size_bytes: u64,
+    /// Where its frames start (after the header and any key block): it
+    /// holds a frame once it is larger.
+    pub(super) data_start: u64,
 }
 
 /// What a writer did while it held the active segment's handle, recorded
@@ -171,6 +174,7 @@ mod tests {
         let active = ActiveSegment {
             first_seq: 21,
             size_bytes: 7,
+            data_start: 5,
         };
         SegmentList::new(vec![sealed(1, 100), sealed(11, 50)], active)
     }
@@ -210,6 +214,7 @@ mod tests {
         let active = ActiveSegment {
             first_seq: 30,
             size_bytes: 24,
+            data_start: 5,
         };
         list.record(written, active);
         assert_eq!(list.count(), 4);

@@ -20,6 +20,7 @@ use parking_lot::{Condvar, MutexGuard};
 
 use super::State;
 use super::format::{self, FRAME_HEADER_BYTES, SEGMENT_HEADER_BYTES};
+use crate::crypto::{Domain, FileCipher, Keyring, SharedKeyring, TAG_BYTES};
 use super::segments::{ActiveSegment, SegmentList, Written};
 use super::{SegmentInfo, segment_file_name};
 use crate::clock::NodeId;
@@ -62,9 +63,10 @@ pub(super) struct PendingFrame {
 }
 
 impl PendingFrame {
-    /// Its size in a segment, header included.
+    /// Its size in a segment, header included (and the tag, which an
+    /// encrypted segment adds).
     fn size_bytes(&self) -> usize {
-        self.payload.len() + FRAME_HEADER_BYTES
+        self.payload.len() + FRAME_HEADER_BYTES + TAG_BYTES
     }
 
     fn last_seq(&self) -> u64 {
@@ -262,12 +264,31 @@ impl Failure {
     }
 }
 
+/// The active segment's file and its cipher (if it is encrypted): what
+/// the WAL lock keeps while no one writes.
+#[derive(Debug)]
+pub(super) struct SegmentHandle {
+    file: IoFile,
+    cipher: Option<FileCipher>,
+    data_start: u64,
+}
+
 /// The active segment's file and where it ends.
 #[derive(Debug)]
 pub(super) struct SegmentWriter {
-    file: IoFile,
+    handle: SegmentHandle,
     pub(super) first_seq: u64,
     pub(super) size_bytes: u64,
+}
+
+impl SegmentWriter {
+    fn active(&self) -> ActiveSegment {
+        ActiveSegment {
+            first_seq: self.first_seq,
+            size_bytes: self.size_bytes,
+            data_start: self.handle.data_start,
+        }
+    }
 }
 
 /// The active segment's handle, out of the WAL lock, and what was done
@@ -284,7 +305,7 @@ impl Lease {
         if buf.is_empty() {
             return Ok(());
         }
-        self.segment.file.write_all(buf)?;
+        self.segment.handle.file.write_all(buf)?;
         self.segment.size_bytes += buf.len() as u64;
         self.written.bytes += buf.len() as u64;
         buf.clear();
@@ -292,14 +313,14 @@ impl Lease {
     }
 
     fn sync(&mut self) -> Result<()> {
-        self.segment.file.sync_data()?;
+        self.segment.handle.file.sync_data()?;
         self.syncs += 1;
         Ok(())
     }
 
     /// The segment has no frame yet.
     fn is_empty_with(&self, buffered: usize) -> bool {
-        self.segment.size_bytes + buffered as u64 <= SEGMENT_HEADER_BYTES as u64
+        self.segment.size_bytes + buffered as u64 <= self.segment.handle.data_start
     }
 }
 
@@ -308,6 +329,8 @@ pub(super) struct GroupWriter {
     io: Io,
     dir: PathBuf,
     node: NodeId,
+    /// New segments are encrypted with its current key (if any).
+    keyring: SharedKeyring,
     pub(super) limits: WalLimits,
     /// Signalled, under the WAL lock, when a holder puts the handle back,
     /// when queue space is freed, and when the WAL is poisoned or closed.
@@ -316,11 +339,18 @@ pub(super) struct GroupWriter {
 
 impl GroupWriter {
     /// A writer for the segments in `dir`.
-    pub(super) fn new(io: Io, dir: &Path, node: NodeId, limits: WalLimits) -> Self {
+    pub(super) fn new(
+        io: Io,
+        dir: &Path,
+        node: NodeId,
+        keyring: SharedKeyring,
+        limits: WalLimits,
+    ) -> Self {
         Self {
             io,
             dir: dir.to_path_buf(),
             node,
+            keyring,
             limits,
             changed: Condvar::new(),
         }
@@ -334,17 +364,32 @@ impl GroupWriter {
         mut recovered: Vec<SegmentInfo>,
         start_fresh: bool,
         next_seq: u64,
-    ) -> Result<(SegmentList, IoFile)> {
+    ) -> Result<(SegmentList, SegmentHandle)> {
         // A segment's header names its writer: one written by another id
         // of this directory (a crash after META took a new id, before a
-        // segment of its own was made) is not appended to.
+        // segment of its own was made) is not appended to. Nor is any
+        // segment of an encrypted database, nor an encrypted one: its
+        // nonces are offsets, and a torn tail cut back after a crash would
+        // have its offsets encrypted a second time under the same file key
+        // (see `crate::crypto`). A new segment draws a new salt.
+        let encrypted = self.keyring.read().current().is_some();
         let start_fresh = start_fresh
-            || recovered
-                .last()
-                .is_some_and(|last| self.header_node(&last.path) != Some(self.node));
+            || encrypted
+            || recovered.last().is_some_and(|last| {
+                super::read_segment_header(&self.io, &last.path)
+                    .ok()
+                    .flatten()
+                    .is_none_or(|h| {
+                        h.node != self.node || h.flags & format::SEGMENT_FLAG_ENCRYPTED != 0
+                    })
+            });
         let segment = match recovered.pop() {
             Some(last) if !start_fresh => SegmentWriter {
-                file: self.io.open_append(&last.path)?,
+                handle: SegmentHandle {
+                    file: self.io.open_append(&last.path)?,
+                    cipher: None,
+                    data_start: SEGMENT_HEADER_BYTES as u64,
+                },
                 first_seq: last.first_seq,
                 size_bytes: last.size_bytes,
             },
@@ -355,27 +400,44 @@ impl GroupWriter {
                 // temp file and renamed over it, so a crash leaves one or
                 // the other.
                 let header = self.io.read(&last.path)?;
-                let flags = super::format::decode_segment_header(&header).map_or(0, |h| h.flags);
-                replace_segment(&self.io, &self.dir, self.node, next_seq, flags)?
+                let flags = super::format::decode_segment_header(&header)
+                    .map_or(0, |h| h.flags & format::SEGMENT_FLAG_AFTER_REPAIR);
+                self.replace_segment(next_seq, flags)?
             }
             last => {
                 recovered.extend(last);
-                create_segment(&self.io, &self.dir, self.node, next_seq, 0)?
+                self.create_segment(next_seq, 0)?
             }
         };
-        let active = ActiveSegment {
-            first_seq: segment.first_seq,
-            size_bytes: segment.size_bytes,
-        };
-        Ok((SegmentList::new(recovered, active), segment.file))
+        let active = segment.active();
+        Ok((SegmentList::new(recovered, active), segment.handle))
     }
 
-    /// The node id in the header of the segment at `path`, if it reads.
-    fn header_node(&self, path: &Path) -> Option<NodeId> {
-        super::read_segment_header(&self.io, path)
-            .ok()
-            .flatten()
-            .map(|h| h.node)
+    /// Creates the segment starting at `first_seq` under the current key.
+    fn create_segment(&self, first_seq: u64, flags: u16) -> Result<SegmentWriter> {
+        let keyring = self.keyring.read().clone();
+        create_segment(&self.io, &self.dir, self.node, &keyring, first_seq, flags)
+    }
+
+    /// Replaces the frameless segment at `first_seq` with one under the
+    /// current key whose header names this writer's node: the header goes
+    /// to a temp file, fsynced, renamed over the old segment, and the
+    /// directory fsynced, so a crash leaves one header or the other, never
+    /// none.
+    fn replace_segment(&self, first_seq: u64, flags: u16) -> Result<SegmentWriter> {
+        let path = self.dir.join(segment_file_name(first_seq));
+        let cipher = self.keyring.read().fresh_cipher(Domain::Wal)?;
+        let header = segment_header(self.node, first_seq, flags, cipher.as_ref());
+        self.io.write_atomic(&path, &header)?;
+        Ok(SegmentWriter {
+            handle: SegmentHandle {
+                file: self.io.open_append(&path)?,
+                data_start: header.len() as u64,
+                cipher,
+            },
+            first_seq,
+            size_bytes: header.len() as u64,
+        })
     }
 
     /// The highest sequence number durable under the sync mode.
@@ -467,14 +529,14 @@ impl GroupWriter {
             st.handle.is_some(),
             "the handle is back when no one holds it"
         );
-        let file = st
+        let handle = st
             .handle
             .take()
             .ok_or_else(|| Failure::broken("WAL segment writer missing"))?;
         st.queue.leader_active = true;
         let active = st.segments.active();
         let segment = SegmentWriter {
-            file,
+            handle,
             first_seq: active.first_seq,
             size_bytes: active.size_bytes,
         };
@@ -497,12 +559,8 @@ impl GroupWriter {
             syncs,
         } = lease;
         st.stats.syncs += syncs;
-        let active = ActiveSegment {
-            first_seq: segment.first_seq,
-            size_bytes: segment.size_bytes,
-        };
-        st.segments.record(written, active);
-        st.handle = Some(segment.file);
+        st.segments.record(written, segment.active());
+        st.handle = Some(segment.handle);
     }
 
     /// Writes a group, rotating segments as they fill. Runs without the lock.
@@ -517,7 +575,23 @@ impl GroupWriter {
                 !lease.is_empty_with(buf.len()) || frame.first_seq == lease.segment.first_seq,
                 "a segment's first frame starts at the segment's first sequence number"
             );
-            format::encode_frame(&mut buf, frame.first_seq, frame.op_count, &frame.payload);
+            match &lease.segment.handle.cipher {
+                None => {
+                    format::encode_frame(&mut buf, frame.first_seq, frame.op_count, &frame.payload);
+                }
+                Some(cipher) => {
+                    let offset = lease.segment.size_bytes + buf.len() as u64;
+                    format::encode_sealed_frame(
+                    &mut buf,
+                    cipher,
+                    lease.segment.first_seq,
+                    offset,
+                    frame.first_seq,
+                    frame.op_count,
+                    &frame.payload,
+                );
+                }
+            }
         }
         lease.flush(&mut buf)?;
         if sync && !group.is_empty() {
@@ -542,11 +616,11 @@ impl GroupWriter {
             "segments start in order"
         );
         lease.sync()?;
-        let next = create_segment(&self.io, &self.dir, self.node, first_seq, 0)?;
+        let next = self.create_segment(first_seq, 0)?;
         let old = std::mem::replace(&mut lease.segment, next);
         lease.written.sealed.push(SegmentInfo {
             first_seq: old.first_seq,
-            path: old.file.path().to_path_buf(),
+            path: old.handle.file.path().to_path_buf(),
             size_bytes: old.size_bytes,
         });
         Ok(())
@@ -578,12 +652,37 @@ impl GroupWriter {
             !st.queue.leader_active && st.queue.is_empty(),
             "everything queued is written before a seal"
         );
-        if st.segments.active().size_bytes <= SEGMENT_HEADER_BYTES as u64 {
+        let active = st.segments.active();
+        if active.size_bytes <= active.data_start {
             return Ok(());
         }
         let mut lease = self.take_lease(st)?;
         let first_seq = st.queue.next_seq();
         let result = MutexGuard::unlocked(st, || self.rotate(&mut lease, first_seq));
+        self.put_back(st, lease);
+        result.map_err(Failure::io)
+    }
+
+    /// Makes later frames go to a segment under the keyring's current key
+    /// (a key rotation): seals the active segment if it holds a frame, or
+    /// replaces it if it holds none. Same conditions as `seal_active`.
+    pub(super) fn restart_under_current_key(
+        &self,
+        st: &mut MutexGuard<'_, State>,
+    ) -> Result<(), Failure> {
+        let active = st.segments.active();
+        if active.size_bytes > active.data_start {
+            return self.seal_active(st);
+        }
+        let mut lease = self.take_lease(st)?;
+        let first_seq = active.first_seq;
+        let result = MutexGuard::unlocked(st, || {
+            let flags = super::read_segment_header(&self.io, lease.segment.handle.file.path())?
+                .map_or(0, |h| h.flags & format::SEGMENT_FLAG_AFTER_REPAIR);
+            let next = self.replace_segment(first_seq, flags)?;
+            lease.segment = next;
+            Ok::<(), Error>(())
+        });
         self.put_back(st, lease);
         result.map_err(Failure::io)
     }
@@ -598,51 +697,49 @@ fn record_group(st: &mut State, group: &[PendingFrame], synced: bool) {
     st.stats.frames_written += group.len() as u64;
 }
 
-/// Creates a segment: header written and fsynced, directory entry fsynced.
+/// Creates a segment, encrypted if `keyring` has a current key (with a
+/// fresh salt): header written and fsynced, directory entry fsynced.
 pub(super) fn create_segment(
     io: &Io,
     dir: &Path,
     node: NodeId,
+    keyring: &Keyring,
     first_seq: u64,
     flags: u16,
 ) -> Result<SegmentWriter> {
     let path = dir.join(segment_file_name(first_seq));
+    let cipher = keyring.fresh_cipher(Domain::Wal)?;
+    let header = segment_header(node, first_seq, flags, cipher.as_ref());
     let mut file = io.create_new(&path)?;
-    file.write_all(&segment_header(node, first_seq, flags))?;
+    file.write_all(&header)?;
     file.sync_data()?;
     io.sync_dir(dir)?;
     Ok(SegmentWriter {
-        file,
+        handle: SegmentHandle {
+            file,
+            data_start: header.len() as u64,
+            cipher,
+        },
         first_seq,
-        size_bytes: SEGMENT_HEADER_BYTES as u64,
+        size_bytes: header.len() as u64,
     })
 }
 
-/// Replaces the frameless segment at `first_seq` with one whose header
-/// names `node`: the header goes to a temp file, fsynced, renamed over the
-/// old segment, and the directory fsynced, so a crash leaves one header or
-/// the other, never none.
-fn replace_segment(
-    io: &Io,
-    dir: &Path,
-    node: NodeId,
-    first_seq: u64,
-    flags: u16,
-) -> Result<SegmentWriter> {
-    let path = dir.join(segment_file_name(first_seq));
-    io.write_atomic(&path, &segment_header(node, first_seq, flags))?;
-    Ok(SegmentWriter {
-        file: io.open_append(&path)?,
-        first_seq,
-        size_bytes: SEGMENT_HEADER_BYTES as u64,
-    })
-}
-
-/// The header bytes of a new segment.
-fn segment_header(node: NodeId, first_seq: u64, flags: u16) -> [u8; SEGMENT_HEADER_BYTES] {
-    format::encode_segment_header(format::SegmentHeader {
+/// The header bytes of a new segment, with its key block if `cipher`
+/// encrypts it.
+fn segment_header(node: NodeId, first_seq: u64, flags: u16, cipher: Option<&FileCipher>) -> Vec<u8> {
+    let flags = match cipher {
+        Some(_) => flags | format::SEGMENT_FLAG_ENCRYPTED,
+        None => flags & !format::SEGMENT_FLAG_ENCRYPTED,
+    };
+    let mut out = format::encode_segment_header(format::SegmentHeader {
         node,
         first_seq,
         flags,
     })
+    .to_vec();
+    if let Some(cipher) = cipher {
+        out.extend_from_slice(&cipher.key_block().encode());
+    }
+    out
 }

@@ -1,0 +1,64 @@
+//! The keys an open needs: checked against META and every file before
+//! anything is read for recovery or changed, so a missing or wrong key is
+//! a typed error that touches nothing.
+//!
+//! META names the database's key (the one every new file is encrypted
+//! with). The rules:
+//!
+//! - META names no key and none is given: a database in clear.
+//! - META names key K and K is the key given: an encrypted database.
+//! - META names no key and one is given: refused
+//!   ([`KeyError::NotEncrypted`]); encrypting an existing database is a
+//!   rotation (`Db::rotate_encryption_key`). (A new database has no META
+//!   yet: it is created naming the key given.)
+//! - META names K, and the key given is another one, J, with K among the
+//!   old keys given: a writable open takes this as a rotation to J (it
+//!   writes META naming J; the compactor rewrites K's files). A read-only
+//!   open just reads with both.
+//! - Otherwise (K not given at all): refused, naming K.
+//!
+//! Then every file recovery reads (segments, the manifest's runs,
+//! snapshots) must have its key in the ring; a file under a key the ring
+//! lacks is refused naming that key, and, when the key is not META's, the
+//! rotation that still needs it.
+
+use std::path::Path;
+
+use crate::crypto::Keyring;
+use crate::engine;
+use crate::error::{Error, KeyError, Result};
+use crate::io::Io;
+use crate::meta::Meta;
+
+/// Checks the keys for an open of `dir` whose META (if it reads) is
+/// `meta`. Reads headers only; changes nothing.
+pub(crate) fn check(io: &Io, dir: &Path, meta: Option<&Meta>, keyring: &Keyring) -> Result<()> {
+    let db_key = meta.and_then(|m| m.key_id);
+    match (db_key, keyring.current_id()) {
+        (None, Some(_)) if meta.is_some() => {
+            return Err(Error::Key(KeyError::NotEncrypted {
+                dir: dir.to_path_buf(),
+            }));
+        }
+        (Some(needed), _) if keyring.find(needed).is_none() => {
+            return Err(Error::Key(KeyError::Missing {
+                what: format!("the database in {}", dir.display()),
+                needed,
+                given: keyring.ids(),
+                rotating_to: None,
+            }));
+        }
+        _ => {}
+    }
+    for (path, needed) in engine::key_ids_in_files(io, dir)? {
+        if keyring.find(needed).is_none() {
+            return Err(Error::Key(KeyError::Missing {
+                what: path.display().to_string(),
+                needed,
+                given: keyring.ids(),
+                rotating_to: db_key.filter(|k| *k != needed),
+            }));
+        }
+    }
+    Ok(())
+}
