@@ -76,8 +76,9 @@ pub struct WalSegment {
 /// rules: header, contiguous sequence numbers, torn tail versus damage).
 pub fn decode_wal_segment(bytes: &[u8]) -> Result<WalSegment, String> {
     let header = format::decode_segment_header(bytes).map_err(|e| e.to_string())?;
-    let frames = crate::wal::recovery::read_whole_segment(bytes, &crate::crypto::Keyring::default())
-        .map_err(|e| e.to_string())??;
+    let frames =
+        crate::wal::recovery::read_whole_segment(bytes, &crate::crypto::Keyring::default())
+            .map_err(|e| e.to_string())??;
     Ok(WalSegment { header, frames })
 }
 

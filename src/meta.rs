@@ -398,7 +398,7 @@ mod tests {
         let io = Io::default();
         let a = tempfile::tempdir().unwrap();
         let b = tempfile::tempdir().unwrap();
-        let meta = create_meta(&io, a.path(), 1).unwrap();
+        let meta = create_meta(&io, a.path(), 1, None).unwrap();
         let here_a = io.object_id(a.path()).unwrap();
         let here_b = io.object_id(b.path()).unwrap();
         assert_eq!(renewal_needed(&meta, here_a, false, false), None);

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use crate::clock::{DriftPolicy, SystemClock, WallClock};
-use crate::crypto::{Keyring, KeySource};
+use crate::crypto::{KeySource, Keyring};
 use crate::error::{Error, Result};
 use crate::io::FaultInjector;
 
@@ -163,7 +163,11 @@ const STORE_KEY_OVERHEAD_BYTES: usize = 1 + KEYSPACE_NAME_BYTES_MAX;
 impl Options {
     /// The keys, read from their sources.
     pub(crate) fn keyring(&self) -> Result<Keyring> {
-        let current = self.encryption_key.as_ref().map(KeySource::resolve).transpose()?;
+        let current = self
+            .encryption_key
+            .as_ref()
+            .map(KeySource::resolve)
+            .transpose()?;
         let older = self
             .encryption_keys_old
             .iter()

@@ -4,10 +4,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::crypto::Keyring;
 use crate::error::{Error, Result};
 use crate::io::Io;
 use crate::meta;
-use crate::crypto::Keyring;
 use crate::options::{Options, RecoveryMode};
 use crate::snapshot;
 use crate::wal::WAL_DIR;

@@ -48,13 +48,17 @@ fn the_wal_holds_no_key_or_value_in_clear_and_reopens_only_with_its_key() {
     {
         let db = Db::open_with(dir.path(), with_key(Some(key(1)))).unwrap();
         for i in 0..200 {
-            db.put(format!("secret-key-{i}"), format!("PLAINTEXT-VALUE-{i}")).unwrap();
+            db.put(format!("secret-key-{i}"), format!("PLAINTEXT-VALUE-{i}"))
+                .unwrap();
         }
         db.close().unwrap();
     }
     assert_nothing_in_clear(dir.path(), &[b"secret-key-", b"PLAINTEXT-VALUE-"]);
     let db = Db::open_with(dir.path(), with_key(Some(key(1)))).unwrap();
-    assert_eq!(&db.get("secret-key-7").unwrap().unwrap()[..], b"PLAINTEXT-VALUE-7");
+    assert_eq!(
+        &db.get("secret-key-7").unwrap().unwrap()[..],
+        b"PLAINTEXT-VALUE-7"
+    );
     db.close().unwrap();
     for wrong in [None, Some(key(2))] {
         let before = files(dir.path());

@@ -342,6 +342,7 @@ impl SeedSource {
                     epoch,
                     leader_seq: 100,
                     mode: StartMode::CatchUp,
+                    key_id: None,
                 },
             ),
             (
@@ -352,6 +353,7 @@ impl SeedSource {
                     epoch,
                     leader_seq: 100,
                     mode: StartMode::Snapshot,
+                    key_id: None,
                 },
             ),
             (

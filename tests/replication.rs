@@ -357,6 +357,7 @@ fn welcome(leader_seq: u64) -> Message {
         epoch: 0,
         leader_seq,
         mode: StartMode::CatchUp,
+        key_id: None,
     }
 }
 
@@ -637,6 +638,7 @@ fn a_snapshot_transfer_cut_short_leaves_no_staged_file() {
             epoch: 0,
             leader_seq: 3,
             mode: StartMode::Snapshot,
+            key_id: None,
         },
     );
     send(
@@ -693,6 +695,7 @@ fn send_snapshot(socket: &mut TcpStream, snapshot_seq: u64, bytes: &[u8]) {
             epoch: 0,
             leader_seq: 3,
             mode: StartMode::Snapshot,
+            key_id: None,
         },
     );
     send(

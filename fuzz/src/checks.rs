@@ -95,6 +95,7 @@ const LEADER_POSITION: LeaderPosition = LeaderPosition {
     epoch: 1,
     first_available_seq: 1,
     durable_seq: 1_000,
+    key_id: None,
 };
 /// The follower's snapshot limit in `repl_stream` (bytes).
 const FOLLOWER_SNAPSHOT_BYTES_MAX: u64 = 1 << 20;
@@ -381,6 +382,7 @@ fn check_repl_stream(data: &[u8]) -> bool {
     let mut follower = Some(FollowerMachine::new(
         Cursor::default(),
         FOLLOWER_SNAPSHOT_BYTES_MAX,
+        mergekv::crypto::Keyring::default(),
     ));
     let mut leader = Some(LeaderSide::AwaitHello(LeaderMachine::new()));
     let mut input = data;

@@ -305,7 +305,12 @@ impl Keyring {
 
     /// The cipher for a file whose key block is `block`, or the typed error
     /// naming the key it needs.
-    pub(crate) fn cipher(&self, block: &KeyBlock, domain: Domain, path: &Path) -> Result<FileCipher> {
+    pub(crate) fn cipher(
+        &self,
+        block: &KeyBlock,
+        domain: Domain,
+        path: &Path,
+    ) -> Result<FileCipher> {
         match self.find(block.key_id) {
             Some(key) => Ok(FileCipher::new(key, domain, block.salt)),
             None => Err(self.missing(path, block.key_id)),
@@ -459,7 +464,12 @@ impl FileCipher {
     /// Checks and decrypts `buf` (ciphertext then tag) in place, leaving
     /// the plaintext. `Err` if the tag does not match: the bytes were
     /// changed, moved, or encrypted under another key.
-    pub fn open(&self, nonce: u64, aad: &[u8], buf: &mut Vec<u8>) -> std::result::Result<(), Unauthentic> {
+    pub fn open(
+        &self,
+        nonce: u64,
+        aad: &[u8],
+        buf: &mut Vec<u8>,
+    ) -> std::result::Result<(), Unauthentic> {
         let Some(body_len) = buf.len().checked_sub(TAG_BYTES) else {
             return Err(Unauthentic);
         };

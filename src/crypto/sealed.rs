@@ -45,12 +45,15 @@ pub const SEALED_CHUNK_BYTES_MAX: u32 = 16 * 1024 * 1024;
 pub enum SealedKind {
     /// A change set (`Db::export_since`).
     ChangeSet = 1,
+    /// The WAL frames of one replication batch, on the wire.
+    ReplicationBatch = 2,
 }
 
 impl SealedKind {
     fn name(self) -> &'static str {
         match self {
             SealedKind::ChangeSet => "change set",
+            SealedKind::ReplicationBatch => "replication batch",
         }
     }
 }
@@ -67,8 +70,16 @@ pub fn sealed_key_id(bytes: &[u8]) -> Option<KeyId> {
 }
 
 /// `plaintext` sealed under the ring's current key; the plaintext itself if
-/// the ring has none (an unencrypted database writes in clear).
-pub fn seal(ring: &Keyring, kind: SealedKind, plaintext: Vec<u8>) -> Result<Vec<u8>> {
+/// the ring has none (an unencrypted database writes in clear). `context`
+/// is bound into every chunk's associated data (empty for a change set; a
+/// replication batch's stream, epoch and sequence numbers), so the object
+/// opens only where it was meant to.
+pub fn seal(
+    ring: &Keyring,
+    kind: SealedKind,
+    context: &[u8],
+    plaintext: Vec<u8>,
+) -> Result<Vec<u8>> {
     let Some(key) = ring.current() else {
         return Ok(plaintext);
     };
@@ -84,16 +95,17 @@ pub fn seal(ring: &Keyring, kind: SealedKind, plaintext: Vec<u8>) -> Result<Vec<
         let end = (start + chunk).min(plaintext.len());
         buf.clear();
         buf.extend_from_slice(plaintext.get(start..end).unwrap_or_default());
-        let aad = chunk_aad(&header, index as u64, index + 1 == chunks);
+        let aad = chunk_aad(&header, context, index as u64, index + 1 == chunks);
         cipher.seal(index as u64, &aad, &mut buf);
         out.extend_from_slice(&buf);
     }
     Ok(out)
 }
 
-/// The plaintext of a sealed object of `kind`, checked whole. Damage is
-/// `Error::Decode`; a key the ring lacks is `Error::Key`.
-pub fn open(ring: &Keyring, kind: SealedKind, bytes: &[u8]) -> Result<Vec<u8>> {
+/// The plaintext of a sealed object of `kind` sealed with `context`,
+/// checked whole. Damage is `Error::Decode`; a key the ring lacks is
+/// `Error::Key`.
+pub fn open(ring: &Keyring, kind: SealedKind, context: &[u8], bytes: &[u8]) -> Result<Vec<u8>> {
     let decode = |reason: String| Error::Decode {
         what: kind.name(),
         reason,
@@ -129,7 +141,7 @@ pub fn open(ring: &Keyring, kind: SealedKind, bytes: &[u8]) -> Result<Vec<u8>> {
         }
         buf.clear();
         buf.extend_from_slice(piece);
-        let aad = chunk_aad(&header.bytes, index as u64, index + 1 == chunks);
+        let aad = chunk_aad(&header.bytes, context, index as u64, index + 1 == chunks);
         cipher
             .open(index as u64, &aad, &mut buf)
             .map_err(|e| decode(format!("chunk {index}: {e}")))?;
@@ -148,7 +160,8 @@ struct Header {
 fn encode_header(kind: SealedKind, block: KeyBlock, chunk_bytes: u32) -> [u8; SEALED_HEADER_BYTES] {
     let mut h = [0u8; SEALED_HEADER_BYTES];
     h[..8].copy_from_slice(&SEALED_MAGIC);
-    h[SEALED_VERSION_OFFSET..SEALED_KIND_OFFSET].copy_from_slice(&SEALED_FORMAT_VERSION.to_le_bytes());
+    h[SEALED_VERSION_OFFSET..SEALED_KIND_OFFSET]
+        .copy_from_slice(&SEALED_FORMAT_VERSION.to_le_bytes());
     h[SEALED_KIND_OFFSET] = kind as u8;
     h[SEALED_FLAGS_OFFSET] = 0;
     h[SEALED_KEY_ID_OFFSET..SEALED_SALT_OFFSET].copy_from_slice(&block.key_id.0.to_le_bytes());
@@ -176,11 +189,16 @@ fn parse_header(bytes: &[u8]) -> std::result::Result<Header, String> {
         return Err("sealed object header checksum mismatch".into());
     }
     if h[SEALED_FLAGS_OFFSET] != 0 {
-        return Err(format!("unknown sealed object flags {:#x}", h[SEALED_FLAGS_OFFSET]));
+        return Err(format!(
+            "unknown sealed object flags {:#x}",
+            h[SEALED_FLAGS_OFFSET]
+        ));
     }
     let chunk_bytes = u32_at(SEALED_CHUNK_BYTES_OFFSET);
     if chunk_bytes == 0 || chunk_bytes > SEALED_CHUNK_BYTES_MAX {
-        return Err(format!("chunk size {chunk_bytes} outside 1..={SEALED_CHUNK_BYTES_MAX}"));
+        return Err(format!(
+            "chunk size {chunk_bytes} outside 1..={SEALED_CHUNK_BYTES_MAX}"
+        ));
     }
     let mut id = [0u8; 8];
     id.copy_from_slice(&h[SEALED_KEY_ID_OFFSET..SEALED_SALT_OFFSET]);
@@ -197,9 +215,15 @@ fn parse_header(bytes: &[u8]) -> std::result::Result<Header, String> {
     })
 }
 
-fn chunk_aad(header: &[u8; SEALED_HEADER_BYTES], index: u64, last: bool) -> Vec<u8> {
-    let mut aad = Vec::with_capacity(SEALED_HEADER_BYTES + 9);
+fn chunk_aad(
+    header: &[u8; SEALED_HEADER_BYTES],
+    context: &[u8],
+    index: u64,
+    last: bool,
+) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(SEALED_HEADER_BYTES + context.len() + 9);
     aad.extend_from_slice(header);
+    aad.extend_from_slice(context);
     aad.extend_from_slice(&index.to_le_bytes());
     aad.push(u8::from(last));
     aad

@@ -65,10 +65,20 @@ fn ciphers_bind_key_salt_domain_and_nonce() {
     assert_eq!(opened(&a, 40, b"aad").unwrap(), b"secret payload");
     assert_eq!(opened(&a, 41, b"aad"), Err(Unauthentic));
     assert_eq!(opened(&a, 40, b"aaD"), Err(Unauthentic));
-    assert_eq!(opened(&FileCipher::new(&key(2), Domain::Wal, salt), 40, b"aad"), Err(Unauthentic));
-    assert_eq!(opened(&FileCipher::new(&key(1), Domain::Run, salt), 40, b"aad"), Err(Unauthentic));
     assert_eq!(
-        opened(&FileCipher::new(&key(1), Domain::Wal, [4u8; SALT_BYTES]), 40, b"aad"),
+        opened(&FileCipher::new(&key(2), Domain::Wal, salt), 40, b"aad"),
+        Err(Unauthentic)
+    );
+    assert_eq!(
+        opened(&FileCipher::new(&key(1), Domain::Run, salt), 40, b"aad"),
+        Err(Unauthentic)
+    );
+    assert_eq!(
+        opened(
+            &FileCipher::new(&key(1), Domain::Wal, [4u8; SALT_BYTES]),
+            40,
+            b"aad"
+        ),
         Err(Unauthentic)
     );
     for i in 0..buf.len() {
@@ -113,33 +123,53 @@ fn sealed_objects_round_trip_and_refuse_damage_truncation_and_other_keys() {
     let ring = Keyring::new(Some(key(1)), vec![]);
     for len in [0usize, 1, 65_535, 65_536, 65_537, 200_000] {
         let plain: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
-        let sealed_bytes = sealed::seal(&ring, SealedKind::ChangeSet, plain.clone()).unwrap();
+        let sealed_bytes = sealed::seal(&ring, SealedKind::ChangeSet, b"", plain.clone()).unwrap();
         assert!(sealed::is_sealed(&sealed_bytes));
         assert_eq!(sealed::sealed_key_id(&sealed_bytes), Some(key(1).id()));
-        assert_eq!(sealed::open(&ring, SealedKind::ChangeSet, &sealed_bytes).unwrap(), plain);
+        assert_eq!(
+            sealed::open(&ring, SealedKind::ChangeSet, b"", &sealed_bytes).unwrap(),
+            plain
+        );
         // Cut at every chunk boundary and a few other places.
         let stored = sealed::SEALED_CHUNK_BYTES as usize + TAG_BYTES;
-        let mut cuts: Vec<usize> = (1..=3).map(|k| sealed::SEALED_HEADER_BYTES + k * stored).collect();
+        let mut cuts: Vec<usize> = (1..=3)
+            .map(|k| sealed::SEALED_HEADER_BYTES + k * stored)
+            .collect();
         cuts.extend([0, 8, sealed::SEALED_HEADER_BYTES, sealed_bytes.len() - 1]);
         for cut in cuts.into_iter().filter(|c| *c < sealed_bytes.len()) {
-            assert!(matches!(
-                sealed::open(&ring, SealedKind::ChangeSet, &sealed_bytes[..cut]),
-                Err(Error::Decode { .. })
-            ), "cut at {cut} of {len}");
+            assert!(
+                matches!(
+                    sealed::open(&ring, SealedKind::ChangeSet, b"", &sealed_bytes[..cut]),
+                    Err(Error::Decode { .. })
+                ),
+                "cut at {cut} of {len}"
+            );
         }
         let other = Keyring::new(Some(key(2)), vec![]);
         assert!(matches!(
-            sealed::open(&other, SealedKind::ChangeSet, &sealed_bytes),
+            sealed::open(&other, SealedKind::ChangeSet, b"", &sealed_bytes),
             Err(Error::Key(KeyError::Missing { .. }))
         ));
     }
-    let small = sealed::seal(&ring, SealedKind::ChangeSet, b"hello world".to_vec()).unwrap();
+    let small = sealed::seal(&ring, SealedKind::ChangeSet, b"", b"hello world".to_vec()).unwrap();
     for i in 0..small.len() {
         let mut b = small.clone();
         b[i] ^= 0x01;
-        assert!(sealed::open(&ring, SealedKind::ChangeSet, &b).is_err(), "byte {i}");
+        assert!(
+            sealed::open(&ring, SealedKind::ChangeSet, b"", &b).is_err(),
+            "byte {i}"
+        );
     }
+    // Another context, or another kind, does not open.
+    assert!(sealed::open(&ring, SealedKind::ChangeSet, b"x", &small).is_err());
+    assert!(sealed::open(&ring, SealedKind::ReplicationBatch, b"", &small).is_err());
     // An unencrypted ring leaves the bytes as they are.
-    let clear = sealed::seal(&Keyring::default(), SealedKind::ChangeSet, b"x".to_vec()).unwrap();
+    let clear = sealed::seal(
+        &Keyring::default(),
+        SealedKind::ChangeSet,
+        b"",
+        b"x".to_vec(),
+    )
+    .unwrap();
     assert_eq!(clear, b"x");
 }

@@ -51,7 +51,8 @@ pub(super) fn find(io: &Io, dir: &Path, options: &Options, keyring: &Keyring) ->
             (true, true) => None,
             (false, true) => return Err(orphan_files(dir)),
             (_, false) => {
-                let meta = meta::create_meta(io, dir, options.wall_clock.now_ms(), keyring.current_id())?;
+                let meta =
+                    meta::create_meta(io, dir, options.wall_clock.now_ms(), keyring.current_id())?;
                 return Ok(Found {
                     meta,
                     rebuilt_from: None,
@@ -60,7 +61,9 @@ pub(super) fn find(io: &Io, dir: &Path, options: &Options, keyring: &Keyring) ->
         },
     };
     let path = meta::meta_path(dir);
-    let Some(rebuilt) = engine::rebuild_meta(io, dir, options.wall_clock.now_ms(), keyring.current_id())? else {
+    let Some(rebuilt) =
+        engine::rebuild_meta(io, dir, options.wall_clock.now_ms(), keyring.current_id())?
+    else {
         return Err(Error::corruption(
             &path,
             0,

@@ -18,8 +18,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::crypto::Keyring;
 use crate::clock::{Hlc, NodeId, Stamp};
+use crate::crypto::Keyring;
 use crate::error::{Error, Result};
 use crate::io::{Io, IoFile};
 use crate::manifest;
@@ -115,7 +115,13 @@ impl ReadOnlyDb {
     /// Reads the directory again: the state now, with everything the
     /// writer has made durable (or at least written) since.
     pub fn refresh(&mut self) -> Result<()> {
-        self.loaded = load(&self.io, &self.dir, &self.options, &self.keyring, &self.cache)?;
+        self.loaded = load(
+            &self.io,
+            &self.dir,
+            &self.options,
+            &self.keyring,
+            &self.cache,
+        )?;
         Ok(())
     }
 

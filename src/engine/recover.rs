@@ -7,6 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::clock::{NodeId, Stamp};
+use crate::crypto::{KeyId, Keyring};
 use crate::error::{Error, Result};
 use crate::io::Io;
 use crate::manifest::{self, Manifest};
@@ -18,7 +19,6 @@ use crate::snapshot::{self, LoadedSnapshot, SNAPSHOT_DIR};
 use crate::state::{Lower, State};
 use crate::wal::dedup::{DedupEntry, DedupWindow};
 use crate::wal::recovery::{self, QUARANTINE_DIR, RecoveryReport, SnapshotUsed};
-use crate::crypto::{KeyId, Keyring};
 use crate::wal::{WAL_DIR, WalStart};
 
 /// Records replayed into the state map at a time: large enough that sorting

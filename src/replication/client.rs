@@ -461,7 +461,12 @@ fn run_connection(shared: &Shared, progressed: &mut bool) -> std::result::Result
     if shared.stop.load(Ordering::Acquire) {
         return Ok(());
     }
-    let mut machine = FollowerMachine::new(apply::start_cursor(db)?, options.snapshot_bytes_max);
+    let keyring = db.engine().wal().keyring().read().clone();
+    let mut machine = FollowerMachine::new(
+        apply::start_cursor(db)?,
+        options.snapshot_bytes_max,
+        keyring,
+    );
     conn.send(&machine.hello(shared.follower_id, &options.token))?;
     shared.status.lock().connects += 1;
     let mut staging: Option<IoFile> = None;

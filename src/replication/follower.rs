@@ -8,6 +8,9 @@
 
 use super::ProtocolError;
 use super::message::{Cursor, Message, PROTOCOL_VERSION, StartMode};
+use crate::crypto::sealed::{self, SealedKind};
+use crate::crypto::{KeyId, Keyring};
+use crate::error::{Error, KeyError};
 use crate::record::{Record, decode_payload};
 use crate::wal::format;
 
@@ -86,16 +89,23 @@ pub struct FollowerMachine {
     state: State,
     cursor: Cursor,
     snapshot_bytes_max: u64,
+    /// The follower's keys: an encrypted leader's batches open with them.
+    keyring: Keyring,
+    /// The key the leader's WELCOME named (its batches are sealed).
+    leader_key: Option<KeyId>,
 }
 
 impl FollowerMachine {
     /// A machine for a connection opened with the follower's durable
     /// `cursor`.
-    pub fn new(cursor: Cursor, snapshot_bytes_max: u64) -> Self {
+    /// An encrypted leader is followed only with its key in `keyring`.
+    pub fn new(cursor: Cursor, snapshot_bytes_max: u64, keyring: Keyring) -> Self {
         FollowerMachine {
             state: State::AwaitWelcome,
             cursor,
             snapshot_bytes_max,
+            keyring,
+            leader_key: None,
         }
     }
 
@@ -152,8 +162,12 @@ impl FollowerMachine {
                     epoch,
                     leader_seq,
                     mode,
+                    key_id,
                 },
-            ) => self.on_welcome(version, stream, epoch, leader_seq, mode),
+            ) => {
+                self.check_key(key_id)?;
+                self.on_welcome(version, stream, epoch, leader_seq, mode)
+            }
             (
                 State::AwaitSnapshotBegin { stream, epoch },
                 Message::SnapshotBegin {
@@ -297,6 +311,21 @@ impl FollowerMachine {
         Ok(())
     }
 
+    /// An encrypted leader needs its key here, or nothing it sends can be
+    /// read: refused at WELCOME, before anything is applied.
+    fn check_key(&mut self, key_id: Option<KeyId>) -> Result<(), ProtocolError> {
+        if let Some(needed) = key_id
+            && self.keyring.find(needed).is_none()
+        {
+            return Err(ProtocolError::KeyMissing {
+                needed,
+                given: self.keyring.ids(),
+            });
+        }
+        self.leader_key = key_id;
+        Ok(())
+    }
+
     fn on_welcome(
         &mut self,
         version: u16,
@@ -343,6 +372,26 @@ impl FollowerMachine {
                 got: first_seq,
             });
         }
+        let frames = match self.leader_key {
+            None => frames,
+            Some(_) => {
+                let context = batch_context(stream, epoch, first_seq, last_seq, frame_count);
+                sealed::open(
+                    &self.keyring,
+                    SealedKind::ReplicationBatch,
+                    &context,
+                    &frames,
+                )
+                .map_err(|e| match e {
+                    Error::Key(KeyError::Missing { needed, given, .. }) => {
+                        ProtocolError::KeyMissing { needed, given }
+                    }
+                    other => ProtocolError::Malformed {
+                        reason: format!("sealed batch: {other}"),
+                    },
+                })?
+            }
+        };
         let records = decode_wal_frames(&frames, first_seq, last_seq, frame_count)?;
         self.cursor.seq = last_seq;
         self.state = State::Streaming;
@@ -356,12 +405,30 @@ impl FollowerMachine {
     }
 }
 
+/// What a sealed BATCH binds its frames to: stream, epoch, first and last
+/// sequence numbers (u64 little-endian each) and the frame count (u32).
+pub fn batch_context(
+    stream: u64,
+    epoch: u64,
+    first_seq: u64,
+    last_seq: u64,
+    frame_count: u32,
+) -> Vec<u8> {
+    let mut context = Vec::with_capacity(36);
+    for v in [stream, epoch, first_seq, last_seq] {
+        context.extend_from_slice(&v.to_le_bytes());
+    }
+    context.extend_from_slice(&frame_count.to_le_bytes());
+    context
+}
+
 /// The records of a verified batch, in log order, and a hash of its
 /// content (opaque: the follower runtime commits them).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BatchRecords {
     records: Vec<Record>,
-    /// blake3 of the batch's WAL frames as received.
+    /// blake3 of the batch's WAL frames as received (in clear: after
+    /// opening a sealed batch).
     content: [u8; 32],
 }
 
@@ -572,11 +639,13 @@ mod tests {
             epoch: EPOCH,
             leader_seq,
             mode,
+            key_id: None,
         }
     }
 
     fn streaming_at(seq: u64) -> FollowerMachine {
-        let mut m = FollowerMachine::new(cursor(seq), SNAPSHOT_BYTES_MAX_DEFAULT);
+        let mut m =
+            FollowerMachine::new(cursor(seq), SNAPSHOT_BYTES_MAX_DEFAULT, Keyring::default());
         m.on_message(welcome(StartMode::CatchUp, seq + 100))
             .unwrap();
         m
@@ -646,18 +715,19 @@ mod tests {
 
     #[test]
     fn a_batch_before_the_welcome_or_a_newer_version_is_refused() {
-        let mut m = FollowerMachine::new(cursor(0), SNAPSHOT_BYTES_MAX_DEFAULT);
+        let mut m = FollowerMachine::new(cursor(0), SNAPSHOT_BYTES_MAX_DEFAULT, Keyring::default());
         assert!(matches!(
             m.on_message(batch(1, &[1])),
             Err(ProtocolError::OutOfOrder { .. })
         ));
-        let mut m = FollowerMachine::new(cursor(0), SNAPSHOT_BYTES_MAX_DEFAULT);
+        let mut m = FollowerMachine::new(cursor(0), SNAPSHOT_BYTES_MAX_DEFAULT, Keyring::default());
         let newer = Message::Welcome {
             version: PROTOCOL_VERSION + 1,
             stream: STREAM,
             epoch: EPOCH,
             leader_seq: 0,
             mode: StartMode::CatchUp,
+            key_id: None,
         };
         assert!(matches!(
             m.on_message(newer),
@@ -671,6 +741,7 @@ mod tests {
                 seq: 5,
             },
             SNAPSHOT_BYTES_MAX_DEFAULT,
+            Keyring::default(),
         );
         assert!(matches!(
             m.on_message(welcome(StartMode::CatchUp, 9)),
@@ -679,7 +750,7 @@ mod tests {
     }
 
     fn snapshot_machine(total_bytes: u64) -> FollowerMachine {
-        let mut m = FollowerMachine::new(Cursor::default(), 1 << 20);
+        let mut m = FollowerMachine::new(Cursor::default(), 1 << 20, Keyring::default());
         m.on_message(welcome(StartMode::Snapshot, 50)).unwrap();
         m.on_message(Message::SnapshotBegin {
             stream: STREAM,
@@ -734,7 +805,7 @@ mod tests {
             wrong.on_message(end),
             Err(ProtocolError::Checksum { .. })
         ));
-        let mut huge = FollowerMachine::new(Cursor::default(), 1 << 20);
+        let mut huge = FollowerMachine::new(Cursor::default(), 1 << 20, Keyring::default());
         huge.on_message(welcome(StartMode::Snapshot, 50)).unwrap();
         let begin = Message::SnapshotBegin {
             stream: STREAM,

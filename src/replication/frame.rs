@@ -23,7 +23,15 @@ pub const FRAME_HEADER_BYTES: usize = 16;
 /// follower can apply it atomically), plus the BATCH fields.
 pub const FRAME_PAYLOAD_BYTES_MAX: usize = crate::wal::format::FRAME_PAYLOAD_BYTES_MAX
     + crate::wal::format::FRAME_HEADER_BYTES
-    + BATCH_FIELDS_BYTES_MAX;
+    + BATCH_FIELDS_BYTES_MAX
+    + SEALING_BYTES_MAX;
+/// What sealing that batch adds (an encrypted leader's): the sealed
+/// object's header and a tag per chunk.
+const SEALING_BYTES_MAX: usize = crate::crypto::sealed::SEALED_HEADER_BYTES
+    + crate::crypto::TAG_BYTES
+        * (crate::wal::format::FRAME_PAYLOAD_BYTES_MAX
+            / crate::crypto::sealed::SEALED_CHUNK_BYTES as usize
+            + 2);
 /// Room for a BATCH's own fields before its WAL frames.
 const BATCH_FIELDS_BYTES_MAX: usize = 64;
 /// The payload buffer grows by at most this much ahead of the bytes that

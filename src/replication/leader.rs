@@ -19,6 +19,8 @@ pub struct LeaderPosition {
     pub first_available_seq: u64,
     /// The newest durable sequence number.
     pub durable_seq: u64,
+    /// The key the leader's data is encrypted with, if any.
+    pub key_id: Option<crate::crypto::KeyId>,
 }
 
 /// What a valid HELLO asked for.
@@ -143,6 +145,7 @@ impl LeaderMachine {
             epoch: position.epoch,
             leader_seq: position.durable_seq,
             mode,
+            key_id: position.key_id,
         };
         Ok((welcome, mode))
     }
@@ -205,6 +208,7 @@ mod tests {
 
     fn position() -> LeaderPosition {
         LeaderPosition {
+            key_id: None,
             stream: 1,
             epoch: 2,
             first_available_seq: 100,

@@ -4,9 +4,10 @@
 use super::ProtocolError;
 use super::frame::{Frame, FrameKind, encode_frame};
 use crate::codec::{Reader, Writer};
+use crate::crypto::KeyId;
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Magic at the start of a HELLO payload.
 pub const HELLO_MAGIC: [u8; 8] = *b"MKVREPL\x01";
 /// Longest API token a HELLO may carry.
@@ -112,6 +113,11 @@ pub enum Message {
         leader_seq: u64,
         /// What follows.
         mode: StartMode,
+        /// The key the leader's data is encrypted with (`None`: in
+        /// clear): every BATCH's frames are then a sealed object under it
+        /// and the snapshot is encrypted with it. A follower without it
+        /// refuses before applying anything.
+        key_id: Option<KeyId>,
     },
     /// A snapshot transfer starts.
     SnapshotBegin {
@@ -144,7 +150,8 @@ pub enum Message {
         /// blake3 of every snapshot byte.
         digest: [u8; 32],
     },
-    /// Consecutive WAL frames, verbatim (each with its own checksums).
+    /// Consecutive WAL frames (each with its own checksums), in clear, or,
+    /// from an encrypted leader, sealed (see `docs/PROTOCOL.md`).
     Batch {
         /// Stream.
         stream: u64,
@@ -252,12 +259,15 @@ impl Message {
                 epoch,
                 leader_seq,
                 mode,
+                key_id,
             } => {
                 w.u16(*version);
                 w.u64(*stream);
                 w.u64(*epoch);
                 w.u64(*leader_seq);
                 w.u8(*mode as u8);
+                w.u8(u8::from(key_id.is_some()));
+                w.u64(key_id.map_or(0, |k| k.0));
             }
             Message::SnapshotBegin {
                 stream,
@@ -384,12 +394,19 @@ fn decode_fields(
                 1 => StartMode::Snapshot,
                 other => return Err(Reader::invalid(at, format!("start mode {other}"))),
             };
+            let at = r.position();
+            let key_id = match (r.u8()?, r.u64()?) {
+                (0, 0) => None,
+                (1, id) => Some(KeyId(id)),
+                (flag, _) => return Err(Reader::invalid(at, format!("key flag {flag}"))),
+            };
             Message::Welcome {
                 version,
                 stream,
                 epoch,
                 leader_seq,
                 mode,
+                key_id,
             }
         }
         FrameKind::SnapshotBegin => Message::SnapshotBegin {
@@ -501,6 +518,7 @@ mod tests {
             epoch: 5,
             leader_seq: 6,
             mode: StartMode::Snapshot,
+            key_id: Some(KeyId(7)),
         });
         round_trip(Message::SnapshotBegin {
             stream: 1,

@@ -89,6 +89,14 @@ pub enum ProtocolError {
         /// The message sent.
         message: String,
     },
+    /// The leader's data is encrypted with a key this follower was not
+    /// given.
+    KeyMissing {
+        /// The key the leader's data needs.
+        needed: crate::crypto::KeyId,
+        /// The keys the follower has (empty: none).
+        given: Vec<crate::crypto::KeyId>,
+    },
     /// The peer closed with an ERROR frame.
     Remote {
         /// Its code.
@@ -145,6 +153,23 @@ impl std::fmt::Display for ProtocolError {
             }
             ProtocolError::Remote { code, message } => {
                 write!(f, "peer closed the connection ({code:?}): {message}")
+            }
+            ProtocolError::KeyMissing { needed, given } => {
+                write!(
+                    f,
+                    "the leader's data is encrypted with key id {needed}, which this follower \
+                     was not given ("
+                )?;
+                if given.is_empty() {
+                    write!(f, "it has no key")?;
+                } else {
+                    let ids: Vec<String> = given.iter().map(|k| k.to_string()).collect();
+                    write!(f, "it has key id {}", ids.join(", "))?;
+                }
+                write!(
+                    f,
+                    "): open the follower with the leader's key; nothing was applied"
+                )
             }
         }
     }

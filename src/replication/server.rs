@@ -425,6 +425,7 @@ fn serve_connection(
             peer,
             follower_id: None,
             machine: LeaderMachine::new(),
+            key_id: None,
             handshake: Some(slot),
             handshake_deadline,
         };
@@ -482,6 +483,8 @@ struct Session<'a> {
     handshake: Option<HandshakeSlot>,
     /// The whole handshake (TLS, HELLO) ends by then.
     handshake_deadline: Instant,
+    /// The key the WELCOME named (batches are sealed under it).
+    key_id: Option<crate::crypto::KeyId>,
 }
 
 /// Closes a session with an ERROR of `code` saying `message`.
@@ -509,6 +512,7 @@ impl Session<'_> {
         self.check_stop()?;
         let db = &self.shared.db;
         let position = ship::leader_position(db, self.shared.epoch);
+        self.key_id = position.key_id;
         let (welcome, mode) = self.machine.welcome(hello.cursor, position)?;
         conn.send(&welcome)?;
         let after_seq = match mode {
@@ -626,7 +630,11 @@ impl Session<'_> {
         let heartbeat = Duration::from_millis(options.heartbeat_interval_ms.max(1));
         // Short waits, so a stop is noticed promptly.
         let wait_slice = heartbeat.min(Duration::from_millis(100));
-        let mut reader = WalReader::new(db.io(), db.engine().wal().keyring().clone(), after_seq.saturating_add(1));
+        let mut reader = WalReader::new(
+            db.io(),
+            db.engine().wal().keyring().clone(),
+            after_seq.saturating_add(1),
+        );
         let (stream, epoch) = (db.node_id().0, self.shared.epoch);
         let mut last_sent = Instant::now();
         loop {
@@ -646,13 +654,39 @@ impl Session<'_> {
                     frame_count,
                     bytes,
                 } => {
+                    // An encrypted leader seals the frames it read (in
+                    // clear) under its current key, bound to where they
+                    // belong in the stream. A rotation since WELCOME ends
+                    // the connection: the follower reconnects and learns
+                    // the new key id.
+                    let keyring = wal.keyring().read().clone();
+                    if keyring.current_id() != self.key_id {
+                        return Err(refuse(
+                            ErrorCode::Unavailable,
+                            "the leader's encryption key changed; reconnect",
+                        ));
+                    }
+                    let context = super::follower::batch_context(
+                        stream,
+                        epoch,
+                        first_seq,
+                        last_seq,
+                        frame_count,
+                    );
+                    let frames = crate::crypto::sealed::seal(
+                        &keyring,
+                        crate::crypto::sealed::SealedKind::ReplicationBatch,
+                        &context,
+                        bytes,
+                    )
+                    .map_err(|e| refuse(ErrorCode::Unavailable, e.to_string()))?;
                     conn.send(&Message::Batch {
                         stream,
                         epoch,
                         first_seq,
                         last_seq,
                         frame_count,
-                        frames: bytes,
+                        frames,
                     })?;
                     self.machine.sent(last_seq);
                     self.note_sent(last_seq);

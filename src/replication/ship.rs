@@ -50,6 +50,7 @@ pub(crate) fn leader_position(db: &Db, epoch: u64) -> LeaderPosition {
         .first()
         .map_or(durable_seq.saturating_add(1), |s| s.first_seq);
     LeaderPosition {
+        key_id: wal.keyring().read().current_id(),
         stream: db.node_id().0,
         epoch,
         first_available_seq,

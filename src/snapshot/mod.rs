@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 
 use crate::clock::{NodeId, Stamp};
 use crate::codec::{DecodeError, Reader, Writer};
-use crate::crypto::{Domain, FileCipher, KeyBlock, KeyId, Keyring};
 use crate::crdt::KeyState;
+use crate::crypto::{Domain, FileCipher, KeyBlock, KeyId, Keyring};
 use crate::error::{Error, Result};
 use crate::io::Io;
 use crate::record::{
@@ -241,7 +241,7 @@ pub fn write_snapshot_as(
     Ok(Written { path, size_bytes })
 }
 
-struct ChunkBuilder {
+pub(crate) struct ChunkBuilder {
     kind: u8,
     count: u32,
     payload: Writer,
@@ -259,7 +259,7 @@ impl ChunkBuilder {
     /// The encoded chunk (header + payload) that starts at byte `offset`
     /// of the file, its payload encrypted if `seal` says; the builder
     /// starts over.
-    fn take(&mut self, seal: ChunkSeal<'_>, offset: u64) -> Vec<u8> {
+    pub(crate) fn take(&mut self, seal: ChunkSeal<'_>, offset: u64) -> Vec<u8> {
         let mut payload = std::mem::take(&mut self.payload).into_vec();
         if let Some(cipher) = seal.cipher {
             let len = payload.len() + crate::crypto::TAG_BYTES;
@@ -281,7 +281,7 @@ impl ChunkBuilder {
 
 /// How chunks are encrypted: not at all, or with the file's cipher.
 #[derive(Clone, Copy)]
-struct ChunkSeal<'a> {
+pub(crate) struct ChunkSeal<'a> {
     cipher: Option<&'a FileCipher>,
     covered_seq: u64,
 }
@@ -289,7 +289,7 @@ struct ChunkSeal<'a> {
 impl ChunkSeal<'_> {
     /// The end chunk's payload, the digest of the bytes before it, stays in
     /// clear: it says nothing the ciphertext does not.
-    const NONE: ChunkSeal<'static> = ChunkSeal {
+    pub(crate) const NONE: ChunkSeal<'static> = ChunkSeal {
         cipher: None,
         covered_seq: 0,
     };
@@ -313,7 +313,11 @@ fn encode_header(meta: &SnapshotMeta, encrypted: bool) -> Vec<u8> {
     let mut w = Writer::with_capacity(SNAPSHOT_HEADER_BYTES);
     w.bytes(&SNAPSHOT_MAGIC);
     w.u16(SNAPSHOT_FORMAT_VERSION);
-    w.u16(if encrypted { SNAPSHOT_FLAG_ENCRYPTED } else { 0 });
+    w.u16(if encrypted {
+        SNAPSHOT_FLAG_ENCRYPTED
+    } else {
+        0
+    });
     w.u64(meta.node.0);
     w.u64(meta.covered_seq);
     encode_stamp(&mut w, meta.hlc);
@@ -486,7 +490,10 @@ fn decode_header(bytes: &[u8]) -> std::result::Result<SnapshotMeta, DecodeFailur
     }
     let flags = r.u16().map_err(at(0))?;
     if flags & !SNAPSHOT_FLAG_ENCRYPTED != 0 {
-        return Err((SNAPSHOT_FLAGS_OFFSET, format!("unknown snapshot flags {flags:#x}")));
+        return Err((
+            SNAPSHOT_FLAGS_OFFSET,
+            format!("unknown snapshot flags {flags:#x}"),
+        ));
     }
     let node = NodeId(r.u64().map_err(at(0))?);
     let covered_seq = r.u64().map_err(at(0))?;

@@ -388,10 +388,10 @@ mod tests {
             &record("zzz-injected", 4_000_000_000_000, b"mallory".to_vec()),
         );
         fake.count = 1;
-        let mut planted = fake.take();
+        let mut planted = fake.take(crate::snapshot::ChunkSeal::NONE, 0);
         let mut end = super::super::ChunkBuilder::new(CHUNK_END);
         end.payload.bytes(&[0u8; 32]);
-        planted.extend(end.take());
+        planted.extend(end.take(crate::snapshot::ChunkSeal::NONE, 0));
         let mut records: Vec<Record> = (0..200)
             .map(|i| record(&format!("key-{i:05}"), 10 + i as u64, vec![b'v'; 500]))
             .collect();

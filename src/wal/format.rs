@@ -184,7 +184,13 @@ pub fn decode_segment_key_block(
 
 /// Appends one frame (header + payload) to `out`, in clear.
 pub fn encode_frame(out: &mut Vec<u8>, first_seq: u64, op_count: u32, payload: &[u8]) {
-    let header = frame_header(payload.len(), 0, first_seq, op_count, crc32c::crc32c(payload));
+    let header = frame_header(
+        payload.len(),
+        0,
+        first_seq,
+        op_count,
+        crc32c::crc32c(payload),
+    );
     out.reserve(FRAME_HEADER_BYTES + payload.len());
     out.extend_from_slice(&header);
     out.extend_from_slice(payload);

@@ -88,7 +88,11 @@ impl WalReader {
             if frame_last > through_seq || too_big {
                 break;
             }
-            match self.segment.as_ref().and_then(|s| s.cipher.as_ref().map(|c| (s, c))) {
+            match self
+                .segment
+                .as_ref()
+                .and_then(|s| s.cipher.as_ref().map(|c| (s, c)))
+            {
                 None => out.extend_from_slice(&frame),
                 Some((segment, cipher)) => {
                     let plain = format::open_frame_payload(
@@ -194,7 +198,11 @@ impl WalReader {
             .map_err(|e| corrupt(e.to_string()))?
         {
             None => None,
-            Some(block) => Some(self.keyring.read().cipher(&block, Domain::Wal, file.path())?),
+            Some(block) => Some(
+                self.keyring
+                    .read()
+                    .cipher(&block, Domain::Wal, file.path())?,
+            ),
         };
         self.segment = Some(OpenSegment {
             first_seq: range.first_seq,

@@ -26,9 +26,9 @@ use crate::io::Io;
 use crate::options::RecoveryMode;
 
 use super::format::{self, SEGMENT_HEADER_BYTES};
+use super::{SegmentInfo, parse_segment_file_name};
 use crate::crypto::{Domain, FileCipher, KeyId, Keyring};
 use crate::error::KeyError;
-use super::{SegmentInfo, parse_segment_file_name};
 use crate::record::{FramePayload, decode_payload};
 
 /// Name of the folder where repair moves the bytes it drops.
@@ -428,7 +428,8 @@ fn scan_segment(
             scan.bad = Some(BadSpot {
                 offset: 0,
                 reason: format!("bad segment key block: {e}"),
-                not_torn: bytes.len() >= data_start || valid_frame_after(bytes, data_start.min(bytes.len()), 0),
+                not_torn: bytes.len() >= data_start
+                    || valid_frame_after(bytes, data_start.min(bytes.len()), 0),
                 hole: false,
             });
             return Ok(scan);
@@ -487,16 +488,16 @@ pub(crate) fn read_whole_segment(
         Ok(header) => header,
         Err(e) => return Ok(Err(format!("bad segment header: {e}"))),
     };
-    let scan = scan_segment(bytes, header.first_seq, &[header.node], None, keyring).map_err(|key_id| {
-        Error::Key(KeyError::Missing {
-            what: "this segment".into(),
-            needed: key_id,
-            given: keyring.ids(),
-            rotating_to: None,
-        })
-    })?;
-    Ok(
-    match scan.bad {
+    let scan =
+        scan_segment(bytes, header.first_seq, &[header.node], None, keyring).map_err(|key_id| {
+            Error::Key(KeyError::Missing {
+                what: "this segment".into(),
+                needed: key_id,
+                given: keyring.ids(),
+                rotating_to: None,
+            })
+        })?;
+    Ok(match scan.bad {
         Some(bad) => Err(format!("at byte {}: {}", bad.offset, bad.reason)),
         None => Ok(scan
             .frames

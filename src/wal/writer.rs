@@ -20,10 +20,10 @@ use parking_lot::{Condvar, MutexGuard};
 
 use super::State;
 use super::format::{self, FRAME_HEADER_BYTES, SEGMENT_HEADER_BYTES};
-use crate::crypto::{Domain, FileCipher, Keyring, SharedKeyring, TAG_BYTES};
 use super::segments::{ActiveSegment, SegmentList, Written};
 use super::{SegmentInfo, segment_file_name};
 use crate::clock::NodeId;
+use crate::crypto::{Domain, FileCipher, Keyring, SharedKeyring, TAG_BYTES};
 use crate::error::{Error, Result};
 use crate::io::{Io, IoFile, IoOp};
 use crate::options::{Options, SyncMode};
@@ -582,14 +582,14 @@ impl GroupWriter {
                 Some(cipher) => {
                     let offset = lease.segment.size_bytes + buf.len() as u64;
                     format::encode_sealed_frame(
-                    &mut buf,
-                    cipher,
-                    lease.segment.first_seq,
-                    offset,
-                    frame.first_seq,
-                    frame.op_count,
-                    &frame.payload,
-                );
+                        &mut buf,
+                        cipher,
+                        lease.segment.first_seq,
+                        offset,
+                        frame.first_seq,
+                        frame.op_count,
+                        &frame.payload,
+                    );
                 }
             }
         }
@@ -727,7 +727,12 @@ pub(super) fn create_segment(
 
 /// The header bytes of a new segment, with its key block if `cipher`
 /// encrypts it.
-fn segment_header(node: NodeId, first_seq: u64, flags: u16, cipher: Option<&FileCipher>) -> Vec<u8> {
+fn segment_header(
+    node: NodeId,
+    first_seq: u64,
+    flags: u16,
+    cipher: Option<&FileCipher>,
+) -> Vec<u8> {
     let flags = match cipher {
         Some(_) => flags | format::SEGMENT_FLAG_ENCRYPTED,
         None => flags & !format::SEGMENT_FLAG_ENCRYPTED,
