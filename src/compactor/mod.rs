@@ -50,6 +50,18 @@ pub use runs::{MERGE_RUNS_MIN, MERGE_SIZE_RATIO, RUNS_MAX};
 pub use cursors::{CURSOR_NAME_BYTES_MAX, CURSORS_FILE, CURSORS_MAX};
 pub(crate) use cursors::{Cursors, decode_cursors, encode_cursors};
 
+/// What a key rotation's rewrite did ([`crate::Db::complete_key_rotation`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct RekeyReport {
+    /// Runs written under the current key (by a merge of every run).
+    pub runs_rewritten: u64,
+    /// WAL segments rewritten under the current key.
+    pub segments_rewritten: usize,
+    /// Files still under another key (0: the old keys are no longer
+    /// needed).
+    pub files_left: usize,
+}
+
 /// What a compaction did.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct CompactionReport {
@@ -158,6 +170,11 @@ pub(crate) struct Maintenance {
     next_run_id: Mutex<u64>,
     /// The block cache every run of this database reads through.
     cache: Arc<BlockCache>,
+    /// Files under a key other than the current one are waiting to be
+    /// rewritten (a key rotation); the background thread does it.
+    rekey_pending: std::sync::atomic::AtomicBool,
+    /// One key rotation at a time.
+    rotation: Mutex<()>,
 }
 
 enum Request {
@@ -200,7 +217,66 @@ impl Maintenance {
             manifest: Mutex::new(covered.manifest),
             next_run_id: Mutex::new(next_run_id),
             cache: covered.cache,
+            rekey_pending: std::sync::atomic::AtomicBool::new(false),
+            rotation: Mutex::new(()),
         }
+    }
+
+    /// Held by a key rotation (one at a time).
+    pub fn rotation_lock(&self) -> parking_lot::MutexGuard<'_, ()> {
+        self.rotation.lock()
+    }
+
+    /// Asks the background thread to rewrite what older keys encrypt.
+    pub fn request_rekey(&self) {
+        self.rekey_pending
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// True while a rewrite asked for has not finished.
+    pub fn rekey_pending(&self) -> bool {
+        self.rekey_pending
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Rewrites every file a key other than the current one encrypts (or
+    /// that is in clear, in an encrypted database): the runs by a flush and
+    /// a merge of every run (the merge writes them anew under the current
+    /// key), the WAL segments the runs do not cover (kept for cursors) one
+    /// by one. Each file is replaced atomically, so a crash leaves the old
+    /// file or the new one; the old key is needed until this returns.
+    pub fn rekey(&self) -> Result<RekeyReport> {
+        let current = self.engine.wal().keyring().read().current_id();
+        let stale_runs = |lower: &crate::state::Lower| -> Result<usize> {
+            let mut n = 0;
+            for r in lower.runs.iter() {
+                if crate::engine::read_run_key_id(&self.io, &r.info().path)? != current {
+                    n += 1;
+                }
+            }
+            Ok(n)
+        };
+        let runs_before = stale_runs(&self.engine.state().lower())?;
+        let mut report = RekeyReport::default();
+        if runs_before > 0 || self.legacy_snapshot_count()? > 0 {
+            let compacted = self.compact_rekeying(true)?;
+            report.runs_rewritten = compacted.runs_written as u64;
+        }
+        let _running = self.running.lock();
+        report.segments_rewritten = self.engine.wal().rewrite_sealed_under_current_key()?;
+        report.files_left = stale_runs(&self.engine.state().lower())?
+            + self
+                .engine
+                .wal()
+                .segment_key_ids()?
+                .iter()
+                .filter(|k| **k != current)
+                .count();
+        if report.files_left == 0 {
+            self.rekey_pending
+                .store(false, std::sync::atomic::Ordering::Release);
+        }
+        Ok(report)
     }
 
     /// Registers or moves a cursor (durably, unless it only moved
@@ -305,6 +381,10 @@ impl Maintenance {
     /// Runs one compaction now: a flush, then merges (of every run if
     /// `full`, else as the policy asks).
     pub fn compact(&self, full: bool) -> Result<CompactionReport> {
+        self.compact_rekeying(full)
+    }
+
+    fn compact_rekeying(&self, full: bool) -> Result<CompactionReport> {
         let _running = self.running.lock();
         let started = Instant::now();
         let result = self.compact_inner(full);
@@ -753,6 +833,18 @@ fn run(maintenance: &Maintenance, requests: &Receiver<Request>, rings: &Receiver
             recv(rings) -> _ => (None, false),
             default(tick) => (None, false),
         };
+        if reply.is_none()
+            && maintenance.rekey_pending()
+            && maintenance.engine.wal().check_usable().is_ok()
+        {
+            // A rotation's rewrite, in the background; an error is kept
+            // for stats and the rewrite tried again at the next tick.
+            if let Err(e) = maintenance.rekey() {
+                poison_on_failed_sync(&maintenance.engine, &e);
+                maintenance.progress.lock().last_error = Some(e.to_string());
+            }
+            continue;
+        }
         if reply.is_none()
             && (!maintenance.due() || maintenance.engine.wal().check_usable().is_err())
         {

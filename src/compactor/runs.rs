@@ -302,7 +302,15 @@ impl Maintenance {
             let sizes: Vec<u64> = lower.runs.iter().map(|r| r.info().size_bytes).collect();
             let window = if full {
                 let tombstones = lower.runs.iter().any(|r| r.info().tombstones > 0);
-                (sizes.len() > 1 || tombstones).then_some(0..sizes.len())
+                // A run under another key than the current one is
+                // rewritten even alone (a key rotation).
+                let current = self.engine.wal().keyring().read().current_id();
+                let mut stale_key = false;
+                for r in lower.runs.iter() {
+                    stale_key |=
+                        crate::engine::read_run_key_id(&self.io, &r.info().path)? != current;
+                }
+                (sizes.len() > 1 || tombstones || stale_key).then_some(0..sizes.len())
             } else {
                 pick_merge(&sizes)
             };

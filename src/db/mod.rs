@@ -23,6 +23,7 @@ use crate::compactor::{
     CompactionReport, Compactor, CompactorStats, CursorInfo, Cursors, Maintenance,
 };
 use crate::crdt::{KeyState, Visible};
+use crate::crypto::KeyId;
 use crate::error::{Error, Result};
 use crate::io::Io;
 use crate::meta::{self, DirLock};
@@ -66,6 +67,20 @@ struct DbInner {
     /// The leader this copy follows, while its directory says so.
     follower_of: parking_lot::RwLock<Option<String>>,
     _lock: DirLock,
+}
+
+/// Where encryption at rest stands ([`Db::encryption`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EncryptionStatus {
+    /// The key new files are encrypted with (`None`: not encrypted).
+    pub key_id: Option<KeyId>,
+    /// Files (WAL segments, runs, snapshots) under another key, or in
+    /// clear in an encrypted database: a rotation has not finished.
+    pub files_under_other_keys: usize,
+    /// The other keys those files need.
+    pub other_key_ids: Vec<KeyId>,
+    /// A rewrite is asked for and not done.
+    pub rewrite_pending: bool,
 }
 
 impl std::fmt::Debug for Db {
@@ -160,6 +175,7 @@ impl Db {
         )?;
         let engine = Arc::new(Engine::new(options, meta.node, hlc, wal, recovered.state));
         let cursors = load_cursors(&io, &dir, &engine)?;
+        let io_for_keys = io.clone();
         let maintenance = Arc::new(Maintenance::new(
             engine.clone(),
             io,
@@ -171,6 +187,16 @@ impl Db {
             },
             cursors,
         ));
+        // A rotation's rewrite that had not finished (a crash, a close, or
+        // a rotation made by this open) goes on in the background.
+        let current = engine.wal().keyring().read().current_id();
+        let stale = crate::engine::key_ids_in_files(&io_for_keys, &dir)?
+            .iter()
+            .any(|(_, id)| Some(*id) != current)
+            || (current.is_some() && crate::engine::files_in_clear(&io_for_keys, &dir)? > 0);
+        if stale && (!read_only || follower_of.is_some()) {
+            maintenance.request_rekey();
+        }
         let compactor = Compactor::start(maintenance.clone())?;
         let pool = Pool::start(&engine)?;
         let flusher = start_flusher(&engine)?;
@@ -603,9 +629,76 @@ impl Db {
         self.inner.compactor.compact_now_on(&self.inner.engine)
     }
 
+    /// Encrypts everything written from now on with `key`, and rewrites
+    /// what older keys (or none, for a database in clear) encrypt in the
+    /// background. When it returns, META names `key`, the WAL writes a new
+    /// segment under it, and every later run is written with it; from
+    /// then on, opening the database takes `key` (as
+    /// `Options::encryption_key`), and, until the rewrite has finished
+    /// ([`Db::encryption`] says how many files are left;
+    /// [`Db::complete_key_rotation`] finishes it now), the old key too
+    /// (in `Options::encryption_keys_old`; an open without it says so).
+    /// A crash at any point leaves a database that opens with the new key
+    /// and the old one. CLI: `mergekv rekey`.
+    pub fn rotate_encryption_key(&self, key: crate::crypto::EncryptionKey) -> Result<()> {
+        self.check_writable()?;
+        let engine = &self.inner.engine;
+        engine.wal().check_usable()?;
+        let _one = self.inner.maintenance.rotation_lock();
+        let io = self.io();
+        let mut meta =
+            meta::read_meta(&io, &self.inner.dir)?.ok_or_else(|| Error::NotADatabase {
+                dir: self.inner.dir.clone(),
+            })?;
+        // META first: from here a crash leaves a database that needs the
+        // new key (and the old one for its files), never a file under a
+        // key META does not lead to.
+        meta.key_id = Some(key.id());
+        meta::write_meta(&io, &self.inner.dir, &meta)?;
+        engine.wal().keyring().write().rotate_to(key);
+        engine.wal().restart_under_current_key()?;
+        self.inner.maintenance.request_rekey();
+        Ok(())
+    }
+
+    /// Rewrites now, on this thread, every file a key other than the
+    /// current one encrypts (what a rotation leaves to the background),
+    /// and reports what it did; when `files_left` is 0 the old keys are no
+    /// longer needed.
+    pub fn complete_key_rotation(&self) -> Result<crate::compactor::RekeyReport> {
+        self.check_writable()?;
+        self.inner.engine.wal().check_usable()?;
+        self.inner.maintenance.rekey()
+    }
+
+    /// The database's key and the files still under other keys.
+    pub fn encryption(&self) -> Result<EncryptionStatus> {
+        let keyring = self.inner.engine.wal().keyring().read().clone();
+        let current = keyring.current_id();
+        let files = crate::engine::key_ids_in_files(&self.io(), &self.inner.dir)?;
+        let in_clear = crate::engine::files_in_clear(&self.io(), &self.inner.dir)?;
+        let mut others: Vec<KeyId> = files
+            .iter()
+            .map(|(_, id)| *id)
+            .filter(|id| Some(*id) != current)
+            .collect();
+        others.sort();
+        others.dedup();
+        let files_under_other_keys = files.iter().filter(|(_, id)| Some(*id) != current).count()
+            + if current.is_some() { in_clear } else { 0 };
+        Ok(EncryptionStatus {
+            key_id: current,
+            files_under_other_keys,
+            other_key_ids: others,
+            rewrite_pending: self.inner.maintenance.rekey_pending(),
+        })
+    }
+
     /// A change set of every change newer than `cursor` (a version vector of
     /// what the receiver has), and the cursor to use next time. The bytes
-    /// are self-verifying; see `docs/FORMAT.md`.
+    /// are self-verifying; see `docs/FORMAT.md`. A database with a key
+    /// seals the change set under it (a sealed object, `docs/FORMAT.md`):
+    /// only a copy with the key can import it.
     pub fn export_since(&self, cursor: &SyncCursor) -> Result<(Vec<u8>, SyncCursor)> {
         exchange::export_changes(&self.inner.engine, cursor, None)
     }

@@ -188,6 +188,7 @@ impl ReadOnlyDb {
         }
         crate::sync::exchange::export_from_view(
             &self.loaded.state,
+            &self.keyring,
             self.loaded.node,
             hlc.high_water(),
             cursor,

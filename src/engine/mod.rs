@@ -38,8 +38,8 @@ use crate::wal::Wal;
 
 pub(crate) use commit::{CommitId, panic_message};
 pub(crate) use recover::{
-    RecoverFrom, key_ids_in_files, node_ids_in_files, open_runs, quarantine, quarantine_path,
-    rebuild_meta, recover_state,
+    RecoverFrom, files_in_clear, key_ids_in_files, node_ids_in_files, open_runs, quarantine,
+    quarantine_path, read_run_key_id, rebuild_meta, recover_state,
 };
 use watermark::AppliedWatermark;
 use write::PendingCounter;

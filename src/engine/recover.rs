@@ -792,6 +792,27 @@ pub(crate) fn key_ids_in_files(io: &Io, dir: &Path) -> Result<Vec<(std::path::Pa
     Ok(out)
 }
 
+/// How many files recovery reads (segments, the manifest's runs) are in
+/// clear: in an encrypted database, what a rotation from no key has yet to
+/// rewrite.
+pub(crate) fn files_in_clear(io: &Io, dir: &Path) -> Result<usize> {
+    let mut count = 0;
+    for (_, path) in recovery::list_segments(io, &dir.join(WAL_DIR)).unwrap_or_default() {
+        if crate::wal::read_segment_key_id(io, &path)?.is_none() {
+            count += 1;
+        }
+    }
+    if let Ok(Some(m)) = manifest::read_manifest(io, dir) {
+        for run in &m.runs {
+            let path = dir.join(RUN_DIR).join(crate::run::run_file_name(run.id));
+            if read_run_key_id(io, &path)?.is_none() {
+                count += 1;
+            }
+        }
+    }
+    Ok(count + snapshot::list_snapshots(io, &dir.join(SNAPSHOT_DIR))?.len())
+}
+
 /// The key id in the header of the run at `path`, if it is encrypted and
 /// its header and key block read (`None` for a run in clear, a missing
 /// file, or a damaged header: opening it reports those).

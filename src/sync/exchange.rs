@@ -21,6 +21,8 @@ use super::{
     COMPLETE_CURSOR_KEY, ImportReport, LOCAL_KEYSPACE, SegmentEntry, SegmentImport, SyncCursor,
     collect_changes, is_local, peer_cursor_key, segment_marker_key,
 };
+use crate::crypto::Keyring;
+use crate::crypto::sealed::{self, SealedKind};
 
 /// A change set of every change newer than `cursor` (restricted to
 /// `buckets` of the digest if given), and the cursor to use next time.
@@ -41,7 +43,12 @@ pub(crate) fn export_changes(
     };
     let mut after = cursor.clone();
     after.merge(&complete);
-    Ok((changeset::encode(engine.node(), &complete, &records), after))
+    let keyring = engine.wal().keyring().read().clone();
+    let bytes = changeset::encode(engine.node(), &complete, &records);
+    Ok((
+        sealed::seal(&keyring, SealedKind::ChangeSet, &[], bytes)?,
+        after,
+    ))
 }
 
 /// A change set of every change newer than `cursor` in the state `view`
@@ -50,6 +57,7 @@ pub(crate) fn export_changes(
 /// stamp of the copy's own writes.
 pub(crate) fn export_from_view(
     view: &crate::state::StateView,
+    keyring: &Keyring,
     node: crate::clock::NodeId,
     own: crate::clock::Stamp,
     cursor: &SyncCursor,
@@ -65,7 +73,23 @@ pub(crate) fn export_from_view(
     });
     let mut after = cursor.clone();
     after.merge(&complete);
-    Ok((changeset::encode(node, &complete, &records), after))
+    let bytes = changeset::encode(node, &complete, &records);
+    Ok((
+        sealed::seal(keyring, SealedKind::ChangeSet, &[], bytes)?,
+        after,
+    ))
+}
+
+/// The change set in `bytes` in clear: opened with the copy's keys if it
+/// is sealed (an encrypted copy's export), else as it is. Change sets in
+/// clear are accepted by an encrypted copy too: what arrives is the
+/// sender's choice; what this copy writes is encrypted.
+fn open_change_set<'a>(engine: &Engine, bytes: &'a [u8]) -> Result<std::borrow::Cow<'a, [u8]>> {
+    if !sealed::is_sealed(bytes) {
+        return Ok(std::borrow::Cow::Borrowed(bytes));
+    }
+    let keyring = engine.wal().keyring().read().clone();
+    sealed::open(&keyring, SealedKind::ChangeSet, &[], bytes).map(std::borrow::Cow::Owned)
 }
 
 /// Per origin, the newest stamp up to which this copy holds everything.
@@ -86,7 +110,8 @@ pub(crate) fn peer_cursor(engine: &Engine, peer: &str) -> Result<SyncCursor> {
 /// Verifies, drift-checks and applies a change set; then records that
 /// this copy holds everything its exporter did.
 pub(crate) fn import(engine: &Engine, bytes: &[u8]) -> Result<ImportReport> {
-    let mut changes = changeset::decode(bytes)?;
+    let bytes = open_change_set(engine, bytes)?;
+    let mut changes = changeset::decode(&bytes)?;
     // Another copy's own bookkeeping is never ours to apply.
     changes.records.retain(|r| !is_local(&r.store_key));
     engine.receive_stamps(&changes.records)?;
@@ -99,7 +124,7 @@ pub(crate) fn import(engine: &Engine, bytes: &[u8]) -> Result<ImportReport> {
 /// [`import`], then stores the cursor `peer` exported with.
 pub(crate) fn import_from(engine: &Engine, peer: &str, bytes: &[u8]) -> Result<ImportReport> {
     let report = import(engine, bytes)?;
-    let changes = changeset::decode(bytes)?;
+    let changes = changeset::decode(&open_change_set(engine, bytes)?)?;
     merge_local_cursor(engine, &peer_cursor_key(peer), &changes.cursor)?;
     Ok(report)
 }

@@ -82,6 +82,62 @@ pub fn read_segment_key_id(io: &Io, path: &Path) -> Result<Option<crate::crypto:
         .map(|b| b.key_id))
 }
 
+/// Rewrites the whole segment at `path` under `keyring`'s current key
+/// (or in clear, if it has none), frame by frame at the same offsets, each
+/// authenticated under its old key first.
+fn rewrite_segment(io: &Io, path: &Path, keyring: &crate::crypto::Keyring) -> Result<u64> {
+    use crate::crypto::Domain;
+    let bytes = io.read(path)?;
+    let corrupt = |offset: usize, reason: String| Error::corruption(path, offset as u64, reason);
+    let header = format::decode_segment_header(&bytes).map_err(|e| corrupt(0, e.to_string()))?;
+    let old = match format::decode_segment_key_block(&bytes, &header)
+        .map_err(|e| corrupt(format::SEGMENT_HEADER_BYTES, e.to_string()))?
+    {
+        Some(block) => Some(keyring.cipher(&block, Domain::Wal, path)?),
+        None => None,
+    };
+    let new = keyring.fresh_cipher(Domain::Wal)?;
+    let mut flags = header.flags & !format::SEGMENT_FLAG_ENCRYPTED;
+    if new.is_some() {
+        flags |= format::SEGMENT_FLAG_ENCRYPTED;
+    }
+    let mut out = format::encode_segment_header(format::SegmentHeader { flags, ..header }).to_vec();
+    if let Some(cipher) = &new {
+        out.extend_from_slice(&cipher.key_block().encode());
+    }
+    let mut offset = format::segment_data_start(header.flags);
+    while let Some(rest) = bytes.get(offset..).filter(|r| !r.is_empty()) {
+        let (frame, stored) =
+            format::read_frame(rest).map_err(|e| corrupt(offset, format!("{e:?}")))?;
+        let plain = format::open_frame_payload(
+            old.as_ref(),
+            header.first_seq,
+            offset as u64,
+            &frame,
+            stored,
+        )
+        .map_err(|e| corrupt(offset, e))?;
+        match &new {
+            Some(cipher) => {
+                let at = out.len() as u64;
+                format::encode_sealed_frame(
+                    &mut out,
+                    cipher,
+                    header.first_seq,
+                    at,
+                    frame.first_seq,
+                    frame.op_count,
+                    &plain,
+                );
+            }
+            None => format::encode_frame(&mut out, frame.first_seq, frame.op_count, &plain),
+        }
+        offset += format::FRAME_HEADER_BYTES + stored.len();
+    }
+    io.write_atomic(path, &out)?;
+    Ok(out.len() as u64)
+}
+
 /// A sealed or active segment, as the WAL tracks it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SegmentInfo {
@@ -457,6 +513,46 @@ impl Wal {
         self.writer
             .restart_under_current_key(&mut st)
             .map_err(|failure| self.fail(&mut st, failure))
+    }
+
+    /// Rewrites every sealed segment whose key is not the current one
+    /// under the current key (a key rotation's rewrite); returns how many.
+    /// Each is rewritten whole to a temp file with a fresh salt, fsynced,
+    /// renamed over the old one and the directory fsynced, so a crash
+    /// leaves one or the other. A segment that does not read back whole is
+    /// `Error::Corruption` and left as it is. Call with no truncation
+    /// running (the compactor's own thread).
+    pub fn rewrite_sealed_under_current_key(&self) -> Result<usize> {
+        let keyring = self.keyring.read().clone();
+        let sealed = self.state.lock().segments.sealed().to_vec();
+        let mut rewritten = 0;
+        for segment in sealed {
+            if read_segment_key_id(&self.io, &segment.path)? == keyring.current_id() {
+                continue;
+            }
+            let size = rewrite_segment(&self.io, &segment.path, &keyring)?;
+            self.state.lock().segments.resize(segment.first_seq, size);
+            rewritten += 1;
+        }
+        Ok(rewritten)
+    }
+
+    /// The key ids of the segments, sealed and active, in order (`None`:
+    /// in clear).
+    pub fn segment_key_ids(&self) -> Result<Vec<Option<crate::crypto::KeyId>>> {
+        let st = self.state.lock();
+        let mut paths: Vec<PathBuf> = st
+            .segments
+            .sealed()
+            .iter()
+            .map(|s| s.path.clone())
+            .collect();
+        paths.push(self.segment_path(st.segments.active().first_seq));
+        drop(st);
+        paths
+            .iter()
+            .map(|p| read_segment_key_id(&self.io, p))
+            .collect()
     }
 
     /// The database's keys.

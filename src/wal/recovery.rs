@@ -190,6 +190,15 @@ pub fn replay(
     mode: ReplayMode,
     apply: &mut dyn FnMut(u64, FramePayload),
 ) -> Result<Replayed> {
+    if mode.modify {
+        // A segment rewritten atomically (a new header, a key rotation)
+        // goes through `<name>.tmp`: one a crash left is never needed.
+        for name in io.list_dir_if_exists(wal_dir)? {
+            if name.starts_with("wal-") && name.ends_with(".tmp") {
+                io.remove_file(&wal_dir.join(name))?;
+            }
+        }
+    }
     let segments = list_segments(io, wal_dir)?;
     let mut report = RecoveryReport::default();
     let mut kept: Vec<SegmentInfo> = Vec::new();

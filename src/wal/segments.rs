@@ -118,6 +118,13 @@ impl SegmentList {
             .collect()
     }
 
+    /// Records a sealed segment's new size (after a rewrite).
+    pub(super) fn resize(&mut self, first_seq: u64, size_bytes: u64) {
+        for s in self.sealed.iter_mut().filter(|s| s.first_seq == first_seq) {
+            s.size_bytes = size_bytes;
+        }
+    }
+
     /// Drops a deleted sealed segment from the list.
     pub(super) fn forget(&mut self, first_seq: u64) {
         debug_assert_ne!(
