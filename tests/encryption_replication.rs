@@ -87,10 +87,19 @@ fn an_encrypted_leader_ships_to_a_follower_with_its_key_by_catch_up_snapshot_and
 
     // Catch-up, then streaming.
     let dir = tempfile::tempdir().unwrap();
-    let follower = Follower::open(dir.path(), follower_options(&addr, &token, Some(key(1)))).unwrap();
-    assert!(follower.wait_for_seq(leader.stats().wal.last_seq, CONVERGE), "{:?}", follower.status());
+    let follower =
+        Follower::open(dir.path(), follower_options(&addr, &token, Some(key(1)))).unwrap();
+    assert!(
+        follower.wait_for_seq(leader.stats().wal.last_seq, CONVERGE),
+        "{:?}",
+        follower.status()
+    );
     put_many(&leader, "streamed", 500);
-    assert!(follower.wait_for_seq(leader.stats().wal.last_seq, CONVERGE), "{:?}", follower.status());
+    assert!(
+        follower.wait_for_seq(leader.stats().wal.last_seq, CONVERGE),
+        "{:?}",
+        follower.status()
+    );
     assert_eq!(follower.db().digest().unwrap(), leader.digest().unwrap());
     assert!(follower.status().batches_applied > 1);
     follower.stop();
@@ -99,9 +108,19 @@ fn an_encrypted_leader_ships_to_a_follower_with_its_key_by_catch_up_snapshot_and
     put_many(&leader, "late", 3_000);
     leader.compact_now().unwrap();
     leader.put("after-compaction", "1").unwrap();
-    let follower = Follower::open(dir.path(), follower_options(&addr, &token, Some(key(1)))).unwrap();
-    assert!(follower.wait_for_seq(leader.stats().wal.last_seq, CONVERGE), "{:?}", follower.status());
-    assert_eq!(follower.status().snapshots_installed, 1, "{:?}", follower.status());
+    let follower =
+        Follower::open(dir.path(), follower_options(&addr, &token, Some(key(1)))).unwrap();
+    assert!(
+        follower.wait_for_seq(leader.stats().wal.last_seq, CONVERGE),
+        "{:?}",
+        follower.status()
+    );
+    assert_eq!(
+        follower.status().snapshots_installed,
+        1,
+        "{:?}",
+        follower.status()
+    );
     assert_eq!(follower.db().digest().unwrap(), leader.digest().unwrap());
     assert_eq!(
         follower.db().get("late002999").unwrap().as_deref(),
