@@ -358,8 +358,19 @@ impl Db {
     /// fails over; the promoted copy writes under its own node id, so its
     /// own followers start from a snapshot.
     pub fn promote(dir: impl AsRef<Path>) -> Result<bool> {
+        Self::promote_with(dir, Options::default())
+    }
+
+    /// [`Db::promote`] for a database that opens only with `options` (an
+    /// encrypted one: its keys; the other options are used for the open
+    /// that forgets the follower position).
+    pub fn promote_with(dir: impl AsRef<Path>, options: Options) -> Result<bool> {
         let dir = dir.as_ref();
         let io = Io::new(None);
+        // The keys first: a promotion that cannot open the database after
+        // removing the marker would leave it half done.
+        let keyring = options.keyring()?;
+        keys::check(&io, dir, meta::read_meta(&io, dir)?.as_ref(), &keyring)?;
         if io.read_if_exists(&meta::meta_path(dir))?.is_none() {
             return Err(Error::NotADatabase {
                 dir: dir.to_path_buf(),
@@ -380,7 +391,7 @@ impl Db {
         drop(lock);
         // Its writes from now on are its own history: forget the position
         // in the old leader's, so following again starts from a snapshot.
-        let db = Db::open(dir)?;
+        let db = Db::open_with(dir, options)?;
         db.forget_follower_position()?;
         db.close()?;
         Ok(true)
