@@ -118,3 +118,5 @@ pub struct RunFileInfo {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_crypto;
