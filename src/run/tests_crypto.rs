@@ -786,3 +786,151 @@ proptest! {
         prop_assert!(Run::open(&io, &info.path, BlockCache::new(0), &NO_KEYS).is_err());
     }
 }
+
+/// Seconds of each phase of one write-and-read-back.
+#[derive(Clone, Copy, Debug, Default)]
+struct Timings {
+    write: f64,
+    get: f64,
+    scan: f64,
+    uncached: f64,
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+/// Writes `entries` as a run (with `key`, if given), then reads it back:
+/// a get of every key in a shuffled order (through a cache of 8 MiB, a
+/// small part of the run), a full scan, a full uncached scan.
+fn time_one(
+    dir: &Path,
+    id: u64,
+    entries: &[(Vec<u8>, crate::crdt::KeyState)],
+    order: &[usize],
+    key: Option<&EncryptionKey>,
+) -> (Timings, u64) {
+    use std::time::Instant;
+    let io = Io::new(None);
+    let options = RunWriterOptions {
+        expected_entries: Some(entries.len() as u64),
+        key: key.map(|k| Arc::new(k.clone())),
+        ..RunWriterOptions::default()
+    };
+    let keyring = key.map_or_else(Keyring::default, ring);
+    let t = Instant::now();
+    let mut writer = RunWriter::create(&io, dir, id, NodeId(1), &options).unwrap();
+    for (k, state) in entries {
+        writer.add(k, state).unwrap();
+    }
+    let info = writer.finish().unwrap();
+    let write = t.elapsed().as_secs_f64();
+    let run = Run::open(&io, &info.path, BlockCache::new(8 << 20), &keyring).unwrap();
+    let t = Instant::now();
+    for &i in order {
+        let (k, _) = &entries[i];
+        assert!(run.get(k).unwrap().is_some());
+    }
+    let get = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let scanned = run
+        .iter(Bound::Unbounded, Bound::Unbounded, false)
+        .map(Result::unwrap)
+        .count();
+    let scan = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let uncached = run
+        .iter_uncached(Bound::Unbounded, Bound::Unbounded, false)
+        .map(Result::unwrap)
+        .count();
+    let uncached_s = t.elapsed().as_secs_f64();
+    assert_eq!((scanned, uncached), (entries.len(), entries.len()));
+    drop(run);
+    std::fs::remove_file(&info.path).unwrap();
+    let timings = Timings {
+        write,
+        get,
+        scan,
+        uncached: uncached_s,
+    };
+    (timings, info.size_bytes)
+}
+
+/// Not a check: the cost of encryption, printed (medians of interleaved
+/// rounds, and the ratio encrypted / in clear). Run by hand in a release
+/// build:
+///
+/// `cargo test --release --lib run::tests_crypto::measure_the_cost_of_encryption -- --ignored --nocapture`
+///
+/// `MERGEKV_RUN_BENCH_KEYS` (default 1,000,000) keys of 17 bytes with
+/// 100-byte random values; `MERGEKV_BENCH_RUNS` (default 3) rounds.
+#[test]
+#[ignore = "a measurement, run by hand in a release build"]
+fn measure_the_cost_of_encryption() {
+    let keys: usize = env_or("MERGEKV_RUN_BENCH_KEYS", 1_000_000);
+    let rounds: usize = env_or("MERGEKV_BENCH_RUNS", 3);
+    let mut rng = Rng(seed());
+    let mut model = Model::new();
+    while model.len() < keys {
+        let mut key = vec![0u8];
+        key.extend(rng.bytes(16));
+        let i = model.len() as u64;
+        let at = stamp(BASE_MS + i / 20, (i % 20) as u32, 1);
+        model.insert(key, put(&rng.bytes(100), at));
+    }
+    let entries: Vec<_> = model.into_iter().collect();
+    let mut order: Vec<usize> = (0..entries.len()).collect();
+    for i in (1..order.len()).rev() {
+        order.swap(i, rng.below(i as u64 + 1) as usize);
+    }
+    let k = key(0x42);
+    let dir = tempfile::tempdir().unwrap();
+    let mut clear = Vec::new();
+    let mut sealed = Vec::new();
+    let mut sizes = (0, 0);
+    for round in 0..rounds {
+        // Interleaved, and each variant first every other round.
+        for encrypt in [round % 2 == 1, round % 2 == 0] {
+            let id = (2 * round + usize::from(encrypt)) as u64;
+            let (t, size) = time_one(dir.path(), id, &entries, &order, encrypt.then_some(&k));
+            println!("round {round} encrypted {encrypt}: {t:?}");
+            if encrypt {
+                sealed.push(t);
+                sizes.1 = size;
+            } else {
+                clear.push(t);
+                sizes.0 = size;
+            }
+        }
+    }
+    println!("{keys} keys (17-byte keys, 100-byte random values), {rounds} rounds, medians:");
+    println!("| phase | in clear (s) | encrypted (s) | encrypted / clear |");
+    println!("|---|---|---|---|");
+    type Phase = fn(&Timings) -> f64;
+    let phases: [(&str, Phase); 4] = [
+        ("write (incl. fsync and read-back check)", |t| t.write),
+        ("get every key, shuffled, 8 MiB cache", |t| t.get),
+        ("full scan", |t| t.scan),
+        ("full scan, uncached", |t| t.uncached),
+    ];
+    for (name, phase) in phases {
+        let a = median(clear.iter().map(phase).collect());
+        let b = median(sealed.iter().map(phase).collect());
+        println!("| {name} | {a:.3} | {b:.3} | {:.3} |", b / a);
+    }
+    println!(
+        "size: in clear {} bytes ({:.2}/key), encrypted {} bytes ({:.2}/key)",
+        sizes.0,
+        sizes.0 as f64 / keys as f64,
+        sizes.1,
+        sizes.1 as f64 / keys as f64
+    );
+}
