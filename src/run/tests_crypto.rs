@@ -128,6 +128,42 @@ fn the_associated_data_is_laid_out_as_documented() {
 }
 
 #[test]
+fn a_sealed_frame_may_pass_the_length_limit_by_its_tag_and_no_more() {
+    use super::format::{
+        BLOCK_RAW_BYTES_MAX, FRAME_FILTER, FRAME_INDEX, SECTION_BYTES_MAX, put_varint,
+    };
+    // Frame headers only (no payload follows): the limit is checked first,
+    // then the end of the bytes.
+    let header = |kind: u8, stored: usize, raw: Option<usize>| {
+        let mut out = vec![kind];
+        put_varint(&mut out, stored as u64);
+        if let Some(raw) = raw {
+            put_varint(&mut out, raw as u64);
+        }
+        out.extend_from_slice(&[0; 4]);
+        out
+    };
+    let why = |bytes: &[u8], sealed: bool| read_frame(bytes, sealed).unwrap_err().1;
+    for (kind, max) in [
+        (FRAME_DATA_RAW, BLOCK_RAW_BYTES_MAX),
+        (FRAME_INDEX, SECTION_BYTES_MAX),
+    ] {
+        let at_limit = header(kind, max + TAG_BYTES, None);
+        assert!(why(&at_limit, true).contains("runs past the end"));
+        assert!(why(&at_limit, false).contains("exceeds the limit"));
+        let past = header(kind, max + TAG_BYTES + 1, None);
+        assert!(why(&past, true).contains("exceeds the limit"));
+    }
+    // A tag needs 16 bytes; an LZ4 length is checked against the
+    // ciphertext alone.
+    assert!(why(&header(FRAME_FILTER, TAG_BYTES - 1, None), true).contains("shorter than its tag"));
+    let lz4 = |stored, raw| header(FRAME_DATA_LZ4, stored, Some(raw));
+    assert!(why(&lz4(TAG_BYTES + 2, 2 * 255), true).contains("runs past the end"));
+    assert!(why(&lz4(TAG_BYTES + 2, 2 * 255 + 1), true).contains("impossible"));
+    assert!(why(&lz4(TAG_BYTES, 1), true).contains("impossible"));
+}
+
+#[test]
 fn an_encrypted_run_round_trips_every_way() {
     let mut rng = Rng(seed());
     let (disk, io) = sim_io();
