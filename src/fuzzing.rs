@@ -299,7 +299,8 @@ pub fn open_run_file(bytes: &[u8]) -> Result<RunFile, String> {
     io.create_dir_all(dir).map_err(|e| e.to_string())?;
     io.write_atomic(&path, bytes).map_err(|e| e.to_string())?;
     let cache = crate::run::BlockCache::new(1 << 20);
-    crate::run::Run::open(&io, &path, cache)
+    let keyring = crate::crypto::Keyring::default(); // KEYRING-PLUMBING
+    crate::run::Run::open(&io, &path, cache, &keyring)
         .map(|run| RunFile { run })
         .map_err(|e| e.to_string())
 }
@@ -345,7 +346,13 @@ impl RunFile {
 /// Salvages `bytes` as a repair salvages a damaged run
 /// (`run::salvage_run`): the entries kept and how many spans were lost.
 pub fn salvage_run_file(bytes: &[u8]) -> (Vec<RunEntry>, usize) {
-    let salvage = crate::run::salvage::salvage_bytes(bytes);
+    let keyring = crate::crypto::Keyring::default(); // KEYRING-PLUMBING
+    let path = run_file_path(bytes);
+    // An encrypted run cannot be salvaged without its key: the whole file
+    // counts as one lost span.
+    let Ok(salvage) = crate::run::salvage::salvage_bytes(bytes, &path, &keyring) else {
+        return (Vec::new(), 1);
+    };
     let entries = salvage
         .entries
         .into_iter()
@@ -366,6 +373,7 @@ pub fn write_run_file(
     let options = crate::run::RunWriterOptions {
         block_bytes_target,
         compression,
+        key: None, // KEYRING-PLUMBING
         ..crate::run::RunWriterOptions::default()
     };
     let dir = std::path::Path::new("/runs");

@@ -214,6 +214,7 @@ impl Maintenance {
             self.engine.node(),
             &RunWriterOptions {
                 expected_entries: expected,
+                key: None, // KEYRING-PLUMBING
                 ..RunWriterOptions::default()
             },
         )
@@ -221,7 +222,8 @@ impl Maintenance {
 
     fn finish_run(&self, writer: RunWriter) -> Result<(RunFileInfo, Arc<Run>)> {
         let info = writer.finish()?;
-        let run = Run::open(&self.io, &info.path, self.cache.clone())
+        let keyring = crate::crypto::Keyring::default(); // KEYRING-PLUMBING
+        let run = Run::open(&self.io, &info.path, self.cache.clone(), &keyring)
             .inspect_err(|_| self.discard(Some(&info)))?;
         Ok((info, run))
     }

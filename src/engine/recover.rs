@@ -74,7 +74,8 @@ pub(crate) fn open_runs(
     let mut runs = Vec::with_capacity(manifest.runs.len());
     for entry in &manifest.runs {
         let path = run_dir.join(crate::run::run_file_name(entry.id));
-        let run = match Run::open(io, &path, cache.clone()) {
+        let keyring = crate::crypto::Keyring::default(); // KEYRING-PLUMBING
+        let run = match Run::open(io, &path, cache.clone(), &keyring) {
             Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
                 return Err(Error::corruption(
                     &path,
@@ -161,7 +162,7 @@ fn repair_runs(
         });
         let exists = io.read_if_exists(&path)?.is_some();
         let salvage = if exists {
-            crate::run::salvage_run(io, &path)?
+            crate::run::salvage_run(io, &path, &crate::crypto::Keyring::default())? // KEYRING-PLUMBING
         } else {
             crate::run::RunSalvage {
                 entries: Vec::new(),
@@ -262,7 +263,10 @@ fn write_salvaged(
         &from.dir.join(RUN_DIR),
         id,
         node,
-        &crate::run::RunWriterOptions::default(),
+        &crate::run::RunWriterOptions {
+            key: None, // KEYRING-PLUMBING
+            ..crate::run::RunWriterOptions::default()
+        },
     )?;
     let mut last: Option<&StoreKey> = None;
     for (key, state) in &salvage.entries {
@@ -750,7 +754,8 @@ pub(crate) fn node_ids_in_files(io: &Io, dir: &Path) -> Result<Vec<NodeId>> {
     run_names.sort();
     let no_cache = BlockCache::new(0);
     for name in run_names {
-        if let Ok(run) = Run::open(io, &run_dir.join(name), no_cache.clone()) {
+        let keyring = crate::crypto::Keyring::default(); // KEYRING-PLUMBING
+        if let Ok(run) = Run::open(io, &run_dir.join(name), no_cache.clone(), &keyring) {
             note(run.info().node);
         }
     }

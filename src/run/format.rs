@@ -5,6 +5,7 @@
 
 use crate::clock::NodeId;
 use crate::codec::{DecodeError, Reader};
+use crate::crypto::{KEY_BLOCK_BYTES, TAG_BYTES};
 
 /// First eight bytes of every run file.
 pub const RUN_MAGIC: [u8; 8] = *b"MKVRUN\0\x01";
@@ -13,7 +14,8 @@ pub const RUN_FORMAT_VERSION: u16 = 1;
 
 /// Byte offset of the version in the header.
 pub const HEADER_VERSION_OFFSET: usize = RUN_MAGIC.len();
-/// Byte offset of the header flags (0: none defined).
+/// Byte offset of the header flags (bit 0: [`RUN_FLAG_ENCRYPTED`]; every
+/// other bit 0).
 pub const HEADER_FLAGS_OFFSET: usize = HEADER_VERSION_OFFSET + 2;
 /// Byte offset of the writer's node id.
 pub const HEADER_NODE_OFFSET: usize = HEADER_FLAGS_OFFSET + 2;
@@ -21,8 +23,26 @@ pub const HEADER_NODE_OFFSET: usize = HEADER_FLAGS_OFFSET + 2;
 pub const HEADER_RUN_ID_OFFSET: usize = HEADER_NODE_OFFSET + 8;
 /// Byte offset of the header checksum (CRC-32C of the bytes before it).
 pub const HEADER_CRC_OFFSET: usize = HEADER_RUN_ID_OFFSET + 8;
-/// Length of the header; the first data block starts here.
+/// Length of the header; the first data block of a run in clear starts
+/// here.
 pub const HEADER_BYTES: usize = HEADER_CRC_OFFSET + 4;
+/// Byte offset of an encrypted run's key block (key id, salt, CRC-32C;
+/// [`KeyBlock`](crate::crypto::KeyBlock)), right after the header.
+pub const KEY_BLOCK_OFFSET: usize = HEADER_BYTES;
+/// Where an encrypted run's first data block starts: after the header and
+/// the key block.
+pub const ENCRYPTED_DATA_OFFSET: usize = KEY_BLOCK_OFFSET + KEY_BLOCK_BYTES;
+
+/// Header and footer flag: the run is encrypted (a key block follows the
+/// header, and every frame's payload is AES-256-GCM ciphertext and tag).
+pub const RUN_FLAG_ENCRYPTED: u16 = 1;
+/// Every flag this build knows; a header or footer with another is refused.
+const RUN_FLAGS_KNOWN: u16 = RUN_FLAG_ENCRYPTED;
+
+/// Bytes of an encrypted frame's associated data: run id (u64), frame
+/// offset (u64), format version (u16), frame type (u8), decompressed
+/// length (u64; 0 unless the frame is `L`).
+pub const FRAME_AAD_BYTES: usize = 8 + 8 + 2 + 1 + 8;
 
 /// Footer: offset of the node table (where the data blocks end).
 pub const FOOTER_NODES_OFFSET: usize = 0;
@@ -42,7 +62,7 @@ pub const FOOTER_TOMBSTONES_OFFSET: usize = FOOTER_ENTRIES_OFFSET + 8;
 pub const FOOTER_RUN_ID_OFFSET: usize = FOOTER_TOMBSTONES_OFFSET + 8;
 /// Footer: the writer's node id.
 pub const FOOTER_NODE_OFFSET: usize = FOOTER_RUN_ID_OFFSET + 8;
-/// Footer: flags (0: none defined).
+/// Footer: flags (the header's, repeated).
 pub const FOOTER_FLAGS_OFFSET: usize = FOOTER_NODE_OFFSET + 8;
 /// Footer: CRC-32C of the footer bytes before it.
 pub const FOOTER_CRC_OFFSET: usize = FOOTER_FLAGS_OFFSET + 2;
@@ -207,6 +227,22 @@ pub struct Header {
     pub node: NodeId,
     /// The run id.
     pub run_id: u64,
+    /// The run is encrypted ([`RUN_FLAG_ENCRYPTED`]).
+    pub encrypted: bool,
+}
+
+/// Where the data blocks of a run start: after the header, and after the
+/// key block too if the run is encrypted.
+pub fn data_start(encrypted: bool) -> u64 {
+    if encrypted {
+        ENCRYPTED_DATA_OFFSET as u64
+    } else {
+        HEADER_BYTES as u64
+    }
+}
+
+fn flags_of(encrypted: bool) -> u16 {
+    if encrypted { RUN_FLAG_ENCRYPTED } else { 0 }
 }
 
 /// The header's bytes.
@@ -215,7 +251,7 @@ pub fn encode_header(header: Header) -> [u8; HEADER_BYTES] {
     let mut w = Vec::with_capacity(HEADER_BYTES);
     w.extend_from_slice(&RUN_MAGIC);
     w.extend_from_slice(&RUN_FORMAT_VERSION.to_le_bytes());
-    w.extend_from_slice(&0u16.to_le_bytes());
+    w.extend_from_slice(&flags_of(header.encrypted).to_le_bytes());
     w.extend_from_slice(&header.node.0.to_le_bytes());
     w.extend_from_slice(&header.run_id.to_le_bytes());
     let crc = crc32c::crc32c(&w);
@@ -252,12 +288,14 @@ pub fn decode_header(bytes: &[u8]) -> Result<Header, (u64, String)> {
     Ok(Header {
         node: NodeId(node),
         run_id,
+        encrypted: flags & RUN_FLAG_ENCRYPTED != 0,
     })
 }
 
 /// The checks a header and a footer share, in this order: the version
 /// (so a newer format says so rather than failing its checksum), the
-/// CRC-32C of the bytes before the checksum field, then the flags. Each
+/// CRC-32C of the bytes before the checksum field, then that the flags
+/// are ones this build knows. Each
 /// field is given with its offset in `bytes`.
 fn check_fixed(
     bytes: &[u8],
@@ -273,7 +311,7 @@ fn check_fixed(
     if crc != expected {
         return Err((crc_at as u64, format!("{what} checksum mismatch")));
     }
-    if flags != 0 {
+    if flags & !RUN_FLAGS_KNOWN != 0 {
         return Err((flags_at as u64, format!("unknown {what} flags {flags:#x}")));
     }
     Ok(())
@@ -307,6 +345,9 @@ pub struct Footer {
     pub run_id: u64,
     /// The writer's node id.
     pub node: NodeId,
+    /// The run is encrypted ([`RUN_FLAG_ENCRYPTED`]; must equal the
+    /// header's).
+    pub encrypted: bool,
 }
 
 /// The footer's bytes and its checksum.
@@ -325,7 +366,7 @@ pub fn encode_footer(f: &Footer) -> ([u8; FOOTER_BYTES], u32) {
     ] {
         w.extend_from_slice(&v.to_le_bytes());
     }
-    w.extend_from_slice(&0u16.to_le_bytes());
+    w.extend_from_slice(&flags_of(f.encrypted).to_le_bytes());
     debug_assert_eq!(w.len(), FOOTER_CRC_OFFSET);
     let crc = crc32c::crc32c(&w);
     w.extend_from_slice(&crc.to_le_bytes());
@@ -387,12 +428,15 @@ pub fn decode_footer(bytes: &[u8]) -> Result<(Footer, u32), (u64, String)> {
         tombstones,
         run_id,
         node: NodeId(node),
+        encrypted: flags & RUN_FLAG_ENCRYPTED != 0,
     };
     Ok((footer, crc))
 }
 
 /// Appends a frame: type, stored length, raw length (LZ4 only), CRC-32C of
-/// those header bytes and the payload, then the payload.
+/// those header bytes and the payload, then the payload. For an encrypted
+/// run, `payload` is already the ciphertext and its tag (and `raw_len`
+/// still the decompressed length).
 pub fn put_frame(out: &mut Vec<u8>, kind: u8, payload: &[u8], raw_len: usize) {
     let start = out.len();
     out.push(kind);
@@ -406,12 +450,36 @@ pub fn put_frame(out: &mut Vec<u8>, kind: u8, payload: &[u8], raw_len: usize) {
     out.extend_from_slice(payload);
 }
 
+/// The associated data of an encrypted run's frame: run id, the frame's
+/// offset in the file, the format version, the frame type and the
+/// decompressed length (`L` only; 0 for any other type), so a frame moved
+/// to another offset or another run, or retyped, fails authentication.
+pub fn frame_aad(run_id: u64, offset: u64, kind: u8, raw_len: usize) -> [u8; FRAME_AAD_BYTES] {
+    let raw_len = if kind == FRAME_DATA_LZ4 {
+        raw_len as u64
+    } else {
+        0
+    };
+    let mut out = [0u8; FRAME_AAD_BYTES];
+    let fields = run_id
+        .to_le_bytes()
+        .into_iter()
+        .chain(offset.to_le_bytes())
+        .chain(RUN_FORMAT_VERSION.to_le_bytes())
+        .chain([kind])
+        .chain(raw_len.to_le_bytes());
+    for (slot, byte) in out.iter_mut().zip(fields) {
+        *slot = byte;
+    }
+    out
+}
+
 /// A frame read from bytes whose checksum held.
 #[derive(Clone, Copy, Debug)]
 pub struct Frame<'a> {
     /// Its type.
     pub kind: u8,
-    /// The payload as stored.
+    /// The payload as stored (an encrypted run's: ciphertext, then tag).
     pub payload: &'a [u8],
     /// The decompressed length (the stored length unless LZ4).
     pub raw_len: usize,
@@ -421,8 +489,13 @@ pub struct Frame<'a> {
 
 /// Reads the frame at the start of `bytes` (which may run on past it) and
 /// checks its type is known, its lengths are within the limits and its
-/// checksum holds. `Err((offset within bytes, reason))`.
-pub fn read_frame(bytes: &[u8]) -> Result<Frame<'_>, (u64, String)> {
+/// checksum holds. A `sealed` frame (an encrypted run's) carries a
+/// [`TAG_BYTES`] tag after its ciphertext: its stored length may pass the
+/// limit by that much, must hold the tag, and an LZ4 block's decompressed
+/// length is checked against the ciphertext alone. `Err((offset within
+/// bytes, reason))`.
+pub fn read_frame(bytes: &[u8], sealed: bool) -> Result<Frame<'_>, (u64, String)> {
+    let tag = if sealed { TAG_BYTES } else { 0 };
     let mut r = Reader::new(bytes);
     let fail = |at: usize, why: String| Err((at as u64, why));
     let Ok(kind) = r.u8() else {
@@ -432,10 +505,16 @@ pub fn read_frame(bytes: &[u8]) -> Result<Frame<'_>, (u64, String)> {
         FRAME_DATA_RAW | FRAME_DATA_LZ4 => BLOCK_RAW_BYTES_MAX,
         FRAME_NODES | FRAME_INDEX | FRAME_FILTER => SECTION_BYTES_MAX,
         other => return fail(0, format!("unknown frame type {other:#04x}")),
-    };
+    } + tag;
     let stored_len = match get_len(&mut r, stored_max, "frame length") {
         Ok(n) => n,
         Err(e) => return fail(1, e.to_string()),
+    };
+    let Some(body_len) = stored_len.checked_sub(tag) else {
+        return fail(
+            1,
+            format!("encrypted frame of {stored_len} bytes, shorter than its tag"),
+        );
     };
     let raw_len = if kind == FRAME_DATA_LZ4 {
         let at = r.position();
@@ -443,10 +522,10 @@ pub fn read_frame(bytes: &[u8]) -> Result<Frame<'_>, (u64, String)> {
             Ok(n) => n,
             Err(e) => return fail(at, e.to_string()),
         };
-        if raw > stored_len.saturating_mul(LZ4_EXPANSION_MAX) || raw == 0 {
+        if raw > body_len.saturating_mul(LZ4_EXPANSION_MAX) || raw == 0 {
             return fail(
                 at,
-                format!("decompressed length {raw} impossible from {stored_len} stored bytes"),
+                format!("decompressed length {raw} impossible from {body_len} stored bytes"),
             );
         }
         raw
@@ -547,6 +626,7 @@ mod tests {
         let header = Header {
             node: NodeId(9),
             run_id: 42,
+            encrypted: false,
         };
         let bytes = encode_header(header);
         assert_eq!(decode_header(&bytes).unwrap(), header);
@@ -565,6 +645,7 @@ mod tests {
             tombstones: 7,
             run_id: 8,
             node: NodeId(9),
+            encrypted: false,
         };
         let (bytes, crc) = encode_footer(&footer);
         assert_eq!(decode_footer(&bytes).unwrap(), (footer, crc));
@@ -579,15 +660,15 @@ mod tests {
         let mut out = Vec::new();
         put_frame(&mut out, FRAME_DATA_RAW, b"hello", 5);
         put_frame(&mut out, FRAME_INDEX, b"", 0);
-        let first = read_frame(&out).unwrap();
+        let first = read_frame(&out, false).unwrap();
         assert_eq!((first.kind, first.payload), (FRAME_DATA_RAW, &b"hello"[..]));
-        let second = read_frame(&out[first.frame_len..]).unwrap();
+        let second = read_frame(&out[first.frame_len..], false).unwrap();
         assert_eq!(second.frame_len, out.len() - first.frame_len);
         for i in 0..first.frame_len {
             let mut damaged = out.clone();
             damaged[i] ^= 0x10;
-            assert!(read_frame(&damaged).is_err(), "flip at {i}");
+            assert!(read_frame(&damaged, false).is_err(), "flip at {i}");
         }
-        assert!(read_frame(&[0; 16]).is_err(), "zeros are no frame");
+        assert!(read_frame(&[0; 16], false).is_err(), "zeros are no frame");
     }
 }

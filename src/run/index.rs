@@ -5,8 +5,9 @@
 //! varint][entries: varint][first key][last key]`, where the first key is
 //! `[shared with the previous block's last key: varint][suffix length:
 //! varint][suffix]` and the last key the same against the block's own
-//! first key. Blocks lie back to back from the end of the header, so a
-//! block's offset is the sum of the lengths before it. Exact first and
+//! first key. Blocks lie back to back from the data start (the end of the
+//! header, or of an encrypted run's key block), so a block's offset is
+//! that plus the sum of the lengths before it. Exact first and
 //! last keys (not separators) cost about one byte per entry and let a
 //! salvage name exactly the keys a lost block held.
 

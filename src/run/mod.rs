@@ -15,6 +15,15 @@
 //! hit, and [`salvage_run`] returns every entry of every block that checks
 //! out and names exactly what was lost.
 //!
+//! A run may be encrypted ([`RunWriterOptions::key`]): a key block (key id,
+//! salt) follows the header, and every frame's payload is AES-256-GCM
+//! under a key of the run file's own, with the frame's offset as the nonce
+//! and the run id, offset, version, type and length as associated data, so
+//! a block moved within a run or between runs fails authentication. The
+//! checksums cover the ciphertext: damage is still told by them. Opening
+//! or salvaging an encrypted run takes a [`Keyring`](crate::crypto::Keyring)
+//! holding its key; without it, `Error::Key(KeyError::Missing)`.
+//!
 //! Why it looks like this:
 //! - Entries are compact (prefix-compressed keys with restart points,
 //!   varint lengths, stamps as deltas from a per-block base time, node ids
@@ -36,6 +45,8 @@
 //! - a file under a final name (`run-<id>.run`) is complete and was
 //!   verified when written; the id in its name is the id in its footer
 //!   and header, and `open` refuses a file where they differ;
+//! - an encrypted run draws its salt when its file is created and never
+//!   writes an offset twice, so no nonce repeats under its file key;
 //! - every length and count read from a file is checked against the file's
 //!   size and a named limit before anything is allocated for it; no input
 //!   makes a reader panic.
@@ -46,6 +57,7 @@ use crate::clock::NodeId;
 
 mod block;
 mod cache;
+mod crypt;
 mod entry;
 mod filter;
 mod format;
@@ -106,3 +118,5 @@ pub struct RunFileInfo {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_crypto;

@@ -1,6 +1,9 @@
 //! Reading a run: [`Run::open`] (footer, index, filter, node table),
 //! point lookups, ordered iteration both ways, and full verification.
+//! An encrypted run's frames are decrypted as they are read (blocks before
+//! the cache, which keeps them decoded).
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::ops::Bound;
 use std::path::Path;
@@ -10,18 +13,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::clock::NodeId;
 use crate::codec::DecodeError;
 use crate::crdt::KeyState;
+use crate::crypto::{Domain, FileCipher, KeyBlock, KeyId, Keyring, TAG_BYTES};
 use crate::error::{Error, Result};
 use crate::io::{Io, IoFile};
 use crate::record::StoreKey;
 
 use super::block::{BlockView, restarts_for};
 use super::cache::BlockCache;
+use super::crypt::{RunCipher, plaintext};
 use super::entry::{DecodeContext, StateView, is_tombstone, materialize};
 use super::filter::Bloom;
 use super::format::{
-    BLOCK_RAW_BYTES_MAX, FOOTER_BYTES, FRAME_DATA_LZ4, FRAME_DATA_RAW, FRAME_FILTER,
-    FRAME_HEADER_BYTES_MAX, FRAME_INDEX, FRAME_NODES, Footer, HEADER_BYTES, NODE_TABLE_ENTRIES_MAX,
-    SECTION_BYTES_MAX, decode_footer, decode_header, read_frame,
+    BLOCK_RAW_BYTES_MAX, ENCRYPTED_DATA_OFFSET, FOOTER_BYTES, FOOTER_FLAGS_OFFSET, FRAME_DATA_LZ4,
+    FRAME_DATA_RAW, FRAME_FILTER, FRAME_HEADER_BYTES_MAX, FRAME_INDEX, FRAME_NODES, Footer,
+    HEADER_BYTES, KEY_BLOCK_OFFSET, NODE_TABLE_ENTRIES_MAX, SECTION_BYTES_MAX, data_start,
+    decode_footer, decode_header, read_frame,
 };
 use super::index::{BlockIndex, BlockMeta, index_corruption};
 use super::{RunFileInfo, parse_run_file_name};
@@ -32,10 +38,13 @@ use super::{RunFileInfo, parse_run_file_name};
 static NEXT_CACHE_ID: AtomicU64 = AtomicU64::new(1);
 
 /// The sections after the data blocks may together be no larger than
-/// this (four frames, each within [`SECTION_BYTES_MAX`]).
-const META_BYTES_MAX: u64 = 4 * (SECTION_BYTES_MAX + FRAME_HEADER_BYTES_MAX) as u64;
-/// The largest data-block frame a reader reads.
-const BLOCK_FRAME_BYTES_MAX: u64 = (BLOCK_RAW_BYTES_MAX + FRAME_HEADER_BYTES_MAX) as u64;
+/// this (four frames, each within [`SECTION_BYTES_MAX`] and, encrypted,
+/// its tag).
+const META_BYTES_MAX: u64 = 4 * (SECTION_BYTES_MAX + TAG_BYTES + FRAME_HEADER_BYTES_MAX) as u64;
+/// The largest data-block frame a reader reads (with an encrypted run's
+/// tag).
+const BLOCK_FRAME_BYTES_MAX: u64 =
+    (BLOCK_RAW_BYTES_MAX + TAG_BYTES + FRAME_HEADER_BYTES_MAX) as u64;
 
 /// An open run file. `Send + Sync`: lookups and iterators from many
 /// threads share it (reads are positional, and the cache is sharded).
@@ -47,6 +56,8 @@ pub struct Run {
     index: BlockIndex,
     filter: Bloom,
     nodes: Vec<NodeId>,
+    /// The cipher of an encrypted run.
+    cipher: Option<RunCipher>,
 }
 
 /// The node table section: 8 bytes per node, distinct, at most
@@ -72,18 +83,30 @@ pub(crate) fn decode_node_table(payload: &[u8]) -> std::result::Result<Vec<NodeI
 }
 
 /// The decompressed payload of the data-block frame that is exactly
-/// `frame_bytes`, its checksum checked. `Err((offset in frame_bytes,
-/// reason))`.
-pub(crate) fn decompress_frame(frame_bytes: &[u8]) -> std::result::Result<Vec<u8>, (u64, String)> {
-    let frame = read_frame(frame_bytes)?;
+/// `frame_bytes` and lies at `offset` in the file: its checksum checked,
+/// then (an encrypted run's, with `cipher`) decrypted and authenticated,
+/// then decompressed. `Err((offset in frame_bytes, reason))`.
+pub(crate) fn decompress_frame(
+    frame_bytes: &[u8],
+    offset: u64,
+    cipher: Option<&RunCipher>,
+) -> std::result::Result<Vec<u8>, (u64, String)> {
+    let frame = read_frame(frame_bytes, cipher.is_some())?;
     if frame.frame_len != frame_bytes.len() {
         return Err((0, "block frame length differs from the index".into()));
     }
+    if frame.kind != FRAME_DATA_RAW && frame.kind != FRAME_DATA_LZ4 {
+        return Err((
+            0,
+            format!("frame type {:#04x} where a data block belongs", frame.kind),
+        ));
+    }
+    let payload =
+        plaintext(cipher, &frame, offset).map_err(|why| (0, format!("data block: {why}")))?;
     match frame.kind {
-        FRAME_DATA_RAW => Ok(frame.payload.to_vec()),
         FRAME_DATA_LZ4 => {
             let mut out = vec![0u8; frame.raw_len];
-            match lz4_flex::block::decompress_into(frame.payload, &mut out) {
+            match lz4_flex::block::decompress_into(&payload, &mut out) {
                 Ok(n) if n == frame.raw_len => Ok(out),
                 Ok(n) => Err((
                     0,
@@ -92,21 +115,21 @@ pub(crate) fn decompress_frame(frame_bytes: &[u8]) -> std::result::Result<Vec<u8
                 Err(e) => Err((0, format!("block does not decompress: {e}"))),
             }
         }
-        other => Err((
-            0,
-            format!("frame type {other:#04x} where a data block belongs"),
-        )),
+        _ => Ok(payload.into_owned()),
     }
 }
 
-/// A decompressed data block: the frame that is exactly `frame_bytes`,
-/// checksummed, decompressed, and its restart array checked for `entries`
-/// entries. `Err((offset in frame_bytes, reason))`.
+/// A decompressed data block: the frame that is exactly `frame_bytes` and
+/// lies at `offset`, checksummed, decrypted (with `cipher`), decompressed,
+/// and its restart array checked for `entries` entries. `Err((offset in
+/// frame_bytes, reason))`.
 pub(crate) fn decode_block_frame(
     frame_bytes: &[u8],
     entries: usize,
+    offset: u64,
+    cipher: Option<&RunCipher>,
 ) -> std::result::Result<Vec<u8>, (u64, String)> {
-    let raw = decompress_frame(frame_bytes)?;
+    let raw = decompress_frame(frame_bytes, offset, cipher)?;
     BlockView::parse(&raw, entries).map_err(|e| (0, format!("block layout: {e}")))?;
     Ok(raw)
 }
@@ -156,7 +179,19 @@ impl Run {
     /// size. Every problem with the file is `Error::Corruption` naming it,
     /// including a run id in the footer other than the one in the file
     /// name, and a format version this build does not read.
-    pub fn open(io: &Io, path: &Path, cache: Arc<BlockCache>) -> Result<Arc<Run>> {
+    ///
+    /// An encrypted run is opened with the key its key block names, found
+    /// in `keyring` (the current key or an older one); if the keyring
+    /// lacks it (or holds no key at all), the error is
+    /// `Error::Key(KeyError::Missing)` naming the file and the key id, and
+    /// nothing past the header and the key block is read. A run in clear
+    /// opens with any keyring.
+    pub fn open(
+        io: &Io,
+        path: &Path,
+        cache: Arc<BlockCache>,
+        keyring: &Keyring,
+    ) -> Result<Arc<Run>> {
         let name = path
             .file_name()
             .and_then(|n| n.to_str())
@@ -168,12 +203,33 @@ impl Run {
                 "file name is not run-<20-digit id>.run",
             ));
         };
-        Run::open_as(io, path, id, cache).map(Arc::new)
+        Run::open_as(io, path, id, cache, keyring).map(Arc::new)
     }
 
     /// Opens `path` as run `id` (a temp file being checked has no id in
-    /// its name).
-    pub(crate) fn open_as(io: &Io, path: &Path, id: u64, cache: Arc<BlockCache>) -> Result<Run> {
+    /// its name), with the keys of `keyring` (see [`Run::open`]).
+    pub(crate) fn open_as(
+        io: &Io,
+        path: &Path,
+        id: u64,
+        cache: Arc<BlockCache>,
+        keyring: &Keyring,
+    ) -> Result<Run> {
+        Run::open_with(io, path, id, cache, |block| {
+            keyring.cipher(block, Domain::Run, path)
+        })
+    }
+
+    /// Opens `path` as run `id`; an encrypted run's cipher is what
+    /// `cipher_for` gives for its key block (a writer checking what it
+    /// wrote hands over its own).
+    pub(super) fn open_with(
+        io: &Io,
+        path: &Path,
+        id: u64,
+        cache: Arc<BlockCache>,
+        cipher_for: impl FnOnce(&KeyBlock) -> Result<FileCipher>,
+    ) -> Result<Run> {
         let file = io.open_read(path)?;
         let size_bytes = file.len_bytes()?;
         let corrupt = |offset: u64, why: String| Error::corruption(path, offset, why);
@@ -183,11 +239,38 @@ impl Run {
                 format!("{size_bytes} bytes, shorter than a header and a footer"),
             ));
         }
+        // One read for the header and, if the run is encrypted, the key
+        // block after it (the file is longer than both: checked above).
+        let start = read_exact(&file, 0, ENCRYPTED_DATA_OFFSET)?;
+        let header = decode_header(&start).map_err(|(at, why)| corrupt(at, why))?;
+        let cipher = if header.encrypted {
+            let block = start.get(KEY_BLOCK_OFFSET..).unwrap_or_default();
+            let block =
+                KeyBlock::decode(block).map_err(|why| corrupt(KEY_BLOCK_OFFSET as u64, why))?;
+            Some(RunCipher::new(cipher_for(&block)?, id))
+        } else {
+            None
+        };
+        let data_start = data_start(header.encrypted);
         let footer_at = size_bytes - FOOTER_BYTES as u64;
-        let header = decode_header(&read_exact(&file, 0, HEADER_BYTES)?)
-            .map_err(|(at, why)| corrupt(at, why))?;
+        if footer_at < data_start {
+            return Err(corrupt(
+                0,
+                format!("{size_bytes} bytes, shorter than a header, a key block and a footer"),
+            ));
+        }
         let (footer, checksum) = decode_footer(&read_exact(&file, footer_at, FOOTER_BYTES)?)
             .map_err(|(at, why)| corrupt(footer_at + at, why))?;
+        if footer.encrypted != header.encrypted {
+            return Err(corrupt(
+                footer_at + FOOTER_FLAGS_OFFSET as u64,
+                format!(
+                    "the footer says the run is {}, the header {}",
+                    in_clear_or_encrypted(footer.encrypted),
+                    in_clear_or_encrypted(header.encrypted)
+                ),
+            ));
+        }
         if footer.run_id != id || header.run_id != id || footer.node != header.node {
             return Err(corrupt(
                 footer_at,
@@ -197,16 +280,15 @@ impl Run {
                 ),
             ));
         }
-        let sections =
-            Sections::locate(&footer, footer_at).map_err(|why| corrupt(footer_at, why))?;
+        let sections = Sections::locate(&footer, data_start, footer_at)
+            .map_err(|why| corrupt(footer_at, why))?;
         let meta_len = usize::try_from(footer_at - footer.nodes_offset).unwrap_or(usize::MAX);
         let meta = read_exact(&file, footer.nodes_offset, meta_len)?;
         let parsed = sections
-            .parse(&meta, &footer)
+            .parse(&meta, &footer, cipher.as_ref())
             .map_err(|(at, why)| corrupt(footer.nodes_offset + at, why))?;
-        let index =
-            BlockIndex::decode(parsed.index, HEADER_BYTES as u64, Some(footer.nodes_offset))
-                .map_err(|e| index_corruption(path, footer.index_offset, &e))?;
+        let index = BlockIndex::decode(&parsed.index, data_start, Some(footer.nodes_offset))
+            .map_err(|e| index_corruption(path, footer.index_offset, &e))?;
         let entries: u64 = (0..index.len())
             .filter_map(|i| index.block(i))
             .map(|b| b.entries)
@@ -250,7 +332,14 @@ impl Run {
             index,
             filter: parsed.filter,
             nodes: parsed.nodes,
+            cipher,
         })
+    }
+
+    /// The id of the key the run is encrypted with; `None` for a run in
+    /// clear. (A key rotation rewrites the runs under an older key.)
+    pub fn key_id(&self) -> Option<KeyId> {
+        self.cipher.as_ref().map(RunCipher::key_id)
     }
 
     /// The block index (for tests that aim damage at a block).
@@ -414,8 +503,8 @@ impl Run {
         Ok(block)
     }
 
-    /// Block `meta` read from the file, checksummed, decompressed and its
-    /// layout checked.
+    /// Block `meta` read from the file, checksummed, decrypted (an
+    /// encrypted run's), decompressed and its layout checked.
     fn read_block(&self, meta: &BlockMeta) -> Result<Vec<u8>> {
         let path = &self.info.path;
         if meta.frame_len > BLOCK_FRAME_BYTES_MAX {
@@ -426,8 +515,13 @@ impl Run {
             ));
         }
         let frame = read_exact(&self.file, meta.offset, meta.frame_len as usize)?;
-        decode_block_frame(&frame, meta.entries as usize)
-            .map_err(|(at, why)| Error::corruption(path, meta.offset + at, why))
+        decode_block_frame(
+            &frame,
+            meta.entries as usize,
+            meta.offset,
+            self.cipher.as_ref(),
+        )
+        .map_err(|(at, why)| Error::corruption(path, meta.offset + at, why))
     }
 
     fn block_corruption(&self, meta: &BlockMeta, e: &DecodeError) -> Error {
@@ -445,6 +539,7 @@ impl std::fmt::Debug for Run {
             .field("info", &self.info)
             .field("cache_id", &self.cache_id)
             .field("blocks", &self.index.len())
+            .field("key_id", &self.key_id())
             .finish_non_exhaustive()
     }
 }
@@ -481,17 +576,27 @@ struct Sections {
     copy_len: usize,
 }
 
-/// The sections, decoded.
+/// The sections, decoded (the index only decrypted: the caller decodes it
+/// against the data's extent).
 struct ParsedSections<'a> {
     nodes: Vec<NodeId>,
-    index: &'a [u8],
+    index: Cow<'a, [u8]>,
     filter: Bloom,
 }
 
+/// How a run is described in a message.
+fn in_clear_or_encrypted(encrypted: bool) -> &'static str {
+    if encrypted { "encrypted" } else { "in clear" }
+}
+
 impl Sections {
-    fn locate(f: &Footer, footer_at: u64) -> std::result::Result<Sections, String> {
+    fn locate(
+        f: &Footer,
+        data_start: u64,
+        footer_at: u64,
+    ) -> std::result::Result<Sections, String> {
         let offsets = [
-            HEADER_BYTES as u64,
+            data_start,
             f.nodes_offset,
             f.index_offset,
             f.filter_offset,
@@ -511,22 +616,29 @@ impl Sections {
     }
 
     /// Reads the four frames from `meta` (the bytes from the node table to
-    /// the footer). `Err((offset in meta, reason))`.
+    /// the footer), decrypting them with `cipher` if the run is encrypted.
+    /// `Err((offset in meta, reason))`.
     fn parse<'a>(
         &self,
         meta: &'a [u8],
         f: &Footer,
+        cipher: Option<&RunCipher>,
     ) -> std::result::Result<ParsedSections<'a>, (u64, String)> {
         let mut at = 0usize;
-        let mut next = |kind: u8, len: usize, what: &str| {
+        let mut next = |kind: u8,
+                        len: usize,
+                        what: &str|
+         -> std::result::Result<Cow<'a, [u8]>, (u64, String)> {
             let bytes = meta.get(at..at + len).unwrap_or_default();
-            let frame =
-                read_frame(bytes).map_err(|(o, why)| (at as u64 + o, format!("{what}: {why}")))?;
+            let frame = read_frame(bytes, cipher.is_some())
+                .map_err(|(o, why)| (at as u64 + o, format!("{what}: {why}")))?;
             if frame.kind != kind || frame.frame_len != len {
                 return Err((at as u64, format!("{what}: not where the footer says")));
             }
+            let payload = plaintext(cipher, &frame, f.nodes_offset + at as u64)
+                .map_err(|why| (at as u64, format!("{what}: {why}")))?;
             at += len;
-            Ok(frame.payload)
+            Ok(payload)
         };
         let nodes = next(FRAME_NODES, self.nodes_len, "node table")?;
         let index = next(FRAME_INDEX, self.index_len, "block index")?;
@@ -536,9 +648,9 @@ impl Sections {
             let at = f.nodes_copy_offset - f.nodes_offset;
             return Err((at, "the node table's copy differs from it".into()));
         }
-        let nodes = decode_node_table(nodes).map_err(|why| (0, why))?;
+        let nodes = decode_node_table(&nodes).map_err(|why| (0, why))?;
         let filter_at = f.filter_offset - f.nodes_offset;
-        let filter = Bloom::decode(filter).map_err(|e| (filter_at, format!("filter: {e}")))?;
+        let filter = Bloom::decode(&filter).map_err(|e| (filter_at, format!("filter: {e}")))?;
         Ok(ParsedSections {
             nodes,
             index,

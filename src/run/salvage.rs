@@ -11,22 +11,35 @@
 //! until a frame checks out again. An index or node table found that way
 //! is used as if the footer had named it. Blocks found by scanning are
 //! kept only while their keys keep increasing.
+//!
+//! An encrypted run is salvaged the same way, each frame decrypted where
+//! it lies; a frame whose checksum holds but whose tag fails (moved or
+//! changed) is lost like a damaged one. Whether a run is encrypted is
+//! what its header says, else its footer, else whether a key block checks
+//! out after the header. Without its key, or with its key block damaged
+//! (the salt is lost, so no frame can be decrypted), a salvage fails
+//! rather than report every entry lost: a missing key must not turn into
+//! a repair that drops the run's data.
 
+use std::borrow::Cow;
 use std::path::Path;
 
 use crate::clock::NodeId;
 use crate::crdt::KeyState;
-use crate::error::Result;
+use crate::crypto::{Domain, KeyBlock, Keyring};
+use crate::error::{Error, Result};
 use crate::io::Io;
 use crate::record::StoreKey;
 
 use super::block::count_entries;
+use super::crypt::{RunCipher, plaintext};
 use super::entry::materialize;
 use super::format::{
-    FOOTER_BYTES, FRAME_DATA_LZ4, FRAME_DATA_RAW, FRAME_INDEX, FRAME_NODES, Footer, HEADER_BYTES,
-    decode_footer, decode_header, read_frame,
+    FOOTER_BYTES, FRAME_DATA_LZ4, FRAME_DATA_RAW, FRAME_INDEX, FRAME_NODES, Footer, Frame, Header,
+    KEY_BLOCK_OFFSET, data_start, decode_footer, decode_header, read_frame,
 };
 use super::index::BlockIndex;
+use super::parse_run_file_name;
 use super::reader::{decode_node_table, decompress_frame, visit_block};
 
 /// What a salvage kept and what it lost.
@@ -57,56 +70,63 @@ pub struct LostBlock {
     pub reason: String,
 }
 
-/// Salvages the run file at `path`: never fails on its contents (only on
-/// reading the file at all); see the module docs.
-pub fn salvage_run(io: &Io, path: &Path) -> Result<RunSalvage> {
+/// Salvages the run file at `path`; see the module docs. Fails on its
+/// contents only for an encrypted run it cannot decrypt: with
+/// `Error::Key(KeyError::Missing)` if `keyring` lacks the run's key, with
+/// `Error::Corruption` if the key block is damaged.
+pub fn salvage_run(io: &Io, path: &Path, keyring: &Keyring) -> Result<RunSalvage> {
     let bytes = io.read(path)?;
-    Ok(salvage_bytes(&bytes))
+    salvage_bytes(&bytes, path, keyring)
 }
 
-/// Salvages a run file's bytes.
-pub fn salvage_bytes(bytes: &[u8]) -> RunSalvage {
+/// Salvages a run file's bytes (`path` names it in errors, and gives the
+/// run id if both the header and the footer are lost).
+pub fn salvage_bytes(bytes: &[u8], path: &Path, keyring: &Keyring) -> Result<RunSalvage> {
     let header = decode_header(bytes).ok();
     let footer = footer_of(bytes);
+    let cipher = salvage_cipher(bytes, path, keyring, header, footer)?;
+    let cipher = cipher.as_ref();
+    let data_start = data_start(cipher.is_some());
+    let footer = footer.filter(|f| footer_fits(bytes, f, data_start, cipher.is_some()));
     let mut out = RunSalvage {
         node: header.map(|h| h.node).or(footer.map(|f| f.node)),
         ..RunSalvage::default()
     };
     let from_footer = footer.map(|f| {
-        let nodes = section(bytes, f.nodes_offset, FRAME_NODES)
-            .or_else(|| section(bytes, f.nodes_copy_offset, FRAME_NODES))
-            .and_then(|p| decode_node_table(p).ok());
-        let index = section(bytes, f.index_offset, FRAME_INDEX)
-            .and_then(|p| BlockIndex::decode(p, HEADER_BYTES as u64, Some(f.nodes_offset)).ok());
+        let nodes = section(bytes, f.nodes_offset, FRAME_NODES, cipher)
+            .or_else(|| section(bytes, f.nodes_copy_offset, FRAME_NODES, cipher))
+            .and_then(|p| decode_node_table(&p).ok());
+        let index = section(bytes, f.index_offset, FRAME_INDEX, cipher)
+            .and_then(|p| BlockIndex::decode(&p, data_start, Some(f.nodes_offset)).ok());
         (nodes, index)
     });
     let (mut nodes, mut index) = from_footer.unwrap_or((None, None));
-    let scan = (nodes.is_none() || index.is_none()).then(|| scan_frames(bytes, footer));
+    let scan = (nodes.is_none() || index.is_none())
+        .then(|| scan_frames(bytes, footer, data_start, cipher.is_some()));
     let found = |kind: u8| {
-        scan.iter().flatten().filter_map(move |piece| match *piece {
-            Piece::Frame {
-                kind: k, payload, ..
-            } if k == kind => Some(payload),
+        scan.iter().flatten().filter_map(move |piece| match piece {
+            Piece::Frame { offset, frame, .. } if frame.kind == kind => {
+                plaintext(cipher, frame, *offset).ok()
+            }
             _ => None,
         })
     };
     if nodes.is_none() {
-        nodes = found(FRAME_NODES).find_map(|p| decode_node_table(p).ok());
+        nodes = found(FRAME_NODES).find_map(|p| decode_node_table(&p).ok());
     }
     if index.is_none() {
-        index =
-            found(FRAME_INDEX).find_map(|p| BlockIndex::decode(p, HEADER_BYTES as u64, None).ok());
+        index = found(FRAME_INDEX).find_map(|p| BlockIndex::decode(&p, data_start, None).ok());
     }
     match (index, &scan) {
-        (Some(index), _) => salvage_by_index(bytes, &index, nodes.as_deref(), &mut out),
+        (Some(index), _) => salvage_by_index(bytes, &index, nodes.as_deref(), cipher, &mut out),
         (None, Some(pieces)) => {
             // The data ends where the footer says, else at the first
             // section found after it.
-            let first_section = pieces.iter().find_map(|piece| match *piece {
-                Piece::Frame { offset, kind, .. }
-                    if kind != FRAME_DATA_RAW && kind != FRAME_DATA_LZ4 =>
+            let first_section = pieces.iter().find_map(|piece| match piece {
+                Piece::Frame { offset, frame, .. }
+                    if frame.kind != FRAME_DATA_RAW && frame.kind != FRAME_DATA_LZ4 =>
                 {
-                    Some(offset)
+                    Some(*offset)
                 }
                 _ => None,
             });
@@ -114,38 +134,109 @@ pub fn salvage_bytes(bytes: &[u8]) -> RunSalvage {
                 .map(|f| f.nodes_offset)
                 .or(first_section)
                 .unwrap_or_else(|| bytes.len().saturating_sub(FOOTER_BYTES) as u64);
-            salvage_by_scan(pieces, data_end, nodes.as_deref(), &mut out);
+            salvage_by_scan(pieces, data_end, nodes.as_deref(), cipher, &mut out);
         }
         (None, None) => {}
     }
-    out
+    Ok(out)
 }
 
-/// The footer, if it checks out and its offsets lie inside the file.
+/// The footer at the end of `bytes`, if its checksum holds (its offsets
+/// not yet checked: see [`footer_fits`]).
 fn footer_of(bytes: &[u8]) -> Option<Footer> {
     let at = bytes.len().checked_sub(FOOTER_BYTES)?;
-    let (footer, _) = decode_footer(bytes.get(at..)?).ok()?;
+    decode_footer(bytes.get(at..)?)
+        .ok()
+        .map(|(footer, _)| footer)
+}
+
+/// Whether `footer` describes a file like `bytes`: in clear or encrypted
+/// as the salvage found it, its offsets in order from the data's start to
+/// the footer.
+fn footer_fits(bytes: &[u8], footer: &Footer, data_start: u64, encrypted: bool) -> bool {
+    let at = bytes.len().saturating_sub(FOOTER_BYTES) as u64;
     let offsets = [
-        HEADER_BYTES as u64,
+        data_start,
         footer.nodes_offset,
         footer.index_offset,
         footer.filter_offset,
         footer.nodes_copy_offset,
-        at as u64,
+        at,
     ];
-    offsets.is_sorted().then_some(footer)
+    footer.encrypted == encrypted && offsets.is_sorted()
 }
 
-/// The payload of the frame of type `kind` at `offset`, if it checks out.
-fn section(bytes: &[u8], offset: u64, kind: u8) -> Option<&[u8]> {
-    let frame = read_frame(bytes.get(usize::try_from(offset).ok()?..)?).ok()?;
-    (frame.kind == kind).then_some(frame.payload)
+/// The cipher of an encrypted run, `None` for a run in clear. Whether it
+/// is encrypted: the header says, else the footer, else whether a key
+/// block checks out where it would be.
+fn salvage_cipher(
+    bytes: &[u8],
+    path: &Path,
+    keyring: &Keyring,
+    header: Option<Header>,
+    footer: Option<Footer>,
+) -> Result<Option<RunCipher>> {
+    let block = KeyBlock::decode(bytes.get(KEY_BLOCK_OFFSET..).unwrap_or_default());
+    let encrypted = match (header, footer) {
+        (Some(h), _) => h.encrypted,
+        (None, Some(f)) => f.encrypted,
+        (None, None) => block.is_ok(),
+    };
+    if !encrypted {
+        return Ok(None);
+    }
+    let block = block.map_err(|why| {
+        Error::corruption(
+            path,
+            KEY_BLOCK_OFFSET as u64,
+            format!(
+                "the run is encrypted and its key block is damaged ({why}): without its salt, \
+                 the run cannot be decrypted"
+            ),
+        )
+    })?;
+    let file_name_id = || {
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .and_then(parse_run_file_name)
+    };
+    let run_id = header
+        .map(|h| h.run_id)
+        .or(footer.map(|f| f.run_id))
+        .or_else(file_name_id);
+    let Some(run_id) = run_id else {
+        return Err(Error::corruption(
+            path,
+            0,
+            "the run is encrypted, and its id (bound into every frame) is lost with its \
+             header, its footer and its file name",
+        ));
+    };
+    let cipher = keyring.cipher(&block, Domain::Run, path)?;
+    Ok(Some(RunCipher::new(cipher, run_id)))
+}
+
+/// The plaintext payload of the frame of type `kind` at `offset`, if it
+/// checks out (and, encrypted, authenticates).
+fn section<'a>(
+    bytes: &'a [u8],
+    offset: u64,
+    kind: u8,
+    cipher: Option<&RunCipher>,
+) -> Option<Cow<'a, [u8]>> {
+    let at = bytes.get(usize::try_from(offset).ok()?..)?;
+    let frame = read_frame(at, cipher.is_some()).ok()?;
+    if frame.kind != kind {
+        return None;
+    }
+    plaintext(cipher, &frame, offset).ok()
 }
 
 fn salvage_by_index(
     bytes: &[u8],
     index: &BlockIndex,
     nodes: Option<&[NodeId]>,
+    cipher: Option<&RunCipher>,
     out: &mut RunSalvage,
 ) {
     for i in 0..index.len() {
@@ -163,6 +254,7 @@ fn salvage_by_index(
                     None => Err("the file ends before the block".to_string()),
                     Some(frame) => block_entries(
                         frame,
+                        (meta.offset, cipher),
                         Some(meta.entries as usize),
                         nodes,
                         Some((first, last)),
@@ -184,15 +276,17 @@ fn salvage_by_index(
     }
 }
 
-/// The entries of the block frame `frame` (exactly one frame): all of
+/// The entries of the block frame `frame` (exactly one frame, at
+/// `offset`, decrypted with `cipher` if the run is encrypted): all of
 /// them, or why not. Without an index, the count comes from the block.
 fn block_entries(
     frame: &[u8],
+    (offset, cipher): (u64, Option<&RunCipher>),
     entries: Option<usize>,
     nodes: &[NodeId],
     edges: Option<(&[u8], &[u8])>,
 ) -> std::result::Result<Vec<(StoreKey, KeyState)>, String> {
-    let raw = decompress_frame(frame).map_err(|(_, why)| why)?;
+    let raw = decompress_frame(frame, offset, cipher).map_err(|(_, why)| why)?;
     let entries = match entries {
         Some(n) => n,
         None => count_entries(&raw, nodes).map_err(|e| e.to_string())?,
@@ -211,8 +305,7 @@ fn block_entries(
 enum Piece<'a> {
     Frame {
         offset: u64,
-        kind: u8,
-        payload: &'a [u8],
+        frame: Frame<'a>,
         bytes: &'a [u8],
     },
     Gap {
@@ -221,10 +314,16 @@ enum Piece<'a> {
     },
 }
 
-/// Walks the file from the end of the header to the footer (the end of
-/// the file if the footer is damaged): a frame that checks out is taken
-/// whole; past damage, every offset is tried.
-fn scan_frames(bytes: &[u8], footer: Option<Footer>) -> Vec<Piece<'_>> {
+/// Walks the file from `data_start` (the end of the header, or of the key
+/// block) to the footer (the end of the file if the footer is damaged): a
+/// frame that checks out is taken whole; past damage, every offset is
+/// tried. An encrypted run's frames are `sealed` (carry a tag).
+fn scan_frames(
+    bytes: &[u8],
+    footer: Option<Footer>,
+    data_start: u64,
+    sealed: bool,
+) -> Vec<Piece<'_>> {
     let end = match footer {
         Some(_) => bytes.len().saturating_sub(FOOTER_BYTES),
         None => bytes.len(),
@@ -232,9 +331,9 @@ fn scan_frames(bytes: &[u8], footer: Option<Footer>) -> Vec<Piece<'_>> {
     let region = bytes.get(..end).unwrap_or_default();
     let mut pieces = Vec::new();
     let mut gap: Option<usize> = None;
-    let mut pos = HEADER_BYTES;
+    let mut pos = usize::try_from(data_start).unwrap_or(usize::MAX);
     while pos < end {
-        match read_frame(region.get(pos..).unwrap_or_default()) {
+        match read_frame(region.get(pos..).unwrap_or_default(), sealed) {
             Ok(frame) => {
                 if let Some(start) = gap.take() {
                     pieces.push(Piece::Gap {
@@ -244,8 +343,7 @@ fn scan_frames(bytes: &[u8], footer: Option<Footer>) -> Vec<Piece<'_>> {
                 }
                 pieces.push(Piece::Frame {
                     offset: pos as u64,
-                    kind: frame.kind,
-                    payload: frame.payload,
+                    frame,
                     bytes: region.get(pos..pos + frame.frame_len).unwrap_or_default(),
                 });
                 pos += frame.frame_len;
@@ -271,6 +369,7 @@ fn salvage_by_scan(
     pieces: &[Piece<'_>],
     data_end: u64,
     nodes: Option<&[NodeId]>,
+    cipher: Option<&RunCipher>,
     out: &mut RunSalvage,
 ) {
     let mut last_kept: Option<Vec<u8>> = None;
@@ -291,9 +390,12 @@ fn salvage_by_scan(
             )),
             Piece::Frame {
                 offset,
-                kind: FRAME_DATA_RAW | FRAME_DATA_LZ4,
+                frame:
+                    Frame {
+                        kind: FRAME_DATA_RAW | FRAME_DATA_LZ4,
+                        ..
+                    },
                 bytes,
-                ..
             } if offset < data_end => {
                 let len = bytes.len() as u64;
                 let Some(nodes) = nodes else {
@@ -301,7 +403,7 @@ fn salvage_by_scan(
                         .push(lost(offset, len, "the node table is lost".into()));
                     continue;
                 };
-                match block_entries(bytes, None, nodes, None) {
+                match block_entries(bytes, (offset, cipher), None, nodes, None) {
                     Ok(entries) => {
                         let above = match (&last_kept, entries.first()) {
                             (Some(last), Some(first)) => first.0.as_ref() > last.as_slice(),

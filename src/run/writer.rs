@@ -1,23 +1,27 @@
 //! Writing a run: entries in key order into blocks, then the node table,
 //! index, filter and footer; fsync, read back and check, rename, fsync the
-//! directory.
+//! directory. With a key, every frame is encrypted under a file key of
+//! its own (a fresh salt per run file).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::clock::NodeId;
 use crate::crdt::KeyState;
+use crate::crypto::{Domain, EncryptionKey, FileCipher, KeyBlock, fresh_salt};
 use crate::error::{Error, Result};
 use crate::io::{Io, IoFile};
 use crate::record::limits::RECORD_KEY_BYTES_MAX;
 
 use super::block::BlockBuilder;
 use super::cache::BlockCache;
+use super::crypt::RunCipher;
 use super::entry::{NodeTableBuilder, check_state, is_tombstone};
 use super::filter::{BLOOM_BITS_PER_KEY_MAX, Bloom};
 use super::format::{
     BLOCK_RAW_BYTES_MAX, FRAME_DATA_LZ4, FRAME_DATA_RAW, FRAME_FILTER, FRAME_INDEX, FRAME_NODES,
-    Footer, Header, INDEX_KEY_BYTES_MAX, NODE_LIST_ENTRIES_MAX, NODE_TABLE_ENTRIES_MAX,
-    encode_footer, encode_header, key_hash, put_frame,
+    Footer, Header, INDEX_KEY_BYTES_MAX, KEY_BLOCK_OFFSET, NODE_LIST_ENTRIES_MAX,
+    NODE_TABLE_ENTRIES_MAX, data_start, encode_footer, encode_header, key_hash, put_frame,
 };
 use super::index::IndexBuilder;
 use super::reader::Run;
@@ -55,6 +59,11 @@ pub struct RunWriterOptions {
     /// instead of keeping 8 bytes per entry until `finish`. More entries
     /// than that still work, with more false positives.
     pub expected_entries: Option<u64>,
+    /// Encrypt the run with this key (default `None`: the run is written
+    /// in clear). Each run file gets its own salt, drawn at
+    /// [`RunWriter::create`], and so its own file key; reading it back
+    /// needs a keyring holding this key.
+    pub key: Option<Arc<EncryptionKey>>,
 }
 
 impl Default for RunWriterOptions {
@@ -64,6 +73,7 @@ impl Default for RunWriterOptions {
             compression: true,
             bloom_bits_per_key: 10,
             expected_entries: None,
+            key: None,
         }
     }
 }
@@ -81,6 +91,8 @@ pub struct RunWriter {
     id: u64,
     node: NodeId,
     options: RunWriterOptions,
+    /// The cipher, if the run is encrypted.
+    cipher: Option<RunCipher>,
     file: Option<IoFile>,
     /// Bytes produced but not yet written to the file.
     pending: Vec<u8>,
@@ -107,7 +119,9 @@ pub struct RunWriter {
 impl RunWriter {
     /// Creates `<dir>/<run_file_name(id)>.tmp` (creating `dir` durably
     /// first) for run `id`, written by `node`. Options out of range are
-    /// `Error::InvalidCommand`.
+    /// `Error::InvalidCommand`. With `options.key`, draws the run's salt
+    /// from the operating system's CSPRNG (failing with `Error::Key` if it
+    /// cannot) and writes the key block after the header.
     pub fn create(
         io: &Io,
         dir: &Path,
@@ -125,6 +139,23 @@ impl RunWriter {
                 ),
             });
         }
+        let cipher = match &options.key {
+            Some(key) => Some(RunCipher::new(
+                FileCipher::new(key, Domain::Run, fresh_salt()?),
+                id,
+            )),
+            None => None,
+        };
+        let mut pending = encode_header(Header {
+            node,
+            run_id: id,
+            encrypted: cipher.is_some(),
+        })
+        .to_vec();
+        if let Some(cipher) = &cipher {
+            pending.extend_from_slice(&cipher.key_block().encode());
+        }
+        debug_assert_eq!(pending.len() as u64, data_start(cipher.is_some()));
         io.create_dir_all(dir)?;
         let path = dir.join(run_file_name(id));
         let tmp = dir.join(format!("{}.tmp", run_file_name(id)));
@@ -137,8 +168,9 @@ impl RunWriter {
             id,
             node,
             options: options.clone(),
+            cipher,
             file: Some(file),
-            pending: encode_header(Header { node, run_id: id }).to_vec(),
+            pending,
             written: 0,
             synced: 0,
             block: BlockBuilder::default(),
@@ -242,23 +274,25 @@ impl RunWriter {
     }
 
     /// Closes the block being filled: compresses it where that pays,
-    /// frames it, and indexes it.
+    /// encrypts it (an encrypted run), frames it, and indexes it.
     fn flush_block(&mut self) -> Result<()> {
         if self.block.is_empty() {
             return Ok(());
         }
         let count = self.block.count();
         let raw = self.block.finish();
-        let start = self.pending.len();
+        let raw_len = raw.len();
         let compressed = self
             .options
             .compression
             .then(|| lz4_flex::block::compress(&raw))
-            .filter(|c| c.len() <= raw.len() - raw.len() / 8);
-        match compressed {
-            Some(c) => put_frame(&mut self.pending, FRAME_DATA_LZ4, &c, raw.len()),
-            None => put_frame(&mut self.pending, FRAME_DATA_RAW, &raw, raw.len()),
-        }
+            .filter(|c| c.len() <= raw_len - raw_len / 8);
+        let (kind, payload) = match compressed {
+            Some(c) => (FRAME_DATA_LZ4, c),
+            None => (FRAME_DATA_RAW, raw),
+        };
+        let start = self.pending.len();
+        self.put_frame(kind, payload, raw_len);
         let frame_len = self.pending.len() - start;
         self.index.add(
             frame_len,
@@ -270,6 +304,23 @@ impl RunWriter {
             self.write_pending()?;
         }
         Ok(())
+    }
+
+    /// The offset the next frame will have in the file.
+    fn offset(&self) -> u64 {
+        self.written + self.pending.len() as u64
+    }
+
+    /// Appends a frame of `payload` (decompressed length `raw_len`) at the
+    /// next offset, encrypting the payload first if the run is encrypted;
+    /// returns the frame's offset.
+    fn put_frame(&mut self, kind: u8, mut payload: Vec<u8>, raw_len: usize) -> u64 {
+        let offset = self.offset();
+        if let Some(cipher) = &self.cipher {
+            cipher.seal(offset, kind, raw_len, &mut payload);
+        }
+        put_frame(&mut self.pending, kind, &payload, raw_len);
+        offset
     }
 
     fn write_pending(&mut self) -> Result<()> {
@@ -327,20 +378,15 @@ impl RunWriter {
             .iter()
             .flat_map(|n| n.0.to_le_bytes())
             .collect();
-        let offset = |w: &RunWriter| w.written + w.pending.len() as u64;
-        let nodes_offset = offset(self);
-        put_frame(&mut self.pending, FRAME_NODES, &table, table.len());
-        let index_offset = offset(self);
+        let nodes_offset = self.put_frame(FRAME_NODES, table.clone(), table.len());
         let index = self.index.finish();
-        put_frame(&mut self.pending, FRAME_INDEX, &index, index.len());
-        let filter_offset = offset(self);
+        let index_offset = self.put_frame(FRAME_INDEX, index, 0);
         let filter = match &self.bloom {
             Some(bloom) => bloom.section(),
             None => Bloom::build(&self.hashes, self.options.bloom_bits_per_key),
         };
-        put_frame(&mut self.pending, FRAME_FILTER, &filter, filter.len());
-        let nodes_copy_offset = offset(self);
-        put_frame(&mut self.pending, FRAME_NODES, &table, table.len());
+        let filter_offset = self.put_frame(FRAME_FILTER, filter, 0);
+        let nodes_copy_offset = self.put_frame(FRAME_NODES, table, 0);
         let footer = Footer {
             nodes_offset,
             index_offset,
@@ -351,6 +397,7 @@ impl RunWriter {
             tombstones: self.tombstones,
             run_id: self.id,
             node: self.node,
+            encrypted: self.cipher.is_some(),
         };
         let (footer_bytes, checksum) = encode_footer(&footer);
         self.pending.extend_from_slice(&footer_bytes);
@@ -378,13 +425,18 @@ impl RunWriter {
 
     /// Reads the temp file back as a reader will and checks it holds what
     /// was written: a bug or a lying disk is caught before the run gets a
-    /// name anything can refer to.
+    /// name anything can refer to. An encrypted run is read with the
+    /// writer's own cipher, and only if the key block read back is the one
+    /// written.
     fn check_written(&self, expected: &RunFileInfo) -> Result<()> {
-        let run = Run::open_as(&self.io, &self.tmp, self.id, BlockCache::new(0))?;
+        let run = Run::open_with(&self.io, &self.tmp, self.id, BlockCache::new(0), |block| {
+            self.read_back_cipher(block)
+        })?;
         let entries = run.verify()?;
         let mut read = run.info().clone();
         read.path.clone_from(&expected.path);
-        if entries != expected.entries || read != *expected {
+        let key_id = self.cipher.as_ref().map(RunCipher::key_id);
+        if entries != expected.entries || read != *expected || run.key_id() != key_id {
             return Err(Error::corruption(
                 &self.tmp,
                 0,
@@ -392,6 +444,19 @@ impl RunWriter {
             ));
         }
         Ok(())
+    }
+
+    /// The cipher to read the run back with: the writer's own, if `block`
+    /// (the key block read back) is the one it wrote.
+    fn read_back_cipher(&self, block: &KeyBlock) -> Result<FileCipher> {
+        match &self.cipher {
+            Some(cipher) if cipher.key_block() == *block => Ok(cipher.file_cipher().clone()),
+            _ => Err(Error::corruption(
+                &self.tmp,
+                KEY_BLOCK_OFFSET as u64,
+                "read back a key block other than the one written",
+            )),
+        }
     }
 
     /// Removes the temp file, and the final one if the rename happened
