@@ -116,7 +116,7 @@ fn verify_once(io: &Io, dir: &Path, keyring: &Keyring) -> Result<VerifyReport> {
         Err(e) => return Err(e),
     }
     let snapshot_seq = check_snapshots(&io, dir, keyring, &mut report)?;
-    let covered_seq = match check_runs(&io, dir, &mut report)? {
+    let covered_seq = match check_runs(&io, dir, keyring, &mut report)? {
         Some(seq) => Some(seq),
         None => snapshot_seq,
     };
@@ -145,7 +145,12 @@ fn verify_once(io: &Io, dir: &Path, keyring: &Keyring) -> Result<VerifyReport> {
 /// Reads the manifest and every block of every run it names; returns the
 /// sequence number the runs cover (where the WAL must continue from), if
 /// there is a manifest.
-fn check_runs(io: &Io, dir: &Path, report: &mut VerifyReport) -> Result<Option<u64>> {
+fn check_runs(
+    io: &Io,
+    dir: &Path,
+    keyring: &Keyring,
+    report: &mut VerifyReport,
+) -> Result<Option<u64>> {
     let manifest = match crate::manifest::read_manifest(io, dir) {
         Ok(Some(manifest)) => manifest,
         Ok(None) => return Ok(None),
@@ -164,7 +169,7 @@ fn check_runs(io: &Io, dir: &Path, report: &mut VerifyReport) -> Result<Option<u
             runs: vec![*entry],
             ..manifest.clone()
         };
-        let checked = crate::engine::open_runs(io, dir, &one, &cache)
+        let checked = crate::engine::open_runs(io, dir, &one, &cache, keyring)
             .and_then(|runs| runs.iter().try_for_each(|r| r.verify().map(drop)));
         match checked {
             Ok(()) => report.runs_ok += 1,
@@ -173,7 +178,7 @@ fn check_runs(io: &Io, dir: &Path, report: &mut VerifyReport) -> Result<Option<u
         }
     }
     if report.runs_ok == manifest.runs.len() {
-        check_runs_digest(io, dir, &manifest, report)?;
+        check_runs_digest(io, dir, &manifest, keyring, report)?;
     }
     Ok(Some(manifest.covered_seq))
 }
@@ -184,10 +189,11 @@ fn check_runs_digest(
     io: &Io,
     dir: &Path,
     manifest: &crate::manifest::Manifest,
+    keyring: &Keyring,
     report: &mut VerifyReport,
 ) -> Result<()> {
     let cache = crate::run::BlockCache::new(0);
-    let runs = crate::engine::open_runs(io, dir, manifest, &cache)?;
+    let runs = crate::engine::open_runs(io, dir, manifest, &cache, keyring)?;
     let view = crate::state::StateView::of(
         Default::default(),
         std::sync::Arc::new(crate::state::Lower {

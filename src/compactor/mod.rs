@@ -247,16 +247,10 @@ impl Maintenance {
     /// file or the new one; the old key is needed until this returns.
     pub fn rekey(&self) -> Result<RekeyReport> {
         let current = self.engine.wal().keyring().read().current_id();
-        let stale_runs = |lower: &crate::state::Lower| -> Result<usize> {
-            let mut n = 0;
-            for r in lower.runs.iter() {
-                if crate::engine::read_run_key_id(&self.io, &r.info().path)? != current {
-                    n += 1;
-                }
-            }
-            Ok(n)
+        let stale_runs = |lower: &crate::state::Lower| {
+            lower.runs.iter().filter(|r| r.key_id() != current).count()
         };
-        let runs_before = stale_runs(&self.engine.state().lower())?;
+        let runs_before = stale_runs(&self.engine.state().lower());
         let mut report = RekeyReport::default();
         if runs_before > 0 || self.legacy_snapshot_count()? > 0 {
             let compacted = self.compact_rekeying(true)?;
@@ -264,7 +258,7 @@ impl Maintenance {
         }
         let _running = self.running.lock();
         report.segments_rewritten = self.engine.wal().rewrite_sealed_under_current_key()?;
-        report.files_left = stale_runs(&self.engine.state().lower())?
+        report.files_left = stale_runs(&self.engine.state().lower())
             + self
                 .engine
                 .wal()

@@ -214,7 +214,7 @@ impl Maintenance {
             self.engine.node(),
             &RunWriterOptions {
                 expected_entries: expected,
-                key: None, // KEYRING-PLUMBING
+                key: self.engine.wal().keyring().read().current().cloned(),
                 ..RunWriterOptions::default()
             },
         )
@@ -222,7 +222,7 @@ impl Maintenance {
 
     fn finish_run(&self, writer: RunWriter) -> Result<(RunFileInfo, Arc<Run>)> {
         let info = writer.finish()?;
-        let keyring = crate::crypto::Keyring::default(); // KEYRING-PLUMBING
+        let keyring = self.engine.wal().keyring().read().clone();
         let run = Run::open(&self.io, &info.path, self.cache.clone(), &keyring)
             .inspect_err(|_| self.discard(Some(&info)))?;
         Ok((info, run))

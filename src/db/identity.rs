@@ -61,9 +61,7 @@ pub(super) fn find(io: &Io, dir: &Path, options: &Options, keyring: &Keyring) ->
         },
     };
     let path = meta::meta_path(dir);
-    let Some(rebuilt) =
-        engine::rebuild_meta(io, dir, options.wall_clock.now_ms(), keyring.current_id())?
-    else {
+    let Some(rebuilt) = engine::rebuild_meta(io, dir, options.wall_clock.now_ms(), keyring)? else {
         return Err(Error::corruption(
             &path,
             0,
@@ -116,6 +114,7 @@ pub(super) fn settle(
     found: Found,
     report: &RecoveryReport,
     options: &Options,
+    keyring: &Keyring,
     follower: bool,
 ) -> Result<(Meta, Option<(NodeId, Renewal)>)> {
     // A follower's directory is opened read-only, but its node id names it
@@ -149,7 +148,9 @@ pub(super) fn settle(
         }
         return Ok((found.meta, None));
     };
-    let renewed = meta::renewed(&found.meta, here, || engine::node_ids_in_files(io, dir))?;
+    let renewed = meta::renewed(&found.meta, here, || {
+        engine::node_ids_in_files(io, dir, keyring)
+    })?;
     meta::write_meta(io, dir, &renewed)?;
     Ok((renewed, Some((found.meta.node, why))))
 }

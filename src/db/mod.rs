@@ -147,6 +147,7 @@ impl Db {
             found,
             &recovered.report,
             &options,
+            &keyring,
             follower_of.is_some(),
         )?;
         if meta.key_id != keyring.current_id() && (!read_only || follower_of.is_some()) {

@@ -69,13 +69,13 @@ pub(crate) fn open_runs(
     dir: &Path,
     manifest: &Manifest,
     cache: &Arc<BlockCache>,
+    keyring: &Keyring,
 ) -> Result<Vec<Arc<Run>>> {
     let run_dir = dir.join(RUN_DIR);
     let mut runs = Vec::with_capacity(manifest.runs.len());
     for entry in &manifest.runs {
         let path = run_dir.join(crate::run::run_file_name(entry.id));
-        let keyring = crate::crypto::Keyring::default(); // KEYRING-PLUMBING
-        let run = match Run::open(io, &path, cache.clone(), &keyring) {
+        let run = match Run::open(io, &path, cache.clone(), keyring) {
             Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
                 return Err(Error::corruption(
                     &path,
@@ -145,7 +145,7 @@ fn repair_runs(
             runs: vec![entry],
             ..manifest.clone()
         };
-        let checked = open_runs(io, dir, &one, &check_cache)
+        let checked = open_runs(io, dir, &one, &check_cache, from.keyring)
             .and_then(|runs| runs.iter().try_for_each(|r| r.verify().map(drop)));
         let damage = match checked {
             Ok(()) => continue,
@@ -162,7 +162,7 @@ fn repair_runs(
         });
         let exists = io.read_if_exists(&path)?.is_some();
         let salvage = if exists {
-            crate::run::salvage_run(io, &path, &crate::crypto::Keyring::default())? // KEYRING-PLUMBING
+            crate::run::salvage_run(io, &path, from.keyring)?
         } else {
             crate::run::RunSalvage {
                 entries: Vec::new(),
@@ -225,7 +225,7 @@ fn repair_runs(
     }
     manifest.runs.retain(|r| r.id != 0);
     // What the runs hold changed: count their digest afresh.
-    let runs = open_runs(io, dir, manifest, from.cache)?;
+    let runs = open_runs(io, dir, manifest, from.cache, from.keyring)?;
     let view = crate::state::StateView::of(
         Default::default(),
         Arc::new(Lower {
@@ -264,7 +264,7 @@ fn write_salvaged(
         id,
         node,
         &crate::run::RunWriterOptions {
-            key: None, // KEYRING-PLUMBING
+            key: from.keyring.current().cloned(),
             ..crate::run::RunWriterOptions::default()
         },
     )?;
@@ -306,7 +306,7 @@ fn recover_from_manifest(from: &RecoverFrom<'_>, mut manifest: Manifest) -> Resu
         } else {
             None
         };
-    let runs = open_runs(io, dir, &manifest, from.cache)?;
+    let runs = open_runs(io, dir, &manifest, from.cache, from.keyring)?;
     if from.modify {
         remove_garbage_runs(io, dir, &manifest)?;
     }
@@ -729,7 +729,7 @@ pub(crate) fn quarantine_path(io: &Io, dir: &Path, name: &str) -> Result<std::pa
 
 /// Every node id the directory's snapshot, run, manifest and segment
 /// headers carry, oldest files first, each once.
-pub(crate) fn node_ids_in_files(io: &Io, dir: &Path) -> Result<Vec<NodeId>> {
+pub(crate) fn node_ids_in_files(io: &Io, dir: &Path, keyring: &Keyring) -> Result<Vec<NodeId>> {
     let mut ids: Vec<NodeId> = Vec::new();
     let mut note = |node: NodeId| {
         if !ids.contains(&node) {
@@ -754,8 +754,7 @@ pub(crate) fn node_ids_in_files(io: &Io, dir: &Path) -> Result<Vec<NodeId>> {
     run_names.sort();
     let no_cache = BlockCache::new(0);
     for name in run_names {
-        let keyring = crate::crypto::Keyring::default(); // KEYRING-PLUMBING
-        if let Ok(run) = Run::open(io, &run_dir.join(name), no_cache.clone(), &keyring) {
+        if let Ok(run) = Run::open(io, &run_dir.join(name), no_cache.clone(), keyring) {
             note(run.info().node);
         }
     }
@@ -858,9 +857,10 @@ pub(crate) fn rebuild_meta(
     io: &Io,
     dir: &Path,
     created_ms: u64,
-    key_id: Option<crate::crypto::KeyId>,
+    keyring: &Keyring,
 ) -> Result<Option<Meta>> {
-    let mut former = node_ids_in_files(io, dir)?;
+    let key_id = keyring.current_id();
+    let mut former = node_ids_in_files(io, dir, keyring)?;
     if former.is_empty() {
         return Ok(None);
     }
