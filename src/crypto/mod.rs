@@ -123,8 +123,9 @@ impl EncryptionKey {
     pub fn to_hex(&self) -> Zeroizing<String> {
         let mut out = Zeroizing::new(String::with_capacity(2 * KEY_BYTES));
         for b in self.bytes.iter() {
-            out.push(char::from(HEX[usize::from(b >> 4)]));
-            out.push(char::from(HEX[usize::from(b & 15)]));
+            for digit in [b >> 4, b & 15] {
+                out.push(char::from_digit(u32::from(digit), 16).unwrap_or('0'));
+            }
         }
         out
     }
@@ -144,8 +145,6 @@ impl fmt::Debug for EncryptionKey {
         write!(f, "EncryptionKey(id {})", self.id)
     }
 }
-
-const HEX: &[u8; 16] = b"0123456789abcdef";
 
 fn hex_digit(c: u8) -> Option<u8> {
     match c {
@@ -397,19 +396,16 @@ impl KeyBlock {
             return Err("key block cut short".into());
         };
         let (body, crc) = block.split_at(8 + SALT_BYTES);
-        let mut stored = [0u8; 4];
-        stored.copy_from_slice(crc);
-        if crc32c::crc32c(body) != u32::from_le_bytes(stored) {
+        let mut r = crate::codec::Reader::new(crc);
+        let stored = r.u32().map_err(|e| e.to_string())?;
+        if crc32c::crc32c(body) != stored {
             return Err("key block checksum mismatch".into());
         }
-        let mut id = [0u8; 8];
-        id.copy_from_slice(&body[..8]);
+        let mut r = crate::codec::Reader::new(body);
+        let key_id = KeyId(r.u64().map_err(|e| e.to_string())?);
         let mut salt = [0u8; SALT_BYTES];
-        salt.copy_from_slice(&body[8..]);
-        Ok(Self {
-            key_id: KeyId(u64::from_le_bytes(id)),
-            salt,
-        })
+        salt.copy_from_slice(r.take(SALT_BYTES).map_err(|e| e.to_string())?);
+        Ok(Self { key_id, salt })
     }
 }
 
@@ -424,10 +420,10 @@ pub struct FileCipher {
 impl FileCipher {
     /// The cipher for the file with `salt`, encrypted with `key`.
     pub(crate) fn new(key: &EncryptionKey, domain: Domain, salt: [u8; SALT_BYTES]) -> Self {
-        let mut material = Zeroizing::new([0u8; KEY_BYTES + 1 + SALT_BYTES]);
-        material[..KEY_BYTES].copy_from_slice(key.bytes());
-        material[KEY_BYTES] = domain as u8;
-        material[KEY_BYTES + 1..].copy_from_slice(&salt);
+        let mut material = Zeroizing::new(Vec::with_capacity(KEY_BYTES + 1 + SALT_BYTES));
+        material.extend_from_slice(key.bytes());
+        material.push(domain as u8);
+        material.extend_from_slice(&salt);
         let mut file_key = blake3::derive_key(FILE_KEY_CONTEXT, material.as_slice());
         let aead = Aes256Gcm::new((&file_key).into());
         file_key.zeroize();
@@ -473,9 +469,10 @@ impl FileCipher {
         let Some(body_len) = buf.len().checked_sub(TAG_BYTES) else {
             return Err(Unauthentic);
         };
-        let tag = Tag::clone_from_slice(&buf[body_len..]);
+        let (body, tag) = buf.split_at_mut(body_len);
+        let tag = Tag::clone_from_slice(tag);
         self.aead
-            .decrypt_in_place_detached(&nonce_bytes(nonce), aad, &mut buf[..body_len], &tag)
+            .decrypt_in_place_detached(&nonce_bytes(nonce), aad, body, &tag)
             .map_err(|_| Unauthentic)?;
         buf.truncate(body_len);
         Ok(())

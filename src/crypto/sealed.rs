@@ -176,8 +176,16 @@ fn parse_header(bytes: &[u8]) -> std::result::Result<Header, String> {
     let Some(h) = bytes.first_chunk::<SEALED_HEADER_BYTES>() else {
         return Err("sealed object cut short before the end of its header".into());
     };
-    let u16_at = |at: usize| u16::from_le_bytes([h[at], h[at + 1]]);
-    let u32_at = |at: usize| u32::from_le_bytes([h[at], h[at + 1], h[at + 2], h[at + 3]]);
+    let u16_at = |at: usize| {
+        h.get(at..at + 2)
+            .and_then(|b| <[u8; 2]>::try_from(b).ok())
+            .map_or(0, u16::from_le_bytes)
+    };
+    let u32_at = |at: usize| {
+        h.get(at..at + 4)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            .map_or(0, u32::from_le_bytes)
+    };
     if h[..8] != SEALED_MAGIC {
         return Err("not a sealed object (bad magic)".into());
     }

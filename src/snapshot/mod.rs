@@ -514,7 +514,8 @@ fn decode_header_flags(bytes: &[u8]) -> std::result::Result<(SnapshotMeta, u16),
     let meta = decode_header(bytes)?;
     let flags = bytes
         .get(SNAPSHOT_FLAGS_OFFSET..SNAPSHOT_FLAGS_OFFSET + 2)
-        .map_or(0, |f| u16::from_le_bytes([f[0], f[1]]));
+        .and_then(|f| <[u8; 2]>::try_from(f).ok())
+        .map_or(0, u16::from_le_bytes);
     Ok((meta, flags))
 }
 
