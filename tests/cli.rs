@@ -697,9 +697,9 @@ fn demo_runs_to_completion_in_a_given_dir() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("demo");
     let run = Run::from(bin().args(["demo", "--dir"]).arg(&dir).output().unwrap()).expect(0);
-    for step in 1..=13 {
+    for step in 1..=14 {
         assert!(
-            run.stdout.contains(&format!("[{step}/13]")),
+            run.stdout.contains(&format!("[{step}/14]")),
             "step {step}: {}",
             run.stdout
         );
@@ -714,6 +714,7 @@ fn demo_runs_to_completion_in_a_given_dir() {
         "equal digests",
         "token authenticated then revoked",
         "streamed 200 writes, digests equal, read-only",
+        "no plaintext on disk; opens with key id",
         ": ok",
     ] {
         assert!(run.stdout.contains(needle), "{needle}: {}", run.stdout);
@@ -745,7 +746,7 @@ fn demo_without_dir_cleans_up_its_temp_dir() {
         (json["ok"].as_bool(), json["kept"].as_bool()),
         (Some(true), Some(false))
     );
-    assert_eq!(json["steps"].as_array().map(Vec::len), Some(12));
+    assert_eq!(json["steps"].as_array().map(Vec::len), Some(13));
     assert!(
         json["dir"]
             .as_str()

@@ -100,7 +100,7 @@ pub fn keygen(a: &KeygenArgs, out: &mut Out) -> Result<(), CliError> {
 
 /// Writes a new key file readable by its owner only, durably (the file and
 /// its name), never over an existing file; on failure nothing is left.
-fn write_key_file(path: &Path, hex: &str) -> Result<(), CliError> {
+pub fn write_key_file(path: &Path, hex: &str) -> Result<(), CliError> {
     let failed =
         |e: std::io::Error| CliError::data(format_args!("cannot write {}: {e}", path.display()));
     let mut options = OpenOptions::new();
