@@ -1687,10 +1687,10 @@ fn rekey_run_again_finishes_a_rotation_cut_short() {
     }
 }
 
-/// `promote` cannot open an encrypted directory yet (`Db::promote` takes
-/// no key): it refuses before it changes anything.
+/// `promote` of an encrypted follower takes its key: without it, it is
+/// refused naming the key id and changes nothing.
 #[test]
-fn promote_of_an_encrypted_follower_is_refused_changing_nothing() {
+fn promote_of_an_encrypted_follower_takes_its_key() {
     let (tmp, dir) = db_dir();
     let (_, hex, id) = new_key_file(tmp.path(), "a.key");
     mkv_keys(&dir, &["put", "k", "v"], Some(&hex), None).expect(0);
@@ -1698,9 +1698,12 @@ fn promote_of_an_encrypted_follower_is_refused_changing_nothing() {
     std::fs::write(dir.join("FOLLOWER"), "127.0.0.1:1").unwrap();
     let before = contents(&dir);
     let none = mkv_keys(&dir, &["promote"], None, None).expect(4);
+    none.assert_one_line_error();
     assert!(none.stderr.contains(&id), "{}", none.stderr);
-    let refused = mkv_keys(&dir, &["promote"], Some(&hex), None).expect(2);
-    refused.assert_one_line_error();
-    assert!(refused.stderr.contains("encrypted"), "{}", refused.stderr);
     assert_eq!(contents(&dir), before);
+    mkv_keys(&dir, &["put", "k", "w"], Some(&hex), None).expect(5);
+    let promoted = mkv_keys(&dir, &["--json", "promote"], Some(&hex), None).expect(0);
+    assert_eq!(promoted.json()["promoted"], true);
+    assert!(!dir.join("FOLLOWER").exists());
+    mkv_keys(&dir, &["put", "k", "w"], Some(&hex), None).expect(0);
 }

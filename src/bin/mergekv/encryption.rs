@@ -223,17 +223,20 @@ fn print_rekey(
 ) -> Result<(), CliError> {
     let old_key_needed = !status.other_key_ids.is_empty();
     let ids: Vec<String> = status.other_key_ids.iter().map(KeyId::to_string).collect();
-    let left = match (report.files_left, old_key_needed) {
-        (0, _) => "no".to_string(),
-        (n, false) => format!("no ({n} file(s) still in clear: run rekey again to encrypt them)"),
-        (n, true) => format!(
-            "yes: {n} file(s) still need key id(s) {}: keep it, and run rekey again \
-             with the new key as --key-file and the old one as --old-key-file (or {OLD_KEY_ENV})",
-            ids.join(", ")
-        ),
-    };
     if report.files_left > 0 {
-        eprintln!("mergekv: note: old key needed: {left}");
+        let advice = if old_key_needed {
+            format!(
+                "keep the old key, and run rekey again with the new key as --key-file \
+                 and the old one as --old-key-file (or {OLD_KEY_ENV})"
+            )
+        } else {
+            "they are in clear; run rekey again to encrypt them".to_string()
+        };
+        eprintln!(
+            "mergekv: note: {} file(s) are not yet under key id {}: {advice}",
+            report.files_left,
+            new.id()
+        );
     }
     if out.json {
         return out.json(&RekeyJson {
@@ -262,7 +265,14 @@ fn print_rekey(
         ("runs_rewritten", report.runs_rewritten.to_string()),
         ("segments_rewritten", report.segments_rewritten.to_string()),
         ("files_left", report.files_left.to_string()),
-        ("old_key_needed", left),
+        (
+            "old_key_needed",
+            if old_key_needed {
+                format!("yes: key id(s) {}", ids.join(", "))
+            } else {
+                "no".to_string()
+            },
+        ),
     ] {
         out.line(format_args!("{name}: {value}"))?;
     }

@@ -27,8 +27,6 @@ use crate::output::Out;
 const STATUS_INTERVAL: Duration = Duration::from_secs(1);
 /// The running follower's status file, in its directory.
 pub const FOLLOWER_STATUS_FILE: &str = "follower-status.json";
-/// The file that marks a follower's directory (`docs/FORMAT.md`).
-const FOLLOWER_MARK_FILE: &str = "FOLLOWER";
 /// Longest token file read.
 const TOKEN_FILE_BYTES_MAX: u64 = 4096;
 
@@ -103,9 +101,10 @@ pub fn follow(t: &Target, a: &FollowArgs, out: &mut Out) -> Result<(), CliError>
 
 /// `mergekv promote`.
 pub fn promote(t: &Target, out: &mut Out) -> Result<(), CliError> {
-    refuse_encrypted_promote(t)?;
     let data = t.dir.as_path();
-    let was_follower = Db::promote(data)?;
+    // With the keys: the open that forgets the follower's position needs
+    // them, and they are checked before the mark is removed.
+    let was_follower = Db::promote_with(data, t.options()).map_err(open_error)?;
     let _ = std::fs::remove_file(data.join(FOLLOWER_STATUS_FILE));
     if out.json {
         return out.json(&serde_json::json!({ "promoted": was_follower }));
@@ -191,34 +190,6 @@ fn read_token(path: &Path) -> Result<Zeroizing<String>, CliError> {
             .map_err(|e| usage(format!("cannot read token file {}: {e}", path.display())))?,
     );
     Ok(Zeroizing::new(text.trim().to_string()))
-}
-
-/// `Db::promote` opens the directory with no key once it has dropped the
-/// follower mark, so for an encrypted directory it would fail half done
-/// (the mark gone, the old leader's position kept). Refused before
-/// anything changes, after checking the key as every command does.
-fn refuse_encrypted_promote(t: &Target) -> Result<(), CliError> {
-    // Without the mark, promote opens nothing (not a follower).
-    if !t.dir.join(FOLLOWER_MARK_FILE).exists() {
-        return Ok(());
-    }
-    let encrypted = match Db::open_read_only_with(&t.dir, t.options()) {
-        Ok(db) => db.encryption()?.key_id.is_some(),
-        Err(e @ Error::Key(_)) => return Err(open_error(e)),
-        // No database, a lock: for promote to say, as it always has.
-        Err(_) => false,
-    };
-    if encrypted {
-        return Err(CliError::new(
-            EXIT_USAGE,
-            format_args!(
-                "{} is encrypted, and promote cannot open an encrypted directory yet \
-                 (Db::promote takes no key); nothing was changed",
-                t.dir.display()
-            ),
-        ));
-    }
-    Ok(())
 }
 
 /// Opens an existing database for reading: a follower's directory
