@@ -42,7 +42,7 @@ pub struct Cli {
     pub json: bool,
 
     /// File holding the 32-byte master key as 64 hex characters (for the
-    /// `user` and `apikey` commands). Without it, the key comes from the
+    /// `user`, `apikey` and `serve` commands). Without it, the key comes from the
     /// MERGEKV_MASTER_KEY environment variable. Never pass the key itself.
     #[arg(long, global = true, value_name = "FILE")]
     pub master_key_file: Option<PathBuf>,
@@ -142,8 +142,9 @@ pub struct KeygenArgs {
 #[derive(Debug, Args)]
 pub struct RekeyArgs {
     /// File holding the new key (64 hex digits or 32 raw bytes; `mergekv
-    /// keygen --out FILE` makes one). After a crash, run rekey again with
-    /// the new key as --key-file too and the old one as --old-key-file.
+    /// keygen --out FILE` makes one). After a crash, run rekey again, with
+    /// the same options or with the new key as --key-file too and the old
+    /// one as --old-key-file.
     #[arg(long, value_name = "FILE")]
     pub new_key_file: PathBuf,
 }
