@@ -120,8 +120,9 @@ pub fn write_key_file(path: &Path, hex: &str) -> Result<(), CliError> {
             failed(e)
         }
     })?;
+    let line = Zeroizing::new(format!("{hex}\n"));
     let written = file
-        .write_all(format!("{hex}\n").as_bytes())
+        .write_all(line.as_bytes())
         .and_then(|()| file.sync_all());
     if let Err(e) = written {
         drop(file);
