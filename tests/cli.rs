@@ -1570,6 +1570,9 @@ fn rekey_encrypts_a_database_in_clear_then_moves_it_to_another_key() {
     for i in 0..20 {
         mkv_keys(&dir, &["put", &format!("k{i}"), "CLEAR-VALUE"], None, None).expect(0);
     }
+    // Some of it in a run, some only in the WAL.
+    mkv_keys(&dir, &["compact"], None, None).expect(0);
+    mkv_keys(&dir, &["put", "late", "CLEAR-VALUE"], None, None).expect(0);
     let to_a = mkv_keys(
         &dir,
         &["rekey", "--new-key-file", a.to_str().unwrap()],
@@ -1581,9 +1584,9 @@ fn rekey_encrypts_a_database_in_clear_then_moves_it_to_another_key() {
     assert!(field(&to_a, "previous_key_id").starts_with("none"));
     assert_eq!(field(&to_a, "files_left"), "0");
     assert_eq!(field(&to_a, "old_key_needed"), "no");
-    for entry in std::fs::read_dir(dir.join("wal")).unwrap() {
-        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
-        assert!(!bytes.windows(11).any(|w| w == b"CLEAR-VALUE"));
+    for (path, bytes) in contents(&dir) {
+        let clear = bytes.windows(11).any(|w| w == b"CLEAR-VALUE");
+        assert!(!clear, "{} holds a value in clear", path.display());
     }
     mkv_keys(&dir, &["get", "k7"], None, None).expect(4);
     let got = mkv_keys(&dir, &["get", "k7"], Some(&a_hex), None).expect(0);
