@@ -1,6 +1,7 @@
 //! The `mergekv` command-line program, through the built binary: output
-//! formats, exit codes (0 ok, 1 not found, 2 usage, 3 data or I/O), load,
-//! verify and repair, locking, and the demo.
+//! formats, exit codes (0 ok, 1 not found, 2 usage, 3 data or I/O, 4
+//! denied), load, verify and repair, locking, encryption keys, and the
+//! demo.
 
 #![cfg(feature = "cli")]
 
@@ -696,9 +697,9 @@ fn demo_runs_to_completion_in_a_given_dir() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("demo");
     let run = Run::from(bin().args(["demo", "--dir"]).arg(&dir).output().unwrap()).expect(0);
-    for step in 1..=13 {
+    for step in 1..=14 {
         assert!(
-            run.stdout.contains(&format!("[{step}/13]")),
+            run.stdout.contains(&format!("[{step}/14]")),
             "step {step}: {}",
             run.stdout
         );
@@ -713,6 +714,7 @@ fn demo_runs_to_completion_in_a_given_dir() {
         "equal digests",
         "token authenticated then revoked",
         "streamed 200 writes, digests equal, read-only",
+        "no plaintext on disk; opens with key id",
         ": ok",
     ] {
         assert!(run.stdout.contains(needle), "{needle}: {}", run.stdout);
@@ -744,7 +746,7 @@ fn demo_without_dir_cleans_up_its_temp_dir() {
         (json["ok"].as_bool(), json["kept"].as_bool()),
         (Some(true), Some(false))
     );
-    assert_eq!(json["steps"].as_array().map(Vec::len), Some(12));
+    assert_eq!(json["steps"].as_array().map(Vec::len), Some(13));
     assert!(
         json["dir"]
             .as_str()
@@ -1281,4 +1283,430 @@ fn verify_repair_salvages_a_damaged_only_snapshot() {
     );
     mkv(&dir, &["get", "key-02999"]).expect(0);
     mkv(&dir, &["get", "key-00000"]).expect(1);
+}
+
+// Encryption at rest: keygen, --key-file / MERGEKV_KEY, rekey.
+
+/// Runs `mergekv --data DIR ARGS...` with `MERGEKV_KEY` and
+/// `MERGEKV_OLD_KEY` set to `key` and `old` (unset when `None`).
+fn mkv_keys(dir: &Path, args: &[&str], key: Option<&str>, old: Option<&str>) -> Run {
+    let mut command = bin();
+    command.arg("--data").arg(dir).args(args);
+    for (var, value) in [("MERGEKV_KEY", key), ("MERGEKV_OLD_KEY", old)] {
+        match value {
+            Some(v) => command.env(var, v),
+            None => command.env_remove(var),
+        };
+    }
+    Run::from(command.output().unwrap())
+}
+
+/// A key made by `keygen --out` in a new file under `dir`: its path, its
+/// hex and its key id.
+fn new_key_file(dir: &Path, name: &str) -> (PathBuf, String, String) {
+    let path = dir.join(name);
+    let json = Run::from(
+        bin()
+            .args(["--json", "keygen", "--out"])
+            .arg(&path)
+            .output()
+            .unwrap(),
+    )
+    .expect(0)
+    .json();
+    let hex = std::fs::read_to_string(&path).unwrap().trim().to_string();
+    (path, hex, json["key_id"].as_str().unwrap().to_string())
+}
+
+/// Every file under `dir` with its bytes, but the lock files (an open's
+/// own, even a refused one's).
+fn contents(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(next) = pending.pop() {
+        for entry in std::fs::read_dir(&next).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if path.is_dir() {
+                pending.push(path);
+            } else if name != "LOCK" && name != "READERS" {
+                out.push((path.clone(), std::fs::read(&path).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn field(run: &Run, name: &str) -> String {
+    let prefix = format!("{name}: ");
+    run.lines()
+        .iter()
+        .find_map(|l| l.strip_prefix(&prefix).map(str::to_string))
+        .unwrap_or_else(|| panic!("no {name} in {}", run.stdout))
+}
+
+#[cfg(unix)]
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn keygen_prints_a_fresh_key_or_writes_it_to_a_new_file_of_mode_0600() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keygen = |args: &[&str]| Run::from(bin().arg("keygen").args(args).output().unwrap());
+    let is_key = |s: &str| {
+        s.len() == 65
+            && s.ends_with('\n')
+            && s[..64]
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let (first, second) = (keygen(&[]).expect(0), keygen(&[]).expect(0));
+    assert!(is_key(&first.stdout), "{:?}", first.stdout);
+    assert_ne!(first.stdout, second.stdout, "a fresh key each time");
+    assert!(first.stderr.contains("MERGEKV_KEY"), "{}", first.stderr);
+    let auth = keygen(&["--auth"]).expect(0);
+    assert!(is_key(&auth.stdout), "{:?}", auth.stdout);
+    assert!(
+        auth.stderr.contains("MERGEKV_MASTER_KEY"),
+        "{}",
+        auth.stderr
+    );
+
+    let file = tmp.path().join("db.key");
+    let wrote = keygen(&["--out", file.to_str().unwrap()]).expect(0);
+    let written = std::fs::read_to_string(&file).unwrap();
+    assert!(is_key(&written), "{written:?}");
+    assert!(
+        !wrote.stdout.contains(written.trim()),
+        "the key is not shown"
+    );
+    assert!(
+        !wrote.stderr.contains(written.trim()),
+        "the key is not shown"
+    );
+    #[cfg(unix)]
+    assert_eq!(mode(&file), 0o600);
+    // Never over an existing file (it may hold a key still needed).
+    let refused = keygen(&["--out", file.to_str().unwrap()]).expect(2);
+    refused.assert_one_line_error();
+    assert!(refused.stderr.contains("exists"), "{}", refused.stderr);
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), written);
+
+    // The master key it makes is one `user` commands take.
+    let master = tmp.path().join("master.key");
+    keygen(&["--auth", "--out", master.to_str().unwrap()]).expect(0);
+    let dir = tmp.path().join("db");
+    let master_arg = ["--master-key-file", master.to_str().unwrap()];
+    let add = [&master_arg[..], &["user", "add", "alice"]].concat();
+    mkv_stdin(&dir, &add, b"s3cret-password\n").expect(0);
+    // keygen and demo read no key: one given to them is refused.
+    for command in ["keygen", "demo"] {
+        let given = Run::from(
+            bin()
+                .args(["--key-file", file.to_str().unwrap(), command])
+                .output()
+                .unwrap(),
+        );
+        given.expect(2).assert_one_line_error();
+    }
+}
+
+#[test]
+fn an_encrypted_database_works_with_its_key_from_a_file_or_mergekv_key() {
+    let (tmp, dir) = db_dir();
+    let (file, hex, id) = new_key_file(tmp.path(), "a.key");
+    let with_file = |args: &[&str]| {
+        let all = [&["--key-file", file.to_str().unwrap()][..], args].concat();
+        mkv_keys(&dir, &all, None, None)
+    };
+    with_file(&["put", "secret-name", "PLAINTEXT-VALUE"]).expect(0);
+    with_file(&["incr", "hits", "5"]).expect(0);
+    mkv_stdin(
+        &dir,
+        &["--key-file", file.to_str().unwrap(), "load", "-"],
+        b"loaded-name\tLOADED-VALUE\n",
+    )
+    .expect(0);
+    assert_eq!(
+        with_file(&["get", "secret-name"]).expect(0).stdout,
+        "PLAINTEXT-VALUE\n"
+    );
+    let env = mkv_keys(&dir, &["get", "loaded-name"], Some(&hex), None).expect(0);
+    assert_eq!(env.stdout, "LOADED-VALUE\n");
+    // The flag wins over the variable.
+    let bad_env = ["--key-file", file.to_str().unwrap(), "get", "hits"];
+    assert_eq!(
+        mkv_keys(&dir, &bad_env, Some("not a key"), None)
+            .expect(0)
+            .stdout,
+        "5\n"
+    );
+    // The WAL holds neither keys nor values in clear.
+    for entry in std::fs::read_dir(dir.join("wal")).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        for needle in [&b"secret-name"[..], b"PLAINTEXT-VALUE", b"LOADED-VALUE"] {
+            assert!(!bytes.windows(needle.len()).any(|w| w == needle));
+        }
+    }
+    let stats = with_file(&["stats"]).expect(0);
+    assert_eq!(field(&stats, "encryption"), format!("key id {id}"));
+    assert_eq!(field(&stats, "files_under_other_keys"), "0");
+    let json = with_file(&["--json", "stats"]).expect(0).json();
+    assert_eq!(json["encryption"]["key_id"], id.as_str());
+    assert_eq!(json["keys"], 3);
+    with_file(&["verify"]).expect(0);
+    with_file(&["scan"]).expect(0);
+    with_file(&["digest"]).expect(0);
+    // Auth commands take both keys.
+    let add = [
+        &["--key-file", file.to_str().unwrap()][..],
+        &["user", "add", "alice"],
+    ]
+    .concat();
+    mkv_auth(&dir, &add, "s3cret-password\n", Some(MASTER_KEY_HEX)).expect(0);
+    mkv_auth(&dir, &["user", "list"], "", Some(MASTER_KEY_HEX)).expect(4);
+    // A change set of an encrypted database is sealed: a copy without the
+    // key refuses it, naming the file and the key.
+    let changes = tmp.path().join("changes.mkvc");
+    with_file(&["export", changes.to_str().unwrap()]).expect(0);
+    let clear = tmp.path().join("clear");
+    let refused = mkv_keys(&clear, &["import", changes.to_str().unwrap()], None, None).expect(4);
+    refused.assert_one_line_error();
+    assert!(
+        refused.stderr.contains("changes.mkvc") && refused.stderr.contains(&id),
+        "{}",
+        refused.stderr
+    );
+}
+
+#[test]
+fn no_key_or_a_wrong_key_is_refused_naming_the_key_id_and_changes_nothing() {
+    let (tmp, dir) = db_dir();
+    let (file, _, id) = new_key_file(tmp.path(), "a.key");
+    let (_, wrong, wrong_id) = new_key_file(tmp.path(), "b.key");
+    let key_arg = ["--key-file", file.to_str().unwrap()];
+    mkv_keys(
+        &dir,
+        &[&key_arg[..], &["put", "k", "v"]].concat(),
+        None,
+        None,
+    )
+    .expect(0);
+    let export_to = tmp.path().join("out.mkvc");
+    let before = contents(&dir);
+    let commands: [&[&str]; 11] = [
+        &["get", "k"],
+        &["put", "k", "w"],
+        &["del", "k"],
+        &["incr", "n"],
+        &["scan"],
+        &["stats"],
+        &["digest"],
+        &["verify"],
+        &["compact"],
+        &["reidentify"],
+        &["export", export_to.to_str().unwrap()],
+    ];
+    for args in commands {
+        let none = mkv_keys(&dir, args, None, None).expect(4);
+        none.assert_one_line_error();
+        for needle in [id.as_str(), "no key was given", "--key-file", "MERGEKV_KEY"] {
+            assert!(none.stderr.contains(needle), "{args:?}: {}", none.stderr);
+        }
+        let other = mkv_keys(&dir, args, Some(&wrong), None).expect(4);
+        other.assert_one_line_error();
+        assert!(
+            other.stderr.contains(&id) && other.stderr.contains(&wrong_id),
+            "{args:?}: {}",
+            other.stderr
+        );
+        assert_eq!(contents(&dir), before, "{args:?} changed the files");
+        assert!(!export_to.exists());
+    }
+    // A key that cannot be read creates nothing.
+    let missing = tmp.path().join("new-db");
+    let nowhere = tmp.path().join("no-such.key");
+    let unreadable = ["--key-file", nowhere.to_str().unwrap(), "put", "k", "v"];
+    let run = mkv_keys(&missing, &unreadable, None, None).expect(2);
+    run.assert_one_line_error();
+    assert!(run.stderr.contains("no-such.key"), "{}", run.stderr);
+    let malformed = mkv_keys(&missing, &["put", "k", "v"], Some("abc"), None).expect(2);
+    assert!(
+        malformed.stderr.contains("MERGEKV_KEY"),
+        "{}",
+        malformed.stderr
+    );
+    assert!(!missing.exists(), "a bad key created the database");
+}
+
+#[test]
+fn a_key_given_for_a_database_in_clear_is_refused() {
+    let (tmp, dir) = db_dir();
+    let (file, hex, _) = new_key_file(tmp.path(), "a.key");
+    mkv_keys(&dir, &["put", "k", "v"], None, None).expect(0);
+    let before = contents(&dir);
+    let put = ["--key-file", file.to_str().unwrap(), "put", "k", "w"];
+    let refused = mkv_keys(&dir, &put, None, None).expect(2);
+    refused.assert_one_line_error();
+    assert!(
+        refused.stderr.contains("not encrypted") && refused.stderr.contains("rekey"),
+        "{}",
+        refused.stderr
+    );
+    mkv_keys(&dir, &["get", "k"], Some(&hex), None).expect(2);
+    assert_eq!(contents(&dir), before);
+    let stats = mkv_keys(&dir, &["stats"], None, None).expect(0);
+    assert_eq!(field(&stats, "encryption"), "not encrypted");
+}
+
+#[test]
+fn rekey_encrypts_a_database_in_clear_then_moves_it_to_another_key() {
+    let (tmp, dir) = db_dir();
+    let (a, a_hex, a_id) = new_key_file(tmp.path(), "a.key");
+    let (b, b_hex, b_id) = new_key_file(tmp.path(), "b.key");
+    for i in 0..20 {
+        mkv_keys(&dir, &["put", &format!("k{i}"), "CLEAR-VALUE"], None, None).expect(0);
+    }
+    // Some of it in a run, some only in the WAL.
+    mkv_keys(&dir, &["compact"], None, None).expect(0);
+    mkv_keys(&dir, &["put", "late", "CLEAR-VALUE"], None, None).expect(0);
+    let to_a = mkv_keys(
+        &dir,
+        &["rekey", "--new-key-file", a.to_str().unwrap()],
+        None,
+        None,
+    )
+    .expect(0);
+    assert_eq!(field(&to_a, "key_id"), a_id);
+    assert!(field(&to_a, "previous_key_id").starts_with("none"));
+    assert_eq!(field(&to_a, "files_left"), "0");
+    assert_eq!(field(&to_a, "old_key_needed"), "no");
+    for (path, bytes) in contents(&dir) {
+        let clear = bytes.windows(11).any(|w| w == b"CLEAR-VALUE");
+        assert!(!clear, "{} holds a value in clear", path.display());
+    }
+    mkv_keys(&dir, &["get", "k7"], None, None).expect(4);
+    let got = mkv_keys(&dir, &["get", "k7"], Some(&a_hex), None).expect(0);
+    assert_eq!(got.stdout, "CLEAR-VALUE\n");
+
+    let args = ["--json", "rekey", "--new-key-file", b.to_str().unwrap()];
+    let to_b = mkv_keys(&dir, &args, Some(&a_hex), None).expect(0).json();
+    assert_eq!(to_b["key_id"], b_id.as_str());
+    assert_eq!(to_b["previous_key_id"], a_id.as_str());
+    assert_eq!(
+        (
+            to_b["files_left"].as_u64(),
+            to_b["old_key_needed"].as_bool()
+        ),
+        (Some(0), Some(false)),
+        "{to_b}"
+    );
+    // Only B opens it now.
+    mkv_keys(&dir, &["get", "k7"], Some(&a_hex), None).expect(4);
+    mkv_keys(&dir, &["get", "k7"], None, None).expect(4);
+    let got = mkv_keys(&dir, &["get", "k7"], Some(&b_hex), None).expect(0);
+    assert_eq!(got.stdout, "CLEAR-VALUE\n");
+    let stats = mkv_keys(&dir, &["stats"], Some(&b_hex), None).expect(0);
+    assert_eq!(field(&stats, "encryption"), format!("key id {b_id}"));
+    mkv_keys(&dir, &["verify"], Some(&b_hex), None).expect(0);
+    // A rekey of no database creates none.
+    let missing = tmp.path().join("missing");
+    let run = mkv_keys(
+        &missing,
+        &["rekey", "--new-key-file", a.to_str().unwrap()],
+        None,
+        None,
+    );
+    run.expect(3).assert_one_line_error();
+    assert!(!missing.exists());
+}
+
+/// A rotation cut short (the process died after the new key took over,
+/// before the old key's files were rewritten) needs both keys until
+/// `rekey` is run again, with either the original options or the new key
+/// as --key-file and the old one as --old-key-file.
+#[test]
+fn rekey_run_again_finishes_a_rotation_cut_short() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, a_hex, a_id) = new_key_file(tmp.path(), "a.key");
+    let (b, b_hex, b_id) = new_key_file(tmp.path(), "b.key");
+    let key = |hex: &str| mergekv::EncryptionKey::from_hex(hex, "test").unwrap();
+    let again_forms: [(&str, Option<&str>, Option<&str>); 2] = [
+        ("original options", Some(&a_hex), None),
+        ("new key as --key-file", Some(&b_hex), Some(&a_hex)),
+    ];
+    for (i, (form, current, old)) in again_forms.into_iter().enumerate() {
+        let dir = tmp.path().join(format!("db{i}"));
+        {
+            let options = mergekv::Options {
+                encryption_key: Some(key(&a_hex).into()),
+                ..mergekv::Options::default()
+            };
+            let db = mergekv::Db::open_with(&dir, options).unwrap();
+            for i in 0..50 {
+                db.put(format!("k{i}"), "before").unwrap();
+            }
+            db.set_cursor("reader", 1).unwrap(); // keeps the WAL for the rewrite
+            db.rotate_encryption_key(key(&b_hex)).unwrap();
+            db.put("after", "rotation").unwrap();
+            // A crash: no close, no rewrite.
+        }
+        let refused = mkv_keys(&dir, &["get", "k1"], Some(&b_hex), None).expect(4);
+        refused.assert_one_line_error();
+        for needle in [
+            a_id.as_str(),
+            b_id.as_str(),
+            "--old-key-file",
+            "MERGEKV_OLD_KEY",
+        ] {
+            assert!(
+                refused.stderr.contains(needle),
+                "{form}: {}",
+                refused.stderr
+            );
+        }
+        let stats = mkv_keys(&dir, &["--json", "stats"], Some(&b_hex), Some(&a_hex)).expect(0);
+        let encryption = &stats.json()["encryption"];
+        assert_eq!(encryption["key_id"], b_id.as_str(), "{form}");
+        assert!(
+            encryption["files_under_other_keys"].as_u64() > Some(0),
+            "{form}"
+        );
+        assert_eq!(encryption["other_key_ids"][0], a_id.as_str(), "{form}");
+
+        let args = ["--json", "rekey", "--new-key-file", b.to_str().unwrap()];
+        let done = mkv_keys(&dir, &args, current, old).expect(0).json();
+        assert_eq!(done["resumed"], true, "{form}: {done}");
+        assert_eq!(done["key_id"], b_id.as_str(), "{form}");
+        assert_eq!(done["files_left"], 0, "{form}: {done}");
+        let got = mkv_keys(&dir, &["get", "after"], Some(&b_hex), None).expect(0);
+        assert_eq!(got.stdout, "rotation\n", "{form}");
+        let got = mkv_keys(&dir, &["get", "k49"], Some(&b_hex), None).expect(0);
+        assert_eq!(got.stdout, "before\n", "{form}");
+        mkv_keys(&dir, &["get", "k1"], Some(&a_hex), None).expect(4);
+    }
+}
+
+/// `promote` of an encrypted follower takes its key: without it, it is
+/// refused naming the key id and changes nothing.
+#[test]
+fn promote_of_an_encrypted_follower_takes_its_key() {
+    let (tmp, dir) = db_dir();
+    let (_, hex, id) = new_key_file(tmp.path(), "a.key");
+    mkv_keys(&dir, &["put", "k", "v"], Some(&hex), None).expect(0);
+    // What `follow` leaves to mark the directory (docs/FORMAT.md).
+    std::fs::write(dir.join("FOLLOWER"), "127.0.0.1:1").unwrap();
+    let before = contents(&dir);
+    let none = mkv_keys(&dir, &["promote"], None, None).expect(4);
+    none.assert_one_line_error();
+    assert!(none.stderr.contains(&id), "{}", none.stderr);
+    assert_eq!(contents(&dir), before);
+    mkv_keys(&dir, &["put", "k", "w"], Some(&hex), None).expect(5);
+    let promoted = mkv_keys(&dir, &["--json", "promote"], Some(&hex), None).expect(0);
+    assert_eq!(promoted.json()["promoted"], true);
+    assert!(!dir.join("FOLLOWER").exists());
+    mkv_keys(&dir, &["put", "k", "w"], Some(&hex), None).expect(0);
 }

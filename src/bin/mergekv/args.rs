@@ -9,9 +9,24 @@ use mergekv::DEFAULT_KEYSPACE;
 /// Operations in one load batch unless `--batch` says otherwise.
 pub const LOAD_BATCH_OPS_DEFAULT: usize = 10_000;
 
+/// What `--help` says after the options: the exit codes and where keys
+/// come from.
+const AFTER_HELP: &str = "\
+Keys: an encrypted database opens only with its key, from --key-file FILE or
+MERGEKV_KEY (the flag wins); while a key rotation has not finished, the old key
+too, from --old-key-file FILE or MERGEKV_OLD_KEY. The auth master key (user,
+apikey, serve) comes from --master-key-file FILE or MERGEKV_MASTER_KEY. All are
+32-byte keys written as 64 hex digits; `mergekv keygen` makes one. A key is never
+given on the command line itself.
+
+Exit codes: 0 ok, 1 not found, 2 usage (also a key that cannot be read, or a key
+given for a database that is not encrypted), 3 data or I/O error, 4 denied (a
+wrong password or token; the database's encryption key not given, or the wrong
+one), 5 a write to a follower's directory.";
+
 /// mergekv: an embedded key-value database whose copies merge later.
 #[derive(Debug, Parser)]
-#[command(name = "mergekv", version, about, long_about = None)]
+#[command(name = "mergekv", version, about, long_about = None, after_help = AFTER_HELP)]
 pub struct Cli {
     /// The database directory.
     #[arg(
@@ -27,10 +42,23 @@ pub struct Cli {
     pub json: bool,
 
     /// File holding the 32-byte master key as 64 hex characters (for the
-    /// `user` and `apikey` commands). Without it, the key comes from the
+    /// `user`, `apikey` and `serve` commands). Without it, the key comes from the
     /// MERGEKV_MASTER_KEY environment variable. Never pass the key itself.
     #[arg(long, global = true, value_name = "FILE")]
     pub master_key_file: Option<PathBuf>,
+
+    /// File holding the database's 32-byte encryption key (64 hex digits,
+    /// or the 32 raw bytes). Without it, the key comes from the MERGEKV_KEY
+    /// environment variable; without either, the database must not be
+    /// encrypted. A new database is created encrypted with the key given.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+
+    /// File holding the old encryption key, needed only while a key
+    /// rotation has not finished rewriting the files it encrypts (an open
+    /// that needs it says so). Without it, MERGEKV_OLD_KEY.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub old_key_file: Option<PathBuf>,
 
     #[command(subcommand)]
     pub command: Command,
@@ -82,6 +110,43 @@ pub enum Command {
     /// Give this copy a new node id (for a clone that an import refused
     /// with an identity conflict; a copied directory gets one by itself).
     Reidentify,
+    /// Print a fresh 32-byte key as 64 hex digits (or write it to a new
+    /// file): an encryption key, or with --auth an auth master key.
+    Keygen(KeygenArgs),
+    /// Encrypt the database with the key in --new-key-file (from the key
+    /// in --key-file or MERGEKV_KEY, or from none for a database in
+    /// clear), rewriting every file now; print what it did.
+    Rekey(RekeyArgs),
+}
+
+/// `keygen`.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Both kinds are 32-byte keys written as 64 hex digits. An encryption key is given
+with --key-file FILE or MERGEKV_KEY (the old one during a rotation with
+--old-key-file FILE or MERGEKV_OLD_KEY, a new one to `rekey --new-key-file FILE`);
+an auth master key with --master-key-file FILE or MERGEKV_MASTER_KEY. The key id
+(which names a key without revealing it) goes to stderr.")]
+pub struct KeygenArgs {
+    /// Write the key to FILE (a new file, mode 0600; an existing one is
+    /// never overwritten) instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Make an auth master key (for `user`, `apikey` and `serve`) rather
+    /// than an encryption key.
+    #[arg(long)]
+    pub auth: bool,
+}
+
+/// `rekey`.
+#[derive(Debug, Args)]
+pub struct RekeyArgs {
+    /// File holding the new key (64 hex digits or 32 raw bytes; `mergekv
+    /// keygen --out FILE` makes one). After a crash, run rekey again, with
+    /// the same options or with the new key as --key-file too and the old
+    /// one as --old-key-file.
+    #[arg(long, value_name = "FILE")]
+    pub new_key_file: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -15,6 +15,7 @@ use zeroize::Zeroizing;
 
 use crate::args::{ApikeyCommand, ApikeyCreateArgs, Cli, UserCommand};
 use crate::error::{CliError, EXIT_USAGE};
+use crate::keys::Target;
 use crate::output::Out;
 
 /// The environment variable holding the master key as 64 hex characters.
@@ -76,9 +77,9 @@ struct DoneJson<'a> {
 }
 
 /// `mergekv user ...`.
-pub fn user(cli: &Cli, command: &UserCommand, out: &mut Out) -> Result<(), CliError> {
+pub fn user(cli: &Cli, t: &Target, command: &UserCommand, out: &mut Out) -> Result<(), CliError> {
     let writes = matches!(command, UserCommand::Add(_) | UserCommand::Del(_));
-    let (db, auth) = open_service(cli, writes)?;
+    let (db, auth) = open_service(cli, t, writes)?;
     match command {
         UserCommand::Add(a) => {
             let password = read_secret_line("Password for the new user: ", true)?;
@@ -112,9 +113,14 @@ pub fn user(cli: &Cli, command: &UserCommand, out: &mut Out) -> Result<(), CliEr
 }
 
 /// `mergekv apikey ...`.
-pub fn apikey(cli: &Cli, command: &ApikeyCommand, out: &mut Out) -> Result<(), CliError> {
+pub fn apikey(
+    cli: &Cli,
+    t: &Target,
+    command: &ApikeyCommand,
+    out: &mut Out,
+) -> Result<(), CliError> {
     let writes = matches!(command, ApikeyCommand::Create(_) | ApikeyCommand::Revoke(_));
-    let (db, auth) = open_service(cli, writes)?;
+    let (db, auth) = open_service(cli, t, writes)?;
     match command {
         ApikeyCommand::Create(a) => create_key(db, auth, a, out),
         ApikeyCommand::Auth => {
@@ -196,16 +202,17 @@ fn print_done(out: &mut Out, action: &'static str, target: &str) -> Result<(), C
     out.line(format_args!("{action} {target}"))
 }
 
-/// Reads the master key first, so that a missing key creates nothing. Only
-/// a command that `writes` creates the database if there is none: a read
-/// must not leave a new database behind (with this master key registered).
-fn open_service(cli: &Cli, writes: bool) -> Result<(Db, AuthService), CliError> {
+/// Reads the master key first (the encryption keys in `t` are read
+/// already), so that a missing key creates nothing. Only a command that
+/// `writes` creates the database if there is none: a read must not leave a
+/// new database behind (with this master key registered).
+fn open_service(cli: &Cli, t: &Target, writes: bool) -> Result<(Db, AuthService), CliError> {
     let key = master_key(cli.master_key_file.as_deref())?;
     let options = Options {
         create_if_missing: writes,
-        ..Options::default()
+        ..t.options()
     };
-    let db = crate::commands::opened(Db::open_with(&cli.data, options)?);
+    let db = t.open_with(options)?;
     let auth = AuthService::open(&db, key)?;
     Ok((db, auth))
 }

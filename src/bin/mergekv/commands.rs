@@ -4,16 +4,16 @@ use std::path::Path;
 
 use mergekv::command::validate_keyspace_name;
 use mergekv::{
-    Db, Keyspace, Options, ReadOnlyDb, RecoveryMode, RepairReport, ScanOptions, SyncCursor,
-    VerifyReport,
+    Db, Keyspace, Options, RecoveryMode, RepairReport, ScanOptions, SyncCursor, VerifyReport,
 };
 
 use crate::args::{
     Cli, Command, ExportArgs, ImportArgs, IncrArgs, KeyArgs, PutArgs, ScanArgs, VerifyArgs,
 };
 use crate::error::{CliError, describe};
+use crate::keys::{self, Target, open_error};
 use crate::output::{self, EntryJson, GetJson, Out, OutcomeJson, ScanJson, VerifyJson};
-use crate::{auth, demo, files, load, replicate};
+use crate::{auth, demo, encryption, files, load, replicate};
 
 /// Runs the command line; the error carries the exit code.
 pub fn run(cli: &Cli) -> Result<(), CliError> {
@@ -24,34 +24,43 @@ pub fn run(cli: &Cli) -> Result<(), CliError> {
 }
 
 fn dispatch(cli: &Cli, out: &mut Out) -> Result<(), CliError> {
-    let data = cli.data.as_path();
     match &cli.command {
-        Command::Demo(a) => a
-            .dir
-            .as_deref()
-            .map_or(Ok(()), |dir| files::check_dir_path(dir, "--dir"))?,
-        _ => files::check_dir_path(data, "--data")?,
+        Command::Keygen(a) => {
+            keys::refuse_key_flags(cli, "keygen")?;
+            return encryption::keygen(a, out);
+        }
+        Command::Demo(a) => {
+            keys::refuse_key_flags(cli, "demo")?;
+            if let Some(dir) = &a.dir {
+                files::check_dir_path(dir, "--dir")?;
+            }
+            return demo::demo(a.dir.as_deref(), out);
+        }
+        _ => files::check_dir_path(&cli.data, "--data")?,
     }
+    // The keys first: a missing or malformed one must create nothing.
+    let t = &Target::from_cli(cli)?;
     match &cli.command {
-        Command::Put(a) => put(data, a, out),
-        Command::Get(a) => get(data, a, out),
-        Command::Del(a) => del(data, a, out),
-        Command::Incr(a) => incr(data, a, out),
-        Command::Scan(a) => scan(data, a, out),
-        Command::Stats => stats(data, out),
-        Command::Compact => compact(data, out),
-        Command::Export(a) => export(data, a, out),
-        Command::Import(a) => import(data, a, out),
-        Command::Digest => digest(data, out),
-        Command::Verify(a) => verify(data, a, out),
-        Command::Load(a) => load::load(data, a, out),
-        Command::Demo(a) => demo::demo(a.dir.as_deref(), out),
-        Command::User(c) => auth::user(cli, c, out),
-        Command::Apikey(c) => auth::apikey(cli, c, out),
-        Command::Serve(a) => replicate::serve(cli, a, out),
-        Command::Follow(a) => replicate::follow(cli, a, out),
-        Command::Promote => replicate::promote(data, out),
-        Command::Reidentify => reidentify(data, out),
+        Command::Put(a) => put(t, a, out),
+        Command::Get(a) => get(t, a, out),
+        Command::Del(a) => del(t, a, out),
+        Command::Incr(a) => incr(t, a, out),
+        Command::Scan(a) => scan(t, a, out),
+        Command::Stats => stats(t, out),
+        Command::Compact => compact(t, out),
+        Command::Export(a) => export(t, a, out),
+        Command::Import(a) => import(t, a, out),
+        Command::Digest => digest(t, out),
+        Command::Verify(a) => verify(t, a, out),
+        Command::Load(a) => load::load(t, a, out),
+        Command::User(c) => auth::user(cli, t, c, out),
+        Command::Apikey(c) => auth::apikey(cli, t, c, out),
+        Command::Serve(a) => replicate::serve(cli, t, a, out),
+        Command::Follow(a) => replicate::follow(t, a, out),
+        Command::Promote => replicate::promote(t, out),
+        Command::Reidentify => reidentify(t, out),
+        Command::Rekey(a) => encryption::rekey(t, a, out),
+        Command::Keygen(_) | Command::Demo(_) => Ok(()),
     }
 }
 
@@ -67,17 +76,11 @@ pub fn opened(db: Db) -> Db {
 
 /// Opens the database after checking the keyspace name (so that a bad name
 /// creates nothing).
-fn open_keyspace(data: &Path, name: &str) -> Result<(Db, Keyspace), CliError> {
+fn open_keyspace(t: &Target, name: &str) -> Result<(Db, Keyspace), CliError> {
     validate_keyspace_name(name, false)?;
-    let db = opened(Db::open(data)?);
+    let db = t.open()?;
     let keyspace = db.keyspace(name)?;
     Ok((db, keyspace))
-}
-
-/// Opens the database for reading beside whatever process writes it (an
-/// application, a running follower): never blocks it, creates nothing.
-pub fn open_reader(data: &Path) -> Result<ReadOnlyDb, CliError> {
-    Ok(Db::open_read_only(data)?)
 }
 
 /// Closes after a write, so that a failure to flush is reported.
@@ -86,8 +89,8 @@ fn close(db: Db, keyspace: Keyspace) -> Result<(), CliError> {
     Ok(db.close()?)
 }
 
-fn put(data: &Path, a: &PutArgs, out: &mut Out) -> Result<(), CliError> {
-    let (db, ks) = open_keyspace(data, &a.ks.keyspace)?;
+fn put(t: &Target, a: &PutArgs, out: &mut Out) -> Result<(), CliError> {
+    let (db, ks) = open_keyspace(t, &a.ks.keyspace)?;
     let outcome = ks.put(&a.key, &a.value)?;
     close(db, ks)?;
     if out.json {
@@ -96,8 +99,8 @@ fn put(data: &Path, a: &PutArgs, out: &mut Out) -> Result<(), CliError> {
     Ok(())
 }
 
-fn del(data: &Path, a: &KeyArgs, out: &mut Out) -> Result<(), CliError> {
-    let (db, ks) = open_keyspace(data, &a.ks.keyspace)?;
+fn del(t: &Target, a: &KeyArgs, out: &mut Out) -> Result<(), CliError> {
+    let (db, ks) = open_keyspace(t, &a.ks.keyspace)?;
     let outcome = ks.delete(&a.key)?;
     close(db, ks)?;
     if out.json {
@@ -106,8 +109,8 @@ fn del(data: &Path, a: &KeyArgs, out: &mut Out) -> Result<(), CliError> {
     Ok(())
 }
 
-fn incr(data: &Path, a: &IncrArgs, out: &mut Out) -> Result<(), CliError> {
-    let (db, ks) = open_keyspace(data, &a.ks.keyspace)?;
+fn incr(t: &Target, a: &IncrArgs, out: &mut Out) -> Result<(), CliError> {
+    let (db, ks) = open_keyspace(t, &a.ks.keyspace)?;
     let outcome = ks.increment(&a.key, a.delta)?;
     close(db, ks)?;
     if out.json {
@@ -117,9 +120,9 @@ fn incr(data: &Path, a: &IncrArgs, out: &mut Out) -> Result<(), CliError> {
     out.line(value)
 }
 
-fn get(data: &Path, a: &KeyArgs, out: &mut Out) -> Result<(), CliError> {
+fn get(t: &Target, a: &KeyArgs, out: &mut Out) -> Result<(), CliError> {
     validate_keyspace_name(&a.ks.keyspace, false)?;
-    let db = open_reader(data)?;
+    let db = t.open_reader()?;
     let ks = db.keyspace(&a.ks.keyspace)?;
     let value = ks.get_value(&a.key)?;
     if out.json {
@@ -151,9 +154,9 @@ fn scan_options(a: &ScanArgs) -> ScanOptions {
     }
 }
 
-fn scan(data: &Path, a: &ScanArgs, out: &mut Out) -> Result<(), CliError> {
+fn scan(t: &Target, a: &ScanArgs, out: &mut Out) -> Result<(), CliError> {
     validate_keyspace_name(&a.ks.keyspace, false)?;
-    let db = open_reader(data)?;
+    let db = t.open_reader()?;
     let ks = db.keyspace(&a.ks.keyspace)?;
     let entries = ks.scan(&scan_options(a));
     if !out.json {
@@ -182,19 +185,34 @@ fn scan(data: &Path, a: &ScanArgs, out: &mut Out) -> Result<(), CliError> {
     })
 }
 
-fn stats(data: &Path, out: &mut Out) -> Result<(), CliError> {
+fn stats(t: &Target, out: &mut Out) -> Result<(), CliError> {
     // A running follower's status file says more than its files do.
-    if let Some(status) = replicate::running_follower_status(data) {
+    if let Some(status) = replicate::running_follower_status(&t.dir) {
         return running_follower_stats(&status, out);
     }
-    let stats = open_reader(data)?.stats();
+    let db = t.open_reader()?;
+    let (stats, encryption) = (db.stats(), db.encryption()?);
     if out.json {
-        return out.json(&stats);
+        return out.json(&StatsJson {
+            stats: &stats,
+            encryption: &encryption,
+        });
     }
-    for (name, value) in output::stats_lines(&stats) {
+    let lines = output::stats_lines(&stats)
+        .into_iter()
+        .chain(encryption::status_lines(&encryption));
+    for (name, value) in lines {
         out.line(format_args!("{name}: {value}"))?;
     }
     Ok(())
+}
+
+/// `stats`' object: the figures and the encryption status.
+#[derive(serde::Serialize)]
+struct StatsJson<'a> {
+    #[serde(flatten)]
+    stats: &'a mergekv::Stats,
+    encryption: &'a mergekv::EncryptionStatus,
 }
 
 fn running_follower_stats(status: &serde_json::Value, out: &mut Out) -> Result<(), CliError> {
@@ -219,8 +237,8 @@ fn running_follower_stats(status: &serde_json::Value, out: &mut Out) -> Result<(
     Ok(())
 }
 
-fn compact(data: &Path, out: &mut Out) -> Result<(), CliError> {
-    let db = replicate::open_for_read(data)?;
+fn compact(t: &Target, out: &mut Out) -> Result<(), CliError> {
+    let db = replicate::open_for_read(t)?;
     let report = db.compact_now()?;
     db.close()?;
     if out.json {
@@ -232,9 +250,9 @@ fn compact(data: &Path, out: &mut Out) -> Result<(), CliError> {
     Ok(())
 }
 
-fn export(data: &Path, a: &ExportArgs, out: &mut Out) -> Result<(), CliError> {
+fn export(t: &Target, a: &ExportArgs, out: &mut Out) -> Result<(), CliError> {
     let since = SyncCursor::parse(a.since.as_deref().unwrap_or(""))?;
-    let db = open_reader(data)?;
+    let db = t.open_reader()?;
     let (bytes, cursor) = db.export_since(&since)?;
     drop(db);
     files::write_atomically(&a.file, &bytes)
@@ -245,13 +263,22 @@ fn export(data: &Path, a: &ExportArgs, out: &mut Out) -> Result<(), CliError> {
     out.line(cursor.to_text())
 }
 
-fn import(data: &Path, a: &ImportArgs, out: &mut Out) -> Result<(), CliError> {
+fn import(t: &Target, a: &ImportArgs, out: &mut Out) -> Result<(), CliError> {
     let bytes = std::fs::read(&a.file)
         .map_err(|e| CliError::data(format_args!("cannot read {}: {e}", a.file.display())))?;
-    let db = opened(Db::open(data)?);
+    let db = t.open()?;
     let report = db.import(&bytes).map_err(|e| match e {
         // The database's own failure, not the change set's.
         mergekv::Error::Io { .. } | mergekv::Error::Poisoned { .. } => CliError::data(describe(&e)),
+        // Sealed under a key this database was not given: refused as any
+        // missing key is.
+        e @ mergekv::Error::Key(_) => {
+            let refused = CliError::from(e);
+            CliError::new(
+                refused.code,
+                format_args!("{}: {}", a.file.display(), refused.message),
+            )
+        }
         e => CliError::data(format_args!("{}: {e}", a.file.display())),
     })?;
     db.close()?;
@@ -263,8 +290,8 @@ fn import(data: &Path, a: &ImportArgs, out: &mut Out) -> Result<(), CliError> {
     out.line(format_args!("duplicates: {}", report.duplicates))
 }
 
-fn digest(data: &Path, out: &mut Out) -> Result<(), CliError> {
-    let digest = open_reader(data)?.digest()?;
+fn digest(t: &Target, out: &mut Out) -> Result<(), CliError> {
+    let digest = t.open_reader()?.digest()?;
     if out.json {
         return out.json(&serde_json::json!({"root": digest.root_hex(), "keys": digest.keys}));
     }
@@ -309,11 +336,12 @@ fn finish_verify(
     }
 }
 
-fn verify(data: &Path, a: &VerifyArgs, out: &mut Out) -> Result<(), CliError> {
-    if holds_nothing(data) {
-        return Err(CliError::no_database(data));
+fn verify(t: &Target, a: &VerifyArgs, out: &mut Out) -> Result<(), CliError> {
+    if holds_nothing(&t.dir) {
+        return Err(CliError::no_database(&t.dir));
     }
-    let report = mergekv::verify(data)?;
+    let check = || mergekv::verify_with(&t.dir, &t.options()).map_err(open_error);
+    let report = check()?;
     if !a.repair {
         return finish_verify(&report, None, out);
     }
@@ -323,20 +351,19 @@ fn verify(data: &Path, a: &VerifyArgs, out: &mut Out) -> Result<(), CliError> {
         }
         return finish_verify(&report, Some(None), out);
     }
-    let repaired = repair(data, out)?;
-    finish_verify(&mergekv::verify(data)?, Some(repaired), out)
+    let repaired = repair(t, out)?;
+    finish_verify(&check()?, Some(repaired), out)
 }
 
 /// Opens in repair mode and reports what was dropped (as text lines right
 /// away; returned for the JSON object).
-fn repair(data: &Path, out: &mut Out) -> Result<Option<RepairReport>, CliError> {
+fn repair(t: &Target, out: &mut Out) -> Result<Option<RepairReport>, CliError> {
     // Repairing must never create a new, empty database instead.
     let options = Options {
         recovery_mode: RecoveryMode::Repair,
-        create_if_missing: false,
-        ..Options::default()
+        ..t.existing_only()
     };
-    let db = Db::open_with(data, options)?;
+    let db = Db::open_with(&t.dir, options).map_err(open_error)?;
     let recovery = db.recovery_report().clone();
     let salvaged: Vec<String> = db
         .notices()
@@ -359,12 +386,12 @@ fn repair(data: &Path, out: &mut Out) -> Result<Option<RepairReport>, CliError> 
     Ok(recovery.repair)
 }
 
-fn reidentify(data: &Path, out: &mut Out) -> Result<(), CliError> {
+fn reidentify(t: &Target, out: &mut Out) -> Result<(), CliError> {
     let options = Options {
         renew_identity: true,
-        ..replicate::existing_only()
+        ..t.existing_only()
     };
-    let db = Db::open_with(data, options)?;
+    let db = Db::open_with(&t.dir, options).map_err(open_error)?;
     let new = db.node_id();
     let old = db.identity_renewed().map(|(old, _)| old);
     db.close()?;

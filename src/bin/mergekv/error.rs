@@ -10,7 +10,8 @@ pub const EXIT_NOT_FOUND: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 /// Exit code: damaged data, or an I/O failure.
 pub const EXIT_DATA: u8 = 3;
-/// Exit code: a password or token was refused.
+/// Exit code: a password or token was refused, or the database's
+/// encryption key was not given (or a wrong one was).
 pub const EXIT_DENIED: u8 = 4;
 /// Exit code: a write to a follower's directory (read-only until promoted).
 pub const EXIT_READ_ONLY: u8 = 5;
@@ -70,6 +71,7 @@ impl From<mergekv::Error> for CliError {
         }
         let code = match &error {
             E::Auth(auth) => auth_exit_code(auth),
+            E::Key(key) => key_exit_code(key),
             E::ReadOnly { .. } => EXIT_READ_ONLY,
             E::InvalidKeyspace { .. }
             | E::InvalidCommand { .. }
@@ -94,6 +96,17 @@ pub fn describe(error: &mergekv::Error) -> String {
              before it is kept"
         ),
         _ => error.to_string(),
+    }
+}
+
+/// A key that was needed and not given (or not the right one) is refused
+/// like a wrong password: the data is fine, the caller lacks the secret. A
+/// key that cannot be read, or one given for a database in clear, is a
+/// mistake in the command line.
+fn key_exit_code(error: &mergekv::KeyError) -> u8 {
+    match error {
+        mergekv::KeyError::Missing { .. } => EXIT_DENIED,
+        _ => EXIT_USAGE,
     }
 }
 

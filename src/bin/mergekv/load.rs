@@ -3,7 +3,6 @@
 use std::collections::HashSet;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
-use std::path::Path;
 use std::time::Instant;
 
 use mergekv::command::validate_keyspace_name;
@@ -12,6 +11,7 @@ use serde::Serialize;
 
 use crate::args::LoadArgs;
 use crate::error::CliError;
+use crate::keys::Target;
 use crate::output::Out;
 use crate::progress::{Progress, per_second};
 
@@ -239,12 +239,11 @@ fn bad_line(loader: &mut Loader, name: &str, number: u64, why: &BadLine) -> CliE
     ))
 }
 
-/// Options for a load: the defaults, with room for `--batch` operations.
-fn load_options(batch_ops: usize) -> Options {
-    let defaults = Options::default();
+/// Options for a load: `base`, with room for `--batch` operations.
+fn load_options(base: Options, batch_ops: usize) -> Options {
     Options {
-        batch_ops_max: defaults.batch_ops_max.max(batch_ops),
-        ..defaults
+        batch_ops_max: base.batch_ops_max.max(batch_ops),
+        ..base
     }
 }
 
@@ -258,11 +257,11 @@ struct LoadJson {
 }
 
 /// `mergekv load FILE`.
-pub fn load(data: &Path, args: &LoadArgs, out: &mut Out) -> Result<(), CliError> {
+pub fn load(t: &Target, args: &LoadArgs, out: &mut Out) -> Result<(), CliError> {
     validate_keyspace_name(&args.ks.keyspace, false)?;
     let mut input = open_input(&args.file)?;
-    let options = load_options(args.batch);
-    let db = crate::commands::opened(Db::open_with(data, options.clone())?);
+    let options = load_options(t.options(), args.batch);
+    let db = t.open_with(options.clone())?;
     let started = Instant::now();
     let mut progress = Progress::new(input.size_bytes);
     let mut loader = Loader::new(&db, &args.ks.keyspace, args.batch);

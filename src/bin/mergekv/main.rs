@@ -1,15 +1,19 @@
 //! `mergekv`: the command-line program.
 //!
-//! Exit codes: 0 ok, 1 not found, 2 usage, 3 data or I/O error, 4 a
-//! password or token refused, 5 a write to a read-only follower. Every
-//! failure prints one line on stderr: `mergekv: error: <message>`.
+//! Exit codes: 0 ok, 1 not found, 2 usage (a key that cannot be read, or
+//! one given for a database in clear, included), 3 data or I/O error, 4 a
+//! password or token refused, or the database's encryption key not given
+//! (or a wrong one), 5 a write to a read-only follower. Every failure
+//! prints one line on stderr: `mergekv: error: <message>`.
 
 mod args;
 mod auth;
 mod commands;
 mod demo;
+mod encryption;
 mod error;
 mod files;
+mod keys;
 mod load;
 mod output;
 mod progress;

@@ -20,6 +20,7 @@ use zeroize::Zeroizing;
 use crate::args::{Cli, FollowArgs, ServeArgs};
 use crate::auth::master_key;
 use crate::error::{CliError, EXIT_USAGE};
+use crate::keys::{Target, open_error};
 use crate::output::Out;
 
 /// How often the status is looked at.
@@ -30,11 +31,11 @@ pub const FOLLOWER_STATUS_FILE: &str = "follower-status.json";
 const TOKEN_FILE_BYTES_MAX: u64 = 4096;
 
 /// `mergekv serve --listen ADDR`.
-pub fn serve(cli: &Cli, a: &ServeArgs, out: &mut Out) -> Result<(), CliError> {
+pub fn serve(cli: &Cli, t: &Target, a: &ServeArgs, out: &mut Out) -> Result<(), CliError> {
     let key = master_key(cli.master_key_file.as_deref())?;
     // Serving only reads: a new, empty database could never have a user
     // with a replicate key, so a missing one is a mistyped --data.
-    let db = crate::commands::opened(Db::open_with(&cli.data, existing_only())?);
+    let db = t.open_with(t.existing_only())?;
     let auth = Arc::new(AuthService::open(&db, key)?);
     let server = ReplicationServer::start(&db, a.listen.as_str(), ReplicationOptions::new(auth))?;
     out.line(format_args!(
@@ -66,19 +67,22 @@ pub fn serve(cli: &Cli, a: &ServeArgs, out: &mut Out) -> Result<(), CliError> {
 }
 
 /// `mergekv follow --leader ADDR --token-file FILE`.
-pub fn follow(cli: &Cli, a: &FollowArgs, out: &mut Out) -> Result<(), CliError> {
+pub fn follow(t: &Target, a: &FollowArgs, out: &mut Out) -> Result<(), CliError> {
     let token = read_token(&a.token_file)?;
     let mut options = FollowerOptions::new(&a.leader, token.as_str());
     options.follower_id = a.follower_id;
-    let follower = Follower::open(&cli.data, options)?;
+    // The follower's own files are encrypted with the key given, and it
+    // needs the leader's key to open what the leader seals.
+    options.db_options = t.options();
+    let follower = Follower::open(&t.dir, options).map_err(open_error)?;
     out.line(format_args!(
         "following {} into {} as {:016x}; interrupt to stop",
         a.leader,
-        cli.data.display(),
+        t.dir.display(),
         follower.follower_id()
     ))?;
     out.flush()?;
-    let status_path = cli.data.join(FOLLOWER_STATUS_FILE);
+    let status_path = t.dir.join(FOLLOWER_STATUS_FILE);
     let mut shown = String::new();
     loop {
         let status = follower.status();
@@ -96,8 +100,11 @@ pub fn follow(cli: &Cli, a: &FollowArgs, out: &mut Out) -> Result<(), CliError> 
 }
 
 /// `mergekv promote`.
-pub fn promote(data: &Path, out: &mut Out) -> Result<(), CliError> {
-    let was_follower = Db::promote(data)?;
+pub fn promote(t: &Target, out: &mut Out) -> Result<(), CliError> {
+    let data = t.dir.as_path();
+    // With the keys: the open that forgets the follower's position needs
+    // them, and they are checked before the mark is removed.
+    let was_follower = Db::promote_with(data, t.options()).map_err(open_error)?;
     let _ = std::fs::remove_file(data.join(FOLLOWER_STATUS_FILE));
     if out.json {
         return out.json(&serde_json::json!({ "promoted": was_follower }));
@@ -185,33 +192,17 @@ fn read_token(path: &Path) -> Result<Zeroizing<String>, CliError> {
     Ok(Zeroizing::new(text.trim().to_string()))
 }
 
-/// Options that open only a database that exists: a command that only
-/// reads must not create one ([`mergekv::Error::NotADatabase`] instead).
-pub fn existing_only() -> mergekv::Options {
-    mergekv::Options {
-        create_if_missing: false,
-        ..mergekv::Options::default()
-    }
-}
-
 /// Opens an existing database for reading: a follower's directory
 /// read-only, any other normally.
-pub fn open_for_read(data: &Path) -> mergekv::Result<Db> {
-    open_existing(data).map(crate::commands::opened)
-}
-
-fn open_existing(data: &Path) -> mergekv::Result<Db> {
-    match Db::open_with(data, existing_only()) {
+pub fn open_for_read(t: &Target) -> Result<Db, CliError> {
+    match Db::open_with(&t.dir, t.existing_only()) {
         Err(Error::ReadOnly {
             follower_of: Some(_),
             ..
-        }) => Db::open_with(
-            data,
-            mergekv::Options {
-                read_only: true,
-                ..existing_only()
-            },
-        ),
-        other => other,
+        }) => t.open_with(mergekv::Options {
+            read_only: true,
+            ..t.existing_only()
+        }),
+        other => other.map(crate::commands::opened).map_err(open_error),
     }
 }
