@@ -24,7 +24,7 @@
 
 use std::path::Path;
 
-use crate::crypto::Keyring;
+use crate::crypto::{KeyId, Keyring};
 use crate::engine;
 use crate::error::{Error, KeyError, Result};
 use crate::io::Io;
@@ -61,4 +61,33 @@ pub(crate) fn check(io: &Io, dir: &Path, meta: Option<&Meta>, keyring: &Keyring)
         }
     }
     Ok(())
+}
+
+/// Where encryption stands in `dir` for a database whose key is
+/// `current`: the files under other keys (or in clear, if it has one).
+/// `rewrite_pending` is left false for the caller to say.
+pub(super) fn status(
+    io: &Io,
+    dir: &Path,
+    current: Option<KeyId>,
+) -> Result<super::EncryptionStatus> {
+    let files = engine::key_ids_in_files(io, dir)?;
+    let in_clear = match current {
+        Some(_) => engine::files_in_clear(io, dir)?,
+        None => 0,
+    };
+    let mut other_key_ids: Vec<KeyId> = files
+        .iter()
+        .map(|(_, id)| *id)
+        .filter(|id| Some(*id) != current)
+        .collect();
+    let files_under_other_keys = other_key_ids.len() + in_clear;
+    other_key_ids.sort();
+    other_key_ids.dedup();
+    Ok(super::EncryptionStatus {
+        key_id: current,
+        files_under_other_keys,
+        other_key_ids,
+        rewrite_pending: false,
+    })
 }

@@ -685,25 +685,10 @@ impl Db {
 
     /// The database's key and the files still under other keys.
     pub fn encryption(&self) -> Result<EncryptionStatus> {
-        let keyring = self.inner.engine.wal().keyring().read().clone();
-        let current = keyring.current_id();
-        let files = crate::engine::key_ids_in_files(&self.io(), &self.inner.dir)?;
-        let in_clear = crate::engine::files_in_clear(&self.io(), &self.inner.dir)?;
-        let mut others: Vec<KeyId> = files
-            .iter()
-            .map(|(_, id)| *id)
-            .filter(|id| Some(*id) != current)
-            .collect();
-        others.sort();
-        others.dedup();
-        let files_under_other_keys = files.iter().filter(|(_, id)| Some(*id) != current).count()
-            + if current.is_some() { in_clear } else { 0 };
-        Ok(EncryptionStatus {
-            key_id: current,
-            files_under_other_keys,
-            other_key_ids: others,
-            rewrite_pending: self.inner.maintenance.rekey_pending(),
-        })
+        let current = self.inner.engine.wal().keyring().read().current_id();
+        let mut status = keys::status(&self.io(), &self.inner.dir, current)?;
+        status.rewrite_pending = self.inner.maintenance.rekey_pending();
+        Ok(status)
     }
 
     /// A change set of every change newer than `cursor` (a version vector of

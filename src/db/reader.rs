@@ -202,25 +202,10 @@ impl ReadOnlyDb {
     /// writable open would have a rewrite to do (such files exist).
     pub fn encryption(&self) -> Result<super::EncryptionStatus> {
         let current = meta::read_meta(&self.io, &self.dir)?.and_then(|m| m.key_id);
-        let files = crate::engine::key_ids_in_files(&self.io, &self.dir)?;
-        let in_clear = match current {
-            Some(_) => crate::engine::files_in_clear(&self.io, &self.dir)?,
-            None => 0,
-        };
-        let mut other_key_ids: Vec<_> = files
-            .iter()
-            .map(|(_, id)| *id)
-            .filter(|id| Some(*id) != current)
-            .collect();
-        let files_under_other_keys = other_key_ids.len() + in_clear;
-        other_key_ids.sort();
-        other_key_ids.dedup();
-        Ok(super::EncryptionStatus {
-            key_id: current,
-            files_under_other_keys,
-            other_key_ids,
-            rewrite_pending: files_under_other_keys > 0,
-        })
+        let mut status = super::keys::status(&self.io, &self.dir, current)?;
+        // A reader rewrites nothing: what is left is what is pending.
+        status.rewrite_pending = status.files_under_other_keys > 0;
+        Ok(status)
     }
 
     /// A follower directory's stored replication position, if any.
