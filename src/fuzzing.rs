@@ -283,6 +283,35 @@ fn run_file_path(bytes: &[u8]) -> std::path::PathBuf {
 /// One key's state as a run holds it.
 pub type RunEntry = (Vec<u8>, crate::crdt::KeyState);
 
+/// The key the fuzz harness reads encrypted inputs with (its seeds are
+/// written under it): 32 bytes of 0x42.
+pub fn fuzz_keyring() -> crate::crypto::Keyring {
+    crate::crypto::Keyring::new(Some(fuzz_key()), Vec::new())
+}
+
+/// The fuzz harness's key (see [`fuzz_keyring`]).
+pub fn fuzz_key() -> crate::crypto::EncryptionKey {
+    crate::crypto::EncryptionKey::from_bytes([0x42; 32])
+}
+
+/// Opens `bytes` as a sealed object of either kind (a change set, a
+/// replication batch with an empty context) under the fuzz key.
+pub fn open_sealed(bytes: &[u8]) -> Result<Vec<u8>, String> {
+    use crate::crypto::sealed::{self, SealedKind};
+    let ring = fuzz_keyring();
+    sealed::open(&ring, SealedKind::ChangeSet, &[], bytes)
+        .or_else(|_| sealed::open(&ring, SealedKind::ReplicationBatch, &[], bytes))
+        .map_err(|e| e.to_string())
+}
+
+/// Reads a whole segment as segment import does, with the fuzz key: the
+/// number of frames.
+pub fn decode_encrypted_segment(bytes: &[u8]) -> Result<usize, String> {
+    crate::wal::recovery::read_whole_segment(bytes, &fuzz_keyring())
+        .map_err(|e| e.to_string())?
+        .map(|frames| frames.len())
+}
+
 /// A run file opened from bytes (`run::Run::open`, on a simulated disk,
 /// with a small block cache).
 pub struct RunFile {
@@ -299,8 +328,7 @@ pub fn open_run_file(bytes: &[u8]) -> Result<RunFile, String> {
     io.create_dir_all(dir).map_err(|e| e.to_string())?;
     io.write_atomic(&path, bytes).map_err(|e| e.to_string())?;
     let cache = crate::run::BlockCache::new(1 << 20);
-    let keyring = crate::crypto::Keyring::default(); // KEYRING-PLUMBING
-    crate::run::Run::open(&io, &path, cache, &keyring)
+    crate::run::Run::open(&io, &path, cache, &fuzz_keyring())
         .map(|run| RunFile { run })
         .map_err(|e| e.to_string())
 }
@@ -346,10 +374,10 @@ impl RunFile {
 /// Salvages `bytes` as a repair salvages a damaged run
 /// (`run::salvage_run`): the entries kept and how many spans were lost.
 pub fn salvage_run_file(bytes: &[u8]) -> (Vec<RunEntry>, usize) {
-    let keyring = crate::crypto::Keyring::default(); // KEYRING-PLUMBING
+    let keyring = fuzz_keyring();
     let path = run_file_path(bytes);
-    // An encrypted run cannot be salvaged without its key: the whole file
-    // counts as one lost span.
+    // An encrypted run under another key cannot be salvaged: the whole
+    // file counts as one lost span.
     let Ok(salvage) = crate::run::salvage::salvage_bytes(bytes, &path, &keyring) else {
         return (Vec::new(), 1);
     };
@@ -373,7 +401,7 @@ pub fn write_run_file(
     let options = crate::run::RunWriterOptions {
         block_bytes_target,
         compression,
-        key: None, // KEYRING-PLUMBING
+        key: None, // the fuzzer's run writer writes in clear
         ..crate::run::RunWriterOptions::default()
     };
     let dir = std::path::Path::new("/runs");

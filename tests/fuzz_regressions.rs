@@ -290,6 +290,7 @@ impl SeedSource {
             ("wal_segment", segments),
             ("snapshot", vec![("snapshot".into(), self.snapshot.clone())]),
             ("changeset", self.changesets.clone()),
+            ("encrypted", encrypted_seeds()),
             ("repl_frame", frame_seeds),
             ("repl_message", message_seeds),
             ("repl_stream", self.streams(&messages)),
@@ -562,6 +563,36 @@ fn api_token(db: &Db) -> (String, String) {
 
 /// A full export, a bucket export (no cursor), and the export of a copy
 /// that imported the first (its cursor names two nodes).
+/// An encrypted database under the fuzz key: a sealed change set, a WAL
+/// segment and a run, as it writes them.
+fn encrypted_seeds() -> Seeds {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open_with(
+        dir.path(),
+        Options {
+            sync_mode: SyncMode::Never,
+            wall_clock: Arc::new(ManualClock::new(1_700_000_000_000)),
+            encryption_key: Some(mergekv::KeySource::Key(mergekv::fuzzing::fuzz_key())),
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    write_every_record_shape(&db);
+    db.compact_now().unwrap();
+    write_every_record_shape(&db);
+    let (sealed, _) = db.export_since(&SyncCursor::new()).unwrap();
+    db.close().unwrap();
+    let segment = read_segments(dir.path())
+        .pop()
+        .expect("a segment with frames");
+    let run = std::fs::read(common::runs(dir.path()).pop().expect("a run")).unwrap();
+    vec![
+        ("sealed-changeset".into(), sealed),
+        ("segment".into(), segment),
+        ("run".into(), run),
+    ]
+}
+
 fn changesets(db: &Db) -> Seeds {
     let (full, _) = db.export_since(&SyncCursor::new()).unwrap();
     let (buckets, _) = db
