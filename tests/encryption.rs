@@ -379,3 +379,22 @@ fn every_byte_of_an_encrypted_run_flipped_is_an_error_never_a_wrong_value() {
         }
     }
 }
+
+#[test]
+fn old_keys_alone_do_not_open_an_encrypted_database() {
+    let dir = tempfile::tempdir().unwrap();
+    Db::open_with(dir.path(), with_key(Some(key(1))))
+        .unwrap()
+        .close()
+        .unwrap();
+    let only_old = Options {
+        encryption_keys_old: vec![KeySource::Key(key(1))],
+        ..Options::default()
+    };
+    assert!(matches!(
+        Db::open_with(dir.path(), only_old),
+        Err(Error::Key(KeyError::Missing { needed, .. })) if needed == key(1).id()
+    ));
+    // Still encrypted with key 1.
+    Db::open_with(dir.path(), with_key(Some(key(1)))).unwrap();
+}

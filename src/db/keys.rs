@@ -15,7 +15,8 @@
 //!   old keys given: a writable open takes this as a rotation to J (it
 //!   writes META naming J; the compactor rewrites K's files). A read-only
 //!   open just reads with both.
-//! - Otherwise (K not given at all): refused, naming K.
+//! - Otherwise (K not given at all, or only old keys and no current
+//!   one): refused, naming K. There is no rotation back to no key.
 //!
 //! Then every file recovery reads (segments, the manifest's runs,
 //! snapshots) must have its key in the ring; a file under a key the ring
@@ -40,7 +41,9 @@ pub(crate) fn check(io: &Io, dir: &Path, meta: Option<&Meta>, keyring: &Keyring)
                 dir: dir.to_path_buf(),
             }));
         }
-        (Some(needed), _) if keyring.find(needed).is_none() => {
+        // Old keys alone do not open an encrypted database: that would
+        // write on in clear (a rotation to no key, which is not offered).
+        (Some(needed), current) if current.is_none() || keyring.find(needed).is_none() => {
             return Err(Error::Key(KeyError::Missing {
                 what: format!("the database in {}", dir.display()),
                 needed,
