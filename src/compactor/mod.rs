@@ -60,6 +60,9 @@ pub struct RekeyReport {
     /// Files still under another key (0: the old keys are no longer
     /// needed).
     pub files_left: usize,
+    /// Why files could not be rewritten (a damaged WAL segment kept for a
+    /// cursor, say): each is left as it was, under its old key.
+    pub errors: Vec<String>,
 }
 
 /// What a compaction did.
@@ -257,7 +260,9 @@ impl Maintenance {
             report.runs_rewritten = compacted.runs_written as u64;
         }
         let _running = self.running.lock();
-        report.segments_rewritten = self.engine.wal().rewrite_sealed_under_current_key()?;
+        let (rewritten, errors) = self.engine.wal().rewrite_sealed_under_current_key()?;
+        report.segments_rewritten = rewritten;
+        report.errors = errors.iter().map(ToString::to_string).collect();
         report.files_left = stale_runs(&self.engine.state().lower())
             + self
                 .engine
@@ -816,8 +821,37 @@ impl Drop for Compactor {
     }
 }
 
+/// When the background rewrite of a key rotation is tried next: at once,
+/// then, after each failure, after twice the previous wait (1 s to 5 min).
+#[derive(Default)]
+struct RekeyBackoff {
+    next: Option<(Instant, Duration)>,
+}
+
+impl RekeyBackoff {
+    /// Time, as the input: this is the compactor thread's schedule.
+    fn due(&self) -> bool {
+        self.next.is_none_or(|(at, _)| Instant::now() >= at)
+    }
+
+    fn failed(&mut self) {
+        let wait = self
+            .next
+            .map_or(REKEY_RETRY_MIN, |(_, w)| (w * 2).min(REKEY_RETRY_MAX));
+        self.next = Some((Instant::now() + wait, wait));
+    }
+}
+
+/// The first wait before a failed rotation rewrite is tried again.
+const REKEY_RETRY_MIN: Duration = Duration::from_secs(1);
+/// The longest wait between tries.
+const REKEY_RETRY_MAX: Duration = Duration::from_secs(300);
+
 fn run(maintenance: &Maintenance, requests: &Receiver<Request>, rings: &Receiver<()>) {
     let tick = Duration::from_millis(maintenance.engine.options().compactor_tick_ms.max(1));
+    // A rotation's rewrite that failed or left files (a damaged segment)
+    // is tried again later, backing off; compaction goes on meanwhile.
+    let mut rekey_backoff = RekeyBackoff::default();
     loop {
         let (reply, full) = crossbeam_channel::select! {
             recv(requests) -> request => match request {
@@ -829,15 +863,35 @@ fn run(maintenance: &Maintenance, requests: &Receiver<Request>, rings: &Receiver
         };
         if reply.is_none()
             && maintenance.rekey_pending()
+            && rekey_backoff.due()
             && maintenance.engine.wal().check_usable().is_ok()
         {
-            // A rotation's rewrite, in the background; an error is kept
-            // for stats and the rewrite tried again at the next tick.
-            if let Err(e) = maintenance.rekey() {
-                poison_on_failed_sync(&maintenance.engine, &e);
-                maintenance.progress.lock().last_error = Some(e.to_string());
+            // A rotation's rewrite, in the background. A failure (or a
+            // file it could not rewrite) is kept for stats and tried again
+            // later; it never holds back the compaction below.
+            let outcome =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| maintenance.rekey()));
+            match outcome {
+                Ok(Ok(report)) if report.files_left == 0 => rekey_backoff = RekeyBackoff::default(),
+                Ok(Ok(report)) => {
+                    maintenance.progress.lock().last_error = Some(format!(
+                        "key rotation: {} file(s) still under an old key: {}",
+                        report.files_left,
+                        report.errors.join("; ")
+                    ));
+                    rekey_backoff.failed();
+                }
+                Ok(Err(e)) => {
+                    poison_on_failed_sync(&maintenance.engine, &e);
+                    maintenance.progress.lock().last_error = Some(format!("key rotation: {e}"));
+                    rekey_backoff.failed();
+                }
+                Err(_) => {
+                    let cause = "the compactor thread panicked during a key rotation's rewrite";
+                    maintenance.engine.poison(cause);
+                    return;
+                }
             }
-            continue;
         }
         if reply.is_none()
             && (!maintenance.due() || maintenance.engine.wal().check_usable().is_err())

@@ -285,6 +285,21 @@ impl Keyring {
             .find(|k| k.id() == id)
     }
 
+    /// The same keys with the one whose id is `id` as the current one
+    /// (`None`: no current key), the others kept for reading.
+    pub fn with_current(&self, id: Option<KeyId>) -> Keyring {
+        let mut keys: Vec<Arc<EncryptionKey>> =
+            self.current.iter().chain(&self.older).cloned().collect();
+        let current = id.and_then(|id| {
+            let at = keys.iter().position(|k| k.id() == id)?;
+            Some(keys.remove(at))
+        });
+        Keyring {
+            current,
+            older: keys,
+        }
+    }
+
     /// Makes `key` the current key, keeping the previous one for reading.
     pub fn rotate_to(&mut self, key: EncryptionKey) {
         let id = key.id();

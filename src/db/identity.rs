@@ -68,6 +68,9 @@ pub(super) fn find(io: &Io, dir: &Path, options: &Options, keyring: &Keyring) ->
             "damaged or missing, and no segment or snapshot names the node id to rebuild it from",
         ));
     };
+    // The keys against the rebuilt META, before it is written: a repair
+    // with the wrong keys changes nothing either.
+    super::keys::check(io, dir, Some(&rebuilt), keyring)?;
     if damaged.is_some() {
         // Kept first, replaced after: a crash between leaves one or the other.
         let bytes = io.read(&path)?;

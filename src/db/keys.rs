@@ -44,8 +44,17 @@ pub(crate) fn check(io: &Io, dir: &Path, meta: Option<&Meta>, keyring: &Keyring)
         // Old keys alone do not open an encrypted database: that would
         // write on in clear (a rotation to no key, which is not offered).
         (Some(needed), current) if current.is_none() || keyring.find(needed).is_none() => {
+            let only_old = current.is_none() && keyring.find(needed).is_some();
             return Err(Error::Key(KeyError::Missing {
-                what: format!("the database in {}", dir.display()),
+                what: if only_old {
+                    format!(
+                        "the database in {} (its key was given only as an old key: give it as \
+                         the current one)",
+                        dir.display()
+                    )
+                } else {
+                    format!("the database in {}", dir.display())
+                },
                 needed,
                 given: keyring.ids(),
                 rotating_to: None,
@@ -54,6 +63,18 @@ pub(crate) fn check(io: &Io, dir: &Path, meta: Option<&Meta>, keyring: &Keyring)
         _ => {}
     }
     for (path, needed) in engine::key_ids_in_files(io, dir)? {
+        if keyring.current_id().is_none() && keyring.find(needed).is_some() {
+            // Old keys alone would write on in clear beside encrypted files.
+            return Err(Error::Key(KeyError::Missing {
+                what: format!(
+                    "{} (its key was given only as an old key: give it as the current one)",
+                    path.display()
+                ),
+                needed,
+                given: Vec::new(),
+                rotating_to: None,
+            }));
+        }
         if keyring.find(needed).is_none() {
             return Err(Error::Key(KeyError::Missing {
                 what: path.display().to_string(),

@@ -124,11 +124,25 @@ impl Db {
         }
         let read_only = options.read_only;
         let wal_dir = dir.join(WAL_DIR);
-        let keyring = options.keyring()?;
-        // A damaged META is left for `find` to report (or repair).
+        let mut keyring = options.keyring()?;
+        // A damaged META is left for `find` to report (or repair, which
+        // checks the keys against the META it rebuilds before writing it).
         let meta_now = meta::read_meta(&io, &dir).ok().flatten();
         keys::check(&io, &dir, meta_now.as_ref(), &keyring)?;
-        let found = identity::find(&io, &dir, &options, &keyring)?;
+        let mut found = identity::find(&io, &dir, &options, &keyring)?;
+        if found.meta.key_id != keyring.current_id() {
+            if !read_only || follower_of.is_some() {
+                // A new current key with the database's key among the old
+                // ones: a rotation (see `keys`). META names the new key
+                // before recovery or anything after it writes a file.
+                found.meta.key_id = keyring.current_id();
+                meta::write_meta(&io, &dir, &found.meta)?;
+            } else {
+                // A read-only open changes nothing: whatever it writes is
+                // under the key META names.
+                keyring = keyring.with_current(found.meta.key_id);
+            }
+        }
         io.create_dir_all(&wal_dir)?;
         let cache = crate::run::BlockCache::new(options.cache_bytes_max);
         let lineage = found.meta.lineage();
@@ -141,7 +155,7 @@ impl Db {
             keyring: &keyring,
             modify: true,
         })?;
-        let (mut meta, renewed) = identity::settle(
+        let (meta, renewed) = identity::settle(
             &io,
             &dir,
             found,
@@ -150,13 +164,6 @@ impl Db {
             &keyring,
             follower_of.is_some(),
         )?;
-        if meta.key_id != keyring.current_id() && (!read_only || follower_of.is_some()) {
-            // An open with a new current key and the database's key among
-            // the old ones: a rotation (see `keys`). META names the new key
-            // before any file is written with it.
-            meta.key_id = keyring.current_id();
-            meta::write_meta(&io, &dir, &meta)?;
-        }
         let keyring = Arc::new(parking_lot::RwLock::new(keyring));
         // A segment header names its writer: a new identity writes in a
         // segment of its own (the writer also starts one if the last

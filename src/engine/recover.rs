@@ -859,7 +859,14 @@ pub(crate) fn rebuild_meta(
     created_ms: u64,
     keyring: &Keyring,
 ) -> Result<Option<Meta>> {
-    let key_id = keyring.current_id();
+    // Encrypted under the current key if any file is encrypted; in clear
+    // if none is (a repair does not encrypt a database by the way: the
+    // key check then refuses a key for it, as for any database in clear).
+    let key_id = if key_ids_in_files(io, dir)?.is_empty() {
+        None
+    } else {
+        keyring.current_id()
+    };
     let mut former = node_ids_in_files(io, dir, keyring)?;
     if former.is_empty() {
         return Ok(None);

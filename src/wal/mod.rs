@@ -516,25 +516,33 @@ impl Wal {
     }
 
     /// Rewrites every sealed segment whose key is not the current one
-    /// under the current key (a key rotation's rewrite); returns how many.
-    /// Each is rewritten whole to a temp file with a fresh salt, fsynced,
-    /// renamed over the old one and the directory fsynced, so a crash
-    /// leaves one or the other. A segment that does not read back whole is
-    /// `Error::Corruption` and left as it is. Call with no truncation
-    /// running (the compactor's own thread).
-    pub fn rewrite_sealed_under_current_key(&self) -> Result<usize> {
+    /// under the current key (a key rotation's rewrite): how many were
+    /// rewritten, and why the others could not be. Each is rewritten whole
+    /// to a temp file with a fresh salt, fsynced, renamed over the old one
+    /// and the directory fsynced, so a crash leaves one or the other. A
+    /// segment that does not read back whole (`Error::Corruption`) is left
+    /// as it is, under its old key, and the others are rewritten; an I/O
+    /// failure stops the rewrite. Call with no truncation running (the
+    /// compactor's own thread).
+    pub fn rewrite_sealed_under_current_key(&self) -> Result<(usize, Vec<Error>)> {
         let keyring = self.keyring.read().clone();
         let sealed = self.state.lock().segments.sealed().to_vec();
         let mut rewritten = 0;
+        let mut damaged = Vec::new();
         for segment in sealed {
             if read_segment_key_id(&self.io, &segment.path)? == keyring.current_id() {
                 continue;
             }
-            let size = rewrite_segment(&self.io, &segment.path, &keyring)?;
-            self.state.lock().segments.resize(segment.first_seq, size);
-            rewritten += 1;
+            match rewrite_segment(&self.io, &segment.path, &keyring) {
+                Ok(size) => {
+                    self.state.lock().segments.resize(segment.first_seq, size);
+                    rewritten += 1;
+                }
+                Err(e @ Error::Corruption { .. }) => damaged.push(e),
+                Err(e) => return Err(e),
+            }
         }
-        Ok(rewritten)
+        Ok((rewritten, damaged))
     }
 
     /// The key ids of the segments, sealed and active, in order (`None`:
