@@ -177,10 +177,18 @@ impl KeySource {
             KeySource::File(path) => key_from_file(path),
             KeySource::Env(var) => {
                 let source = format!("environment variable {var}");
+                // The variable's value is never put in the error: it may
+                // be a key (raw bytes are not UTF-8, and std's error for
+                // that quotes them).
                 let text = std::env::var(var).map_err(|e| {
                     Error::Key(KeyError::Invalid {
                         source: source.clone(),
-                        reason: e.to_string(),
+                        reason: match e {
+                            std::env::VarError::NotPresent => "not set".into(),
+                            std::env::VarError::NotUnicode(_) => {
+                                "not UTF-8 (a key in a variable is 64 hexadecimal digits)".into()
+                            }
+                        },
                     })
                 })?;
                 let text = Zeroizing::new(text);

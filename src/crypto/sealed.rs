@@ -47,6 +47,9 @@ pub enum SealedKind {
     ChangeSet = 1,
     /// The WAL frames of one replication batch, on the wire.
     ReplicationBatch = 2,
+    /// A snapshot a follower stages from a leader in clear (sealed under
+    /// the follower's key while it arrives).
+    StagedSnapshot = 3,
 }
 
 impl SealedKind {
@@ -54,6 +57,7 @@ impl SealedKind {
         match self {
             SealedKind::ChangeSet => "change set",
             SealedKind::ReplicationBatch => "replication batch",
+            SealedKind::StagedSnapshot => "staged snapshot",
         }
     }
 }
@@ -148,6 +152,67 @@ pub fn open(ring: &Keyring, kind: SealedKind, context: &[u8], bytes: &[u8]) -> R
         out.extend_from_slice(&buf);
     }
     Ok(out)
+}
+
+/// Seals a byte stream as it arrives, in bounded memory: the bytes written
+/// are exactly what [`seal`] makes of the whole stream. A chunk is sealed
+/// once more bytes follow it, so the last one (which its associated data
+/// marks) is sealed by [`SealWriter::finish`].
+pub struct SealWriter {
+    cipher: FileCipher,
+    header: [u8; SEALED_HEADER_BYTES],
+    context: Vec<u8>,
+    index: u64,
+    pending: Vec<u8>,
+}
+
+impl SealWriter {
+    /// A writer under the ring's current key, and the header to write
+    /// first; `None` if the ring has no current key.
+    pub fn new(ring: &Keyring, kind: SealedKind, context: &[u8]) -> Result<Option<(SealWriter, [u8; SEALED_HEADER_BYTES])>> {
+        let Some(key) = ring.current() else {
+            return Ok(None);
+        };
+        let cipher = FileCipher::new(key, Domain::Sealed, fresh_salt()?);
+        let header = encode_header(kind, cipher.key_block(), SEALED_CHUNK_BYTES);
+        let writer = SealWriter {
+            cipher,
+            header,
+            context: context.to_vec(),
+            index: 0,
+            pending: Vec::with_capacity(SEALED_CHUNK_BYTES as usize + TAG_BYTES),
+        };
+        Ok(Some((writer, header)))
+    }
+
+    /// Takes `bytes`; appends to `out` every chunk now known not to be the
+    /// last.
+    pub fn push(&mut self, mut bytes: &[u8], out: &mut Vec<u8>) {
+        let chunk = SEALED_CHUNK_BYTES as usize;
+        while !bytes.is_empty() {
+            if self.pending.len() == chunk {
+                // More follows: the pending chunk is not the last.
+                self.seal_pending(false, out);
+            }
+            let take = (chunk - self.pending.len()).min(bytes.len());
+            let (now, rest) = bytes.split_at(take);
+            self.pending.extend_from_slice(now);
+            bytes = rest;
+        }
+    }
+
+    /// Appends the last chunk (what is pending, possibly nothing) to `out`.
+    pub fn finish(mut self, out: &mut Vec<u8>) {
+        self.seal_pending(true, out);
+    }
+
+    fn seal_pending(&mut self, last: bool, out: &mut Vec<u8>) {
+        let aad = chunk_aad(&self.header, &self.context, self.index, last);
+        self.cipher.seal(self.index, &aad, &mut self.pending);
+        out.extend_from_slice(&self.pending);
+        self.pending.clear();
+        self.index += 1;
+    }
 }
 
 struct Header {
