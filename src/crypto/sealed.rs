@@ -169,7 +169,11 @@ pub struct SealWriter {
 impl SealWriter {
     /// A writer under the ring's current key, and the header to write
     /// first; `None` if the ring has no current key.
-    pub fn new(ring: &Keyring, kind: SealedKind, context: &[u8]) -> Result<Option<(SealWriter, [u8; SEALED_HEADER_BYTES])>> {
+    pub fn new(
+        ring: &Keyring,
+        kind: SealedKind,
+        context: &[u8],
+    ) -> Result<Option<(SealWriter, [u8; SEALED_HEADER_BYTES])>> {
         let Some(key) = ring.current() else {
             return Ok(None);
         };

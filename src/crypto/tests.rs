@@ -180,15 +180,17 @@ fn a_stream_sealed_piece_by_piece_opens_as_the_whole_and_is_the_same_layout() {
     for len in [0usize, 1, 65_535, 65_536, 65_537, 131_072, 200_000] {
         let plain: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
         for piece in [1usize, 7, 4096, 65_536, 100_000] {
-            let (mut w, header) = sealed::SealWriter::new(&ring, SealedKind::StagedSnapshot, b"ctx")
-                .unwrap()
-                .unwrap();
+            let (mut w, header) =
+                sealed::SealWriter::new(&ring, SealedKind::StagedSnapshot, b"ctx")
+                    .unwrap()
+                    .unwrap();
             let mut out = header.to_vec();
             for part in plain.chunks(piece) {
                 w.push(part, &mut out);
             }
             w.finish(&mut out);
-            let whole = sealed::seal(&ring, SealedKind::StagedSnapshot, b"ctx", plain.clone()).unwrap();
+            let whole =
+                sealed::seal(&ring, SealedKind::StagedSnapshot, b"ctx", plain.clone()).unwrap();
             assert_eq!(out.len(), whole.len(), "len {len} piece {piece}");
             assert_eq!(
                 sealed::open(&ring, SealedKind::StagedSnapshot, b"ctx", &out).unwrap(),
@@ -197,5 +199,9 @@ fn a_stream_sealed_piece_by_piece_opens_as_the_whole_and_is_the_same_layout() {
             );
         }
     }
-    assert!(sealed::SealWriter::new(&Keyring::default(), SealedKind::StagedSnapshot, b"").unwrap().is_none());
+    assert!(
+        sealed::SealWriter::new(&Keyring::default(), SealedKind::StagedSnapshot, b"")
+            .unwrap()
+            .is_none()
+    );
 }

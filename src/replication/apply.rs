@@ -112,11 +112,40 @@ pub(crate) struct ReplicatedSnapshot {
 /// Reads the received leader snapshot at `path` whole and checks it (it
 /// verifies itself); keeps the leader's records but not its `_local` ones,
 /// and lets this copy's clock see every stamp.
-pub(crate) fn read_replicated(db: &Db, path: &Path) -> Result<ReplicatedSnapshot> {
+///
+/// The file must cover at least `covered_seq` (what SNAPSHOT_BEGIN said:
+/// the follower continues after it, so a file covering less would skip
+/// the writes between; one covering more is harmless, merging is
+/// idempotent),
+/// and, from an encrypted leader (`leader_key`), be encrypted under that
+/// key: its chunks, end included, are then authenticated, so no one on the
+/// path can swap, cut or replace it.
+pub(crate) fn read_replicated(
+    db: &Db,
+    path: &Path,
+    covered_seq: u64,
+    leader_key: Option<crate::crypto::KeyId>,
+) -> Result<ReplicatedSnapshot> {
+    let keyring = db.engine().wal().keyring().read().clone();
+    let io = db.io();
+    let refuse = |reason: String| Error::corruption(path, 0, reason);
+    let key = snapshot::read_snapshot_key_id(&io, path)?;
+    if key != leader_key {
+        return Err(refuse(format!(
+            "the leader's snapshot is {}, but its WELCOME said {}",
+            key.map_or("in clear".into(), |k| format!("encrypted with key id {k}")),
+            leader_key.map_or("in clear".into(), |k| format!("key id {k}"))
+        )));
+    }
     // An encrypted leader's snapshot opens only with its key: a follower
     // without it stops here, before anything is applied.
-    let keyring = db.engine().wal().keyring().read().clone();
-    let loaded = snapshot::read_snapshot(&db.io(), path, &keyring)?;
+    let loaded = snapshot::read_snapshot(&io, path, &keyring)?;
+    if loaded.meta.covered_seq < covered_seq {
+        return Err(refuse(format!(
+            "the snapshot covers sequence {}, but SNAPSHOT_BEGIN announced {covered_seq}",
+            loaded.meta.covered_seq
+        )));
+    }
     let records: Vec<Record> = loaded
         .records
         .into_iter()

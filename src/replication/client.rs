@@ -531,7 +531,7 @@ fn perform(
             file.write_all(&bytes)?;
             Ok(false)
         }
-        FollowerAction::InstallSnapshot { cursor } => {
+        FollowerAction::InstallSnapshot { cursor, leader_key } => {
             // No fsync of the staged bytes: they are read back now and
             // never again. Crash-safe order: read and check the snapshot,
             // remove the staged file, then install. A crash before the
@@ -540,7 +540,7 @@ fn perform(
             // file after the read, and at most one copy of it is on disk
             // beside the installed state.
             drop(staging.take());
-            let snapshot = apply::read_replicated(db, &staging_path)?;
+            let snapshot = apply::read_replicated(db, &staging_path, cursor.seq, leader_key)?;
             discard_staged_snapshot(db)?;
             let position = stored_position(shared, cursor);
             apply::install_replicated(db, snapshot, position)?;

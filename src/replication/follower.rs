@@ -35,8 +35,14 @@ pub enum FollowerAction {
     /// The staged snapshot is complete and verified: install it, replacing
     /// the replicated state, with `cursor` stored atomically alongside.
     InstallSnapshot {
-        /// The cursor the snapshot brings the follower to.
+        /// The cursor the snapshot brings the follower to (its sequence
+        /// number is the one SNAPSHOT_BEGIN announced: the file must cover
+        /// exactly that).
         cursor: Cursor,
+        /// The key the leader's WELCOME named: the file must be encrypted
+        /// (its chunks authenticated) under it; `None` for a leader in
+        /// clear.
+        leader_key: Option<KeyId>,
     },
     /// Apply these records durably, with `cursor` stored in the same
     /// atomic write; then send the ACK from [`FollowerMachine::ack`].
@@ -261,6 +267,7 @@ impl FollowerMachine {
                 self.state = State::Streaming;
                 Ok(vec![FollowerAction::InstallSnapshot {
                     cursor: self.cursor,
+                    leader_key: self.leader_key,
                 }])
             }
             (
@@ -313,14 +320,23 @@ impl FollowerMachine {
 
     /// An encrypted leader needs its key here, or nothing it sends can be
     /// read: refused at WELCOME, before anything is applied.
+    ///
+    /// A follower with a key of its own follows only an encrypted leader:
+    /// WELCOME is not authenticated, so a leader "in clear" may be someone
+    /// on the path who rewrote it to feed the follower batches and a
+    /// snapshot of their own (with TLS, no one can).
     fn check_key(&mut self, key_id: Option<KeyId>) -> Result<(), ProtocolError> {
-        if let Some(needed) = key_id
-            && self.keyring.find(needed).is_none()
-        {
-            return Err(ProtocolError::KeyMissing {
-                needed,
-                given: self.keyring.ids(),
-            });
+        match key_id {
+            None if self.keyring.current_id().is_some() => {
+                return Err(ProtocolError::LeaderInClear);
+            }
+            Some(needed) if self.keyring.find(needed).is_none() => {
+                return Err(ProtocolError::KeyMissing {
+                    needed,
+                    given: self.keyring.ids(),
+                });
+            }
+            _ => {}
         }
         self.leader_key = key_id;
         Ok(())
@@ -786,7 +802,10 @@ mod tests {
         let actions = m.on_message(end.clone()).unwrap();
         assert_eq!(
             actions,
-            vec![FollowerAction::InstallSnapshot { cursor: cursor(40) }]
+            vec![FollowerAction::InstallSnapshot {
+                cursor: cursor(40),
+                leader_key: None
+            }]
         );
         m.on_message(batch(41, &[1])).unwrap();
 

@@ -97,6 +97,9 @@ pub enum ProtocolError {
         /// The keys the follower has (empty: none).
         given: Vec<crate::crypto::KeyId>,
     },
+    /// This follower has a key but the leader says its data is in clear:
+    /// refused (a WELCOME rewritten on the way would say the same).
+    LeaderInClear,
     /// The peer closed with an ERROR frame.
     Remote {
         /// Its code.
@@ -154,6 +157,12 @@ impl std::fmt::Display for ProtocolError {
             ProtocolError::Remote { code, message } => {
                 write!(f, "peer closed the connection ({code:?}): {message}")
             }
+            ProtocolError::LeaderInClear => write!(
+                f,
+                "the leader says its data is in clear, but this follower has a key: a follower \
+                 with a key follows only a leader encrypted with it (without TLS, a WELCOME \
+                 saying \"in clear\" may have been rewritten on the way); nothing was applied"
+            ),
             ProtocolError::KeyMissing { needed, given } => {
                 write!(
                     f,

@@ -231,7 +231,10 @@ pub fn write_snapshot_as(
     let mut end = ChunkBuilder::new(CHUNK_END);
     end.count = u32::try_from(count).unwrap_or(u32::MAX);
     end.payload.bytes(out.hasher.finalize().as_bytes());
-    let end = end.take(ChunkSeal::NONE, out.written);
+    // The end chunk is sealed too: its digest and count, authenticated,
+    // say where an encrypted snapshot ends (no one can cut it short and
+    // write a new end).
+    let end = end.take(seal, out.written);
     out.file.write_all(&end)?;
     out.file.sync_all()?;
     let size_bytes = out.written + end.len() as u64;
@@ -286,9 +289,9 @@ pub(crate) struct ChunkSeal<'a> {
     covered_seq: u64,
 }
 
+#[cfg(test)]
 impl ChunkSeal<'_> {
-    /// The end chunk's payload, the digest of the bytes before it, stays in
-    /// clear: it says nothing the ciphertext does not.
+    /// No encryption (for tests that build chunks by hand).
     pub(crate) const NONE: ChunkSeal<'static> = ChunkSeal {
         cipher: None,
         covered_seq: 0,
@@ -432,7 +435,7 @@ pub(crate) fn decode_snapshot(
         let payload_offset = offset + CHUNK_HEADER_BYTES;
         let opened;
         let payload = match cipher {
-            Some(cipher) if kind != CHUNK_END => {
+            Some(cipher) => {
                 let mut body = stored.to_vec();
                 let aad = chunk_aad(meta.covered_seq, offset as u64, kind, count, stored.len());
                 cipher
@@ -447,7 +450,14 @@ pub(crate) fn decode_snapshot(
             CHUNK_ENTRIES => decode_entries(payload, count, payload_offset, &mut snapshot.records)?,
             CHUNK_DEDUP => decode_dedup(payload, count, payload_offset, &mut snapshot.dedup)?,
             CHUNK_END => {
-                check_end(bytes, offset, payload, count, snapshot.records.len())?;
+                check_end(
+                    bytes,
+                    offset,
+                    payload,
+                    stored.len(),
+                    count,
+                    snapshot.records.len(),
+                )?;
                 return Ok(snapshot);
             }
             other => return Err((offset, format!("unknown chunk kind {other:#x}"))),
@@ -588,6 +598,7 @@ fn check_end(
     bytes: &[u8],
     offset: usize,
     payload: &[u8],
+    stored_len: usize,
     count: u32,
     entries: usize,
 ) -> std::result::Result<(), DecodeFailure> {
@@ -609,7 +620,7 @@ fn check_end(
     if blake3::hash(covered).as_bytes() != payload {
         return Err((offset, "snapshot digest mismatch".into()));
     }
-    let end = offset + CHUNK_HEADER_BYTES + payload.len();
+    let end = offset + CHUNK_HEADER_BYTES + stored_len;
     if end != bytes.len() {
         return Err((end, "bytes after the end chunk".into()));
     }
