@@ -39,6 +39,10 @@ const META_V2_FIXED_BYTES: usize = 8 + 2 + 8 + 8 + 8 + 8 + 2 + 4;
 const META_V3_FIXED_BYTES: usize = META_V2_FIXED_BYTES + 2 + 8;
 /// META flag: the database is encrypted with the key whose id follows.
 const META_FLAG_ENCRYPTED: u16 = 1;
+/// META flag (with `ENCRYPTED` only): a rotation from no key has not
+/// finished, so files in clear may remain; without it, a file in clear in
+/// an encrypted database is refused as forged.
+const META_FLAG_CLEAR_FILES_PENDING: u16 = 2;
 /// Most former node ids META holds (32 KiB of them). Past it, ids no file
 /// carries any more are dropped; an id a file still carries never is.
 pub const FORMER_NODE_IDS_MAX: usize = 4096;
@@ -77,6 +81,9 @@ pub struct Meta {
     /// The key the database is encrypted with (every new file uses it);
     /// `None`: not encrypted.
     pub key_id: Option<KeyId>,
+    /// An encrypted database that was in clear and whose rotation has not
+    /// finished rewriting its files in clear (only with `key_id`).
+    pub clear_files_pending: bool,
 }
 
 impl Meta {
@@ -162,6 +169,7 @@ pub fn renewed(
         home: here,
         former,
         key_id: meta.key_id,
+        clear_files_pending: meta.clear_files_pending,
     })
 }
 
@@ -189,6 +197,7 @@ pub fn create_meta(io: &Io, dir: &Path, created_ms: u64, key_id: Option<KeyId>) 
         home: io.object_id(dir)?,
         former: Vec::new(),
         key_id,
+        clear_files_pending: false,
     };
     write_meta(io, dir, &meta)?;
     Ok(meta)
@@ -271,7 +280,12 @@ pub(crate) fn encode_meta(meta: &Meta) -> Vec<u8> {
     w.u64(inode);
     match meta.key_id {
         Some(id) => {
-            w.u16(META_FLAG_ENCRYPTED);
+            let pending = if meta.clear_files_pending {
+                META_FLAG_CLEAR_FILES_PENDING
+            } else {
+                0
+            };
+            w.u16(META_FLAG_ENCRYPTED | pending);
             w.u64(id.0);
         }
         None => {
@@ -313,6 +327,7 @@ pub(crate) fn decode_meta(bytes: &[u8]) -> std::result::Result<Meta, String> {
         home: None,
         former: Vec::new(),
         key_id: None,
+        clear_files_pending: false,
     };
     match version {
         META_FORMAT_VERSION_1 if bytes.len() == META_V1_BYTES => {}
@@ -322,10 +337,13 @@ pub(crate) fn decode_meta(bytes: &[u8]) -> std::result::Result<Meta, String> {
             if version == META_FORMAT_VERSION {
                 let flags = r.u16().map_err(fail)?;
                 let key_id = r.u64().map_err(fail)?;
-                if flags & !META_FLAG_ENCRYPTED != 0 {
-                    return Err(format!("unknown flags {flags:#x}"));
+                let encrypted = flags & META_FLAG_ENCRYPTED != 0;
+                let known = META_FLAG_ENCRYPTED | META_FLAG_CLEAR_FILES_PENDING;
+                if flags & !known != 0 || (!encrypted && (flags != 0 || key_id != 0)) {
+                    return Err(format!("flags {flags:#x} with key id {key_id:#x}"));
                 }
-                meta.key_id = (flags & META_FLAG_ENCRYPTED != 0).then_some(KeyId(key_id));
+                meta.key_id = encrypted.then_some(KeyId(key_id));
+                meta.clear_files_pending = flags & META_FLAG_CLEAR_FILES_PENDING != 0;
             }
             let count = usize::from(r.u16().map_err(fail)?);
             if count > FORMER_NODE_IDS_MAX || r.remaining() != 8 * count {
@@ -363,6 +381,7 @@ mod tests {
             home: Some((3, 9)),
             former: vec![NodeId(1), NodeId(2)],
             key_id: Some(KeyId(0xfeed)),
+            clear_files_pending: true,
         };
         let bytes = encode_meta(&meta);
         assert_eq!(decode_meta(&bytes), Ok(meta.clone()));
@@ -429,6 +448,7 @@ mod tests {
             home: None,
             former: (2..2 + FORMER_NODE_IDS_MAX as u64).map(NodeId).collect(),
             key_id: None,
+            clear_files_pending: false,
         };
         let new = renewed(&meta, None, || Ok(vec![NodeId(1), NodeId(5)])).unwrap();
         assert_eq!(new.former, vec![NodeId(5), NodeId(1)]);

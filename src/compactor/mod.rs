@@ -63,6 +63,9 @@ pub struct RekeyReport {
     /// Why files could not be rewritten (a damaged WAL segment kept for a
     /// cursor, say): each is left as it was, under its old key.
     pub errors: Vec<String>,
+    /// Files in `quarantine/` from the time the database was in clear,
+    /// sealed under the current key when its rotation from no key finished.
+    pub quarantine_sealed: usize,
 }
 
 /// What a compaction did.
@@ -272,10 +275,46 @@ impl Maintenance {
                 .filter(|k| **k != current)
                 .count();
         if report.files_left == 0 {
+            self.finish_rotation_from_clear(&mut report)?;
             self.rekey_pending
                 .store(false, std::sync::atomic::Ordering::Release);
         }
         Ok(report)
+    }
+
+    /// After the rewrite of a database that was in clear: what quarantine
+    /// kept from then is sealed under the current key (each file whole, its
+    /// name bound in), and META stops allowing files in clear (from now on
+    /// an open refuses one as forged).
+    fn finish_rotation_from_clear(&self, report: &mut RekeyReport) -> Result<()> {
+        let Some(mut meta) = crate::meta::read_meta(&self.io, &self.dir)? else {
+            return Ok(());
+        };
+        if !meta.clear_files_pending || meta.key_id.is_none() {
+            return Ok(());
+        }
+        let keyring = self.engine.wal().keyring().read().clone();
+        let quarantine = self.dir.join(crate::wal::recovery::QUARANTINE_DIR);
+        for name in self.io.list_dir_if_exists(&quarantine)? {
+            let path = quarantine.join(&name);
+            if name.ends_with(".tmp") {
+                continue;
+            }
+            let bytes = self.io.read(&path)?;
+            if crate::crypto::sealed::is_sealed(&bytes) {
+                continue;
+            }
+            let sealed = crate::crypto::sealed::seal(
+                &keyring,
+                crate::crypto::sealed::SealedKind::Quarantine,
+                name.as_bytes(),
+                bytes,
+            )?;
+            self.io.write_atomic(&path, &sealed)?;
+            report.quarantine_sealed += 1;
+        }
+        meta.clear_files_pending = false;
+        crate::meta::write_meta(&self.io, &self.dir, &meta)
     }
 
     /// Registers or moves a cursor (durably, unless it only moved

@@ -50,6 +50,9 @@ pub enum SealedKind {
     /// A snapshot a follower stages from a leader in clear (sealed under
     /// the follower's key while it arrives).
     StagedSnapshot = 3,
+    /// A file in `quarantine/` kept from a database's time in clear,
+    /// sealed when it was encrypted (its name is the context).
+    Quarantine = 4,
 }
 
 impl SealedKind {
@@ -58,6 +61,7 @@ impl SealedKind {
             SealedKind::ChangeSet => "change set",
             SealedKind::ReplicationBatch => "replication batch",
             SealedKind::StagedSnapshot => "staged snapshot",
+            SealedKind::Quarantine => "quarantined file",
         }
     }
 }

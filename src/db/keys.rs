@@ -18,6 +18,9 @@
 //! - Otherwise (K not given at all, or only old keys and no current
 //!   one): refused, naming K. There is no rotation back to no key.
 //!
+//! A file in clear in an encrypted database is refused as forged, unless
+//! META says a rotation from no key has not finished rewriting them.
+//!
 //! Then every file recovery reads (segments, the manifest's runs,
 //! snapshots) must have its key in the ring; a file under a key the ring
 //! lacks is refused naming that key, and, when the key is not META's, the
@@ -62,6 +65,18 @@ pub(crate) fn check(io: &Io, dir: &Path, meta: Option<&Meta>, keyring: &Keyring)
         }
         _ => {}
     }
+    // A file in clear in an encrypted database is forged (anyone can write
+    // one) unless a rotation from no key is still rewriting them.
+    if db_key.is_some() && !meta.is_some_and(|m| m.clear_files_pending) {
+        if let Some(path) = engine::files_in_clear(io, dir)?.into_iter().next() {
+            return Err(Error::corruption(
+                &path,
+                0,
+                "a file in clear in an encrypted database (not written by it: every file it \
+                 writes is encrypted)",
+            ));
+        }
+    }
     for (path, needed) in engine::key_ids_in_files(io, dir)? {
         if keyring.current_id().is_none() && keyring.find(needed).is_some() {
             // Old keys alone would write on in clear beside encrypted files.
@@ -97,7 +112,7 @@ pub(super) fn status(
 ) -> Result<super::EncryptionStatus> {
     let files = engine::key_ids_in_files(io, dir)?;
     let in_clear = match current {
-        Some(_) => engine::files_in_clear(io, dir)?,
+        Some(_) => engine::files_in_clear(io, dir)?.len(),
         None => 0,
     };
     let mut other_key_ids: Vec<KeyId> = files

@@ -201,7 +201,8 @@ impl Db {
         let stale = crate::engine::key_ids_in_files(&io_for_keys, &dir)?
             .iter()
             .any(|(_, id)| Some(*id) != current)
-            || (current.is_some() && crate::engine::files_in_clear(&io_for_keys, &dir)? > 0);
+            || (current.is_some()
+                && !crate::engine::files_in_clear(&io_for_keys, &dir)?.is_empty());
         if stale && (!read_only || follower_of.is_some()) {
             maintenance.request_rekey();
         }
@@ -672,6 +673,9 @@ impl Db {
         // META first: from here a crash leaves a database that needs the
         // new key (and the old one for its files), never a file under a
         // key META does not lead to.
+        // From no key: files in clear remain until the rewrite is done,
+        // and META says so (else an open refuses them as forged).
+        meta.clear_files_pending |= meta.key_id.is_none();
         meta.key_id = Some(key.id());
         meta::write_meta(&io, &self.inner.dir, &meta)?;
         engine.wal().keyring().write().rotate_to(key);

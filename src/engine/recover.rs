@@ -796,25 +796,66 @@ pub(crate) fn key_ids_in_files(io: &Io, dir: &Path) -> Result<Vec<(std::path::Pa
     Ok(out)
 }
 
-/// How many files recovery reads (segments, the manifest's runs) are in
-/// clear: in an encrypted database, what a rotation from no key has yet to
-/// rewrite.
-pub(crate) fn files_in_clear(io: &Io, dir: &Path) -> Result<usize> {
-    let mut count = 0;
+/// The files recovery reads (segments, the manifest's runs, snapshots)
+/// that are in clear: in an encrypted database, what a rotation from no
+/// key has yet to rewrite (or a forged file).
+pub(crate) fn files_in_clear(io: &Io, dir: &Path) -> Result<Vec<std::path::PathBuf>> {
+    // Only files whose header reads and says "in clear": one whose header
+    // does not read (a creation cut short, damage) is recovery's to judge.
+    let head = |path: &Path, len: usize| -> Result<Vec<u8>> {
+        let file = match io.open_read(path) {
+            Ok(file) => file,
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Vec::new());
+            }
+            Err(e) => return Err(e),
+        };
+        let mut buf = vec![0u8; len];
+        let read = file.read_at(0, &mut buf)?;
+        buf.truncate(read);
+        Ok(buf)
+    };
+    let mut out = Vec::new();
     for (_, path) in recovery::list_segments(io, &dir.join(WAL_DIR)).unwrap_or_default() {
-        if crate::wal::read_segment_key_id(io, &path)?.is_none() {
-            count += 1;
+        let bytes = head(&path, crate::wal::format::SEGMENT_HEADER_BYTES)?;
+        if crate::wal::format::decode_segment_header(&bytes).is_ok()
+            && !crate::wal::segment_is_encrypted(&bytes)
+        {
+            out.push(path);
         }
     }
     if let Ok(Some(m)) = manifest::read_manifest(io, dir) {
         for run in &m.runs {
             let path = dir.join(RUN_DIR).join(crate::run::run_file_name(run.id));
-            if read_run_key_id(io, &path)?.is_none() {
-                count += 1;
+            let bytes = head(&path, 32)?;
+            if run_header_says_clear(&bytes) {
+                out.push(path);
             }
         }
     }
-    Ok(count + snapshot::list_snapshots(io, &dir.join(SNAPSHOT_DIR))?.len())
+    for (_, path) in snapshot::list_snapshots(io, &dir.join(SNAPSHOT_DIR))? {
+        let bytes = head(&path, snapshot::SNAPSHOT_HEADER_BYTES)?;
+        if snapshot::header_says_clear(&bytes) {
+            out.push(path);
+        }
+    }
+    Ok(out)
+}
+
+/// True if `bytes` hold a whole run header (magic, CRC-32C at 28 over the
+/// 28 bytes before it) whose flags do not say encrypted.
+fn run_header_says_clear(bytes: &[u8]) -> bool {
+    let Some(header) = bytes.get(..32) else {
+        return false;
+    };
+    let (body, crc) = header.split_at(28);
+    let crc_ok =
+        <[u8; 4]>::try_from(crc).is_ok_and(|c| crc32c::crc32c(body) == u32::from_le_bytes(c));
+    let flags = body
+        .get(10..12)
+        .and_then(|f| <[u8; 2]>::try_from(f).ok())
+        .map_or(1, u16::from_le_bytes);
+    header.starts_with(b"MKVRUN\0\x01") && crc_ok && flags & 1 == 0
 }
 
 /// The key id in the header of the run at `path`, if it is encrypted and
@@ -881,5 +922,9 @@ pub(crate) fn rebuild_meta(
         home: io.object_id(dir)?,
         former,
         key_id,
+        // Files in clear beside encrypted ones (a rotation from no key that
+        // had not finished) are not refused after a rebuild: what META said
+        // is lost.
+        clear_files_pending: key_id.is_some(),
     }))
 }

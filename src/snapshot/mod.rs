@@ -376,6 +376,12 @@ pub(crate) fn snapshot_cipher(
     })
 }
 
+/// True if `bytes` start with a whole snapshot header that reads and says
+/// the snapshot is in clear.
+pub fn header_says_clear(bytes: &[u8]) -> bool {
+    decode_header_flags(bytes).is_ok_and(|(_, flags)| flags & SNAPSHOT_FLAG_ENCRYPTED == 0)
+}
+
 /// The key id of the snapshot at `path` if it is encrypted and its header
 /// reads.
 pub fn read_snapshot_key_id(io: &Io, path: &Path) -> Result<Option<KeyId>> {

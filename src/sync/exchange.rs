@@ -81,14 +81,21 @@ pub(crate) fn export_from_view(
 }
 
 /// The change set in `bytes` in clear: opened with the copy's keys if it
-/// is sealed (an encrypted copy's export), else as it is. Change sets in
-/// clear are accepted by an encrypted copy too: what arrives is the
-/// sender's choice; what this copy writes is encrypted.
+/// is sealed (an encrypted copy's export), else as it is; an encrypted
+/// copy refuses one in clear (sealing is what authenticates it).
 fn open_change_set<'a>(engine: &Engine, bytes: &'a [u8]) -> Result<std::borrow::Cow<'a, [u8]>> {
+    let keyring = engine.wal().keyring().read().clone();
     if !sealed::is_sealed(bytes) {
+        if keyring.current().is_some() {
+            // Anyone can write a change set in clear: an encrypted copy
+            // takes only what its keys authenticate.
+            return Err(Error::Decode {
+                what: "change set",
+                reason: "a change set in clear, refused by an encrypted database".into(),
+            });
+        }
         return Ok(std::borrow::Cow::Borrowed(bytes));
     }
-    let keyring = engine.wal().keyring().read().clone();
     sealed::open(&keyring, SealedKind::ChangeSet, &[], bytes).map(std::borrow::Cow::Owned)
 }
 
@@ -226,6 +233,14 @@ pub(crate) fn import_segment(
         return Ok(SegmentImport::Skipped);
     }
     let keyring = engine.wal().keyring().read().clone();
+    if keyring.current().is_some() && !crate::wal::segment_is_encrypted(bytes) {
+        // Anyone can write a segment in clear: an encrypted copy takes only
+        // what its keys authenticate.
+        return Err(Error::Decode {
+            what: "WAL segment",
+            reason: "a segment in clear, refused by an encrypted database".into(),
+        });
+    }
     let frames = crate::wal::recovery::read_whole_segment(bytes, &keyring)?.map_err(|reason| {
         Error::Decode {
             what: "WAL segment",

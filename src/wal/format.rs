@@ -197,13 +197,13 @@ pub fn encode_frame(out: &mut Vec<u8>, first_seq: u64, op_count: u32, payload: &
 }
 
 /// Appends one encrypted frame to `out`: the frame that will start at byte
-/// `offset` of the segment whose first sequence number is `segment_seq`,
-/// encrypted under that segment's `cipher` (nonce: `offset`; associated
-/// data: see [`frame_aad`]).
+/// `offset` of the segment whose header is `segment`, encrypted under that
+/// segment's `cipher` (nonce: `offset`; associated data: see
+/// [`frame_aad`]).
 pub fn encode_sealed_frame(
     out: &mut Vec<u8>,
     cipher: &FileCipher,
-    segment_seq: u64,
+    segment: &SegmentHeader,
     offset: u64,
     first_seq: u64,
     op_count: u32,
@@ -218,7 +218,7 @@ pub fn encode_sealed_frame(
     out.extend_from_slice(&[0u8; FRAME_HEADER_BYTES]);
     let mut body = Vec::with_capacity(sealed_len);
     body.extend_from_slice(payload);
-    cipher.seal(offset, &frame_aad(segment_seq, offset, &fields), &mut body);
+    cipher.seal(offset, &frame_aad(segment, offset, &fields), &mut body);
     let header = frame_header(
         body.len(),
         FRAME_FLAG_ENCRYPTED,
@@ -232,28 +232,40 @@ pub fn encode_sealed_frame(
     out.extend_from_slice(&body);
 }
 
+/// Bytes of a WAL frame's associated data.
+pub const FRAME_AAD_BYTES: usize = 46;
+
 /// The associated data of the encrypted frame at `offset` of the segment
-/// starting at `segment_seq`: the segment's first sequence number, the
-/// offset, and the frame header's first 20 bytes (length, flags, reserved,
-/// first sequence number, operation count). With the segment's own file
-/// key and the offset as nonce, a frame moved to another place, another
-/// segment or given another header fails authentication.
-pub fn frame_aad(segment_seq: u64, offset: u64, header: &[u8; FRAME_HEADER_BYTES]) -> [u8; 36] {
-    let mut aad = [0u8; 36];
-    aad[..8].copy_from_slice(&segment_seq.to_le_bytes());
-    aad[8..16].copy_from_slice(&offset.to_le_bytes());
-    aad[16..].copy_from_slice(&header[..FRAME_PAYLOAD_CRC_OFFSET]);
+/// whose header is `segment`: the segment's first sequence number (u64),
+/// flags (u16) and node id (u64), the offset (u64), and the frame header's
+/// first 20 bytes (length, flags, reserved, first sequence number,
+/// operation count). With the segment's own file key and the offset as
+/// nonce, a frame moved to another place or another segment, given
+/// another header, or in a segment whose header was changed (its
+/// `AFTER_REPAIR` flag set to hide a missing segment, say) fails
+/// authentication.
+pub fn frame_aad(
+    segment: &SegmentHeader,
+    offset: u64,
+    header: &[u8; FRAME_HEADER_BYTES],
+) -> [u8; FRAME_AAD_BYTES] {
+    let mut aad = [0u8; FRAME_AAD_BYTES];
+    aad[..8].copy_from_slice(&segment.first_seq.to_le_bytes());
+    aad[8..10].copy_from_slice(&segment.flags.to_le_bytes());
+    aad[10..18].copy_from_slice(&segment.node.0.to_le_bytes());
+    aad[18..26].copy_from_slice(&offset.to_le_bytes());
+    aad[26..].copy_from_slice(&header[..FRAME_PAYLOAD_CRC_OFFSET]);
     aad
 }
 
 /// The plaintext payload of the frame read at `offset` of the segment
-/// starting at `segment_seq`: `stored` itself for a frame in clear (which
+/// whose header is `segment`: `stored` itself for a frame in clear (which
 /// `cipher` must then be `None` for), else decrypted with `cipher`.
 /// `Err(reason)` if the frame's flag disagrees with the segment's, or it
 /// does not authenticate.
 pub fn open_frame_payload(
     cipher: Option<&FileCipher>,
-    segment_seq: u64,
+    segment: &SegmentHeader,
     offset: u64,
     header: &FrameHeader,
     stored: &[u8],
@@ -273,7 +285,7 @@ pub fn open_frame_payload(
             );
             let mut body = stored.to_vec();
             cipher
-                .open(offset, &frame_aad(segment_seq, offset, &fields), &mut body)
+                .open(offset, &frame_aad(segment, offset, &fields), &mut body)
                 .map_err(|e| format!("frame {e}"))?;
             Ok(body)
         }

@@ -101,29 +101,32 @@ fn rewrite_segment(io: &Io, path: &Path, keyring: &crate::crypto::Keyring) -> Re
     if new.is_some() {
         flags |= format::SEGMENT_FLAG_ENCRYPTED;
     }
-    let mut out = format::encode_segment_header(format::SegmentHeader { flags, ..header }).to_vec();
+    let new_header = format::SegmentHeader { flags, ..header };
+    let mut out = format::encode_segment_header(new_header).to_vec();
     if let Some(cipher) = &new {
         out.extend_from_slice(&cipher.key_block().encode());
     }
     let mut offset = format::segment_data_start(header.flags);
     while let Some(rest) = bytes.get(offset..).filter(|r| !r.is_empty()) {
-        let (frame, stored) =
-            format::read_frame(rest).map_err(|e| corrupt(offset, format!("{e:?}")))?;
-        let plain = format::open_frame_payload(
-            old.as_ref(),
-            header.first_seq,
-            offset as u64,
-            &frame,
-            stored,
-        )
-        .map_err(|e| corrupt(offset, e))?;
+        let (frame, stored) = format::read_frame(rest).map_err(|e| {
+            corrupt(
+                offset,
+                match e {
+                    format::FrameError::Incomplete => "incomplete frame".to_string(),
+                    format::FrameError::Damaged(reason) => reason,
+                },
+            )
+        })?;
+        let plain =
+            format::open_frame_payload(old.as_ref(), &header, offset as u64, &frame, stored)
+                .map_err(|e| corrupt(offset, e))?;
         match &new {
             Some(cipher) => {
                 let at = out.len() as u64;
                 format::encode_sealed_frame(
                     &mut out,
                     cipher,
-                    header.first_seq,
+                    &new_header,
                     at,
                     frame.first_seq,
                     frame.op_count,
@@ -136,6 +139,13 @@ fn rewrite_segment(io: &Io, path: &Path, keyring: &crate::crypto::Keyring) -> Re
     }
     io.write_atomic(path, &out)?;
     Ok(out.len() as u64)
+}
+
+/// True if `bytes` start with a segment header that says the segment is
+/// encrypted.
+pub fn segment_is_encrypted(bytes: &[u8]) -> bool {
+    format::decode_segment_header(bytes)
+        .is_ok_and(|h| h.flags & format::SEGMENT_FLAG_ENCRYPTED != 0)
 }
 
 /// A sealed or active segment, as the WAL tracks it.

@@ -34,6 +34,8 @@ pub enum WalRead {
 
 struct OpenSegment {
     first_seq: u64,
+    /// Its header (the associated data of its frames binds it).
+    header: format::SegmentHeader,
     file: IoFile,
     offset_bytes: u64,
     /// The segment's cipher, if it is encrypted.
@@ -97,7 +99,7 @@ impl WalReader {
                 Some((segment, cipher)) => {
                     let plain = format::open_frame_payload(
                         Some(cipher),
-                        segment.first_seq,
+                        &segment.header,
                         segment.offset_bytes,
                         &header,
                         stored,
@@ -206,6 +208,7 @@ impl WalReader {
         };
         self.segment = Some(OpenSegment {
             first_seq: range.first_seq,
+            header,
             offset_bytes: format::segment_data_start(header.flags) as u64,
             file,
             cipher,

@@ -449,7 +449,7 @@ fn scan_segment(
     while let Some(rest) = bytes.get(offset..).filter(|rest| !rest.is_empty()) {
         let at = FrameAt {
             cipher: cipher.as_ref(),
-            segment_seq: name_seq,
+            segment: &header,
             offset: offset as u64,
         };
         match read_valid_frame(rest, scan.next_seq, at) {
@@ -479,11 +479,11 @@ fn scan_segment(
 }
 
 /// Where a frame lies, for decrypting it: its segment's cipher (`None` in
-/// clear), the segment's first sequence number and the frame's offset.
+/// clear), the segment's header and the frame's offset.
 #[derive(Clone, Copy)]
 struct FrameAt<'a> {
     cipher: Option<&'a FileCipher>,
-    segment_seq: u64,
+    segment: &'a format::SegmentHeader,
     offset: u64,
 }
 
@@ -549,7 +549,7 @@ fn read_valid_frame(
             header.first_seq
         ));
     }
-    let plain = format::open_frame_payload(at.cipher, at.segment_seq, at.offset, &header, body)?;
+    let plain = format::open_frame_payload(at.cipher, at.segment, at.offset, &header, body)?;
     let payload =
         decode_payload(&plain, header.op_count).map_err(|e| format!("bad frame payload: {e}"))?;
     // With the overflow check above, this keeps the caller's `seq + records`

@@ -271,6 +271,8 @@ pub(super) struct SegmentHandle {
     file: IoFile,
     cipher: Option<FileCipher>,
     data_start: u64,
+    /// The segment's header (its frames' associated data binds it).
+    header: format::SegmentHeader,
 }
 
 /// The active segment's file and where it ends.
@@ -389,6 +391,12 @@ impl GroupWriter {
                     file: self.io.open_append(&last.path)?,
                     cipher: None,
                     data_start: SEGMENT_HEADER_BYTES as u64,
+                    // Frames in clear have no associated data.
+                    header: format::SegmentHeader {
+                        node: self.node,
+                        first_seq: last.first_seq,
+                        flags: 0,
+                    },
                 },
                 first_seq: last.first_seq,
                 size_bytes: last.size_bytes,
@@ -427,16 +435,17 @@ impl GroupWriter {
     fn replace_segment(&self, first_seq: u64, flags: u16) -> Result<SegmentWriter> {
         let path = self.dir.join(segment_file_name(first_seq));
         let cipher = self.keyring.read().fresh_cipher(Domain::Wal)?;
-        let header = segment_header(self.node, first_seq, flags, cipher.as_ref());
-        self.io.write_atomic(&path, &header)?;
+        let (header, bytes) = segment_header(self.node, first_seq, flags, cipher.as_ref());
+        self.io.write_atomic(&path, &bytes)?;
         Ok(SegmentWriter {
             handle: SegmentHandle {
                 file: self.io.open_append(&path)?,
-                data_start: header.len() as u64,
+                data_start: bytes.len() as u64,
                 cipher,
+                header,
             },
             first_seq,
-            size_bytes: header.len() as u64,
+            size_bytes: bytes.len() as u64,
         })
     }
 
@@ -584,7 +593,7 @@ impl GroupWriter {
                     format::encode_sealed_frame(
                         &mut buf,
                         cipher,
-                        lease.segment.first_seq,
+                        &lease.segment.handle.header,
                         offset,
                         frame.first_seq,
                         frame.op_count,
@@ -709,19 +718,20 @@ pub(super) fn create_segment(
 ) -> Result<SegmentWriter> {
     let path = dir.join(segment_file_name(first_seq));
     let cipher = keyring.fresh_cipher(Domain::Wal)?;
-    let header = segment_header(node, first_seq, flags, cipher.as_ref());
+    let (header, bytes) = segment_header(node, first_seq, flags, cipher.as_ref());
     let mut file = io.create_new(&path)?;
-    file.write_all(&header)?;
+    file.write_all(&bytes)?;
     file.sync_data()?;
     io.sync_dir(dir)?;
     Ok(SegmentWriter {
         handle: SegmentHandle {
             file,
-            data_start: header.len() as u64,
+            data_start: bytes.len() as u64,
             cipher,
+            header,
         },
         first_seq,
-        size_bytes: header.len() as u64,
+        size_bytes: bytes.len() as u64,
     })
 }
 
@@ -732,19 +742,19 @@ fn segment_header(
     first_seq: u64,
     flags: u16,
     cipher: Option<&FileCipher>,
-) -> Vec<u8> {
+) -> (format::SegmentHeader, Vec<u8>) {
     let flags = match cipher {
         Some(_) => flags | format::SEGMENT_FLAG_ENCRYPTED,
         None => flags & !format::SEGMENT_FLAG_ENCRYPTED,
     };
-    let mut out = format::encode_segment_header(format::SegmentHeader {
+    let header = format::SegmentHeader {
         node,
         first_seq,
         flags,
-    })
-    .to_vec();
+    };
+    let mut out = format::encode_segment_header(header).to_vec();
     if let Some(cipher) = cipher {
         out.extend_from_slice(&cipher.key_block().encode());
     }
-    out
+    (header, out)
 }
