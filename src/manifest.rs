@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use crate::clock::{NodeId, Stamp};
 use crate::codec::{DecodeError, Reader, Writer};
+use crate::crypto::{EncryptionKey, KeyId, Keyring};
 use crate::error::{Error, Result};
 use crate::io::Io;
 use crate::record::limits::{DEDUP_ENTRIES_MAX, DEDUP_ENTRY_BYTES};
@@ -91,8 +92,15 @@ pub fn manifest_path(dir: &Path) -> PathBuf {
 }
 
 impl Manifest {
-    /// The encoded manifest.
+    /// The encoded manifest, in clear.
+    #[cfg(test)]
     pub fn encode(&self) -> Vec<u8> {
+        self.encode_with(None)
+    }
+
+    /// The encoded manifest, authenticated under `key` if given (an
+    /// encrypted database's: see [`MANIFEST_FLAG_AUTHENTICATED`]).
+    pub fn encode_with(&self, key: Option<&EncryptionKey>) -> Vec<u8> {
         let mut w = Writer::with_capacity(
             HEADER_BYTES
                 + 4
@@ -104,7 +112,11 @@ impl Manifest {
         );
         w.bytes(&MANIFEST_MAGIC);
         w.u16(MANIFEST_FORMAT_VERSION);
-        w.u16(0);
+        w.u16(if key.is_some() {
+            MANIFEST_FLAG_AUTHENTICATED
+        } else {
+            0
+        });
         w.u64(self.node.0);
         w.u64(self.generation);
         w.u64(self.covered_seq);
@@ -132,13 +144,60 @@ impl Manifest {
             encode_stamp(&mut w, entry.stamp);
             w.u64(entry.seen_ms);
         }
+        if let Some(key) = key {
+            w.u64(key.id().0);
+            let tag = mac(key, w.as_slice());
+            w.bytes(&tag);
+        }
         let crc = crc32c::crc32c(w.as_slice());
         w.u32(crc);
         w.into_vec()
     }
 
-    /// Decodes a manifest; the error is the offset of the damage and why.
+    /// Decodes a manifest and checks its authentication: one written by an
+    /// encrypted database carries a MAC under its key, which must be in
+    /// `keyring` (else `Error::Key`) and must match (else corruption); one
+    /// without is refused if `required` (an encrypted database whose files
+    /// are all its own: a manifest in clear there is forged).
+    pub fn decode_checked(
+        bytes: &[u8],
+        path: &Path,
+        keyring: &Keyring,
+        required: bool,
+    ) -> Result<Manifest> {
+        let (manifest, tag) = Self::parse(bytes)
+            .map_err(|(offset, reason)| Error::corruption(path, offset, reason))?;
+        match tag {
+            None if required => Err(Error::corruption(
+                path,
+                10,
+                "a manifest without its key's MAC in an encrypted database (not written by it)",
+            )),
+            None => Ok(manifest),
+            Some(tag) => {
+                let Some(key) = keyring.find(tag.key_id) else {
+                    return Err(keyring.missing(path, tag.key_id));
+                };
+                let covered = bytes.get(..tag.covered).unwrap_or_default();
+                if !constant_time_eq(&mac(key, covered), &tag.mac) {
+                    return Err(Error::corruption(
+                        path,
+                        tag.covered as u64,
+                        "manifest authentication failed (changed, or not this database's)",
+                    ));
+                }
+                Ok(manifest)
+            }
+        }
+    }
+
+    /// Decodes a manifest without checking a MAC it may carry (the error is
+    /// the offset of the damage and why); see [`Manifest::decode_checked`].
     pub fn decode(bytes: &[u8]) -> std::result::Result<Manifest, (u64, String)> {
+        Self::parse(bytes).map(|(m, _)| m)
+    }
+
+    fn parse(bytes: &[u8]) -> std::result::Result<(Manifest, Option<Tag>), (u64, String)> {
         let at = |e: DecodeError| match e {
             DecodeError::Truncated { offset, .. } | DecodeError::Invalid { offset, .. } => {
                 (offset as u64, e.to_string())
@@ -160,9 +219,14 @@ impl Manifest {
             return Err((8, format!("unsupported manifest version {version}")));
         }
         let flags = r.u16().map_err(at)?;
-        if flags != 0 {
+        if flags & !MANIFEST_FLAG_AUTHENTICATED != 0 {
             return Err((10, format!("unknown manifest flags {flags:#x}")));
         }
+        let tag_bytes = if flags & MANIFEST_FLAG_AUTHENTICATED != 0 {
+            MANIFEST_TAG_BYTES
+        } else {
+            0
+        };
         let node = NodeId(r.u64().map_err(at)?);
         let generation = r.u64().map_err(at)?;
         let covered_seq = r.u64().map_err(at)?;
@@ -206,7 +270,9 @@ impl Manifest {
         let digest = DigestSums::from_parts(&buckets, digest_keys)
             .ok_or_else(|| (r.position() as u64, "digest buckets".to_string()))?;
         let dedup_count = r.u32().map_err(at)? as usize;
-        if dedup_count > DEDUP_ENTRIES_MAX || dedup_count * DEDUP_ENTRY_BYTES != r.remaining() {
+        if dedup_count > DEDUP_ENTRIES_MAX
+            || dedup_count * DEDUP_ENTRY_BYTES + tag_bytes != r.remaining()
+        {
             return Err((
                 r.position() as u64,
                 format!("dedup entry count {dedup_count} does not fit"),
@@ -233,7 +299,20 @@ impl Manifest {
                 },
             ));
         }
-        Ok(Manifest {
+        let tag = if tag_bytes > 0 {
+            let key_id = KeyId(r.u64().map_err(at)?);
+            let covered = r.position();
+            let mut mac = [0u8; 32];
+            mac.copy_from_slice(r.take(32).map_err(at)?);
+            Some(Tag {
+                key_id,
+                mac,
+                covered,
+            })
+        } else {
+            None
+        };
+        let manifest = Manifest {
             node,
             generation,
             covered_seq,
@@ -243,13 +322,68 @@ impl Manifest {
             runs,
             digest,
             dedup,
-        })
+        };
+        Ok((manifest, tag))
     }
+}
+
+/// Manifest flag: the manifest ends (before its CRC) with the id of the
+/// key it is authenticated under and a 32-byte MAC of every byte before
+/// the MAC (keyed blake3 under a key derived from that key). An encrypted
+/// database writes only such manifests.
+pub const MANIFEST_FLAG_AUTHENTICATED: u16 = 1;
+/// Bytes the authentication adds: key id and MAC.
+const MANIFEST_TAG_BYTES: usize = 8 + 32;
+/// The blake3 context the manifest's MAC key is derived under.
+const MANIFEST_MAC_CONTEXT: &str = "mergekv 2026-12-03 manifest mac v1";
+
+/// A manifest's authentication, as read.
+struct Tag {
+    key_id: KeyId,
+    mac: [u8; 32],
+    /// The bytes the MAC covers: everything before it.
+    covered: usize,
+}
+
+/// The MAC of `bytes` under `key`'s manifest key.
+fn mac(key: &EncryptionKey, bytes: &[u8]) -> [u8; 32] {
+    let mut mac_key = blake3::derive_key(MANIFEST_MAC_CONTEXT, key.bytes());
+    let tag = *blake3::keyed_hash(&mac_key, bytes).as_bytes();
+    zeroize::Zeroize::zeroize(&mut mac_key);
+    tag
+}
+
+fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    use subtle::ConstantTimeEq;
+    a.ct_eq(b).into()
 }
 
 /// Reads `dir`'s manifest; `None` if there is none (a new database, or one
 /// written before runs existed). Damage is [`Error::Corruption`] naming it.
 pub fn read_manifest(io: &Io, dir: &Path) -> Result<Option<Manifest>> {
+    let Some((path, bytes)) = read_bytes(io, dir)? else {
+        return Ok(None);
+    };
+    Manifest::decode(&bytes)
+        .map(Some)
+        .map_err(|(offset, reason)| Error::corruption(&path, offset, reason))
+}
+
+/// [`read_manifest`], its authentication checked ([`Manifest::decode_checked`]).
+pub fn read_manifest_checked(
+    io: &Io,
+    dir: &Path,
+    keyring: &Keyring,
+    required: bool,
+) -> Result<Option<Manifest>> {
+    let Some((path, bytes)) = read_bytes(io, dir)? else {
+        return Ok(None);
+    };
+    Manifest::decode_checked(&bytes, &path, keyring, required).map(Some)
+}
+
+/// The manifest's path and bytes, its size checked before it is read.
+fn read_bytes(io: &Io, dir: &Path) -> Result<Option<(PathBuf, Vec<u8>)>> {
     let path = manifest_path(dir);
     match io.len_bytes(&path) {
         Ok(len) if len > MANIFEST_BYTES_MAX => {
@@ -265,17 +399,18 @@ pub fn read_manifest(io: &Io, dir: &Path) -> Result<Option<Manifest>> {
         Ok(_) => {}
         Err(e) => return Err(e),
     }
-    let Some(bytes) = io.read_if_exists(&path)? else {
-        return Ok(None);
-    };
-    Manifest::decode(&bytes)
-        .map(Some)
-        .map_err(|(offset, reason)| Error::corruption(&path, offset, reason))
+    Ok(io.read_if_exists(&path)?.map(|bytes| (path, bytes)))
 }
 
-/// Replaces `dir`'s manifest atomically and durably.
-pub fn write_manifest(io: &Io, dir: &Path, manifest: &Manifest) -> Result<()> {
-    io.write_atomic(&manifest_path(dir), &manifest.encode())
+/// Replaces `dir`'s manifest atomically and durably, authenticated under
+/// `key` if given.
+pub fn write_manifest(
+    io: &Io,
+    dir: &Path,
+    manifest: &Manifest,
+    key: Option<&EncryptionKey>,
+) -> Result<()> {
+    io.write_atomic(&manifest_path(dir), &manifest.encode_with(key))
 }
 
 #[cfg(test)]
@@ -328,6 +463,46 @@ mod tests {
                 },
             )],
         }
+    }
+
+    #[test]
+    fn an_authenticated_manifest_opens_only_with_its_key_and_any_change_is_refused() {
+        use crate::crypto::{EncryptionKey, Keyring};
+        let key = EncryptionKey::from_bytes([3; 32]);
+        let ring = Keyring::new(Some(key.clone()), vec![]);
+        let path = Path::new("MANIFEST");
+        let bytes = sample().encode_with(Some(&key));
+        assert_eq!(
+            Manifest::decode_checked(&bytes, path, &ring, true).unwrap(),
+            sample()
+        );
+        assert_eq!(Manifest::decode(&bytes).unwrap(), sample());
+        // Another key: named, not taken for damage.
+        let other = Keyring::new(Some(EncryptionKey::from_bytes([4; 32])), vec![]);
+        assert!(matches!(
+            Manifest::decode_checked(&bytes, path, &other, true),
+            Err(Error::Key(_))
+        ));
+        // Every field changed, with the CRC made right again (anyone can):
+        // refused by the MAC.
+        for i in 0..bytes.len() - 4 {
+            let mut bad = bytes.clone();
+            bad[i] ^= 1;
+            let end = bad.len() - 4;
+            let crc = crc32c::crc32c(&bad[..end]);
+            bad[end..].copy_from_slice(&crc.to_le_bytes());
+            assert!(
+                Manifest::decode_checked(&bad, path, &ring, true).is_err(),
+                "byte {i}"
+            );
+        }
+        // A manifest in clear where one is required: refused.
+        let clear = sample().encode();
+        assert!(matches!(
+            Manifest::decode_checked(&clear, path, &ring, true),
+            Err(Error::Corruption { .. })
+        ));
+        assert!(Manifest::decode_checked(&clear, path, &ring, false).is_ok());
     }
 
     #[test]

@@ -87,6 +87,12 @@ pub struct Meta {
 }
 
 impl Meta {
+    /// True if every file of this database is encrypted by it, so one in
+    /// clear (or a manifest without its key's MAC) is forged.
+    pub fn all_files_encrypted(&self) -> bool {
+        self.key_id.is_some() && !self.clear_files_pending
+    }
+
     /// Every node id this directory's files may carry, the current first.
     pub fn lineage(&self) -> Vec<NodeId> {
         std::iter::once(self.node)

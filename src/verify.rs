@@ -151,7 +151,11 @@ fn check_runs(
     keyring: &Keyring,
     report: &mut VerifyReport,
 ) -> Result<Option<u64>> {
-    let manifest = match crate::manifest::read_manifest(io, dir) {
+    let required = meta::read_meta(io, dir)
+        .ok()
+        .flatten()
+        .is_some_and(|m| m.all_files_encrypted());
+    let manifest = match crate::manifest::read_manifest_checked(io, dir, keyring, required) {
         Ok(Some(manifest)) => manifest,
         Ok(None) => return Ok(None),
         Err(e @ Error::Corruption { .. }) => {

@@ -249,7 +249,8 @@ impl Maintenance {
         let tmp = path.with_extension("tmp");
         let staged = (|| {
             let mut file = self.io.create_truncate(&tmp)?;
-            file.write_all(&manifest.encode())?;
+            let keyring = self.engine.wal().keyring().read().clone();
+            file.write_all(&manifest.encode_with(keyring.current().map(|k| &**k)))?;
             file.sync_all()
         })();
         if let Err(e) = staged {

@@ -67,15 +67,15 @@ pub(crate) fn check(io: &Io, dir: &Path, meta: Option<&Meta>, keyring: &Keyring)
     }
     // A file in clear in an encrypted database is forged (anyone can write
     // one) unless a rotation from no key is still rewriting them.
-    if db_key.is_some() && !meta.is_some_and(|m| m.clear_files_pending) {
-        if let Some(path) = engine::files_in_clear(io, dir)?.into_iter().next() {
-            return Err(Error::corruption(
-                &path,
-                0,
-                "a file in clear in an encrypted database (not written by it: every file it \
-                 writes is encrypted)",
-            ));
-        }
+    if meta.is_some_and(Meta::all_files_encrypted)
+        && let Some(path) = engine::files_in_clear(io, dir)?.into_iter().next()
+    {
+        return Err(Error::corruption(
+            &path,
+            0,
+            "a file in clear in an encrypted database (not written by it: every file it \
+             writes is encrypted)",
+        ));
     }
     for (path, needed) in engine::key_ids_in_files(io, dir)? {
         if keyring.current_id().is_none() && keyring.find(needed).is_some() {

@@ -153,6 +153,7 @@ impl Db {
             options: &options,
             cache: &cache,
             keyring: &keyring,
+            manifest_mac_required: found.meta.all_files_encrypted(),
             modify: true,
         })?;
         let (meta, renewed) = identity::settle(

@@ -366,6 +366,7 @@ fn load_once(
         options,
         cache,
         keyring,
+        manifest_mac_required: meta.all_files_encrypted(),
         modify: false,
     })?;
     let state = recovered.state.view();

@@ -47,6 +47,10 @@ pub(crate) struct RecoverFrom<'a> {
     pub cache: &'a Arc<BlockCache>,
     /// The keys encrypted files are read with (checked before recovery).
     pub keyring: &'a Keyring,
+    /// The database is encrypted and all its files are its own (no
+    /// rotation from no key pending): a manifest without its key's MAC is
+    /// refused as forged.
+    pub manifest_mac_required: bool,
     /// False for a read-only open: nothing on disk is changed, a torn tail
     /// is read as the end of the log, and damage is an error.
     pub modify: bool,
@@ -55,7 +59,12 @@ pub(crate) struct RecoverFrom<'a> {
 /// Opens the state: the manifest's runs plus the WAL after them, or, in a
 /// directory of the format before runs, the newest snapshot plus the WAL.
 pub(crate) fn recover_state(from: &RecoverFrom<'_>) -> Result<Recovered> {
-    match manifest::read_manifest(from.io, from.dir)? {
+    match manifest::read_manifest_checked(
+        from.io,
+        from.dir,
+        from.keyring,
+        from.manifest_mac_required,
+    )? {
         Some(manifest) => recover_from_manifest(from, manifest),
         None if from.modify => recover(from.io, from.dir, from.nodes, from.options, from.keyring),
         None => recover_legacy_read_only(from),
@@ -241,7 +250,7 @@ fn repair_runs(
     }
     manifest.digest = digest;
     manifest.generation += 1;
-    manifest::write_manifest(io, dir, manifest)?;
+    manifest::write_manifest(io, dir, manifest, from.keyring.current().map(|k| &**k))?;
     Ok(report)
 }
 
@@ -633,6 +642,8 @@ fn rebuild(
         options,
         cache: &cache,
         keyring,
+        // The format before runs has no manifest.
+        manifest_mac_required: false,
         modify: true,
     };
     let (max_stamp, replayed) =
