@@ -760,3 +760,47 @@ fn a_missing_meta_beside_snapshots_only_is_refused_and_not_rewritten() {
     let db = Db::open_with(dir.path(), repair_options()).unwrap();
     assert_eq!(present(&db, &["a", "b", "d"]), [true, true, true]);
 }
+
+/// A write cut by a power loss where the file's old end fell inside a
+/// sector: the frame's header reads as zeros from where it starts to the
+/// end of that sector, and a later write (in a later sector) landed. That
+/// is a torn write, cut back to the frames before it (as a hole: it is
+/// quarantined and reported), not damage that blocks opening.
+#[test]
+fn zeros_from_a_frame_to_the_end_of_its_sector_are_a_torn_write_not_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let segment = {
+        let db = Db::open(dir.path()).unwrap();
+        db.put("k0", vec![b'a'; 700]).unwrap();
+        db.close().unwrap();
+        segments(dir.path()).pop().unwrap()
+    };
+    let ends = {
+        let db = Db::open(dir.path()).unwrap();
+        let mut ends = vec![std::fs::metadata(&segment).unwrap().len()];
+        for k in ["k1", "k2", "k3"] {
+            db.put(k, vec![b'b'; 700]).unwrap();
+            ends.push(std::fs::metadata(&segment).unwrap().len());
+        }
+        db.close().unwrap();
+        ends
+    };
+    // Frame k1 starts at ends[0]: zero it from there to its sector's end.
+    let start = ends[0] as usize;
+    let sector_end = (start / 512 + 1) * 512;
+    assert!(
+        sector_end < ends[1] as usize,
+        "the frame spans past its first sector"
+    );
+    let mut bytes = std::fs::read(&segment).unwrap();
+    bytes[start..sector_end].fill(0);
+    std::fs::write(&segment, &bytes).unwrap();
+    let db = Db::open(dir.path()).unwrap();
+    let held: Vec<bool> = ["k0", "k1", "k2", "k3"]
+        .iter()
+        .map(|k| db.get(k).unwrap().is_some())
+        .collect();
+    assert_eq!(held, vec![true, false, false, false]);
+    let torn = db.recovery_report().torn_tail.clone().expect("a torn tail");
+    assert!(torn.hole.is_some(), "reported as a hole: {torn:?}");
+}

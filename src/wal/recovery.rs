@@ -660,14 +660,22 @@ fn frame_was_complete(segment: &[u8], offset: usize) -> bool {
     crc32c::crc32c(&corrected[..FRAME_HEADER_CRC_OFFSET]) == stored_header_crc
 }
 
-/// True if the frame at `offset` has a hole: a valid header, its whole
-/// payload present, a payload checksum mismatch, and a whole zeroed sector
-/// in the payload (a page of an unsynced write that never reached the
-/// disk, while the file size did).
+/// True if the frame at `offset` has a hole: zeros from where it starts to
+/// the end of its sector (its header never written), or a valid header,
+/// its whole payload present, a payload checksum mismatch, and a whole
+/// zeroed sector in the payload (a page of an unsynced write that never
+/// reached the disk, while the file size did).
 fn frame_has_hole(segment: &[u8], offset: usize) -> bool {
     let Some(bytes) = segment.get(offset..) else {
         return false;
     };
+    if zeros_to_sector_end(segment, offset) {
+        // The frame's header was never written: zeros from where it starts
+        // to the end of its sector. The file's old end fell inside that
+        // sector, and the sector's new bytes never reached the disk while
+        // later ones (and the file size) did: an unsynced write, cut.
+        return true;
+    }
     let Ok(header) = format::decode_frame_header(bytes) else {
         return false;
     };
@@ -687,6 +695,15 @@ fn has_zeroed_sector(segment: &[u8], range: std::ops::Range<usize>) -> bool {
     (first..range.end)
         .step_by(TORN_SECTOR_BYTES)
         .any(|start| in_zeroed_sector(segment, start))
+}
+
+/// True if the bytes from `at` to the end of its sector (or of the file)
+/// are all zeros, and there is at least one.
+fn zeros_to_sector_end(segment: &[u8], at: usize) -> bool {
+    let end = (at - at % TORN_SECTOR_BYTES + TORN_SECTOR_BYTES).min(segment.len());
+    segment
+        .get(at..end)
+        .is_some_and(|rest| !rest.is_empty() && rest.iter().all(|&b| b == 0))
 }
 
 /// True if the sector holding byte `at` of the segment is all zeros.
