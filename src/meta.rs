@@ -35,8 +35,9 @@ const META_V1_BYTES: usize = 8 + 2 + 8 + 8 + 4;
 /// Length of a version 2 META before its list of former node ids.
 const META_V2_FIXED_BYTES: usize = 8 + 2 + 8 + 8 + 8 + 8 + 2 + 4;
 /// Length of a version 3 META before its list of former node ids: version
-/// 2's fields, then flags and the key id.
-const META_V3_FIXED_BYTES: usize = META_V2_FIXED_BYTES + 2 + 8;
+/// 2's fields, then flags, the key id and the sequence number the node id
+/// took over at.
+const META_V3_FIXED_BYTES: usize = META_V2_FIXED_BYTES + 2 + 8 + 8;
 /// META flag: the database is encrypted with the key whose id follows.
 const META_FLAG_ENCRYPTED: u16 = 1;
 /// META flag (with `ENCRYPTED` only): a rotation from no key has not
@@ -84,6 +85,11 @@ pub struct Meta {
     /// An encrypted database that was in clear and whose rotation has not
     /// finished rewriting its files in clear (only with `key_id`).
     pub clear_files_pending: bool,
+    /// The first sequence number written under `node` when it replaced a
+    /// former id (0: unknown, or never renewed). No segment holding frames
+    /// at or after it may carry a former id: one that does is another
+    /// copy's (a clone writing on under the id this copy left).
+    pub node_since_seq: u64,
 }
 
 impl Meta {
@@ -176,6 +182,8 @@ pub fn renewed(
         former,
         key_id: meta.key_id,
         clear_files_pending: meta.clear_files_pending,
+        // Set by the caller, who knows where the log continues.
+        node_since_seq: 0,
     })
 }
 
@@ -204,6 +212,7 @@ pub fn create_meta(io: &Io, dir: &Path, created_ms: u64, key_id: Option<KeyId>) 
         former: Vec::new(),
         key_id,
         clear_files_pending: false,
+        node_since_seq: 0,
     };
     write_meta(io, dir, &meta)?;
     Ok(meta)
@@ -299,6 +308,7 @@ pub(crate) fn encode_meta(meta: &Meta) -> Vec<u8> {
             w.u64(0);
         }
     }
+    w.u64(meta.node_since_seq);
     w.u16(former as u16);
     for node in meta.former.iter().take(former) {
         w.u64(node.0);
@@ -334,6 +344,7 @@ pub(crate) fn decode_meta(bytes: &[u8]) -> std::result::Result<Meta, String> {
         former: Vec::new(),
         key_id: None,
         clear_files_pending: false,
+        node_since_seq: 0,
     };
     match version {
         META_FORMAT_VERSION_1 if bytes.len() == META_V1_BYTES => {}
@@ -350,6 +361,7 @@ pub(crate) fn decode_meta(bytes: &[u8]) -> std::result::Result<Meta, String> {
                 }
                 meta.key_id = encrypted.then_some(KeyId(key_id));
                 meta.clear_files_pending = flags & META_FLAG_CLEAR_FILES_PENDING != 0;
+                meta.node_since_seq = r.u64().map_err(fail)?;
             }
             let count = usize::from(r.u16().map_err(fail)?);
             if count > FORMER_NODE_IDS_MAX || r.remaining() != 8 * count {
@@ -388,6 +400,7 @@ mod tests {
             former: vec![NodeId(1), NodeId(2)],
             key_id: Some(KeyId(0xfeed)),
             clear_files_pending: true,
+            node_since_seq: 42,
         };
         let bytes = encode_meta(&meta);
         assert_eq!(decode_meta(&bytes), Ok(meta.clone()));
@@ -455,6 +468,7 @@ mod tests {
             former: (2..2 + FORMER_NODE_IDS_MAX as u64).map(NodeId).collect(),
             key_id: None,
             clear_files_pending: false,
+            node_since_seq: 0,
         };
         let new = renewed(&meta, None, || Ok(vec![NodeId(1), NodeId(5)])).unwrap();
         assert_eq!(new.former, vec![NodeId(5), NodeId(1)]);

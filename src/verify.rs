@@ -130,6 +130,7 @@ fn verify_once(io: &Io, dir: &Path, keyring: &Keyring) -> Result<VerifyReport> {
         modify: false,
         covered_seq,
         read_covered: true,
+        node_since_seq: meta.node_since_seq,
     };
     let result = recovery::replay(&io, &wal_dir, &meta.lineage(), keyring, mode, &mut count);
     let segments = recovery::list_segments(&io, &wal_dir).map_or(0, |s| s.len());

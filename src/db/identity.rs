@@ -119,6 +119,7 @@ pub(super) fn settle(
     options: &Options,
     keyring: &Keyring,
     follower: bool,
+    next_seq: u64,
 ) -> Result<(Meta, Option<(NodeId, Renewal)>)> {
     // A follower's directory is opened read-only, but its node id names it
     // to its leader (two followers under one id take turns being refused
@@ -154,6 +155,12 @@ pub(super) fn settle(
     let renewed = meta::renewed(&found.meta, here, || {
         engine::node_ids_in_files(io, dir, keyring)
     })?;
+    // The new id writes from where the log continues; a segment holding
+    // frames from there on under a former id is another copy's.
+    let renewed = Meta {
+        node_since_seq: next_seq,
+        ..renewed
+    };
     meta::write_meta(io, dir, &renewed)?;
     Ok((renewed, Some((found.meta.node, why))))
 }

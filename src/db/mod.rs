@@ -154,6 +154,7 @@ impl Db {
             cache: &cache,
             keyring: &keyring,
             manifest_mac_required: found.meta.all_files_encrypted(),
+            node_since_seq: found.meta.node_since_seq,
             modify: true,
         })?;
         let (meta, renewed) = identity::settle(
@@ -164,6 +165,7 @@ impl Db {
             &options,
             &keyring,
             follower_of.is_some(),
+            recovered.wal_start.next_seq,
         )?;
         let keyring = Arc::new(parking_lot::RwLock::new(keyring));
         // A segment header names its writer: a new identity writes in a

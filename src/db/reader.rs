@@ -367,6 +367,7 @@ fn load_once(
         cache,
         keyring,
         manifest_mac_required: meta.all_files_encrypted(),
+        node_since_seq: meta.node_since_seq,
         modify: false,
     })?;
     let state = recovered.state.view();

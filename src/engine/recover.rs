@@ -51,6 +51,9 @@ pub(crate) struct RecoverFrom<'a> {
     /// rotation from no key pending): a manifest without its key's MAC is
     /// refused as forged.
     pub manifest_mac_required: bool,
+    /// META's `node_since_seq`: segments holding frames from there on must
+    /// carry the current id (0: no such rule).
+    pub node_since_seq: u64,
     /// False for a read-only open: nothing on disk is changed, a torn tail
     /// is read as the end of the log, and damage is an error.
     pub modify: bool,
@@ -66,7 +69,7 @@ pub(crate) fn recover_state(from: &RecoverFrom<'_>) -> Result<Recovered> {
         from.manifest_mac_required,
     )? {
         Some(manifest) => recover_from_manifest(from, manifest),
-        None if from.modify => recover(from.io, from.dir, from.nodes, from.options, from.keyring),
+        None if from.modify => recover(from),
         None => recover_legacy_read_only(from),
     }
 }
@@ -500,6 +503,7 @@ fn replay_tail(
         modify: from.modify,
         covered_seq,
         read_covered: false,
+        node_since_seq: from.node_since_seq,
     };
     let replayed = recovery::replay(
         from.io,
@@ -523,13 +527,9 @@ fn replay_tail(
 ///
 /// `nodes` are the ids the directory writes and wrote under, the current
 /// one first.
-pub(crate) fn recover(
-    io: &Io,
-    dir: &Path,
-    nodes: &[NodeId],
-    options: &Options,
-    keyring: &Keyring,
-) -> Result<Recovered> {
+pub(crate) fn recover(from: &RecoverFrom<'_>) -> Result<Recovered> {
+    let (io, dir, nodes, options, keyring) =
+        (from.io, from.dir, from.nodes, from.options, from.keyring);
     let (loaded, mut damaged) = load_snapshot(io, dir, nodes, keyring)?;
     // A damaged snapshot is the problem to report, not a reason to repair
     // (and so discard) an intact WAL that no longer reaches back far enough.
@@ -538,7 +538,7 @@ pub(crate) fn recover(
     } else {
         crate::options::RecoveryMode::Strict
     };
-    match rebuild(io, dir, nodes, options, keyring, loaded, &damaged, wal_mode) {
+    match rebuild(from, loaded, &damaged, wal_mode) {
         // Without the damaged snapshot the WAL cannot rebuild the state.
         Err(e @ Error::Corruption { .. }) if !damaged.is_empty() => {
             if options.recovery_mode != crate::options::RecoveryMode::Repair {
@@ -548,16 +548,7 @@ pub(crate) fn recover(
             let Some((salvaged, report)) = salvage(io, dir, nodes, keyring, &path)? else {
                 return Err(error);
             };
-            let mut recovered = rebuild(
-                io,
-                dir,
-                nodes,
-                options,
-                keyring,
-                Some(salvaged),
-                &damaged,
-                options.recovery_mode,
-            )?;
+            let mut recovered = rebuild(from, Some(salvaged), &damaged, options.recovery_mode)?;
             recovered
                 .report
                 .snapshots_skipped
@@ -605,17 +596,13 @@ fn salvage(
 
 /// The state from `loaded` (if any) and the WAL after it; the `damaged`
 /// snapshots are moved to quarantine once it is rebuilt.
-#[allow(clippy::too_many_arguments)]
 fn rebuild(
-    io: &Io,
-    dir: &Path,
-    nodes: &[NodeId],
-    options: &Options,
-    keyring: &Keyring,
+    from: &RecoverFrom<'_>,
     loaded: Option<LoadedSnapshot>,
     damaged: &Damaged,
     wal_mode: crate::options::RecoveryMode,
 ) -> Result<Recovered> {
+    let (io, dir, options) = (from.io, from.dir, from.options);
     let state = State::new();
     let mut dedup = DedupWindow::new(options.dedup_window_ms, options.dedup_window_entries_max);
     let now_ms = options.wall_clock.now_ms();
@@ -634,20 +621,8 @@ fn rebuild(
         }
         state.replay(snapshot.records)?;
     }
-    let cache = BlockCache::new(0);
-    let from = RecoverFrom {
-        io,
-        dir,
-        nodes,
-        options,
-        cache: &cache,
-        keyring,
-        // The format before runs has no manifest.
-        manifest_mac_required: false,
-        modify: true,
-    };
     let (max_stamp, replayed) =
-        replay_tail(&from, &state, &mut dedup, covered_seq, max_stamp, wal_mode)?;
+        replay_tail(from, &state, &mut dedup, covered_seq, max_stamp, wal_mode)?;
     for (path, error) in damaged {
         report.snapshots_skipped.push(error.to_string());
         quarantine(io, dir, path)?;
@@ -937,5 +912,6 @@ pub(crate) fn rebuild_meta(
         // had not finished) are not refused after a rebuild: what META said
         // is lost.
         clear_files_pending: key_id.is_some(),
+        node_since_seq: 0,
     }))
 }

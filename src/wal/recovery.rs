@@ -175,6 +175,10 @@ pub struct ReplayMode {
     pub covered_seq: Option<u64>,
     /// Read and check segments the snapshot covers too (for `verify`).
     pub read_covered: bool,
+    /// No segment holding frames at or after this sequence number may
+    /// carry a former node id (`nodes[1..]`): META's `node_since_seq`
+    /// (0: no such rule).
+    pub node_since_seq: u64,
 }
 
 /// Reads every segment in `wal_dir`, calling `apply(first_seq, payload)` for
@@ -227,8 +231,9 @@ pub fn replay(
             continue;
         }
         let bytes = io.read(path)?;
-        let scan = scan_segment(&bytes, *first_seq, nodes, expected_seq, keyring)
+        let mut scan = scan_segment(&bytes, *first_seq, nodes, expected_seq, keyring)
             .map_err(|key_id| keyring.missing(path, key_id))?;
+        foreign_after_renewal(&bytes, nodes, mode.node_since_seq, &mut scan);
         report.segments_replayed += 1;
         for (seq, payload) in scan.frames {
             if mode.covered_seq.is_some_and(|covered| seq <= covered) {
@@ -476,6 +481,38 @@ fn scan_segment(
         }
     }
     Ok(scan)
+}
+
+/// Marks a segment holding frames at or after `since` under a former node
+/// id as damage (from its first byte, so nothing of it is applied): after
+/// this copy took a new id at `since`, only another copy (a clone writing
+/// on under the id this one left) writes there under the old one.
+fn foreign_after_renewal(bytes: &[u8], nodes: &[NodeId], since: u64, scan: &mut SegmentScan) {
+    let Ok(header) = format::decode_segment_header(bytes) else {
+        return;
+    };
+    let current = nodes.first().copied();
+    if since == 0 || Some(header.node) == current || scan.frames.is_empty() {
+        return;
+    }
+    let last_seq = scan.next_seq.saturating_sub(1);
+    if last_seq < since {
+        return;
+    }
+    // Not this copy's segment at all: a repair sets it aside whole.
+    scan.frames.clear();
+    scan.header_ok = false;
+    scan.bad = Some(BadSpot {
+        offset: 0,
+        reason: format!(
+            "segment of node {} holds frames up to seq {last_seq}, past seq {since}, where this \
+             copy took node id {}: another copy's segment",
+            header.node,
+            current.unwrap_or_default()
+        ),
+        not_torn: true,
+        hole: false,
+    });
 }
 
 /// Where a frame lies, for decrypting it: its segment's cipher (`None` in
