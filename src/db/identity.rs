@@ -108,6 +108,13 @@ fn orphan_files(dir: &Path) -> Error {
     )
 }
 
+/// What recovery found that decides the identity: its report, and the
+/// sequence number the log continues at.
+pub(super) struct Recovery<'a> {
+    pub report: &'a RecoveryReport,
+    pub next_seq: u64,
+}
+
 /// After recovery: the META this open writes under, and the id it
 /// replaced and why, if it gave the copy a new one. A version 1 META gets
 /// its directory recorded.
@@ -115,12 +122,12 @@ pub(super) fn settle(
     io: &Io,
     dir: &Path,
     found: Found,
-    report: &RecoveryReport,
+    recovery: Recovery<'_>,
     options: &Options,
     keyring: &Keyring,
     follower: bool,
-    next_seq: u64,
 ) -> Result<(Meta, Option<(NodeId, Renewal)>)> {
+    let (report, next_seq) = (recovery.report, recovery.next_seq);
     // A follower's directory is opened read-only, but its node id names it
     // to its leader (two followers under one id take turns being refused
     // and share one retention cursor) and stamps its own `_local` records:

@@ -161,11 +161,13 @@ impl Db {
             &io,
             &dir,
             found,
-            &recovered.report,
+            identity::Recovery {
+                report: &recovered.report,
+                next_seq: recovered.wal_start.next_seq,
+            },
             &options,
             &keyring,
             follower_of.is_some(),
-            recovered.wal_start.next_seq,
         )?;
         let keyring = Arc::new(parking_lot::RwLock::new(keyring));
         // A segment header names its writer: a new identity writes in a
