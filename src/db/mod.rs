@@ -707,6 +707,42 @@ impl Db {
         Ok(status)
     }
 
+    /// Writes every change newer than `cursor` to `out` as a change stream
+    /// (`docs/FORMAT.md`, "Change stream"): in bounded memory (one chunk of
+    /// about [`crate::sync::stream::STREAM_CHUNK_BYTES_TARGET`] at a time,
+    /// a larger record in a chunk of its own), sealed under the database's
+    /// key if it has one. Returns what was written and the cursor to use
+    /// next time. [`Db::import_stream`] reads it.
+    pub fn export_to(
+        &self,
+        cursor: &SyncCursor,
+        out: &mut dyn std::io::Write,
+    ) -> Result<(crate::sync::stream::StreamReport, SyncCursor)> {
+        let engine = &self.inner.engine;
+        // The map first, then the complete cursor (see `export_since`).
+        let view = engine.state().view();
+        let complete = exchange::complete_cursor(engine)?;
+        let keyring = engine.wal().keyring().read().clone();
+        let report =
+            crate::sync::stream::export(&view, engine.node(), cursor, &complete, &keyring, out)?;
+        let mut after = cursor.clone();
+        after.merge(&complete);
+        Ok((report, after))
+    }
+
+    /// Reads a change stream from `input` and applies it chunk by chunk, in
+    /// bounded memory: each chunk is checked (a chained hash; its seal, if
+    /// sealed) before anything of it is applied, and lands in one WAL
+    /// frame with the import's progress, so an interrupted import, run
+    /// again on the same stream, skips what it applied and goes on. The
+    /// exporter's complete cursor is taken at the end only. Damage is
+    /// `Error::Decode` naming the chunk; what earlier chunks applied stays
+    /// (each is a whole, idempotent merge).
+    pub fn import_stream(&self, input: &mut dyn std::io::Read) -> Result<ImportReport> {
+        self.check_writable()?;
+        crate::sync::stream::import(&self.inner.engine, input)
+    }
+
     /// A change set of every change newer than `cursor` (a version vector of
     /// what the receiver has), and the cursor to use next time. The bytes
     /// are self-verifying; see `docs/FORMAT.md`. A database with a key

@@ -264,6 +264,20 @@ pub(crate) fn import_segment(
 
 /// Merges `cursor` into the local cursor stored under `key`, writing
 /// only if that changes it (so a repeated import writes nothing).
+/// Records that this copy holds everything `cursor` says (a change set's
+/// or stream's exporter's complete cursor, taken once all of it is in).
+pub(crate) fn merge_complete_cursor(engine: &Engine, cursor: &SyncCursor) -> Result<()> {
+    merge_local_cursor(engine, COMPLETE_CURSOR_KEY, cursor)
+}
+
+/// Deletes a record of [`LOCAL_KEYSPACE`] (bookkeeping no longer needed).
+pub(crate) fn forget_local(engine: &Engine, key: &str) -> Result<()> {
+    let mut batch = Batch::new();
+    batch.delete_in(LOCAL_KEYSPACE, key);
+    let mut results = engine.execute(vec![batch]);
+    results.pop().unwrap_or(Err(Error::Closed)).map(|_| ())
+}
+
 fn merge_local_cursor(engine: &Engine, key: &str, cursor: &SyncCursor) -> Result<()> {
     let stored: SyncCursor = local_get(engine, key)?.unwrap_or_default();
     let mut merged = stored.clone();

@@ -20,6 +20,7 @@
 pub mod changeset;
 pub mod digest;
 pub(crate) mod exchange;
+pub mod stream;
 
 use std::collections::BTreeMap;
 

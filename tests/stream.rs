@@ -1,0 +1,177 @@
+//! Change streams: export to a `Write`, import from a `Read`, chunk by
+//! chunk, resumable, sealed under the key of an encrypted copy.
+
+use mergekv::sync::stream::{CHUNK_HEADER_BYTES, STREAM_CHUNK_BYTES_TARGET, STREAM_HEADER_BYTES};
+use mergekv::{Batch, Db, EncryptionKey, Error, KeyError, KeySource, Options, SyncCursor};
+
+fn key(byte: u8) -> EncryptionKey {
+    EncryptionKey::from_bytes([byte; 32])
+}
+
+fn keyed(k: Option<u8>) -> Options {
+    Options {
+        encryption_key: k.map(|b| KeySource::Key(key(b))),
+        ..Options::default()
+    }
+}
+
+fn fill(db: &Db, keys: usize, value_bytes: usize) {
+    for start in (0..keys).step_by(1000) {
+        let mut batch = Batch::new();
+        for i in start..(start + 1000).min(keys) {
+            batch.put(
+                format!("key-{i:07}"),
+                format!("{i:0width$}", width = value_bytes),
+            );
+        }
+        db.write(batch).unwrap();
+    }
+    db.increment("hits", 7).unwrap();
+    db.delete("key-0000003").unwrap();
+}
+
+/// The chunks of a stream in clear: (offset, kind, payload length).
+fn chunks(bytes: &[u8]) -> Vec<(usize, u8, usize)> {
+    let mut out = Vec::new();
+    let mut at = STREAM_HEADER_BYTES;
+    while at + CHUNK_HEADER_BYTES <= bytes.len() {
+        let kind = bytes[at];
+        let len = u32::from_le_bytes(bytes[at + 12..at + 16].try_into().unwrap()) as usize;
+        out.push((at, kind, len));
+        at += CHUNK_HEADER_BYTES + len + 32;
+    }
+    out
+}
+
+#[test]
+fn a_stream_round_trips_in_chunks_of_bounded_size() {
+    let a_dir = tempfile::tempdir().unwrap();
+    let a = Db::open(a_dir.path()).unwrap();
+    fill(&a, 30_000, 200);
+    let mut stream = Vec::new();
+    let (report, after) = a.export_to(&SyncCursor::new(), &mut stream).unwrap();
+    assert_eq!(report.bytes as usize, stream.len());
+    assert_eq!(
+        report.records, 30_001,
+        "every key, the tombstone and the counter"
+    );
+    let parsed = chunks(&stream);
+    assert_eq!(parsed.len() as u64, report.chunks);
+    assert!(report.chunks >= 5, "{report:?}");
+    for (at, _, len) in &parsed {
+        assert!(
+            *len <= STREAM_CHUNK_BYTES_TARGET + 1024,
+            "chunk at {at}: {len} bytes"
+        );
+    }
+    let b_dir = tempfile::tempdir().unwrap();
+    let b = Db::open(b_dir.path()).unwrap();
+    let imported = b.import_stream(&mut &stream[..]).unwrap();
+    assert_eq!(imported.applied, 30_001);
+    assert_eq!(b.digest().unwrap().root, a.digest().unwrap().root);
+    assert_eq!(b.counter("hits").unwrap(), 7);
+    assert_eq!(b.get("key-0000003").unwrap(), None);
+    // Again: nothing new; and nothing is newer than the cursor after.
+    let again = b.import_stream(&mut &stream[..]).unwrap();
+    assert_eq!(again.applied, 0);
+    let mut empty = Vec::new();
+    let (none, _) = a.export_to(&after, &mut empty).unwrap();
+    assert_eq!(none.records, 0);
+    assert_eq!(none.chunks, 1, "the end chunk alone");
+}
+
+#[test]
+fn an_interrupted_import_resumes_after_its_last_whole_chunk_and_takes_the_cursor_only_at_the_end() {
+    let a_dir = tempfile::tempdir().unwrap();
+    let a = Db::open(a_dir.path()).unwrap();
+    fill(&a, 30_000, 200);
+    let mut stream = Vec::new();
+    a.export_to(&SyncCursor::new(), &mut stream).unwrap();
+    let parsed = chunks(&stream);
+    let b_dir = tempfile::tempdir().unwrap();
+    let b = Db::open(b_dir.path()).unwrap();
+    // Cut in the middle of the third chunk.
+    let cut = parsed[2].0 + CHUNK_HEADER_BYTES + 10;
+    match b.import_stream(&mut &stream[..cut]) {
+        Err(Error::Decode { reason, .. }) => assert!(reason.contains("cut short"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        b.get("key-0000000").unwrap().is_some(),
+        "the first chunks landed"
+    );
+    assert_ne!(b.digest().unwrap().root, a.digest().unwrap().root);
+    // B holds part: it must not claim A's cursor yet.
+    let (_, claimed) = b.export_since(&SyncCursor::new()).unwrap();
+    assert!(!claimed.seen.contains_key(&a.node_id()), "{claimed:?}");
+    // Resume: the two whole chunks are skipped, the rest applied.
+    let resumed = b.import_stream(&mut &stream[..]).unwrap();
+    assert!(resumed.duplicates > 0, "{resumed:?}");
+    assert_eq!(b.digest().unwrap().root, a.digest().unwrap().root);
+    let (_, claimed) = b.export_since(&SyncCursor::new()).unwrap();
+    assert!(claimed.seen.contains_key(&a.node_id()), "{claimed:?}");
+}
+
+#[test]
+fn a_damaged_or_reordered_stream_is_refused_and_the_chunk_applies_nothing() {
+    let a_dir = tempfile::tempdir().unwrap();
+    let a = Db::open(a_dir.path()).unwrap();
+    fill(&a, 200, 20);
+    let mut stream = Vec::new();
+    a.export_to(&SyncCursor::new(), &mut stream).unwrap();
+    let b_dir = tempfile::tempdir().unwrap();
+    let b = Db::open(b_dir.path()).unwrap();
+    let parsed = chunks(&stream);
+    let records_end = parsed[1].0; // the first chunk holds every record
+    for i in (0..records_end).step_by(3) {
+        let mut bad = stream.clone();
+        bad[i] ^= 0x20;
+        assert!(b.import_stream(&mut &bad[..]).is_err(), "byte {i}");
+        assert_eq!(
+            b.get("key-0000001").unwrap(),
+            None,
+            "byte {i}: nothing applied"
+        );
+    }
+    b.import_stream(&mut &stream[..]).unwrap();
+    assert_eq!(b.digest().unwrap().root, a.digest().unwrap().root);
+}
+
+#[test]
+fn an_encrypted_copys_stream_is_sealed_and_only_its_key_reads_it() {
+    let a_dir = tempfile::tempdir().unwrap();
+    let a = Db::open_with(a_dir.path(), keyed(Some(1))).unwrap();
+    fill(&a, 5_000, 40);
+    let mut stream = Vec::new();
+    a.export_to(&SyncCursor::new(), &mut stream).unwrap();
+    assert!(
+        !stream.windows(8).any(|w| w == b"key-0000"),
+        "keys in clear"
+    );
+    for (k, expect_ok) in [(Some(1), true), (Some(2), false), (None, false)] {
+        let dir = tempfile::tempdir().unwrap();
+        let b = Db::open_with(dir.path(), keyed(k)).unwrap();
+        let r = b.import_stream(&mut &stream[..]);
+        if expect_ok {
+            r.unwrap();
+            assert_eq!(b.digest().unwrap().root, a.digest().unwrap().root);
+        } else {
+            assert!(
+                matches!(r, Err(Error::Key(KeyError::Missing { needed, .. })) if needed == key(1).id()),
+                "{k:?}"
+            );
+        }
+    }
+    // A stream in clear into an encrypted copy: refused.
+    let clear_dir = tempfile::tempdir().unwrap();
+    let clear = Db::open(clear_dir.path()).unwrap();
+    clear.put("x", "1").unwrap();
+    let mut clear_stream = Vec::new();
+    clear
+        .export_to(&SyncCursor::new(), &mut clear_stream)
+        .unwrap();
+    assert!(matches!(
+        a.import_stream(&mut &clear_stream[..]),
+        Err(Error::Decode { .. })
+    ));
+}
