@@ -175,3 +175,30 @@ fn an_encrypted_copys_stream_is_sealed_and_only_its_key_reads_it() {
         Err(Error::Decode { .. })
     ));
 }
+
+#[test]
+fn a_chunk_claiming_a_huge_length_and_sending_little_is_cut_short_without_allocating_it() {
+    let a_dir = tempfile::tempdir().unwrap();
+    let a = Db::open(a_dir.path()).unwrap();
+    a.put("k", "v").unwrap();
+    let mut stream = Vec::new();
+    a.export_to(&SyncCursor::new(), &mut stream).unwrap();
+    // The first chunk's length set to the largest a reader takes, and the
+    // stream cut 100 bytes into it.
+    let at = STREAM_HEADER_BYTES + 12;
+    let max = mergekv::sync::stream::STREAM_CHUNK_BYTES_MAX as u32;
+    stream[at..at + 4].copy_from_slice(&max.to_le_bytes());
+    stream.truncate(STREAM_HEADER_BYTES + CHUNK_HEADER_BYTES + 100);
+    let b_dir = tempfile::tempdir().unwrap();
+    let b = Db::open(b_dir.path()).unwrap();
+    match b.import_stream(&mut &stream[..]) {
+        Err(Error::Decode { reason, .. }) => assert!(reason.contains("cut short"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    // One more than the largest: refused before reading it.
+    stream[at..at + 4].copy_from_slice(&(max + 1).to_le_bytes());
+    assert!(matches!(
+        b.import_stream(&mut &stream[..]),
+        Err(Error::Decode { .. })
+    ));
+}

@@ -224,8 +224,18 @@ pub(crate) fn import(engine: &Engine, input: &mut dyn Read) -> Result<ImportRepo
                 "chunk {index} of {len} bytes, more than {STREAM_CHUNK_BYTES_MAX}"
             )));
         }
-        let mut payload = vec![0u8; len];
-        read_exact(input, &mut payload, &format!("chunk {index}"))?;
+        // Grown as the bytes arrive, never allocated from the length alone:
+        // a stream that claims a large chunk and sends little costs little.
+        let mut payload = Vec::with_capacity(len.min(STREAM_CHUNK_BYTES_TARGET + TAG_BYTES));
+        let read = input
+            .take(len as u64)
+            .read_to_end(&mut payload)
+            .map_err(|e| stream_io(&format!("reading chunk {index} of a change stream"), e))?;
+        if read != len {
+            return Err(decode(format!(
+                "the stream ends inside chunk {index} (cut short)"
+            )));
+        }
         let mut stored_chain = [0u8; CHUNK_HASH_BYTES];
         read_exact(input, &mut stored_chain, &format!("chunk {index}'s hash"))?;
         chain = chain_next(&chain, &head, &payload);
@@ -262,9 +272,18 @@ pub(crate) fn import(engine: &Engine, input: &mut dyn Read) -> Result<ImportRepo
                 let tail = local_record(engine, &progress_key, (index + 1).to_le_bytes().to_vec());
                 let counts =
                     engine.commit_records(records, chunk_id(&parsed.id, index), Some(tail))?;
-                // The progress record in the frame counts as applied: it
-                // is bookkeeping, not a change.
-                report.applied += counts.applied.saturating_sub(1);
+                // The progress record is in the counts (as applied, or as a
+                // duplicate when the whole frame was one): bookkeeping, not
+                // a change of the stream's.
+                let mut counts = counts;
+                if counts.applied > 0 {
+                    counts.applied -= 1;
+                } else if counts.duplicates > 0 {
+                    counts.duplicates -= 1;
+                } else {
+                    counts.stale = counts.stale.saturating_sub(1);
+                }
+                report.applied += counts.applied;
                 report.stale += counts.stale;
                 report.duplicates += counts.duplicates;
             }
