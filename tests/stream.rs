@@ -202,3 +202,157 @@ fn a_chunk_claiming_a_huge_length_and_sending_little_is_cut_short_without_alloca
         Err(Error::Decode { .. })
     ));
 }
+
+/// Rewrites a stream in clear chunk by chunk with `edit(index, kind,
+/// count, payload)`, the header (`head`) and every chain hash made right
+/// again: what anyone can do to a stream in clear.
+fn forge(
+    stream: &[u8],
+    head: impl Fn(&mut Vec<u8>),
+    edit: impl Fn(u32, u8, &mut u32, &mut Vec<u8>),
+) -> Vec<u8> {
+    let mut header = stream[..STREAM_HEADER_BYTES].to_vec();
+    head(&mut header);
+    let crc = crc32c::crc32c(&header[..36]);
+    header[36..40].copy_from_slice(&crc.to_le_bytes());
+    let mut chain = *blake3::Hasher::new_derive_key("mergekv change stream chain v1")
+        .update(&header)
+        .finalize()
+        .as_bytes();
+    let mut out = header;
+    for (i, (at, kind, len)) in chunks(stream).into_iter().enumerate() {
+        let mut count = u32::from_le_bytes(stream[at + 8..at + 12].try_into().unwrap());
+        let mut payload = stream[at + CHUNK_HEADER_BYTES..at + CHUNK_HEADER_BYTES + len].to_vec();
+        edit(i as u32, kind, &mut count, &mut payload);
+        let mut h = stream[at..at + CHUNK_HEADER_BYTES].to_vec();
+        h[8..12].copy_from_slice(&count.to_le_bytes());
+        h[12..16].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+        chain = *blake3::Hasher::new()
+            .update(&chain)
+            .update(&h)
+            .update(&payload)
+            .finalize()
+            .as_bytes();
+        out.extend_from_slice(&h);
+        out.extend_from_slice(&payload);
+        out.extend_from_slice(&chain);
+    }
+    out
+}
+
+#[test]
+fn a_forged_record_count_is_refused_without_allocating_for_it() {
+    let a_dir = tempfile::tempdir().unwrap();
+    let a = Db::open(a_dir.path()).unwrap();
+    a.put("k", "v").unwrap();
+    let mut stream = Vec::new();
+    a.export_to(&SyncCursor::new(), &mut stream).unwrap();
+    let forged = forge(
+        &stream,
+        |_| {},
+        |i, _, count, _| {
+            if i == 0 {
+                *count = u32::MAX;
+            }
+        },
+    );
+    let b_dir = tempfile::tempdir().unwrap();
+    let b = Db::open(b_dir.path()).unwrap();
+    assert!(matches!(
+        b.import_stream(&mut &forged[..]),
+        Err(Error::Decode { .. })
+    ));
+}
+
+#[test]
+fn a_stream_under_this_copys_own_node_id_is_refused_before_any_chunk_lands() {
+    let a_dir = tempfile::tempdir().unwrap();
+    let a = Db::open(a_dir.path()).unwrap();
+    fill(&a, 3_000, 400);
+    let mut stream = Vec::new();
+    a.export_to(&SyncCursor::new(), &mut stream).unwrap();
+    let b_dir = tempfile::tempdir().unwrap();
+    let b = Db::open(b_dir.path()).unwrap();
+    let own = b.node_id().0;
+    let forged = forge(
+        &stream,
+        |h| h[12..20].copy_from_slice(&own.to_le_bytes()),
+        |_, _, _, _| {},
+    );
+    assert!(matches!(
+        b.import_stream(&mut &forged[..]),
+        Err(Error::IdentityConflict { .. })
+    ));
+    assert_eq!(b.get("key-0000000").unwrap(), None);
+}
+
+#[test]
+fn a_cursor_claiming_this_copys_writes_beyond_its_clock_is_refused() {
+    let a_dir = tempfile::tempdir().unwrap();
+    let a = Db::open(a_dir.path()).unwrap();
+    a.put("k", "v").unwrap();
+    let mut stream = Vec::new();
+    a.export_to(&SyncCursor::new(), &mut stream).unwrap();
+    let b_dir = tempfile::tempdir().unwrap();
+    let b = Db::open(b_dir.path()).unwrap();
+    let own = b.node_id().0;
+    // The end chunk's cursor: records u64, entries u32, then node + stamp.
+    let forged = forge(
+        &stream,
+        |_| {},
+        |_, kind, _, payload| {
+            if kind == 2 {
+                let entries = u32::from_le_bytes(payload[8..12].try_into().unwrap());
+                payload[8..12].copy_from_slice(&(entries + 1).to_le_bytes());
+                payload.extend_from_slice(&own.to_le_bytes());
+                payload.extend_from_slice(&u64::MAX.to_le_bytes()[..8]);
+                payload.extend_from_slice(&0u32.to_le_bytes());
+                payload.extend_from_slice(&own.to_le_bytes());
+            }
+        },
+    );
+    assert!(matches!(
+        b.import_stream(&mut &forged[..]),
+        Err(Error::IdentityConflict { .. })
+    ));
+}
+
+#[test]
+fn progress_is_one_slot_bound_to_the_streams_content() {
+    let a_dir = tempfile::tempdir().unwrap();
+    let a = Db::open(a_dir.path()).unwrap();
+    fill(&a, 30_000, 200);
+    let mut s1 = Vec::new();
+    a.export_to(&SyncCursor::new(), &mut s1).unwrap();
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = Db::open(other_dir.path()).unwrap();
+    fill(&other, 30_000, 201);
+    let mut s2 = Vec::new();
+    other.export_to(&SyncCursor::new(), &mut s2).unwrap();
+    let b_dir = tempfile::tempdir().unwrap();
+    let b = Db::open(b_dir.path()).unwrap();
+    let p = chunks(&s1);
+    // Cut s1 after two whole chunks.
+    assert!(b.import_stream(&mut &s1[..p[2].0 + 5]).is_err());
+    // Another stream given s1's id: its first chunks are not skipped as
+    // if they were s1's.
+    let id = s1[20..36].to_vec();
+    let s2_as_s1 = forge(&s2, |h| h[20..36].copy_from_slice(&id), |_, _, _, _| {});
+    match b.import_stream(&mut &s2_as_s1[..]) {
+        Err(Error::Decode { reason, .. }) => assert!(reason.contains("not the one"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    // Imported again from scratch, it is whole; and s1 completes too.
+    b.import_stream(&mut &s2_as_s1[..]).unwrap();
+    b.import_stream(&mut &s1[..]).unwrap();
+    let both_dir = tempfile::tempdir().unwrap();
+    let both = Db::open(both_dir.path()).unwrap();
+    both.import_stream(&mut &s1[..]).unwrap();
+    both.import_stream(&mut &s2[..]).unwrap();
+    assert_eq!(b.digest().unwrap().root, both.digest().unwrap().root);
+    // Imported again and again: nothing changes.
+    for _ in 0..20 {
+        b.import_stream(&mut &s1[..]).unwrap();
+    }
+    assert_eq!(b.stats().keys, both.stats().keys);
+}

@@ -244,6 +244,14 @@ pub enum Error {
         /// The leader it follows, if it is a follower.
         follower_of: Option<String>,
     },
+    /// Reading or writing a change stream (`Db::export_to`,
+    /// `Db::import_stream`) failed in the caller's reader or writer.
+    Stream {
+        /// What was being done.
+        what: String,
+        /// The reader's or writer's error.
+        source: Arc<std::io::Error>,
+    },
     /// A network operation (replication) failed.
     Network {
         /// What was being done, with the address.
@@ -310,6 +318,7 @@ impl Error {
         matches!(
             self,
             Error::Io { .. }
+                | Error::Stream { .. }
                 | Error::Corruption { .. }
                 | Error::Poisoned { .. }
                 | Error::FlushFailed { .. }
@@ -369,6 +378,7 @@ impl std::fmt::Display for Error {
             ),
             Error::Decode { what, reason } => write!(f, "cannot decode {what}: {reason}"),
             Error::Key(e) => write!(f, "{e}"),
+            Error::Stream { what, source } => write!(f, "{what} failed: {source}"),
             Error::FlushFailed { cause } => write!(
                 f,
                 "the memtable is full and writing it out failed ({cause}); the write was not taken"
@@ -421,7 +431,9 @@ impl From<AuthError> for Error {
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Error::Io { source, .. } | Error::Network { source, .. } => Some(source.as_ref()),
+            Error::Io { source, .. }
+            | Error::Network { source, .. }
+            | Error::Stream { source, .. } => Some(source.as_ref()),
             _ => None,
         }
     }

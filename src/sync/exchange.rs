@@ -123,6 +123,7 @@ pub(crate) fn import(engine: &Engine, bytes: &[u8]) -> Result<ImportReport> {
     changes.records.retain(|r| !is_local(&r.store_key));
     engine.receive_stamps(&changes.records)?;
     let cursor = changes.cursor.clone();
+    check_cursor(engine, &cursor)?;
     let report = import_records(engine, changes)?;
     merge_local_cursor(engine, COMPLETE_CURSOR_KEY, &cursor)?;
     Ok(report)
@@ -267,7 +268,28 @@ pub(crate) fn import_segment(
 /// Records that this copy holds everything `cursor` says (a change set's
 /// or stream's exporter's complete cursor, taken once all of it is in).
 pub(crate) fn merge_complete_cursor(engine: &Engine, cursor: &SyncCursor) -> Result<()> {
+    check_cursor(engine, cursor)?;
     merge_local_cursor(engine, COMPLETE_CURSOR_KEY, cursor)
+}
+
+/// A cursor a peer sends is believed only so far: it must not say this
+/// copy's own writes reach beyond what its clock has issued (only another
+/// directory under its id, or a forger, could say that, and believing it
+/// would make exports skip this copy's later writes).
+fn check_cursor(engine: &Engine, cursor: &SyncCursor) -> Result<()> {
+    let own = engine.node();
+    if let Some(stamp) = cursor.seen.get(&own)
+        && *stamp > engine.high_water()
+    {
+        return Err(Error::IdentityConflict {
+            node: own,
+            detail: format!(
+                "a cursor says this copy's writes reach {stamp:?}, beyond what it has issued ({:?})",
+                engine.high_water()
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Deletes a record of [`LOCAL_KEYSPACE`] (bookkeeping no longer needed).

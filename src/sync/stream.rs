@@ -29,7 +29,7 @@ use crate::crypto::{
 };
 use crate::engine::{CommitId, Engine};
 use crate::error::{Error, KeyError, Result};
-use crate::record::{Record, decode_record, encode_record, encoded_record_bytes, store_key};
+use crate::record::{Record, encode_record, encoded_record_bytes, store_key};
 use crate::state::StateView;
 
 use super::{ImportReport, LOCAL_KEYSPACE, SyncCursor, is_local};
@@ -50,9 +50,14 @@ pub const CHUNK_HEADER_BYTES: usize = 16;
 pub const CHUNK_HASH_BYTES: usize = 32;
 /// A chunk is closed once its records reach this many bytes.
 pub const STREAM_CHUNK_BYTES_TARGET: usize = 1024 * 1024;
-/// The largest chunk payload a reader takes (one record of the largest
-/// size a frame can hold, plus a tag): what one chunk can cost in memory.
-pub const STREAM_CHUNK_BYTES_MAX: usize = crate::record::FRAME_PAYLOAD_BYTES_MAX + TAG_BYTES;
+/// The largest chunk payload a reader takes: what an exporter can write
+/// (1 MiB of records, or one record of the largest a batch can hold: half
+/// a frame), plus a tag. An import holds a chunk about four times over
+/// while it applies it (the payload, the records, the WAL frame, the
+/// memtable), so at most about 0.5 GiB for a forged chunk of this size
+/// and about 4 MiB for the chunks an exporter writes for ordinary values.
+pub const STREAM_CHUNK_BYTES_MAX: usize =
+    crate::record::FRAME_PAYLOAD_BYTES_MAX / 2 + STREAM_CHUNK_BYTES_TARGET + TAG_BYTES;
 
 const KIND_RECORDS: u8 = 1;
 const KIND_END: u8 = 2;
@@ -205,8 +210,17 @@ pub(crate) fn import(engine: &Engine, input: &mut dyn Read) -> Result<ImportRepo
     } else {
         None
     };
-    let progress_key = progress_key(&parsed.id);
-    let done = progress(engine, &progress_key)?;
+    if parsed.origin == engine.node() {
+        // Only another directory writing under this copy's id (a clone)
+        // exports under it: refused before any chunk lands.
+        return Err(Error::IdentityConflict {
+            node: engine.node(),
+            detail: "a change stream exported under this copy's own node id: another copy of \
+                     this directory writes under it (give one a new id: mergekv reidentify)"
+                .into(),
+        });
+    }
+    let done = progress(engine)?.filter(|p| p.id == parsed.id);
     let mut chain = chain_start(&header);
     let mut report = ImportReport::default();
     let mut total_records = 0u64;
@@ -252,26 +266,40 @@ pub(crate) fn import(engine: &Engine, input: &mut dyn Read) -> Result<ImportRepo
         }
         match kind {
             KIND_RECORDS => {
+                // The count is checked against the bytes before anything is
+                // allocated for it (anyone can recompute the chain).
                 let mut r = Reader::new(&payload);
-                let mut records = Vec::with_capacity(count as usize);
-                for _ in 0..count {
-                    records.push(
-                        decode_record(&mut r).map_err(|e| decode(format!("chunk {index}: {e}")))?,
-                    );
-                }
-                if r.remaining() != 0 {
-                    return Err(decode(format!("chunk {index}: bytes after its records")));
-                }
+                let mut records = crate::record::decode_records_to_end(&mut r, u64::from(count))
+                    .map_err(|e| decode(format!("chunk {index}: {e}")))?;
+                drop(payload);
                 total_records += u64::from(count);
-                if done.is_some_and(|d| index < d) {
+                if let Some(done) = done.filter(|d| index < d.next) {
+                    // Applied by an interrupted import of this stream: the
+                    // chain (over every chunk so far) says it is the same.
+                    if index + 1 == done.next && chain != done.chain {
+                        super::exchange::forget_local(engine, PROGRESS_KEY)?;
+                        return Err(decode(
+                            "the stream is not the one whose import was interrupted (its id, \
+                             other content): that progress is reset; import it again"
+                                .into(),
+                        ));
+                    }
                     report.duplicates += u64::from(count);
                     continue;
                 }
                 records.retain(|r| !is_local(&r.store_key));
                 engine.receive_stamps(&records)?;
-                let tail = local_record(engine, &progress_key, (index + 1).to_le_bytes().to_vec());
-                let counts =
-                    engine.commit_records(records, chunk_id(&parsed.id, index), Some(tail))?;
+                let tail = local_record(
+                    engine,
+                    PROGRESS_KEY,
+                    Progress {
+                        id: parsed.id,
+                        next: index + 1,
+                        chain,
+                    }
+                    .encode(),
+                );
+                let counts = engine.commit_records(records, chunk_id(&chain), Some(tail))?;
                 // The progress record is in the counts (as applied, or as a
                 // duplicate when the whole frame was one): bookkeeping, not
                 // a change of the stream's.
@@ -311,7 +339,9 @@ pub(crate) fn import(engine: &Engine, input: &mut dyn Read) -> Result<ImportRepo
                     return Err(decode("bytes after the end chunk's cursor".into()));
                 }
                 super::exchange::merge_complete_cursor(engine, &complete)?;
-                super::exchange::forget_local(engine, &progress_key)?;
+                if progress(engine)?.is_some_and(|p| p.id == parsed.id) {
+                    super::exchange::forget_local(engine, PROGRESS_KEY)?;
+                }
                 return Ok(report);
             }
             other => return Err(decode(format!("chunk {index}: unknown kind {other}"))),
@@ -321,6 +351,7 @@ pub(crate) fn import(engine: &Engine, input: &mut dyn Read) -> Result<ImportRepo
 }
 
 struct Header {
+    origin: NodeId,
     id: [u8; 16],
     sealed: bool,
 }
@@ -352,7 +383,7 @@ fn parse_header(bytes: &[u8]) -> std::result::Result<Header, String> {
     }
     let version = r.u16().map_err(err)?;
     let flags = r.u16().map_err(err)?;
-    let _origin = r.u64().map_err(err)?;
+    let origin = NodeId(r.u64().map_err(err)?);
     let mut id = [0u8; 16];
     id.copy_from_slice(r.take(16).map_err(err)?);
     let covered = r.position();
@@ -367,6 +398,7 @@ fn parse_header(bytes: &[u8]) -> std::result::Result<Header, String> {
         return Err(format!("unknown change stream flags {flags:#x}"));
     }
     Ok(Header {
+        origin,
         id,
         sealed: flags & STREAM_FLAG_SEALED != 0,
     })
@@ -420,20 +452,47 @@ fn chunk_aad(header: &[u8], head: &[u8; CHUNK_HEADER_BYTES], last: bool) -> Vec<
     aad
 }
 
-/// The `_local` key holding how many chunks of stream `id` were applied.
-fn progress_key(id: &[u8; 16]) -> String {
-    let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
-    format!("import-stream/{hex}")
+/// The `_local` key holding the progress of the last interrupted import:
+/// one slot, so abandoned imports leave at most one record behind.
+const PROGRESS_KEY: &str = "import-stream";
+
+/// How far an import of one stream got: its id, the chunks applied, and
+/// the chain hash after the last of them (which commits to all of them).
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Progress {
+    id: [u8; 16],
+    next: u32,
+    chain: [u8; 32],
 }
 
-/// The chunks of the stream whose progress is at `key` already applied.
-fn progress(engine: &Engine, key: &str) -> Result<Option<u32>> {
-    let store_key = store_key(LOCAL_KEYSPACE, key.as_bytes());
+impl Progress {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(52);
+        out.extend_from_slice(&self.id);
+        out.extend_from_slice(&self.next.to_le_bytes());
+        out.extend_from_slice(&self.chain);
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Progress> {
+        let mut r = Reader::new(bytes);
+        let mut id = [0u8; 16];
+        id.copy_from_slice(r.take(16).ok()?);
+        let next = r.u32().ok()?;
+        let mut chain = [0u8; 32];
+        chain.copy_from_slice(r.take(32).ok()?);
+        (r.remaining() == 0).then_some(Progress { id, next, chain })
+    }
+}
+
+/// The progress slot, if it holds one.
+fn progress(engine: &Engine) -> Result<Option<Progress>> {
+    let store_key = store_key(LOCAL_KEYSPACE, PROGRESS_KEY.as_bytes());
     let value = engine
         .state()
         .get(&store_key)?
         .and_then(|s| s.register.and_then(|r| r.value));
-    Ok(value.and_then(|v| <[u8; 4]>::try_from(&v[..]).ok().map(u32::from_le_bytes)))
+    Ok(value.and_then(|v| Progress::decode(&v)))
 }
 
 /// A `_local` record, stamped now, to commit in the same frame as a chunk.
@@ -452,10 +511,11 @@ fn local_record(engine: &Engine, key: &str, value: Vec<u8>) -> Record {
     }
 }
 
-fn chunk_id(stream: &[u8; 16], index: u32) -> CommitId {
-    let mut id = blake3::Hasher::new_derive_key("mergekv change stream chunk v1");
-    id.update(stream);
-    id.update(&index.to_le_bytes());
+/// A chunk's commit id: from the chain hash after it, so it names the
+/// chunk's content and everything before it, not just its place.
+fn chunk_id(chain: &[u8; 32]) -> CommitId {
+    let mut id = blake3::Hasher::new_derive_key("mergekv change stream chunk v2");
+    id.update(chain);
     CommitId(*id.finalize().as_bytes())
 }
 
@@ -477,7 +537,7 @@ fn decode(reason: String) -> Error {
 }
 
 fn stream_io(what: &str, e: std::io::Error) -> Error {
-    Error::Network {
+    Error::Stream {
         what: what.to_string(),
         source: std::sync::Arc::new(e),
     }
