@@ -1231,7 +1231,7 @@ fn held_a_power_loss_then_new_writes_never_reuse_a_file_key_and_offset() {
     assert!(checked > 5);
 }
 
-/// FINDING (not specific to encryption, but a state no key opens): in
+/// Found by the attack, now held (the test name keeps the finding): in
 /// `SyncMode::Never`, a power loss that keeps the unsynced pages of the
 /// WAL's pending writes at random (later pages kept, an earlier page lost
 /// as zeros past the durable size: what docs/FORMAT.md says a power loss
@@ -1240,7 +1240,6 @@ fn held_a_power_loss_then_new_writes_never_reuse_a_file_key_and_offset() {
 /// with the key and without (clear database: the same). "A power loss
 /// must never block opening" (docs/FORMAT.md, recovery rules).
 #[test]
-#[ignore = "open finding, older than encryption (the WAL's torn-tail rule against the simulated disk's random cuts in SyncMode::Never): docs/RELIABILITY.md, 'The attack of issue 14'"]
 fn power_loss_in_never_mode_can_leave_a_database_that_no_key_opens() {
     use mergekv::FaultInjector;
     use mergekv::io::SimDisk;

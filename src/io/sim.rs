@@ -911,6 +911,28 @@ fn surviving_data(
 ) -> Vec<u8> {
     let mut data: Vec<u8> = durable.as_ref().clone();
     let last = last_write(pending).map(|(i, _, _)| i);
+    // A random cut keeps, for each page, the writes that touch it up to a
+    // random point: a page cache writes a page back whole, as of some
+    // moment, so a page never holds a later write's bytes without an
+    // earlier one's (the first version drew each write's piece of a page
+    // on its own, and made such states, which no disk can leave).
+    let mut page_cut: HashMap<u64, usize> = HashMap::new();
+    if let DataCut::Random { .. } = cut {
+        let mut touching: HashMap<u64, usize> = HashMap::new();
+        for op in pending {
+            if let FileOp::Write { offset, bytes } = op {
+                for (at, _) in pieces(*offset, bytes, PAGE_BYTES) {
+                    *touching.entry(at / PAGE_BYTES).or_default() += 1;
+                }
+            }
+        }
+        let mut pages: Vec<(u64, usize)> = touching.into_iter().collect();
+        pages.sort_unstable();
+        for (page, writes) in pages {
+            page_cut.insert(page, rng.below(writes as u64 + 1) as usize);
+        }
+    }
+    let mut page_seen: HashMap<u64, usize> = HashMap::new();
     for (i, op) in pending.iter().enumerate() {
         match op {
             FileOp::SetLen(len) => {
@@ -937,7 +959,13 @@ fn surviving_data(
                         DataCut::All => true,
                         DataCut::Torn { units, .. } => !is_last || n < *units,
                         DataCut::Hole { unit, .. } => !is_last || n != *unit,
-                        DataCut::Random { .. } => rng.below(2) == 0,
+                        DataCut::Random { .. } => {
+                            let page = at / PAGE_BYTES;
+                            let seen = page_seen.entry(page).or_default();
+                            let keep = *seen < page_cut.get(&page).copied().unwrap_or(0);
+                            *seen += 1;
+                            keep
+                        }
                     };
                     place(&mut data, at, piece, keep, holes);
                 }
@@ -979,6 +1007,47 @@ mod tests {
 
     fn only_cut(point: &CrashPoint, data: DataCut, meta_ops: usize) -> SimDisk {
         point.survivor(&PowerCut { meta_ops, data })
+    }
+
+    #[test]
+    fn a_random_cut_never_keeps_a_later_write_to_a_page_without_an_earlier_one() {
+        let disk = SimDisk::new();
+        disk.create_dir_all(p("/d")).unwrap();
+        disk.sync_dir(p("/")).unwrap();
+        let f = write(&disk, "/d/a", b"");
+        f.sync(p("/d/a")).unwrap();
+        disk.sync_dir(p("/d")).unwrap();
+        let mut f = disk.open(p("/d/a"), Open::CreateKeep, true).unwrap();
+        f.write_all(&[b'A'; 100]).unwrap();
+        f.write_all(&[b'B'; 100]).unwrap();
+        let point = disk.crash_point_now("test");
+        let mut seen = HashSet::new();
+        for seed in 1..200u64 {
+            for holes in [false, true] {
+                let survivor = only_cut(
+                    &point,
+                    DataCut::Random {
+                        seed: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                        holes,
+                    },
+                    0,
+                );
+                let data = survivor.read_file(p("/d/a")).unwrap_or_default();
+                let a = data
+                    .get(..100)
+                    .is_some_and(|d| d.iter().all(|&b| b == b'A'));
+                let b = data
+                    .get(100..200)
+                    .is_some_and(|d| d.iter().all(|&b| b == b'B'));
+                assert!(!b || a, "seed {seed}: the later write without the earlier");
+                seen.insert((a, b));
+            }
+        }
+        assert!(seen.contains(&(true, true)) && seen.contains(&(false, false)));
+        assert!(
+            seen.contains(&(true, false)),
+            "a page written back between the two"
+        );
     }
 
     #[test]
