@@ -414,3 +414,34 @@ pub fn write_run_file(
     disk.read_file(&info.path)
         .ok_or_else(|| "the finished run is gone".to_string())
 }
+
+/// Imports `bytes` as a change stream into two databases on a simulated
+/// disk, opened once per process: one in clear and one under the fuzz
+/// key (so a stream in clear and a sealed one both reach the chunk
+/// decoder). The error text, or what was applied.
+pub fn import_change_stream(bytes: &[u8]) -> Result<u64, String> {
+    use std::sync::OnceLock;
+    static DBS: OnceLock<Option<(crate::Db, crate::Db)>> = OnceLock::new();
+    let dbs = DBS.get_or_init(|| {
+        let disk = crate::io::SimDisk::new();
+        let options = |key: Option<crate::crypto::EncryptionKey>| crate::Options {
+            worker_threads: 0,
+            sync_mode: crate::SyncMode::Never,
+            faults: Some(crate::io::FaultInjector::with_disk(disk.clone())),
+            encryption_key: key.map(crate::crypto::KeySource::Key),
+            ..crate::Options::default()
+        };
+        let clear = crate::Db::open_with("/fuzz/clear", options(None)).ok()?;
+        let sealed = crate::Db::open_with("/fuzz/sealed", options(Some(fuzz_key()))).ok()?;
+        Some((clear, sealed))
+    });
+    let Some((clear, sealed)) = dbs else {
+        return Err("the fuzz databases did not open".into());
+    };
+    let one = clear.import_stream(&mut &bytes[..]);
+    let two = sealed.import_stream(&mut &bytes[..]);
+    match (one, two) {
+        (Ok(r), _) | (_, Ok(r)) => Ok(r.applied),
+        (Err(e), _) => Err(e.to_string()),
+    }
+}

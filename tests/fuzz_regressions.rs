@@ -291,6 +291,7 @@ impl SeedSource {
             ("snapshot", vec![("snapshot".into(), self.snapshot.clone())]),
             ("changeset", self.changesets.clone()),
             ("encrypted", encrypted_seeds()),
+            ("change_stream", stream_seeds()),
             ("repl_frame", frame_seeds),
             ("repl_message", message_seeds),
             ("repl_stream", self.streams(&messages)),
@@ -563,6 +564,32 @@ fn api_token(db: &Db) -> (String, String) {
 
 /// A full export, a bucket export (no cursor), and the export of a copy
 /// that imported the first (its cursor names two nodes).
+/// Change streams: one in clear, one sealed under the fuzz key.
+fn stream_seeds() -> Seeds {
+    let mut out = Vec::new();
+    for (name, key) in [
+        ("clear", None),
+        ("sealed", Some(mergekv::fuzzing::fuzz_key())),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open_with(
+            dir.path(),
+            Options {
+                sync_mode: SyncMode::Never,
+                wall_clock: Arc::new(ManualClock::new(1_700_000_000_000)),
+                encryption_key: key.map(mergekv::KeySource::Key),
+                ..Options::default()
+            },
+        )
+        .unwrap();
+        write_every_record_shape(&db);
+        let mut stream = Vec::new();
+        db.export_to(&SyncCursor::new(), &mut stream).unwrap();
+        out.push((name.to_string(), stream));
+    }
+    out
+}
+
 /// An encrypted database under the fuzz key: a sealed change set, a WAL
 /// segment and a run, as it writes them.
 fn encrypted_seeds() -> Seeds {

@@ -47,6 +47,7 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("salvage", salvage),
     ("run_file", run_file),
     ("encrypted", encrypted),
+    ("change_stream", change_stream),
 ];
 
 // Layouts, from docs/FORMAT.md and docs/PROTOCOL.md.
@@ -706,5 +707,49 @@ pub fn seal_encrypted(bytes: &mut [u8]) {
         let block = SEGMENT_HEADER_BYTES;
         let crc = crc32c::crc32c(&bytes[block..block + 40]);
         put_u32(bytes, block + 40, crc);
+    }
+}
+
+/// A change stream, as `Db::import_stream` reads it (into a database in
+/// clear and one under the fuzz key): a typed error or an import, never a
+/// panic, never memory the bytes did not pay for.
+pub fn change_stream(data: &[u8]) -> bool {
+    with_sealed(data, check_change_stream, seal_change_stream)
+}
+
+fn check_change_stream(data: &[u8]) -> bool {
+    fuzzing::import_change_stream(data).is_ok()
+}
+
+/// Seals a change stream in clear: its header CRC and every chunk's
+/// chained hash (lengths clamped to the bytes left).
+pub fn seal_change_stream(bytes: &mut [u8]) {
+    const HEADER: usize = 40;
+    if bytes.len() < HEADER || !bytes.starts_with(b"MKVCSTR\x01") {
+        return;
+    }
+    let crc = crc32c::crc32c(&bytes[..36]);
+    put_u32(bytes, 36, crc);
+    let sealed = u16::from_le_bytes([bytes[10], bytes[11]]) & 1 != 0;
+    let mut at = HEADER + if sealed { 44 } else { 0 };
+    if at > bytes.len() {
+        return;
+    }
+    let mut chain = *blake3::Hasher::new_derive_key("mergekv change stream chain v1")
+        .update(&bytes[..at])
+        .finalize()
+        .as_bytes();
+    while bytes.len() - at >= 16 + 32 {
+        let room = bytes.len() - at - 16 - 32;
+        let len = (get_u32(bytes, at + 12) as usize).min(room);
+        put_u32(bytes, at + 12, len as u32);
+        chain = *blake3::Hasher::new()
+            .update(&chain)
+            .update(&bytes[at..at + 16 + len])
+            .finalize()
+            .as_bytes();
+        let hash_at = at + 16 + len;
+        bytes[hash_at..hash_at + 32].copy_from_slice(&chain);
+        at = hash_at + 32;
     }
 }
