@@ -1710,3 +1710,42 @@ fn promote_of_an_encrypted_follower_takes_its_key() {
     assert!(!dir.join("FOLLOWER").exists());
     mkv_keys(&dir, &["put", "k", "w"], Some(&hex), None).expect(0);
 }
+
+#[test]
+fn old_key_file_repeats_for_two_unfinished_rotations() {
+    use mergekv::{Db, EncryptionKey, KeySource, Options};
+    let (tmp, dir) = db_dir();
+    let (k1, h1, _) = new_key_file(tmp.path(), "k1");
+    let (k2, h2, _) = new_key_file(tmp.path(), "k2");
+    let (k3, h3, _) = new_key_file(tmp.path(), "k3");
+    let key = |hex: &str| EncryptionKey::from_hex(hex, "test").unwrap();
+    {
+        let db = Db::open_with(
+            &dir,
+            Options {
+                encryption_key: Some(KeySource::Key(key(&h1))),
+                ..Options::default()
+            },
+        )
+        .unwrap();
+        db.set_cursor("hold", 1).unwrap();
+        db.put("a", "1").unwrap();
+        db.compact_now().unwrap();
+        db.put("b", "2").unwrap();
+        db.rotate_encryption_key(key(&h2)).unwrap();
+        db.put("c", "3").unwrap();
+        db.rotate_encryption_key(key(&h3)).unwrap();
+        drop(db); // both rewrites unfinished
+    }
+    let with = |old: &[&PathBuf]| {
+        let mut args = vec!["--key-file", k3.to_str().unwrap()];
+        for f in old {
+            args.extend(["--old-key-file", f.to_str().unwrap()]);
+        }
+        args.extend(["get", "b"]);
+        mkv_keys(&dir, &args, None, None)
+    };
+    with(&[&k2]).expect(4);
+    let run = with(&[&k1, &k2]).expect(0);
+    assert_eq!(run.stdout.trim(), "2");
+}

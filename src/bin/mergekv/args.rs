@@ -54,11 +54,12 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "FILE")]
     pub key_file: Option<PathBuf>,
 
-    /// File holding the old encryption key, needed only while a key
+    /// File holding an old encryption key, needed only while a key
     /// rotation has not finished rewriting the files it encrypts (an open
-    /// that needs it says so). Without it, MERGEKV_OLD_KEY.
+    /// that needs it says so). Repeat it for several unfinished rotations.
+    /// Without it, MERGEKV_OLD_KEY (one key).
     #[arg(long, global = true, value_name = "FILE")]
-    pub old_key_file: Option<PathBuf>,
+    pub old_key_file: Vec<PathBuf>,
 
     #[command(subcommand)]
     pub command: Command,

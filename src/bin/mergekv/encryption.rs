@@ -187,13 +187,13 @@ fn open_for_rekey(target: &Target, new: &EncryptionKey) -> Result<(Db, Start), C
         let resumed = Target {
             dir: target.dir.clone(),
             key: Some(new.clone()),
-            old_key: None,
+            old_keys: Vec::new(),
         };
         let mut options = resumed.existing_only();
         options.encryption_keys_old = old.into_iter().map(Into::into).collect();
         Ok((resumed.open_with(options)?, Start::Resumed))
     };
-    let old: Vec<EncryptionKey> = target.old_key.iter().cloned().collect();
+    let old: Vec<EncryptionKey> = target.old_keys.clone();
     if target.key.as_ref().is_some_and(|k| k.id() == new.id()) {
         return resuming(old);
     }

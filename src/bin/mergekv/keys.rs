@@ -36,10 +36,10 @@ pub fn read_key(file: Option<&Path>, var: &str) -> Result<Option<EncryptionKey>,
 /// The variables are ignored there, as any exported variable a command
 /// does not use is.
 pub fn refuse_key_flags(cli: &Cli, command: &str) -> Result<(), CliError> {
-    let flag = match (&cli.key_file, &cli.old_key_file) {
+    let flag = match (&cli.key_file, cli.old_key_file.is_empty()) {
         (Some(_), _) => "--key-file",
-        (None, Some(_)) => "--old-key-file",
-        (None, None) => return Ok(()),
+        (None, false) => "--old-key-file",
+        (None, true) => return Ok(()),
     };
     Err(CliError::new(
         EXIT_USAGE,
@@ -54,8 +54,8 @@ pub struct Target {
     pub dir: PathBuf,
     /// The key it is (or is to be) encrypted with; `None` for one in clear.
     pub key: Option<EncryptionKey>,
-    /// The old key, during a rotation.
-    pub old_key: Option<EncryptionKey>,
+    /// The old keys, during unfinished rotations.
+    pub old_keys: Vec<EncryptionKey>,
 }
 
 impl Target {
@@ -64,7 +64,17 @@ impl Target {
         Ok(Target {
             dir: cli.data.clone(),
             key: read_key(cli.key_file.as_deref(), KEY_ENV)?,
-            old_key: read_key(cli.old_key_file.as_deref(), OLD_KEY_ENV)?,
+            old_keys: if cli.old_key_file.is_empty() {
+                read_key(None, OLD_KEY_ENV)?.into_iter().collect()
+            } else {
+                cli.old_key_file
+                    .iter()
+                    .map(|f| read_key(Some(f), OLD_KEY_ENV).map(Option::into_iter))
+                    .collect::<Result<Vec<_>, _>>()?
+                    .into_iter()
+                    .flatten()
+                    .collect()
+            },
         })
     }
 
@@ -72,12 +82,7 @@ impl Target {
     pub fn options(&self) -> Options {
         Options {
             encryption_key: self.key.clone().map(KeySource::Key),
-            encryption_keys_old: self
-                .old_key
-                .clone()
-                .map(KeySource::Key)
-                .into_iter()
-                .collect(),
+            encryption_keys_old: self.old_keys.iter().cloned().map(KeySource::Key).collect(),
             ..Options::default()
         }
     }
