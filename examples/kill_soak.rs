@@ -15,7 +15,8 @@
 //! uniformly; default 20 and 400), `--dir PATH` (keep the database there;
 //! default: a temporary directory), `--tamper` (the checker's own test:
 //! after each kill, one acknowledged key is dropped from what was read
-//! back, so the soak must report losses and exit non-zero),
+//! back, so the soak must report losses and exit non-zero), `--encrypted`
+//! (every round under encryption at rest, with a fixed test key),
 //! `--stop-at-failure` (stop at the first failed check and leave the
 //! directory as it is, for a look with `--dir`), `--verbose` (one line per
 //! kill: delay, writes acknowledged per thread, compactions).
@@ -82,6 +83,8 @@ struct Config {
     tamper: bool,
     stop_at_failure: bool,
     verbose: bool,
+    /// Every round under encryption at rest (a fixed test key).
+    encrypted: bool,
 }
 
 impl Config {
@@ -96,6 +99,7 @@ impl Config {
             tamper: false,
             stop_at_failure: false,
             verbose: false,
+            encrypted: false,
         };
         let mut it = args.iter();
         while let Some(flag) = it.next() {
@@ -112,11 +116,12 @@ impl Config {
                 "--max-delay-ms" => config.max_delay_ms = number(value()?)?,
                 "--dir" => config.dir = Some(PathBuf::from(value()?)),
                 "--tamper" => config.tamper = true,
+                "--encrypted" => config.encrypted = true,
                 "--stop-at-failure" => config.stop_at_failure = true,
                 "--verbose" => config.verbose = true,
                 "--help" | "-h" => {
                     return Err("usage: kill_soak [--kills N] [--seed S] [--threads T] \
-                         [--min-delay-ms MS] [--max-delay-ms MS] [--dir PATH] [--tamper] [--stop-at-failure] [--verbose]"
+                         [--min-delay-ms MS] [--max-delay-ms MS] [--dir PATH] [--tamper] [--encrypted] [--stop-at-failure] [--verbose]"
                         .into());
                 }
                 other => return Err(format!("unknown argument {other}")),
@@ -227,8 +232,15 @@ fn counter_of(op: &Op) -> Option<&str> {
 
 // ------------------------------------------------------------------- child
 
-fn child_options() -> Options {
+/// The key of `--encrypted` soaks (a fixed test key: the soak tests the
+/// engine, not key handling).
+fn soak_key(encrypted: bool) -> Option<mergekv::KeySource> {
+    encrypted.then(|| mergekv::KeySource::Key(mergekv::EncryptionKey::from_bytes([0x5e; 32])))
+}
+
+fn child_options(encrypted: bool) -> Options {
     Options {
+        encryption_key: soak_key(encrypted),
         sync_mode: SyncMode::Always,
         segment_size_bytes_max: 64 * 1024,
         compaction_wal_bytes_min: 32 * 1024,
@@ -257,7 +269,9 @@ fn child(args: &[String], at: usize) -> Result<ExitCode, String> {
     let threads: usize = value("--threads")?
         .parse()
         .map_err(|_| "child: bad threads")?;
-    let db = Db::open_with(dir, child_options()).map_err(|e| format!("child open: {e}"))?;
+    let encrypted = args.iter().any(|a| a == "--encrypted");
+    let db =
+        Db::open_with(dir, child_options(encrypted)).map_err(|e| format!("child open: {e}"))?;
     let deadline = Instant::now() + Duration::from_millis(CHILD_LIFETIME_MAX_MS);
     std::thread::scope(|scope| {
         for thread in 0..threads {
@@ -423,14 +437,18 @@ fn parent(config: &Config) -> Result<ExitCode, String> {
     let started = Instant::now();
     for round in 0..config.kills {
         let delay = config.min_delay_ms + rng.below(config.max_delay_ms - config.min_delay_ms + 1);
-        let reports = run_and_kill(&exe, &dir, round, config.threads, delay, &mut tally)?;
+        let reports = run_and_kill(&exe, &dir, round, config, delay, &mut tally)?;
         tally.kills += 1;
         tally.compactions += reports.compactions;
         for line in &reports.garbled {
             eprintln!("round {round}: unexpected report line {line:?}");
             tally.child_deaths += 1;
         }
-        let db = match Db::open(&dir) {
+        let reopen = mergekv::Options {
+            encryption_key: soak_key(config.encrypted),
+            ..mergekv::Options::default()
+        };
+        let db = match Db::open_with(&dir, reopen) {
             Ok(db) => db,
             Err(e) => {
                 eprintln!("round {round}: open failed after the kill: {e}");
@@ -506,7 +524,7 @@ fn run_and_kill(
     exe: &Path,
     dir: &Path,
     round: u64,
-    threads: usize,
+    config: &Config,
     delay_ms: u64,
     tally: &mut Tally,
 ) -> Result<Reports, String> {
@@ -514,7 +532,8 @@ fn run_and_kill(
         .arg("--child")
         .arg(dir)
         .args(["--round", &round.to_string()])
-        .args(["--threads", &threads.to_string()])
+        .args(["--threads", &config.threads.to_string()])
+        .args(config.encrypted.then_some("--encrypted"))
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
