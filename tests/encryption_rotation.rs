@@ -207,3 +207,37 @@ fn two_rotations_before_the_first_finished_open_with_every_key_then_the_last_alo
         assert!(db.get(format!("{p}7")).unwrap().is_some(), "{p}");
     }
 }
+
+#[test]
+fn a_rotation_from_clear_cut_before_it_cleared_metas_flag_finishes_at_the_next_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path()).unwrap();
+    db.put("a", "1").unwrap();
+    db.rotate_encryption_key(key(1)).unwrap();
+    assert_eq!(db.complete_key_rotation().unwrap().files_left, 0);
+    db.close().unwrap();
+    // Every file rewritten, and the crash came before META's flag (files
+    // in clear allowed) was cleared: set it back as that crash left it.
+    let path = dir.path().join("META");
+    let mut meta = std::fs::read(&path).unwrap();
+    assert_eq!(meta[42] & 3, 1, "encrypted, flag cleared");
+    meta[42] |= 2;
+    let end = meta.len() - 4;
+    let crc = crc32c::crc32c(&meta[..end]);
+    meta[end..].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(&path, &meta).unwrap();
+    let db = Db::open_with(dir.path(), opts(Some(1), &[])).unwrap();
+    assert!(
+        common::wait_for(Duration::from_secs(60), || {
+            db.encryption().is_ok_and(|s| !s.rewrite_pending)
+        }),
+        "{:?}",
+        db.encryption()
+    );
+    db.close().unwrap();
+    assert_eq!(
+        std::fs::read(&path).unwrap()[42] & 2,
+        0,
+        "the flag is cleared"
+    );
+}

@@ -207,7 +207,10 @@ impl Db {
             .iter()
             .any(|(_, id)| Some(*id) != current)
             || (current.is_some()
-                && !crate::engine::files_in_clear(&io_for_keys, &dir)?.is_empty());
+                && !crate::engine::files_in_clear(&io_for_keys, &dir)?.is_empty())
+            // A rotation from clear that rewrote everything but had not
+            // yet sealed the quarantine and cleared META's flag.
+            || meta.clear_files_pending;
         if stale && (!read_only || follower_of.is_some()) {
             maintenance.request_rekey();
         }
