@@ -498,15 +498,7 @@ impl Wal {
     /// any frame, so that all of it can be dropped once a snapshot covers it.
     /// Writers wait only while the new segment is created.
     pub fn seal_active(&self) -> Result<()> {
-        let mut st = self.state.lock();
-        while st.queue.leader_active || !st.queue.is_empty() {
-            st.halt.check_usable()?;
-            self.lead_or_wait(&mut st);
-        }
-        st.halt.check_usable()?;
-        self.writer
-            .seal_active(&mut st)
-            .map_err(|failure| self.fail(&mut st, failure))
+        self.with_queue_written(|writer, st| writer.seal_active(st))
     }
 
     /// Makes every later frame go to a new segment under the keyring's
@@ -514,15 +506,23 @@ impl Wal {
     /// queued, then seals the active segment, or replaces it if it holds
     /// no frame.
     pub fn restart_under_current_key(&self) -> Result<()> {
+        self.with_queue_written(|writer, st| writer.restart_under_current_key(st))
+    }
+
+    /// Writes everything queued (leading groups or waiting for the leader),
+    /// then runs `step` on the active segment with nothing queued and no
+    /// leader; a failure of it poisons the WAL.
+    fn with_queue_written(
+        &self,
+        step: impl FnOnce(&GroupWriter, &mut MutexGuard<'_, State>) -> std::result::Result<(), Failure>,
+    ) -> Result<()> {
         let mut st = self.state.lock();
         while st.queue.leader_active || !st.queue.is_empty() {
             st.halt.check_usable()?;
             self.lead_or_wait(&mut st);
         }
         st.halt.check_usable()?;
-        self.writer
-            .restart_under_current_key(&mut st)
-            .map_err(|failure| self.fail(&mut st, failure))
+        step(&self.writer, &mut st).map_err(|failure| self.fail(&mut st, failure))
     }
 
     /// Rewrites every sealed segment whose key is not the current one
