@@ -4,6 +4,7 @@ mod common;
 
 use std::path::Path;
 
+use common::{assert_nothing_in_clear, files};
 use mergekv::{Db, EncryptionKey, Error, KeyError, KeySource, Options};
 
 fn key(byte: u8) -> EncryptionKey {
@@ -14,33 +15,6 @@ fn with_key(k: Option<EncryptionKey>) -> Options {
     Options {
         encryption_key: k.map(KeySource::Key),
         ..Options::default()
-    }
-}
-
-/// Every file under `dir`, recursively, with its bytes.
-fn files(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            out.extend(files(&path));
-        } else {
-            out.push((path.clone(), std::fs::read(&path).unwrap()));
-        }
-    }
-    out
-}
-
-fn assert_nothing_in_clear(dir: &Path, needles: &[&[u8]]) {
-    for (path, bytes) in files(dir) {
-        for needle in needles {
-            assert!(
-                !bytes.windows(needle.len()).any(|w| w == *needle),
-                "{} holds {:?} in clear",
-                path.display(),
-                String::from_utf8_lossy(needle)
-            );
-        }
     }
 }
 

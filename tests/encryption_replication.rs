@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::Duration;
 
 use mergekv::replication::client::{Follower, FollowerOptions};
@@ -35,31 +34,6 @@ fn follower_options(addr: &str, token: &str, k: Option<EncryptionKey>) -> Follow
     options.backoff_max_ms = 200;
     options.idle_timeout_ms = 2_000;
     options
-}
-
-fn no_plaintext(dir: &Path, needle: &[u8]) {
-    for path in walk(dir) {
-        let bytes = std::fs::read(&path).unwrap();
-        assert!(
-            !bytes.windows(needle.len()).any(|w| w == needle),
-            "{} holds {:?} in clear",
-            path.display(),
-            String::from_utf8_lossy(needle)
-        );
-    }
-}
-
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            out.extend(walk(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
 }
 
 #[test]
@@ -129,8 +103,8 @@ fn an_encrypted_leader_ships_to_a_follower_with_its_key_by_catch_up_snapshot_and
     follower.stop();
     drop(server);
     leader.close().unwrap();
-    no_plaintext(leader_dir.path(), b"SECRET-VALUE-");
-    no_plaintext(dir.path(), b"SECRET-VALUE-");
+    common::assert_nothing_in_clear(leader_dir.path(), &[b"SECRET-VALUE-"]);
+    common::assert_nothing_in_clear(dir.path(), &[b"SECRET-VALUE-"]);
 }
 
 #[test]

@@ -20,18 +20,13 @@ fn opts(current: Option<u8>, old: &[u8]) -> Options {
     }
 }
 
+/// The directory's files but the lock files (an open's own, even a
+/// refused one's).
 fn tree(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            out.extend(tree(&path));
-        } else if !path.ends_with("LOCK") && !path.ends_with("READERS") {
-            out.push((path.clone(), std::fs::read(&path).unwrap()));
-        }
-    }
-    out.sort();
-    out
+    common::files(dir)
+        .into_iter()
+        .filter(|(p, _)| !p.ends_with("LOCK") && !p.ends_with("READERS"))
+        .collect()
 }
 
 #[test]

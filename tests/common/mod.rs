@@ -336,3 +336,35 @@ pub fn make_legacy(dir: &Path, snapshots: &[(u64, Vec<u8>)], wal_after: u64) {
         }
     }
 }
+
+/// Every file under `dir`, recursively, with its bytes, sorted by path.
+pub fn files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(next) = pending.pop() {
+        for entry in fs::read_dir(&next).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                out.push((path.clone(), fs::read(&path).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Panics naming the file if any file under `dir` holds one of `needles`.
+pub fn assert_nothing_in_clear(dir: &Path, needles: &[&[u8]]) {
+    for (path, bytes) in files(dir) {
+        for needle in needles {
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == *needle),
+                "{} holds {:?} in clear",
+                path.display(),
+                String::from_utf8_lossy(needle)
+            );
+        }
+    }
+}
