@@ -679,3 +679,63 @@ fn many_renewals_keep_every_file_readable() {
     let db = Db::open(dir.path()).unwrap();
     assert_eq!(db.scan(&ScanOptions::all()).map(Result::unwrap).count(), 20);
 }
+
+/// A copy's claim about its own writes survives a restart. Receiving a
+/// stamp moves the clock (the receive rule adds one each time), even when
+/// every change was already held and nothing is written; a claim of that
+/// high-water mark, then a reopen, made the clock issue again a stamp a
+/// peer already counted as held, and that write was never sent (found by
+/// `attack_sync_gc`, seed 1796297272681426919).
+#[test]
+fn a_write_after_a_restart_is_sent_to_a_peer_that_heard_from_us_before() {
+    let clock = std::sync::Arc::new(mergekv::ManualClock::new(50_000));
+    let options = || Options {
+        wall_clock: clock.clone(),
+        ..Options::default()
+    };
+    let (a_dir, b_dir, c_dir) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let b = Db::open_with(b_dir.path(), options()).unwrap();
+    let c = Db::open_with(c_dir.path(), options()).unwrap();
+    for i in 0..5 {
+        b.put(format!("b{i}"), "x").unwrap();
+    }
+    {
+        let a = Db::open_with(a_dir.path(), options()).unwrap();
+        a.put("a0", "x").unwrap();
+        let (from_b, _) = b.export_for("a").unwrap();
+        a.import_from("b", &from_b).unwrap();
+        let (to_c, _) = a.export_for("c").unwrap();
+        c.import_from("a", &to_c).unwrap();
+        let (reply, _) = c.export_for("a").unwrap();
+        a.import_from("c", &reply).unwrap();
+        // The same change set again: all duplicates, nothing written, but
+        // the clock moved once per stamp received.
+        let high_water = a.stats().hlc;
+        let again = a.import_from("b", &from_b).unwrap();
+        assert_eq!((again.applied, again.duplicates), (0, 5));
+        assert_ne!(a.stats().hlc, high_water, "the clock moved");
+        // a tells c what it holds, its own writes included.
+        let (to_c, _) = a.export_for("c").unwrap();
+        c.import_from("a", &to_c).unwrap();
+        a.close().unwrap();
+    }
+    let a = Db::open_with(a_dir.path(), options()).unwrap();
+    // The same millisecond: only the logical counter orders the stamps.
+    let late = a.put("late", "after the restart").unwrap();
+    // c tells a what it holds (its claim about a's writes included), then a
+    // sends what c lacks.
+    let (reply, _) = c.export_for("a").unwrap();
+    a.import_from("c", &reply).unwrap();
+    let (to_c, _) = a.export_for("c").unwrap();
+    c.import_from("a", &to_c).unwrap();
+    assert_eq!(
+        c.get("late").unwrap().as_deref(),
+        Some(&b"after the restart"[..]),
+        "the write stamped {:?} reached c",
+        late.stamp
+    );
+}

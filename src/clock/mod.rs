@@ -93,6 +93,10 @@ pub struct Hlc {
     node: NodeId,
     physical_ms: u64,
     logical: u32,
+    /// The newest stamp issued by [`Hlc::tick`] or recovered from disk:
+    /// `(physical_ms, logical)`. At most the high-water mark, which also
+    /// moves on what was only seen.
+    issued: (u64, u32),
     max_drift_ms: u64,
     policy: DriftPolicy,
     drift: DriftStats,
@@ -105,6 +109,7 @@ impl Hlc {
             node,
             physical_ms: 0,
             logical: 0,
+            issued: (0, 0),
             max_drift_ms,
             policy,
             drift: DriftStats::default(),
@@ -125,6 +130,22 @@ impl Hlc {
         }
     }
 
+    /// The newest stamp this clock issued, or recovered from disk at open.
+    ///
+    /// What a copy may claim to hold of its own writes: unlike
+    /// [`Hlc::high_water`], it does not move when a remote stamp is only
+    /// seen (an import of changes already held writes nothing, so a
+    /// high-water mark raised by it is not on disk and a restart would
+    /// lower it; a claim beyond what a restart recovers would let the
+    /// clock issue again stamps a peer believes it already has).
+    pub fn issued(&self) -> Stamp {
+        Stamp {
+            physical_ms: self.issued.0,
+            logical: self.issued.1,
+            node: self.node,
+        }
+    }
+
     /// Drift statistics so far.
     pub fn drift_stats(&self) -> DriftStats {
         self.drift
@@ -138,6 +159,7 @@ impl Hlc {
             self.physical_ms = seen.physical_ms;
             self.logical = seen.logical;
         }
+        self.issued = self.issued.max((seen.physical_ms, seen.logical));
     }
 
     /// Issues a new stamp for a local event at wall time `wall_ms`.
@@ -150,6 +172,7 @@ impl Hlc {
             self.bump_logical();
         }
         let stamp = self.high_water();
+        self.issued = (stamp.physical_ms, stamp.logical);
         // Strictly increasing, unless the clock is pinned at the last
         // millisecond it can represent.
         debug_assert!(stamp > before || before.physical_ms == u64::MAX);
@@ -292,6 +315,26 @@ mod tests {
         assert!(d > b);
         let e = c.tick(2000);
         assert_eq!((e.physical_ms, e.logical), (2000, 0));
+    }
+
+    #[test]
+    fn issued_moves_on_ticks_and_recovery_not_on_what_is_only_seen() {
+        let mut c = hlc(1);
+        let mine = c.tick(1000);
+        let remote = Stamp {
+            physical_ms: 1000,
+            logical: 40,
+            node: NodeId(2),
+        };
+        c.receive(remote, 1000).unwrap();
+        assert!(c.high_water() > remote);
+        assert_eq!(c.issued(), mine, "seeing is not issuing");
+        let next = c.tick(1000);
+        assert!(next > remote);
+        assert_eq!(c.issued(), next);
+        let mut reopened = hlc(1);
+        reopened.observe_recovered(next);
+        assert_eq!(reopened.issued(), next);
     }
 
     #[test]

@@ -104,6 +104,11 @@ impl Engine {
         self.hlc.lock().high_water()
     }
 
+    /// The newest stamp the clock issued or recovered: see [`Hlc::issued`].
+    pub fn issued(&self) -> Stamp {
+        self.hlc.lock().issued()
+    }
+
     /// The wall clock's time now, in ms since the epoch.
     pub fn now_ms(&self) -> u64 {
         self.options.wall_clock.now_ms()

@@ -102,7 +102,10 @@ fn open_change_set<'a>(engine: &Engine, bytes: &'a [u8]) -> Result<std::borrow::
 /// Per origin, the newest stamp up to which this copy holds everything.
 pub(crate) fn complete_cursor(engine: &Engine) -> Result<SyncCursor> {
     let mut complete: SyncCursor = local_get(engine, COMPLETE_CURSOR_KEY)?.unwrap_or_default();
-    let own = engine.high_water();
+    // What this copy has issued, not its high-water mark: a mark raised
+    // by stamps only seen is not on disk, and a claim beyond what a
+    // restart recovers would hide the writes issued after it.
+    let own = engine.issued();
     complete.merge(&SyncCursor {
         seen: [(own.node, own)].into_iter().collect(),
     });
