@@ -739,3 +739,47 @@ fn a_write_after_a_restart_is_sent_to_a_peer_that_heard_from_us_before() {
         late.stamp
     );
 }
+
+/// Exports taken while another thread writes claim only writes they
+/// carry: a cursor that claimed a write still on its way to the map (or
+/// read after the map was viewed) made later exports skip it for good.
+#[test]
+fn exports_racing_writers_never_claim_a_write_they_do_not_carry() {
+    const WRITES: usize = 3_000;
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let options = || Options {
+        sync_mode: SyncMode::Never,
+        worker_threads: 2,
+        ..Options::default()
+    };
+    let a = std::sync::Arc::new(Db::open_with(a_dir.path(), options()).unwrap());
+    let b = Db::open_with(b_dir.path(), options()).unwrap();
+    let writers: Vec<_> = (0..2)
+        .map(|t| {
+            let a = a.clone();
+            std::thread::spawn(move || {
+                for i in 0..WRITES / 2 {
+                    a.put(format!("w{t}-{i:05}"), "v").unwrap();
+                }
+            })
+        })
+        .collect();
+    let mut rounds = 0;
+    while writers.iter().any(|w| !w.is_finished()) {
+        let (to_b, _) = a.export_for("b").unwrap();
+        b.import_from("a", &to_b).unwrap();
+        let (reply, _) = b.export_for("a").unwrap();
+        a.import_from("b", &reply).unwrap();
+        rounds += 1;
+    }
+    for w in writers {
+        w.join().unwrap();
+    }
+    let (to_b, _) = a.export_for("b").unwrap();
+    b.import_from("a", &to_b).unwrap();
+    let held = b.scan(&ScanOptions::all()).map(Result::unwrap).count();
+    assert_eq!(
+        held, WRITES,
+        "after {rounds} racing rounds, b holds every write"
+    );
+}

@@ -45,6 +45,20 @@ impl Stamp {
         logical: 0,
         node: NodeId(0),
     };
+
+    /// The greatest stamp of the same node before this one (or this one,
+    /// if it is the smallest there is).
+    pub fn just_before(self) -> Stamp {
+        match (self.logical.checked_sub(1), self.physical_ms.checked_sub(1)) {
+            (Some(logical), _) => Stamp { logical, ..self },
+            (None, Some(physical_ms)) => Stamp {
+                physical_ms,
+                logical: u32::MAX,
+                ..self
+            },
+            (None, None) => self,
+        }
+    }
 }
 
 impl std::fmt::Display for Stamp {

@@ -722,9 +722,9 @@ impl Db {
         out: &mut dyn std::io::Write,
     ) -> Result<(crate::sync::stream::StreamReport, SyncCursor)> {
         let engine = &self.inner.engine;
-        // The map first, then the complete cursor (see `export_since`).
-        let view = engine.state().view();
+        // The complete cursor first, then the map (see `export_since`).
         let complete = exchange::complete_cursor(engine)?;
+        let view = engine.state().view();
         let keyring = engine.wal().keyring().read().clone();
         let report =
             crate::sync::stream::export(&view, engine.node(), cursor, &complete, &keyring, out)?;

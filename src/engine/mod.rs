@@ -55,6 +55,10 @@ pub(crate) struct Engine {
     watermark: AppliedWatermark,
     /// This node's totals for counters with increments not yet applied.
     pending_counters: Mutex<HashMap<StoreKey, PendingCounter>>,
+    /// Stamps issued to batches not yet applied (or refused), with how many
+    /// batches hold each. Inserted while the clock's lock is held, so a
+    /// reader holding that lock sees every stamp issued and not finished.
+    in_flight: Mutex<std::collections::BTreeMap<Stamp, u32>>,
 }
 
 impl Engine {
@@ -70,6 +74,7 @@ impl Engine {
             state,
             watermark: AppliedWatermark::new(applied_seq),
             pending_counters: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(std::collections::BTreeMap::new()),
         }
     }
 
@@ -104,9 +109,35 @@ impl Engine {
         self.hlc.lock().high_water()
     }
 
-    /// The newest stamp the clock issued or recovered: see [`Hlc::issued`].
-    pub fn issued(&self) -> Stamp {
-        self.hlc.lock().issued()
+    /// The newest own stamp up to which every write is in the state map:
+    /// the clock's [`Hlc::issued`], or, while batches stamped earlier are
+    /// still on their way through the WAL, the stamp just before the
+    /// oldest of them. What a copy may claim to hold of its own writes (a
+    /// claim taken after a view of the map, for writes that view has).
+    pub fn claimable(&self) -> Stamp {
+        let hlc = self.hlc.lock();
+        let issued = hlc.issued();
+        match self.in_flight.lock().keys().next() {
+            Some(oldest) if *oldest <= issued => oldest.just_before(),
+            _ => issued,
+        }
+    }
+
+    /// Notes `stamp` as issued to a batch on its way (called with the
+    /// clock's lock held).
+    pub(crate) fn stamp_in_flight(&self, stamp: Stamp) {
+        *self.in_flight.lock().entry(stamp).or_insert(0) += 1;
+    }
+
+    /// The batch stamped `stamp` is applied, or refused.
+    pub(crate) fn stamp_landed(&self, stamp: Stamp) {
+        let mut in_flight = self.in_flight.lock();
+        if let Some(n) = in_flight.get_mut(&stamp) {
+            *n -= 1;
+            if *n == 0 {
+                in_flight.remove(&stamp);
+            }
+        }
     }
 
     /// The wall clock's time now, in ms since the epoch.

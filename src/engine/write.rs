@@ -42,6 +42,24 @@ struct Prepared {
     records: Vec<Record>,
     appended: Appended,
     counter_keys: Vec<StoreKey>,
+    /// The stamp this batch holds in the engine's in-flight set, released
+    /// once it is applied or refused.
+    in_flight: Option<Stamp>,
+}
+
+/// Releases a stamp from the in-flight set when dropped (a batch refused
+/// after it was stamped).
+struct InFlight<'a> {
+    engine: &'a Engine,
+    stamp: Option<Stamp>,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Some(stamp) = self.stamp {
+            self.engine.stamp_landed(stamp);
+        }
+    }
 }
 
 impl Engine {
@@ -72,6 +90,9 @@ impl Engine {
         let finished = self.finish(&appended);
         for p in prepared.iter().flatten() {
             self.release_counters(&p.counter_keys);
+            if let Some(stamp) = p.in_flight {
+                self.stamp_landed(stamp);
+            }
         }
         match finished {
             Ok(committed) => self.outcomes(&prepared, committed),
@@ -86,7 +107,19 @@ impl Engine {
         self.check_usable()?;
         batch.validate(&self.options)?;
         let now_ms = self.now_ms();
+        let explicit = batch.stamp.is_some();
         let stamp = self.stamp(batch.stamp, now_ms)?;
+        let landed = InFlight {
+            engine: self,
+            stamp: (!explicit).then_some(stamp),
+        };
+        let mut prepared = self.prepare_stamped(batch, stamp, now_ms)?;
+        prepared.in_flight = landed.stamp;
+        std::mem::forget(landed);
+        Ok(prepared)
+    }
+
+    fn prepare_stamped(&self, batch: Batch, stamp: Stamp, now_ms: u64) -> Result<Prepared> {
         let dedup_id = batch
             .idempotency_key
             .as_ref()
@@ -114,6 +147,7 @@ impl Engine {
             records,
             appended,
             counter_keys,
+            in_flight: None,
         })
     }
 
@@ -150,7 +184,12 @@ impl Engine {
                 hlc.receive(stamp, now_ms)?;
                 Ok(stamp)
             }
-            None => Ok(hlc.tick(now_ms)),
+            None => {
+                let stamp = hlc.tick(now_ms);
+                // While the clock's lock is held: see `Engine::claimable`.
+                self.stamp_in_flight(stamp);
+                Ok(stamp)
+            }
         }
     }
 

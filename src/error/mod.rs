@@ -8,9 +8,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 mod auth;
+mod bucket;
 
 use crate::clock::{DriftRejected, NodeId};
 pub use auth::AuthError;
+pub use bucket::BucketError;
 
 /// The kinds of file operation that can be made to fail.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -278,6 +280,8 @@ pub enum Error {
     /// An encryption key is missing, wrong, or unreadable (see
     /// [`KeyError`]). Nothing was changed.
     Key(KeyError),
+    /// A sync through an object store failed (see [`BucketError`]).
+    Bucket(BucketError),
     /// A stored typed value did not decode as the requested type.
     Decode {
         /// What was being decoded.
@@ -408,6 +412,7 @@ impl std::fmt::Display for Error {
                 follower_of: None,
             } => write!(f, "database {} is open read-only", dir.display()),
             Error::Auth(e) => e.fmt(f),
+            Error::Bucket(e) => e.fmt(f),
         }
     }
 }

@@ -31,16 +31,19 @@ pub(crate) fn export_changes(
     cursor: &SyncCursor,
     buckets: Option<&[usize]>,
 ) -> Result<(Vec<u8>, SyncCursor)> {
-    // The map first, then the complete cursor: every write the cursor
-    // can claim (own writes up to the clock's high water) is in the map.
-    let view = engine.state().view();
-    let records = collect_changes(&view, cursor, buckets)?;
+    // The complete cursor first, then the map: everything the cursor
+    // claims (imports whose records were applied before their cursor was
+    // merged; own writes up to `Engine::claimable`) is in a view taken
+    // after it. (A view taken first could miss an import or a write that
+    // landed between the two, which the cursor would then claim.)
     // A partial export advertises nothing: the receiver must not claim
     // what it was not sent.
     let complete = match buckets {
         None => complete_cursor(engine)?,
         Some(_) => SyncCursor::new(),
     };
+    let view = engine.state().view();
+    let records = collect_changes(&view, cursor, buckets)?;
     let mut after = cursor.clone();
     after.merge(&complete);
     let keyring = engine.wal().keyring().read().clone();
@@ -102,10 +105,12 @@ fn open_change_set<'a>(engine: &Engine, bytes: &'a [u8]) -> Result<std::borrow::
 /// Per origin, the newest stamp up to which this copy holds everything.
 pub(crate) fn complete_cursor(engine: &Engine) -> Result<SyncCursor> {
     let mut complete: SyncCursor = local_get(engine, COMPLETE_CURSOR_KEY)?.unwrap_or_default();
-    // What this copy has issued, not its high-water mark: a mark raised
-    // by stamps only seen is not on disk, and a claim beyond what a
-    // restart recovers would hide the writes issued after it.
-    let own = engine.issued();
+    // What this copy has issued and applied, not its high-water mark: a
+    // mark raised by stamps only seen is not on disk, and a claim beyond
+    // what a restart recovers would hide the writes issued after it; nor
+    // a stamp of a write still on its way to the map (the caller's view,
+    // taken before, may not have it).
+    let own = engine.claimable();
     complete.merge(&SyncCursor {
         seen: [(own.node, own)].into_iter().collect(),
     });

@@ -138,14 +138,20 @@ pub struct ImportReport {
 /// stamp (a register its floor too), which is what makes a version vector
 /// enough to know what a peer lacks.
 fn newer_parts(state: &KeyState, cursor: &SyncCursor) -> Option<KeyState> {
-    let register = state.register.as_ref().filter(|r| cursor.is_new(r.stamp));
+    parts_where(state, &|stamp| cursor.is_new(stamp))
+}
+
+/// The parts of `state` (the register, each node's counter totals) whose
+/// stamp `keep` accepts, or `None` if there are none.
+pub(crate) fn parts_where(state: &KeyState, keep: &dyn Fn(Stamp) -> bool) -> Option<KeyState> {
+    let register = state.register.as_ref().filter(|r| keep(r.stamp));
     let totals: Vec<_> = state
         .counter
         .as_ref()
         .map(|c| c.totals.as_slice())
         .unwrap_or_default()
         .iter()
-        .filter(|t| cursor.is_new(t.stamp))
+        .filter(|t| keep(t.stamp))
         .copied()
         .collect();
     if register.is_none() && totals.is_empty() {

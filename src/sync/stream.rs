@@ -84,6 +84,26 @@ pub(crate) fn export(
     keyring: &Keyring,
     out: &mut dyn Write,
 ) -> Result<StreamReport> {
+    export_where(
+        view,
+        origin,
+        &|stamp| cursor.is_new(stamp),
+        complete,
+        keyring,
+        out,
+    )
+}
+
+/// [`export`] of the parts whose stamp `select` accepts (a bucket
+/// publishes only its own writes this way).
+pub(crate) fn export_where(
+    view: &StateView,
+    origin: NodeId,
+    select: &dyn Fn(crate::clock::Stamp) -> bool,
+    complete: &SyncCursor,
+    keyring: &Keyring,
+    out: &mut dyn Write,
+) -> Result<StreamReport> {
     let mut id = [0u8; 16];
     id.copy_from_slice(&fresh_salt()?[..16]);
     let cipher = match keyring.current() {
@@ -107,7 +127,7 @@ pub(crate) fn export(
         if is_local(&key) {
             continue;
         }
-        let Some(delta) = super::newer_parts(&state, cursor) else {
+        let Some(delta) = super::parts_where(&state, select) else {
             continue;
         };
         let record = Record {
@@ -183,6 +203,17 @@ impl StreamWriter<'_> {
 /// `Error::Decode` and nothing of it is applied. Chunks a previous,
 /// interrupted import of the same stream applied are checked and skipped.
 pub(crate) fn import(engine: &Engine, input: &mut dyn Read) -> Result<ImportReport> {
+    import_until(engine, input, None)
+}
+
+/// [`import`] of only the parts stamped at or before `until`, if given (a
+/// point-in-time restore); the exporter's cursor is then taken no further
+/// than `until` either.
+pub(crate) fn import_until(
+    engine: &Engine,
+    input: &mut dyn Read,
+    until: Option<crate::clock::Stamp>,
+) -> Result<ImportReport> {
     let keyring = engine.wal().keyring().read().clone();
     let mut header = vec![0u8; STREAM_HEADER_BYTES];
     read_exact(input, &mut header, "the stream header")?;
@@ -288,6 +319,15 @@ pub(crate) fn import(engine: &Engine, input: &mut dyn Read) -> Result<ImportRepo
                     continue;
                 }
                 records.retain(|r| !is_local(&r.store_key));
+                if let Some(until) = until {
+                    records = records
+                        .into_iter()
+                        .filter_map(|r| {
+                            let delta = super::parts_where(&r.delta, &|s| s <= until)?;
+                            Some(Record { delta, ..r })
+                        })
+                        .collect();
+                }
                 engine.receive_stamps(&records)?;
                 let tail = local_record(
                     engine,
@@ -333,6 +373,10 @@ pub(crate) fn import(engine: &Engine, input: &mut dyn Read) -> Result<ImportRepo
                     let node = NodeId(r.u64().map_err(|e| decode(e.to_string()))?);
                     let stamp =
                         crate::record::decode_stamp(&mut r).map_err(|e| decode(e.to_string()))?;
+                    let stamp = match until {
+                        Some(until) if stamp > until => crate::clock::Stamp { node, ..until },
+                        _ => stamp,
+                    };
                     complete.seen.insert(node, stamp);
                 }
                 if r.remaining() != 0 {
