@@ -74,6 +74,8 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+#[cfg(feature = "object-store")]
+pub mod bucket;
 pub mod clock;
 pub mod codec;
 pub mod command;

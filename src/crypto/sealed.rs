@@ -53,6 +53,8 @@ pub enum SealedKind {
     /// A file in `quarantine/` kept from a database's time in clear,
     /// sealed when it was encrypted (its name is the context).
     Quarantine = 4,
+    /// A head or claim in a bucket (its name is the context).
+    BucketObject = 5,
 }
 
 impl SealedKind {
@@ -62,6 +64,7 @@ impl SealedKind {
             SealedKind::ReplicationBatch => "replication batch",
             SealedKind::StagedSnapshot => "staged snapshot",
             SealedKind::Quarantine => "quarantined file",
+            SealedKind::BucketObject => "bucket object",
         }
     }
 }

@@ -308,7 +308,7 @@ pub(crate) fn forget_local(engine: &Engine, key: &str) -> Result<()> {
     results.pop().unwrap_or(Err(Error::Closed)).map(|_| ())
 }
 
-fn merge_local_cursor(engine: &Engine, key: &str, cursor: &SyncCursor) -> Result<()> {
+pub(crate) fn merge_local_cursor(engine: &Engine, key: &str, cursor: &SyncCursor) -> Result<()> {
     let stored: SyncCursor = local_get(engine, key)?.unwrap_or_default();
     let mut merged = stored.clone();
     merged.merge(cursor);
@@ -325,7 +325,7 @@ fn derive_id(context: &str, content: &[u8; 32]) -> CommitId {
 }
 
 /// A serde value in [`LOCAL_KEYSPACE`].
-fn local_get<T: DeserializeOwned>(engine: &Engine, key: &str) -> Result<Option<T>> {
+pub(crate) fn local_get<T: DeserializeOwned>(engine: &Engine, key: &str) -> Result<Option<T>> {
     let store_key = store_key(LOCAL_KEYSPACE, key.as_bytes());
     let bytes = engine
         .state()
@@ -334,7 +334,7 @@ fn local_get<T: DeserializeOwned>(engine: &Engine, key: &str) -> Result<Option<T
     bytes.map(|b| crate::codec::decode_typed(&b)).transpose()
 }
 
-fn local_put_typed<T: Serialize>(engine: &Engine, key: &str, value: &T) -> Result<()> {
+pub(crate) fn local_put_typed<T: Serialize>(engine: &Engine, key: &str, value: &T) -> Result<()> {
     local_put(engine, key, crate::codec::encode_typed(value)?)
 }
 

@@ -1,0 +1,888 @@
+//! One sync round, a backup round, and a restore (see the module docs of
+//! `bucket` and `docs/ARCHITECTURE.md`, "Bucket sync", for the rules).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::head::{
+    Claim, Head, ObjectRef, Retired, SnapshotRef, claim_name, head_name, node_of_head_name,
+    object_name, snapshot_name,
+};
+use super::store::{Listed, Written};
+use super::{Bucket, BucketOptions};
+use crate::clock::{NodeId, Stamp};
+use crate::crypto::Keyring;
+use crate::crypto::sealed::{self, SealedKind};
+use crate::db::Db;
+use crate::engine::Engine;
+use crate::error::{BucketError, Error, Result};
+use crate::options::Options;
+use crate::sync::SyncCursor;
+use crate::sync::exchange::{
+    complete_cursor, forget_local, local_get, local_put_typed, merge_local_cursor,
+};
+
+/// Objects and changes moved one way.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Transfer {
+    /// Objects (change objects and snapshots).
+    pub objects: u64,
+    /// Key records in them.
+    pub changes: u64,
+    /// Their bytes.
+    pub bytes: u64,
+}
+
+/// What one round did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SyncReport {
+    /// This copy's news, published.
+    pub pushed: Transfer,
+    /// Other copies' changes, downloaded and imported.
+    pub pulled: Transfer,
+    /// Changes the imports applied (not already held).
+    pub applied: u64,
+    /// A snapshot published this round, if one was.
+    pub snapshot_published: Option<Transfer>,
+    /// Snapshots imported to start from (a late join).
+    pub snapshots_imported: u64,
+    /// Copies with a head in the bucket, this one included.
+    pub copies: usize,
+    /// Copies silent past the horizon (no longer waited for).
+    pub silent: Vec<NodeId>,
+    /// Objects deleted (past the grace period).
+    pub deleted: u64,
+    /// Whether this copy's head was written.
+    pub head_written: bool,
+    /// Requests this round made.
+    pub requests: super::RequestCounts,
+}
+
+/// What a restore did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct RestoreReport {
+    /// What was downloaded and imported.
+    pub pulled: Transfer,
+    /// The snapshot started from (its object name), if any.
+    pub snapshot: Option<String>,
+    /// The time restored to, if one was asked for.
+    pub at_ms: Option<u64>,
+}
+
+/// A copy's sync state for one bucket, in its `_local` keyspace.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct LocalState {
+    /// The node id this state is for (a reidentified copy starts afresh).
+    node: u64,
+    /// This directory's incarnation, named in its claim and head.
+    incarnation: [u8; 16],
+    claimed: bool,
+    /// Our head as last written (its bytes before sealing), its version tag.
+    head: Option<Vec<u8>>,
+    head_e_tag: Option<String>,
+    /// A head write begun and not known to have landed: (generation, nonce).
+    pending: Option<(u64, u64)>,
+    /// The newest own stamp published.
+    published: Option<Stamp>,
+    /// Per origin, the newest stamp merged in its object order.
+    progress: BTreeMap<u64, Stamp>,
+}
+
+fn state_key(bucket: &Bucket) -> String {
+    let id = blake3::hash(bucket.url.as_bytes());
+    format!("bucket/{}", &id.to_hex()[..16])
+}
+
+fn random_u64() -> Result<u64> {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).map_err(|e| Error::Network {
+        what: "drawing a random nonce".into(),
+        source: Arc::new(std::io::Error::other(e.to_string())),
+    })?;
+    Ok(u64::from_le_bytes(b))
+}
+
+fn bucket_err(e: BucketError) -> Error {
+    Error::Bucket(e)
+}
+
+fn malformed(object: &str, reason: impl Into<String>) -> Error {
+    bucket_err(BucketError::Malformed {
+        object: object.to_string(),
+        reason: reason.into(),
+    })
+}
+
+/// Seals a head or claim under the database's key, if it has one.
+fn seal(keyring: &Keyring, name: &str, bytes: Vec<u8>) -> Result<Vec<u8>> {
+    sealed::seal(keyring, SealedKind::BucketObject, name.as_bytes(), bytes)
+}
+
+/// Opens a head or claim: sealed ones under the database's keys; one in
+/// clear is refused by an encrypted database (anyone could have written
+/// it).
+fn unseal(keyring: &Keyring, name: &str, bytes: Vec<u8>) -> Result<Vec<u8>> {
+    if sealed::is_sealed(&bytes) {
+        return sealed::open(keyring, SealedKind::BucketObject, name.as_bytes(), &bytes);
+    }
+    if keyring.current().is_some() {
+        return Err(malformed(
+            name,
+            "in clear, refused by an encrypted database",
+        ));
+    }
+    Ok(bytes)
+}
+
+fn read_head(
+    bucket: &Bucket,
+    keyring: &Keyring,
+    name: &str,
+) -> Result<Option<(Head, Option<String>)>> {
+    let Some((bytes, e_tag)) = bucket
+        .objects()
+        .get(name, super::head::HEAD_BYTES_MAX as u64)?
+    else {
+        return Ok(None);
+    };
+    let bytes = unseal(keyring, name, bytes)?;
+    let head = Head::decode(&bytes).map_err(|r| malformed(name, r))?;
+    Ok(Some((head, e_tag)))
+}
+
+/// Downloads `name`, checks its size and blake3 against what names it.
+fn fetch_checked(
+    bucket: &Bucket,
+    name: &str,
+    head: &str,
+    size: u64,
+    hash: &[u8; 32],
+) -> Result<Vec<u8>> {
+    let max = bucket.options.object_bytes_max;
+    if size > max {
+        return Err(malformed(
+            name,
+            format!("{size} bytes, more than object_bytes_max {max}"),
+        ));
+    }
+    let Some((bytes, _)) = bucket.objects().get(name, max)? else {
+        return Err(bucket_err(BucketError::MissingObject {
+            object: name.to_string(),
+            head: head.to_string(),
+        }));
+    };
+    let found = blake3::hash(&bytes);
+    if found.as_bytes() != hash || bytes.len() as u64 != size {
+        return Err(bucket_err(BucketError::Tampered {
+            object: name.to_string(),
+            expected: hex(hash),
+            found: found.to_hex().to_string(),
+        }));
+    }
+    Ok(bytes)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn origin_floor(node: NodeId) -> Stamp {
+    Stamp {
+        physical_ms: 0,
+        logical: 0,
+        node,
+    }
+}
+
+struct Round<'a> {
+    bucket: &'a Bucket,
+    engine: &'a Engine,
+    keyring: Keyring,
+    node: NodeId,
+    now_ms: u64,
+    key: String,
+    st: LocalState,
+    report: SyncReport,
+}
+
+impl Round<'_> {
+    fn save(&self) -> Result<()> {
+        local_put_typed(self.engine, &self.key, &self.st)
+    }
+
+    /// Saves the state and makes it durable whatever the sync mode (it
+    /// must survive a crash before the write it announces).
+    fn save_durable(&self) -> Result<()> {
+        self.save()?;
+        self.engine.wal().sync_written()
+    }
+
+    fn options(&self) -> &BucketOptions {
+        &self.bucket.options
+    }
+
+    fn clone_detected(&self, detail: impl Into<String>) -> Error {
+        bucket_err(BucketError::CloneDetected {
+            node: self.node,
+            detail: detail.into(),
+        })
+    }
+
+    /// Claims the node id in the bucket, once.
+    fn claim(&mut self) -> Result<()> {
+        if self.st.claimed {
+            return Ok(());
+        }
+        let name = claim_name(self.node);
+        let claim = Claim {
+            node: self.node,
+            incarnation: self.st.incarnation,
+            claimed_ms: self.now_ms,
+        };
+        let bytes = seal(&self.keyring, &name, claim.encode())?;
+        if self.bucket.objects().create(&name, &bytes)? == Written::Lost {
+            let Some((found, _)) = self.bucket.objects().get(&name, 64 * 1024)? else {
+                return Err(malformed(&name, "exists, then vanished"));
+            };
+            let found = unseal(&self.keyring, &name, found)?;
+            let found = Claim::decode(&found).map_err(|r| malformed(&name, r))?;
+            if found.incarnation != self.st.incarnation || found.node != self.node {
+                return Err(self.clone_detected(format!(
+                    "the bucket's claim on this id was made by another directory (incarnation {}, \
+                     this one is {})",
+                    hex(&found.incarnation),
+                    hex(&self.st.incarnation)
+                )));
+            }
+        }
+        self.st.claimed = true;
+        self.save()
+    }
+
+    /// Our head as the bucket has it, checked against what we last wrote.
+    fn own_head(&mut self, listed: Option<&Listed>) -> Result<Head> {
+        let ours = match &self.st.head {
+            Some(bytes) => Some(Head::decode(bytes).map_err(|r| malformed("local head", r))?),
+            None => None,
+        };
+        let name = head_name(self.node);
+        let Some(listed) = listed else {
+            // Never written, or lost by the store: (re)written this round.
+            self.st.head_e_tag = None;
+            return Ok(ours.unwrap_or_else(|| self.fresh_head()));
+        };
+        if listed.e_tag.is_some() && listed.e_tag == self.st.head_e_tag && ours.is_some() {
+            return Ok(ours.unwrap_or_else(|| self.fresh_head()));
+        }
+        let Some((found, e_tag)) = read_head(self.bucket, &self.keyring, &name)? else {
+            self.st.head_e_tag = None;
+            return Ok(ours.unwrap_or_else(|| self.fresh_head()));
+        };
+        if found.node != self.node {
+            return Err(malformed(
+                &name,
+                format!("a head of {} under this copy's name", found.node),
+            ));
+        }
+        if found.incarnation != self.st.incarnation {
+            return Err(self.clone_detected(format!(
+                "the bucket's head for this id was written by another directory (incarnation {})",
+                hex(&found.incarnation)
+            )));
+        }
+        let ours_generation = ours.as_ref().map_or(0, |h| h.generation);
+        let landed = self.st.pending == Some((found.generation, found.nonce));
+        let same = ours
+            .as_ref()
+            .is_some_and(|h| h.generation == found.generation && h.nonce == found.nonce);
+        if landed || same {
+            // Our own write (one that landed before a crash, or the same
+            // one under a new version tag).
+            self.st.pending = None;
+            self.st.head = Some(found.encode());
+            self.st.head_e_tag = e_tag;
+            self.save_durable()?;
+            return Ok(found);
+        }
+        if found.generation > ours_generation {
+            return Err(self.clone_detected(format!(
+                "the bucket's head for this id is at generation {}, this directory wrote up to {}",
+                found.generation, ours_generation
+            )));
+        }
+        // Older than ours: the store lost a write. Ours is rewritten.
+        self.st.head_e_tag = e_tag;
+        Ok(ours.unwrap_or_else(|| self.fresh_head()))
+    }
+
+    fn fresh_head(&self) -> Head {
+        Head {
+            node: self.node,
+            incarnation: self.st.incarnation,
+            generation: 0,
+            nonce: 0,
+            updated_ms: 0,
+            objects: Vec::new(),
+            snapshots: Vec::new(),
+            merged: SyncCursor::new(),
+            expelled: Vec::new(),
+            retired: Vec::new(),
+        }
+    }
+
+    /// Other copies' heads: downloaded only when their version tag changed.
+    fn other_heads(&mut self, listing: &[Listed]) -> Result<Vec<Arc<Head>>> {
+        let mut heads = Vec::new();
+        for l in listing {
+            let Some(node) = node_of_head_name(&l.name) else {
+                continue;
+            };
+            if node == self.node {
+                continue;
+            }
+            if let Some(h) = self.bucket.cached_head(self.node, node, &l.e_tag) {
+                heads.push(h);
+                continue;
+            }
+            let Some((head, e_tag)) = read_head(self.bucket, &self.keyring, &l.name)? else {
+                continue; // deleted since the listing
+            };
+            if head.node != node {
+                return Err(malformed(
+                    &l.name,
+                    format!("holds the head of {}", head.node),
+                ));
+            }
+            let head = Arc::new(head);
+            self.bucket.cache_head(self.node, node, e_tag, head.clone());
+            heads.push(head);
+        }
+        Ok(heads)
+    }
+
+    fn progress(&self, origin: NodeId) -> Stamp {
+        self.st
+            .progress
+            .get(&origin.0)
+            .copied()
+            .unwrap_or(origin_floor(origin))
+    }
+
+    /// Imports a snapshot (whole, checked), and counts every origin it
+    /// covers as merged up to where it covers it.
+    fn import_snapshot(&mut self, maker: &Head, s: &SnapshotRef) -> Result<()> {
+        let name = snapshot_name(maker.node, s.seq, s.nonce);
+        let bytes = fetch_checked(self.bucket, &name, &head_name(maker.node), s.bytes, &s.hash)?;
+        let imported = crate::sync::stream::import(self.engine, &mut &bytes[..])?;
+        self.report.pulled.objects += 1;
+        self.report.pulled.changes += s.changes;
+        self.report.pulled.bytes += s.bytes;
+        self.report.applied += imported.applied;
+        self.report.snapshots_imported += 1;
+        for (origin, stamp) in &s.covers.seen {
+            if *origin == self.node {
+                continue;
+            }
+            let p = self
+                .st
+                .progress
+                .entry(origin.0)
+                .or_insert(origin_floor(*origin));
+            *p = (*p).max(*stamp);
+        }
+        self.save()
+    }
+
+    /// Pulls what this copy has not merged from `h`'s objects, in order.
+    fn pull_from(&mut self, h: &Head, snapshots: &[(Arc<Head>, SnapshotRef)]) -> Result<()> {
+        let head = head_name(h.node);
+        for o in &h.objects {
+            let p = self.progress(h.node);
+            if o.last <= p {
+                continue;
+            }
+            if o.after > p {
+                // Objects we never merged were collected: a snapshot that
+                // covers up to this object's start bridges the gap.
+                let bridge = snapshots
+                    .iter()
+                    .filter(|(_, s)| s.covers.seen.get(&h.node).is_some_and(|c| *c >= o.after))
+                    .max_by_key(|(_, s)| s.made_ms)
+                    .cloned();
+                match bridge {
+                    Some((maker, s)) => self.import_snapshot(&maker, &s)?,
+                    None => {
+                        return Err(bucket_err(BucketError::HistoryGone {
+                            origin: h.node,
+                            merged_seq: h
+                                .objects
+                                .iter()
+                                .filter(|x| x.last <= p)
+                                .map(|x| x.seq)
+                                .max()
+                                .unwrap_or(0),
+                            oldest_seq: o.seq,
+                        }));
+                    }
+                }
+                if o.last <= self.progress(h.node) {
+                    continue;
+                }
+            }
+            let name = object_name(h.node, o.seq, o.nonce);
+            let bytes = fetch_checked(self.bucket, &name, &head, o.bytes, &o.hash)?;
+            let imported = crate::sync::stream::import(self.engine, &mut &bytes[..])?;
+            self.report.pulled.objects += 1;
+            self.report.pulled.changes += o.changes;
+            self.report.pulled.bytes += o.bytes;
+            self.report.applied += imported.applied;
+            self.st.progress.insert(h.node.0, o.last);
+            self.save()?;
+        }
+        Ok(())
+    }
+
+    /// Publishes this copy's writes newer than the last publication.
+    fn publish(&mut self, own: &mut Head) -> Result<()> {
+        let claim = self.engine.claimable();
+        let published = self.st.published.unwrap_or(origin_floor(self.node));
+        if claim <= published {
+            return Ok(());
+        }
+        let node = self.node;
+        let view = self.engine.state().view();
+        let select = move |s: Stamp| s.node == node && s > published && s <= claim;
+        let complete = SyncCursor {
+            seen: [(node, claim)].into_iter().collect(),
+        };
+        let mut bytes = Vec::new();
+        let written = crate::sync::stream::export_where(
+            &view,
+            node,
+            &select,
+            &complete,
+            &self.keyring,
+            &mut bytes,
+        )?;
+        drop(view);
+        if written.records == 0 {
+            // Nothing of ours is newer (overwritten by other copies, or
+            // only bookkeeping): the next object still follows `published`.
+            return Ok(());
+        }
+        let seq = own
+            .objects
+            .last()
+            .map_or(0, |o| o.seq)
+            .max(self.max_seq_ever(own))
+            + 1;
+        let nonce = random_u64()?;
+        let name = object_name(node, seq, nonce);
+        if self.bucket.objects().create(&name, &bytes)? == Written::Lost {
+            return Err(self.clone_detected(format!("{name} exists already")));
+        }
+        own.objects.push(ObjectRef {
+            seq,
+            nonce,
+            after: published,
+            last: claim,
+            changes: written.records,
+            bytes: bytes.len() as u64,
+            hash: *blake3::hash(&bytes).as_bytes(),
+            published_ms: self.now_ms,
+        });
+        self.st.published = Some(claim);
+        self.report.pushed.objects += 1;
+        self.report.pushed.changes += written.records;
+        self.report.pushed.bytes += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Publication numbers only grow, across collections too.
+    fn max_seq_ever(&self, own: &Head) -> u64 {
+        own.retired
+            .iter()
+            .filter_map(|r| {
+                let rest = r.name.rsplit('/').next()?;
+                let (seq, _) = rest.split_once('-')?;
+                r.name
+                    .contains("/changes/")
+                    .then(|| u64::from_str_radix(seq, 16).ok())
+                    .flatten()
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Publishes a snapshot of everything this copy holds.
+    fn publish_snapshot(&mut self, own: &mut Head) -> Result<()> {
+        let complete = complete_cursor(self.engine)?;
+        let view = self.engine.state().view();
+        let mut bytes = Vec::new();
+        let written = crate::sync::stream::export_where(
+            &view,
+            self.node,
+            &|_| true,
+            &complete,
+            &self.keyring,
+            &mut bytes,
+        )?;
+        drop(view);
+        let seq = own.snapshots.last().map_or(0, |s| s.seq) + 1;
+        let nonce = random_u64()?;
+        let name = snapshot_name(self.node, seq, nonce);
+        if self.bucket.objects().create(&name, &bytes)? == Written::Lost {
+            return Err(self.clone_detected(format!("{name} exists already")));
+        }
+        own.snapshots.push(SnapshotRef {
+            seq,
+            nonce,
+            covers: complete,
+            changes: written.records,
+            bytes: bytes.len() as u64,
+            hash: *blake3::hash(&bytes).as_bytes(),
+            made_ms: self.now_ms,
+        });
+        self.report.snapshot_published = Some(super::Transfer {
+            objects: 1,
+            changes: written.records,
+            bytes: bytes.len() as u64,
+        });
+        Ok(())
+    }
+
+    /// Writes our head if anything in it changed (or the heartbeat is
+    /// due), by a conditional update against the version we last saw.
+    fn write_head(&mut self, before: &Head, mut own: Head) -> Result<()> {
+        let changed = own.objects != before.objects
+            || own.snapshots != before.snapshots
+            || own.merged != before.merged
+            || own.expelled != before.expelled
+            || own.retired != before.retired
+            || self.st.head_e_tag.is_none();
+        let heartbeat =
+            self.now_ms.saturating_sub(before.updated_ms) >= self.options().heartbeat_ms;
+        if !changed && !heartbeat {
+            return Ok(());
+        }
+        own.generation = before.generation + 1;
+        own.nonce = random_u64()?;
+        own.updated_ms = self.now_ms;
+        let name = head_name(self.node);
+        let bytes = seal(&self.keyring, &name, own.encode())?;
+        self.st.pending = Some((own.generation, own.nonce));
+        self.save_durable()?;
+        let expected = self.st.head_e_tag.clone();
+        match self
+            .bucket
+            .objects()
+            .update(&name, &bytes, expected.as_deref())?
+        {
+            Written::Done(e_tag) => {
+                self.st.pending = None;
+                self.st.head = Some(own.encode());
+                self.st.head_e_tag = e_tag;
+                self.save()?;
+                self.report.head_written = true;
+                Ok(())
+            }
+            Written::Lost => Err(self.clone_detected(
+                "another writer replaced this copy's head between its read and its update",
+            )),
+        }
+    }
+}
+
+/// The newest snapshot in the bucket (by when it was made), with its maker.
+fn snapshots_of(heads: &[Arc<Head>]) -> Vec<(Arc<Head>, SnapshotRef)> {
+    let mut all: Vec<_> = heads
+        .iter()
+        .flat_map(|h| h.snapshots.iter().map(move |s| (h.clone(), s.clone())))
+        .collect();
+    all.sort_by_key(|(_, s)| s.made_ms);
+    all
+}
+
+pub(crate) fn sync(bucket: &Bucket, engine: &Engine, pull: bool) -> Result<SyncReport> {
+    let before_requests = bucket.requests();
+    let node = engine.node();
+    let key = state_key(bucket);
+    let mut st: LocalState = local_get(engine, &key)?.unwrap_or_default();
+    if st.node != node.0 {
+        // A new copy, or one given a fresh identity: a new claim, head
+        // and publication sequence; what it merged stays merged.
+        let progress = std::mem::take(&mut st.progress);
+        st = LocalState {
+            node: node.0,
+            progress,
+            ..LocalState::default()
+        };
+        getrandom::fill(&mut st.incarnation).map_err(|e| Error::Network {
+            what: "drawing an incarnation id".into(),
+            source: Arc::new(std::io::Error::other(e.to_string())),
+        })?;
+        local_put_typed(engine, &key, &st)?;
+    }
+    let mut round = Round {
+        bucket,
+        engine,
+        keyring: engine.wal().keyring().read().clone(),
+        node,
+        now_ms: engine.now_ms(),
+        key,
+        st,
+        report: SyncReport::default(),
+    };
+    let pull = pull && bucket.options.pull;
+    round.claim()?;
+    let listing = bucket.objects().list("heads")?;
+    let own_name = head_name(node);
+    let before = round.own_head(listing.iter().find(|l| l.name == own_name))?;
+    let others = round.other_heads(&listing)?;
+    round.report.copies = others.len() + 1;
+    // Another copy stopped waiting for this one: it must start afresh.
+    if let Some(by) = others
+        .iter()
+        .find(|h| h.expelled.iter().any(|(n, _)| *n == node))
+    {
+        return Err(bucket_err(BucketError::MustBootstrap {
+            node,
+            expelled_by: by.node,
+        }));
+    }
+    // A head saying it holds our writes beyond what we issued: another
+    // directory writes under our id.
+    let claimable = engine.claimable();
+    if let Some(h) = others
+        .iter()
+        .find(|h| h.merged.seen.get(&node).is_some_and(|s| *s > claimable))
+    {
+        return Err(round.clone_detected(format!(
+            "{} holds writes of this id up to {}, beyond what this directory issued ({claimable})",
+            h.node, h.merged.seen[&node]
+        )));
+    }
+    let mut own = before.clone();
+    let horizon = bucket.options.silence_horizon_ms;
+    let (silent, live): (Vec<_>, Vec<_>) = others
+        .iter()
+        .cloned()
+        .partition(|h| round.now_ms.saturating_sub(h.updated_ms) > horizon);
+    let expelled_already: BTreeSet<NodeId> = own.expelled.iter().map(|(n, _)| *n).collect();
+    let all_heads: Vec<Arc<Head>> = others.clone();
+    let snapshots = snapshots_of(&all_heads);
+    let mut failure: Option<Error> = None;
+    if pull {
+        // A copy that never merged anything starts from the newest
+        // snapshot rather than the whole history.
+        if round.st.progress.is_empty()
+            && let Some((maker, s)) = snapshots.last().cloned()
+        {
+            round.import_snapshot(&maker, &s)?;
+        }
+        for h in &live {
+            if let Err(e) = round.pull_from(h, &snapshots) {
+                failure.get_or_insert(e);
+            }
+        }
+    }
+    // Copies silent past the horizon are no longer waited for.
+    for h in &silent {
+        round.report.silent.push(h.node);
+        if !expelled_already.contains(&h.node) {
+            own.expelled.push((h.node, h.generation));
+        }
+        forget_local(engine, &peer_key(h.node))?;
+    }
+    // Entries for copies whose head is gone are dropped.
+    own.expelled
+        .retain(|(n, _)| others.iter().any(|h| h.node == *n));
+    // Tombstone GC waits for every live copy's head.
+    for h in &live {
+        merge_local_cursor(engine, &peer_key(h.node), &h.merged)?;
+    }
+    if failure.is_none() {
+        round.publish(&mut own)?;
+    }
+    own.merged = complete_cursor(engine)?;
+    // A snapshot when enough objects are not covered by one.
+    let mut every: Vec<Arc<Head>> = live.clone();
+    every.push(Arc::new(own.clone()));
+    let newest = snapshots_of(&every).last().map(|(_, s)| s.covers.clone());
+    let uncovered = every
+        .iter()
+        .flat_map(|h| h.objects.iter())
+        .filter(|o| {
+            newest
+                .as_ref()
+                .and_then(|c| c.seen.get(&o.last.node))
+                .is_none_or(|c| *c < o.last)
+        })
+        .count();
+    let smallest_live = every.iter().map(|h| h.node).min() == Some(node);
+    let due = uncovered >= bucket.options.snapshot_after_objects
+        && (smallest_live || uncovered >= 2 * bucket.options.snapshot_after_objects);
+    let first_backup = !pull && own.snapshots.is_empty() && !own.objects.is_empty();
+    if failure.is_none() && (due || first_backup) {
+        round.publish_snapshot(&mut own)?;
+    }
+    collect(&mut round, &mut own, &live)?;
+    round.write_head(&before, own)?;
+    round.report.requests = bucket.requests().since(&before_requests);
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(round.report),
+    }
+}
+
+fn peer_key(node: NodeId) -> String {
+    crate::sync::peer_cursor_key(&format!("bucket:{:016x}", node.0))
+}
+
+/// Drops from our head what no copy needs any more, and deletes what was
+/// dropped more than the grace period ago.
+fn collect(round: &mut Round<'_>, own: &mut Head, live: &[Arc<Head>]) -> Result<()> {
+    let now = round.now_ms;
+    let options = round.options().clone();
+    let node = round.node;
+    let newest = snapshots_of(&{
+        let mut v: Vec<Arc<Head>> = live.to_vec();
+        v.push(Arc::new(own.clone()));
+        v
+    })
+    .last()
+    .map(|(_, s)| s.covers.clone());
+    let retained = |published_ms: u64| now.saturating_sub(published_ms) < options.retain_ms;
+    // Own objects: merged by every live copy and covered by the newest
+    // snapshot, and older than the retention.
+    let mut keep = Vec::new();
+    for o in std::mem::take(&mut own.objects) {
+        let covered = newest
+            .as_ref()
+            .and_then(|c| c.seen.get(&node))
+            .is_some_and(|c| *c >= o.last);
+        let merged = live
+            .iter()
+            .all(|h| h.merged.seen.get(&node).is_some_and(|c| *c >= o.last));
+        if covered && merged && !retained(o.published_ms) && keep.is_empty() {
+            own.retired.push(Retired {
+                name: object_name(node, o.seq, o.nonce),
+                since_ms: now,
+            });
+        } else {
+            keep.push(o);
+        }
+    }
+    own.objects = keep;
+    // Own snapshots: all but the newest, once past the retention.
+    while own.snapshots.len() > 1 && !retained(own.snapshots[1].made_ms) {
+        let s = own.snapshots.remove(0);
+        own.retired.push(Retired {
+            name: snapshot_name(node, s.seq, s.nonce),
+            since_ms: now,
+        });
+    }
+    // Delete what was dropped long enough ago.
+    let mut kept = Vec::new();
+    for r in std::mem::take(&mut own.retired) {
+        if now.saturating_sub(r.since_ms) >= options.grace_ms {
+            round.bucket.objects().delete(&r.name)?;
+            round.report.deleted += 1;
+        } else {
+            kept.push(r);
+        }
+    }
+    own.retired = kept;
+    Ok(())
+}
+
+pub(crate) fn restore(
+    bucket: &Bucket,
+    dir: &Path,
+    options: Options,
+    at_ms: Option<u64>,
+) -> Result<(Db, RestoreReport)> {
+    if crate::meta::meta_path(dir).exists() {
+        return Err(Error::InvalidCommand {
+            reason: format!(
+                "{} already holds a database: restore makes a new one",
+                dir.display()
+            ),
+        });
+    }
+    let db = Db::open_with(dir, options)?;
+    let engine = db.engine();
+    let keyring = engine.wal().keyring().read().clone();
+    let listing = bucket.objects().list("heads")?;
+    let mut heads = Vec::new();
+    for l in &listing {
+        let Some(node) = node_of_head_name(&l.name) else {
+            continue;
+        };
+        if let Some((h, _)) = read_head(bucket, &keyring, &l.name)? {
+            if h.node != node {
+                return Err(malformed(&l.name, format!("holds the head of {}", h.node)));
+            }
+            heads.push(Arc::new(h));
+        }
+    }
+    let until = at_ms.map(|ms| Stamp {
+        physical_ms: ms,
+        logical: u32::MAX,
+        node: NodeId(u64::MAX),
+    });
+    let mut report = RestoreReport {
+        at_ms,
+        ..RestoreReport::default()
+    };
+    // The newest snapshot that holds nothing after `until`.
+    let snapshot = snapshots_of(&heads)
+        .into_iter()
+        .rev()
+        .find(|(_, s)| until.is_none_or(|u| s.covers.seen.values().all(|c| *c <= u)));
+    let mut progress: BTreeMap<NodeId, Stamp> = BTreeMap::new();
+    if let Some((maker, s)) = &snapshot {
+        let name = snapshot_name(maker.node, s.seq, s.nonce);
+        let bytes = fetch_checked(bucket, &name, &head_name(maker.node), s.bytes, &s.hash)?;
+        crate::sync::stream::import_until(engine, &mut &bytes[..], until)?;
+        report.pulled.objects += 1;
+        report.pulled.changes += s.changes;
+        report.pulled.bytes += s.bytes;
+        report.snapshot = Some(name);
+        progress.extend(s.covers.seen.iter().map(|(n, c)| (*n, *c)));
+    }
+    for h in &heads {
+        let mut p = progress
+            .get(&h.node)
+            .copied()
+            .unwrap_or(origin_floor(h.node));
+        for o in &h.objects {
+            if o.last <= p {
+                continue;
+            }
+            if until.is_some_and(|u| o.after >= u) {
+                break;
+            }
+            if o.after > p {
+                return Err(bucket_err(BucketError::NothingToRestore {
+                    reason: format!(
+                        "the changes of {} before publication {} are gone and no snapshot \
+                         old enough covers them",
+                        h.node, o.seq
+                    ),
+                }));
+            }
+            let name = object_name(h.node, o.seq, o.nonce);
+            let bytes = fetch_checked(bucket, &name, &head_name(h.node), o.bytes, &o.hash)?;
+            crate::sync::stream::import_until(engine, &mut &bytes[..], until)?;
+            report.pulled.objects += 1;
+            report.pulled.changes += o.changes;
+            report.pulled.bytes += o.bytes;
+            p = o.last;
+        }
+    }
+    Ok((db, report))
+}
