@@ -529,21 +529,6 @@ fn a_copied_directory_gets_its_own_identity_and_no_increment_is_lost() {
     assert_eq!(b.counter("c").unwrap(), 8);
 }
 
-/// Makes `dir`'s META claim that its identity was issued in `dir` (what a
-/// block-level clone looks like: the copy cannot be told by its directory).
-fn forge_home(dir: &std::path::Path) {
-    use std::os::unix::fs::MetadataExt;
-    let path = dir.join("META");
-    let mut bytes = std::fs::read(&path).unwrap();
-    let here = std::fs::metadata(dir).unwrap();
-    bytes[26..34].copy_from_slice(&here.dev().to_le_bytes());
-    bytes[34..42].copy_from_slice(&here.ino().to_le_bytes());
-    let end = bytes.len() - 4;
-    let crc = crc32c::crc32c(&bytes[..end]);
-    bytes[end..].copy_from_slice(&crc.to_le_bytes());
-    std::fs::write(&path, bytes).unwrap();
-}
-
 /// A copy the open could not tell: its changes carry stamps and counter
 /// totals under this copy's id that this copy never made, and are
 /// refused with a typed error instead of silently losing increments.
@@ -552,7 +537,7 @@ fn changes_made_under_this_copys_id_elsewhere_are_refused() {
     let a_dir = tempfile::tempdir().unwrap();
     drop(Db::open(a_dir.path()).unwrap());
     let b_dir = common::copy_db(a_dir.path());
-    forge_home(b_dir.path());
+    common::forge_home(b_dir.path());
     let a = Db::open(a_dir.path()).unwrap();
     let b = Db::open(b_dir.path()).unwrap();
     assert_eq!(a.node_id(), b.node_id(), "a clone the open cannot tell");
@@ -590,7 +575,7 @@ fn a_register_stamp_this_copy_never_issued_is_refused() {
     let a_dir = tempfile::tempdir().unwrap();
     drop(Db::open(a_dir.path()).unwrap());
     let b_dir = common::copy_db(a_dir.path());
-    forge_home(b_dir.path());
+    common::forge_home(b_dir.path());
     let clock = std::sync::Arc::new(mergekv::ManualClock::new(1_000_000));
     let at = |clock: &std::sync::Arc<mergekv::ManualClock>| Options {
         wall_clock: clock.clone(),

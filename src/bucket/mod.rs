@@ -54,11 +54,13 @@ pub use round::{RestoreReport, SyncReport, Transfer};
 pub use store::{BucketFaults, Fault, Op, RequestCounts};
 
 use head::Head;
+
+/// A head as last downloaded: its version tag and contents.
+type CachedHead = (Option<String>, Arc<Head>);
 use store::Objects;
 
 /// How a bucket is synced.
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct BucketOptions {
     /// How long an object stays in the bucket after no head names it any
     /// more, so a copy that read an older head can still fetch it
@@ -113,7 +115,9 @@ pub struct Bucket {
     options: BucketOptions,
     /// Heads read before, by (reader, copy): a head whose version tag has
     /// not changed is not downloaded again.
-    heads: Mutex<HashMap<(NodeId, NodeId), (Option<String>, Arc<Head>)>>,
+    heads: Mutex<HashMap<(NodeId, NodeId), CachedHead>>,
+    /// Claims checked: (copy, incarnation).
+    claims: Mutex<std::collections::HashSet<(NodeId, [u8; 16])>>,
 }
 
 impl std::fmt::Debug for Bucket {
@@ -140,6 +144,7 @@ impl Bucket {
             url: url.to_string(),
             options: BucketOptions::default(),
             heads: Mutex::new(HashMap::new()),
+            claims: Mutex::new(std::collections::HashSet::new()),
         })
     }
 
@@ -147,7 +152,12 @@ impl Bucket {
     /// database synced through this `Bucket` value shares it.
     pub fn in_memory() -> Bucket {
         let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
-        Bucket::from_store(store, "", "memory://").unwrap_or_else(|_| unreachable_memory())
+        // Each in-memory bucket is a bucket of its own: a copy's sync
+        // state (kept per bucket name) must not carry over to another.
+        let mut id = [0u8; 8];
+        let _ = getrandom::fill(&mut id);
+        let name = format!("memory://{:016x}", u64::from_le_bytes(id));
+        Bucket::from_store(store, "", &name).unwrap_or_else(|_| unreachable_memory())
     }
 
     /// A bucket over any `object_store` store, under `prefix`; `name` is
@@ -158,6 +168,7 @@ impl Bucket {
             url: name.to_string(),
             options: BucketOptions::default(),
             heads: Mutex::new(HashMap::new()),
+            claims: Mutex::new(std::collections::HashSet::new()),
         })
     }
 
@@ -310,6 +321,14 @@ impl Bucket {
         let heads = self.heads.lock();
         let (tag, head) = heads.get(&(reader, node))?;
         (tag.is_some() && tag == e_tag).then(|| head.clone())
+    }
+
+    pub(crate) fn claim_known(&self, node: NodeId, incarnation: [u8; 16]) -> bool {
+        self.claims.lock().contains(&(node, incarnation))
+    }
+
+    pub(crate) fn note_claim(&self, node: NodeId, incarnation: [u8; 16]) {
+        self.claims.lock().insert((node, incarnation));
     }
 
     pub(crate) fn cache_head(

@@ -53,6 +53,9 @@ pub struct SyncReport {
     pub copies: usize,
     /// Copies silent past the horizon (no longer waited for).
     pub silent: Vec<NodeId>,
+    /// Heads ignored: their copy never claimed its id in the bucket (or
+    /// claimed it as another incarnation).
+    pub unclaimed: Vec<NodeId>,
     /// Objects deleted (past the grace period).
     pub deleted: u64,
     /// Whether this copy's head was written.
@@ -183,6 +186,28 @@ fn fetch_checked(
         }));
     }
     Ok(bytes)
+}
+
+/// Creates an immutable object and checks that all of it landed (a
+/// store or proxy that cuts an upload short is caught here, and the cut
+/// object removed, before any head names it).
+fn upload(bucket: &Bucket, name: &str, bytes: &[u8]) -> Result<bool> {
+    if bucket.objects().create(name, bytes)? == Written::Lost {
+        return Ok(false);
+    }
+    let landed = bucket.objects().size_of(name)?;
+    if landed != Some(bytes.len() as u64) {
+        bucket.objects().delete(name)?;
+        return Err(malformed(
+            name,
+            format!(
+                "the upload landed as {} of {} bytes; removed, published again next round",
+                landed.map_or("nothing".to_string(), |n| n.to_string()),
+                bytes.len()
+            ),
+        ));
+    }
+    Ok(true)
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -356,11 +381,36 @@ impl Round<'_> {
                     format!("holds the head of {}", head.node),
                 ));
             }
+            // A head is taken only from a copy that claimed its id with
+            // the incarnation the head names (checked once per copy and
+            // incarnation).
+            if !self.claimed_by(&head)? {
+                self.report.unclaimed.push(head.node);
+                continue;
+            }
             let head = Arc::new(head);
             self.bucket.cache_head(self.node, node, e_tag, head.clone());
             heads.push(head);
         }
         Ok(heads)
+    }
+
+    /// Whether `head`'s copy claimed its node id with `head`'s incarnation.
+    fn claimed_by(&self, head: &Head) -> Result<bool> {
+        if self.bucket.claim_known(head.node, head.incarnation) {
+            return Ok(true);
+        }
+        let name = claim_name(head.node);
+        let Some((bytes, _)) = self.bucket.objects().get(&name, 64 * 1024)? else {
+            return Ok(false);
+        };
+        let claim = Claim::decode(&unseal(&self.keyring, &name, bytes)?)
+            .map_err(|r| malformed(&name, r))?;
+        let ok = claim.node == head.node && claim.incarnation == head.incarnation;
+        if ok {
+            self.bucket.note_claim(head.node, head.incarnation);
+        }
+        Ok(ok)
     }
 
     fn progress(&self, origin: NodeId) -> Stamp {
@@ -481,7 +531,7 @@ impl Round<'_> {
             + 1;
         let nonce = random_u64()?;
         let name = object_name(node, seq, nonce);
-        if self.bucket.objects().create(&name, &bytes)? == Written::Lost {
+        if !upload(self.bucket, &name, &bytes)? {
             return Err(self.clone_detected(format!("{name} exists already")));
         }
         own.objects.push(ObjectRef {
@@ -534,7 +584,7 @@ impl Round<'_> {
         let seq = own.snapshots.last().map_or(0, |s| s.seq) + 1;
         let nonce = random_u64()?;
         let name = snapshot_name(self.node, seq, nonce);
-        if self.bucket.objects().create(&name, &bytes)? == Written::Lost {
+        if !upload(self.bucket, &name, &bytes)? {
             return Err(self.clone_detected(format!("{name} exists already")));
         }
         own.snapshots.push(SnapshotRef {
@@ -637,9 +687,29 @@ pub(crate) fn sync(bucket: &Bucket, engine: &Engine, pull: bool) -> Result<SyncR
         report: SyncReport::default(),
     };
     let pull = pull && bucket.options.pull;
-    round.claim()?;
     let listing = bucket.objects().list("heads")?;
     let own_name = head_name(node);
+    if round.st.head.is_some()
+        && !listing.iter().any(|l| l.name == own_name)
+        && bucket.objects().size_of(&claim_name(node))?.is_none()
+    {
+        // Our head and our claim are gone: the bucket was emptied (or
+        // replaced). Everything of ours is published again from scratch.
+        let LocalState {
+            node,
+            incarnation,
+            progress,
+            ..
+        } = std::mem::take(&mut round.st);
+        round.st = LocalState {
+            node,
+            incarnation,
+            progress,
+            ..LocalState::default()
+        };
+        round.save_durable()?;
+    }
+    round.claim()?;
     let before = round.own_head(listing.iter().find(|l| l.name == own_name))?;
     let others = round.other_heads(&listing)?;
     round.report.copies = others.len() + 1;
@@ -662,7 +732,8 @@ pub(crate) fn sync(bucket: &Bucket, engine: &Engine, pull: bool) -> Result<SyncR
     {
         return Err(round.clone_detected(format!(
             "{} holds writes of this id up to {}, beyond what this directory issued ({claimable})",
-            h.node, h.merged.seen[&node]
+            h.node,
+            h.merged.seen.get(&node).copied().unwrap_or(Stamp::ZERO)
         )));
     }
     let mut own = before.clone();
@@ -707,7 +778,10 @@ pub(crate) fn sync(bucket: &Bucket, engine: &Engine, pull: bool) -> Result<SyncR
     if failure.is_none() {
         round.publish(&mut own)?;
     }
+    // What this copy holds of every other copy (its own entry moves with
+    // every local write, bookkeeping included, and no one needs it).
     own.merged = complete_cursor(engine)?;
+    own.merged.seen.remove(&node);
     // A snapshot when enough objects are not covered by one.
     let mut every: Vec<Arc<Head>> = live.clone();
     every.push(Arc::new(own.clone()));
@@ -778,7 +852,11 @@ fn collect(round: &mut Round<'_>, own: &mut Head, live: &[Arc<Head>]) -> Result<
     }
     own.objects = keep;
     // Own snapshots: all but the newest, once past the retention.
-    while own.snapshots.len() > 1 && !retained(own.snapshots[1].made_ms) {
+    while own
+        .snapshots
+        .get(1)
+        .is_some_and(|next| !retained(next.made_ms))
+    {
         let s = own.snapshots.remove(0);
         own.retired.push(Retired {
             name: snapshot_name(node, s.seq, s.nonce),

@@ -432,7 +432,9 @@ impl Objects {
         let path = self.path(name);
         let written = self.run(op, name, |fault| {
             let payload = match fault {
-                Some(Fault::Truncate) => PutPayload::from(bytes[..bytes.len() / 2].to_vec()),
+                Some(Fault::Truncate) => {
+                    PutPayload::from(bytes.get(..bytes.len() / 2).unwrap_or_default().to_vec())
+                }
                 _ => PutPayload::from(bytes.to_vec()),
             };
             let opts = PutOptions {
@@ -487,6 +489,19 @@ impl Objects {
         }
         // The lock is released when `lock` is dropped, after the rename.
         self.put(Op::Update, name, bytes, PutMode::Overwrite)
+    }
+
+    /// The size of `name` as the store has it, or `None` if it is absent.
+    pub(crate) fn size_of(&self, name: &str) -> Result<Option<u64>> {
+        let path = self.path(name);
+        self.run(Op::Get, name, |fault| {
+            match self.block(fault, self.store.head(&path)) {
+                Ok(meta) => Attempt::Ok(Some(meta.size)),
+                Err(AttemptError::Again(why)) => Attempt::Again(why),
+                Err(AttemptError::Store(object_store::Error::NotFound { .. })) => Attempt::Ok(None),
+                Err(AttemptError::Store(e)) => self.refused_or_again(e),
+            }
+        })
     }
 
     /// Deletes `name`; deleting what is gone is not an error.
