@@ -114,10 +114,69 @@ pub enum Command {
     /// Print a fresh 32-byte key as 64 hex digits (or write it to a new
     /// file): an encryption key, or with --auth an auth master key.
     Keygen(KeygenArgs),
+    /// Sync with the other copies in an object store: one round (or one
+    /// every DURATION); print what was pushed and pulled.
+    Sync(SyncArgs),
+    /// Back the database up to an object store, continuously with --every
+    /// (its changes and snapshots; `restore` reads them back).
+    Backup(BackupArgs),
+    /// Make a new database in DIR from an object store, as of now or of
+    /// --at TIME.
+    Restore(RestoreArgs),
     /// Encrypt the database with the key in --new-key-file (from the key
     /// in --key-file or MERGEKV_KEY, or from none for a database in
     /// clear), rewriting every file now; print what it did.
     Rekey(RekeyArgs),
+}
+
+/// What `sync`, `backup` and `restore` say about URLs.
+const BUCKET_HELP: &str = "\
+URL is s3://BUCKET/PREFIX, gs://BUCKET/PREFIX, az://CONTAINER/PREFIX or
+file:///ABSOLUTE/PATH. Credentials and endpoints come from each store's usual
+environment variables: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION,
+AWS_ENDPOINT_URL, AWS_ALLOW_HTTP=true (for an http:// endpoint);
+GOOGLE_SERVICE_ACCOUNT; AZURE_STORAGE_ACCOUNT_NAME, AZURE_STORAGE_ACCOUNT_KEY.
+Exit 3 with one line when the store cannot be reached or refuses.";
+
+/// `sync`.
+#[derive(Debug, Args)]
+#[command(after_help = BUCKET_HELP)]
+pub struct SyncArgs {
+    /// The bucket.
+    pub url: String,
+    /// Keep syncing, one round every DURATION (`30s`, `5m`), printing a
+    /// status line per round, until interrupted.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub every: Option<std::time::Duration>,
+}
+
+/// `backup`.
+#[derive(Debug, Args)]
+#[command(after_help = BUCKET_HELP)]
+pub struct BackupArgs {
+    /// The bucket.
+    pub url: String,
+    /// Keep backing up, one round every DURATION, until interrupted.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub every: Option<std::time::Duration>,
+    /// Keep objects and snapshots this long after they are superseded,
+    /// so `restore --at` reaches back that far (default 1h).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub retain: Option<std::time::Duration>,
+}
+
+/// `restore`.
+#[derive(Debug, Args)]
+#[command(after_help = BUCKET_HELP)]
+pub struct RestoreArgs {
+    /// The bucket.
+    pub url: String,
+    /// The new database's directory (must not hold one).
+    pub dir: PathBuf,
+    /// Only what was written at or before TIME: milliseconds since the
+    /// epoch, or UTC as YYYY-MM-DDTHH:MM:SS[.fff]Z (HLC physical time).
+    #[arg(long, value_name = "TIME")]
+    pub at: Option<String>,
 }
 
 /// `keygen`.

@@ -60,6 +60,18 @@ fn dispatch(cli: &Cli, out: &mut Out) -> Result<(), CliError> {
         Command::Promote => replicate::promote(t, out),
         Command::Reidentify => reidentify(t, out),
         Command::Rekey(a) => encryption::rekey(t, a, out),
+        #[cfg(feature = "object-store")]
+        Command::Sync(a) => crate::bucket::sync(t, a, out),
+        #[cfg(feature = "object-store")]
+        Command::Backup(a) => crate::bucket::backup(t, a, out),
+        #[cfg(feature = "object-store")]
+        Command::Restore(a) => crate::bucket::restore(t, a, out),
+        #[cfg(not(feature = "object-store"))]
+        Command::Sync(_) | Command::Backup(_) | Command::Restore(_) => Err(CliError::new(
+            crate::error::EXIT_USAGE,
+            "this mergekv was built without the object-store feature \
+             (cargo install mergekv --features object-store)",
+        )),
         Command::Keygen(_) | Command::Demo(_) => Ok(()),
     }
 }

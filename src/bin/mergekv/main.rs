@@ -8,6 +8,8 @@
 
 mod args;
 mod auth;
+#[cfg(feature = "object-store")]
+mod bucket;
 mod commands;
 mod demo;
 mod encryption;
