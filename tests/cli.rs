@@ -697,9 +697,9 @@ fn demo_runs_to_completion_in_a_given_dir() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("demo");
     let run = Run::from(bin().args(["demo", "--dir"]).arg(&dir).output().unwrap()).expect(0);
-    for step in 1..=14 {
+    for step in 1..=15 {
         assert!(
-            run.stdout.contains(&format!("[{step}/14]")),
+            run.stdout.contains(&format!("[{step}/15]")),
             "step {step}: {}",
             run.stdout
         );
@@ -712,6 +712,8 @@ fn demo_runs_to_completion_in_a_given_dir() {
         "100000 keys",
         "runs cover seq",
         "equal digests",
+        "equal digests on 3 copies; likes = 6; draft deleted everywhere",
+        "an idle round: 1 request(s) (1 list, 0 get)",
         "token authenticated then revoked",
         "streamed 200 writes, digests equal, read-only",
         "no plaintext on disk; opens with key id",
