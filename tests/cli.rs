@@ -748,7 +748,7 @@ fn demo_without_dir_cleans_up_its_temp_dir() {
         (json["ok"].as_bool(), json["kept"].as_bool()),
         (Some(true), Some(false))
     );
-    assert_eq!(json["steps"].as_array().map(Vec::len), Some(13));
+    assert_eq!(json["steps"].as_array().map(Vec::len), Some(14));
     assert!(
         json["dir"]
             .as_str()
