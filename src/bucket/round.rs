@@ -778,10 +778,16 @@ pub(crate) fn sync(bucket: &Bucket, engine: &Engine, pull: bool) -> Result<SyncR
     if failure.is_none() {
         round.publish(&mut own)?;
     }
-    // What this copy holds of every other copy (its own entry moves with
-    // every local write, bookkeeping included, and no one needs it).
+    // What this copy holds of every copy: of the others, its complete
+    // cursor; of itself, what it published (its complete cursor's own
+    // entry moves with every local write, bookkeeping included, and would
+    // make every round rewrite the head). Others' tombstone collection
+    // waits on both.
     own.merged = complete_cursor(engine)?;
     own.merged.seen.remove(&node);
+    if let Some(published) = round.st.published {
+        own.merged.seen.insert(node, published);
+    }
     // A snapshot when enough objects are not covered by one.
     let mut every: Vec<Arc<Head>> = live.clone();
     every.push(Arc::new(own.clone()));
