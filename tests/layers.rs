@@ -35,6 +35,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("db", 13),
     ("auth", 14),
     ("verify", 14),
+    ("bucket", 14),
     ("replication", 15),
     ("fuzzing", 16),
 ];
