@@ -586,3 +586,104 @@ fn bad_urls_are_typed_errors() {
         }
     }
 }
+
+/// Every create and update lands, but its answer is lost the first time
+/// (a timeout after the store acted): the retry finds the name taken or
+/// the version moved, by this copy's own write.
+#[derive(Debug, Default)]
+struct AnswersLost {
+    seen: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+impl BucketFaults for AnswersLost {
+    fn fault(&self, op: Op, name: &str) -> Option<Fault> {
+        let first = self.seen.lock().unwrap().insert(format!("{op:?} {name}"));
+        (matches!(op, Op::Create | Op::Update) && first).then_some(Fault::LandThenFail)
+    }
+}
+
+#[test]
+fn writes_whose_answer_was_lost_are_recognised_as_this_copys_own() {
+    for folder in [false, true] {
+        let clock = Arc::new(ManualClock::new(1_000_000));
+        let store = tempfile::tempdir().unwrap();
+        let faults = Arc::new(AnswersLost::default());
+        let bucket = if folder {
+            file_bucket(store.path()).with_faults(faults)
+        } else {
+            Bucket::in_memory().with_faults(faults)
+        };
+        let (a, b) = (copy_at(&clock), copy_at(&clock));
+        for round in 0..3 {
+            a.db.put(format!("a{round}"), "x").unwrap();
+            b.db.put(format!("b{round}"), "y").unwrap();
+            bucket.sync(&a.db).unwrap();
+            bucket.sync(&b.db).unwrap();
+        }
+        converge(&bucket, &[&a.db, &b.db]);
+        assert_converged(&[&a.db, &b.db]);
+        assert_eq!(everything(&a.db).len(), 6);
+    }
+}
+
+/// Fails every head update while `on`.
+#[derive(Debug, Default)]
+struct HeadWritesFail(std::sync::atomic::AtomicBool);
+
+impl BucketFaults for HeadWritesFail {
+    fn fault(&self, op: Op, name: &str) -> Option<Fault> {
+        (self.0.load(Ordering::Relaxed) && name.starts_with("heads/") && matches!(op, Op::Update))
+            .then_some(Fault::Fail)
+    }
+}
+
+#[test]
+fn an_object_uploaded_in_a_round_whose_head_write_failed_leaves_no_gap() {
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let faults = Arc::new(HeadWritesFail::default());
+    let bucket = Bucket::in_memory().with_faults(faults.clone());
+    let (a, b) = (copy_at(&clock), copy_at(&clock));
+    a.db.put("first", "1").unwrap();
+    converge(&bucket, &[&a.db, &b.db]);
+    a.db.put("second", "2").unwrap();
+    faults.0.store(true, Ordering::Relaxed);
+    assert!(matches!(
+        bucket.sync(&a.db),
+        Err(Error::Bucket(BucketError::Unreachable { .. }))
+    ));
+    faults.0.store(false, Ordering::Relaxed);
+    a.db.put("third", "3").unwrap();
+    bucket.sync(&a.db).unwrap();
+    bucket.sync(&b.db).unwrap();
+    assert_eq!(b.db.get("second").unwrap().as_deref(), Some(&b"2"[..]));
+    assert_eq!(b.db.get("third").unwrap().as_deref(), Some(&b"3"[..]));
+}
+
+#[test]
+fn a_head_the_store_lost_is_written_again() {
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let store = tempfile::tempdir().unwrap();
+    let bucket = file_bucket(store.path());
+    let (a, b) = (copy_at(&clock), copy_at(&clock));
+    a.db.put("k", "v").unwrap();
+    bucket.sync(&a.db).unwrap();
+    std::fs::remove_file(store.path().join(format!("heads/{:016x}", a.db.node_id().0))).unwrap();
+    let again = bucket.sync(&a.db).unwrap();
+    assert!(again.head_written);
+    bucket.sync(&b.db).unwrap();
+    assert_eq!(b.db.get("k").unwrap().as_deref(), Some(&b"v"[..]));
+}
+
+#[test]
+fn an_emptied_bucket_is_filled_again_from_the_copies() {
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let store = tempfile::tempdir().unwrap();
+    let (a, b) = (copy_at(&clock), copy_at(&clock));
+    a.db.put("k", "v").unwrap();
+    file_bucket(store.path()).sync(&a.db).unwrap();
+    std::fs::remove_dir_all(store.path()).unwrap();
+    let bucket = file_bucket(store.path());
+    bucket.sync(&a.db).unwrap();
+    bucket.sync(&b.db).unwrap();
+    assert_eq!(b.db.get("k").unwrap().as_deref(), Some(&b"v"[..]));
+}

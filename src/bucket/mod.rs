@@ -118,6 +118,10 @@ pub struct Bucket {
     heads: Mutex<HashMap<(NodeId, NodeId), CachedHead>>,
     /// Claims checked: (copy, incarnation).
     claims: Mutex<std::collections::HashSet<(NodeId, [u8; 16])>>,
+    /// Held for a round: a copy's sync state is read at the start of a
+    /// round and written through it, so two rounds at once (two threads
+    /// sharing this bucket) take turns.
+    round: Mutex<()>,
 }
 
 impl std::fmt::Debug for Bucket {
@@ -145,6 +149,7 @@ impl Bucket {
             options: BucketOptions::default(),
             heads: Mutex::new(HashMap::new()),
             claims: Mutex::new(std::collections::HashSet::new()),
+            round: Mutex::new(()),
         })
     }
 
@@ -169,6 +174,7 @@ impl Bucket {
             options: BucketOptions::default(),
             heads: Mutex::new(HashMap::new()),
             claims: Mutex::new(std::collections::HashSet::new()),
+            round: Mutex::new(()),
         })
     }
 
@@ -212,6 +218,7 @@ impl Bucket {
     /// before the failure stays merged; the next round goes on from there.
     pub fn sync(&self, db: &Db) -> Result<SyncReport> {
         db.check_writable()?;
+        let _turn = self.round.lock();
         round::sync(self, db.engine(), true)
     }
 
@@ -223,6 +230,7 @@ impl Bucket {
     /// As [`Bucket::sync`].
     pub fn backup(&self, db: &Db) -> Result<SyncReport> {
         db.check_writable()?;
+        let _turn = self.round.lock();
         round::sync(self, db.engine(), false)
     }
 

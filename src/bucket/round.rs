@@ -58,6 +58,8 @@ pub struct SyncReport {
     pub unclaimed: Vec<NodeId>,
     /// Objects deleted (past the grace period).
     pub deleted: u64,
+    /// Deletes that failed (tried again next round).
+    pub delete_failed: u64,
     /// Whether this copy's head was written.
     pub head_written: bool,
     /// Requests this round made.
@@ -88,8 +90,8 @@ struct LocalState {
     head_e_tag: Option<String>,
     /// A head write begun and not known to have landed: (generation, nonce).
     pending: Option<(u64, u64)>,
-    /// The newest own stamp published.
-    published: Option<Stamp>,
+    /// The newest publication number used (names only ever grow).
+    last_seq: u64,
     /// Per origin, the newest stamp merged in its object order.
     progress: BTreeMap<u64, Stamp>,
 }
@@ -193,7 +195,10 @@ fn fetch_checked(
 /// object removed, before any head names it).
 fn upload(bucket: &Bucket, name: &str, bytes: &[u8]) -> Result<bool> {
     if bucket.objects().create(name, bytes)? == Written::Lost {
-        return Ok(false);
+        // An attempt whose answer was lost may have landed, and the retry
+        // then finds the name taken: by these very bytes, it is ours.
+        let found = bucket.objects().get(name, bytes.len() as u64)?;
+        return Ok(found.is_some_and(|(found, _)| found == bytes));
     }
     let landed = bucket.objects().size_of(name)?;
     if landed != Some(bytes.len() as u64) {
@@ -231,6 +236,9 @@ struct Round<'a> {
     key: String,
     st: LocalState,
     report: SyncReport,
+    /// The bucket's copy of our head is missing or older than ours: write
+    /// it this round even if nothing in it changed.
+    force_head: bool,
 }
 
 impl Round<'_> {
@@ -297,6 +305,7 @@ impl Round<'_> {
         let Some(listed) = listed else {
             // Never written, or lost by the store: (re)written this round.
             self.st.head_e_tag = None;
+            self.force_head = true;
             return Ok(ours.unwrap_or_else(|| self.fresh_head()));
         };
         if listed.e_tag.is_some() && listed.e_tag == self.st.head_e_tag && ours.is_some() {
@@ -304,6 +313,7 @@ impl Round<'_> {
         }
         let Some((found, e_tag)) = read_head(self.bucket, &self.keyring, &name)? else {
             self.st.head_e_tag = None;
+            self.force_head = true;
             return Ok(ours.unwrap_or_else(|| self.fresh_head()));
         };
         if found.node != self.node {
@@ -340,6 +350,7 @@ impl Round<'_> {
         }
         // Older than ours: the store lost a write. Ours is rewritten.
         self.st.head_e_tag = e_tag;
+        self.force_head = true;
         Ok(ours.unwrap_or_else(|| self.fresh_head()))
     }
 
@@ -498,7 +509,15 @@ impl Round<'_> {
     /// Publishes this copy's writes newer than the last publication.
     fn publish(&mut self, own: &mut Head) -> Result<()> {
         let claim = self.engine.claimable();
-        let published = self.st.published.unwrap_or(origin_floor(self.node));
+        // What the head (as the bucket has it) says was published: an
+        // object uploaded in a round whose head write failed is named by
+        // no head, and its changes go out again in the next object.
+        let published = own
+            .merged
+            .seen
+            .get(&self.node)
+            .copied()
+            .unwrap_or(origin_floor(self.node));
         if claim <= published {
             return Ok(());
         }
@@ -527,8 +546,9 @@ impl Round<'_> {
             .objects
             .last()
             .map_or(0, |o| o.seq)
-            .max(self.max_seq_ever(own))
+            .max(self.st.last_seq)
             + 1;
+        self.st.last_seq = seq;
         let nonce = random_u64()?;
         let name = object_name(node, seq, nonce);
         if !upload(self.bucket, &name, &bytes)? {
@@ -544,27 +564,11 @@ impl Round<'_> {
             hash: *blake3::hash(&bytes).as_bytes(),
             published_ms: self.now_ms,
         });
-        self.st.published = Some(claim);
+        own.merged.seen.insert(node, claim);
         self.report.pushed.objects += 1;
         self.report.pushed.changes += written.records;
         self.report.pushed.bytes += bytes.len() as u64;
         Ok(())
-    }
-
-    /// Publication numbers only grow, across collections too.
-    fn max_seq_ever(&self, own: &Head) -> u64 {
-        own.retired
-            .iter()
-            .filter_map(|r| {
-                let rest = r.name.rsplit('/').next()?;
-                let (seq, _) = rest.split_once('-')?;
-                r.name
-                    .contains("/changes/")
-                    .then(|| u64::from_str_radix(seq, 16).ok())
-                    .flatten()
-            })
-            .max()
-            .unwrap_or(0)
     }
 
     /// Publishes a snapshot of everything this copy holds.
@@ -607,7 +611,8 @@ impl Round<'_> {
     /// Writes our head if anything in it changed (or the heartbeat is
     /// due), by a conditional update against the version we last saw.
     fn write_head(&mut self, before: &Head, mut own: Head) -> Result<()> {
-        let changed = own.objects != before.objects
+        let changed = self.force_head
+            || own.objects != before.objects
             || own.snapshots != before.snapshots
             || own.merged != before.merged
             || own.expelled != before.expelled
@@ -639,9 +644,25 @@ impl Round<'_> {
                 self.report.head_written = true;
                 Ok(())
             }
-            Written::Lost => Err(self.clone_detected(
-                "another writer replaced this copy's head between its read and its update",
-            )),
+            Written::Lost => {
+                // An attempt whose answer was lost may have landed: then
+                // the head is ours (this generation and nonce).
+                match read_head(self.bucket, &self.keyring, &name)? {
+                    Some((found, e_tag))
+                        if found.generation == own.generation && found.nonce == own.nonce =>
+                    {
+                        self.st.pending = None;
+                        self.st.head = Some(found.encode());
+                        self.st.head_e_tag = e_tag;
+                        self.save()?;
+                        self.report.head_written = true;
+                        Ok(())
+                    }
+                    _ => Err(self.clone_detected(
+                        "another writer replaced this copy's head between its read and its update",
+                    )),
+                }
+            }
         }
     }
 }
@@ -674,7 +695,11 @@ pub(crate) fn sync(bucket: &Bucket, engine: &Engine, pull: bool) -> Result<SyncR
             what: "drawing an incarnation id".into(),
             source: Arc::new(std::io::Error::other(e.to_string())),
         })?;
+        // Durable before the claim names the incarnation: lost in a crash,
+        // the next round would draw another and take its own claim for a
+        // clone's.
         local_put_typed(engine, &key, &st)?;
+        engine.wal().sync_written()?;
     }
     let mut round = Round {
         bucket,
@@ -685,6 +710,7 @@ pub(crate) fn sync(bucket: &Bucket, engine: &Engine, pull: bool) -> Result<SyncR
         key,
         st,
         report: SyncReport::default(),
+        force_head: false,
     };
     let pull = pull && bucket.options.pull;
     let listing = bucket.objects().list("heads")?;
@@ -775,17 +801,18 @@ pub(crate) fn sync(bucket: &Bucket, engine: &Engine, pull: bool) -> Result<SyncR
     for h in &live {
         merge_local_cursor(engine, &peer_key(h.node), &h.merged)?;
     }
-    if failure.is_none() {
-        round.publish(&mut own)?;
-    }
+    // Our own news goes out even if some other copy's objects could not
+    // be merged (a damaged object must not silence this copy).
+    round.publish(&mut own)?;
     // What this copy holds of every copy: of the others, its complete
     // cursor; of itself, what it published (its complete cursor's own
     // entry moves with every local write, bookkeeping included, and would
     // make every round rewrite the head). Others' tombstone collection
     // waits on both.
+    let published = own.merged.seen.get(&node).copied();
     own.merged = complete_cursor(engine)?;
     own.merged.seen.remove(&node);
-    if let Some(published) = round.st.published {
+    if let Some(published) = published {
         own.merged.seen.insert(node, published);
     }
     // A snapshot when enough objects are not covered by one.
@@ -806,7 +833,7 @@ pub(crate) fn sync(bucket: &Bucket, engine: &Engine, pull: bool) -> Result<SyncR
     let due = uncovered >= bucket.options.snapshot_after_objects
         && (smallest_live || uncovered >= 2 * bucket.options.snapshot_after_objects);
     let first_backup = !pull && own.snapshots.is_empty() && !own.objects.is_empty();
-    if failure.is_none() && (due || first_backup) {
+    if due || first_backup {
         round.publish_snapshot(&mut own)?;
     }
     collect(&mut round, &mut own, &live)?;
@@ -873,8 +900,15 @@ fn collect(round: &mut Round<'_>, own: &mut Head, live: &[Arc<Head>]) -> Result<
     let mut kept = Vec::new();
     for r in std::mem::take(&mut own.retired) {
         if now.saturating_sub(r.since_ms) >= options.grace_ms {
-            round.bucket.objects().delete(&r.name)?;
-            round.report.deleted += 1;
+            // A delete that fails is tried again next round; it does not
+            // stop this one (the head must still be written).
+            match round.bucket.objects().delete(&r.name) {
+                Ok(()) => round.report.deleted += 1,
+                Err(_) => {
+                    round.report.delete_failed += 1;
+                    kept.push(r);
+                }
+            }
         } else {
             kept.push(r);
         }

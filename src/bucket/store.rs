@@ -66,6 +66,10 @@ pub enum Fault {
     Truncate,
     /// The store refuses the credentials.
     Refuse,
+    /// The request reaches the store and takes effect, but its answer is
+    /// lost (a timeout after the store acted): the attempt fails and is
+    /// retried.
+    LandThenFail,
 }
 
 /// A test's plan of faults, asked before every request attempt.
@@ -319,6 +323,9 @@ impl Objects {
             Err(_) => Err(AttemptError::Again(format!(
                 "no answer within {REQUEST_DEADLINE:?}"
             ))),
+            Ok(Ok(_)) if fault == Some(Fault::LandThenFail) => Err(AttemptError::Again(
+                "the answer was lost after the store acted (injected)".into(),
+            )),
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(AttemptError::Store(e)),
         }
