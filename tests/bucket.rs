@@ -667,7 +667,12 @@ fn a_head_the_store_lost_is_written_again() {
     let (a, b) = (copy_at(&clock), copy_at(&clock));
     a.db.put("k", "v").unwrap();
     bucket.sync(&a.db).unwrap();
-    std::fs::remove_file(store.path().join(format!("heads/{:016x}", a.db.node_id().0))).unwrap();
+    std::fs::remove_file(
+        store
+            .path()
+            .join(format!("heads/{:016x}", a.db.node_id().0)),
+    )
+    .unwrap();
     let again = bucket.sync(&a.db).unwrap();
     assert!(again.head_written);
     bucket.sync(&b.db).unwrap();

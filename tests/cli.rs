@@ -1751,3 +1751,81 @@ fn old_key_file_repeats_for_two_unfinished_rotations() {
     let run = with(&[&k1, &k2]).expect(0);
     assert_eq!(run.stdout.trim(), "2");
 }
+
+#[cfg(feature = "object-store")]
+#[test]
+fn sync_prints_what_moved_and_an_idle_round_in_a_new_process_is_one_listing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", tmp.path().join("bucket").display());
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    mkv(&a, &["put", "k", "from a"]).expect(0);
+    mkv(&b, &["incr", "hits", "3"]).expect(0);
+    let first = mkv(&a, &["sync", &url]).expect(0);
+    assert!(
+        first.stdout.contains("pushed: 1 objects, 1 changes,"),
+        "{}",
+        first.stdout
+    );
+    mkv(&b, &["sync", &url]).expect(0);
+    for _ in 0..2 {
+        mkv(&a, &["sync", &url]).expect(0);
+        mkv(&b, &["sync", &url]).expect(0);
+    }
+    assert_eq!(mkv(&b, &["get", "k"]).expect(0).stdout, "from a\n");
+    assert_eq!(mkv(&a, &["get", "hits"]).expect(0).stdout, "3\n");
+    let idle = mkv(&a, &["--json", "sync", &url]).expect(0).json();
+    assert_eq!(idle["requests"]["list"], 1, "{idle}");
+    assert_eq!(idle["requests"]["get"], 0, "{idle}");
+    assert_eq!(idle["requests"]["put"], 0, "{idle}");
+    // Backup, then a restore into a new directory.
+    let backups = format!("file://{}", tmp.path().join("backups").display());
+    mkv(&a, &["backup", &backups]).expect(0);
+    let restored = tmp.path().join("restored");
+    let run = Run::from(
+        bin()
+            .args(["restore", &backups])
+            .arg(&restored)
+            .output()
+            .unwrap(),
+    )
+    .expect(0);
+    assert!(run.stdout.contains("restored into"), "{}", run.stdout);
+    assert_eq!(mkv(&restored, &["get", "k"]).expect(0).stdout, "from a\n");
+    assert_eq!(mkv(&restored, &["get", "hits"]).expect(0).stdout, "3\n");
+}
+
+#[cfg(feature = "object-store")]
+#[test]
+fn sync_to_a_store_that_cannot_be_reached_exits_3_with_one_line() {
+    let (_tmp, dir) = db_dir();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let run = Run::from(
+        bin()
+            .arg("--data")
+            .arg(&dir)
+            .args(["sync", "s3://nowhere/prefix"])
+            .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"))
+            .env("AWS_ALLOW_HTTP", "true")
+            .env("AWS_ACCESS_KEY_ID", "k")
+            .env("AWS_SECRET_ACCESS_KEY", "s")
+            .env("AWS_REGION", "us-east-1")
+            .output()
+            .unwrap(),
+    )
+    .expect(3);
+    assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+    assert!(run.stderr.contains("cannot be reached"), "{}", run.stderr);
+    mkv(&dir, &["sync", "ftp://x/y"]).expect(2);
+    mkv(
+        &dir,
+        &[
+            "restore",
+            "file:///nonexistent-bucket-dir",
+            "--at",
+            "yesterday",
+        ],
+    )
+    .expect(2);
+}

@@ -77,6 +77,14 @@ pub struct RestoreReport {
     pub at_ms: Option<u64>,
 }
 
+/// Another copy's head as last downloaded at version `e_tag`, its claim
+/// checked (in `_local`, under the state's key plus `/head/<node>`).
+#[derive(Debug, Serialize, Deserialize)]
+struct KeptHead {
+    e_tag: String,
+    head: Vec<u8>,
+}
+
 /// A copy's sync state for one bucket, in its `_local` keyspace.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct LocalState {
@@ -383,6 +391,22 @@ impl Round<'_> {
                 heads.push(h);
                 continue;
             }
+            // Read by an earlier process at this version: kept in `_local`,
+            // so a new process's idle round is one listing too.
+            let kept_key = format!("{}/head/{:016x}", self.key, node.0);
+            if let Some(e_tag) = &l.e_tag
+                && let Some(kept) = local_get::<KeptHead>(self.engine, &kept_key)?
+                && kept.e_tag == *e_tag
+                && let Ok(head) = Head::decode(&kept.head)
+                && head.node == node
+            {
+                let head = Arc::new(head);
+                self.bucket.note_claim(node, head.incarnation);
+                self.bucket
+                    .cache_head(self.node, node, l.e_tag.clone(), head.clone());
+                heads.push(head);
+                continue;
+            }
             let Some((head, e_tag)) = read_head(self.bucket, &self.keyring, &l.name)? else {
                 continue; // deleted since the listing
             };
@@ -398,6 +422,16 @@ impl Round<'_> {
             if !self.claimed_by(&head)? {
                 self.report.unclaimed.push(head.node);
                 continue;
+            }
+            if let Some(tag) = &e_tag {
+                local_put_typed(
+                    self.engine,
+                    &kept_key,
+                    &KeptHead {
+                        e_tag: tag.clone(),
+                        head: head.encode(),
+                    },
+                )?;
             }
             let head = Arc::new(head);
             self.bucket.cache_head(self.node, node, e_tag, head.clone());
