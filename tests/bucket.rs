@@ -692,3 +692,37 @@ fn an_emptied_bucket_is_filled_again_from_the_copies() {
     bucket.sync(&b.db).unwrap();
     assert_eq!(b.db.get("k").unwrap().as_deref(), Some(&b"v"[..]));
 }
+
+#[test]
+fn an_upload_no_head_names_is_swept_later() {
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let store = tempfile::tempdir().unwrap();
+    let faults = Arc::new(HeadWritesFail::default());
+    let bucket = file_bucket(store.path())
+        .with_options(BucketOptions {
+            grace_ms: 1_000,
+            ..BucketOptions::default()
+        })
+        .with_faults(faults.clone());
+    let a = copy_at(&clock);
+    a.db.put("first", "1").unwrap();
+    bucket.sync(&a.db).unwrap();
+    a.db.put("second", "2").unwrap();
+    faults.0.store(true, Ordering::Relaxed);
+    assert!(bucket.sync(&a.db).is_err());
+    faults.0.store(false, Ordering::Relaxed);
+    let changes = format!("nodes/{:016x}/changes", a.db.node_id().0);
+    assert_eq!(bucket.list_objects(&changes).unwrap().len(), 2, "an orphan");
+    clock.advance_ms(2_000);
+    a.db.put("third", "3").unwrap();
+    let swept = bucket.sync(&a.db).unwrap();
+    assert_eq!(swept.deleted, 1, "{swept:?}");
+    assert_eq!(
+        bucket.list_objects(&changes).unwrap().len(),
+        2,
+        "the first and the new one"
+    );
+    let b = copy_at(&clock);
+    bucket.sync(&b.db).unwrap();
+    assert_eq!(everything(&b.db).len(), 3);
+}

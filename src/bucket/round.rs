@@ -100,6 +100,8 @@ struct LocalState {
     pending: Option<(u64, u64)>,
     /// The newest publication number used (names only ever grow).
     last_seq: u64,
+    /// When this copy last swept its folders for objects no head names.
+    last_sweep_ms: u64,
     /// Per origin, the newest stamp merged in its object order.
     progress: BTreeMap<u64, Stamp>,
 }
@@ -871,6 +873,7 @@ pub(crate) fn sync(bucket: &Bucket, engine: &Engine, pull: bool) -> Result<SyncR
         round.publish_snapshot(&mut own)?;
     }
     collect(&mut round, &mut own, &live)?;
+    sweep(&mut round, &before, &own)?;
     round.write_head(&before, own)?;
     round.report.requests = bucket.requests().since(&before_requests);
     match failure {
@@ -948,6 +951,52 @@ fn collect(round: &mut Round<'_>, own: &mut Head, live: &[Arc<Head>]) -> Result<
         }
     }
     own.retired = kept;
+    Ok(())
+}
+
+/// Deletes this copy's own objects that no head names: uploads of rounds
+/// whose head write failed (their changes went out again in a later
+/// object). Only names this copy numbered (a publication number it has
+/// used) are swept; at most once per grace period, in a round that writes
+/// its head anyway, so idle rounds stay one listing.
+fn sweep(round: &mut Round<'_>, before: &Head, own: &Head) -> Result<()> {
+    let due = round.now_ms.saturating_sub(round.st.last_sweep_ms) >= round.options().grace_ms;
+    let head_changes = round.force_head || own.objects != before.objects;
+    if !due || !head_changes {
+        return Ok(());
+    }
+    let node = round.node;
+    let named: BTreeSet<String> = own
+        .objects
+        .iter()
+        .map(|o| object_name(node, o.seq, o.nonce))
+        .chain(
+            own.snapshots
+                .iter()
+                .map(|s| snapshot_name(node, s.seq, s.nonce)),
+        )
+        .chain(own.retired.iter().map(|r| r.name.clone()))
+        .collect();
+    for dir in ["changes", "snapshots"] {
+        let folder = format!("nodes/{:016x}/{dir}", node.0);
+        for l in round.bucket.objects().list(&folder)? {
+            let seq = l
+                .name
+                .rsplit('/')
+                .next()
+                .and_then(|n| n.split_once('-'))
+                .and_then(|(seq, _)| u64::from_str_radix(seq, 16).ok());
+            let ours = match dir {
+                "changes" => seq.is_some_and(|s| s <= round.st.last_seq),
+                _ => seq.is_some_and(|s| s <= own.snapshots.last().map_or(0, |x| x.seq)),
+            };
+            if ours && !named.contains(&l.name) {
+                round.bucket.objects().delete(&l.name)?;
+                round.report.deleted += 1;
+            }
+        }
+    }
+    round.st.last_sweep_ms = round.now_ms;
     Ok(())
 }
 
