@@ -532,10 +532,13 @@ fn an_encrypted_bucket_holds_nothing_in_clear_and_a_copy_without_the_key_reads_n
     );
     common::assert_nothing_in_clear(store.path(), &[b"secret-key-name", b"secret-value-text"]);
     let plain = copy_at(&clock);
-    assert!(
-        bucket.sync(&plain.db).is_err(),
-        "a copy in clear takes nothing"
+    let blind = bucket.sync(&plain.db).unwrap();
+    assert_eq!(
+        blind.unreadable.len(),
+        2,
+        "both sealed heads skipped: {blind:?}"
     );
+    assert_eq!(blind.pulled.objects, 0, "a copy in clear takes nothing");
     assert_eq!(everything(&plain.db).len(), 0);
 }
 
@@ -725,4 +728,210 @@ fn an_upload_no_head_names_is_swept_later() {
     let b = copy_at(&clock);
     bucket.sync(&b.db).unwrap();
     assert_eq!(everything(&b.db).len(), 3);
+}
+
+// ---- Regressions from the review of issue 15 ----
+
+#[test]
+fn a_silent_copys_changes_still_reach_a_copy_that_joins_later() {
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let bucket = Bucket::in_memory().with_options(BucketOptions {
+        silence_horizon_ms: 10_000,
+        heartbeat_ms: 1_000,
+        ..BucketOptions::default()
+    });
+    let (a, z) = (copy_at(&clock), copy_at(&clock));
+    z.db.put("from-z", "1").unwrap();
+    converge(&bucket, &[&a.db, &z.db]);
+    for _ in 0..4 {
+        clock.advance_ms(5_000);
+        bucket.sync(&a.db).unwrap();
+    }
+    let late = copy_at(&clock);
+    for _ in 0..3 {
+        bucket.sync(&late.db).unwrap();
+        bucket.sync(&a.db).unwrap();
+    }
+    assert_eq!(late.db.get("from-z").unwrap().as_deref(), Some(&b"1"[..]));
+    assert_eq!(late.db.digest().unwrap().root, a.db.digest().unwrap().root);
+}
+
+#[test]
+fn a_first_round_with_writes_older_than_forgotten_deletes_is_refused() {
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let bucket = Bucket::in_memory();
+    let grace = |dir: &std::path::Path| {
+        Db::open_with(
+            dir,
+            Options {
+                tombstone_grace_ms: 1_000,
+                ..options(&clock)
+            },
+        )
+        .unwrap()
+    };
+    let (a_dir, j_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, j) = (grace(a_dir.path()), grace(j_dir.path()));
+    j.put("k", "old offline write").unwrap();
+    clock.advance_ms(10);
+    a.put("k", "x").unwrap();
+    a.delete("k").unwrap();
+    bucket.sync(&a).unwrap();
+    clock.advance_ms(5_000);
+    a.compact_now().unwrap();
+    bucket.sync(&a).unwrap();
+    match bucket.sync(&j) {
+        Err(Error::Bucket(BucketError::StaleJoin { node, .. })) => assert_eq!(node, j.node_id()),
+        other => panic!("expected StaleJoin, got {other:?}"),
+    }
+    bucket.sync(&a).unwrap();
+    assert_eq!(a.get("k").unwrap(), None, "the delete stays");
+}
+
+#[test]
+fn a_moved_directory_publishes_what_it_wrote_under_its_former_id() {
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let store = tempfile::tempdir().unwrap();
+    let bucket = file_bucket(store.path());
+    let a_dir = tempfile::tempdir().unwrap();
+    let b = copy_at(&clock);
+    {
+        let a = Db::open_with(a_dir.path(), options(&clock)).unwrap();
+        a.put("k", "v").unwrap();
+        bucket.sync(&a).unwrap();
+        a.put("offline", "1").unwrap();
+        a.increment("n", 5).unwrap();
+    }
+    // Moved to another disk: a new inode, so a new node id at open.
+    let moved = common::copy_db(a_dir.path());
+    drop(a_dir);
+    let a = Db::open_with(moved.path(), options(&clock)).unwrap();
+    assert!(a.identity_renewed().is_some());
+    converge(&bucket, &[&a, &b.db]);
+    assert_eq!(b.db.get("offline").unwrap().as_deref(), Some(&b"1"[..]));
+    assert_eq!(b.db.counter("n").unwrap(), 5);
+    assert_eq!(a.digest().unwrap().root, b.db.digest().unwrap().root);
+}
+
+#[test]
+fn a_head_that_cannot_be_read_is_skipped_and_reported() {
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let store = tempfile::tempdir().unwrap();
+    let bucket = file_bucket(store.path());
+    let (a, b) = (copy_at(&clock), copy_at(&clock));
+    a.db.put("k", "v").unwrap();
+    bucket.sync(&a.db).unwrap();
+    std::fs::write(store.path().join("heads/00000000000000ff"), b"garbage").unwrap();
+    let report = bucket.sync(&b.db).unwrap();
+    assert_eq!(report.unreadable.len(), 1, "{report:?}");
+    assert_eq!(b.db.get("k").unwrap().as_deref(), Some(&b"v"[..]));
+}
+
+#[test]
+fn a_claim_that_went_away_is_made_again() {
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let store = tempfile::tempdir().unwrap();
+    let bucket = file_bucket(store.path()).with_options(BucketOptions {
+        grace_ms: 1_000,
+        ..BucketOptions::default()
+    });
+    let (a, b) = (copy_at(&clock), copy_at(&clock));
+    a.db.put("k1", "v").unwrap();
+    bucket.sync(&a.db).unwrap();
+    let claim = store
+        .path()
+        .join(format!("nodes/{:016x}/claim", a.db.node_id().0));
+    std::fs::remove_file(&claim).unwrap();
+    clock.advance_ms(2_000);
+    a.db.put("k2", "v").unwrap();
+    bucket.sync(&a.db).unwrap();
+    assert!(claim.exists());
+    let fresh_reader = file_bucket(store.path());
+    fresh_reader.sync(&b.db).unwrap();
+    assert_eq!(b.db.get("k2").unwrap().as_deref(), Some(&b"v"[..]));
+}
+
+#[test]
+fn one_bucket_spelled_two_ways_or_opened_twice_is_one_bucket() {
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let store = tempfile::tempdir().unwrap();
+    let a = copy_at(&clock);
+    a.db.put("k", "v").unwrap();
+    let plain = format!("file://{}", store.path().display());
+    Bucket::open(&plain).unwrap().sync(&a.db).unwrap();
+    a.db.put("k2", "v").unwrap();
+    Bucket::open(&format!("{plain}/"))
+        .unwrap()
+        .sync(&a.db)
+        .unwrap();
+    // Two values for one bucket, rounds at once on two threads.
+    let (one, two) = (Bucket::open(&plain).unwrap(), Bucket::open(&plain).unwrap());
+    std::thread::scope(|s| {
+        for bucket in [&one, &two] {
+            let db = &a.db;
+            s.spawn(move || {
+                for i in 0..10 {
+                    db.put(format!("t{i}"), "x").unwrap();
+                    bucket.sync(db).unwrap();
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn restore_at_a_time_inside_the_retention_finds_what_it_needs() {
+    let clock = Arc::new(ManualClock::new(10_000_000));
+    let store = tempfile::tempdir().unwrap();
+    let minute = 60_000;
+    let bucket = file_bucket(store.path()).with_options(BucketOptions {
+        retain_ms: 60 * minute,
+        grace_ms: minute,
+        snapshot_after_objects: 2,
+        ..BucketOptions::default()
+    });
+    let a = copy_at(&clock);
+    let mut times = Vec::new();
+    for (i, at) in [0, 10, 20, 120].into_iter().enumerate() {
+        clock.set_ms(10_000_000 + at * minute);
+        a.db.put("k", format!("v{i}")).unwrap();
+        bucket.backup(&a.db).unwrap();
+        times.push(10_000_000 + at * minute + 1);
+    }
+    // 30 minutes ago: after the write at minute 20 (inside the retention).
+    let then = tempfile::tempdir().unwrap();
+    let (db, _) = bucket
+        .restore(&then.path().join("db"), Options::default(), Some(times[2]))
+        .unwrap();
+    assert_eq!(db.get("k").unwrap().as_deref(), Some(&b"v2"[..]));
+}
+
+#[derive(Debug)]
+struct FailGets;
+
+impl BucketFaults for FailGets {
+    fn fault(&self, op: Op, name: &str) -> Option<Fault> {
+        (op == Op::Get && name.contains("/changes/")).then_some(Fault::Refuse)
+    }
+}
+
+#[test]
+fn a_restore_that_fails_leaves_no_database_behind() {
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let store = tempfile::tempdir().unwrap();
+    let a = copy_at(&clock);
+    a.db.put("k", "v").unwrap();
+    file_bucket(store.path()).backup(&a.db).unwrap();
+    a.db.put("k2", "v").unwrap();
+    file_bucket(store.path()).backup(&a.db).unwrap();
+    let target = tempfile::tempdir().unwrap();
+    let dir = target.path().join("db");
+    let failing = file_bucket(store.path()).with_faults(Arc::new(FailGets));
+    assert!(failing.restore(&dir, Options::default(), None).is_err());
+    assert!(!dir.exists(), "nothing left at {}", dir.display());
+    assert_eq!(std::fs::read_dir(target.path()).unwrap().count(), 0);
+    let (db, _) = file_bucket(store.path())
+        .restore(&dir, Options::default(), None)
+        .unwrap();
+    assert_eq!(db.get("k2").unwrap().as_deref(), Some(&b"v"[..]));
 }

@@ -85,6 +85,12 @@ fn run(seed: u64, copies: usize, steps: usize) -> Result<(), String> {
         newest: BTreeMap::new(),
         counters: BTreeMap::new(),
     };
+    // Every copy joins the bucket before it writes (a copy whose first
+    // writes are older than the tombstone grace is refused at its first
+    // round: `BucketError::StaleJoin`, tested in tests/bucket.rs).
+    for db in &dbs {
+        bucket.sync(db).unwrap();
+    }
     let mut joined = false;
     for step in 0..steps {
         let c = rng.below(dbs.len() as u64) as usize;

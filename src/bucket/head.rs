@@ -89,6 +89,11 @@ pub struct Head {
     pub nonce: u64,
     /// Wall time of this write (ms since the epoch).
     pub updated_ms: u64,
+    /// `updated_ms` less this copy's tombstone grace: a reader takes the
+    /// grace from it (the copy collects tombstones older than its grace
+    /// at any time), and a copy joining with writes older than now less
+    /// that grace could bring a deleted key back.
+    pub collect_below_ms: u64,
     /// Live change objects, oldest first.
     pub objects: Vec<ObjectRef>,
     /// The copy's live snapshots, oldest first.
@@ -201,6 +206,7 @@ impl Head {
         w.u64(self.generation);
         w.u64(self.nonce);
         w.u64(self.updated_ms);
+        w.u64(self.collect_below_ms);
         w.u32(self.objects.len() as u32);
         for o in &self.objects {
             w.u64(o.seq);
@@ -246,6 +252,7 @@ impl Head {
         let generation = r.u64().map_err(e)?;
         let nonce = r.u64().map_err(e)?;
         let updated_ms = r.u64().map_err(e)?;
+        let collect_below_ms = r.u64().map_err(e)?;
         let n = count(&mut r, "objects")?;
         if n > HEAD_OBJECTS_MAX {
             return Err(format!("{n} objects, more than {HEAD_OBJECTS_MAX}"));
@@ -317,6 +324,7 @@ impl Head {
             generation,
             nonce,
             updated_ms,
+            collect_below_ms,
             objects,
             snapshots,
             merged,
@@ -405,6 +413,7 @@ mod tests {
             generation: 12,
             nonce: 99,
             updated_ms: 1_000,
+            collect_below_ms: 500,
             objects: vec![ObjectRef {
                 seq: 3,
                 nonce: 5,

@@ -111,6 +111,10 @@ impl Default for BucketOptions {
 /// code, call them in `spawn_blocking`.
 pub struct Bucket {
     objects: Objects,
+    /// What names this bucket in a copy's sync state: the URL with its
+    /// scheme's aliases and the prefix's slashes made canonical, so two
+    /// spellings of one bucket share one state.
+    identity: String,
     url: String,
     options: BucketOptions,
     /// Heads read before, by (reader, copy): a head whose version tag has
@@ -118,10 +122,11 @@ pub struct Bucket {
     heads: Mutex<HashMap<(NodeId, NodeId), CachedHead>>,
     /// Claims checked: (copy, incarnation).
     claims: Mutex<std::collections::HashSet<(NodeId, [u8; 16])>>,
-    /// Held for a round: a copy's sync state is read at the start of a
-    /// round and written through it, so two rounds at once (two threads
-    /// sharing this bucket) take turns.
+    /// Held for a round through this value (see [`round_turn`] for rounds
+    /// through several values).
     round: Mutex<()>,
+    /// Per copy, the claim up to which a scan found nothing to publish.
+    scanned: Mutex<HashMap<NodeId, crate::clock::Stamp>>,
 }
 
 impl std::fmt::Debug for Bucket {
@@ -144,12 +149,14 @@ impl Bucket {
     pub fn open(url: &str) -> Result<Bucket> {
         let (store, prefix, local) = open_url(url)?;
         Ok(Bucket {
+            identity: url_identity(url, &prefix),
             objects: Objects::new(store, prefix, local)?,
             url: url.to_string(),
             options: BucketOptions::default(),
             heads: Mutex::new(HashMap::new()),
             claims: Mutex::new(std::collections::HashSet::new()),
             round: Mutex::new(()),
+            scanned: Mutex::new(HashMap::new()),
         })
     }
 
@@ -168,13 +175,16 @@ impl Bucket {
     /// A bucket over any `object_store` store, under `prefix`; `name` is
     /// what reports and errors call it.
     pub fn from_store(store: Arc<dyn ObjectStore>, prefix: &str, name: &str) -> Result<Bucket> {
+        let prefix = store_prefix(name, prefix)?;
         Ok(Bucket {
-            objects: Objects::new(store, store_prefix(name, prefix)?, None)?,
+            identity: format!("{name}|{}", prefix.as_ref()),
+            objects: Objects::new(store, prefix, None)?,
             url: name.to_string(),
             options: BucketOptions::default(),
             heads: Mutex::new(HashMap::new()),
             claims: Mutex::new(std::collections::HashSet::new()),
             round: Mutex::new(()),
+            scanned: Mutex::new(HashMap::new()),
         })
     }
 
@@ -219,6 +229,8 @@ impl Bucket {
     pub fn sync(&self, db: &Db) -> Result<SyncReport> {
         db.check_writable()?;
         let _turn = self.round.lock();
+        let _db_turn = round_turn(db, &self.identity);
+        let _db_turn = _db_turn.lock();
         round::sync(self, db.engine(), true)
     }
 
@@ -231,6 +243,8 @@ impl Bucket {
     pub fn backup(&self, db: &Db) -> Result<SyncReport> {
         db.check_writable()?;
         let _turn = self.round.lock();
+        let _db_turn = round_turn(db, &self.identity);
+        let _db_turn = _db_turn.lock();
         round::sync(self, db.engine(), false)
     }
 
@@ -316,6 +330,18 @@ impl Bucket {
             .collect())
     }
 
+    pub(crate) fn scanned(&self, node: NodeId) -> Option<crate::clock::Stamp> {
+        self.scanned.lock().get(&node).copied()
+    }
+
+    pub(crate) fn note_scanned(&self, node: NodeId, claim: crate::clock::Stamp) {
+        self.scanned.lock().insert(node, claim);
+    }
+
+    pub(crate) fn identity(&self) -> &str {
+        &self.identity
+    }
+
     pub(crate) fn objects(&self) -> &Objects {
         &self.objects
     }
@@ -348,6 +374,42 @@ impl Bucket {
     ) {
         self.heads.lock().insert((reader, node), (e_tag, head));
     }
+}
+
+/// The lock a round for `db` through the bucket `identity` holds, shared
+/// by every `Bucket` value in the process: a copy's sync state is read at
+/// the start of a round and written through it, so two rounds for one
+/// database and bucket take turns (two at once would take each other's
+/// head writes for a clone's).
+fn round_turn(db: &Db, identity: &str) -> Arc<Mutex<()>> {
+    type Turns = Mutex<HashMap<(usize, String), Arc<Mutex<()>>>>;
+    static TURNS: std::sync::OnceLock<Turns> = std::sync::OnceLock::new();
+    let engine = std::ptr::from_ref(db.engine()) as usize;
+    TURNS
+        .get_or_init(|| Mutex::new(HashMap::new()))
+        .lock()
+        .entry((engine, identity.to_string()))
+        .or_default()
+        .clone()
+}
+
+/// [`Bucket::identity`] of a URL: `s3a` is `s3`, `azure` is `az`, and the
+/// prefix (or a folder's path) has no leading, trailing or doubled slash.
+fn url_identity(url: &str, prefix: &StorePath) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let scheme = match scheme {
+        "s3a" => "s3",
+        "azure" => "az",
+        other => other,
+    };
+    if scheme == "file" {
+        let path: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
+        return format!("file:///{}", path.join("/"));
+    }
+    let bucket = rest.split('/').next().unwrap_or_default();
+    format!("{scheme}://{bucket}/{}", prefix.as_ref())
 }
 
 fn unreachable_memory() -> Bucket {

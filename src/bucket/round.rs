@@ -56,6 +56,8 @@ pub struct SyncReport {
     /// Heads ignored: their copy never claimed its id in the bucket (or
     /// claimed it as another incarnation).
     pub unclaimed: Vec<NodeId>,
+    /// Heads (or their claims) that could not be read, with why: skipped.
+    pub unreadable: Vec<String>,
     /// Objects deleted (past the grace period).
     pub deleted: u64,
     /// Deletes that failed (tried again next round).
@@ -85,6 +87,17 @@ struct KeptHead {
     head: Vec<u8>,
 }
 
+/// See [`LocalState::former`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct FormerTail {
+    node: u64,
+    /// The former head's generation and nonce as this directory wrote it.
+    generation: u64,
+    nonce: u64,
+    /// What it had published under that id.
+    published: Stamp,
+}
+
 /// A copy's sync state for one bucket, in its `_local` keyspace.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct LocalState {
@@ -102,12 +115,16 @@ struct LocalState {
     last_seq: u64,
     /// When this copy last swept its folders for objects no head names.
     last_sweep_ms: u64,
+    /// The node id this directory synced under before it got a new one,
+    /// with its head as last written: the writes under that id it had not
+    /// published go out under the new id, if no one else writes that head.
+    former: Option<FormerTail>,
     /// Per origin, the newest stamp merged in its object order.
     progress: BTreeMap<u64, Stamp>,
 }
 
 fn state_key(bucket: &Bucket) -> String {
-    let id = blake3::hash(bucket.url.as_bytes());
+    let id = blake3::hash(bucket.identity().as_bytes());
     format!("bucket/{}", &id.to_hex()[..16])
 }
 
@@ -183,7 +200,9 @@ fn fetch_checked(
             format!("{size} bytes, more than object_bytes_max {max}"),
         ));
     }
-    let Some((bytes, _)) = bucket.objects().get(name, max)? else {
+    // The size the head gives is the most read (and what the download's
+    // deadline is sized for).
+    let Some((bytes, _)) = bucket.objects().get(name, size)? else {
         return Err(bucket_err(BucketError::MissingObject {
             object: name.to_string(),
             head: head.to_string(),
@@ -249,6 +268,9 @@ struct Round<'a> {
     /// The bucket's copy of our head is missing or older than ours: write
     /// it this round even if nothing in it changed.
     force_head: bool,
+    /// The former identity's tail went out this round (see
+    /// `LocalState::former`).
+    former_done: bool,
 }
 
 impl Round<'_> {
@@ -352,7 +374,7 @@ impl Round<'_> {
             self.save_durable()?;
             return Ok(found);
         }
-        if found.generation > ours_generation {
+        if found.generation >= ours_generation && ours_generation > 0 {
             return Err(self.clone_detected(format!(
                 "the bucket's head for this id is at generation {}, this directory wrote up to {}",
                 found.generation, ours_generation
@@ -371,6 +393,7 @@ impl Round<'_> {
             generation: 0,
             nonce: 0,
             updated_ms: 0,
+            collect_below_ms: 0,
             objects: Vec::new(),
             snapshots: Vec::new(),
             merged: SyncCursor::new(),
@@ -409,21 +432,49 @@ impl Round<'_> {
                 heads.push(head);
                 continue;
             }
-            let Some((head, e_tag)) = read_head(self.bucket, &self.keyring, &l.name)? else {
-                continue; // deleted since the listing
+            // One head that cannot be read (damaged, another format, another
+            // key) is skipped and reported: it must not stop every copy.
+            let (head, e_tag) = match read_head(self.bucket, &self.keyring, &l.name) {
+                Ok(Some(found)) => found,
+                Ok(None) => continue, // deleted since the listing
+                Err(
+                    e
+                    @ Error::Bucket(BucketError::Unreachable { .. } | BucketError::Refused { .. }),
+                ) => {
+                    return Err(e);
+                }
+                Err(e) => {
+                    self.report.unreadable.push(format!("{}: {e}", l.name));
+                    continue;
+                }
             };
             if head.node != node {
-                return Err(malformed(
-                    &l.name,
-                    format!("holds the head of {}", head.node),
-                ));
+                self.report
+                    .unreadable
+                    .push(format!("{}: holds the head of {}", l.name, head.node));
+                continue;
             }
             // A head is taken only from a copy that claimed its id with
             // the incarnation the head names (checked once per copy and
             // incarnation).
-            if !self.claimed_by(&head)? {
-                self.report.unclaimed.push(head.node);
-                continue;
+            match self.claimed_by(&head) {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.report.unclaimed.push(head.node);
+                    continue;
+                }
+                Err(
+                    e
+                    @ Error::Bucket(BucketError::Unreachable { .. } | BucketError::Refused { .. }),
+                ) => {
+                    return Err(e);
+                }
+                Err(e) => {
+                    self.report
+                        .unreadable
+                        .push(format!("{}: {e}", claim_name(head.node)));
+                    continue;
+                }
             }
             if let Some(tag) = &e_tag {
                 local_put_typed(
@@ -440,6 +491,52 @@ impl Round<'_> {
             heads.push(head);
         }
         Ok(heads)
+    }
+
+    /// Refuses a first round whose own writes are older than what a live
+    /// copy may have collected tombstones below (see `Head::collect_below_ms`).
+    fn check_join(&self, live: &[Arc<Head>]) -> Result<()> {
+        // A copy collects tombstones older than its grace at any time, not
+        // only when it writes its head: the horizon is now less the
+        // shortest grace a head shows.
+        let Some(grace) = live
+            .iter()
+            .map(|h| h.updated_ms.saturating_sub(h.collect_below_ms))
+            .min()
+        else {
+            return Ok(());
+        };
+        let horizon = self.now_ms.saturating_sub(grace);
+        let node = self.node;
+        let mut oldest: Option<u64> = None;
+        for entry in self.engine.state().view().iter_uncached() {
+            let (key, state) = entry?;
+            if crate::sync::is_local(&key) {
+                continue;
+            }
+            let own = state
+                .register
+                .iter()
+                .map(|r| r.stamp)
+                .chain(
+                    state
+                        .counter
+                        .iter()
+                        .flat_map(|c| c.totals.iter().map(|t| t.stamp)),
+                )
+                .filter(|s| s.node == node)
+                .map(|s| s.physical_ms)
+                .min();
+            oldest = oldest.min(own).or(oldest).or(own);
+        }
+        match oldest {
+            Some(oldest_ms) if oldest_ms < horizon => Err(bucket_err(BucketError::StaleJoin {
+                node,
+                oldest_write_ms: oldest_ms,
+                horizon_ms: horizon,
+            })),
+            _ => Ok(()),
+        }
     }
 
     /// Whether `head`'s copy claimed its node id with `head`'s incarnation.
@@ -494,12 +591,20 @@ impl Round<'_> {
     }
 
     /// Pulls what this copy has not merged from `h`'s objects, in order.
-    fn pull_from(&mut self, h: &Head, snapshots: &[(Arc<Head>, SnapshotRef)]) -> Result<()> {
+    fn pull_from(
+        &mut self,
+        h: &Head,
+        snapshots: &[(Arc<Head>, SnapshotRef)],
+        up_to: Option<Stamp>,
+    ) -> Result<()> {
         let head = head_name(h.node);
         for o in &h.objects {
             let p = self.progress(h.node);
             if o.last <= p {
                 continue;
+            }
+            if up_to.is_some_and(|limit| o.last > limit) {
+                break;
             }
             if o.after > p {
                 // Objects we never merged were collected: a snapshot that
@@ -554,12 +659,29 @@ impl Round<'_> {
             .get(&self.node)
             .copied()
             .unwrap_or(origin_floor(self.node));
-        if claim <= published {
+        if claim <= published && self.st.former.is_none() {
+            return Ok(());
+        }
+        // Nothing written since a scan that found nothing to publish (an
+        // idle round does not walk the state again).
+        if self.st.former.is_none() && self.bucket.scanned(self.node) == Some(claim) {
             return Ok(());
         }
         let node = self.node;
+        // The former identity's unpublished writes, if this directory is
+        // the one that continued it (no one wrote its head since).
+        let former = match self.st.former.clone() {
+            Some(f) if self.former_is_ours(&f)? => Some((NodeId(f.node), f.published)),
+            _ => {
+                self.st.former = None;
+                None
+            }
+        };
         let view = self.engine.state().view();
-        let select = move |s: Stamp| s.node == node && s > published && s <= claim;
+        let select = move |s: Stamp| {
+            (s.node == node && s > published && s <= claim)
+                || former.is_some_and(|(n, p)| s.node == n && s > p)
+        };
         let complete = SyncCursor {
             seen: [(node, claim)].into_iter().collect(),
         };
@@ -573,7 +695,13 @@ impl Round<'_> {
             &mut bytes,
         )?;
         drop(view);
+        if former.is_some() {
+            // Cleared once a head naming what went out is written.
+            self.former_done = true;
+            self.force_head = true;
+        }
         if written.records == 0 {
+            self.bucket.note_scanned(self.node, claim);
             // Nothing of ours is newer (overwritten by other copies, or
             // only bookkeeping): the next object still follows `published`.
             return Ok(());
@@ -605,6 +733,22 @@ impl Round<'_> {
         self.report.pushed.changes += written.records;
         self.report.pushed.bytes += bytes.len() as u64;
         Ok(())
+    }
+
+    /// Whether the head of a former identity is still as this directory
+    /// last wrote it (then no other directory continues that identity).
+    fn former_is_ours(&self, f: &FormerTail) -> Result<bool> {
+        let name = head_name(NodeId(f.node));
+        Ok(match read_head(self.bucket, &self.keyring, &name) {
+            Ok(Some((h, _))) => h.generation == f.generation && h.nonce == f.nonce,
+            Ok(None) => true,
+            Err(
+                e @ Error::Bucket(BucketError::Unreachable { .. } | BucketError::Refused { .. }),
+            ) => {
+                return Err(e);
+            }
+            Err(_) => false,
+        })
     }
 
     /// Publishes a snapshot of everything this copy holds.
@@ -662,6 +806,9 @@ impl Round<'_> {
         own.generation = before.generation + 1;
         own.nonce = random_u64()?;
         own.updated_ms = self.now_ms;
+        own.collect_below_ms = self
+            .now_ms
+            .saturating_sub(self.engine.options().tombstone_grace_ms);
         let name = head_name(self.node);
         let bytes = seal(&self.keyring, &name, own.encode())?;
         self.st.pending = Some((own.generation, own.nonce));
@@ -673,6 +820,9 @@ impl Round<'_> {
             .update(&name, &bytes, expected.as_deref())?
         {
             Written::Done(e_tag) => {
+                if self.former_done {
+                    self.st.former = None;
+                }
                 self.st.pending = None;
                 self.st.head = Some(own.encode());
                 self.st.head_e_tag = e_tag;
@@ -720,11 +870,30 @@ pub(crate) fn sync(bucket: &Bucket, engine: &Engine, pull: bool) -> Result<SyncR
     let mut st: LocalState = local_get(engine, &key)?.unwrap_or_default();
     if st.node != node.0 {
         // A new copy, or one given a fresh identity: a new claim, head
-        // and publication sequence; what it merged stays merged.
+        // and publication sequence; what it merged stays merged. Under a
+        // fresh identity, what it wrote under the former one and had not
+        // published is remembered (see `publish`).
+        let former = st
+            .head
+            .as_deref()
+            .and_then(|bytes| Head::decode(bytes).ok())
+            .map(|h| FormerTail {
+                node: h.node.0,
+                generation: h.generation,
+                nonce: h.nonce,
+                published: h
+                    .merged
+                    .seen
+                    .get(&h.node)
+                    .copied()
+                    .unwrap_or(origin_floor(h.node)),
+            })
+            .or(st.former.take());
         let progress = std::mem::take(&mut st.progress);
         st = LocalState {
             node: node.0,
             progress,
+            former,
             ..LocalState::default()
         };
         getrandom::fill(&mut st.incarnation).map_err(|e| Error::Network {
@@ -747,6 +916,7 @@ pub(crate) fn sync(bucket: &Bucket, engine: &Engine, pull: bool) -> Result<SyncR
         st,
         report: SyncReport::default(),
         force_head: false,
+        former_done: false,
     };
     let pull = pull && bucket.options.pull;
     let listing = bucket.objects().list("heads")?;
@@ -808,16 +978,37 @@ pub(crate) fn sync(bucket: &Bucket, engine: &Engine, pull: bool) -> Result<SyncR
     let all_heads: Vec<Arc<Head>> = others.clone();
     let snapshots = snapshots_of(&all_heads);
     let mut failure: Option<Error> = None;
+    let joining = before.generation == 0 && round.st.head.is_none();
+    if joining {
+        // Writes made before joining, older than deletes the bucket's
+        // copies may already have forgotten, could bring those keys back.
+        round.check_join(&live)?;
+    }
     if pull {
         // A copy that never merged anything starts from the newest
         // snapshot rather than the whole history.
         if round.st.progress.is_empty()
             && let Some((maker, s)) = snapshots.last().cloned()
+            && let Err(e) = round.import_snapshot(&maker, &s)
         {
-            round.import_snapshot(&maker, &s)?;
+            failure.get_or_insert(e);
         }
         for h in &live {
-            if let Err(e) = round.pull_from(h, &snapshots) {
+            if let Err(e) = round.pull_from(h, &snapshots, None) {
+                failure.get_or_insert(e);
+            }
+        }
+        // A silent copy's objects, as far as the live copies merged them:
+        // they hold them, so this copy must too (further, their deletes
+        // may be forgotten already).
+        for h in &silent {
+            let held = live
+                .iter()
+                .filter_map(|l| l.merged.seen.get(&h.node).copied())
+                .max();
+            if let Some(held) = held
+                && let Err(e) = round.pull_from(h, &snapshots, Some(held))
+            {
                 failure.get_or_insert(e);
             }
         }
@@ -892,16 +1083,24 @@ fn collect(round: &mut Round<'_>, own: &mut Head, live: &[Arc<Head>]) -> Result<
     let now = round.now_ms;
     let options = round.options().clone();
     let node = round.node;
-    let newest = snapshots_of(&{
+    let all = snapshots_of(&{
         let mut v: Vec<Arc<Head>> = live.to_vec();
         v.push(Arc::new(own.clone()));
         v
-    })
-    .last()
-    .map(|(_, s)| s.covers.clone());
+    });
+    let newest = all.last().map(|(_, s)| s.covers.clone());
     let retained = |published_ms: u64| now.saturating_sub(published_ms) < options.retain_ms;
-    // Own objects: merged by every live copy and covered by the newest
-    // snapshot, and older than the retention.
+    // Whether a snapshot older than the retention covers `last` of ours:
+    // then a restore to any time within the retention starts from it or
+    // a newer one, and needs no object it covers.
+    let covered_long_enough = |last: Stamp| {
+        all.iter().any(|(_, s)| {
+            !retained(s.made_ms) && s.covers.seen.get(&node).is_some_and(|c| *c >= last)
+        })
+    };
+    // Own objects: merged by every live copy, covered by the newest
+    // snapshot (a late joiner starts there), and by one older than the
+    // retention.
     let mut keep = Vec::new();
     for o in std::mem::take(&mut own.objects) {
         let covered = newest
@@ -911,7 +1110,7 @@ fn collect(round: &mut Round<'_>, own: &mut Head, live: &[Arc<Head>]) -> Result<
         let merged = live
             .iter()
             .all(|h| h.merged.seen.get(&node).is_some_and(|c| *c >= o.last));
-        if covered && merged && !retained(o.published_ms) && keep.is_empty() {
+        if covered && merged && covered_long_enough(o.last) && keep.is_empty() {
             own.retired.push(Retired {
                 name: object_name(node, o.seq, o.nonce),
                 since_ms: now,
@@ -966,6 +1165,12 @@ fn sweep(round: &mut Round<'_>, before: &Head, own: &Head) -> Result<()> {
         return Ok(());
     }
     let node = round.node;
+    // A claim that went away (a lifecycle rule, a cleanup) is made again
+    // with the same incarnation, or every other copy would ignore us.
+    if round.bucket.objects().size_of(&claim_name(node))?.is_none() {
+        round.st.claimed = false;
+        round.claim()?;
+    }
     let named: BTreeSet<String> = own
         .objects
         .iter()
@@ -1006,14 +1211,46 @@ pub(crate) fn restore(
     options: Options,
     at_ms: Option<u64>,
 ) -> Result<(Db, RestoreReport)> {
-    if crate::meta::meta_path(dir).exists() {
+    let occupied = std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some());
+    if occupied || crate::meta::meta_path(dir).exists() {
         return Err(Error::InvalidCommand {
             reason: format!(
-                "{} already holds a database: restore makes a new one",
+                "{} is not empty: restore makes a new database",
                 dir.display()
             ),
         });
     }
+    // Built beside `dir` and renamed into place only once whole: a restore
+    // that fails leaves no database that looks complete.
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "restore".into());
+    let staging = dir.with_file_name(format!(".{name}.restoring-{:016x}", random_u64()?));
+    let built = restore_into(bucket, &staging, options.clone(), at_ms);
+    let report = match built {
+        Ok((db, report)) => {
+            db.close()?;
+            report
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(e);
+        }
+    };
+    if dir.exists() {
+        std::fs::remove_dir(dir).map_err(|e| Error::io(crate::io::IoOp::Remove, dir, e))?;
+    }
+    std::fs::rename(&staging, dir).map_err(|e| Error::io(crate::io::IoOp::Rename, dir, e))?;
+    Ok((Db::open_with(dir, options)?, report))
+}
+
+fn restore_into(
+    bucket: &Bucket,
+    dir: &Path,
+    options: Options,
+    at_ms: Option<u64>,
+) -> Result<(Db, RestoreReport)> {
     let db = Db::open_with(dir, options)?;
     let engine = db.engine();
     let keyring = engine.wal().keyring().read().clone();
@@ -1027,7 +1264,16 @@ pub(crate) fn restore(
             if h.node != node {
                 return Err(malformed(&l.name, format!("holds the head of {}", h.node)));
             }
-            heads.push(Arc::new(h));
+            // As a round does: only heads of copies that claimed their id.
+            let claim = claim_name(node);
+            let claimed = match bucket.objects().get(&claim, 64 * 1024)? {
+                Some((bytes, _)) => Claim::decode(&unseal(&keyring, &claim, bytes)?)
+                    .is_ok_and(|c| c.node == node && c.incarnation == h.incarnation),
+                None => false,
+            };
+            if claimed {
+                heads.push(Arc::new(h));
+            }
         }
     }
     let until = at_ms.map(|ms| Stamp {

@@ -30,6 +30,16 @@ use crate::io::IoOp;
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(30);
 /// Deadline of one operation, its retries included.
 pub const OPERATION_DEADLINE: Duration = Duration::from_secs(120);
+/// The slowest transfer a deadline allows for: an attempt that moves `n`
+/// bytes gets `n` / this many seconds more (and its operation as much
+/// again per attempt), so a large object is not cut off by a deadline
+/// sized for small ones.
+pub const TRANSFER_BYTES_PER_SEC_MIN: u64 = 1024 * 1024;
+
+/// The deadline of one attempt that moves `bytes`.
+fn attempt_deadline(bytes: u64) -> Duration {
+    REQUEST_DEADLINE + Duration::from_secs(bytes / TRANSFER_BYTES_PER_SEC_MIN)
+}
 /// Attempts of one operation (the first included).
 pub const ATTEMPTS_MAX: u32 = 6;
 /// First backoff; doubled at each retry, with up to half again of jitter.
@@ -163,6 +173,20 @@ impl std::fmt::Debug for Objects {
     }
 }
 
+/// Whether an error's text says the store refused (credentials,
+/// permissions, no such bucket) rather than failed.
+fn refusal_text(text: &str) -> bool {
+    [
+        "AccessDenied",
+        "403 Forbidden",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "NoSuchBucket",
+    ]
+    .iter()
+    .any(|needle| text.contains(needle))
+}
+
 /// Is this error worth another attempt?
 fn transient(e: &object_store::Error) -> bool {
     !matches!(
@@ -235,7 +259,7 @@ impl Objects {
 
     fn path(&self, name: &str) -> StorePath {
         let mut p = self.prefix.clone();
-        for part in name.split('/') {
+        for part in name.split('/').filter(|part| !part.is_empty()) {
             p = p.join(part);
         }
         p
@@ -268,8 +292,23 @@ impl Objects {
         &self,
         op: Op,
         name: &str,
+        attempt: impl FnMut(Option<Fault>) -> Attempt<T>,
+    ) -> Result<T> {
+        self.run_moving(op, name, 0, attempt)
+    }
+
+    /// [`Objects::run`] for an operation that moves `bytes` per attempt:
+    /// no attempt starts that could end past the operation's deadline
+    /// ([`OPERATION_DEADLINE`] plus the transfer time of every attempt).
+    fn run_moving<T>(
+        &self,
+        op: Op,
+        name: &str,
+        bytes: u64,
         mut attempt: impl FnMut(Option<Fault>) -> Attempt<T>,
     ) -> Result<T> {
+        let per_attempt = attempt_deadline(bytes);
+        let total = OPERATION_DEADLINE + (per_attempt - REQUEST_DEADLINE) * ATTEMPTS_MAX;
         let started = Instant::now();
         let mut backoff = self.backoff_start;
         let mut last = String::new();
@@ -287,7 +326,7 @@ impl Objects {
                 Attempt::Fail(e) => return Err(e),
                 Attempt::Again(why) => last = why,
             }
-            if n + 1 == ATTEMPTS_MAX || started.elapsed() + backoff > OPERATION_DEADLINE {
+            if n + 1 == ATTEMPTS_MAX || started.elapsed() + backoff + per_attempt > total {
                 break;
             }
             self.counters.retried.fetch_add(1, Ordering::Relaxed);
@@ -305,6 +344,17 @@ impl Objects {
         fault: Option<Fault>,
         fut: impl Future<Output = object_store::Result<T>>,
     ) -> std::result::Result<T, AttemptError> {
+        self.block_for(fault, 0, fut)
+    }
+
+    /// [`Objects::block`] for an attempt that moves `bytes`.
+    fn block_for<T>(
+        &self,
+        fault: Option<Fault>,
+        bytes: u64,
+        fut: impl Future<Output = object_store::Result<T>>,
+    ) -> std::result::Result<T, AttemptError> {
+        let deadline = attempt_deadline(bytes);
         match fault {
             Some(Fault::Fail) => {
                 return Err(AttemptError::Again("connection reset (injected)".into()));
@@ -318,10 +368,10 @@ impl Objects {
         }
         match self
             .rt
-            .block_on(async { tokio::time::timeout(REQUEST_DEADLINE, fut).await })
+            .block_on(async { tokio::time::timeout(deadline, fut).await })
         {
             Err(_) => Err(AttemptError::Again(format!(
-                "no answer within {REQUEST_DEADLINE:?}"
+                "no answer within {deadline:?}"
             ))),
             Ok(Ok(_)) if fault == Some(Fault::LandThenFail) => Err(AttemptError::Again(
                 "the answer was lost after the store acted (injected)".into(),
@@ -335,6 +385,14 @@ impl Objects {
         match e {
             object_store::Error::PermissionDenied { .. }
             | object_store::Error::Unauthenticated { .. } => {
+                Attempt::Fail(Error::Bucket(BucketError::Refused {
+                    store: self.describe(),
+                    detail: e.to_string(),
+                }))
+            }
+            // object_store reports some refusals of S3 (a listing denied,
+            // a bucket that does not exist) only as generic errors.
+            e if refusal_text(&e.to_string()) => {
                 Attempt::Fail(Error::Bucket(BucketError::Refused {
                     store: self.describe(),
                     detail: e.to_string(),
@@ -361,7 +419,7 @@ impl Objects {
                         .map(|m| Listed {
                             name: self.relative(&m.location),
                             size: m.size,
-                            e_tag: m.e_tag,
+                            e_tag: version_tag(m.e_tag, m.version),
                         })
                         .collect(),
                 ),
@@ -383,13 +441,13 @@ impl Objects {
         max_bytes: u64,
     ) -> Result<Option<(Vec<u8>, Option<String>)>> {
         let path = self.path(name);
-        self.run(Op::Get, name, |fault| {
-            let fetched = self.block(fault, async {
+        self.run_moving(Op::Get, name, max_bytes, |fault| {
+            let fetched = self.block_for(fault, max_bytes, async {
                 let got = self.store.get_opts(&path, GetOptions::default()).await?;
                 if got.meta.size > max_bytes {
                     return Ok(Err(got.meta.size));
                 }
-                let e_tag = got.meta.e_tag.clone();
+                let e_tag = version_tag(got.meta.e_tag.clone(), got.meta.version.clone());
                 let bytes = got.bytes().await?;
                 Ok(Ok((bytes.to_vec(), e_tag)))
             });
@@ -428,16 +486,15 @@ impl Objects {
         if let Some(dir) = &self.local {
             return self.update_locked(dir, name, bytes, e_tag);
         }
-        let mode = PutMode::Update(UpdateVersion {
-            e_tag: Some(e_tag.to_string()),
-            version: None,
-        });
+        let (e_tag, version) = split_tag(e_tag);
+        let mode = PutMode::Update(UpdateVersion { e_tag, version });
         self.put(Op::Update, name, bytes, mode)
     }
 
     fn put(&self, op: Op, name: &str, bytes: &[u8], mode: PutMode) -> Result<Written> {
         let path = self.path(name);
-        let written = self.run(op, name, |fault| {
+        let len = bytes.len() as u64;
+        let written = self.run_moving(op, name, len, |fault| {
             let payload = match fault {
                 Some(Fault::Truncate) => {
                     PutPayload::from(bytes.get(..bytes.len() / 2).unwrap_or_default().to_vec())
@@ -448,8 +505,8 @@ impl Objects {
                 mode: mode.clone(),
                 ..PutOptions::default()
             };
-            match self.block(fault, self.store.put_opts(&path, payload, opts)) {
-                Ok(r) => Attempt::Ok(Written::Done(r.e_tag)),
+            match self.block_for(fault, len, self.store.put_opts(&path, payload, opts)) {
+                Ok(r) => Attempt::Ok(Written::Done(version_tag(r.e_tag, r.version))),
                 Err(AttemptError::Again(why)) => Attempt::Again(why),
                 Err(AttemptError::Store(
                     object_store::Error::AlreadyExists { .. }
@@ -485,7 +542,7 @@ impl Objects {
         let path = self.path(name);
         let current = self.run(Op::Get, name, |fault| {
             match self.block(fault, self.store.head(&path)) {
-                Ok(meta) => Attempt::Ok(meta.e_tag),
+                Ok(meta) => Attempt::Ok(version_tag(meta.e_tag, meta.version)),
                 Err(AttemptError::Again(why)) => Attempt::Again(why),
                 Err(AttemptError::Store(object_store::Error::NotFound { .. })) => Attempt::Ok(None),
                 Err(AttemptError::Store(e)) => self.refused_or_again(e),
@@ -539,6 +596,27 @@ impl Objects {
         }
         Ok(())
     }
+}
+
+/// One string for a store's version of an object: its e-tag and, for
+/// stores that name versions otherwise (GCS generations), that version,
+/// joined by U+001F. What a conditional update is given back.
+fn version_tag(e_tag: Option<String>, version: Option<String>) -> Option<String> {
+    match (e_tag, version) {
+        (None, None) => None,
+        (e, v) => Some(format!(
+            "{}\u{1f}{}",
+            e.unwrap_or_default(),
+            v.unwrap_or_default()
+        )),
+    }
+}
+
+/// The parts of a [`version_tag`].
+fn split_tag(tag: &str) -> (Option<String>, Option<String>) {
+    let (e, v) = tag.split_once('\u{1f}').unwrap_or((tag, ""));
+    let part = |p: &str| (!p.is_empty()).then(|| p.to_string());
+    (part(e), part(v))
 }
 
 enum AttemptError {

@@ -78,6 +78,20 @@ pub enum BucketError {
         /// The copy that expelled it.
         expelled_by: NodeId,
     },
+    /// A copy syncing for the first time holds writes of its own older than
+    /// deletes the bucket's copies may already have forgotten (their
+    /// tombstones collected): published, they could bring deleted keys
+    /// back. Start a fresh copy from the bucket (`mergekv restore URL
+    /// DIR`) and write there again what this one holds, or sync copies
+    /// more often than their tombstone grace.
+    StaleJoin {
+        /// This copy's node id.
+        node: NodeId,
+        /// Its oldest own write (ms since the epoch).
+        oldest_write_ms: u64,
+        /// The bucket may have forgotten deletes before this (ms).
+        horizon_ms: u64,
+    },
     /// The objects of a copy this one still needs were collected, and no
     /// snapshot covers them: the copy cannot catch up from the bucket.
     HistoryGone {
@@ -132,6 +146,17 @@ impl std::fmt::Display for BucketError {
                  waiting for it: deletes it never saw may be forgotten, so its state cannot be \
                  merged. Start a fresh copy with `mergekv restore URL DIR` and carry over by hand \
                  what this one wrote offline"
+            ),
+            BucketError::StaleJoin {
+                node,
+                oldest_write_ms,
+                horizon_ms,
+            } => write!(
+                f,
+                "this copy ({node}) joins the bucket with writes from {oldest_write_ms} ms, older \
+                 than deletes the other copies may have forgotten (before {horizon_ms} ms): \
+                 published, they could bring deleted keys back. Start a fresh copy with `mergekv \
+                 restore URL DIR` and write there again what this one holds"
             ),
             BucketError::HistoryGone {
                 origin,
