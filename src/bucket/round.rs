@@ -803,6 +803,20 @@ impl Round<'_> {
         if !changed && !heartbeat {
             return Ok(());
         }
+        if own.objects.len() > super::head::HEAD_OBJECTS_MAX {
+            // Collection is stalled (a copy that never merges, a retention
+            // longer than the publications fit): refused before a head no
+            // reader would take is written.
+            return Err(malformed(
+                &head_name(self.node),
+                format!(
+                    "{} live objects, more than a head may name ({}): collection is stalled; \
+                     check for copies that never merge, or shorten retain_ms",
+                    own.objects.len(),
+                    super::head::HEAD_OBJECTS_MAX
+                ),
+            ));
+        }
         own.generation = before.generation + 1;
         own.nonce = random_u64()?;
         own.updated_ms = self.now_ms;

@@ -98,6 +98,8 @@ fn transient(error: &mergekv::Error) -> bool {
             BucketError::Unreachable { .. }
                 | BucketError::MissingObject { .. }
                 | BucketError::Tampered { .. }
+                | BucketError::Malformed { .. }
+                | BucketError::HistoryGone { .. }
         )
     )
 }
