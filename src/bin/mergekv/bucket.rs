@@ -99,7 +99,6 @@ fn transient(error: &mergekv::Error) -> bool {
                 | BucketError::MissingObject { .. }
                 | BucketError::Tampered { .. }
                 | BucketError::Malformed { .. }
-                | BucketError::HistoryGone { .. }
         )
     )
 }
