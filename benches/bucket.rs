@@ -166,7 +166,21 @@ struct SyncRun {
     change_set_bytes: Option<u64>,
     publish: SyncReport,
     pull: SyncReport,
+    /// Small rounds afterwards, each with its report and seconds.
+    after: Vec<(SyncReport, f64)>,
+    /// The same changes without a bucket: `export_to` into memory, then
+    /// `import_stream` into a third database (seconds each).
+    reference: (f64, f64),
 }
+
+/// The small rounds run after the big one, in this order.
+const AFTER: [&str; 5] = [
+    "A, after B's first round (B's head is new to A)",
+    "A again, nothing new",
+    "B again, nothing new",
+    "A writes one key and syncs",
+    "B pulls that one change",
+];
 
 fn sync_run(root: &Path, url: Option<&str>, keys: u64, change_set: bool) -> SyncRun {
     let dir = tempfile::Builder::new()
@@ -198,7 +212,28 @@ fn sync_run(root: &Path, url: Option<&str>, keys: u64, change_set: bool) -> Sync
         assert_eq!(b.get(key(i)).unwrap().as_deref(), Some(&value(i)[..]));
     }
     let (bucket_bytes, bucket_objects) = bucket_bytes(&bucket_b);
+    // Rounds of copies that hold N keys when little or nothing is new.
+    let mut after = vec![
+        timed_sync(&bucket_a, &a),
+        timed_sync(&bucket_a, &a),
+        timed_sync(&bucket_b, &b),
+    ];
+    a.put("one more", "change").unwrap();
+    after.push(timed_sync(&bucket_a, &a));
+    after.push(timed_sync(&bucket_b, &b));
+    assert_eq!(after[3].0.pushed.changes, 1, "{:?}", after[3].0);
+    assert_eq!(after[4].0.pulled.changes, 1, "{:?}", after[4].0);
+    // The same changes without a bucket, for reference.
+    let c = Db::open_with(dir.path().join("c"), options()).unwrap();
+    let start = Instant::now();
+    let mut stream = Vec::new();
+    a.export_to(&SyncCursor::new(), &mut stream).unwrap();
+    let export_s = start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    c.import_stream(&mut &stream[..]).unwrap();
+    let reference = (export_s, start.elapsed().as_secs_f64());
     SyncRun {
+        reference,
         publish_s,
         pull_s,
         pushed_bytes: publish.pushed.bytes,
@@ -208,6 +243,7 @@ fn sync_run(root: &Path, url: Option<&str>, keys: u64, change_set: bool) -> Sync
         change_set_bytes,
         publish,
         pull,
+        after,
     }
 }
 
@@ -216,6 +252,8 @@ fn print_sync(name: &str, keys: u64, runs: &[SyncRun], change_set_bytes: u64) {
     let publish: Vec<f64> = runs.iter().map(|r| r.publish_s).collect();
     let pull: Vec<f64> = runs.iter().map(|r| r.pull_s).collect();
     let both: Vec<f64> = runs.iter().map(|r| r.publish_s + r.pull_s).collect();
+    let export: Vec<f64> = runs.iter().map(|r| r.reference.0).collect();
+    let import: Vec<f64> = runs.iter().map(|r| r.reference.1).collect();
     let bytes = runs[0].pushed_bytes as f64;
     println!("### {name}: {keys} changes, {} runs", runs.len());
     println!();
@@ -229,6 +267,16 @@ fn print_sync(name: &str, keys: u64, runs: &[SyncRun], change_set_bytes: u64) {
         ),
         ("B pulls (`sync`)", &pull, runs[0].pulled_bytes as f64),
         ("both", &both, bytes),
+        (
+            "reference, no bucket: `export_to` into memory",
+            &export,
+            bytes,
+        ),
+        (
+            "reference, no bucket: `import_stream` from memory",
+            &import,
+            bytes,
+        ),
     ] {
         let m = median(secs);
         println!(
@@ -259,6 +307,21 @@ fn print_sync(name: &str, keys: u64, runs: &[SyncRun], change_set_bytes: u64) {
         requests(&runs[0].publish.requests),
         requests(&runs[0].pull.requests)
     );
+    println!();
+    println!("Then small rounds of the same two copies (each holding {keys} keys):");
+    println!();
+    println!("| round | requests (every run) | head written | ms (median) | ms, each run |");
+    println!("|---|---|---|---|---|");
+    for (i, name) in AFTER.iter().enumerate() {
+        let ms: Vec<f64> = runs.iter().map(|r| r.after[i].1 * 1e3).collect();
+        println!(
+            "| {name} | {} | {} | {:.1} | {} |",
+            distinct(runs.iter().map(|r| requests(&r.after[i].0.requests))),
+            distinct(runs.iter().map(|r| r.after[i].0.head_written.to_string())),
+            median(&ms),
+            list(&ms, 1)
+        );
+    }
     println!();
 }
 
