@@ -29,6 +29,8 @@
 //! background compaction, which is off so a round measures the round;
 //! part 1's A and part 3's source are compacted after loading. Part 2's
 //! copies use one worker thread each (a hundred databases in one process).
+//! Part 3's importing children open their database as a user would: the
+//! default options (compaction on), then memtable and cache of 8 MiB.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -709,9 +711,10 @@ fn child(args: &[String]) {
     );
 }
 
-/// `options()` with the memtable and cache sizes in `args[3..5]`, if given.
+/// The default options (background compaction on, as a user opens a
+/// database) with the memtable and cache sizes in `args[3..5]`, if given.
 fn budget_options(args: &[String]) -> Options {
-    let mut o = options();
+    let mut o = Options::default();
     if let (Some(m), Some(c)) = (args.get(3), args.get(4)) {
         o.memtable_bytes_max = m.parse().unwrap();
         o.cache_bytes_max = c.parse().unwrap();
