@@ -89,6 +89,9 @@ pub struct Head {
     pub nonce: u64,
     /// Wall time of this write (ms since the epoch).
     pub updated_ms: u64,
+    /// A backup: it publishes and never pulls, so no copy waits for it
+    /// (flags bit 0).
+    pub backup_only: bool,
     /// `updated_ms` less this copy's tombstone grace: a reader takes the
     /// grace from it (the copy collects tombstones older than its grace
     /// at any time), and a copy joining with writes older than now less
@@ -184,7 +187,6 @@ fn open<'a>(bytes: &'a [u8], magic: &[u8; 8], what: &str) -> DecodeResult<Reader
             "{what} version {version}, this build reads {BUCKET_FORMAT_VERSION}"
         ));
     }
-    let _flags = r.u16().map_err(|e| e.to_string())?;
     Ok(r)
 }
 
@@ -200,7 +202,7 @@ impl Head {
         let mut w = Writer::with_capacity(256 + self.objects.len() * 112);
         w.bytes(&HEAD_MAGIC);
         w.u16(BUCKET_FORMAT_VERSION);
-        w.u16(0);
+        w.u16(u16::from(self.backup_only));
         w.u64(self.node.0);
         w.bytes(&self.incarnation);
         w.u64(self.generation);
@@ -247,6 +249,10 @@ impl Head {
     pub fn decode(bytes: &[u8]) -> DecodeResult<Head> {
         let mut r = open(bytes, &HEAD_MAGIC, "head")?;
         let e = |e: crate::codec::DecodeError| e.to_string();
+        let flags = r.u16().map_err(e)?;
+        if flags & !1 != 0 {
+            return Err(format!("unknown head flags {flags:#x}"));
+        }
         let node = NodeId(r.u64().map_err(e)?);
         let incarnation = array::<16>(&mut r)?;
         let generation = r.u64().map_err(e)?;
@@ -324,6 +330,7 @@ impl Head {
             generation,
             nonce,
             updated_ms,
+            backup_only: flags & 1 != 0,
             collect_below_ms,
             objects,
             snapshots,
@@ -351,6 +358,7 @@ impl Claim {
     pub fn decode(bytes: &[u8]) -> DecodeResult<Claim> {
         let mut r = open(bytes, &CLAIM_MAGIC, "claim")?;
         let e = |e: crate::codec::DecodeError| e.to_string();
+        let _flags = r.u16().map_err(e)?;
         let claim = Claim {
             node: NodeId(r.u64().map_err(e)?),
             incarnation: array::<16>(&mut r)?,
@@ -413,6 +421,7 @@ mod tests {
             generation: 12,
             nonce: 99,
             updated_ms: 1_000,
+            backup_only: true,
             collect_below_ms: 500,
             objects: vec![ObjectRef {
                 seq: 3,

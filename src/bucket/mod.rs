@@ -125,6 +125,9 @@ pub struct Bucket {
     /// Held for a round through this value (see [`round_turn`] for rounds
     /// through several values).
     round: Mutex<()>,
+    /// Heads found unclaimed, by version: not downloaded again until they
+    /// change.
+    unclaimed: Mutex<std::collections::HashSet<(NodeId, Option<String>)>>,
     /// Per copy, the claim up to which a scan found nothing to publish.
     scanned: Mutex<HashMap<NodeId, crate::clock::Stamp>>,
 }
@@ -157,6 +160,7 @@ impl Bucket {
             claims: Mutex::new(std::collections::HashSet::new()),
             round: Mutex::new(()),
             scanned: Mutex::new(HashMap::new()),
+            unclaimed: Mutex::new(std::collections::HashSet::new()),
         })
     }
 
@@ -185,6 +189,7 @@ impl Bucket {
             claims: Mutex::new(std::collections::HashSet::new()),
             round: Mutex::new(()),
             scanned: Mutex::new(HashMap::new()),
+            unclaimed: Mutex::new(std::collections::HashSet::new()),
         })
     }
 
@@ -328,6 +333,14 @@ impl Bucket {
             .into_iter()
             .map(|l| (l.name, l.size))
             .collect())
+    }
+
+    pub(crate) fn known_unclaimed(&self, node: NodeId, e_tag: &Option<String>) -> bool {
+        e_tag.is_some() && self.unclaimed.lock().contains(&(node, e_tag.clone()))
+    }
+
+    pub(crate) fn note_unclaimed(&self, node: NodeId, e_tag: Option<String>) {
+        self.unclaimed.lock().insert((node, e_tag));
     }
 
     pub(crate) fn scanned(&self, node: NodeId) -> Option<crate::clock::Stamp> {

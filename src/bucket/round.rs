@@ -244,6 +244,27 @@ fn upload(bucket: &Bucket, name: &str, bytes: &[u8]) -> Result<bool> {
     Ok(true)
 }
 
+/// Imports a bucket object (checked whole already), held to what its head
+/// says: the stream's origin must be the head's copy, and the cursor taken
+/// is the head's (`covers` of a snapshot, `{copy: last}` of a change
+/// object), never the stream's own.
+fn import_object(
+    engine: &Engine,
+    bytes: &[u8],
+    name: &str,
+    origin: NodeId,
+    cursor: &SyncCursor,
+    until: Option<Stamp>,
+) -> Result<crate::sync::ImportReport> {
+    let expected = crate::sync::stream::Expected { origin, cursor };
+    crate::sync::stream::import_until(engine, &mut &bytes[..], until, Some(expected)).map_err(|e| {
+        match e {
+            Error::Decode { reason, .. } => malformed(name, reason),
+            other => other,
+        }
+    })
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -271,6 +292,8 @@ struct Round<'a> {
     /// The former identity's tail went out this round (see
     /// `LocalState::former`).
     former_done: bool,
+    /// A backup round: publishes, never pulls (said in the head).
+    backup: bool,
 }
 
 impl Round<'_> {
@@ -308,7 +331,9 @@ impl Round<'_> {
             claimed_ms: self.now_ms,
         };
         let bytes = seal(&self.keyring, &name, claim.encode())?;
-        if self.bucket.objects().create(&name, &bytes)? == Written::Lost {
+        // Checked whole once written: a claim cut short would make every
+        // other copy ignore this one.
+        if !upload(self.bucket, &name, &bytes)? {
             let Some((found, _)) = self.bucket.objects().get(&name, 64 * 1024)? else {
                 return Err(malformed(&name, "exists, then vanished"));
             };
@@ -393,6 +418,7 @@ impl Round<'_> {
             generation: 0,
             nonce: 0,
             updated_ms: 0,
+            backup_only: false,
             collect_below_ms: 0,
             objects: Vec::new(),
             snapshots: Vec::new(),
@@ -414,6 +440,10 @@ impl Round<'_> {
             }
             if let Some(h) = self.bucket.cached_head(self.node, node, &l.e_tag) {
                 heads.push(h);
+                continue;
+            }
+            if self.bucket.known_unclaimed(node, &l.e_tag) {
+                self.report.unclaimed.push(node);
                 continue;
             }
             // Read by an earlier process at this version: kept in `_local`,
@@ -460,6 +490,7 @@ impl Round<'_> {
             match self.claimed_by(&head) {
                 Ok(true) => {}
                 Ok(false) => {
+                    self.bucket.note_unclaimed(node, e_tag);
                     self.report.unclaimed.push(head.node);
                     continue;
                 }
@@ -570,7 +601,7 @@ impl Round<'_> {
     fn import_snapshot(&mut self, maker: &Head, s: &SnapshotRef) -> Result<()> {
         let name = snapshot_name(maker.node, s.seq, s.nonce);
         let bytes = fetch_checked(self.bucket, &name, &head_name(maker.node), s.bytes, &s.hash)?;
-        let imported = crate::sync::stream::import(self.engine, &mut &bytes[..])?;
+        let imported = import_object(self.engine, &bytes, &name, maker.node, &s.covers, None)?;
         self.report.pulled.objects += 1;
         self.report.pulled.changes += s.changes;
         self.report.pulled.bytes += s.bytes;
@@ -606,9 +637,27 @@ impl Round<'_> {
             if up_to.is_some_and(|limit| o.last > limit) {
                 break;
             }
+            if o.after > p && self.st.progress.contains_key(&h.node.0) {
+                // Objects we never merged were collected while we held
+                // older ones of this copy: a snapshot cannot take back
+                // what we hold (a put whose delete was collected), so no
+                // bridge: this copy must start afresh.
+                return Err(bucket_err(BucketError::HistoryGone {
+                    origin: h.node,
+                    merged_seq: h
+                        .objects
+                        .iter()
+                        .filter(|x| x.last <= p)
+                        .map(|x| x.seq)
+                        .max()
+                        .unwrap_or(0),
+                    oldest_seq: o.seq,
+                }));
+            }
             if o.after > p {
-                // Objects we never merged were collected: a snapshot that
-                // covers up to this object's start bridges the gap.
+                // Nothing merged of this copy yet, and its first objects
+                // were collected: a snapshot that covers up to this
+                // object's start bridges the gap.
                 let bridge = snapshots
                     .iter()
                     .filter(|(_, s)| s.covers.seen.get(&h.node).is_some_and(|c| *c >= o.after))
@@ -636,7 +685,10 @@ impl Round<'_> {
             }
             let name = object_name(h.node, o.seq, o.nonce);
             let bytes = fetch_checked(self.bucket, &name, &head, o.bytes, &o.hash)?;
-            let imported = crate::sync::stream::import(self.engine, &mut &bytes[..])?;
+            let last = SyncCursor {
+                seen: [(h.node, o.last)].into_iter().collect(),
+            };
+            let imported = import_object(self.engine, &bytes, &name, h.node, &last, None)?;
             self.report.pulled.objects += 1;
             self.report.pulled.changes += o.changes;
             self.report.pulled.bytes += o.bytes;
@@ -797,6 +849,7 @@ impl Round<'_> {
             || own.merged != before.merged
             || own.expelled != before.expelled
             || own.retired != before.retired
+            || own.backup_only != self.backup
             || self.st.head_e_tag.is_none();
         let heartbeat =
             self.now_ms.saturating_sub(before.updated_ms) >= self.options().heartbeat_ms;
@@ -817,6 +870,7 @@ impl Round<'_> {
                 ),
             ));
         }
+        own.backup_only = self.backup;
         own.generation = before.generation + 1;
         own.nonce = random_u64()?;
         own.updated_ms = self.now_ms;
@@ -873,7 +927,10 @@ fn snapshots_of(heads: &[Arc<Head>]) -> Vec<(Arc<Head>, SnapshotRef)> {
         .iter()
         .flat_map(|h| h.snapshots.iter().map(move |s| (h.clone(), s.clone())))
         .collect();
-    all.sort_by_key(|(_, s)| s.made_ms);
+    // One order every copy agrees on (a tie in time is broken by the
+    // maker's id, then its number), so "the newest" is the same snapshot
+    // for the copy that collects and for the one that joins.
+    all.sort_by_key(|(h, s)| (s.made_ms, h.node, s.seq));
     all
 }
 
@@ -931,6 +988,7 @@ pub(crate) fn sync(bucket: &Bucket, engine: &Engine, pull: bool) -> Result<SyncR
         report: SyncReport::default(),
         force_head: false,
         former_done: false,
+        backup: !(pull && bucket.options.pull),
     };
     let pull = pull && bucket.options.pull;
     let listing = bucket.objects().list("heads")?;
@@ -984,14 +1042,27 @@ pub(crate) fn sync(bucket: &Bucket, engine: &Engine, pull: bool) -> Result<SyncR
     }
     let mut own = before.clone();
     let horizon = bucket.options.silence_horizon_ms;
+    // Silent next to the bucket's latest activity (this round counts), not
+    // to the wall clock alone: the first copy back after everyone was
+    // quiet does not expel the others. A head dated ahead counts as now.
+    let latest = others
+        .iter()
+        .map(|h| h.updated_ms.min(round.now_ms))
+        .chain((before.generation > 0).then_some(before.updated_ms.min(round.now_ms)))
+        .max()
+        .unwrap_or(round.now_ms);
     let (silent, live): (Vec<_>, Vec<_>) = others
         .iter()
         .cloned()
-        .partition(|h| round.now_ms.saturating_sub(h.updated_ms) > horizon);
+        .partition(|h| latest.saturating_sub(h.updated_ms) > horizon);
+    // Backups publish and never pull: no one waits for them.
+    let (backups, live): (Vec<_>, Vec<_>) = live.into_iter().partition(|h| h.backup_only);
+    drop(backups);
     let expelled_already: BTreeSet<NodeId> = own.expelled.iter().map(|(n, _)| *n).collect();
-    let all_heads: Vec<Arc<Head>> = others.clone();
-    let snapshots = snapshots_of(&all_heads);
+    let snapshots = snapshots_of(&live);
     let mut failure: Option<Error> = None;
+    // Copies all of whose listed objects this round merged.
+    let mut pulled_whole: BTreeSet<NodeId> = BTreeSet::new();
     let joining = before.generation == 0 && round.st.head.is_none();
     if joining {
         // Writes made before joining, older than deletes the bucket's
@@ -1008,9 +1079,13 @@ pub(crate) fn sync(bucket: &Bucket, engine: &Engine, pull: bool) -> Result<SyncR
             failure.get_or_insert(e);
         }
         for h in &live {
-            if let Err(e) = round.pull_from(h, &snapshots, None) {
-                failure.get_or_insert(e);
-            }
+            match round.pull_from(h, &snapshots, None) {
+                Ok(()) => pulled_whole.insert(h.node),
+                Err(e) => {
+                    failure.get_or_insert(e);
+                    false
+                }
+            };
         }
         // A silent copy's objects, as far as the live copies merged them:
         // they hold them, so this copy must too (further, their deletes
@@ -1038,9 +1113,14 @@ pub(crate) fn sync(bucket: &Bucket, engine: &Engine, pull: bool) -> Result<SyncR
     // Entries for copies whose head is gone are dropped.
     own.expelled
         .retain(|(n, _)| others.iter().any(|h| h.node == *n));
-    // Tombstone GC waits for every live copy's head.
+    // Tombstone GC waits for every live copy's head; a copy's cursor is
+    // taken only once every object its head lists is merged here (it may
+    // have seen a delete after publishing an older put of that key: the
+    // tombstone must stay until we hold that put too).
     for h in &live {
-        merge_local_cursor(engine, &peer_key(h.node), &h.merged)?;
+        if pulled_whole.contains(&h.node) {
+            merge_local_cursor(engine, &peer_key(h.node), &h.merged)?;
+        }
     }
     // Our own news goes out even if some other copy's objects could not
     // be merged (a damaged object must not silence this copy).
@@ -1308,7 +1388,7 @@ fn restore_into(
     if let Some((maker, s)) = &snapshot {
         let name = snapshot_name(maker.node, s.seq, s.nonce);
         let bytes = fetch_checked(bucket, &name, &head_name(maker.node), s.bytes, &s.hash)?;
-        crate::sync::stream::import_until(engine, &mut &bytes[..], until)?;
+        import_object(engine, &bytes, &name, maker.node, &s.covers, until)?;
         report.pulled.objects += 1;
         report.pulled.changes += s.changes;
         report.pulled.bytes += s.bytes;
@@ -1338,7 +1418,10 @@ fn restore_into(
             }
             let name = object_name(h.node, o.seq, o.nonce);
             let bytes = fetch_checked(bucket, &name, &head_name(h.node), o.bytes, &o.hash)?;
-            crate::sync::stream::import_until(engine, &mut &bytes[..], until)?;
+            let last = SyncCursor {
+                seen: [(h.node, o.last)].into_iter().collect(),
+            };
+            import_object(engine, &bytes, &name, h.node, &last, until)?;
             report.pulled.objects += 1;
             report.pulled.changes += o.changes;
             report.pulled.bytes += o.bytes;

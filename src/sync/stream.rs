@@ -203,7 +203,17 @@ impl StreamWriter<'_> {
 /// `Error::Decode` and nothing of it is applied. Chunks a previous,
 /// interrupted import of the same stream applied are checked and skipped.
 pub(crate) fn import(engine: &Engine, input: &mut dyn Read) -> Result<ImportReport> {
-    import_until(engine, input, None)
+    import_until(engine, input, None, None)
+}
+
+/// What a caller that knows where a stream comes from holds it to: its
+/// origin, and the cursor its end chunk may claim (taken instead of the
+/// stream's own: a bucket's head says what an object covers).
+pub(crate) struct Expected<'a> {
+    /// The origin the stream's header must name.
+    pub origin: NodeId,
+    /// The cursor merged at the end.
+    pub cursor: &'a SyncCursor,
 }
 
 /// [`import`] of only the parts stamped at or before `until`, if given (a
@@ -213,6 +223,7 @@ pub(crate) fn import_until(
     engine: &Engine,
     input: &mut dyn Read,
     until: Option<crate::clock::Stamp>,
+    expected: Option<Expected<'_>>,
 ) -> Result<ImportReport> {
     let keyring = engine.wal().keyring().read().clone();
     let mut header = vec![0u8; STREAM_HEADER_BYTES];
@@ -241,6 +252,14 @@ pub(crate) fn import_until(
     } else {
         None
     };
+    if let Some(e) = &expected
+        && e.origin != parsed.origin
+    {
+        return Err(decode(format!(
+            "a stream from {}, where {} was expected",
+            parsed.origin, e.origin
+        )));
+    }
     if parsed.origin == engine.node() {
         // Only another directory writing under this copy's id (a clone)
         // exports under it: refused before any chunk lands.
@@ -381,6 +400,19 @@ pub(crate) fn import_until(
                 }
                 if r.remaining() != 0 {
                     return Err(decode("bytes after the end chunk's cursor".into()));
+                }
+                if let Some(e) = &expected {
+                    complete = e.cursor.clone();
+                    if let Some(until) = until {
+                        for stamp in complete.seen.values_mut() {
+                            if *stamp > until {
+                                *stamp = crate::clock::Stamp {
+                                    node: stamp.node,
+                                    ..until
+                                };
+                            }
+                        }
+                    }
                 }
                 super::exchange::merge_complete_cursor(engine, &complete)?;
                 if progress(engine)?.is_some_and(|p| p.id == parsed.id) {
