@@ -696,6 +696,29 @@ impl Round<'_> {
             self.st.progress.insert(h.node.0, o.last);
             self.save()?;
         }
+        // Its head says it published further than any object left: what
+        // lies between was collected while this copy held older changes
+        // of it (a snapshot cannot take those back).
+        let p = self.progress(h.node);
+        if up_to.is_none()
+            && self.st.progress.contains_key(&h.node.0)
+            && h.merged
+                .seen
+                .get(&h.node)
+                .is_some_and(|published| *published > p)
+        {
+            return Err(bucket_err(BucketError::HistoryGone {
+                origin: h.node,
+                merged_seq: h
+                    .objects
+                    .iter()
+                    .filter(|x| x.last <= p)
+                    .map(|x| x.seq)
+                    .max()
+                    .unwrap_or(0),
+                oldest_seq: h.objects.first().map_or(0, |o| o.seq),
+            }));
+        }
         Ok(())
     }
 
@@ -891,6 +914,11 @@ impl Round<'_> {
                 if self.former_done {
                     self.st.former = None;
                 }
+                // The bucket itself is a peer: a tombstone of ours is kept
+                // until a head of ours says it was published (and others'
+                // until we hold them), or a delete could be collected here
+                // before any other copy could see it.
+                merge_local_cursor(self.engine, &self_peer_key(&self.key), &own.merged)?;
                 self.st.pending = None;
                 self.st.head = Some(own.encode());
                 self.st.head_e_tag = e_tag;
@@ -1165,6 +1193,11 @@ pub(crate) fn sync(bucket: &Bucket, engine: &Engine, pull: bool) -> Result<SyncR
         Some(e) => Err(e),
         None => Ok(round.report),
     }
+}
+
+/// The peer cursor standing for the bucket itself (see `write_head`).
+fn self_peer_key(state_key: &str) -> String {
+    crate::sync::peer_cursor_key(&format!("bucket-self:{state_key}"))
 }
 
 fn peer_key(node: NodeId) -> String {

@@ -309,10 +309,12 @@ pub(crate) fn forget_local(engine: &Engine, key: &str) -> Result<()> {
 }
 
 pub(crate) fn merge_local_cursor(engine: &Engine, key: &str, cursor: &SyncCursor) -> Result<()> {
-    let stored: SyncCursor = local_get(engine, key)?.unwrap_or_default();
-    let mut merged = stored.clone();
+    let stored: Option<SyncCursor> = local_get(engine, key)?;
+    let mut merged = stored.clone().unwrap_or_default();
     merged.merge(cursor);
-    if merged != stored {
+    // Stored even when empty: a peer cursor's presence is what makes the
+    // tombstone collection wait for that peer at all.
+    if stored.as_ref() != Some(&merged) {
         local_put_typed(engine, key, &merged)?;
     }
     Ok(())
