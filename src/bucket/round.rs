@@ -611,12 +611,11 @@ impl Round<'_> {
             if *origin == self.node {
                 continue;
             }
-            let p = self
-                .st
-                .progress
-                .entry(origin.0)
-                .or_insert(origin_floor(*origin));
-            *p = (*p).max(*stamp);
+            // Only for copies nothing was merged from yet: for the others,
+            // what lies between their progress and the snapshot is pulled
+            // as objects, or is a gap (`HistoryGone`): a snapshot cannot
+            // take back older changes already held.
+            self.st.progress.entry(origin.0).or_insert(*stamp);
         }
         self.save()
     }
