@@ -418,7 +418,16 @@ fn url_identity(url: &str, prefix: &StorePath) -> String {
         other => other,
     };
     if scheme == "file" {
-        let path: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
+        // One folder is one bucket however it is spelled: `.`, `..` and
+        // symbolic links resolve (the folder exists by now: opening
+        // creates it). Spelled two ways, a copy would not find its own
+        // sync state and would take its own claim for a clone's.
+        let raw = format!("/{}", rest.trim_start_matches('/'));
+        let resolved = std::fs::canonicalize(&raw)
+            .ok()
+            .and_then(|p| p.to_str().map(str::to_string))
+            .unwrap_or(raw);
+        let path: Vec<&str> = resolved.split('/').filter(|p| !p.is_empty()).collect();
         return format!("file:///{}", path.join("/"));
     }
     let bucket = rest.split('/').next().unwrap_or_default();

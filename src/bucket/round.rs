@@ -901,6 +901,18 @@ impl Round<'_> {
             .saturating_sub(self.engine.options().tombstone_grace_ms);
         let name = head_name(self.node);
         let bytes = seal(&self.keyring, &name, own.encode())?;
+        if bytes.len() > super::head::HEAD_BYTES_MAX {
+            // Readers, this copy included, take no bigger head.
+            return Err(malformed(
+                &name,
+                format!(
+                    "{} bytes, more than a head may hold ({}): collection is stalled; check \
+                     for copies that never merge, or shorten retain_ms",
+                    bytes.len(),
+                    super::head::HEAD_BYTES_MAX
+                ),
+            ));
+        }
         self.st.pending = Some((own.generation, own.nonce));
         self.save_durable()?;
         let expected = self.st.head_e_tag.clone();
@@ -1067,21 +1079,34 @@ pub(crate) fn sync(bucket: &Bucket, engine: &Engine, pull: bool) -> Result<SyncR
             h.merged.seen.get(&node).copied().unwrap_or(Stamp::ZERO)
         )));
     }
+    if round.backup && before.generation > 0 && !before.backup_only {
+        return Err(bucket_err(BucketError::BackupOfSyncingCopy { node }));
+    }
     let mut own = before.clone();
     let horizon = bucket.options.silence_horizon_ms;
-    // Silent next to the bucket's latest activity (this round counts), not
-    // to the wall clock alone: the first copy back after everyone was
-    // quiet does not expel the others. A head dated ahead counts as now.
-    let latest = others
-        .iter()
-        .map(|h| h.updated_ms.min(round.now_ms))
-        .chain((before.generation > 0).then_some(before.updated_ms.min(round.now_ms)))
-        .max()
-        .unwrap_or(round.now_ms);
+    let now = round.now_ms;
+    // Since when this copy has been here without a break longer than the
+    // horizon: a copy back from a long absence is as stale as the others,
+    // and measures their silence from its return, not from its own rounds.
+    let present_key = format!("{}/present", round.key);
+    let returning = before.generation == 0 || now.saturating_sub(before.updated_ms) > horizon;
+    let present_since = match local_get::<u64>(engine, &present_key)? {
+        Some(since) if !returning => since,
+        stored => {
+            if stored != Some(now) {
+                local_put_typed(engine, &present_key, &now)?;
+            }
+            now
+        }
+    };
+    // A copy is silent when this one went on without it for longer than
+    // the horizon: present all that time, it pulled everything the other
+    // published before falling quiet. (Another copy's activity proves
+    // nothing: it may be just back from the same long absence.)
     let (silent, live): (Vec<_>, Vec<_>) = others
         .iter()
         .cloned()
-        .partition(|h| latest.saturating_sub(h.updated_ms) > horizon);
+        .partition(|h| now.saturating_sub(h.updated_ms.max(present_since)) > horizon);
     // Backups publish and never pull: no one waits for them.
     let (backups, live): (Vec<_>, Vec<_>) = live.into_iter().partition(|h| h.backup_only);
     drop(backups);
@@ -1090,7 +1115,11 @@ pub(crate) fn sync(bucket: &Bucket, engine: &Engine, pull: bool) -> Result<SyncR
     let mut failure: Option<Error> = None;
     // Copies all of whose listed objects this round merged.
     let mut pulled_whole: BTreeSet<NodeId> = BTreeSet::new();
-    let joining = before.generation == 0 && round.st.head.is_none();
+    // A copy that only backed up here until now joins as a new one: no
+    // one waited for it, and its writes may be older than deletes the
+    // others forgot.
+    let joining =
+        (before.generation == 0 && round.st.head.is_none()) || (before.backup_only && pull);
     if joining {
         // Writes made before joining, older than deletes the bucket's
         // copies may already have forgotten, could bring those keys back.
@@ -1135,7 +1164,10 @@ pub(crate) fn sync(bucket: &Bucket, engine: &Engine, pull: bool) -> Result<SyncR
         if !expelled_already.contains(&h.node) {
             own.expelled.push((h.node, h.generation));
         }
-        forget_local(engine, &peer_key(h.node))?;
+        // Only if there is a cursor to forget: an idle round writes nothing.
+        if local_get::<SyncCursor>(engine, &peer_key(h.node))?.is_some() {
+            forget_local(engine, &peer_key(h.node))?;
+        }
     }
     // Entries for copies whose head is gone are dropped.
     own.expelled
@@ -1215,6 +1247,9 @@ fn collect(round: &mut Round<'_>, own: &mut Head, live: &[Arc<Head>]) -> Result<
         v
     });
     let newest = all.last().map(|(_, s)| s.covers.clone());
+    // A head that could not be read this round may be a copy that has not
+    // merged what the others have: nothing new is retired until it reads.
+    let hold = !round.report.unreadable.is_empty();
     let retained = |published_ms: u64| now.saturating_sub(published_ms) < options.retain_ms;
     // Whether a snapshot older than the retention covers `last` of ours:
     // then a restore to any time within the retention starts from it or
@@ -1236,7 +1271,7 @@ fn collect(round: &mut Round<'_>, own: &mut Head, live: &[Arc<Head>]) -> Result<
         let merged = live
             .iter()
             .all(|h| h.merged.seen.get(&node).is_some_and(|c| *c >= o.last));
-        if covered && merged && covered_long_enough(o.last) && keep.is_empty() {
+        if !hold && covered && merged && covered_long_enough(o.last) && keep.is_empty() {
             own.retired.push(Retired {
                 name: object_name(node, o.seq, o.nonce),
                 since_ms: now,
@@ -1247,10 +1282,11 @@ fn collect(round: &mut Round<'_>, own: &mut Head, live: &[Arc<Head>]) -> Result<
     }
     own.objects = keep;
     // Own snapshots: all but the newest, once past the retention.
-    while own
-        .snapshots
-        .get(1)
-        .is_some_and(|next| !retained(next.made_ms))
+    while !hold
+        && own
+            .snapshots
+            .get(1)
+            .is_some_and(|next| !retained(next.made_ms))
     {
         let s = own.snapshots.remove(0);
         own.retired.push(Retired {
@@ -1275,9 +1311,19 @@ fn collect(round: &mut Round<'_>, own: &mut Head, live: &[Arc<Head>]) -> Result<
             kept.push(r);
         }
     }
+    // Names whose delete keeps failing are not carried for ever: past
+    // `RETIRED_MAX` the oldest leave the head, and the sweep (which deletes
+    // every numbered object of ours that no head names) tries them again.
+    if kept.len() > RETIRED_MAX {
+        kept.drain(..kept.len() - RETIRED_MAX);
+    }
     own.retired = kept;
     Ok(())
 }
+
+/// The most names a head carries as retired (deleted after the grace
+/// period); see `collect`.
+const RETIRED_MAX: usize = 4_096;
 
 /// Deletes this copy's own objects that no head names: uploads of rounds
 /// whose head write failed (their changes went out again in a later
@@ -1322,8 +1368,13 @@ fn sweep(round: &mut Round<'_>, before: &Head, own: &Head) -> Result<()> {
                 _ => seq.is_some_and(|s| s <= own.snapshots.last().map_or(0, |x| x.seq)),
             };
             if ours && !named.contains(&l.name) {
-                round.bucket.objects().delete(&l.name)?;
-                round.report.deleted += 1;
+                // As in `collect`: a delete the store refuses (a bucket
+                // without delete rights, a retention lock) is reported and
+                // tried again at the next sweep; it must not stop the head.
+                match round.bucket.objects().delete(&l.name) {
+                    Ok(()) => round.report.deleted += 1,
+                    Err(_) => round.report.delete_failed += 1,
+                }
             }
         }
     }
@@ -1371,6 +1422,39 @@ pub(crate) fn restore(
     Ok((Db::open_with(dir, options)?, report))
 }
 
+/// Why restoring from a snapshot covering `covers` (none: from the first
+/// publications) would miss changes: the first copy whose next object
+/// starts after what the snapshot holds of it. `None` when nothing is
+/// missing.
+fn restore_gap(
+    heads: &[Arc<Head>],
+    covers: Option<&SyncCursor>,
+    until: Option<Stamp>,
+) -> Option<String> {
+    for h in heads {
+        let mut p = covers
+            .and_then(|c| c.seen.get(&h.node).copied())
+            .unwrap_or(origin_floor(h.node));
+        for o in &h.objects {
+            if o.last <= p {
+                continue;
+            }
+            if until.is_some_and(|u| o.after >= u) {
+                break;
+            }
+            if o.after > p {
+                return Some(format!(
+                    "the changes of {} before publication {} are gone and no snapshot old \
+                     enough covers them",
+                    h.node, o.seq
+                ));
+            }
+            p = o.last;
+        }
+    }
+    None
+}
+
 fn restore_into(
     bucket: &Bucket,
     dir: &Path,
@@ -1411,11 +1495,34 @@ fn restore_into(
         at_ms,
         ..RestoreReport::default()
     };
-    // The newest snapshot that holds nothing after `until`.
-    let snapshot = snapshots_of(&heads)
+    // The newest snapshot that holds nothing after `until` and from which
+    // every copy's objects follow without a gap (a backup's snapshot, say,
+    // covers only its own copy); failing all, no snapshot.
+    let mut candidates: Vec<Option<(Arc<Head>, SnapshotRef)>> = snapshots_of(&heads)
         .into_iter()
         .rev()
-        .find(|(_, s)| until.is_none_or(|u| s.covers.seen.values().all(|c| *c <= u)));
+        .filter(|(_, s)| until.is_none_or(|u| s.covers.seen.values().all(|c| *c <= u)))
+        .map(Some)
+        .collect();
+    candidates.push(None);
+    let mut first_gap = None;
+    let mut snapshot = None;
+    for candidate in candidates {
+        match restore_gap(&heads, candidate.as_ref().map(|(_, s)| &s.covers), until) {
+            None => {
+                snapshot = Some(candidate);
+                break;
+            }
+            Some(gap) => {
+                first_gap.get_or_insert(gap);
+            }
+        }
+    }
+    let Some(snapshot) = snapshot else {
+        return Err(bucket_err(BucketError::NothingToRestore {
+            reason: first_gap.unwrap_or_default(),
+        }));
+    };
     let mut progress: BTreeMap<NodeId, Stamp> = BTreeMap::new();
     if let Some((maker, s)) = &snapshot {
         let name = snapshot_name(maker.node, s.seq, s.nonce);
@@ -1439,15 +1546,6 @@ fn restore_into(
             if until.is_some_and(|u| o.after >= u) {
                 break;
             }
-            if o.after > p {
-                return Err(bucket_err(BucketError::NothingToRestore {
-                    reason: format!(
-                        "the changes of {} before publication {} are gone and no snapshot \
-                         old enough covers them",
-                        h.node, o.seq
-                    ),
-                }));
-            }
             let name = object_name(h.node, o.seq, o.nonce);
             let bytes = fetch_checked(bucket, &name, &head_name(h.node), o.bytes, &o.hash)?;
             let last = SyncCursor {
@@ -1457,8 +1555,23 @@ fn restore_into(
             report.pulled.objects += 1;
             report.pulled.changes += o.changes;
             report.pulled.bytes += o.bytes;
-            p = o.last;
+            // Cut at `until`, the object is held only up to there: the
+            // next round takes it again, whole.
+            p = until.map_or(o.last, |u| o.last.min(u));
         }
+        progress.insert(h.node, p);
     }
+    // The restored copy's sync state for this bucket: what it holds of
+    // every copy. Its first round then goes on from there (a gap since is
+    // `HistoryGone`) instead of joining afresh, when deletes it never saw
+    // may have been forgotten. Node 0 stands for "not yet claimed": the
+    // round draws an incarnation and keeps the progress.
+    let st = LocalState {
+        node: 0,
+        progress: progress.into_iter().map(|(n, p)| (n.0, p)).collect(),
+        ..LocalState::default()
+    };
+    local_put_typed(engine, &state_key(bucket), &st)?;
+    engine.wal().sync_written()?;
     Ok((db, report))
 }

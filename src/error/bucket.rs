@@ -102,6 +102,14 @@ pub enum BucketError {
         /// The oldest publication still in the bucket.
         oldest_seq: u64,
     },
+    /// `backup` into a bucket this copy syncs through: its head there is a
+    /// syncing copy's, which the others wait for; as a backup it would
+    /// stop pulling while they go on collecting what it has not merged.
+    /// Back it up into a bucket (or prefix) of its own.
+    BackupOfSyncingCopy {
+        /// This copy's node id.
+        node: NodeId,
+    },
     /// No snapshot in the bucket is old enough for a point-in-time restore.
     NothingToRestore {
         /// Why.
@@ -167,6 +175,12 @@ impl std::fmt::Display for BucketError {
                 "the bucket no longer holds what this copy lacks from {origin} (merged up to \
                  publication {merged_seq}, the oldest kept is {oldest_seq}) and no snapshot covers \
                  it: start a fresh copy with `mergekv restore URL DIR`"
+            ),
+            BucketError::BackupOfSyncingCopy { node } => write!(
+                f,
+                "this copy ({node}) syncs through this bucket: a backup there would stop its \
+                 pulling while the others collect what it has not merged. Back it up into a \
+                 bucket or prefix of its own"
             ),
             BucketError::NothingToRestore { reason } => write!(f, "nothing to restore: {reason}"),
         }

@@ -63,6 +63,15 @@ fn report_lines(r: &SyncReport) -> Vec<String> {
             "silent past the horizon, no longer waited for: {node}"
         ));
     }
+    if r.delete_failed > 0 {
+        lines.push(format!(
+            "deletes refused by the store: {} (tried again next round)",
+            r.delete_failed
+        ));
+    }
+    for what in &r.unreadable {
+        lines.push(format!("unreadable head, skipped: {what}"));
+    }
     for node in &r.unclaimed {
         lines.push(format!(
             "ignored a head whose copy never claimed its id: {node}"
