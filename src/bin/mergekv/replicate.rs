@@ -39,13 +39,12 @@ pub fn serve(cli: &Cli, t: &Target, a: &ServeArgs, out: &mut Out) -> Result<(), 
     let auth = Arc::new(AuthService::open(&db, key)?);
     #[cfg_attr(not(feature = "tls"), expect(unused_mut, reason = "set only with TLS"))]
     let mut options = ReplicationOptions::new(auth);
-    let tls = serve_tls(a)?;
     #[cfg(feature = "tls")]
     {
-        options.tls = tls;
+        options.tls = serve_tls(a)?;
     }
     #[cfg(not(feature = "tls"))]
-    let () = tls;
+    serve_tls(a)?;
     let server = ReplicationServer::start(&db, a.listen.as_str(), options).map_err(|e| {
         CliError::new(
             EXIT_DATA,
@@ -89,13 +88,12 @@ pub fn serve(cli: &Cli, t: &Target, a: &ServeArgs, out: &mut Out) -> Result<(), 
 pub fn follow(t: &Target, a: &FollowArgs, out: &mut Out) -> Result<(), CliError> {
     let token = read_token(&a.token_file)?;
     let mut options = FollowerOptions::new(&a.leader, token.as_str());
-    let tls = follow_tls(a)?;
     #[cfg(feature = "tls")]
     {
-        options.tls = tls;
+        options.tls = follow_tls(a)?;
     }
     #[cfg(not(feature = "tls"))]
-    let () = tls;
+    follow_tls(a)?;
     options.follower_id = a.follower_id;
     // The follower's own files are encrypted with the key given, and it
     // needs the leader's key to open what the leader seals.
