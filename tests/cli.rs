@@ -2216,6 +2216,7 @@ fn tls_files(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
 
 /// A leader with a replicate token in `<tmp>/token`; returns the token
 /// file's path.
+#[cfg(feature = "tls")]
 fn leader_with_token(tmp: &Path, leader: &Path) -> PathBuf {
     let key = Some(MASTER_KEY_HEX);
     mkv_auth(leader, &["user", "add", "repl"], "s3cret-password\n", key).expect(0);
