@@ -516,7 +516,8 @@ pub struct LoadArgs {
 #[derive(Debug, Args)]
 pub struct DemoArgs {
     /// Run in DIR and keep it (default: a fresh temporary directory, removed
-    /// at the end).
+    /// at the end). DIR must be new, empty, or one an earlier demo left
+    /// (its MERGEKV-DEMO file; its files are removed first).
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
 }
