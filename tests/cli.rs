@@ -330,7 +330,8 @@ fn load_from_a_file_and_from_stdin() {
     assert_eq!(json["loaded"], 3);
     assert_eq!(
         mkv(&dir, &["scan", "--prefix", "s"]).expect(0).stdout,
-        "s1\tuno\ns2\ttwo\tparts\n"
+        // A tab inside a value is escaped, so each line splits at one tab.
+        "s1\tuno\ns2\ttwo\\tparts\n"
     );
     assert_eq!(mkv(&dir, &["scan"]).expect(0).lines().len(), 2502);
 }
@@ -562,9 +563,10 @@ const READ_COMMANDS: &[&[&str]] = &[
     &["user", "verify", "alice"],
     &["apikey", "auth"],
     &["apikey", "list", "alice"],
-    // Not a listening address, so that a serve which wrongly opens (and
-    // creates) the database fails right after instead of running forever.
-    &["serve", "--listen", "not-an-address"],
+    // An address no local interface has (TEST-NET-1), so that a serve
+    // which wrongly opens (and creates) the database fails to bind right
+    // after instead of running forever.
+    &["serve", "--listen", "192.0.2.1:1"],
 ];
 
 /// Runs each read command on `dir` and checks it exits 3 naming `dir`, and
@@ -723,6 +725,20 @@ fn demo_runs_to_completion_in_a_given_dir() {
     }
     assert!(dir.join("wal").is_dir(), "--dir is kept");
     mkv(&dir, &["verify"]).expect(0);
+    assert_eq!(
+        mkv(&dir, &["get", "-k", "metrics", "hits"])
+            .expect(0)
+            .stdout,
+        "2000\n"
+    );
+    // Again in the same directory: it clears its own previous run.
+    let again = Run::from(bin().args(["demo", "--dir"]).arg(&dir).output().unwrap()).expect(0);
+    assert!(again.stdout.contains(": ok"), "{}", again.stdout);
+    assert!(
+        again.stdout.contains("(0 frames already there)"),
+        "{}",
+        again.stdout
+    );
     assert_eq!(
         mkv(&dir, &["get", "-k", "metrics", "hits"])
             .expect(0)
@@ -1828,4 +1844,545 @@ fn sync_to_a_store_that_cannot_be_reached_exits_3_with_one_line() {
         ],
     )
     .expect(2);
+}
+
+// Issue 16: binary-safe output, JSON errors, TLS flags, addresses,
+// keygen for the master key, the demo's directory, help text.
+
+/// Runs `mergekv --data DIR ARGS...` and returns stdout's exact bytes.
+fn mkv_bytes(dir: &Path, args: &[&str]) -> (i32, Vec<u8>) {
+    let output = bin().arg("--data").arg(dir).args(args).output().unwrap();
+    (output.status.code().unwrap(), output.stdout)
+}
+
+/// The bytes a JSON object holds under `name` or `name_hex`, checking
+/// that exactly one of the two is present.
+fn json_bytes(object: &Json, name: &str) -> Vec<u8> {
+    let text = object.get(name).and_then(Json::as_str);
+    let hex = object.get(format!("{name}_hex")).and_then(Json::as_str);
+    match (text, hex) {
+        (Some(text), None) => text.as_bytes().to_vec(),
+        (None, Some(hex)) => (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect(),
+        _ => panic!("not exactly one of {name} and {name}_hex in {object}"),
+    }
+}
+
+#[test]
+fn keys_and_values_of_any_bytes_are_printed_unambiguously_and_round_trip() {
+    let (tmp, dir) = db_dir();
+    // "a\nb" -> 0xff 0xfe, in hex on the command line.
+    mkv(&dir, &["put", "--hex", "610a62", "fffe"]).expect(0);
+    mkv(&dir, &["put", "a\\b", "x\ty"]).expect(0);
+    let value_file = tmp.path().join("value");
+    let binary: Vec<u8> = (0..=255u8).collect();
+    std::fs::write(&value_file, &binary).unwrap();
+    mkv(
+        &dir,
+        &["put", "bin", "--value-file", value_file.to_str().unwrap()],
+    )
+    .expect(0);
+    let stdin_put = mkv_stdin(&dir, &["put", "stdin", "--value-file", "-"], b"\x00\r\n");
+    stdin_put.expect(0);
+    let expected: Vec<(Vec<u8>, Vec<u8>)> = vec![
+        (b"a\nb".to_vec(), b"\xff\xfe".to_vec()),
+        (b"a\\b".to_vec(), b"x\ty".to_vec()),
+        (b"bin".to_vec(), binary.clone()),
+        (b"stdin".to_vec(), b"\x00\r\n".to_vec()),
+    ];
+
+    // Text: one line per entry, every special byte escaped.
+    let scan = mkv(&dir, &["scan", "--limit", "2"]).expect(0);
+    assert_eq!(scan.lines(), ["a\\nb\t\\xff\\xfe", "a\\\\b\tx\\ty"]);
+    let get = mkv(&dir, &["get", "stdin"]).expect(0);
+    assert_eq!(get.stdout, "\\x00\\r\\n\n");
+    let (_, get_bin) = mkv_bytes(&dir, &["get", "bin"]);
+    assert!(get_bin.is_ascii(), "escaped text is ASCII here");
+    assert!(
+        String::from_utf8(get_bin)
+            .unwrap()
+            .starts_with("\\x00\\x01\\x02")
+    );
+
+    // --hex: keys and values as hex, in and out.
+    let hex = mkv(&dir, &["scan", "--hex", "--prefix", "61"]).expect(0);
+    assert_eq!(hex.lines(), ["610a62\tfffe", "615c62\t780979"]);
+    let get = mkv(&dir, &["get", "--hex", "610a62"]).expect(0);
+    assert_eq!(get.stdout, "fffe\n");
+    mkv(&dir, &["get", "--hex", "6"])
+        .expect(2)
+        .assert_one_line_error();
+
+    // --raw: the exact bytes, nothing added.
+    assert_eq!(
+        mkv_bytes(&dir, &["get", "--raw", "bin"]),
+        (0, binary.clone())
+    );
+    assert_eq!(
+        mkv_bytes(&dir, &["get", "--raw", "--hex", "610a62"]),
+        (0, b"\xff\xfe".to_vec())
+    );
+
+    // JSON: "key"/"value" for UTF-8, "key_hex"/"value_hex" otherwise.
+    let json = mkv(&dir, &["--json", "scan"]).expect(0).json();
+    let entries = json["entries"].as_array().unwrap();
+    let got: Vec<(Vec<u8>, Vec<u8>)> = entries
+        .iter()
+        .map(|e| (json_bytes(e, "key"), json_bytes(e, "value")))
+        .collect();
+    assert_eq!(got, expected);
+    assert_eq!(entries[0]["key"], "a\nb");
+    assert_eq!(entries[0]["value_hex"], "fffe");
+    assert_eq!(entries[1]["value"], "x\ty");
+    let get = mkv(&dir, &["--json", "get", "--hex", "610a62"])
+        .expect(0)
+        .json();
+    assert_eq!(
+        (&get["key_hex"], &get["value_hex"]),
+        (&Json::from("610a62"), &Json::from("fffe"))
+    );
+    assert!(
+        get.get("key").is_none() && get.get("value").is_none(),
+        "{get}"
+    );
+
+    // Counters and deletes through hex keys.
+    assert_eq!(
+        mkv(&dir, &["incr", "--hex", "00ff", "5"]).expect(0).stdout,
+        "5\n"
+    );
+    assert_eq!(
+        mkv(&dir, &["get", "--hex", "00ff", "--raw"])
+            .expect(0)
+            .stdout,
+        "5"
+    );
+    mkv(&dir, &["del", "--hex", "610a62"]).expect(0);
+    mkv(&dir, &["get", "a\nb"]).expect(1);
+
+    // The escapes are documented.
+    let help = Run::from(bin().arg("--help").output().unwrap()).expect(0);
+    for needle in ["\\xHH", "\\n", "\\\\", "key_hex", "value_hex", "--raw"] {
+        assert!(help.stdout.contains(needle), "{needle}: {}", help.stdout);
+    }
+}
+
+#[test]
+fn errors_under_json_are_one_object_on_stdout_with_the_same_exit_codes() {
+    let (_tmp, dir) = db_dir();
+    let error_of = |run: &Run, code: i32, kind: &str| {
+        let json = run.json();
+        assert_eq!(json["error"]["exit_code"], code, "{json}");
+        assert_eq!(json["error"]["kind"], kind, "{json}");
+        let message = json["error"]["message"].as_str().unwrap();
+        assert!(!message.is_empty(), "{json}");
+        // The human line stays on stderr.
+        assert!(run.stderr.contains(message), "{}", run.stderr);
+    };
+    // Data: no database there (and nothing created).
+    let run = mkv(&dir, &["--json", "scan"]).expect(3);
+    error_of(&run, 3, "data");
+    assert!(!dir.exists());
+    // Usage, from the program and from the parser.
+    error_of(
+        &mkv(&dir, &["--json", "put", "--hex", "xyz", "v"]).expect(2),
+        2,
+        "usage",
+    );
+    error_of(
+        &mkv(&dir, &["put", "--json", "--bogus", "k", "v"]).expect(2),
+        2,
+        "usage",
+    );
+    error_of(
+        &mkv(&dir, &["--json", "put", "-k", "_bad", "k", "v"]).expect(2),
+        2,
+        "usage",
+    );
+    // Denied: a wrong master key.
+    mkv_auth(
+        &dir,
+        &["user", "add", "alice"],
+        "s3cret-password\n",
+        Some(MASTER_KEY_HEX),
+    )
+    .expect(0);
+    let wrong = mkv_auth(
+        &dir,
+        &["--json", "user", "verify", "alice"],
+        "wrong-password\n",
+        Some(MASTER_KEY_HEX),
+    );
+    error_of(&wrong.expect(4), 4, "denied");
+    // Not found: `get`'s own object already says so; no second object.
+    let missing = mkv(&dir, &["--json", "get", "nope"]).expect(1);
+    assert_eq!(missing.json()["found"], false);
+    // Without --json, stdout stays empty.
+    let plain = mkv(&dir, &["put", "--hex", "xyz", "v"]).expect(2);
+    assert_eq!(plain.stdout, "");
+    plain.assert_one_line_error();
+}
+
+#[test]
+fn an_unparsable_address_is_a_usage_error_and_an_unbindable_one_a_data_error() {
+    let (_tmp, dir) = db_dir();
+    let key = Some(MASTER_KEY_HEX);
+    mkv_auth(&dir, &["user", "add", "repl"], "s3cret-password\n", key).expect(0);
+    for bad in [
+        "127.0.0.1:99999",
+        "127.0.0.1",
+        "no port:1",
+        ":7411",
+        "[::1:7411",
+    ] {
+        mkv_auth(&dir, &["serve", "--listen", bad], "", key).expect(2);
+        mkv(&dir, &["follow", "--leader", bad, "--token-file", "t"]).expect(2);
+    }
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let run = mkv_auth(&dir, &["serve", "--listen", &addr], "", key).expect(3);
+    run.assert_one_line_error();
+    assert!(run.stderr.contains(&addr), "{}", run.stderr);
+    // Durations and sizes are checked by the parser too.
+    mkv(&dir, &["load", "--batch", "0", "-"]).expect(2);
+    mkv(&dir, &["scan", "--limit", "-1"]).expect(2);
+    mkv_auth(
+        &dir,
+        &["apikey", "create", "repl", "--expires-in", "10y"],
+        "",
+        key,
+    )
+    .expect(2);
+}
+
+#[test]
+fn keygen_auth_writes_a_master_key_file_and_prints_only_its_id() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("master.key");
+    let run = Run::from(
+        bin()
+            .args(["--json", "keygen", "--auth", "--out"])
+            .arg(&file)
+            .output()
+            .unwrap(),
+    )
+    .expect(0);
+    let json = run.json();
+    let written = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(written.trim().len(), 64, "{written:?}");
+    assert!(!run.stdout.contains(written.trim()), "no key material");
+    assert!(!run.stderr.contains(written.trim()), "no key material");
+    let id = json["key_id"].as_str().unwrap();
+    assert!(!id.is_empty() && !written.contains(id), "{json}");
+    assert_eq!(json["kind"], "auth master key");
+    #[cfg(unix)]
+    assert_eq!(mode(&file), 0o600);
+    let text = Run::from(
+        bin()
+            .args(["keygen", "--auth", "--out"])
+            .arg(tmp.path().join("m2"))
+            .output()
+            .unwrap(),
+    )
+    .expect(0);
+    assert!(text.stdout.contains("key id "), "{}", text.stdout);
+    // Refuses an existing file, which keeps its key.
+    Run::from(
+        bin()
+            .args(["keygen", "--auth", "--out"])
+            .arg(&file)
+            .output()
+            .unwrap(),
+    )
+    .expect(2);
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), written);
+    // The file is what --master-key-file takes.
+    let dir = tmp.path().join("db");
+    let add = [
+        "--master-key-file",
+        file.to_str().unwrap(),
+        "user",
+        "add",
+        "bob",
+    ];
+    mkv_stdin(&dir, &add, b"s3cret-password\n").expect(0);
+}
+
+#[test]
+fn each_subcommand_help_is_short_about_keys_and_the_top_level_help_explains_them() {
+    let top = Run::from(bin().arg("--help").output().unwrap()).expect(0);
+    for needle in [
+        "MERGEKV_MASTER_KEY",
+        "MERGEKV_KEY",
+        "MERGEKV_OLD_KEY",
+        "64",
+        "hex digits",
+    ] {
+        assert!(top.stdout.contains(needle), "{needle}: {}", top.stdout);
+    }
+    for command in [
+        "get", "put", "scan", "serve", "follow", "user add", "stats", "demo",
+    ] {
+        let args: Vec<&str> = command.split(' ').chain(["--help"]).collect();
+        let help = Run::from(bin().args(&args).output().unwrap()).expect(0);
+        let lines = help.lines();
+        for flag in ["--master-key-file", "--key-file", "--old-key-file"] {
+            let at = lines
+                .iter()
+                .position(|l| l.trim_start().starts_with(flag))
+                .unwrap_or_else(|| panic!("{command}: no {flag}"));
+            // One line: the next one is the next option.
+            let next = lines.get(at + 1).map(|l| l.trim_start()).unwrap_or("-");
+            assert!(next.starts_with('-'), "{command} {flag}: {}", help.stdout);
+            assert!(lines[at].len() < 120, "{command}: {}", lines[at]);
+        }
+    }
+}
+
+#[test]
+fn demo_refuses_a_directory_that_is_not_empty_nor_its_own() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("used");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("notes.txt"), "mine").unwrap();
+    let run = Run::from(bin().args(["demo", "--dir"]).arg(&dir).output().unwrap()).expect(2);
+    run.assert_one_line_error();
+    assert!(run.stderr.contains("not empty"), "{}", run.stderr);
+    assert_eq!(names_in(&dir), ["notes.txt"]);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("notes.txt")).unwrap(),
+        "mine"
+    );
+}
+
+/// PEM text of one DER object (RFC 7468: base64 in 64-character lines).
+#[cfg(feature = "tls")]
+fn pem(label: &str, der: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut base64 = String::new();
+    for chunk in der.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                base64.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                base64.push('=');
+            }
+        }
+    }
+    let lines: Vec<&str> = base64
+        .as_bytes()
+        .chunks(64)
+        .map(|l| std::str::from_utf8(l).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+        lines.join("\n")
+    )
+}
+
+/// A CA made for one test, written as `<name>-ca.pem` in `dir`, and a
+/// leader certificate for "localhost" it issued (`<name>-leader.pem`, the
+/// chain, and `<name>-leader.key`). Returns the three paths.
+#[cfg(feature = "tls")]
+fn tls_files(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.distinguished_name.push(DnType::CommonName, name);
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf_params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
+    let paths = (
+        dir.join(format!("{name}-ca.pem")),
+        dir.join(format!("{name}-leader.pem")),
+        dir.join(format!("{name}-leader.key")),
+    );
+    std::fs::write(&paths.0, pem("CERTIFICATE", ca_cert.der())).unwrap();
+    let chain = pem("CERTIFICATE", leaf.der()) + &pem("CERTIFICATE", ca_cert.der());
+    std::fs::write(&paths.1, chain).unwrap();
+    let key = pem("PRIVATE KEY", &leaf_key.serialize_der());
+    std::fs::write(&paths.2, key).unwrap();
+    paths
+}
+
+/// A leader with a replicate token in `<tmp>/token`; returns the token
+/// file's path.
+#[cfg(feature = "tls")]
+fn leader_with_token(tmp: &Path, leader: &Path) -> PathBuf {
+    let key = Some(MASTER_KEY_HEX);
+    mkv_auth(leader, &["user", "add", "repl"], "s3cret-password\n", key).expect(0);
+    let token = mkv_auth(
+        leader,
+        &["apikey", "create", "repl", "--scope", "replicate"],
+        "",
+        key,
+    )
+    .expect(0)
+    .stdout;
+    let token_file = tmp.join("token");
+    std::fs::write(&token_file, token).unwrap();
+    token_file
+}
+
+#[cfg(feature = "tls")]
+#[test]
+fn serve_and_follow_over_tls_with_pem_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (leader, follower) = (tmp.path().join("leader"), tmp.path().join("follower"));
+    let token_file = leader_with_token(tmp.path(), &leader);
+    let token = token_file.to_str().unwrap();
+    load_keys(&leader, "k-", 500);
+    let seq = last_seq(&leader);
+    let (ca, cert, key) = tls_files(tmp.path(), "good");
+    let (other_ca, _, _) = tls_files(tmp.path(), "other");
+
+    let mut serve = Running::start(
+        &leader,
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let line = serve.line_where(|l| l.starts_with("serving replication on"));
+    assert!(line.contains("over TLS"), "{line}");
+    let port = served_addr(&line).rsplit_once(':').unwrap().1.to_string();
+    // The certificate names "localhost": the server name comes from the
+    // leader's host, or from --tls-server-name for an address.
+    let by_name = format!("localhost:{port}");
+    let by_ip = format!("127.0.0.1:{port}");
+
+    // A follower trusting another CA never connects.
+    let mut distrust = Running::start(
+        &tmp.path().join("distrust"),
+        &[
+            "follow",
+            "--leader",
+            &by_name,
+            "--token-file",
+            token,
+            "--tls-ca",
+            other_ca.to_str().unwrap(),
+        ],
+    );
+    let refused = distrust.line_where(|l| l.starts_with("reconnecting ("));
+    let why = refused.to_lowercase();
+    assert!(
+        why.contains("certificate") || why.contains("issuer"),
+        "{refused}"
+    );
+    distrust.kill();
+
+    let mut follow = Running::start(
+        &follower,
+        &[
+            "follow",
+            "--leader",
+            &by_ip,
+            "--token-file",
+            token,
+            "--tls-ca",
+            ca.to_str().unwrap(),
+            "--tls-server-name",
+            "localhost",
+        ],
+    );
+    follow.line_where(|l| caught_up_to(l, seq));
+    follow.kill();
+    serve.kill();
+    assert_eq!(
+        mkv(&follower, &["digest"]).expect(0).stdout,
+        mkv(&leader, &["digest"]).expect(0).stdout
+    );
+    // Unreadable PEM is a usage error, before anything is served.
+    let garbage = tmp.path().join("garbage.pem");
+    std::fs::write(&garbage, "not pem").unwrap();
+    let bad = mkv_auth(
+        &leader,
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            garbage.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+        "",
+        Some(MASTER_KEY_HEX),
+    )
+    .expect(2);
+    bad.assert_one_line_error();
+    assert!(bad.stderr.contains("--tls-cert"), "{}", bad.stderr);
+    // --tls-cert needs --tls-key.
+    mkv_auth(
+        &leader,
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            cert.to_str().unwrap(),
+        ],
+        "",
+        Some(MASTER_KEY_HEX),
+    )
+    .expect(2);
+}
+
+#[test]
+fn a_token_over_plain_tcp_is_refused_off_loopback_and_warned_about_on_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let token_file = tmp.path().join("token");
+    std::fs::write(&token_file, "mkv_not_a_real_token").unwrap();
+    let token = token_file.to_str().unwrap();
+    // 192.0.2.1 is TEST-NET-1: refused before any connection is tried.
+    let refused = mkv(
+        &tmp.path().join("f1"),
+        &[
+            "follow",
+            "--leader",
+            "192.0.2.1:7411",
+            "--token-file",
+            token,
+        ],
+    )
+    .expect(2);
+    refused.assert_one_line_error();
+    assert!(refused.stderr.contains("--insecure"), "{}", refused.stderr);
+    assert!(!tmp.path().join("f1").exists(), "nothing created");
+
+    // On loopback it runs, with a warning on stderr first.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let mut child = bin()
+        .arg("--data")
+        .arg(tmp.path().join("f2"))
+        .args(["follow", "--leader", &addr, "--token-file", token])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut warning = String::new();
+    std::io::BufRead::read_line(&mut stderr, &mut warning).unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        warning.contains("WARNING") && warning.contains("in clear"),
+        "{warning}"
+    );
 }

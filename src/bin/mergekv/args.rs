@@ -13,11 +13,26 @@ pub const LOAD_BATCH_OPS_DEFAULT: usize = 10_000;
 /// come from.
 const AFTER_HELP: &str = "\
 Keys: an encrypted database opens only with its key, from --key-file FILE or
-MERGEKV_KEY (the flag wins); while a key rotation has not finished, the old key
-too, from --old-key-file FILE or MERGEKV_OLD_KEY. The auth master key (user,
-apikey, serve) comes from --master-key-file FILE or MERGEKV_MASTER_KEY. All are
-32-byte keys written as 64 hex digits; `mergekv keygen` makes one. A key is never
-given on the command line itself.
+MERGEKV_KEY (the flag wins); without either, the database must not be encrypted,
+and a new database is created encrypted with the key given. While a key rotation
+has not finished rewriting the files, the old key too (an open that needs it says
+so), from --old-key-file FILE (repeat it for several unfinished rotations) or
+MERGEKV_OLD_KEY (one key). The auth master key (user, apikey, serve) comes from
+--master-key-file FILE or MERGEKV_MASTER_KEY. All are 32-byte keys written as 64
+hex digits (an encryption key file may also hold the 32 raw bytes); `mergekv
+keygen` makes one. A key is never given on the command line itself.
+
+Keys and values in text output are escaped so that every line means one thing:
+a backslash is \\\\, a tab \\t, a newline \\n, a carriage return \\r, any other
+control character or byte that is not valid UTF-8 \\xHH (`\\xff`). With --hex
+(get, put, del, incr, scan) keys and values are given and printed as hex digits;
+`get --raw` prints the value's exact bytes and nothing else. In JSON a key is
+\"key\": \"TEXT\" when it is valid UTF-8, else \"key_hex\": \"HEX\" (always with
+--hex); a value likewise \"value\" or \"value_hex\", so any bytes round-trip.
+
+Errors: one line `mergekv: error: MESSAGE` on stderr; with --json, also one object
+{\"error\": {\"kind\": KIND, \"message\": MESSAGE, \"exit_code\": N}} on stdout,
+KIND being not_found, usage, data, denied or read_only.
 
 Exit codes: 0 ok, 1 not found, 2 usage (also a key that cannot be read, or a key
 given for a database that is not encrypted), 3 data or I/O error, 4 denied (a
@@ -37,27 +52,20 @@ pub struct Cli {
     )]
     pub data: PathBuf,
 
-    /// Machine output: one JSON object per command on stdout.
+    /// Machine output: one JSON object per command on stdout (an error
+    /// too: see `mergekv --help`).
     #[arg(long, global = true)]
     pub json: bool,
 
-    /// File holding the 32-byte master key as 64 hex characters (for the
-    /// `user`, `apikey` and `serve` commands). Without it, the key comes from the
-    /// MERGEKV_MASTER_KEY environment variable. Never pass the key itself.
+    /// File holding the auth master key (`user`, `apikey`, `serve`).
     #[arg(long, global = true, value_name = "FILE")]
     pub master_key_file: Option<PathBuf>,
 
-    /// File holding the database's 32-byte encryption key (64 hex digits,
-    /// or the 32 raw bytes). Without it, the key comes from the MERGEKV_KEY
-    /// environment variable; without either, the database must not be
-    /// encrypted. A new database is created encrypted with the key given.
+    /// File holding the database's encryption key.
     #[arg(long, global = true, value_name = "FILE")]
     pub key_file: Option<PathBuf>,
 
-    /// File holding an old encryption key, needed only while a key
-    /// rotation has not finished rewriting the files it encrypts (an open
-    /// that needs it says so). Repeat it for several unfinished rotations.
-    /// Without it, MERGEKV_OLD_KEY (one key).
+    /// File holding an old encryption key (during a rotation; repeatable).
     #[arg(long, global = true, value_name = "FILE")]
     pub old_key_file: Vec<PathBuf>,
 
@@ -71,12 +79,12 @@ pub enum Command {
     /// Store VALUE at KEY.
     Put(PutArgs),
     /// Print the value (or counter) at KEY; exit 1 if absent.
-    Get(KeyArgs),
+    Get(GetArgs),
     /// Delete KEY.
     Del(KeyArgs),
     /// Add DELTA (default 1, may be negative) to the counter at KEY and print it.
     Incr(IncrArgs),
-    /// Print entries as KEY<TAB>VALUE lines, in key order.
+    /// Print entries as KEY<TAB>VALUE lines (escaped), in key order.
     Scan(ScanArgs),
     /// Print figures about the database.
     Stats,
@@ -209,17 +217,37 @@ pub struct RekeyArgs {
     pub new_key_file: PathBuf,
 }
 
+/// What `serve` and `follow` say about TLS.
+const TLS_HELP: &str = "\
+TLS: with --tls-cert and --tls-key, `serve` speaks only TLS; a follower then
+needs --tls-ca (the certificate of the authority that issued the leader's, or
+the leader's own), and --tls-server-name when the name in the leader's
+certificate is not the host part of --leader. Files are PEM. Without TLS the
+API token crosses the network in clear: `follow` refuses to send it over plain
+TCP to anything but a loopback address unless --insecure is given, and warns
+on stderr whenever it does.";
+
+/// `serve`.
 #[derive(Debug, Args)]
+#[command(after_help = TLS_HELP)]
 pub struct ServeArgs {
     /// Address to listen on, such as 127.0.0.1:7411.
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", value_parser = parse_address)]
     pub listen: String,
+    /// The leader's certificate chain (PEM, the leaf first): serve TLS.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
+/// `follow`.
 #[derive(Debug, Args)]
+#[command(after_help = TLS_HELP)]
 pub struct FollowArgs {
-    /// The leader's address.
-    #[arg(long, value_name = "ADDR")]
+    /// The leader's address (HOST:PORT).
+    #[arg(long, value_name = "ADDR", value_parser = parse_address)]
     pub leader: String,
     /// A file holding an API key with the replicate scope.
     #[arg(long, value_name = "FILE")]
@@ -227,6 +255,45 @@ pub struct FollowArgs {
     /// The id to claim at the leader (default: this copy's node id).
     #[arg(long, value_name = "N")]
     pub follower_id: Option<u64>,
+    /// Connect with TLS, trusting the certificates in FILE (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// The name the leader's certificate must carry (default: the host
+    /// part of --leader).
+    #[arg(long, value_name = "NAME", requires = "tls_ca")]
+    pub tls_server_name: Option<String>,
+    /// Send the token over plain TCP to a leader that is not on a loopback
+    /// address.
+    #[arg(long, conflicts_with = "tls_ca")]
+    pub insecure: bool,
+}
+
+/// Checks a `HOST:PORT` address (an IPv6 host in brackets): a mistyped
+/// one is a usage error, not a failure to bind or connect. The host is
+/// resolved later, by the command.
+pub fn parse_address(text: &str) -> Result<String, String> {
+    if text.parse::<std::net::SocketAddr>().is_ok() {
+        return Ok(text.to_string());
+    }
+    let (host, port) = text
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{text:?} is not HOST:PORT"))?;
+    port.parse::<u16>()
+        .map_err(|_| format!("{text:?}: port {port:?} is not a number from 0 to 65535"))?;
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let ipv6 = host.starts_with('[') && host.ends_with(']');
+    let valid = if ipv6 {
+        bare.parse::<std::net::Ipv6Addr>().is_ok()
+    } else {
+        !bare.is_empty()
+            && bare
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    };
+    if !valid {
+        return Err(format!("{text:?}: {host:?} is not a host name or address"));
+    }
+    Ok(text.to_string())
 }
 
 /// `user ...`.
@@ -314,23 +381,54 @@ pub struct KeyspaceArg {
     pub keyspace: String,
 }
 
+/// `--hex`, for the commands that take or print keys and values.
+#[derive(Debug, Args)]
+pub struct HexArg {
+    /// Keys and values (and --prefix, --start, --end) are given as hex
+    /// digits, and printed as hex (`ff00` is the bytes 0xff 0x00).
+    #[arg(long)]
+    pub hex: bool,
+}
+
 /// `put`.
 #[derive(Debug, Args)]
 pub struct PutArgs {
     #[command(flatten)]
     pub ks: KeyspaceArg,
+    #[command(flatten)]
+    pub hex: HexArg,
     /// The key.
     pub key: String,
-    /// The value (may start with '-').
-    #[arg(allow_hyphen_values = true)]
-    pub value: String,
+    /// The value (may start with '-'); or --value-file.
+    #[arg(allow_hyphen_values = true, required_unless_present = "value_file")]
+    pub value: Option<String>,
+    /// Take the value's exact bytes from FILE ('-' for stdin) instead.
+    #[arg(long, value_name = "FILE", conflicts_with = "value")]
+    pub value_file: Option<PathBuf>,
 }
 
-/// `get` and `del`.
+/// `get`.
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    #[command(flatten)]
+    pub ks: KeyspaceArg,
+    #[command(flatten)]
+    pub hex: HexArg,
+    /// The key.
+    pub key: String,
+    /// Print the value's exact bytes and nothing else (no newline); a
+    /// counter as its decimal number. With --hex, the key is still hex.
+    #[arg(long)]
+    pub raw: bool,
+}
+
+/// `del`.
 #[derive(Debug, Args)]
 pub struct KeyArgs {
     #[command(flatten)]
     pub ks: KeyspaceArg,
+    #[command(flatten)]
+    pub hex: HexArg,
     /// The key.
     pub key: String,
 }
@@ -340,6 +438,8 @@ pub struct KeyArgs {
 pub struct IncrArgs {
     #[command(flatten)]
     pub ks: KeyspaceArg,
+    #[command(flatten)]
+    pub hex: HexArg,
     /// The counter's key.
     pub key: String,
     /// What to add (negative to subtract).
@@ -352,6 +452,8 @@ pub struct IncrArgs {
 pub struct ScanArgs {
     #[command(flatten)]
     pub ks: KeyspaceArg,
+    #[command(flatten)]
+    pub hex: HexArg,
     /// Only keys starting with P.
     #[arg(long, value_name = "P")]
     pub prefix: Option<String>,
@@ -414,7 +516,8 @@ pub struct LoadArgs {
 #[derive(Debug, Args)]
 pub struct DemoArgs {
     /// Run in DIR and keep it (default: a fresh temporary directory, removed
-    /// at the end).
+    /// at the end). DIR must be new, empty, or one an earlier demo left
+    /// (its MERGEKV-DEMO file; its files are removed first).
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
 }

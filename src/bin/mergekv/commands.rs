@@ -1,19 +1,21 @@
 //! The subcommands other than `load` and `demo`.
 
+use std::io::Read;
 use std::path::Path;
 
 use mergekv::command::validate_keyspace_name;
 use mergekv::{
-    Db, Keyspace, Options, RecoveryMode, RepairReport, ScanOptions, SyncCursor, VerifyReport,
+    Db, Keyspace, Options, RecoveryMode, RepairReport, ScanOptions, SyncCursor, Value, VerifyReport,
 };
 
 use crate::args::{
-    Cli, Command, ExportArgs, ImportArgs, IncrArgs, KeyArgs, PutArgs, ScanArgs, VerifyArgs,
+    Cli, Command, ExportArgs, GetArgs, ImportArgs, IncrArgs, KeyArgs, PutArgs, ScanArgs, VerifyArgs,
 };
-use crate::error::{CliError, describe};
+use crate::bytes::{KeyJson, ValueJson};
+use crate::error::{CliError, EXIT_USAGE, describe};
 use crate::keys::{self, Target, open_error};
 use crate::output::{self, EntryJson, GetJson, Out, OutcomeJson, ScanJson, VerifyJson};
-use crate::{auth, demo, encryption, files, load, replicate};
+use crate::{auth, bytes, demo, encryption, files, load, replicate};
 
 /// Runs the command line; the error carries the exit code.
 pub fn run(cli: &Cli) -> Result<(), CliError> {
@@ -101,9 +103,48 @@ fn close(db: Db, keyspace: Keyspace) -> Result<(), CliError> {
     Ok(db.close()?)
 }
 
+/// The longest value `put --value-file` reads; a larger file is refused
+/// before it is read (the database refuses larger values anyway).
+const VALUE_FILE_BYTES_MAX: u64 = 64 * 1024 * 1024;
+
+/// The value of `put`: the argument (hex with `--hex`), or the exact bytes
+/// of `--value-file` (stdin for `-`).
+fn put_value(a: &PutArgs) -> Result<Vec<u8>, CliError> {
+    let Some(path) = &a.value_file else {
+        let value = a.value.as_deref().unwrap_or_default();
+        return bytes::arg_bytes(value, a.hex.hex, "VALUE");
+    };
+    let failed = |e: std::io::Error| {
+        CliError::new(
+            EXIT_USAGE,
+            format_args!("cannot read --value-file {}: {e}", path.display()),
+        )
+    };
+    let mut value = Vec::new();
+    let limit = VALUE_FILE_BYTES_MAX + 1;
+    if path.as_os_str() == "-" {
+        std::io::stdin().lock().take(limit).read_to_end(&mut value)
+    } else {
+        std::fs::File::open(path).and_then(|f| f.take(limit).read_to_end(&mut value))
+    }
+    .map_err(failed)?;
+    if value.len() as u64 > VALUE_FILE_BYTES_MAX {
+        return Err(CliError::new(
+            EXIT_USAGE,
+            format_args!(
+                "--value-file {} holds more than {VALUE_FILE_BYTES_MAX} bytes",
+                path.display()
+            ),
+        ));
+    }
+    Ok(value)
+}
+
 fn put(t: &Target, a: &PutArgs, out: &mut Out) -> Result<(), CliError> {
+    let key = bytes::arg_bytes(&a.key, a.hex.hex, "KEY")?;
+    let value = put_value(a)?;
     let (db, ks) = open_keyspace(t, &a.ks.keyspace)?;
-    let outcome = ks.put(&a.key, &a.value)?;
+    let outcome = ks.put(&key, &value)?;
     close(db, ks)?;
     if out.json {
         out.json(&OutcomeJson::from(&outcome))?;
@@ -112,8 +153,9 @@ fn put(t: &Target, a: &PutArgs, out: &mut Out) -> Result<(), CliError> {
 }
 
 fn del(t: &Target, a: &KeyArgs, out: &mut Out) -> Result<(), CliError> {
+    let key = bytes::arg_bytes(&a.key, a.hex.hex, "KEY")?;
     let (db, ks) = open_keyspace(t, &a.ks.keyspace)?;
-    let outcome = ks.delete(&a.key)?;
+    let outcome = ks.delete(&key)?;
     close(db, ks)?;
     if out.json {
         out.json(&OutcomeJson::from(&outcome))?;
@@ -122,8 +164,9 @@ fn del(t: &Target, a: &KeyArgs, out: &mut Out) -> Result<(), CliError> {
 }
 
 fn incr(t: &Target, a: &IncrArgs, out: &mut Out) -> Result<(), CliError> {
+    let key = bytes::arg_bytes(&a.key, a.hex.hex, "KEY")?;
     let (db, ks) = open_keyspace(t, &a.ks.keyspace)?;
-    let outcome = ks.increment(&a.key, a.delta)?;
+    let outcome = ks.increment(&key, a.delta)?;
     close(db, ks)?;
     if out.json {
         return out.json(&OutcomeJson::from(&outcome));
@@ -132,52 +175,82 @@ fn incr(t: &Target, a: &IncrArgs, out: &mut Out) -> Result<(), CliError> {
     out.line(value)
 }
 
-fn get(t: &Target, a: &KeyArgs, out: &mut Out) -> Result<(), CliError> {
+/// A value as one line of text: bytes escaped (hex with `--hex`), a
+/// counter as its number.
+fn value_text(value: &Value, hex_output: bool) -> String {
+    match value {
+        Value::Bytes(b) => bytes::shown(b, hex_output),
+        Value::Counter(c) => c.to_string(),
+    }
+}
+
+fn get(t: &Target, a: &GetArgs, out: &mut Out) -> Result<(), CliError> {
+    let key = bytes::arg_bytes(&a.key, a.hex.hex, "KEY")?;
+    if a.raw && out.json {
+        return Err(CliError::new(EXIT_USAGE, "--raw prints bytes, not JSON"));
+    }
     validate_keyspace_name(&a.ks.keyspace, false)?;
     let db = t.open_reader()?;
     let ks = db.keyspace(&a.ks.keyspace)?;
-    let value = ks.get_value(&a.key)?;
+    let value = ks.get_value(&key)?;
     if out.json {
         out.json(&GetJson {
             keyspace: &a.ks.keyspace,
-            key: &a.key,
+            key: KeyJson::new(&key, a.hex.hex),
             found: value.is_some(),
-            value: value.as_ref().map(Into::into),
+            value: value.as_ref().map(|v| ValueJson::new(v, a.hex.hex)),
         })?;
     }
     match value {
         Some(_) if out.json => Ok(()),
-        Some(v) => out.line(v.to_text()),
-        None => Err(CliError::not_found(format_args!(
-            "key {:?} not found in keyspace {:?}",
-            a.key, a.ks.keyspace
-        ))),
+        Some(Value::Bytes(b)) if a.raw => out.bytes(&b),
+        Some(Value::Counter(c)) if a.raw => out.bytes(c.to_string().as_bytes()),
+        Some(v) => out.line(value_text(&v, a.hex.hex)),
+        None => {
+            let missing = CliError::not_found(format_args!(
+                "key \"{}\" not found in keyspace {:?}",
+                bytes::shown(&key, a.hex.hex),
+                a.ks.keyspace
+            ));
+            // Under --json, `"found": false` already says it.
+            Err(if out.json {
+                missing.told_in_output()
+            } else {
+                missing
+            })
+        }
     }
 }
 
-fn scan_options(a: &ScanArgs) -> ScanOptions {
-    let bytes = |s: &Option<String>| s.as_ref().map(|s| s.as_bytes().to_vec());
-    ScanOptions {
-        prefix: bytes(&a.prefix),
-        start: bytes(&a.start),
-        end: bytes(&a.end),
+fn scan_options(a: &ScanArgs) -> Result<ScanOptions, CliError> {
+    let bytes = |s: &Option<String>, what: &str| {
+        s.as_deref()
+            .map(|s| bytes::arg_bytes(s, a.hex.hex, what))
+            .transpose()
+    };
+    Ok(ScanOptions {
+        prefix: bytes(&a.prefix, "--prefix")?,
+        start: bytes(&a.start, "--start")?,
+        end: bytes(&a.end, "--end")?,
         reverse: a.reverse,
         limit: a.limit,
-    }
+    })
 }
 
 fn scan(t: &Target, a: &ScanArgs, out: &mut Out) -> Result<(), CliError> {
+    let options = scan_options(a)?;
     validate_keyspace_name(&a.ks.keyspace, false)?;
     let db = t.open_reader()?;
     let ks = db.keyspace(&a.ks.keyspace)?;
-    let entries = ks.scan(&scan_options(a));
+    let entries = ks.scan(&options);
+    let hex = a.hex.hex;
     if !out.json {
         for e in entries {
             let e = e?;
             out.line(format_args!(
                 "{}\t{}",
-                output::text(e.key()),
-                e.value().to_text()
+                bytes::shown(e.key(), hex),
+                value_text(e.value(), hex)
             ))?;
         }
         return Ok(());
@@ -185,8 +258,8 @@ fn scan(t: &Target, a: &ScanArgs, out: &mut Out) -> Result<(), CliError> {
     let entries: Vec<EntryJson> = entries
         .map(|e| {
             e.map(|e| EntryJson {
-                key: output::text(e.key()),
-                value: e.value().into(),
+                key: KeyJson::new(e.key(), hex),
+                value: ValueJson::new(e.value(), hex),
             })
         })
         .collect::<Result<_, _>>()?;
@@ -338,14 +411,20 @@ fn finish_verify(
             out.line(line)?;
         }
     }
-    match report.problems.first() {
-        None => Ok(()),
-        Some(first) => Err(CliError::data(format_args!(
-            "{} failed verification ({} problem(s)); first: {first}",
-            report.dir.display(),
-            report.problems.len()
-        ))),
-    }
+    let Some(first) = report.problems.first() else {
+        return Ok(());
+    };
+    let failed = CliError::data(format_args!(
+        "{} failed verification ({} problem(s)); first: {first}",
+        report.dir.display(),
+        report.problems.len()
+    ));
+    // Under --json, the report's `"ok": false` already says it.
+    Err(if out.json {
+        failed.told_in_output()
+    } else {
+        failed
+    })
 }
 
 fn verify(t: &Target, a: &VerifyArgs, out: &mut Out) -> Result<(), CliError> {

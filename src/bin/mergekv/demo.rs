@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use crate::args::LOAD_BATCH_OPS_DEFAULT;
 use crate::encryption::write_key_file;
-use crate::error::CliError;
+use crate::error::{CliError, EXIT_USAGE};
 use crate::load::Loader;
 use crate::output::{Out, text};
 use crate::progress::{Progress, per_second};
@@ -72,10 +72,19 @@ struct Demo<'o> {
     rows: Vec<Row>,
 }
 
+/// The file the demo leaves in its directory, so that a later run knows
+/// the directory's contents are its own to clear.
+pub const DEMO_MARKER: &str = "MERGEKV-DEMO";
+
+/// What the marker file says.
+const DEMO_MARKER_TEXT: &str =
+    "This directory was made by `mergekv demo`; a later demo run clears it.\n";
+
 /// `mergekv demo [--dir DIR]`.
 pub fn demo(dir: Option<&Path>, out: &mut Out) -> Result<(), CliError> {
     let keep = dir.is_some();
     let dir = dir.map_or_else(fresh_temp_dir, Path::to_path_buf);
+    prepare_dir(&dir)?;
     let started = Instant::now();
     let mut demo = Demo {
         dir: dir.clone(),
@@ -89,6 +98,42 @@ pub fn demo(dir: Option<&Path>, out: &mut Out) -> Result<(), CliError> {
         return Err(kept_for_inspection(e, &dir));
     }
     demo.finish(keep, started)
+}
+
+/// Makes `dir` ready for a run: created if missing; if it holds a previous
+/// run (its marker file), that run's files are removed; any other
+/// non-empty directory is refused (exit 2), since the demo's checks count
+/// on starting empty and its data must never mix with someone else's.
+/// Leaves the marker in it.
+fn prepare_dir(dir: &Path) -> Result<(), CliError> {
+    let io = |e: std::io::Error| CliError::data(format_args!("demo: {}: {e}", dir.display()));
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(io)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()
+        .map_err(io)?;
+    if !entries.is_empty() {
+        if !dir.join(DEMO_MARKER).is_file() {
+            return Err(CliError::new(
+                EXIT_USAGE,
+                format_args!(
+                    "demo: {} is not empty and not a previous demo's directory (no \
+                     {DEMO_MARKER} file); give an empty or new directory",
+                    dir.display()
+                ),
+            ));
+        }
+        for path in entries {
+            let removed = if path.is_dir() && !path.is_symlink() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            removed.map_err(io)?;
+        }
+    }
+    std::fs::write(dir.join(DEMO_MARKER), DEMO_MARKER_TEXT).map_err(io)
 }
 
 /// `<pid>-<millis>`: unique enough for one run of the demo.

@@ -24,13 +24,52 @@ pub struct CliError {
     /// One line, printed as `mergekv: error: <message>`; empty for a silent
     /// exit (stdout closed by the reader).
     pub message: String,
+    /// True when the command's own JSON object on stdout already says
+    /// what failed (`get`'s `"found": false`, `verify`'s `"ok": false`),
+    /// so `--json` adds no error object after it.
+    pub in_output: bool,
 }
 
 impl CliError {
     /// An error with exit code `code`; newlines in `message` become spaces.
     pub fn new(code: u8, message: impl Display) -> Self {
         let message = message.to_string().replace(['\r', '\n'], " ");
-        CliError { code, message }
+        CliError {
+            code,
+            message,
+            in_output: false,
+        }
+    }
+
+    /// This error, marked as already told by the command's JSON object.
+    pub fn told_in_output(self) -> Self {
+        CliError {
+            in_output: true,
+            ..self
+        }
+    }
+
+    /// The name of the exit code's kind, for `--json` errors.
+    pub fn kind(&self) -> &'static str {
+        match self.code {
+            EXIT_NOT_FOUND => "not_found",
+            EXIT_USAGE => "usage",
+            EXIT_DENIED => "denied",
+            EXIT_READ_ONLY => "read_only",
+            _ => "data",
+        }
+    }
+
+    /// `{"error": {"kind", "message", "exit_code"}}`, the object `--json`
+    /// prints on stdout for a failure.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "error": {
+                "kind": self.kind(),
+                "message": self.message,
+                "exit_code": self.code,
+            }
+        })
     }
 
     /// Exit 1: the key is absent.
@@ -57,6 +96,7 @@ impl CliError {
             return CliError {
                 code: 0,
                 message: String::new(),
+                in_output: false,
             };
         }
         Self::data(format_args!("cannot write to stdout: {error}"))

@@ -4,12 +4,15 @@
 //! one given for a database in clear, included), 3 data or I/O error, 4 a
 //! password or token refused, or the database's encryption key not given
 //! (or a wrong one), 5 a write to a read-only follower. Every failure
-//! prints one line on stderr: `mergekv: error: <message>`.
+//! prints one line on stderr: `mergekv: error: <message>`; with `--json`,
+//! also one object on stdout: `{"error": {"kind", "message",
+//! "exit_code"}}`, unless the command's own object already says it.
 
 mod args;
 mod auth;
 #[cfg(feature = "object-store")]
 mod bucket;
+mod bytes;
 mod commands;
 mod demo;
 mod encryption;
@@ -44,16 +47,48 @@ fn one_line_panics() {
     }));
 }
 
+/// True if `--json` is among the arguments, for a command line clap
+/// refused (and so could not say whether it was given).
+fn json_asked() -> bool {
+    std::env::args_os()
+        .skip(1)
+        .take_while(|a| a != "--")
+        .any(|a| a == "--json")
+}
+
+/// Prints a failure: the line on stderr, and with `--json` the error
+/// object on stdout.
+fn report(error: &error::CliError, json: bool) {
+    if error.message.is_empty() {
+        return;
+    }
+    let _ = writeln!(std::io::stderr(), "mergekv: error: {}", error.message);
+    if json && !error.in_output {
+        let _ = writeln!(std::io::stdout(), "{}", error.to_json());
+    }
+}
+
 fn main() -> ExitCode {
     one_line_panics();
-    // Usage errors, --help and --version exit here (2 for errors).
-    let cli = args::Cli::parse();
+    let cli = match args::Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help and --version, and usage errors without --json, as clap
+        // prints them (exit 2 for errors).
+        Err(e) if !e.use_stderr() || !json_asked() => e.exit(),
+        Err(e) => {
+            let _ = e.print();
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("bad usage");
+            let usage =
+                error::CliError::new(error::EXIT_USAGE, first.trim_start_matches("error: "));
+            let _ = writeln!(std::io::stdout(), "{}", usage.to_json());
+            return ExitCode::from(error::EXIT_USAGE);
+        }
+    };
     match commands::run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            if !e.message.is_empty() {
-                let _ = writeln!(std::io::stderr(), "mergekv: error: {}", e.message);
-            }
+            report(&e, cli.json);
             ExitCode::from(e.code)
         }
     }

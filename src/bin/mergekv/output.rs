@@ -3,9 +3,11 @@
 use std::fmt::Display;
 use std::io::{BufWriter, StdoutLock, Write};
 
-use mergekv::{FollowerPosition, Outcome, OutcomeKind, RepairReport, Stats, Value, VerifyReport};
+use mergekv::{FollowerPosition, Outcome, OutcomeKind, RepairReport, Stats, VerifyReport};
+
 use serde::Serialize;
 
+use crate::bytes::{KeyJson, ValueJson};
 use crate::error::CliError;
 
 /// Buffered stdout, in text or JSON mode. Flush before exiting.
@@ -29,6 +31,11 @@ impl Out {
         writeln!(self.w, "{text}").map_err(CliError::stdout)
     }
 
+    /// Writes `bytes` exactly, with nothing added.
+    pub fn bytes(&mut self, bytes: &[u8]) -> Result<(), CliError> {
+        self.w.write_all(bytes).map_err(CliError::stdout)
+    }
+
     /// Writes `value` as one line of JSON.
     pub fn json(&mut self, value: &impl Serialize) -> Result<(), CliError> {
         serde_json::to_writer(&mut self.w, value).map_err(|e| CliError::stdout(e.into()))?;
@@ -41,7 +48,8 @@ impl Out {
     }
 }
 
-/// Lossy UTF-8 text of some bytes.
+/// Lossy UTF-8 text of some bytes (for the demo's own keys and values,
+/// which are text).
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -77,32 +85,14 @@ impl From<&Outcome> for OutcomeJson {
     }
 }
 
-/// `"kind"` and `"value"`: a string for bytes, a number for a counter.
-#[derive(Serialize)]
-#[serde(tag = "kind", content = "value", rename_all = "lowercase")]
-pub enum ValueJson {
-    /// A register's bytes, as lossy UTF-8.
-    Bytes(String),
-    /// A counter.
-    Counter(i64),
-}
-
-impl From<&Value> for ValueJson {
-    fn from(v: &Value) -> Self {
-        match v {
-            Value::Bytes(b) => ValueJson::Bytes(text(b)),
-            Value::Counter(c) => ValueJson::Counter(*c),
-        }
-    }
-}
-
 /// `get`'s object.
 #[derive(Serialize)]
 pub struct GetJson<'a> {
     /// The keyspace.
     pub keyspace: &'a str,
-    /// The key.
-    pub key: &'a str,
+    /// The key: `"key"` or `"key_hex"`.
+    #[serde(flatten)]
+    pub key: KeyJson,
     /// False if the key is absent (and the exit code is 1).
     pub found: bool,
     /// The value, if found.
@@ -113,8 +103,9 @@ pub struct GetJson<'a> {
 /// One entry of `scan`.
 #[derive(Serialize)]
 pub struct EntryJson {
-    /// The key, as lossy UTF-8.
-    pub key: String,
+    /// The key: `"key"` or `"key_hex"`.
+    #[serde(flatten)]
+    pub key: KeyJson,
     /// Its value.
     #[serde(flatten)]
     pub value: ValueJson,

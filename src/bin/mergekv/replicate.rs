@@ -19,7 +19,7 @@ use zeroize::Zeroizing;
 
 use crate::args::{Cli, FollowArgs, ServeArgs};
 use crate::auth::master_key;
-use crate::error::{CliError, EXIT_USAGE};
+use crate::error::{CliError, EXIT_DATA, EXIT_USAGE, describe};
 use crate::keys::{Target, open_error};
 use crate::output::Out;
 
@@ -37,9 +37,27 @@ pub fn serve(cli: &Cli, t: &Target, a: &ServeArgs, out: &mut Out) -> Result<(), 
     // with a replicate key, so a missing one is a mistyped --data.
     let db = t.open_with(t.existing_only())?;
     let auth = Arc::new(AuthService::open(&db, key)?);
-    let server = ReplicationServer::start(&db, a.listen.as_str(), ReplicationOptions::new(auth))?;
+    #[cfg_attr(not(feature = "tls"), expect(unused_mut, reason = "set only with TLS"))]
+    let mut options = ReplicationOptions::new(auth);
+    #[cfg(feature = "tls")]
+    {
+        options.tls = serve_tls(a)?;
+    }
+    #[cfg(not(feature = "tls"))]
+    serve_tls(a)?;
+    let server = ReplicationServer::start(&db, a.listen.as_str(), options).map_err(|e| {
+        CliError::new(
+            EXIT_DATA,
+            format_args!("cannot serve on {}: {}", a.listen, describe(&e)),
+        )
+    })?;
+    let over = if a.tls_cert.is_some() {
+        "TLS"
+    } else {
+        "plain TCP"
+    };
     out.line(format_args!(
-        "serving replication on {} (stream {}, epoch {:016x}); interrupt to stop",
+        "serving replication on {} over {over} (stream {}, epoch {:016x}); interrupt to stop",
         server.local_addr(),
         db.node_id(),
         server.epoch()
@@ -70,6 +88,12 @@ pub fn serve(cli: &Cli, t: &Target, a: &ServeArgs, out: &mut Out) -> Result<(), 
 pub fn follow(t: &Target, a: &FollowArgs, out: &mut Out) -> Result<(), CliError> {
     let token = read_token(&a.token_file)?;
     let mut options = FollowerOptions::new(&a.leader, token.as_str());
+    #[cfg(feature = "tls")]
+    {
+        options.tls = follow_tls(a)?;
+    }
+    #[cfg(not(feature = "tls"))]
+    follow_tls(a)?;
     options.follower_id = a.follower_id;
     // The follower's own files are encrypted with the key given, and it
     // needs the leader's key to open what the leader seals.
@@ -204,5 +228,152 @@ pub fn open_for_read(t: &Target) -> Result<Db, CliError> {
             ..t.existing_only()
         }),
         other => other.map(crate::commands::opened).map_err(open_error),
+    }
+}
+
+/// Refuses a TLS flag in a build without the `tls` feature.
+#[cfg(not(feature = "tls"))]
+fn no_tls(given: bool) -> Result<(), CliError> {
+    if given {
+        return Err(CliError::new(
+            EXIT_USAGE,
+            "this mergekv was built without the tls feature; the --tls-* flags need it",
+        ));
+    }
+    Ok(())
+}
+
+/// The leader's TLS configuration, from `--tls-cert` and `--tls-key`.
+#[cfg(feature = "tls")]
+fn serve_tls(a: &ServeArgs) -> Result<Option<Arc<rustls::ServerConfig>>, CliError> {
+    match (&a.tls_cert, &a.tls_key) {
+        (Some(cert), Some(key)) => tls::server_config(cert, key).map(Some),
+        _ => Ok(None),
+    }
+}
+
+#[cfg(not(feature = "tls"))]
+fn serve_tls(a: &ServeArgs) -> Result<(), CliError> {
+    no_tls(a.tls_cert.is_some() || a.tls_key.is_some())
+}
+
+/// The follower's TLS configuration and the name the leader's certificate
+/// must carry, from `--tls-ca` and `--tls-server-name`; without TLS, the
+/// check that the token may go in clear.
+#[cfg(feature = "tls")]
+fn follow_tls(a: &FollowArgs) -> Result<Option<(Arc<rustls::ClientConfig>, String)>, CliError> {
+    let Some(ca) = &a.tls_ca else {
+        allow_plain_tcp(a)?;
+        return Ok(None);
+    };
+    let name = match &a.tls_server_name {
+        Some(name) => name.clone(),
+        None => host_of(&a.leader).to_string(),
+    };
+    Ok(Some((tls::client_config(ca)?, name)))
+}
+
+#[cfg(not(feature = "tls"))]
+fn follow_tls(a: &FollowArgs) -> Result<(), CliError> {
+    no_tls(a.tls_ca.is_some() || a.tls_server_name.is_some())?;
+    allow_plain_tcp(a)
+}
+
+/// The host part of `HOST:PORT` (without an IPv6 address's brackets).
+#[cfg_attr(not(feature = "tls"), expect(dead_code, reason = "used with TLS"))]
+fn host_of(address: &str) -> &str {
+    let host = address.rsplit_once(':').map_or(address, |(host, _)| host);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+/// A token sent over plain TCP can be read by anyone on the path: allowed
+/// to a loopback address (nothing crosses a network), or with
+/// `--insecure`; warned about on stderr either way.
+fn allow_plain_tcp(a: &FollowArgs) -> Result<(), CliError> {
+    use std::net::ToSocketAddrs;
+    let loopback = a
+        .leader
+        .to_socket_addrs()
+        .map(|addrs| addrs.collect::<Vec<_>>())
+        .is_ok_and(|addrs| !addrs.is_empty() && addrs.iter().all(|x| x.ip().is_loopback()));
+    if !loopback && !a.insecure {
+        return Err(CliError::new(
+            EXIT_USAGE,
+            format_args!(
+                "refusing to send the API token to {} over plain TCP, where anyone on \
+                 the path can read it: give --tls-ca FILE (with a leader serving \
+                 --tls-cert/--tls-key), or --insecure to send it in clear anyway",
+                a.leader
+            ),
+        ));
+    }
+    eprintln!(
+        "mergekv: WARNING: no TLS: the API token and all replicated data cross the \
+         connection to {} in clear (use --tls-ca FILE)",
+        a.leader
+    );
+    Ok(())
+}
+
+/// TLS configurations from PEM files.
+#[cfg(feature = "tls")]
+mod tls {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use rustls::{ClientConfig, RootCertStore, ServerConfig};
+
+    use crate::error::{CliError, EXIT_USAGE};
+
+    /// A flag's file that cannot be used: a mistake in the command line.
+    fn bad_file(flag: &str, path: &Path, why: impl std::fmt::Display) -> CliError {
+        CliError::new(EXIT_USAGE, format_args!("{flag} {}: {why}", path.display()))
+    }
+
+    /// Ring, like the rest of the crate, chosen explicitly so that no other
+    /// provider a dependency enables makes the choice ambiguous.
+    fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+        Arc::new(rustls::crypto::ring::default_provider())
+    }
+
+    /// Every certificate in the PEM file `path`; at least one.
+    fn certificates(flag: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, CliError> {
+        let certs = CertificateDer::pem_file_iter(path)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| bad_file(flag, path, e))?;
+        if certs.is_empty() {
+            return Err(bad_file(flag, path, "no CERTIFICATE in it"));
+        }
+        Ok(certs)
+    }
+
+    /// The leader's configuration: the chain in `cert`, the key in `key`.
+    pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, CliError> {
+        let chain = certificates("--tls-cert", cert)?;
+        let private =
+            PrivateKeyDer::from_pem_file(key).map_err(|e| bad_file("--tls-key", key, e))?;
+        let config = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| bad_file("--tls-cert", cert, e))?
+            .with_no_client_auth()
+            .with_single_cert(chain, private)
+            .map_err(|e| bad_file("--tls-key", key, e))?;
+        Ok(Arc::new(config))
+    }
+
+    /// The follower's configuration: trust the certificates in `ca` only.
+    pub fn client_config(ca: &Path) -> Result<Arc<ClientConfig>, CliError> {
+        let mut roots = RootCertStore::empty();
+        for cert in certificates("--tls-ca", ca)? {
+            roots.add(cert).map_err(|e| bad_file("--tls-ca", ca, e))?;
+        }
+        let config = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| bad_file("--tls-ca", ca, e))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Arc::new(config))
     }
 }
