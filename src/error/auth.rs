@@ -191,3 +191,5 @@ impl std::fmt::Display for AuthError {
         }
     }
 }
+
+impl std::error::Error for AuthError {}
