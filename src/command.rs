@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use crate::clock::Stamp;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, ShowBytes};
 use crate::options::{KEYSPACE_NAME_BYTES_MAX, Options};
 use crate::record::{StoreKey, split_store_key, store_key};
 pub use crate::state::OutcomeKind;
@@ -21,7 +21,7 @@ pub const DEFAULT_KEYSPACE: &str = "default";
 pub const RESERVED_KEYSPACE_PREFIX: char = '_';
 
 /// One operation of a batch.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum OpKind {
     /// Sets a register.
     Put(Arc<[u8]>),
@@ -31,8 +31,19 @@ pub enum OpKind {
     Increment(i64),
 }
 
+/// Shows the value readably (`Put("Ada")`, `Put(b"\xff")`), cut when long.
+impl std::fmt::Debug for OpKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OpKind::Put(value) => f.debug_tuple("Put").field(&ShowBytes(value)).finish(),
+            OpKind::Delete => f.write_str("Delete"),
+            OpKind::Increment(delta) => f.debug_tuple("Increment").field(delta).finish(),
+        }
+    }
+}
+
 /// An operation on one key of one keyspace.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Op {
     pub(crate) store_key: StoreKey,
     pub(crate) kind: OpKind,
@@ -53,13 +64,38 @@ impl Op {
     }
 }
 
+/// Shows the keyspace and the key readably (`key: "ada"`).
+impl std::fmt::Debug for Op {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Op")
+            .field("keyspace", &self.keyspace())
+            .field("key", &ShowBytes(self.key()))
+            .field("kind", &self.kind)
+            .finish()
+    }
+}
+
 /// An atomic group of operations, with an optional idempotency key and an
 /// optional explicit stamp.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Batch {
     pub(crate) ops: Vec<Op>,
     pub(crate) idempotency_key: Option<Vec<u8>>,
     pub(crate) stamp: Option<Stamp>,
+}
+
+/// Shows the operations and the idempotency key readably.
+impl std::fmt::Debug for Batch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batch")
+            .field("ops", &self.ops)
+            .field(
+                "idempotency_key",
+                &self.idempotency_key.as_deref().map(ShowBytes),
+            )
+            .field("stamp", &self.stamp)
+            .finish()
+    }
 }
 
 impl Batch {

@@ -508,7 +508,7 @@ fn typed_values_round_trip() {
     ks.put("junk", [0xff, 0xff, 0xff]).unwrap();
     assert!(matches!(
         ks.get_typed::<Profile>("junk"),
-        Err(Error::Decode { .. })
+        Err(Error::TypedDecode { value_bytes: 3, .. })
     ));
 }
 

@@ -90,6 +90,18 @@ pub struct DriftRejected {
     pub max_drift_ms: u64,
 }
 
+impl std::fmt::Display for DriftRejected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "stamp from node {} is {} ms ahead of the local clock (max drift {} ms)",
+            self.peer, self.ahead_ms, self.max_drift_ms
+        )
+    }
+}
+
+impl std::error::Error for DriftRejected {}
+
 /// Drift seen so far, for stats.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct DriftStats {

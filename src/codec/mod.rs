@@ -47,6 +47,8 @@ impl std::fmt::Display for DecodeError {
     }
 }
 
+impl std::error::Error for DecodeError {}
+
 /// Appends little-endian fields to a byte vector.
 #[derive(Debug, Default)]
 pub struct Writer {
@@ -234,17 +236,24 @@ pub fn encode_typed<T: Serialize>(value: &T) -> Result<Vec<u8>> {
 /// Decodes an application value encoded by [`encode_typed`]; trailing bytes
 /// are an error.
 pub fn decode_typed<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
-    let what = std::any::type_name::<T>();
+    decode_typed_or_reason(bytes).map_err(|reason| Error::Decode {
+        what: std::any::type_name::<T>(),
+        reason,
+    })
+}
+
+/// [`decode_typed`], failing with only the decoder's reason, for a caller
+/// that names what it was decoding in an error of its own.
+pub(crate) fn decode_typed_or_reason<T: DeserializeOwned>(
+    bytes: &[u8],
+) -> std::result::Result<T, String> {
     let (value, used) =
-        bincode::serde::decode_from_slice(bytes, bincode_config()).map_err(|e| Error::Decode {
-            what,
-            reason: e.to_string(),
-        })?;
+        bincode::serde::decode_from_slice(bytes, bincode_config()).map_err(|e| e.to_string())?;
     if used != bytes.len() {
-        return Err(Error::Decode {
-            what,
-            reason: format!("{} trailing bytes", bytes.len() - used),
-        });
+        return Err(format!(
+            "{} trailing bytes",
+            bytes.len().saturating_sub(used)
+        ));
     }
     Ok(value)
 }

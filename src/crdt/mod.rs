@@ -28,12 +28,13 @@ use std::cmp::Ordering;
 use std::sync::Arc;
 
 use crate::clock::{NodeId, Stamp};
+use crate::error::ShowBytes;
 
 /// A counter floor: per-node `(node, p, n)` totals, sorted by node.
 pub type Floor = Vec<(NodeId, u64, u64)>;
 
 /// A last-writer-wins register: a value, or a tombstone (`value: None`).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Register {
     /// The stamp of the write that produced this value.
     pub stamp: Stamp,
@@ -42,6 +43,17 @@ pub struct Register {
     /// The counter totals the writer had observed (empty if none): only
     /// what lies above them counts.
     pub floor: Floor,
+}
+
+/// Shows the value readably (`Some("Ada")`), cut when long.
+impl std::fmt::Debug for Register {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Register")
+            .field("stamp", &self.stamp)
+            .field("value", &self.value.as_deref().map(ShowBytes))
+            .field("floor", &self.floor)
+            .finish()
+    }
 }
 
 /// One node's contribution to a PN-counter.
@@ -75,7 +87,7 @@ pub struct KeyState {
 }
 
 /// What a key reads as, borrowed from its state.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Visible<'a> {
     /// No value: never written, deleted, or a counter floor only.
     Absent,
@@ -83,6 +95,17 @@ pub enum Visible<'a> {
     Bytes(&'a Arc<[u8]>),
     /// A counter value.
     Counter(i64),
+}
+
+/// Shows the bytes readably (`Bytes("Ada")`), cut when long.
+impl std::fmt::Debug for Visible<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Visible::Absent => f.write_str("Absent"),
+            Visible::Bytes(bytes) => f.debug_tuple("Bytes").field(&ShowBytes(bytes)).finish(),
+            Visible::Counter(c) => f.debug_tuple("Counter").field(c).finish(),
+        }
+    }
 }
 
 impl Register {

@@ -9,6 +9,7 @@ pub(crate) mod position;
 pub(crate) mod read;
 mod reader;
 
+use std::ops::RangeBounds;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -39,11 +40,12 @@ use crate::engine::{self, Engine};
 pub use keyspace::Keyspace;
 pub use position::FollowerPosition;
 pub(crate) use position::LEADER_EPOCH_KEY;
-use read::{ReadView, Scan, ScanOptions, Value};
+use read::{OpenFlag, ReadView, Scan, ScanOptions, Value};
 pub use reader::{READ_ONLY_OPEN_TRIES_MAX, READERS_LOCK_FILE, ReadOnlyDb};
 
 /// An open database. Cheap to clone; every clone is the same database. The
-/// database closes when the last clone is dropped (or on [`Db::close`]).
+/// database closes when the last clone is dropped, or on [`Db::close`]:
+/// after that every operation on every clone fails with [`Error::Closed`].
 #[derive(Clone)]
 pub struct Db {
     inner: Arc<DbInner>,
@@ -64,6 +66,8 @@ struct DbInner {
     flusher: Option<(Sender<()>, JoinHandle<()>)>,
     /// Opened with `Options::read_only`: every write path refuses.
     read_only: bool,
+    /// Set by [`Db::close`]; every clone, view and scan checks it.
+    open: OpenFlag,
     /// The leader this copy follows, while its directory says so.
     follower_of: parking_lot::RwLock<Option<String>>,
     _lock: DirLock,
@@ -230,6 +234,7 @@ impl Db {
                 default_prefix: keyspace_prefix(DEFAULT_KEYSPACE),
                 flusher,
                 read_only,
+                open: OpenFlag::default(),
                 follower_of: parking_lot::RwLock::new(follower_of),
                 _lock: lock,
             }),
@@ -419,7 +424,13 @@ impl Db {
         self.inner.engine.now_ms()
     }
 
+    /// `Err(Error::Closed)` once [`Db::close`] was called on any clone.
+    pub(crate) fn check_open(&self) -> Result<()> {
+        self.inner.open.check()
+    }
+
     pub(crate) fn check_writable(&self) -> Result<()> {
+        self.check_open()?;
         if self.inner.read_only {
             return Err(Error::ReadOnly {
                 dir: self.inner.dir.clone(),
@@ -493,6 +504,7 @@ impl Db {
 
     /// This follower's stored position (`None` if it never received any).
     pub fn follower_position(&self) -> Result<Option<FollowerPosition>> {
+        self.check_open()?;
         let store_key = position::local_key(position::FOLLOWER_POSITION_KEY);
         let Some(bytes) = self
             .inner
@@ -527,7 +539,13 @@ impl Db {
 
     /// A handle on the keyspace `name` (validated; names starting with `_`
     /// are reserved).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidKeyspace`] for an invalid or reserved name;
+    /// [`Error::Closed`] once the database is closed.
     pub fn keyspace(&self, name: &str) -> Result<Keyspace> {
+        self.check_open()?;
         validate_keyspace_name(name, false)?;
         Ok(self.keyspace_unchecked(name))
     }
@@ -535,6 +553,7 @@ impl Db {
     /// A handle on a reserved keyspace, for mergekv's own services.
     #[doc(hidden)]
     pub fn reserved_keyspace(&self, name: &str) -> Result<Keyspace> {
+        self.check_open()?;
         validate_keyspace_name(name, true)?;
         Ok(self.keyspace_unchecked(name))
     }
@@ -578,23 +597,51 @@ impl Db {
         self.default_keyspace().increment(key, delta)
     }
 
-    /// What `key` in the default keyspace reads as. Fails only if a run
-    /// could not be read (an I/O error, a damaged file).
+    /// What `key` in the default keyspace reads as: bytes, a counter, or
+    /// nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] once the database is closed; an I/O or corruption
+    /// error if a run could not be read.
     pub fn get_value(&self, key: impl AsRef<[u8]>) -> Result<Option<Value>> {
+        self.check_open()?;
         let prefix = &self.inner.default_prefix;
         let state = self.inner.engine.state();
         read::get_value(|k| state.get(k), prefix, key.as_ref())
     }
 
-    /// The bytes at `key` in the default keyspace.
+    /// The bytes at `key` in the default keyspace: `None` if the key is
+    /// absent or deleted.
+    ///
+    /// ```
+    /// # fn main() -> mergekv::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let db = mergekv::Db::open(dir.path())?;
+    /// db.increment("hits", 2)?;
+    /// // A counter is not bytes: `get` says so instead of answering `None`.
+    /// assert!(matches!(db.get("hits"), Err(mergekv::Error::HoldsCounter { .. })));
+    /// assert_eq!(db.counter("hits")?, 2);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::HoldsCounter`] if the key holds a counter (read it with
+    /// [`Db::counter`] or [`Db::get_value`]); otherwise as
+    /// [`Db::get_value`].
     pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Arc<[u8]>>> {
-        Ok(match self.get_value(key)? {
-            Some(Value::Bytes(b)) => Some(b),
-            _ => None,
-        })
+        let key = key.as_ref();
+        read::bytes_of(self.get_value(key)?, DEFAULT_KEYSPACE, key)
     }
 
-    /// The counter at `key` in the default keyspace (0 if absent).
+    /// The counter at `key` in the default keyspace: 0 if absent, and 0
+    /// as well if the key holds bytes (use [`Db::get_value`] to tell).
+    ///
+    /// # Errors
+    ///
+    /// As [`Db::get_value`].
     pub fn counter(&self, key: impl AsRef<[u8]>) -> Result<i64> {
         Ok(self
             .get_value(key)?
@@ -602,14 +649,56 @@ impl Db {
             .unwrap_or(0))
     }
 
-    /// Scans the default keyspace.
+    /// Scans the default keyspace. After [`Db::close`], the scan's first
+    /// item is `Err(Error::Closed)`.
     pub fn scan(&self, opts: &ScanOptions) -> Scan {
         self.default_keyspace().scan(opts)
     }
 
-    /// A consistent snapshot for multi-key reads.
+    /// The keys of the default keyspace that start with `prefix`, in
+    /// order: the same as `scan(&ScanOptions::prefix(prefix))`; see
+    /// [`Keyspace::prefix`].
+    pub fn prefix(&self, prefix: impl AsRef<[u8]>) -> Scan {
+        self.default_keyspace().prefix(prefix)
+    }
+
+    /// The keys of the default keyspace in `range` (`"a".."c"`,
+    /// `"a"..="c"`, `"k"..`), in order: the same as
+    /// `scan(&ScanOptions::from_range(range))`; see [`Keyspace::range`].
+    pub fn range<K: AsRef<[u8]>>(&self, range: impl RangeBounds<K>) -> Scan {
+        self.default_keyspace().range(range)
+    }
+
+    /// The names of the keyspaces that hold at least one live key (bytes
+    /// or a counter) now, sorted. A keyspace whose keys are all deleted is
+    /// not listed; the default keyspace is listed (as
+    /// [`DEFAULT_KEYSPACE`]) when it holds a key; mergekv's own reserved
+    /// keyspaces (names starting with `_`) never are. It reads one key per
+    /// keyspace (and the tombstones before it), not every key.
+    ///
+    /// ```
+    /// # fn main() -> mergekv::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let db = mergekv::Db::open(dir.path())?;
+    /// db.keyspace("users")?.put("ada", "Ada")?;
+    /// db.keyspace("orders")?.increment("count", 1)?;
+    /// assert_eq!(db.keyspaces()?, ["orders", "users"]);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] once the database is closed; an I/O or corruption
+    /// error if a run could not be read.
+    pub fn keyspaces(&self) -> Result<Vec<String>> {
+        self.view().keyspaces()
+    }
+
+    /// A consistent snapshot for multi-key reads. Its reads fail with
+    /// [`Error::Closed`] once the database is closed.
     pub fn view(&self) -> ReadView {
-        ReadView::new(self.inner.engine.state().view())
+        ReadView::new(self.inner.engine.state().view(), self.inner.open.clone())
     }
 
     /// Figures about the database.
@@ -654,6 +743,7 @@ impl Db {
     /// truncated, and every run merged into one (dropping collectable
     /// tombstones).
     pub fn compact_now(&self) -> Result<CompactionReport> {
+        self.check_open()?;
         self.inner.compactor.compact_now_on(&self.inner.engine)
     }
 
@@ -704,6 +794,7 @@ impl Db {
 
     /// The database's key and the files still under other keys.
     pub fn encryption(&self) -> Result<EncryptionStatus> {
+        self.check_open()?;
         let current = self.inner.engine.wal().keyring().read().current_id();
         let mut status = keys::status(&self.io(), &self.inner.dir, current)?;
         status.rewrite_pending = self.inner.maintenance.rekey_pending();
@@ -721,6 +812,7 @@ impl Db {
         cursor: &SyncCursor,
         out: &mut dyn std::io::Write,
     ) -> Result<(crate::sync::stream::StreamReport, SyncCursor)> {
+        self.check_open()?;
         let engine = &self.inner.engine;
         // The complete cursor first, then the map (see `export_since`).
         let complete = exchange::complete_cursor(engine)?;
@@ -752,6 +844,7 @@ impl Db {
     /// seals the change set under it (a sealed object, `docs/FORMAT.md`):
     /// only a copy with the key can import it.
     pub fn export_since(&self, cursor: &SyncCursor) -> Result<(Vec<u8>, SyncCursor)> {
+        self.check_open()?;
         exchange::export_changes(&self.inner.engine, cursor, None)
     }
 
@@ -763,6 +856,7 @@ impl Db {
         cursor: &SyncCursor,
         buckets: &[usize],
     ) -> Result<(Vec<u8>, SyncCursor)> {
+        self.check_open()?;
         let mut sorted = buckets.to_vec();
         sorted.sort_unstable();
         exchange::export_changes(&self.inner.engine, cursor, Some(&sorted))
@@ -771,6 +865,7 @@ impl Db {
     /// Per origin, the newest stamp up to which this copy holds everything:
     /// its own writes, and the cursors of change sets it imported whole.
     pub fn complete_cursor(&self) -> Result<SyncCursor> {
+        self.check_open()?;
         exchange::complete_cursor(&self.inner.engine)
     }
 
@@ -792,23 +887,27 @@ impl Db {
 
     /// What `peer` has reported seeing (empty if never heard from).
     pub fn peer_cursor(&self, peer: &str) -> Result<SyncCursor> {
+        self.check_open()?;
         exchange::peer_cursor(&self.inner.engine, peer)
     }
 
     /// The sealed WAL segments this copy can offer, by content hash.
     pub fn segment_manifest(&self) -> Result<Vec<SegmentEntry>> {
+        self.check_open()?;
         exchange::segment_manifest(&self.inner.engine)
     }
 
     /// The bytes of one of this copy's sealed segments, by its hash (to
     /// send to a peer that lacks it).
     pub fn segment_bytes(&self, hash: &[u8; 32]) -> Result<Option<Vec<u8>>> {
+        self.check_open()?;
         exchange::segment_bytes(&self.inner.engine, hash)
     }
 
     /// The entries of `peer_manifest` this copy has neither written nor
     /// imported.
     pub fn missing_segments(&self, peer_manifest: &[SegmentEntry]) -> Result<Vec<SegmentEntry>> {
+        self.check_open()?;
         exchange::missing_segments(&self.inner.engine, peer_manifest)
     }
 
@@ -824,6 +923,7 @@ impl Db {
     /// The state digest: equal on two copies exactly when their states are.
     /// Fails only if a run could not be read.
     pub fn digest(&self) -> Result<Digest> {
+        self.check_open()?;
         crate::sync::digest::digest(&self.inner.engine.state().view())
     }
 
@@ -831,6 +931,7 @@ impl Db {
     /// (kept up to date by flushes and merges) must always equal: a check
     /// for tests and audits, O(keys).
     pub fn digest_recomputed(&self) -> Result<Digest> {
+        self.check_open()?;
         crate::sync::digest::digest_by_scan(&self.inner.engine.state().view())
     }
 
@@ -849,6 +950,7 @@ impl Db {
     /// hold back WAL truncation (up to `wal_retention_bytes_max`) and
     /// tombstone GC. At most [`crate::compactor::CURSORS_MAX`].
     pub fn set_cursor(&self, name: &str, seq: u64) -> Result<()> {
+        self.check_open()?;
         self.inner.maintenance.set_cursor(name, seq)
     }
 
@@ -859,6 +961,7 @@ impl Db {
 
     /// Forgets a cursor; true if it was registered.
     pub fn remove_cursor(&self, name: &str) -> Result<bool> {
+        self.check_open()?;
         self.inner.maintenance.remove_cursor(name)
     }
 
@@ -869,10 +972,23 @@ impl Db {
     }
 
     /// Writes and syncs everything acknowledged and reports any failure
-    /// doing so; other clones of this handle can no longer write afterwards.
-    /// The threads stop and the directory lock is released when the last
-    /// clone is dropped.
+    /// doing so. From the moment it is called, every operation on every
+    /// clone of this handle fails with [`Error::Closed`]: writes, reads,
+    /// scans (their next item), [`ReadView`]s taken before or after, and a
+    /// second `close`. What describes the database without reading its
+    /// keys (`dir`, `node_id`, `stats`, `notices`, `cursor`,
+    /// `recovery_report`) still answers. The threads
+    /// stop and the directory lock is released when the last clone is
+    /// dropped.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] if a clone was closed already; the error of the
+    /// final WAL write or fsync, or of writing the cursor file.
     pub fn close(self) -> Result<()> {
+        if !self.inner.open.close() {
+            return Err(Error::Closed);
+        }
         let cursors = self.inner.maintenance.flush_cursors();
         self.inner.engine.wal().close()?;
         cursors

@@ -15,6 +15,7 @@
 //! it read it, and if so starts over (up to [`READ_ONLY_OPEN_TRIES_MAX`]
 //! times). The writer never waits for a reader.
 
+use std::ops::RangeBounds;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -155,7 +156,14 @@ impl ReadOnlyDb {
         self.loaded.view.default_keyspace().get_value(key)
     }
 
-    /// The bytes at `key` in the default keyspace.
+    /// The bytes at `key` in the default keyspace: `None` if the key is
+    /// absent or deleted.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::HoldsCounter`] if the key holds a counter (read it with
+    /// [`ReadOnlyDb::counter`] or [`ReadOnlyDb::get_value`]); an I/O or
+    /// corruption error if a run could not be read.
     pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Arc<[u8]>>> {
         self.loaded.view.default_keyspace().get(key)
     }
@@ -168,6 +176,28 @@ impl ReadOnlyDb {
     /// Scans the default keyspace.
     pub fn scan(&self, opts: &ScanOptions) -> Scan {
         self.loaded.view.default_keyspace().scan(opts)
+    }
+
+    /// The keys of the default keyspace that start with `prefix`, in
+    /// order (see [`crate::Keyspace::prefix`]).
+    pub fn prefix(&self, prefix: impl AsRef<[u8]>) -> Scan {
+        self.loaded.view.prefix(prefix)
+    }
+
+    /// The keys of the default keyspace in `range`, in order (see
+    /// [`crate::Keyspace::range`]).
+    pub fn range<K: AsRef<[u8]>>(&self, range: impl RangeBounds<K>) -> Scan {
+        self.loaded.view.range(range)
+    }
+
+    /// The keyspaces holding at least one live key, as
+    /// [`crate::Db::keyspaces`] lists them.
+    ///
+    /// # Errors
+    ///
+    /// An I/O or corruption error if a run could not be read.
+    pub fn keyspaces(&self) -> Result<Vec<String>> {
+        self.loaded.view.keyspaces()
     }
 
     /// The state digest (see [`crate::Db::digest`]).
@@ -372,7 +402,8 @@ fn load_once(
     })?;
     let state = recovered.state.view();
     Ok(Loaded {
-        view: ReadView::new(state.clone()),
+        // A read-only open is never closed: its flag is never set.
+        view: ReadView::new(state.clone(), super::read::OpenFlag::default()),
         state,
         node: meta.node,
         covered_seq: recovered

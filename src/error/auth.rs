@@ -191,3 +191,25 @@ impl std::fmt::Display for AuthError {
         }
     }
 }
+
+impl std::error::Error for AuthError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refuse() -> Result<(), Box<dyn std::error::Error>> {
+        Err(AuthError::UnknownUser { name: "ada".into() })?
+    }
+
+    #[test]
+    fn converts_into_box_dyn_error_with_its_message() {
+        let err = refuse().unwrap_err();
+        assert_eq!(err.to_string(), "no user named \"ada\"");
+        assert!(err.downcast_ref::<AuthError>().is_some());
+        // Through the crate's error, the message is the same, once.
+        let wrapped = crate::Error::from(AuthError::Denied);
+        assert_eq!(wrapped.to_string(), AuthError::Denied.to_string());
+        assert!(std::error::Error::source(&wrapped).is_none());
+    }
+}

@@ -9,10 +9,12 @@ use std::sync::Arc;
 
 mod auth;
 mod bucket;
+mod show;
 
 use crate::clock::{DriftRejected, NodeId};
 pub use auth::AuthError;
 pub use bucket::BucketError;
+pub(crate) use show::ShowBytes;
 
 /// The kinds of file operation that can be made to fail.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -158,6 +160,8 @@ impl std::fmt::Display for KeyError {
     }
 }
 
+impl std::error::Error for KeyError {}
+
 /// A `Result` whose error is [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -199,7 +203,9 @@ pub enum Error {
         /// The failure that poisoned the database.
         cause: Arc<str>,
     },
-    /// The database has been closed.
+    /// The database has been closed: [`crate::Db::close`] was called on
+    /// this handle or on any clone of it. Every later operation on every
+    /// clone (reads, scans and views included) fails with this.
     Closed,
     /// A key, value, batch or name broke a configured limit.
     LimitExceeded {
@@ -282,6 +288,30 @@ pub enum Error {
     Key(KeyError),
     /// A sync through an object store failed (see [`BucketError`]).
     Bucket(BucketError),
+    /// A read of bytes (`get`, `get_typed`) found a counter at the key:
+    /// read it with `counter` or `get_value`. A key holds either bytes or
+    /// a counter, whichever was written last.
+    HoldsCounter {
+        /// The keyspace.
+        keyspace: String,
+        /// The key.
+        key: Vec<u8>,
+    },
+    /// `get_typed::<T>` found bytes at the key that do not decode as `T`:
+    /// most likely they were not written by `put_typed::<T>` (a plain
+    /// `put`, or `put_typed` of another type).
+    TypedDecode {
+        /// The keyspace.
+        keyspace: String,
+        /// The key.
+        key: Vec<u8>,
+        /// The type asked for (`std::any::type_name`).
+        type_name: &'static str,
+        /// The length of the stored value.
+        value_bytes: usize,
+        /// What the decoder found wrong.
+        reason: String,
+    },
     /// A stored typed value did not decode as the requested type.
     Decode {
         /// What was being decoded.
@@ -380,6 +410,25 @@ impl std::fmt::Display for Error {
                 "counter {} would overflow an i64",
                 String::from_utf8_lossy(key)
             ),
+            Error::HoldsCounter { keyspace, key } => write!(
+                f,
+                "key {} in keyspace {keyspace:?} holds a counter, not bytes; read it with \
+                 counter() or get_value()",
+                ShowBytes(key)
+            ),
+            Error::TypedDecode {
+                keyspace,
+                key,
+                type_name,
+                value_bytes,
+                reason,
+            } => write!(
+                f,
+                "key {} in keyspace {keyspace:?} does not decode as {type_name} \
+                 (its value is {value_bytes} bytes; {reason}): the value was probably not \
+                 written with put_typed::<{type_name}>",
+                ShowBytes(key)
+            ),
             Error::Decode { what, reason } => write!(f, "cannot decode {what}: {reason}"),
             Error::Key(e) => write!(f, "{e}"),
             Error::Stream { what, source } => write!(f, "{what} failed: {source}"),
@@ -434,8 +483,16 @@ impl From<AuthError> for Error {
 }
 
 impl std::error::Error for Error {
+    /// The OS error under `Io`, `Network` and `Stream`. `Auth`, `Key` and
+    /// `Bucket` are transparent: their message is the inner error's, so
+    /// (like `std::io::Error::other`) their source is the inner error's
+    /// source, and a report that walks the chain does not print the same
+    /// message twice; match on the variant to reach the inner error.
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
+            Error::Auth(e) => std::error::Error::source(e),
+            Error::Key(e) => std::error::Error::source(e),
+            Error::Bucket(e) => std::error::Error::source(e),
             Error::Io { source, .. }
             | Error::Network { source, .. }
             | Error::Stream { source, .. } => Some(source.as_ref()),
