@@ -182,7 +182,10 @@ impl Engine {
     /// waiters, and waiters on the applied watermark.
     pub fn poison(&self, cause: &str) {
         // Outside every lock: a subscriber may do I/O.
-        tracing::error!(cause, "database poisoned: writes are refused until reopened");
+        tracing::error!(
+            cause,
+            "database poisoned: writes are refused until reopened"
+        );
         self.wal.poison(cause);
         let first_cause = match self.wal.check_usable() {
             Err(crate::Error::Poisoned { cause }) => cause,

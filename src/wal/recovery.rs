@@ -840,8 +840,7 @@ fn repair(
     }
     io.sync_dir(wal_dir)?;
     io.sync_dir(&quarantine)?;
-    let bytes_dropped =
-        tail.len() as u64 + later_bytes.iter().map(|b| b.len() as u64).sum::<u64>();
+    let bytes_dropped = tail.len() as u64 + later_bytes.iter().map(|b| b.len() as u64).sum::<u64>();
     tracing::warn!(
         segment = %damaged.path.display(),
         offset_bytes = damaged.bad.offset,
