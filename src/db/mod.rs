@@ -5,6 +5,7 @@ mod identity;
 mod keys;
 pub(crate) use keys::check as check_keys;
 mod keyspace;
+mod metrics;
 pub(crate) mod position;
 pub(crate) mod read;
 mod reader;
@@ -698,7 +699,7 @@ impl Db {
         // Counted over every layer: exact, and O(keys).
         for entry in view.iter() {
             match entry {
-                Ok((_, state)) => count_key(&mut stats, &state),
+                Ok((key, state)) => count_key(&mut stats, &key, &state),
                 Err(e) => {
                     stats.read_error = Some(e.to_string());
                     break;
@@ -1029,15 +1030,33 @@ fn recovery_outcome(r: &RecoveryReport) -> &'static str {
     }
 }
 
-pub(super) fn count_key(stats: &mut Stats, state: &KeyState) {
+pub(super) fn count_key(stats: &mut Stats, store_key: &[u8], state: &KeyState) {
     match state.visible() {
-        Visible::Bytes(_) => stats.keys += 1,
+        Visible::Bytes(_) => {
+            stats.keys += 1;
+            count_in_keyspace(stats, store_key);
+        }
         Visible::Counter(_) => {
             stats.keys += 1;
             stats.counters += 1;
+            count_in_keyspace(stats, store_key);
         }
         Visible::Absent if state.is_tombstone() => stats.tombstones += 1,
         Visible::Absent => {}
+    }
+}
+
+/// One more live key in the keyspace of `store_key` (allocating the
+/// name only for the first key of a keyspace).
+fn count_in_keyspace(stats: &mut Stats, store_key: &[u8]) {
+    let Some((name, _)) = crate::record::split_store_key(store_key) else {
+        return;
+    };
+    match stats.keys_by_keyspace.get_mut(name) {
+        Some(n) => *n += 1,
+        None => {
+            stats.keys_by_keyspace.insert(name.to_string(), 1);
+        }
     }
 }
 
@@ -1068,6 +1087,9 @@ pub struct Stats {
     pub counters: u64,
     /// Deleted keys whose tombstones are kept.
     pub tombstones: u64,
+    /// Keys that read as a value or counter, by keyspace (reserved ones,
+    /// starting with `_`, included; a keyspace with none is absent).
+    pub keys_by_keyspace: std::collections::BTreeMap<String, u64>,
     /// The HLC high-water mark.
     pub hlc: String,
     /// Drift seen in remote stamps.
