@@ -519,8 +519,9 @@ fn serve_messages(
         let message = conn.recv(idle)?;
         let before = machine.cursor();
         let actions = machine.on_message(message)?;
+        let streaming = machine.is_streaming();
         for action in actions {
-            let ack = perform(shared, action, before, staging)?;
+            let ack = perform(shared, action, before, staging, streaming)?;
             if ack {
                 conn.send(&machine.ack())?;
                 *progressed = true;
@@ -536,12 +537,13 @@ fn perform(
     action: FollowerAction,
     before: Cursor,
     staging: &mut Option<IoFile>,
+    streaming: bool,
 ) -> std::result::Result<bool, Ended> {
     let db = &shared.db;
     let staging_path = staging_path(db.dir());
     match action {
         FollowerAction::LeaderPosition { leader_seq } => {
-            note_leader(shared, leader_seq, true);
+            note_leader(shared, leader_seq, true, streaming);
             Ok(false)
         }
         FollowerAction::SnapshotStart { .. } => {
@@ -619,7 +621,7 @@ fn stored_position(shared: &Shared, cursor: Cursor) -> FollowerPosition {
 
 /// Records the leader's position (from a WELCOME or HEARTBEAT, or implied
 /// by a batch) and starts or stops the lag clock.
-fn note_leader(shared: &Shared, leader_seq: u64, announced: bool) {
+fn note_leader(shared: &Shared, leader_seq: u64, announced: bool, streaming: bool) {
     let mut status = shared.status.lock();
     status.connected = true;
     // A WELCOME or HEARTBEAT says where the leader is (a new leader may be
@@ -630,8 +632,11 @@ fn note_leader(shared: &Shared, leader_seq: u64, announced: bool) {
         status.leader_seq.max(leader_seq)
     };
     status.lag_seqs = status.leader_seq.saturating_sub(status.position.seq);
-    let caught_up = (status.lag_seqs == 0 && !shared.caught_up_said.swap(true, Ordering::AcqRel))
-        .then_some(status.position.seq);
+    // Not while a snapshot is still to come: the position is then not
+    // in the leader's history yet.
+    let caught_up =
+        (streaming && status.lag_seqs == 0 && !shared.caught_up_said.swap(true, Ordering::AcqRel))
+            .then_some(status.position.seq);
     let mut behind = shared.behind_since.lock();
     match (status.lag_seqs, *behind) {
         (0, _) => *behind = None,
@@ -653,7 +658,7 @@ fn applied(shared: &Shared, position: FollowerPosition) {
         status.position = position;
         status.last_error = None;
     }
-    note_leader(shared, position.seq, false);
+    note_leader(shared, position.seq, false, true);
 }
 
 #[cfg(test)]
