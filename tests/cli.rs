@@ -226,21 +226,93 @@ fn stats_prints_keys_and_node_id() {
     assert_eq!(field("tombstones"), "1");
     assert_eq!(field("last_seq"), "4");
     assert_eq!(field("node_id").len(), 16);
+    assert_eq!(field("keyspaces"), "1");
+    assert_eq!(field("keys[default]"), "2");
     for name in [
         "segments",
         "wal_bytes",
         "synced_seq",
         "hlc",
-        "sync_mode",
         "dedup_entries",
+        "runs",
+        "cursors",
         "poisoned",
     ] {
         field(name);
     }
+    // Counters since open and this process's options would say only 0
+    // and the CLI's defaults: `stats` opens the database afresh.
+    for name in ["frames_written", "groups_written", "syncs", "sync_mode"] {
+        assert!(
+            !stats
+                .lines()
+                .iter()
+                .any(|l| l.starts_with(&format!("{name}: "))),
+            "{name} is this process's, not the database's:\n{}",
+            stats.stdout
+        );
+    }
     let json = mkv(&dir, &["--json", "stats"]).expect(0).json();
     assert_eq!(json["keys"], 2);
+    assert_eq!(json["keys_by_keyspace"]["default"], 2);
     assert_eq!(json["node_id"].as_str(), Some(field("node_id").as_str()));
     assert_eq!(json["wal"]["last_seq"], 4);
+    assert_eq!(
+        json["wal"]["segments"],
+        field("segments").parse::<u64>().unwrap()
+    );
+    for (section, name) in [
+        (None, "sync_mode"),
+        (None, "drift"),
+        (Some("wal"), "frames_written"),
+        (Some("wal"), "syncs"),
+        (Some("compactor"), "cache_hits"),
+        (Some("compactor"), "compactions"),
+    ] {
+        let object = section.map_or(&json, |s| &json[s]);
+        assert!(object.get(name).is_none(), "{name} in {json}");
+    }
+}
+
+#[test]
+fn stats_prometheus_prints_the_state_as_exposition_text() {
+    let (_tmp, dir) = db_dir();
+    mkv(&dir, &["put", "a", "1"]).expect(0);
+    mkv(&dir, &["put", "-k", "users", "ada", "x"]).expect(0);
+    let value = |run: &Run, sample: &str| -> f64 {
+        run.lines()
+            .iter()
+            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {sample} in {}", run.stdout))
+    };
+    let first = mkv(&dir, &["stats", "--prometheus"]).expect(0);
+    assert_eq!(value(&first, "mergekv_keys"), 2.0);
+    assert_eq!(
+        value(&first, r#"mergekv_keyspace_keys{keyspace="users"}"#),
+        1.0
+    );
+    assert_eq!(value(&first, "mergekv_wal_last_seq"), 2.0);
+    let mut typed = std::collections::BTreeSet::new();
+    for line in first.lines() {
+        if let Some(t) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = t.split_once(' ').unwrap();
+            assert_eq!(kind, "gauge", "no counters from a fresh open: {line}");
+            typed.insert(name.to_string());
+        } else if !line.starts_with("# HELP ") {
+            let name = line.split(['{', ' ']).next().unwrap();
+            assert!(typed.contains(name), "{name} before its TYPE");
+            let value = line.rsplit(' ').next().unwrap();
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+        }
+    }
+    mkv(&dir, &["put", "b", "2"]).expect(0);
+    let second = mkv(&dir, &["stats", "--prometheus"]).expect(0);
+    assert_eq!(value(&second, "mergekv_keys"), 3.0);
+    assert_eq!(value(&second, "mergekv_wal_last_seq"), 3.0);
+    // A usage error (how errors are printed under --json is not this
+    // test's business), and no half output.
+    let both = mkv(&dir, &["--json", "stats", "--prometheus"]).expect(2);
+    assert!(!both.stdout.contains("mergekv_"), "{}", both.stdout);
 }
 
 #[test]

@@ -236,7 +236,7 @@ impl Bucket {
         let _turn = self.round.lock();
         let _db_turn = round_turn(db, &self.identity);
         let _db_turn = _db_turn.lock();
-        round::sync(self, db.engine(), true)
+        self.traced_round(db, true)
     }
 
     /// A backup round: publish `db`'s news (and a snapshot when one is
@@ -250,7 +250,23 @@ impl Bucket {
         let _turn = self.round.lock();
         let _db_turn = round_turn(db, &self.identity);
         let _db_turn = _db_turn.lock();
-        round::sync(self, db.engine(), false)
+        self.traced_round(db, false)
+    }
+
+    /// A round in a span naming the bucket and the database, with one
+    /// event saying what it moved or why it failed.
+    fn traced_round(&self, db: &Db, pull: bool) -> Result<SyncReport> {
+        let span = tracing::info_span!(
+            "mergekv.bucket_round",
+            bucket = %self.identity,
+            path = %db.dir().display(),
+            pull,
+        );
+        let _entered = span.enter();
+        let started = std::time::Instant::now();
+        let result = round::sync(self, db.engine(), pull);
+        trace_round(&result, started.elapsed());
+        result
     }
 
     /// A new database in `dir` (which must not hold one) with everything
@@ -270,7 +286,25 @@ impl Bucket {
         options: Options,
         at_ms: Option<u64>,
     ) -> Result<(Db, RestoreReport)> {
-        round::restore(self, dir, options, at_ms)
+        let span = tracing::info_span!(
+            "mergekv.bucket_restore",
+            bucket = %self.identity,
+            path = %dir.display(),
+            at_ms,
+        );
+        let _entered = span.enter();
+        let result = round::restore(self, dir, options, at_ms);
+        match &result {
+            Ok((_, r)) => tracing::info!(
+                pulled_objects = r.pulled.objects,
+                pulled_changes = r.pulled.changes,
+                pulled_bytes = r.pulled.bytes,
+                snapshot = r.snapshot.as_deref(),
+                "bucket restore finished"
+            ),
+            Err(e) => tracing::error!(error = %e, "bucket restore failed"),
+        }
+        result
     }
 
     /// Creates the object `name` (relative to the bucket's prefix) unless
@@ -404,6 +438,52 @@ fn round_turn(db: &Db, identity: &str) -> Arc<Mutex<()>> {
         .entry((engine, identity.to_string()))
         .or_default()
         .clone()
+}
+
+/// Says what a round did (debug: one per round), or why it failed: at
+/// warn when this copy must act (it joined too late, history it lacks is
+/// gone, it was expelled), at error otherwise (the store, a damaged
+/// object, a clone).
+fn trace_round(result: &Result<SyncReport>, elapsed: std::time::Duration) {
+    let duration_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+    let r = match result {
+        Ok(r) => r,
+        Err(Error::Bucket(
+            e @ (BucketError::HistoryGone { .. }
+            | BucketError::StaleJoin { .. }
+            | BucketError::MustBootstrap { .. }),
+        )) => {
+            tracing::warn!(error = %e, duration_ms, "bucket round refused: this copy must start afresh");
+            return;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, duration_ms, "bucket round failed");
+            return;
+        }
+    };
+    tracing::debug!(
+        pushed_objects = r.pushed.objects,
+        pushed_changes = r.pushed.changes,
+        pushed_bytes = r.pushed.bytes,
+        pulled_objects = r.pulled.objects,
+        pulled_changes = r.pulled.changes,
+        pulled_bytes = r.pulled.bytes,
+        applied = r.applied,
+        snapshot_published = r.snapshot_published.is_some(),
+        snapshots_imported = r.snapshots_imported,
+        copies = r.copies,
+        deleted = r.deleted,
+        delete_failed = r.delete_failed,
+        head_written = r.head_written,
+        duration_ms,
+        "bucket round finished"
+    );
+    if !r.silent.is_empty() {
+        tracing::warn!(copies = ?r.silent, "copies silent past the horizon are no longer waited for");
+    }
+    if !r.unreadable.is_empty() {
+        tracing::warn!(heads = ?r.unreadable, "unreadable heads skipped");
+    }
 }
 
 /// [`Bucket::identity`] of a URL: `s3a` is `s3`, `azure` is `az`, and the

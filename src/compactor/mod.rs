@@ -425,10 +425,13 @@ impl Maintenance {
     fn compact_rekeying(&self, full: bool) -> Result<CompactionReport> {
         let _running = self.running.lock();
         let started = Instant::now();
+        tracing::debug!(full, "compaction started");
         let result = self.compact_inner(full);
+        let duration_ms = runs::millis(started.elapsed());
         let mut p = self.progress.lock();
         match &result {
             Ok(report) => {
+                trace_compacted(full, report, duration_ms);
                 self.engine.state().set_flush_failure(None);
                 p.compactions += 1;
                 p.compacted_at = Some(Instant::now());
@@ -437,6 +440,8 @@ impl Maintenance {
                 p.last_error = None;
             }
             Err(e) => {
+                // Until now only `stats()` showed a background failure.
+                tracing::error!(full, error = %e, duration_ms, "compaction failed");
                 p.last_error = Some(e.to_string());
                 poison_on_failed_sync(&self.engine, e);
                 // Writers waiting for room hear of it, rather than wait on.
@@ -448,7 +453,7 @@ impl Maintenance {
             }
         }
         result.map(|mut r| {
-            r.duration_ms = started.elapsed().as_millis() as u64;
+            r.duration_ms = duration_ms;
             r
         })
     }
@@ -761,6 +766,32 @@ fn ship_nonce() -> u64 {
     NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
+/// Says what a compaction did (one event; a cursor past the retention
+/// limit, which must now resync, as a warning).
+fn trace_compacted(full: bool, r: &CompactionReport, duration_ms: u64) {
+    tracing::info!(
+        full,
+        covered_seq = r.snapshot_seq,
+        runs_written = r.runs_written,
+        runs_merged = r.runs_merged,
+        runs = r.runs,
+        bytes_written = r.snapshot_bytes,
+        entries_written = r.entries,
+        bytes_before = r.bytes_before,
+        bytes_after = r.bytes_after,
+        wal_segments_removed = r.segments_removed,
+        tombstones_dropped = r.tombstones_dropped,
+        duration_ms,
+        "compaction finished"
+    );
+    if !r.cursors_behind.is_empty() {
+        tracing::warn!(
+            cursors = ?r.cursors_behind,
+            "cursors fell behind the WAL retention limit and must resync"
+        );
+    }
+}
+
 /// A failed fsync (of a snapshot, a directory, a segment) poisons the
 /// database: the kernel may have dropped the pages it did not write, and
 /// a later fsync that "succeeds" would let the next compaction delete the
@@ -813,7 +844,16 @@ impl Compactor {
             .set_flush_signal(engine.options().memtable_bytes_max, ring);
         let handle = std::thread::Builder::new()
             .name("mergekv-compactor".into())
-            .spawn(move || run(&maintenance, &receive, &rings))
+            .spawn(move || {
+                // Events of background work name their database. A span
+                // made while no subscriber wants it stays disabled.
+                let span = tracing::info_span!(
+                    "mergekv.compactor",
+                    path = %maintenance.dir.display()
+                );
+                let _entered = span.enter();
+                run(&maintenance, &receive, &rings);
+            })
             .map_err(|e| Error::Poisoned {
                 cause: Arc::from(format!("cannot start the compactor thread: {e}")),
             })?;
@@ -911,8 +951,20 @@ fn run(maintenance: &Maintenance, requests: &Receiver<Request>, rings: &Receiver
             let outcome =
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| maintenance.rekey()));
             match outcome {
-                Ok(Ok(report)) if report.files_left == 0 => rekey_backoff = RekeyBackoff::default(),
+                Ok(Ok(report)) if report.files_left == 0 => {
+                    tracing::info!(
+                        runs_rewritten = report.runs_rewritten,
+                        wal_segments_rewritten = report.segments_rewritten,
+                        "key rotation rewrite finished"
+                    );
+                    rekey_backoff = RekeyBackoff::default();
+                }
                 Ok(Ok(report)) => {
+                    tracing::error!(
+                        files_left = report.files_left,
+                        errors = ?report.errors,
+                        "key rotation rewrite left files under an old key; retrying later"
+                    );
                     maintenance.progress.lock().last_error = Some(format!(
                         "key rotation: {} file(s) still under an old key: {}",
                         report.files_left,
@@ -921,6 +973,7 @@ fn run(maintenance: &Maintenance, requests: &Receiver<Request>, rings: &Receiver
                     rekey_backoff.failed();
                 }
                 Ok(Err(e)) => {
+                    tracing::error!(error = %e, "key rotation rewrite failed; retrying later");
                     poison_on_failed_sync(&maintenance.engine, &e);
                     maintenance.progress.lock().last_error = Some(format!("key rotation: {e}"));
                     rekey_backoff.failed();

@@ -63,6 +63,12 @@ impl Maintenance {
     }
 
     fn flush_one(&self, frozen: &Frozen, out: &mut Written) -> Result<()> {
+        let started = std::time::Instant::now();
+        tracing::debug!(
+            covered_seq = frozen.covered_seq,
+            keys = frozen.map.len(),
+            "memtable flush started"
+        );
         let digest = self.digest_after_flush(frozen)?;
         let entries = frozen.map.iter().map(|(k, s)| Ok((k.clone(), s.clone())));
         let expected = Some(frozen.map.len() as u64);
@@ -88,6 +94,14 @@ impl Maintenance {
         });
         *self.manifest.lock() = Some(manifest);
         self.remove_legacy_snapshots()?;
+        tracing::debug!(
+            covered_seq = covered,
+            runs_written = new.runs.len(),
+            entries = new.entries_total(),
+            bytes = new.bytes_total(),
+            duration_ms = millis(started.elapsed()),
+            "memtable flushed"
+        );
         out.add(new);
         Ok(())
     }
@@ -337,6 +351,13 @@ impl Maintenance {
         gc: &TombstoneGc,
         out: &mut Written,
     ) -> Result<()> {
+        let started = std::time::Instant::now();
+        tracing::debug!(
+            runs = chosen.len(),
+            bytes = chosen.iter().map(|r| r.info().size_bytes).sum::<u64>(),
+            reaches_bottom,
+            "run merge started"
+        );
         let view = StateView::of(
             Default::default(),
             Arc::new(Lower {
@@ -402,6 +423,15 @@ impl Maintenance {
         self.io.sync_dir(&self.dir.join(RUN_DIR))?;
         out.runs_merged += chosen.len();
         out.tombstones_dropped += dropped;
+        tracing::debug!(
+            runs_merged = chosen.len(),
+            runs_written = new.runs.len(),
+            entries = new.entries_total(),
+            bytes = new.bytes_total(),
+            tombstones_dropped = dropped,
+            duration_ms = millis(started.elapsed()),
+            "runs merged"
+        );
         out.add(new);
         Ok(())
     }
@@ -450,6 +480,21 @@ impl NewRuns {
     fn opened(&self) -> Vec<Arc<Run>> {
         self.runs.iter().map(|(_, run)| run.clone()).collect()
     }
+
+    /// Entries in them.
+    fn entries_total(&self) -> u64 {
+        self.runs.iter().map(|(info, _)| info.entries).sum()
+    }
+
+    /// Bytes of them.
+    fn bytes_total(&self) -> u64 {
+        self.runs.iter().map(|(info, _)| info.size_bytes).sum()
+    }
+}
+
+/// A duration in whole milliseconds, for events.
+pub(super) fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl Written {

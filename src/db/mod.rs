@@ -5,6 +5,7 @@ mod identity;
 mod keys;
 pub(crate) use keys::check as check_keys;
 mod keyspace;
+mod metrics;
 pub(crate) mod position;
 pub(crate) mod read;
 mod reader;
@@ -109,7 +110,61 @@ impl Db {
     /// with [`Error::Corruption`] if the WAL is damaged (unless
     /// `options.recovery_mode` is `Repair`).
     pub fn open_with(dir: impl AsRef<Path>, options: Options) -> Result<Db> {
-        let dir = dir.as_ref().to_path_buf();
+        let dir = dir.as_ref();
+        // Field values are evaluated only when a subscriber wants the span.
+        let span = tracing::info_span!(
+            "mergekv.open",
+            path = %dir.display(),
+            read_only = options.read_only,
+            create_if_missing = options.create_if_missing,
+            recovery_mode = ?options.recovery_mode,
+            sync_mode = ?options.sync_mode,
+            encrypted = options.encryption_key.is_some(),
+        );
+        let _entered = span.enter();
+        let started = std::time::Instant::now();
+        match Self::open_in(dir.to_path_buf(), options) {
+            Ok(db) => {
+                db.trace_opened(started.elapsed());
+                Ok(db)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "open failed");
+                Err(e)
+            }
+        }
+    }
+
+    /// Says what the open found (one event; nothing is computed without a
+    /// subscriber that wants it).
+    fn trace_opened(&self, elapsed: Duration) {
+        let r = &self.inner.recovery;
+        tracing::info!(
+            node = %self.node_id(),
+            recovery = recovery_outcome(r),
+            wal_segments_replayed = r.segments_replayed,
+            wal_segments_skipped = r.segments_skipped,
+            runs = r.runs.as_ref().map_or(0, |u| u.runs),
+            runs_bytes = r.runs.as_ref().map_or(0, |u| u.bytes),
+            covered_seq = r.runs.as_ref().map_or(0, |u| u.covered_seq),
+            frames_replayed = r.frames_replayed,
+            ops_replayed = r.ops_replayed,
+            snapshots_skipped = r.snapshots_skipped.len(),
+            identity_renewed = self.inner.renewed.is_some(),
+            elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+            "database opened"
+        );
+        if let Some((old, why)) = self.inner.renewed {
+            tracing::warn!(
+                old_node = %old,
+                node = %self.node_id(),
+                reason = ?why,
+                "identity renewed"
+            );
+        }
+    }
+
+    fn open_in(dir: PathBuf, options: Options) -> Result<Db> {
         options.validate()?;
         let io = Io::new(options.faults.clone());
         let repair = options.recovery_mode == RecoveryMode::Repair;
@@ -494,9 +549,14 @@ impl Db {
         let Some(reason) = io.read_if_exists(&marker)? else {
             return Ok(());
         };
+        let reason = String::from_utf8_lossy(&reason);
+        tracing::info!(
+            repair = reason.trim(),
+            "repair acted on: the replication epoch is dropped"
+        );
         self.inner.settled.lock().push(format!(
             "a repair was acted on ({}): followers are sent a snapshot",
-            String::from_utf8_lossy(&reason).trim()
+            reason.trim()
         ));
         io.remove_file(&marker)?;
         io.sync_dir(self.dir())
@@ -728,7 +788,7 @@ impl Db {
         // Counted over every layer: exact, and O(keys).
         for entry in view.iter() {
             match entry {
-                Ok((_, state)) => count_key(&mut stats, &state),
+                Ok((key, state)) => count_key(&mut stats, &key, &state),
                 Err(e) => {
                     stats.read_error = Some(e.to_string());
                     break;
@@ -820,6 +880,12 @@ impl Db {
         let keyring = engine.wal().keyring().read().clone();
         let report =
             crate::sync::stream::export(&view, engine.node(), cursor, &complete, &keyring, out)?;
+        tracing::debug!(
+            records = report.records,
+            chunks = report.chunks,
+            bytes = report.bytes,
+            "change stream exported"
+        );
         let mut after = cursor.clone();
         after.merge(&complete);
         Ok((report, after))
@@ -835,7 +901,9 @@ impl Db {
     /// (each is a whole, idempotent merge).
     pub fn import_stream(&self, input: &mut dyn std::io::Read) -> Result<ImportReport> {
         self.check_writable()?;
-        crate::sync::stream::import(&self.inner.engine, input)
+        let result = crate::sync::stream::import(&self.inner.engine, input);
+        trace_import("change_stream", None, &result);
+        result
     }
 
     /// A change set of every change newer than `cursor` (a version vector of
@@ -882,7 +950,9 @@ impl Db {
     /// importing the same change set again.
     pub fn import_from(&self, peer: &str, bytes: &[u8]) -> Result<ImportReport> {
         self.check_writable()?;
-        exchange::import_from(&self.inner.engine, peer, bytes)
+        let result = exchange::import_from(&self.inner.engine, peer, bytes);
+        trace_import("change_set", Some(peer), &result);
+        result
     }
 
     /// What `peer` has reported seeing (empty if never heard from).
@@ -917,7 +987,12 @@ impl Db {
     /// here is skipped.
     pub fn import_segment(&self, bytes: &[u8], hash: &[u8; 32]) -> Result<SegmentImport> {
         self.check_writable()?;
-        exchange::import_segment(&self.inner.engine, bytes, hash)
+        let result = exchange::import_segment(&self.inner.engine, bytes, hash);
+        match &result {
+            Ok(outcome) => tracing::debug!(outcome = ?outcome, "WAL segment imported"),
+            Err(e) => tracing::warn!(error = %e, "WAL segment import failed"),
+        }
+        result
     }
 
     /// The state digest: equal on two copies exactly when their states are.
@@ -942,7 +1017,9 @@ impl Db {
     /// applies nothing.
     pub fn import(&self, bytes: &[u8]) -> Result<ImportReport> {
         self.check_writable()?;
-        exchange::import(&self.inner.engine, bytes)
+        let result = exchange::import(&self.inner.engine, bytes);
+        trace_import("change_set", None, &result);
+        result
     }
 
     /// Registers (or moves) a cursor: a reader of this database's changes
@@ -1021,8 +1098,14 @@ fn readers_lock(io: &Io, dir: &Path, repair: bool) -> Result<Option<crate::io::I
 /// rest of the open), a read-only one leaves it; the notices say so.
 fn load_cursors(io: &Io, dir: &Path, engine: &Engine) -> Result<Cursors> {
     match Cursors::load(io, dir) {
-        Err(Error::Corruption { path, .. }) => {
+        Err(Error::Corruption { path, reason, .. }) => {
             let writable = !engine.options().read_only;
+            tracing::warn!(
+                file = %path.display(),
+                reason = %reason,
+                quarantined = writable,
+                "cursor file damaged: registered cursors are lost"
+            );
             if writable {
                 crate::engine::quarantine(io, dir, &path)?;
             }
@@ -1032,15 +1115,64 @@ fn load_cursors(io: &Io, dir: &Path, engine: &Engine) -> Result<Cursors> {
     }
 }
 
-pub(super) fn count_key(stats: &mut Stats, state: &KeyState) {
+/// Says what an import applied, or why it failed (at warn: what a peer
+/// sent was damaged, refused, or could not be applied).
+fn trace_import(kind: &'static str, peer: Option<&str>, result: &Result<ImportReport>) {
+    match result {
+        Ok(r) => tracing::debug!(
+            kind,
+            peer,
+            applied = r.applied,
+            stale = r.stale,
+            duplicates = r.duplicates,
+            "import finished"
+        ),
+        Err(e) => tracing::warn!(kind, peer, error = %e, "import failed"),
+    }
+}
+
+/// One word for what recovery had to do at open, worst first.
+fn recovery_outcome(r: &RecoveryReport) -> &'static str {
+    if r.salvage.is_some() {
+        "salvaged"
+    } else if r.repair.is_some() {
+        "repaired"
+    } else if !r.snapshots_skipped.is_empty() {
+        "snapshot_skipped"
+    } else if r.torn_tail.is_some() {
+        "torn_tail_cut"
+    } else {
+        "clean"
+    }
+}
+
+pub(super) fn count_key(stats: &mut Stats, store_key: &[u8], state: &KeyState) {
     match state.visible() {
-        Visible::Bytes(_) => stats.keys += 1,
+        Visible::Bytes(_) => {
+            stats.keys += 1;
+            count_in_keyspace(stats, store_key);
+        }
         Visible::Counter(_) => {
             stats.keys += 1;
             stats.counters += 1;
+            count_in_keyspace(stats, store_key);
         }
         Visible::Absent if state.is_tombstone() => stats.tombstones += 1,
         Visible::Absent => {}
+    }
+}
+
+/// One more live key in the keyspace of `store_key` (allocating the
+/// name only for the first key of a keyspace).
+fn count_in_keyspace(stats: &mut Stats, store_key: &[u8]) {
+    let Some((name, _)) = crate::record::split_store_key(store_key) else {
+        return;
+    };
+    match stats.keys_by_keyspace.get_mut(name) {
+        Some(n) => *n += 1,
+        None => {
+            stats.keys_by_keyspace.insert(name.to_string(), 1);
+        }
     }
 }
 
@@ -1071,6 +1203,9 @@ pub struct Stats {
     pub counters: u64,
     /// Deleted keys whose tombstones are kept.
     pub tombstones: u64,
+    /// Keys that read as a value or counter, by keyspace (reserved ones,
+    /// starting with `_`, included; a keyspace with none is absent).
+    pub keys_by_keyspace: std::collections::BTreeMap<String, u64>,
     /// The HLC high-water mark.
     pub hlc: String,
     /// Drift seen in remote stamps.
@@ -1110,8 +1245,9 @@ fn start_flusher(engine: &Arc<Engine>) -> Result<Option<(Sender<()>, JoinHandle<
         .name("mergekv-flusher".into())
         .spawn(move || {
             while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
-                if engine.wal().sync_written().is_err() {
+                if let Err(e) = engine.wal().sync_written() {
                     // The WAL is poisoned now; writers will say so.
+                    tracing::error!(error = %e, "interval fsync failed: the database is poisoned");
                     return;
                 }
             }

@@ -320,7 +320,7 @@ impl ReadOnlyDb {
         stats.compactor.cache_bytes = cache.resident_bytes;
         for entry in self.loaded.state.iter() {
             match entry {
-                Ok((_, state)) => count_key(&mut stats, &state),
+                Ok((key, state)) => count_key(&mut stats, &key, &state),
                 Err(e) => {
                     stats.read_error = Some(e.to_string());
                     break;

@@ -181,6 +181,11 @@ impl Engine {
     /// Poisons the database (fail-stop) and wakes every waiter: WAL
     /// waiters, and waiters on the applied watermark.
     pub fn poison(&self, cause: &str) {
+        // Outside every lock: a subscriber may do I/O.
+        tracing::error!(
+            cause,
+            "database poisoned: writes are refused until reopened"
+        );
         self.wal.poison(cause);
         let first_cause = match self.wal.check_usable() {
             Err(crate::Error::Poisoned { cause }) => cause,

@@ -124,6 +124,7 @@ fn remove_garbage_runs(io: &Io, dir: &Path, manifest: &Manifest) -> Result<()> {
         let named = crate::run::parse_run_file_name(&name)
             .is_some_and(|id| manifest.runs.iter().any(|r| r.id == id));
         if !named {
+            tracing::debug!(file = %name, "removed a run file no manifest names");
             io.remove_file(&run_dir.join(&name))?;
             removed = true;
         }
@@ -209,6 +210,14 @@ fn repair_runs(
             ));
         }
         report.entries_kept += salvage.entries.len() as u64;
+        tracing::warn!(
+            run = %path.display(),
+            damage = %damage,
+            missing = !exists,
+            entries_kept = salvage.entries.len(),
+            spans_lost = salvage.lost.len(),
+            "damaged run salvaged"
+        );
         if exists {
             // A copy: the file stays until a manifest no longer names it
             // (then the garbage sweep below removes it), so a crash before
@@ -578,6 +587,14 @@ fn salvage(
     if !nodes.contains(&salvaged.meta.node) {
         salvaged.meta.node = current;
     }
+    tracing::warn!(
+        snapshot = %path.display(),
+        entries_kept = report.entries_kept,
+        spans_lost = report.lost.len(),
+        header_damaged = report.header_damaged,
+        dedup_lost = report.dedup_lost,
+        "damaged snapshot salvaged"
+    );
     recovery::mark_repaired(io, dir, &format!("salvaged {}", path.display()))?;
     let name = path.file_name().unwrap_or_default().to_string_lossy();
     io.write_atomic(&quarantine_path(io, dir, &name)?, &io.read(path)?)?;
@@ -624,6 +641,11 @@ fn rebuild(
     let (max_stamp, replayed) =
         replay_tail(from, &state, &mut dedup, covered_seq, max_stamp, wal_mode)?;
     for (path, error) in damaged {
+        tracing::warn!(
+            snapshot = %path.display(),
+            error = %error,
+            "damaged snapshot moved to quarantine; the state was rebuilt without it"
+        );
         report.snapshots_skipped.push(error.to_string());
         quarantine(io, dir, path)?;
     }

@@ -138,6 +138,9 @@ struct Shared {
     behind_since: Mutex<Option<Instant>>,
     /// The live socket, to shut down on stop.
     socket: Mutex<Option<TcpStream>>,
+    /// This connection has said it caught up (said once per connection:
+    /// under steady writes the lag touches 0 after every batch).
+    caught_up_said: AtomicBool,
 }
 
 /// A running follower: a read-only database kept up to date from a
@@ -185,11 +188,21 @@ impl Follower {
             changed: Condvar::new(),
             behind_since: Mutex::new(None),
             socket: Mutex::new(None),
+            caught_up_said: AtomicBool::new(false),
         });
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
             .name("mergekv-follower".into())
-            .spawn(move || follow_guarded(&thread_shared))
+            .spawn(move || {
+                let span = tracing::info_span!(
+                    "mergekv.follower",
+                    leader = %thread_shared.options.leader,
+                    path = %thread_shared.db.dir().display(),
+                    follower_id = thread_shared.follower_id,
+                );
+                let _entered = span.enter();
+                follow_guarded(&thread_shared);
+            })
             .map_err(|e| Error::Network {
                 what: "starting the follower thread".into(),
                 source: Arc::new(e),
@@ -311,6 +324,10 @@ fn follow_loop(shared: &Arc<Shared>) {
     while !shared.stop.load(Ordering::Acquire) {
         let mut progressed = false;
         let ended = run_connection(shared, &mut progressed);
+        match &ended {
+            Ok(()) => tracing::info!("disconnected from the leader: stopping"),
+            Err(e) => tracing::warn!(error = %e, "disconnected from the leader"),
+        }
         {
             let mut status = shared.status.lock();
             status.connected = false;
@@ -319,8 +336,11 @@ fn follow_loop(shared: &Arc<Shared>) {
             }
         }
         shared.changed.notify_all();
-        if shared.db.engine().check_usable().is_err() {
+        if let Err(e) = shared.db.engine().check_usable() {
             // Poisoned or closed: nothing more can be applied until reopen.
+            if !matches!(e, Error::Closed) {
+                tracing::error!(error = %e, "following stopped: the database is unusable");
+            }
             return;
         }
         if progressed {
@@ -332,6 +352,9 @@ fn follow_loop(shared: &Arc<Shared>) {
             shared.options.backoff_max_ms,
             random_u64(),
         );
+        if !shared.stop.load(Ordering::Acquire) {
+            tracing::debug!(attempt, delay_ms = delay, "reconnecting to the leader");
+        }
         attempt = attempt.saturating_add(1);
         let deadline = Instant::now() + Duration::from_millis(delay);
         let mut status = shared.status.lock();
@@ -469,6 +492,8 @@ fn run_connection(shared: &Shared, progressed: &mut bool) -> std::result::Result
     );
     conn.send(&machine.hello(shared.follower_id, &options.token))?;
     shared.status.lock().connects += 1;
+    shared.caught_up_said.store(false, Ordering::Release);
+    tracing::info!(cursor_seq = machine.cursor().seq, "connected to the leader");
     let mut staging: Option<IoFile> = None;
     let ended = serve_messages(shared, &mut conn, &mut machine, &mut staging, progressed);
     if staging.take().is_some() {
@@ -494,8 +519,9 @@ fn serve_messages(
         let message = conn.recv(idle)?;
         let before = machine.cursor();
         let actions = machine.on_message(message)?;
+        let streaming = machine.is_streaming();
         for action in actions {
-            let ack = perform(shared, action, before, staging)?;
+            let ack = perform(shared, action, before, staging, streaming)?;
             if ack {
                 conn.send(&machine.ack())?;
                 *progressed = true;
@@ -511,12 +537,13 @@ fn perform(
     action: FollowerAction,
     before: Cursor,
     staging: &mut Option<IoFile>,
+    streaming: bool,
 ) -> std::result::Result<bool, Ended> {
     let db = &shared.db;
     let staging_path = staging_path(db.dir());
     match action {
         FollowerAction::LeaderPosition { leader_seq } => {
-            note_leader(shared, leader_seq, true);
+            note_leader(shared, leader_seq, true, streaming);
             Ok(false)
         }
         FollowerAction::SnapshotStart { .. } => {
@@ -547,6 +574,7 @@ fn perform(
             let mut status = shared.status.lock();
             status.snapshots_installed += 1;
             drop(status);
+            tracing::info!(seq = cursor.seq, "leader snapshot installed");
             applied(shared, position);
             Ok(true)
         }
@@ -593,7 +621,7 @@ fn stored_position(shared: &Shared, cursor: Cursor) -> FollowerPosition {
 
 /// Records the leader's position (from a WELCOME or HEARTBEAT, or implied
 /// by a batch) and starts or stops the lag clock.
-fn note_leader(shared: &Shared, leader_seq: u64, announced: bool) {
+fn note_leader(shared: &Shared, leader_seq: u64, announced: bool, streaming: bool) {
     let mut status = shared.status.lock();
     status.connected = true;
     // A WELCOME or HEARTBEAT says where the leader is (a new leader may be
@@ -604,6 +632,11 @@ fn note_leader(shared: &Shared, leader_seq: u64, announced: bool) {
         status.leader_seq.max(leader_seq)
     };
     status.lag_seqs = status.leader_seq.saturating_sub(status.position.seq);
+    // Not while a snapshot is still to come: the position is then not
+    // in the leader's history yet.
+    let caught_up =
+        (streaming && status.lag_seqs == 0 && !shared.caught_up_said.swap(true, Ordering::AcqRel))
+            .then_some(status.position.seq);
     let mut behind = shared.behind_since.lock();
     match (status.lag_seqs, *behind) {
         (0, _) => *behind = None,
@@ -613,6 +646,10 @@ fn note_leader(shared: &Shared, leader_seq: u64, announced: bool) {
     drop(behind);
     drop(status);
     shared.changed.notify_all();
+    // Outside the status lock: a subscriber may do I/O.
+    if let Some(seq) = caught_up {
+        tracing::info!(seq, "caught up with the leader");
+    }
 }
 
 fn applied(shared: &Shared, position: FollowerPosition) {
@@ -621,7 +658,7 @@ fn applied(shared: &Shared, position: FollowerPosition) {
         status.position = position;
         status.last_error = None;
     }
-    note_leader(shared, position.seq, false);
+    note_leader(shared, position.seq, false, true);
 }
 
 #[cfg(test)]

@@ -139,6 +139,13 @@ impl FollowerMachine {
         self.cursor
     }
 
+    /// True once the follower streams batches (after the WELCOME of a
+    /// catch-up, or a snapshot installed): its position is then the
+    /// leader's history, not a snapshot still to come.
+    pub fn is_streaming(&self) -> bool {
+        matches!(self.state, State::Streaming)
+    }
+
     /// Validates one message and says what to do about it.
     pub fn on_message(&mut self, message: Message) -> Result<Vec<FollowerAction>, ProtocolError> {
         if let Message::Error { code, message } = message {

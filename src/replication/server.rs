@@ -242,6 +242,12 @@ impl ReplicationServer {
             .spawn(move || accept_loop(&listener, &shared))
             .map_err(|e| network("starting the replication accept thread", e))?;
         server.accept = Some(accept);
+        tracing::info!(
+            path = %db.dir().display(),
+            addr = %addr,
+            epoch = server.shared.epoch,
+            "replication leader started"
+        );
         Ok(server)
     }
 }
@@ -286,6 +292,9 @@ impl ReplicationServer {
     }
 
     fn shutdown(&mut self) {
+        if self.accept.is_some() {
+            tracing::info!(addr = %self.addr, "replication leader stopping");
+        }
         self.shared.stop.store(true, Ordering::Release);
         *self.shared.stopping.lock() = true;
         self.shared.stopping_changed.notify_all();
@@ -393,6 +402,8 @@ impl Drop for HandshakeSlot {
 /// socket is new, so its send buffer has room for one small frame).
 fn refuse_at_accept(stream: TcpStream, shared: &Shared) {
     shared.connections_refused.fetch_add(1, Ordering::Relaxed);
+    // Debug, not warn: a flood of connections must not flood the log.
+    tracing::debug!("connection refused: too many awaiting authentication");
     #[cfg(feature = "tls")]
     if shared.options.tls.is_some() {
         return;
@@ -413,6 +424,8 @@ fn serve_connection(
     slot: HandshakeSlot,
     accepted_at: Instant,
 ) {
+    let span = tracing::info_span!("mergekv.leader", path = %shared.db.dir().display());
+    let _entered = span.enter();
     let peer = stream
         .peer_addr()
         .map_or_else(|_| "unknown".to_string(), |a| a.to_string());
@@ -430,6 +443,7 @@ fn serve_connection(
             handshake_deadline,
         };
         let ended = session_state.run(&mut conn);
+        trace_session_end(session_state.follower_id, &session_state.peer, &ended);
         let error_deadline = Instant::now() + ERROR_SEND_WAIT;
         match ended {
             // Our own refusal: say why. The follower's ERROR or a dead
@@ -449,6 +463,34 @@ fn serve_connection(
         }
     }
     shared.sockets.lock().remove(&session);
+}
+
+/// Says how a session ended: a follower that had connected, with the
+/// reason (a lost socket or the follower's own ERROR at info, a protocol
+/// error at warn); one refused before it connected, at warn.
+fn trace_session_end(
+    follower_id: Option<u64>,
+    peer: &str,
+    ended: &std::result::Result<(), ProtocolError>,
+) {
+    match (follower_id, ended) {
+        (Some(id), Ok(())) => {
+            tracing::info!(
+                follower_id = id,
+                peer,
+                reason = "leader stopping",
+                "follower disconnected"
+            );
+        }
+        (Some(id), Err(e @ (ProtocolError::Io { .. } | ProtocolError::Remote { .. }))) => {
+            tracing::info!(follower_id = id, peer, reason = %e, "follower disconnected");
+        }
+        (Some(id), Err(e)) => {
+            tracing::warn!(follower_id = id, peer, reason = %e, "follower disconnected");
+        }
+        (None, Ok(())) => {}
+        (None, Err(e)) => tracing::warn!(peer, reason = %e, "replication connection refused"),
+    }
 }
 
 /// The connection over TLS if configured, plain TCP otherwise. It reads no
@@ -515,6 +557,13 @@ impl Session<'_> {
         self.key_id = position.key_id;
         let (welcome, mode) = self.machine.welcome(hello.cursor, position)?;
         conn.send(&welcome)?;
+        tracing::info!(
+            follower_id = hello.follower_id,
+            peer = %self.peer,
+            cursor_seq = hello.cursor.seq,
+            start = ?mode,
+            "follower connected"
+        );
         let after_seq = match mode {
             StartMode::CatchUp => hello.cursor.seq,
             StartMode::Snapshot => self.send_snapshot(conn)?,

@@ -48,6 +48,12 @@ pub(crate) fn export_changes(
     after.merge(&complete);
     let keyring = engine.wal().keyring().read().clone();
     let bytes = changeset::encode(engine.node(), &complete, &records);
+    tracing::debug!(
+        records = records.len(),
+        bytes = bytes.len(),
+        partial = buckets.is_some(),
+        "change set exported"
+    );
     Ok((
         sealed::seal(&keyring, SealedKind::ChangeSet, &[], bytes)?,
         after,

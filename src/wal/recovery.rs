@@ -331,10 +331,20 @@ fn cut_torn_tail(
         io.remove_file(path)?;
         io.sync_dir(wal_dir)?;
     }
+    let bytes_dropped = bytes.len() as u64 - offset_bytes;
+    tracing::warn!(
+        segment = %path.display(),
+        offset_bytes,
+        bytes_dropped,
+        hole = bad.hole,
+        reason = %bad.reason,
+        cut = modify,
+        "WAL torn tail cut"
+    );
     Ok(TornTail {
         segment: path.to_path_buf(),
         offset_bytes,
-        bytes_dropped: bytes.len() as u64 - offset_bytes,
+        bytes_dropped,
         hole,
     })
 }
@@ -830,11 +840,22 @@ fn repair(
     }
     io.sync_dir(wal_dir)?;
     io.sync_dir(&quarantine)?;
+    let bytes_dropped = tail.len() as u64 + later_bytes.iter().map(|b| b.len() as u64).sum::<u64>();
+    tracing::warn!(
+        segment = %damaged.path.display(),
+        offset_bytes = damaged.bad.offset,
+        reason = %damaged.bad.reason,
+        bytes_dropped,
+        valid_frames_dropped,
+        segments_dropped = segments_dropped.len(),
+        quarantine = %quarantine.display(),
+        "WAL repaired: damaged frames and everything after them set aside"
+    );
     let report = RepairReport {
         segment: damaged.path.to_path_buf(),
         offset_bytes: damaged.bad.offset,
         reason: damaged.bad.reason.clone(),
-        bytes_dropped: tail.len() as u64 + later_bytes.iter().map(|b| b.len() as u64).sum::<u64>(),
+        bytes_dropped,
         valid_frames_dropped,
         segments_dropped,
         quarantine,

@@ -86,8 +86,11 @@ pub enum Command {
     Incr(IncrArgs),
     /// Print entries as KEY<TAB>VALUE lines (escaped), in key order.
     Scan(ScanArgs),
-    /// Print figures about the database.
-    Stats,
+    /// Print figures about the database: its state on disk (keys, WAL,
+    /// runs, cursors, follower position). Counters of a running process
+    /// (writes, syncs, cache hits since its open) are not shown: this
+    /// command opens the database afresh, so they would all be 0.
+    Stats(StatsArgs),
     /// Write a snapshot now and drop the WAL it covers; print what it did.
     Compact,
     /// Write a change set of everything after CURSOR to FILE; print the new cursor.
@@ -420,6 +423,15 @@ pub struct GetArgs {
     /// counter as its decimal number. With --hex, the key is still hex.
     #[arg(long)]
     pub raw: bool,
+}
+
+/// `stats`.
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// Print Prometheus text (exposition format 0.0.4) instead, e.g. for
+    /// node_exporter's textfile collector. Not with --json.
+    #[arg(long)]
+    pub prometheus: bool,
 }
 
 /// `del`.

@@ -9,7 +9,8 @@ use mergekv::{
 };
 
 use crate::args::{
-    Cli, Command, ExportArgs, GetArgs, ImportArgs, IncrArgs, KeyArgs, PutArgs, ScanArgs, VerifyArgs,
+    Cli, Command, ExportArgs, GetArgs, ImportArgs, IncrArgs, KeyArgs, PutArgs, ScanArgs, StatsArgs,
+    VerifyArgs,
 };
 use crate::bytes::{KeyJson, ValueJson};
 use crate::error::{CliError, EXIT_USAGE, describe};
@@ -48,7 +49,7 @@ fn dispatch(cli: &Cli, out: &mut Out) -> Result<(), CliError> {
         Command::Del(a) => del(t, a, out),
         Command::Incr(a) => incr(t, a, out),
         Command::Scan(a) => scan(t, a, out),
-        Command::Stats => stats(t, out),
+        Command::Stats(a) => stats(t, a, out),
         Command::Compact => compact(t, out),
         Command::Export(a) => export(t, a, out),
         Command::Import(a) => import(t, a, out),
@@ -270,7 +271,18 @@ fn scan(t: &Target, a: &ScanArgs, out: &mut Out) -> Result<(), CliError> {
     })
 }
 
-fn stats(t: &Target, out: &mut Out) -> Result<(), CliError> {
+fn stats(t: &Target, a: &StatsArgs, out: &mut Out) -> Result<(), CliError> {
+    if a.prometheus {
+        if out.json {
+            return Err(CliError::new(
+                crate::error::EXIT_USAGE,
+                "stats: --prometheus and --json cannot be combined",
+            ));
+        }
+        // The state only: this process's counters since open are all 0.
+        let text = t.open_reader()?.stats().to_prometheus_state();
+        return out.line(text.trim_end());
+    }
     // A running follower's status file says more than its files do.
     if let Some(status) = replicate::running_follower_status(&t.dir) {
         return running_follower_stats(&status, out);
@@ -279,13 +291,15 @@ fn stats(t: &Target, out: &mut Out) -> Result<(), CliError> {
     let (stats, encryption) = (db.stats(), db.encryption()?);
     if out.json {
         return out.json(&StatsJson {
-            stats: &stats,
+            stats: output::stats_state_json(&stats)?,
             encryption: &encryption,
         });
     }
     let lines = output::stats_lines(&stats)
         .into_iter()
-        .chain(encryption::status_lines(&encryption));
+        .chain(encryption::status_lines(&encryption))
+        .map(|(name, value)| (name.to_string(), value))
+        .chain(output::keyspace_lines(&stats));
     for (name, value) in lines {
         out.line(format_args!("{name}: {value}"))?;
     }
@@ -296,7 +310,7 @@ fn stats(t: &Target, out: &mut Out) -> Result<(), CliError> {
 #[derive(serde::Serialize)]
 struct StatsJson<'a> {
     #[serde(flatten)]
-    stats: &'a mergekv::Stats,
+    stats: serde_json::Value,
     encryption: &'a mergekv::EncryptionStatus,
 }
 

@@ -136,7 +136,44 @@ pub struct VerifyJson<'a> {
     pub repair: Option<Option<RepairReport>>,
 }
 
-/// `name: value` lines for `stats`.
+/// The fields of [`Stats`] (as JSON: section, name) that describe the
+/// process that opened the database, not the database: its options and
+/// its counters since open. `stats` opens the database afresh, so they
+/// would say only "0" and the CLI's own defaults; it leaves them out.
+const PROCESS_FIELDS: &[(Option<&str>, &str)] = &[
+    (None, "sync_mode"),
+    (None, "worker_threads"),
+    (None, "drift"),
+    (Some("wal"), "frames_written"),
+    (Some("wal"), "groups_written"),
+    (Some("wal"), "syncs"),
+    (Some("wal"), "bytes_written"),
+    (Some("compactor"), "run_bytes_written"),
+    (Some("compactor"), "cache_hits"),
+    (Some("compactor"), "cache_misses"),
+    (Some("compactor"), "cache_bytes"),
+    (Some("compactor"), "compactions"),
+    (Some("compactor"), "last_error"),
+];
+
+/// `stats --json`: the figures about the database, without
+/// [`PROCESS_FIELDS`].
+pub fn stats_state_json(s: &Stats) -> Result<serde_json::Value, CliError> {
+    let mut value = serde_json::to_value(s).map_err(|e| CliError::stdout(e.into()))?;
+    for (section, name) in PROCESS_FIELDS {
+        let object = match section {
+            None => Some(&mut value),
+            Some(section) => value.get_mut(*section),
+        };
+        if let Some(serde_json::Value::Object(map)) = object {
+            map.remove(*name);
+        }
+    }
+    Ok(value)
+}
+
+/// `name: value` lines for `stats`: the database's state (not the
+/// [`PROCESS_FIELDS`]).
 pub fn stats_lines(s: &Stats) -> Vec<(&'static str, String)> {
     let w = &s.wal;
     vec![
@@ -145,17 +182,13 @@ pub fn stats_lines(s: &Stats) -> Vec<(&'static str, String)> {
         ("keys", s.keys.to_string()),
         ("counters", s.counters.to_string()),
         ("tombstones", s.tombstones.to_string()),
+        ("keyspaces", s.keys_by_keyspace.len().to_string()),
         ("segments", w.segments.to_string()),
         ("wal_bytes", w.wal_bytes.to_string()),
         ("last_seq", w.last_seq.to_string()),
         ("written_seq", w.written_seq.to_string()),
         ("synced_seq", w.synced_seq.to_string()),
         ("hlc", s.hlc.clone()),
-        ("sync_mode", s.sync_mode.clone()),
-        ("worker_threads", s.worker_threads.to_string()),
-        ("frames_written", w.frames_written.to_string()),
-        ("groups_written", w.groups_written.to_string()),
-        ("syncs", w.syncs.to_string()),
         ("dedup_entries", w.dedup_entries.to_string()),
         (
             "snapshot_seq",
@@ -166,17 +199,11 @@ pub fn stats_lines(s: &Stats) -> Vec<(&'static str, String)> {
         ("snapshot_bytes", s.compactor.snapshot_bytes.to_string()),
         ("runs", s.compactor.runs.to_string()),
         ("memtable_bytes", s.compactor.memtable_bytes.to_string()),
-        ("cache_bytes", s.compactor.cache_bytes.to_string()),
         (
             "wal_bytes_since_snapshot",
             s.compactor.wal_bytes_since_snapshot.to_string(),
         ),
-        ("drift_max_ahead_ms", s.drift.max_ahead_ms.to_string()),
-        ("drift_rejected", s.drift.rejected.to_string()),
-        (
-            "drift_accepted_beyond_bound",
-            s.drift.accepted_beyond_bound.to_string(),
-        ),
+        ("cursors", s.cursors.len().to_string()),
         (
             "poisoned",
             s.poisoned.clone().unwrap_or_else(|| "no".into()),
@@ -189,6 +216,14 @@ pub fn stats_lines(s: &Stats) -> Vec<(&'static str, String)> {
     .into_iter()
     .chain(s.follower_position.iter().flat_map(follower_lines))
     .collect()
+}
+
+/// `keys[KEYSPACE]: N` lines for `stats`, one per keyspace with keys.
+pub fn keyspace_lines(s: &Stats) -> Vec<(String, String)> {
+    s.keys_by_keyspace
+        .iter()
+        .map(|(keyspace, keys)| (format!("keys[{keyspace}]"), keys.to_string()))
+        .collect()
 }
 
 /// `name: value` lines for a follower's stored position.
