@@ -736,9 +736,14 @@ impl Round<'_> {
         if claim <= published && self.st.former.is_none() {
             return Ok(());
         }
-        // Nothing written since a scan that found nothing to publish (an
-        // idle round does not walk the state again).
-        if self.st.former.is_none() && self.bucket.scanned(self.node) == Some(claim) {
+        // No data written since what was published, or since a scan that
+        // found nothing to publish: only bookkeeping (this round's own
+        // `_local` writes among it), and an idle round does not walk the
+        // state again.
+        let data = self.engine.data_issued();
+        if self.st.former.is_none()
+            && (data <= published || self.bucket.scanned(self.node).is_some_and(|m| data <= m))
+        {
             return Ok(());
         }
         let node = self.node;

@@ -59,6 +59,11 @@ pub(crate) struct Engine {
     /// batches hold each. Inserted while the clock's lock is held, so a
     /// reader holding that lock sees every stamp issued and not finished.
     in_flight: Mutex<std::collections::BTreeMap<Stamp, u32>>,
+    /// The newest own stamp issued to a batch touching any keyspace but
+    /// `_local` (from the open: everything the clock had issued, since
+    /// recovery does not tell bookkeeping apart). Set while the clock's
+    /// lock is held.
+    data_issued: Mutex<Stamp>,
 }
 
 impl Engine {
@@ -66,9 +71,11 @@ impl Engine {
     /// the last sequence number recovery put in the map.
     pub fn new(options: Options, node: NodeId, hlc: Hlc, wal: Wal, state: State) -> Self {
         let applied_seq = wal.stats().last_seq;
+        let issued = hlc.issued();
         Self {
             options,
             node,
+            data_issued: Mutex::new(issued),
             hlc: Mutex::new(hlc),
             wal,
             state,
@@ -121,6 +128,16 @@ impl Engine {
             Some(oldest) if *oldest <= issued => oldest.just_before(),
             _ => issued,
         }
+    }
+
+    /// The newest own stamp issued to a write of data (any keyspace but
+    /// `_local`; at the open, everything issued before it). A sync whose
+    /// last look at the state found nothing of its own to publish up to a
+    /// stamp at least this new need not look again: what was written
+    /// since is only bookkeeping.
+    pub fn data_issued(&self) -> Stamp {
+        let _hlc = self.hlc.lock();
+        *self.data_issued.lock()
     }
 
     /// Notes `stamp` as issued to a batch on its way (called with the

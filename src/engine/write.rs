@@ -108,7 +108,11 @@ impl Engine {
         batch.validate(&self.options)?;
         let now_ms = self.now_ms();
         let explicit = batch.stamp.is_some();
-        let stamp = self.stamp(batch.stamp, now_ms)?;
+        let data = batch
+            .ops
+            .iter()
+            .any(|op| !crate::sync::is_local(&op.store_key));
+        let stamp = self.stamp(batch.stamp, now_ms, data)?;
         let landed = InFlight {
             engine: self,
             stamp: (!explicit).then_some(stamp),
@@ -177,7 +181,7 @@ impl Engine {
             .collect()
     }
 
-    fn stamp(&self, explicit: Option<Stamp>, now_ms: u64) -> Result<Stamp> {
+    fn stamp(&self, explicit: Option<Stamp>, now_ms: u64, data: bool) -> Result<Stamp> {
         let mut hlc = self.hlc.lock();
         match explicit {
             Some(stamp) => {
@@ -186,8 +190,13 @@ impl Engine {
             }
             None => {
                 let stamp = hlc.tick(now_ms);
-                // While the clock's lock is held: see `Engine::claimable`.
+                // While the clock's lock is held: see `Engine::claimable`
+                // and `Engine::data_issued`.
                 self.stamp_in_flight(stamp);
+                if data {
+                    let mut d = self.data_issued.lock();
+                    *d = (*d).max(stamp);
+                }
                 Ok(stamp)
             }
         }
