@@ -176,6 +176,7 @@ impl Snapshot {
 }
 
 /// An API token split into its key id and secret.
+#[cfg(feature = "auth")]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ApiTokenParts {
     key_id: [u8; crate::auth::API_KEY_ID_BYTES],
@@ -183,6 +184,7 @@ pub struct ApiTokenParts {
 }
 
 /// Parses a token as authentication does (`auth::apikey::parse_token`).
+#[cfg(feature = "auth")]
 pub fn parse_api_token(text: &str) -> Result<ApiTokenParts, String> {
     let parsed = crate::auth::parse_token(text).map_err(|e| e.to_string())?;
     Ok(ApiTokenParts {
@@ -191,6 +193,7 @@ pub fn parse_api_token(text: &str) -> Result<ApiTokenParts, String> {
     })
 }
 
+#[cfg(feature = "auth")]
 impl ApiTokenParts {
     /// The token text, as handed to a key's owner (`format_token`).
     pub fn format(&self) -> String {
@@ -202,6 +205,7 @@ impl ApiTokenParts {
 
 /// Parses a printed key id as `revoke` does (`auth::apikey::parse_key_id`);
 /// returns it printed again.
+#[cfg(feature = "auth")]
 pub fn parse_api_key_id(text: &str) -> Result<String, String> {
     let key_id = crate::auth::parse_key_id(text).map_err(|e| e.to_string())?;
     Ok(crate::auth::hex_encode(&key_id))

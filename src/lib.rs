@@ -54,9 +54,23 @@
 //! # }
 //! ```
 //!
-//! On top of the engine, [`auth::AuthService`] keeps users (argon2id),
-//! scoped API keys and AES-256-GCM encrypted secrets in the database
-//! itself, so they persist and merge like any data.
+//! On top of the engine, the auth service (`auth::AuthService`, feature
+//! `auth`) keeps users (argon2id), scoped API keys and AES-256-GCM
+//! encrypted secrets in the database itself, so they persist and merge
+//! like any data.
+//!
+//! ## Features
+//!
+//! - `auth`: the auth service (`auth`; argon2, aes-gcm).
+//! - `tls`: TLS for replication connections (rustls, ring backend).
+//! - `object-store`: sync through an object store (`bucket`; object_store,
+//!   tokio, reqwest).
+//! - `cli`: the `mergekv` program; turns on `auth` and `tls`.
+//!
+//! The default is `cli` and `object-store`; with `default-features = false`
+//! the store comes alone (engine, replication, sync through files,
+//! encryption at rest). A database written with `auth` opens and works
+//! without it: its reserved `_auth` keyspace is kept untouched.
 //!
 //! See `docs/ARCHITECTURE.md` for the code map and `docs/FORMAT.md` for the
 //! byte layouts.
@@ -73,6 +87,7 @@
 )]
 #![warn(missing_docs)]
 
+#[cfg(feature = "auth")]
 pub mod auth;
 #[cfg(feature = "object-store")]
 pub mod bucket;
@@ -109,6 +124,7 @@ mod worker;
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
+#[cfg(feature = "auth")]
 pub use auth::{AuthOptions, AuthService};
 pub use clock::{DriftPolicy, ManualClock, NodeId, Stamp, SystemClock, WallClock};
 pub use command::{Batch, DEFAULT_KEYSPACE, Op, OpKind, Outcome, OutcomeKind};

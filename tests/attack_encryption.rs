@@ -1440,6 +1440,7 @@ fn held_no_key_wrong_key_or_old_key_is_a_typed_error_on_every_path_and_changes_n
 /// raw 32-byte key, which key FILES may hold, exported as the README's
 /// `export MERGEKV_KEY=$(cat db.key)` does) is printed in the error: the
 /// message is std's "environment variable was not valid unicode: {value:?}".
+#[cfg(feature = "cli")] // runs the program
 #[test]
 fn a_raw_key_in_the_environment_is_printed_in_the_error() {
     use std::os::unix::ffi::OsStrExt;
@@ -1469,6 +1470,7 @@ fn a_raw_key_in_the_environment_is_printed_in_the_error() {
 
 /// HELD: keys never show in Debug output of options, keys, key sources,
 /// errors, stats, or the CLI's stats/verify/rekey output (text and JSON).
+#[cfg(feature = "cli")] // runs the program
 #[test]
 fn held_keys_are_never_printed_by_debug_stats_or_the_cli() {
     let k = key(0x5a);
@@ -1544,6 +1546,7 @@ fn held_keys_are_never_printed_by_debug_stats_or_the_cli() {
 /// naming the key id needed, and not one byte of the directory changed
 /// (a torn tail waits in the last segment). (`rekey` with a wrong current
 /// key and a fresh new key included: it must not encrypt anything anew.)
+#[cfg(feature = "cli")] // runs the program
 #[test]
 fn held_every_cli_command_refuses_a_missing_or_wrong_key_with_exit_4_and_changes_nothing() {
     let dir = rotated_db_with_a_torn_tail(false);

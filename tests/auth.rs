@@ -1,4 +1,5 @@
 //! The auth service: users, API keys, secrets, rotation, merging, timing.
+#![cfg(feature = "auth")]
 
 mod common;
 

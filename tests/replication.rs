@@ -8,7 +8,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mergekv::auth::{AuthService, Scope, Scopes};
+#[cfg(feature = "auth")]
+use mergekv::auth::{Scope, Scopes};
 use mergekv::replication::client::{Follower, FollowerOptions};
 use mergekv::replication::frame::read_frame;
 use mergekv::replication::message::{ErrorCode, StartMode};
@@ -23,7 +24,7 @@ const CONVERGE: Duration = Duration::from_secs(60);
 struct Leader {
     _dir: tempfile::TempDir,
     db: Db,
-    auth: Arc<AuthService>,
+    auth: Arc<common::ReplicationAuthority>,
     server: Option<ReplicationServer>,
     token: String,
 }
@@ -275,6 +276,7 @@ fn a_second_follower_claiming_the_same_id_is_refused_while_the_first_converges()
     assert_eq!(connected[0].follower_id, 42);
 }
 
+#[cfg(feature = "auth")]
 #[test]
 fn followers_without_a_replicate_token_are_refused() {
     let leader = leader(leader_options(), |_| {});

@@ -9,7 +9,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mergekv::auth::AuthService;
 use mergekv::replication::client::{Follower, FollowerOptions};
 use mergekv::replication::server::{ReplicationOptions, ReplicationServer};
 use mergekv::{Batch, Db, Options, SyncMode};
@@ -83,7 +82,7 @@ impl Ca {
 struct Leader {
     _dir: tempfile::TempDir,
     db: Db,
-    _auth: Arc<AuthService>,
+    _auth: Arc<common::ReplicationAuthority>,
     server: ReplicationServer,
     token: String,
 }

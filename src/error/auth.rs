@@ -6,7 +6,9 @@
 //! are the same [`AuthError::ApiKeyInvalid`]. Revocation and expiry are only
 //! reported to a caller who presented the right secret.
 
-/// An auth failure, carried in [`crate::Error::Auth`].
+/// An auth failure, carried in [`crate::Error::Auth`]. Defined in every
+/// build (like the variant that carries it); returned only by the auth
+/// service, which needs the feature `auth`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum AuthError {

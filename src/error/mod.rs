@@ -242,7 +242,10 @@ pub enum Error {
         /// The key of the counter.
         key: Vec<u8>,
     },
-    /// An auth service operation was refused (see [`AuthError`]).
+    /// An auth service operation was refused (see [`AuthError`]). Only the
+    /// auth service (feature `auth`) returns it; the variant exists in
+    /// every build, so a `match` on `Error` is the same with or without
+    /// the feature.
     Auth(AuthError),
     /// The database is read-only: opened with `Options::read_only`, or a
     /// replication follower (whose directory says so until it is promoted).

@@ -38,8 +38,8 @@ use super::message::{
 use super::retention::FollowerRegistry;
 use super::ship;
 use super::transport::{Connection, TimedSocket, Transport};
-use crate::auth::AuthService;
-use crate::auth::Scope;
+#[cfg(feature = "auth")]
+use crate::auth::{AuthService, Scope};
 use crate::db::Db;
 use crate::error::{Error, Result};
 use crate::wal::reader::{WalRead, WalReader};
@@ -65,6 +65,9 @@ pub trait ReplicationAuth: Send + Sync {
     fn authorize_replication(&self, token: &str) -> std::result::Result<(), ErrorCode>;
 }
 
+/// The auth service lets a token follow if its API key has the
+/// `replicate` scope.
+#[cfg(feature = "auth")]
 impl ReplicationAuth for AuthService {
     fn authorize_replication(&self, token: &str) -> std::result::Result<(), ErrorCode> {
         match self.authorize(token, Scope::Replicate) {

@@ -133,10 +133,36 @@ impl Rng {
     }
 }
 
+/// Who decides which tokens may follow a test leader: the auth service
+/// with the feature `auth`; without it, [`FixedToken`], so the
+/// replication tests run in every build.
+#[cfg(feature = "auth")]
+pub type ReplicationAuthority = mergekv::AuthService;
+/// Who decides which tokens may follow a test leader (see the `auth` build).
+#[cfg(not(feature = "auth"))]
+pub type ReplicationAuthority = FixedToken;
+
+/// Lets exactly one token follow (builds without the auth service); any
+/// other token is refused as unauthenticated.
+#[cfg(not(feature = "auth"))]
+pub struct FixedToken(String);
+
+#[cfg(not(feature = "auth"))]
+impl mergekv::replication::ReplicationAuth for FixedToken {
+    fn authorize_replication(&self, token: &str) -> Result<(), mergekv::replication::ErrorCode> {
+        if token == self.0 {
+            Ok(())
+        } else {
+            Err(mergekv::replication::ErrorCode::Unauthenticated)
+        }
+    }
+}
+
 /// An auth service on `db` (cheap test password costs) with a user
 /// `replica` and an API key for it with the `replicate` scope; returns the
 /// service (for the leader) and the key's token (for followers).
-pub fn replication_auth(db: &Db) -> (Arc<mergekv::AuthService>, String) {
+#[cfg(feature = "auth")]
+pub fn replication_auth(db: &Db) -> (Arc<ReplicationAuthority>, String) {
     use mergekv::auth::{AuthOptions, AuthService, MasterKey, PasswordParams, Scope, Scopes};
     let auth = Arc::new(
         AuthService::open_with(
@@ -155,6 +181,16 @@ pub fn replication_auth(db: &Db) -> (Arc<mergekv::AuthService>, String) {
         .create_api_key("replica", Scopes::of(&[Scope::Replicate]), None)
         .unwrap();
     (auth, token.expose().to_string())
+}
+
+/// Without the auth service: a [`FixedToken`] and its token.
+#[cfg(not(feature = "auth"))]
+pub fn replication_auth(_db: &Db) -> (Arc<ReplicationAuthority>, String) {
+    // Without "replica" in it: the token crosses the wire in clear, and
+    // attack_encryption checks that the name of the auth service's user
+    // (`replica`) never does.
+    let token = "fixed-test-token".to_string();
+    (Arc::new(FixedToken(token.clone())), token)
 }
 
 /// Sends `bytes` to `socket` one at a time, `pause` apart (the pause is
