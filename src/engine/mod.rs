@@ -135,6 +135,10 @@ impl Engine {
     /// last look at the state found nothing of its own to publish up to a
     /// stamp at least this new need not look again: what was written
     /// since is only bookkeeping.
+    #[cfg_attr(
+        not(feature = "object-store"),
+        expect(dead_code, reason = "read by bucket sync only")
+    )]
     pub fn data_issued(&self) -> Stamp {
         let _hlc = self.hlc.lock();
         *self.data_issued.lock()
