@@ -66,13 +66,16 @@ impl Keyspace {
         self.single(batch)
     }
 
-    /// Stores a serde value (encoded with the crate's codec) at `key`.
+    /// Stores a serde value at `key`, encoded with bincode 2 (standard
+    /// configuration, little-endian; `docs/FORMAT.md`, "Typed values"):
+    /// the one place bincode appears in stored bytes.
     pub fn put_typed<T: Serialize>(&self, key: impl AsRef<[u8]>, value: &T) -> Result<Outcome> {
         self.put(key, crate::codec::encode_typed(value)?)
     }
 
-    /// Reads a value stored with [`Keyspace::put_typed`]: `None` if the
-    /// key is absent or deleted.
+    /// Reads a value stored with [`Keyspace::put_typed`] (bincode 2,
+    /// standard configuration, little-endian): `None` if the key is absent
+    /// or deleted.
     ///
     /// ```
     /// # fn main() -> mergekv::Result<()> {
