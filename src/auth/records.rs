@@ -9,15 +9,15 @@
 //!
 //! | key | value | written by |
 //! |---|---|---|
-//! | `user/<name>/<user_id hex>` | [`UserRecord`] | create, password change, reset |
-//! | `user-deleted/<user_id hex>` | [`UserDeleted`] | delete (never removed) |
-//! | `user-rehash/<name>` | [`Rehash`] | verify, when the hash is weak |
-//! | `apikey/<key_id hex>` | [`ApiKeyRecord`] | create |
-//! | `apikey-revoked/<key_id hex>` | [`Revocation`] | revoke (never removed) |
-//! | `secret/<user_id hex>/<name>` | [`SecretRecord`] | put, rotation |
-//! | `master/<key_id hex>` | [`MasterKeyRecord`] | first open, rotation |
-//! | `master-wrap/<old hex>/<new hex>` | [`WrappedKey`] | rotation (never removed) |
-//! | `master-rotation` | [`Rotation`] | rotation start; deleted at its end |
+//! | `user/<name>/<user_id hex>` | `UserRecord` | create, password change, reset |
+//! | `user-deleted/<user_id hex>` | `UserDeleted` | delete (never removed) |
+//! | `user-rehash/<name>` | `Rehash` | verify, when the hash is weak |
+//! | `apikey/<key_id hex>` | `ApiKeyRecord` | create |
+//! | `apikey-revoked/<key_id hex>` | `Revocation` | revoke (never removed) |
+//! | `secret/<user_id hex>/<name>` | `SecretRecord` | put, rotation |
+//! | `master/<key_id hex>` | `MasterKeyRecord` | first open, rotation |
+//! | `master-wrap/<old hex>/<new hex>` | `WrappedKey` | rotation (never removed) |
+//! | `master-rotation` | `Rotation` | rotation start; deleted at its end |
 //! | `master-uses/<key_id hex>` | PN-counter | every encryption |
 //!
 //! Facts that must win over concurrent edits on other copies (a deletion, a
@@ -102,8 +102,8 @@ pub(crate) struct Revocation {
 /// A secret's ciphertext and the master key it is under.
 ///
 /// Always encoded by hand (never bincode, so it has no legacy form): tag
-/// u8 (1, [`layout::SECRET_TAG`]) | key id [8] | nonce [12] | ciphertext
-/// with its 16-byte tag (the rest).
+/// u8 (1, `layout::SECRET_TAG`) | key id (8 bytes) | nonce (12 bytes) |
+/// ciphertext with its 16-byte tag (the rest).
 pub(crate) struct SecretRecord {
     pub(crate) key_id: MasterKeyId,
     pub(crate) sealed: Sealed,
