@@ -407,6 +407,100 @@ mod tests {
         assert!(KeptHead::decode(&bytes).is_err());
     }
 
+    /// The bucket records of `db`'s `_local`, by key.
+    fn bucket_records(db: &crate::Db) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let local = db.reserved_keyspace(crate::sync::LOCAL_KEYSPACE).unwrap();
+        local
+            .scan(&crate::ScanOptions::prefix("bucket/"))
+            .map(|e| {
+                let e = e.unwrap();
+                let value = e.value().as_bytes().unwrap().to_vec();
+                (e.key().to_vec(), value)
+            })
+            .collect()
+    }
+
+    fn is_kept_head(key: &[u8]) -> bool {
+        key.windows(6).any(|w| w == b"/head/")
+    }
+
+    #[test]
+    fn a_round_reads_the_bucket_records_of_the_old_code_and_rewrites_them() {
+        use std::sync::Arc;
+
+        use crate::bucket::Bucket;
+        let store: Arc<dyn object_store::ObjectStore> =
+            Arc::new(object_store::memory::InMemory::new());
+        // A new `Bucket` value each time: nothing cached in memory, as in
+        // a new process.
+        let bucket = || Bucket::from_store(store.clone(), "", "memory://legacy").unwrap();
+        let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let a = crate::Db::open(a_dir.path()).unwrap();
+        let b = crate::Db::open(b_dir.path()).unwrap();
+        a.put("from-a", "1").unwrap();
+        bucket().sync(&a).unwrap();
+        b.put("from-b", "1").unwrap();
+        bucket().sync(&b).unwrap();
+        // a's head changes once more (it merged b), then b keeps that one.
+        bucket().sync(&a).unwrap();
+        bucket().sync(&b).unwrap();
+        // b's state, and a's head as b downloaded it, as the old code
+        // wrote them.
+        let records = bucket_records(&b);
+        assert_eq!(records.len(), 2, "a state and a kept head");
+        let before = records
+            .iter()
+            .find(|(k, _)| !is_kept_head(k))
+            .map(|(_, v)| LocalState::decode(v).unwrap())
+            .unwrap();
+        let local = b.reserved_keyspace(crate::sync::LOCAL_KEYSPACE).unwrap();
+        for (key, value) in &records {
+            let old = if is_kept_head(key) {
+                let kept = KeptHead::decode(value).unwrap();
+                encode_typed(&KeptHeadV1 {
+                    e_tag: kept.e_tag,
+                    head: kept.head,
+                })
+                .unwrap()
+            } else {
+                encode_typed(&legacy_state(&LocalState::decode(value).unwrap())).unwrap()
+            };
+            assert_ne!(old[0], LOCAL_RECORD_MARKER);
+            local.put(key, old).unwrap();
+        }
+
+        // Read: the same incarnation (a misread state would start afresh
+        // and take its own claim for a clone's), and a's unchanged head
+        // taken from the kept copy, not downloaded.
+        let fresh = bucket();
+        let report = fresh.sync(&b).unwrap();
+        assert!(report.unreadable.is_empty(), "{report:?}");
+        // (Unread, the kept head would cost a download of the head and
+        // of its claim.)
+        assert_eq!(fresh.requests().get, 0, "{:?}", fresh.requests());
+        // Rewritten by the next updates: b publishes (its state saved), a
+        // publishes (b downloads its new head).
+        b.put("more-b", "1").unwrap();
+        bucket().sync(&b).unwrap();
+        a.put("more-a", "1").unwrap();
+        bucket().sync(&a).unwrap();
+        bucket().sync(&b).unwrap();
+        assert_eq!(b.get("more-a").unwrap().as_deref(), Some(&b"1"[..]));
+        for (key, value) in bucket_records(&b) {
+            let tag = if is_kept_head(&key) {
+                KEPT_HEAD_TAG
+            } else {
+                BUCKET_STATE_TAG
+            };
+            assert_eq!(&value[..2], &[LOCAL_RECORD_MARKER, tag]);
+            if !is_kept_head(&key) {
+                let after = LocalState::decode(&value).unwrap();
+                assert_eq!(after.incarnation, before.incarnation);
+                assert_eq!(after.node, before.node);
+            }
+        }
+    }
+
     fn stamp_strategy() -> impl Strategy<Value = Stamp> {
         (any::<u64>(), any::<u32>(), any::<u64>()).prop_map(|(p, l, n)| stamp(p, l, n))
     }
