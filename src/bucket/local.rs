@@ -12,9 +12,14 @@ use crate::codec::{DecodeError, Reader, Writer};
 use crate::error::{BucketError, Error, Result};
 use crate::record::{decode_stamp, encode_stamp};
 use crate::sync::local::{
-    BUCKET_STATE_TAG, KEPT_HEAD_TAG, LocalRecord, begin, decode_cursor_entries,
-    encode_cursor_entries, open,
+    CURSOR_TAG, LocalRecord, begin, decode_cursor_entries, encode_cursor_entries, open,
 };
+
+/// Tag of a [`LocalState`] record, layout 1 (`_local` tags are listed at
+/// [`CURSOR_TAG`]).
+pub(crate) const BUCKET_STATE_TAG: u8 = CURSOR_TAG + 1;
+/// Tag of a [`KeptHead`] record, layout 1.
+pub(crate) const KEPT_HEAD_TAG: u8 = CURSOR_TAG + 2;
 
 /// Longest version tag (a store's e-tag and version, joined by U+001F) a
 /// `_local` record holds. Real ones are under a few hundred bytes.

@@ -22,12 +22,10 @@ use super::SyncCursor;
 /// First byte of every hand-written `_local` record: a byte no bincode
 /// varint (the first field of every legacy record) begins with.
 pub(crate) const LOCAL_RECORD_MARKER: u8 = 0xff;
-/// Tag of a stored [`SyncCursor`], layout 1.
+/// Tag of a stored [`SyncCursor`], layout 1. (The tags of all `_local`
+/// records: 0x01 here; 0x02 bucket sync state and 0x03 kept head in
+/// `bucket::local`, with the feature that uses them.)
 pub(crate) const CURSOR_TAG: u8 = 0x01;
-/// Tag of a bucket's sync state (`bucket::local`), layout 1.
-pub(crate) const BUCKET_STATE_TAG: u8 = 0x02;
-/// Tag of another copy's head as last downloaded (`bucket::local`), layout 1.
-pub(crate) const KEPT_HEAD_TAG: u8 = 0x03;
 
 /// Most entries (origin nodes) a stored cursor may hold. Far above any
 /// real number of copies; a cursor is also bounded by the bytes present
@@ -299,7 +297,7 @@ mod tests {
         encode_stamp(&mut w, stamp(1, 0, 5));
         assert!(decode_cursor(w.as_slice()).is_err());
         // Another kind's tag.
-        assert!(decode_cursor(&[0xff, KEPT_HEAD_TAG, 0, 0, 0, 0]).is_err());
+        assert!(decode_cursor(&[0xff, 0x03, 0, 0, 0, 0]).is_err());
         // A count beyond the bytes present, before anything is read.
         assert!(matches!(
             decode_cursor(&[0xff, 0x01, 0xff, 0xff, 0xff, 0x7f]),
