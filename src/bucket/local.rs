@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use super::head::HEAD_BYTES_MAX;
 use crate::clock::Stamp;
-use crate::codec::{DecodeError, Reader, Writer};
+use crate::codec::{DecodeError, Reader, Writer, decode_legacy};
 use crate::error::{BucketError, Error, Result};
 use crate::record::{decode_stamp, encode_stamp};
 use crate::sync::local::{
@@ -20,6 +20,8 @@ use crate::sync::local::{
 pub(crate) const BUCKET_STATE_TAG: u8 = CURSOR_TAG + 1;
 /// Tag of a [`KeptHead`] record, layout 1.
 pub(crate) const KEPT_HEAD_TAG: u8 = CURSOR_TAG + 2;
+/// Tag of the record of when this copy's present stay began, layout 1.
+pub(crate) const PRESENT_TAG: u8 = CURSOR_TAG + 3;
 
 /// Longest version tag (a store's e-tag and version, joined by U+001F) a
 /// `_local` record holds. Real ones are under a few hundred bytes.
@@ -204,6 +206,25 @@ impl LocalState {
         r.end()?;
         Ok(state)
     }
+}
+
+/// The `bucket/<…>/present` record: marker, [`PRESENT_TAG`], the start of
+/// the copy's present stay in ms, u64.
+pub(super) fn encode_present(since_ms: u64) -> Vec<u8> {
+    let mut w = begin(PRESENT_TAG);
+    w.u64(since_ms);
+    w.into_vec()
+}
+
+/// Reads a `present` record, current or legacy (a bincode `u64`).
+pub(super) fn decode_present(bytes: &[u8]) -> std::result::Result<u64, DecodeError> {
+    let mut r = match open(bytes, PRESENT_TAG)? {
+        LocalRecord::Legacy => return decode_legacy::<u64>(bytes),
+        LocalRecord::Current(r) => r,
+    };
+    let since_ms = r.u64()?;
+    r.end()?;
+    Ok(since_ms)
 }
 
 fn optional<'a, T>(
@@ -425,8 +446,38 @@ mod tests {
             .collect()
     }
 
-    fn is_kept_head(key: &[u8]) -> bool {
-        key.windows(6).any(|w| w == b"/head/")
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    enum Kind {
+        State,
+        KeptHead,
+        Present,
+    }
+
+    fn kind(key: &[u8]) -> Kind {
+        if key.ends_with(b"/present") {
+            Kind::Present
+        } else if key.windows(6).any(|w| w == b"/head/") {
+            Kind::KeptHead
+        } else {
+            Kind::State
+        }
+    }
+
+    /// `value` (current layout) as the code before hand-written layouts
+    /// wrote it.
+    fn to_legacy(kind: Kind, value: &[u8]) -> Vec<u8> {
+        match kind {
+            Kind::State => encode_typed(&legacy_state(&LocalState::decode(value).unwrap())),
+            Kind::KeptHead => {
+                let kept = KeptHead::decode(value).unwrap();
+                encode_typed(&KeptHeadV1 {
+                    e_tag: kept.e_tag,
+                    head: kept.head,
+                })
+            }
+            Kind::Present => encode_typed(&decode_present(value).unwrap()),
+        }
+        .unwrap()
     }
 
     #[test]
@@ -449,27 +500,26 @@ mod tests {
         // a's head changes once more (it merged b), then b keeps that one.
         bucket().sync(&a).unwrap();
         bucket().sync(&b).unwrap();
-        // b's state, and a's head as b downloaded it, as the old code
-        // wrote them.
+        // b's state, a's head as b downloaded it, and b's present stay, as
+        // the old code wrote them.
         let records = bucket_records(&b);
-        assert_eq!(records.len(), 2, "a state and a kept head");
-        let before = records
-            .iter()
-            .find(|(k, _)| !is_kept_head(k))
-            .map(|(_, v)| LocalState::decode(v).unwrap())
-            .unwrap();
+        let kinds: Vec<Kind> = records.iter().map(|(k, _)| kind(k)).collect();
+        assert_eq!(kinds.len(), 3, "{kinds:?}");
+        for k in [Kind::State, Kind::KeptHead, Kind::Present] {
+            assert!(kinds.contains(&k), "{kinds:?}");
+        }
+        let value_of = |records: &[(Vec<u8>, Vec<u8>)], k: Kind| {
+            records
+                .iter()
+                .find(|(key, _)| kind(key) == k)
+                .map(|(_, v)| v.clone())
+                .unwrap()
+        };
+        let before = LocalState::decode(&value_of(&records, Kind::State)).unwrap();
+        let present = decode_present(&value_of(&records, Kind::Present)).unwrap();
         let local = b.reserved_keyspace(crate::sync::LOCAL_KEYSPACE).unwrap();
         for (key, value) in &records {
-            let old = if is_kept_head(key) {
-                let kept = KeptHead::decode(value).unwrap();
-                encode_typed(&KeptHeadV1 {
-                    e_tag: kept.e_tag,
-                    head: kept.head,
-                })
-                .unwrap()
-            } else {
-                encode_typed(&legacy_state(&LocalState::decode(value).unwrap())).unwrap()
-            };
+            let old = to_legacy(kind(key), value);
             assert_ne!(old[0], LOCAL_RECORD_MARKER);
             local.put(key, old).unwrap();
         }
@@ -491,19 +541,22 @@ mod tests {
         bucket().sync(&a).unwrap();
         bucket().sync(&b).unwrap();
         assert_eq!(b.get("more-a").unwrap().as_deref(), Some(&b"1"[..]));
-        for (key, value) in bucket_records(&b) {
-            let tag = if is_kept_head(&key) {
-                KEPT_HEAD_TAG
-            } else {
-                BUCKET_STATE_TAG
-            };
-            assert_eq!(&value[..2], &[LOCAL_RECORD_MARKER, tag]);
-            if !is_kept_head(&key) {
-                let after = LocalState::decode(&value).unwrap();
-                assert_eq!(after.incarnation, before.incarnation);
-                assert_eq!(after.node, before.node);
+        let records = bucket_records(&b);
+        for (key, value) in &records {
+            match kind(key) {
+                Kind::State => assert_eq!(&value[..2], &[LOCAL_RECORD_MARKER, BUCKET_STATE_TAG]),
+                Kind::KeptHead => assert_eq!(&value[..2], &[LOCAL_RECORD_MARKER, KEPT_HEAD_TAG]),
+                // Written only when a stay begins: still the one read.
+                Kind::Present => {}
             }
         }
+        let after = LocalState::decode(&value_of(&records, Kind::State)).unwrap();
+        assert_eq!(after.incarnation, before.incarnation);
+        assert_eq!(after.node, before.node);
+        assert_eq!(
+            decode_present(&value_of(&records, Kind::Present)).unwrap(),
+            present
+        );
     }
 
     fn stamp_strategy() -> impl Strategy<Value = Stamp> {
@@ -618,11 +671,27 @@ mod tests {
         }
 
         #[test]
+        fn present_records_round_trip_and_damage_is_an_error(since_ms in any::<u64>()) {
+            let bytes = encode_present(since_ms);
+            prop_assert_eq!(bytes.len(), 10);
+            prop_assert_eq!(&bytes[..2], &[LOCAL_RECORD_MARKER, PRESENT_TAG]);
+            prop_assert_eq!(decode_present(&bytes).unwrap(), since_ms);
+            let as_result = |b: &[u8]| decode_present(b).map_err(decode_error("present"));
+            check_damage(&bytes, as_result)?;
+            // What the code before hand-written layouts stored: a bincode u64.
+            let old = encode_typed(&since_ms).unwrap();
+            prop_assert_ne!(old[0], LOCAL_RECORD_MARKER);
+            prop_assert_eq!(decode_present(&old).unwrap(), since_ms);
+            check_damage(&old, as_result)?;
+        }
+
+        #[test]
         fn arbitrary_bytes_never_panic(rest in proptest::collection::vec(any::<u8>(), 0..200)) {
             for header in [&[0xff, BUCKET_STATE_TAG][..], &[0xff, KEPT_HEAD_TAG], &[0x00], &[0xfd]] {
                 let bytes = [header, &rest].concat();
                 let _ = LocalState::decode(&bytes);
                 let _ = KeptHead::decode(&bytes);
+                let _ = decode_present(&bytes);
             }
         }
     }

@@ -11,7 +11,7 @@ use super::head::{
     Claim, Head, ObjectRef, Retired, SnapshotRef, claim_name, head_name, node_of_head_name,
     object_name, snapshot_name,
 };
-use super::local::{FormerTail, KeptHead, LocalState};
+use super::local::{FormerTail, KeptHead, LocalState, decode_present, encode_present};
 use super::store::{Listed, Written};
 use super::{Bucket, BucketOptions};
 use crate::clock::{NodeId, Stamp};
@@ -1055,11 +1055,14 @@ pub(crate) fn sync(bucket: &Bucket, engine: &Engine, pull: bool) -> Result<SyncR
     // and measures their silence from its return, not from its own rounds.
     let present_key = format!("{}/present", round.key);
     let returning = before.generation == 0 || now.saturating_sub(before.updated_ms) > horizon;
-    let present_since = match local_get::<u64>(engine, &present_key)? {
+    // One that does not decode counts as a return now (no one is found
+    // silent on its account), and is written again.
+    let stored = local_get(engine, &present_key)?.and_then(|b| decode_present(&b).ok());
+    let present_since = match stored {
         Some(since) if !returning => since,
         stored => {
             if stored != Some(now) {
-                local_put_typed(engine, &present_key, &now)?;
+                local_put(engine, &present_key, encode_present(now))?;
             }
             now
         }
@@ -1130,7 +1133,7 @@ pub(crate) fn sync(bucket: &Bucket, engine: &Engine, pull: bool) -> Result<SyncR
             own.expelled.push((h.node, h.generation));
         }
         // Only if there is a cursor to forget: an idle round writes nothing.
-        if local_get::<SyncCursor>(engine, &peer_key(h.node))?.is_some() {
+        if local_get(engine, &peer_key(h.node))?.is_some() {
             forget_local(engine, &peer_key(h.node))?;
         }
     }
@@ -1536,7 +1539,7 @@ fn restore_into(
         progress: progress.into_iter().map(|(n, p)| (n.0, p)).collect(),
         ..LocalState::default()
     };
-    local_put_typed(engine, &state_key(bucket), &st)?;
+    local_put(engine, &state_key(bucket), st.encode()?)?;
     engine.wal().sync_written()?;
     Ok((db, report))
 }
