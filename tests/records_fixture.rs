@@ -16,38 +16,11 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use mergekv::auth::{AuthOptions, AuthService, MasterKey, PasswordParams, Scope, Scopes};
-use mergekv::{Db, Options, SyncCursor};
+use mergekv::{Db, SyncCursor};
 
 const FIXTURE: &str = "tests/fixtures/records-2026-12";
-const PASSWORD: &str = "correct horse battery staple";
-const NEW_PASSWORD: &str = "a much better password";
-
 fn fixture_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(FIXTURE)
-}
-
-fn weak() -> AuthOptions {
-    AuthOptions {
-        password_params: PasswordParams::INSECURE_FOR_TESTS,
-        ..AuthOptions::default()
-    }
-}
-
-/// Stronger than [`weak`] (so a weak hash gets a rehash), still fast.
-fn stronger() -> AuthOptions {
-    AuthOptions {
-        password_params: PasswordParams {
-            memory_kib: 128,
-            passes: 2,
-            ..PasswordParams::INSECURE_FOR_TESTS
-        },
-        ..AuthOptions::default()
-    }
-}
-
-fn key(byte: u8) -> MasterKey {
-    MasterKey::from_bytes([byte; 32])
 }
 
 fn copy_tree(src: &Path, dst: &Path) {
@@ -82,76 +55,6 @@ fn raw(db: &Db, keyspace: &str, key: &str) -> Option<Vec<u8>> {
         .get(key)
         .unwrap()
         .map(|v| v.to_vec())
-}
-
-/// Keys of the reserved keyspace `keyspace` starting with `prefix`.
-fn raw_keys(db: &Db, keyspace: &str, prefix: &str) -> Vec<String> {
-    db.reserved_keyspace(keyspace)
-        .unwrap()
-        .scan(&mergekv::ScanOptions::prefix(prefix))
-        .map(|e| String::from_utf8(e.unwrap().key().to_vec()).unwrap())
-        .collect()
-}
-
-/// bincode 2 writes a serde enum's variant index first, as a varint: every
-/// legacy auth record (variant `V1`, index 0) begins with 0x00.
-const LEGACY_AUTH_FIRST_BYTE: u8 = 0x00;
-
-#[test]
-fn auth_records_of_the_release_of_2026_12_still_log_in_and_are_rewritten() {
-    let expected = expected();
-    let dir = tempfile::tempdir().unwrap();
-    copy_tree(&fixture_dir(), dir.path());
-    let db = Db::open(dir.path()).unwrap();
-    // The fixture really holds legacy records (else this test proves nothing).
-    let cyd_keys = raw_keys(&db, "_auth", "user/cyd/");
-    assert_eq!(cyd_keys.len(), 1, "{cyd_keys:?}");
-    assert_eq!(
-        raw(&db, "_auth", &cyd_keys[0]).unwrap()[0],
-        LEGACY_AUTH_FIRST_BYTE
-    );
-
-    // Opened with the rotated key, under stronger costs than ada's rehash.
-    let auth = AuthService::open_with(&db, key(2), stronger()).unwrap();
-    let ada = auth.verify_password("ada", PASSWORD).unwrap();
-    assert_eq!(ada.name, "ada");
-    assert!(auth.verify_password("ada", "wrong password!!").is_err());
-    assert!(auth.get_user("bob").unwrap().is_none(), "bob was deleted");
-    assert!(auth.verify_password("bob", PASSWORD).is_err());
-    assert!(auth.verify_password("cyd", PASSWORD).is_err());
-    auth.verify_password("cyd", NEW_PASSWORD).unwrap();
-    let token = &expected["token"];
-    let info = auth.authorize(token, Scope::Write).unwrap();
-    assert_eq!(info.user, "ada");
-    assert!(auth.authorize(token, Scope::Admin).is_err(), "not granted");
-    assert!(
-        auth.authorize(&expected["revoked_token"], Scope::Read)
-            .is_err()
-    );
-    assert_eq!(auth.list_api_keys("ada").unwrap().len(), 2);
-    assert_eq!(
-        auth.get_secret("ada", "note").unwrap().expose(),
-        b"written by the release of 2026-12"
-    );
-    // The key before the rotation still opens it, through the wrapped key.
-    drop(auth);
-    let old = AuthService::open_with(&db, key(1), stronger());
-    assert!(old.is_err(), "the retired key is refused after a rotation");
-
-    // The next update of a record writes it in the current layout.
-    let auth = AuthService::open_with(&db, key(2), stronger()).unwrap();
-    auth.change_password("cyd", NEW_PASSWORD, PASSWORD).unwrap();
-    let rewritten = raw(&db, "_auth", &cyd_keys[0]).unwrap();
-    assert_ne!(rewritten[0], LEGACY_AUTH_FIRST_BYTE, "{rewritten:02x?}");
-    auth.verify_password("cyd", PASSWORD).unwrap();
-    // And what was written survives a reopen, with the legacy records.
-    drop(auth);
-    db.close().unwrap();
-    let db = Db::open(dir.path()).unwrap();
-    let auth = AuthService::open_with(&db, key(2), stronger()).unwrap();
-    auth.verify_password("cyd", PASSWORD).unwrap();
-    auth.verify_password("ada", PASSWORD).unwrap();
-    auth.authorize(token, Scope::Read).unwrap();
 }
 
 #[test]
@@ -195,62 +98,166 @@ fn cursors_of_the_release_of_2026_12_are_read_and_rewritten() {
     assert_eq!(db.peer_cursor("b").unwrap(), merged);
 }
 
-/// Writes the fixture (see the module docs).
-#[test]
-#[ignore = "writes a fixture; run by hand with the release's code"]
-fn write_fixture() {
-    let dir = fixture_dir();
-    assert!(
-        !dir.exists(),
-        "{} exists: fixtures are never rewritten",
-        dir.display()
-    );
-    let options = || Options {
-        segment_size_bytes_max: 4096,
-        compaction_wal_bytes_min: u64::MAX,
-        compaction_interval_ms: 0,
-        ..Options::default()
-    };
-    let mut expected = String::new();
-    {
-        let db = Db::open_with(&dir, options()).unwrap();
-        db.put("in-a", "1").unwrap();
-        let auth = AuthService::open_with(&db, key(1), weak()).unwrap();
-        auth.create_user("ada", PASSWORD).unwrap();
-        auth.create_user("bob", PASSWORD).unwrap();
-        auth.create_user("cyd", PASSWORD).unwrap();
-        auth.delete_user("bob").unwrap();
-        auth.change_password("cyd", PASSWORD, NEW_PASSWORD).unwrap();
-        let (_, token) = auth
-            .create_api_key("ada", Scopes::of(&[Scope::Read, Scope::Write]), None)
-            .unwrap();
-        let (revoked_info, revoked) = auth
-            .create_api_key("ada", Scopes::of(&[Scope::Read]), None)
-            .unwrap();
-        auth.revoke_api_key(&revoked_info.key_id).unwrap();
-        auth.put_secret("ada", "note", b"written by the release of 2026-12")
-            .unwrap();
-        auth.rotate_master_key(key(2)).unwrap();
-        drop(auth);
-        // A rehash: ada's weak hash, verified under stronger costs.
-        let auth = AuthService::open_with(&db, key(2), stronger()).unwrap();
-        auth.verify_password("ada", PASSWORD).unwrap();
-        drop(auth);
-        db.compact_now().unwrap();
-        // After the snapshot, in the WAL: a user, and an import's cursors.
-        let auth = AuthService::open_with(&db, key(2), stronger()).unwrap();
-        auth.create_user("dee", PASSWORD).unwrap();
-        drop(auth);
-        let b_dir = tempfile::tempdir().unwrap();
-        let b = Db::open(b_dir.path()).unwrap();
-        b.put("from-b", "1").unwrap();
-        let (bytes, b_cursor) = b.export_for("a").unwrap();
-        db.import_from("b", &bytes).unwrap();
-        expected.push_str(&format!("token\t{}\n", token.expose()));
-        expected.push_str(&format!("revoked_token\t{}\n", revoked.expose()));
-        expected.push_str(&format!("peer_b\t{}\n", b_cursor.to_text()));
-        db.close().unwrap();
+/// The auth half (and the fixture writer, which needs auth).
+#[cfg(feature = "auth")]
+mod auth {
+    use super::*;
+    use mergekv::Options;
+    use mergekv::auth::{AuthOptions, AuthService, MasterKey, PasswordParams, Scope, Scopes};
+
+    const PASSWORD: &str = "correct horse battery staple";
+    const NEW_PASSWORD: &str = "a much better password";
+
+    fn weak() -> AuthOptions {
+        AuthOptions {
+            password_params: PasswordParams::INSECURE_FOR_TESTS,
+            ..AuthOptions::default()
+        }
     }
-    std::fs::write(dir.join("expected.tsv"), expected).unwrap();
-    let _ = std::fs::remove_file(dir.join("LOCK"));
+
+    /// Stronger than [`weak`] (so a weak hash gets a rehash), still fast.
+    fn stronger() -> AuthOptions {
+        AuthOptions {
+            password_params: PasswordParams {
+                memory_kib: 128,
+                passes: 2,
+                ..PasswordParams::INSECURE_FOR_TESTS
+            },
+            ..AuthOptions::default()
+        }
+    }
+
+    fn key(byte: u8) -> MasterKey {
+        MasterKey::from_bytes([byte; 32])
+    }
+
+    /// Keys of the reserved keyspace `keyspace` starting with `prefix`.
+    fn raw_keys(db: &Db, keyspace: &str, prefix: &str) -> Vec<String> {
+        db.reserved_keyspace(keyspace)
+            .unwrap()
+            .scan(&mergekv::ScanOptions::prefix(prefix))
+            .map(|e| String::from_utf8(e.unwrap().key().to_vec()).unwrap())
+            .collect()
+    }
+
+    /// bincode 2 writes a serde enum's variant index first, as a varint: every
+    /// legacy auth record (variant `V1`, index 0) begins with 0x00.
+    const LEGACY_AUTH_FIRST_BYTE: u8 = 0x00;
+
+    #[test]
+    fn auth_records_of_the_release_of_2026_12_still_log_in_and_are_rewritten() {
+        let expected = expected();
+        let dir = tempfile::tempdir().unwrap();
+        copy_tree(&fixture_dir(), dir.path());
+        let db = Db::open(dir.path()).unwrap();
+        // The fixture really holds legacy records (else this test proves nothing).
+        let cyd_keys = raw_keys(&db, "_auth", "user/cyd/");
+        assert_eq!(cyd_keys.len(), 1, "{cyd_keys:?}");
+        assert_eq!(
+            raw(&db, "_auth", &cyd_keys[0]).unwrap()[0],
+            LEGACY_AUTH_FIRST_BYTE
+        );
+
+        // Opened with the rotated key, under stronger costs than ada's rehash.
+        let auth = AuthService::open_with(&db, key(2), stronger()).unwrap();
+        let ada = auth.verify_password("ada", PASSWORD).unwrap();
+        assert_eq!(ada.name, "ada");
+        assert!(auth.verify_password("ada", "wrong password!!").is_err());
+        assert!(auth.get_user("bob").unwrap().is_none(), "bob was deleted");
+        assert!(auth.verify_password("bob", PASSWORD).is_err());
+        assert!(auth.verify_password("cyd", PASSWORD).is_err());
+        auth.verify_password("cyd", NEW_PASSWORD).unwrap();
+        let token = &expected["token"];
+        let info = auth.authorize(token, Scope::Write).unwrap();
+        assert_eq!(info.user, "ada");
+        assert!(auth.authorize(token, Scope::Admin).is_err(), "not granted");
+        assert!(
+            auth.authorize(&expected["revoked_token"], Scope::Read)
+                .is_err()
+        );
+        assert_eq!(auth.list_api_keys("ada").unwrap().len(), 2);
+        assert_eq!(
+            auth.get_secret("ada", "note").unwrap().expose(),
+            b"written by the release of 2026-12"
+        );
+        // The key before the rotation still opens it, through the wrapped key.
+        drop(auth);
+        let old = AuthService::open_with(&db, key(1), stronger());
+        assert!(old.is_err(), "the retired key is refused after a rotation");
+
+        // The next update of a record writes it in the current layout.
+        let auth = AuthService::open_with(&db, key(2), stronger()).unwrap();
+        auth.change_password("cyd", NEW_PASSWORD, PASSWORD).unwrap();
+        let rewritten = raw(&db, "_auth", &cyd_keys[0]).unwrap();
+        assert_ne!(rewritten[0], LEGACY_AUTH_FIRST_BYTE, "{rewritten:02x?}");
+        auth.verify_password("cyd", PASSWORD).unwrap();
+        // And what was written survives a reopen, with the legacy records.
+        drop(auth);
+        db.close().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        let auth = AuthService::open_with(&db, key(2), stronger()).unwrap();
+        auth.verify_password("cyd", PASSWORD).unwrap();
+        auth.verify_password("ada", PASSWORD).unwrap();
+        auth.authorize(token, Scope::Read).unwrap();
+    }
+
+    /// Writes the fixture (see the module docs).
+    #[test]
+    #[ignore = "writes a fixture; run by hand with the release's code"]
+    fn write_fixture() {
+        let dir = fixture_dir();
+        assert!(
+            !dir.exists(),
+            "{} exists: fixtures are never rewritten",
+            dir.display()
+        );
+        let options = || Options {
+            segment_size_bytes_max: 4096,
+            compaction_wal_bytes_min: u64::MAX,
+            compaction_interval_ms: 0,
+            ..Options::default()
+        };
+        let mut expected = String::new();
+        {
+            let db = Db::open_with(&dir, options()).unwrap();
+            db.put("in-a", "1").unwrap();
+            let auth = AuthService::open_with(&db, key(1), weak()).unwrap();
+            auth.create_user("ada", PASSWORD).unwrap();
+            auth.create_user("bob", PASSWORD).unwrap();
+            auth.create_user("cyd", PASSWORD).unwrap();
+            auth.delete_user("bob").unwrap();
+            auth.change_password("cyd", PASSWORD, NEW_PASSWORD).unwrap();
+            let (_, token) = auth
+                .create_api_key("ada", Scopes::of(&[Scope::Read, Scope::Write]), None)
+                .unwrap();
+            let (revoked_info, revoked) = auth
+                .create_api_key("ada", Scopes::of(&[Scope::Read]), None)
+                .unwrap();
+            auth.revoke_api_key(&revoked_info.key_id).unwrap();
+            auth.put_secret("ada", "note", b"written by the release of 2026-12")
+                .unwrap();
+            auth.rotate_master_key(key(2)).unwrap();
+            drop(auth);
+            // A rehash: ada's weak hash, verified under stronger costs.
+            let auth = AuthService::open_with(&db, key(2), stronger()).unwrap();
+            auth.verify_password("ada", PASSWORD).unwrap();
+            drop(auth);
+            db.compact_now().unwrap();
+            // After the snapshot, in the WAL: a user, and an import's cursors.
+            let auth = AuthService::open_with(&db, key(2), stronger()).unwrap();
+            auth.create_user("dee", PASSWORD).unwrap();
+            drop(auth);
+            let b_dir = tempfile::tempdir().unwrap();
+            let b = Db::open(b_dir.path()).unwrap();
+            b.put("from-b", "1").unwrap();
+            let (bytes, b_cursor) = b.export_for("a").unwrap();
+            db.import_from("b", &bytes).unwrap();
+            expected.push_str(&format!("token\t{}\n", token.expose()));
+            expected.push_str(&format!("revoked_token\t{}\n", revoked.expose()));
+            expected.push_str(&format!("peer_b\t{}\n", b_cursor.to_text()));
+            db.close().unwrap();
+        }
+        std::fs::write(dir.join("expected.tsv"), expected).unwrap();
+        let _ = std::fs::remove_file(dir.join("LOCK"));
+    }
 }
