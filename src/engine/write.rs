@@ -108,10 +108,10 @@ impl Engine {
         batch.validate(&self.options)?;
         let now_ms = self.now_ms();
         let explicit = batch.stamp.is_some();
-        let data = batch
-            .ops
-            .iter()
-            .any(|op| !crate::sync::is_local(&op.store_key));
+        let data = batch.ops.iter().any(|op| {
+            crate::record::split_store_key(&op.store_key)
+                .is_none_or(|(ks, _)| ks != crate::record::LOCAL_KEYSPACE)
+        });
         let stamp = self.stamp(batch.stamp, now_ms, data)?;
         let landed = InFlight {
             engine: self,
