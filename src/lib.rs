@@ -108,8 +108,10 @@ mod meta;
 pub mod options;
 mod record;
 pub mod replication;
-/// The sorted-run file format. Public but hidden: the fuzz targets and
-/// the format tests reach it; it is not a supported API.
+// The sorted-run file format. Public but hidden: the fuzz targets and
+// the format tests reach it; it is not a supported API. (A `//` comment:
+// an outer doc here would make rustdoc resolve the module's own links
+// from the crate root.)
 #[doc(hidden)]
 pub mod run;
 mod snapshot;

@@ -3,7 +3,7 @@
 //!
 //! Everything lives in the reserved keyspace `_auth` of the database the
 //! service wraps, so it is as durable as any data, travels in change sets,
-//! and merges like any data. The record layout is in [`records`]; what
+//! and merges like any data. The record layout is in `docs/FORMAT.md` ("Auth records"); what
 //! merging means for each record is in `docs/ARCHITECTURE.md`
 //! (`src/auth/`).
 //!
@@ -36,7 +36,9 @@ mod crypto;
 
 mod keys;
 mod password;
-pub mod records;
+// Private: nothing in it is API; the `_auth` layout it describes is in
+// docs/FORMAT.md, "Auth records".
+mod records;
 mod secrets;
 mod users;
 
