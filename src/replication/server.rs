@@ -80,8 +80,13 @@ impl ReplicationAuth for AuthService {
     }
 }
 
-/// How a leader serves followers. Start from [`ReplicationOptions::new`].
+/// How a leader serves followers. Start from [`ReplicationOptions::new`]. and change
+/// what you need with the chainable `with_*` setters (one per field, each
+/// taking the field's own type) or by assigning fields. The struct is
+/// `#[non_exhaustive]`, so fields can be added in a minor release; code
+/// outside this crate cannot build it with a struct literal.
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct ReplicationOptions {
     /// Decides which tokens may follow.
     pub auth: Arc<dyn ReplicationAuth>,
@@ -139,6 +144,20 @@ impl ReplicationOptions {
         }
     }
 }
+
+crate::options::chainable_setters!(ReplicationOptions {
+    auth: Arc<dyn ReplicationAuth> => with_auth;
+    heartbeat_interval_ms: u64 => with_heartbeat_interval_ms;
+    batch_bytes_target: usize => with_batch_bytes_target;
+    snapshot_chunk_bytes: usize => with_snapshot_chunk_bytes;
+    followers_max: usize => with_followers_max;
+    handshakes_max: usize => with_handshakes_max;
+    handshake_timeout_ms: u64 => with_handshake_timeout_ms;
+    send_timeout_ms: u64 => with_send_timeout_ms;
+    follower_cursor_horizon_ms: u64 => with_follower_cursor_horizon_ms;
+    #[cfg(feature = "tls")]
+    tls: Option<Arc<rustls::ServerConfig>> => with_tls;
+});
 
 /// Connection figures of a leader, from [`ReplicationServer::stats`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
