@@ -85,16 +85,27 @@
         clippy::indexing_slicing
     )
 )]
-#![warn(missing_docs)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    clippy::missing_errors_doc
+)]
 
 #[cfg(feature = "auth")]
 pub mod auth;
 #[cfg(feature = "object-store")]
 pub mod bucket;
 pub mod clock;
+// Hidden modules below are `pub` only so that mergekv's own integration
+// tests, fuzz targets and benches (separate crates) can reach internals;
+// they are not part of the stable API and may change in any release.
+/// Byte readers and writers for the hand-written formats.
+#[doc(hidden)]
 pub mod codec;
 pub mod command;
 pub mod compactor;
+/// The CRDT states behind every value (tests and fuzz targets reach them).
+#[doc(hidden)]
 pub mod crdt;
 pub mod crypto;
 mod db;
@@ -102,6 +113,9 @@ mod engine;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
+/// The one seam for files, the simulated disk and fault injection: for
+/// mergekv's own tests.
+#[doc(hidden)]
 pub mod io;
 mod manifest;
 mod meta;
@@ -136,6 +150,9 @@ pub use db::FollowerPosition;
 pub use db::read::{Entry, ReadView, Scan, ScanOptions, Value, ViewKeyspace};
 pub use db::{Db, EncryptionStatus, Keyspace, ReadOnlyDb, Stats};
 pub use error::{Error, KeyError, Result};
+// Test hooks (for `Options::faults`): not part of the stable API. `IoOp`
+// stays documented as `error::IoOp`, the kind in `Error::Io`.
+#[doc(hidden)]
 pub use io::{FaultInjector, IoOp};
 pub use meta::Renewal;
 pub use options::{Options, RecoveryMode, SyncMode};

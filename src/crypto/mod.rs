@@ -37,6 +37,8 @@ use zeroize::{Zeroize, Zeroizing};
 pub use crate::error::KeyId;
 use crate::error::{Error, KeyError, Result};
 
+// Hidden: the sealed-file format, `pub` for the fuzz targets and tests.
+#[doc(hidden)]
 pub mod sealed;
 
 /// Bytes of a key.

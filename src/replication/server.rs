@@ -145,6 +145,29 @@ impl ReplicationOptions {
     }
 }
 
+impl std::fmt::Debug for ReplicationOptions {
+    // By hand: `auth` is a trait object without `Debug`, and the TLS
+    // configuration holds the private key; neither is printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut d = f.debug_struct("ReplicationOptions");
+        d.field("auth", &"<dyn ReplicationAuth>")
+            .field("heartbeat_interval_ms", &self.heartbeat_interval_ms)
+            .field("batch_bytes_target", &self.batch_bytes_target)
+            .field("snapshot_chunk_bytes", &self.snapshot_chunk_bytes)
+            .field("followers_max", &self.followers_max)
+            .field("handshakes_max", &self.handshakes_max)
+            .field("handshake_timeout_ms", &self.handshake_timeout_ms)
+            .field("send_timeout_ms", &self.send_timeout_ms)
+            .field(
+                "follower_cursor_horizon_ms",
+                &self.follower_cursor_horizon_ms,
+            );
+        #[cfg(feature = "tls")]
+        d.field("tls", &self.tls.as_ref().map(|_| "<rustls::ServerConfig>"));
+        d.finish()
+    }
+}
+
 crate::options::chainable_setters!(ReplicationOptions {
     auth: Arc<dyn ReplicationAuth> => with_auth;
     heartbeat_interval_ms: u64 => with_heartbeat_interval_ms;

@@ -46,6 +46,7 @@ fn transfer_allowance(bytes: usize, bytes_per_sec_min: u64) -> Duration {
 /// waits at most for the time left until it, and once it has passed they
 /// fail with [`ErrorKind::TimedOut`] without touching the socket. There is
 /// no "no deadline": a read or write before one is set fails the same way.
+#[derive(Debug)]
 pub struct TimedSocket {
     socket: TcpStream,
     deadline: Option<Instant>,

@@ -17,6 +17,9 @@
 //! idempotency key derived from the change set's hash, so importing the same
 //! change set twice changes nothing, and an interrupted import resumes.
 
+// Hidden: the change-set byte format, `pub` for the fuzz targets and tests
+// (the layout is in docs/FORMAT.md).
+#[doc(hidden)]
 pub mod changeset;
 pub mod digest;
 pub(crate) mod exchange;
