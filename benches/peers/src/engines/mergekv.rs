@@ -57,7 +57,7 @@ impl Store for MergekvStore {
     }
 
     fn scan_from(&self, start: &Key, count: usize) -> usize {
-        let opts = ScanOptions::from_range(start..).limited(count);
+        let opts = ScanOptions::from_range(&start[..]..).limited(count);
         self.db.scan(&opts).count()
     }
 
