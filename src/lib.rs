@@ -98,13 +98,15 @@ pub mod bucket;
 pub mod clock;
 // Hidden modules below are `pub` only so that mergekv's own integration
 // tests, fuzz targets and benches (separate crates) can reach internals;
-// they are not part of the stable API and may change in any release.
-/// Byte readers and writers for the hand-written formats.
+// they are not part of the stable API and may change in any release. (No
+// outer `///` docs on them: rustdoc would resolve the module's own links
+// from the crate root.)
+// Byte readers and writers for the hand-written formats.
 #[doc(hidden)]
 pub mod codec;
 pub mod command;
 pub mod compactor;
-/// The CRDT states behind every value (tests and fuzz targets reach them).
+// The CRDT states behind every value (tests and fuzz targets reach them).
 #[doc(hidden)]
 pub mod crdt;
 pub mod crypto;
@@ -113,8 +115,8 @@ mod engine;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
-/// The one seam for files, the simulated disk and fault injection: for
-/// mergekv's own tests.
+// The one seam for files, the simulated disk and fault injection: for
+// mergekv's own tests.
 #[doc(hidden)]
 pub mod io;
 mod manifest;

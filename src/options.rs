@@ -269,6 +269,13 @@ impl Options {
 
     /// Checks that the limits are ones the WAL reader accepts, so nothing
     /// can be acknowledged that a reopen would then refuse as damage.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::LimitExceeded`] naming the first limit (`key_size_bytes_max`,
+    /// `batch_bytes_max`, `value_size_bytes_max`, `batch_ops_max` or
+    /// `dedup_window_entries_max`) above what the format allows; a value limit
+    /// above `batch_bytes_max` counts as over.
     pub fn validate(&self) -> Result<()> {
         use crate::record::{FRAME_OPS_MAX, FRAME_PAYLOAD_BYTES_MAX, RECORD_KEY_BYTES_MAX};
         let check = |limit: &'static str, actual: usize, max: usize| {

@@ -164,6 +164,10 @@ impl std::fmt::Debug for AuthService {
 
 impl AuthService {
     /// Opens the service over `db` with the default options.
+    ///
+    /// # Errors
+    ///
+    /// As [`AuthService::open_with`].
     pub fn open(db: &Db, master_key: MasterKey) -> Result<AuthService> {
         AuthService::open_with(db, master_key, AuthOptions::default())
     }
@@ -173,6 +177,17 @@ impl AuthService {
     /// The first open registers `master_key` with the database. Later opens
     /// must give that key or, after a rotation, its successor; a rotation
     /// cut short by a crash is finished here, with either of its two keys.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidCommand`] if `options` are inconsistent (password
+    /// bounds, zero limits); [`AuthError::InvalidMasterKey`] or
+    /// [`AuthError::UnknownMasterKey`] if `master_key` is not this database's
+    /// key (nor its successor); [`AuthError::RandomnessUnavailable`] if the
+    /// random source fails; [`Error::Closed`] after [`Db::close`];
+    /// [`Error::Io`] or [`Error::Poisoned`] (and the other errors of
+    /// [`Db::write`](crate::Db::write)) if the write to the database fails (the
+    /// first open, or finishing a rotation).
     pub fn open_with(db: &Db, master_key: MasterKey, options: AuthOptions) -> Result<AuthService> {
         options.validate()?;
         let hasher = PasswordHasher::new(options.password_params)?;

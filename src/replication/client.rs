@@ -184,6 +184,14 @@ impl Follower {
     /// follower of `options.leader`, and starts following in a background
     /// thread. The directory is marked as a follower's: opening it for
     /// writing fails with [`Error::ReadOnly`] until [`Db::promote`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Db::open_with`] for the follower's own database; [`Error::Io`] if
+    /// the follower marker or a staged snapshot cannot be written or removed;
+    /// [`Error::Decode`] if the stored position is damaged; [`Error::Network`]
+    /// if the follower thread cannot be started. Connection failures are not
+    /// errors here: the thread retries, and [`Follower::status`] reports them.
     pub fn open(dir: impl AsRef<Path>, options: FollowerOptions) -> Result<Follower> {
         let dir = dir.as_ref();
         let mut db_options = options.db_options.clone();

@@ -62,6 +62,12 @@ pub trait ReplicationAuth: Send + Sync {
     /// `Ok` if `token` may follow this leader; otherwise the ERROR code to
     /// refuse with ([`ErrorCode::Unauthenticated`] or
     /// [`ErrorCode::Forbidden`]).
+    ///
+    /// # Errors
+    ///
+    /// The [`ErrorCode`] the leader refuses the follower with:
+    /// [`ErrorCode::Unauthenticated`] for a token it does not accept,
+    /// [`ErrorCode::Forbidden`] for one that may not replicate.
     fn authorize_replication(&self, token: &str) -> std::result::Result<(), ErrorCode>;
 }
 
@@ -245,6 +251,15 @@ impl ReplicationServer {
     /// Serves `db`'s WAL to followers on `addr` (port 0 picks a free one;
     /// see [`ReplicationServer::local_addr`]), in background threads,
     /// until the returned handle is stopped or dropped.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] after [`Db::close`]; [`Error::ReadOnly`] if `db` is
+    /// read-only (a follower cannot lead); [`Error::Network`] if `addr` cannot
+    /// be bound or a server thread cannot be started; as [`Db::put`] if the
+    /// leader's replication epoch cannot be read or stored (a new epoch is
+    /// stored on the first start and after a repair), and
+    /// [`Error::InvalidCommand`] if no randomness is available for it.
     pub fn start(
         db: &Db,
         addr: impl ToSocketAddrs,

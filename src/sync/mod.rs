@@ -63,6 +63,11 @@ impl SyncCursor {
     }
 
     /// Reads the text form of [`SyncCursor::to_text`].
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::InvalidCommand`] naming the first entry that is not
+    /// `physical.logical@node` (node in hex).
     pub fn parse(text: &str) -> crate::Result<SyncCursor> {
         let bad = |part: &str| crate::Error::InvalidCommand {
             reason: format!("bad cursor entry {part:?}: expected physical.logical@node"),
