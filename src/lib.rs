@@ -54,6 +54,29 @@
 //! # }
 //! ```
 //!
+//! ## The API at a glance
+//!
+//! | for | use |
+//! |---|---|
+//! | opening, writing, reading, closing | [`Db`] ([`Db::open`], [`Db::open_with`] and [`Options`]; `put`, `get`, `increment`, `write` of a [`Batch`]) |
+//! | named keyspaces | [`Keyspace`] from [`Db::keyspace`] |
+//! | ordered scans | [`ScanOptions`] (or `prefix`, `range`), yielding [`Entry`]s of a [`Value`] |
+//! | a consistent multi-key read | [`ReadView`] from [`Db::view`], its [`ViewKeyspace`]s |
+//! | reading beside a running writer | [`ReadOnlyDb`] from [`Db::open_read_only`] |
+//! | durability and limits | [`Options`], [`SyncMode`], [`RecoveryMode`] |
+//! | merging copies offline | [`Db::export_for`] / [`Db::import_from`] (change sets), [`Db::export_to`] / [`Db::import_stream`] (streams), [`SyncCursor`], [`sync`] |
+//! | a leader and read-only followers | [`replication`]: `ReplicationServer`, `Follower` |
+//! | sync through S3, GCS, Azure or a folder | `bucket::Bucket` (feature `object-store`) |
+//! | users, API keys, secrets | `auth::AuthService` (feature `auth`) |
+//! | encryption at rest | [`EncryptionKey`], [`KeySource`], [`Options::encryption_key`] |
+//! | checking files, repairing | [`verify()`], [`RecoveryMode::Repair`], [`Db::recovery_report`] |
+//! | clocks and stamps | [`Stamp`], [`NodeId`], [`ManualClock`] for deterministic tests |
+//! | what went wrong | [`Error`] (every fallible call says which variants in its `# Errors`) |
+//!
+//! Modules hidden from these docs (`codec`, `crdt`, `io`, `fuzzing`, `run`,
+//! and a few protocol internals) are public only for mergekv's own tests,
+//! fuzz targets and benches: they are not part of the stable API.
+//!
 //! On top of the engine, the auth service (`auth::AuthService`, feature
 //! `auth`) keeps users (argon2id), scoped API keys and AES-256-GCM
 //! encrypted secrets in the database itself, so they persist and merge
