@@ -109,6 +109,17 @@ impl Scopes {
         self.0 == 0
     }
 
+    /// The bits as stored (1 read, 2 write, 4 replicate, 8 admin).
+    pub(crate) fn bits(self) -> u8 {
+        self.0
+    }
+
+    /// The set with these stored bits (unknown ones are kept, and grant
+    /// nothing: see [`Scopes::known`]).
+    pub(crate) fn from_bits(bits: u8) -> Scopes {
+        Scopes(bits)
+    }
+
     /// Only the bits of known scopes (a record from a newer version may set
     /// others; they grant nothing here).
     pub(crate) fn known(self) -> Scopes {

@@ -138,7 +138,7 @@ impl std::fmt::Debug for SecretBytes {
 }
 
 /// A nonce and the ciphertext with its 16-byte tag.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Sealed {
     pub(crate) nonce: [u8; NONCE_BYTES],
     pub(crate) ciphertext: Vec<u8>,

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use super::apikey::{self, ApiToken, ParsedToken, Scope, Scopes};
-use super::records::{self, ApiKeyRecord, StoredApiKey, StoredRevocation};
+use super::records::{self, ApiKeyRecord, Revocation};
 use super::{AuthError, AuthService, hex_encode, random_bytes};
 use crate::ScanOptions;
 use crate::error::Result;
@@ -86,9 +86,8 @@ impl AuthService {
             secret_hash: apikey::secret_hash(&key_id, &secret),
         };
         let key_id_hex = hex_encode(&key_id);
-        let stored = StoredApiKey::V1(record.clone());
         self.store
-            .put(records::apikey_key(&key_id_hex), records::encode(&stored)?)?;
+            .put(records::apikey_key(&key_id_hex), records::encode(&record))?;
         let token = apikey::format_token(&key_id, &secret);
         Ok((ApiKeyInfo::new(&key_id_hex, &record, false), token))
     }
@@ -178,11 +177,11 @@ impl AuthService {
         if self.is_revoked(key_id)? {
             return Ok(());
         }
-        let revocation = StoredRevocation::V1 {
+        let revocation = Revocation {
             revoked_ms: self.now_ms(),
         };
         self.store
-            .put(records::revoked_key(key_id), records::encode(&revocation)?)?;
+            .put(records::revoked_key(key_id), records::encode(&revocation))?;
         Ok(())
     }
 
@@ -221,9 +220,7 @@ impl AuthService {
     }
 
     fn read_api_key(&self, key_id_hex: &str) -> Result<Option<ApiKeyRecord>> {
-        let stored: Option<StoredApiKey> =
-            records::read(&self.store, &records::apikey_key(key_id_hex))?;
-        Ok(stored.map(|StoredApiKey::V1(record)| record))
+        records::read(&self.store, &records::apikey_key(key_id_hex))
     }
 
     fn is_revoked(&self, key_id_hex: &str) -> Result<bool> {

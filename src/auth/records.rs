@@ -1,20 +1,23 @@
 //! What the auth service stores, and under which keys of `_auth`.
 //!
-//! Each record is a serde enum encoded with the crate codec; the enum's
-//! variant (`V1`) is the record's format version, so a later version can add
-//! `V2` and still read old records. Key layout (all in keyspace `_auth`):
+//! Every record has a hand-written layout (`layout`, documented byte by
+//! byte in `docs/FORMAT.md`, "Auth records") that starts with a tag byte
+//! naming the record's kind and layout version. Records written before
+//! 2026-12 were bincode-encoded serde enums; they are still read (`legacy`),
+//! never written: the next update of such a record writes the current
+//! layout. Key layout (all in keyspace `_auth`):
 //!
 //! | key | value | written by |
 //! |---|---|---|
-//! | `user/<name>/<user_id hex>` | [`StoredUser`] | create, password change, reset |
-//! | `user-deleted/<user_id hex>` | [`StoredUserDeleted`] | delete (never removed) |
-//! | `user-rehash/<name>` | [`StoredRehash`] | verify, when the hash is weak |
-//! | `apikey/<key_id hex>` | [`StoredApiKey`] | create |
-//! | `apikey-revoked/<key_id hex>` | [`StoredRevocation`] | revoke (never removed) |
-//! | `secret/<user_id hex>/<name>` | [`SecretRecord`] (hand-encoded) | put, rotation |
-//! | `master/<key_id hex>` | [`StoredMasterKey`] | first open, rotation |
-//! | `master-wrap/<old hex>/<new hex>` | [`StoredWrappedKey`] | rotation (never removed) |
-//! | `master-rotation` | [`StoredRotation`] | rotation start; deleted at its end |
+//! | `user/<name>/<user_id hex>` | `UserRecord` | create, password change, reset |
+//! | `user-deleted/<user_id hex>` | `UserDeleted` | delete (never removed) |
+//! | `user-rehash/<name>` | `Rehash` | verify, when the hash is weak |
+//! | `apikey/<key_id hex>` | `ApiKeyRecord` | create |
+//! | `apikey-revoked/<key_id hex>` | `Revocation` | revoke (never removed) |
+//! | `secret/<user_id hex>/<name>` | `SecretRecord` | put, rotation |
+//! | `master/<key_id hex>` | `MasterKeyRecord` | first open, rotation |
+//! | `master-wrap/<old hex>/<new hex>` | `WrappedKey` | rotation (never removed) |
+//! | `master-rotation` | `Rotation` | rotation start; deleted at its end |
 //! | `master-uses/<key_id hex>` | PN-counter | every encryption |
 //!
 //! Facts that must win over concurrent edits on other copies (a deletion, a
@@ -25,8 +28,12 @@
 //! meet (two copies created it while apart), the one created last (then
 //! the greater id) is the user, on every copy.
 
-use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+mod layout;
+mod legacy;
+#[cfg(test)]
+mod tests;
+
+pub(crate) use layout::{AuthRecord, decode, encode};
 
 use super::apikey::Scopes;
 use super::crypto::{MasterKeyId, NONCE_BYTES, Sealed};
@@ -48,7 +55,7 @@ pub(crate) const ROTATION_KEY: &str = "master-rotation";
 
 /// A user. `user_id` names this incarnation: deleting and re-creating a
 /// name makes a new one, which the old one's keys and secrets do not fit.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct UserRecord {
     pub(crate) user_id: [u8; USER_ID_BYTES],
     /// argon2id PHC string.
@@ -60,29 +67,23 @@ pub(crate) struct UserRecord {
     pub(crate) password_changed_ms: u64,
 }
 
-/// Versioned [`UserRecord`].
-#[derive(Serialize, Deserialize)]
-pub(crate) enum StoredUser {
-    /// Version 1.
-    V1(UserRecord),
-}
-
 /// Marks a user incarnation as deleted.
-#[derive(Serialize, Deserialize)]
-pub(crate) enum StoredUserDeleted {
-    /// Version 1.
-    V1 { name: String, deleted_ms: u64 },
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct UserDeleted {
+    pub(crate) name: String,
+    pub(crate) deleted_ms: u64,
 }
 
 /// A stronger hash of the same password, made at a successful verify.
-#[derive(Serialize, Deserialize)]
-pub(crate) enum StoredRehash {
-    /// Version 1.
-    V1 { password_id: [u8; 16], phc: String },
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Rehash {
+    /// The password it re-hashes (see [`UserRecord::password_id`]).
+    pub(crate) password_id: [u8; 16],
+    pub(crate) phc: String,
 }
 
 /// An API key (the secret itself is never stored).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct ApiKeyRecord {
     pub(crate) user: String,
     pub(crate) user_id: [u8; USER_ID_BYTES],
@@ -92,33 +93,23 @@ pub(crate) struct ApiKeyRecord {
     pub(crate) secret_hash: [u8; 32],
 }
 
-/// Versioned [`ApiKeyRecord`].
-#[derive(Serialize, Deserialize)]
-pub(crate) enum StoredApiKey {
-    /// Version 1.
-    V1(ApiKeyRecord),
-}
-
 /// Marks an API key as revoked.
-#[derive(Serialize, Deserialize)]
-pub(crate) enum StoredRevocation {
-    /// Version 1.
-    V1 { revoked_ms: u64 },
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Revocation {
+    pub(crate) revoked_ms: u64,
 }
 
 /// A secret's ciphertext and the master key it is under.
 ///
-/// Encoded by hand, not with serde: it is the one record whose size grows
-/// with user data, and serde writes a byte vector one element at a time
-/// (a 64 KiB secret decoded at under 200 MiB/s that way). Layout:
-/// version u8 (1) | key id [8] | nonce [12] | ciphertext with its 16-byte
-/// tag (the rest).
+/// Always encoded by hand (never bincode, so it has no legacy form): tag
+/// u8 (1, `layout::SECRET_TAG`) | key id (8 bytes) | nonce (12 bytes) |
+/// ciphertext with its 16-byte tag (the rest).
 pub(crate) struct SecretRecord {
     pub(crate) key_id: MasterKeyId,
     pub(crate) sealed: Sealed,
 }
 
-const SECRET_RECORD_VERSION: u8 = 1;
+const SECRET_RECORD_VERSION: u8 = layout::SECRET_TAG;
 /// Bytes of an AES-GCM tag: the shortest possible ciphertext.
 const GCM_TAG_BYTES: usize = 16;
 
@@ -172,26 +163,22 @@ impl SecretRecord {
 }
 
 /// Registers a master key with the database.
-#[derive(Serialize, Deserialize)]
-pub(crate) enum StoredMasterKey {
-    /// Version 1.
-    V1 { created_ms: u64 },
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct MasterKeyRecord {
+    pub(crate) created_ms: u64,
 }
 
 /// An older master key encrypted under its successor.
-#[derive(Serialize, Deserialize)]
-pub(crate) enum StoredWrappedKey {
-    /// Version 1.
-    V1(Sealed),
-}
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct WrappedKey(pub(crate) Sealed);
 
 /// A rotation in progress, from one key to the next. Only the new key can
 /// finish it (the new key is never stored under the old one, which is
 /// usually the key being retired because it leaked).
-#[derive(Serialize, Deserialize)]
-pub(crate) enum StoredRotation {
-    /// Version 1.
-    V1 { from: MasterKeyId, to: MasterKeyId },
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Rotation {
+    pub(crate) from: MasterKeyId,
+    pub(crate) to: MasterKeyId,
 }
 
 /// The prefix of every incarnation of `name` (names cannot hold `/`, so
@@ -259,11 +246,6 @@ pub(crate) fn uses_key(id: MasterKeyId) -> Vec<u8> {
 }
 
 /// Reads and decodes the record at `key`, if any.
-pub(crate) fn read<T: DeserializeOwned>(store: &Keyspace, key: &[u8]) -> Result<Option<T>> {
-    store.get_typed(key)
-}
-
-/// Encodes a record for a batch.
-pub(crate) fn encode<T: Serialize>(record: &T) -> Result<Vec<u8>> {
-    crate::codec::encode_typed(record)
+pub(crate) fn read<T: AuthRecord>(store: &Keyspace, key: &[u8]) -> Result<Option<T>> {
+    store.get(key)?.map(|bytes| decode::<T>(&bytes)).transpose()
 }

@@ -22,7 +22,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use super::crypto::{self, MasterKey, MasterKeyId, SecretBytes, SecretPlace};
-use super::records::{self, SecretRecord, StoredMasterKey, StoredRotation, StoredWrappedKey};
+use super::records::{self, MasterKeyRecord, Rotation, SecretRecord, WrappedKey};
 use super::{
     AUTH_KEYSPACE, AuthError, AuthService, KeyRing, hex_decode, validate_secret_name,
     validate_user_name,
@@ -238,11 +238,11 @@ impl AuthService {
 
     /// Step 1 of a rotation: one atomic batch.
     fn begin_rotation(&self, old_key: &MasterKey, new_key: &MasterKey) -> Result<()> {
-        let registration = StoredMasterKey::V1 {
+        let registration = MasterKeyRecord {
             created_ms: self.now_ms(),
         };
-        let old_under_new = StoredWrappedKey::V1(crypto::wrap_key(new_key, old_key)?);
-        let rotation = StoredRotation::V1 {
+        let old_under_new = WrappedKey(crypto::wrap_key(new_key, old_key)?);
+        let rotation = Rotation {
             from: old_key.id(),
             to: new_key.id(),
         };
@@ -251,17 +251,17 @@ impl AuthService {
             .put_in(
                 AUTH_KEYSPACE,
                 records::master_key_key(new_key.id()),
-                records::encode(&registration)?,
+                records::encode(&registration),
             )
             .put_in(
                 AUTH_KEYSPACE,
                 records::wrap_key_key(old_key.id(), new_key.id()),
-                records::encode(&old_under_new)?,
+                records::encode(&old_under_new),
             )
             .put_in(
                 AUTH_KEYSPACE,
                 records::ROTATION_KEY,
-                records::encode(&rotation)?,
+                records::encode(&rotation),
             )
             .increment_in(AUTH_KEYSPACE, records::uses_key(new_key.id()), 1);
         self.db.write(batch)?;
@@ -273,7 +273,7 @@ impl AuthService {
     /// re-encryption. A rotation record naming another key (another copy's
     /// rotation, merged in) is not this service's to finish.
     fn finish_rotation_locked(&self) -> Result<Option<RotationReport>> {
-        let Some(StoredRotation::V1 { from, to }) =
+        let Some(Rotation { from, to }) =
             records::read(&self.store, records::ROTATION_KEY.as_bytes())?
         else {
             return Ok(None);
@@ -468,12 +468,12 @@ pub(crate) fn resolve_master_key(
 ) -> Result<MasterKey> {
     let registered = registered_keys(store)?;
     if registered.is_empty() {
-        let registration = StoredMasterKey::V1 {
+        let registration = MasterKeyRecord {
             created_ms: clock.now_ms(),
         };
         store.put(
             records::master_key_key(given.id()),
-            records::encode(&registration)?,
+            records::encode(&registration),
         )?;
         return Ok(given);
     }
@@ -525,7 +525,7 @@ fn wrapped_keys_by_outer(store: &Keyspace) -> Result<WrappedIndex> {
         let Some((inner, outer)) = parse_wrap_key(entry.key()) else {
             continue;
         };
-        if let Some(StoredWrappedKey::V1(sealed)) = records::read(store, entry.key())? {
+        if let Some(WrappedKey(sealed)) = records::read(store, entry.key())? {
             index.entry(outer).or_default().push((inner, sealed));
         }
     }

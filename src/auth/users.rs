@@ -1,7 +1,7 @@
 //! Users and passwords.
 
 use super::password::phc_params;
-use super::records::{self, StoredRehash, StoredUser, StoredUserDeleted, UserRecord};
+use super::records::{self, Rehash, UserDeleted, UserRecord};
 use super::{AuthError, AuthService, PasswordParams, hex_encode, random_bytes, validate_user_name};
 use crate::error::Result;
 use crate::{Batch, ScanOptions};
@@ -109,12 +109,12 @@ impl AuthService {
             return Ok(UserInfo::new(name, &record, &phc));
         }
         let upgraded = self.hasher.hash(password)?;
-        let rehash = StoredRehash::V1 {
+        let rehash = Rehash {
             password_id: record.password_id,
             phc: upgraded.clone(),
         };
         self.store
-            .put(records::rehash_key(name), records::encode(&rehash)?)?;
+            .put(records::rehash_key(name), records::encode(&rehash))?;
         Ok(UserInfo::new(name, &record, &upgraded))
     }
 
@@ -169,7 +169,7 @@ impl AuthService {
         validate_user_name(name)?;
         let _guard = self.write_lock.lock();
         let record = self.require_user(name)?;
-        let marker = StoredUserDeleted::V1 {
+        let marker = UserDeleted {
             name: name.into(),
             deleted_ms: self.now_ms(),
         };
@@ -177,7 +177,7 @@ impl AuthService {
         batch.put_in(
             super::AUTH_KEYSPACE,
             records::user_deleted_key(&record.user_id),
-            records::encode(&marker)?,
+            records::encode(&marker),
         );
         batch.delete_in(
             super::AUTH_KEYSPACE,
@@ -243,10 +243,7 @@ impl AuthService {
             .scan(&ScanOptions::prefix(records::user_prefix(name)))
         {
             let entry = entry?;
-            let Some(Ok(StoredUser::V1(record))) = entry
-                .value()
-                .as_bytes()
-                .map(crate::codec::decode_typed::<StoredUser>)
+            let Some(Ok(record)) = entry.value().as_bytes().map(records::decode::<UserRecord>)
             else {
                 continue;
             };
@@ -277,9 +274,7 @@ impl AuthService {
     /// was stored, else the user record's own.
     fn effective_phc(&self, name: &str, record: &UserRecord) -> Result<String> {
         match records::read(&self.store, &records::rehash_key(name))? {
-            Some(StoredRehash::V1 { password_id, phc }) if password_id == record.password_id => {
-                Ok(phc)
-            }
+            Some(Rehash { password_id, phc }) if password_id == record.password_id => Ok(phc),
             _ => Ok(record.phc.clone()),
         }
     }
@@ -315,10 +310,9 @@ impl AuthService {
     }
 
     fn write_user(&self, name: &str, record: &UserRecord) -> Result<()> {
-        let stored = StoredUser::V1(record.clone());
         self.store.put(
             records::user_key(name, &record.user_id),
-            records::encode(&stored)?,
+            records::encode(record),
         )?;
         Ok(())
     }

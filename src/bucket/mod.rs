@@ -34,6 +34,7 @@
 //! ```
 
 pub mod head;
+mod local;
 mod round;
 pub mod store;
 

@@ -5,12 +5,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::head::{
     Claim, Head, ObjectRef, Retired, SnapshotRef, claim_name, head_name, node_of_head_name,
     object_name, snapshot_name,
 };
+use super::local::{FormerTail, KeptHead, LocalState, decode_present, encode_present};
 use super::store::{Listed, Written};
 use super::{Bucket, BucketOptions};
 use crate::clock::{NodeId, Stamp};
@@ -22,7 +23,7 @@ use crate::error::{BucketError, Error, Result};
 use crate::options::Options;
 use crate::sync::SyncCursor;
 use crate::sync::exchange::{
-    complete_cursor, forget_local, local_get, local_put_typed, merge_local_cursor,
+    complete_cursor, forget_local, local_get, local_put, merge_local_cursor,
 };
 
 /// Objects and changes moved one way.
@@ -77,50 +78,6 @@ pub struct RestoreReport {
     pub snapshot: Option<String>,
     /// The time restored to, if one was asked for.
     pub at_ms: Option<u64>,
-}
-
-/// Another copy's head as last downloaded at version `e_tag`, its claim
-/// checked (in `_local`, under the state's key plus `/head/<node>`).
-#[derive(Debug, Serialize, Deserialize)]
-struct KeptHead {
-    e_tag: String,
-    head: Vec<u8>,
-}
-
-/// See [`LocalState::former`].
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct FormerTail {
-    node: u64,
-    /// The former head's generation and nonce as this directory wrote it.
-    generation: u64,
-    nonce: u64,
-    /// What it had published under that id.
-    published: Stamp,
-}
-
-/// A copy's sync state for one bucket, in its `_local` keyspace.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-struct LocalState {
-    /// The node id this state is for (a reidentified copy starts afresh).
-    node: u64,
-    /// This directory's incarnation, named in its claim and head.
-    incarnation: [u8; 16],
-    claimed: bool,
-    /// Our head as last written (its bytes before sealing), its version tag.
-    head: Option<Vec<u8>>,
-    head_e_tag: Option<String>,
-    /// A head write begun and not known to have landed: (generation, nonce).
-    pending: Option<(u64, u64)>,
-    /// The newest publication number used (names only ever grow).
-    last_seq: u64,
-    /// When this copy last swept its folders for objects no head names.
-    last_sweep_ms: u64,
-    /// The node id this directory synced under before it got a new one,
-    /// with its head as last written: the writes under that id it had not
-    /// published go out under the new id, if no one else writes that head.
-    former: Option<FormerTail>,
-    /// Per origin, the newest stamp merged in its object order.
-    progress: BTreeMap<u64, Stamp>,
 }
 
 fn state_key(bucket: &Bucket) -> String {
@@ -298,7 +255,7 @@ struct Round<'a> {
 
 impl Round<'_> {
     fn save(&self) -> Result<()> {
-        local_put_typed(self.engine, &self.key, &self.st)
+        local_put(self.engine, &self.key, self.st.encode()?)
     }
 
     /// Saves the state and makes it durable whatever the sync mode (it
@@ -450,7 +407,9 @@ impl Round<'_> {
             // so a new process's idle round is one listing too.
             let kept_key = format!("{}/head/{:016x}", self.key, node.0);
             if let Some(e_tag) = &l.e_tag
-                && let Some(kept) = local_get::<KeptHead>(self.engine, &kept_key)?
+                && let Some(bytes) = local_get(self.engine, &kept_key)?
+                // A kept head is a cache: one that does not decode is a miss.
+                && let Ok(kept) = KeptHead::decode(&bytes)
                 && kept.e_tag == *e_tag
                 && let Ok(head) = Head::decode(&kept.head)
                 && head.node == node
@@ -507,15 +466,13 @@ impl Round<'_> {
                     continue;
                 }
             }
-            if let Some(tag) = &e_tag {
-                local_put_typed(
-                    self.engine,
-                    &kept_key,
-                    &KeptHead {
-                        e_tag: tag.clone(),
-                        head: head.encode(),
-                    },
-                )?;
+            let kept = e_tag.as_ref().map(|tag| KeptHead {
+                e_tag: tag.clone(),
+                head: head.encode(),
+            });
+            // Over a limit (an absurd version tag), it is just not kept.
+            if let Some(Ok(bytes)) = kept.map(|k| k.encode()) {
+                local_put(self.engine, &kept_key, bytes)?;
             }
             let head = Arc::new(head);
             self.bucket.cache_head(self.node, node, e_tag, head.clone());
@@ -982,7 +939,10 @@ pub(crate) fn sync(bucket: &Bucket, engine: &Engine, pull: bool) -> Result<SyncR
     let before_requests = bucket.requests();
     let node = engine.node();
     let key = state_key(bucket);
-    let mut st: LocalState = local_get(engine, &key)?.unwrap_or_default();
+    let mut st = match local_get(engine, &key)? {
+        Some(bytes) => LocalState::decode(&bytes)?,
+        None => LocalState::default(),
+    };
     if st.node != node.0 {
         // A new copy, or one given a fresh identity: a new claim, head
         // and publication sequence; what it merged stays merged. Under a
@@ -1018,7 +978,7 @@ pub(crate) fn sync(bucket: &Bucket, engine: &Engine, pull: bool) -> Result<SyncR
         // Durable before the claim names the incarnation: lost in a crash,
         // the next round would draw another and take its own claim for a
         // clone's.
-        local_put_typed(engine, &key, &st)?;
+        local_put(engine, &key, st.encode()?)?;
         engine.wal().sync_written()?;
     }
     let mut round = Round {
@@ -1095,11 +1055,14 @@ pub(crate) fn sync(bucket: &Bucket, engine: &Engine, pull: bool) -> Result<SyncR
     // and measures their silence from its return, not from its own rounds.
     let present_key = format!("{}/present", round.key);
     let returning = before.generation == 0 || now.saturating_sub(before.updated_ms) > horizon;
-    let present_since = match local_get::<u64>(engine, &present_key)? {
+    // One that does not decode counts as a return now (no one is found
+    // silent on its account), and is written again.
+    let stored = local_get(engine, &present_key)?.and_then(|b| decode_present(&b).ok());
+    let present_since = match stored {
         Some(since) if !returning => since,
         stored => {
             if stored != Some(now) {
-                local_put_typed(engine, &present_key, &now)?;
+                local_put(engine, &present_key, encode_present(now))?;
             }
             now
         }
@@ -1170,7 +1133,7 @@ pub(crate) fn sync(bucket: &Bucket, engine: &Engine, pull: bool) -> Result<SyncR
             own.expelled.push((h.node, h.generation));
         }
         // Only if there is a cursor to forget: an idle round writes nothing.
-        if local_get::<SyncCursor>(engine, &peer_key(h.node))?.is_some() {
+        if local_get(engine, &peer_key(h.node))?.is_some() {
             forget_local(engine, &peer_key(h.node))?;
         }
     }
@@ -1576,7 +1539,7 @@ fn restore_into(
         progress: progress.into_iter().map(|(n, p)| (n.0, p)).collect(),
         ..LocalState::default()
     };
-    local_put_typed(engine, &state_key(bucket), &st)?;
+    local_put(engine, &state_key(bucket), st.encode()?)?;
     engine.wal().sync_written()?;
     Ok((db, report))
 }

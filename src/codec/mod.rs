@@ -4,10 +4,14 @@
 //!   every on-disk layout (segment headers, frames, records) is built from.
 //!   The layouts themselves are documented in `docs/FORMAT.md`. `Reader`
 //!   never panics: every read is bounds-checked and returns [`DecodeError`].
-//! - [`encode_typed`] / [`decode_typed`]: serde + bincode, for application
-//!   values stored *inside* values (typed puts). bincode never
-//!   defines a file or frame layout, so the on-disk format does not depend on
-//!   it.
+//! - [`encode_typed`] / [`decode_typed`]: serde + bincode 2 (standard
+//!   configuration, little-endian), for the application's own values
+//!   (`put_typed` / `get_typed`). This is the only place bincode appears in
+//!   stored bytes: mergekv's own records (`_auth`, `_local`) have
+//!   hand-written layouts, and bincode never defines a file or frame layout.
+//! - `decode_legacy`: reads internal records written by releases before
+//!   2026-12 in bincode, on a documented legacy path; nothing is written
+//!   that way any more.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -170,7 +174,8 @@ impl<'a> Reader<'a> {
         Ok(out)
     }
 
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+    /// Reads the next `N` bytes as an array.
+    pub fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
         let mut out = [0u8; N];
         out.copy_from_slice(self.take(N)?);
         Ok(out)
@@ -206,6 +211,36 @@ impl<'a> Reader<'a> {
         self.take(len)
     }
 
+    /// Reads a `u32` length and that many bytes of UTF-8, refusing lengths
+    /// above `max_len`.
+    pub fn utf8(&mut self, max_len: usize, what: &str) -> Result<&'a str, DecodeError> {
+        let at = self.pos;
+        let bytes = self.len_prefixed(max_len, what)?;
+        std::str::from_utf8(bytes).map_err(|_| Reader::invalid(at, format!("{what} is not UTF-8")))
+    }
+
+    /// Reads a presence byte: 0 for absent, 1 for present, anything else an
+    /// error.
+    pub fn present(&mut self, what: &str) -> Result<bool, DecodeError> {
+        let at = self.pos;
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            other => Err(Reader::invalid(
+                at,
+                format!("{what}: presence byte {other}, expected 0 or 1"),
+            )),
+        }
+    }
+
+    /// Succeeds only if every byte was read: a layout has no trailing bytes.
+    pub fn end(&self) -> Result<(), DecodeError> {
+        match self.remaining() {
+            0 => Ok(()),
+            n => Err(Reader::invalid(self.pos, format!("{n} trailing bytes"))),
+        }
+    }
+
     /// An error for an invalid field that started at `offset`.
     pub fn invalid(offset: usize, reason: impl Into<String>) -> DecodeError {
         DecodeError::Invalid {
@@ -225,7 +260,18 @@ fn bincode_config() -> impl bincode::config::Config {
         .with_limit::<TYPED_VALUE_BYTES_MAX>()
 }
 
-/// Encodes an application value with serde + bincode.
+/// Encodes an application value with serde + bincode 2 (standard
+/// configuration: little-endian, variable-length integers), as
+/// `put_typed` stores it.
+///
+/// The bytes are the user's value only: no mergekv record, file or frame
+/// is laid out by bincode (`docs/FORMAT.md`, "Typed values"). A typed value
+/// is as stable as the serde shape of `T` and bincode 2's encoding.
+///
+/// # Errors
+///
+/// [`Error::Decode`] if serde refuses the value or it encodes to more than
+/// [`TYPED_VALUE_BYTES_MAX`].
 pub fn encode_typed<T: Serialize>(value: &T) -> Result<Vec<u8>> {
     bincode::serde::encode_to_vec(value, bincode_config()).map_err(|e| Error::Decode {
         what: std::any::type_name::<T>(),
@@ -233,8 +279,13 @@ pub fn encode_typed<T: Serialize>(value: &T) -> Result<Vec<u8>> {
     })
 }
 
-/// Decodes an application value encoded by [`encode_typed`]; trailing bytes
-/// are an error.
+/// Decodes an application value encoded by [`encode_typed`] (bincode 2,
+/// standard configuration, little-endian); trailing bytes are an error.
+///
+/// # Errors
+///
+/// [`Error::Decode`] if the bytes are not a `T` in that encoding, are longer
+/// than [`TYPED_VALUE_BYTES_MAX`], or have bytes after the value.
 pub fn decode_typed<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     decode_typed_or_reason(bytes).map_err(|reason| Error::Decode {
         what: std::any::type_name::<T>(),
@@ -254,6 +305,32 @@ pub(crate) fn decode_typed_or_reason<T: DeserializeOwned>(
             "{} trailing bytes",
             bytes.len().saturating_sub(used)
         ));
+    }
+    Ok(value)
+}
+
+/// Decodes an internal record written in bincode by a release before
+/// 2026-12 (`_auth` records, `_local` cursors and bucket state), with the
+/// configuration those releases wrote it in. Read only: every write uses the
+/// record's hand-written layout. `T` is a frozen private copy of the old
+/// serde type, kept next to the record's codec (`legacy` modules), so a
+/// change to a live type cannot change how old bytes are read.
+pub(crate) fn decode_legacy<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+    let (value, used) =
+        bincode::serde::decode_from_slice(bytes, bincode_config()).map_err(|e| {
+            DecodeError::Invalid {
+                offset: 0,
+                reason: format!("legacy bincode record: {e}"),
+            }
+        })?;
+    if used != bytes.len() {
+        return Err(DecodeError::Invalid {
+            offset: used,
+            reason: format!(
+                "legacy bincode record: {} trailing bytes",
+                bytes.len() - used
+            ),
+        });
     }
     Ok(value)
 }

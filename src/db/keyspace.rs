@@ -85,7 +85,9 @@ impl Keyspace {
         self.single(batch)
     }
 
-    /// Stores a serde value (encoded with the crate's codec) at `key`.
+    /// Stores a serde value at `key`, encoded with bincode 2 (standard
+    /// configuration, little-endian; `docs/FORMAT.md`, "Typed values"):
+    /// the one place bincode appears in stored bytes.
     ///
     /// # Errors
     ///
@@ -95,8 +97,9 @@ impl Keyspace {
         self.put(key, crate::codec::encode_typed(value)?)
     }
 
-    /// Reads a value stored with [`Keyspace::put_typed`]: `None` if the
-    /// key is absent or deleted.
+    /// Reads a value stored with [`Keyspace::put_typed`] (bincode 2,
+    /// standard configuration, little-endian): `None` if the key is absent
+    /// or deleted.
     ///
     /// ```
     /// # fn main() -> mergekv::Result<()> {

@@ -648,7 +648,8 @@ impl ViewKeyspace<'_> {
         self.scan(&ScanOptions::from_range(range))
     }
 
-    /// Decodes a typed value stored with `put_typed`.
+    /// Decodes a typed value stored with `put_typed` (bincode 2, standard
+    /// configuration, little-endian; `docs/FORMAT.md`, "Typed values").
     ///
     /// # Errors
     ///

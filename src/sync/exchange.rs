@@ -7,9 +7,6 @@
 
 use std::collections::HashSet;
 
-use serde::Serialize;
-use serde::de::DeserializeOwned;
-
 use crate::command::Batch;
 use crate::engine::{CommitId, Engine};
 use crate::error::{Error, Result};
@@ -17,6 +14,7 @@ use crate::io::Io;
 use crate::record::{Record, store_key};
 
 use super::changeset::{self, ChangeSet};
+use super::local;
 use super::{
     COMPLETE_CURSOR_KEY, ImportReport, LOCAL_KEYSPACE, SegmentEntry, SegmentImport, SyncCursor,
     collect_changes, is_local, peer_cursor_key, segment_marker_key,
@@ -74,7 +72,7 @@ pub(crate) fn export_from_view(
     let records = collect_changes(view, cursor, None)?;
     let stored = view.get(&store_key(LOCAL_KEYSPACE, COMPLETE_CURSOR_KEY.as_bytes()))?;
     let mut complete: SyncCursor = match stored.and_then(|s| s.register.and_then(|r| r.value)) {
-        Some(bytes) => crate::codec::decode_typed(&bytes)?,
+        Some(bytes) => local::decode_cursor(&bytes).map_err(local::cursor_error)?,
         None => SyncCursor::new(),
     };
     complete.merge(&SyncCursor {
@@ -110,7 +108,7 @@ fn open_change_set<'a>(engine: &Engine, bytes: &'a [u8]) -> Result<std::borrow::
 
 /// Per origin, the newest stamp up to which this copy holds everything.
 pub(crate) fn complete_cursor(engine: &Engine) -> Result<SyncCursor> {
-    let mut complete: SyncCursor = local_get(engine, COMPLETE_CURSOR_KEY)?.unwrap_or_default();
+    let mut complete = stored_cursor(engine, COMPLETE_CURSOR_KEY)?.unwrap_or_default();
     // What this copy has issued and applied, not its high-water mark: a
     // mark raised by stamps only seen is not on disk, and a claim beyond
     // what a restart recovers would hide the writes issued after it; nor
@@ -125,7 +123,7 @@ pub(crate) fn complete_cursor(engine: &Engine) -> Result<SyncCursor> {
 
 /// What `peer` has reported seeing (empty if never heard from).
 pub(crate) fn peer_cursor(engine: &Engine, peer: &str) -> Result<SyncCursor> {
-    Ok(local_get(engine, &peer_cursor_key(peer))?.unwrap_or_default())
+    Ok(stored_cursor(engine, &peer_cursor_key(peer))?.unwrap_or_default())
 }
 
 /// Verifies, drift-checks and applies a change set; then records that
@@ -315,13 +313,13 @@ pub(crate) fn forget_local(engine: &Engine, key: &str) -> Result<()> {
 }
 
 pub(crate) fn merge_local_cursor(engine: &Engine, key: &str, cursor: &SyncCursor) -> Result<()> {
-    let stored: Option<SyncCursor> = local_get(engine, key)?;
+    let stored = stored_cursor(engine, key)?;
     let mut merged = stored.clone().unwrap_or_default();
     merged.merge(cursor);
     // Stored even when empty: a peer cursor's presence is what makes the
     // tombstone collection wait for that peer at all.
     if stored.as_ref() != Some(&merged) {
-        local_put_typed(engine, key, &merged)?;
+        local_put(engine, key, local::encode_cursor(&merged))?;
     }
     Ok(())
 }
@@ -332,22 +330,26 @@ fn derive_id(context: &str, content: &[u8; 32]) -> CommitId {
     CommitId(*id.finalize().as_bytes())
 }
 
-/// A serde value in [`LOCAL_KEYSPACE`].
-pub(crate) fn local_get<T: DeserializeOwned>(engine: &Engine, key: &str) -> Result<Option<T>> {
-    let store_key = store_key(LOCAL_KEYSPACE, key.as_bytes());
-    let bytes = engine
-        .state()
-        .get(&store_key)?
-        .and_then(|s| s.register.and_then(|r| r.value));
-    bytes.map(|b| crate::codec::decode_typed(&b)).transpose()
+/// The stored cursor at `key` of [`LOCAL_KEYSPACE`], if any (current
+/// layout or legacy, see `sync::local`).
+fn stored_cursor(engine: &Engine, key: &str) -> Result<Option<SyncCursor>> {
+    local_get(engine, key)?
+        .map(|b| local::decode_cursor(&b).map_err(local::cursor_error))
+        .transpose()
 }
 
-pub(crate) fn local_put_typed<T: Serialize>(engine: &Engine, key: &str, value: &T) -> Result<()> {
-    local_put(engine, key, crate::codec::encode_typed(value)?)
+/// The value at `key` of [`LOCAL_KEYSPACE`], if any. Each caller decodes
+/// it with its record's layout (`sync::local`, `bucket::local`).
+pub(crate) fn local_get(engine: &Engine, key: &str) -> Result<Option<std::sync::Arc<[u8]>>> {
+    let store_key = store_key(LOCAL_KEYSPACE, key.as_bytes());
+    Ok(engine
+        .state()
+        .get(&store_key)?
+        .and_then(|s| s.register.and_then(|r| r.value)))
 }
 
 /// A durable write to [`LOCAL_KEYSPACE`], through the engine's write path.
-fn local_put(engine: &Engine, key: &str, value: Vec<u8>) -> Result<()> {
+pub(crate) fn local_put(engine: &Engine, key: &str, value: Vec<u8>) -> Result<()> {
     let mut batch = Batch::new();
     batch.put_in(LOCAL_KEYSPACE, key, value);
     let mut results = engine.execute(vec![batch]);

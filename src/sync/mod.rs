@@ -23,6 +23,7 @@
 pub mod changeset;
 pub mod digest;
 pub(crate) mod exchange;
+pub(crate) mod local;
 pub mod stream;
 
 use std::collections::BTreeMap;
@@ -207,7 +208,7 @@ pub(crate) fn peer_cursors(view: &StateView) -> crate::Result<Vec<SyncCursor>> {
             break;
         }
         if let crate::crdt::Visible::Bytes(bytes) = state.visible()
-            && let Ok(cursor) = crate::codec::decode_typed(bytes)
+            && let Ok(cursor) = local::decode_cursor(bytes)
         {
             cursors.push(cursor);
         }
