@@ -53,10 +53,7 @@ fn main() {
     let dir = tempfile::tempdir().expect("temp dir");
     let db = Db::open_with(
         dir.path(),
-        Options {
-            sync_mode: SyncMode::Never,
-            ..Options::default()
-        },
+        Options::default().with_sync_mode(SyncMode::Never),
     )
     .expect("open");
     let master = MasterKey::generate().expect("key");

@@ -71,11 +71,9 @@ fn value(i: u64) -> Vec<u8> {
 }
 
 fn options() -> Options {
-    Options {
-        compaction_wal_bytes_min: u64::MAX,
-        compaction_interval_ms: 0,
-        ..Options::default()
-    }
+    Options::default()
+        .with_compaction_wal_bytes_min(u64::MAX)
+        .with_compaction_interval_ms(0)
 }
 
 fn load(db: &Db, from: u64, n: u64) {
@@ -364,11 +362,9 @@ fn part_sync(root: &Path, runs: usize) {
 // ---------------------------------------------------------------- part 2
 
 fn copy_options() -> Options {
-    Options {
-        worker_threads: 1,
-        cache_bytes_max: 1 << 20,
-        ..options()
-    }
+    options()
+        .with_worker_threads(1)
+        .with_cache_bytes_max(1 << 20)
 }
 
 fn timed_sync(bucket: &Bucket, db: &Db) -> (SyncReport, f64) {

@@ -88,13 +88,12 @@ fn median(mut xs: Vec<f64>) -> f64 {
 /// workload measures one thing (compaction is measured in W6 and W9).
 fn durable() -> Options {
     let defaults = Options::default();
-    Options {
-        sync_mode: SyncMode::Always,
-        worker_threads: env_or("MERGEKV_BENCH_WORKERS", defaults.worker_threads),
-        compaction_wal_bytes_min: u64::MAX,
-        compaction_interval_ms: 0,
-        ..defaults
-    }
+    let worker_threads = env_or("MERGEKV_BENCH_WORKERS", defaults.worker_threads);
+    defaults
+        .with_sync_mode(SyncMode::Always)
+        .with_worker_threads(worker_threads)
+        .with_compaction_wal_bytes_min(u64::MAX)
+        .with_compaction_interval_ms(0)
 }
 
 /// Resident memory of this process, in bytes (Linux), or 0 if unknown.

@@ -134,10 +134,7 @@ fn snapshot_bytes(db: &Db) -> u64 {
 }
 
 fn streaming_lag(rate_per_s: usize, secs: f64) {
-    let leader = leader(Options {
-        sync_mode: SyncMode::Never,
-        ..Options::default()
-    });
+    let leader = leader(Options::default().with_sync_mode(SyncMode::Never));
     let dir = tempfile::tempdir().unwrap();
     let follower = Follower::open(dir.path(), follower_options(&leader, SyncMode::Never)).unwrap();
     assert!(follower.wait_for_seq(leader.db.stats().wal.last_seq, WAIT));
@@ -207,20 +204,17 @@ fn main() {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     // From the WAL: the leader never compacts, so every segment is there.
-    let from_wal = leader(Options {
-        sync_mode: SyncMode::Never,
-        compaction_wal_bytes_min: u64::MAX,
-        compaction_interval_ms: 0,
-        ..Options::default()
-    });
+    let from_wal = leader(
+        Options::default()
+            .with_sync_mode(SyncMode::Never)
+            .with_compaction_wal_bytes_min(u64::MAX)
+            .with_compaction_interval_ms(0),
+    );
     load(&from_wal.db, keys);
     report_catch_up("from the WAL", keys, runs, &from_wal, |wal_bytes| wal_bytes);
     drop(from_wal);
     // From a snapshot: the leader compacted, so the WAL is gone.
-    let from_snapshot = leader(Options {
-        sync_mode: SyncMode::Never,
-        ..Options::default()
-    });
+    let from_snapshot = leader(Options::default().with_sync_mode(SyncMode::Never));
     load(&from_snapshot.db, keys);
     from_snapshot.db.compact_now().unwrap();
     let bytes = snapshot_bytes(&from_snapshot.db);

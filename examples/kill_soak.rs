@@ -239,19 +239,17 @@ fn soak_key(encrypted: bool) -> Option<mergekv::KeySource> {
 }
 
 fn child_options(encrypted: bool) -> Options {
-    Options {
-        encryption_key: soak_key(encrypted),
-        sync_mode: SyncMode::Always,
-        segment_size_bytes_max: 64 * 1024,
-        compaction_wal_bytes_min: 32 * 1024,
-        compactor_tick_ms: 1,
-        tombstone_grace_ms: 0,
+    Options::default()
+        .with_encryption_key(soak_key(encrypted))
+        .with_sync_mode(SyncMode::Always)
+        .with_segment_size_bytes_max(64 * 1024)
+        .with_compaction_wal_bytes_min(32 * 1024)
+        .with_compactor_tick_ms(1)
+        .with_tombstone_grace_ms(0)
         // A memtable this small is written out as a run every few dozen
         // writes, so kills land in flushes, merges (the size-tiered policy
         // merges every few flushes) and manifest replacements.
-        memtable_bytes_max: 16 * 1024,
-        ..Options::default()
-    }
+        .with_memtable_bytes_max(16 * 1024)
 }
 
 /// The child: `--child DIR --round R --threads T`. Writes until killed,
@@ -444,10 +442,7 @@ fn parent(config: &Config) -> Result<ExitCode, String> {
             eprintln!("round {round}: unexpected report line {line:?}");
             tally.child_deaths += 1;
         }
-        let reopen = mergekv::Options {
-            encryption_key: soak_key(config.encrypted),
-            ..mergekv::Options::default()
-        };
+        let reopen = mergekv::Options::default().with_encryption_key(soak_key(config.encrypted));
         let db = match Db::open_with(&dir, reopen) {
             Ok(db) => db,
             Err(e) => {

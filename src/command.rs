@@ -256,6 +256,10 @@ fn validate_op(op: &Op, options: &Options) -> Result<()> {
 
 /// Checks a keyspace name: 1 to 64 bytes of ASCII letters, digits, `_`, `-`
 /// or `.`; names starting with `_` are reserved unless `allow_reserved`.
+///
+/// # Errors
+///
+/// [`Error::InvalidKeyspace`] naming the rule the name breaks.
 pub fn validate_keyspace_name(name: &str, allow_reserved: bool) -> Result<()> {
     let refuse = |reason| {
         Err(Error::InvalidKeyspace {

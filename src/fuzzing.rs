@@ -318,6 +318,7 @@ pub fn decode_encrypted_segment(bytes: &[u8]) -> Result<usize, String> {
 
 /// A run file opened from bytes (`run::Run::open`, on a simulated disk,
 /// with a small block cache).
+#[derive(Debug)]
 pub struct RunFile {
     run: std::sync::Arc<crate::run::Run>,
 }

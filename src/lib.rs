@@ -54,6 +54,29 @@
 //! # }
 //! ```
 //!
+//! ## The API at a glance
+//!
+//! | for | use |
+//! |---|---|
+//! | opening, writing, reading, closing | [`Db`] ([`Db::open`], [`Db::open_with`] and [`Options`]; `put`, `get`, `increment`, `write` of a [`Batch`]) |
+//! | named keyspaces | [`Keyspace`] from [`Db::keyspace`] |
+//! | ordered scans | [`ScanOptions`] (or `prefix`, `range`), yielding [`Entry`]s of a [`Value`] |
+//! | a consistent multi-key read | [`ReadView`] from [`Db::view`], its [`ViewKeyspace`]s |
+//! | reading beside a running writer | [`ReadOnlyDb`] from [`Db::open_read_only`] |
+//! | durability and limits | [`Options`], [`SyncMode`], [`RecoveryMode`] |
+//! | merging copies offline | [`Db::export_for`] / [`Db::import_from`] (change sets), [`Db::export_to`] / [`Db::import_stream`] (streams), [`SyncCursor`], [`sync`] |
+//! | a leader and read-only followers | [`replication`]: `ReplicationServer`, `Follower` |
+//! | sync through S3, GCS, Azure or a folder | `bucket::Bucket` (feature `object-store`) |
+//! | users, API keys, secrets | `auth::AuthService` (feature `auth`) |
+//! | encryption at rest | [`EncryptionKey`], [`KeySource`], [`Options::encryption_key`] |
+//! | checking files, repairing | [`verify()`], [`RecoveryMode::Repair`], [`Db::recovery_report`] |
+//! | clocks and stamps | [`Stamp`], [`NodeId`], [`ManualClock`] for deterministic tests |
+//! | what went wrong | [`Error`] (every fallible call says which variants in its `# Errors`) |
+//!
+//! Modules hidden from these docs (`codec`, `crdt`, `io`, `fuzzing`, `run`,
+//! and a few protocol internals) are public only for mergekv's own tests,
+//! fuzz targets and benches: they are not part of the stable API.
+//!
 //! On top of the engine, the auth service (`auth::AuthService`, feature
 //! `auth`) keeps users (argon2id), scoped API keys and AES-256-GCM
 //! encrypted secrets in the database itself, so they persist and merge
@@ -85,16 +108,29 @@
         clippy::indexing_slicing
     )
 )]
-#![warn(missing_docs)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    clippy::missing_errors_doc
+)]
 
 #[cfg(feature = "auth")]
 pub mod auth;
 #[cfg(feature = "object-store")]
 pub mod bucket;
 pub mod clock;
+// Hidden modules below are `pub` only so that mergekv's own integration
+// tests, fuzz targets and benches (separate crates) can reach internals;
+// they are not part of the stable API and may change in any release. (No
+// outer `///` docs on them: rustdoc would resolve the module's own links
+// from the crate root.)
+// Byte readers and writers for the hand-written formats.
+#[doc(hidden)]
 pub mod codec;
 pub mod command;
 pub mod compactor;
+// The CRDT states behind every value (tests and fuzz targets reach them).
+#[doc(hidden)]
 pub mod crdt;
 pub mod crypto;
 mod db;
@@ -102,14 +138,19 @@ mod engine;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
+// The one seam for files, the simulated disk and fault injection: for
+// mergekv's own tests.
+#[doc(hidden)]
 pub mod io;
 mod manifest;
 mod meta;
 pub mod options;
 mod record;
 pub mod replication;
-/// The sorted-run file format. Public but hidden: the fuzz targets and
-/// the format tests reach it; it is not a supported API.
+// The sorted-run file format. Public but hidden: the fuzz targets and
+// the format tests reach it; it is not a supported API. (A `//` comment:
+// an outer doc here would make rustdoc resolve the module's own links
+// from the crate root.)
 #[doc(hidden)]
 pub mod run;
 mod snapshot;
@@ -134,6 +175,9 @@ pub use db::FollowerPosition;
 pub use db::read::{Entry, ReadView, Scan, ScanOptions, Value, ViewKeyspace};
 pub use db::{Db, EncryptionStatus, Keyspace, ReadOnlyDb, Stats};
 pub use error::{Error, KeyError, Result};
+// Test hooks (for `Options::faults`): not part of the stable API. `IoOp`
+// stays documented as `error::IoOp`, the kind in `Error::Io`.
+#[doc(hidden)]
 pub use io::{FaultInjector, IoOp};
 pub use meta::Renewal;
 pub use options::{Options, RecoveryMode, SyncMode};

@@ -41,8 +41,35 @@ pub enum RecoveryMode {
     Repair,
 }
 
-/// Options for [`crate::Db::open_with`]. Start from `Options::default()`.
+/// Options for [`crate::Db::open_with`].
+///
+/// Start from `Options::default()` and change what you need with the
+/// chainable `with_*` setters, one per field, each taking the field's own
+/// type. The struct is `#[non_exhaustive]`, so fields can be added in a
+/// minor release: code outside this crate cannot write a struct literal
+/// (`Options { sync_mode, ..Options::default() }`); use the setters, or
+/// assign fields of a mutable value (`options.sync_mode = ...`).
+///
+/// ```
+/// use mergekv::{Db, Options, SyncMode};
+///
+/// # fn main() -> mergekv::Result<()> {
+/// let dir = tempfile::tempdir().unwrap();
+/// let options = Options::default()
+///     .with_sync_mode(SyncMode::Interval(100))
+///     .with_memtable_bytes_max(16 * 1024 * 1024);
+/// let db = Db::open_with(dir.path(), options)?;
+/// db.put("k", "v")?;
+///
+/// // The same, assigning a field.
+/// let mut options = Options::default();
+/// options.read_only = true;
+/// # drop(options);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct Options {
     /// When a write counts as durable.
     pub sync_mode: SyncMode,
@@ -148,11 +175,75 @@ pub struct Options {
     /// Older keys, needed only while a key rotation has not finished
     /// rewriting the files they encrypt (an open that needs one says so).
     pub encryption_keys_old: Vec<KeySource>,
-    /// The wall clock the HLC reads.
+    /// The wall clock the HLC reads: the system clock by default. Inject
+    /// another (a [`crate::ManualClock`]) to make stamps, dedup windows,
+    /// tombstone grace and compaction intervals deterministic in your own
+    /// tests.
     pub wall_clock: Arc<dyn WallClock>,
-    /// Injected file-system failures, for tests.
+    /// Injected file-system failures, for mergekv's own tests.
+    // Hidden: a test hook, not part of the stable API; it may change or go
+    // away in any release.
+    #[doc(hidden)]
     pub faults: Option<FaultInjector>,
 }
+
+/// Chainable setters for a public options struct: `with_FIELD(value)` sets
+/// the field and returns the struct, so callers outside the crate can build
+/// a `#[non_exhaustive]` struct from its defaults in one expression.
+macro_rules! chainable_setters {
+    ($ty:ident { $( $(#[$attr:meta])* $field:ident: $fty:ty => $setter:ident; )* }) => {
+        impl $ty {
+            $(
+                $(#[$attr])*
+                #[doc = concat!("Sets [`", stringify!($ty), "::", stringify!($field), "`]; chainable.")]
+                #[must_use]
+                pub fn $setter(mut self, value: $fty) -> Self {
+                    self.$field = value;
+                    self
+                }
+            )*
+        }
+    };
+}
+pub(crate) use chainable_setters;
+
+chainable_setters!(Options {
+    sync_mode: SyncMode => with_sync_mode;
+    worker_threads: usize => with_worker_threads;
+    worker_queue_depth_max: usize => with_worker_queue_depth_max;
+    worker_batch_commands_max: usize => with_worker_batch_commands_max;
+    group_commit_frames_max: usize => with_group_commit_frames_max;
+    group_commit_bytes_max: usize => with_group_commit_bytes_max;
+    group_commit_delay_us: u64 => with_group_commit_delay_us;
+    wal_pending_bytes_max: usize => with_wal_pending_bytes_max;
+    segment_size_bytes_max: u64 => with_segment_size_bytes_max;
+    key_size_bytes_max: usize => with_key_size_bytes_max;
+    value_size_bytes_max: usize => with_value_size_bytes_max;
+    batch_ops_max: usize => with_batch_ops_max;
+    batch_bytes_max: usize => with_batch_bytes_max;
+    dedup_window_ms: u64 => with_dedup_window_ms;
+    dedup_window_entries_max: usize => with_dedup_window_entries_max;
+    max_drift_ms: u64 => with_max_drift_ms;
+    drift_policy: DriftPolicy => with_drift_policy;
+    recovery_mode: RecoveryMode => with_recovery_mode;
+    create_if_missing: bool => with_create_if_missing;
+    compaction_wal_bytes_min: u64 => with_compaction_wal_bytes_min;
+    compaction_interval_ms: u64 => with_compaction_interval_ms;
+    compactor_tick_ms: u64 => with_compactor_tick_ms;
+    snapshots_retained: usize => with_snapshots_retained;
+    cache_bytes_max: u64 => with_cache_bytes_max;
+    memtable_bytes_max: u64 => with_memtable_bytes_max;
+    tombstone_grace_ms: u64 => with_tombstone_grace_ms;
+    wal_retention_bytes_max: u64 => with_wal_retention_bytes_max;
+    read_only: bool => with_read_only;
+    renew_identity: bool => with_renew_identity;
+    encryption_key: Option<KeySource> => with_encryption_key;
+    encryption_keys_old: Vec<KeySource> => with_encryption_keys_old;
+    wall_clock: Arc<dyn WallClock> => with_wall_clock;
+    // A test hook, like the field: not part of the stable API.
+    #[doc(hidden)]
+    faults: Option<FaultInjector> => with_faults;
+});
 
 /// Longest keyspace name, in bytes.
 pub const KEYSPACE_NAME_BYTES_MAX: usize = 64;
@@ -178,6 +269,13 @@ impl Options {
 
     /// Checks that the limits are ones the WAL reader accepts, so nothing
     /// can be acknowledged that a reopen would then refuse as damage.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::LimitExceeded`] naming the first limit (`key_size_bytes_max`,
+    /// `batch_bytes_max`, `value_size_bytes_max`, `batch_ops_max` or
+    /// `dedup_window_entries_max`) above what the format allows; a value limit
+    /// above `batch_bytes_max` counts as over.
     pub fn validate(&self) -> Result<()> {
         use crate::record::{FRAME_OPS_MAX, FRAME_PAYLOAD_BYTES_MAX, RECORD_KEY_BYTES_MAX};
         let check = |limit: &'static str, actual: usize, max: usize| {

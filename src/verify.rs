@@ -54,6 +54,10 @@ impl VerifyReport {
 /// (a few times at most). It also
 /// recounts the digest of the runs and compares it with the one the
 /// manifest keeps.
+///
+/// # Errors
+///
+/// As [`verify_with`].
 pub fn verify(dir: impl AsRef<Path>) -> Result<VerifyReport> {
     verify_with(dir, &Options::default())
 }
@@ -61,6 +65,12 @@ pub fn verify(dir: impl AsRef<Path>) -> Result<VerifyReport> {
 /// [`verify`] with options: the encryption keys (an encrypted database
 /// is verified with its key, else [`Error::Key`]) and a fault plan for
 /// tests; other options are ignored.
+///
+/// # Errors
+///
+/// [`Error::Key`] if a key in `options` cannot be read; [`Error::Locked`] if a
+/// repair holds the directory; [`Error::Io`] if a file cannot be read. Damage
+/// is not an error: the report lists it.
 pub fn verify_with(dir: impl AsRef<Path>, options: &Options) -> Result<VerifyReport> {
     let dir = dir.as_ref();
     let io = Io::new(options.faults.clone());

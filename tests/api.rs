@@ -403,3 +403,48 @@ fn every_clone_of_a_closed_db_refuses_every_operation() {
         Some(&b"Ada"[..])
     );
 }
+
+// ---- Options and the other option structs are built with setters.
+
+#[test]
+fn options_setters_set_their_field_and_chain() {
+    use mergekv::{Options, RecoveryMode, SyncMode};
+    let defaults = Options::default();
+    let o = Options::default()
+        .with_sync_mode(SyncMode::Never)
+        .with_recovery_mode(RecoveryMode::Repair)
+        .with_memtable_bytes_max(1234);
+    assert_eq!(o.sync_mode, SyncMode::Never);
+    assert_eq!(o.recovery_mode, RecoveryMode::Repair);
+    assert_eq!(o.memtable_bytes_max, 1234);
+    // Fields not set keep their defaults.
+    assert_eq!(o.cache_bytes_max, defaults.cache_bytes_max);
+    assert_eq!(defaults.sync_mode, SyncMode::Always);
+
+    // A database opens with options built this way and honours them.
+    let dir = tempfile::tempdir().unwrap();
+    Db::open(dir.path()).unwrap().close().unwrap();
+    let reader = Db::open_with(dir.path(), Options::default().with_read_only(true)).unwrap();
+    assert!(matches!(reader.put("k", "v"), Err(Error::ReadOnly { .. })));
+}
+
+#[test]
+fn replication_options_debug_prints_no_secret() {
+    use mergekv::replication::{ErrorCode, FollowerOptions, ReplicationAuth, ReplicationOptions};
+    struct Anyone;
+    impl ReplicationAuth for Anyone {
+        fn authorize_replication(&self, _token: &str) -> Result<(), ErrorCode> {
+            Ok(())
+        }
+    }
+    let leader = ReplicationOptions::new(Arc::new(Anyone)).with_followers_max(3);
+    let shown = format!("{leader:?}");
+    assert!(shown.contains("followers_max: 3"), "{shown}");
+
+    let token = "mk_0123456789abcdef_secretsecretsecret";
+    let follower = FollowerOptions::new("127.0.0.1:7411", token).with_backoff_max_ms(99);
+    assert_eq!(follower.backoff_max_ms, 99);
+    let shown = format!("{follower:?}");
+    assert!(shown.contains("127.0.0.1:7411"), "{shown}");
+    assert!(!shown.contains("secret"), "the token leaked: {shown}");
+}

@@ -36,15 +36,13 @@ use mergekv::{
 const GRACE_MS: u64 = 1_000;
 
 fn opts(clock: &Arc<ManualClock>, mode: SyncMode) -> Options {
-    Options {
-        sync_mode: mode,
-        worker_threads: 0,
-        memtable_bytes_max: 2 * 1024,
-        compactor_tick_ms: 1,
-        tombstone_grace_ms: GRACE_MS,
-        wall_clock: clock.clone(),
-        ..Options::default()
-    }
+    Options::default()
+        .with_sync_mode(mode)
+        .with_worker_threads(0)
+        .with_memtable_bytes_max(2 * 1024)
+        .with_compactor_tick_ms(1)
+        .with_tombstone_grace_ms(GRACE_MS)
+        .with_wall_clock(clock.clone())
 }
 
 fn open(dir: &std::path::Path, clock: &Arc<ManualClock>) -> Db {
@@ -257,10 +255,8 @@ impl Copy {
             Home::Dir(d) => open(d.path(), clock),
             Home::Sim(disk) => Db::open_with(
                 SIM_PATH,
-                Options {
-                    faults: Some(mergekv::FaultInjector::with_disk(disk.clone())),
-                    ..opts(clock, SyncMode::Always)
-                },
+                opts(clock, SyncMode::Always)
+                    .with_faults(Some(mergekv::FaultInjector::with_disk(disk.clone()))),
             )
             .unwrap(),
         });
@@ -1055,10 +1051,7 @@ fn after_the_original_is_refused_and_reidentified_its_increments_are_lost() {
     drop(p.a);
     let a = Db::open_with(
         a_dir.path(),
-        Options {
-            renew_identity: true,
-            ..opts(&clock, SyncMode::Never)
-        },
+        opts(&clock, SyncMode::Never).with_renew_identity(true),
     )
     .unwrap();
     for _ in 0..4 {
@@ -1557,15 +1550,13 @@ impl BucketFaults for FromK {
 }
 
 fn sim_options(disk: &mergekv::io::SimDisk, clock: &Arc<ManualClock>, mode: SyncMode) -> Options {
-    Options {
-        sync_mode: mode,
-        worker_threads: 0,
-        compaction_wal_bytes_min: u64::MAX,
-        compaction_interval_ms: 0,
-        faults: Some(mergekv::FaultInjector::with_disk(disk.clone())),
-        wall_clock: clock.clone(),
-        ..Options::default()
-    }
+    Options::default()
+        .with_sync_mode(mode)
+        .with_worker_threads(0)
+        .with_compaction_wal_bytes_min(u64::MAX)
+        .with_compaction_interval_ms(0)
+        .with_faults(Some(mergekv::FaultInjector::with_disk(disk.clone())))
+        .with_wall_clock(clock.clone())
 }
 
 /// A power loss (every unsynced byte dropped) right after a round that

@@ -27,14 +27,12 @@ fn opts(workers: usize) -> Options {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(4 * 1024);
-    Options {
-        sync_mode: SyncMode::Never,
-        worker_threads: workers,
-        memtable_bytes_max,
-        compactor_tick_ms: 1,
-        segment_size_bytes_max: 64 * 1024,
-        ..Options::default()
-    }
+    Options::default()
+        .with_sync_mode(SyncMode::Never)
+        .with_worker_threads(workers)
+        .with_memtable_bytes_max(memtable_bytes_max)
+        .with_compactor_tick_ms(1)
+        .with_segment_size_bytes_max(64 * 1024)
 }
 
 fn snapshot(db: &Db) -> BTreeMap<String, M> {
@@ -325,12 +323,10 @@ fn concurrent_increments_of_one_counter_report_applied_and_distinct_totals() {
     let dir = tempfile::tempdir().unwrap();
     let db = Db::open_with(
         dir.path(),
-        Options {
-            sync_mode: SyncMode::Never,
-            worker_threads: 0,
-            memtable_bytes_max: 1 << 30,
-            ..Options::default()
-        },
+        Options::default()
+            .with_sync_mode(SyncMode::Never)
+            .with_worker_threads(0)
+            .with_memtable_bytes_max(1 << 30),
     )
     .unwrap();
     let handles: Vec<_> = (0..4)

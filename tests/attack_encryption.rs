@@ -28,15 +28,13 @@ fn key(byte: u8) -> EncryptionKey {
 /// Options with `current` as the key (none if 0) and `old` as old keys;
 /// durable writes, no background compaction, small segments.
 fn opts(current: u8, old: &[u8]) -> Options {
-    Options {
-        sync_mode: SyncMode::Always,
-        segment_size_bytes_max: 4096,
-        compaction_wal_bytes_min: u64::MAX,
-        compaction_interval_ms: 0,
-        encryption_key: (current != 0).then(|| KeySource::Key(key(current))),
-        encryption_keys_old: old.iter().map(|b| KeySource::Key(key(*b))).collect(),
-        ..Options::default()
-    }
+    Options::default()
+        .with_sync_mode(SyncMode::Always)
+        .with_segment_size_bytes_max(4096)
+        .with_compaction_wal_bytes_min(u64::MAX)
+        .with_compaction_interval_ms(0)
+        .with_encryption_key((current != 0).then(|| KeySource::Key(key(current))))
+        .with_encryption_keys_old(old.iter().map(|b| KeySource::Key(key(*b))).collect())
 }
 
 fn crc(bytes: &[u8]) -> u32 {
@@ -625,13 +623,11 @@ struct Leader {
 fn encrypted_leader(extra: impl FnOnce(&mut Options)) -> Leader {
     use mergekv::replication::{ReplicationOptions, ReplicationServer};
     let dir = tempfile::tempdir().unwrap();
-    let mut options = Options {
-        sync_mode: SyncMode::Never,
-        compaction_wal_bytes_min: u64::MAX,
-        compaction_interval_ms: 0,
-        encryption_key: Some(KeySource::Key(key(1))),
-        ..Options::default()
-    };
+    let mut options = Options::default()
+        .with_sync_mode(SyncMode::Never)
+        .with_compaction_wal_bytes_min(u64::MAX)
+        .with_compaction_interval_ms(0)
+        .with_encryption_key(Some(KeySource::Key(key(1))));
     extra(&mut options);
     let db = Db::open_with(dir.path(), options).unwrap();
     let (auth, token) = common::replication_auth(&db);
@@ -1042,10 +1038,7 @@ fn held_no_sequence_of_operations_reuses_a_file_key_and_offset() {
     let mut book = SaltBook::default();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let small = |k: u8, old: &[u8]| Options {
-        segment_size_bytes_max: 2048,
-        ..opts(k, old)
-    };
+    let small = |k: u8, old: &[u8]| opts(k, old).with_segment_size_bytes_max(2048);
     // Reopens, and a drop without close.
     for round in 0..3 {
         let db = Db::open_with(d, small(1, &[])).unwrap();
@@ -1081,14 +1074,7 @@ fn held_no_sequence_of_operations_reuses_a_file_key_and_offset() {
     bytes[at + len - 3] ^= 0x40;
     std::fs::write(&mid, &bytes).unwrap();
     {
-        let db = Db::open_with(
-            d,
-            Options {
-                recovery_mode: RecoveryMode::Repair,
-                ..small(1, &[])
-            },
-        )
-        .unwrap();
+        let db = Db::open_with(d, small(1, &[]).with_recovery_mode(RecoveryMode::Repair)).unwrap();
         put_n(&db, "afterrepair-", "V-", 30);
         book.observe_dir(d, "repair");
         db.compact_now().unwrap();
@@ -1179,11 +1165,11 @@ fn held_a_power_loss_then_new_writes_never_reuse_a_file_key_and_offset() {
         }
         out
     }
-    let sim_opts = |faults: FaultInjector, mode: SyncMode| Options {
-        sync_mode: mode,
-        worker_threads: 0,
-        faults: Some(faults),
-        ..opts(1, &[])
+    let sim_opts = |faults: FaultInjector, mode: SyncMode| {
+        opts(1, &[])
+            .with_sync_mode(mode)
+            .with_worker_threads(0)
+            .with_faults(Some(faults))
     };
     let disk = SimDisk::new();
     let faults = FaultInjector::with_disk(disk.clone());
@@ -1246,11 +1232,11 @@ fn power_loss_in_never_mode_can_leave_a_database_that_no_key_opens() {
     const DIR: &str = "/data/db";
     let mut failures = Vec::new();
     for k in [0u8, 1] {
-        let sim_opts = |faults: FaultInjector, mode: SyncMode| Options {
-            sync_mode: mode,
-            worker_threads: 0,
-            faults: Some(faults),
-            ..opts(k, &[])
+        let sim_opts = |faults: FaultInjector, mode: SyncMode| {
+            opts(k, &[])
+                .with_sync_mode(mode)
+                .with_worker_threads(0)
+                .with_faults(Some(faults))
         };
         let disk = SimDisk::new();
         let faults = FaultInjector::with_disk(disk.clone());
@@ -1276,10 +1262,8 @@ fn power_loss_in_never_mode_can_leave_a_database_that_no_key_opens() {
                     // writes (the first 10 puts)?
                     let repaired = Db::open_with(
                         DIR,
-                        Options {
-                            recovery_mode: RecoveryMode::Repair,
-                            ..sim_opts(faults.clone(), SyncMode::Never)
-                        },
+                        sim_opts(faults.clone(), SyncMode::Never)
+                            .with_recovery_mode(RecoveryMode::Repair),
                     )
                     .map(|db| db.get("synced-0009").unwrap().is_some());
                     failures.push(format!(
@@ -1364,25 +1348,11 @@ fn held_no_key_wrong_key_or_old_key_is_a_typed_error_on_every_path_and_changes_n
                 ("open", Db::open_with(d, o()).map(|_| true)),
                 (
                     "open repair",
-                    Db::open_with(
-                        d,
-                        Options {
-                            recovery_mode: RecoveryMode::Repair,
-                            ..o()
-                        },
-                    )
-                    .map(|_| true),
+                    Db::open_with(d, o().with_recovery_mode(RecoveryMode::Repair)).map(|_| true),
                 ),
                 (
                     "open read_only option",
-                    Db::open_with(
-                        d,
-                        Options {
-                            read_only: true,
-                            ..o()
-                        },
-                    )
-                    .map(|_| true),
+                    Db::open_with(d, o().with_read_only(true)).map(|_| true),
                 ),
                 (
                     "open_read_only",
@@ -1475,11 +1445,9 @@ fn a_raw_key_in_the_environment_is_printed_in_the_error() {
 fn held_keys_are_never_printed_by_debug_stats_or_the_cli() {
     let k = key(0x5a);
     let hex = k.to_hex().to_string();
-    let o = Options {
-        encryption_key: Some(KeySource::Key(k.clone())),
-        encryption_keys_old: vec![KeySource::Key(key(0x5b))],
-        ..Options::default()
-    };
+    let o = Options::default()
+        .with_encryption_key(Some(KeySource::Key(k.clone())))
+        .with_encryption_keys_old(vec![KeySource::Key(key(0x5b))]);
     let old_hex = key(0x5b).to_hex().to_string();
     let dir = tempfile::tempdir().unwrap();
     let db = Db::open_with(dir.path(), o.clone()).unwrap();
@@ -1645,14 +1613,7 @@ fn encrypting_a_database_in_clear_leaves_its_quarantine_in_clear_and_reports_not
     let (at, len, _, _) = frames_of(&bytes)[1];
     bytes[at + len - 2] ^= 0x10;
     std::fs::write(&mid, &bytes).unwrap();
-    let db = Db::open_with(
-        d,
-        Options {
-            recovery_mode: RecoveryMode::Repair,
-            ..opts(0, &[])
-        },
-    )
-    .unwrap();
+    let db = Db::open_with(d, opts(0, &[]).with_recovery_mode(RecoveryMode::Repair)).unwrap();
     assert!(db.recovery_report().repair.is_some());
     db.rotate_encryption_key(key(1)).unwrap();
     let report = db.complete_key_rotation().unwrap();
@@ -1688,14 +1649,7 @@ fn held_no_plaintext_in_any_file_of_an_encrypted_database_or_its_exports() {
     let (at, len, _, _) = frames_of(&bytes)[0];
     bytes[at + len - 2] ^= 0x10;
     std::fs::write(&mid, &bytes).unwrap();
-    let db = Db::open_with(
-        d,
-        Options {
-            recovery_mode: RecoveryMode::Repair,
-            ..opts(1, &[])
-        },
-    )
-    .unwrap();
+    let db = Db::open_with(d, opts(1, &[]).with_recovery_mode(RecoveryMode::Repair)).unwrap();
     assert!(db.recovery_report().repair.is_some());
     assert!(d.join("quarantine").exists());
     let (export, _) = db.export_since(&mergekv::SyncCursor::new()).unwrap();
@@ -1743,13 +1697,11 @@ mod rotation_crash {
     pub const DIR: &str = "/data/db";
 
     pub fn options(faults: &FaultInjector, current: u8, old: &[u8]) -> Options {
-        Options {
-            worker_threads: 0,
-            segment_size_bytes_max: 2048,
-            faults: Some(faults.clone()),
-            compactor_tick_ms: 1,
-            ..opts(current, old)
-        }
+        opts(current, old)
+            .with_worker_threads(0)
+            .with_segment_size_bytes_max(2048)
+            .with_faults(Some(faults.clone()))
+            .with_compactor_tick_ms(1)
     }
 
     /// A database under `first` (0: in clear) with runs, WAL segments kept
@@ -2185,14 +2137,7 @@ fn held_a_segment_swapped_in_from_another_copy_is_refused() {
 fn documented_an_older_version_of_the_last_segment_silently_drops_acknowledged_writes() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let db = Db::open_with(
-        d,
-        Options {
-            segment_size_bytes_max: 1 << 20,
-            ..opts(1, &[])
-        },
-    )
-    .unwrap();
+    let db = Db::open_with(d, opts(1, &[]).with_segment_size_bytes_max(1 << 20)).unwrap();
     put_n(&db, "early-", "V-", 10);
     let seg = segments(d).last().unwrap().clone();
     let older = std::fs::read(&seg).unwrap(); // what a backup or snapshot of the disk holds

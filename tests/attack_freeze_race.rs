@@ -18,16 +18,14 @@ use mergekv::io::SimDisk;
 use mergekv::{Db, FaultInjector, Options, SyncMode};
 
 fn opts(disk: &SimDisk) -> Options {
-    Options {
-        sync_mode: SyncMode::Always,
-        worker_threads: 0,
-        compaction_wal_bytes_min: u64::MAX,
-        compaction_interval_ms: 0,
-        compactor_tick_ms: 1_000_000,
-        memtable_bytes_max: 1 << 30,
-        faults: Some(FaultInjector::with_disk(disk.clone())),
-        ..Options::default()
-    }
+    Options::default()
+        .with_sync_mode(SyncMode::Always)
+        .with_worker_threads(0)
+        .with_compaction_wal_bytes_min(u64::MAX)
+        .with_compaction_interval_ms(0)
+        .with_compactor_tick_ms(1_000_000)
+        .with_memtable_bytes_max(1 << 30)
+        .with_faults(Some(FaultInjector::with_disk(disk.clone())))
 }
 
 /// Rounds of: a clean compaction (the memtable is then empty), then

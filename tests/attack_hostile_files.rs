@@ -57,12 +57,10 @@ impl Manifest {
 }
 
 fn opts() -> Options {
-    Options {
-        sync_mode: SyncMode::Never,
-        compaction_wal_bytes_min: u64::MAX,
-        compaction_interval_ms: 0,
-        ..Options::default()
-    }
+    Options::default()
+        .with_sync_mode(SyncMode::Never)
+        .with_compaction_wal_bytes_min(u64::MAX)
+        .with_compaction_interval_ms(0)
 }
 
 /// A database with three runs: the oldest holds k0..k99, the middle one
@@ -93,11 +91,7 @@ fn three_runs(dir: &Path, node_tag: &str) -> std::collections::BTreeMap<String, 
     drop(db);
     let db = Db::open_with(
         dir,
-        Options {
-            memtable_bytes_max: 1,
-            compactor_tick_ms: 1,
-            ..opts()
-        },
+        opts().with_memtable_bytes_max(1).with_compactor_tick_ms(1),
     )
     .unwrap();
     assert!(common::wait_for(std::time::Duration::from_secs(10), || {
@@ -233,14 +227,7 @@ fn hostile_manifests_and_run_files() {
             None,
             Some(&model),
         ));
-        let db = Db::open_with(
-            dir.path(),
-            Options {
-                tombstone_grace_ms: 0,
-                ..opts()
-            },
-        )
-        .unwrap();
+        let db = Db::open_with(dir.path(), opts().with_tombstone_grace_ms(0)).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(5));
         db.compact_now().unwrap();
         if contents(&db) != model {
@@ -390,14 +377,8 @@ fn hostile_manifests_and_run_files() {
         // A repair of a truncated run salvages and names what it lost.
         std::fs::write(&smallest, &bytes[..bytes.len() / 2]).unwrap();
         let repaired = std::panic::catch_unwind(|| {
-            Db::open_with(
-                dir.path(),
-                Options {
-                    recovery_mode: RecoveryMode::Repair,
-                    ..opts()
-                },
-            )
-            .map(|db| (db.notices(), contents(&db)))
+            Db::open_with(dir.path(), opts().with_recovery_mode(RecoveryMode::Repair))
+                .map(|db| (db.notices(), contents(&db)))
         });
         match repaired {
             Err(_) => problems.push("repair of a truncated run panicked".into()),

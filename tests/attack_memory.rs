@@ -46,12 +46,10 @@ fn a_bulk_load_of_millions_of_keys_stays_within_a_bounded_resident_memory() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(256);
     let dir = tempfile::tempdir().unwrap();
-    let opts = Options {
-        sync_mode: SyncMode::Never,
-        memtable_bytes_max: 4 * 1024 * 1024,
-        cache_bytes_max: 8 * 1024 * 1024,
-        ..Options::default()
-    };
+    let opts = Options::default()
+        .with_sync_mode(SyncMode::Never)
+        .with_memtable_bytes_max(4 * 1024 * 1024)
+        .with_cache_bytes_max(8 * 1024 * 1024);
     let base = rss_mib();
     let db = Db::open_with(dir.path(), opts.clone()).unwrap();
     let started = Instant::now();
@@ -159,10 +157,7 @@ fn fresh_process_open_and_one_get() {
     let t = Instant::now();
     let db = Db::open_with(
         &dir,
-        Options {
-            cache_bytes_max: 8 * 1024 * 1024,
-            ..Options::default()
-        },
+        Options::default().with_cache_bytes_max(8 * 1024 * 1024),
     )
     .unwrap();
     assert!(db.get(key(n / 3)).unwrap().is_some());

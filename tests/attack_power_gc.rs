@@ -52,20 +52,18 @@ fn value(step: usize, len: usize) -> Vec<u8> {
 }
 
 fn options(disk: &SimDisk, clock: &Arc<ManualClock>, background: bool) -> Options {
-    Options {
-        sync_mode: SyncMode::Always,
-        worker_threads: 0,
-        segment_size_bytes_max: 4096,
-        compaction_wal_bytes_min: u64::MAX,
-        compaction_interval_ms: 0,
+    Options::default()
+        .with_sync_mode(SyncMode::Always)
+        .with_worker_threads(0)
+        .with_segment_size_bytes_max(4096)
+        .with_compaction_wal_bytes_min(u64::MAX)
+        .with_compaction_interval_ms(0)
         // Tiny: the background compactor flushes (and merges) by itself.
-        memtable_bytes_max: if background { 1024 } else { 1 << 30 },
-        compactor_tick_ms: 1,
-        tombstone_grace_ms: GRACE_MS,
-        wall_clock: clock.clone(),
-        faults: Some(FaultInjector::with_disk(disk.clone())),
-        ..Options::default()
-    }
+        .with_memtable_bytes_max(if background { 1024 } else { 1 << 30 })
+        .with_compactor_tick_ms(1)
+        .with_tombstone_grace_ms(GRACE_MS)
+        .with_wall_clock(clock.clone())
+        .with_faults(Some(FaultInjector::with_disk(disk.clone())))
 }
 
 fn contents(db: &Db) -> State {

@@ -18,14 +18,12 @@ use mergekv::{Batch, Db, Options, ScanOptions, SyncMode, Value};
 const PAIRS: u64 = 25;
 
 fn opts() -> Options {
-    Options {
-        sync_mode: SyncMode::Never,
-        worker_threads: 2,
-        memtable_bytes_max: 4 * 1024,
-        compactor_tick_ms: 1,
-        segment_size_bytes_max: 16 * 1024,
-        ..Options::default()
-    }
+    Options::default()
+        .with_sync_mode(SyncMode::Never)
+        .with_worker_threads(2)
+        .with_memtable_bytes_max(4 * 1024)
+        .with_compactor_tick_ms(1)
+        .with_segment_size_bytes_max(16 * 1024)
 }
 
 fn dump(scan: mergekv::Scan) -> Result<BTreeMap<String, String>, String> {
@@ -173,10 +171,7 @@ fn readers_beside_a_writer_that_flushes_and_merges_constantly() {
                         last_gen = g;
                         // Reverse scan agrees with forward.
                         let mut rev: Vec<String> = reader
-                            .scan(&ScanOptions {
-                                reverse: true,
-                                ..ScanOptions::all()
-                            })
+                            .scan(&ScanOptions::all().reversed())
                             .map(|e| String::from_utf8_lossy(e.unwrap().key()).into_owned())
                             .collect();
                         rev.reverse();

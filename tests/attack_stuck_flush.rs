@@ -18,14 +18,12 @@ fn frozen_memtables_stay_bounded_when_every_flush_fails_without_poisoning() {
     let faults = FaultInjector::new();
     let db = Db::open_with(
         dir.path(),
-        Options {
-            sync_mode: SyncMode::Never,
-            worker_threads: 0,
-            memtable_bytes_max: 8 * 1024,
-            compactor_tick_ms: 5,
-            faults: Some(faults.clone()),
-            ..Options::default()
-        },
+        Options::default()
+            .with_sync_mode(SyncMode::Never)
+            .with_worker_threads(0)
+            .with_memtable_bytes_max(8 * 1024)
+            .with_compactor_tick_ms(5)
+            .with_faults(Some(faults.clone())),
     )
     .unwrap();
     db.put("before", "1").unwrap();
@@ -101,12 +99,10 @@ fn the_active_memtable_stays_bounded_while_a_long_merge_runs() {
     let limit = 64 * 1024u64;
     let db = Db::open_with(
         dir.path(),
-        Options {
-            sync_mode: SyncMode::Never,
-            memtable_bytes_max: limit,
-            compactor_tick_ms: 1,
-            ..Options::default()
-        },
+        Options::default()
+            .with_sync_mode(SyncMode::Never)
+            .with_memtable_bytes_max(limit)
+            .with_compactor_tick_ms(1),
     )
     .unwrap();
     // A big base, in a few runs.

@@ -74,15 +74,13 @@ fn install_fixture(disk: &SimDisk) {
 }
 
 fn options(disk: &SimDisk) -> Options {
-    Options {
-        sync_mode: SyncMode::Always,
-        worker_threads: 0,
-        compaction_wal_bytes_min: u64::MAX,
-        compaction_interval_ms: 0,
-        segment_size_bytes_max: 4096,
-        faults: Some(FaultInjector::with_disk(disk.clone())),
-        ..Options::default()
-    }
+    Options::default()
+        .with_sync_mode(SyncMode::Always)
+        .with_worker_threads(0)
+        .with_compaction_wal_bytes_min(u64::MAX)
+        .with_compaction_interval_ms(0)
+        .with_segment_size_bytes_max(4096)
+        .with_faults(Some(FaultInjector::with_disk(disk.clone())))
 }
 
 #[derive(Debug, Clone)]

@@ -28,14 +28,7 @@ fn key(byte: u8) -> MasterKey {
 }
 
 fn open_db(dir: &Path) -> Db {
-    Db::open_with(
-        dir,
-        Options {
-            sync_mode: SyncMode::Never,
-            ..Options::default()
-        },
-    )
-    .unwrap()
+    Db::open_with(dir, Options::default().with_sync_mode(SyncMode::Never)).unwrap()
 }
 
 fn service(db: &Db, master: u8) -> AuthService {
@@ -405,11 +398,9 @@ fn a_rotation_cut_short_by_a_failure_finishes_on_reopen_with_the_new_key() {
     {
         let db = Db::open_with(
             dir.path(),
-            Options {
-                sync_mode: SyncMode::Always,
-                faults: Some(faults.clone()),
-                ..Options::default()
-            },
+            Options::default()
+                .with_sync_mode(SyncMode::Always)
+                .with_faults(Some(faults.clone())),
         )
         .unwrap();
         let auth = AuthService::open_with(&db, key(1), options()).unwrap();

@@ -32,10 +32,7 @@ fn copy_at(clock: &Arc<ManualClock>) -> Copy {
 }
 
 fn options(clock: &Arc<ManualClock>) -> Options {
-    Options {
-        wall_clock: clock.clone(),
-        ..Options::default()
-    }
+    Options::default().with_wall_clock(clock.clone())
 }
 
 fn file_bucket(dir: &std::path::Path) -> Bucket {
@@ -265,14 +262,7 @@ fn a_cloned_directory_syncing_under_the_same_id_is_refused_with_the_way_out() {
     );
     // The way out: a fresh identity, then sync as a new copy.
     drop(b);
-    let b = Db::open_with(
-        b_dir.path(),
-        Options {
-            renew_identity: true,
-            ..options(&clock)
-        },
-    )
-    .unwrap();
+    let b = Db::open_with(b_dir.path(), options(&clock).with_renew_identity(true)).unwrap();
     assert_ne!(b.node_id(), a.node_id());
     b.increment("c", 4).unwrap();
     converge(&bucket, &[&a, &b]);
@@ -515,10 +505,7 @@ fn an_encrypted_bucket_holds_nothing_in_clear_and_a_copy_without_the_key_reads_n
     let keyed = |dir: &std::path::Path| {
         Db::open_with(
             dir,
-            Options {
-                encryption_key: Some(mergekv::KeySource::Key(key.clone())),
-                ..options(&clock)
-            },
+            options(&clock).with_encryption_key(Some(mergekv::KeySource::Key(key.clone()))),
         )
         .unwrap()
     };
@@ -761,14 +748,7 @@ fn a_first_round_with_writes_older_than_forgotten_deletes_is_refused() {
     let clock = Arc::new(ManualClock::new(1_000_000));
     let bucket = Bucket::in_memory();
     let grace = |dir: &std::path::Path| {
-        Db::open_with(
-            dir,
-            Options {
-                tombstone_grace_ms: 1_000,
-                ..options(&clock)
-            },
-        )
-        .unwrap()
+        Db::open_with(dir, options(&clock).with_tombstone_grace_ms(1_000)).unwrap()
     };
     let (a_dir, j_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (a, j) = (grace(a_dir.path()), grace(j_dir.path()));

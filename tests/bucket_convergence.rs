@@ -21,17 +21,15 @@ const GRACE_MS: u64 = 1_000;
 fn open(dir: &std::path::Path, clock: &Arc<ManualClock>) -> Db {
     Db::open_with(
         dir,
-        Options {
-            sync_mode: SyncMode::Never,
-            worker_threads: 0,
+        Options::default()
+            .with_sync_mode(SyncMode::Never)
+            .with_worker_threads(0)
             // Tiny memtables: flushes and merges (and tombstone collection)
             // run in the background too.
-            memtable_bytes_max: 4 * 1024,
-            compactor_tick_ms: 1,
-            tombstone_grace_ms: GRACE_MS,
-            wall_clock: clock.clone(),
-            ..Options::default()
-        },
+            .with_memtable_bytes_max(4 * 1024)
+            .with_compactor_tick_ms(1)
+            .with_tombstone_grace_ms(GRACE_MS)
+            .with_wall_clock(clock.clone()),
     )
     .unwrap()
 }

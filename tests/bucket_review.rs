@@ -13,15 +13,13 @@ const GRACE_MS: u64 = 1_000;
 const HORIZON_MS: u64 = 100_000;
 
 fn opts(clock: &Arc<ManualClock>) -> Options {
-    Options {
-        sync_mode: SyncMode::Never,
-        worker_threads: 0,
-        memtable_bytes_max: 2 * 1024,
-        compactor_tick_ms: 1,
-        tombstone_grace_ms: GRACE_MS,
-        wall_clock: clock.clone(),
-        ..Options::default()
-    }
+    Options::default()
+        .with_sync_mode(SyncMode::Never)
+        .with_worker_threads(0)
+        .with_memtable_bytes_max(2 * 1024)
+        .with_compactor_tick_ms(1)
+        .with_tombstone_grace_ms(GRACE_MS)
+        .with_wall_clock(clock.clone())
 }
 
 fn open(dir: &std::path::Path, clock: &Arc<ManualClock>) -> Db {

@@ -57,10 +57,7 @@ struct Copy {
 
 fn copy() -> Copy {
     let dir = tempfile::tempdir().unwrap();
-    let options = Options {
-        sync_mode: SyncMode::Never,
-        ..Options::default()
-    };
+    let options = Options::default().with_sync_mode(SyncMode::Never);
     let db = Db::open_with(dir.path(), options).unwrap();
     Copy { _dir: dir, db }
 }

@@ -1731,10 +1731,7 @@ fn rekey_run_again_finishes_a_rotation_cut_short() {
     for (i, (form, current, old)) in again_forms.into_iter().enumerate() {
         let dir = tmp.path().join(format!("db{i}"));
         {
-            let options = mergekv::Options {
-                encryption_key: Some(key(&a_hex).into()),
-                ..mergekv::Options::default()
-            };
+            let options = mergekv::Options::default().with_encryption_key(Some(key(&a_hex).into()));
             let db = mergekv::Db::open_with(&dir, options).unwrap();
             for i in 0..50 {
                 db.put(format!("k{i}"), "before").unwrap();
@@ -1812,10 +1809,7 @@ fn old_key_file_repeats_for_two_unfinished_rotations() {
     {
         let db = Db::open_with(
             &dir,
-            Options {
-                encryption_key: Some(KeySource::Key(key(&h1))),
-                ..Options::default()
-            },
+            Options::default().with_encryption_key(Some(KeySource::Key(key(&h1)))),
         )
         .unwrap();
         db.set_cursor("hold", 1).unwrap();

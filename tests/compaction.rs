@@ -20,13 +20,11 @@ use mergekv::{
 
 /// Options with no background compaction, small segments, fast writes.
 fn quiet() -> Options {
-    Options {
-        sync_mode: SyncMode::Never,
-        segment_size_bytes_max: 4096,
-        compaction_wal_bytes_min: u64::MAX,
-        compaction_interval_ms: 0,
-        ..Options::default()
-    }
+    Options::default()
+        .with_sync_mode(SyncMode::Never)
+        .with_segment_size_bytes_max(4096)
+        .with_compaction_wal_bytes_min(u64::MAX)
+        .with_compaction_interval_ms(0)
 }
 
 fn contents(db: &Db) -> BTreeMap<String, Value> {
@@ -147,10 +145,7 @@ fn a_failure_at_every_step_of_a_compaction_recovers_a_correct_state() {
         for nth in 1.. {
             let dir = tempfile::tempdir().unwrap();
             let faults = FaultInjector::new();
-            let options = Options {
-                faults: Some(faults.clone()),
-                ..quiet()
-            };
+            let options = quiet().with_faults(Some(faults.clone()));
             let mut rng = Rng::new(nth + 1);
             let expected = {
                 let db = Db::open_with(dir.path(), options).unwrap();
@@ -242,10 +237,7 @@ fn state_or_damage_naming(
 #[test]
 fn every_flipped_byte_of_a_run_or_the_manifest_is_a_typed_error_naming_it() {
     let src = tempfile::tempdir().unwrap();
-    let options = Options {
-        worker_threads: 0,
-        ..quiet()
-    };
+    let options = quiet().with_worker_threads(0);
     let expected = compacted_db(src.path(), &options);
     let run = runs(src.path()).pop().unwrap();
     for file in [run, src.path().join("MANIFEST")] {
@@ -273,10 +265,7 @@ fn every_flipped_byte_of_a_run_or_the_manifest_is_a_typed_error_naming_it() {
 fn every_flipped_byte_of_a_legacy_snapshot_is_a_typed_error_or_a_correct_fallback() {
     for retained in [1, 2] {
         let src = tempfile::tempdir().unwrap();
-        let options = Options {
-            worker_threads: 0,
-            ..quiet()
-        };
+        let options = quiet().with_worker_threads(0);
         let expected = legacy_compacted_db(src.path(), &options, retained);
         let newest = snapshots(src.path()).pop().unwrap();
         let len = std::fs::metadata(&newest).unwrap().len() as usize;
@@ -313,10 +302,7 @@ fn every_flipped_byte_of_a_legacy_snapshot_is_a_typed_error_or_a_correct_fallbac
 #[test]
 fn repair_salvages_every_undamaged_chunk_of_the_only_snapshot() {
     let src = tempfile::tempdir().unwrap();
-    let options = Options {
-        worker_threads: 0,
-        ..quiet()
-    };
+    let options = quiet().with_worker_threads(0);
     let (snapshot, expected) = {
         let db = Db::open_with(src.path(), options.clone()).unwrap();
         for i in 0..2000 {
@@ -329,10 +315,9 @@ fn repair_salvages_every_undamaged_chunk_of_the_only_snapshot() {
     make_legacy(src.path(), &[snapshot], covered);
     let newest = snapshots(src.path()).pop().unwrap();
     let len = std::fs::metadata(&newest).unwrap().len() as usize;
-    let repair = Options {
-        recovery_mode: mergekv::RecoveryMode::Repair,
-        ..options.clone()
-    };
+    let repair = options
+        .clone()
+        .with_recovery_mode(mergekv::RecoveryMode::Repair);
     let (mut whole, mut partial) = (0, 0);
     for offset in (0..len).step_by(len / 97) {
         let copy = copy_db(src.path());
@@ -429,14 +414,12 @@ fn a_truncated_legacy_snapshot_is_a_typed_error_or_a_correct_fallback() {
 #[test]
 fn overwrite_heavy_load_keeps_disk_within_a_small_multiple_of_live_data() {
     let dir = tempfile::tempdir().unwrap();
-    let options = Options {
-        sync_mode: SyncMode::Never,
-        segment_size_bytes_max: 8 * 1024 * 1024,
+    let options = Options::default()
+        .with_sync_mode(SyncMode::Never)
+        .with_segment_size_bytes_max(8 * 1024 * 1024)
         // Let the compactor run by itself during the load, too.
-        compaction_wal_bytes_min: 32 * 1024 * 1024,
-        compactor_tick_ms: 10,
-        ..Options::default()
-    };
+        .with_compaction_wal_bytes_min(32 * 1024 * 1024)
+        .with_compactor_tick_ms(10);
     let db = Db::open_with(dir.path(), options).unwrap();
     let value = [b'v'; 150];
     for round in 0..100u32 {
@@ -479,11 +462,9 @@ fn overwrite_heavy_load_keeps_disk_within_a_small_multiple_of_live_data() {
 fn tombstones_are_kept_inside_the_grace_period_and_dropped_after() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(1_000_000));
-    let options = Options {
-        tombstone_grace_ms: 60_000,
-        wall_clock: clock.clone(),
-        ..quiet()
-    };
+    let options = quiet()
+        .with_tombstone_grace_ms(60_000)
+        .with_wall_clock(clock.clone());
     let db = Db::open_with(dir.path(), options.clone()).unwrap();
     db.put("gone", "x").unwrap();
     db.put("kept", "y").unwrap();
@@ -512,10 +493,7 @@ fn tombstones_are_kept_inside_the_grace_period_and_dropped_after() {
 #[test]
 fn a_cursor_holds_back_truncation_until_it_falls_beyond_the_retention_limit() {
     let dir = tempfile::tempdir().unwrap();
-    let options = Options {
-        wal_retention_bytes_max: 64 * 1024,
-        ..quiet()
-    };
+    let options = quiet().with_wal_retention_bytes_max(64 * 1024);
     let db = Db::open_with(dir.path(), options).unwrap();
     db.set_cursor("peer", 0).unwrap();
     let mut rng = Rng::new(3);
@@ -538,10 +516,7 @@ fn a_cursor_holds_back_truncation_until_it_falls_beyond_the_retention_limit() {
 #[test]
 fn registered_cursors_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let options = Options {
-        tombstone_grace_ms: 0,
-        ..quiet()
-    };
+    let options = quiet().with_tombstone_grace_ms(0);
     let db = Db::open_with(dir.path(), options.clone()).unwrap();
     db.put("k", "v").unwrap();
     db.delete("k").unwrap();
@@ -581,10 +556,7 @@ fn registered_cursors_survive_a_restart() {
 #[test]
 fn a_damaged_cursor_file_costs_only_its_cursors() {
     let dir = tempfile::tempdir().unwrap();
-    let options = Options {
-        tombstone_grace_ms: 0,
-        ..quiet()
-    };
+    let options = quiet().with_tombstone_grace_ms(0);
     let db = Db::open_with(dir.path(), options.clone()).unwrap();
     db.put("k", "v").unwrap();
     db.put("gone", "x").unwrap();
@@ -598,10 +570,7 @@ fn a_damaged_cursor_file_costs_only_its_cursors() {
         "{:?}",
         report.problems
     );
-    let read_only = Options {
-        read_only: true,
-        ..options.clone()
-    };
+    let read_only = options.clone().with_read_only(true);
     drop(Db::open_with(dir.path(), read_only).unwrap());
     assert!(
         dir.path().join("CURSORS").exists(),
@@ -635,11 +604,9 @@ fn a_damaged_cursor_file_costs_only_its_cursors() {
 #[test]
 fn background_compaction_runs_on_the_interval_and_a_clean_drop_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let options = Options {
-        compaction_interval_ms: 1,
-        compactor_tick_ms: 1,
-        ..quiet()
-    };
+    let options = quiet()
+        .with_compaction_interval_ms(1)
+        .with_compactor_tick_ms(1);
     let mut rng = Rng::new(11);
     let expected = {
         let db = Db::open_with(dir.path(), options.clone()).unwrap();
@@ -702,10 +669,7 @@ fn verify_checks_legacy_snapshots() {
 }
 
 fn repair_options() -> Options {
-    Options {
-        recovery_mode: mergekv::RecoveryMode::Repair,
-        ..quiet()
-    }
+    quiet().with_recovery_mode(mergekv::RecoveryMode::Repair)
 }
 
 /// 10 keys `a*`, a compaction, then 10 keys `b*`.

@@ -55,16 +55,14 @@ fn open_copy() -> Copy {
     let clock = Arc::new(ManualClock::new(1_000_000));
     let db = Db::open_with(
         dir.path(),
-        Options {
-            sync_mode: SyncMode::Never,
-            worker_threads: 0,
-            wall_clock: clock.clone(),
+        Options::default()
+            .with_sync_mode(SyncMode::Never)
+            .with_worker_threads(0)
+            .with_wall_clock(clock.clone())
             // Clocks wander apart here on purpose: count, do not refuse.
-            drift_policy: DriftPolicy::AcceptAndCount,
-            compaction_wal_bytes_min: u64::MAX,
-            compaction_interval_ms: 0,
-            ..Options::default()
-        },
+            .with_drift_policy(DriftPolicy::AcceptAndCount)
+            .with_compaction_wal_bytes_min(u64::MAX)
+            .with_compaction_interval_ms(0),
     )
     .unwrap();
     Copy {

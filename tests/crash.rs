@@ -32,15 +32,13 @@ fn crash_child() {
         .parse()
         .unwrap();
     let compacting = std::env::var(COMPACT_ENV).is_ok();
-    let options = Options {
-        sync_mode: SyncMode::Always,
-        segment_size_bytes_max: 64 * 1024,
+    let options = Options::default()
+        .with_sync_mode(SyncMode::Always)
+        .with_segment_size_bytes_max(64 * 1024)
         // With compaction on, the compactor flushes runs, merges them and
         // truncates all the time, so the kill lands inside compactions too.
-        compaction_wal_bytes_min: if compacting { 32 * 1024 } else { u64::MAX },
-        compactor_tick_ms: 1,
-        ..Options::default()
-    };
+        .with_compaction_wal_bytes_min(if compacting { 32 * 1024 } else { u64::MAX })
+        .with_compactor_tick_ms(1);
     let db = Db::open_with(&dir, options).unwrap();
     let threads: Vec<_> = (0..WRITER_THREADS)
         .map(|t| {

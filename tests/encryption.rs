@@ -12,10 +12,7 @@ fn key(byte: u8) -> EncryptionKey {
 }
 
 fn with_key(k: Option<EncryptionKey>) -> Options {
-    Options {
-        encryption_key: k.map(KeySource::Key),
-        ..Options::default()
-    }
+    Options::default().with_encryption_key(k.map(KeySource::Key))
 }
 
 #[test]
@@ -68,11 +65,9 @@ fn a_key_for_a_database_in_clear_is_refused() {
 }
 
 fn keys(current: EncryptionKey, old: &[EncryptionKey]) -> Options {
-    Options {
-        encryption_key: Some(KeySource::Key(current)),
-        encryption_keys_old: old.iter().cloned().map(KeySource::Key).collect(),
-        ..Options::default()
-    }
+    Options::default()
+        .with_encryption_key(Some(KeySource::Key(current)))
+        .with_encryption_keys_old(old.iter().cloned().map(KeySource::Key).collect())
 }
 
 #[test]
@@ -361,10 +356,7 @@ fn old_keys_alone_do_not_open_an_encrypted_database() {
         .unwrap()
         .close()
         .unwrap();
-    let only_old = Options {
-        encryption_keys_old: vec![KeySource::Key(key(1))],
-        ..Options::default()
-    };
+    let only_old = Options::default().with_encryption_keys_old(vec![KeySource::Key(key(1))]);
     assert!(matches!(
         Db::open_with(dir.path(), only_old),
         Err(Error::Key(KeyError::Missing { needed, .. })) if needed == key(1).id()

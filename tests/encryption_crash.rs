@@ -19,17 +19,15 @@ fn key(byte: u8) -> EncryptionKey {
 }
 
 fn options(faults: FaultInjector, current: u8, old: &[u8]) -> Options {
-    Options {
-        sync_mode: SyncMode::Always,
-        worker_threads: 0,
-        segment_size_bytes_max: 2048,
-        compaction_wal_bytes_min: u64::MAX,
-        compaction_interval_ms: 0,
-        faults: Some(faults),
-        encryption_key: Some(KeySource::Key(key(current))),
-        encryption_keys_old: old.iter().map(|b| KeySource::Key(key(*b))).collect(),
-        ..Options::default()
-    }
+    Options::default()
+        .with_sync_mode(SyncMode::Always)
+        .with_worker_threads(0)
+        .with_segment_size_bytes_max(2048)
+        .with_compaction_wal_bytes_min(u64::MAX)
+        .with_compaction_interval_ms(0)
+        .with_faults(Some(faults))
+        .with_encryption_key(Some(KeySource::Key(key(current))))
+        .with_encryption_keys_old(old.iter().map(|b| KeySource::Key(key(*b))).collect())
 }
 
 fn contents(db: &Db) -> BTreeMap<Vec<u8>, Vec<u8>> {

@@ -41,13 +41,11 @@ fn an_encrypted_leader_ships_to_a_follower_with_its_key_by_catch_up_snapshot_and
     let leader_dir = tempfile::tempdir().unwrap();
     let leader = Db::open_with(
         leader_dir.path(),
-        Options {
-            sync_mode: SyncMode::Never,
-            segment_size_bytes_max: 16 * 1024,
-            wal_retention_bytes_max: 0,
-            encryption_key: Some(KeySource::Key(key(1))),
-            ..Options::default()
-        },
+        Options::default()
+            .with_sync_mode(SyncMode::Never)
+            .with_segment_size_bytes_max(16 * 1024)
+            .with_wal_retention_bytes_max(0)
+            .with_encryption_key(Some(KeySource::Key(key(1)))),
     )
     .unwrap();
     let (auth, token) = common::replication_auth(&leader);
@@ -112,11 +110,9 @@ fn a_follower_without_the_leaders_key_refuses_before_applying_anything() {
     let leader_dir = tempfile::tempdir().unwrap();
     let leader = Db::open_with(
         leader_dir.path(),
-        Options {
-            sync_mode: SyncMode::Never,
-            encryption_key: Some(KeySource::Key(key(1))),
-            ..Options::default()
-        },
+        Options::default()
+            .with_sync_mode(SyncMode::Never)
+            .with_encryption_key(Some(KeySource::Key(key(1)))),
     )
     .unwrap();
     let (auth, token) = common::replication_auth(&leader);

@@ -13,11 +13,9 @@ fn key(byte: u8) -> EncryptionKey {
 }
 
 fn opts(current: Option<u8>, old: &[u8]) -> Options {
-    Options {
-        encryption_key: current.map(|b| KeySource::Key(key(b))),
-        encryption_keys_old: old.iter().map(|b| KeySource::Key(key(*b))).collect(),
-        ..Options::default()
-    }
+    Options::default()
+        .with_encryption_key(current.map(|b| KeySource::Key(key(b))))
+        .with_encryption_keys_old(old.iter().map(|b| KeySource::Key(key(*b))).collect())
 }
 
 /// The directory's files but the lock files (an open's own, even a
@@ -39,15 +37,7 @@ fn a_repair_of_a_damaged_meta_with_only_the_old_key_is_refused_and_changes_nothi
     db.close().unwrap();
     common::flip_byte(&dir.path().join("META"), 12);
     let before = tree(dir.path());
-    let repair = |o: Options| {
-        Db::open_with(
-            dir.path(),
-            Options {
-                recovery_mode: RecoveryMode::Repair,
-                ..o
-            },
-        )
-    };
+    let repair = |o: Options| Db::open_with(dir.path(), o.with_recovery_mode(RecoveryMode::Repair));
     assert!(matches!(
         repair(opts(None, &[1])),
         Err(Error::Key(KeyError::Missing { needed, .. })) if needed == key(1).id()
@@ -72,10 +62,7 @@ fn a_repair_does_not_encrypt_a_database_in_clear_by_the_way() {
     common::flip_byte(&dir.path().join("META"), 12);
     let r = Db::open_with(
         dir.path(),
-        Options {
-            recovery_mode: RecoveryMode::Repair,
-            ..opts(Some(1), &[])
-        },
+        opts(Some(1), &[]).with_recovery_mode(RecoveryMode::Repair),
     );
     assert!(
         matches!(r, Err(Error::Key(KeyError::NotEncrypted { .. }))),
@@ -89,14 +76,7 @@ fn a_read_only_open_with_a_new_key_writes_nothing_under_it() {
     let db = Db::open_with(dir.path(), opts(Some(1), &[])).unwrap();
     db.put("a", "1").unwrap();
     db.close().unwrap();
-    let db = Db::open_with(
-        dir.path(),
-        Options {
-            read_only: true,
-            ..opts(Some(2), &[1])
-        },
-    )
-    .unwrap();
+    let db = Db::open_with(dir.path(), opts(Some(2), &[1]).with_read_only(true)).unwrap();
     assert_eq!(&db.get("a").unwrap().unwrap()[..], b"1");
     assert_eq!(db.encryption().unwrap().key_id, Some(key(1).id()));
     db.close().unwrap();
@@ -111,12 +91,10 @@ fn a_read_only_open_with_a_new_key_writes_nothing_under_it() {
 #[test]
 fn a_segment_the_rewrite_cannot_read_neither_stops_compaction_nor_writers() {
     let dir = tempfile::tempdir().unwrap();
-    let base = Options {
-        segment_size_bytes_max: 4096,
-        compactor_tick_ms: 10,
-        memtable_bytes_max: 32 * 1024,
-        ..opts(Some(1), &[])
-    };
+    let base = opts(Some(1), &[])
+        .with_segment_size_bytes_max(4096)
+        .with_compactor_tick_ms(10)
+        .with_memtable_bytes_max(32 * 1024);
     let db = Db::open_with(dir.path(), base.clone()).unwrap();
     db.set_cursor("reader", 1).unwrap();
     for i in 0..200 {
@@ -167,11 +145,11 @@ fn a_segment_the_rewrite_cannot_read_neither_stops_compaction_nor_writers() {
 #[test]
 fn two_rotations_before_the_first_finished_open_with_every_key_then_the_last_alone() {
     let dir = tempfile::tempdir().unwrap();
-    let o = |c: u8, old: &[u8]| Options {
-        segment_size_bytes_max: 2048,
-        compaction_wal_bytes_min: u64::MAX,
-        compaction_interval_ms: 0,
-        ..opts(Some(c), old)
+    let o = |c: u8, old: &[u8]| {
+        opts(Some(c), old)
+            .with_segment_size_bytes_max(2048)
+            .with_compaction_wal_bytes_min(u64::MAX)
+            .with_compaction_interval_ms(0)
     };
     let db = Db::open_with(dir.path(), o(1, &[])).unwrap();
     db.set_cursor("r", 1).unwrap();

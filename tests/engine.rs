@@ -34,10 +34,7 @@ fn round_trip_put_get_delete() {
 fn persistence_across_reopen_in_every_sync_mode() {
     for mode in [SyncMode::Always, SyncMode::Interval(5), SyncMode::Never] {
         let dir = tempfile::tempdir().unwrap();
-        let options = Options {
-            sync_mode: mode,
-            ..opts()
-        };
+        let options = opts().with_sync_mode(mode);
         {
             let db = Db::open_with(dir.path(), options.clone()).unwrap();
             db.put("k", "v").unwrap();
@@ -79,11 +76,7 @@ fn scans_exclude_deleted_keys_and_respect_keyspaces() {
         ["cherry", "blueberry"]
     );
     assert_eq!(
-        keys(db.scan(&ScanOptions {
-            start: Some(b"b".to_vec()),
-            reverse: true,
-            ..Default::default()
-        })),
+        keys(db.scan(&ScanOptions::from_range(&b"b"[..]..).reversed())),
         ["cherry", "blueberry", "banana"]
     );
     assert_eq!(keys(other.scan(&ScanOptions::all())), ["avocado"]);
@@ -96,14 +89,7 @@ fn scans_exclude_deleted_keys_and_respect_keyspaces() {
 #[test]
 fn long_scans_cross_refill_chunks_in_both_directions() {
     let dir = tempfile::tempdir().unwrap();
-    let db = Db::open_with(
-        dir.path(),
-        Options {
-            sync_mode: SyncMode::Never,
-            ..opts()
-        },
-    )
-    .unwrap();
+    let db = Db::open_with(dir.path(), opts().with_sync_mode(SyncMode::Never)).unwrap();
     let mut batch = Batch::new();
     for i in 0..2000 {
         batch.put(format!("k{i:05}"), "v");
@@ -174,14 +160,7 @@ fn remote_stamp_beyond_drift_is_refused() {
 #[test]
 fn counters_sum_from_many_threads() {
     let dir = tempfile::tempdir().unwrap();
-    let db = Db::open_with(
-        dir.path(),
-        Options {
-            sync_mode: SyncMode::Never,
-            ..opts()
-        },
-    )
-    .unwrap();
+    let db = Db::open_with(dir.path(), opts().with_sync_mode(SyncMode::Never)).unwrap();
     let threads: Vec<_> = (0..8)
         .map(|t| {
             let db = db.clone();
@@ -340,11 +319,9 @@ fn eight_threads_get_unique_sequence_numbers_all_replayed() {
 #[test]
 fn rotation_makes_many_segments_all_replayed() {
     let dir = tempfile::tempdir().unwrap();
-    let options = Options {
-        segment_size_bytes_max: 1024,
-        sync_mode: SyncMode::Never,
-        ..opts()
-    };
+    let options = opts()
+        .with_segment_size_bytes_max(1024)
+        .with_sync_mode(SyncMode::Never);
     let mut model = BTreeMap::new();
     {
         let db = Db::open_with(dir.path(), options.clone()).unwrap();
@@ -382,14 +359,7 @@ fn second_open_of_a_directory_is_locked() {
 #[test]
 fn inline_mode_without_workers() {
     let dir = tempfile::tempdir().unwrap();
-    let db = Db::open_with(
-        dir.path(),
-        Options {
-            worker_threads: 0,
-            ..opts()
-        },
-    )
-    .unwrap();
+    let db = Db::open_with(dir.path(), opts().with_worker_threads(0)).unwrap();
     let threads: Vec<_> = (0..4)
         .map(|t| {
             let db = db.clone();
@@ -411,14 +381,7 @@ fn inline_mode_without_workers() {
 #[test]
 fn limits_and_bad_names_are_typed_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let db = Db::open_with(
-        dir.path(),
-        Options {
-            value_size_bytes_max: 10,
-            ..opts()
-        },
-    )
-    .unwrap();
+    let db = Db::open_with(dir.path(), opts().with_value_size_bytes_max(10)).unwrap();
     assert!(matches!(
         db.put("k", [0u8; 11]),
         Err(Error::LimitExceeded {
@@ -455,10 +418,7 @@ fn limits_and_bad_names_are_typed_errors() {
         Err(Error::CounterOverflow { .. })
     ));
     let absent = dir.path().join("absent");
-    let no_create = Options {
-        create_if_missing: false,
-        ..opts()
-    };
+    let no_create = opts().with_create_if_missing(false);
     assert!(matches!(
         Db::open_with(&absent, no_create),
         Err(Error::NotADatabase { .. })
@@ -517,12 +477,10 @@ fn a_duplicate_increment_does_not_raise_the_base_of_one_in_flight() {
     let dir = tempfile::tempdir().unwrap();
     let db = Db::open_with(
         dir.path(),
-        Options {
-            worker_threads: 0,
+        opts()
+            .with_worker_threads(0)
             // Keeps the next increment in flight while the retry arrives.
-            group_commit_delay_us: 300_000,
-            ..opts()
-        },
+            .with_group_commit_delay_us(300_000),
     )
     .unwrap();
     let mut idempotent = Batch::new();
@@ -582,10 +540,7 @@ fn idempotency_holds_for_batches_with_old_explicit_stamps() {
 #[test]
 fn limits_the_wal_reader_would_refuse_are_refused_at_open() {
     let dir = tempfile::tempdir().unwrap();
-    let too_big = Options {
-        key_size_bytes_max: 4 * 1024 * 1024,
-        ..opts()
-    };
+    let too_big = opts().with_key_size_bytes_max(4 * 1024 * 1024);
     assert!(matches!(
         Db::open_with(dir.path(), too_big),
         Err(Error::LimitExceeded {
@@ -594,10 +549,7 @@ fn limits_the_wal_reader_would_refuse_are_refused_at_open() {
         })
     ));
     // The largest key the options allow survives a reopen.
-    let largest = Options {
-        key_size_bytes_max: 1024 * 1024 - 65,
-        ..opts()
-    };
+    let largest = opts().with_key_size_bytes_max(1024 * 1024 - 65);
     let key = vec![b'k'; largest.key_size_bytes_max];
     {
         let db = Db::open_with(dir.path(), largest.clone()).unwrap();

@@ -7,11 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use mergekv::{Db, Error, FaultInjector, IoOp, Options, SyncMode};
 
 fn with_faults(faults: &FaultInjector, sync_mode: SyncMode) -> Options {
-    Options {
-        faults: Some(faults.clone()),
-        sync_mode,
-        ..Options::default()
-    }
+    Options::default()
+        .with_faults(Some(faults.clone()))
+        .with_sync_mode(sync_mode)
 }
 
 /// Writes `prefix-i` keys until the first error; returns how many were acknowledged.
@@ -88,10 +86,7 @@ fn failing_write_poisons() {
 fn failing_segment_creation_during_rotation_poisons() {
     let dir = tempfile::tempdir().unwrap();
     let faults = FaultInjector::new();
-    let options = Options {
-        segment_size_bytes_max: 300,
-        ..with_faults(&faults, SyncMode::Always)
-    };
+    let options = with_faults(&faults, SyncMode::Always).with_segment_size_bytes_max(300);
     let db = Db::open_with(dir.path(), options).unwrap();
     faults.fail_from_nth(IoOp::Open, 1);
     let (acked, err) = write_until_error(&db, "k", 100);
@@ -108,11 +103,9 @@ fn failing_segment_creation_during_rotation_poisons() {
 fn failing_directory_fsync_during_rotation_poisons() {
     let dir = tempfile::tempdir().unwrap();
     let faults = FaultInjector::new();
-    let options = Options {
-        segment_size_bytes_max: 300,
-        sync_mode: SyncMode::Never,
-        ..with_faults(&faults, SyncMode::Never)
-    };
+    let options = with_faults(&faults, SyncMode::Never)
+        .with_segment_size_bytes_max(300)
+        .with_sync_mode(SyncMode::Never);
     let db = Db::open_with(dir.path(), options).unwrap();
     // With SyncMode::Never the only fsyncs are the ones rotation makes.
     faults.fail_nth(IoOp::Sync, 3);
@@ -261,12 +254,10 @@ fn a_failed_fsync_in_a_compaction_poisons() {
         let faults = FaultInjector::new();
         let db = Db::open_with(
             dir.path(),
-            Options {
-                faults: Some(faults.clone()),
-                compaction_interval_ms: 0,
-                compaction_wal_bytes_min: u64::MAX,
-                ..Options::default()
-            },
+            Options::default()
+                .with_faults(Some(faults.clone()))
+                .with_compaction_interval_ms(0)
+                .with_compaction_wal_bytes_min(u64::MAX),
         )
         .unwrap();
         db.put("a", "1").unwrap();

@@ -19,10 +19,7 @@ use mergekv::{Db, Error, Options, ScanOptions, SyncMode, Value};
 const AUTH_KEYSPACE: &str = "_auth";
 
 fn options() -> Options {
-    Options {
-        sync_mode: SyncMode::Never,
-        ..Options::default()
-    }
+    Options::default().with_sync_mode(SyncMode::Never)
 }
 
 /// Every record of `_auth`, key to value.

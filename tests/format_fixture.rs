@@ -101,13 +101,11 @@ fn write_fixture() {
         dir.display()
     );
     let clock = Arc::new(ManualClock::new(1_796_000_000_000));
-    let options = Options {
-        wall_clock: clock.clone(),
-        segment_size_bytes_max: 4096,
-        compaction_wal_bytes_min: u64::MAX,
-        compaction_interval_ms: 0,
-        ..Options::default()
-    };
+    let options = Options::default()
+        .with_wall_clock(clock.clone())
+        .with_segment_size_bytes_max(4096)
+        .with_compaction_wal_bytes_min(u64::MAX)
+        .with_compaction_interval_ms(0);
     {
         let db = Db::open_with(&dir, options).unwrap();
         let photos = db.keyspace("photos").unwrap();

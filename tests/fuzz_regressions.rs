@@ -203,13 +203,11 @@ impl SeedSource {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open_with(
             dir.path(),
-            Options {
-                sync_mode: SyncMode::Never,
-                segment_size_bytes_max: 1024,
-                compaction_wal_bytes_min: u64::MAX,
-                wall_clock: Arc::new(ManualClock::new(1_700_000_000_000)),
-                ..Options::default()
-            },
+            Options::default()
+                .with_sync_mode(SyncMode::Never)
+                .with_segment_size_bytes_max(1024)
+                .with_compaction_wal_bytes_min(u64::MAX)
+                .with_wall_clock(Arc::new(ManualClock::new(1_700_000_000_000))),
         )
         .unwrap();
         write_every_record_shape(&db);
@@ -588,12 +586,10 @@ fn stream_seeds() -> Seeds {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open_with(
             dir.path(),
-            Options {
-                sync_mode: SyncMode::Never,
-                wall_clock: Arc::new(ManualClock::new(1_700_000_000_000)),
-                encryption_key: key.map(mergekv::KeySource::Key),
-                ..Options::default()
-            },
+            Options::default()
+                .with_sync_mode(SyncMode::Never)
+                .with_wall_clock(Arc::new(ManualClock::new(1_700_000_000_000)))
+                .with_encryption_key(key.map(mergekv::KeySource::Key)),
         )
         .unwrap();
         write_every_record_shape(&db);
@@ -610,12 +606,10 @@ fn encrypted_seeds() -> Seeds {
     let dir = tempfile::tempdir().unwrap();
     let db = Db::open_with(
         dir.path(),
-        Options {
-            sync_mode: SyncMode::Never,
-            wall_clock: Arc::new(ManualClock::new(1_700_000_000_000)),
-            encryption_key: Some(mergekv::KeySource::Key(mergekv::fuzzing::fuzz_key())),
-            ..Options::default()
-        },
+        Options::default()
+            .with_sync_mode(SyncMode::Never)
+            .with_wall_clock(Arc::new(ManualClock::new(1_700_000_000_000)))
+            .with_encryption_key(Some(mergekv::KeySource::Key(mergekv::fuzzing::fuzz_key()))),
     )
     .unwrap();
     write_every_record_shape(&db);

@@ -202,10 +202,7 @@ fn hundreds_of_slow_or_oversized_unauthenticated_connections_cost_bounded_thread
     let leader_dir = tempfile::tempdir().unwrap();
     let db = Db::open_with(
         leader_dir.path(),
-        Options {
-            sync_mode: SyncMode::Never,
-            ..Options::default()
-        },
+        Options::default().with_sync_mode(SyncMode::Never),
     )
     .unwrap();
     let (auth, token) = common::replication_auth(&db);

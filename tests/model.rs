@@ -116,12 +116,10 @@ proptest! {
     #[test]
     fn database_matches_model(steps in prop::collection::vec(step(), 1..60), workers in 0usize..3) {
         let dir = tempfile::tempdir().unwrap();
-        let options = Options {
-            sync_mode: SyncMode::Never,
-            worker_threads: workers,
-            segment_size_bytes_max: 512,
-            ..Options::default()
-        };
+        let options = Options::default()
+.with_sync_mode(SyncMode::Never)
+.with_worker_threads(workers)
+.with_segment_size_bytes_max(512);
         let mut db = Db::open_with(dir.path(), options.clone()).unwrap();
         let mut model = BTreeMap::new();
         for step in &steps {

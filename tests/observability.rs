@@ -267,12 +267,10 @@ fn events_for_locked(events: &[Recorded], dir: &Path) -> Vec<String> {
 }
 
 fn quiet_options() -> Options {
-    Options {
-        sync_mode: SyncMode::Never,
-        compaction_interval_ms: 0,
-        compaction_wal_bytes_min: u64::MAX,
-        ..Options::default()
-    }
+    Options::default()
+        .with_sync_mode(SyncMode::Never)
+        .with_compaction_interval_ms(0)
+        .with_compaction_wal_bytes_min(u64::MAX)
 }
 
 #[test]
@@ -332,13 +330,7 @@ fn a_failed_open_is_an_error_event() {
     recorder();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("absent");
-    let result = Db::open_with(
-        &dir,
-        Options {
-            create_if_missing: false,
-            ..Options::default()
-        },
-    );
+    let result = Db::open_with(&dir, Options::default().with_create_if_missing(false));
     assert!(result.is_err());
     let failed = find(&dir, "open failed").expect("the failure is an event");
     assert_eq!(failed.level, Level::ERROR);
@@ -380,13 +372,11 @@ fn a_failing_background_compaction_is_an_error_event() {
     let faults = FaultInjector::new();
     let db = Db::open_with(
         dir,
-        Options {
-            sync_mode: SyncMode::Never,
-            memtable_bytes_max: 8 * 1024,
-            compactor_tick_ms: 5,
-            faults: Some(faults.clone()),
-            ..Options::default()
-        },
+        Options::default()
+            .with_sync_mode(SyncMode::Never)
+            .with_memtable_bytes_max(8 * 1024)
+            .with_compactor_tick_ms(5)
+            .with_faults(Some(faults.clone())),
     )
     .unwrap();
     // Every rename fails: no run or manifest can be put in place (the WAL
@@ -449,10 +439,7 @@ fn replication_says_who_connected_caught_up_and_left() {
     // Synced writes: the leader announces what is durable.
     let leader = Db::open_with(
         leader_tmp.path(),
-        Options {
-            sync_mode: SyncMode::Always,
-            ..quiet_options()
-        },
+        quiet_options().with_sync_mode(SyncMode::Always),
     )
     .unwrap();
     for i in 0..10 {

@@ -18,11 +18,9 @@ const HANG: Duration = Duration::from_secs(60);
 
 fn open_with_faults(dir: &std::path::Path, worker_threads: usize) -> (Db, FaultInjector) {
     let faults = FaultInjector::new();
-    let options = Options {
-        faults: Some(faults.clone()),
-        worker_threads,
-        ..Options::default()
-    };
+    let options = Options::default()
+        .with_faults(Some(faults.clone()))
+        .with_worker_threads(worker_threads);
     (Db::open_with(dir, options).unwrap(), faults)
 }
 
@@ -105,10 +103,7 @@ fn a_panic_in_an_import_poisons_and_nothing_hangs() {
 #[test]
 fn a_panic_in_a_segment_import_poisons_and_nothing_hangs() {
     let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let options = Options {
-        segment_size_bytes_max: 2048,
-        ..Options::default()
-    };
+    let options = Options::default().with_segment_size_bytes_max(2048);
     let a = Db::open_with(a_dir.path(), options).unwrap();
     for i in 0..50 {
         a.put(format!("k{i:03}"), "some value").unwrap();

@@ -94,19 +94,17 @@ fn value(step: usize, len: usize) -> Vec<u8> {
 }
 
 fn options(disk: &SimDisk, faults: Option<&FaultInjector>) -> Options {
-    Options {
-        sync_mode: SyncMode::Always,
-        worker_threads: 0,
-        segment_size_bytes_max: 2048,
-        compaction_wal_bytes_min: u64::MAX,
-        compaction_interval_ms: 0,
-        faults: Some(
+    Options::default()
+        .with_sync_mode(SyncMode::Always)
+        .with_worker_threads(0)
+        .with_segment_size_bytes_max(2048)
+        .with_compaction_wal_bytes_min(u64::MAX)
+        .with_compaction_interval_ms(0)
+        .with_faults(Some(
             faults
                 .cloned()
                 .unwrap_or_else(|| FaultInjector::with_disk(disk.clone())),
-        ),
-        ..Options::default()
-    }
+        ))
 }
 
 /// The keys and values, and the registered cursors (as `cursor/<name>`
@@ -141,14 +139,12 @@ struct Peer {
 impl Peer {
     fn new() -> Peer {
         let disk = SimDisk::new();
-        let options = Options {
-            sync_mode: SyncMode::Never,
-            worker_threads: 0,
-            compaction_wal_bytes_min: u64::MAX,
-            compaction_interval_ms: 0,
-            faults: Some(FaultInjector::with_disk(disk)),
-            ..Options::default()
-        };
+        let options = Options::default()
+            .with_sync_mode(SyncMode::Never)
+            .with_worker_threads(0)
+            .with_compaction_wal_bytes_min(u64::MAX)
+            .with_compaction_interval_ms(0)
+            .with_faults(Some(FaultInjector::with_disk(disk)));
         Peer {
             db: Db::open_with("/peer", options).unwrap(),
             writes: 0,
@@ -374,10 +370,7 @@ fn check_point(w: &Workload, t: &Timeline, point: &CrashPoint, at: usize, nest: 
             point.label()
         );
         survivor.record_crash_points(nest);
-        let opts = Options {
-            read_only: w.follower,
-            ..options(&survivor, None)
-        };
+        let opts = options(&survivor, None).with_read_only(w.follower);
         let db = Db::open_with(DB_DIR, opts.clone()).unwrap_or_else(|e| {
             panic!(
                 "{context}: open failed: {e}{}",
@@ -635,16 +628,14 @@ struct Leader {
 
 impl Leader {
     fn start() -> Leader {
-        let options = Options {
-            sync_mode: SyncMode::Never,
-            worker_threads: 0,
-            compaction_wal_bytes_min: u64::MAX,
-            compaction_interval_ms: 0,
+        let options = Options::default()
+            .with_sync_mode(SyncMode::Never)
+            .with_worker_threads(0)
+            .with_compaction_wal_bytes_min(u64::MAX)
+            .with_compaction_interval_ms(0)
             // A follower that went away is sent a snapshot, not the WAL.
-            wal_retention_bytes_max: 0,
-            faults: Some(FaultInjector::with_disk(SimDisk::new())),
-            ..Options::default()
-        };
+            .with_wal_retention_bytes_max(0)
+            .with_faults(Some(FaultInjector::with_disk(SimDisk::new())));
         let db = Db::open_with("/leader", options).unwrap();
         let (auth, token) = common::replication_auth(&db);
         let mut replication = ReplicationOptions::new(auth);

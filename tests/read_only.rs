@@ -28,12 +28,10 @@ fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
 }
 
 fn small_memtable() -> Options {
-    Options {
-        memtable_bytes_max: 64 * 1024,
-        compactor_tick_ms: 5,
-        sync_mode: mergekv::SyncMode::Never,
-        ..Options::default()
-    }
+    Options::default()
+        .with_memtable_bytes_max(64 * 1024)
+        .with_compactor_tick_ms(5)
+        .with_sync_mode(mergekv::SyncMode::Never)
 }
 
 #[test]
@@ -135,10 +133,7 @@ fn a_repair_waits_for_no_reader_it_refuses_to_run_beside_one() {
     let dir = tempfile::tempdir().unwrap();
     drop(Db::open(dir.path()).unwrap());
     let reader = Db::open_read_only(dir.path()).unwrap();
-    let repair = Options {
-        recovery_mode: RecoveryMode::Repair,
-        ..Options::default()
-    };
+    let repair = Options::default().with_recovery_mode(RecoveryMode::Repair);
     assert!(matches!(
         Db::open_with(dir.path(), repair.clone()),
         Err(Error::Locked { .. })

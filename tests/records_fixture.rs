@@ -211,11 +211,11 @@ mod auth {
             "{} exists: fixtures are never rewritten",
             dir.display()
         );
-        let options = || Options {
-            segment_size_bytes_max: 4096,
-            compaction_wal_bytes_min: u64::MAX,
-            compaction_interval_ms: 0,
-            ..Options::default()
+        let options = || {
+            Options::default()
+                .with_segment_size_bytes_max(4096)
+                .with_compaction_wal_bytes_min(u64::MAX)
+                .with_compaction_interval_ms(0)
         };
         let mut expected = String::new();
         {

@@ -144,10 +144,7 @@ fn repair_cuts_at_the_damage_and_reports_what_was_dropped() {
     let sizes = three_batches(src.path());
     let seg = segments(src.path()).pop().unwrap();
     flip_byte(&seg, sizes[1] as usize + 35); // inside batch 2 ([b, c])
-    let repair = Options {
-        recovery_mode: RecoveryMode::Repair,
-        ..Options::default()
-    };
+    let repair = Options::default().with_recovery_mode(RecoveryMode::Repair);
     let last_seq_before = 6;
     {
         let db = Db::open_with(src.path(), repair.clone()).unwrap();
@@ -179,11 +176,9 @@ fn repair_cuts_at_the_damage_and_reports_what_was_dropped() {
 #[test]
 fn damage_in_an_earlier_segment_is_corruption_and_repair_moves_later_segments_aside() {
     let src = tempfile::tempdir().unwrap();
-    let options = Options {
-        segment_size_bytes_max: 256,
-        sync_mode: SyncMode::Never,
-        ..Options::default()
-    };
+    let options = Options::default()
+        .with_segment_size_bytes_max(256)
+        .with_sync_mode(SyncMode::Never);
     {
         let db = Db::open_with(src.path(), options.clone()).unwrap();
         for i in 0..40 {
@@ -199,10 +194,7 @@ fn damage_in_an_earlier_segment_is_corruption_and_repair_moves_later_segments_as
     assert!(
         matches!(Db::open_with(src.path(), options.clone()), Err(Error::Corruption { path, .. }) if path == segs[1])
     );
-    let repair = Options {
-        recovery_mode: RecoveryMode::Repair,
-        ..options
-    };
+    let repair = options.with_recovery_mode(RecoveryMode::Repair);
     let db = Db::open_with(src.path(), repair).unwrap();
     let report = db.recovery_report().repair.clone().unwrap();
     assert_eq!(report.segments_dropped.len(), segs.len() - 2);
@@ -234,11 +226,9 @@ fn a_segment_cut_off_during_creation_is_removed() {
 #[test]
 fn sequence_gap_between_segments_is_corruption() {
     let src = tempfile::tempdir().unwrap();
-    let options = Options {
-        segment_size_bytes_max: 200,
-        sync_mode: SyncMode::Never,
-        ..Options::default()
-    };
+    let options = Options::default()
+        .with_segment_size_bytes_max(200)
+        .with_sync_mode(SyncMode::Never);
     {
         let db = Db::open_with(src.path(), options.clone()).unwrap();
         for i in 0..20 {
@@ -317,10 +307,7 @@ fn a_flipped_bit_in_a_last_frame_of_zeros_is_cut_as_torn_and_reported() {
 }
 
 fn repair_options() -> Options {
-    Options {
-        recovery_mode: RecoveryMode::Repair,
-        ..Options::default()
-    }
+    Options::default().with_recovery_mode(RecoveryMode::Repair)
 }
 
 #[test]
@@ -362,10 +349,7 @@ fn a_crash_during_repair_leaves_the_damage_found_again_and_the_gap_declared() {
     // Fail the truncation of the damaged segment: the new segment already exists.
     let faults = FaultInjector::new();
     faults.fail_nth(IoOp::Truncate, 1);
-    let failing = Options {
-        faults: Some(faults),
-        ..repair_options()
-    };
+    let failing = repair_options().with_faults(Some(faults));
     assert!(matches!(
         Db::open_with(src.path(), failing),
         Err(Error::Io {
@@ -478,10 +462,7 @@ fn a_repair_marker_left_by_a_crash_is_acted_on_at_the_next_open() {
     three_batches(dir.path());
     let first = served_epoch(dir.path());
     std::fs::write(dir.path().join("REPAIRED"), "crashed before settling").unwrap();
-    let read_only = Options {
-        read_only: true,
-        ..Options::default()
-    };
+    let read_only = Options::default().with_read_only(true);
     drop(Db::open_with(dir.path(), read_only).unwrap());
     assert!(
         dir.path().join("REPAIRED").exists(),
@@ -703,10 +684,7 @@ fn a_missing_meta_is_rebuilt_by_a_repair_that_creates_nothing() {
     let dir = tempfile::tempdir().unwrap();
     three_batches(dir.path());
     std::fs::remove_file(dir.path().join("META")).unwrap();
-    let options = Options {
-        create_if_missing: false,
-        ..repair_options()
-    };
+    let options = repair_options().with_create_if_missing(false);
     let db = Db::open_with(dir.path(), options).unwrap();
     assert_eq!(present(&db, &["a", "b", "d"]), [true, true, true]);
     assert_eq!(

@@ -30,10 +30,7 @@ struct Leader {
 }
 
 fn leader_options() -> Options {
-    Options {
-        sync_mode: SyncMode::Never,
-        ..Options::default()
-    }
+    Options::default().with_sync_mode(SyncMode::Never)
 }
 
 fn leader(db_options: Options, tweak: impl FnOnce(&mut ReplicationOptions)) -> Leader {
@@ -149,14 +146,7 @@ fn a_follower_refuses_writes_and_its_directory_stays_read_only_until_promoted() 
         }) => assert_eq!(leader_addr, leader.addr()),
         other => panic!("expected a read-only error, got {other:?}"),
     }
-    let read_only = Db::open_with(
-        dir.path(),
-        Options {
-            read_only: true,
-            ..Options::default()
-        },
-    )
-    .unwrap();
+    let read_only = Db::open_with(dir.path(), Options::default().with_read_only(true)).unwrap();
     assert_eq!(read_only.get("a").unwrap().as_deref(), Some(&b"1"[..]));
     let position = read_only.follower_position().unwrap().unwrap();
     assert_eq!(position.seq, leader.last_seq());
@@ -205,11 +195,9 @@ fn follower_wait_some(follower: &Follower) {
 
 #[test]
 fn a_follower_whose_segments_were_compacted_away_gets_a_snapshot_that_replaces_its_state() {
-    let small_wal = Options {
-        segment_size_bytes_max: 16 * 1024,
-        wal_retention_bytes_max: 0,
-        ..leader_options()
-    };
+    let small_wal = leader_options()
+        .with_segment_size_bytes_max(16 * 1024)
+        .with_wal_retention_bytes_max(0);
     let leader = leader(small_wal, |o| o.snapshot_chunk_bytes = 4096);
     put_many(&leader.db, "early", 2_000);
     let dir = tempfile::tempdir().unwrap();
@@ -241,14 +229,7 @@ fn a_follower_whose_segments_were_compacted_away_gets_a_snapshot_that_replaces_i
     converge(&follower, &leader);
     // The installed state survives a restart.
     follower.stop();
-    let reopened = Db::open_with(
-        dir.path(),
-        Options {
-            read_only: true,
-            ..Options::default()
-        },
-    )
-    .unwrap();
+    let reopened = Db::open_with(dir.path(), Options::default().with_read_only(true)).unwrap();
     assert_eq!(reopened.digest().unwrap(), leader.db.digest().unwrap());
 }
 
@@ -906,10 +887,7 @@ fn a_restarted_leader_still_expires_the_cursors_of_followers_from_before() {
 #[test]
 fn a_cursor_older_than_the_horizon_is_expired_by_a_new_server_at_once() {
     let clock = Arc::new(mergekv::ManualClock::new(1_000_000_000));
-    let options = Options {
-        wall_clock: clock.clone(),
-        ..leader_options()
-    };
+    let options = leader_options().with_wall_clock(clock.clone());
     let mut leader = leader(options, |o| o.follower_cursor_horizon_ms = u64::MAX);
     let cursor = "replica-00000000000000ab";
     leader.db.set_cursor(cursor, 1).unwrap();

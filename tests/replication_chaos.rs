@@ -67,10 +67,7 @@ struct Leader {
 
 fn leader() -> Leader {
     let dir = tempfile::tempdir().unwrap();
-    let options = Options {
-        sync_mode: SyncMode::Never,
-        ..Options::default()
-    };
+    let options = Options::default().with_sync_mode(SyncMode::Never);
     let db = Db::open_with(dir.path(), options).unwrap();
     let (auth, token) = common::replication_auth(&db);
     let mut options = ReplicationOptions::new(auth);

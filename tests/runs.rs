@@ -17,13 +17,11 @@ fn run_files(dir: &Path) -> Vec<PathBuf> {
 }
 
 fn tiny(clock: &Arc<ManualClock>) -> Options {
-    Options {
-        memtable_bytes_max: 8 * 1024,
-        compactor_tick_ms: 1,
-        tombstone_grace_ms: 1000,
-        wall_clock: clock.clone(),
-        ..Options::default()
-    }
+    Options::default()
+        .with_memtable_bytes_max(8 * 1024)
+        .with_compactor_tick_ms(1)
+        .with_tombstone_grace_ms(1000)
+        .with_wall_clock(clock.clone())
 }
 
 #[derive(Clone, Debug)]
@@ -239,13 +237,11 @@ fn a_full_memtable_flushes_by_itself_and_runs_stay_few() {
 }
 
 fn quiet(faults: &mergekv::FaultInjector) -> Options {
-    Options {
+    Options::default()
         // Only `compact_now` compacts: the counts below are its own.
-        compactor_tick_ms: 3_600_000,
-        compaction_interval_ms: 0,
-        faults: Some(faults.clone()),
-        ..Options::default()
-    }
+        .with_compactor_tick_ms(3_600_000)
+        .with_compaction_interval_ms(0)
+        .with_faults(Some(faults.clone()))
 }
 
 /// Writes `round` keys `r{round}-{i}` and a counter increment.
@@ -435,10 +431,7 @@ fn a_damaged_run_is_salvaged_by_a_repair_which_names_what_it_lost() {
         "{report:?}"
     );
     let node_before = Db::open_read_only(dir.path()).unwrap().node_id();
-    let repair = Options {
-        recovery_mode: RecoveryMode::Repair,
-        ..Options::default()
-    };
+    let repair = Options::default().with_recovery_mode(RecoveryMode::Repair);
     let db = Db::open_with(dir.path(), repair).unwrap();
     let salvage = db
         .recovery_report()
@@ -474,11 +467,9 @@ fn a_damaged_run_is_salvaged_by_a_repair_which_names_what_it_lost() {
 #[test]
 fn runs_are_cut_when_their_index_fills_so_huge_keys_still_compact() {
     let dir = tempfile::tempdir().unwrap();
-    let options = Options {
-        memtable_bytes_max: 16 * 1024 * 1024,
-        key_size_bytes_max: 1000 * 1024,
-        ..Options::default()
-    };
+    let options = Options::default()
+        .with_memtable_bytes_max(16 * 1024 * 1024)
+        .with_key_size_bytes_max(1000 * 1024);
     let db = Db::open_with(dir.path(), options.clone()).unwrap();
     let key = |i: u32| {
         let mut key = vec![b'k'; 1000 * 1024];
@@ -513,12 +504,10 @@ fn runs_are_cut_when_their_index_fills_so_huge_keys_still_compact() {
 fn a_failing_flush_bounds_memory_and_fails_writes_instead_of_hanging_them() {
     let dir = tempfile::tempdir().unwrap();
     let faults = mergekv::FaultInjector::new();
-    let options = Options {
-        memtable_bytes_max: 16 * 1024,
-        compactor_tick_ms: 1,
-        faults: Some(faults.clone()),
-        ..Options::default()
-    };
+    let options = Options::default()
+        .with_memtable_bytes_max(16 * 1024)
+        .with_compactor_tick_ms(1)
+        .with_faults(Some(faults.clone()));
     let db = Db::open_with(dir.path(), options).unwrap();
     faults.fail_from_nth(mergekv::IoOp::Rename, 1);
     let mut acknowledged = 0u32;

@@ -9,10 +9,7 @@ fn key(byte: u8) -> EncryptionKey {
 }
 
 fn keyed(k: Option<u8>) -> Options {
-    Options {
-        encryption_key: k.map(|b| KeySource::Key(key(b))),
-        ..Options::default()
-    }
+    Options::default().with_encryption_key(k.map(|b| KeySource::Key(key(b))))
 }
 
 fn fill(db: &Db, keys: usize, value_bytes: usize) {

@@ -202,10 +202,7 @@ fn imported_data_is_readable_after_reopen() {
 fn an_interrupted_sync_resumes_after_a_restart_without_resending() {
     let a = copy(1_000);
     let b_dir = tempfile::tempdir().unwrap();
-    let b_options = || Options {
-        sync_mode: SyncMode::Always,
-        ..Options::default()
-    };
+    let b_options = || Options::default().with_sync_mode(SyncMode::Always);
     for i in 0..30 {
         a.db.put(format!("first-{i:02}"), "1").unwrap();
     }
@@ -253,10 +250,7 @@ fn an_import_lands_whole_or_not_at_all_and_a_retry_completes_it() {
     {
         let b = Db::open_with(
             dir.path(),
-            Options {
-                faults: Some(faults.clone()),
-                ..Options::default()
-            },
+            Options::default().with_faults(Some(faults.clone())),
         )
         .unwrap();
         faults.fail_nth(IoOp::Sync, 1);
@@ -322,11 +316,9 @@ fn sealed_segments_are_exchanged_by_content_hash() {
     let dir = tempfile::tempdir().unwrap();
     let a = Db::open_with(
         dir.path(),
-        Options {
-            sync_mode: SyncMode::Never,
-            segment_size_bytes_max: 2048,
-            ..Options::default()
-        },
+        Options::default()
+            .with_sync_mode(SyncMode::Never)
+            .with_segment_size_bytes_max(2048),
     )
     .unwrap();
     for i in 0..100 {
@@ -551,14 +543,7 @@ fn changes_made_under_this_copys_id_elsewhere_are_refused() {
     assert_eq!(b.counter("c").unwrap(), 3, "nothing applied");
     let b_renewed = {
         drop(b);
-        Db::open_with(
-            b_dir.path(),
-            Options {
-                renew_identity: true,
-                ..Options::default()
-            },
-        )
-        .unwrap()
+        Db::open_with(b_dir.path(), Options::default().with_renew_identity(true)).unwrap()
     };
     assert_eq!(
         b_renewed.identity_renewed().map(|r| r.1),
@@ -577,9 +562,8 @@ fn a_register_stamp_this_copy_never_issued_is_refused() {
     let b_dir = common::copy_db(a_dir.path());
     common::forge_home(b_dir.path());
     let clock = std::sync::Arc::new(mergekv::ManualClock::new(1_000_000));
-    let at = |clock: &std::sync::Arc<mergekv::ManualClock>| Options {
-        wall_clock: clock.clone(),
-        ..Options::default()
+    let at = |clock: &std::sync::Arc<mergekv::ManualClock>| {
+        Options::default().with_wall_clock(clock.clone())
     };
     let a = Db::open_with(a_dir.path(), at(&clock)).unwrap();
     let b = Db::open_with(b_dir.path(), at(&clock)).unwrap();
@@ -615,10 +599,7 @@ fn a_lossy_repair_gives_a_new_identity_and_peers_restore_what_it_dropped() {
     let seg = common::segments(a_dir.path()).pop().unwrap();
     let len = std::fs::metadata(&seg).unwrap().len() as usize;
     common::flip_byte(&seg, len - 5 * (len - 32) / 10 + 10);
-    let repair = Options {
-        recovery_mode: mergekv::RecoveryMode::Repair,
-        ..Options::default()
-    };
+    let repair = Options::default().with_recovery_mode(mergekv::RecoveryMode::Repair);
     let a = Db::open_with(a_dir.path(), repair).unwrap();
     assert!(a.recovery_report().repair.is_some());
     assert!(
@@ -646,10 +627,7 @@ fn a_lossy_repair_gives_a_new_identity_and_peers_restore_what_it_dropped() {
 #[test]
 fn many_renewals_keep_every_file_readable() {
     let dir = tempfile::tempdir().unwrap();
-    let renew = Options {
-        renew_identity: true,
-        ..Options::default()
-    };
+    let renew = Options::default().with_renew_identity(true);
     let mut ids = std::collections::BTreeSet::new();
     for i in 0..20 {
         let db = Db::open_with(dir.path(), renew.clone()).unwrap();
@@ -674,10 +652,7 @@ fn many_renewals_keep_every_file_readable() {
 #[test]
 fn a_write_after_a_restart_is_sent_to_a_peer_that_heard_from_us_before() {
     let clock = std::sync::Arc::new(mergekv::ManualClock::new(50_000));
-    let options = || Options {
-        wall_clock: clock.clone(),
-        ..Options::default()
-    };
+    let options = || Options::default().with_wall_clock(clock.clone());
     let (a_dir, b_dir, c_dir) = (
         tempfile::tempdir().unwrap(),
         tempfile::tempdir().unwrap(),
@@ -732,10 +707,10 @@ fn a_write_after_a_restart_is_sent_to_a_peer_that_heard_from_us_before() {
 fn exports_racing_writers_never_claim_a_write_they_do_not_carry() {
     const WRITES: usize = 3_000;
     let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let options = || Options {
-        sync_mode: SyncMode::Never,
-        worker_threads: 2,
-        ..Options::default()
+    let options = || {
+        Options::default()
+            .with_sync_mode(SyncMode::Never)
+            .with_worker_threads(2)
     };
     let a = std::sync::Arc::new(Db::open_with(a_dir.path(), options()).unwrap());
     let b = Db::open_with(b_dir.path(), options()).unwrap();

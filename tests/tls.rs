@@ -100,10 +100,7 @@ fn tls_leader_with(
     let dir = tempfile::tempdir().unwrap();
     let db = Db::open_with(
         dir.path(),
-        Options {
-            sync_mode: SyncMode::Never,
-            ..Options::default()
-        },
+        Options::default().with_sync_mode(SyncMode::Never),
     )
     .unwrap();
     let (auth, token) = common::replication_auth(&db);

@@ -66,6 +66,10 @@ impl MasterKey {
 
     /// A key from 64 hex characters (either case; surrounding whitespace,
     /// such as a file's trailing newline, is ignored).
+    ///
+    /// # Errors
+    ///
+    /// [`AuthError::InvalidMasterKey`] if `text` is not 64 hex characters.
     pub fn from_hex(text: &str) -> Result<MasterKey> {
         let trimmed = text.trim();
         let lower = Zeroizing::new(trimmed.to_ascii_lowercase());
@@ -84,6 +88,11 @@ impl MasterKey {
     }
 
     /// A fresh random key.
+    ///
+    /// # Errors
+    ///
+    /// [`AuthError::RandomnessUnavailable`] if the operating system's random
+    /// source fails.
     pub fn generate() -> Result<MasterKey> {
         let bytes: Zeroizing<[u8; MASTER_KEY_BYTES]> = Zeroizing::new(random_bytes()?);
         Ok(MasterKey::from_bytes(*bytes))

@@ -46,6 +46,14 @@ impl AuthService {
     /// Creates an API key for `user` with `scopes`, expiring `expiry` from
     /// now (never if `None`). Returns the key's record and its token; the
     /// token is not stored anywhere and cannot be shown again.
+    ///
+    /// # Errors
+    ///
+    /// [`AuthError::InvalidName`] for an invalid user name or empty `scopes`;
+    /// [`AuthError::UnknownUser`] if `user` has no live user;
+    /// [`AuthError::RandomnessUnavailable`] if the random source fails;
+    /// [`Error::Io`](crate::Error::Io) or [`Error::Poisoned`](crate::Error::Poisoned) (and the other errors of
+    /// [`Db::write`](crate::Db::write)) if the write to the database fails.
     pub fn create_api_key(
         &self,
         user: &str,
@@ -89,6 +97,13 @@ impl AuthService {
     /// constant-time comparison). Only a caller holding the right secret
     /// learns that the key is revoked ([`AuthError::ApiKeyRevoked`], also
     /// when its user was deleted) or expired ([`AuthError::ApiKeyExpired`]).
+    ///
+    /// # Errors
+    ///
+    /// [`AuthError::MalformedToken`] if `token` is not in the token format;
+    /// [`AuthError::ApiKeyInvalid`], [`AuthError::ApiKeyRevoked`] or
+    /// [`AuthError::ApiKeyExpired`] as above; an I/O or corruption error if the
+    /// database cannot be read.
     pub fn authenticate_api_key(&self, token: &str) -> Result<ApiKeyInfo> {
         let parsed = apikey::parse_token(token)?;
         let key_id_hex = hex_encode(&parsed.key_id);
@@ -123,6 +138,11 @@ impl AuthService {
 
     /// Checks a token as [`AuthService::authenticate_api_key`] does, then
     /// that it grants `scope` ([`AuthError::ScopeMissing`] if not).
+    ///
+    /// # Errors
+    ///
+    /// [`AuthError::ScopeMissing`] if the key does not grant `scope`; otherwise
+    /// as [`AuthService::authenticate_api_key`].
     pub fn authorize(&self, token: &str, scope: Scope) -> Result<ApiKeyInfo> {
         let info = self.authenticate_api_key(token)?;
         if !info.scopes.grants(scope) {
@@ -139,6 +159,13 @@ impl AuthService {
     /// succeeds and writes nothing; an unknown id is
     /// [`AuthError::UnknownApiKey`]. A revocation is permanent and wins
     /// over anything another copy does to the key.
+    ///
+    /// # Errors
+    ///
+    /// [`AuthError::MalformedToken`] if `key_id` is not 16 hex characters;
+    /// [`AuthError::UnknownApiKey`] if no key has that id; [`Error::Io`](crate::Error::Io) or
+    /// [`Error::Poisoned`](crate::Error::Poisoned) (and the other errors of
+    /// [`Db::write`](crate::Db::write)) if the write to the database fails.
     pub fn revoke_api_key(&self, key_id: &str) -> Result<()> {
         apikey::parse_key_id(key_id)?;
         if self.read_api_key(key_id)?.is_none() {
@@ -160,6 +187,12 @@ impl AuthService {
 
     /// The API keys of the live user `user` (revoked and expired ones
     /// included, marked), oldest first.
+    ///
+    /// # Errors
+    ///
+    /// [`AuthError::InvalidName`] for an invalid user name;
+    /// [`AuthError::UnknownUser`] if `user` has no live user; an I/O or
+    /// corruption error if the database cannot be read.
     pub fn list_api_keys(&self, user: &str) -> Result<Vec<ApiKeyInfo>> {
         super::validate_user_name(user)?;
         let owner = self.require_user(user)?;

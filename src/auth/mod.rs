@@ -3,7 +3,7 @@
 //!
 //! Everything lives in the reserved keyspace `_auth` of the database the
 //! service wraps, so it is as durable as any data, travels in change sets,
-//! and merges like any data. The record layout is in [`records`]; what
+//! and merges like any data. The record layout is in `docs/FORMAT.md` ("Auth records"); what
 //! merging means for each record is in `docs/ARCHITECTURE.md`
 //! (`src/auth/`).
 //!
@@ -36,7 +36,9 @@ mod crypto;
 
 mod keys;
 mod password;
-pub mod records;
+// Private: nothing in it is API; the `_auth` layout it describes is in
+// docs/FORMAT.md, "Auth records".
+mod records;
 mod secrets;
 mod users;
 
@@ -162,6 +164,10 @@ impl std::fmt::Debug for AuthService {
 
 impl AuthService {
     /// Opens the service over `db` with the default options.
+    ///
+    /// # Errors
+    ///
+    /// As [`AuthService::open_with`].
     pub fn open(db: &Db, master_key: MasterKey) -> Result<AuthService> {
         AuthService::open_with(db, master_key, AuthOptions::default())
     }
@@ -171,6 +177,17 @@ impl AuthService {
     /// The first open registers `master_key` with the database. Later opens
     /// must give that key or, after a rotation, its successor; a rotation
     /// cut short by a crash is finished here, with either of its two keys.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidCommand`] if `options` are inconsistent (password
+    /// bounds, zero limits); [`AuthError::InvalidMasterKey`] or
+    /// [`AuthError::UnknownMasterKey`] if `master_key` is not this database's
+    /// key (nor its successor); [`AuthError::RandomnessUnavailable`] if the
+    /// random source fails; [`Error::Closed`] after [`Db::close`];
+    /// [`Error::Io`] or [`Error::Poisoned`] (and the other errors of
+    /// [`Db::write`](crate::Db::write)) if the write to the database fails (the
+    /// first open, or finishing a rotation).
     pub fn open_with(db: &Db, master_key: MasterKey, options: AuthOptions) -> Result<AuthService> {
         options.validate()?;
         let hasher = PasswordHasher::new(options.password_params)?;

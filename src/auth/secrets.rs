@@ -51,6 +51,17 @@ impl AuthService {
     /// Encrypts `plaintext` and stores it as `user`'s secret `name`,
     /// replacing any earlier value. The ciphertext is bound to the user
     /// (this incarnation) and the name.
+    ///
+    /// # Errors
+    ///
+    /// [`AuthError::InvalidName`] for an invalid user or secret name;
+    /// [`Error::LimitExceeded`] if `plaintext` is longer than
+    /// `secret_bytes_max`; [`AuthError::UnknownUser`] if `user` has no live
+    /// user; [`AuthError::MasterKeyRetired`] if another copy rotated past this
+    /// service's master key; [`AuthError::NonceLimitReached`] once the key has
+    /// made `encryptions_per_key_max` encryptions (rotate it); [`Error::Io`] or
+    /// [`Error::Poisoned`] (and the other errors of
+    /// [`Db::write`](crate::Db::write)) if the write to the database fails.
     pub fn put_secret(&self, user: &str, name: &str, plaintext: &[u8]) -> Result<()> {
         validate_user_name(user)?;
         validate_secret_name(name)?;
@@ -88,6 +99,15 @@ impl AuthService {
 
     /// Decrypts `user`'s secret `name`. A ciphertext that was altered or
     /// moved from another record fails with [`AuthError::DecryptFailed`].
+    ///
+    /// # Errors
+    ///
+    /// [`AuthError::InvalidName`] for an invalid user or secret name;
+    /// [`AuthError::UnknownUser`] if `user` has no live user;
+    /// [`AuthError::SecretNotFound`] if there is no such secret;
+    /// [`AuthError::UnknownMasterKey`] if it is encrypted under a master key
+    /// this service cannot reach; [`AuthError::DecryptFailed`] as above; an I/O
+    /// or corruption error if the database cannot be read.
     pub fn get_secret(&self, user: &str, name: &str) -> Result<SecretBytes> {
         validate_user_name(user)?;
         validate_secret_name(name)?;
@@ -117,6 +137,13 @@ impl AuthService {
     }
 
     /// Deletes `user`'s secret `name`; false if there was none.
+    ///
+    /// # Errors
+    ///
+    /// [`AuthError::InvalidName`] for an invalid user or secret name;
+    /// [`AuthError::UnknownUser`] if `user` has no live user; [`Error::Io`] or
+    /// [`Error::Poisoned`] (and the other errors of
+    /// [`Db::write`](crate::Db::write)) if the write to the database fails.
     pub fn delete_secret(&self, user: &str, name: &str) -> Result<bool> {
         validate_user_name(user)?;
         validate_secret_name(name)?;
@@ -131,6 +158,12 @@ impl AuthService {
     }
 
     /// The names of `user`'s secrets, in order.
+    ///
+    /// # Errors
+    ///
+    /// [`AuthError::InvalidName`] for an invalid user name;
+    /// [`AuthError::UnknownUser`] if `user` has no live user; an I/O or
+    /// corruption error if the database cannot be read.
     pub fn list_secrets(&self, user: &str) -> Result<Vec<String>> {
         validate_user_name(user)?;
         let owner = self.require_user(user)?;
@@ -156,6 +189,17 @@ impl AuthService {
     /// different keys each reach only their own key's chain, and a secret
     /// re-encrypted under the other copy's key reads as
     /// [`AuthError::UnknownMasterKey`] until that key is rotated in.
+    ///
+    /// # Errors
+    ///
+    /// [`AuthError::MasterKeyReused`] if `new_key` is the current key or was
+    /// used before; [`AuthError::NonceLimitReached`] if re-encrypting every
+    /// secret would take `new_key` past its budget;
+    /// [`AuthError::UnknownMasterKey`] if a secret is under a key this service
+    /// cannot reach; [`Error::Io`] or [`Error::Poisoned`] (and the other errors
+    /// of [`Db::write`](crate::Db::write)) if the write to the database fails;
+    /// a failure part-way leaves a rotation that the next call or open
+    /// finishes.
     pub fn rotate_master_key(&self, new_key: MasterKey) -> Result<RotationReport> {
         let _guard = self.write_lock.lock();
         self.finish_rotation_locked()?;

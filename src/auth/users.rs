@@ -37,6 +37,14 @@ impl AuthService {
     /// Creates a user. Fails with [`AuthError::UserExists`] if the name has
     /// a live user, and [`AuthError::PasswordRejected`] if the password is
     /// outside the length bounds.
+    ///
+    /// # Errors
+    ///
+    /// [`AuthError::InvalidName`] for an invalid name;
+    /// [`AuthError::PasswordRejected`] and [`AuthError::UserExists`] as above;
+    /// [`AuthError::RandomnessUnavailable`] if the random source fails;
+    /// [`Error::Io`](crate::Error::Io) or [`Error::Poisoned`](crate::Error::Poisoned) (and the other errors of
+    /// [`Db::write`](crate::Db::write)) if the write to the database fails.
     pub fn create_user(&self, name: &str, password: impl AsRef<[u8]>) -> Result<UserInfo> {
         validate_user_name(name)?;
         self.check_new_password(password.as_ref())?;
@@ -63,6 +71,13 @@ impl AuthService {
     /// one argon2id verification (against a dummy hash when there is no
     /// user). A success with a hash weaker than the configured costs stores
     /// a stronger one.
+    ///
+    /// # Errors
+    ///
+    /// [`AuthError::Denied`] as above; an I/O or corruption error if the
+    /// database cannot be read; when a weak hash is upgraded, [`Error::Io`](crate::Error::Io) or
+    /// [`Error::Poisoned`](crate::Error::Poisoned) (and the other errors of
+    /// [`Db::write`](crate::Db::write)) if the write to the database fails.
     pub fn verify_password(&self, name: &str, password: impl AsRef<[u8]>) -> Result<UserInfo> {
         let password = password.as_ref();
         if password.len() > self.options.password_bytes_max {
@@ -105,6 +120,13 @@ impl AuthService {
 
     /// Changes a password, given the current one (checked as
     /// [`AuthService::verify_password`] does).
+    ///
+    /// # Errors
+    ///
+    /// [`AuthError::PasswordRejected`] if `new` is outside the length bounds;
+    /// [`AuthError::Denied`] if `current` does not verify; [`Error::Io`](crate::Error::Io) or
+    /// [`Error::Poisoned`](crate::Error::Poisoned) (and the other errors of
+    /// [`Db::write`](crate::Db::write)) if the write to the database fails.
     pub fn change_password(
         &self,
         name: &str,
@@ -117,6 +139,14 @@ impl AuthService {
     }
 
     /// Sets a password without the current one (an administrator's reset).
+    ///
+    /// # Errors
+    ///
+    /// [`AuthError::InvalidName`] for an invalid name;
+    /// [`AuthError::PasswordRejected`] if `new` is outside the length bounds;
+    /// [`AuthError::UnknownUser`] if `name` has no live user; [`Error::Io`](crate::Error::Io) or
+    /// [`Error::Poisoned`](crate::Error::Poisoned) (and the other errors of
+    /// [`Db::write`](crate::Db::write)) if the write to the database fails.
     pub fn reset_password(&self, name: &str, new: impl AsRef<[u8]>) -> Result<()> {
         validate_user_name(name)?;
         self.check_new_password(new.as_ref())?;
@@ -128,6 +158,13 @@ impl AuthService {
     /// then fail with [`AuthError::ApiKeyRevoked`]. The deletion is a
     /// permanent marker on this incarnation, so a concurrent password
     /// change on another copy cannot bring the user back.
+    ///
+    /// # Errors
+    ///
+    /// [`AuthError::InvalidName`] for an invalid name;
+    /// [`AuthError::UnknownUser`] if `name` has no live user; [`Error::Io`](crate::Error::Io) or
+    /// [`Error::Poisoned`](crate::Error::Poisoned) (and the other errors of
+    /// [`Db::write`](crate::Db::write)) if the write to the database fails.
     pub fn delete_user(&self, name: &str) -> Result<()> {
         validate_user_name(name)?;
         let _guard = self.write_lock.lock();
@@ -157,6 +194,11 @@ impl AuthService {
     }
 
     /// The user named `name`, if there is a live one.
+    ///
+    /// # Errors
+    ///
+    /// [`AuthError::InvalidName`] for an invalid name; an I/O or corruption
+    /// error if the database cannot be read.
     pub fn get_user(&self, name: &str) -> Result<Option<UserInfo>> {
         validate_user_name(name)?;
         let Some(record) = self.live_user(name)? else {
@@ -169,6 +211,10 @@ impl AuthService {
     /// Every live user, by name. A record that does not decode is skipped
     /// (it cannot be a live user), so one damaged record does not hide the
     /// rest.
+    ///
+    /// # Errors
+    ///
+    /// an I/O or corruption error if the database cannot be read.
     pub fn list_users(&self) -> Result<Vec<UserInfo>> {
         let mut names: Vec<String> = Vec::new();
         for entry in self.store.scan(&ScanOptions::prefix(records::USER_PREFIX)) {

@@ -246,6 +246,12 @@ impl Head {
 
     /// Reads a head's bytes (after opening the seal), checking every count
     /// against the bytes before allocating for it.
+    ///
+    /// # Errors
+    ///
+    /// A description of what is wrong if the bytes are not a well-formed head
+    /// (bad magic or version, a count over its limit, objects out of order,
+    /// trailing bytes).
     pub fn decode(bytes: &[u8]) -> DecodeResult<Head> {
         let mut r = open(bytes, &HEAD_MAGIC, "head")?;
         let e = |e: crate::codec::DecodeError| e.to_string();
@@ -355,6 +361,10 @@ impl Claim {
     }
 
     /// Reads a claim's bytes (after opening the seal).
+    ///
+    /// # Errors
+    ///
+    /// A description of what is wrong if the bytes are not a well-formed claim.
     pub fn decode(bytes: &[u8]) -> DecodeResult<Claim> {
         let mut r = open(bytes, &CLAIM_MAGIC, "claim")?;
         let e = |e: crate::codec::DecodeError| e.to_string();

@@ -150,6 +150,13 @@ impl Bucket {
     /// `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT_URL`,
     /// `AWS_ALLOW_HTTP`; `GOOGLE_SERVICE_ACCOUNT`, ...;
     /// `AZURE_STORAGE_ACCOUNT_NAME`, ...). Nothing is contacted yet.
+    ///
+    /// # Errors
+    ///
+    /// [`BucketError::Url`] if `url` has an unknown scheme or no bucket name,
+    /// its `file://` folder cannot be created, or the store cannot be
+    /// configured from it; [`Error::Network`] if the bucket's runtime cannot
+    /// be started.
     pub fn open(url: &str) -> Result<Bucket> {
         let (store, prefix, local) = open_url(url)?;
         Ok(Bucket {
@@ -179,6 +186,11 @@ impl Bucket {
 
     /// A bucket over any `object_store` store, under `prefix`; `name` is
     /// what reports and errors call it.
+    ///
+    /// # Errors
+    ///
+    /// [`BucketError::Url`] if `prefix` is not a valid object path;
+    /// [`Error::Network`] if the bucket's runtime cannot be started.
     pub fn from_store(store: Arc<dyn ObjectStore>, prefix: &str, name: &str) -> Result<Bucket> {
         let prefix = store_prefix(name, prefix)?;
         Ok(Bucket {

@@ -207,6 +207,11 @@ impl Hlc {
 
     /// The receive rule: checks `remote` against the drift bound and advances
     /// the clock past it, so every later local stamp is greater.
+    ///
+    /// # Errors
+    ///
+    /// [`DriftRejected`] if `remote` is more than the drift bound ahead of
+    /// `wall_ms` under [`DriftPolicy::Reject`]; the clock is then unchanged.
     pub fn receive(&mut self, remote: Stamp, wall_ms: u64) -> Result<(), DriftRejected> {
         self.check_drift(remote, wall_ms)?;
         let physical = wall_ms.max(self.physical_ms).max(remote.physical_ms);

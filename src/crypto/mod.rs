@@ -37,6 +37,8 @@ use zeroize::{Zeroize, Zeroizing};
 pub use crate::error::KeyId;
 use crate::error::{Error, KeyError, Result};
 
+// Hidden: the sealed-file format, `pub` for the fuzz targets and tests.
+#[doc(hidden)]
 pub mod sealed;
 
 /// Bytes of a key.
@@ -76,6 +78,11 @@ impl EncryptionKey {
     }
 
     /// A fresh key from the operating system's CSPRNG.
+    ///
+    /// # Errors
+    ///
+    /// [`KeyError::Invalid`] (in [`Error::Key`]) if the operating system's
+    /// random source fails.
     pub fn generate() -> Result<Self> {
         let mut bytes = Zeroizing::new([0u8; KEY_BYTES]);
         getrandom::fill(bytes.as_mut_slice()).map_err(|e| {
@@ -90,6 +97,11 @@ impl EncryptionKey {
     /// The key spelled as 64 hexadecimal digits (either case; surrounding
     /// whitespace ignored). `source` names where the text came from, for
     /// the error.
+    ///
+    /// # Errors
+    ///
+    /// [`KeyError::Invalid`] (in [`Error::Key`]), naming `source`, if `text` is
+    /// not 64 hexadecimal digits.
     pub fn from_hex(text: &str, source: &str) -> Result<Self> {
         let invalid = |reason: &str| {
             Error::Key(KeyError::Invalid {
@@ -171,6 +183,12 @@ pub enum KeySource {
 
 impl KeySource {
     /// The key, read from wherever it is.
+    ///
+    /// # Errors
+    ///
+    /// [`KeyError::Invalid`] (in [`Error::Key`]) if the file cannot be read,
+    /// the variable is not set or not UTF-8, or the text is not 64 hexadecimal
+    /// digits. The key itself is never put in the error.
     pub fn resolve(&self) -> Result<EncryptionKey> {
         match self {
             KeySource::Key(key) => Ok(key.clone()),
@@ -413,6 +431,11 @@ impl KeyBlock {
 
     /// The block at the start of `bytes`; `Err(reason)` if it is short or
     /// its checksum is wrong.
+    ///
+    /// # Errors
+    ///
+    /// The reason, if `bytes` are shorter than a key block or its checksum does
+    /// not match.
     pub fn decode(bytes: &[u8]) -> std::result::Result<Self, String> {
         let Some(block) = bytes.get(..KEY_BLOCK_BYTES) else {
             return Err("key block cut short".into());
@@ -498,6 +521,11 @@ impl FileCipher {
     /// Checks and decrypts `buf` (ciphertext then tag) in place, leaving
     /// the plaintext. `Err` if the tag does not match: the bytes were
     /// changed, moved, or encrypted under another key.
+    ///
+    /// # Errors
+    ///
+    /// [`Unauthentic`] if `buf` is shorter than a tag or the tag does not
+    /// match; `buf` is then unspecified.
     pub fn open(
         &self,
         nonce: u64,

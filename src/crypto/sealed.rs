@@ -173,6 +173,16 @@ pub struct SealWriter {
     pending: Vec<u8>,
 }
 
+impl std::fmt::Debug for SealWriter {
+    // By hand: the cipher and the pending plaintext are never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealWriter")
+            .field("index", &self.index)
+            .field("pending_bytes", &self.pending.len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl SealWriter {
     /// A writer under the ring's current key, and the header to write
     /// first; `None` if the ring has no current key.

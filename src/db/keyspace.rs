@@ -44,6 +44,16 @@ impl Keyspace {
     }
 
     /// Puts `value` at `key`; durable on return as [`Db::write`] says.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] after [`Db::close`](crate::Db::close);
+    /// [`Error::ReadOnly`] on a read-only handle or a follower's;
+    /// [`Error::LimitExceeded`] for a key or value over its limit;
+    /// [`Error::FlushFailed`] if the memtable is full and cannot be written
+    /// out; [`Error::Io`] or [`Error::Poisoned`] if writing or syncing the WAL
+    /// fails (every later write then fails with `Poisoned` until the database
+    /// is reopened).
     pub fn put(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<Outcome> {
         let mut batch = Batch::new();
         batch.put_in(&self.name, key, value);
@@ -52,6 +62,10 @@ impl Keyspace {
 
     /// Deletes `key` (writes a tombstone); durable on return as
     /// [`Db::write`] says.
+    ///
+    /// # Errors
+    ///
+    /// As [`Keyspace::put`].
     pub fn delete(&self, key: impl AsRef<[u8]>) -> Result<Outcome> {
         let mut batch = Batch::new();
         batch.delete_in(&self.name, key);
@@ -60,6 +74,11 @@ impl Keyspace {
 
     /// Adds `delta` to the counter at `key`; the outcome carries the new
     /// value. Durable on return as [`Db::write`] says.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CounterOverflow`] if the counter would leave the range of an
+    /// `i64`; otherwise as [`Keyspace::put`].
     pub fn increment(&self, key: impl AsRef<[u8]>, delta: i64) -> Result<Outcome> {
         let mut batch = Batch::new();
         batch.increment_in(&self.name, key, delta);
@@ -69,6 +88,11 @@ impl Keyspace {
     /// Stores a serde value at `key`, encoded with bincode 2 (standard
     /// configuration, little-endian; `docs/FORMAT.md`, "Typed values"):
     /// the one place bincode appears in stored bytes.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Decode`] if `value` cannot be encoded; otherwise as
+    /// [`Keyspace::put`].
     pub fn put_typed<T: Serialize>(&self, key: impl AsRef<[u8]>, value: &T) -> Result<Outcome> {
         self.put(key, crate::codec::encode_typed(value)?)
     }

@@ -99,6 +99,10 @@ impl std::fmt::Debug for Db {
 
 impl Db {
     /// Opens (creating if needed) the database in `dir` with default options.
+    ///
+    /// # Errors
+    ///
+    /// As [`Db::open_with`].
     pub fn open(dir: impl AsRef<Path>) -> Result<Db> {
         Self::open_with(dir, Options::default())
     }
@@ -109,6 +113,25 @@ impl Db {
     /// Fails with [`Error::Locked`] if the directory is already open, and
     /// with [`Error::Corruption`] if the WAL is damaged (unless
     /// `options.recovery_mode` is `Repair`).
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::LimitExceeded`] if `options` break a limit the WAL format
+    ///   allows ([`Options::validate`]);
+    /// - [`Error::NotADatabase`] if `dir` holds no database and
+    ///   `options.create_if_missing` is false;
+    /// - [`Error::Locked`] if the directory is already open, in this process or
+    ///   another;
+    /// - [`Error::ReadOnly`] if `dir` is a replication follower's and
+    ///   `options.read_only` is false;
+    /// - [`Error::Key`] if the encryption keys given do not open the database
+    ///   (none, the wrong one, an old one missing during a rotation, or a key
+    ///   for a database in clear);
+    /// - [`Error::Corruption`] if a file is damaged in a way recovery must not
+    ///   guess about (a damaged WAL only under
+    ///   [`RecoveryMode::Strict`](crate::RecoveryMode::Strict));
+    /// - [`Error::Io`] if a file operation fails, or the worker, flusher or
+    ///   compactor thread cannot be started.
     pub fn open_with(dir: impl AsRef<Path>, options: Options) -> Result<Db> {
         let dir = dir.as_ref();
         // Field values are evaluated only when a subscriber wants the span.
@@ -304,12 +327,22 @@ impl Db {
     /// now, refreshed on request ([`ReadOnlyDb::refresh`]). Creates and
     /// changes nothing; a missing directory or one without a database is
     /// [`Error::NotADatabase`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Db::open_read_only_with`].
     pub fn open_read_only(dir: impl AsRef<Path>) -> Result<ReadOnlyDb> {
         ReadOnlyDb::open(dir.as_ref(), Options::default())
     }
 
     /// [`Db::open_read_only`] with options (the cache budget, a fault plan
     /// for tests; write-side options are ignored).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotADatabase`] if `dir` holds no database; [`Error::Key`] if an
+    /// encrypted database's key is missing from `options`;
+    /// [`Error::Corruption`] or [`Error::Io`] if its files cannot be read.
     pub fn open_read_only_with(dir: impl AsRef<Path>, options: Options) -> Result<ReadOnlyDb> {
         ReadOnlyDb::open(dir.as_ref(), options)
     }
@@ -434,6 +467,10 @@ impl Db {
     /// false if the directory was not a follower. This is how an operator
     /// fails over; the promoted copy writes under its own node id, so its
     /// own followers start from a snapshot.
+    ///
+    /// # Errors
+    ///
+    /// As [`Db::promote_with`].
     pub fn promote(dir: impl AsRef<Path>) -> Result<bool> {
         Self::promote_with(dir, Options::default())
     }
@@ -441,6 +478,15 @@ impl Db {
     /// [`Db::promote`] for a database that opens only with `options` (an
     /// encrypted one: its keys; the other options are used for the open
     /// that forgets the follower position).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Key`] if the keys in `options` do not open the database;
+    /// [`Error::NotADatabase`] if `dir` holds none; [`Error::Locked`] if the
+    /// directory is open (the follower still runs); [`Error::Io`] if a file
+    /// operation fails; then, for the open that forgets the follower position,
+    /// as [`Db::open_with`] and [`Db::write`]. The marker is removed only after
+    /// the keys are checked.
     pub fn promote_with(dir: impl AsRef<Path>, options: Options) -> Result<bool> {
         let dir = dir.as_ref();
         let io = Io::new(None);
@@ -563,6 +609,12 @@ impl Db {
     }
 
     /// This follower's stored position (`None` if it never received any).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] after [`Db::close`](crate::Db::close); an I/O or
+    /// corruption error if a run could not be read; [`Error::Decode`] if the
+    /// stored position is damaged.
     pub fn follower_position(&self) -> Result<Option<FollowerPosition>> {
         self.check_open()?;
         let store_key = position::local_key(position::FOLLOWER_POSITION_KEY);
@@ -634,6 +686,19 @@ impl Db {
     /// Commits a batch atomically; one outcome per operation, in order.
     /// Returns once the batch is durable as the sync mode promises (in
     /// `SyncMode::Always`: written and fdatasync'ed) and visible to reads.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] after [`Db::close`](crate::Db::close);
+    /// [`Error::ReadOnly`] on a read-only handle or a follower's;
+    /// [`Error::InvalidCommand`] for an empty or malformed batch;
+    /// [`Error::InvalidKeyspace`] for an invalid keyspace name;
+    /// [`Error::LimitExceeded`] for a key, value or batch over its limit in
+    /// [`Options`]; [`Error::CounterOverflow`] if an increment would leave the
+    /// range of an `i64`; [`Error::FlushFailed`] if the memtable is full and
+    /// cannot be written out; [`Error::Io`] or [`Error::Poisoned`] if writing
+    /// or syncing the WAL fails (every later write then fails with `Poisoned`
+    /// until the database is reopened). A batch that fails is not applied.
     pub fn write(&self, batch: Batch) -> Result<Vec<Outcome>> {
         self.check_writable()?;
         self.inner.pool.submit(&self.inner.engine, batch)
@@ -641,18 +706,30 @@ impl Db {
 
     /// Puts `value` at `key` in the default keyspace; durable on return as
     /// [`Db::write`] says.
+    ///
+    /// # Errors
+    ///
+    /// As [`Db::write`].
     pub fn put(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<Outcome> {
         self.default_keyspace().put(key, value)
     }
 
     /// Deletes `key` in the default keyspace; durable on return as
     /// [`Db::write`] says.
+    ///
+    /// # Errors
+    ///
+    /// As [`Db::write`].
     pub fn delete(&self, key: impl AsRef<[u8]>) -> Result<Outcome> {
         self.default_keyspace().delete(key)
     }
 
     /// Adds `delta` to the counter at `key` in the default keyspace; durable
     /// on return as [`Db::write`] says.
+    ///
+    /// # Errors
+    ///
+    /// As [`Db::write`] ([`Error::CounterOverflow`] included).
     pub fn increment(&self, key: impl AsRef<[u8]>, delta: i64) -> Result<Outcome> {
         self.default_keyspace().increment(key, delta)
     }
@@ -802,6 +879,13 @@ impl Db {
     /// did: the memtable written out as a run, the WAL it covers
     /// truncated, and every run merged into one (dropping collectable
     /// tombstones).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] after [`Db::close`](crate::Db::close);
+    /// [`Error::Poisoned`] after a failed write; [`Error::Io`] or
+    /// [`Error::Corruption`] if writing the run, the manifest or the snapshot,
+    /// or reading a run to merge, fails.
     pub fn compact_now(&self) -> Result<CompactionReport> {
         self.check_open()?;
         self.inner.compactor.compact_now_on(&self.inner.engine)
@@ -818,6 +902,14 @@ impl Db {
     /// (in `Options::encryption_keys_old`; an open without it says so).
     /// A crash at any point leaves a database that opens with the new key
     /// and the old one. CLI: `mergekv rekey`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] after [`Db::close`](crate::Db::close);
+    /// [`Error::ReadOnly`] on a read-only handle or a follower's;
+    /// [`Error::Poisoned`] after a failed write; [`Error::NotADatabase`] if
+    /// META is gone; [`Error::Io`] if writing META or starting the new WAL
+    /// segment fails.
     pub fn rotate_encryption_key(&self, key: crate::crypto::EncryptionKey) -> Result<()> {
         self.check_writable()?;
         let engine = &self.inner.engine;
@@ -846,6 +938,14 @@ impl Db {
     /// current one encrypts (what a rotation leaves to the background),
     /// and reports what it did; when `files_left` is 0 the old keys are no
     /// longer needed.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] after [`Db::close`](crate::Db::close);
+    /// [`Error::ReadOnly`] on a read-only handle or a follower's;
+    /// [`Error::Poisoned`] after a failed write; [`Error::Key`] if a file is
+    /// under a key that was not given; [`Error::Io`] or [`Error::Corruption`]
+    /// if a file cannot be read or rewritten.
     pub fn complete_key_rotation(&self) -> Result<crate::compactor::RekeyReport> {
         self.check_writable()?;
         self.inner.engine.wal().check_usable()?;
@@ -853,6 +953,11 @@ impl Db {
     }
 
     /// The database's key and the files still under other keys.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] after [`Db::close`](crate::Db::close); [`Error::Io`]
+    /// if META or a file header cannot be read.
     pub fn encryption(&self) -> Result<EncryptionStatus> {
         self.check_open()?;
         let current = self.inner.engine.wal().keyring().read().current_id();
@@ -867,6 +972,13 @@ impl Db {
     /// a larger record in a chunk of its own), sealed under the database's
     /// key if it has one. Returns what was written and the cursor to use
     /// next time. [`Db::import_stream`] reads it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] after [`Db::close`](crate::Db::close); an I/O or
+    /// corruption error if a run could not be read; [`Error::Stream`] if
+    /// writing to `out` fails (what was written is a prefix that
+    /// [`Db::import_stream`] rejects or resumes from).
     pub fn export_to(
         &self,
         cursor: &SyncCursor,
@@ -899,6 +1011,12 @@ impl Db {
     /// exporter's complete cursor is taken at the end only. Damage is
     /// `Error::Decode` naming the chunk; what earlier chunks applied stays
     /// (each is a whole, idempotent merge).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Stream`] if reading `input` fails; [`Error::Decode`] for a
+    /// damaged or cut-short chunk (naming it); otherwise as [`Db::import`].
+    /// Chunks applied before the error stay applied.
     pub fn import_stream(&self, input: &mut dyn std::io::Read) -> Result<ImportReport> {
         self.check_writable()?;
         let result = crate::sync::stream::import(&self.inner.engine, input);
@@ -911,6 +1029,12 @@ impl Db {
     /// are self-verifying; see `docs/FORMAT.md`. A database with a key
     /// seals the change set under it (a sealed object, `docs/FORMAT.md`):
     /// only a copy with the key can import it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] after [`Db::close`](crate::Db::close); an I/O or
+    /// corruption error if a run could not be read; [`Error::Key`] if sealing
+    /// under the database's key fails.
     pub fn export_since(&self, cursor: &SyncCursor) -> Result<(Vec<u8>, SyncCursor)> {
         self.check_open()?;
         exchange::export_changes(&self.inner.engine, cursor, None)
@@ -919,6 +1043,10 @@ impl Db {
     /// Like [`Db::export_since`], limited to keys in `buckets` of the state
     /// digest (those [`Digest::differing_buckets`] named), so a sync sends
     /// only what differs.
+    ///
+    /// # Errors
+    ///
+    /// As [`Db::export_since`].
     pub fn export_buckets(
         &self,
         cursor: &SyncCursor,
@@ -932,6 +1060,11 @@ impl Db {
 
     /// Per origin, the newest stamp up to which this copy holds everything:
     /// its own writes, and the cursors of change sets it imported whole.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] after [`Db::close`](crate::Db::close); an I/O or
+    /// corruption error if a run could not be read.
     pub fn complete_cursor(&self) -> Result<SyncCursor> {
         self.check_open()?;
         exchange::complete_cursor(&self.inner.engine)
@@ -939,6 +1072,10 @@ impl Db {
 
     /// A change set of everything `peer` has not seen, by the cursor stored
     /// for it (everything, for a peer never heard from).
+    ///
+    /// # Errors
+    ///
+    /// As [`Db::peer_cursor`] and [`Db::export_since`].
     pub fn export_for(&self, peer: &str) -> Result<(Vec<u8>, SyncCursor)> {
         self.export_since(&self.peer_cursor(peer)?)
     }
@@ -948,6 +1085,11 @@ impl Db {
     /// sends only what it lacks, and tombstone GC waits for it. The cursor is
     /// written after the data it covers: an interrupted import is resumed by
     /// importing the same change set again.
+    ///
+    /// # Errors
+    ///
+    /// As [`Db::import`]; the peer's cursor is stored only once the data it
+    /// covers is applied.
     pub fn import_from(&self, peer: &str, bytes: &[u8]) -> Result<ImportReport> {
         self.check_writable()?;
         let result = exchange::import_from(&self.inner.engine, peer, bytes);
@@ -956,12 +1098,23 @@ impl Db {
     }
 
     /// What `peer` has reported seeing (empty if never heard from).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] after [`Db::close`](crate::Db::close); an I/O or
+    /// corruption error if a run could not be read; [`Error::Decode`] if the
+    /// stored cursor is damaged.
     pub fn peer_cursor(&self, peer: &str) -> Result<SyncCursor> {
         self.check_open()?;
         exchange::peer_cursor(&self.inner.engine, peer)
     }
 
     /// The sealed WAL segments this copy can offer, by content hash.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] after [`Db::close`](crate::Db::close); [`Error::Io`]
+    /// if a segment cannot be listed or read.
     pub fn segment_manifest(&self) -> Result<Vec<SegmentEntry>> {
         self.check_open()?;
         exchange::segment_manifest(&self.inner.engine)
@@ -969,6 +1122,10 @@ impl Db {
 
     /// The bytes of one of this copy's sealed segments, by its hash (to
     /// send to a peer that lacks it).
+    ///
+    /// # Errors
+    ///
+    /// As [`Db::segment_manifest`].
     pub fn segment_bytes(&self, hash: &[u8; 32]) -> Result<Option<Vec<u8>>> {
         self.check_open()?;
         exchange::segment_bytes(&self.inner.engine, hash)
@@ -976,6 +1133,11 @@ impl Db {
 
     /// The entries of `peer_manifest` this copy has neither written nor
     /// imported.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] after [`Db::close`](crate::Db::close); an I/O or
+    /// corruption error if a run could not be read.
     pub fn missing_segments(&self, peer_manifest: &[SegmentEntry]) -> Result<Vec<SegmentEntry>> {
         self.check_open()?;
         exchange::missing_segments(&self.inner.engine, peer_manifest)
@@ -985,6 +1147,21 @@ impl Db {
     /// frame's records, drift-checked and merged through the WAL like an
     /// import. A hash that does not match applies nothing; a segment already
     /// here is skipped.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] after [`Db::close`](crate::Db::close);
+    /// [`Error::ReadOnly`] on a read-only handle or a follower's;
+    /// [`Error::Decode`] if the bytes are damaged or not a change set (nothing
+    /// is applied); [`Error::Key`] if it is sealed under a key this database
+    /// does not have, or is in clear for an encrypted database;
+    /// [`Error::ClockDrift`] if a stamp is further ahead than `max_drift_ms`
+    /// allows under [`DriftPolicy::Reject`](crate::DriftPolicy::Reject);
+    /// [`Error::IdentityConflict`] if it carries writes under this copy's node
+    /// id that it never made; [`Error::Io`] or [`Error::Poisoned`] if writing
+    /// or syncing the WAL fails (every later write then fails with `Poisoned`
+    /// until the database is reopened). A hash mismatch is not an error: it
+    /// comes back as a [`SegmentImport`] that applied nothing.
     pub fn import_segment(&self, bytes: &[u8], hash: &[u8; 32]) -> Result<SegmentImport> {
         self.check_writable()?;
         let result = exchange::import_segment(&self.inner.engine, bytes, hash);
@@ -997,6 +1174,11 @@ impl Db {
 
     /// The state digest: equal on two copies exactly when their states are.
     /// Fails only if a run could not be read.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] after [`Db::close`](crate::Db::close); an I/O or
+    /// corruption error if a run could not be read.
     pub fn digest(&self) -> Result<Digest> {
         self.check_open()?;
         crate::sync::digest::digest(&self.inner.engine.state().view())
@@ -1005,6 +1187,11 @@ impl Db {
     /// The digest computed afresh from every key, which [`Db::digest`]
     /// (kept up to date by flushes and merges) must always equal: a check
     /// for tests and audits, O(keys).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] after [`Db::close`](crate::Db::close); an I/O or
+    /// corruption error if a run could not be read.
     pub fn digest_recomputed(&self) -> Result<Digest> {
         self.check_open()?;
         crate::sync::digest::digest_by_scan(&self.inner.engine.state().view())
@@ -1015,6 +1202,20 @@ impl Db {
     /// change set again changes nothing (its chunks come back as
     /// duplicates); a damaged one, or one with a stamp too far ahead,
     /// applies nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] after [`Db::close`](crate::Db::close);
+    /// [`Error::ReadOnly`] on a read-only handle or a follower's;
+    /// [`Error::Decode`] if the bytes are damaged or not a change set (nothing
+    /// is applied); [`Error::Key`] if it is sealed under a key this database
+    /// does not have, or is in clear for an encrypted database;
+    /// [`Error::ClockDrift`] if a stamp is further ahead than `max_drift_ms`
+    /// allows under [`DriftPolicy::Reject`](crate::DriftPolicy::Reject);
+    /// [`Error::IdentityConflict`] if it carries writes under this copy's node
+    /// id that it never made; [`Error::Io`] or [`Error::Poisoned`] if writing
+    /// or syncing the WAL fails (every later write then fails with `Poisoned`
+    /// until the database is reopened).
     pub fn import(&self, bytes: &[u8]) -> Result<ImportReport> {
         self.check_writable()?;
         let result = exchange::import(&self.inner.engine, bytes);
@@ -1026,6 +1227,14 @@ impl Db {
     /// that has everything up to sequence number `seq`. Registered cursors
     /// hold back WAL truncation (up to `wal_retention_bytes_max`) and
     /// tombstone GC. At most [`crate::compactor::CURSORS_MAX`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] after [`Db::close`](crate::Db::close);
+    /// [`Error::LimitExceeded`] for a name longer than
+    /// [`crate::compactor::CURSOR_NAME_BYTES_MAX`] or a new cursor past
+    /// [`crate::compactor::CURSORS_MAX`]; [`Error::Io`] if the cursors file
+    /// cannot be written.
     pub fn set_cursor(&self, name: &str, seq: u64) -> Result<()> {
         self.check_open()?;
         self.inner.maintenance.set_cursor(name, seq)
@@ -1037,6 +1246,11 @@ impl Db {
     }
 
     /// Forgets a cursor; true if it was registered.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] after [`Db::close`](crate::Db::close); [`Error::Io`]
+    /// if the cursors file cannot be written.
     pub fn remove_cursor(&self, name: &str) -> Result<bool> {
         self.check_open()?;
         self.inner.maintenance.remove_cursor(name)

@@ -135,7 +135,22 @@ impl Entry {
 /// What a scan covers. All bounds are within one keyspace and combine: a
 /// scan with a prefix and a start sees keys that have the prefix and are at
 /// or after the start.
+///
+/// Build one with [`ScanOptions::all`], [`ScanOptions::prefix`],
+/// [`ScanOptions::range`] or [`ScanOptions::from_range`], then
+/// [`reversed`](ScanOptions::reversed) and
+/// [`limited`](ScanOptions::limited), or assign fields of a mutable value.
+/// The struct is `#[non_exhaustive]`: fields can be added in a minor
+/// release, so code outside this crate cannot write a struct literal.
+///
+/// ```
+/// use mergekv::ScanOptions;
+/// let mut opts = ScanOptions::prefix("user/").reversed();
+/// opts.start = Some(b"user/m".to_vec());
+/// assert!(opts.reverse);
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ScanOptions {
     /// Only keys starting with these bytes.
     pub prefix: Option<Vec<u8>>,

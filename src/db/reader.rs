@@ -115,6 +115,14 @@ impl ReadOnlyDb {
 
     /// Reads the directory again: the state now, with everything the
     /// writer has made durable (or at least written) since.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotADatabase`] if the database is gone; [`Error::Key`] if its
+    /// key changed to one this reader does not have; [`Error::Corruption`] or
+    /// [`Error::Io`] if its files cannot be read (after a few tries, when the
+    /// writer replaced them meanwhile). On error the reader keeps the state it
+    /// had.
     pub fn refresh(&mut self) -> Result<()> {
         self.loaded = load(
             &self.io,
@@ -147,11 +155,20 @@ impl ReadOnlyDb {
     }
 
     /// One keyspace of the state.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidKeyspace`] for an invalid name (reserved names are
+    /// allowed).
     pub fn keyspace(&self, name: &str) -> Result<ViewKeyspace<'_>> {
         self.loaded.view.keyspace(name)
     }
 
     /// What `key` in the default keyspace reads as.
+    ///
+    /// # Errors
+    ///
+    /// An I/O or corruption error if a run could not be read.
     pub fn get_value(&self, key: impl AsRef<[u8]>) -> Result<Option<Value>> {
         self.loaded.view.default_keyspace().get_value(key)
     }
@@ -169,6 +186,10 @@ impl ReadOnlyDb {
     }
 
     /// The counter at `key` in the default keyspace (0 if absent).
+    ///
+    /// # Errors
+    ///
+    /// As [`ReadOnlyDb::get_value`].
     pub fn counter(&self, key: impl AsRef<[u8]>) -> Result<i64> {
         self.loaded.view.default_keyspace().counter(key)
     }
@@ -201,12 +222,21 @@ impl ReadOnlyDb {
     }
 
     /// The state digest (see [`crate::Db::digest`]).
+    ///
+    /// # Errors
+    ///
+    /// An I/O or corruption error if a run could not be read.
     pub fn digest(&self) -> Result<Digest> {
         crate::sync::digest::digest(&self.loaded.state)
     }
 
     /// A change set of every change newer than `cursor`, as
     /// [`crate::Db::export_since`] makes it.
+    ///
+    /// # Errors
+    ///
+    /// An I/O or corruption error if a run could not be read; [`Error::Key`] if
+    /// sealing under the database's key fails.
     pub fn export_since(&self, cursor: &SyncCursor) -> Result<(Vec<u8>, SyncCursor)> {
         let mut hlc = Hlc::new(
             self.loaded.node,
@@ -230,6 +260,11 @@ impl ReadOnlyDb {
     /// (read from their headers now) under other keys or in clear. A
     /// reader rewrites nothing, so `rewrite_pending` says whether a
     /// writable open would have a rewrite to do (such files exist).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if META or a file header cannot be read;
+    /// [`Error::Corruption`] if META is damaged.
     pub fn encryption(&self) -> Result<super::EncryptionStatus> {
         let current = meta::read_meta(&self.io, &self.dir)?.and_then(|m| m.key_id);
         let mut status = super::keys::status(&self.io, &self.dir, current)?;
@@ -239,6 +274,11 @@ impl ReadOnlyDb {
     }
 
     /// A follower directory's stored replication position, if any.
+    ///
+    /// # Errors
+    ///
+    /// An I/O or corruption error if a run could not be read; [`Error::Decode`]
+    /// if the stored position is damaged.
     pub fn follower_position(&self) -> Result<Option<super::FollowerPosition>> {
         let key = super::position::local_key(super::position::FOLLOWER_POSITION_KEY);
         let Some(bytes) = self

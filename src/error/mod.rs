@@ -16,7 +16,8 @@ pub use auth::AuthError;
 pub use bucket::BucketError;
 pub(crate) use show::ShowBytes;
 
-/// The kinds of file operation that can be made to fail.
+/// The kind of file operation an [`Error::Io`] names (mergekv's own tests
+/// also make each kind fail on purpose).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum IoOp {
     /// Creating or opening a file.

@@ -37,8 +37,13 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 /// mid-install leaves one behind).
 use crate::meta::INCOMING_SNAPSHOT_FILE;
 
-/// How a follower connects. Start from [`FollowerOptions::new`].
+/// How a follower connects. Start from [`FollowerOptions::new`]. and change
+/// what you need with the chainable `with_*` setters (one per field, each
+/// taking the field's own type) or by assigning fields. The struct is
+/// `#[non_exhaustive]`, so fields can be added in a minor release; code
+/// outside this crate cannot build it with a struct literal.
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct FollowerOptions {
     /// The leader's address (`host:port`).
     pub leader: String,
@@ -99,6 +104,20 @@ impl FollowerOptions {
         }
     }
 }
+
+crate::options::chainable_setters!(FollowerOptions {
+    leader: String => with_leader;
+    token: String => with_token;
+    follower_id: Option<u64> => with_follower_id;
+    db_options: Options => with_db_options;
+    connect_timeout_ms: u64 => with_connect_timeout_ms;
+    idle_timeout_ms: u64 => with_idle_timeout_ms;
+    backoff_initial_ms: u64 => with_backoff_initial_ms;
+    backoff_max_ms: u64 => with_backoff_max_ms;
+    snapshot_bytes_max: u64 => with_snapshot_bytes_max;
+    #[cfg(feature = "tls")]
+    tls: Option<(Arc<rustls::ClientConfig>, String)> => with_tls;
+});
 
 /// Where a follower stands, from [`Follower::status`].
 #[derive(Clone, Debug, Default, Serialize)]
@@ -165,6 +184,14 @@ impl Follower {
     /// follower of `options.leader`, and starts following in a background
     /// thread. The directory is marked as a follower's: opening it for
     /// writing fails with [`Error::ReadOnly`] until [`Db::promote`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Db::open_with`] for the follower's own database; [`Error::Io`] if
+    /// the follower marker or a staged snapshot cannot be written or removed;
+    /// [`Error::Decode`] if the stored position is damaged; [`Error::Network`]
+    /// if the follower thread cannot be started. Connection failures are not
+    /// errors here: the thread retries, and [`Follower::status`] reports them.
     pub fn open(dir: impl AsRef<Path>, options: FollowerOptions) -> Result<Follower> {
         let dir = dir.as_ref();
         let mut db_options = options.db_options.clone();

@@ -225,6 +225,11 @@ impl Message {
     }
 
     /// The whole frame (header and payload) for this message.
+    ///
+    /// # Errors
+    ///
+    /// [`ProtocolError::Malformed`] if the payload is larger than a frame may
+    /// carry.
     pub fn to_frame_bytes(&self) -> Result<Vec<u8>, ProtocolError> {
         encode_frame(self.kind(), &self.encode_payload()?)
     }
@@ -342,6 +347,12 @@ impl Message {
     }
 
     /// Decodes a frame's payload; anything but an exact fit is malformed.
+    ///
+    /// # Errors
+    ///
+    /// [`ProtocolError::Malformed`] if the payload does not decode as the
+    /// frame's kind of message, or has bytes left over (for kinds other than
+    /// batches and snapshot chunks).
     pub fn decode(frame: &Frame) -> Result<Message, ProtocolError> {
         let mut r = Reader::new(&frame.payload);
         let message = decode_fields(frame.kind, &mut r).map_err(|e| ProtocolError::Malformed {

@@ -2,9 +2,9 @@
 //!
 //! The protocol (`docs/PROTOCOL.md`) is implemented in layers, each
 //! testable alone:
-//! - [`frame`]: the wire frame, length-limited and checksummed;
+//! - `frame`: the wire frame, length-limited and checksummed;
 //! - [`message`]: what frames carry;
-//! - [`follower`] and [`leader`]: pure state machines that validate every
+//! - `follower` and `leader`: pure state machines that validate every
 //!   message in protocol order and say what to do, with no sockets, files
 //!   or clocks inside.
 //!
@@ -12,8 +12,14 @@
 
 mod apply;
 pub mod client;
+// Hidden: the protocol's internals, `pub` for the fuzz targets and tests.
+#[doc(hidden)]
 pub mod follower;
+// Hidden: the protocol's internals, `pub` for the fuzz targets and tests.
+#[doc(hidden)]
 pub mod frame;
+// Hidden: the protocol's internals, `pub` for the fuzz targets and tests.
+#[doc(hidden)]
 pub mod leader;
 pub mod message;
 mod retention;
@@ -21,6 +27,8 @@ pub mod server;
 mod ship;
 #[cfg(feature = "tls")]
 pub mod tls;
+// Hidden: the protocol's internals, `pub` for the fuzz targets and tests.
+#[doc(hidden)]
 pub mod transport;
 
 pub use client::{Follower, FollowerOptions, FollowerStatus};

@@ -62,6 +62,12 @@ pub trait ReplicationAuth: Send + Sync {
     /// `Ok` if `token` may follow this leader; otherwise the ERROR code to
     /// refuse with ([`ErrorCode::Unauthenticated`] or
     /// [`ErrorCode::Forbidden`]).
+    ///
+    /// # Errors
+    ///
+    /// The [`ErrorCode`] the leader refuses the follower with:
+    /// [`ErrorCode::Unauthenticated`] for a token it does not accept,
+    /// [`ErrorCode::Forbidden`] for one that may not replicate.
     fn authorize_replication(&self, token: &str) -> std::result::Result<(), ErrorCode>;
 }
 
@@ -80,8 +86,13 @@ impl ReplicationAuth for AuthService {
     }
 }
 
-/// How a leader serves followers. Start from [`ReplicationOptions::new`].
+/// How a leader serves followers. Start from [`ReplicationOptions::new`]. and change
+/// what you need with the chainable `with_*` setters (one per field, each
+/// taking the field's own type) or by assigning fields. The struct is
+/// `#[non_exhaustive]`, so fields can be added in a minor release; code
+/// outside this crate cannot build it with a struct literal.
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct ReplicationOptions {
     /// Decides which tokens may follow.
     pub auth: Arc<dyn ReplicationAuth>,
@@ -139,6 +150,43 @@ impl ReplicationOptions {
         }
     }
 }
+
+impl std::fmt::Debug for ReplicationOptions {
+    // By hand: `auth` is a trait object without `Debug`, and the TLS
+    // configuration holds the private key; neither is printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut d = f.debug_struct("ReplicationOptions");
+        d.field("auth", &"<dyn ReplicationAuth>")
+            .field("heartbeat_interval_ms", &self.heartbeat_interval_ms)
+            .field("batch_bytes_target", &self.batch_bytes_target)
+            .field("snapshot_chunk_bytes", &self.snapshot_chunk_bytes)
+            .field("followers_max", &self.followers_max)
+            .field("handshakes_max", &self.handshakes_max)
+            .field("handshake_timeout_ms", &self.handshake_timeout_ms)
+            .field("send_timeout_ms", &self.send_timeout_ms)
+            .field(
+                "follower_cursor_horizon_ms",
+                &self.follower_cursor_horizon_ms,
+            );
+        #[cfg(feature = "tls")]
+        d.field("tls", &self.tls.as_ref().map(|_| "<rustls::ServerConfig>"));
+        d.finish()
+    }
+}
+
+crate::options::chainable_setters!(ReplicationOptions {
+    auth: Arc<dyn ReplicationAuth> => with_auth;
+    heartbeat_interval_ms: u64 => with_heartbeat_interval_ms;
+    batch_bytes_target: usize => with_batch_bytes_target;
+    snapshot_chunk_bytes: usize => with_snapshot_chunk_bytes;
+    followers_max: usize => with_followers_max;
+    handshakes_max: usize => with_handshakes_max;
+    handshake_timeout_ms: u64 => with_handshake_timeout_ms;
+    send_timeout_ms: u64 => with_send_timeout_ms;
+    follower_cursor_horizon_ms: u64 => with_follower_cursor_horizon_ms;
+    #[cfg(feature = "tls")]
+    tls: Option<Arc<rustls::ServerConfig>> => with_tls;
+});
 
 /// Connection figures of a leader, from [`ReplicationServer::stats`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -203,6 +251,15 @@ impl ReplicationServer {
     /// Serves `db`'s WAL to followers on `addr` (port 0 picks a free one;
     /// see [`ReplicationServer::local_addr`]), in background threads,
     /// until the returned handle is stopped or dropped.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] after [`Db::close`]; [`Error::ReadOnly`] if `db` is
+    /// read-only (a follower cannot lead); [`Error::Network`] if `addr` cannot
+    /// be bound or a server thread cannot be started; as [`Db::put`] if the
+    /// leader's replication epoch cannot be read or stored (a new epoch is
+    /// stored on the first start and after a repair), and
+    /// [`Error::InvalidCommand`] if no randomness is available for it.
     pub fn start(
         db: &Db,
         addr: impl ToSocketAddrs,

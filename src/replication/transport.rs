@@ -7,7 +7,7 @@
 //! then cannot stretch a wait past it, over TLS as well as TCP: rustls
 //! reads and writes through the same socket.
 //!
-//! Reads go through [`FrameReader`], which keeps a partly received frame
+//! Reads go through a `FrameReader`, which keeps a partly received frame
 //! in its own buffer: a read that times out (or would block) loses nothing,
 //! so one thread can both stream batches and pick up ACKs without a second
 //! reader thread. Its frame limit is set per connection: a leader reads no
@@ -46,6 +46,7 @@ fn transfer_allowance(bytes: usize, bytes_per_sec_min: u64) -> Duration {
 /// waits at most for the time left until it, and once it has passed they
 /// fail with [`ErrorKind::TimedOut`] without touching the socket. There is
 /// no "no deadline": a read or write before one is set fails the same way.
+#[derive(Debug)]
 pub struct TimedSocket {
     socket: TcpStream,
     deadline: Option<Instant>,

@@ -274,6 +274,20 @@ pub struct ViewIter {
     failed: bool,
 }
 
+impl std::fmt::Debug for ViewIter {
+    // By hand: the sources hold whole key states, too much to print.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ViewIter")
+            .field(
+                "sources",
+                &(self.sources.len() + usize::from(self.single.is_some())),
+            )
+            .field("reverse", &self.reverse)
+            .field("failed", &self.failed)
+            .finish_non_exhaustive()
+    }
+}
+
 impl ViewIter {
     /// Pulls a head for every source that has none; drops exhausted ones.
     fn fill_heads(&mut self) -> Result<()> {

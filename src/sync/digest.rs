@@ -32,12 +32,20 @@ pub struct Digest {
 /// The digest of the state `view` shows: the runs' sums, kept up to date
 /// by every flush and merge, with the memtables folded in (see
 /// `state::digest`). Fails only if a run could not be read.
+///
+/// # Errors
+///
+/// An I/O or corruption error if a run could not be read.
 pub fn digest(view: &StateView) -> Result<Digest> {
     Ok(Digest::of_sums(&view.digest_sums()?))
 }
 
 /// The digest of the state `view` shows, computed from every key (what
 /// [`digest`] must always equal; for tests and `verify`).
+///
+/// # Errors
+///
+/// An I/O or corruption error if a run could not be read.
 pub fn digest_by_scan(view: &StateView) -> Result<Digest> {
     let mut sums = crate::state::DigestSums::new();
     for entry in view.iter_uncached() {

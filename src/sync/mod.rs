@@ -17,6 +17,9 @@
 //! idempotency key derived from the change set's hash, so importing the same
 //! change set twice changes nothing, and an interrupted import resumes.
 
+// Hidden: the change-set byte format, `pub` for the fuzz targets and tests
+// (the layout is in docs/FORMAT.md).
+#[doc(hidden)]
 pub mod changeset;
 pub mod digest;
 pub(crate) mod exchange;
@@ -61,6 +64,11 @@ impl SyncCursor {
     }
 
     /// Reads the text form of [`SyncCursor::to_text`].
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::InvalidCommand`] naming the first entry that is not
+    /// `physical.logical@node` (node in hex).
     pub fn parse(text: &str) -> crate::Result<SyncCursor> {
         let bad = |part: &str| crate::Error::InvalidCommand {
             reason: format!("bad cursor entry {part:?}: expected physical.logical@node"),

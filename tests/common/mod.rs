@@ -26,12 +26,10 @@ pub fn copy(start_ms: u64) -> Copy {
 pub fn copy_with(start_ms: u64, segment_size_bytes_max: u64) -> Copy {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(start_ms));
-    let options = Options {
-        sync_mode: SyncMode::Never,
-        wall_clock: clock.clone(),
-        segment_size_bytes_max,
-        ..Options::default()
-    };
+    let options = Options::default()
+        .with_sync_mode(SyncMode::Never)
+        .with_wall_clock(clock.clone())
+        .with_segment_size_bytes_max(segment_size_bytes_max);
     let db = Db::open_with(dir.path(), options).unwrap();
     Copy {
         _dir: dir,

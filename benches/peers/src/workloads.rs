@@ -229,8 +229,9 @@ fn write_amplification(args: &ChildArgs) {
         let mut done = 0;
         while done < args.keys {
             // A batch touches a key once.
-            let distinct: std::collections::BTreeSet<u64> =
-                (0..BATCH_KEYS as u64).map(|_| rng.below(args.keys)).collect();
+            let distinct: std::collections::BTreeSet<u64> = (0..BATCH_KEYS as u64)
+                .map(|_| rng.below(args.keys))
+                .collect();
             user_bytes += batch_of(&mut distinct.into_iter(), round);
             done += BATCH_KEYS as u64;
         }
@@ -244,7 +245,10 @@ fn write_amplification(args: &ChildArgs) {
         "wamp_with_full_merge",
         stats.compactor.run_bytes_written as f64 / user_bytes as f64,
     );
-    emit("wamp_runs_before_full_merge", before_stats.compactor.runs as f64);
+    emit(
+        "wamp_runs_before_full_merge",
+        before_stats.compactor.runs as f64,
+    );
     db.close().expect("close");
 }
 

@@ -8,8 +8,8 @@
 use std::io::{BufRead, IsTerminal, Read};
 use std::path::Path;
 
+use mergekv::Db;
 use mergekv::auth::{ApiKeyInfo, AuthService, MasterKey, Scope, Scopes, UserInfo};
-use mergekv::{Db, Options};
 use serde::Serialize;
 use zeroize::Zeroizing;
 
@@ -208,10 +208,7 @@ fn print_done(out: &mut Out, action: &'static str, target: &str) -> Result<(), C
 /// new database behind (with this master key registered).
 fn open_service(cli: &Cli, t: &Target, writes: bool) -> Result<(Db, AuthService), CliError> {
     let key = master_key(cli.master_key_file.as_deref())?;
-    let options = Options {
-        create_if_missing: writes,
-        ..t.options()
-    };
+    let options = t.options().with_create_if_missing(writes);
     let db = t.open_with(options)?;
     let auth = AuthService::open(&db, key)?;
     Ok((db, auth))

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use mergekv::command::validate_keyspace_name;
 use mergekv::{
-    Db, Keyspace, Options, RecoveryMode, RepairReport, ScanOptions, SyncCursor, Value, VerifyReport,
+    Db, Keyspace, RecoveryMode, RepairReport, ScanOptions, SyncCursor, Value, VerifyReport,
 };
 
 use crate::args::{
@@ -229,13 +229,13 @@ fn scan_options(a: &ScanArgs) -> Result<ScanOptions, CliError> {
             .map(|s| bytes::arg_bytes(s, a.hex.hex, what))
             .transpose()
     };
-    Ok(ScanOptions {
-        prefix: bytes(&a.prefix, "--prefix")?,
-        start: bytes(&a.start, "--start")?,
-        end: bytes(&a.end, "--end")?,
-        reverse: a.reverse,
-        limit: a.limit,
-    })
+    let mut options = ScanOptions::all();
+    options.prefix = bytes(&a.prefix, "--prefix")?;
+    options.start = bytes(&a.start, "--start")?;
+    options.end = bytes(&a.end, "--end")?;
+    options.reverse = a.reverse;
+    options.limit = a.limit;
+    Ok(options)
 }
 
 fn scan(t: &Target, a: &ScanArgs, out: &mut Out) -> Result<(), CliError> {
@@ -464,10 +464,7 @@ fn verify(t: &Target, a: &VerifyArgs, out: &mut Out) -> Result<(), CliError> {
 /// away; returned for the JSON object).
 fn repair(t: &Target, out: &mut Out) -> Result<Option<RepairReport>, CliError> {
     // Repairing must never create a new, empty database instead.
-    let options = Options {
-        recovery_mode: RecoveryMode::Repair,
-        ..t.existing_only()
-    };
+    let options = t.existing_only().with_recovery_mode(RecoveryMode::Repair);
     let db = Db::open_with(&t.dir, options).map_err(open_error)?;
     let recovery = db.recovery_report().clone();
     let salvaged: Vec<String> = db
@@ -492,10 +489,7 @@ fn repair(t: &Target, out: &mut Out) -> Result<Option<RepairReport>, CliError> {
 }
 
 fn reidentify(t: &Target, out: &mut Out) -> Result<(), CliError> {
-    let options = Options {
-        renew_identity: true,
-        ..t.existing_only()
-    };
+    let options = t.existing_only().with_renew_identity(true);
     let db = Db::open_with(&t.dir, options).map_err(open_error)?;
     let new = db.node_id();
     let old = db.identity_renewed().map(|(old, _)| old);

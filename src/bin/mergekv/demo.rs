@@ -732,10 +732,8 @@ impl<'o> Demo<'o> {
         // better elsewhere still).
         let key_file = copies.join("encrypted.key");
         let key = self.demo_key(&key_file)?;
-        let with_key = || Options {
-            encryption_key: Some(KeySource::File(key_file.clone())),
-            ..Options::default()
-        };
+        let with_key =
+            || Options::default().with_encryption_key(Some(KeySource::File(key_file.clone())));
         let db = Db::open_with(&dir, with_key())?;
         db.keyspace("notes")?.put("ada", SECRET)?;
         db.close()?;

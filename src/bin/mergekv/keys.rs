@@ -80,21 +80,16 @@ impl Target {
 
     /// The default options with this target's keys.
     pub fn options(&self) -> Options {
-        Options {
-            encryption_key: self.key.clone().map(KeySource::Key),
-            encryption_keys_old: self.old_keys.iter().cloned().map(KeySource::Key).collect(),
-            ..Options::default()
-        }
+        Options::default()
+            .with_encryption_key(self.key.clone().map(KeySource::Key))
+            .with_encryption_keys_old(self.old_keys.iter().cloned().map(KeySource::Key).collect())
     }
 
     /// [`Target::options`] that open only a database that exists: a
     /// command that only reads must not create one
     /// ([`mergekv::Error::NotADatabase`] instead).
     pub fn existing_only(&self) -> Options {
-        Options {
-            create_if_missing: false,
-            ..self.options()
-        }
+        self.options().with_create_if_missing(false)
     }
 
     /// Opens (creating if needed) for writing.

@@ -241,10 +241,8 @@ fn bad_line(loader: &mut Loader, name: &str, number: u64, why: &BadLine) -> CliE
 
 /// Options for a load: `base`, with room for `--batch` operations.
 fn load_options(base: Options, batch_ops: usize) -> Options {
-    Options {
-        batch_ops_max: base.batch_ops_max.max(batch_ops),
-        ..base
-    }
+    let batch_ops_max = base.batch_ops_max.max(batch_ops);
+    base.with_batch_ops_max(batch_ops_max)
 }
 
 /// `load`'s object under `--json`.

@@ -223,10 +223,7 @@ pub fn open_for_read(t: &Target) -> Result<Db, CliError> {
         Err(Error::ReadOnly {
             follower_of: Some(_),
             ..
-        }) => t.open_with(mergekv::Options {
-            read_only: true,
-            ..t.existing_only()
-        }),
+        }) => t.open_with(t.existing_only().with_read_only(true)),
         other => other.map(crate::commands::opened).map_err(open_error),
     }
 }

@@ -13,10 +13,8 @@ use crate::data::{Key, Value};
 /// asked for (W12: 256 MiB; `None` everywhere else: the default budget).
 pub fn mergekv_options(cache_bytes: Option<u64>) -> Options {
     let defaults = Options::default();
-    Options {
-        cache_bytes_max: cache_bytes.unwrap_or(defaults.cache_bytes_max),
-        ..defaults
-    }
+    let cache_bytes_max = cache_bytes.unwrap_or(defaults.cache_bytes_max);
+    defaults.with_cache_bytes_max(cache_bytes_max)
 }
 
 pub struct MergekvStore {
@@ -59,11 +57,7 @@ impl Store for MergekvStore {
     }
 
     fn scan_from(&self, start: &Key, count: usize) -> usize {
-        let opts = ScanOptions {
-            start: Some(start.to_vec()),
-            limit: Some(count),
-            ..ScanOptions::default()
-        };
+        let opts = ScanOptions::from_range(&start[..]..).limited(count);
         self.db.scan(&opts).count()
     }
 
