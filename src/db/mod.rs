@@ -976,7 +976,8 @@ impl Db {
     /// # Errors
     ///
     /// [`Error::Closed`] after [`Db::close`](crate::Db::close); an I/O or
-    /// corruption error if a run could not be read; [`Error::Stream`] if
+    /// corruption error if a run could not be read; [`Error::Decode`] if
+    /// the stored complete cursor is damaged; [`Error::Stream`] if
     /// writing to `out` fails (what was written is a prefix that
     /// [`Db::import_stream`] rejects or resumes from).
     pub fn export_to(
@@ -1033,7 +1034,8 @@ impl Db {
     /// # Errors
     ///
     /// [`Error::Closed`] after [`Db::close`](crate::Db::close); an I/O or
-    /// corruption error if a run could not be read; [`Error::Key`] if sealing
+    /// corruption error if a run could not be read; [`Error::Decode`] if
+    /// the stored complete cursor is damaged; [`Error::Key`] if sealing
     /// under the database's key fails.
     pub fn export_since(&self, cursor: &SyncCursor) -> Result<(Vec<u8>, SyncCursor)> {
         self.check_open()?;
@@ -1064,7 +1066,8 @@ impl Db {
     /// # Errors
     ///
     /// [`Error::Closed`] after [`Db::close`](crate::Db::close); an I/O or
-    /// corruption error if a run could not be read.
+    /// corruption error if a run could not be read; [`Error::Decode`] if
+    /// the stored complete cursor is damaged.
     pub fn complete_cursor(&self) -> Result<SyncCursor> {
         self.check_open()?;
         exchange::complete_cursor(&self.inner.engine)

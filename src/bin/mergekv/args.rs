@@ -29,6 +29,8 @@ control character or byte that is not valid UTF-8 \\xHH (`\\xff`). With --hex
 `get --raw` prints the value's exact bytes and nothing else. In JSON a key is
 \"key\": \"TEXT\" when it is valid UTF-8, else \"key_hex\": \"HEX\" (always with
 --hex); a value likewise \"value\" or \"value_hex\", so any bytes round-trip.
+A counter prints as its decimal value (also with --hex), so in text a counter
+and bytes spelling the same digits look alike: JSON tells them apart (\"kind\").
 
 Errors: one line `mergekv: error: MESSAGE` on stderr; with --json, also one object
 {\"error\": {\"kind\": KIND, \"message\": MESSAGE, \"exit_code\": N}} on stdout,
@@ -291,7 +293,8 @@ pub fn parse_address(text: &str) -> Result<String, String> {
         !bare.is_empty()
             && bare
                 .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+                // `_` too: container and service names often carry one.
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
     };
     if !valid {
         return Err(format!("{text:?}: {host:?} is not a host name or address"));

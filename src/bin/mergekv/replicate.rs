@@ -286,13 +286,20 @@ fn host_of(address: &str) -> &str {
 /// A token sent over plain TCP can be read by anyone on the path: allowed
 /// to a loopback address (nothing crosses a network), or with
 /// `--insecure`; warned about on stderr either way.
+///
+/// Only a literal loopback address or `localhost` counts: a name resolved
+/// now may resolve elsewhere at a reconnect (the follower resolves it
+/// again each time), and the token would then leave the machine in clear.
 fn allow_plain_tcp(a: &FollowArgs) -> Result<(), CliError> {
-    use std::net::ToSocketAddrs;
-    let loopback = a
+    let host = a
         .leader
-        .to_socket_addrs()
-        .map(|addrs| addrs.collect::<Vec<_>>())
-        .is_ok_and(|addrs| !addrs.is_empty() && addrs.iter().all(|x| x.ip().is_loopback()));
+        .rsplit_once(':')
+        .map_or(a.leader.as_str(), |(host, _)| host);
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = bare.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
     if !loopback && !a.insecure {
         return Err(CliError::new(
             EXIT_USAGE,
