@@ -996,7 +996,8 @@ impl Db {
     }
 
     /// The state digest: equal on two copies exactly when their states are.
-    /// Fails only if a run could not be read.
+    /// Tombstones count in it, so it changes when a merge collects them,
+    /// with no read changing. Fails only if a run could not be read.
     pub fn digest(&self) -> Result<Digest> {
         self.check_open()?;
         crate::sync::digest::digest(&self.inner.engine.state().view())
@@ -1005,6 +1006,12 @@ impl Db {
     /// The digest computed afresh from every key, which [`Db::digest`]
     /// (kept up to date by flushes and merges) must always equal: a check
     /// for tests and audits, O(keys).
+    ///
+    /// Each call reads the state of its moment, and a background merge may
+    /// collect tombstones (past `tombstone_grace_ms`) between two calls:
+    /// the digest then changes while every read stays the same. To compare
+    /// the two, take both from one [`Db::view`] ([`ReadView::digest`],
+    /// [`ReadView::digest_recomputed`]).
     pub fn digest_recomputed(&self) -> Result<Digest> {
         self.check_open()?;
         crate::sync::digest::digest_by_scan(&self.inner.engine.state().view())
