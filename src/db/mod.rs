@@ -1176,7 +1176,8 @@ impl Db {
     }
 
     /// The state digest: equal on two copies exactly when their states are.
-    /// Fails only if a run could not be read.
+    /// Tombstones count in it, so it changes when a merge collects them,
+    /// with no read changing.
     ///
     /// # Errors
     ///
@@ -1190,6 +1191,12 @@ impl Db {
     /// The digest computed afresh from every key, which [`Db::digest`]
     /// (kept up to date by flushes and merges) must always equal: a check
     /// for tests and audits, O(keys).
+    ///
+    /// Each call reads the state of its moment, and a background merge may
+    /// collect tombstones (past `tombstone_grace_ms`) between two calls:
+    /// the digest then changes while every read stays the same. To compare
+    /// the two, take both from one [`Db::view`] ([`ReadView::digest`],
+    /// [`ReadView::digest_recomputed`]).
     ///
     /// # Errors
     ///

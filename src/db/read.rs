@@ -577,6 +577,30 @@ impl ReadView {
         self.open.check()?;
         keyspace_names(&self.view)
     }
+
+    /// The state digest of this snapshot, as [`crate::Db::digest`] computes
+    /// it: the runs' kept sums with the memtables folded in.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`], or a run that could not be read.
+    pub fn digest(&self) -> Result<crate::sync::digest::Digest> {
+        self.open.check()?;
+        crate::sync::digest::digest(&self.view)
+    }
+
+    /// The digest of this snapshot computed afresh from every key, which
+    /// [`ReadView::digest`] must equal (O(keys); for tests and audits).
+    /// Unlike two calls on a [`crate::Db`], both see the same state: a
+    /// merge that collects tombstones between them cannot tell them apart.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`], or a run that could not be read.
+    pub fn digest_recomputed(&self) -> Result<crate::sync::digest::Digest> {
+        self.open.check()?;
+        crate::sync::digest::digest_by_scan(&self.view)
+    }
 }
 
 /// One keyspace of a [`ReadView`].
