@@ -98,6 +98,22 @@ fn bucket_err(e: BucketError) -> Error {
     Error::Bucket(e)
 }
 
+/// `HistoryGone` for copy `h`, merged here up to `p`, whose next object
+/// kept is publication `oldest_seq`.
+fn history_gone(h: &Head, p: Stamp, oldest_seq: u64) -> Error {
+    bucket_err(BucketError::HistoryGone {
+        origin: h.node,
+        merged_seq: h
+            .objects
+            .iter()
+            .filter(|x| x.last <= p)
+            .map(|x| x.seq)
+            .max()
+            .unwrap_or(0),
+        oldest_seq,
+    })
+}
+
 fn malformed(object: &str, reason: impl Into<String>) -> Error {
     bucket_err(BucketError::Malformed {
         object: object.to_string(),
@@ -598,17 +614,7 @@ impl Round<'_> {
                 // older ones of this copy: a snapshot cannot take back
                 // what we hold (a put whose delete was collected), so no
                 // bridge: this copy must start afresh.
-                return Err(bucket_err(BucketError::HistoryGone {
-                    origin: h.node,
-                    merged_seq: h
-                        .objects
-                        .iter()
-                        .filter(|x| x.last <= p)
-                        .map(|x| x.seq)
-                        .max()
-                        .unwrap_or(0),
-                    oldest_seq: o.seq,
-                }));
+                return Err(history_gone(h, p, o.seq));
             }
             if o.after > p {
                 // Nothing merged of this copy yet, and its first objects
@@ -622,17 +628,7 @@ impl Round<'_> {
                 match bridge {
                     Some((maker, s)) => self.import_snapshot(&maker, &s)?,
                     None => {
-                        return Err(bucket_err(BucketError::HistoryGone {
-                            origin: h.node,
-                            merged_seq: h
-                                .objects
-                                .iter()
-                                .filter(|x| x.last <= p)
-                                .map(|x| x.seq)
-                                .max()
-                                .unwrap_or(0),
-                            oldest_seq: o.seq,
-                        }));
+                        return Err(history_gone(h, p, o.seq));
                     }
                 }
                 if o.last <= self.progress(h.node) {
@@ -663,17 +659,7 @@ impl Round<'_> {
                 .get(&h.node)
                 .is_some_and(|published| *published > p)
         {
-            return Err(bucket_err(BucketError::HistoryGone {
-                origin: h.node,
-                merged_seq: h
-                    .objects
-                    .iter()
-                    .filter(|x| x.last <= p)
-                    .map(|x| x.seq)
-                    .max()
-                    .unwrap_or(0),
-                oldest_seq: h.objects.first().map_or(0, |o| o.seq),
-            }));
+            return Err(history_gone(h, p, h.objects.first().map_or(0, |o| o.seq)));
         }
         Ok(())
     }
